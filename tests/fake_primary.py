@@ -1,0 +1,348 @@
+"""A scripted fake ZRS primary for tests.
+
+`FakePrimary` listens on 127.0.0.1.  For every connection it reads the
+secondary's handshake (protocol name frame, 8-byte start tid frame), records
+it in `connections`, sends that connection's script, then keeps the
+connection open, reading and ignoring keep-alive frames, until the peer
+closes or the server is stopped.
+
+`Stream` builds a script the way a zc.zrs primary would: protocol-1 pickles
+of `(type, data)`, raw record-data frames, and a running md5 checksum seeded
+with the connection's start tid.  It also has helpers to break the stream
+(wrong checksum, garbage, out-of-order messages, raw bytes on the wire...).
+
+Script items are either `bytes` (sent as one framed message) or `Raw`
+(written to the socket as-is, no length prefix); `CLOSE` ends the connection.
+"""
+import hashlib
+import pickle
+import select
+import socket
+import struct
+import threading
+import time
+
+Z64 = b'\0' * 8
+
+
+def frame(payload):
+    """One wire frame: 4-byte big-endian length, then the payload."""
+    return struct.pack('>I', len(payload)) + payload
+
+
+class Raw(bytes):
+    """Bytes written to the socket verbatim (no length prefix)."""
+
+
+CLOSE = object()  # script item: close the connection right there
+
+
+class Stream:
+    """Builds the frames a primary sends on a connection starting at `start_tid`.
+
+    Every payload added with `payload()` (and so every message) updates the
+    checksum; `commit()` sends the digest of everything before it.
+    """
+
+    def __init__(self, start_tid=Z64):
+        self.start_tid = start_tid
+        self.md5 = hashlib.md5(start_tid)
+        self.items = []
+
+    # -- low level ---------------------------------------------------------
+    def payload(self, data, checksum=True):
+        """Append one framed payload (counted in the checksum by default)."""
+        self.items.append(bytes(data))
+        if checksum:
+            self.md5.update(data)
+        return self
+
+    def message(self, type_, data):
+        return self.payload(pickle.dumps((type_, data), 1))
+
+    def raw(self, data):
+        """Append bytes written as-is (not framed, not checksummed)."""
+        self.items.append(Raw(data))
+        return self
+
+    def close(self):
+        self.items.append(CLOSE)
+        return self
+
+    # -- messages ----------------------------------------------------------
+    def begin(self, tid, status=' ', user=b'', description=b'', extension=None):
+        return self.message(
+            'T', (tid, status, user, description, extension or {}))
+
+    def store(self, oid, tid, data, data_txn=None, version=''):
+        """Current form: 'S' message, then the record data as a raw frame."""
+        self.message('S', (oid, tid, version, data_txn))
+        return self.payload(data or b'')
+
+    def store_legacy(self, oid, tid, data, data_txn=None, version=''):
+        """Old form: data inline in the 'S' message, no data frame."""
+        return self.message('S', (oid, tid, version, data, data_txn))
+
+    def commit(self, digest=None):
+        """'C' with the running digest (or the given, possibly wrong, one)."""
+        if digest is None:
+            digest = self.md5.digest()
+        return self.message('C', (digest,))
+
+    def commit_legacy(self):
+        return self.message('C', ())
+
+    def transaction(self, txn, legacy=False, tid=None, digest=None):
+        """Send a whole transaction from a FileStorage iterator.
+
+        `txn` is a `fs.iterator()` item or a `Txn`; `tid` overrides its tid
+        (records get the same tid); `digest` overrides the checksum.
+        """
+        tid = txn.tid if tid is None else tid
+        self.begin(tid, txn.status, txn.user, txn.description,
+                   dict(txn.extension))
+        for r in txn:
+            if legacy:
+                self.store_legacy(r.oid, tid, r.data, r.data_txn)
+            else:
+                self.store(r.oid, tid, r.data, r.data_txn)
+        if legacy:
+            return self.commit_legacy()
+        return self.commit(digest)
+
+    @property
+    def frames(self):
+        return list(self.items)
+
+
+class Record:
+    def __init__(self, oid, tid, data, data_txn):
+        self.oid, self.tid, self.data, self.data_txn = oid, tid, data, data_txn
+
+
+class Txn:
+    """A transaction copied out of a FileStorage (iterators are one-shot)."""
+
+    def __init__(self, tid, status, user, description, extension, records):
+        self.tid, self.status, self.user = tid, status, user
+        self.description, self.extension = description, extension
+        self.records = records
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __repr__(self):
+        return '<Txn %s, %d records>' % (self.tid.hex(), len(self.records))
+
+
+def read_transactions(path):
+    """All transactions of a FileStorage as a list of `Txn`."""
+    import ZODB.FileStorage
+    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
+    try:
+        return [
+            Txn(t.tid, t.status, t.user, t.description, dict(t.extension),
+                [Record(r.oid, r.tid, r.data, r.data_txn) for r in t])
+            for t in fs.iterator()]
+    finally:
+        fs.close()
+
+
+def replay(txns, legacy=False, tail=None):
+    """A script factory modelling a real primary: for a connection starting
+    at `start_tid`, send every transaction in `txns` whose tid is greater,
+    then call `tail(stream)` to append whatever should come next (e.g.
+    something broken).  Returns a callable(start_tid) -> frames.
+    """
+    def script(start_tid):
+        stream = Stream(start_tid)
+        for txn in txns:
+            if txn.tid > start_tid:
+                stream.transaction(txn, legacy=legacy)
+        if tail is not None:
+            tail(stream)
+        return stream.frames
+    return script
+
+
+class Connection:
+    """What the fake primary saw on one accepted connection."""
+
+    def __init__(self, index, peer):
+        self.index = index
+        self.peer = peer
+        self.protocol = None
+        self.start_tid = None
+        self.keepalives = 0
+        self.error = None
+        self.closed = threading.Event()
+
+    def __repr__(self):
+        return '<Connection #%d %r start=%s>' % (
+            self.index, self.protocol,
+            self.start_tid.hex() if self.start_tid else None)
+
+
+class FakePrimary:
+    """A scripted ZRS primary on 127.0.0.1.
+
+    `script` is a list (item i is the frames for connection i; connections
+    beyond the list get nothing and stay idle) or a callable(start_tid)
+    returning the frames.  Use as a context manager or call start()/stop().
+    """
+
+    def __init__(self, script=(), port=0, handshake_timeout=30.0):
+        self.script = script
+        self.handshake_timeout = handshake_timeout
+        self.connections = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sockets = []
+        self._threads = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(('127.0.0.1', port))
+        self._listener.listen(8)
+        self.port = self._listener.getsockname()[1]
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self):
+        t = threading.Thread(target=self._accept_loop, daemon=True,
+                             name='fake-primary-%s' % self.port)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads[:1]:
+            t.join(10)  # the accept loop
+        self._listener.close()
+        with self._lock:
+            socks = list(self._sockets)
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in list(self._threads):
+            t.join(10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- inspection --------------------------------------------------------
+    def wait_connections(self, n, timeout=60.0):
+        """Wait until `n` connections completed their handshake."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                done = [c for c in self.connections if c.start_tid is not None]
+            if len(done) >= n:
+                return done
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    'fake primary: wanted %d handshakes, saw %r' % (
+                        n, self.connections))
+            time.sleep(0.02)
+
+    @property
+    def start_tids(self):
+        with self._lock:
+            return [c.start_tid for c in self.connections
+                    if c.start_tid is not None]
+
+    # -- internals ---------------------------------------------------------
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select([self._listener], [], [], 0.1)
+                if not ready:
+                    continue
+                sock, peer = self._listener.accept()
+            except (OSError, ValueError):
+                return
+            with self._lock:
+                conn = Connection(len(self.connections), peer)
+                self.connections.append(conn)
+                self._sockets.append(sock)
+            t = threading.Thread(target=self._serve, args=(sock, conn),
+                                 daemon=True, name='fake-primary-conn')
+            t.start()
+            self._threads.append(t)
+
+    def _frames_for(self, conn):
+        if callable(self.script):
+            return self.script(conn.start_tid)
+        if conn.index < len(self.script):
+            return self.script[conn.index]
+        return []
+
+    def _serve(self, sock, conn):
+        try:
+            reader = _Reader(sock, self._stop)
+            conn.protocol = reader.frame(self.handshake_timeout)
+            tid = reader.frame(self.handshake_timeout)
+            if conn.protocol is None or tid is None:
+                return
+            with self._lock:
+                conn.start_tid = tid
+            for item in self._frames_for(conn):
+                if item is CLOSE:
+                    return
+                sock.sendall(item if isinstance(item, Raw) else frame(item))
+            # Idle: read and count keep-alives until EOF or stop.
+            while True:
+                payload = reader.frame(None)
+                if payload is None:
+                    return
+                conn.keepalives += 1
+        except OSError as e:
+            conn.error = e
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+            with self._lock:
+                if sock in self._sockets:
+                    self._sockets.remove(sock)
+            conn.closed.set()
+
+
+class _Reader:
+    """Reads frames from a socket, giving up on EOF, stop or timeout."""
+
+    def __init__(self, sock, stop):
+        self.sock = sock
+        self.stop = stop
+        self.buf = b''
+
+    def _read(self, n, deadline):
+        while len(self.buf) < n:
+            if self.stop.is_set():
+                return None
+            wait = 0.1
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+            ready, _, _ = select.select([self.sock], [], [], wait)
+            if not ready:
+                continue
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def frame(self, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        head = self._read(4, deadline)
+        if head is None:
+            return None
+        return self._read(struct.unpack('>I', head)[0], deadline)

@@ -1,0 +1,427 @@
+"""A real zc.zrs 3.1 primary for end-to-end tests, and ways to feed and watch it.
+
+zc.zrs is never imported here: the primary runs in a subprocess, ZEO 6's
+`runzeo` with a `%import zc.zrs` config, so its reactor thread, global Twisted
+logging and atexit hooks stay out of the test process.  The test process talks
+to it only as a user would: ZEO clients on its ZEO port, and (through `Proxy`)
+the ZRS replication port.
+
+- `ZcZrsPrimary` starts/stops the primary on a FileStorage path.
+- `populate()` writes a deterministic history through a ZEO client: thousands
+  of transactions of varied sizes, extension data, user names, notes, undos
+  (including undone object creations, which replicate as `None` records).
+- `Proxy` is a TCP forwarder for the replication connection that records what
+  the secondary sent (its handshake) and can hold the primary -> secondary
+  stream after a byte budget, so a test can stop a replica half-way through
+  catch-up without relying on timing.
+"""
+import os
+import random
+import shutil
+import socket
+import struct
+import threading
+
+import transaction
+import ZEO
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+
+from support import BIN, Process, free_port, port_open, wait_until
+
+CONFIG = """\
+%%import zc.zrs
+<zeo>
+  address 127.0.0.1:%(zeo_port)s
+</zeo>
+<zrs>
+  replicate-to 127.0.0.1:%(repl_port)s
+  <filestorage>
+    path %(fs_path)s
+  </filestorage>
+</zrs>
+<eventlog>
+  level INFO
+  <logfile>
+    path STDOUT
+    format %%(asctime)s %%(levelname)s %%(name)s %%(message)s
+  </logfile>
+</eventlog>
+"""
+
+
+class ZcZrsPrimary:
+    """A zc.zrs primary (`runzeo` + `<zrs replicate-to>`) in a subprocess.
+
+    `zeo_port` serves ZEO clients (writable); `repl_port` serves ZRS
+    secondaries.  Ports are picked when the object is created and kept across
+    restarts.
+    """
+
+    def __init__(self, directory, name='primary'):
+        self.directory = str(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.name = name
+        self.fs_path = os.path.join(self.directory, name + '.fs')
+        self.config_path = os.path.join(self.directory, name + '.conf')
+        self.log_path = os.path.join(self.directory, name + '.log')
+        self.zeo_port = free_port()
+        self.repl_port = free_port()
+        self.process = None
+
+    @property
+    def zeo_address(self):
+        return ('127.0.0.1', self.zeo_port)
+
+    def write_config(self):
+        with open(self.config_path, 'w') as f:
+            f.write(CONFIG % dict(zeo_port=self.zeo_port,
+                                  repl_port=self.repl_port,
+                                  fs_path=self.fs_path))
+        return self.config_path
+
+    def start(self, timeout=60.0):
+        """Start the primary and wait until both ports accept connections."""
+        assert self.process is None or self.process.popen.poll() is not None
+        self.write_config()
+        self.process = Process(
+            [os.path.join(BIN, 'runzeo'), '-C', self.config_path],
+            self.log_path)
+        popen = self.process.popen
+        wait_until(
+            lambda: popen.poll() is not None or (
+                port_open(self.zeo_port) and port_open(self.repl_port)),
+            timeout, message='zc.zrs primary ports %s and %s' % (
+                self.zeo_port, self.repl_port))
+        if popen.poll() is not None:
+            raise AssertionError(
+                'zc.zrs primary exited with %s:\n%s' % (
+                    popen.returncode, self.process.log()))
+        return self
+
+    def stop(self, timeout=60.0):
+        """SIGTERM the primary and wait; returns its exit status."""
+        if self.process is None:
+            return None
+        return self.process.stop(timeout)
+
+    def close(self):
+        """Make sure the process is gone (for finalisers)."""
+        if self.process is not None:
+            self.process.close()
+
+    def running(self):
+        return self.process is not None and self.process.popen.poll() is None
+
+    def log(self):
+        return self.process.log() if self.process is not None else ''
+
+    def client(self, **kw):
+        """A ZEO ClientStorage connected to the primary."""
+        return ZEO.client(self.zeo_address, **kw)
+
+    def db(self, **kw):
+        """A ZODB.DB over a ZEO client of the primary."""
+        return ZEO.DB(self.zeo_address, **kw)
+
+    def last_tid(self):
+        """The primary's last committed tid, asked over ZEO."""
+        storage = self.client()
+        try:
+            return storage.lastTransaction()
+        finally:
+            storage.close()
+
+    def copy_to(self, directory, name=None):
+        """A new, stopped primary on a copy of this primary's files.
+
+        The copy gets its own ports.  Copy only while this primary is stopped.
+        """
+        assert not self.running()
+        other = ZcZrsPrimary(directory, name or self.name)
+        shutil.copyfile(self.fs_path, other.fs_path)
+        if os.path.exists(self.fs_path + '.index'):
+            shutil.copyfile(self.fs_path + '.index', other.fs_path + '.index')
+        return other
+
+
+class PopulateResult:
+    """What `populate()` wrote: counts and sizes (a plain record)."""
+
+    def __init__(self):
+        self.transactions = 0       # commits made by populate (undos included)
+        self.undos = 0
+        self.creation_undos = 0     # undos that removed object creations
+        self.objects = 0            # objects created
+        self.payload_bytes = 0      # bytes of payload stored in objects
+        self.last_tid = None
+
+    def __repr__(self):
+        return ('PopulateResult(transactions=%d, undos=%d, creation_undos=%d,'
+                ' objects=%d, payload_bytes=%d)' % (
+                    self.transactions, self.undos, self.creation_undos,
+                    self.objects, self.payload_bytes))
+
+
+def _payload_size(rng):
+    """Record sizes: mostly small, a fair share of KBs, a few tens of KB."""
+    r = rng.random()
+    if r < 0.75:
+        return rng.randint(20, 800)
+    if r < 0.97:
+        return rng.randint(1000, 6000)
+    return rng.randint(8000, 24000)
+
+
+USERS = ['alice', 'bob', 'zoë', 'admin']
+NOTES = ['edit', 'bulk import', 'fix typo', 'café ✓ résumé', 'nightly job']
+
+
+def populate(address, transactions=3000, seed=20240611, undo_every=250):
+    """Commit a deterministic history through a real ZEO client.
+
+    `address` is the primary's ZEO (host, port).  Each transaction touches
+    1-10 objects (new or existing `PersistentMapping`s kept in an `OOBTree`
+    under the root) with payloads from tens of bytes to ~24 KB.  About a
+    third of the transactions carry a user, a note and extension data.
+    Every `undo_every` transactions the last transaction is undone; every
+    other one of those undoes a transaction that created objects.
+
+    Returns a `PopulateResult`.
+    """
+    rng = random.Random(seed)
+    result = PopulateResult()
+    db = ZEO.DB(address)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        root = conn.root()
+        tm.begin()
+        root['items'] = items = OOBTree()
+        root['counter'] = 0
+        tm.get().note('zrsd e2e: create the item tree')
+        tm.commit()
+        result.transactions += 1
+        next_key = 0
+
+        def undo_last():
+            # DB.undo joins the current transaction of the connection's
+            # manager; the undo is committed like any other transaction.
+            tm.begin()
+            undo_id = db.undoLog(0, 1)[0]['id']
+            db.undo(undo_id, tm.get())
+            tm.get().note('undo')
+            tm.commit()
+            result.undos += 1
+            result.transactions += 1
+
+        for i in range(1, transactions + 1):
+            is_undo_slot = undo_every and i % undo_every == 0
+            tm.begin()
+            txn = tm.get()
+            creating = is_undo_slot and (i // undo_every) % 2 == 0
+            touched = rng.randint(1, 10)
+            for _ in range(touched):
+                if creating or next_key < 20 or rng.random() < 0.3:
+                    size = _payload_size(rng)
+                    items[next_key] = PersistentMapping(
+                        payload=rng.randbytes(size), version=0)
+                    next_key += 1
+                    result.objects += 1
+                else:
+                    obj = items[rng.randrange(next_key)]
+                    size = _payload_size(rng)
+                    obj['payload'] = rng.randbytes(size)
+                    obj['version'] = obj.get('version', 0) + 1
+                result.payload_bytes += size
+            if rng.random() < 0.1:
+                root['counter'] = root['counter'] + 1
+            if rng.random() < 0.35 or is_undo_slot:
+                txn.setUser(rng.choice(USERS))
+                txn.note(rng.choice(NOTES))
+                txn.setExtendedInfo('batch', i // 100)
+                txn.setExtendedInfo('source', 'zrsd-e2e')
+                if rng.random() < 0.5:
+                    txn.setExtendedInfo('tags', ['a', 'b', str(i)])
+                    txn.setExtendedInfo('meta', {'n': i, 'ok': True,
+                                                 'ratio': i / 7.0,
+                                                 'none': None})
+            tm.commit()
+            result.transactions += 1
+            if is_undo_slot:
+                undo_last()
+                if creating:
+                    result.creation_undos += 1
+                # The undo may have removed keys from the tree (undone
+                # creations); continue numbering after what exists.
+                tm.begin()
+                next_key = (items.maxKey() + 1) if len(items) else 0
+                tm.abort()
+        result.last_tid = db.lastTransaction()
+    finally:
+        tm.abort()
+        conn.close()
+        db.close()
+    return result
+
+
+def commit_change(address, key, value):
+    """One transaction on a ZEO server: root[key] = value; returns its tid."""
+    db = ZEO.DB(address)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        tm.begin()
+        root = conn.root()
+        root[key] = value
+        tm.get().note('zrsd e2e: change %s' % key)
+        tm.commit()
+        return root._p_serial
+    finally:
+        conn.close()
+        db.close()
+
+
+class _Link:
+    """One proxied connection: secondary <-> proxy <-> primary."""
+
+    def __init__(self, proxy, downstream, upstream, limit):
+        self.proxy = proxy
+        self.downstream = downstream
+        self.upstream = upstream
+        self.limit = limit
+        self.sent = bytearray()      # everything the secondary sent
+        self.forwarded = 0           # primary -> secondary bytes forwarded
+        self.held = threading.Event()    # set once the byte budget is spent
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._pump_up, daemon=True,
+                             name='proxy-up'),
+            threading.Thread(target=self._pump_down, daemon=True,
+                             name='proxy-down'),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _pump_up(self):
+        try:
+            while True:
+                data = self.downstream.recv(65536)
+                if not data:
+                    break
+                with self._lock:
+                    self.sent += data
+                self.upstream.sendall(data)
+        except OSError:
+            pass
+        self.close()
+
+    def _pump_down(self):
+        try:
+            while True:
+                budget = None
+                if self.limit is not None:
+                    budget = self.limit - self.forwarded
+                    if budget <= 0:
+                        # Hold: stop reading from the primary.  The link
+                        # stays open until one side goes away.
+                        self.held.set()
+                        self.closed.wait()
+                        break
+                data = self.upstream.recv(
+                    65536 if budget is None else min(65536, budget))
+                if not data:
+                    break
+                self.downstream.sendall(data)
+                self.forwarded += len(data)
+        except OSError:
+            pass
+        self.close()
+
+    def handshake(self):
+        """(protocol name, tid) sent by the secondary, or None if not yet."""
+        with self._lock:
+            data = bytes(self.sent)
+        frames = []
+        while len(frames) < 2:
+            if len(data) < 4:
+                return None
+            (size,) = struct.unpack('>I', data[:4])
+            if len(data) < 4 + size:
+                return None
+            frames.append(data[4:4 + size])
+            data = data[4 + size:]
+        return frames[0], frames[1]
+
+    def close(self):
+        with self._lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+        for s in (self.downstream, self.upstream):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+class Proxy:
+    """A TCP forwarder on 127.0.0.1 in front of a ZRS primary's port.
+
+    `limit`: for connections accepted while it is set, forward at most this
+    many primary -> secondary bytes, then hold the stream (the primary's data
+    stays unread; the connection stays open).  Set it to None to let later
+    connections through untouched.  `links` lists the connections in accept
+    order.
+    """
+
+    def __init__(self, target_port, limit=None):
+        self.target_port = target_port
+        self.limit = limit
+        self.links = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(('127.0.0.1', 0))
+        self._listener.listen(8)
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._accept, daemon=True, name='proxy-accept')
+        self._thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._closed:
+                downstream.close()
+                return
+            try:
+                upstream = socket.create_connection(
+                    ('127.0.0.1', self.target_port))
+            except OSError:
+                downstream.close()
+                continue
+            self.links.append(_Link(self, downstream, upstream, self.limit))
+
+    def wait_for_link(self, index, timeout=60.0):
+        """The `index`-th accepted connection, once its handshake arrived."""
+        wait_until(lambda: len(self.links) > index
+                   and self.links[index].handshake() is not None,
+                   timeout, message='ZRS handshake on proxied connection %d'
+                   % index)
+        return self.links[index]
+
+    def close(self):
+        self._closed = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for link in list(self.links):
+            link.close()

@@ -1,0 +1,1 @@
+"""zrsd: a standalone ZRS replica daemon for ZODB."""

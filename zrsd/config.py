@@ -1,0 +1,156 @@
+"""Configuration: the ZConfig schema's datatypes and loading.
+
+Flow: `zrsd/schema.xml` (ZEO-compatible `<zeo>`, zdaemon's `<runner>`,
+ZConfig's `<eventlog>`, `<zrs>` sections from `zrsd/component.xml`) ->
+validated section objects -> `ZRSConfig.open_storage()`.  Nothing outside
+this module parses configuration files.
+"""
+import os
+import re
+
+import ZConfig
+import ZODB.FileStorage
+
+from .protocol import DEFAULT_ALLOWED_GLOBALS, MessageDecoder, resolve_globals
+
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), 'schema.xml')
+
+_schema = None
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file, line and key in its text."""
+
+
+def schema():
+    global _schema
+    if _schema is None:
+        _schema = ZConfig.loadSchema(SCHEMA_PATH)
+    return _schema
+
+
+class SectionError(ValueError):
+    """A value in a `<zrs>` section is wrong; names the section and key."""
+
+    def __init__(self, section_name, attribute, problem):
+        self.section_name = section_name
+        self.key = _KEY_NAMES.get(attribute, attribute.replace('_', '-'))
+        super().__init__('%s %s' % (self.key, problem))
+
+
+_KEY_NAMES = {'allowed_globals': 'allow-global'}
+
+
+class ZRSConfig:
+    """The datatype of a `<zrs>` section (checked when the file loads)."""
+
+    def __init__(self, section):
+        self.section = section
+        self.name = section.getSectionName() or '1'
+        if section.replicate_from is None:
+            raise SectionError(self.name, 'replicate-from', 'is required')
+        for key in ('reconnect_delay', 'max_reconnect_delay'):
+            if getattr(section, key) <= 0:
+                raise SectionError(self.name, key, 'must be > 0')
+        if section.max_reconnect_delay < section.reconnect_delay:
+            raise SectionError(self.name, 'max_reconnect_delay',
+                               'must be >= reconnect-delay')
+        if section.keep_alive_delay < 0:
+            raise SectionError(self.name, 'keep_alive_delay', 'must be >= 0')
+        if section.max_message_size < 1024:
+            raise SectionError(self.name, 'max_message_size',
+                               'must be at least 1KB')
+        # Imported now, so that a typo fails at start-up, not mid-stream.
+        try:
+            self.allowed_globals = resolve_globals(
+                DEFAULT_ALLOWED_GLOBALS + tuple(section.allowed_globals or ()))
+        except ValueError as exc:
+            raise SectionError(self.name, 'allowed_globals', str(exc))
+
+    @property
+    def address(self):
+        return self.section.replicate_from.address
+
+    def decoder(self):
+        return MessageDecoder(self.allowed_globals)
+
+    def open_base(self):
+        """Open the local FileStorage (with blobs when blob-dir is set)."""
+        storage = self.section.base.open()
+        if not isinstance(storage, ZODB.FileStorage.FileStorage):
+            storage.close()
+            raise ConfigError(
+                '<zrs %s>: the local storage must be a <filestorage>, not %s'
+                % (self.name, type(storage).__name__))
+        return storage
+
+
+def _find_line(path, section_name, key):
+    """Line number of `key` in the `<zrs section_name>` section of `path`.
+
+    ZConfig reports no position for errors raised by a section's datatype;
+    find it in the file: the key's line, else the section's first line.
+    """
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    header = re.compile(r'\s*<zrs(\s+(\S+?))?\s*>', re.I)
+    section_line = None
+    for number, line in enumerate(lines, 1):
+        match = header.match(line)
+        if match:
+            if (match.group(2) or '1') == section_name:
+                section_line = number
+            elif section_line is not None:
+                break
+        elif section_line is not None and line.split()[:1] == [key]:
+            return number
+    return section_line
+
+
+def _key_at(path, lineno):
+    try:
+        with open(path) as f:
+            line = f.read().splitlines()[lineno - 1]
+    except (OSError, IndexError):
+        return None
+    words = line.split()
+    return words[0] if words and not words[0].startswith('<') else None
+
+
+def describe_error(exc, path):
+    """One line naming the file, the line and the key of a ZConfig error."""
+    url = getattr(exc, 'url', None) or path
+    if url.startswith('file://'):
+        url = url[len('file://'):]
+    lineno = getattr(exc, 'lineno', None)
+    message = ' '.join(str(getattr(exc, 'message', None) or exc).split())
+    cause = getattr(exc, 'exception', None)
+    if isinstance(cause, SectionError):
+        lineno = _find_line(url, cause.section_name, cause.key)
+        message = '<zrs %s>: %s' % (cause.section_name, message)
+    elif isinstance(exc, ZConfig.DataConversionError) and lineno:
+        key = _key_at(url, lineno)
+        if key and not message.startswith(key):
+            message = '%s: %s' % (key, message)
+    if lineno and lineno > 0:
+        return '%s:%s: %s' % (url, lineno, message)
+    return '%s: %s' % (url, message)
+
+
+def load(path):
+    """Load and validate a zrsd config file; ConfigError on any problem."""
+    if not os.path.exists(path):
+        raise ConfigError('%s: no such file' % path)
+    try:
+        config, _ = ZConfig.loadConfig(schema(), path)
+    except ZConfig.ConfigurationError as exc:
+        raise ConfigError(describe_error(exc, path)) from exc
+    names = [zrs.name for zrs in config.storages]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError('%s: more than one <zrs> section named %s'
+                          % (path, ', '.join(duplicates)))
+    return config

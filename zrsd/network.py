@@ -1,0 +1,283 @@
+"""Twisted glue for the secondary: connect, handshake, feed, keep alive.
+
+Everything here runs in the reactor thread.  `ReplicationClient` keeps one
+storage connected to its primary, reconnecting with backoff; each connection
+is a `SecondaryProtocol` that sends the handshake, turns bytes into frames
+(`zrsd.protocol.FrameDecoder`) and frames into applied transactions
+(`zrsd.secondary.Receiver`).
+"""
+import logging
+import socket
+
+from twisted.internet import endpoints, protocol, task
+
+from . import protocol as zrs
+from .retry import RepeatLimiter, backoff_delay
+from .secondary import Receiver, describe_tid
+
+logger = logging.getLogger(__name__)
+
+# Dead-peer detection.  The primary never sends keep-alives and may be idle
+# for hours, so silence proves nothing; TCP keepalive probes do, and
+# TCP_USER_TIMEOUT bounds how long our own keep-alive frames may stay
+# unacknowledged.
+TCP_KEEPALIVE_IDLE = 60
+TCP_KEEPALIVE_INTERVAL = 10
+TCP_KEEPALIVE_COUNT = 6
+TCP_USER_TIMEOUT_MS = 120_000
+
+
+def tune_socket(sock):
+    """Low latency and dead-peer detection for a replication socket."""
+    options = [
+        (socket.IPPROTO_TCP, 'TCP_NODELAY', 1),
+        (socket.SOL_SOCKET, 'SO_KEEPALIVE', 1),
+        (socket.IPPROTO_TCP, 'TCP_KEEPIDLE', TCP_KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, 'TCP_KEEPINTVL', TCP_KEEPALIVE_INTERVAL),
+        (socket.IPPROTO_TCP, 'TCP_KEEPCNT', TCP_KEEPALIVE_COUNT),
+        (socket.IPPROTO_TCP, 'TCP_USER_TIMEOUT', TCP_USER_TIMEOUT_MS),
+    ]
+    for level, name, value in options:
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(level, option, value)
+
+
+def quick_ack(sock):
+    """Ask Linux to acknowledge at once instead of delaying the ACK.
+
+    A zc.zrs primary leaves Nagle on; with our ACKs delayed, a small commit
+    can wait ~40 ms for the ACK of the previous one.  The kernel clears the
+    flag again by itself, so it is re-armed after every read.
+    """
+    if _TCP_QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError:
+            pass
+
+
+_TCP_QUICKACK = getattr(socket, 'TCP_QUICKACK', None)
+
+
+def format_address(address):
+    if isinstance(address, str):
+        return address
+    host, port = address
+    return '%s:%s' % (host, port)
+
+
+class SecondaryProtocol(protocol.Protocol):
+    """One connection from this secondary to its primary."""
+
+    receiver = None
+    _keep_alive = None
+    _failed = False
+
+    def __init__(self, client):
+        self.client = client
+        self.peer = client.peer
+
+    def connectionMade(self):
+        client = self.client
+        handle = self.transport.getHandle()
+        if isinstance(handle, socket.socket) and \
+                handle.family in (socket.AF_INET, socket.AF_INET6):
+            tune_socket(handle)
+            self._socket = handle
+        else:
+            self._socket = None
+        start_tid = client.storage.lastTransaction()
+        self.receiver = Receiver(
+            client.storage, start_tid, decoder=client.decoder,
+            check_checksums=client.check_checksums,
+            on_commit=client.committed)
+        self.frames = zrs.FrameDecoder(self.receiver.frame_received,
+                                       client.max_frame)
+        self.transport.write(zrs.encode_frame(client.protocol_name))
+        self.transport.write(zrs.encode_frame(start_tid))
+        logger.info('%s: connected (%s), requesting transactions after %s',
+                    self.peer, client.protocol_name.decode(),
+                    describe_tid(start_tid))
+        if client.keep_alive_delay > 0:
+            self._keep_alive = task.LoopingCall(self._send_keep_alive)
+            self._keep_alive.clock = client.clock
+            self._keep_alive.start(client.keep_alive_delay, now=False)
+        client.connection_made(self)
+
+    def _send_keep_alive(self):
+        self.transport.write(zrs.EMPTY_FRAME)
+
+    def dataReceived(self, data):
+        if self._failed:
+            return
+        try:
+            self.frames.feed(data)
+        except zrs.ProtocolError as exc:
+            self._fail('replication stream rejected: %s' % exc)
+        except Exception as exc:
+            self._fail('applying transaction %s failed: %s: %s' % (
+                describe_tid(self.receiver.transaction_tid),
+                type(exc).__name__, exc), exc_info=True)
+        if self._socket is not None:
+            quick_ack(self._socket)
+
+    def _fail(self, reason, exc_info=False):
+        # The receiver aborted the open transaction before raising.
+        self._failed = True
+        logger.error('%s: %s; open transaction aborted, reconnecting',
+                     self.peer, reason, exc_info=exc_info)
+        self.client.stream_failed()
+        self.transport.abortConnection()
+
+    def abort(self):
+        """Drop the connection now, abandoning any half-received transaction.
+
+        Used at shutdown.
+        """
+        self._failed = True
+        if self.receiver is not None:
+            self.receiver.abort()
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if self._keep_alive is not None and self._keep_alive.running:
+            self._keep_alive.stop()
+        if self.receiver is not None:
+            self.receiver.abort()
+        self.client.connection_lost(self, reason)
+
+
+class _Factory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, client):
+        self.client = client
+
+    def buildProtocol(self, addr):
+        return SecondaryProtocol(self.client)
+
+
+class ReplicationClient:
+    """Keep one storage replicating from one primary (reactor thread).
+
+    `storage` is the sink (`zrsd.storage.ReplicaStorage`): it gives the
+    resume tid and applies transactions.  `endpoint` is a Twisted client
+    endpoint for the primary; `clock` is the reactor (injectable for tests).
+    """
+
+    def __init__(self, name, storage, address, endpoint, clock,
+                 protocol_name=zrs.PROTOCOL_2_0, decoder=None,
+                 check_checksums=True, max_frame=zrs.DEFAULT_MAX_FRAME,
+                 keep_alive_delay=60, reconnect_delay=1.0,
+                 max_reconnect_delay=60.0, on_commit=None):
+        self.name = name
+        self.storage = storage
+        self.peer = '%s <- %s' % (name, format_address(address))
+        self.endpoint = endpoint
+        self.clock = clock
+        self.protocol_name = protocol_name
+        self.decoder = decoder or zrs.MessageDecoder()
+        self.check_checksums = check_checksums
+        self.max_frame = max_frame
+        self.keep_alive_delay = keep_alive_delay
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self.on_commit = on_commit
+        self.connection = None
+        self.connected = False
+        self.reconnects = 0
+        self.stream_failures = 0
+        self._attempt = 0
+        self._connected_at = None
+        self._pending = None      # the DelayedCall of the next attempt
+        self._connecting = None   # the Deferred of a connection attempt
+        self._stopped = True
+        self._failures = RepeatLimiter()
+
+    def start(self):
+        self._stopped = False
+        self._connect()
+
+    def _connect(self):
+        self._pending = None
+        if self._stopped:
+            return
+        d = self._connecting = self.endpoint.connect(_Factory(self))
+        d.addErrback(self._connect_failed)
+
+    def _connect_failed(self, failure):
+        self._connecting = None
+        if self._stopped:
+            return
+        text = self._failures.check(
+            '%s: cannot connect: %s' % (
+                self.peer, failure.getErrorMessage()), self.clock.seconds())
+        if text is not None:
+            logger.warning(text)
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self):
+        if self._stopped or self._pending is not None:
+            return
+        delay = backoff_delay(self._attempt, self.reconnect_delay,
+                              self.max_reconnect_delay)
+        self._attempt += 1
+        self.reconnects += 1
+        logger.debug('%s: reconnecting in %.2fs', self.peer, delay)
+        self._pending = self.clock.callLater(delay, self._connect)
+
+    # -- called by SecondaryProtocol ------------------------------------
+
+    def connection_made(self, connection):
+        self._connecting = None
+        self.connection = connection
+        self.connected = True
+        self._connected_at = self.clock.seconds()
+        self._failures.reset()
+
+    def committed(self, tid, nbytes):
+        # A connection that delivers transactions is healthy: start the
+        # backoff over for the next disconnection.
+        self._attempt = 0
+        if self.on_commit is not None:
+            self.on_commit(tid, nbytes)
+
+    def stream_failed(self):
+        self.stream_failures += 1
+
+    def connection_lost(self, connection, reason):
+        if connection is not self.connection:
+            return
+        self.connection = None
+        self.connected = False
+        if self._stopped:
+            return
+        if (self._connected_at is not None and self.clock.seconds()
+                - self._connected_at >= self.max_reconnect_delay):
+            self._attempt = 0
+        if not connection._failed:
+            logger.info('%s: disconnected: %s', self.peer,
+                        reason.getErrorMessage())
+        self._schedule_reconnect()
+
+    def stop(self):
+        """Stop replicating: abort any open transaction, drop the link."""
+        self._stopped = True
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self.connection is not None:
+            self.connection.abort()
+        logger.info('%s: replication stopped', self.peer)
+
+
+def tcp_endpoint(reactor, address, timeout=30):
+    """A client endpoint for a (host, port) or unix-socket path address."""
+    if isinstance(address, str):
+        return endpoints.UNIXClientEndpoint(reactor, address, timeout=timeout)
+    host, port = address
+    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)

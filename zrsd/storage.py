@@ -1,0 +1,219 @@
+"""The replica storage: a read-only face for ZEO and an apply path for ZRS.
+
+`ReplicaStorage` wraps a FileStorage.  ZEO sees a read-only storage: reads
+are delegated, every write (store, undo, pack, new_oid, tpc_begin, ...)
+raises `ReadOnlyError`.  The replication state machine applies transactions
+through the sink methods (`begin`, `store`, `open_blob`, `store_blob`,
+`commit`, `abort`), one local transaction per primary transaction, same tid.
+
+Threads: the sink methods run in the reactor thread; the read methods run in
+the ZEO server's loop thread (and ZEO's worker threads).  FileStorage's own
+locks make that safe.  Invalidations are sent to ZEO from inside
+`tpc_finish`'s callback, i.e. under the storage lock, so a ZEO client that
+registers concurrently either gets the invalidation or already sees the new
+`lastTransaction()`.
+"""
+import logging
+import os
+import tempfile
+
+import zope.interface
+import ZODB.interfaces
+from ZODB.Connection import TransactionMetaData
+from ZODB.POSException import ReadOnlyError, UndoError
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import u64, z64
+
+logger = logging.getLogger(__name__)
+
+# Methods ZEO (and ZODB tools) may call that only read.
+_READ_METHODS = (
+    'getName', 'getSize', 'sortKey', 'lastTransaction', 'load', 'loadBefore',
+    'loadSerial', 'history', 'iterator', 'record_iternext', 'getTid',
+    'lastInvalidations', 'undoLog', 'undoInfo', 'supportsUndo',
+)
+_BLOB_READ_METHODS = ('loadBlob', 'openCommittedBlobFile',
+                      'temporaryDirectory')
+
+
+class ApplyError(Exception):
+    """A replicated transaction cannot be applied to this storage."""
+
+
+def last_committed_tid(fs):
+    """The tid of the last transaction really committed in `fs`'s file.
+
+    FileStorage's own `lastTransaction()` is wrong after a crash between
+    `tpc_vote` and `tpc_finish`: on the first reopen it reports the tid of
+    the truncated, never-committed transaction.  This reads the trailer of
+    the last complete transaction record instead.
+    """
+    with fs._lock:
+        pos = fs._pos
+        if pos <= 4:
+            return z64
+        fs._file.seek(pos - 8)
+        tlen = u64(fs._file.read(8))
+        header = fs._read_txn_header(pos - 8 - tlen)
+        return header.tid
+
+
+def recover_last_transaction(fs):
+    """Make `fs.lastTransaction()` tell the truth; return the resume tid."""
+    tid = last_committed_tid(fs)
+    reported = fs.lastTransaction()
+    if reported != tid:
+        logger.warning(
+            '%s: FileStorage reports %s as last transaction, but the last '
+            'committed transaction in the file is %s (a commit was '
+            'interrupted between vote and finish); resuming after %s',
+            fs.getName(), reported.hex(), tid.hex(), tid.hex())
+        with fs._lock:
+            fs._ltid = tid
+            fs._ts = TimeStamp(tid)
+    return tid
+
+
+@zope.interface.implementer(
+    ZODB.interfaces.IStorage,
+    ZODB.interfaces.IStorageIteration,
+    ZODB.interfaces.IStorageUndoable,
+)
+class ReplicaStorage:
+    """A FileStorage served read-only, written only by replication."""
+
+    def __init__(self, fs):
+        self._fs = fs
+        self._db = None
+        self._transaction = None
+        self._oids = []
+        self._blob_files = []
+        for name in _READ_METHODS:
+            setattr(self, name, getattr(fs, name))
+        self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
+        if self.has_blobs:
+            for name in _BLOB_READ_METHODS:
+                setattr(self, name, getattr(fs, name))
+            zope.interface.alsoProvides(self, ZODB.interfaces.IBlobStorage)
+        self.resume_tid = recover_last_transaction(fs)
+
+    def __len__(self):
+        return len(self._fs)
+
+    def __repr__(self):
+        return '<ReplicaStorage %s>' % self._fs.getName()
+
+    # -- the read-only face -------------------------------------------------
+
+    def isReadOnly(self):
+        return True
+
+    def registerDB(self, db):
+        """ZEO's StorageServer registers itself here to get invalidations."""
+        self._db = db
+
+    def tpc_transaction(self):
+        # ZEO asks for the storage's current transaction; clients never
+        # have one here.
+        return None
+
+    def _read_only(self, *args, **kw):
+        raise ReadOnlyError()
+
+    new_oid = tpc_begin = store = restore = undo = deleteObject = _read_only
+    storeBlob = restoreBlob = checkCurrentSerialInTransaction = _read_only
+    tpc_vote = tpc_finish = _read_only
+
+    def pack(self, *args, **kw):
+        # ZEO lets clients pack even a read-only server; a replica must
+        # never diverge from its primary.
+        raise ReadOnlyError()
+
+    def tpc_abort(self, transaction):
+        """Nothing to abort: clients cannot begin transactions here."""
+
+    def close(self):
+        self.abort()
+        self._fs.close()
+
+    # -- the apply path (the replication sink) ------------------------------
+
+    def begin(self, tid, status, user, description, extension):
+        if self._transaction is not None:
+            raise ApplyError('a transaction is still open')
+        last = self._fs.lastTransaction()
+        if tid <= last:
+            raise ApplyError('tid %s is not after the last transaction %s'
+                             % (tid.hex(), last.hex()))
+        meta = TransactionMetaData(user, description, extension)
+        self._fs.tpc_begin(meta, tid, status)
+        self._transaction = meta
+        self._oids = []
+
+    def store(self, oid, tid, data, data_txn):
+        meta = self._transaction
+        try:
+            self._fs.restore(oid, tid, data, '', data_txn, meta)
+        except UndoError:
+            if data is None:
+                raise
+            # The record the primary points back to is not in this file
+            # (e.g. a replica seeded from a packed copy).  The data came
+            # along, so store it without the back pointer.
+            logger.warning('%s: back pointer of %s to %s not found; '
+                           'storing the data itself', self._fs.getName(),
+                           oid.hex(), data_txn.hex())
+            self._fs.restore(oid, tid, data, '', None, meta)
+        self._oids.append(oid)
+
+    def open_blob(self):
+        if not self.has_blobs:
+            raise ApplyError('the primary sent a blob record, but this '
+                             'storage has no blob-dir')
+        fd, path = tempfile.mkstemp(
+            prefix='zrsd-', suffix='.blob', dir=self._fs.temporaryDirectory())
+        self._blob_files.append(path)
+        return os.fdopen(fd, 'wb')
+
+    def store_blob(self, oid, tid, data, data_txn, blob_file):
+        self._fs.restoreBlob(oid, tid, data, blob_file.name, data_txn,
+                             self._transaction)
+        self._oids.append(oid)
+
+    def commit(self):
+        meta, oids = self._transaction, self._oids
+
+        def invalidate(tid):
+            # Called by tpc_finish under the storage lock: see the module
+            # docstring.
+            if self._db is not None and oids:
+                self._db.invalidate(tid, oids)
+
+        try:
+            self._fs.tpc_vote(meta)
+            tid = self._fs.tpc_finish(meta, invalidate)
+        except BaseException:
+            self.abort()
+            raise
+        self._transaction = None
+        self._oids = []
+        self._remove_blob_files()
+        return tid
+
+    def abort(self):
+        """Abandon the transaction being applied, if any (idempotent)."""
+        meta, self._transaction = self._transaction, None
+        self._oids = []
+        if meta is not None:
+            self._fs.tpc_abort(meta)
+        self._remove_blob_files()
+
+    def _remove_blob_files(self):
+        # restoreBlob renames committed blob files away; whatever is left
+        # belongs to an aborted transaction.
+        for path in self._blob_files:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        self._blob_files = []

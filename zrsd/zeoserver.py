@@ -1,0 +1,48 @@
+"""ZEO serving: a `StorageServer` for the served storages.
+
+ZEO's asyncio loop runs in the main thread (`run()`); replicated commits
+invalidate client caches from the reactor thread through `invalidate`.
+"""
+import logging
+
+from ZEO.StorageServer import StorageServer
+
+logger = logging.getLogger(__name__)
+
+
+class ReplicaStorageServer(StorageServer):
+    """ZEO's StorageServer, safe for invalidations from a foreign thread.
+
+    ZEO's own `invalidate` iterates the live list of a storage's client
+    connections while the loop thread may add or remove entries; a client
+    that disconnects mid-iteration would make another client miss an
+    invalidation.  This version iterates over a snapshot.
+    """
+
+    def invalidate(self, zeo_storage, storage_id, tid, invalidated):
+        invq = self.invq[storage_id]
+        if len(invq) >= self.invq_bound:
+            invq.pop()
+        invq.insert(0, (tid, invalidated))
+        for client in list(self.zeo_storages_by_storage_id[storage_id]):
+            if client is not zeo_storage:
+                client.async_threadsafe(
+                    'invalidateTransaction', tid, invalidated)
+
+
+def create_server(options, storages):
+    """A StorageServer for `storages` ({name: storage}) per a <zeo> section.
+
+    The server listens once this returns; `server.loop()` serves.
+    """
+    return ReplicaStorageServer(
+        options.address.address,
+        storages,
+        read_only=options.read_only,
+        invalidation_queue_size=options.invalidation_queue_size,
+        invalidation_age=options.invalidation_age,
+        transaction_timeout=options.transaction_timeout,
+        client_conflict_resolution=options.client_conflict_resolution,
+        msgpack=options.msgpack,
+        ssl=options.ssl,
+    )
