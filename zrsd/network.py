@@ -89,7 +89,7 @@ class SecondaryProtocol(protocol.Protocol):
             self._socket = None
         start_tid = client.storage.lastTransaction()
         self.receiver = Receiver(
-            client.storage, start_tid, decoder=client.decoder,
+            client.storage.writer, start_tid, decoder=client.decoder,
             check_checksums=client.check_checksums,
             on_commit=client.committed)
         self.frames = zrs.FrameDecoder(self.receiver.frame_received,
@@ -161,8 +161,9 @@ class _Factory(protocol.Factory):
 class ReplicationClient:
     """Keep one storage replicating from one primary (reactor thread).
 
-    `storage` is the sink (`zrsd.storage.ReplicaStorage`): it gives the
-    resume tid and applies transactions.  `endpoint` is a Twisted client
+    `storage` (`zrsd.storage.ReplicaStorage`) gives the resume tid
+    (`lastTransaction()`); its `writer` is the sink that applies
+    transactions.  `endpoint` is a Twisted client
     endpoint for the primary; `clock` is the reactor (injectable for tests).
     """
 

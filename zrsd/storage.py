@@ -3,8 +3,9 @@
 `ReplicaStorage` wraps a FileStorage.  ZEO sees a read-only storage: reads
 are delegated, every write (store, undo, pack, new_oid, tpc_begin, ...)
 raises `ReadOnlyError`.  The replication state machine applies transactions
-through the sink methods (`begin`, `store`, `open_blob`, `store_blob`,
-`commit`, `abort`), one local transaction per primary transaction, same tid.
+through its `writer` (`ReplicaWriter`, the sink: `begin`, `store`,
+`open_blob`, `store_blob`, `commit`, `abort`), one local transaction per
+primary transaction, same tid.
 
 Threads: the sink methods run in the reactor thread; the read methods run in
 the ZEO server's loop thread (and ZEO's worker threads).  FileStorage's own
@@ -80,14 +81,11 @@ def recover_last_transaction(fs):
     ZODB.interfaces.IStorageUndoable,
 )
 class ReplicaStorage:
-    """A FileStorage served read-only, written only by replication."""
+    """A FileStorage served read-only; `writer` applies replication."""
 
     def __init__(self, fs):
         self._fs = fs
         self._db = None
-        self._transaction = None
-        self._oids = []
-        self._blob_files = []
         for name in _READ_METHODS:
             setattr(self, name, getattr(fs, name))
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
@@ -96,6 +94,12 @@ class ReplicaStorage:
                 setattr(self, name, getattr(fs, name))
             zope.interface.alsoProvides(self, ZODB.interfaces.IBlobStorage)
         self.resume_tid = recover_last_transaction(fs)
+        self.writer = ReplicaWriter(fs, self)
+
+    def invalidate(self, tid, oids):
+        """Tell ZEO's clients about a replicated commit (under the lock)."""
+        if self._db is not None and oids:
+            self._db.invalidate(tid, oids)
 
     def __len__(self):
         return len(self._fs)
@@ -133,10 +137,23 @@ class ReplicaStorage:
         """Nothing to abort: clients cannot begin transactions here."""
 
     def close(self):
-        self.abort()
+        self.writer.abort()
         self._fs.close()
 
-    # -- the apply path (the replication sink) ------------------------------
+
+class ReplicaWriter:
+    """The replication sink: applies primary transactions to the file.
+
+    Reactor thread only.  See `zrsd.secondary` for the sink interface.
+    """
+
+    def __init__(self, fs, replica):
+        self._fs = fs
+        self._replica = replica
+        self.has_blobs = replica.has_blobs
+        self._transaction = None
+        self._oids = []
+        self._blob_files = []
 
     def begin(self, tid, status, user, description, extension):
         if self._transaction is not None:
@@ -186,8 +203,7 @@ class ReplicaStorage:
         def invalidate(tid):
             # Called by tpc_finish under the storage lock: see the module
             # docstring.
-            if self._db is not None and oids:
-                self._db.invalidate(tid, oids)
+            self._replica.invalidate(tid, oids)
 
         try:
             self._fs.tpc_vote(meta)

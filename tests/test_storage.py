@@ -1,0 +1,227 @@
+"""The replica storage with the state machine, in one process, no network.
+
+Includes the seed document's scenario (an initial transaction, a change and
+an undo, each visible through a DB opened on the replica), the crash between
+`tpc_vote` and `tpc_finish`, and ZODB's own read-only storage tests.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import weakref
+
+import persistent.mapping
+import pytest
+import transaction
+import ZODB
+import ZODB.FileStorage
+from ZODB.POSException import ReadOnlyError
+from ZODB.tests import ReadOnlyStorage, StorageTestBase
+from ZODB.utils import z64
+
+from zrsd.protocol import ProtocolError, encode_message
+from zrsd.secondary import Receiver
+from zrsd.storage import ReplicaStorage, last_committed_tid
+
+from support import assert_same_history
+
+
+def stream(start_tid, transactions):
+    """Frames a zc.zrs primary sends for `transactions` (see Primary)."""
+    frames = []
+    for txn, records in transactions:
+        frames.append(encode_message('T', txn))
+        for oid, tid, data, data_txn in records:
+            frames.append(encode_message('S', (oid, tid, '', data_txn)))
+            frames.append(data or b'')
+        frames.append(None)  # placeholder for the C message
+    return frames
+
+
+_checksums = weakref.WeakKeyDictionary()  # receiver -> running md5
+
+
+def feed(receiver, frames):
+    """Feed frames, computing each commit's checksum as a primary does.
+
+    The checksum runs over the whole connection, i.e. the receiver's life.
+    """
+    md5 = _checksums.setdefault(receiver, hashlib.md5(receiver.last_tid))
+    for frame in frames:
+        if frame is None:
+            frame = encode_message('C', (md5.digest(),))
+        md5.update(frame)
+        receiver.frame_received(frame)
+
+
+class Primary:
+    """A primary FileStorage and a DB to change it."""
+
+    def __init__(self, path):
+        self.fs = ZODB.FileStorage.FileStorage(path)
+        self.db = ZODB.DB(self.fs)
+        self.sent = z64
+
+    def new_transactions(self):
+        """[((tid, status, user, description, extension), records)]"""
+        start = ZODB.utils.p64(ZODB.utils.u64(self.sent) + 1)
+        txns = [((t.tid, t.status, t.user, t.description, dict(t.extension)),
+                 [(r.oid, r.tid, r.data, r.data_txn) for r in t])
+                for t in self.fs.iterator(start)]
+        if txns:
+            self.sent = txns[-1][0][0]
+        return txns
+
+
+def test_seed_scenario(tmp_path):
+    primary = Primary(str(tmp_path / 'primary.fs'))
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    receiver = Receiver(replica.writer, replica.lastTransaction())
+
+    # The initial transaction creates the root.
+    feed(receiver, stream(z64, primary.new_transactions()))
+    db = ZODB.DB(replica)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    assert conn.root() == {}
+
+    # A change on the primary is visible on the replica after a sync.
+    pconn = primary.db.open()
+    pconn.root()['x'] = persistent.mapping.PersistentMapping()
+    transaction.commit()
+    feed(receiver, stream(receiver.last_tid, primary.new_transactions()))
+    tm.begin()
+    assert conn.root() == {'x': {}}
+
+    # The undo of that change, likewise.
+    primary.db.undo(primary.db.undoLog(0, 1)[0]['id'])
+    transaction.commit()
+    feed(receiver, stream(receiver.last_tid, primary.new_transactions()))
+    tm.begin()
+    assert conn.root() == {}
+
+    # Writing through the replica is refused.
+    conn.root()['y'] = 1
+    with pytest.raises(ReadOnlyError):
+        tm.commit()
+    tm.abort()
+
+    pconn.close()
+    primary.db.close()
+    db.close()
+    assert assert_same_history(str(tmp_path / 'primary.fs'),
+                               str(tmp_path / 'Data.fs')) == 3
+
+
+def test_bad_checksum_leaves_no_partial_transaction(tmp_path):
+    primary = Primary(str(tmp_path / 'primary.fs'))
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    receiver = Receiver(replica.writer, z64)
+    feed(receiver, stream(z64, primary.new_transactions()))
+    good = replica.lastTransaction()
+    size = os.path.getsize(str(tmp_path / 'Data.fs'))
+
+    conn = primary.db.open()
+    conn.root()['big'] = b'x' * 100000
+    transaction.commit()
+    frames = stream(good, primary.new_transactions())
+    frames[-1] = encode_message('C', (b'\0' * 16,))
+    with pytest.raises(ProtocolError, match='checksum mismatch'):
+        feed(receiver, frames)
+    assert replica.lastTransaction() == good
+    replica.close()
+    primary.db.close()
+    assert os.path.getsize(str(tmp_path / 'Data.fs')) == size
+    reopened = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
+    assert reopened.lastTransaction() == good
+    reopened.close()
+
+
+CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
+    import os, sys
+    import ZODB.FileStorage
+    from zrsd.storage import ReplicaStorage
+    fs = ZODB.FileStorage.FileStorage(sys.argv[1])
+    primary = ZODB.FileStorage.FileStorage(sys.argv[2], read_only=True)
+    replica = ReplicaStorage(fs)
+    last = None
+    for txn in primary.iterator():
+        last = txn.tid, [(r.oid, r.tid, r.data, r.data_txn) for r in txn]
+        meta = txn.status, txn.user, txn.description, dict(txn.extension)
+    replica.writer.begin(last[0], *meta)
+    for record in last[1]:
+        replica.writer.store(*record)
+    fs.tpc_vote(replica.writer._transaction)
+    os._exit(9)  # killed between tpc_vote and tpc_finish
+''')
+
+
+def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path):
+    """A file left by a kill between tpc_vote and tpc_finish.
+
+    FileStorage reopens it reporting the never-committed tid as its last
+    transaction; the replica must resume from the last committed one, so
+    that the primary sends that transaction again.
+    """
+    primary_path = str(tmp_path / 'primary.fs')
+    replica_path = str(tmp_path / 'Data.fs')
+    primary = Primary(primary_path)
+    conn = primary.db.open()
+    for i in range(3):
+        conn.root()[i] = persistent.mapping.PersistentMapping(n=i)
+        transaction.commit()
+    txns = primary.new_transactions()
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(replica_path))
+    feed(Receiver(replica.writer, z64), stream(z64, txns[:-1]))
+    replica.close()
+
+    subprocess.run([sys.executable, '-c', CRASH_BETWEEN_VOTE_AND_FINISH,
+                    replica_path, primary_path], check=False)
+
+    # The pitfall itself, so this test notices if FileStorage changes.
+    fs = ZODB.FileStorage.FileStorage(replica_path)
+    last, previous = txns[-1][0][0], txns[-2][0][0]
+    assert fs.lastTransaction() == last
+    assert last_committed_tid(fs) == previous
+    replica = ReplicaStorage(fs)
+    assert replica.resume_tid == previous
+    assert replica.lastTransaction() == previous
+
+    receiver = Receiver(replica.writer, replica.lastTransaction())
+    feed(receiver, stream(receiver.last_tid, txns[-1:]))
+    replica.close()
+    primary.db.close()
+    assert assert_same_history(primary_path, replica_path) == 4
+
+
+def test_read_only_face(tmp_path):
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    assert replica.isReadOnly()
+    for call in (lambda: replica.new_oid(),
+                 lambda: replica.pack(0, None),
+                 lambda: replica.tpc_begin(object()),
+                 lambda: replica.store(z64, z64, b'', '', None),
+                 lambda: replica.undo(z64, None),
+                 lambda: replica.restore(z64, z64, b'', '', None, None)):
+        with pytest.raises(ReadOnlyError):
+            call()
+    replica.close()
+
+
+class ReplicaReadOnlyStorageTests(StorageTestBase.StorageTestBase,
+                                  ReadOnlyStorage.ReadOnlyStorage):
+    """ZODB's read-only storage tests, with the replica as the read-only
+    storage."""
+
+    def setUp(self):
+        super().setUp()
+        self.open()
+
+    def open(self, read_only=False):
+        fs = ZODB.FileStorage.FileStorage('Data.fs')
+        self._storage = ReplicaStorage(fs) if read_only else fs
+
