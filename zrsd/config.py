@@ -9,7 +9,7 @@ import os
 import re
 
 import ZConfig
-import ZODB.FileStorage
+import ZODB.config
 
 from .protocol import DEFAULT_ALLOWED_GLOBALS, MessageDecoder, resolve_globals
 
@@ -35,6 +35,8 @@ class SectionError(ValueError):
     def __init__(self, section_name, attribute, problem):
         self.section_name = section_name
         self.key = _KEY_NAMES.get(attribute, attribute.replace('_', '-'))
+        # e.g. "replicate-from is required", "<mappingstorage> cannot ..."
+
         super().__init__('%s %s' % (self.key, problem))
 
 
@@ -49,6 +51,12 @@ class ZRSConfig:
         self.name = section.getSectionName() or '1'
         if section.replicate_from is None:
             raise SectionError(self.name, 'replicate-from', 'is required')
+        if not isinstance(section.base, ZODB.config.FileStorage):
+            kind = section.base.config.getSectionType()
+            raise SectionError(
+                self.name, '<%s>' % kind,
+                'cannot hold a replica: the local storage must be a '
+                '<filestorage>')
         for key in ('reconnect_delay', 'max_reconnect_delay'):
             if getattr(section, key) <= 0:
                 raise SectionError(self.name, key, 'must be > 0')
@@ -76,13 +84,7 @@ class ZRSConfig:
 
     def open_base(self):
         """Open the local FileStorage (with blobs when blob-dir is set)."""
-        storage = self.section.base.open()
-        if not isinstance(storage, ZODB.FileStorage.FileStorage):
-            storage.close()
-            raise ConfigError(
-                '<zrs %s>: the local storage must be a <filestorage>, not %s'
-                % (self.name, type(storage).__name__))
-        return storage
+        return self.section.base.open()
 
 
 def _find_line(path, section_name, key):
