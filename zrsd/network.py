@@ -117,13 +117,15 @@ class SecondaryProtocol(protocol.Protocol):
             self._fail('replication stream rejected: %s' % exc)
         except Exception as exc:
             self._fail('applying transaction %s failed: %s: %s' % (
-                describe_tid(self.receiver.transaction_tid),
+                describe_tid(self.receiver.failed_tid),
                 type(exc).__name__, exc), exc_info=True)
         if self._socket is not None:
             quick_ack(self._socket)
 
     def _fail(self, reason, exc_info=False):
-        # The receiver aborted the open transaction before raising.
+        # A failure inside the receiver has aborted already; one in the
+        # framing (e.g. a frame too large) has not.
+        self.receiver.abort()
         self._failed = True
         logger.error('%s: %s; open transaction aborted, reconnecting',
                      self.peer, reason, exc_info=exc_info)

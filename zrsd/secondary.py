@@ -63,6 +63,7 @@ class Receiver:
         self.state = State.IDLE
         self.checksum = StreamChecksum(start_tid)
         self.warned_no_checksum = False
+        self.failed_tid = None    # the transaction open when input failed
         self._tid = None          # tid of the open transaction
         self._nbytes = 0          # payload bytes of the open transaction
         self._record = None       # pending Store/StoreBlob
@@ -83,6 +84,7 @@ class Receiver:
             handler = self._handlers[self.state]
             handler(self, payload)
         except BaseException:
+            self.failed_tid = self._tid
             self.abort()
             self.state = State.FAILED
             raise

@@ -1,0 +1,524 @@
+"""The secondary's Twisted glue, zrsd.network, on a fake network.
+
+Narrated like zc.zrs's ``secondary.test``: a `Clock` stands in for the
+reactor, `FakeEndpoint` hands out connection attempts that the test
+completes or refuses, a `Transport` (a StringTransport) records what the
+secondary writes, and the test plays the primary by calling
+``protocol.dataReceived``.
+"""
+import hashlib
+import logging
+import pickle
+import socket
+import struct
+
+from twisted.internet import defer, error, task
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from zrsd import protocol as zrs
+from zrsd.network import ReplicationClient, SecondaryProtocol
+
+Z64 = b'\0' * 8
+LOGGER = 'zrsd.network'
+
+
+def p64(n):
+    return n.to_bytes(8, 'big')
+
+
+TID1 = p64(0x03E5000000000010)
+TID2 = p64(0x03E5000000000020)
+TID3 = p64(0x03E5000000000030)
+OID0, OID1 = p64(0), p64(1)
+
+
+class Transport(StringTransport):
+    """A StringTransport that records abortConnection and has a handle."""
+
+    aborted = False
+
+    def __init__(self, handle=None):
+        super().__init__()
+        self.handle = handle
+
+    def getHandle(self):
+        return self.handle
+
+    def abortConnection(self):
+        self.aborted = True
+        super().abortConnection()
+
+
+class FakeEndpoint:
+    """`connect()` returns a Deferred the test fires (or fails) itself."""
+
+    def __init__(self):
+        self.attempts = []  # [(factory, deferred)]
+
+    def connect(self, factory):
+        d = defer.Deferred()
+        self.attempts.append((factory, d))
+        return d
+
+    def accept(self, transport=None):
+        """Complete the last attempt; return (protocol, transport)."""
+        factory, d = self.attempts[-1]
+        transport = transport or Transport()
+        proto = factory.buildProtocol(None)
+        proto.makeConnection(transport)
+        d.callback(proto)
+        return proto, transport
+
+    def refuse(self):
+        factory, d = self.attempts[-1]
+        d.errback(Failure(error.ConnectionRefusedError('Connection refused')))
+
+
+class FakeStorage:
+    """The replica storage: a resume tid, and itself as the writer (sink)."""
+
+    def __init__(self, last=Z64):
+        self.last = last
+        self.calls = []
+        self.committed = []
+        self._tid = None
+        self.writer = self
+
+    def lastTransaction(self):
+        return self.last
+
+    def begin(self, tid, status, user, description, extension):
+        self.calls.append(('begin', tid))
+        self._tid = tid
+
+    def store(self, oid, tid, data, data_txn):
+        self.calls.append(('store', oid, data))
+
+    def open_blob(self):
+        raise AssertionError('no blobs in these tests')
+
+    def store_blob(self, oid, tid, data, data_txn, blob_file):
+        raise AssertionError('no blobs in these tests')
+
+    def commit(self):
+        self.calls.append(('commit', self._tid))
+        self.committed.append(self._tid)
+        self.last, self._tid = self._tid, None
+        return self.last
+
+    def abort(self):
+        self.calls.append(('abort', self._tid))
+        self._tid = None
+
+    def names(self):
+        return [call[0] for call in self.calls]
+
+
+class Primary:
+    """Encodes what a primary sends on one connection (frames, checksum)."""
+
+    def __init__(self, start_tid):
+        self.md5 = hashlib.md5(start_tid)
+
+    def frame(self, payload):
+        self.md5.update(payload)
+        return zrs.encode_frame(payload)
+
+    def message(self, kind, data):
+        return self.frame(pickle.dumps((kind, data), 1))
+
+    def begin(self, tid):
+        return self.message('T', (tid, ' ', b'user', b'desc', {}))
+
+    def store(self, oid, tid, data):
+        return self.message('S', (oid, tid, '', None)) + self.frame(data)
+
+    def commit(self, digest=None):
+        return self.message('C', (digest or self.md5.digest(),))
+
+    def transaction(self, tid, oid=OID0, data=b'record', digest=None):
+        return (self.begin(tid) + self.store(oid, tid, data)
+                + self.commit(digest))
+
+
+def handshake(start_tid, name=b'zrs2.0'):
+    return zrs.encode_frame(name) + zrs.encode_frame(start_tid)
+
+
+class Setup:
+    def __init__(self, storage=None, **kw):
+        self.clock = task.Clock()
+        self.endpoint = FakeEndpoint()
+        self.storage = storage or FakeStorage()
+        self.commits = []
+        kw.setdefault('keep_alive_delay', 60)
+        kw.setdefault('reconnect_delay', 1.0)
+        kw.setdefault('max_reconnect_delay', 60.0)
+        self.client = ReplicationClient(
+            '1', self.storage, ('primary.example.com', 5000), self.endpoint,
+            self.clock, on_commit=lambda tid, n: self.commits.append(tid),
+            **kw)
+
+    def pending(self):
+        """Delays of the calls scheduled on the clock, from now."""
+        now = self.clock.seconds()
+        return [call.getTime() - now for call in self.clock.getDelayedCalls()]
+
+    def reconnect_delay(self):
+        """The delay of the one pending reconnect attempt."""
+        delays = self.pending()
+        assert len(delays) == 1, delays
+        return delays[0]
+
+    def wait_for_attempt(self):
+        """Advance the clock to the next connection attempt."""
+        attempts = len(self.endpoint.attempts)
+        self.clock.advance(self.reconnect_delay())
+        assert len(self.endpoint.attempts) == attempts + 1
+
+
+def lost(proto, exc=None):
+    proto.connectionLost(Failure(exc or error.ConnectionLost('gone')))
+
+
+# -- connecting and the handshake ------------------------------------------
+
+def test_handshake_on_connection():
+    s = Setup(storage=FakeStorage(last=TID1))
+    assert s.endpoint.attempts == []
+    s.client.start()
+    assert len(s.endpoint.attempts) == 1
+    assert not s.client.connected
+    proto, transport = s.endpoint.accept()
+    assert isinstance(proto, SecondaryProtocol)
+    # The protocol name, then the last tid; nothing else, no reply wanted.
+    assert transport.value() == b'\0\0\0\x06zrs2.0' + b'\0\0\0\x08' + TID1
+    assert s.client.connected
+    assert s.client.connection is proto
+
+
+def test_handshake_from_scratch_and_with_blobs():
+    s = Setup(protocol_name=zrs.PROTOCOL_2_1)
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    assert transport.value() == handshake(Z64, b'zrs2.1')
+
+
+def test_socket_is_tuned_for_tcp():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s = Setup()
+        s.client.start()
+        s.endpoint.accept(Transport(handle=sock))
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+
+
+def test_keep_alives_every_delay():
+    s = Setup(keep_alive_delay=60)
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    transport.clear()
+    s.clock.advance(59)
+    assert transport.value() == b''
+    s.clock.advance(1)
+    assert transport.value() == b'\0\0\0\0'
+    s.clock.advance(60)
+    s.clock.advance(60)
+    assert transport.value() == b'\0\0\0\0' * 3
+    # Receiving data does not disturb them.
+    proto.dataReceived(Primary(Z64).transaction(TID1))
+    s.clock.advance(60)
+    assert transport.value() == b'\0\0\0\0' * 4
+
+
+def test_keep_alives_stop_with_the_connection():
+    s = Setup(keep_alive_delay=60)
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    transport.clear()
+    lost(proto)
+    # Only the reconnect is scheduled, no keep-alive loop.
+    assert len(s.clock.getDelayedCalls()) == 1
+    s.clock.advance(600)
+    assert transport.value() == b''
+
+
+def test_no_keep_alives_when_disabled():
+    s = Setup(keep_alive_delay=0)
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    transport.clear()
+    assert s.clock.getDelayedCalls() == []
+    s.clock.advance(3600)
+    assert transport.value() == b''
+
+
+# -- replicating -----------------------------------------------------------
+
+def test_transaction_is_committed():
+    s = Setup(storage=FakeStorage(last=TID1))
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    primary = Primary(TID1)  # the checksum is seeded with our start tid
+    proto.dataReceived(primary.transaction(TID2, data=b'two'))
+    assert s.storage.calls == [
+        ('begin', TID2), ('store', OID0, b'two'), ('commit', TID2)]
+    assert s.commits == [TID2]
+    data = primary.transaction(TID3)
+    for i in range(len(data)):  # byte by byte
+        proto.dataReceived(data[i:i + 1])
+    assert s.storage.committed == [TID2, TID3]
+    assert s.commits == [TID2, TID3]
+    assert not transport.aborted
+
+
+def test_bad_checksum(caplog):
+    s = Setup()
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    primary = Primary(Z64)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        proto.dataReceived(primary.transaction(TID1))
+        proto.dataReceived(primary.transaction(TID2, digest=b'\1' * 16))
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert 'checksum mismatch' in errors[0].getMessage()
+    assert TID2.hex() in errors[0].getMessage()
+    assert 'primary.example.com:5000' in errors[0].getMessage()
+    assert s.storage.calls[-1] == ('abort', TID2)
+    assert s.storage.committed == [TID1]
+    assert transport.aborted
+    assert s.client.stream_failures == 1
+    # Whatever else arrives before the connection is gone is ignored.
+    proto.dataReceived(Primary(TID1).transaction(TID3))
+    assert s.storage.committed == [TID1]
+    # The connection goes; the client reconnects, from the last good tid.
+    lost(proto)
+    assert s.storage.names().count('abort') == 1
+    assert not s.client.connected
+    s.wait_for_attempt()
+    proto, transport = s.endpoint.accept()
+    assert transport.value() == handshake(TID1)
+    proto.dataReceived(Primary(TID1).transaction(TID2))
+    assert s.storage.committed == [TID1, TID2]
+
+
+def test_garbage_frame_rejected(caplog):
+    s = Setup()
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        proto.dataReceived(zrs.encode_frame(b'\xff garbage'))
+    assert transport.aborted
+    assert 'undecodable' in caplog.text
+    assert s.storage.calls == []
+
+
+def test_frame_too_large_rejected_at_once(caplog):
+    s = Setup(max_frame=1000)
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        proto.dataReceived(Primary(Z64).begin(TID1) + struct.pack('>I', 1001))
+    assert transport.aborted
+    assert [r.levelname for r in caplog.records] == ['ERROR']
+    assert 'too large' in caplog.text
+    # The log line says "open transaction aborted": it must be, at once,
+    # not only when the connection is finally gone.
+    assert s.storage.calls == [('begin', TID1), ('abort', TID1)]
+    lost(proto)
+    assert s.storage.calls == [('begin', TID1), ('abort', TID1)]
+
+
+def test_sink_failure_is_logged_and_drops_the_connection(caplog):
+    storage = FakeStorage()
+
+    def store(oid, tid, data, data_txn):
+        raise OSError('disk full')
+
+    storage.store = store
+    s = Setup(storage=storage)
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        proto.dataReceived(Primary(Z64).transaction(TID1))
+    assert transport.aborted
+    assert storage.calls == [('begin', TID1), ('abort', TID1)]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert 'disk full' in errors[0].getMessage()
+    assert errors[0].exc_info is not None  # an unexpected error: traceback
+    # The line names the transaction that failed (not "none").
+    assert TID1.hex() in errors[0].getMessage()
+    lost(proto)
+    assert storage.calls == [('begin', TID1), ('abort', TID1)]
+
+
+def test_connection_lost_mid_transaction_aborts_and_reconnects(caplog):
+    s = Setup()
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    primary = Primary(Z64)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        proto.dataReceived(primary.begin(TID1) + primary.store(
+            OID0, TID1, b'half'))
+        lost(proto, error.ConnectionDone('closed by peer'))
+    assert s.storage.calls[-1] == ('abort', TID1)
+    assert s.storage.committed == []
+    assert 'disconnected' in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    s.wait_for_attempt()
+    proto, transport = s.endpoint.accept()
+    assert transport.value() == handshake(Z64)
+
+
+def test_client_options_reach_the_receiver(caplog):
+    import decimal
+    extension = {'amount': decimal.Decimal('1.5')}
+
+    def run(**kw):
+        s = Setup(**kw)
+        s.client.start()
+        proto, transport = s.endpoint.accept()
+        primary = Primary(Z64)
+        proto.dataReceived(
+            primary.message('T', (TID1, ' ', b'', b'', extension))
+            + primary.commit(digest=b'\3' * 16))
+        return s, transport
+
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        s, transport = run()
+    assert 'refused global decimal.Decimal' in caplog.text
+    assert transport.aborted and s.storage.committed == []
+    s, transport = run(
+        decoder=zrs.MessageDecoder(zrs.resolve_globals(['decimal.Decimal'])),
+        check_checksums=False)
+    assert not transport.aborted
+    assert s.storage.committed == [TID1]
+
+
+# -- reconnecting ------------------------------------------------------------
+
+def test_backoff_grows_across_refused_connections(caplog):
+    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        s.client.start()
+        delays = []
+        for _ in range(9):
+            s.endpoint.refuse()
+            delays.append(s.reconnect_delay())
+            s.wait_for_attempt()
+    assert delays[0] == 1.0
+    assert all(b > a for a, b in zip(delays[:6], delays[1:7])), delays
+    assert all(1.0 <= d <= 60.0 for d in delays), delays
+    assert 45.0 <= delays[-1] <= 60.0  # capped (jitter at most 25 %)
+    # Repeated identical failures are not logged every time.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 <= len(warnings) < 9
+    assert 'cannot connect' in warnings[0].getMessage()
+
+
+def test_backoff_reset_after_a_committed_transaction():
+    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+    s.client.start()
+    for _ in range(4):
+        s.endpoint.refuse()
+        s.wait_for_attempt()
+    proto, transport = s.endpoint.accept()
+    proto.dataReceived(Primary(Z64).transaction(TID1))
+    lost(proto)
+    assert s.reconnect_delay() == 1.0
+
+
+def test_backoff_not_reset_by_a_connection_that_delivers_nothing():
+    # A primary that accepts and closes at once (e.g. it rejects our
+    # protocol name) must not be hammered.
+    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+    s.client.start()
+    delays = []
+    for _ in range(5):
+        proto, transport = s.endpoint.accept()
+        lost(proto, error.ConnectionDone('closed'))
+        delays.append(s.reconnect_delay())
+        s.wait_for_attempt()
+    assert delays[0] == 1.0
+    assert all(b > a for a, b in zip(delays, delays[1:])), delays
+
+
+def test_backoff_reset_after_a_long_quiet_connection():
+    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0,
+              keep_alive_delay=0)
+    s.client.start()
+    for _ in range(4):
+        s.endpoint.refuse()
+        s.wait_for_attempt()
+    proto, transport = s.endpoint.accept()
+    s.clock.advance(3600)  # connected for an hour, primary idle
+    lost(proto)
+    assert s.reconnect_delay() == 1.0
+
+
+def test_backoff_after_stream_failure():
+    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    proto.dataReceived(Primary(Z64).transaction(TID1, digest=b'\2' * 16))
+    assert transport.aborted
+    lost(proto)
+    first = s.reconnect_delay()
+    s.wait_for_attempt()
+    proto, transport = s.endpoint.accept()
+    proto.dataReceived(Primary(Z64).transaction(TID1, digest=b'\2' * 16))
+    lost(proto)
+    assert s.reconnect_delay() > first
+    assert s.client.stream_failures == 2
+
+
+# -- stopping ------------------------------------------------------------------
+
+def test_stop_cancels_pending_reconnect():
+    s = Setup()
+    s.client.start()
+    s.endpoint.refuse()
+    assert len(s.clock.getDelayedCalls()) == 1
+    s.client.stop()
+    assert s.clock.getDelayedCalls() == []
+    s.clock.advance(3600)
+    assert len(s.endpoint.attempts) == 1
+
+
+def test_stop_while_connecting():
+    s = Setup()
+    s.client.start()
+    factory, d = s.endpoint.attempts[-1]
+    s.client.stop()
+    assert d.called  # cancelled
+    assert s.clock.getDelayedCalls() == []
+    s.clock.advance(3600)
+    assert len(s.endpoint.attempts) == 1
+
+
+def test_stop_aborts_half_received_transaction():
+    s = Setup()
+    s.client.start()
+    proto, transport = s.endpoint.accept()
+    primary = Primary(Z64)
+    proto.dataReceived(primary.transaction(TID1))
+    proto.dataReceived(primary.begin(TID2) + primary.store(OID1, TID2, b'x'))
+    s.client.stop()
+    assert s.storage.calls[-1] == ('abort', TID2)
+    assert s.storage.committed == [TID1]
+    assert transport.aborted
+    # More data before the connection is really gone changes nothing.
+    proto.dataReceived(primary.commit())
+    assert s.storage.committed == [TID1]
+    lost(proto)
+    assert s.storage.names().count('abort') == 1
+    assert s.clock.getDelayedCalls() == []  # no reconnect, no keep-alive
+    s.clock.advance(3600)
+    assert len(s.endpoint.attempts) == 1
+    assert transport.value() == handshake(Z64)  # no keep-alive after stop
