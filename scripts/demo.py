@@ -136,19 +136,19 @@ def demo(servers):
     writer = ZEO.DB(PRIMARY)
     with writer.transaction('demo: one more book') as conn:
         conn.root()['books']['0-13-468599-1'] = 'The Practice of Programming'
+    started = time.monotonic()
     print('    committed %s' % writer.storage.lastTransaction().hex())
     writer.close()
 
     step('Waiting for the change to appear on the replica')
-    started = time.monotonic()
 
     def replicated():
         tm.begin()  # a new transaction sees the invalidations ZEO delivered
         return '0-13-468599-1' in root['books']
     wait_for(replicated, 'the new book on the replica')
-    print('    seen on the replica after %.3fs; books:' % (time.monotonic() - started))
+    print('    seen on the replica %.1f ms after the commit returned; books:'
+          % ((time.monotonic() - started) * 1000))
     show_books(root)
-
     reader.close()
 
     step('Stopping the replica, then the primary (SIGTERM)')
@@ -176,10 +176,12 @@ def main():
         for server in servers:
             print('\n--- last lines of var/demo/%s.log ---' % server.name)
             print(server.tail())
+        return 1
+    finally:  # never leave a server behind (failure, Ctrl-C)
+        for server in servers:
             if server.popen.poll() is None:
                 server.popen.kill()
                 server.popen.wait()
-        return 1
     print('\nDemo finished; logs and files are in var/demo/.')
     return 0
 
