@@ -47,7 +47,7 @@ def test_sample_replica_config_parses(tmp_path):
     loaded = config.load(sample(tmp_path, 'etc/zrs.conf'))
     (zrs,) = loaded.storages
     assert zrs.name == '1'
-    assert zrs.address == ('primary.example.com', 5000)
+    assert zrs.replicate_from == ('primary.example.com', 5000)
     assert zrs.section.keep_alive_delay == 60
     assert zrs.section.check_checksums is True
     assert zrs.section.max_message_size == 256 << 20
@@ -122,7 +122,7 @@ def test_missing_replicate_from_names_the_section(tmp_path):
     result = run_zrsd(path)
     assert result.returncode == 2
     assert '%s:4:' % path in result.stderr
-    assert 'replicate-from is required' in result.stderr
+    assert 'replicate-from or replicate-to is required' in result.stderr
 
 
 def test_missing_file_and_syntax_error(tmp_path):

@@ -49,8 +49,17 @@ class ZRSConfig:
     def __init__(self, section):
         self.section = section
         self.name = section.getSectionName() or '1'
-        if section.replicate_from is None:
-            raise SectionError(self.name, 'replicate-from', 'is required')
+        if section.replicate_from is None and section.replicate_to is None:
+            raise SectionError(self.name, 'replicate-from',
+                               'or replicate-to is required')
+        if (section.replicate_from is not None
+                and section.replicate_to is not None
+                and section.replicate_from.address
+                == section.replicate_to.address):
+            raise SectionError(self.name, 'replicate-to',
+                               'must differ from replicate-from')
+        if section.handshake_timeout <= 0:
+            raise SectionError(self.name, 'handshake_timeout', 'must be > 0')
         if not isinstance(section.base, ZODB.config.FileStorage):
             kind = section.base.config.getSectionType()
             raise SectionError(
@@ -76,8 +85,25 @@ class ZRSConfig:
             raise SectionError(self.name, 'allowed_globals', str(exc))
 
     @property
-    def address(self):
-        return self.section.replicate_from.address
+    def replicate_from(self):
+        """The primary's address, or None for a primary."""
+        value = self.section.replicate_from
+        return value.address if value is not None else None
+
+    @property
+    def replicate_to(self):
+        """Where to serve secondaries, or None."""
+        value = self.section.replicate_to
+        return value.address if value is not None else None
+
+    def open(self):
+        """Open as a ZODB storage section (for `%import zrsd` in runzeo).
+
+        Replication runs in a process-wide reactor thread and stops when the
+        storage is closed.
+        """
+        from .node import open_standalone
+        return open_standalone(self)
 
     def decoder(self):
         return MessageDecoder(self.allowed_globals)

@@ -14,19 +14,13 @@ import os
 import signal
 import sys
 
-from twisted.internet import task
-
 from . import config as zconfig
-from . import protocol, systemd
-from .network import ReplicationClient, tcp_endpoint
-from .progress import Progress
+from . import systemd
+from .node import Node, join_streamers
 from .reactor import ReactorThread
-from .storage import ReplicaStorage
 from .zeoserver import create_server
 
 logger = logging.getLogger('zrsd')
-
-PROGRESS_INTERVAL = 10.0  # seconds between catch-up progress lines
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -55,14 +49,13 @@ def setup_logging(config):
 
 
 class Daemon:
-    """One zrsd process: storages, replication clients, the ZEO server."""
+    """One zrsd process: its nodes (storages and links), the ZEO server."""
 
     def __init__(self, config, log_factory=None):
         self.config = config
         self.log_factory = log_factory
-        self.storages = {}     # ZEO storage name -> ReplicaStorage
-        self.clients = []
-        self.progress = []
+        self.nodes = []
+        self.storages = {}     # ZEO storage name -> the node's storage
         self.server = None
         self.reactor = None
         self.exit_status = EXIT_OK
@@ -81,7 +74,7 @@ class Daemon:
             self.server = create_server(self.config.zeo, self.storages)
             self.write_pid_file()
             self.install_signal_handlers()
-            self.reactor.call(self.start_replication)
+            self.reactor.call(self.start_links)
             logger.info('serving %s over ZEO at %s',
                         ', '.join(sorted(self.storages)),
                         self.server.acceptor.addr)
@@ -98,48 +91,22 @@ class Daemon:
 
     def open_storages(self):
         for zrs in self.config.storages:
-            fs = zrs.open_base()
-            storage = ReplicaStorage(fs)
-            self.storages[zrs.name] = storage
-            logger.info('opened %s for <zrs %s>, last transaction %s',
-                        fs.getName(), zrs.name, storage.resume_tid.hex())
+            node = Node(zrs)
+            self.nodes.append(node)
+            self.storages[zrs.name] = node.storage
 
-    def start_replication(self):
-        """Create and start one client per storage (reactor thread)."""
-        reactor = self.reactor.reactor
-        for zrs in self.config.storages:
-            storage = self.storages[zrs.name]
-            section = zrs.section
-            progress = Progress('<zrs %s>' % zrs.name)
-            client = ReplicationClient(
-                zrs.name, storage, zrs.address,
-                tcp_endpoint(reactor, zrs.address), reactor,
-                protocol_name=(protocol.PROTOCOL_2_1 if storage.has_blobs
-                               else protocol.PROTOCOL_2_0),
-                decoder=zrs.decoder(),
-                check_checksums=section.check_checksums,
-                max_frame=section.max_message_size,
-                keep_alive_delay=section.keep_alive_delay,
-                reconnect_delay=section.reconnect_delay,
-                max_reconnect_delay=section.max_reconnect_delay,
-                on_commit=progress.committed)
-            self.clients.append(client)
-            self.progress.append(progress)
-            client.start()
-        self._ticker = task.LoopingCall(self.report_progress)
-        self._ticker.clock = reactor
-        self._ticker.start(PROGRESS_INTERVAL, now=False)
+    def start_links(self):
+        """Start every node's client and server (reactor thread)."""
+        for node in self.nodes:
+            node.start(self.reactor.reactor)
 
-    def report_progress(self):
-        for progress in self.progress:
-            progress.tick()
-
-    def stop_replication(self):
-        """Stop every client, aborting half-received transactions."""
-        if self._ticker.running:
-            self._ticker.stop()
-        for client in self.clients:
-            client.stop()
+    def stop_links(self):
+        """Stop every link, aborting half-received transactions (reactor
+        thread); returns the streamers to join."""
+        streamers = []
+        for node in self.nodes:
+            streamers.extend(node.stop())
+        return streamers
 
     # -- signals and events ---------------------------------------------------
 
@@ -183,9 +150,9 @@ class Daemon:
 
     def shut_down(self):
         if self.reactor is not None:
-            if self.clients and not self.reactor.crashed.is_set():
+            if self.nodes and not self.reactor.crashed.is_set():
                 try:
-                    self.reactor.call(self.stop_replication)
+                    join_streamers(self.reactor.call(self.stop_links))
                 except Exception:
                     logger.exception('stopping replication failed')
             self.reactor.stop()

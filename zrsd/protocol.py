@@ -83,6 +83,11 @@ def encode_frame(payload):
     return _LENGTH.pack(len(payload)) + payload
 
 
+def frame_length(payload):
+    """The 4-byte length prefix of `payload` (to send before it, uncopied)."""
+    return _LENGTH.pack(len(payload))
+
+
 class FrameDecoder:
     """Split a byte stream into frames, calling `on_frame(payload)` for each.
 

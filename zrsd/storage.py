@@ -17,6 +17,7 @@ registers concurrently either gets the invalidation or already sees the new
 import logging
 import os
 import tempfile
+import threading
 
 import zope.interface
 import ZODB.interfaces
@@ -75,6 +76,40 @@ def recover_last_transaction(fs):
     return tid
 
 
+def _run_hook(storage):
+    hook, storage.before_close = storage.before_close, None
+    if hook is not None:
+        hook()
+
+
+class CommitNotifier:
+    """Wakes the streamers of a storage when a transaction is committed.
+
+    `notify()` is called by whatever commits (any thread); a streamer reads
+    `generation`, checks for new data, then `wait(generation, stopped)`s.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self.generation = 0
+
+    def notify(self):
+        with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    def wake(self):
+        """Wake every waiter without a commit (e.g. to let one stop)."""
+        with self._condition:
+            self._condition.notify_all()
+
+    def wait(self, generation, stopped, timeout=60.0):
+        """Wait until a commit after `generation`, or `stopped()`."""
+        with self._condition:
+            self._condition.wait_for(
+                lambda: self.generation != generation or stopped(), timeout)
+
+
 @zope.interface.implementer(
     ZODB.interfaces.IStorage,
     ZODB.interfaces.IStorageIteration,
@@ -94,7 +129,13 @@ class ReplicaStorage:
                 setattr(self, name, getattr(fs, name))
             zope.interface.alsoProvides(self, ZODB.interfaces.IBlobStorage)
         self.resume_tid = recover_last_transaction(fs)
+        self.commits = CommitNotifier()
         self.writer = ReplicaWriter(fs, self)
+
+    @property
+    def file_storage(self):
+        """The FileStorage underneath (read by the primary's streamers)."""
+        return self._fs
 
     def invalidate(self, tid, oids):
         """Tell ZEO's clients about a replicated commit (under the lock)."""
@@ -136,8 +177,56 @@ class ReplicaStorage:
     def tpc_abort(self, transaction):
         """Nothing to abort: clients cannot begin transactions here."""
 
+    before_close = None  # set when replication must stop first
+
     def close(self):
+        _run_hook(self)
         self.writer.abort()
+        self._fs.close()
+
+
+class PrimaryStorage:
+    """A FileStorage served writable; each commit wakes the streamers.
+
+    Everything but `tpc_finish`, `pack` and `close` is the FileStorage's
+    own (ZEO sees its interfaces too).
+    """
+
+    def __init__(self, fs):
+        self._fs = fs
+        self.commits = CommitNotifier()
+        self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
+        self.resume_tid = recover_last_transaction(fs)
+        zope.interface.alsoProvides(self, zope.interface.providedBy(fs))
+
+    @property
+    def file_storage(self):
+        return self._fs
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def __len__(self):
+        return len(self._fs)
+
+    def __repr__(self):
+        return '<PrimaryStorage %s>' % self._fs.getName()
+
+    def tpc_finish(self, transaction, f=None):
+        tid = self._fs.tpc_finish(transaction, f)
+        self.commits.notify()
+        return tid
+
+    def pack(self, *args, **kw):
+        result = self._fs.pack(*args, **kw)
+        self.commits.notify()  # streamers notice the new file at once
+        return result
+
+    before_close = None  # set when the links must stop first
+
+    def close(self):
+        _run_hook(self)
+        self.commits.wake()
         self._fs.close()
 
 
@@ -211,6 +300,7 @@ class ReplicaWriter:
         except BaseException:
             self.abort()
             raise
+        self._replica.commits.notify()
         self._transaction = None
         self._oids = []
         self._remove_blob_files()

@@ -26,3 +26,37 @@ def notify(state, environ=os.environ):
         logger.warning('cannot notify systemd (%s): %s', state, exc)
         return False
     return True
+
+
+def watchdog_interval(environ=os.environ):
+    """Seconds between ``WATCHDOG=1`` pings systemd expects, or None.
+
+    With `WatchdogSec=` systemd sets WATCHDOG_USEC (the timeout, in
+    microseconds) and usually WATCHDOG_PID (the process that must ping).
+    The ping period is half the timeout, as sd_watchdog_enabled(3)
+    recommends.  None when there is no watchdog, the values are not
+    usable, or the watchdog is meant for another process (a child started
+    with the service's environment must not ping on behalf of the main
+    process).
+    """
+    usec = environ.get('WATCHDOG_USEC')
+    if not usec:
+        return None
+    pid = environ.get('WATCHDOG_PID')
+    if pid:
+        try:
+            if int(pid) != os.getpid():
+                return None
+        except ValueError:
+            logger.warning('ignoring the systemd watchdog: bad WATCHDOG_PID '
+                           '%r', pid)
+            return None
+    try:
+        usec = int(usec)
+    except ValueError:
+        usec = 0
+    if usec <= 0:
+        logger.warning('ignoring the systemd watchdog: bad WATCHDOG_USEC %r',
+                       environ['WATCHDOG_USEC'])
+        return None
+    return usec / 2e6

@@ -1,4 +1,4 @@
-"""Twisted glue for the secondary: connect, handshake, feed, keep alive.
+"""The secondary's Twisted client: connect, handshake, feed, keep alive.
 
 Everything here runs in the reactor thread.  `ReplicationClient` keeps one
 storage connected to its primary, reconnecting with backoff; each connection
@@ -14,58 +14,9 @@ from twisted.internet import endpoints, protocol, task
 from . import protocol as zrs
 from .retry import RepeatLimiter, backoff_delay
 from .secondary import Receiver, describe_tid
+from .sockets import format_address, quick_ack, tune_socket
 
 logger = logging.getLogger(__name__)
-
-# Dead-peer detection.  The primary never sends keep-alives and may be idle
-# for hours, so silence proves nothing; TCP keepalive probes do, and
-# TCP_USER_TIMEOUT bounds how long our own keep-alive frames may stay
-# unacknowledged.
-TCP_KEEPALIVE_IDLE = 60
-TCP_KEEPALIVE_INTERVAL = 10
-TCP_KEEPALIVE_COUNT = 6
-TCP_USER_TIMEOUT_MS = 120_000
-
-
-def tune_socket(sock):
-    """Low latency and dead-peer detection for a replication socket."""
-    options = [
-        (socket.IPPROTO_TCP, 'TCP_NODELAY', 1),
-        (socket.SOL_SOCKET, 'SO_KEEPALIVE', 1),
-        (socket.IPPROTO_TCP, 'TCP_KEEPIDLE', TCP_KEEPALIVE_IDLE),
-        (socket.IPPROTO_TCP, 'TCP_KEEPINTVL', TCP_KEEPALIVE_INTERVAL),
-        (socket.IPPROTO_TCP, 'TCP_KEEPCNT', TCP_KEEPALIVE_COUNT),
-        (socket.IPPROTO_TCP, 'TCP_USER_TIMEOUT', TCP_USER_TIMEOUT_MS),
-    ]
-    for level, name, value in options:
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(level, option, value)
-
-
-def quick_ack(sock):
-    """Ask Linux to acknowledge at once instead of delaying the ACK.
-
-    A zc.zrs primary leaves Nagle on; with our ACKs delayed, a small commit
-    can wait ~40 ms for the ACK of the previous one.  The kernel clears the
-    flag again by itself, so it is re-armed after every read.
-    """
-    if _TCP_QUICKACK is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        except OSError:
-            pass
-
-
-_TCP_QUICKACK = getattr(socket, 'TCP_QUICKACK', None)
-
-
-def format_address(address):
-    if isinstance(address, str):
-        return address
-    host, port = address
-    return '%s:%s' % (host, port)
-
 
 class SecondaryProtocol(protocol.Protocol):
     """One connection from this secondary to its primary."""

@@ -1,4 +1,4 @@
-"""The secondary's Twisted glue, zrsd.network, on a fake network.
+"""The secondary's Twisted glue, zrsd.client, on a fake network.
 
 Narrated like zc.zrs's ``secondary.test``: a `Clock` stands in for the
 reactor, `FakeEndpoint` hands out connection attempts that the test
@@ -17,10 +17,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from zrsd import protocol as zrs
-from zrsd.network import ReplicationClient, SecondaryProtocol
+from zrsd.client import ReplicationClient, SecondaryProtocol
 
 Z64 = b'\0' * 8
-LOGGER = 'zrsd.network'
+LOGGER = 'zrsd.client'
 
 
 def p64(n):

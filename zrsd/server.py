@@ -1,0 +1,228 @@
+"""The primary's Twisted server: accept secondaries, check the handshake,
+start a `zrsd.primary.Streamer` for each and apply back-pressure.
+
+Everything here runs in the reactor thread, except the streamer callbacks
+`_send` and `_streamer_done`, which hop over with `callFromThread`.
+"""
+import enum
+import logging
+import socket
+
+import zope.interface
+from twisted.internet import interfaces, protocol
+
+from . import protocol as zrs
+from .primary import Streamer, TidIndex
+from .secondary import describe_tid
+from .sockets import format_address, tune_socket
+
+logger = logging.getLogger(__name__)
+
+# The handshake frames are 6 and 8 bytes, keep-alives 0.
+HANDSHAKE_LIMIT = 64
+
+
+class Phase(enum.Enum):
+    PROTOCOL = 'expecting the protocol name'
+    TID = 'expecting the start tid'
+    STREAMING = 'streaming'
+    CLOSED = 'closed'
+
+
+@zope.interface.implementer(interfaces.IPushProducer)
+class _Producer:
+    """Lets the transport pause and resume a streamer (back-pressure)."""
+
+    def __init__(self, streamer):
+        self.streamer = streamer
+
+    def pauseProducing(self):
+        self.streamer.pause()
+
+    def resumeProducing(self):
+        self.streamer.resume()
+
+    def stopProducing(self):
+        self.streamer.stop()
+
+
+class PrimaryProtocol(protocol.Protocol):
+    """One downstream secondary."""
+
+    phase = Phase.PROTOCOL
+    streamer = None
+    _timeout = None
+
+    def __init__(self, server):
+        self.server = server
+
+    def connectionMade(self):
+        server = self.server
+        handle = self.transport.getHandle()
+        if isinstance(handle, socket.socket) and \
+                handle.family in (socket.AF_INET, socket.AF_INET6):
+            tune_socket(handle)
+        peer = self.transport.getPeer()
+        self.peer = '%s -> %s' % (server.name, format_address(
+            (peer.host, peer.port) if hasattr(peer, 'port') else str(peer)))
+        self.frames = zrs.FrameDecoder(self._frame, HANDSHAKE_LIMIT)
+        self._timeout = server.clock.callLater(
+            server.handshake_timeout, self._handshake_timed_out)
+        server.connections.add(self)
+        logger.info('%s: secondary connected', self.peer)
+
+    def dataReceived(self, data):
+        if self.phase is Phase.CLOSED:
+            return
+        try:
+            self.frames.feed(data)
+        except zrs.ProtocolError as exc:
+            self._refuse(str(exc))
+
+    def _frame(self, payload):
+        if self.phase is Phase.PROTOCOL:
+            if payload not in zrs.PROTOCOLS:
+                raise zrs.ProtocolError('unknown protocol %r' % payload[:20])
+            if payload == zrs.PROTOCOL_2_0 and self.server.storage.has_blobs:
+                raise zrs.ProtocolError(
+                    'secondary speaks zrs2.0, but this storage has blobs: '
+                    'the secondary needs a blob-dir (zrs2.1)')
+            self.protocol_name = payload
+            self.phase = Phase.TID
+        elif self.phase is Phase.TID:
+            if len(payload) != 8:
+                raise zrs.ProtocolError(
+                    'start tid of %d bytes, expected 8' % len(payload))
+            last = self.server.storage.lastTransaction()
+            if payload > last:
+                raise zrs.ProtocolError(
+                    'secondary asks for transactions after %s, but the last '
+                    'transaction here is %s (is it replicating from the '
+                    'wrong primary?)' % (payload.hex(), last.hex()))
+            self._start_streaming(payload)
+        elif payload:
+            raise zrs.ProtocolError(
+                'unexpected %d-byte message after the handshake'
+                % len(payload))
+
+    def _start_streaming(self, start_tid):
+        self._cancel_timeout()
+        self.phase = Phase.STREAMING
+        server = self.server
+        reactor = server.clock
+        self.streamer = Streamer(
+            server.storage.file_storage, server.storage.commits,
+            server.tid_index, start_tid,
+            send=lambda chunks: reactor.callFromThread(self._write, chunks),
+            done=lambda error: reactor.callFromThread(
+                self._streamer_done, error),
+            name=self.peer,
+            blobs=self.protocol_name == zrs.PROTOCOL_2_1)
+        self.transport.registerProducer(_Producer(self.streamer), True)
+        logger.info('%s: streaming transactions after %s (%s)', self.peer,
+                    describe_tid(start_tid), self.protocol_name.decode())
+        self.streamer.start()
+
+    def _write(self, chunks):
+        if self.phase is Phase.STREAMING:
+            self.transport.writeSequence(chunks)
+
+    def _streamer_done(self, error):
+        if self.phase is not Phase.STREAMING:
+            return
+        if error is not None:
+            logger.error('%s: streaming failed after %s: %s: %s', self.peer,
+                         describe_tid(self.streamer.last_tid),
+                         type(error).__name__, error,
+                         exc_info=(type(error), error, error.__traceback__))
+        self.close()
+
+    def _handshake_timed_out(self):
+        self._timeout = None
+        self._refuse('no handshake within %ss' % self.server.handshake_timeout)
+
+    def _refuse(self, reason):
+        logger.error('%s: %s; closing the connection', self.peer, reason)
+        self.close()
+
+    def close(self):
+        """Drop the connection (also at shutdown)."""
+        self.phase = Phase.CLOSED
+        self.transport.abortConnection()
+
+    def _cancel_timeout(self):
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def connectionLost(self, reason):
+        self._cancel_timeout()
+        self.phase = Phase.CLOSED
+        self.server.connections.discard(self)
+        if self.streamer is not None:
+            self.streamer.stop()
+            logger.info('%s: disconnected after %d transactions (%.1f MB)',
+                        self.peer, self.streamer.transactions,
+                        self.streamer.bytes / 1e6)
+        else:
+            logger.info('%s: disconnected', self.peer)
+
+
+class _Factory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, server):
+        self.server = server
+
+    def buildProtocol(self, addr):
+        return PrimaryProtocol(self.server)
+
+
+class PrimaryServer:
+    """Serve one storage's transactions to secondaries (reactor thread).
+
+    `storage` is a `zrsd.storage.PrimaryStorage` or `ReplicaStorage` (a
+    cascade): it offers `file_storage`, `commits`, `lastTransaction()` and
+    `has_blobs`.
+    """
+
+    def __init__(self, name, storage, address, clock,
+                 handshake_timeout=30.0):
+        self.name = name
+        self.storage = storage
+        self.address = address
+        self.clock = clock
+        self.handshake_timeout = handshake_timeout
+        self.tid_index = TidIndex()
+        self.connections = set()
+        self.port = None
+
+    def start(self):
+        factory = _Factory(self)
+        if isinstance(self.address, str):
+            self.port = self.clock.listenUNIX(self.address, factory)
+        else:
+            host, port = self.address
+            self.port = self.clock.listenTCP(port, factory, interface=host)
+        logger.info('%s: serving ZRS to secondaries at %s', self.name,
+                    format_address(self.listening_address()))
+
+    def listening_address(self):
+        if isinstance(self.address, str):
+            return self.address
+        host = self.port.getHost()
+        return host.host, host.port
+
+    def stop(self):
+        """Stop listening and drop every secondary; returns the streamers
+        (join them outside the reactor thread)."""
+        if self.port is not None:
+            self.port.stopListening()
+            self.port = None
+        streamers = []
+        for connection in list(self.connections):
+            if connection.streamer is not None:
+                connection.streamer.stop()
+                streamers.append(connection.streamer)
+            connection.close()
+        return streamers
