@@ -279,7 +279,8 @@ class ReplicaWriter:
         fd, path = tempfile.mkstemp(
             prefix='zrsd-', suffix='.blob', dir=self._fs.temporaryDirectory())
         self._blob_files.append(path)
-        return os.fdopen(fd, 'wb')
+        os.close(fd)
+        return open(path, 'wb')  # a file whose .name is the path
 
     def store_blob(self, oid, tid, data, data_txn, blob_file):
         self._fs.restoreBlob(oid, tid, data, blob_file.name, data_txn,
