@@ -1,4 +1,4 @@
-"""`make demo`: a zc.zrs 3.1 primary, a zrsd replica and ZEO clients.
+"""`make demo`: a zrsd primary, a zrsd replica and ZEO clients.
 
 Works in var/demo/ (recreated on each run, git-ignored) with the sample
 configs etc/demo/primary.conf and etc/demo/replica.conf (fixed ports on
@@ -64,9 +64,13 @@ class Server:
             self.popen = subprocess.Popen(args, cwd=WORK, stdout=log,
                                           stderr=subprocess.STDOUT)
 
-    def wait_port(self, port):
-        wait_for(lambda: self.popen.poll() is not None or port_open(port),
-                 '%s to listen on port %s' % (self.name, port))
+    def wait_log(self, text):
+        """Wait until the server logs `text` (e.g. that it listens)."""
+        def logged():
+            with open(self.log_path, 'rb') as f:
+                return text.encode() in f.read()
+        wait_for(lambda: self.popen.poll() is not None or logged(),
+                 '%s to log %r' % (self.name, text))
         if self.popen.poll() is not None:
             raise DemoError('%s exited with status %s' % (
                 self.name, self.popen.returncode))
@@ -108,18 +112,19 @@ def demo(servers):
     last = make_sample_database(os.path.join(WORK, 'primary.fs'))
     print('    last transaction: %s' % last.hex())
 
-    step('Starting a zc.zrs 3.1 primary (runzeo, ZEO on 8100, replication on 8101)')
-    primary = Server('primary', [os.path.join(BIN, 'runzeo'), '-C',
+    step('Starting the zrsd primary (etc/demo/primary.conf, ZEO on 8100, '
+         'replication on 8101)')
+    primary = Server('primary', [os.path.join(BIN, 'zrsd'), '-C',
                                  os.path.join(ETC, 'primary.conf')])
     servers.append(primary)
-    primary.wait_port(8100)
-    primary.wait_port(8101)
+    primary.wait_log('serving ZRS to secondaries')
+    primary.wait_log(' over ZEO at ')
 
     step('Starting the zrsd replica (etc/demo/replica.conf, ZEO on 8200)')
     replica = Server('replica', [os.path.join(BIN, 'zrsd'), '-C',
                                  os.path.join(ETC, 'replica.conf')])
     servers.append(replica)
-    replica.wait_port(8200)
+    replica.wait_log(' over ZEO at ')
 
     step('Reading the replica with a read-only ZEO client')
     storage = ZEO.ClientStorage.ClientStorage(REPLICA, read_only=True,

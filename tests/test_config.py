@@ -56,10 +56,29 @@ def test_sample_replica_config_parses(tmp_path):
     assert loaded.eventlog is not None
 
 
-def test_demo_configs_parse(tmp_path, monkeypatch):
+def test_sample_primary_config_parses(tmp_path):
+    loaded = config.load(sample(tmp_path, 'etc/primary.conf'))
+    (zrs,) = loaded.storages
+    assert zrs.replicate_to == ('', 5000)
+    assert zrs.replicate_from is None
+    assert zrs.section.handshake_timeout == 30
+    assert loaded.zeo.transaction_timeout == 300
+
+
+@pytest.mark.parametrize('name, role', [('replica', 'replicate_from'),
+                                        ('primary', 'replicate_to')])
+def test_demo_configs_parse(tmp_path, monkeypatch, name, role):
     monkeypatch.chdir(tmp_path)
-    loaded = config.load(os.path.join(ROOT, 'etc/demo/replica.conf'))
+    loaded = config.load(os.path.join(ROOT, 'etc/demo/%s.conf' % name))
     assert [z.name for z in loaded.storages] == ['1']
+    assert getattr(loaded.storages[0], role) is not None
+
+
+def test_cascade_needs_distinct_addresses(tmp_path):
+    text = GOOD % dict(dir=tmp_path, extra='  replicate-to 127.0.0.1:5000')
+    result = run_zrsd(write(tmp_path, text))
+    assert result.returncode == 2
+    assert 'replicate-to must differ from replicate-from' in result.stderr
 
 
 def test_defaults(tmp_path):
