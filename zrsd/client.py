@@ -65,6 +65,8 @@ class SecondaryProtocol(protocol.Protocol):
         try:
             self.frames.feed(data)
         except zrs.ProtocolError as exc:
+            if isinstance(exc, zrs.ChecksumMismatch):
+                self.client.checksum_failures += 1
             self._fail('replication stream rejected: %s' % exc)
         except Exception as exc:
             self._fail('applying transaction %s failed: %s: %s' % (
@@ -142,6 +144,7 @@ class ReplicationClient:
         self.connected = False
         self.reconnects = 0
         self.stream_failures = 0
+        self.checksum_failures = 0
         self._attempt = 0
         self._connected_at = None
         self._pending = None      # the DelayedCall of the next attempt

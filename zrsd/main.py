@@ -5,17 +5,21 @@ configuration and touches signals.
 
 Threads: the main thread runs ZEO's asyncio loop (and, before and after it,
 start-up and shut-down); the reactor thread runs Twisted and replication.
-Signal handlers only record the request and stop the loop; `Daemon.run`
-acts on it.
+Signal handlers only record the request and wake the main thread;
+`Daemon.run` acts on it.
 """
 import argparse
 import logging
 import os
 import signal
 import sys
+import threading
+import time
+
+from ZODB.utils import z64
 
 from . import config as zconfig
-from . import systemd
+from . import monitor, systemd
 from .node import Node, join_streamers
 from .reactor import ReactorThread
 from .zeoserver import create_server
@@ -57,29 +61,32 @@ class Daemon:
         self.nodes = []
         self.storages = {}     # ZEO storage name -> the node's storage
         self.server = None
+        self.loop = None       # ZEO's asyncio loop, once the server exists
         self.reactor = None
+        self.monitor = None
         self.exit_status = EXIT_OK
         self.stop_reason = None
+        self.stop_requested = threading.Event()
+        self.heartbeat = None
 
     # -- main line ----------------------------------------------------------
 
     def run(self):
         try:
+            self.install_signal_handlers()
             self.open_storages()
             self.reactor = ReactorThread(on_crash=self.reactor_crashed)
             self.reactor.start()
-            # Serve first: ZEO registers with each storage and reads its
-            # recent invalidations before any replicated commit can race
-            # with that.
-            self.server = create_server(self.config.zeo, self.storages)
-            self.write_pid_file()
-            self.install_signal_handlers()
             self.reactor.call(self.start_links)
-            logger.info('serving %s over ZEO at %s',
-                        ', '.join(sorted(self.storages)),
-                        self.server.acceptor.addr)
-            systemd.notify('READY=1')
-            self.server.acceptor.event_loop.run_forever()
+            if self.wait_for_data():
+                self.serve()
+                self.reactor.call(self.start_monitoring)
+                logger.info('serving %s over ZEO at %s',
+                            ', '.join(sorted(self.storages)),
+                            self.server.acceptor.addr)
+                systemd.notify('READY=1')
+                self.start_watchdog()
+                self.loop.run_forever()
             logger.info('stopping (%s)', self.stop_reason)
             systemd.notify('STOPPING=1')
         except Exception:
@@ -100,31 +107,125 @@ class Daemon:
         for node in self.nodes:
             node.start(self.reactor.reactor)
 
+    def wait_for_data(self):
+        """Unless `serve-empty`, wait until every replica holds data.
+
+        A read-only ZEO client cannot even open a DB on an empty replica
+        (it would have to create the root object).  Returns False when a
+        stop was requested meanwhile.
+        """
+        empty = [node for node in self.nodes
+                 if node.role != 'primary'
+                 and node.storage.lastTransaction() == z64]
+        if self.config.zeo.serve_empty or not empty:
+            return not self.stop_requested.is_set()
+        logger.info('waiting for the first transaction of %s before '
+                    'serving ZEO', ', '.join(n.name for n in empty))
+        for node in empty:
+            while node.storage.lastTransaction() == z64:
+                if self.stop_requested.wait(0.1):
+                    return False
+        return not self.stop_requested.is_set()
+
+    def serve(self):
+        """Create the ZEO server, with replicated commits held meanwhile.
+
+        ZEO reads each storage's recent invalidations, then registers for
+        new ones; a commit in between would be missing from its queue.
+        """
+        gates = [node.storage.commit_gate for node in self.nodes
+                 if hasattr(node.storage, 'commit_gate')]
+        for gate in gates:
+            gate.acquire()
+        try:
+            self.server = create_server(self.config.zeo, self.storages)
+        finally:
+            for gate in gates:
+                gate.release()
+        self.loop = self.server.acceptor.event_loop
+        self.write_pid_file()
+        if self.stop_requested.is_set():
+            self.loop.call_soon(self.loop.stop)
+
+    def start_monitoring(self):
+        """Serve /metrics and /status if configured (reactor thread)."""
+        section = self.config.monitor
+        if section is not None:
+            self.monitor = monitor.listen(self.reactor.reactor,
+                                          section.address.address,
+                                          self.status)
+
+    def status(self):
+        """Everything /status and /metrics report (reactor thread)."""
+        now = time.time()
+        storages = []
+        for node in self.nodes:
+            status = node.status(now)
+            status['zeo_clients'] = len(
+                self.server.zeo_storages_by_storage_id.get(node.name, ()))
+            storages.append(status)
+        return {'pid': os.getpid(), 'time': now, 'storages': storages}
+
     def stop_links(self):
         """Stop every link, aborting half-received transactions (reactor
         thread); returns the streamers to join."""
+        if self.monitor is not None:
+            self.monitor.stopListening()
         streamers = []
         for node in self.nodes:
             streamers.extend(node.stop())
         return streamers
 
+    # -- systemd watchdog ------------------------------------------------------
+
+    def start_watchdog(self):
+        """Ping systemd's watchdog while both threads are alive.
+
+        The reactor beats every second; the ZEO loop pings only if the
+        last beat is recent, so a wedged thread on either side stops the
+        pings and systemd restarts the service.
+        """
+        interval = systemd.watchdog_interval()
+        if not interval:
+            return
+        self.heartbeat = time.monotonic()
+        self.reactor.call(self._beat)
+
+        def ping():
+            if time.monotonic() - self.heartbeat < 2 * interval + 1:
+                systemd.notify('WATCHDOG=1')
+            self.loop.call_later(interval, ping)
+
+        ping()
+
+    def _beat(self):
+        self.heartbeat = time.monotonic()
+        self.reactor.reactor.callLater(1, self._beat)
+
     # -- signals and events ---------------------------------------------------
 
     def install_signal_handlers(self):
-        loop = self.server.acceptor.event_loop
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.request_stop, signum)
-        loop.add_signal_handler(signal.SIGUSR2, self.reopen_logs)
+            signal.signal(signum, self.request_stop)
+        signal.signal(signal.SIGUSR2, self.request_log_reopen)
 
-    def request_stop(self, signum):
-        """First SIGTERM/SIGINT: stop the loop; a second one forces exit."""
+    def request_stop(self, signum, frame):
+        """First SIGTERM/SIGINT: record it, stop the loop; a second one
+        forces exit."""
+        if self.stop_requested.is_set():
+            self.force_exit(signum)
         self.stop_reason = signal.Signals(signum).name
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.server.acceptor.event_loop.remove_signal_handler(sig)
-            signal.signal(sig, self.force_exit)
-        self.server.acceptor.event_loop.stop()
+        self.stop_requested.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
 
-    def force_exit(self, signum, frame):
+    def request_log_reopen(self, signum, frame):
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.reopen_logs)
+        else:
+            self.reopen_logs()
+
+    def force_exit(self, signum):
         logger.warning('%s during shutdown: exiting at once',
                        signal.Signals(signum).name)
         logging.shutdown()
@@ -142,9 +243,9 @@ class Daemon:
         # Reactor thread: hand over to the main thread.
         self.exit_status = EXIT_FAILURE
         self.stop_reason = 'the reactor stopped unexpectedly'
-        loop = self.server.acceptor.event_loop if self.server else None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+        self.stop_requested.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
 
     # -- tear down, in reverse ----------------------------------------------
 
@@ -159,10 +260,9 @@ class Daemon:
         if self.server is not None:
             # Closes client connections and the storages (saving the
             # FileStorage index); the loop runs until the server is closed.
-            loop = self.server.acceptor.event_loop
             self.server.close()
-            loop.run_forever()
-            loop.close()
+            self.loop.run_forever()
+            self.loop.close()
         else:
             for storage in self.storages.values():
                 storage.close()

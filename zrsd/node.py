@@ -15,12 +15,14 @@ import logging
 import threading
 
 from twisted.internet import task
+from ZODB.utils import z64
 
 from . import protocol
 from .client import ReplicationClient, tcp_endpoint
-from .progress import Progress
+from .progress import Progress, tid_time
 from .reactor import ReactorThread
 from .server import PrimaryServer
+from .sockets import format_address
 from .storage import PrimaryStorage, ReplicaStorage
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,38 @@ class Node:
         return streamers
 
 
+    def status(self, now):
+        """A snapshot of this node for /status and /metrics (reactor
+        thread)."""
+        last = self.storage.lastTransaction()
+        progress, client, server = self.progress, self.client, self.server
+        status = {
+            'name': self.name,
+            'role': self.role,
+            'last_transaction': last.hex(),
+            'last_transaction_time': (tid_time(last) if last != z64
+                                      else None),
+        }
+        if client is not None:
+            status.update(
+                primary=format_address(self.zrs.replicate_from),
+                connected=int(client.connected),
+                transactions_applied=progress.transactions,
+                bytes_applied=progress.bytes,
+                seconds_since_last_applied=(
+                    now - progress.last_commit_at
+                    if progress.last_commit_at is not None else None),
+                rate=progress.rate,
+                reconnects=client.reconnects,
+                stream_failures=client.stream_failures,
+                checksum_failures=client.checksum_failures)
+        if server is not None:
+            status.update(secondaries=len(server.connections),
+                          replicate_to=format_address(
+                              server.listening_address()))
+        return status
+
+
 def join_streamers(streamers, timeout=10.0):
     """Wait for stopped streamer threads (not from the reactor thread)."""
     for streamer in streamers:
@@ -123,6 +157,8 @@ def open_standalone(zrs):
     """
     reactor = shared_reactor_thread()
     node = Node(zrs)
+    if zrs.replicate_from is not None:
+        node.storage.hold_commits_until_registered()
     reactor.call(node.start, reactor.reactor)
 
     def stop_links():

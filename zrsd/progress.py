@@ -33,6 +33,7 @@ class Progress:
         self._interval_bytes = 0
         self._interval_started = clock()
         self._active = False
+        self.rate = 0.0            # transactions/s over the last interval
 
     def committed(self, tid, nbytes):
         self.transactions += 1
@@ -46,6 +47,7 @@ class Progress:
         now = self.clock()
         elapsed = max(now - self._interval_started, 1e-9)
         count = self._interval_transactions
+        self.rate = count / elapsed
         if count:
             behind = max(0.0, now - tid_time(self.last_tid))
             self.log.info(

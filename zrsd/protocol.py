@@ -74,6 +74,10 @@ class ProtocolError(Exception):
     """The peer broke the protocol; the connection must be dropped."""
 
 
+class ChecksumMismatch(ProtocolError):
+    """A commit's checksum does not match the stream received."""
+
+
 class FrameTooLarge(ProtocolError):
     """A frame claimed a length above the configured limit."""
 

@@ -24,7 +24,8 @@ checks, because only `commit()` finishes a transaction.
 import enum
 import logging
 
-from .protocol import BLOB_BLOCK_SIZE, MessageDecoder, ProtocolError
+from .protocol import (BLOB_BLOCK_SIZE, ChecksumMismatch, MessageDecoder,
+                       ProtocolError)
 from .protocol import Begin, Commit, Store, StoreBlob, StreamChecksum
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,7 @@ class Receiver:
                 self.warned_no_checksum = True
         elif self.check_checksums and \
                 message.checksum != self.checksum.digest():
-            raise ProtocolError('checksum mismatch at commit of %s' %
+            raise ChecksumMismatch('checksum mismatch at commit of %s' %
                                 describe_tid(self._tid))
         tid, nbytes = self._tid, self._nbytes
         self.sink.commit()

@@ -130,7 +130,21 @@ class ReplicaStorage:
             zope.interface.alsoProvides(self, ZODB.interfaces.IBlobStorage)
         self.resume_tid = recover_last_transaction(fs)
         self.commits = CommitNotifier()
+        # Replicated commits pass this gate; holding it keeps commits out
+        # while ZEO reads the recent invalidations and registers.
+        self.commit_gate = threading.Lock()
+        self._hold_until_registered = False
         self.writer = ReplicaWriter(fs, self)
+
+    def hold_commits_until_registered(self):
+        """Keep replicated commits waiting until `registerDB` is called.
+
+        For storages opened before their ZEO server exists (runzeo's
+        `%import zrsd`): ZEO reads the recent invalidations, then
+        registers; commits in between would be missing from its queue.
+        """
+        self.commit_gate.acquire()
+        self._hold_until_registered = True
 
     @property
     def file_storage(self):
@@ -156,6 +170,9 @@ class ReplicaStorage:
     def registerDB(self, db):
         """ZEO's StorageServer registers itself here to get invalidations."""
         self._db = db
+        if self._hold_until_registered:
+            self._hold_until_registered = False
+            self.commit_gate.release()
 
     def tpc_transaction(self):
         # ZEO asks for the storage's current transaction; clients never
@@ -297,7 +314,8 @@ class ReplicaWriter:
 
         try:
             self._fs.tpc_vote(meta)
-            tid = self._fs.tpc_finish(meta, invalidate)
+            with self._replica.commit_gate:
+                tid = self._fs.tpc_finish(meta, invalidate)
         except BaseException:
             self.abort()
             raise
