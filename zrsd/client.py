@@ -7,14 +7,14 @@ is a `SecondaryProtocol` that sends the handshake, turns bytes into frames
 (`zrsd.secondary.Receiver`).
 """
 import logging
-import socket
 
 from twisted.internet import endpoints, protocol, task
 
 from . import protocol as zrs
 from .retry import RepeatLimiter, backoff_delay
 from .secondary import Receiver, describe_tid
-from .sockets import format_address, quick_ack, tune_socket
+from .sockets import (format_address, is_tls_failure, quick_ack,
+                      tcp_socket, tune_socket)
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +31,9 @@ class SecondaryProtocol(protocol.Protocol):
 
     def connectionMade(self):
         client = self.client
-        handle = self.transport.getHandle()
-        if isinstance(handle, socket.socket) and \
-                handle.family in (socket.AF_INET, socket.AF_INET6):
-            tune_socket(handle)
-            self._socket = handle
-        else:
-            self._socket = None
+        self._socket = tcp_socket(self.transport)
+        if self._socket is not None:
+            tune_socket(self._socket)
         start_tid = client.storage.lastTransaction()
         self.receiver = Receiver(
             client.storage.writer, start_tid, decoder=client.decoder,
@@ -213,7 +209,10 @@ class ReplicationClient:
         if (self._connected_at is not None and self.clock.seconds()
                 - self._connected_at >= self.max_reconnect_delay):
             self._attempt = 0
-        if not connection._failed:
+        if is_tls_failure(reason):
+            logger.error('%s: TLS handshake with the primary failed: %s',
+                         self.peer, reason.getErrorMessage())
+        elif not connection._failed:
             logger.info('%s: disconnected: %s', self.peer,
                         reason.getErrorMessage())
         self._schedule_reconnect()
@@ -232,8 +231,14 @@ class ReplicationClient:
         logger.info('%s: replication stopped', self.peer)
 
 
-def tcp_endpoint(reactor, address, timeout=30):
-    """A client endpoint for a (host, port) or unix-socket path address."""
+def tcp_endpoint(reactor, address, timeout=30, tls=None):
+    """A client endpoint for a (host, port) or unix-socket path address.
+
+    With `tls` (`zrsd.tls.ReplicationTLS`), a TLS endpoint.
+    """
+    if tls is not None:
+        host, port = address
+        return tls.client_endpoint(reactor, host, port, timeout)
     if isinstance(address, str):
         return endpoints.UNIXClientEndpoint(reactor, address, timeout=timeout)
     host, port = address

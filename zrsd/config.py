@@ -5,6 +5,8 @@ ZConfig's `<eventlog>`, `<zrs>` sections from `zrsd/component.xml`) ->
 validated section objects -> `ZRSConfig.open_storage()`.  Nothing outside
 this module parses configuration files.
 """
+import importlib
+import ipaddress
 import os
 import re
 
@@ -40,7 +42,47 @@ class SectionError(ValueError):
         super().__init__('%s %s' % (self.key, problem))
 
 
-_KEY_NAMES = {'allowed_globals': 'allow-global'}
+_KEY_NAMES = {'allowed_globals': 'allow-global',
+              'allowed_networks': 'allow-from'}
+
+
+class SSLSection:
+    """The datatype of an `<ssl>` section: the raw settings.
+
+    `<zeo>` turns them into an `ssl.SSLContext` for ZEO, `<zrs>` into
+    `zrsd.tls.ReplicationTLS` for Twisted.
+    """
+
+    def __init__(self, section):
+        self.section = section
+        self.certificate = section.certificate
+        self.key = section.key
+        self.authenticate = section.authenticate
+        self.password_function = section.password_function
+        self.check_hostname = section.check_hostname
+        self.server_hostname = section.server_hostname
+
+    def password(self):
+        """The key's password from `password-function`, or None."""
+        if not self.password_function:
+            return None
+        module_name, _, name = self.password_function.rpartition('.')
+        module = importlib.import_module(module_name)
+        return getattr(module, name)()
+
+    def zeo_context(self):
+        """A server `ssl.SSLContext` for the ZEO port (as runzeo builds)."""
+        import ZEO.zconfig
+        if not self.authenticate:
+            raise ConfigError('<zeo> <ssl>: authenticate is required (ZEO '
+                              'authenticates its clients)')
+        return ZEO.zconfig.server_ssl(self)
+
+    def replication(self):
+        from .tls import ReplicationTLS
+        return ReplicationTLS(
+            self.certificate, self.key, self.authenticate, self.password(),
+            self.check_hostname, self.server_hostname)
 
 
 class ZRSConfig:
@@ -77,6 +119,29 @@ class ZRSConfig:
         if section.max_message_size < 1024:
             raise SectionError(self.name, 'max_message_size',
                                'must be at least 1KB')
+        self.tls = None
+        if isinstance(section.ssl, SSLSection):
+            try:
+                self.tls = section.ssl.replication()
+            except Exception as exc:  # a bad file, key or password
+                raise SectionError(self.name, '<ssl>', str(exc))
+        if self.tls is not None and any(
+                value is not None and isinstance(value.address, str)
+                for value in (section.replicate_from, section.replicate_to)):
+            raise SectionError(self.name, '<ssl>',
+                               'needs TCP addresses, not unix sockets')
+        if section.ssl is not None and not isinstance(section.ssl,
+                                                      SSLSection):
+            # Under runzeo, <ssl> is ZEO's own section type.
+            raise SectionError(
+                self.name, '<ssl>', 'is ZEO\'s server <ssl> under runzeo; '
+                'replication TLS needs the zrsd command')
+        try:
+            self.allowed_networks = [
+                ipaddress.ip_network(network, strict=False)
+                for network in section.allowed_networks or ()]
+        except ValueError as exc:
+            raise SectionError(self.name, 'allowed_networks', str(exc))
         # Imported now, so that a typo fails at start-up, not mid-stream.
         try:
             self.allowed_globals = resolve_globals(

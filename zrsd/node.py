@@ -60,12 +60,14 @@ class Node:
         if zrs.replicate_to is not None:
             self.server = PrimaryServer(
                 self.name, self.storage, zrs.replicate_to, reactor,
-                handshake_timeout=section.handshake_timeout)
+                handshake_timeout=section.handshake_timeout,
+                tls=zrs.tls, allowed_networks=zrs.allowed_networks)
             self.server.start()
         if zrs.replicate_from is not None:
             self.client = ReplicationClient(
                 self.name, self.storage, zrs.replicate_from,
-                tcp_endpoint(reactor, zrs.replicate_from), reactor,
+                tcp_endpoint(reactor, zrs.replicate_from, tls=zrs.tls),
+                reactor,
                 protocol_name=(protocol.PROTOCOL_2_1
                                if self.storage.has_blobs
                                else protocol.PROTOCOL_2_0),

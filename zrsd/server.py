@@ -5,8 +5,8 @@ Everything here runs in the reactor thread, except the streamer callbacks
 `_send` and `_streamer_done`, which hop over with `callFromThread`.
 """
 import enum
+import ipaddress
 import logging
-import socket
 
 import zope.interface
 from twisted.internet import interfaces, protocol
@@ -14,7 +14,7 @@ from twisted.internet import interfaces, protocol
 from . import protocol as zrs
 from .primary import Streamer, TidIndex
 from .secondary import describe_tid
-from .sockets import format_address, tune_socket
+from .sockets import format_address, is_tls_failure, tcp_socket, tune_socket
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +58,20 @@ class PrimaryProtocol(protocol.Protocol):
 
     def connectionMade(self):
         server = self.server
-        handle = self.transport.getHandle()
-        if isinstance(handle, socket.socket) and \
-                handle.family in (socket.AF_INET, socket.AF_INET6):
-            tune_socket(handle)
+        sock = tcp_socket(self.transport)
+        if sock is not None:
+            tune_socket(sock)
         peer = self.transport.getPeer()
+        host = getattr(peer, 'host', None)
         self.peer = '%s -> %s' % (server.name, format_address(
-            (peer.host, peer.port) if hasattr(peer, 'port') else str(peer)))
+            (host, peer.port) if host is not None else str(peer)))
         self.frames = zrs.FrameDecoder(self._frame, HANDSHAKE_LIMIT)
+        server.connections.add(self)
+        if not server.allows(host):
+            self._refuse('%s is not in allow-from' % host)
+            return
         self._timeout = server.clock.callLater(
             server.handshake_timeout, self._handshake_timed_out)
-        server.connections.add(self)
         logger.info('%s: secondary connected', self.peer)
 
     def dataReceived(self, data):
@@ -164,6 +167,9 @@ class PrimaryProtocol(protocol.Protocol):
             logger.info('%s: disconnected after %d transactions (%.1f MB)',
                         self.peer, self.streamer.transactions,
                         self.streamer.bytes / 1e6)
+        elif is_tls_failure(reason):
+            logger.error('%s: TLS handshake failed, secondary refused: %s',
+                         self.peer, reason.getErrorMessage())
         else:
             logger.info('%s: disconnected', self.peer)
 
@@ -187,12 +193,14 @@ class PrimaryServer:
     """
 
     def __init__(self, name, storage, address, clock,
-                 handshake_timeout=30.0):
+                 handshake_timeout=30.0, tls=None, allowed_networks=()):
         self.name = name
         self.storage = storage
         self.address = address
         self.clock = clock
         self.handshake_timeout = handshake_timeout
+        self.tls = tls
+        self.allowed_networks = list(allowed_networks)
         self.tid_index = TidIndex()
         self.connections = set()
         self.port = None
@@ -201,11 +209,27 @@ class PrimaryServer:
         factory = _Factory(self)
         if isinstance(self.address, str):
             self.port = self.clock.listenUNIX(self.address, factory)
+        elif self.tls is not None:
+            host, port = self.address
+            self.port = self.clock.listenSSL(
+                port, factory, self.tls.server_options(), interface=host)
         else:
             host, port = self.address
             self.port = self.clock.listenTCP(port, factory, interface=host)
-        logger.info('%s: serving ZRS to secondaries at %s', self.name,
-                    format_address(self.listening_address()))
+        logger.info('%s: serving ZRS to secondaries at %s%s', self.name,
+                    format_address(self.listening_address()),
+                    ' (TLS, client certificates required)' if self.tls
+                    else '')
+
+    def allows(self, host):
+        """Is a secondary at `host` (an IP address) allowed to connect?"""
+        if not self.allowed_networks:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except (TypeError, ValueError):
+            return False
+        return any(address in network for network in self.allowed_networks)
 
     def listening_address(self):
         if isinstance(self.address, str):

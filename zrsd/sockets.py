@@ -49,3 +49,25 @@ def format_address(address):
         return address
     host, port = address
     return '%s:%s' % (host, port)
+
+
+def tcp_socket(transport):
+    """The TCP socket under a Twisted transport (TLS included), or None."""
+    for _ in range(3):
+        handle = getattr(transport, 'getHandle', lambda: None)()
+        if isinstance(handle, socket.socket):
+            return handle if handle.family in (
+                socket.AF_INET, socket.AF_INET6) else None
+        transport = getattr(transport, 'transport', None)
+        if transport is None:
+            return None
+    return None
+
+
+def is_tls_failure(reason):
+    """Did the connection end in a failed TLS handshake or verification?"""
+    try:
+        from OpenSSL.SSL import Error
+    except ImportError:
+        return False
+    return reason.check(Error) is not None

@@ -44,5 +44,5 @@ def create_server(options, storages):
         transaction_timeout=options.transaction_timeout,
         client_conflict_resolution=options.client_conflict_resolution,
         msgpack=options.msgpack,
-        ssl=options.ssl,
+        ssl=options.ssl.zeo_context() if options.ssl is not None else None,
     )

@@ -1,0 +1,239 @@
+"""Interoperability with zc.zrs 3.1.0 in both roles.
+
+- A zc.zrs secondary (on ZODB 5.5.1, in its own venv: see `peers`)
+  replicating from a zrsd primary ends with the primary's exact history.
+- A zrsd replica with a blob directory, replicating from a zc.zrs primary
+  with blobs (zrs2.1), serves every blob and ends with identical files.
+
+Both sides are real processes on 127.0.0.1, written to and read through real
+ZEO clients; the final checks compare the FileStorage files record by record.
+"""
+import os
+import random
+import time
+
+import pytest
+import transaction
+import ZEO
+import ZODB.blob
+from persistent.mapping import PersistentMapping
+
+import peers
+import zczrs
+from support import (assert_same_history, free_port, start_zrsd,
+                     zrsd_config)
+
+
+@pytest.fixture(scope='module')
+def peer_python():
+    """The zc.zrs/ZODB 5.5.1 venv's python (built on first use)."""
+    started = time.monotonic()
+    python = peers.peer_python()
+    print('\npeer venv %s ready in %.1f s' % (
+        peers.ZCZRS_VENV, time.monotonic() - started))
+    return python
+
+
+def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, processes):
+    """A zc.zrs 3.1.0 secondary follows a zrsd primary through catch-up and
+    live commits (undos and extension data included) and ends identical,
+    on one connection (no checksum failure, no reconnect)."""
+    primary = peers.ZrsdPrimary(tmp_path / 'primary')
+    processes(primary)
+    primary.start()
+    # Part of the history exists before the secondary connects (catch-up),
+    # the rest is committed while it is connected (live streaming).
+    before = zczrs.populate(primary.zeo_address, transactions=150,
+                            seed=1, undo_every=60)
+
+    secondary = peers.ZcZrsSecondary(tmp_path / 'secondary',
+                                     primary.repl_port)
+    processes(secondary)
+    secondary.start(peer_python)
+    after = zczrs.populate(primary.zeo_address, transactions=150,
+                           seed=2, undo_every=50)
+    assert before.undos and after.undos and after.creation_undos
+
+    last = primary.last_tid()
+    assert last == after.last_tid
+    client = secondary.client()
+    try:
+        peers.wait_for_tid(client, last, [primary, secondary],
+                           message='zc.zrs secondary at %s' % last.hex())
+    finally:
+        client.close()
+
+    assert secondary.stop() == 0, secondary.log()
+    assert primary.stop() == 0, primary.log()
+    count = assert_same_history(primary.fs_path, secondary.fs_path)
+    assert count == before.transactions + after.transactions + 1  # + root
+
+    log = primary.log()
+    assert log.count('streaming transactions after 0000000000000000 '
+                     '(zrs2.0)') == 1, log
+    assert ' ERROR ' not in log, log
+    secondary_log = secondary.log()
+    assert 'Traceback' not in secondary_log, secondary_log
+    assert secondary_log.count(': Connected') == 1, secondary_log
+    print('\nzrsd primary -> zc.zrs secondary: %d transactions identical'
+          % count)
+
+
+# Blob sizes: empty, tiny, around the 65536-byte block size of the 'B'
+# message, and several blocks.
+BLOB_SIZES = [0, 1, 1000, 65535, 65536, 65537, 200000]
+
+
+def _commit_blobs(address, blob_dir, rng, start, sizes, expected):
+    """Commit one blob per transaction under root['blobs'][key]."""
+    db = ZEO.DB(address, blob_dir=blob_dir, shared_blob_dir=False)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        tm.begin()
+        root = conn.root()
+        if 'blobs' not in root:
+            root['blobs'] = PersistentMapping()
+            tm.get().note('blob container')
+            tm.commit()
+        blobs = root['blobs']
+        for key, size in enumerate(sizes, start):
+            tm.begin()
+            data = rng.randbytes(size)
+            blobs[key] = ZODB.blob.Blob(data)
+            tm.get().note('blob %d (%d bytes)' % (key, size))
+            tm.get().setExtendedInfo('blob-size', size)
+            tm.commit()
+            expected[key] = data
+        return db.lastTransaction()
+    finally:
+        tm.abort()
+        conn.close()
+        db.close()
+
+
+def _change_and_undo(address, blob_dir, rng, changed, undone, expected):
+    """Rewrite blob `changed`; rewrite blob `undone` and undo that."""
+    db = ZEO.DB(address, blob_dir=blob_dir, shared_blob_dir=False)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        blobs = conn.root()['blobs']
+        tm.begin()
+        data = rng.randbytes(150000)
+        with blobs[changed].open('w') as f:
+            f.write(data)
+        tm.get().note('change blob %d' % changed)
+        tm.commit()
+        expected[changed] = data
+
+        tm.begin()
+        with blobs[undone].open('w') as f:
+            f.write(b'this change is undone')
+        tm.commit()
+        tm.begin()
+        db.undo(db.undoLog(0, 1)[0]['id'], tm.get())
+        tm.get().note('undo')
+        tm.commit()
+        return db.lastTransaction()
+    finally:
+        tm.abort()
+        conn.close()
+        db.close()
+
+
+def _read_blobs(address, blob_dir, read_only):
+    """{key: bytes} of every blob under root['blobs'], read over ZEO."""
+    db = ZEO.DB(address, blob_dir=blob_dir, shared_blob_dir=False,
+                read_only=read_only)
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        blobs = conn.root()['blobs']
+        result = {}
+        for key in blobs:
+            with blobs[key].open('r') as f:
+                result[key] = f.read()
+        return result
+    finally:
+        tm.abort()
+        conn.close()
+        db.close()
+
+
+def _blob_files(blob_dir):
+    """{relative path: content} of a server blob directory, without its
+    scratch directory `tmp/`."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(blob_dir):
+        if dirpath == blob_dir and 'tmp' in dirnames:
+            dirnames.remove('tmp')
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with open(path, 'rb') as f:
+                files[os.path.relpath(path, blob_dir)] = f.read()
+    return files
+
+
+def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
+    """zrsd with a blob-dir replicates a zc.zrs primary with blobs (zrs2.1):
+    blobs of 0 to 200000 bytes (several 65536-byte blocks), a changed blob
+    and an undone blob change, committed before and after zrsd connects;
+    a ZEO client of the replica reads every blob as written; histories and
+    blob files end identical."""
+    rng = random.Random(2.1)
+    expected = {}
+    primary = peers.BlobZcZrsPrimary(tmp_path / 'primary')
+    processes(primary)
+    primary.start()
+    _commit_blobs(primary.zeo_address, str(tmp_path / 'writer-1'), rng, 0,
+                  BLOB_SIZES[:4], expected)
+
+    zeo_port = free_port()
+    replica_blobs = str(tmp_path / 'replica.blobs')
+    config, replica_fs = zrsd_config(tmp_path, zeo_port, primary.repl_port,
+                                     blob_dir=replica_blobs)
+    zrsd = start_zrsd(config, str(tmp_path / 'zrsd.log'), zeo_port)
+    processes(zrsd)
+
+    _commit_blobs(primary.zeo_address, str(tmp_path / 'writer-2'), rng, 4,
+                  BLOB_SIZES[4:], expected)
+    last = _change_and_undo(primary.zeo_address, str(tmp_path / 'writer-3'),
+                            rng, changed=2, undone=5, expected=expected)
+    assert primary.last_tid() == last
+
+    address = ('127.0.0.1', zeo_port)
+    client = ZEO.client(address, read_only=True)
+    try:
+        peers.wait_for_tid(client, last, [zrsd, primary],
+                           message='zrsd replica at %s' % last.hex())
+    finally:
+        client.close()
+
+    on_replica = _read_blobs(address, str(tmp_path / 'reader-replica'),
+                             read_only=True)
+    on_primary = _read_blobs(primary.zeo_address,
+                             str(tmp_path / 'reader-primary'),
+                             read_only=True)
+    assert sorted(on_replica) == sorted(expected) == list(range(7))
+    for key in expected:
+        assert on_primary[key] == expected[key], key
+        assert on_replica[key] == expected[key], 'blob %d differs' % key
+    assert on_replica[0] == b''
+
+    assert zrsd.stop() == 0, zrsd.log()
+    assert primary.stop() == 0, primary.log()
+    count = assert_same_history(primary.fs_path, replica_fs)
+    primary_files = _blob_files(primary.blob_dir)
+    replica_files = _blob_files(replica_blobs)
+    assert sorted(replica_files) == sorted(primary_files)
+    for path in primary_files:
+        assert replica_files[path] == primary_files[path], path
+    blobs = [p for p in primary_files if p.endswith('.blob')]
+    # 7 blobs, 2 changes, the undo's copy of the restored revision.
+    assert len(blobs) == 10, sorted(primary_files)
+    assert 'connected (zrs2.1)' in zrsd.log()
+    print('\nzc.zrs blob primary -> zrsd: %d transactions, %d blob files '
+          '(%d bytes) identical' % (count, len(blobs),
+                                    sum(len(primary_files[p])
+                                        for p in blobs)))
