@@ -5,12 +5,12 @@ invalidate client caches from the reactor thread through `invalidate`.
 """
 import logging
 
-from ZEO.StorageServer import StorageServer
+from ZEO.StorageServer import StorageServer as ZEOStorageServer
 
 logger = logging.getLogger(__name__)
 
 
-class ReplicaStorageServer(StorageServer):
+class StorageServer(ZEOStorageServer):
     """ZEO's StorageServer, safe for invalidations from a foreign thread.
 
     ZEO's own `invalidate` iterates the live list of a storage's client
@@ -35,7 +35,7 @@ def create_server(options, storages):
 
     The server listens once this returns; `server.loop()` serves.
     """
-    return ReplicaStorageServer(
+    return StorageServer(
         options.address.address,
         storages,
         read_only=options.read_only,
