@@ -36,7 +36,8 @@ def sample(tmp_path, relative):
     """A shipped sample with its absolute directories moved into tmp_path."""
     with open(os.path.join(ROOT, relative)) as f:
         text = f.read()
-    for directory in ('/var/lib/zrsd', '/var/log/zrsd', '/run/zrsd'):
+    for directory in ('/var/lib/zrsd', '/var/log/zrsd', '/run/zrsd',
+                      '/etc/zrsd/tls'):
         local = tmp_path / directory.strip('/').replace('/', '-')
         local.mkdir(exist_ok=True)
         text = text.replace(directory, str(local))
@@ -54,6 +55,20 @@ def test_sample_replica_config_parses(tmp_path):
     assert loaded.zeo.address.address == ('', 8100)
     assert loaded.zeo.invalidation_queue_size == 10000
     assert loaded.eventlog is not None
+
+
+def test_sample_tls_config_parses(tmp_path):
+    from certs import Authority
+    tls = tmp_path / 'etc-zrsd-tls'
+    tls.mkdir()
+    authority = Authority(tls, 'sample')
+    os.rename(authority.path, tls / 'ca.pem')
+    authority.issue('replica1')
+    loaded = config.load(sample(tmp_path, 'etc/tls.conf'))
+    (zrs,) = loaded.storages
+    assert zrs.tls is not None and zrs.tls.check_hostname
+    assert loaded.zeo.ssl.zeo_context() is not None
+    assert loaded.monitor.address.address == ('127.0.0.1', 8180)
 
 
 def test_sample_primary_config_parses(tmp_path):
@@ -179,3 +194,14 @@ def test_local_storage_must_be_a_filestorage(tmp_path):
     result = run_zrsd(write(tmp_path, text))
     assert result.returncode == 2, result
     assert 'must be a <filestorage>' in result.stderr
+
+
+def test_replication_tls_needs_a_ca(tmp_path):
+    from certs import Authority
+    cert, key = Authority(tmp_path, 'ca').issue('node')
+    extra = '  <ssl>\n    certificate %s\n    key %s\n  </ssl>' % (cert, key)
+    path = write(tmp_path, GOOD % dict(dir=tmp_path, extra=extra))
+    result = run_zrsd(path)
+    assert result.returncode == 2
+    assert '%s:6:' % path in result.stderr
+    assert '<ssl>' in result.stderr and 'authenticate' in result.stderr
