@@ -28,6 +28,9 @@ def schema():
     global _schema
     if _schema is None:
         _schema = ZConfig.loadSchema(SCHEMA_PATH)
+        # zdaemon's <runner> requires `program`; zrsdctl defaults it to
+        # `zrsd -C` on this same file, so a zrsd file may leave it out.
+        _schema.gettype('runner').getinfo('program').minOccurs = 0
     return _schema
 
 

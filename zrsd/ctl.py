@@ -27,17 +27,6 @@ import zdaemon.zdrun
 import zrsd.config
 
 
-def control_schema():
-    """zrsd's configuration schema, with `program` optional in `<runner>`.
-
-    zdaemon's `<runner>` type requires `program`; for zrsd it defaults to
-    this very configuration (see `default_program`).
-    """
-    schema = zrsd.config.schema()
-    schema.gettype('runner').getinfo('program').minOccurs = 0
-    return schema
-
-
 def default_program(configfile):
     """The command zdaemon supervises when `<runner>` names none."""
     configfile = os.path.abspath(configfile)
@@ -55,7 +44,7 @@ class ControlOptions(zdaemon.zdctl.ZDCtlOptions):
 
     def __init__(self):
         super().__init__()
-        self.schema = control_schema()
+        self.schema = zrsd.config.schema()  # `program` optional there
         self.schemafile = zrsd.config.SCHEMA_PATH
         # `program` defaults to zrsd itself (in realize), so it is not
         # required of the command line or the file.
@@ -76,7 +65,7 @@ class ManagerOptions(zdaemon.zdrun.ZDRunOptions):
 
     def __init__(self):
         super().__init__()
-        self.schema = control_schema()
+        self.schema = zrsd.config.schema()  # `program` optional there
 
 
 def run_manager(args):

@@ -226,9 +226,13 @@ class Daemon:
             self.reopen_logs()
 
     def force_exit(self, signum):
-        logger.warning('%s during shutdown: exiting at once',
-                       signal.Signals(signum).name)
-        logging.shutdown()
+        # No logging here: a handler blocked on a full pipe would block
+        # the forced exit too.
+        try:
+            os.write(2, b'zrsd: %s during shutdown, exiting at once\n'
+                     % signal.Signals(signum).name.encode())
+        except OSError:
+            pass
         os._exit(EXIT_FAILURE)
 
     def reopen_logs(self):
