@@ -11,6 +11,7 @@ import logging
 import pickle
 import socket
 import struct
+import time
 
 from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
@@ -18,6 +19,9 @@ from twisted.python.failure import Failure
 
 from zrsd import protocol as zrs
 from zrsd.client import ReplicationClient, SecondaryProtocol
+from zrsd.sockets import pending_bytes
+
+from support import wait_until
 
 Z64 = b'\0' * 8
 LOGGER = 'zrsd.client'
@@ -84,9 +88,19 @@ class FakeStorage:
         self.committed = []
         self._tid = None
         self.writer = self
+        # group commit: the client defers fsyncs and calls sync()
+        self.defer_sync = False
+        self.unsynced = 0
+        self.unsynced_since = None
+        self.syncs = 0
 
     def lastTransaction(self):
         return self.last
+
+    def sync(self):
+        if self.unsynced:
+            self.syncs += 1
+            self.unsynced = 0
 
     def begin(self, tid, status, user, description, extension):
         self.calls.append(('begin', tid))
@@ -105,6 +119,10 @@ class FakeStorage:
         self.calls.append(('commit', self._tid))
         self.committed.append(self._tid)
         self.last, self._tid = self._tid, None
+        if self.defer_sync:
+            if not self.unsynced:
+                self.unsynced_since = time.monotonic()
+            self.unsynced += 1
         return self.last
 
     def abort(self):
@@ -522,3 +540,52 @@ def test_stop_aborts_half_received_transaction():
     s.clock.advance(3600)
     assert len(s.endpoint.attempts) == 1
     assert transport.value() == handshake(Z64)  # no keep-alive after stop
+
+
+# -- group commit --------------------------------------------------------------
+
+def tcp_pair():
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(1)
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    listener.close()
+    return sender, receiver
+
+
+TID4 = p64(int.from_bytes(TID3, 'big') + 1)
+TID5 = p64(int.from_bytes(TID3, 'big') + 2)
+
+
+def test_fsync_deferred_while_more_data_waits():
+    """Commits are fsynced when the socket has nothing more to read."""
+    sender, receiver = tcp_pair()
+    try:
+        s = Setup(storage=FakeStorage(last=TID1))
+        s.client.start()
+        proto, transport = s.endpoint.accept(Transport(handle=receiver))
+        assert s.storage.defer_sync
+        primary = Primary(TID1)
+        # More of the stream is already waiting in the kernel: no fsync.
+        sender.sendall(b'more')
+        wait_until(lambda: pending_bytes(receiver) == 4)
+        proto.dataReceived(primary.transaction(TID2)
+                           + primary.transaction(TID3))
+        assert s.storage.committed == [TID2, TID3]
+        assert (s.storage.syncs, s.storage.unsynced) == (0, 2)
+        # The stream pauses (nothing waiting): one fsync for both.
+        assert receiver.recv(10) == b'more'
+        proto.dataReceived(primary.transaction(TID4))
+        assert (s.storage.syncs, s.storage.unsynced) == (1, 0)
+        # Losing the connection syncs what is left and stops deferring.
+        sender.sendall(b'more')
+        wait_until(lambda: pending_bytes(receiver) == 4)
+        proto.dataReceived(primary.transaction(TID5))
+        assert s.storage.unsynced == 1
+        lost(proto)
+        assert (s.storage.syncs, s.storage.unsynced) == (2, 0)
+        assert not s.storage.defer_sync
+    finally:
+        sender.close()
+        receiver.close()

@@ -225,3 +225,37 @@ class ReplicaReadOnlyStorageTests(StorageTestBase.StorageTestBase,
         fs = ZODB.FileStorage.FileStorage('Data.fs')
         self._storage = ReplicaStorage(fs) if read_only else fs
 
+
+
+def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
+    primary = Primary(str(tmp_path / 'primary.fs'))
+    conn = primary.db.open()
+    for i in range(3):
+        conn.root()[i] = i
+        transaction.commit()
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: fsyncs.append(fd)
+                        or real_fsync(fd))
+    writer = replica.writer
+    writer.defer_sync = True
+    feed(Receiver(writer, z64), stream(z64, primary.new_transactions()))
+    assert (len(fsyncs), writer.unsynced) == (0, 4)
+    # Visible at once (ZEO clients see it); durable at the sync.
+    assert replica.lastTransaction() == primary.fs.lastTransaction()
+    writer.sync()
+    assert (len(fsyncs), writer.unsynced) == (1, 0)
+    writer.sync()  # nothing left to sync
+    assert len(fsyncs) == 1
+    writer.defer_sync = False
+    conn.root()['x'] = 1
+    transaction.commit()
+    feed(Receiver(writer, replica.lastTransaction()),
+         stream(replica.lastTransaction(), primary.new_transactions()))
+    assert len(fsyncs) == 2  # not deferring: one fsync per commit
+    replica.close()
+    primary.db.close()
+    assert assert_same_history(str(tmp_path / 'primary.fs'),
+                               str(tmp_path / 'Data.fs')) == 5

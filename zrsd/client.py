@@ -7,16 +7,21 @@ is a `SecondaryProtocol` that sends the handshake, turns bytes into frames
 (`zrsd.secondary.Receiver`).
 """
 import logging
+import time
 
 from twisted.internet import endpoints, protocol, task
 
 from . import protocol as zrs
 from .retry import RepeatLimiter, backoff_delay
 from .secondary import Receiver, describe_tid
-from .sockets import (format_address, is_tls_failure, quick_ack,
-                      tcp_socket, tune_socket)
+from .sockets import (format_address, is_tls_failure, pending_bytes,
+                      quick_ack, tcp_socket, tune_socket)
 
 logger = logging.getLogger(__name__)
+
+# Group commit bounds: fsync at least this often during a catch-up.
+SYNC_INTERVAL = 1.0
+SYNC_TRANSACTIONS = 1000
 
 class SecondaryProtocol(protocol.Protocol):
     """One connection from this secondary to its primary."""
@@ -50,6 +55,7 @@ class SecondaryProtocol(protocol.Protocol):
             self._keep_alive = task.LoopingCall(self._send_keep_alive)
             self._keep_alive.clock = client.clock
             self._keep_alive.start(client.keep_alive_delay, now=False)
+        client.storage.writer.defer_sync = True
         client.connection_made(self)
 
     def _send_keep_alive(self):
@@ -60,6 +66,7 @@ class SecondaryProtocol(protocol.Protocol):
             return
         try:
             self.frames.feed(data)
+            self._sync_if_idle()
         except zrs.ProtocolError as exc:
             if isinstance(exc, zrs.ChecksumMismatch):
                 self.client.checksum_failures += 1
@@ -70,6 +77,23 @@ class SecondaryProtocol(protocol.Protocol):
                 type(exc).__name__, exc), exc_info=True)
         if self._socket is not None:
             quick_ack(self._socket)
+
+    def _sync_if_idle(self):
+        """Group commit: fsync once the backlog is drained.
+
+        While more of the stream already waits in the socket, commits are
+        not fsynced one by one; they are when the stream pauses (so live
+        replication stays durable commit by commit), and at least every
+        SYNC_INTERVAL seconds or SYNC_TRANSACTIONS transactions during a
+        long catch-up.
+        """
+        writer = self.client.storage.writer
+        if not writer.unsynced:
+            return
+        if (self._socket is None or not pending_bytes(self._socket)
+                or writer.unsynced >= SYNC_TRANSACTIONS
+                or time.monotonic() - writer.unsynced_since >= SYNC_INTERVAL):
+            writer.sync()
 
     def _fail(self, reason, exc_info=False):
         # A failure inside the receiver has aborted already; one in the
@@ -96,6 +120,9 @@ class SecondaryProtocol(protocol.Protocol):
             self._keep_alive.stop()
         if self.receiver is not None:
             self.receiver.abort()
+            writer = self.client.storage.writer
+            writer.sync()
+            writer.defer_sync = False
         self.client.connection_lost(self, reason)
 
 

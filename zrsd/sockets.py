@@ -1,5 +1,8 @@
 """Socket options and address formatting shared by client and server."""
+import array
+import fcntl
 import socket
+import termios
 
 # Dead-peer detection.  The primary never sends keep-alives and may be idle
 # for hours, so silence proves nothing; TCP keepalive probes do, and
@@ -71,3 +74,13 @@ def is_tls_failure(reason):
     except ImportError:
         return False
     return reason.check(Error) is not None
+
+
+def pending_bytes(sock):
+    """Bytes already received on `sock` but not read yet (0 if unknown)."""
+    count = array.array('i', [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    except (OSError, ValueError):
+        return 0
+    return count[0]
