@@ -353,9 +353,14 @@ class Streamer:
             return header.end
         self._message('T', (meta.tid, meta.status, meta.user,
                             meta.description, meta.extension))
+        # ZEO stores a blob record twice in one transaction (store, then
+        # storeBlobEnd); both name the same blob file, so send it once.
+        blobs_sent = set()
         for oid, tid, data, data_txn in records:
-            if self.blobs and data and is_blob_record(data):
+            if (self.blobs and data and oid not in blobs_sent
+                    and is_blob_record(data)):
                 if self._send_blob(oid, tid, data, data_txn):
+                    blobs_sent.add(oid)
                     continue
             self._message('S', (oid, tid, '', data_txn))
             self._payload(data or b'')

@@ -1,0 +1,460 @@
+"""zrsd processes in the three roles, a gated TCP proxy and comparisons.
+
+- `ZrsdNode` writes a zrsd config for a primary (`replicate-to`), a replica
+  (`replicate-from`) or a cascade replica (both), starts and stops the
+  process, and waits until the node's ZEO `lastTransaction()` is a given tid.
+- `GatedProxy` sits in front of a ZRS port: it forwards a byte budget of the
+  primary -> secondary stream, then holds it (the primary's data stays
+  unread, so its streamer is paused by back-pressure) until `release()`.
+  Unlike `zczrs.Proxy` the held connection survives the release.
+- `assert_same_after_pack` compares a replica with a primary that packed
+  after the replica received part of its history.
+"""
+import os
+import socket
+import struct
+import threading
+import time
+
+import ZEO
+import ZODB.FileStorage
+from ZODB.POSException import POSKeyError
+from ZODB.TimeStamp import TimeStamp
+
+from support import BIN, Process, free_port, transactions, wait_until
+
+MB = 1024.0 * 1024.0
+
+CONFIG = """\
+<zeo>
+  address 127.0.0.1:%(zeo_port)s
+</zeo>
+<zrs 1>
+%(links)s  <filestorage>
+    path %(fs_path)s
+%(blob)s  </filestorage>
+</zrs>
+<eventlog>
+  level INFO
+  <logfile>
+    path STDOUT
+    format %%(asctime)s %%(levelname)s %%(name)s %%(message)s
+  </logfile>
+</eventlog>
+"""
+
+
+def write_config(path, zeo_port, fs_path, replicate_from=None,
+                 replicate_to=None, blob_dir=None):
+    """Write a zrsd config with one `<zrs 1>` section; returns `path`.
+
+    `replicate_from` / `replicate_to` are ports on 127.0.0.1: only `to` is a
+    primary, only `from` a replica, both a cascade.  Secondaries reconnect
+    quickly (0.1 s, at most 1 s) so restarts upstream do not slow tests.
+    """
+    links = ''
+    if replicate_from is not None:
+        links += ('  replicate-from 127.0.0.1:%d\n'
+                  '  reconnect-delay 0.1\n'
+                  '  max-reconnect-delay 1\n' % replicate_from)
+    if replicate_to is not None:
+        links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
+    blob = '    blob-dir %s\n' % blob_dir if blob_dir else ''
+    with open(path, 'w') as f:
+        f.write(CONFIG % dict(zeo_port=zeo_port, links=links,
+                              fs_path=fs_path, blob=blob))
+    return path
+
+
+class ZrsdNode:
+    """One zrsd process serving storage `1` from `directory/NAME.fs`.
+
+    `upstream`: the ZRS port to replicate from (None for a primary);
+    `serve`: also serve ZRS to secondaries on `repl_port` (always for a
+    primary).  Ports are chosen once and kept across restarts; each start
+    logs to its own file, `NAME-N.log`.
+    """
+
+    def __init__(self, directory, name, upstream=None, serve=None,
+                 blobs=False, register=None):
+        self.directory = str(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.name = name
+        self.upstream = upstream
+        if serve is None:
+            serve = upstream is None
+        self.fs_path = os.path.join(self.directory, name + '.fs')
+        self.blob_dir = (os.path.join(self.directory, name + '.blobs')
+                         if blobs else None)
+        self.config_path = os.path.join(self.directory, name + '.conf')
+        self.zeo_port = free_port()
+        self.repl_port = free_port() if serve else None
+        self.register = register   # e.g. conftest's `processes`
+        self.process = None
+        self.starts = 0
+
+    @property
+    def role(self):
+        if self.upstream is None:
+            return 'primary'
+        return 'cascade' if self.repl_port else 'replica'
+
+    @property
+    def zeo_address(self):
+        return ('127.0.0.1', self.zeo_port)
+
+    @property
+    def log_path(self):
+        return os.path.join(self.directory, '%s-%d.log' % (
+            self.name, self.starts))
+
+    def start(self, timeout=60.0):
+        """Start zrsd; return once it logs that it serves ZEO."""
+        assert not self.running()
+        write_config(self.config_path, self.zeo_port, self.fs_path,
+                     replicate_from=self.upstream,
+                     replicate_to=self.repl_port, blob_dir=self.blob_dir)
+        self.starts += 1
+        self.process = Process([os.path.join(BIN, 'zrsd'), '-C',
+                                self.config_path], self.log_path)
+        if self.register is not None:
+            self.register(self.process)
+        self.process.wait_for_log(' over ZEO at ', timeout)
+        if self.repl_port:
+            self.process.wait_for_log('serving ZRS to secondaries', timeout)
+        return self
+
+    def stop(self, timeout=60.0):
+        """SIGTERM; assert a clean exit (status 0)."""
+        status = self.process.stop(timeout)
+        assert status == 0, '%s exited with %s:\n%s' % (
+            self.name, status, self.process.log())
+
+    def close(self):
+        if self.process is not None:
+            self.process.close()
+
+    def running(self):
+        return self.process is not None and self.process.popen.poll() is None
+
+    def check_alive(self):
+        """True, or fail at once with the log if the process exited."""
+        if not self.running():
+            raise AssertionError('%s (%s) exited with %s:\n%s' % (
+                self.name, self.role, self.process.popen.returncode,
+                self.process.log()))
+        return True
+
+    def log(self):
+        return self.process.log() if self.process is not None else ''
+
+    def client(self, **kw):
+        """A read-only ZEO ClientStorage of this node (unless told)."""
+        kw.setdefault('read_only', True)
+        return ZEO.client(self.zeo_address, **kw)
+
+    def db(self, **kw):
+        return ZEO.DB(self.zeo_address, **kw)
+
+    def last_tid(self):
+        """lastTransaction() as a ZEO client sees it."""
+        storage = self.client()
+        try:
+            return storage.lastTransaction()
+        finally:
+            storage.close()
+
+    def wait_for_tid(self, tid, timeout=120.0):
+        """Wait until a ZEO client of this node sees `tid` as the last
+        transaction (a connected client learns of commits through
+        invalidations); fail fast if the process dies."""
+        storage = self.client()
+        try:
+            wait_until(
+                lambda: self.check_alive() and
+                storage.lastTransaction() == tid,
+                timeout, message='%s lastTransaction == %s' % (
+                    self.name, tid.hex()))
+        except AssertionError as exc:
+            raise AssertionError('%s; it is %s' % (
+                exc, storage.lastTransaction().hex())) from None
+        finally:
+            storage.close()
+
+    def rss(self):
+        """(VmRSS, VmHWM) of the process in bytes, or None once gone."""
+        return process_memory(self.process.pid)
+
+
+def process_memory(pid):
+    """(VmRSS, VmHWM) of `pid` in bytes from /proc, or None."""
+    values = {}
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                key, _, rest = line.partition(':')
+                if key in ('VmRSS', 'VmHWM'):
+                    values[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError):
+        return None
+    if len(values) != 2:
+        return None
+    return values['VmRSS'], values['VmHWM']
+
+
+class MemorySampler:
+    """Samples a process's RSS in a thread until stopped (a measurement
+    helper: nothing waits on it)."""
+
+    def __init__(self, pid, interval=0.01):
+        self.pid = pid
+        self.interval = interval
+        self.samples = []       # (monotonic time, rss)
+        self.peak_hwm = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='rss-sampler')
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self):
+        memory = process_memory(self.pid)
+        if memory is not None:
+            self.samples.append((time.monotonic(), memory[0]))
+            self.peak_hwm = max(self.peak_hwm, memory[1])
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+        self._sample()
+
+    @property
+    def peak_rss(self):
+        return max((rss for _, rss in self.samples), default=0)
+
+
+class _GatedLink:
+    """One proxied connection: secondary <-> proxy <-> primary."""
+
+    def __init__(self, downstream, upstream, hold_after):
+        self.downstream = downstream
+        self.upstream = upstream
+        self.hold_after = hold_after
+        self.sent = bytearray()       # what the secondary sent
+        self.forwarded = 0            # primary -> secondary bytes
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        for target, name in ((self._pump_up, 'gate-up'),
+                             (self._pump_down, 'gate-down')):
+            threading.Thread(target=target, daemon=True, name=name).start()
+
+    def _pump_up(self):
+        try:
+            while True:
+                data = self.downstream.recv(65536)
+                if not data:
+                    break
+                with self._lock:
+                    self.sent += data
+                self.upstream.sendall(data)
+        except OSError:
+            pass
+        self.close()
+
+    def _pump_down(self):
+        try:
+            while True:
+                size = 65536
+                if self.hold_after is not None \
+                        and not self.released.is_set():
+                    budget = self.hold_after - self.forwarded
+                    if budget <= 0:
+                        # Hold: leave the primary's data unread until
+                        # release() (or close()).
+                        self.held.set()
+                        self.released.wait()
+                        continue
+                    size = min(size, budget)
+                data = self.upstream.recv(size)
+                if not data:
+                    break
+                self.downstream.sendall(data)
+                self.forwarded += len(data)
+        except OSError:
+            pass
+        self.close()
+
+    def handshake(self):
+        """(protocol name, start tid) the secondary sent, or None yet."""
+        with self._lock:
+            data = bytes(self.sent)
+        frames = []
+        while len(frames) < 2:
+            if len(data) < 4:
+                return None
+            (size,) = struct.unpack('>I', data[:4])
+            if len(data) < 4 + size:
+                return None
+            frames.append(data[4:4 + size])
+            data = data[4 + size:]
+        return tuple(frames)
+
+    def release(self):
+        self.released.set()
+
+    def close(self):
+        with self._lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+        self.released.set()
+        for s in (self.downstream, self.upstream):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+class GatedProxy:
+    """A TCP forwarder on 127.0.0.1 in front of a ZRS port.
+
+    While `hold_after` is set, each new connection forwards that many
+    primary -> secondary bytes and then holds the stream, connection open,
+    until `release()`; `release()` also lets later connections through.
+    """
+
+    def __init__(self, target_port, hold_after=None):
+        self.target_port = target_port
+        self.hold_after = hold_after
+        self.links = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(('127.0.0.1', 0))
+        self._listener.listen(8)
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True,
+                         name='gate-accept').start()
+
+    def _accept(self):
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._closed:
+                downstream.close()
+                return
+            try:
+                upstream = socket.create_connection(
+                    ('127.0.0.1', self.target_port))
+            except OSError:
+                downstream.close()
+                continue
+            self.links.append(_GatedLink(downstream, upstream,
+                                         self.hold_after))
+
+    def wait_for_link(self, index, timeout=60.0):
+        """The `index`-th connection, once its handshake arrived."""
+        wait_until(lambda: len(self.links) > index
+                   and self.links[index].handshake() is not None,
+                   timeout, message='ZRS handshake on gated link %d' % index)
+        return self.links[index]
+
+    def release(self):
+        self.hold_after = None
+        for link in list(self.links):
+            link.release()
+
+    def close(self):
+        self._closed = True
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for link in list(self.links):
+            link.close()
+
+
+def pack_stop_tid(pack_time):
+    """The tid FileStorage packs up to for `pack(pack_time)` (inclusive):
+    transactions with a tid above it are copied unchanged."""
+    return TimeStamp(*time.gmtime(pack_time)[:5] + (pack_time % 60,)).raw()
+
+
+def load_current(path):
+    """{oid: (data, serial) or 'missing'} for every oid in the index of the
+    FileStorage at `path` ('missing': creation undone)."""
+    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
+    try:
+        result = {}
+        for oid in fs._index.keys():
+            try:
+                result[oid] = fs.load(oid)
+            except POSKeyError:
+                result[oid] = 'missing'
+        return result
+    finally:
+        fs.close()
+
+
+def assert_same_after_pack(primary_path, replica_path, pack_time):
+    """The replica agrees with a primary that was packed at `pack_time`
+    after the replica had received (part of) the unpacked history.
+
+    A pack rewrites the primary's transactions up to the pack time: it
+    drops non-current and unreachable records (and transactions left
+    empty), stores data inline instead of back pointers and marks the
+    copies status 'p'.  A replica keeps what it received before the pack
+    and gets the packed form only of what it asked for after it.  So:
+
+    - every transaction after the pack time is identical, record for
+      record, including back pointers (`data_txn`), and there are no extra
+      ones on either side;
+    - every packed transaction of the primary exists in the replica with
+      the same metadata (user, description, extension), and its records
+      (oid, tid, data) are, in order, the replica's records of those oids;
+    - every oid in the primary's index loads the same data and serial from
+      the replica.
+
+    Returns (packed transactions compared, later transactions compared,
+    current objects compared).
+    """
+    stop = pack_stop_tid(pack_time)
+    primary = transactions(primary_path)
+    replica = {t[0]: t for t in transactions(replica_path)}
+    replica_after = sorted(tid for tid in replica if tid > stop)
+    primary_after = [t for t in primary if t[0] > stop]
+    assert [t[0] for t in primary_after] == replica_after, (
+        'transactions after the pack time differ: primary %d, replica %d'
+        % (len(primary_after), len(replica_after)))
+    for p in primary_after:
+        assert replica[p[0]] == p, 'transaction %s differs' % p[0].hex()
+    packed = [t for t in primary if t[0] <= stop]
+    for tid, status, user, description, extension, records in packed:
+        assert tid in replica, (
+            'packed transaction %s missing on the replica' % tid.hex())
+        r = replica[tid]
+        assert (r[2], r[3], r[4]) == (user, description, extension), (
+            'metadata of transaction %s differs' % tid.hex())
+        oids = {record[0] for record in records}
+        assert [(oid, rtid, data) for oid, rtid, data, _ in records] == [
+            (oid, rtid, data) for oid, rtid, data, _ in r[5]
+            if oid in oids], 'records of transaction %s differ' % tid.hex()
+    current = load_current(primary_path)
+    replica_current = load_current(replica_path)
+    for oid, state in current.items():
+        assert replica_current.get(oid) == state, (
+            'object %s differs' % oid.hex())
+    return len(packed), len(primary_after), len(current)
