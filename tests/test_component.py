@@ -4,7 +4,6 @@ A runzeo primary and a runzeo replica, both using zrsd's `<zrs>` storage
 section, as drop-ins for zc.zrs inside an existing ZEO server.
 """
 import os
-import signal
 
 import transaction
 import ZEO
@@ -79,8 +78,6 @@ def test_runzeo_primary_and_replica(tmp_path):
         replica_db.close()
         db.close()
     finally:
-        for proc in (replica, primary):
-            proc.signal(signal.SIGTERM)
         statuses = [replica.stop(), primary.stop()]
     assert statuses == [0, 0], (statuses, replica.log() + primary.log())
     assert assert_same_history(primary_fs, replica_fs) == 22

@@ -27,7 +27,7 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from support import BIN, Process, free_port, port_open, wait_until
+from support import BIN, Process, free_port, wait_until
 
 CONFIG = """\
 %%import zc.zrs
@@ -81,22 +81,26 @@ class ZcZrsPrimary:
         return self.config_path
 
     def start(self, timeout=60.0):
-        """Start the primary and wait until both ports accept connections."""
+        """Start the primary and wait until it listens on both ports.
+
+        Waiting for the log lines rather than probing the ports keeps the
+        primary's log free of probe connections.
+        """
         assert self.process is None or self.process.popen.poll() is not None
         self.write_config()
+        offset = 0
+        if os.path.exists(self.log_path):
+            with open(self.log_path, 'rb') as f:
+                offset = len(f.read().decode('utf-8', 'replace'))
         self.process = Process(
             [os.path.join(BIN, 'runzeo'), '-C', self.config_path],
             self.log_path)
-        popen = self.process.popen
-        wait_until(
-            lambda: popen.poll() is not None or (
-                port_open(self.zeo_port) and port_open(self.repl_port)),
-            timeout, message='zc.zrs primary ports %s and %s' % (
-                self.zeo_port, self.repl_port))
-        if popen.poll() is not None:
-            raise AssertionError(
-                'zc.zrs primary exited with %s:\n%s' % (
-                    popen.returncode, self.process.log()))
+        # ZEO's asyncio server, then zc.zrs's Twisted port (logged by Twisted
+        # once it listens); the two come from different threads.
+        self.process.wait_for_log(
+            "listening on ('127.0.0.1', %d)" % self.zeo_port, timeout, offset)
+        self.process.wait_for_log(
+            'starting on %d' % self.repl_port, timeout, offset)
         return self
 
     def stop(self, timeout=60.0):
