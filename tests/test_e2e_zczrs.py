@@ -166,6 +166,9 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
 
     status = zrsd.stop()
     assert status == 0, 'zrsd exited with %s:\n%s' % (status, zrsd.log())
+    # Refused writes are expected: one INFO line each, no traceback.
+    assert 'Traceback' not in zrsd.log()
+    assert 'client request refused, the storage is read-only' in zrsd.log()
     assert os.path.exists(replica_fs + '.index'), (
         'a clean stop should leave the FileStorage index behind')
     assert primary.stop() == 0, primary.log()

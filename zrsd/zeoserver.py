@@ -6,8 +6,25 @@ invalidate client caches from the reactor thread through `invalidate`.
 import logging
 
 from ZEO.StorageServer import StorageServer as ZEOStorageServer
+from ZODB.POSException import ReadOnlyError
 
 logger = logging.getLogger(__name__)
+
+
+class QuietReadOnlyRefusals(logging.Filter):
+    """A client's write or pack refused by a replica is expected: log it as
+    one INFO line instead of ZEO's ERROR with a traceback."""
+
+    def filter(self, record):
+        exc_info = record.exc_info
+        if exc_info and exc_info[0] is not None and issubclass(
+                exc_info[0], ReadOnlyError):
+            message = record.getMessage()
+            record.msg = 'client request refused, the storage is read-only (ZEO: %s)'
+            record.args = (message,)
+            record.levelno, record.levelname = logging.INFO, 'INFO'
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class StorageServer(ZEOStorageServer):
@@ -35,6 +52,10 @@ def create_server(options, storages):
 
     The server listens once this returns; `server.loop()` serves.
     """
+    server_logger = logging.getLogger('ZEO.asyncio.server')
+    if not any(isinstance(f, QuietReadOnlyRefusals)
+               for f in server_logger.filters):
+        server_logger.addFilter(QuietReadOnlyRefusals())
     return StorageServer(
         options.address.address,
         storages,
