@@ -72,9 +72,11 @@ class SecondaryProtocol(protocol.Protocol):
                 self.client.checksum_failures += 1
             self._fail('replication stream rejected: %s' % exc)
         except Exception as exc:
+            # E.g. a full disk: the same failure comes back at every retry,
+            # so the traceback is logged once and repeats are rate-limited.
             self._fail('applying transaction %s failed: %s: %s' % (
                 describe_tid(self.receiver.failed_tid),
-                type(exc).__name__, exc), exc_info=True)
+                type(exc).__name__, exc), repeats=self.client.apply_errors)
         if self._socket is not None:
             quick_ack(self._socket)
 
@@ -95,13 +97,22 @@ class SecondaryProtocol(protocol.Protocol):
                 or time.monotonic() - writer.unsynced_since >= SYNC_INTERVAL):
             writer.sync()
 
-    def _fail(self, reason, exc_info=False):
+    def _fail(self, reason, repeats=None):
         # A failure inside the receiver has aborted already; one in the
         # framing (e.g. a frame too large) has not.
         self.receiver.abort()
         self._failed = True
-        logger.error('%s: %s; open transaction aborted, reconnecting',
-                     self.peer, reason, exc_info=exc_info)
+        text = '%s: %s; open transaction aborted, reconnecting' % (
+            self.peer, reason)
+        if repeats is None:
+            logger.error(text)
+        else:
+            first = repeats.check(text, self.client.clock.seconds())
+            if first is None:
+                logger.debug(text)
+            else:
+                # The traceback once; its repeats carry a count instead.
+                logger.error(first, exc_info=first == text)
         self.client.stream_failed()
         self.transport.abortConnection()
 
@@ -174,6 +185,7 @@ class ReplicationClient:
         self._connecting = None   # the Deferred of a connection attempt
         self._stopped = True
         self._failures = RepeatLimiter()
+        self.apply_errors = RepeatLimiter()
 
     def start(self):
         self._stopped = False

@@ -53,6 +53,12 @@ class CorruptFile(Exception):
     """The primary's own file does not parse."""
 
 
+class PackedUnderfoot(Exception):
+    """A pack replaced the file (and removed blob files) in the middle of
+    a transaction being sent; the connection must be dropped, so that the
+    secondary discards it and resumes from the packed file."""
+
+
 class TxnHeader:
     __slots__ = ('pos', 'tid', 'tlen', 'status', 'ulen', 'dlen', 'elen')
 
@@ -98,6 +104,11 @@ class CommittedFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def replaced(self):
+        """Has a pack replaced the storage's file since we opened it?"""
+        with self.fs._lock:
+            return self.fs._file is not self._source
 
     def committed_end(self):
         """Return (end, reopened): the committed end; True after a pack.
@@ -341,7 +352,10 @@ class Streamer:
                             'after %s', self.name, self.last_tid.hex())
                 pos = self.tid_index.find_after(reader, self.last_tid, end)
             if pos < end:
-                while pos < end and not self._stopped:
+                # Stop at a pack: what the old file holds may refer to blob
+                # files the pack removed.
+                while (pos < end and not self._stopped
+                       and not reader.replaced()):
                     pos = self._send_transaction(reader, pos, end)
                 self._flush()
             else:
@@ -359,7 +373,7 @@ class Streamer:
         for oid, tid, data, data_txn in records:
             if (self.blobs and data and oid not in blobs_sent
                     and is_blob_record(data)):
-                if self._send_blob(oid, tid, data, data_txn):
+                if self._send_blob(reader, oid, tid, data, data_txn):
                     blobs_sent.add(oid)
                     continue
             self._message('S', (oid, tid, '', data_txn))
@@ -369,10 +383,14 @@ class Streamer:
         self.transactions += 1
         return header.end
 
-    def _send_blob(self, oid, tid, data, data_txn):
+    def _send_blob(self, reader, oid, tid, data, data_txn):
         try:
             blob = open(self.fs.loadBlob(oid, tid), 'rb')
         except (OSError, POSKeyError):
+            if reader.replaced():
+                raise PackedUnderfoot(
+                    'a pack removed the blob file of %s at %s while %s was '
+                    'being sent' % (oid.hex(), tid.hex(), tid.hex()))
             logger.warning('%s: blob file of %s at %s is missing; sending '
                            'the record without it', self.name, oid.hex(),
                            tid.hex())

@@ -12,7 +12,7 @@ import zope.interface
 from twisted.internet import interfaces, protocol
 
 from . import protocol as zrs
-from .primary import Streamer, TidIndex
+from .primary import PackedUnderfoot, Streamer, TidIndex
 from .secondary import describe_tid
 from .sockets import format_address, is_tls_failure, tcp_socket, tune_socket
 
@@ -133,7 +133,10 @@ class PrimaryProtocol(protocol.Protocol):
     def _streamer_done(self, error):
         if self.phase is not Phase.STREAMING:
             return
-        if error is not None:
+        if isinstance(error, PackedUnderfoot):
+            logger.info('%s: %s; dropping the connection, the secondary '
+                        'resumes from the packed file', self.peer, error)
+        elif error is not None:
             logger.error('%s: streaming failed after %s: %s: %s', self.peer,
                          describe_tid(self.streamer.last_tid),
                          type(error).__name__, error,

@@ -365,7 +365,15 @@ class ReplicaWriter:
         meta, self._transaction = self._transaction, None
         self._oids = []
         if meta is not None:
-            self._fs.tpc_abort(meta)
+            try:
+                self._fs.tpc_abort(meta)
+            except Exception as exc:
+                # E.g. ENOSPC again while FileStorage resets its temporary
+                # file; the next tpc_begin resets it anew.  The failure that
+                # led here is what matters and is logged by the caller.
+                logger.warning('%s: abort after a failure failed too: %s: '
+                               '%s', self._fs.getName(), type(exc).__name__,
+                               exc)
         self._remove_blob_files()
 
     def _remove_blob_files(self):

@@ -1,0 +1,398 @@
+"""A chaos TCP proxy for replication links: cut, stall and throttle.
+
+`ChaosProxy` listens on 127.0.0.1 and forwards every accepted connection to
+a target port (a ZRS primary), like `zczrs.Proxy`, but one thread runs all
+of its sockets (non-blocking, `selectors`), so the test thread can act on a
+link at any moment, and an action takes effect at once:
+
+- `cut(reset=False)` closes every open link on both sides: with a FIN, or
+  with `reset=True` an RST (SO_LINGER 0), as a crashed host or a middlebox
+  would.  New connections are accepted again right away (the secondary
+  reconnects through the proxy).
+- `stall()` stops forwarding in both directions, connections open: bytes
+  already buffered stay in the proxy and the kernels' buffers fill up, so
+  the primary's writes back up as they would on a hung path.  `flow()`
+  resumes.  New connections made during a stall are accepted and stalled
+  too.
+- `throttle(rate)` limits the primary -> secondary direction to `rate`
+  bytes per second (a token bucket refilled as time passes; reads stop
+  while it is empty); `throttle(None)` lifts the limit.
+
+`socket_buffer` (bytes) shrinks the kernel buffers of the proxied
+connections (the receive buffer towards the primary, the send buffer
+towards the secondary), so that a throttled or stalled link holds little
+data in flight and the primary's sender is held back early.
+
+Bytes are never altered, dropped or reordered while a link is open: only
+`cut` loses what was in flight, exactly as a broken TCP connection does.
+Counters (`accepted`, `cuts`, `links_cut`, `bytes_down`, `bytes_up`) are
+for the caller's report.
+
+Threads: `_run` owns every socket; the public methods may be called from
+any thread and hand their work to it through a queue and a wake-up socket,
+waiting for it to be done.
+"""
+import collections
+import errno
+import queue
+import selectors
+import socket
+import struct
+import threading
+import time
+
+# Bytes buffered per direction before the proxy stops reading that side
+# (back-pressure reaches the sender through TCP).
+BUFFER_LIMIT = 256 * 1024
+CHUNK = 65536
+
+
+class _Link:
+    """One proxied connection: `down` is the secondary's side, `up` the
+    primary's."""
+
+    def __init__(self, down, up):
+        self.down = down
+        self.up = up
+        self.to_up = bytearray()      # secondary -> primary, not yet sent
+        self.to_down = bytearray()    # primary -> secondary, not yet sent
+        self.closed = False
+
+
+class ChaosProxy:
+    """Forward 127.0.0.1:`port` to 127.0.0.1:`target_port`, with chaos."""
+
+    def __init__(self, target_port, host='127.0.0.1', socket_buffer=None):
+        self.target = (host, target_port)
+        self.socket_buffer = socket_buffer
+        self.accepted = 0
+        self.cuts = 0
+        self.links_cut = 0
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self._links = []
+        self._stalled = False
+        self._rate = None           # bytes/second primary -> secondary
+        self._tokens = 0.0
+        self._refilled = time.monotonic()
+        self._commands = queue.Queue()
+        self._stopping = False
+        self._selector = selectors.DefaultSelector()
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, 0))
+        self._listener.listen(16)
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='chaos-proxy')
+        self._thread.start()
+
+    # -- public, any thread ---------------------------------------------------
+
+    def cut(self, reset=False):
+        """Close every open link now; returns how many were cut."""
+        return self._call(self._cut, reset)
+
+    def stall(self):
+        """Stop forwarding (both directions) until `flow()`."""
+        self._call(self._set_stalled, True)
+
+    def flow(self):
+        """Resume forwarding after `stall()`."""
+        self._call(self._set_stalled, False)
+
+    def throttle(self, rate):
+        """Limit primary -> secondary to `rate` bytes/s (None: no limit)."""
+        self._call(self._set_rate, rate)
+
+    def open_links(self):
+        """How many links are open right now."""
+        return self._call(lambda: len(self._links))
+
+    def close(self):
+        """Stop the proxy and close every link."""
+        if self._thread.is_alive():
+            self._call(self._stop)
+            self._thread.join(30)
+
+    # -- the proxy thread -------------------------------------------------------
+
+    def _call(self, function, *args):
+        """Run `function(*args)` in the proxy thread; return its result."""
+        done = threading.Event()
+        box = []
+        self._commands.put((function, args, done, box))
+        try:
+            self._wake_w.send(b'x')
+        except OSError:
+            pass
+        if not done.wait(60):
+            raise RuntimeError('the chaos proxy thread does not answer')
+        if box and isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0] if box else None
+
+    def _run_commands(self):
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                function, args, done, box = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                box.append(function(*args))
+            except BaseException as exc:
+                box.append(exc)
+            done.set()
+
+    def _cut(self, reset):
+        links, self._links = self._links, []
+        for link in links:
+            self._close_link(link, reset)
+        self.cuts += 1
+        self.links_cut += len(links)
+        return len(links)
+
+    def _set_stalled(self, stalled):
+        self._stalled = stalled
+
+    def _set_rate(self, rate):
+        self._rate = rate
+        self._tokens = 0.0
+        self._refilled = time.monotonic()
+
+    def _stop(self):
+        self._stopping = True
+        for link in self._links:
+            self._close_link(link, False)
+        self._links = []
+
+    def _close_link(self, link, reset):
+        if link.closed:
+            return
+        link.closed = True
+        for sock in (link.down, link.up):
+            try:
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack('ii', 1, 0))
+                else:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self):
+        while True:
+            try:
+                down, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            up = socket.socket()
+            try:
+                if self.socket_buffer:
+                    # Set before connecting, so that the TCP window stays
+                    # small: the primary cannot run far ahead.
+                    up.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                  self.socket_buffer)
+                    down.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                    self.socket_buffer)
+                # 127.0.0.1: a refused connect fails at once.
+                up.settimeout(5)
+                up.connect(self.target)
+            except OSError:
+                up.close()
+                down.close()
+                continue
+            for sock in (down, up):
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.accepted += 1
+            self._links.append(_Link(down, up))
+
+    def _refill(self):
+        now = time.monotonic()
+        if self._rate is not None:
+            # At most a quarter second of burst.
+            self._tokens = min(self._rate / 4.0, self._tokens +
+                               (now - self._refilled) * self._rate)
+        self._refilled = now
+
+    def _register(self):
+        """Interest for every socket, given buffers, stall and throttle.
+
+        Returns the select timeout: when throttled and out of tokens, the
+        moment the bucket holds a chunk again.
+        """
+        self._selector.close()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        if not self._stopping:
+            self._selector.register(self._listener, selectors.EVENT_READ,
+                                    'accept')
+        timeout = None
+        if self._stalled:
+            return timeout
+        for link in self._links:
+            down_events = up_events = 0
+            if len(link.to_up) < BUFFER_LIMIT:
+                down_events |= selectors.EVENT_READ
+            if link.to_down:
+                down_events |= selectors.EVENT_WRITE
+            if len(link.to_down) < BUFFER_LIMIT:
+                if self._rate is None or self._tokens >= 1:
+                    up_events |= selectors.EVENT_READ
+                else:
+                    wait = (min(CHUNK, self._rate / 20.0) - self._tokens) \
+                        / self._rate
+                    timeout = wait if timeout is None else min(timeout, wait)
+            if link.to_up:
+                up_events |= selectors.EVENT_WRITE
+            if down_events:
+                self._selector.register(link.down, down_events,
+                                        (link, 'down'))
+            if up_events:
+                self._selector.register(link.up, up_events, (link, 'up'))
+        return timeout
+
+    def _run(self):
+        while not self._stopping:
+            self._refill()
+            timeout = self._register()
+            events = self._selector.select(timeout)
+            for key, mask in events:
+                if key.data is None:
+                    self._run_commands()
+                elif key.data == 'accept':
+                    self._accept()
+                else:
+                    link, side = key.data
+                    if not link.closed:
+                        self._service(link, side, mask)
+            self._links = [link for link in self._links if not link.closed]
+        self._selector.close()
+        self._listener.close()
+        self._run_commands()   # answer whoever asked us to stop
+
+    def _service(self, link, side, mask):
+        try:
+            if mask & selectors.EVENT_READ:
+                self._read(link, side)
+            if not link.closed and mask & selectors.EVENT_WRITE:
+                self._write(link, side)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                self._close_link(link, False)
+
+    def _read(self, link, side):
+        if side == 'down':
+            data = link.down.recv(CHUNK)
+            if data:
+                link.to_up += data
+                self.bytes_up += len(data)
+        else:
+            size = CHUNK
+            if self._rate is not None:
+                size = max(1, min(CHUNK, int(self._tokens)))
+            data = link.up.recv(size)
+            if data:
+                link.to_down += data
+                self.bytes_down += len(data)
+                if self._rate is not None:
+                    self._tokens -= len(data)
+        if not data:
+            # One side went away: so does the link (the primary and the
+            # secondary never half-close a replication connection).
+            other, pending = ((link.up, link.to_up) if side == 'down'
+                              else (link.down, link.to_down))
+            try:
+                other.send(pending)
+            except OSError:
+                pass
+            self._close_link(link, False)
+
+    def _write(self, link, side):
+        sock, pending = ((link.down, link.to_down) if side == 'down'
+                         else (link.up, link.to_up))
+        sent = sock.send(pending)
+        del pending[:sent]
+
+
+def _self_test():
+    """Forward through a throttled, stalled and cut proxy to an echo
+    server (run as `python tests/chaos.py`)."""
+    server = socket.socket()
+    server.bind(('127.0.0.1', 0))
+    server.listen(4)
+
+    def echo():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+    def _echo(conn):
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    proxy = ChaosProxy(server.getsockname()[1])
+    client = socket.create_connection(('127.0.0.1', proxy.port))
+    payload = bytes(range(256)) * 1024
+    client.sendall(payload)
+    received = collections.deque()
+    total = 0
+    while total < len(payload):
+        data = client.recv(65536)
+        received.append(data)
+        total += len(data)
+    assert b''.join(received) == payload
+    proxy.throttle(100000)
+    start = time.monotonic()
+    client.sendall(payload)
+    total = 0
+    while total < len(payload):
+        total += len(client.recv(65536))
+    print('throttled 256 KiB echo took %.2fs' % (time.monotonic() - start))
+    proxy.throttle(None)
+    proxy.stall()
+    client.sendall(b'held')
+    client.settimeout(0.5)
+    try:
+        client.recv(10)
+        raise AssertionError('data crossed a stalled proxy')
+    except socket.timeout:
+        pass
+    proxy.flow()
+    assert client.recv(10) == b'held'
+    assert proxy.cut(reset=True) == 1
+    client.settimeout(5)
+    try:
+        assert client.recv(10) == b''
+    except ConnectionResetError:
+        pass
+    proxy.close()
+    server.close()
+    print('ok: accepted %d, cuts %d' % (proxy.accepted, proxy.cuts))
+
+
+if __name__ == '__main__':
+    _self_test()
