@@ -3,7 +3,6 @@
 storage)."""
 import os
 
-import transaction
 import ZEO
 import ZODB
 

@@ -5,7 +5,6 @@ import socket
 import ssl
 
 import pytest
-import transaction
 import ZEO
 
 from certs import Authority

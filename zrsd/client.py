@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 SYNC_INTERVAL = 1.0
 SYNC_TRANSACTIONS = 1000
 
+
 class SecondaryProtocol(protocol.Protocol):
     """One connection from this secondary to its primary."""
 

@@ -176,7 +176,7 @@ class Daemon:
             streamers.extend(node.stop())
         return streamers
 
-    # -- systemd watchdog ------------------------------------------------------
+    # -- systemd watchdog ---------------------------------------------------
 
     def start_watchdog(self):
         """Ping systemd's watchdog while both threads are alive.

@@ -94,7 +94,6 @@ class Node:
         self.storage.commits.wake()
         return streamers
 
-
     def status(self, now):
         """A snapshot of this node for /status and /metrics (reactor
         thread)."""

@@ -161,7 +161,8 @@ def _latin1_encode(text, encoding='utf-8'):
     # Python 3 writes protocol-1 pickles of bytes as
     # _codecs.encode(latin1_text, 'latin1'); accept nothing else, so a
     # hostile pickle cannot reach other codecs through this door.
-    if not isinstance(text, str) or codecs.lookup(encoding).name != 'iso8859-1':
+    if (not isinstance(text, str)
+            or codecs.lookup(encoding).name != 'iso8859-1'):
         raise ProtocolError('refused _codecs.encode(%r, %r)' % (
             type(text).__name__, encoding))
     return text.encode('latin-1')
@@ -245,7 +246,8 @@ class MessageDecoder:
         kind, data = message
         decode = self._decoders.get(kind)
         if decode is None:
-            raise ProtocolError('undecodable message: unknown type %r' % (kind,))
+            raise ProtocolError(
+                'undecodable message: unknown type %r' % (kind,))
         return decode(data)
 
     @staticmethod

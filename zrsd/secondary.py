@@ -185,8 +185,8 @@ class Receiver:
                 self.warned_no_checksum = True
         elif self.check_checksums and \
                 message.checksum != self.checksum.digest():
-            raise ChecksumMismatch('checksum mismatch at commit of %s' %
-                                describe_tid(self._tid))
+            raise ChecksumMismatch('checksum mismatch at commit of %s'
+                                   % describe_tid(self._tid))
         tid, nbytes = self._tid, self._nbytes
         self.sink.commit()
         self._tid = None

@@ -20,7 +20,8 @@ class QuietReadOnlyRefusals(logging.Filter):
         if exc_info and exc_info[0] is not None and issubclass(
                 exc_info[0], ReadOnlyError):
             message = record.getMessage()
-            record.msg = 'client request refused, the storage is read-only (ZEO: %s)'
+            record.msg = ('client request refused, the storage is '
+                          'read-only (ZEO: %s)')
             record.args = (message,)
             record.levelno, record.levelname = logging.INFO, 'INFO'
             record.exc_info = record.exc_text = None
