@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv clean
+.PHONY: test demo torture bench venv clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,15 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
+
+# The long torture and fuzzing runs (short versions run in `make test`).
+torture: $(STAMP)
+	$(BIN)/python scripts/torture.py --long
+	$(BIN)/python scripts/fuzz.py --cases 1000
+
+# Side-by-side benchmark against zc.zrs; results in var/bench/.
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -120,8 +120,8 @@ def test_several_storages_and_allowed_globals(tmp_path):
     assert [z.name for z in loaded.storages] == ['1', 'catalog']
     import decimal
     assert ('decimal', 'Decimal') in loaded.storages[0].allowed_globals
-    assert loaded.storages[0].allowed_globals[('decimal', 'Decimal')] is \
-        decimal.Decimal
+    allowed = loaded.storages[0].allowed_globals[('decimal', 'Decimal')]
+    assert allowed('1.5') == decimal.Decimal('1.5')
 
 
 def run_zrsd(path):

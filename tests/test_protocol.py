@@ -281,8 +281,10 @@ def test_unknown_global_refused_unless_allowed():
 
 
 def test_resolve_globals_rejects_bad_names():
-    assert resolve_globals(['datetime.date']) == {
-        ('datetime', 'date'): datetime.date}
+    allowed = resolve_globals(['datetime.date'])
+    assert list(allowed) == [('datetime', 'date')]
+    assert allowed[('datetime', 'date')](2024, 6, 1) == datetime.date(
+        2024, 6, 1)
     with pytest.raises(ValueError):
         resolve_globals(['nosuchmodule_zrsd.thing'])
     with pytest.raises(ValueError):
@@ -385,3 +387,36 @@ def test_stream_checksum_depends_on_start_tid():
     a.update(b'x')
     b.update(b'x')
     assert a.digest() != b.digest()
+
+
+def test_build_on_an_allowed_global_cannot_change_it():
+    """A BUILD opcode aimed at an allowed global must not modify it."""
+    from zrsd import protocol
+    before = protocol._latin1_encode.__defaults__
+    attack = (b'c_codecs\nencode\n(N}X\x0c\x00\x00\x00__defaults__'
+              b'(X\x05\x00\x00\x00rot13tstb0(X\x01\x00\x00\x00C)t.')
+    with pytest.raises(ProtocolError):
+        MessageDecoder().decode(attack)
+    assert protocol._latin1_encode.__defaults__ == before
+
+
+def test_unhashable_type_and_global_as_value_refused():
+    with pytest.raises(ProtocolError, match='unknown type'):
+        MessageDecoder().decode(pickle.dumps(([], ()), 1))
+    # A global itself is not a value a message may carry.
+    import codecs
+    payload = pickle.dumps(
+        ('T', (b'\1' * 8, ' ', b'', b'', {'x': codecs.encode})), 1)
+    assert b'c_codecs\nencode' in payload
+    with pytest.raises(ProtocolError, match='a global used as a value'):
+        MessageDecoder().decode(payload)
+
+
+def test_error_text_stays_short():
+    with pytest.raises(ProtocolError) as info:
+        MessageDecoder().decode(pickle.dumps(
+            ('T', (b'\x01' * 100000, ' ', b'', b'', {})), 1))
+    assert len(str(info.value)) < 200
+    with pytest.raises(ProtocolError) as info:
+        MessageDecoder().decode(b'cos' + b'x' * 100000 + b'\nsystem\n.')
+    assert len(str(info.value)) < 200

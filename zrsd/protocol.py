@@ -74,6 +74,18 @@ class ProtocolError(Exception):
     """The peer broke the protocol; the connection must be dropped."""
 
 
+def _cut(text, limit=60):
+    return text if len(text) <= limit else text[:limit] + '...'
+
+
+def brief(value, limit=40):
+    """repr() of a peer's value, cut short: error lines stay one line."""
+    text = repr(value)
+    if len(text) > limit:
+        text = '%s...(%d chars)' % (text[:limit], len(text))
+    return text
+
+
 class ChecksumMismatch(ProtocolError):
     """A commit's checksum does not match the stream received."""
 
@@ -163,15 +175,41 @@ def _latin1_encode(text, encoding='utf-8'):
     # hostile pickle cannot reach other codecs through this door.
     if (not isinstance(text, str)
             or codecs.lookup(encoding).name != 'iso8859-1'):
-        raise ProtocolError('refused _codecs.encode(%r, %r)' % (
-            type(text).__name__, encoding))
+        raise ProtocolError('refused _codecs.encode(%s, %s)' % (
+            type(text).__name__, brief(encoding)))
     return text.encode('latin-1')
 
 
+class Constructor:
+    """What the unpickler hands out for an allowed global: callable, and
+    immutable.
+
+    A pickle can do more with a global than call it: a BUILD opcode sets
+    attributes on it (e.g. a function's `__defaults__`, or a class's
+    methods), which would change it for the whole process.  This proxy has
+    no attributes to set; and it is not a value a message may keep (see
+    `plain`).
+    """
+
+    __slots__ = ('_function',)
+
+    def __init__(self, function):
+        object.__setattr__(self, '_function', function)
+
+    def __setattr__(self, name, value):
+        raise ProtocolError('refused attempt to modify a global')
+
+    def __call__(self, *args):
+        return self._function(*args)
+
+    def __reduce__(self):
+        raise TypeError('a Constructor is not a value')
+
+
 _BUILTIN_GLOBALS = {
-    ('_codecs', 'encode'): _latin1_encode,
-    ('builtins', 'bytes'): bytes,
-    ('__builtin__', 'bytes'): bytes,
+    ('_codecs', 'encode'): Constructor(_latin1_encode),
+    ('builtins', 'bytes'): Constructor(bytes),
+    ('__builtin__', 'bytes'): Constructor(bytes),
 }
 
 #: Globals that transaction extensions commonly hold and that are safe to
@@ -194,8 +232,8 @@ def resolve_globals(names):
         if not module_name:
             raise ValueError('%r is not a dotted module.name' % dotted)
         try:
-            allowed[(module_name, attr)] = getattr(
-                importlib.import_module(module_name), attr)
+            allowed[(module_name, attr)] = Constructor(getattr(
+                importlib.import_module(module_name), attr))
         except (ImportError, AttributeError) as exc:
             raise ValueError('cannot import %s: %s' % (dotted, exc))
     return allowed
@@ -214,7 +252,8 @@ class SafeUnpickler(pickle.Unpickler):
             return _BUILTIN_GLOBALS[key]
         if key in self._allowed:
             return self._allowed[key]
-        raise ProtocolError('refused global %s.%s in message' % (module, name))
+        raise ProtocolError('refused global %s.%s in message' % (
+            _cut(module), _cut(name)))
 
     def persistent_load(self, pid):
         raise ProtocolError('refused persistent id in message')
@@ -244,10 +283,10 @@ class MessageDecoder:
                 and isinstance(message[1], tuple)):
             raise ProtocolError('undecodable message: not a (type, data) pair')
         kind, data = message
-        decode = self._decoders.get(kind)
+        decode = self._decoders.get(kind) if isinstance(kind, str) else None
         if decode is None:
             raise ProtocolError(
-                'undecodable message: unknown type %r' % (kind,))
+                'undecodable message: unknown type %s' % brief(kind))
         return decode(data)
 
     @staticmethod
@@ -258,12 +297,13 @@ class MessageDecoder:
         if isinstance(status, bytes):
             status = status.decode('latin-1')
         if not (isinstance(status, str) and len(status) == 1):
-            raise ProtocolError('bad T message: status %r' % (status,))
+            raise ProtocolError('bad T message: status %s' % brief(status))
         user = _text_bytes('T', 'user', user)
         description = _text_bytes('T', 'description', description)
         if not isinstance(extension, dict):
             raise ProtocolError('bad T message: extension is %s, not dict'
                                 % type(extension).__name__)
+        _check_values('T', extension)
         return Begin(tid, status, user, description, extension)
 
     @staticmethod
@@ -288,7 +328,8 @@ class MessageDecoder:
         _check_record('B', oid, tid, version, data_txn)
         if not isinstance(nblocks, int) or isinstance(nblocks, bool) \
                 or nblocks < 0:
-            raise ProtocolError('bad B message: block count %r' % (nblocks,))
+            raise ProtocolError('bad B message: block count %s'
+                                % brief(nblocks))
         return StoreBlob(oid, tid, data_txn, nblocks)
 
     @staticmethod
@@ -298,7 +339,8 @@ class MessageDecoder:
         _arity('C', data, 1)
         (checksum,) = data
         if not (isinstance(checksum, bytes) and len(checksum) == 16):
-            raise ProtocolError('bad C message: checksum %r' % (checksum,))
+            raise ProtocolError('bad C message: checksum %s'
+                                % brief(checksum))
         return Commit(checksum)
 
     _decoders = {
@@ -315,18 +357,37 @@ def _arity(kind, data, n):
                             % (kind, len(data), n))
 
 
+def _check_values(kind, value, depth=0):
+    """No global itself (a `Constructor`) among a message's values.
+
+    Whatever the allowed globals built is fine; the globals are not values.
+    """
+    if depth > 100:
+        raise ProtocolError('bad %s message: values nested too deep' % kind)
+    if isinstance(value, Constructor):
+        raise ProtocolError('bad %s message: a global used as a value' % kind)
+    if isinstance(value, dict):
+        children = [item for pair in value.items() for item in pair]
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        children = value
+    else:
+        return
+    for child in children:
+        _check_values(kind, child, depth + 1)
+
+
 def _check_id(kind, field, value):
     if not (isinstance(value, bytes) and len(value) == 8):
-        raise ProtocolError('bad %s message: %s %r is not 8 bytes'
-                            % (kind, field, value))
+        raise ProtocolError('bad %s message: %s %s is not 8 bytes'
+                            % (kind, field, brief(value)))
 
 
 def _check_record(kind, oid, tid, version, data_txn):
     _check_id(kind, 'oid', oid)
     _check_id(kind, 'tid', tid)
     if version not in ('', b''):
-        raise ProtocolError('bad %s message: versions are not supported (%r)'
-                            % (kind, version))
+        raise ProtocolError('bad %s message: versions are not supported '
+                            '(%s)' % (kind, brief(version)))
     if data_txn is not None:
         _check_id(kind, 'data_txn', data_txn)
 

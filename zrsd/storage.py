@@ -43,6 +43,22 @@ class ApplyError(Exception):
     """A replicated transaction cannot be applied to this storage."""
 
 
+class _UncheckedMismatch(logging.Filter):
+    """FileStorage.restore logs a record whose data differ from its back
+    pointer's as an ERROR.  On a replica, records are restored before the
+    commit's checksum is checked; a corrupted stream is then rejected with
+    its own ERROR, so this one is only a WARNING (and is still logged)."""
+
+    def filter(self, record):
+        if record.levelno == logging.ERROR and str(record.msg).startswith(
+                'Mismatch between data and backpointer'):
+            record.levelno, record.levelname = logging.WARNING, 'WARNING'
+        return True
+
+
+_mismatch_filter = _UncheckedMismatch()
+
+
 def last_committed_tid(fs):
     """The tid of the last transaction really committed in `fs`'s file.
 
@@ -270,6 +286,7 @@ class ReplicaWriter:
         self.unsynced = 0           # transactions committed since the fsync
         self.unsynced_since = None  # time.monotonic() of the first of them
         fs._finish_finish = self._finish_finish
+        logging.getLogger('ZODB.FileStorage').addFilter(_mismatch_filter)
 
     def _finish_finish(self, tid):
         # FileStorage's last step of tpc_finish, with the fsync optional:
