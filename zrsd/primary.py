@@ -350,7 +350,13 @@ class Streamer:
             if reopened:
                 logger.info('%s: storage file replaced (pack); resuming '
                             'after %s', self.name, self.last_tid.hex())
-                pos = self.tid_index.find_after(reader, self.last_tid, end)
+                try:
+                    pos = self.tid_index.find_after(
+                        reader, self.last_tid, end)
+                except TidTooHigh:
+                    # The pack dropped the (emptied) transactions up to the
+                    # one last sent: nothing to send until the next commit.
+                    pos = end
             if pos < end:
                 # Stop at a pack: what the old file holds may refer to blob
                 # files the pack removed.
