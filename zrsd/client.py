@@ -67,21 +67,27 @@ class SecondaryProtocol(protocol.Protocol):
             return
         try:
             self.frames.feed(data)
-            self._sync_if_idle()
+            # More of the stream already waiting in the socket means a
+            # backlog: commits are then fsynced as a group, and ACKs go out
+            # with the data anyway.
+            backlog = self._socket is not None and pending_bytes(self._socket)
+            self._sync_unless(backlog)
         except zrs.ProtocolError as exc:
             if isinstance(exc, zrs.ChecksumMismatch):
                 self.client.checksum_failures += 1
             self._fail('replication stream rejected: %s' % exc)
+            return
         except Exception as exc:
             # E.g. a full disk: the same failure comes back at every retry,
             # so the traceback is logged once and repeats are rate-limited.
             self._fail('applying transaction %s failed: %s: %s' % (
                 describe_tid(self.receiver.failed_tid),
                 type(exc).__name__, exc), repeats=self.client.apply_errors)
-        if self._socket is not None:
+            return
+        if self._socket is not None and not backlog:
             quick_ack(self._socket)
 
-    def _sync_if_idle(self):
+    def _sync_unless(self, backlog):
         """Group commit: fsync once the backlog is drained.
 
         While more of the stream already waits in the socket, commits are
@@ -91,10 +97,8 @@ class SecondaryProtocol(protocol.Protocol):
         long catch-up.
         """
         writer = self.client.storage.writer
-        if not writer.unsynced:
-            return
-        if (self._socket is None or not pending_bytes(self._socket)
-                or writer.unsynced >= SYNC_TRANSACTIONS
+        if writer.unsynced and (
+                not backlog or writer.unsynced >= SYNC_TRANSACTIONS
                 or time.monotonic() - writer.unsynced_since >= SYNC_INTERVAL):
             writer.sync()
 
