@@ -259,3 +259,38 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
     primary.db.close()
     assert assert_same_history(str(tmp_path / 'primary.fs'),
                                str(tmp_path / 'Data.fs')) == 5
+
+
+def test_transaction_buffer_spills_big_transactions_to_disk(tmp_path):
+    from zrsd.storage import TransactionBuffer
+    path = str(tmp_path / 'Data.fs.tmp')
+    buffer = TransactionBuffer(path, limit=1000)
+    buffer.write(b'a' * 600)
+    assert not buffer.spilled and not os.path.exists(path)
+    buffer.write(b'b' * 600)          # past the limit: moves to the file
+    assert buffer.spilled and buffer.tell() == 1200
+    buffer.seek(0)
+    assert buffer.read(1200) == b'a' * 600 + b'b' * 600
+    buffer.seek(0)                    # the next transaction
+    buffer.write(b'c' * 10)
+    assert not buffer.spilled and buffer.tell() == 10
+    buffer.seek(0)
+    assert buffer.read(10) == b'c' * 10
+    buffer.close()
+
+
+def test_big_transaction_through_the_buffer(tmp_path):
+    """A transaction bigger than the in-memory limit replicates intact."""
+    primary = Primary(str(tmp_path / 'primary.fs'))
+    conn = primary.db.open()
+    conn.root()['big'] = os.urandom(20 << 20)
+    transaction.commit()
+    conn.root()['small'] = 1
+    transaction.commit()
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    feed(Receiver(replica.writer, z64), stream(z64, primary.new_transactions()))
+    replica.close()
+    primary.db.close()
+    assert assert_same_history(str(tmp_path / 'primary.fs'),
+                               str(tmp_path / 'Data.fs')) == 3

@@ -141,7 +141,7 @@ class FrameDecoder:
             length = self._expected
             if len(buffer) < length:
                 return
-            payload = bytes(buffer[:length])
+            payload = bytes(memoryview(buffer)[:length])
             del buffer[:length]
             self._expected = None
             self._on_frame(payload)
@@ -169,15 +169,20 @@ StoreBlob = collections.namedtuple('StoreBlob', 'oid tid data_txn nblocks')
 Commit = collections.namedtuple('Commit', 'checksum')
 
 
+# The names Python's pickler writes, checked first (codecs.lookup is slow).
+_LATIN1 = frozenset(('latin1', 'latin-1', 'iso8859-1', 'iso-8859-1'))
+
+
 def _latin1_encode(text, encoding='utf-8'):
     # Python 3 writes protocol-1 pickles of bytes as
     # _codecs.encode(latin1_text, 'latin1'); accept nothing else, so a
     # hostile pickle cannot reach other codecs through this door.
-    if (not isinstance(text, str)
-            or codecs.lookup(encoding).name != 'iso8859-1'):
-        raise ProtocolError('refused _codecs.encode(%s, %s)' % (
-            type(text).__name__, brief(encoding)))
-    return text.encode('latin-1')
+    if type(text) is str and (encoding in _LATIN1 or (
+            isinstance(encoding, str)
+            and codecs.lookup(encoding).name == 'iso8859-1')):
+        return text.encode('latin-1')
+    raise ProtocolError('refused _codecs.encode(%s, %s)' % (
+        type(text).__name__, brief(encoding)))
 
 
 class Constructor:
@@ -186,30 +191,30 @@ class Constructor:
 
     A pickle can do more with a global than call it: a BUILD opcode sets
     attributes on it (e.g. a function's `__defaults__`, or a class's
-    methods), which would change it for the whole process.  This proxy has
-    no attributes to set; and it is not a value a message may keep (see
-    `plain`).
+    methods), which would change it for the whole process.  An instance of
+    a `Constructor` subclass (see `constructor`) has no attributes to set;
+    and it is not a value a message may keep (see `_check_values`).
     """
 
-    __slots__ = ('_function',)
-
-    def __init__(self, function):
-        object.__setattr__(self, '_function', function)
-
-    def __setattr__(self, name, value):
-        raise ProtocolError('refused attempt to modify a global')
-
-    def __call__(self, *args):
-        return self._function(*args)
+    __slots__ = ()
 
     def __reduce__(self):
         raise TypeError('a Constructor is not a value')
 
 
+def constructor(function):
+    """An immutable callable standing for `function` (one class each, so
+    that calling it costs no extra Python frame)."""
+    cls = type('Constructor(%s)' % getattr(function, '__qualname__', '?'),
+               (Constructor,),
+               {'__slots__': (), '__call__': staticmethod(function)})
+    return cls()
+
+
 _BUILTIN_GLOBALS = {
-    ('_codecs', 'encode'): Constructor(_latin1_encode),
-    ('builtins', 'bytes'): Constructor(bytes),
-    ('__builtin__', 'bytes'): Constructor(bytes),
+    ('_codecs', 'encode'): constructor(_latin1_encode),
+    ('builtins', 'bytes'): constructor(bytes),
+    ('__builtin__', 'bytes'): constructor(bytes),
 }
 
 #: Globals that transaction extensions commonly hold and that are safe to
@@ -232,7 +237,7 @@ def resolve_globals(names):
         if not module_name:
             raise ValueError('%r is not a dotted module.name' % dotted)
         try:
-            allowed[(module_name, attr)] = Constructor(getattr(
+            allowed[(module_name, attr)] = constructor(getattr(
                 importlib.import_module(module_name), attr))
         except (ImportError, AttributeError) as exc:
             raise ValueError('cannot import %s: %s' % (dotted, exc))
