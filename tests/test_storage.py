@@ -283,7 +283,9 @@ def test_big_transaction_through_the_buffer(tmp_path):
     """A transaction bigger than the in-memory limit replicates intact."""
     primary = Primary(str(tmp_path / 'primary.fs'))
     conn = primary.db.open()
-    conn.root()['big'] = os.urandom(20 << 20)
+    for i in range(20):  # 20 records of 1 MB: past the 16 MB limit
+        conn.root()[i] = persistent.mapping.PersistentMapping(
+            data=os.urandom(1 << 20))
     transaction.commit()
     conn.root()['small'] = 1
     transaction.commit()
