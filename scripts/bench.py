@@ -49,6 +49,8 @@ from ZODB.Connection import TransactionMetaData  # noqa: E402
 from ZODB.TimeStamp import TimeStamp  # noqa: E402
 from ZODB.utils import p64, u64, z64  # noqa: E402
 
+from zrsd_nodes import blob_line, links, process_memory  # noqa: E402
+
 MB = 1024.0 * 1024.0
 BENCH_DIR = os.path.join(ROOT, 'var', 'bench')
 WORKLOAD_FORMAT = 1          # bump when the generator changes
@@ -329,16 +331,8 @@ def cpu_seconds(pid):
 
 def vm_status(pid):
     """{'VmRSS': bytes, 'VmHWM': bytes} of a process, or {}."""
-    values = {}
-    try:
-        with open('/proc/%d/status' % pid) as f:
-            for line in f:
-                key, _, rest = line.partition(':')
-                if key in ('VmRSS', 'VmHWM'):
-                    values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError):
-        pass
-    return values
+    memory = process_memory(pid)
+    return {} if memory is None else dict(zip(('VmRSS', 'VmHWM'), memory))
 
 
 def reset_peak_rss(pid):
@@ -809,18 +803,12 @@ class Bench:
         """Start a zrsd node without waiting (an empty replica serves ZEO
         only once its first transaction arrived).  Its config logs
         `%(created)f` time stamps (ZConfig's asctime has whole seconds)."""
-        links = ''
-        if node.upstream is not None:
-            links += ('  replicate-from 127.0.0.1:%d\n'
-                      '  reconnect-delay 0.1\n'
-                      '  max-reconnect-delay 1\n' % node.upstream)
-        if node.repl_port:
-            links += '  replicate-to 127.0.0.1:%d\n' % node.repl_port
-        blob = '    blob-dir %s\n' % node.blob_dir if node.blob_dir else ''
         with open(node.config_path, 'w') as f:
             f.write(ZRSD_CONFIG % dict(
-                zeo_port=node.zeo_port, links=links, fs_path=node.fs_path,
-                blob=blob))
+                zeo_port=node.zeo_port,
+                links=links(node.upstream, node.repl_port),
+                fs_path=node.fs_path,
+                blob=blob_line(node.blob_dir)))
         node.starts += 1
         node.process = self.support.Process(
             [os.path.join(self.support.BIN, 'zrsd'), '-C', node.config_path],

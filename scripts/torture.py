@@ -149,6 +149,7 @@ from ZODB.utils import z64  # noqa: E402
 from chaos import ChaosProxy  # noqa: E402
 from zrsd.storage import last_committed_tid  # noqa: E402
 from support import BIN, Process, free_port  # noqa: E402
+from zrsd_nodes import blob_line, links  # noqa: E402
 
 SCENARIOS = ('kill-replica', 'links', 'primary-restart', 'pack', 'disk-full')
 
@@ -299,18 +300,11 @@ class Zrsd:
         return ('127.0.0.1', self.zeo_port)
 
     def write_config(self):
-        links = ''
-        if self.upstream is not None:
-            links += ('  replicate-from 127.0.0.1:%d\n'
-                      '  reconnect-delay 0.1\n'
-                      '  max-reconnect-delay 1\n' % self.upstream)
-        if self.repl_port:
-            links += '  replicate-to 127.0.0.1:%d\n' % self.repl_port
-        blob = '    blob-dir %s\n' % self.blob_dir if self.blob_dir else ''
         with open(self.config_path, 'w') as f:
             f.write(CONFIG % dict(
                 zeo_port=self.zeo_port, monitor_port=self.monitor_port,
-                links=links, fs_path=self.fs_path, blob=blob))
+                links=links(self.upstream, self.repl_port),
+                fs_path=self.fs_path, blob=blob_line(self.blob_dir)))
 
     def start(self, wait=None):
         """Start zrsd.  A primary waits until it serves ZEO and ZRS; a

@@ -52,18 +52,29 @@ def write_config(path, zeo_port, fs_path, replicate_from=None,
     primary, only `from` a replica, both a cascade.  Secondaries reconnect
     quickly (0.1 s, at most 1 s) so restarts upstream do not slow tests.
     """
-    links = ''
-    if replicate_from is not None:
-        links += ('  replicate-from 127.0.0.1:%d\n'
-                  '  reconnect-delay 0.1\n'
-                  '  max-reconnect-delay 1\n' % replicate_from)
-    if replicate_to is not None:
-        links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
-    blob = '    blob-dir %s\n' % blob_dir if blob_dir else ''
     with open(path, 'w') as f:
-        f.write(CONFIG % dict(zeo_port=zeo_port, links=links,
-                              fs_path=fs_path, blob=blob))
+        f.write(CONFIG % dict(zeo_port=zeo_port,
+                              links=links(replicate_from, replicate_to),
+                              fs_path=fs_path, blob=blob_line(blob_dir)))
     return path
+
+
+def links(replicate_from=None, replicate_to=None):
+    """The replicate-from/-to lines of a test `<zrs>` section (ports on
+    127.0.0.1; secondaries reconnect quickly)."""
+    text = ''
+    if replicate_from is not None:
+        text += ('  replicate-from 127.0.0.1:%d\n'
+                 '  reconnect-delay 0.1\n'
+                 '  max-reconnect-delay 1\n' % replicate_from)
+    if replicate_to:
+        text += '  replicate-to 127.0.0.1:%d\n' % replicate_to
+    return text
+
+
+def blob_line(blob_dir):
+    """The blob-dir line of a test `<filestorage>`, if any."""
+    return '    blob-dir %s\n' % blob_dir if blob_dir else ''
 
 
 class ZrsdNode:
