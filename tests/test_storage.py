@@ -296,3 +296,30 @@ def test_big_transaction_through_the_buffer(tmp_path):
     primary.db.close()
     assert assert_same_history(str(tmp_path / 'primary.fs'),
                                str(tmp_path / 'Data.fs')) == 3
+
+
+def test_close_releases_commits_held_until_registered(tmp_path):
+    """Under runzeo, replicated commits wait until ZEO registers.  If the
+    storage is closed first (runzeo could not listen), a commit waiting at
+    the gate must go through, or stopping replication would wait forever."""
+    import threading
+    from support import wait_until
+    primary = Primary(str(tmp_path / 'primary.fs'))
+    fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
+    replica = ReplicaStorage(fs)
+    replica.hold_commits_until_registered()
+    frames = stream(z64, primary.new_transactions())
+    applier = threading.Thread(
+        target=feed, args=(Receiver(replica.writer, z64), frames),
+        daemon=True)
+    applier.start()
+    wait_until(lambda: fs._nextpos, message='the commit voted, at the gate')
+    assert applier.is_alive()
+    # As zrsd.node does: stop replication (here: wait for the applier)
+    # before the storage closes.
+    replica.before_close = lambda: applier.join(30)
+    replica.close()
+    assert not applier.is_alive()
+    primary.db.close()
+    assert assert_same_history(str(tmp_path / 'primary.fs'),
+                               str(tmp_path / 'Data.fs')) == 1

@@ -244,6 +244,9 @@ class ReplicaStorage:
     def registerDB(self, db):
         """ZEO's StorageServer registers itself here to get invalidations."""
         self._db = db
+        self._release_held_commits()
+
+    def _release_held_commits(self):
         if self._hold_until_registered:
             self._hold_until_registered = False
             self.commit_gate.release()
@@ -271,6 +274,9 @@ class ReplicaStorage:
     before_close = None  # set when replication must stop first
 
     def close(self):
+        # Closed without ever being registered (e.g. runzeo could not
+        # listen): let a held commit through, or stopping would wait on it.
+        self._release_held_commits()
         _run_hook(self)
         self.writer.abort()
         self.writer.sync()
