@@ -1418,6 +1418,19 @@ LOG_LINE = re.compile(
     r'^(\d{4}-\d\d-\d\dT\S+) (TRACE|DEBUG|BLATHER|INFO|WARNING|ERROR|'
     r'CRITICAL|PROBLEM) (\S+) ?(.*)$')
 PORT = re.compile(r'-> 127\.0\.0\.1:(\d+): ')
+def judge_position(summary, side, case, position, expected):
+    """The replica must hold exactly the transactions whose commit was
+    intact: fewer lost a valid one, more committed an unchecked one."""
+    if position < expected:
+        summary.violation('lost valid transactions', side,
+                          'at source index %d, expected %d' % (
+                              position, expected), case)
+    elif position > expected:
+        summary.violation('partial/unchecked transactions', side,
+                          'at source index %d, expected %d' % (
+                              position, expected), case)
+
+
 # Expected WARNINGs: a corrupted record restored before its commit's
 # checksum rejects the stream may differ from its back pointer's data
 # (FileStorage says so; zrsd makes that a WARNING).
@@ -1708,14 +1721,7 @@ class InProcessLane:
                               'committed tid %s is not in the source'
                               % fs.lastTransaction().hex(), case)
             raise LaneAbort()
-        if position < expected:
-            summary.violation('lost valid transactions', side,
-                              'at source index %d, expected %d' % (
-                                  position, expected), case)
-        elif position > expected:
-            summary.violation('partial/unchecked transactions', side,
-                              'at source index %d, expected %d' % (
-                                  position, expected), case)
+        judge_position(summary, side, case, position, expected)
         if position > self.position:
             got = [comparable(t) for t in fs.iterator(
                 self.source.tid(self.position + 1))]
@@ -2043,14 +2049,7 @@ class ReplicaLane:
                               'the replica resumes after %s, which is not '
                               'in the source' % tid.hex(), case)
             raise LaneAbort()
-        if position < expected:
-            summary.violation('lost valid transactions', side,
-                              'at source index %d, expected %d' % (
-                                  position, expected), case)
-        elif position > expected:
-            summary.violation('partial/unchecked transactions', side,
-                              'at source index %d, expected %d' % (
-                                  position, expected), case)
+        judge_position(summary, side, case, position, expected)
         summary.add(side, 'commits', max(0, position - epoch.position))
         epoch.position = position
         self.check_zeo(epoch, case, tid)

@@ -5,6 +5,7 @@ processes started from config files, real FileStorages.
 """
 import os
 import signal
+import struct
 import socket
 import subprocess
 import sys
@@ -181,3 +182,18 @@ def assert_same_history(primary_path, replica_path):
     for p, r in zip(primary, replica):
         assert r == p, 'transaction %s differs' % p[0].hex()
     return len(primary)
+
+
+def handshake_frames(data):
+    """(protocol name, start tid) from the bytes a secondary sent so far,
+    or None while its two handshake frames are not complete."""
+    frames = []
+    while len(frames) < 2:
+        if len(data) < 4:
+            return None
+        (size,) = struct.unpack('>I', data[:4])
+        if len(data) < 4 + size:
+            return None
+        frames.append(data[4:4 + size])
+        data = data[4 + size:]
+    return tuple(frames)

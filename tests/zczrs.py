@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import socket
-import struct
 import threading
 
 import transaction
@@ -27,7 +26,7 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from support import BIN, Process, free_port, wait_until
+from support import BIN, Process, free_port, handshake_frames, wait_until
 
 CONFIG = """\
 %%import zc.zrs
@@ -347,16 +346,7 @@ class _Link:
         """(protocol name, tid) sent by the secondary, or None if not yet."""
         with self._lock:
             data = bytes(self.sent)
-        frames = []
-        while len(frames) < 2:
-            if len(data) < 4:
-                return None
-            (size,) = struct.unpack('>I', data[:4])
-            if len(data) < 4 + size:
-                return None
-            frames.append(data[4:4 + size])
-            data = data[4 + size:]
-        return frames[0], frames[1]
+        return handshake_frames(data)
 
     def close(self):
         with self._lock:

@@ -12,7 +12,6 @@
 """
 import os
 import socket
-import struct
 import threading
 import time
 
@@ -21,7 +20,8 @@ import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
 from ZODB.TimeStamp import TimeStamp
 
-from support import BIN, Process, free_port, transactions, wait_until
+from support import (BIN, Process, free_port, handshake_frames,
+                     transactions, wait_until)
 
 MB = 1024.0 * 1024.0
 
@@ -308,16 +308,7 @@ class _GatedLink:
         """(protocol name, start tid) the secondary sent, or None yet."""
         with self._lock:
             data = bytes(self.sent)
-        frames = []
-        while len(frames) < 2:
-            if len(data) < 4:
-                return None
-            (size,) = struct.unpack('>I', data[:4])
-            if len(data) < 4 + size:
-                return None
-            frames.append(data[4:4 + size])
-            data = data[4 + size:]
-        return tuple(frames)
+        return handshake_frames(data)
 
     def release(self):
         self.released.set()
