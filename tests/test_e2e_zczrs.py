@@ -193,7 +193,7 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
     primary_last = populated.last_tid
     tids = [t[0] for t in history]
 
-    proxy = Proxy(primary.repl_port, limit=populated.fs_size // 2)
+    proxy = Proxy(primary.repl_port, hold_after=populated.fs_size // 2)
     try:
         zeo_port = free_port()
         config, replica_fs = zrsd_config(tmp_path, zeo_port, proxy.port)
@@ -223,7 +223,7 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
         assert committed[-1][0] >= partial
         resume_tid = committed[-1][0]
 
-        proxy.limit = None
+        proxy.hold_after = None  # later connections go through
         started = time.monotonic()
         zrsd = start_zrsd(config, str(tmp_path / 'zrsd-2.log'), zeo_port)
         processes(zrsd)

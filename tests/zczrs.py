@@ -288,24 +288,19 @@ def commit_change(address, key, value):
 class _Link:
     """One proxied connection: secondary <-> proxy <-> primary."""
 
-    def __init__(self, proxy, downstream, upstream, limit):
-        self.proxy = proxy
+    def __init__(self, downstream, upstream, hold_after):
         self.downstream = downstream
         self.upstream = upstream
-        self.limit = limit
-        self.sent = bytearray()      # everything the secondary sent
-        self.forwarded = 0           # primary -> secondary bytes forwarded
-        self.held = threading.Event()    # set once the byte budget is spent
+        self.hold_after = hold_after
+        self.sent = bytearray()       # what the secondary sent
+        self.forwarded = 0            # primary -> secondary bytes
+        self.held = threading.Event()
+        self.released = threading.Event()
         self.closed = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._pump_up, daemon=True,
-                             name='proxy-up'),
-            threading.Thread(target=self._pump_down, daemon=True,
-                             name='proxy-down'),
-        ]
-        for t in self._threads:
-            t.start()
+        for target, name in ((self._pump_up, 'proxy-up'),
+                             (self._pump_down, 'proxy-down')):
+            threading.Thread(target=target, daemon=True, name=name).start()
 
     def _pump_up(self):
         try:
@@ -323,17 +318,18 @@ class _Link:
     def _pump_down(self):
         try:
             while True:
-                budget = None
-                if self.limit is not None:
-                    budget = self.limit - self.forwarded
+                size = 65536
+                if self.hold_after is not None \
+                        and not self.released.is_set():
+                    budget = self.hold_after - self.forwarded
                     if budget <= 0:
-                        # Hold: stop reading from the primary.  The link
-                        # stays open until one side goes away.
+                        # Hold: leave the primary's data unread until
+                        # release() (or close()); the connection stays open.
                         self.held.set()
-                        self.closed.wait()
-                        break
-                data = self.upstream.recv(
-                    65536 if budget is None else min(65536, budget))
+                        self.released.wait()
+                        continue
+                    size = min(size, budget)
+                data = self.upstream.recv(size)
                 if not data:
                     break
                 self.downstream.sendall(data)
@@ -343,16 +339,20 @@ class _Link:
         self.close()
 
     def handshake(self):
-        """(protocol name, tid) sent by the secondary, or None if not yet."""
+        """(protocol name, start tid) the secondary sent, or None yet."""
         with self._lock:
             data = bytes(self.sent)
         return handshake_frames(data)
+
+    def release(self):
+        self.released.set()
 
     def close(self):
         with self._lock:
             if self.closed.is_set():
                 return
             self.closed.set()
+        self.released.set()
         for s in (self.downstream, self.upstream):
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -364,16 +364,16 @@ class _Link:
 class Proxy:
     """A TCP forwarder on 127.0.0.1 in front of a ZRS primary's port.
 
-    `limit`: for connections accepted while it is set, forward at most this
-    many primary -> secondary bytes, then hold the stream (the primary's data
-    stays unread; the connection stays open).  Set it to None to let later
-    connections through untouched.  `links` lists the connections in accept
-    order.
+    While `hold_after` is set, each new connection forwards that many
+    primary -> secondary bytes, then holds the stream (the primary's data
+    stays unread; the connection stays open) until `release()`, which also
+    lets later connections through.  `links` lists the connections in
+    accept order.
     """
 
-    def __init__(self, target_port, limit=None):
+    def __init__(self, target_port, hold_after=None):
         self.target_port = target_port
-        self.limit = limit
+        self.hold_after = hold_after
         self.links = []
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -381,9 +381,8 @@ class Proxy:
         self._listener.listen(8)
         self.port = self._listener.getsockname()[1]
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._accept, daemon=True, name='proxy-accept')
-        self._thread.start()
+        threading.Thread(target=self._accept, daemon=True,
+                         name='proxy-accept').start()
 
     def _accept(self):
         while True:
@@ -400,7 +399,7 @@ class Proxy:
             except OSError:
                 downstream.close()
                 continue
-            self.links.append(_Link(self, downstream, upstream, self.limit))
+            self.links.append(_Link(downstream, upstream, self.hold_after))
 
     def wait_for_link(self, index, timeout=60.0):
         """The `index`-th accepted connection, once its handshake arrived."""
@@ -409,6 +408,12 @@ class Proxy:
                    timeout, message='ZRS handshake on proxied connection %d'
                    % index)
         return self.links[index]
+
+    def release(self):
+        """Let held connections, and later ones, through."""
+        self.hold_after = None
+        for link in list(self.links):
+            link.release()
 
     def close(self):
         self._closed = True

@@ -3,15 +3,14 @@
 - `ZrsdNode` writes a zrsd config for a primary (`replicate-to`), a replica
   (`replicate-from`) or a cascade replica (both), starts and stops the
   process, and waits until the node's ZEO `lastTransaction()` is a given tid.
-- `GatedProxy` sits in front of a ZRS port: it forwards a byte budget of the
-  primary -> secondary stream, then holds it (the primary's data stays
-  unread, so its streamer is paused by back-pressure) until `release()`.
-  Unlike `zczrs.Proxy` the held connection survives the release.
+- `GatedProxy` (`zczrs.Proxy`) sits in front of a ZRS port: it forwards a
+  byte budget of the primary -> secondary stream, then holds it (the
+  primary's data stays unread, so its streamer is paused by back-pressure)
+  until `release()`; the held connection survives the release.
 - `assert_same_after_pack` compares a replica with a primary that packed
   after the replica received part of its history.
 """
 import os
-import socket
 import threading
 import time
 
@@ -20,8 +19,8 @@ import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
 from ZODB.TimeStamp import TimeStamp
 
-from support import (BIN, Process, free_port, handshake_frames,
-                     transactions, wait_until)
+from support import BIN, Process, free_port, transactions, wait_until
+from zczrs import Proxy
 
 MB = 1024.0 * 1024.0
 
@@ -251,142 +250,8 @@ class MemorySampler:
         return max((rss for _, rss in self.samples), default=0)
 
 
-class _GatedLink:
-    """One proxied connection: secondary <-> proxy <-> primary."""
-
-    def __init__(self, downstream, upstream, hold_after):
-        self.downstream = downstream
-        self.upstream = upstream
-        self.hold_after = hold_after
-        self.sent = bytearray()       # what the secondary sent
-        self.forwarded = 0            # primary -> secondary bytes
-        self.held = threading.Event()
-        self.released = threading.Event()
-        self.closed = threading.Event()
-        self._lock = threading.Lock()
-        for target, name in ((self._pump_up, 'gate-up'),
-                             (self._pump_down, 'gate-down')):
-            threading.Thread(target=target, daemon=True, name=name).start()
-
-    def _pump_up(self):
-        try:
-            while True:
-                data = self.downstream.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    self.sent += data
-                self.upstream.sendall(data)
-        except OSError:
-            pass
-        self.close()
-
-    def _pump_down(self):
-        try:
-            while True:
-                size = 65536
-                if self.hold_after is not None \
-                        and not self.released.is_set():
-                    budget = self.hold_after - self.forwarded
-                    if budget <= 0:
-                        # Hold: leave the primary's data unread until
-                        # release() (or close()).
-                        self.held.set()
-                        self.released.wait()
-                        continue
-                    size = min(size, budget)
-                data = self.upstream.recv(size)
-                if not data:
-                    break
-                self.downstream.sendall(data)
-                self.forwarded += len(data)
-        except OSError:
-            pass
-        self.close()
-
-    def handshake(self):
-        """(protocol name, start tid) the secondary sent, or None yet."""
-        with self._lock:
-            data = bytes(self.sent)
-        return handshake_frames(data)
-
-    def release(self):
-        self.released.set()
-
-    def close(self):
-        with self._lock:
-            if self.closed.is_set():
-                return
-            self.closed.set()
-        self.released.set()
-        for s in (self.downstream, self.upstream):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-
-class GatedProxy:
-    """A TCP forwarder on 127.0.0.1 in front of a ZRS port.
-
-    While `hold_after` is set, each new connection forwards that many
-    primary -> secondary bytes and then holds the stream, connection open,
-    until `release()`; `release()` also lets later connections through.
-    """
-
-    def __init__(self, target_port, hold_after=None):
-        self.target_port = target_port
-        self.hold_after = hold_after
-        self.links = []
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(('127.0.0.1', 0))
-        self._listener.listen(8)
-        self.port = self._listener.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True,
-                         name='gate-accept').start()
-
-    def _accept(self):
-        while True:
-            try:
-                downstream, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._closed:
-                downstream.close()
-                return
-            try:
-                upstream = socket.create_connection(
-                    ('127.0.0.1', self.target_port))
-            except OSError:
-                downstream.close()
-                continue
-            self.links.append(_GatedLink(downstream, upstream,
-                                         self.hold_after))
-
-    def wait_for_link(self, index, timeout=60.0):
-        """The `index`-th connection, once its handshake arrived."""
-        wait_until(lambda: len(self.links) > index
-                   and self.links[index].handshake() is not None,
-                   timeout, message='ZRS handshake on gated link %d' % index)
-        return self.links[index]
-
-    def release(self):
-        self.hold_after = None
-        for link in list(self.links):
-            link.release()
-
-    def close(self):
-        self._closed = True
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-        for link in list(self.links):
-            link.close()
+# The gated proxy of these tests is zczrs.Proxy (hold_after, release).
+GatedProxy = Proxy
 
 
 def pack_stop_tid(pack_time):
