@@ -49,7 +49,7 @@ from ZODB.Connection import TransactionMetaData  # noqa: E402
 from ZODB.TimeStamp import TimeStamp  # noqa: E402
 from ZODB.utils import p64, u64, z64  # noqa: E402
 
-from zrsd_nodes import blob_line, links, process_memory  # noqa: E402
+from zrsd_nodes import config_text, process_memory  # noqa: E402
 
 MB = 1024.0 * 1024.0
 BENCH_DIR = os.path.join(ROOT, 'var', 'bench')
@@ -804,11 +804,9 @@ class Bench:
         only once its first transaction arrived).  Its config logs
         `%(created)f` time stamps (ZConfig's asctime has whole seconds)."""
         with open(node.config_path, 'w') as f:
-            f.write(ZRSD_CONFIG % dict(
-                zeo_port=node.zeo_port,
-                links=links(node.upstream, node.repl_port),
-                fs_path=node.fs_path,
-                blob=blob_line(node.blob_dir)))
+            f.write(config_text(
+                node.zeo_port, node.fs_path, node.upstream, node.repl_port,
+                node.blob_dir, log_format=PRECISE_LOG_FORMAT))
         node.starts += 1
         node.process = self.support.Process(
             [os.path.join(self.support.BIN, 'zrsd'), '-C', node.config_path],
@@ -1221,16 +1219,9 @@ LOG_SECTION = """\
 </eventlog>
 """
 
-ZRSD_CONFIG = """\
-<zeo>
-  address 127.0.0.1:%(zeo_port)s
-</zeo>
-<zrs 1>
-%(links)s  <filestorage>
-    path %(fs_path)s
-%(blob)s  </filestorage>
-</zrs>
-""" + LOG_SECTION
+# zrsd logs with sub-second time stamps (ZConfig's asctime has whole
+# seconds): catch-up is timed from its "connected" line.
+PRECISE_LOG_FORMAT = '%(created).6f %(levelname)s %(name)s %(message)s'
 
 RUNZEO_CONFIG = """\
 <zeo>

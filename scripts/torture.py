@@ -149,7 +149,7 @@ from ZODB.utils import z64  # noqa: E402
 from chaos import ChaosProxy  # noqa: E402
 from zrsd.storage import last_committed_tid  # noqa: E402
 from support import BIN, Process, free_port  # noqa: E402
-from zrsd_nodes import blob_line, links  # noqa: E402
+from zrsd_nodes import config_text  # noqa: E402
 
 SCENARIOS = ('kill-replica', 'links', 'primary-restart', 'pack', 'disk-full')
 
@@ -237,26 +237,7 @@ class Report:
 
 # -- zrsd processes -----------------------------------------------------------
 
-CONFIG = """\
-<zeo>
-  address 127.0.0.1:%(zeo_port)d
-</zeo>
-<zrs 1>
-%(links)s  <filestorage>
-    path %(fs_path)s
-%(blob)s  </filestorage>
-</zrs>
-<monitor>
-  address 127.0.0.1:%(monitor_port)d
-</monitor>
-<eventlog>
-  level INFO
-  <logfile>
-    path STDOUT
-    format %%(asctime)s %%(levelname)s %%(name)s %%(message)s
-  </logfile>
-</eventlog>
-"""
+MONITOR = '<monitor>\n  address 127.0.0.1:%d\n</monitor>\n'
 
 
 class Zrsd:
@@ -301,10 +282,9 @@ class Zrsd:
 
     def write_config(self):
         with open(self.config_path, 'w') as f:
-            f.write(CONFIG % dict(
-                zeo_port=self.zeo_port, monitor_port=self.monitor_port,
-                links=links(self.upstream, self.repl_port),
-                fs_path=self.fs_path, blob=blob_line(self.blob_dir)))
+            f.write(config_text(
+                self.zeo_port, self.fs_path, self.upstream, self.repl_port,
+                self.blob_dir, sections=MONITOR % self.monitor_port))
 
     def start(self, wait=None):
         """Start zrsd.  A primary waits until it serves ZEO and ZRS; a

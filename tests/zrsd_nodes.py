@@ -33,28 +33,39 @@ CONFIG = """\
     path %(fs_path)s
 %(blob)s  </filestorage>
 </zrs>
-<eventlog>
+%(sections)s<eventlog>
   level INFO
   <logfile>
     path STDOUT
-    format %%(asctime)s %%(levelname)s %%(name)s %%(message)s
+    format %(log_format)s
   </logfile>
 </eventlog>
 """
 
+LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
 
-def write_config(path, zeo_port, fs_path, replicate_from=None,
-                 replicate_to=None, blob_dir=None):
-    """Write a zrsd config with one `<zrs 1>` section; returns `path`.
+
+def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
+                blob_dir=None, sections='', log_format=LOG_FORMAT):
+    """A test zrsd config with one `<zrs 1>` section.
 
     `replicate_from` / `replicate_to` are ports on 127.0.0.1: only `to` is a
     primary, only `from` a replica, both a cascade.  Secondaries reconnect
     quickly (0.1 s, at most 1 s) so restarts upstream do not slow tests.
+    `sections` (e.g. a `<monitor>`) goes before the `<eventlog>`.
     """
+    return CONFIG % dict(zeo_port=zeo_port, fs_path=fs_path,
+                         links=links(replicate_from, replicate_to),
+                         blob=blob_line(blob_dir), sections=sections,
+                         log_format=log_format)
+
+
+def write_config(path, zeo_port, fs_path, replicate_from=None,
+                 replicate_to=None, blob_dir=None):
+    """Write `config_text(...)` to `path`; returns `path`."""
     with open(path, 'w') as f:
-        f.write(CONFIG % dict(zeo_port=zeo_port,
-                              links=links(replicate_from, replicate_to),
-                              fs_path=fs_path, blob=blob_line(blob_dir)))
+        f.write(config_text(zeo_port, fs_path, replicate_from, replicate_to,
+                            blob_dir))
     return path
 
 
