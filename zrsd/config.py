@@ -49,6 +49,14 @@ _KEY_NAMES = {'allowed_globals': 'allow-global',
               'allowed_networks': 'allow-from'}
 
 
+def pack_policy(value):
+    """The datatype of the `pack` key: allow or refuse."""
+    value = value.strip().lower()
+    if value not in ('allow', 'refuse'):
+        raise ValueError('pack must be allow or refuse, not %r' % value)
+    return value
+
+
 class SSLSection:
     """The datatype of an `<ssl>` section: the raw settings.
 
@@ -117,6 +125,9 @@ class ZRSConfig:
         if section.max_reconnect_delay < section.reconnect_delay:
             raise SectionError(self.name, 'max_reconnect_delay',
                                'must be >= reconnect-delay')
+        if section.shutdown_catch_up_timeout < 0:
+            raise SectionError(self.name, 'shutdown_catch_up_timeout',
+                               'must be >= 0')
         if section.keep_alive_delay < 0:
             raise SectionError(self.name, 'keep_alive_delay', 'must be >= 0')
         if section.max_message_size < 1024:
