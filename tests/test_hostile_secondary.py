@@ -17,6 +17,8 @@ import time
 import pytest
 import transaction
 import ZEO
+import ZODB.FileStorage
+from ZODB.utils import p64, u64
 from persistent.mapping import PersistentMapping
 
 import peers
@@ -114,6 +116,7 @@ class RawSecondary:
         self.sock.connect(('127.0.0.1', primary.repl_port))
         # How the primary names this connection in its log.
         self.name = '-> 127.0.0.1:%d: ' % self.sock.getsockname()[1]
+        self.received = 0   # bytes read (and discarded) by wait_closed
 
     def __enter__(self):
         return self
@@ -160,6 +163,7 @@ class RawSecondary:
                 continue
             if not data:
                 return 'eof'
+            self.received += len(data)
 
     def wait_error(self, reason):
         """Wait for the primary's one ERROR line about this connection,
@@ -230,8 +234,8 @@ HOSTILE = {
         'start tid of 9 bytes, expected 8'),
     'tid-from-the-future': (
         frame(b'zrs2.0') + frame(b'\xff' * 8),
-        'secondary asks for transactions after ffffffffffffffff, but the '
-        'last transaction here is '),
+        'its last transaction ffffffffffffffff is not in this storage (the '
+        'transaction before it is '),
     'message-after-handshake': (
         frame(b'zrs2.0') + frame(Z64) + frame(b'hello'),
         'unexpected 5-byte message after the handshake'),
@@ -255,7 +259,30 @@ def test_tid_from_the_future_names_primary_last(setup):
     with RawSecondary(setup.primary) as hostile:
         hostile.send(frame(b'zrs2.0') + frame(b'\xff' * 8))
         hostile.wait_closed()
-        hostile.wait_error('the last transaction here is %s' % last.hex())
+        hostile.wait_error('the transaction before it is %s, that is the '
+                           'last transaction here' % last.hex())
+    setup.assert_replica_follows()
+
+
+def test_tid_not_in_history(setup):
+    """The history guard: a tid between two of the primary's transactions
+    (a forked history) is refused, and the line names both neighbours."""
+    fs = ZODB.FileStorage.FileStorage(setup.primary.fs_path, read_only=True)
+    try:
+        tids = [txn.tid for txn in fs.iterator()][-3:-1]
+    finally:
+        fs.close()
+    forked = p64(u64(tids[0]) + 1)
+    assert tids[0] < forked < tids[1]
+    with RawSecondary(setup.primary) as hostile:
+        hostile.send(frame(b'zrs2.0') + frame(forked))
+        hostile.wait_closed()
+        text = hostile.wait_error(
+            'its last transaction %s is not in this storage (the transaction '
+            'before it is %s, the one after it %s)' % (
+                forked.hex(), tids[0].hex(), tids[1].hex()))
+        assert hostile.received == 0
+    print('\nforked tid: %s' % text.split(' ERROR ', 1)[1])
     setup.assert_replica_follows()
 
 

@@ -25,6 +25,13 @@ SYNC_TRANSACTIONS = 1000
 
 READ_SIZE = 1 << 20  # bytes per socket read (Twisted's default: 64 KiB)
 
+# A primary that refuses a secondary (a history it does not hold, a protocol
+# it does not serve) closes the link right after the handshake: nothing else
+# in the ZRS protocol can say so.  This many such closes in a row, each
+# within REFUSAL_WINDOW seconds of the connection, mean "refused".
+REFUSALS = 3
+REFUSAL_WINDOW = 30.0
+
 
 class SecondaryProtocol(protocol.Protocol):
     """One connection from this secondary to its primary."""
@@ -32,6 +39,7 @@ class SecondaryProtocol(protocol.Protocol):
     receiver = None
     _keep_alive = None
     _failed = False
+    _received = False   # any byte from the primary on this connection
 
     def __init__(self, client):
         self.client = client
@@ -70,6 +78,9 @@ class SecondaryProtocol(protocol.Protocol):
     def dataReceived(self, data):
         if self._failed:
             return
+        if not self._received:
+            self._received = True
+            self.client.accepted()
         try:
             self.frames.feed(data)
             # More of the stream already waiting in the socket means a
@@ -146,6 +157,12 @@ class SecondaryProtocol(protocol.Protocol):
             writer.defer_sync = False
         self.client.connection_lost(self, reason)
 
+    @property
+    def closed_unheard(self):
+        """Did the primary close this link without sending anything?"""
+        return self.receiver is not None and not (self._received
+                                                  or self._failed)
+
 
 class _Factory(protocol.Factory):
     noisy = False
@@ -186,6 +203,8 @@ class ReplicationClient:
         self.on_commit = on_commit
         self.connection = None
         self.connected = False
+        self.refused = False      # the primary refuses this secondary
+        self.refusals = 0         # consecutive closes right after handshake
         self.reconnects = 0
         self.stream_failures = 0
         self.checksum_failures = 0
@@ -222,8 +241,12 @@ class ReplicationClient:
     def _schedule_reconnect(self):
         if self._stopped or self._pending is not None:
             return
-        delay = backoff_delay(self._attempt, self.reconnect_delay,
-                              self.max_reconnect_delay)
+        if self.refused:
+            # The primary may be fixed (or rewound): ask again, slowly.
+            delay = self.max_reconnect_delay
+        else:
+            delay = backoff_delay(self._attempt, self.reconnect_delay,
+                                  self.max_reconnect_delay)
         self._attempt += 1
         self.reconnects += 1
         logger.debug('%s: reconnecting in %.2fs', self.peer, delay)
@@ -237,6 +260,41 @@ class ReplicationClient:
         self.connected = True
         self._connected_at = self.clock.seconds()
         self._failures.reset()
+
+    @property
+    def state(self):
+        """connected, disconnected or refused (for /status)."""
+        if self.refused:
+            return 'refused'
+        return 'connected' if self.connected else 'disconnected'
+
+    def accepted(self):
+        """The primary sent something: it accepts this secondary."""
+        self.refusals = 0
+        if self.refused:
+            self.refused = False
+            logger.info('%s: the primary accepts this replica again',
+                        self.peer)
+
+    def _closed_unheard(self):
+        """The primary closed the link after the handshake without a
+        word: count it; REFUSALS in a row mean refused."""
+        self.refusals += 1
+        if self.refusals < REFUSALS or self.refused:
+            logger.info('%s: the primary closed the link right after the '
+                        'handshake (%d in a row)', self.peer, self.refusals)
+            return
+        self.refused = True
+        logger.error(
+            '%s: refused: the primary closed the link right after the '
+            'handshake %d times in a row without sending anything; it '
+            'refuses this replica: its last transaction %s is not in the '
+            'primary\'s history (a failover or a restore forked the '
+            'histories, or it is another database), or it does not serve '
+            'this protocol (%s); look at the primary\'s log.  Nothing is '
+            'applied; retrying every %gs', self.peer, self.refusals,
+            self.storage.lastTransaction().hex(),
+            self.protocol_name.decode(), self.max_reconnect_delay)
 
     def committed(self, tid, nbytes):
         # A connection that delivers transactions is healthy: start the
@@ -261,6 +319,9 @@ class ReplicationClient:
         if is_tls_failure(reason):
             logger.error('%s: TLS handshake with the primary failed: %s',
                          self.peer, reason.getErrorMessage())
+        elif connection.closed_unheard and (
+                self.clock.seconds() - self._connected_at < REFUSAL_WINDOW):
+            self._closed_unheard()
         elif not connection._failed:
             logger.info('%s: disconnected: %s', self.peer,
                         reason.getErrorMessage())

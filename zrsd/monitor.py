@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 METRICS = (
     ('connected', 'zrsd_replication_connected', 'gauge',
      '1 while the replica is connected to its primary'),
+    ('refused', 'zrsd_replication_refused', 'gauge',
+     '1 while the primary refuses this replica (e.g. a forked history)'),
     ('last_transaction_time', 'zrsd_last_transaction_timestamp_seconds',
      'gauge', 'Commit time of the last transaction in the storage'),
     ('seconds_since_last_applied', 'zrsd_seconds_since_last_applied',

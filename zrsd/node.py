@@ -110,6 +110,8 @@ class Node:
             status.update(
                 primary=format_address(self.zrs.replicate_from),
                 connected=int(client.connected),
+                state=client.state,
+                refused=int(client.refused),
                 transactions_applied=progress.transactions,
                 bytes_applied=progress.bytes,
                 seconds_since_last_applied=(

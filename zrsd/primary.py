@@ -45,8 +45,11 @@ _TRANS = struct.Struct(TRANS_HDR)
 _DATA = struct.Struct(DATA_HDR)
 
 
-class TidTooHigh(Exception):
-    """The secondary has a transaction newer than the primary's last."""
+class HistoryMismatch(Exception):
+    """The secondary's start tid is not in this primary's history: the two
+    histories forked (a failover, a restore) or belong to different
+    databases.  Its text names the tid and this file's neighbouring
+    transactions."""
 
 
 class CorruptFile(Exception):
@@ -232,18 +235,12 @@ class TidIndex:
         self._walked_to = 4       # position after the last walked one
 
     def find_after(self, reader, tid, end):
-        """Position of the first transaction with a tid above `tid`.
-
-        Raises TidTooHigh when `tid` is after the file's last transaction.
-        """
+        """Position of the first transaction with a tid above `tid`
+        (`end` when there is none)."""
         if end <= 4 or tid == z64:
-            if end <= 4 and tid != z64:
-                raise TidTooHigh(tid)
             return 4
         last = reader.header_before(end)
         if last.tid <= tid:
-            if last.tid < tid:
-                raise TidTooHigh(tid)
             return end
         # Recent tids: walk back from the end.
         header = last
@@ -255,6 +252,35 @@ class TidIndex:
                 return header.pos
             header = previous
         return self._find_forward(reader, tid, header.pos)
+
+    def start_position(self, reader, tid, end):
+        """Where to start streaming for a secondary whose last tid is `tid`:
+        the history guard.
+
+        Returns (position, note): `note` is None when `tid` is zero or a
+        transaction of this file, or says why an absent `tid` is accepted:
+        it lies in the packed part of the file (FileStorage's pack rewrites
+        the transactions before the pack time with status 'p' and drops
+        those left empty, so a tid there may have been packed away).  Any
+        other tid raises HistoryMismatch.
+        """
+        pos = self.find_after(reader, tid, end)
+        if tid == z64:
+            return pos, None
+        before = reader.header_before(pos) if pos > 4 else None
+        if before is not None and before.tid == tid:
+            return pos, None
+        after = reader.header(pos) if pos < end else None
+        packed = (before.status == 'p' if before is not None
+                  else after is not None and after.status == 'p')
+        neighbours = describe_neighbours(before, after)
+        if packed:
+            return pos, ('%s is not in this storage, but lies in its packed '
+                         'part (%s), where a pack may have removed it' % (
+                             tid.hex(), neighbours))
+        raise HistoryMismatch(
+            'its last transaction %s is not in this storage (%s)' % (
+                tid.hex(), neighbours))
 
     def _find_forward(self, reader, tid, limit):
         with self._lock:
@@ -278,6 +304,21 @@ class TidIndex:
             if header.tid > tid:
                 return pos
             pos = header.end
+
+
+def describe_neighbours(before, after):
+    """The transactions around a missing tid, for log lines."""
+    parts = []
+    if before is None:
+        parts.append('nothing before it')
+    else:
+        parts.append('the transaction before it is %s' % before.tid.hex())
+    if after is None:
+        parts.append('nothing after it' if before is None else
+                     'that is the last transaction here')
+    else:
+        parts.append('the one after it %s' % after.tid.hex())
+    return ', '.join(parts)
 
 
 class Streamer:
@@ -343,20 +384,22 @@ class Streamer:
 
     def _stream(self, reader):
         end, _ = reader.committed_end()
-        pos = self.tid_index.find_after(reader, self.last_tid, end)
+        pos, note = self.tid_index.start_position(reader, self.last_tid, end)
+        if note is not None:
+            logger.warning('%s: %s; streaming from the next transaction',
+                           self.name, note)
+        logger.info('%s: streaming transactions after %s (%s)', self.name,
+                    self.last_tid.hex(),
+                    'zrs2.1' if self.blobs else 'zrs2.0')
         while not self._stopped:
             generation = self.notifier.generation
             end, reopened = reader.committed_end()
             if reopened:
                 logger.info('%s: storage file replaced (pack); resuming '
                             'after %s', self.name, self.last_tid.hex())
-                try:
-                    pos = self.tid_index.find_after(
-                        reader, self.last_tid, end)
-                except TidTooHigh:
-                    # The pack dropped the (emptied) transactions up to the
-                    # one last sent: nothing to send until the next commit.
-                    pos = end
+                # If the pack dropped the (emptied) transactions up to the
+                # one last sent, this is the end: wait for the next commit.
+                pos = self.tid_index.find_after(reader, self.last_tid, end)
             if pos < end:
                 # Stop at a pack: what the old file holds may refer to blob
                 # files the pack removed.

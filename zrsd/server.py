@@ -12,7 +12,8 @@ import zope.interface
 from twisted.internet import interfaces, protocol
 
 from . import protocol as zrs
-from .primary import PackedUnderfoot, Streamer, TidIndex
+from .primary import HistoryMismatch, PackedUnderfoot, Streamer, TidIndex
+from .retry import RepeatLimiter
 from .secondary import describe_tid
 from .sockets import format_address, is_tls_failure, tcp_socket, tune_socket
 
@@ -62,7 +63,7 @@ class PrimaryProtocol(protocol.Protocol):
         if sock is not None:
             tune_socket(sock)
         peer = self.transport.getPeer()
-        host = getattr(peer, 'host', None)
+        host = self.host = getattr(peer, 'host', None)
         self.peer = '%s -> %s' % (server.name, format_address(
             (host, peer.port) if host is not None else str(peer)))
         self.frames = zrs.FrameDecoder(self._frame, HANDSHAKE_LIMIT)
@@ -96,12 +97,8 @@ class PrimaryProtocol(protocol.Protocol):
             if len(payload) != 8:
                 raise zrs.ProtocolError(
                     'start tid of %d bytes, expected 8' % len(payload))
-            last = self.server.storage.lastTransaction()
-            if payload > last:
-                raise zrs.ProtocolError(
-                    'secondary asks for transactions after %s, but the last '
-                    'transaction here is %s (is it replicating from the '
-                    'wrong primary?)' % (payload.hex(), last.hex()))
+            # The history guard runs in the streamer's thread (it may read
+            # the file): see zrsd.primary.TidIndex.start_position.
             self._start_streaming(payload)
         elif payload:
             raise zrs.ProtocolError(
@@ -122,8 +119,6 @@ class PrimaryProtocol(protocol.Protocol):
             name=self.peer,
             blobs=self.protocol_name == zrs.PROTOCOL_2_1)
         self.transport.registerProducer(_Producer(self.streamer), True)
-        logger.info('%s: streaming transactions after %s (%s)', self.peer,
-                    describe_tid(start_tid), self.protocol_name.decode())
         self.streamer.start()
 
     def _write(self, chunks):
@@ -133,7 +128,9 @@ class PrimaryProtocol(protocol.Protocol):
     def _streamer_done(self, error):
         if self.phase is not Phase.STREAMING:
             return
-        if isinstance(error, PackedUnderfoot):
+        if isinstance(error, HistoryMismatch):
+            self._log_refusal(error)
+        elif isinstance(error, PackedUnderfoot):
             logger.info('%s: %s; dropping the connection, the secondary '
                         'resumes from the packed file', self.peer, error)
         elif error is not None:
@@ -142,6 +139,21 @@ class PrimaryProtocol(protocol.Protocol):
                          type(error).__name__, error,
                          exc_info=(type(error), error, error.__traceback__))
         self.close()
+
+    def _log_refusal(self, error):
+        # A refused secondary retries for ever: one ERROR per secondary
+        # host and reason every few minutes, INFO lines in between.
+        text = (
+            'secondary refused, its history is not this storage\'s: %s; a '
+            'forked history (failover, restore from a backup) or another '
+            'database: nothing is sent, closing the connection (zrsd-rewind '
+            'repairs a forked replica)' % error)
+        limiter = self.server.refusals.setdefault(self.host, RepeatLimiter())
+        logged = limiter.check(text, self.server.clock.seconds())
+        if logged is None:
+            logger.info('%s: secondary refused again (%s)', self.peer, error)
+        else:
+            logger.error('%s: %s', self.peer, logged)
 
     def _handshake_timed_out(self):
         self._timeout = None
@@ -206,6 +218,7 @@ class PrimaryServer:
         self.allowed_networks = list(allowed_networks)
         self.tid_index = TidIndex()
         self.connections = set()
+        self.refusals = {}    # secondary host -> RepeatLimiter
         self.port = None
 
     def start(self):

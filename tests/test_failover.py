@@ -1,0 +1,156 @@
+"""Failover without silent divergence: the history guard.
+
+A primary streams to a secondary only from zero or from a tid of its own
+file (or of its packed part); anything else is a forked or foreign history
+and the link is refused.  The three paths that forked silently before the
+guard, each with real zrsd processes and real ZEO clients:
+
+1. a replica pointed at the primary of another database;
+2. a failover: the promoted replica never had the old primary's last
+   commits, and the old primary comes back as its replica;
+3. a primary restored from an older backup, with a replica ahead of it.
+
+In each, the primary logs one ERROR naming the secondary's tid and its own
+neighbouring tids, the secondary logs one ERROR saying it is refused, and
+the secondary's file is unchanged: nothing is appended.
+"""
+import os
+import shutil
+
+import zczrs
+from support import free_port, transactions, wait_until
+from zrsd_nodes import ZrsdNode
+
+
+def commit(node, key, value='x'):
+    """One small commit on a node's ZEO; returns its tid."""
+    return zczrs.commit_change(node.zeo_address, key, value)
+
+
+def make_primary(node):
+    """Turn a stopped node's role into a primary (as an operator would by
+    editing its config): no replicate-from, a replicate-to port."""
+    node.upstream = None
+    if node.repl_port is None:
+        node.repl_port = free_port()
+
+
+def assert_refused(primary, secondary, secondary_tid, neighbours):
+    """Both sides say it, once each, and name what they know: the
+    primary's line names the secondary's tid and `neighbours`, the text
+    describing the primary's transactions around it."""
+    wait_until(lambda: secondary.check_alive() and
+               'refused: the primary closed the link' in secondary.log(),
+               30, message='%s logs that it is refused' % secondary.name)
+    primary_lines = [line for line in primary.log().splitlines()
+                     if ' ERROR ' in line]
+    assert len(primary_lines) == 1, primary.log()
+    line = primary_lines[0]
+    assert '-> 127.0.0.1:' in line and 'secondary refused' in line, line
+    assert 'its last transaction %s is not in this storage (%s)' % (
+        secondary_tid.hex(), neighbours) in line, line
+    refused_lines = [line for line in secondary.log().splitlines()
+                     if 'refused: the primary closed' in line]
+    assert len(refused_lines) == 1, refused_lines
+    assert ' ERROR ' in refused_lines[0], refused_lines[0]
+    assert secondary_tid.hex() in refused_lines[0], refused_lines[0]
+    assert 'streaming transactions after %s' % secondary_tid.hex() \
+        not in primary.log()
+
+
+def test_replica_of_another_database_is_refused(tmp_path, processes):
+    a = ZrsdNode(tmp_path, 'a', register=processes).start()
+    last = commit(a, 'in-a')
+    replica = ZrsdNode(tmp_path, 'replica', upstream=a.repl_port,
+                       register=processes).start()
+    replica.wait_for_tid(last)
+    replica.stop()
+    # Another database, created later: every tid is newer than the
+    # replica's.
+    b = ZrsdNode(tmp_path, 'b', register=processes).start()
+    b_first = commit(b, 'in-b')
+    b_last = commit(b, 'in-b', 'y')
+    history = transactions(replica.fs_path)
+    replica.upstream = b.repl_port
+    replica.start()
+    b_root = transactions(b.fs_path)[0][0]   # the root's creation
+    assert b_root < b_first
+    assert_refused(b, replica, last, 'nothing before it, the one after it '
+                   '%s' % b_root.hex())
+    # It keeps trying (the primary may be fixed) and never applies.
+    wait_until(lambda: replica.log().count(
+        'the primary closed the link right after the handshake') >= 4,
+        30, message='more refused attempts')
+    assert replica.last_tid() == last
+    replica.stop()
+    b.stop()
+    a.stop()
+    assert transactions(replica.fs_path) == history
+    assert b_last > last
+
+
+def test_failover_fork_is_refused(tmp_path, processes):
+    """The promoted replica never had the old primary's last two commits;
+    the old primary, brought back as its replica, is refused."""
+    old = ZrsdNode(tmp_path, 'old', register=processes).start()
+    shared = commit(old, 'k', 1)
+    new = ZrsdNode(tmp_path, 'new', upstream=old.repl_port,
+                   register=processes).start()
+    new.wait_for_tid(shared)
+    new.stop()
+    commit(old, 'k', 2)
+    lost = commit(old, 'k', 3)      # the replica never receives these
+    make_primary(new)
+    new.start()
+    forked = commit(new, 'k', 'after failover')
+    old.stop()
+    history = transactions(old.fs_path)
+    old.upstream = new.repl_port
+    old.repl_port = None
+    old.start()
+    assert_refused(new, old, lost, 'the transaction before it is %s, the '
+                   'one after it %s' % (shared.hex(), forked.hex()))
+    assert old.last_tid() == lost
+    old.stop()
+    new.stop()
+    assert transactions(old.fs_path) == history
+
+
+def test_primary_restored_from_older_backup(tmp_path, processes):
+    """A replica at tid 30 against a primary holding 10, 20 (the backup)
+    and, after a commit, 40: refused before and after that commit."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    commit(primary, 'n', 10)
+    t20 = commit(primary, 'n', 20)
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       register=processes).start()
+    primary.stop()
+    backup = os.path.join(str(tmp_path), 'backup.fs')
+    shutil.copyfile(primary.fs_path, backup)
+    primary.start()
+    t30 = commit(primary, 'n', 30)
+    replica.wait_for_tid(t30)
+    replica.stop()
+    primary.stop()
+    shutil.copyfile(backup, primary.fs_path)
+    os.remove(primary.fs_path + '.index')
+    primary.start()
+    history = transactions(replica.fs_path)
+    replica.start()
+    # 30 is above the restored primary's last transaction.
+    assert_refused(primary, replica, t30, 'the transaction before it is '
+                   '%s, that is the last transaction here' % t20.hex())
+    replica.stop()
+    t40 = commit(primary, 'n', 40)
+    assert t40 > t30
+    replica.start()
+    # Now 30 lies between 20 and 40: still not in the primary's history.
+    wait_until(lambda: '(the transaction before it is %s, the one after '
+               'it %s)' % (t20.hex(), t40.hex()) in primary.log(), 30,
+               message='the refusal names 20 and 40')
+    wait_until(lambda: 'refused: the primary closed' in replica.log(), 30,
+               message='the replica logs that it is refused')
+    assert replica.last_tid() == t30
+    replica.stop()
+    primary.stop()
+    assert transactions(replica.fs_path) == history
