@@ -21,7 +21,7 @@ from persistent.mapping import PersistentMapping
 import peers
 import zczrs
 from support import (assert_same_history, free_port, start_zrsd,
-                     zrsd_config)
+                     transactions, wait_until, zrsd_config)
 
 
 @pytest.fixture(scope='module')
@@ -77,6 +77,50 @@ def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, processes):
     assert secondary_log.count(': Connected') == 1, secondary_log
     print('\nzrsd primary -> zc.zrs secondary: %d transactions identical'
           % count)
+
+
+def test_zczrs_secondary_refused_by_zrsd_primary(peer_python, tmp_path,
+                                                 processes):
+    """The history guard protects zc.zrs secondaries too: one holding
+    another database's history is refused by a zrsd primary, and nothing
+    is appended to its file."""
+    a = peers.ZrsdPrimary(tmp_path / 'a', name='a')
+    processes(a)
+    a.start()
+    last = zczrs.commit_change(a.zeo_address, 'in-a', 1)
+    secondary = peers.ZcZrsSecondary(tmp_path / 'secondary', a.repl_port)
+    processes(secondary)
+    secondary.start(peer_python)
+    client = secondary.client()
+    try:
+        peers.wait_for_tid(client, last, [a, secondary])
+    finally:
+        client.close()
+    assert secondary.stop() == 0, secondary.log()
+    history = transactions(secondary.fs_path)
+    # Another database, created later: all of its tids are newer.
+    b = peers.ZrsdPrimary(tmp_path / 'b', name='b')
+    processes(b)
+    b.start()
+    zczrs.commit_change(b.zeo_address, 'in-b', 1)
+    secondary.primary_port = b.repl_port
+    secondary.start(peer_python)
+    # zc.zrs retries every second: refused at least twice.
+    wait_until(lambda: b.log().count('secondary refused') >= 2, 60,
+               message='the zrsd primary refuses the zc.zrs secondary twice')
+    errors = [line for line in b.log().splitlines() if ' ERROR ' in line]
+    assert len(errors) == 1, errors
+    assert 'its last transaction %s is not in this storage' % last.hex() \
+        in errors[0], errors[0]
+    client = secondary.client()
+    try:
+        assert client.lastTransaction() == last
+    finally:
+        client.close()
+    assert secondary.stop() == 0, secondary.log()
+    assert b.stop() == 0, b.log()
+    assert a.stop() == 0, a.log()
+    assert transactions(secondary.fs_path) == history
 
 
 # Blob sizes: empty, tiny, around the 65536-byte block size of the 'B'
