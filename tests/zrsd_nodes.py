@@ -129,12 +129,18 @@ class ZrsdNode:
         return os.path.join(self.directory, '%s-%d.log' % (
             self.name, self.starts))
 
+    def write_config(self):
+        """Write the config of the node's current role; returns its path
+        (`start` writes it too; e.g. `zrsd-rewind` reads it unstarted)."""
+        return write_config(self.config_path, self.zeo_port, self.fs_path,
+                            replicate_from=self.upstream,
+                            replicate_to=self.repl_port,
+                            blob_dir=self.blob_dir)
+
     def start(self, timeout=60.0):
         """Start zrsd; return once it logs that it serves ZEO."""
         assert not self.running()
-        write_config(self.config_path, self.zeo_port, self.fs_path,
-                     replicate_from=self.upstream,
-                     replicate_to=self.repl_port, blob_dir=self.blob_dir)
+        self.write_config()
         self.starts += 1
         self.process = Process([os.path.join(BIN, 'zrsd'), '-C',
                                 self.config_path], self.log_path)
