@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import weakref
 
 import persistent.mapping
@@ -17,6 +18,7 @@ import transaction
 import ZODB
 import ZODB.FileStorage
 from ZODB.POSException import ReadOnlyError
+from ZODB.serialize import referencesf
 from ZODB.tests import ReadOnlyStorage, StorageTestBase
 from ZODB.utils import z64
 
@@ -199,7 +201,7 @@ def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path):
 
 def test_read_only_face(tmp_path):
     replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+        str(tmp_path / 'Data.fs')), pack='refuse')
     assert replica.isReadOnly()
     for call in (lambda: replica.new_oid(),
                  lambda: replica.pack(0, None),
@@ -209,6 +211,44 @@ def test_read_only_face(tmp_path):
                  lambda: replica.restore(z64, z64, b'', '', None, None)):
         with pytest.raises(ReadOnlyError):
             call()
+    replica.close()
+
+
+def test_pack_keeps_the_last_transaction_and_replication_going(tmp_path):
+    """A pack to "now" shrinks the file, keeps the last transaction whole
+    (a restart resumes after it), wakes the streamers, and commits applied
+    with their fsync deferred before it, and new ones after it, go on."""
+    primary = Primary(str(tmp_path / 'primary.fs'))
+    conn = primary.db.open()
+    for i in range(20):
+        conn.root()['x'] = b'%d' % i * 1000
+        transaction.commit()
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    replica.writer.defer_sync = True
+    receiver = Receiver(replica.writer, z64)
+    feed(receiver, stream(z64, primary.new_transactions()))
+    last, size = replica.lastTransaction(), replica.getSize()
+    generation = replica.commits.generation
+
+    replica.pack(time.time() + 60, referencesf)
+    assert replica.getSize() < size
+    assert replica.commits.generation == generation + 1
+    assert last_committed_tid(replica.file_storage) == last
+    assert [t.status for t in replica.iterator(last)] == [' ']
+    replica.writer.sync()
+
+    conn.root()['x'] = b'after the pack'
+    transaction.commit()
+    feed(receiver, stream(last, primary.new_transactions()))
+    assert replica.lastTransaction() == primary.fs.lastTransaction()
+    assert replica.load(z64) == primary.fs.load(z64)
+    conn.close()
+    replica.close()
+    primary.db.close()
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    assert replica.resume_tid == primary.fs.lastTransaction()
     replica.close()
 
 
@@ -224,7 +264,6 @@ class ReplicaReadOnlyStorageTests(StorageTestBase.StorageTestBase,
     def open(self, read_only=False):
         fs = ZODB.FileStorage.FileStorage('Data.fs')
         self._storage = ReplicaStorage(fs) if read_only else fs
-
 
 
 def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
@@ -291,7 +330,8 @@ def test_big_transaction_through_the_buffer(tmp_path):
     transaction.commit()
     replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
         str(tmp_path / 'Data.fs')))
-    feed(Receiver(replica.writer, z64), stream(z64, primary.new_transactions()))
+    feed(Receiver(replica.writer, z64),
+         stream(z64, primary.new_transactions()))
     replica.close()
     primary.db.close()
     assert assert_same_history(str(tmp_path / 'primary.fs'),

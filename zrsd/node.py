@@ -39,7 +39,7 @@ class Node:
         fs = zrs.open_base()
         try:
             if zrs.replicate_from is not None:
-                self.storage = ReplicaStorage(fs)
+                self.storage = ReplicaStorage(fs, pack=zrs.section.pack)
             else:
                 self.storage = PrimaryStorage(fs)
         except BaseException:

@@ -192,9 +192,13 @@ class CommitNotifier:
 class ReplicaStorage:
     """A FileStorage served read-only; `writer` applies replication."""
 
-    def __init__(self, fs):
+    def __init__(self, fs, pack='allow'):
         self._fs = fs
         self._db = None
+        self.pack_policy = pack  # the <zrs> key: allow or refuse
+        if pack == 'allow':
+            self._packer = fs.packer  # FileStorage's, or <filestorage>'s
+            fs.packer = self._fsynced_packer
         for name in _READ_METHODS:
             setattr(self, name, getattr(fs, name))
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
@@ -263,10 +267,66 @@ class ReplicaStorage:
     storeBlob = restoreBlob = checkCurrentSerialInTransaction = _read_only
     tpc_vote = tpc_finish = _read_only
 
-    def pack(self, *args, **kw):
-        # ZEO lets clients pack even a read-only server; a replica must
-        # never diverge from its primary.
-        raise ReadOnlyError()
+    def pack(self, t, referencesf, gc=None):
+        """Pack the local file to time `t`, as zc.zrs secondaries do.
+
+        ZEO lets clients pack a read-only storage (zeopack connects
+        read-only) and calls this from a thread of its own.  A pack is
+        history retention only: it is never replicated, and the current
+        state stays the primary's.  Replication goes on meanwhile:
+        FileStorage's packer copies the file without the commit lock, then
+        holds it (`ReplicaWriter.begin` waits in `tpc_begin`) to copy the
+        transactions committed since and to switch files under the storage
+        lock; `ReplicaWriter._finish_finish` and `sync` use whichever
+        `_file` is current under that lock, and the packer never touches
+        the transaction buffer.  FileStorage removes the blob files of the
+        records it drops; a cascade's streamers cope (see zrsd.primary).
+
+        The last committed transaction is never packed: a pack drops a
+        transaction left without reachable records, and a replica resumes
+        after the last transaction in its file.
+        """
+        if self.pack_policy == 'refuse':
+            raise ReadOnlyError()
+        fs = self._fs
+        last = last_committed_tid(fs)
+        if last == z64:
+            return  # an empty file: nothing to pack
+        t = min(t, TimeStamp(last).timeTime() - 0.001)
+        stop = TimeStamp(*time.gmtime(t)[:5] + (t % 60,))
+        size = fs.getSize()
+        logger.info('%s: pack to %s UTC started (%d bytes)', fs.getName(),
+                    stop, size)
+        started = time.monotonic()
+        fs.pack(t, referencesf, gc)
+        # The switch of files is a pair of renames: make it durable.
+        self._fsync(os.path.dirname(os.path.abspath(fs._file_name)))
+        self.commits.notify()  # streamers notice the new file at once
+        logger.info('%s: pack to %s UTC done in %.1f s (%d -> %d bytes)',
+                    fs.getName(), stop, time.monotonic() - started, size,
+                    fs.getSize())
+
+    def _fsynced_packer(self, storage, referencesf, stop, gc):
+        # FileStorage does not fsync the packed file before it replaces the
+        # data file with it; what replication applied must stay on disk.
+        result = self._packer(storage, referencesf, stop, gc)
+        if result is not None:
+            try:
+                self._fsync(storage._file_name + '.pack')
+            except BaseException:
+                # The packer returned holding the commit lock, which
+                # FileStorage releases only after a successful one.
+                storage._commit_lock.release()
+                raise
+        return result
+
+    @staticmethod
+    def _fsync(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def tpc_abort(self, transaction):
         """Nothing to abort: clients cannot begin transactions here."""
