@@ -11,15 +11,23 @@ blob files, after which P replicates from R and ends byte-identical to it.
 import filecmp
 import os
 import re
+import shutil
 import subprocess
+import time
 
 import ZEO
+import ZODB
+import ZODB.FileStorage
 from ZODB.blob import FilesystemHelper, is_blob_record
+from ZODB.serialize import referencesf
 
 import zczrs
+from certs import Authority
 from support import BIN, free_port, transactions
 from test_blobs import commit_blobs
-from zrsd_nodes import ZrsdNode
+from test_tls import CONFIG as TLS_CONFIG
+from test_tls import replica_role, ssl_section, start_primary
+from zrsd_nodes import ZrsdNode, assert_same_after_pack, write_config
 
 REWIND = os.path.join(BIN, 'zrsd-rewind')
 
@@ -28,9 +36,11 @@ REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 
 def rewind(node, *options):
-    """Run zrsd-rewind on `node`'s config; the CompletedProcess."""
+    """Run zrsd-rewind on `node`'s config (a ZrsdNode or a path); the
+    CompletedProcess."""
+    config_path = getattr(node, 'config_path', node)
     return subprocess.run(
-        [REWIND, '-C', node.config_path, '--timeout', '2'] + list(options),
+        [REWIND, '-C', str(config_path), '--timeout', '2'] + list(options),
         capture_output=True, text=True, timeout=120)
 
 
@@ -188,3 +198,105 @@ def test_running_daemon_is_refused(tmp_path, processes):
         'zrsd-rewind: %s is in use (is zrsd running? pid %d)\n'
         % (r.fs_path, r.process.pid))
     assert read(r.fs_path) == before
+
+
+def test_fork_after_the_new_primary_packed(tmp_path, processes):
+    """The new primary packed at the fork time: its copies of the shared
+    transactions have status 'p' (all but the last dropped, left empty).
+    Those count as shared; the lost transactions after the pack time are
+    still found."""
+    p, r = primary_and_replica(tmp_path, processes)
+    for i in range(3):
+        zczrs.commit_change(p.zeo_address, 'k%d' % i, i)
+    shared = zczrs.commit_change(p.zeo_address, 'last shared', 1)
+    r.wait_for_tid(shared)
+    r.stop()
+    fork_time = time.time()
+    lost = [zczrs.commit_change(p.zeo_address, 'lost', i) for i in (1, 2)]
+    p.stop()
+
+    r.upstream, r.repl_port = None, free_port()
+    r.start()
+    new = zczrs.commit_change(r.zeo_address, 'after failover', 1)
+    storage = r.client(read_only=False)
+    try:
+        storage.pack(fork_time, referencesf)
+    finally:
+        storage.close()
+    # What the pack made of the history (read while R runs: read-only).
+    assert [(t[0], t[1]) for t in transactions(r.fs_path)] == [
+        (shared, 'p'), (new, ' ')]
+
+    p.upstream = r.repl_port
+    p.repl_port = None
+    p.write_config()
+    result = rewind(p)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert removed_tids(result) == lost, result.stdout
+    p.start()
+    more = zczrs.commit_change(r.zeo_address, 'more', 2)
+    p.wait_for_tid(more)
+    p.stop()
+    r.stop()
+    assert assert_same_after_pack(r.fs_path, p.fs_path, fork_time)[:2] == (
+        1, 2)
+
+
+def test_tls_primary_and_a_silent_one(tmp_path, processes):
+    """Over mutual TLS: a copy of the primary's file with one more local
+    transaction.  The primary has nothing after its last transaction, so
+    that probe ends after --timeout of silence; the local transaction is
+    cut.  A CA that does not sign the primary's certificate: exit 2."""
+    good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
+    primary, port, db = start_primary(
+        tmp_path, dict(good=good, primary=good.issue('primary')))
+    processes(primary.proc)
+    db.close()
+    copy = str(tmp_path / 'copy.fs')
+    shutil.copyfile(primary.path, copy)
+    local = ZODB.DB(ZODB.FileStorage.FileStorage(copy))
+    with local.transaction() as conn:
+        conn.root()['local'] = 1
+    local.close()
+    local_tid = transactions(copy)[-1][0]
+
+    def config(name, ca):
+        cert, key = good.issue('replica')
+        path = tmp_path / name
+        path.write_text(TLS_CONFIG % dict(
+            zeo_port=free_port(), zeo_ssl='', role=replica_role(port),
+            extra='', ssl=ssl_section(cert, key, ca), path=copy))
+        return path
+
+    wrong = rewind(config('wrong.conf', other.path))
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith('zrsd-rewind: TLS with the primary at '
+                                   '127.0.0.1:%d failed: ' % port)
+    assert wrong.stderr.count('\n') == 1
+    result = rewind(config('replica.conf', good.path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert removed_tids(result) == [local_tid]
+    assert 'it has no later transaction' in result.stdout
+    assert transactions(copy) == transactions(primary.path)
+
+
+def test_errors_are_one_line(tmp_path):
+    """Unreachable primary, bad configuration, no replica section: exit 2,
+    one line on stderr."""
+    path = str(tmp_path / 'Data.fs')
+    ZODB.DB(ZODB.FileStorage.FileStorage(path)).close()   # the root
+    cases = [
+        (write_config(str(tmp_path / 'unreachable.conf'), free_port(), path,
+                      replicate_from=free_port()),
+         'cannot reach the primary at 127.0.0.1:'),
+        (write_config(str(tmp_path / 'primary.conf'), free_port(), path,
+                      replicate_to=free_port()),
+         'no <zrs> section has replicate-from'),
+        (str(tmp_path / 'missing.conf'), 'missing.conf: no such file'),
+    ]
+    for config_path, message in cases:
+        result = rewind(config_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith('zrsd-rewind: ')
+        assert message in result.stderr
+        assert result.stderr.count('\n') == 1, result.stderr

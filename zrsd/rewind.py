@@ -36,13 +36,17 @@ nothing to rewind).  Each probe's transaction is compared record by
 record as it arrives, and judged only once its commit message passed the
 stream checksum: a damaged stream never decides what is cut.
 
-Packed primaries.  A pack rewrites the transactions before the pack time
-(status 'p', records dropped, data inlined) and drops the ones left empty.
-For a primary transaction with status 'p': the same tid counts as shared
-when user, description and extension agree; a greater tid means the
-replica's transaction was packed away on the primary, and counts as shared
-too.  So a fork older than the primary's pack time cannot be detected by
-content.
+Packs.  A pack rewrites the transactions before the pack time (status
+'p', records dropped, data inlined) and drops the ones left empty.  A
+primary packs its own file, and so may a replica (packs are never
+replicated).  So, when either side's transaction has status 'p': the same
+tid counts as shared when user, description and extension agree; a primary
+transaction with status 'p' and a greater tid means the replica's
+transaction was packed away on the primary, and a primary transaction with
+a smaller tid than a replica transaction with status 'p' means the
+primary's transaction was packed away on the replica: both count as
+shared.  The limit: a fork older than either side's pack time cannot be
+detected by content.
 
 The cut.  The file is truncated right after the last shared transaction
 (and fsynced, with its directory), the index `Data.fs.index` is removed
@@ -233,18 +237,23 @@ class ProbeSink:
     def begin(self, tid, status, user, description, extension):
         expected = self.expected
         primary = protocol.Begin(tid, status, user, description, extension)
-        if status == 'p' and tid > expected.tid:
-            return  # the replica's transaction was packed away there
-        if tid != expected.tid:
+        if tid == expected.tid:
+            if status == 'p' or expected.status == 'p':
+                # A packed copy on either side: its records were rewritten,
+                # its metadata kept.
+                self.difference = compare_metadata(
+                    _packed(primary), _packed(Transaction(expected)))
+            else:
+                self.difference = compare_metadata(
+                    primary, Transaction(expected))
+                self._records = iter(expected)
+        elif tid > expected.tid and status == 'p':
+            pass  # the replica's transaction was packed away on the primary
+        elif tid < expected.tid and expected.status == 'p':
+            pass  # the primary's transaction was packed away on the replica
+        else:
             self.difference = 'the primary\'s next transaction is %s' % (
                 format_tid(tid))
-        elif status == 'p':
-            # A packed copy: its records were rewritten; the metadata stay.
-            self.difference = compare_metadata(
-                _packed(primary), _packed(Transaction(expected)))
-        else:
-            self.difference = compare_metadata(primary, Transaction(expected))
-            self._records = iter(expected)
 
     def store(self, oid, tid, data, data_txn):
         self._compare((oid, tid, data, data_txn))
