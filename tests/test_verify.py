@@ -23,6 +23,7 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
 from ZODB.fsIndex import fsIndex
+from ZODB.serialize import referencesf
 from ZODB.utils import p64, u64
 
 import zczrs
@@ -458,6 +459,90 @@ def test_objects_diverge_through_a_bad_index(history, tmp_path):
             % (u64(oid), tid_text(original[-1][0]), current.tid.hex())
             in out)
     assert '; replica serial %s, ' % previous.tid.hex() in out
+
+
+# -- packed histories -------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def packed(history, tmp_path_factory):
+    """The faithful rewrite packed half-way through its history: (its
+    transactions, path, index of the first transaction after the pack
+    time in the original)."""
+    original, path = history
+    middle = len(original) // 2
+    pack_time = (TimeStamp(original[middle - 1][0]).timeTime()
+                 + TimeStamp(original[middle][0]).timeTime()) / 2
+    copy = str(tmp_path_factory.mktemp('packed') / 'packed.fs')
+    shutil.copyfile(path, copy)
+    fs = FileStorage(copy)
+    try:
+        fs.pack(pack_time, referencesf)
+    finally:
+        fs.close()
+    result = transactions(copy)
+    assert [t[1] for t in result].count('p') > 0
+    assert len(result) < len(original)
+    assert result[-(len(original) - middle):] == original[middle:]
+    return result, copy, middle
+
+
+def test_packed_side_agrees(history, packed):
+    """A packed copy against the unpacked original, in both roles: the
+    packed part is compared as such, the rest strictly, and the objects
+    are compared without --objects (the ones the pack collected are
+    counted)."""
+    original, path = history
+    packed_history, packed_path, middle = packed
+    kept = sum(1 for t in packed_history if t[1] == 'p')
+    for primary, replica, side in [(path, packed_path, 'replica'),
+                                   (packed_path, path, 'primary')]:
+        status, out, err = verify(primary, replica)
+        assert (status, err) == (0, ''), out
+        lines = out.splitlines()
+        assert lines[0].startswith('OK: %d transactions agree, ' % (
+            len(packed_history)))
+        assert lines[1] == ('packed history on the %s: %d transactions '
+                            'compared as packed, %d found on one side only'
+                            % (side, kept, middle - kept))
+        assert lines[3] == ('comparing every object too (--objects), as '
+                            'history was packed')
+        assert lines[4].startswith('OK: ') and 'objects agree as of' in out
+
+
+@pytest.mark.parametrize('how', ['packed-data', 'packed-extra-record',
+                                 'missing-after-pack', 'packed-user'])
+def test_packed_divergence(history, packed, tmp_path, how):
+    """What a pack cannot explain is still a divergence: different data in
+    a packed transaction, a record a pack could not have kept (the other
+    side is not packed there), a transaction missing after the pack time,
+    different metadata of a packed transaction."""
+    original, _ = history
+    packed_history, _, middle = packed
+    altered = list(packed_history)
+    first_p = next(i for i, t in enumerate(altered) if t[1] == 'p')
+    tid, status, user, description, extension, records = altered[first_p]
+    if how == 'packed-data':
+        oid, rtid, data, data_txn = records[0]
+        records = [(oid, rtid, data + b'!', data_txn)] + records[1:]
+        what = 'oid 0x%016x: data differ' % u64(oid)
+    elif how == 'packed-extra-record':
+        records = records + [(p64(10 ** 6), tid, b'forged', None)]
+        what = ('oid 0x%016x on the replica only, in a transaction packed '
+                'there only' % 10 ** 6)
+    elif how == 'packed-user':
+        user += b' (edited)'
+        what = 'user differs'
+    altered[first_p] = (tid, status, user, description, extension, records)
+    if how == 'missing-after-pack':
+        first_p = len(altered) - (len(original) - middle) + 5
+        tid = altered[first_p][0]
+        del altered[first_p]
+        what = 'transaction missing on the replica'
+    replica = write_history(str(tmp_path / 'altered.fs'), altered)
+    status, out, err = verify(history[1], replica)
+    assert (status, err) == (1, ''), out
+    assert out.startswith('DIVERGED at transaction %s: ' % tid_text(tid))
+    assert what in out.splitlines()[0]
 
 
 # -- errors -----------------------------------------------------------------

@@ -17,6 +17,33 @@ The replica may legitimately be behind: the primary's transactions after
 the replica's last one are counted, not compared, and reported with the
 time between the two last transactions.
 
+Packed histories.  FileStorage's pack rewrites the transactions up to the
+pack time: status 'p', records no longer current or reachable dropped,
+data inline instead of back pointers, transactions left empty dropped;
+later transactions are copied unchanged.  A side may hold such
+transactions because it was packed, or because it received them from a
+packed upstream (after its own unpacked ones).  So the comparison is
+local, transaction by transaction, instead of cut at a horizon:
+
+- a transaction where either side has status 'p' must have the same user,
+  description and extension on both; for each oid recorded on both sides
+  its last record must agree on (tid, data); a packed side may lack
+  records the other has, and when only one side is packed, that side may
+  not have records the other lacks (a pack only drops records);
+- a transaction on one side only is accepted when the side lacking it is
+  packed there: its transaction just before or just after has status 'p'
+  (the same rule as the primary's history guard); it is counted;
+- everywhere else the records are compared strictly, except that a record
+  may hold its data inline on one side where the other points back to a
+  transaction that lies in the first side's packed part;
+- as soon as either side shows a packed part, `--objects` is turned on
+  (and the output says so), since history alone no longer proves the
+  current state: an object may then be absent on a packed side only (a
+  pack's garbage collection), which is counted, not a divergence.
+
+Comparing a packed transaction holds the sha256 digests of its records
+(one per oid per side) in memory, not their data.
+
 Each side is a ZEO server or a FileStorage file:
 
 - `fs:PATH` is a FileStorage file, `zeo:ADDRESS` a ZEO server;
@@ -190,10 +217,14 @@ def _shown(value):
 
 
 def _describe_data(data):
-    if data is None:
+    return _describe_digest(_digest(data))
+
+
+def _describe_digest(digest):
+    if digest is None:
         return 'no data (an undone creation)'
-    return '%d bytes sha256 %s' % (
-        len(data), hashlib.sha256(data).hexdigest()[:16])
+    size, sha256 = digest
+    return '%d bytes sha256 %s' % (size, sha256[:16])
 
 
 # -- history ------------------------------------------------------------------
@@ -334,8 +365,12 @@ class HistoryReport:
     `compared` transactions agreed, from `first_tid` to `last_tid`;
     `behind` primary transactions come after the replica's last one, the
     newest being `primary_last`.  `divergence` is None, or (tid, what).
-    `max_oid` is the highest oid in the replica's whole history, when the
-    comparison began at the first transaction (else None).
+    `max_oid` is the highest oid in either history up to the replica's
+    last transaction, when the comparison began at the first transaction
+    (else None).  `packed` says which sides (primary, replica) showed a
+    packed part; `packed_compared` of the agreeing transactions were
+    compared as packed ones; `one_sided` transactions were found on one
+    side only, in the other side's packed part.
     """
 
     def __init__(self):
@@ -346,6 +381,9 @@ class HistoryReport:
         self.primary_last = None
         self.divergence = None
         self.max_oid = None
+        self.packed = [False, False]
+        self.packed_compared = 0
+        self.one_sided = 0
 
     def agreed(self, tid):
         self.compared += 1
@@ -370,31 +408,92 @@ def compare_histories(primary, replica, start=None):
         for reader in readers:
             reader.close()
     if start is None:
-        report.max_oid = readers[1].max_oid
+        report.max_oid = max((reader.max_oid for reader in readers
+                              if reader.max_oid is not None), default=None)
     return report
+
+
+PACKED = 'p'  # the status FileStorage's pack gives the transactions it kept
+
+PRIMARY, REPLICA = 0, 1
+
+
+class PackedParts:
+    """What the comparison knows so far of each side's packed part.
+
+    Sides are PRIMARY and REPLICA.  `previous[side]` is the status of the
+    side's transaction read last; `through[side]` the newest tid known to
+    lie in its packed part: a transaction of status 'p', or one it lacks
+    next to such a transaction.
+    """
+
+    def __init__(self):
+        self.previous = [None, None]
+        self.through = [z64, z64]
+
+    def read(self, side, txn):
+        """Side `side`'s next transaction is `txn`."""
+        self.previous[side] = txn.status
+        if txn.status == PACKED:
+            self.through[side] = max(self.through[side], txn.tid)
+
+    def may_lack(self, side, tid, following):
+        """May `side` lack transaction `tid` (the other side has it)?
+
+        Yes when a pack went by there: the side's transaction before
+        `tid`, or `following` (the one after it, None at the end), has
+        status 'p'.
+        """
+        if PACKED in (self.previous[side],
+                      following.status if following is not None else None):
+            self.through[side] = max(self.through[side], tid)
+            return True
+        return False
 
 
 def _compare(primary, replica):
     report = HistoryReport()
+    packed = PackedParts()
     p, r = primary.next_transaction(), replica.next_transaction()
     while r is not None:
         if p is None or p.tid > r.tid:
-            report.divergence = (r.tid, 'transaction on the replica only%s' % (
-                '' if p is None else '; the next primary transaction is %s'
-                % format_tid(p.tid)))
-            return report
+            if not packed.may_lack(PRIMARY, r.tid, p):
+                report.divergence = (
+                    r.tid, 'transaction on the replica only%s' % (
+                        '' if p is None else '; the next primary '
+                        'transaction is %s' % format_tid(p.tid)))
+                return report
+            report.one_sided += 1
+            packed.read(REPLICA, r)
+            r = replica.next_transaction()
+            continue
         if p.tid < r.tid:
-            report.divergence = (
-                p.tid, 'transaction missing on the replica; the next replica'
-                ' transaction is %s' % format_tid(r.tid))
-            return report
-        difference = (compare_metadata(p, r)
-                      or compare_records(primary.records(), replica.records()))
+            if not packed.may_lack(REPLICA, p.tid, r):
+                report.divergence = (
+                    p.tid, 'transaction missing on the replica; the next '
+                    'replica transaction is %s' % format_tid(r.tid))
+                return report
+            report.one_sided += 1
+            packed.read(PRIMARY, p)
+            p = primary.next_transaction()
+            continue
+        packed.read(PRIMARY, p)
+        packed.read(REPLICA, r)
+        difference = compare_metadata(p, r)
+        if difference is None and PACKED in (p.status, r.status):
+            difference = compare_packed_records(
+                primary.records(), replica.records(),
+                p.status == PACKED, r.status == PACKED)
+            report.packed_compared += 1
+        elif difference is None:
+            difference = compare_records(primary.records(),
+                                         replica.records(), packed.through)
         if difference:
             report.divergence = (p.tid, difference)
             return report
         report.agreed(p.tid)
         p, r = primary.next_transaction(), replica.next_transaction()
+    report.packed = [through != z64 for through in packed.through]
     # The replica ends here: what the primary has beyond it is lag.
     while p is not None:
         report.behind += 1
@@ -405,8 +504,11 @@ def _compare(primary, replica):
 
 def compare_metadata(p, r):
     """None if transactions `p` and `r` (same tid) have the same metadata,
-    else what differs."""
-    for name in ('status', 'user', 'description', 'extension'):
+    else what differs.  The status may differ when one of them is 'p'."""
+    names = ('user', 'description', 'extension')
+    if PACKED not in (p.status, r.status):
+        names = ('status',) + names
+    for name in names:
         p_value, r_value = getattr(p, name), getattr(r, name)
         if p_value != r_value:
             return '%s differs: primary %s, replica %s' % (
@@ -414,23 +516,30 @@ def compare_metadata(p, r):
     return None
 
 
-def compare_records(p_records, r_records):
+def compare_records(p_records, r_records, packed_through=(z64, z64)):
     """None if two transactions' records agree, else what differs.
 
     The records are compared a pair at a time, in order: a transaction's
-    records are never all held in memory.
+    records are never all held in memory.  `packed_through`: see
+    `compare_record`.
     """
     pairs = itertools.zip_longest(p_records, r_records)
     for index, (p_rec, r_rec) in enumerate(pairs):
-        difference = compare_record(p_rec, r_rec)
+        difference = compare_record(p_rec, r_rec, packed_through)
         if difference:
             return 'record %d: %s' % (index, difference)
     return None
 
 
-def compare_record(p, r):
+def compare_record(p, r, packed_through=(z64, z64)):
     """None if records `p` and `r`, (oid, tid, data, data_txn) tuples,
-    agree, else what differs."""
+    agree, else what differs.
+
+    `packed_through` holds, per side, the newest tid of its packed part:
+    a side may hold the data inline (data_txn None) where the other side
+    points back to a transaction up to that tid (FileStorage's `restore`
+    stores the data when the transaction pointed to was packed away).
+    """
     if r is None:
         return 'oid %s missing on the replica' % format_oid(p[0])
     if p is None:
@@ -447,9 +556,54 @@ def compare_record(p, r):
     if p_data != r_data:
         return 'oid %s: data differ: primary %s, replica %s' % (
             oid, _describe_data(p_data), _describe_data(r_data))
-    if p_data_txn != r_data_txn:
+    if p_data_txn != r_data_txn and not (
+            p_data_txn is None and r_data_txn <= packed_through[PRIMARY]
+            or r_data_txn is None
+            and p_data_txn <= packed_through[REPLICA]):
         return 'oid %s: data_txn differs: primary %s, replica %s' % (
             oid, _tid_or_none(p_data_txn), _tid_or_none(r_data_txn))
+    return None
+
+
+def _last_records(records):
+    """{oid: (tid, data digest)} of the last record of each oid."""
+    return {oid: (tid, _digest(data)) for oid, tid, data, _ in records}
+
+
+def _digest(data):
+    return None if data is None else (len(data),
+                                      hashlib.sha256(data).hexdigest())
+
+
+def compare_packed_records(p_records, r_records, p_packed, r_packed):
+    """None if the records of a transaction packed on one side or both
+    agree, else what differs.
+
+    The last record of each oid recorded on both sides must agree on
+    (tid, data); a side that is packed may lack records, a side that is
+    not packed may not.  (A pack keeps, of each oid, the record that was
+    current at the pack time, if any: the transaction's last one.)
+    """
+    p_last, r_last = _last_records(p_records), _last_records(r_records)
+    for oid in sorted(p_last.keys() & r_last.keys()):
+        (p_tid, p_digest), (r_tid, r_digest) = p_last[oid], r_last[oid]
+        if p_tid != r_tid:
+            return ('oid %s: record tid %s on the primary, %s on the '
+                    'replica' % (format_oid(oid), p_tid.hex(), r_tid.hex()))
+        if p_digest != r_digest:
+            return 'oid %s: data differ: primary %s, replica %s' % (
+                format_oid(oid), _describe_digest(p_digest),
+                _describe_digest(r_digest))
+    if not p_packed:
+        only = sorted(r_last.keys() - p_last.keys())
+        if only:
+            return ('oid %s on the replica only, in a transaction packed '
+                    'there only' % format_oid(only[0]))
+    if not r_packed:
+        only = sorted(p_last.keys() - r_last.keys())
+        if only:
+            return ('oid %s on the primary only, in a transaction packed '
+                    'there only' % format_oid(only[0]))
     return None
 
 
@@ -536,28 +690,52 @@ def _describe_state(state):
     return 'serial %s, %s' % (serial.hex(), _describe_data(data))
 
 
-def compare_objects(primary, replica, tid, max_oid=None):
-    """Load every object of either side as of `tid` from both sides.
+class ObjectsReport:
+    """What comparing the objects found (a plain record).
+
+    `agreed` objects loaded the same from both sides; `collected` were
+    absent on a packed side only (see `compare_objects`); `difference` is
+    None or (oid, what differs).
+    """
+
+    def __init__(self):
+        self.agreed = 0
+        self.collected = 0
+        self.difference = None
+
+
+def compare_objects(primary, replica, tid, max_oid=None,
+                    packed=(False, False)):
+    """Load every object of either side as of `tid` from both sides; an
+    `ObjectsReport`.
 
     The oids of both indexes are merged in order, so an object missing on
     one side is found too.  `max_oid`, the highest oid in the history up to
     `tid` if known, ends the enumeration there: objects created later do
-    not exist as of `tid` on either side.  Returns (number of objects that
-    agreed, None) or (that number, (oid, what differs)).
+    not exist as of `tid` on either side.  `packed` says which sides
+    (primary, replica) were packed: FileStorage's pack removes the objects
+    that were unreachable at the pack time (garbage collection), so an
+    object absent on a packed side only is counted as collected, not as a
+    difference.
     """
     before = p64(u64(tid) + 1)
     oids = _unique(heapq.merge(iter_oids(primary, max_oid),
                                iter_oids(replica, max_oid)))
-    count = 0
+    report = ObjectsReport()
     for oid in oids:
         p_state = state_before(primary, oid, before)
         r_state = state_before(replica, oid, before)
-        if p_state != r_state:
-            return count, (oid, 'primary %s; replica %s' % (
+        if p_state == r_state:
+            if p_state is not None:
+                report.agreed += 1
+        elif (p_state is None and packed[PRIMARY]
+              or r_state is None and packed[REPLICA]):
+            report.collected += 1
+        else:
+            report.difference = (oid, 'primary %s; replica %s' % (
                 _describe_state(p_state), _describe_state(r_state)))
-        if p_state is not None:
-            count += 1
-    return count, None
+            return report
+    return report
 
 
 # -- the command --------------------------------------------------------------
@@ -604,7 +782,8 @@ def parse_args(argv):
     parser.add_argument('--objects', action='store_true',
                         help='also load every object from both sides, as '
                              'of the replica\'s last transaction, and '
-                             'compare them')
+                             'compare them (on by itself when either '
+                             'history was packed)')
     parser.add_argument('--storage', default='1', metavar='NAME',
                         help='ZEO storage name on both servers (default '
                              '%(default)s)')
@@ -640,6 +819,12 @@ def _report_history(report, primary, replica, out):
             format_tid(report.last_tid)))
     else:
         out('OK: no transactions to compare')
+    if any(report.packed):
+        out('packed history on the %s: %d transactions compared as packed,'
+            ' %d found on one side only' % (
+                ' and the '.join(role for role, packed in zip(
+                    ('primary', 'replica'), report.packed) if packed),
+                report.packed_compared, report.one_sided))
     if not report.behind:
         out('replica up to date with the primary')
         return
@@ -681,20 +866,28 @@ def _verify(args, primary, replica, out):
         out('%d transactions agreed before it' % report.compared)
         return DIVERGE
     _report_history(report, primary, replica, out)
-    if args.objects:
+    objects = args.objects
+    if any(report.packed) and not objects:
+        # History alone no longer proves the current state.
+        out('comparing every object too (--objects), as history was packed')
+        objects = True
+    if objects:
         at = report.last_tid or replica.last_tid
         if at == z64:
             out('OK: no objects to compare (the replica is empty)')
             return AGREE
-        count, difference = compare_objects(primary, replica, at,
-                                            report.max_oid)
-        if difference:
-            oid, what = difference
+        found = compare_objects(primary, replica, at, report.max_oid,
+                                report.packed)
+        if found.difference:
+            oid, what = found.difference
             print('DIVERGED: object %s as of %s: %s' % (
                 format_oid(oid), format_tid(at), what))
-            out('%d objects agreed before it' % count)
+            out('%d objects agreed before it' % found.agreed)
             return DIVERGE
-        out('OK: %d objects agree as of %s' % (count, format_tid(at)))
+        out('OK: %d objects agree as of %s%s' % (
+            found.agreed, format_tid(at),
+            '; %d absent on a packed side only (garbage-collected by its '
+            'pack)' % found.collected if found.collected else ''))
     return AGREE
 
 
