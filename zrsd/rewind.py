@@ -161,27 +161,24 @@ def committed_transactions(path):
 
 
 class Replica:
-    """The local FileStorage of the section, read-only, and its blobs."""
+    """The local FileStorage file of the section, and its blobs.
+
+    Transactions are read with FileStorage's own iterator, started at the
+    positions `committed_transactions` found; the storage is not opened.
+    """
 
     def __init__(self, path, blob_dir):
         self.path = path
-        self.blob_dir = blob_dir
         self.headers = committed_transactions(path)
         self.tids = [header.tid for header in self.headers]
         self.size = os.path.getsize(path)
-        self.fs = ZODB.FileStorage.FileStorage(path, read_only=True)
         self.blobs = FilesystemHelper(blob_dir) if blob_dir else None
 
-    def close(self):
-        self.fs.close()
-
-    def transaction(self, k):
-        """The replica's transaction `k` (its records are iterable)."""
-        tid = self.tids[k]
-        for txn in self.fs.iterator(tid, tid):
-            return txn
-        raise RewindError('%s: transaction %s not found by FileStorage' % (
-            self.path, tid.hex()))
+    def iterator(self, k, stop=None):
+        """FileStorage's iterator over transactions k to `stop` (a tid;
+        None: to the last committed one)."""
+        return ZODB.FileStorage.FileIterator(
+            self.path, stop=stop or self.tids[-1], pos=self.headers[k].pos)
 
     def blob_path(self, oid, tid):
         return self.blobs.getBlobFilename(oid, tid)
@@ -228,7 +225,8 @@ class ProbeSink:
 
     def __init__(self, replica, k):
         self.replica = replica
-        self.expected = replica.transaction(k)
+        self._transactions = replica.iterator(k, replica.tids[k])
+        self.expected = next(self._transactions)
         self.done = False
         self.difference = None
         self._records = None    # the replica's records, while comparing
@@ -291,6 +289,9 @@ class ProbeSink:
     def abort(self):
         pass
 
+    def close(self):
+        self._transactions.close()
+
 
 class _packed:
     """The metadata a pack keeps: user, description, extension."""
@@ -345,6 +346,7 @@ class Primary:
     def probe(self, replica, k):
         """(shared(k), why not) for position `k` of the replica."""
         start = z64 if k == 0 else replica.tids[k - 1]
+        sock = self.connect()
         sink = ProbeSink(replica, k)
         receiver = Receiver(sink, start, decoder=self.zrs.decoder())
 
@@ -354,7 +356,6 @@ class Primary:
 
         frames = protocol.FrameDecoder(
             frame_received, self.zrs.section.max_message_size)
-        sock = self.connect()
         received = False
         try:
             sock.sendall(protocol.encode_frame(self.protocol_name)
@@ -383,6 +384,7 @@ class Primary:
                 self.where, _error_text(exc)))
         finally:
             sock.close()
+            sink.close()
         return sink.difference is None, sink.difference
 
     def _receive(self, sock, received):
@@ -468,7 +470,8 @@ def removed_transactions(replica, m):
     """[(tid, user, description, blob files)] of the replica's
     transactions from m on; the blob files listed are those that exist."""
     removed = []
-    for txn in replica.fs.iterator(replica.tids[m]):
+    transactions = replica.iterator(m)
+    for txn in transactions:
         blob_files = []
         if replica.blobs is not None:
             for record in txn:
@@ -477,6 +480,7 @@ def removed_transactions(replica, m):
                     if path not in blob_files and os.path.exists(path):
                         blob_files.append(path)
         removed.append((txn.tid, txn.user, txn.description, blob_files))
+    transactions.close()
     return removed
 
 
@@ -522,16 +526,13 @@ def rewind(args, out):
     lock = lock_storage(path)
     try:
         replica = Replica(path, blob_dir)
-        try:
-            m = last_shared(zrs, replica, args.timeout, out)
-            if m is None:
-                return REWOUND
-            if m == 0:
-                return NO_COMMON_HISTORY
-            end = replica.headers[m - 1].end
-            removed = removed_transactions(replica, m)
-        finally:
-            replica.close()
+        m = last_shared(zrs, replica, args.timeout, out)
+        if m is None:
+            return REWOUND
+        if m == 0:
+            return NO_COMMON_HISTORY
+        end = replica.headers[m - 1].end
+        removed = removed_transactions(replica, m)
         if args.dry_run:
             report(replica, m, removed, True, out)
             return REWOUND
@@ -543,6 +544,8 @@ def rewind(args, out):
     # index of the shorter file, and proves that the file parses.
     try:
         zrs.open_base().close()
+    except zc.lockfile.LockError:
+        out('zrsd started meanwhile: it rebuilds the index itself')
     except Exception as exc:
         raise RewindError('the rewound file %s does not open: %s' % (
             path, _error_text(exc)))
@@ -556,6 +559,9 @@ def last_shared(zrs, replica, timeout, out):
         out('the replica %s is empty: nothing to rewind' % replica.path)
         return None
     primary = Primary(zrs, replica.blobs is not None, timeout)
+    out('<zrs %s> %s: %d transactions, last %s; comparing with the primary '
+        'at %s' % (zrs.name, replica.path, len(replica.tids),
+                   format_tid(replica.tids[-1]), primary.where))
     m, why = shared_prefix(primary, replica)
     if m == len(replica.tids):
         out('nothing to rewind: the replica %s (%d transactions, last %s) '
@@ -629,6 +635,9 @@ def main(argv=None):
         return rewind(args, print)
     except RewindError as exc:
         print('zrsd-rewind: %s' % exc, file=sys.stderr)
+        return ERROR
+    except OSError as exc:  # a local file: permissions, disk, ...
+        print('zrsd-rewind: %s' % _error_text(exc), file=sys.stderr)
         return ERROR
 
 
