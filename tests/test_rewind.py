@@ -7,6 +7,12 @@ transactions that R never receives (the "lost" ones); R is promoted
 replica of R.  `zrsd-rewind` must find the last transaction both hold by
 asking R over ZRS, cut P's file there and remove the lost transactions'
 blob files, after which P replicates from R and ends byte-identical to it.
+
+The other cases: a replica that is only behind (nothing to rewind), another
+database (refused, exit 1), a running daemon (exit 2), a new primary that
+packed at the fork time (its 'p' copies count as shared), a TLS primary
+with nothing after the probed tid (a probe ends in silence), and the
+one-line errors.
 """
 import filecmp
 import os
