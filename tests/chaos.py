@@ -14,6 +14,9 @@ link at any moment, and an action takes effect at once:
   the primary's writes back up as they would on a hung path.  `flow()`
   resumes.  New connections made during a stall are accepted and stalled
   too.
+- A primary's half-close (a clean stop once everything is sent) is
+  forwarded after the bytes before it; the link ends when the secondary
+  closes its side.
 - `throttle(rate)` limits the primary -> secondary direction to `rate`
   bytes per second (a token bucket refilled as time passes; reads stop
   while it is empty); `throttle(None)` lifts the limit.
@@ -56,6 +59,7 @@ class _Link:
         self.up = up
         self.to_up = bytearray()      # secondary -> primary, not yet sent
         self.to_down = bytearray()    # primary -> secondary, not yet sent
+        self.up_done = False          # the primary half-closed (EOF)
         self.closed = False
 
 
@@ -248,7 +252,9 @@ class ChaosProxy:
                 down_events |= selectors.EVENT_READ
             if link.to_down:
                 down_events |= selectors.EVENT_WRITE
-            if len(link.to_down) < BUFFER_LIMIT:
+            if link.up_done:
+                pass    # nothing more to read from the primary
+            elif len(link.to_down) < BUFFER_LIMIT:
                 if self._rate is None or self._tokens >= 1:
                     up_events |= selectors.EVENT_READ
                 else:
@@ -309,9 +315,14 @@ class ChaosProxy:
                 self.bytes_down += len(data)
                 if self._rate is not None:
                     self._tokens -= len(data)
-        if not data:
-            # One side went away: so does the link (the primary and the
-            # secondary never half-close a replication connection).
+        if not data and side == 'up':
+            # A stopping primary half-closes once it has sent everything:
+            # forward the rest, then the half-close; the link ends when
+            # the secondary closes its side.
+            link.up_done = True
+            self._forward_half_close(link)
+        elif not data:
+            # The secondary went away: so does the link.
             other, pending = ((link.up, link.to_up) if side == 'down'
                               else (link.down, link.to_down))
             try:
@@ -325,6 +336,15 @@ class ChaosProxy:
                          else (link.up, link.to_up))
         sent = sock.send(pending)
         del pending[:sent]
+        if side == 'down':
+            self._forward_half_close(link)
+
+    def _forward_half_close(self, link):
+        if link.up_done and not link.to_down:
+            try:
+                link.down.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
 
 
 def _self_test():

@@ -16,9 +16,17 @@ the secondary's file is unchanged: nothing is appended.
 """
 import os
 import shutil
+import subprocess
+import threading
+
+import transaction
+import ZEO
+from persistent.mapping import PersistentMapping
 
 import zczrs
-from support import free_port, transactions, wait_until
+from chaos import ChaosProxy
+from support import (BIN, assert_same_history, free_port, transactions,
+                     wait_until)
 from zrsd_nodes import ZrsdNode
 
 
@@ -154,3 +162,158 @@ def test_primary_restored_from_older_backup(tmp_path, processes):
     replica.stop()
     primary.stop()
     assert transactions(replica.fs_path) == history
+
+
+class Writer:
+    """A thread committing ~20 KB transactions to a node until stopped or
+    until the node stops taking commits."""
+
+    def __init__(self, node, size=20000):
+        self.node = node
+        self.size = size
+        self.commits = 0
+        self.error = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(60)
+
+    def _run(self):
+        db = ZEO.DB(self.node.zeo_address)
+        try:
+            with db.transaction() as conn:
+                conn.root()['writer'] = PersistentMapping(
+                    (i, PersistentMapping()) for i in range(50))
+            while not self._stop.is_set():
+                with db.transaction() as conn:
+                    objects = conn.root()['writer']
+                    objects[self.commits % 50]['data'] = os.urandom(
+                        self.size)
+                self.commits += 1
+        except Exception as exc:   # the primary stopped under our feet
+            self.error = exc
+        finally:
+            db.close()
+
+
+def test_switchover_under_load_loses_nothing(tmp_path, processes):
+    """SIGTERM a primary while a writer commits and its secondary lags
+    behind a throttled link: the primary stops taking commits, lets the
+    secondary receive everything, then exits; the secondary then holds the
+    primary's last transaction."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    commit(primary, 'seed')
+    proxy = ChaosProxy(primary.repl_port, socket_buffer=32768)
+    try:
+        replica = ZrsdNode(tmp_path, 'replica', upstream=proxy.port,
+                           register=processes).start()
+        proxy.throttle(400000)
+        with Writer(primary) as writer:
+            # About 2 MB of commits: five seconds of link at that rate.
+            wait_until(lambda: primary.check_alive()
+                       and writer.commits >= 100, 60,
+                       message='100 commits by the writer')
+            assert replica.last_tid() < primary.last_tid()
+            primary.stop()
+        last = transactions(primary.fs_path)[-1][0]
+        assert replica.last_tid() == last
+        log = primary.log()
+        assert 'every secondary received the last commit %s' % last.hex() \
+            in log, log
+        assert 'left behind' not in log, log
+        replica.stop()
+    finally:
+        proxy.close()
+    assert_same_history(primary.fs_path, replica.fs_path)
+
+
+def zrsdctl(*args, timeout=120):
+    """Run `zrsdctl ARGS`; returns the CompletedProcess (text)."""
+    return subprocess.run([os.path.join(BIN, 'zrsdctl')] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+
+
+def read_key(db, key):
+    """root[key] through a fresh connection of a ZEO DB."""
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        return conn.root().get(key)
+    finally:
+        tm.abort()
+        conn.close()
+
+
+def test_promote_cascade_while_clients_read(tmp_path, processes):
+    """`zrsdctl promote` on a running cascade: replication from the old
+    primary stops for good, ZEO becomes writable (a read-only client is
+    reconnected and keeps reading), its leaf keeps following; a restart
+    with the unchanged config stays primary."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    commit(primary, 'k', 1)
+    cascade = ZrsdNode(tmp_path, 'cascade', upstream=primary.repl_port,
+                       serve=True, register=processes).start()
+    leaf = ZrsdNode(tmp_path, 'leaf', upstream=cascade.repl_port,
+                    register=processes).start()
+    seed = commit(primary, 'k', 2)
+    leaf.wait_for_tid(seed)
+    reader = cascade.db(read_only=True)
+    try:
+        assert read_key(reader, 'k') == 2
+        done = zrsdctl('-C', cascade.config_path, 'promote')
+        assert done.returncode == 0, done.stdout
+        assert 'promoted to primary by zrsd (pid %d) at %s' % (
+            cascade.process.pid, seed.hex()) in done.stdout, done.stdout
+        log = cascade.log()
+        assert 'promoted to primary at %s' % seed.hex() in log, log
+        lost = commit(primary, 'k', 'never replicated')
+        tid = commit(cascade, 'k', 3)
+        leaf.wait_for_tid(tid)
+        wait_until(lambda: read_key(reader, 'k') == 3, 60,
+                   message='the read-only client reads the new primary')
+    finally:
+        reader.close()
+    again = zrsdctl('-C', cascade.config_path, 'promote')
+    assert again.returncode == 0 and 'promoted already' in again.stdout
+    cascade.stop()
+    cascade.start()     # the same config, still with replicate-from
+    log = cascade.log()
+    assert 'promoted to primary on ' in log, log
+    assert 'replicate-from 127.0.0.1:%d is ignored' % primary.repl_port \
+        in log, log
+    assert 'requesting transactions' not in log, log
+    tid = commit(cascade, 'k', 4)
+    leaf.wait_for_tid(tid)
+    leaf.stop()
+    cascade.stop()
+    primary.stop()
+    tids = [txn[0] for txn in transactions(cascade.fs_path)]
+    assert lost not in tids and tid == tids[-1]
+    assert_same_history(cascade.fs_path, leaf.fs_path)
+
+
+def test_promote_stopped_replica(tmp_path, processes):
+    """Promotion recorded while zrsd is not running takes effect at its
+    next start."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    commit(primary, 'k', 1)
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       register=processes).start()
+    replica.wait_for_tid(primary.last_tid())
+    replica.stop()
+    done = zrsdctl('-C', replica.config_path, 'promote')
+    assert done.returncode == 0, done.stdout
+    assert 'zrsd is not running' in done.stdout, done.stdout
+    replica.start()
+    assert 'promoted to primary on ' in replica.log()
+    tid = commit(replica, 'k', 'written to the promoted replica')
+    assert replica.last_tid() == tid
+    replica.stop()
+    primary.stop()

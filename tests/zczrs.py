@@ -331,7 +331,10 @@ class _Link:
                     size = min(size, budget)
                 data = self.upstream.recv(size)
                 if not data:
-                    break
+                    # The primary half-closed (a clean stop): pass it on;
+                    # the link ends when the secondary closes (_pump_up).
+                    self.downstream.shutdown(socket.SHUT_WR)
+                    return
                 self.downstream.sendall(data)
                 self.forwarded += len(data)
         except OSError:

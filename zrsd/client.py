@@ -291,7 +291,8 @@ class ReplicationClient:
             'refuses this replica: its last transaction %s is not in the '
             'primary\'s history (a failover or a restore forked the '
             'histories, or it is another database), or it does not serve '
-            'this protocol (%s); look at the primary\'s log.  Nothing is '
+            'this protocol (%s), or a proxy in between cannot reach it; look '
+            'at the primary\'s log.  Nothing is '
             'applied; retrying every %gs', self.peer, self.refusals,
             self.storage.lastTransaction().hex(),
             self.protocol_name.decode(), self.max_reconnect_delay)
@@ -329,6 +330,8 @@ class ReplicationClient:
 
     def stop(self):
         """Stop replicating: abort any open transaction, drop the link."""
+        if self._stopped:
+            return
         self._stopped = True
         if self._pending is not None and self._pending.active():
             self._pending.cancel()

@@ -175,6 +175,11 @@ class ZRSConfig:
         value = self.section.replicate_to
         return value.address if value is not None else None
 
+    @property
+    def path(self):
+        """The absolute path of the local FileStorage."""
+        return os.path.abspath(self.section.base.config.path)
+
     def open(self):
         """Open as a ZODB storage section (for `%import zrsd` in runzeo).
 

@@ -3,8 +3,9 @@
 zdaemon's controller (zdctl) reads the `<runner>` section of the zrsd
 configuration file, the way ZEO's `zeoctl` reads a runzeo file.  Actions
 are zdctl's: start, stop, restart, status, fg, kill SIGNAL, logreopen,
-help.  When `<runner>` names no `program`, the supervised program is
-`zrsd -C FILE` for the same FILE.
+help; and zrsd's own `promote [NAME]` (see `promote`), which works
+whatever manager (zdaemon, systemd) started zrsd.  When `<runner>` names
+no `program`, the supervised program is `zrsd -C FILE` for the same FILE.
 
 zdctl starts its daemon manager by running ``python sys.argv[0]`` again with
 DAEMON_MANAGER_MODE=1 in the environment: this module is run as a script
@@ -21,10 +22,17 @@ if __name__ == '__main__':
             os.path.abspath(__file__)):
         del sys.path[0]
 
+import argparse
+import signal
+import time
+
+import zc.lockfile
 import zdaemon.zdctl
 import zdaemon.zdrun
 
 import zrsd.config
+from zrsd import promotion
+from zrsd.sockets import format_address
 
 
 def default_program(configfile):
@@ -78,11 +86,109 @@ def run_manager(args):
     daemonizer.run()
 
 
+def promote_request(args):
+    """(configfile, name, timeout) when `args` ask for `promote`, else
+    None."""
+    parser = argparse.ArgumentParser(prog='zrsdctl', add_help=False)
+    parser.add_argument('-C', '--configure')
+    parser.add_argument('--timeout', type=float, default=30.0)
+    parser.add_argument('action', nargs='?')
+    parser.add_argument('name', nargs='?')
+    try:
+        known, _ = parser.parse_known_args(args)
+    except SystemExit:
+        return None
+    if known.action != 'promote':
+        return None
+    return known.configure, known.name, known.timeout
+
+
+def _choose_section(config, name):
+    if name is not None:
+        chosen = [zrs for zrs in config.storages if zrs.name == name]
+        if not chosen:
+            raise ValueError('no <zrs %s> section' % name)
+        return chosen[0]
+    chosen = [zrs for zrs in config.storages if zrs.replicate_from]
+    if len(chosen) != 1:
+        raise ValueError('%s <zrs> sections replicate: name the one to '
+                         'promote' % ('no' if not chosen else len(chosen)))
+    return chosen[0]
+
+
+def _running(fs_path):
+    """Is a process holding the FileStorage's lock?"""
+    try:
+        lock = zc.lockfile.LockFile(fs_path + '.lock')
+    except zc.lockfile.LockError:
+        return True
+    lock.close()
+    return False
+
+
+def promote(configfile, name, timeout=30.0):
+    """`zrsdctl -C FILE promote [NAME]`: turn a replica into a primary.
+
+    Records the promotion beside the storage, then signals the running
+    zrsd (found through the storage's lock file, whatever started it) and
+    waits for it to confirm.  Exit status: 0 done (or done at the next
+    start, when zrsd is not running), 1 not confirmed, 2 usage.
+    """
+    if configfile is None:
+        print('zrsdctl: promote needs -C FILE', file=sys.stderr)
+        return 2
+    try:
+        zrs = _choose_section(zrsd.config.load(configfile), name)
+    except (zrsd.config.ConfigError, ValueError) as exc:
+        print('zrsdctl: %s' % exc, file=sys.stderr)
+        return 2
+    label = '<zrs %s>' % zrs.name
+    if zrs.replicate_from is None:
+        print('%s is a primary already (no replicate-from)' % label)
+        return 0
+    record = promotion.read_record(zrs.path)
+    if record is not None and record.get('state') == promotion.DONE:
+        print('%s was promoted already, on %s (%s)' % (
+            label, record.get('promoted_at'),
+            promotion.record_path(zrs.path)))
+        return 0
+    promotion.request(zrs.path, format_address(zrs.replicate_from))
+    if not _running(zrs.path):
+        print('%s: zrsd is not running on %s; it will start as a primary '
+              '(recorded in %s)' % (label, zrs.path,
+                                    promotion.record_path(zrs.path)))
+        return 0
+    pid = promotion.lock_holder(zrs.path)
+    signum = getattr(signal, promotion.PROMOTE_SIGNAL_NAME)
+    if pid is None or not promotion.catches_signal(pid, signum):
+        print('zrsdctl: the process holding %s (pid %s) does not take '
+              'promotion signals (not zrsd -C?); restart it: it will start '
+              'as a primary' % (zrs.path, pid), file=sys.stderr)
+        return 1
+    os.kill(pid, signum)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = promotion.read_record(zrs.path)
+        if record.get('state') == promotion.DONE:
+            print('%s promoted to primary by zrsd (pid %d) at %s; ZEO is '
+                  'writable; recorded in %s' % (
+                      label, pid, record.get('last_replicated_tid'),
+                      promotion.record_path(zrs.path)))
+            return 0
+        time.sleep(0.1)
+    print('zrsdctl: zrsd (pid %d) did not confirm the promotion within %gs; '
+          'see its log' % (pid, timeout), file=sys.stderr)
+    return 1
+
+
 def main(args=None):
     if args is None:
         args = sys.argv[1:]
     if os.environ.pop('DAEMON_MANAGER_MODE', None):
         return run_manager(args)
+    request = promote_request(args)
+    if request is not None:
+        return promote(*request)
     # zdctl ends the process itself (with the action's status).
     zdaemon.zdctl.main(args, ControlOptions())
 

@@ -19,10 +19,10 @@ import time
 from ZODB.utils import z64
 
 from . import config as zconfig
-from . import monitor, systemd
-from .node import Node, join_streamers
+from . import monitor, promotion, systemd
+from .node import Node, drain_nodes, join_streamers
 from .reactor import ReactorThread
-from .zeoserver import create_server
+from .zeoserver import create_server, replace_storage
 
 logger = logging.getLogger('zrsd')
 
@@ -67,6 +67,7 @@ class Daemon:
         self.exit_status = EXIT_OK
         self.stop_reason = None
         self.stop_requested = threading.Event()
+        self.promotion_requested = threading.Event()
         self.heartbeat = None
 
     # -- main line ----------------------------------------------------------
@@ -122,9 +123,12 @@ class Daemon:
         logger.info('waiting for the first transaction of %s before '
                     'serving ZEO', ', '.join(n.name for n in empty))
         for node in empty:
-            while node.storage.lastTransaction() == z64:
+            while (node.replicating
+                   and node.storage.lastTransaction() == z64):
                 if self.stop_requested.wait(0.1):
                     return False
+                if self.promotion_requested.is_set():
+                    self.promote()
         return not self.stop_requested.is_set()
 
     def serve(self):
@@ -144,6 +148,8 @@ class Daemon:
                 gate.release()
         self.loop = self.server.acceptor.event_loop
         self.write_pid_file()
+        if self.promotion_requested.is_set():
+            self.loop.call_soon(self.promote)
         if self.stop_requested.is_set():
             self.loop.call_soon(self.loop.stop)
 
@@ -165,6 +171,30 @@ class Daemon:
                 self.server.zeo_storages_by_storage_id.get(node.name, ()))
             storages.append(status)
         return {'pid': os.getpid(), 'time': now, 'storages': storages}
+
+    def drain_links(self):
+        """Stop commits, then let secondaries catch up, bounded (reactor
+        thread; the ZEO loop has stopped).  Returns a Deferred."""
+        return drain_nodes(self.nodes)
+
+    def promote(self):
+        """Promote every replica with a pending promotion record (the main
+        thread: the ZEO loop, or start-up)."""
+        self.promotion_requested.clear()
+        for node in self.nodes:
+            if not node.replicating:
+                continue
+            try:
+                record = promotion.read_record(node.zrs.path)
+            except promotion.PromotionError as exc:
+                logger.error('%s: cannot promote: %s', node.label, exc)
+                continue
+            if record is None or record.get('state') == promotion.DONE:
+                continue
+            storage = self.reactor.call(node.promote)
+            self.storages[node.name] = storage
+            if self.server is not None:
+                replace_storage(self.server, node.name, storage)
 
     def stop_links(self):
         """Stop every link, aborting half-received transactions (reactor
@@ -208,6 +238,15 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.request_stop)
         signal.signal(signal.SIGUSR2, self.request_log_reopen)
+        signal.signal(getattr(signal, promotion.PROMOTE_SIGNAL_NAME),
+                      self.request_promotion)
+
+    def request_promotion(self, signum, frame):
+        """SIGUSR1 (sent by `zrsdctl promote`): promote the replicas whose
+        promotion record asks for it."""
+        self.promotion_requested.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.promote)
 
     def request_stop(self, signum, frame):
         """First SIGTERM/SIGINT: record it, stop the loop; a second one
@@ -257,6 +296,7 @@ class Daemon:
         if self.reactor is not None:
             if self.nodes and not self.reactor.crashed.is_set():
                 try:
+                    self.reactor.call(self.drain_links)
                     join_streamers(self.reactor.call(self.stop_links))
                 except Exception:
                     logger.exception('stopping replication failed')

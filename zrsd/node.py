@@ -14,10 +14,10 @@ import atexit
 import logging
 import threading
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from ZODB.utils import z64
 
-from . import protocol
+from . import promotion, protocol
 from .client import ReplicationClient, tcp_endpoint
 from .progress import Progress, tid_time
 from .reactor import ReactorThread
@@ -36,23 +36,79 @@ class Node:
     def __init__(self, zrs):
         self.zrs = zrs
         self.name = zrs.name
+        self.label = '<zrs %s>' % self.name
+        # A replica promoted earlier (zrsdctl promote) stays a primary.
+        self.promotion = (promotion.read_record(zrs.path)
+                          if zrs.replicate_from is not None else None)
         fs = zrs.open_base()
         try:
-            if zrs.replicate_from is not None:
+            if self.replicating:
                 self.storage = ReplicaStorage(fs, pack=zrs.section.pack)
             else:
                 self.storage = PrimaryStorage(fs)
         except BaseException:
             fs.close()
             raise
-        self.role = ('cascade' if zrs.replicate_from and zrs.replicate_to
-                     else 'replica' if zrs.replicate_from else 'primary')
-        self.progress = Progress('<zrs %s>' % self.name)
+        self.progress = Progress(self.label)
         self.client = None
         self.server = None
         self._ticker = None
-        logger.info('<zrs %s>: %s of %s, last transaction %s', self.name,
+        logger.info('%s: %s of %s, last transaction %s', self.label,
                     self.role, fs.getName(), self.storage.resume_tid.hex())
+        if self.promotion is not None:
+            self._log_promoted_at_start()
+
+    @property
+    def replicating(self):
+        """Does this node follow a primary (a replica or a cascade)?"""
+        return self.zrs.replicate_from is not None and self.promotion is None
+
+    @property
+    def role(self):
+        if not self.replicating:
+            return 'primary'
+        return 'cascade' if self.zrs.replicate_to else 'replica'
+
+    def _log_promoted_at_start(self):
+        record, path = self.promotion, promotion.record_path(self.zrs.path)
+        if record.get('state') != promotion.DONE:
+            # Requested while zrsd was not running (or before it acted).
+            self.promotion = record = promotion.mark_done(
+                self.zrs.path, record, self.storage.resume_tid.hex())
+        logger.warning(
+            '%s: promoted to primary on %s (recorded in %s): replicate-from '
+            '%s is ignored.  To make it a replica again: stop zrsd, remove '
+            '%s (and run zrsd-rewind if it committed since)', self.label,
+            record.get('promoted_at'), path,
+            format_address(self.zrs.replicate_from), path)
+
+    def promote(self):
+        """Become a primary (reactor thread): stop replicating for good,
+        then make the storage writable.  Returns the new storage, which
+        the caller puts in place of the old one for ZEO."""
+        if not self.replicating:
+            return None
+        self.client.stop()
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        replica = self.storage
+        self.storage = PrimaryStorage.promoted(replica)
+        if self.server is not None:
+            self.server.storage = self.storage
+        last = self.storage.lastTransaction().hex()
+        self.promotion = promotion.mark_done(
+            self.zrs.path, promotion.read_record(self.zrs.path) or {}, last)
+        path = promotion.record_path(self.zrs.path)
+        logger.warning(
+            '%s: promoted to primary at %s: replication from %s stopped for '
+            'good; ZEO is writable%s.  Recorded in %s: a restart stays '
+            'primary.  To make it a replica again: stop zrsd, remove %s '
+            '(and run zrsd-rewind if it committed since)', self.label, last,
+            format_address(self.zrs.replicate_from),
+            '; secondaries keep following at %s' % format_address(
+                self.server.listening_address()) if self.server else '',
+            path, path)
+        return self.storage
 
     def start(self, reactor):
         """Start replicating and/or serving secondaries (reactor thread)."""
@@ -63,7 +119,7 @@ class Node:
                 handshake_timeout=section.handshake_timeout,
                 tls=zrs.tls, allowed_networks=zrs.allowed_networks)
             self.server.start()
-        if zrs.replicate_from is not None:
+        if self.replicating:
             self.client = ReplicationClient(
                 self.name, self.storage, zrs.replicate_from,
                 tcp_endpoint(reactor, zrs.replicate_from, tls=zrs.tls),
@@ -82,6 +138,19 @@ class Node:
             self._ticker = task.LoopingCall(self.progress.tick)
             self._ticker.clock = reactor
             self._ticker.start(PROGRESS_INTERVAL, now=False)
+
+    def drain(self):
+        """The first step of a stop (reactor thread): no more commits
+        (ZEO's, or replicated ones for a cascade), then let the connected
+        secondaries receive everything committed, for up to
+        `shutdown-catch-up-timeout` seconds.  Returns a Deferred."""
+        if self.client is not None:
+            self.client.stop()
+        if hasattr(self.storage, 'stop_commits'):
+            self.storage.stop_commits()
+        if self.server is None:
+            return defer.succeed(None)
+        return self.server.drain(self.zrs.section.shutdown_catch_up_timeout)
 
     def stop(self):
         """Stop both links; returns streamer threads to join (reactor
@@ -106,7 +175,7 @@ class Node:
             'last_transaction_time': (tid_time(last) if last != z64
                                       else None),
         }
-        if client is not None:
+        if self.replicating:
             status.update(
                 primary=format_address(self.zrs.replicate_from),
                 connected=int(client.connected),
@@ -126,6 +195,12 @@ class Node:
                           replicate_to=format_address(
                               server.listening_address()))
         return status
+
+
+def drain_nodes(nodes):
+    """`Node.drain` for each of `nodes` at once (reactor thread); returns
+    a Deferred."""
+    return defer.DeferredList([node.drain() for node in nodes])
 
 
 def join_streamers(streamers, timeout=10.0):
@@ -160,11 +235,12 @@ def open_standalone(zrs):
     """
     reactor = shared_reactor_thread()
     node = Node(zrs)
-    if zrs.replicate_from is not None:
+    if node.replicating:
         node.storage.hold_commits_until_registered()
     reactor.call(node.start, reactor.reactor)
 
     def stop_links():
+        reactor.call(node.drain)
         join_streamers(reactor.call(node.stop))
 
     node.storage.before_close = stop_links

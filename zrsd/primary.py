@@ -345,6 +345,7 @@ class Streamer:
         self._batch = []
         self._batch_size = 0
         self._stopped = False
+        self._finishing = False   # stop once everything committed is sent
         self._running = threading.Event()   # cleared while paused
         self._running.set()
         self._thread = threading.Thread(
@@ -360,6 +361,12 @@ class Streamer:
 
     def resume(self):
         self._running.set()
+
+    def finish(self):
+        """Send what is committed, then end (a stopping primary, whose
+        commits have stopped, lets its secondaries catch up)."""
+        self._finishing = True
+        self.notifier.wake()
 
     def stop(self):
         self._stopped = True
@@ -407,8 +414,11 @@ class Streamer:
                        and not reader.replaced()):
                     pos = self._send_transaction(reader, pos, end)
                 self._flush()
+            elif self._finishing:
+                return
             else:
-                self.notifier.wait(generation, lambda: self._stopped)
+                self.notifier.wait(generation, lambda: self._stopped
+                                   or self._finishing)
 
     def _send_transaction(self, reader, pos, end):
         header, meta, records = reader.transaction(pos, end)

@@ -9,7 +9,7 @@ import ipaddress
 import logging
 
 import zope.interface
-from twisted.internet import interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, task
 
 from . import protocol as zrs
 from .primary import HistoryMismatch, PackedUnderfoot, Streamer, TidIndex
@@ -27,6 +27,7 @@ class Phase(enum.Enum):
     PROTOCOL = 'expecting the protocol name'
     TID = 'expecting the start tid'
     STREAMING = 'streaming'
+    DRAINING = 'sending the last commits before closing'
     CLOSED = 'closed'
 
 
@@ -52,6 +53,7 @@ class PrimaryProtocol(protocol.Protocol):
 
     phase = Phase.PROTOCOL
     streamer = None
+    drained = None
     _timeout = None
 
     def __init__(self, server):
@@ -122,11 +124,36 @@ class PrimaryProtocol(protocol.Protocol):
         self.streamer.start()
 
     def _write(self, chunks):
-        if self.phase is Phase.STREAMING:
+        if self.phase in (Phase.STREAMING, Phase.DRAINING):
             self.transport.writeSequence(chunks)
 
-    def _streamer_done(self, error):
+    def drain(self):
+        """Send everything committed, then close (the primary is stopping
+        and its commits have stopped); `drained` fires once the secondary
+        has read it all and closed its side."""
+        self.drained = defer.Deferred()
         if self.phase is not Phase.STREAMING:
+            self.close()
+            return self.drained
+        self.phase = Phase.DRAINING
+        self.streamer.finish()
+        return self.drained
+
+    def _end_of_drain(self):
+        # Everything is handed to the transport.  Half-close: the
+        # secondary reads up to our end of stream, then closes its side,
+        # which tells us it has read everything (connectionLost).  TLS
+        # cannot half-close: its close_notify follows the data.
+        if hasattr(self.transport, 'loseWriteConnection'):
+            self.transport.loseWriteConnection()
+        else:
+            self.transport.loseConnection()
+
+    def _streamer_done(self, error):
+        if self.phase is Phase.DRAINING and error is None:
+            self._end_of_drain()
+            return
+        if self.phase not in (Phase.STREAMING, Phase.DRAINING):
             return
         if isinstance(error, HistoryMismatch):
             self._log_refusal(error)
@@ -177,11 +204,15 @@ class PrimaryProtocol(protocol.Protocol):
         self._cancel_timeout()
         self.phase = Phase.CLOSED
         self.server.connections.discard(self)
+        if self.drained is not None and not self.drained.called:
+            self.drained.callback(self)
         if self.streamer is not None:
             self.streamer.stop()
-            logger.info('%s: disconnected after %d transactions (%.1f MB)',
-                        self.peer, self.streamer.transactions,
-                        self.streamer.bytes / 1e6)
+            logger.info('%s: disconnected after %d transactions (%.1f MB), '
+                        'last sent %s', self.peer,
+                        self.streamer.transactions,
+                        self.streamer.bytes / 1e6,
+                        self.streamer.last_tid.hex())
         elif is_tls_failure(reason):
             logger.error('%s: TLS handshake failed, secondary refused: %s',
                          self.peer, reason.getErrorMessage())
@@ -253,12 +284,59 @@ class PrimaryServer:
         host = self.port.getHost()
         return host.host, host.port
 
-    def stop(self):
-        """Stop listening and drop every secondary; returns the streamers
-        (join them outside the reactor thread)."""
+    def drain(self, timeout):
+        """Stop listening; let every connected secondary receive what is
+        committed, for up to `timeout` seconds; then drop the ones left
+        behind, logging each with its position.  Returns a Deferred.
+
+        The storage's commits must have stopped (see
+        `zrsd.storage.PrimaryStorage.stop_commits`).
+        """
+        self._stop_listening()
+        connections = list(self.connections)
+        if not connections:
+            return defer.succeed(None)
+        logger.info('%s: stopping: letting %d secondaries receive the last '
+                    'commits (up to %gs)', self.name, len(connections),
+                    timeout)
+        started = self.clock.seconds()
+        pending = [connection.drain() for connection in connections]
+
+        def left_behind(_):
+            last = self.storage.lastTransaction()
+            for connection in list(self.connections):
+                streamer = connection.streamer
+                sent = streamer.last_tid if streamer is not None else None
+                logger.warning(
+                    '%s: secondary left behind after %gs: last sent %s, the '
+                    'last commit here is %s', connection.peer, timeout,
+                    describe_tid(sent), last.hex())
+                connection.close()
+
+        def done(_):
+            if not timer.called:
+                timer.cancel()
+                logger.info('%s: every secondary received the last commit '
+                            '%s (%.2fs)', self.name,
+                            self.storage.lastTransaction().hex(),
+                            self.clock.seconds() - started)
+
+        drained = defer.DeferredList(pending)
+        timer = task.deferLater(self.clock, timeout, lambda: None)
+        timer.addCallback(left_behind)
+        timer.addErrback(lambda failure: failure.trap(defer.CancelledError))
+        drained.addCallback(done)
+        return defer.DeferredList([drained, timer], fireOnOneCallback=True)
+
+    def _stop_listening(self):
         if self.port is not None:
             self.port.stopListening()
             self.port = None
+
+    def stop(self):
+        """Stop listening and drop every secondary; returns the streamers
+        (join them outside the reactor thread)."""
+        self._stop_listening()
         streamers = []
         for connection in list(self.connections):
             if connection.streamer is not None:

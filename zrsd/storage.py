@@ -350,12 +350,27 @@ class PrimaryStorage:
     own (ZEO sees its interfaces too).
     """
 
-    def __init__(self, fs):
+    def __init__(self, fs, commits=None):
         self._fs = fs
-        self.commits = CommitNotifier()
+        self.commits = commits if commits is not None else CommitNotifier()
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
         self.resume_tid = recover_last_transaction(fs)
+        # Held while a transaction finishes; `stop_commits` takes it so
+        # that none is half-way when it returns.
+        self._finishing = threading.Lock()
+        self._commits_stopped = False
         zope.interface.alsoProvides(self, zope.interface.providedBy(fs))
+
+    @classmethod
+    def promoted(cls, replica):
+        """The writable storage of a promoted `ReplicaStorage` (whose
+        replication has stopped): the same FileStorage with its own commit
+        path back, and the same notifier, so that the streamers of its
+        secondaries keep following."""
+        replica.writer.detach()
+        storage = cls(replica.file_storage, commits=replica.commits)
+        storage.before_close = replica.before_close
+        return storage
 
     @property
     def file_storage(self):
@@ -370,8 +385,26 @@ class PrimaryStorage:
     def __repr__(self):
         return '<PrimaryStorage %s>' % self._fs.getName()
 
+    def stop_commits(self):
+        """Refuse every commit from now on (a stopping primary: what its
+        secondaries must receive before it closes is then final)."""
+        with self._finishing:
+            self._commits_stopped = True
+
+    def _check_commits(self):
+        if self._commits_stopped:
+            raise ReadOnlyError('the primary is stopping: no more commits')
+
+    def tpc_begin(self, transaction, tid=None, status=' '):
+        self._check_commits()
+        return self._fs.tpc_begin(transaction, tid, status)
+
     def tpc_finish(self, transaction, f=None):
-        tid = self._fs.tpc_finish(transaction, f)
+        with self._finishing:
+            # A transaction voted before the stop is not committed after
+            # it: its client sees the error; ZEO aborts it.
+            self._check_commits()
+            tid = self._fs.tpc_finish(transaction, f)
         self.commits.notify()
         return tid
 
@@ -429,6 +462,19 @@ class ReplicaWriter:
         fs._index.update(fs._tindex)
         fs._ltid = tid
         fs._blob_tpc_finish()
+
+    def detach(self):
+        """Give the FileStorage back FileStorage's own last commit step
+        and temporary file (a promotion: ZEO commits from now on)."""
+        self.abort()
+        self.sync()
+        self.defer_sync = False
+        fs = self._fs
+        with fs._lock:
+            del fs._finish_finish       # the class's own method again
+            fs._tfile.close()
+            fs._tfile = open(fs._file_name + '.tmp', 'w+b')
+            fs._tfmt = TempFormatter(fs._tfile)
 
     def sync(self):
         """Make every committed transaction durable (fsync), if needed."""

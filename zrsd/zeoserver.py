@@ -6,6 +6,7 @@ invalidate client caches from the reactor thread through `invalidate`.
 import logging
 
 from ZEO.StorageServer import StorageServer as ZEOStorageServer
+from ZEO.StorageServer import StorageServerDB
 from ZODB.POSException import ReadOnlyError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,20 @@ class StorageServer(ZEOStorageServer):
             if client is not zeo_storage:
                 client.async_threadsafe(
                     'invalidateTransaction', tid, invalidated)
+
+
+def replace_storage(server, name, storage):
+    """Serve `storage` as `name` from now on (the loop thread): a promoted
+    replica's writable storage.  Clients connected to the old one are
+    disconnected, so that they reconnect to the new one (writable, for
+    those that ask)."""
+    server.storages[name] = storage
+    storage.registerDB(StorageServerDB(server, name))
+    clients = list(server.zeo_storages_by_storage_id.get(name, ()))
+    for client in clients:
+        client.connection.close()
+    logger.info('ZEO storage %s replaced; %d clients disconnected to '
+                'reconnect', name, len(clients))
 
 
 def create_server(options, storages):
