@@ -46,26 +46,28 @@ LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
 
 
 def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
-                blob_dir=None, sections='', log_format=LOG_FORMAT):
+                blob_dir=None, sections='', log_format=LOG_FORMAT,
+                zrs_lines=''):
     """A test zrsd config with one `<zrs 1>` section.
 
     `replicate_from` / `replicate_to` are ports on 127.0.0.1: only `to` is a
     primary, only `from` a replica, both a cascade.  Secondaries reconnect
     quickly (0.1 s, at most 1 s) so restarts upstream do not slow tests.
-    `sections` (e.g. a `<monitor>`) goes before the `<eventlog>`.
+    `sections` (e.g. a `<monitor>`) goes before the `<eventlog>`;
+    `zrs_lines` (e.g. `  pack refuse\n`) into the `<zrs 1>` section.
     """
     return CONFIG % dict(zeo_port=zeo_port, fs_path=fs_path,
-                         links=links(replicate_from, replicate_to),
+                         links=links(replicate_from, replicate_to) + zrs_lines,
                          blob=blob_line(blob_dir), sections=sections,
                          log_format=log_format)
 
 
 def write_config(path, zeo_port, fs_path, replicate_from=None,
-                 replicate_to=None, blob_dir=None):
+                 replicate_to=None, blob_dir=None, zrs_lines=''):
     """Write `config_text(...)` to `path`; returns `path`."""
     with open(path, 'w') as f:
         f.write(config_text(zeo_port, fs_path, replicate_from, replicate_to,
-                            blob_dir))
+                            blob_dir, zrs_lines=zrs_lines))
     return path
 
 
@@ -114,6 +116,8 @@ class ZrsdNode:
         self.process = None
         self.starts = 0
 
+    zrs_lines = ''  # more lines of its <zrs> section (config_text)
+
     @property
     def role(self):
         if self.upstream is None:
@@ -135,7 +139,8 @@ class ZrsdNode:
         return write_config(self.config_path, self.zeo_port, self.fs_path,
                             replicate_from=self.upstream,
                             replicate_to=self.repl_port,
-                            blob_dir=self.blob_dir)
+                            blob_dir=self.blob_dir,
+                            zrs_lines=self.zrs_lines)
 
     def start(self, timeout=60.0):
         """Start zrsd; return once it logs that it serves ZEO."""
