@@ -10,6 +10,7 @@ transaction from the primary's history (the way `copyTransactionsFrom`
 does, with `restore`), with one change; an unchanged rewrite is the
 control that the writer itself is faithful.
 """
+import base64
 import os
 import re
 import shutil
@@ -19,6 +20,8 @@ import threading
 import pytest
 import transaction
 import ZEO
+import ZODB
+from persistent.mapping import PersistentMapping
 from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
@@ -30,6 +33,7 @@ import zczrs
 from peers import ZrsdPrimary
 from support import (BIN, free_port, start_zrsd, transactions, wait_until,
                      zrsd_config)
+from zrsd_nodes import pack_stop_tid
 
 VERIFY = os.path.join(BIN, 'zrsd-verify')
 
@@ -543,6 +547,55 @@ def test_packed_divergence(history, packed, tmp_path, how):
     assert (status, err) == (1, ''), out
     assert out.startswith('DIVERGED at transaction %s: ' % tid_text(tid))
     assert what in out.splitlines()[0]
+
+
+def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
+    """An undo after the pack time points back to a revision that a
+    replica's pack dropped: the replica holds the data inline (as `restore`
+    does when the transaction is gone).  That agrees; inline data for a
+    back pointer into the unpacked part does not."""
+    path = str(tmp_path / 'primary.fs')
+    db = ZODB.DB(FileStorage(path))
+    with db.transaction() as conn:
+        conn.root()['z'] = PersistentMapping(v=0)
+    with db.transaction() as conn:
+        conn.root()['z']['v'] = 1
+    undone = db.lastTransaction()
+    for i in range(5):
+        with db.transaction() as conn:
+            conn.root()['x'] = i
+    before = db.lastTransaction()
+    with db.transaction() as conn:
+        conn.root()['x'] = 'after the pack'
+    pack_time = (TimeStamp(before).timeTime()
+                 + TimeStamp(db.lastTransaction()).timeTime()) / 2
+    db.undo(base64.encodebytes(undone).rstrip())
+    transaction.commit()
+    db.close()
+    original = transactions(path)
+    oid, tid, data, back = original[-1][5][0]
+    assert back is not None and back < pack_stop_tid(pack_time)
+
+    packed = str(tmp_path / 'packed.fs')
+    shutil.copyfile(path, packed)
+    fs = FileStorage(packed)
+    fs.pack(pack_time, referencesf)
+    fs.close()
+    inlined = transactions(packed)
+    inlined[-1] = inlined[-1][:5] + ([(oid, tid, data, None)],)
+    replica = write_history(str(tmp_path / 'inlined.fs'), inlined)
+    assert transactions(replica)[-1][5] == [(oid, tid, data, None)]
+    status, out, err = verify(path, replica)
+    assert (status, err) == (0, ''), out
+    assert 'packed history on the replica' in out
+
+    # The same record inline in an unpacked copy: that is a divergence.
+    unpacked = original[:-1] + [original[-1][:5] + (
+        [(oid, tid, data, None)],)]
+    replica = write_history(str(tmp_path / 'unpacked.fs'), unpacked)
+    status, out, err = verify(path, replica)
+    assert (status, err) == (1, ''), out
+    assert 'data_txn differs' in out
 
 
 # -- errors -----------------------------------------------------------------
