@@ -13,11 +13,12 @@ import socket
 import struct
 import time
 
+import pytest
 from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from zrsd import protocol as zrs
+from zrsd import client, protocol as zrs
 from zrsd.client import ReplicationClient, SecondaryProtocol
 from zrsd.sockets import pending_bytes
 
@@ -453,8 +454,9 @@ def test_backoff_reset_after_a_committed_transaction():
 
 
 def test_backoff_not_reset_by_a_connection_that_delivers_nothing():
-    # A primary that accepts and closes at once (e.g. it rejects our
-    # protocol name) must not be hammered.
+    # A primary that accepts and closes at once (it refuses our history or
+    # our protocol name) must not be hammered: the backoff grows, and once
+    # the refusal is established, attempts come at the maximum delay.
     s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
     s.client.start()
     delays = []
@@ -464,7 +466,50 @@ def test_backoff_not_reset_by_a_connection_that_delivers_nothing():
         delays.append(s.reconnect_delay())
         s.wait_for_attempt()
     assert delays[0] == 1.0
-    assert all(b > a for a, b in zip(delays, delays[1:])), delays
+    assert delays[0] < delays[1] < 60.0, delays
+    assert delays[2:] == pytest.approx([60.0] * 3), delays
+
+
+def test_refused_after_three_closes_right_after_the_handshake(caplog):
+    s = Setup(storage=FakeStorage(last=TID1), reconnect_delay=1.0,
+              max_reconnect_delay=60.0)
+    s.client.start()
+    for attempt in range(1, 4):
+        assert not s.client.refused and s.client.state != 'refused'
+        proto, transport = s.endpoint.accept()
+        assert transport.value().endswith(TID1)   # the handshake went out
+        lost(proto)
+        assert s.client.refusals == attempt
+        s.wait_for_attempt()
+    assert s.client.refused and s.client.state == 'refused'
+    errors = [r for r in caplog.records if r.levelname == 'ERROR']
+    assert len(errors) == 1, errors
+    assert 'refused: the primary closed the link right after the ' \
+        'handshake 3 times in a row' in errors[0].getMessage()
+    assert TID1.hex() in errors[0].getMessage()
+    # Refused again: no new ERROR.
+    proto, transport = s.endpoint.accept()
+    lost(proto)
+    assert len([r for r in caplog.records if r.levelname == 'ERROR']) == 1
+    # A primary that sends something accepts us again.
+    s.wait_for_attempt()
+    proto, transport = s.endpoint.accept()
+    proto.dataReceived(b'\0')
+    assert not s.client.refused and s.client.refusals == 0
+    assert s.client.state == 'connected'
+
+
+def test_a_late_close_is_not_a_refusal():
+    # The primary closing an idle link long after the handshake (a restart)
+    # says nothing about our history.
+    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+    s.client.start()
+    for _ in range(4):
+        proto, transport = s.endpoint.accept()
+        s.clock.advance(client.REFUSAL_WINDOW + 1)
+        lost(proto, error.ConnectionDone('closed'))
+        s.wait_for_attempt()
+    assert s.client.refusals == 0 and not s.client.refused
 
 
 def test_backoff_reset_after_a_long_quiet_connection():

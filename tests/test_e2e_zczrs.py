@@ -67,7 +67,10 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
 
     zeo_port = free_port()
     address = ('127.0.0.1', zeo_port)
-    config, replica_fs = zrsd_config(tmp_path, zeo_port, primary.repl_port)
+    # `pack refuse`: the replica refuses every write, packs included
+    # (packing a replica, the default, is tested in test_replica_pack).
+    config, replica_fs = zrsd_config(tmp_path, zeo_port, primary.repl_port,
+                                     extra='  pack refuse\n')
     started = time.monotonic()
     zrsd = start_zrsd(config, str(tmp_path / 'zrsd.log'), zeo_port)
     processes(zrsd)
@@ -142,8 +145,8 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
                     writable.tpc_begin(TransactionMetaData())
                 with pytest.raises(ReadOnlyError):
                     writable.new_oid()
-                # ZEO itself lets clients pack a read-only server; the
-                # replica must refuse.
+                # ZEO itself lets clients pack a read-only server; with
+                # `pack refuse` the replica refuses.
                 with pytest.raises(ReadOnlyError):
                     writable.pack(time.time(), referencesf)
             finally:

@@ -317,3 +317,32 @@ def test_promote_stopped_replica(tmp_path, processes):
     assert replica.last_tid() == tid
     replica.stop()
     primary.stop()
+
+
+def test_switchover_bound_leaves_a_stalled_secondary_behind(
+        tmp_path, processes):
+    """A secondary that cannot receive (a stalled link) is left behind at
+    `shutdown-catch-up-timeout`, logged with its position."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes)
+    primary.zrs_lines = '  shutdown-catch-up-timeout 1\n'
+    primary.start()
+    first = commit(primary, 'k', 1)
+    proxy = ChaosProxy(primary.repl_port, socket_buffer=16384)
+    try:
+        replica = ZrsdNode(tmp_path, 'replica', upstream=proxy.port,
+                           register=processes).start()
+        replica.wait_for_tid(first)
+        proxy.stall()
+        for i in range(20):
+            last = zczrs.commit_change(primary.zeo_address, 'big%d' % i,
+                                       os.urandom(100000))
+        primary.stop()
+        log = primary.log()
+        assert 'secondary left behind after 1s: last sent ' in log, log
+        assert 'the last commit here is %s' % last.hex() in log, log
+        assert 'every secondary received' not in log, log
+        proxy.flow()
+        assert replica.last_tid() < last
+        replica.stop()
+    finally:
+        proxy.close()

@@ -1,11 +1,17 @@
 """The replica storage: a read-only face for ZEO and an apply path for ZRS.
 
 `ReplicaStorage` wraps a FileStorage.  ZEO sees a read-only storage: reads
-are delegated, every write (store, undo, pack, new_oid, tpc_begin, ...)
-raises `ReadOnlyError`.  The replication state machine applies transactions
+are delegated, every write (store, undo, new_oid, tpc_begin, ...) raises
+`ReadOnlyError`; `pack` packs the local file (unless `pack refuse`), as
+zc.zrs secondaries do.  The replication state machine applies transactions
 through its `writer` (`ReplicaWriter`, the sink: `begin`, `store`,
 `open_blob`, `store_blob`, `commit`, `abort`), one local transaction per
 primary transaction, same tid.
+
+`PrimaryStorage` is a FileStorage served writable, whose commits wake the
+streamers of its secondaries; a promoted replica becomes one
+(`PrimaryStorage.promoted`), and a stopping primary stops its commits
+(`stop_commits`) before its secondaries catch up.
 
 Threads: the sink methods run in the reactor thread; the read methods run in
 the ZEO server's loop thread (and ZEO's worker threads).  FileStorage's own
