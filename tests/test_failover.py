@@ -16,6 +16,7 @@ the secondary's file is unchanged: nothing is appended.
 """
 import os
 import shutil
+import signal
 import subprocess
 import threading
 
@@ -319,23 +320,30 @@ def test_promote_stopped_replica(tmp_path, processes):
     primary.stop()
 
 
+def stalled_secondary(tmp_path, processes, zrs_lines=''):
+    """A primary whose replica's link stalls after the first commit, and
+    2 MB committed behind it: (primary, replica, proxy, last tid)."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes)
+    primary.zrs_lines = zrs_lines
+    primary.start()
+    first = commit(primary, 'k', 1)
+    proxy = ChaosProxy(primary.repl_port, socket_buffer=16384)
+    replica = ZrsdNode(tmp_path, 'replica', upstream=proxy.port,
+                       register=processes).start()
+    replica.wait_for_tid(first)
+    proxy.stall()
+    for i in range(20):
+        last = commit(primary, 'big%d' % i, os.urandom(100000))
+    return primary, replica, proxy, last
+
+
 def test_switchover_bound_leaves_a_stalled_secondary_behind(
         tmp_path, processes):
     """A secondary that cannot receive (a stalled link) is left behind at
     `shutdown-catch-up-timeout`, logged with its position."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes)
-    primary.zrs_lines = '  shutdown-catch-up-timeout 1\n'
-    primary.start()
-    first = commit(primary, 'k', 1)
-    proxy = ChaosProxy(primary.repl_port, socket_buffer=16384)
+    primary, replica, proxy, last = stalled_secondary(
+        tmp_path, processes, '  shutdown-catch-up-timeout 1\n')
     try:
-        replica = ZrsdNode(tmp_path, 'replica', upstream=proxy.port,
-                           register=processes).start()
-        replica.wait_for_tid(first)
-        proxy.stall()
-        for i in range(20):
-            last = zczrs.commit_change(primary.zeo_address, 'big%d' % i,
-                                       os.urandom(100000))
         primary.stop()
         log = primary.log()
         assert 'secondary left behind after 1s: last sent ' in log, log
@@ -344,5 +352,18 @@ def test_switchover_bound_leaves_a_stalled_secondary_behind(
         proxy.flow()
         assert replica.last_tid() < last
         replica.stop()
+    finally:
+        proxy.close()
+
+
+def test_second_sigterm_stops_at_once_during_the_catch_up(tmp_path,
+                                                          processes):
+    primary, replica, proxy, last = stalled_secondary(tmp_path, processes)
+    try:
+        primary.process.signal(signal.SIGTERM)
+        primary.process.wait_for_log('letting 1 secondaries receive')
+        primary.process.signal(signal.SIGTERM)
+        assert primary.process.popen.wait(30) == 1
+        assert 'SIGTERM during shutdown, exiting at once' in primary.log()
     finally:
         proxy.close()
