@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo torture bench venv clean
+.PHONY: test demo torture bench drill venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ torture: $(STAMP)
 # Side-by-side benchmark against zc.zrs; results in var/bench/.
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# The failover runbook end to end with real processes (README, Failover).
+drill: $(STAMP)
+	$(BIN)/python scripts/drill.py $(DRILL_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
