@@ -143,7 +143,10 @@ class PrimaryProtocol(protocol.Protocol):
         # Everything is handed to the transport.  Half-close: the
         # secondary reads up to our end of stream, then closes its side,
         # which tells us it has read everything (connectionLost).  TLS
-        # cannot half-close: its close_notify follows the data.
+        # cannot half-close: its close_notify follows the data.  The
+        # streamer has ended: without unregistering it, a transport that
+        # had paused it would resume it instead of closing, and wait.
+        self.transport.unregisterProducer()
         if hasattr(self.transport, 'loseWriteConnection'):
             self.transport.loseWriteConnection()
         else:
