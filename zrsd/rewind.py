@@ -75,7 +75,7 @@ from ZODB.FileStorage.format import TRANS_HDR_LEN
 from ZODB.utils import z64
 
 from . import config as zconfig
-from . import protocol
+from . import promotion, protocol
 from .primary import TxnHeader
 from .secondary import Receiver
 from .sockets import format_address
@@ -524,6 +524,10 @@ def rewind(args, out):
     if not os.path.isfile(path):
         raise RewindError('%s: no such file' % path)
     lock = lock_storage(path)
+    if os.path.exists(promotion.record_path(path)):
+        out('note: %s records a promotion: zrsd starts this storage as a '
+            'primary whatever replicate-from says; remove it to make it a '
+            'replica' % promotion.record_path(path))
     try:
         replica = Replica(path, blob_dir)
         m = last_shared(zrs, replica, args.timeout, out)
