@@ -301,7 +301,7 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
 
 
 def test_transaction_buffer_spills_big_transactions_to_disk(tmp_path):
-    from zrsd.storage import TransactionBuffer
+    from zrsd.internals import TransactionBuffer
     path = str(tmp_path / 'Data.fs.tmp')
     buffer = TransactionBuffer(path, limit=1000)
     buffer.write(b'a' * 600)

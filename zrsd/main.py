@@ -22,6 +22,7 @@ from . import config as zconfig
 from . import monitor, promotion, systemd
 from .node import Node, drain_nodes, join_streamers
 from .reactor import ReactorThread
+from . import zeoserver
 from .zeoserver import create_server, replace_storage
 
 logger = logging.getLogger('zrsd')
@@ -84,7 +85,7 @@ class Daemon:
                 self.reactor.call(self.start_monitoring)
                 logger.info('serving %s over ZEO at %s',
                             ', '.join(sorted(self.storages)),
-                            self.server.acceptor.addr)
+                            zeoserver.server_address(self.server))
                 systemd.notify('READY=1')
                 self.start_watchdog()
                 self.loop.run_forever()
@@ -146,7 +147,7 @@ class Daemon:
         finally:
             for gate in gates:
                 gate.release()
-        self.loop = self.server.acceptor.event_loop
+        self.loop = zeoserver.server_loop(self.server)
         self.write_pid_file()
         if self.promotion_requested.is_set():
             self.loop.call_soon(self.promote)
@@ -167,8 +168,8 @@ class Daemon:
         storages = []
         for node in self.nodes:
             status = node.status(now)
-            status['zeo_clients'] = len(
-                self.server.zeo_storages_by_storage_id.get(node.name, ()))
+            status['zeo_clients'] = zeoserver.client_count(self.server,
+                                                           node.name)
             storages.append(status)
         return {'pid': os.getpid(), 'time': now, 'storages': storages}
 

@@ -2,8 +2,8 @@
 
 `CommittedFile` reads a FileStorage's committed transactions through its own
 file handle, with few system calls (`os.pread` of 1 MiB windows), never past
-the committed end (`fs._pos`, read under the storage lock), and reopens the
-file when a pack replaced it.
+the committed end (read under the storage lock, see `zrsd.internals`), and
+reopens the file when a pack replaced it.
 
 `TidIndex` finds where to start for a secondary's tid without scanning the
 whole file each time: recent tids by a short backward walk from the end,
@@ -32,7 +32,7 @@ from ZODB.FileStorage.format import (DATA_HDR, DATA_HDR_LEN, TRANS_HDR,
 from ZODB.POSException import POSKeyError
 from ZODB.utils import u64, z64
 
-from . import protocol
+from . import internals, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class CommittedFile:
 
     def __init__(self, fs):
         self.fs = fs
+        self.name = internals.file_name(fs)
         self._fd = None
         self._source = None
         self._window_pos = 0
@@ -98,9 +99,9 @@ class CommittedFile:
 
     def reopen(self):
         self.close()
-        with self.fs._lock:
-            self._source = self.fs._file
-            self._fd = os.open(self.fs._file_name, os.O_RDONLY)
+        with internals.storage_lock(self.fs):
+            self._source = internals.current_file(self.fs)
+            self._fd = os.open(self.name, os.O_RDONLY)
         self._window_pos, self._window = 0, b''
 
     def close(self):
@@ -110,8 +111,7 @@ class CommittedFile:
 
     def replaced(self):
         """Has a pack replaced the storage's file since we opened it?"""
-        with self.fs._lock:
-            return self.fs._file is not self._source
+        return internals.current_file(self.fs) is not self._source
 
     def committed_end(self):
         """Return (end, reopened): the committed end; True after a pack.
@@ -119,12 +119,10 @@ class CommittedFile:
         When the storage switched to a new file (pack), this reopens it
         and the caller must find its position again.
         """
-        with self.fs._lock:
-            source, self.end = self.fs._file, self.fs._pos
+        source, self.end = internals.committed_file(self.fs)
         if source is not self._source:
             self.reopen()
-            with self.fs._lock:
-                self.end = self.fs._pos
+            _, self.end = internals.committed_file(self.fs)
             return self.end, True
         return self.end, False
 
@@ -145,7 +143,7 @@ class CommittedFile:
         data = os.pread(self._fd, size, pos)
         if len(data) != size:
             raise CorruptFile('%s: short read of %d bytes at %d' % (
-                self.fs._file_name, size, pos))
+                self.name, size, pos))
         return data
 
     def header(self, pos):
@@ -187,10 +185,10 @@ class CommittedFile:
         header = self.header(pos)
         if header.end > end or header.status == 'c':
             raise CorruptFile('%s: transaction at %d runs past the committed '
-                              'end %d' % (self.fs._file_name, pos, end))
+                              'end %d' % (self.name, pos, end))
         if header.tlen < header.header_length:
             raise CorruptFile('%s: bad transaction header at %d' % (
-                self.fs._file_name, pos))
+                self.name, pos))
         at = pos + TRANS_HDR_LEN
         user = self.read(at, header.ulen)
         description = self.read(at + header.ulen, header.dlen)
@@ -206,7 +204,7 @@ class CommittedFile:
             oid, tid, _, tloc, vlen, plen = self.data_header(pos)
             if tloc != header.pos or vlen:
                 raise CorruptFile('%s: bad data record at %d' % (
-                    self.fs._file_name, pos))
+                    self.name, pos))
             body = pos + DATA_HDR_LEN
             if plen:
                 data, data_txn = self.read(body, plen), None

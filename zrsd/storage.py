@@ -20,7 +20,6 @@ locks make that safe.  Invalidations are sent to ZEO from inside
 registers concurrently either gets the invalidation or already sees the new
 `lastTransaction()`.
 """
-import io
 import logging
 import os
 import tempfile
@@ -30,10 +29,12 @@ import time
 import zope.interface
 import ZODB.interfaces
 from ZODB.Connection import TransactionMetaData
-from ZODB.FileStorage.FileStorage import TempFormatter
 from ZODB.POSException import ReadOnlyError, UndoError
 from ZODB.TimeStamp import TimeStamp
-from ZODB.utils import u64, z64
+from ZODB.utils import z64
+
+from . import internals
+from .internals import last_committed_tid
 
 logger = logging.getLogger(__name__)
 
@@ -67,79 +68,6 @@ class _UncheckedMismatch(logging.Filter):
 _mismatch_filter = _UncheckedMismatch()
 
 
-class TransactionBuffer:
-    """FileStorage's temporary transaction file, in memory when small.
-
-    FileStorage writes each transaction's records to a temporary file, then
-    copies them into the data file at vote.  It asks that file for its
-    position at every record, which on a real file is a system call
-    (lseek); for a replica applying thousands of transactions a second,
-    those calls were the largest single cost.  This buffer keeps a
-    transaction in memory, moves it to the `path` file once it grows past
-    `limit` bytes, and comes back to memory at the next transaction (the
-    first write at position 0).
-    """
-
-    def __init__(self, path, limit=16 << 20):
-        self._path = path
-        self._limit = limit
-        self._memory = io.BytesIO()
-        self._file = self._memory
-
-    @property
-    def spilled(self):
-        return self._file is not self._memory
-
-    def write(self, data):
-        file = self._file
-        if self.spilled and file.tell() == 0:
-            file.close()  # a new transaction: back to memory
-            file = self._file = self._memory
-            file.seek(0)
-        written = file.write(data)
-        if not self.spilled and file.tell() > self._limit:
-            self._spill()
-        return written
-
-    def _spill(self):
-        disk = open(self._path, 'w+b')
-        size = self._memory.tell()
-        disk.write(self._memory.getbuffer()[:size])
-        self._memory = io.BytesIO()  # release the big buffer
-        self._file = disk
-
-    def tell(self):
-        return self._file.tell()
-
-    def seek(self, pos, whence=0):
-        return self._file.seek(pos, whence)
-
-    def read(self, size=-1):
-        return self._file.read(size)
-
-    def close(self):
-        if self.spilled:
-            self._file.close()
-
-
-def last_committed_tid(fs):
-    """The tid of the last transaction really committed in `fs`'s file.
-
-    FileStorage's own `lastTransaction()` is wrong after a crash between
-    `tpc_vote` and `tpc_finish`: on the first reopen it reports the tid of
-    the truncated, never-committed transaction.  This reads the trailer of
-    the last complete transaction record instead.
-    """
-    with fs._lock:
-        pos = fs._pos
-        if pos <= 4:
-            return z64
-        fs._file.seek(pos - 8)
-        tlen = u64(fs._file.read(8))
-        header = fs._read_txn_header(pos - 8 - tlen)
-        return header.tid
-
-
 def recover_last_transaction(fs):
     """Make `fs.lastTransaction()` tell the truth; return the resume tid."""
     tid = last_committed_tid(fs)
@@ -150,9 +78,7 @@ def recover_last_transaction(fs):
             'committed transaction in the file is %s (a commit was '
             'interrupted between vote and finish); resuming after %s',
             fs.getName(), reported.hex(), tid.hex(), tid.hex())
-        with fs._lock:
-            fs._ltid = tid
-            fs._ts = TimeStamp(tid)
+        internals.set_last_transaction(fs, tid)
     return tid
 
 
@@ -203,8 +129,7 @@ class ReplicaStorage:
         self._db = None
         self.pack_policy = pack  # the <zrs> key: allow or refuse
         if pack == 'allow':
-            self._packer = fs.packer  # FileStorage's, or <filestorage>'s
-            fs.packer = self._fsynced_packer
+            internals.wrap_packer(fs, self._fsynced_packer)
         for name in _READ_METHODS:
             setattr(self, name, getattr(fs, name))
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
@@ -306,23 +231,22 @@ class ReplicaStorage:
         started = time.monotonic()
         fs.pack(t, referencesf, gc)
         # The switch of files is a pair of renames: make it durable.
-        self._fsync(os.path.dirname(os.path.abspath(fs._file_name)))
+        self._fsync(os.path.dirname(os.path.abspath(
+            internals.file_name(fs))))
         self.commits.notify()  # streamers notice the new file at once
         logger.info('%s: pack to %s UTC done in %.1f s (%d -> %d bytes)',
                     fs.getName(), stop, time.monotonic() - started, size,
                     fs.getSize())
 
-    def _fsynced_packer(self, storage, referencesf, stop, gc):
+    def _fsynced_packer(self, packer, storage, referencesf, stop, gc):
         # FileStorage does not fsync the packed file before it replaces the
         # data file with it; what replication applied must stay on disk.
-        result = self._packer(storage, referencesf, stop, gc)
+        result = packer(storage, referencesf, stop, gc)
         if result is not None:
             try:
-                self._fsync(storage._file_name + '.pack')
+                self._fsync(internals.file_name(storage) + '.pack')
             except BaseException:
-                # The packer returned holding the commit lock, which
-                # FileStorage releases only after a successful one.
-                storage._commit_lock.release()
+                internals.release_commit_lock(storage)
                 raise
         return result
 
@@ -447,27 +371,18 @@ class ReplicaWriter:
         self.defer_sync = False
         self.unsynced = 0           # transactions committed since the fsync
         self.unsynced_since = None  # time.monotonic() of the first of them
-        fs._finish_finish = self._finish_finish
-        fs._tfile.close()
-        fs._tfile = TransactionBuffer(fs._file_name + '.tmp')
-        fs._tfmt = TempFormatter(fs._tfile)
+        internals.install_replica_commit_path(fs, self._fsync_now)
         logging.getLogger('ZODB.FileStorage').addFilter(_mismatch_filter)
 
-    def _finish_finish(self, tid):
-        # FileStorage's last step of tpc_finish, with the fsync optional:
-        # the steps are FileStorage's own (ZODB 6).
-        fs = self._fs
-        fs._file.flush()
-        if self.defer_sync:
-            if not self.unsynced:
-                self.unsynced_since = time.monotonic()
-            self.unsynced += 1
-        else:
-            os.fsync(fs._file.fileno())
-        fs._pos = fs._nextpos
-        fs._index.update(fs._tindex)
-        fs._ltid = tid
-        fs._blob_tpc_finish()
+    def _fsync_now(self):
+        # Asked by FileStorage's last commit step (under the storage lock):
+        # fsync this commit, or count it for the group's `sync()`.
+        if not self.defer_sync:
+            return True
+        if not self.unsynced:
+            self.unsynced_since = time.monotonic()
+        self.unsynced += 1
+        return False
 
     def detach(self):
         """Give the FileStorage back FileStorage's own last commit step
@@ -475,19 +390,12 @@ class ReplicaWriter:
         self.abort()
         self.sync()
         self.defer_sync = False
-        fs = self._fs
-        with fs._lock:
-            del fs._finish_finish       # the class's own method again
-            fs._tfile.close()
-            fs._tfile = open(fs._file_name + '.tmp', 'w+b')
-            fs._tfmt = TempFormatter(fs._tfile)
+        internals.restore_commit_path(self._fs)
 
     def sync(self):
         """Make every committed transaction durable (fsync), if needed."""
         if self.unsynced:
-            with self._fs._lock:
-                self._fs._file.flush()
-                os.fsync(self._fs._file.fileno())
+            internals.sync_data_file(self._fs)
             self.unsynced = 0
             self.unsynced_since = None
 

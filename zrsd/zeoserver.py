@@ -1,13 +1,14 @@
 """ZEO serving: a `StorageServer` for the served storages.
 
-ZEO's asyncio loop runs in the main thread (`run()`); replicated commits
-invalidate client caches from the reactor thread through `invalidate`.
+ZEO's asyncio loop runs in the main thread (`zrsd.main`); replicated
+commits invalidate client caches from the reactor thread through the
+server's `invalidate` (made safe for that in `zrsd.internals`).
 """
 import logging
 
-from ZEO.StorageServer import StorageServer as ZEOStorageServer
-from ZEO.StorageServer import StorageServerDB
 from ZODB.POSException import ReadOnlyError
+
+from . import internals
 
 logger = logging.getLogger(__name__)
 
@@ -29,24 +30,9 @@ class QuietReadOnlyRefusals(logging.Filter):
         return True
 
 
-class StorageServer(ZEOStorageServer):
-    """ZEO's StorageServer, safe for invalidations from a foreign thread.
-
-    ZEO's own `invalidate` iterates the live list of a storage's client
-    connections while the loop thread may add or remove entries; a client
-    that disconnects mid-iteration would make another client miss an
-    invalidation.  This version iterates over a snapshot.
-    """
-
-    def invalidate(self, zeo_storage, storage_id, tid, invalidated):
-        invq = self.invq[storage_id]
-        if len(invq) >= self.invq_bound:
-            invq.pop()
-        invq.insert(0, (tid, invalidated))
-        for client in list(self.zeo_storages_by_storage_id[storage_id]):
-            if client is not zeo_storage:
-                client.async_threadsafe(
-                    'invalidateTransaction', tid, invalidated)
+server_address = internals.server_address
+server_loop = internals.server_loop
+client_count = internals.client_count
 
 
 def replace_storage(server, name, storage):
@@ -54,25 +40,22 @@ def replace_storage(server, name, storage):
     replica's writable storage.  Clients connected to the old one are
     disconnected, so that they reconnect to the new one (writable, for
     those that ask)."""
-    server.storages[name] = storage
-    storage.registerDB(StorageServerDB(server, name))
-    clients = list(server.zeo_storages_by_storage_id.get(name, ()))
-    for client in clients:
-        client.connection.close()
+    disconnected = internals.swap_storage(server, name, storage)
     logger.info('ZEO storage %s replaced; %d clients disconnected to '
-                'reconnect', name, len(clients))
+                'reconnect', name, disconnected)
 
 
 def create_server(options, storages):
     """A StorageServer for `storages` ({name: storage}) per a <zeo> section.
 
-    The server listens once this returns; `server.loop()` serves.
+    The server listens once this returns; its loop (`server_loop`)
+    serves.
     """
     server_logger = logging.getLogger('ZEO.asyncio.server')
     if not any(isinstance(f, QuietReadOnlyRefusals)
                for f in server_logger.filters):
         server_logger.addFilter(QuietReadOnlyRefusals())
-    return StorageServer(
+    return internals.StorageServer(
         options.address.address,
         storages,
         read_only=options.read_only,

@@ -1,0 +1,275 @@
+"""Every use of FileStorage's and ZEO's private internals, behind one door.
+
+zrsd relies on a few things that ZODB's FileStorage and ZEO's
+StorageServer do not offer as an interface: the committed end of the file
+and the file object (to stream committed transactions and notice a pack),
+FileStorage's last step of a commit (to make the fsync optional during a
+catch-up), its temporary transaction file, its packer hook and commit
+lock, and ZEO's per-storage client lists and invalidation queue.  Nothing
+else in zrsd touches a `_private` name of ZODB or ZEO: upgrading either is
+a review of this module against the new release.
+
+At import, the installed ZODB and ZEO versions are compared with those this
+module was verified against (`VERIFIED`); another version logs a WARNING
+naming this module.
+"""
+import importlib.metadata
+import io
+import logging
+import os
+
+from ZEO.StorageServer import StorageServer as _ZEOStorageServer
+from ZEO.StorageServer import StorageServerDB
+from ZODB.FileStorage.FileStorage import TempFormatter
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import u64, z64
+
+logger = logging.getLogger(__name__)
+
+# Distribution -> the (major, minor) releases this module was read against.
+VERIFIED = {'ZODB': ((6, 4),), 'ZEO': ((6, 2),)}
+
+
+def _release(version):
+    return tuple(int(part) for part in version.split('.')[:2]
+                 if part.isdigit())
+
+
+def check_versions(installed=None):
+    """Warn about ZODB/ZEO releases this module was not verified against;
+    returns the list of warnings.  `installed` maps names to versions
+    (default: what is installed)."""
+    warnings = []
+    for name, releases in VERIFIED.items():
+        if installed is not None:
+            version = installed[name]
+        else:
+            version = importlib.metadata.version(name)
+        if _release(version) not in releases:
+            warnings.append(
+                '%s %s is installed; zrsd uses its internals and was '
+                'verified against %s: review zrsd/internals.py' % (
+                    name, version, ', '.join(
+                        '%d.%d' % release for release in releases)))
+    for text in warnings:
+        logger.warning(text)
+    return warnings
+
+
+check_versions()
+
+
+# -- FileStorage: the committed file -----------------------------------------
+
+def storage_lock(fs):
+    """FileStorage's storage lock (a context manager)."""
+    return fs._lock
+
+
+def file_name(fs):
+    """The path of the data file."""
+    return fs._file_name
+
+
+def committed_file(fs):
+    """(file object, committed end) under the storage lock.  The file
+    object changes when a pack replaces the file."""
+    with fs._lock:
+        return fs._file, fs._pos
+
+
+def current_file(fs):
+    """The file object FileStorage reads and writes now (see
+    `committed_file`)."""
+    with fs._lock:
+        return fs._file
+
+
+def last_committed_tid(fs):
+    """The tid of the last transaction really committed in `fs`'s file.
+
+    FileStorage's own `lastTransaction()` is wrong after a crash between
+    `tpc_vote` and `tpc_finish`: on the first reopen it reports the tid of
+    the truncated, never-committed transaction.  This reads the trailer of
+    the last complete transaction record instead.
+    """
+    with fs._lock:
+        pos = fs._pos
+        if pos <= 4:
+            return z64
+        fs._file.seek(pos - 8)
+        tlen = u64(fs._file.read(8))
+        return fs._read_txn_header(pos - 8 - tlen).tid
+
+
+def set_last_transaction(fs, tid):
+    """Make `fs.lastTransaction()` (and new tids) follow `tid`."""
+    with fs._lock:
+        fs._ltid = tid
+        fs._ts = TimeStamp(tid)
+
+
+def sync_data_file(fs):
+    """Flush and fsync the data file (under the storage lock)."""
+    with fs._lock:
+        fs._file.flush()
+        os.fsync(fs._file.fileno())
+
+
+# -- FileStorage: the commit path of a replica -------------------------------
+
+class TransactionBuffer:
+    """FileStorage's temporary transaction file, in memory when small.
+
+    FileStorage writes each transaction's records to a temporary file, then
+    copies them into the data file at vote.  It asks that file for its
+    position at every record, which on a real file is a system call
+    (lseek); for a replica applying thousands of transactions a second,
+    those calls were the largest single cost.  This buffer keeps a
+    transaction in memory, moves it to the `path` file once it grows past
+    `limit` bytes, and comes back to memory at the next transaction (the
+    first write at position 0).
+    """
+
+    def __init__(self, path, limit=16 << 20):
+        self._path = path
+        self._limit = limit
+        self._memory = io.BytesIO()
+        self._file = self._memory
+
+    @property
+    def spilled(self):
+        return self._file is not self._memory
+
+    def write(self, data):
+        file = self._file
+        if self.spilled and file.tell() == 0:
+            file.close()  # a new transaction: back to memory
+            file = self._file = self._memory
+            file.seek(0)
+        written = file.write(data)
+        if not self.spilled and file.tell() > self._limit:
+            self._spill()
+        return written
+
+    def _spill(self):
+        disk = open(self._path, 'w+b')
+        size = self._memory.tell()
+        disk.write(self._memory.getbuffer()[:size])
+        self._memory = io.BytesIO()  # release the big buffer
+        self._file = disk
+
+    def tell(self):
+        return self._file.tell()
+
+    def seek(self, pos, whence=0):
+        return self._file.seek(pos, whence)
+
+    def read(self, size=-1):
+        return self._file.read(size)
+
+    def close(self):
+        if self.spilled:
+            self._file.close()
+
+
+def install_replica_commit_path(fs, fsync_now):
+    """Replace FileStorage's last commit step and temporary file for a
+    replica: the step fsyncs only when `fsync_now()` says so (group
+    commit), the temporary file is a `TransactionBuffer`."""
+
+    def finish(tid):
+        # FileStorage's own last step of tpc_finish (ZODB 6.4), with the
+        # fsync optional.
+        fs._file.flush()
+        if fsync_now():
+            os.fsync(fs._file.fileno())
+        fs._pos = fs._nextpos
+        fs._index.update(fs._tindex)
+        fs._ltid = tid
+        fs._blob_tpc_finish()
+
+    fs._finish_finish = finish
+    _replace_temporary_file(fs, TransactionBuffer(fs._file_name + '.tmp'))
+
+
+def restore_commit_path(fs):
+    """Give FileStorage back its own last commit step and temporary file
+    (a promoted replica: ZEO commits from now on)."""
+    with fs._lock:
+        del fs._finish_finish       # the class's own method again
+        _replace_temporary_file(fs, open(fs._file_name + '.tmp', 'w+b'))
+
+
+def _replace_temporary_file(fs, tfile):
+    fs._tfile.close()
+    fs._tfile = tfile
+    fs._tfmt = TempFormatter(tfile)
+
+
+# -- FileStorage: packing -----------------------------------------------------
+
+def wrap_packer(fs, wrapper):
+    """Make `fs`'s pack call `wrapper(packer, storage, referencesf, stop,
+    gc)` with FileStorage's packer (or the configured one)."""
+    packer = fs.packer
+
+    def wrapped(storage, referencesf, stop, gc):
+        return wrapper(packer, storage, referencesf, stop, gc)
+
+    fs.packer = wrapped
+
+
+def release_commit_lock(fs):
+    """Release the commit lock a packer returned holding (FileStorage
+    releases it only after a successful switch of files)."""
+    fs._commit_lock.release()
+
+
+# -- ZEO ----------------------------------------------------------------------
+
+class StorageServer(_ZEOStorageServer):
+    """ZEO's StorageServer, safe for invalidations from a foreign thread.
+
+    ZEO's own `invalidate` iterates the live list of a storage's client
+    connections while the loop thread may add or remove entries; a client
+    that disconnects mid-iteration would make another client miss an
+    invalidation.  This version iterates over a snapshot (otherwise the
+    steps of ZEO 6.2's own).
+    """
+
+    def invalidate(self, zeo_storage, storage_id, tid, invalidated):
+        invq = self.invq[storage_id]
+        if len(invq) >= self.invq_bound:
+            invq.pop()
+        invq.insert(0, (tid, invalidated))
+        for client in list(self.zeo_storages_by_storage_id[storage_id]):
+            if client is not zeo_storage:
+                client.async_threadsafe(
+                    'invalidateTransaction', tid, invalidated)
+
+
+def server_address(server):
+    """The address a ZEO StorageServer listens at."""
+    return server.acceptor.addr
+
+
+def server_loop(server):
+    """The asyncio loop of a ZEO StorageServer."""
+    return server.acceptor.event_loop
+
+
+def client_count(server, name):
+    """How many ZEO clients use storage `name`."""
+    return len(server.zeo_storages_by_storage_id.get(name, ()))
+
+
+def swap_storage(server, name, storage):
+    """Serve `storage` as `name` from now on and disconnect the clients of
+    the old one (loop thread); returns how many were disconnected."""
+    server.storages[name] = storage
+    storage.registerDB(StorageServerDB(server, name))
+    clients = list(server.zeo_storages_by_storage_id.get(name, ()))
+    for client in clients:
+        client.connection.close()
+    return len(clients)
