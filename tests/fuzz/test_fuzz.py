@@ -1,33 +1,20 @@
-"""A short run of the protocol fuzzer, scripts/fuzz.py.
+"""Runs of the protocol fuzzer (this package; see its docstring).
 
 Both directions against real zrsd processes (a replica fed by a scripted
 fake primary; a primary with a real replica attached, attacked by hostile
-secondaries), and the in-process layer over a real FileStorage.  The
-invariants and the way cases are built are described in the fuzzer's
-docstring; here each run must come out clean.  The long run is
-``scripts/fuzz.py --cases 1000 --in-process``.
+secondaries), and the in-process layer over a real FileStorage; each run
+must come out clean.  The short runs are part of ``make test``; the long
+one, ``pytest -m long``, is what ``scripts/fuzz.py --cases 1000`` runs.
 """
-import importlib.util
-import os
+import pytest
 
-import support
+from fuzz import run as fuzzer
 
 SEED = '20240611'
 
 
-def _load_fuzzer():
-    path = os.path.join(support.ROOT, 'scripts', 'fuzz.py')
-    spec = importlib.util.spec_from_file_location('zrsd_fuzz', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _load_fuzzer()
-
-
-def run(tmp_path, **kw):
-    summary = fuzz.run(seed=SEED, workdir=str(tmp_path), **kw)
+def run(tmp_path, seed=SEED, **kw):
+    summary = fuzzer.run(seed=seed, workdir=str(tmp_path), **kw)
     print(summary.report())
     return summary
 
@@ -59,3 +46,14 @@ def test_oracle_notices_unchecked_commits(tmp_path):
                   check_checksums=False)
     assert summary.count('partial/unchecked transactions') > 0, \
         summary.report()
+
+
+@pytest.mark.long
+@pytest.mark.timeout(3 * 3600)
+def test_long(tmp_path):
+    """The long run `make torture` ran: ``scripts/fuzz.py --cases 1000``
+    (both sides, seed 1)."""
+    summary = run(tmp_path, seed='1', cases=1000)
+    assert summary.get('secondary', 'cases') == 1000, summary.report()
+    assert summary.get('primary', 'cases') == 1000, summary.report()
+    assert summary.clean, summary.report()

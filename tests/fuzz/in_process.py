@@ -1,0 +1,263 @@
+"""The in-process layer: the same cases fed straight into
+`zrsd.secondary.Receiver` through `zrsd.protocol.FrameDecoder` (in random
+chunks) over a real FileStorage, about a thousand cases per second."""
+import contextlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import traceback
+
+import ZODB.FileStorage
+
+from zrsd import protocol as zrs
+from zrsd.secondary import Receiver
+from zrsd.storage import ReplicaStorage
+
+from .cases import WINDOW_NEED
+from .judges import (ALLOWED_WARNINGS, check_blob_temp, check_file,
+                     check_markers, compare_history, judge, judge_position,
+                     traceback_from_protocol)
+from .results import LaneAbort
+from .source import comparable
+from .streams import MAX_FRAME
+
+
+def unpickler_objects():
+    """The objects `SafeUnpickler` hands out by default."""
+    objects = dict(zrs._BUILTIN_GLOBALS)
+    objects.update(zrs.resolve_globals(zrs.DEFAULT_ALLOWED_GLOBALS))
+    return objects
+
+
+_FUNCTION_ATTRS = ('__defaults__', '__kwdefaults__', '__name__',
+                   '__qualname__', '__module__', '__doc__', '__code__')
+
+
+def snapshot(objects):
+    state = {}
+    for key, obj in objects.items():
+        attrs = {name: getattr(obj, name, None) for name in _FUNCTION_ATTRS}
+        attrs['__dict__'] = dict(vars(obj)) if hasattr(obj, '__dict__') \
+            else None
+        state[key] = attrs
+    return state
+
+
+def restore(objects, state):
+    for key, obj in objects.items():
+        for name, value in state[key].items():
+            if name == '__dict__':
+                if value is not None and isinstance(vars(obj), dict):
+                    vars(obj).clear()
+                    vars(obj).update(value)
+            elif getattr(obj, name, None) is not value:
+                try:
+                    setattr(obj, name, value)
+                except (AttributeError, TypeError):
+                    pass
+
+
+def chunks(data, rng):
+    """`data` in pieces, as TCP might deliver it."""
+    mode = rng.random()
+    if mode < 0.4:
+        yield data
+        return
+    if mode < 0.5 and len(data) < 4000:
+        for i in range(len(data)):
+            yield data[i:i + 1]
+        return
+    pos = 0
+    while pos < len(data):
+        n = rng.randint(1, 9000)
+        yield data[pos:pos + n]
+        pos += n
+
+
+class LogCapture(logging.Handler):
+    """Collects this process's WARNING+ log records while the in-process
+    layer runs (zrsd's and ZODB's), as the daemon's log file would."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self.level = root.level
+        if root.level > logging.WARNING or root.level == logging.NOTSET:
+            root.setLevel(logging.WARNING)
+        root.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        root = logging.getLogger()
+        root.removeHandler(self)
+        root.setLevel(self.level)
+
+    def take(self):
+        records, self.records = self.records, []
+        return records
+
+
+class InProcessLane:
+    """Cases fed to a `Receiver` over a real FileStorage, in this process."""
+
+    side = 'in-process'
+
+    def __init__(self, source, generator, directory, summary, markers,
+                 check_checksums=True):
+        self.source = source
+        self.generator = generator
+        self.directory = directory
+        self.summary = summary
+        self.markers = markers
+        self.check_checksums = check_checksums
+        self.decoder = zrs.MessageDecoder()
+        self.objects = unpickler_objects()
+        self.state = snapshot(self.objects)
+        self.epoch = 0
+        self.fs = self.replica = None
+
+    def run(self, cases):
+        with LogCapture() as self.logs:
+            self.open()
+            try:
+                for number in range(cases):
+                    if len(self.source) - self.position < WINDOW_NEED:
+                        self.close()
+                        self.open()
+                    self.run_case(self.generator.case(number, self.position))
+            finally:
+                self.close()
+
+    def open(self):
+        self.epoch += 1
+        self.summary.add(self.side, 'epochs')
+        base = os.path.join(self.directory, '%s-%d' % (
+            self.generator.lane, self.epoch))
+        self.fs_path = base + '.fs'
+        self.blob_dir = base + '.blobs' if self.source.blob_dir else None
+        self.fs = ZODB.FileStorage.FileStorage(self.fs_path,
+                                               blob_dir=self.blob_dir)
+        self.replica = ReplicaStorage(self.fs)
+        self.position = 0
+
+    def close(self):
+        if self.fs is None:
+            return
+        self.fs.close()
+        self.fs = None
+        check_file(self.summary, self.side, self.source, self.fs_path,
+                   self.blob_dir, self.position)
+        for path in (self.fs_path, self.fs_path + '.index',
+                     self.fs_path + '.lock', self.fs_path + '.tmp'):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        if self.blob_dir:
+            shutil.rmtree(self.blob_dir, ignore_errors=True)
+
+    def run_case(self, case):
+        summary, side = self.summary, self.side
+        summary.add(side, 'cases')
+        rng = random.Random('%s/%s/%d/chunks' % (
+            self.generator.seed, case.lane, case.number))
+        writer = self.replica.writer
+        receiver = Receiver(writer, self.source.tid(self.position),
+                            decoder=self.decoder,
+                            check_checksums=self.check_checksums)
+        frames = zrs.FrameDecoder(receiver.frame_received, MAX_FRAME)
+        error = None
+        try:
+            for chunk in chunks(case.wire, rng):
+                frames.feed(chunk)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            error = exc
+        finally:
+            receiver.abort()   # what connectionLost does
+        text = None
+        if isinstance(error, zrs.ProtocolError):
+            text = 'replication stream rejected: %s' % error
+        elif isinstance(error, Exception):
+            text = 'applying transaction %s failed: %s: %s' % (
+                receiver.failed_tid.hex() if receiver.failed_tid else 'none',
+                type(error).__name__, error)
+            if traceback_from_protocol(
+                    traceback.format_tb(error.__traceback__)):
+                summary.violation(
+                    'log', side, 'the protocol module raised %s instead of '
+                    'ProtocolError: %s' % (type(error).__name__,
+                                           str(error)[:200]), case)
+        elif error is not None:
+            summary.violation('daemon crashes', side, '%s escaped the '
+                              'receiver: %s' % (type(error).__name__, error),
+                              case)
+            text = str(error)
+        judge(summary, side, case, text)
+        for record in self.logs.take():
+            message = record.getMessage()
+            if record.levelno >= logging.ERROR:
+                summary.violation('log', side, 'a second ERROR, from %s: %s'
+                                  % (record.name, message[:300]), case)
+            elif not any(w in message for w in ALLOWED_WARNINGS):
+                summary.violation('log', side, 'unexpected WARNING from %s:'
+                                  ' %s' % (record.name, message[:300]), case)
+        self.check_state(case)
+
+    def check_state(self, case):
+        summary, side, fs = self.summary, self.side, self.fs
+        left_open = (self.replica.writer._transaction is not None
+                     or fs._transaction is not None)
+        if left_open:
+            summary.violation('hangs', side, 'a transaction was left open '
+                              'after the connection ended', case)
+        if not fs._commit_lock.acquire(False):
+            summary.violation('hangs', side, 'the storage commit lock is '
+                              'still held', case)
+            left_open = True
+        else:
+            fs._commit_lock.release()
+        if left_open:
+            with contextlib.suppress(Exception):
+                fs.tpc_abort(fs._transaction)
+        position = self.source.index.get(fs.lastTransaction())
+        expected = case.start + case.commits
+        if position is None:
+            summary.violation('partial/unchecked transactions', side,
+                              'committed tid %s is not in the source'
+                              % fs.lastTransaction().hex(), case)
+            raise LaneAbort()
+        judge_position(summary, side, case, position, expected)
+        if position > self.position:
+            got = [comparable(t) for t in fs.iterator(
+                self.source.tid(self.position + 1))]
+            compare_history(summary, side, case, self.source, self.position,
+                            got)
+            summary.add(side, 'commits', position - self.position)
+        self.position = position
+        check_markers(summary, side, self.markers, case)
+        if self.blob_dir:
+            check_blob_temp(summary, side, self.blob_dir, case)
+        if snapshot(self.objects) != self.state:
+            changed = sorted(
+                '%s.%s' % key for key, attrs in snapshot(self.objects).items()
+                if attrs != self.state[key])
+            summary.violation('side effects', side, 'a message pickle '
+                              'changed objects of the unpickler: %s'
+                              % ', '.join(changed), case)
+            restore(self.objects, self.state)
+
+
+def tmpfs_directory(parent):
+    """A directory on tmpfs if there is one (the in-process layer commits
+    thousands of transactions; fsync there costs nothing), else `parent`."""
+    if os.path.isdir('/dev/shm') and os.access('/dev/shm', os.W_OK):
+        return tempfile.mkdtemp(prefix='zrsd-fuzz-', dir='/dev/shm')
+    return tempfile.mkdtemp(prefix='in-process-', dir=parent)

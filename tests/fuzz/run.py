@@ -1,0 +1,141 @@
+"""Running the fuzzer: `run()` (what the tests call) and the command line
+(`main`, behind scripts/fuzz.py)."""
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+
+from .cases import CaseGenerator
+from .in_process import InProcessLane, tmpfs_directory
+from .nodes import close_all
+from .pickles import HOSTILES, arm_check
+from .primary_side import PrimarySide
+from .results import LaneAbort, Summary
+from .secondary_side import ReplicaLane
+from .source import build_source, source_size
+
+
+def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
+        workdir=None, verbose=False, check_checksums=True, keep=False):
+    """Run the fuzzer; returns a `Summary`.
+
+    `cases` per side (the secondary side splits them over its two lanes);
+    `in_process_cases` per in-process lane source (plain and blobs).
+    `check_checksums=False` breaks the in-process receiver on purpose (to
+    show that the oracle notices).  `keep` keeps every process's files
+    (they are removed when clean otherwise).
+    """
+    own_workdir = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix='zrsd-fuzz-')
+    os.makedirs(workdir, exist_ok=True)
+    summary = Summary(workdir, seed, cases)
+    markers = os.path.join(workdir, 'markers')
+    os.makedirs(markers, exist_ok=True)
+    armed, duds = arm_check(os.path.join(workdir, 'controls'))
+    summary.notes.append('hostile pickles: %d, of which %d armed (each '
+                         'created its marker under plain pickle.loads)'
+                         % (len(HOSTILES), armed))
+    for name in duds:
+        summary.violation('setup', 'fuzzer', 'hostile pickle %s does not '
+                          'fire under pickle.loads' % name)
+    sources = {}
+    if 'secondary' in sides or in_process_cases:
+        size = source_size(max(cases // 2, in_process_cases // 20))
+        for name, blobs in (('plain', False), ('blobs', True)):
+            sources[name] = build_source(os.path.join(workdir, 'sources'),
+                                         name, size, blobs)
+    threads = []
+
+    def timed(side, target, *args):
+        def body():
+            started = time.monotonic()
+            try:
+                target(*args)
+            except Exception:
+                summary.violation('setup', side, traceback.format_exc())
+            finally:
+                with summary.lock:
+                    summary.seconds[side] = max(
+                        summary.seconds[side], time.monotonic() - started)
+        return threading.Thread(target=body, name='fuzz-' + side,
+                                daemon=True)
+
+    if 'secondary' in sides and cases:
+        per_lane = {'plain': (cases + 1) // 2, 'blobs': cases // 2}
+        for name, source in sources.items():
+            generator = CaseGenerator(source, name, seed, markers)
+            lane = ReplicaLane(source, generator, os.path.join(
+                workdir, 'secondary-' + name), summary, markers, verbose,
+                keep)
+            os.makedirs(lane.directory, exist_ok=True)
+            threads.append(timed('secondary', lane.run, per_lane[name]))
+    if 'primary' in sides and cases:
+        side = PrimarySide(os.path.join(workdir, 'primary'), seed, cases,
+                           summary, verbose, keep)
+        threads.append(timed('primary', side.run))
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        close_all()
+    if in_process_cases:
+        directory = tmpfs_directory(workdir)
+        started = time.monotonic()
+        try:
+            for name, source in sources.items():
+                generator = CaseGenerator(source, 'in-process-' + name, seed,
+                                          markers)
+                lane = InProcessLane(source, generator, directory, summary,
+                                     markers, check_checksums)
+                try:
+                    lane.run(in_process_cases)
+                except LaneAbort:
+                    pass
+        finally:
+            summary.seconds['in-process'] = time.monotonic() - started
+            shutil.rmtree(directory, ignore_errors=True)
+    summary.elapsed = time.monotonic() - summary.started
+    if not summary.clean:
+        with open(os.path.join(workdir, 'violations.txt'), 'w') as f:
+            f.write(summary.report(details=len(summary.violations)) + '\n')
+    if summary.clean and own_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Fuzz the ZRS protocol against real zrsd processes.')
+    parser.add_argument('--cases', type=int, default=100,
+                        help='cases per side (default 100)')
+    parser.add_argument('--seed', default='1', help='random seed')
+    parser.add_argument('--side', default='both',
+                        choices=['secondary', 'primary', 'both', 'none'],
+                        help='which process side(s) to fuzz')
+    parser.add_argument('--in-process', action='store_true',
+                        help='also run the in-process layer')
+    parser.add_argument('--in-process-cases', type=int, default=None,
+                        help='in-process cases per source (default: '
+                        '10 x --cases, at least 1000)')
+    parser.add_argument('--workdir', help='work here (default: a new '
+                        'temporary directory, removed when clean)')
+    parser.add_argument('--keep', action='store_true',
+                        help="keep the processes' files even when clean")
+    parser.add_argument('-v', '--verbose', action='store_true')
+    args = parser.parse_args(argv)
+    sides = {'both': ('secondary', 'primary'), 'none': ()}.get(
+        args.side, (args.side,))
+    in_process = 0
+    if args.in_process:
+        in_process = args.in_process_cases
+        if in_process is None:
+            in_process = max(1000, 10 * args.cases)
+    summary = run(args.cases, args.seed, sides, in_process, args.workdir,
+                  args.verbose, keep=args.keep)
+    print(summary.report())
+    return 0 if summary.clean else 1

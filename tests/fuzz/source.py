@@ -1,0 +1,216 @@
+"""The source histories a fake primary replays: small real FileStorages,
+built with a fake clock (so they are the same on every run) and read back
+with the frames a primary sends for each transaction."""
+import datetime
+import os
+import random
+from unittest import mock
+
+import transaction
+import ZODB
+import ZODB.blob
+import ZODB.FileStorage
+from persistent.mapping import PersistentMapping
+from ZODB.POSException import POSKeyError
+from ZODB.utils import z64
+
+from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
+
+from .pickles import message
+
+
+class FakeClock:
+    """A `time.time` that advances 1.5 s per call from 2020-01-01."""
+
+    def __init__(self):
+        self.now = 1577836800.0
+
+    def __call__(self):
+        self.now += 1.5
+        return self.now
+
+
+class Rec:
+    __slots__ = ('oid', 'tid', 'data', 'data_txn', 'blob')
+
+    def __init__(self, oid, tid, data, data_txn, blob):
+        self.oid, self.tid, self.data = oid, tid, data
+        self.data_txn, self.blob = data_txn, blob
+
+
+class SourceTxn:
+    """One source transaction, with the frames a primary sends for it (the
+    C frame excepted: its digest depends on the connection)."""
+
+    def __init__(self, tid, status, user, description, extension, records):
+        self.tid, self.status, self.user = tid, status, user
+        self.description, self.extension = description, extension
+        self.records = records
+        self.comparable = (tid, status, user, description, extension,
+                           [(r.oid, r.tid, r.data, r.data_txn)
+                            for r in records])
+        self.begin = message('T', (tid, status, user, description,
+                                   extension))
+        self.frames = [('T', self.begin)]
+        self.legacy = [('T', self.begin)]
+        for r in records:
+            self.legacy.append(('S', message(
+                'S', (r.oid, tid, '', r.data, r.data_txn))))
+            if r.blob is None:
+                self.frames.append(('S', message(
+                    'S', (r.oid, tid, '', r.data_txn))))
+                self.frames.append(('data', r.data or b''))
+            else:
+                blocks = [r.blob[p:p + BLOCK]
+                          for p in range(0, len(r.blob), BLOCK)]
+                self.frames.append(('B', message(
+                    'B', (r.oid, tid, '', r.data_txn, len(blocks)))))
+                self.frames.append(('data', r.data))
+                self.frames.extend(('block', b) for b in blocks)
+
+    def record_frames(self, r, legacy=False):
+        """The frames of record number `r` (without T and C)."""
+        frames = self.legacy if legacy else self.frames
+        if legacy:
+            return [frames[1 + r]]
+        out, count = [], -1
+        for kind, payload in frames[1:]:
+            if kind in ('S', 'B'):
+                count += 1
+            if count == r:
+                out.append((kind, payload))
+            elif count > r:
+                break
+        return out
+
+
+class Source:
+    """A built source history: `txns`, and the index of each tid."""
+
+    def __init__(self, name, path, blob_dir, txns):
+        self.name, self.path, self.blob_dir = name, path, blob_dir
+        self.txns = txns
+        self.index = {z64: 0}
+        for number, txn in enumerate(txns):
+            self.index[txn.tid] = number + 1
+
+    def __len__(self):
+        return len(self.txns)
+
+    def tid(self, position):
+        """The tid a replica holding `position` transactions has last."""
+        return self.txns[position - 1].tid if position else z64
+
+
+BLOB_SIZES = [0, 1, 1000, BLOCK, BLOCK + 1, 140000]
+
+
+def build_source(directory, name, ntxns, blobs=False):
+    """Write a source FileStorage of about `ntxns` transactions (with the
+    fake clock, so it is the same on every run) and read it back."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name + '.fs')
+    blob_dir = os.path.join(directory, name + '.blobs') if blobs else None
+    rng = random.Random(20240611)
+    ops = ['create', 'change', 'big', 'undo', 'create', 'undo',
+           'change-many', 'meta']
+    if blobs:
+        ops += ['blob-new', 'blob-change', 'undo', 'blob-new']
+    with mock.patch('time.time', FakeClock()):
+        storage = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir)
+        db = ZODB.DB(storage)
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        try:
+            root = conn.root()
+            objects, blob_objects = [], []
+            created = None   # the list that got an object last transaction
+            for step in range(max(1, ntxns - 1)):
+                op = ops[step % len(ops)]
+                tm.begin()
+                txn = tm.get()
+                if op == 'undo':
+                    db.undo(db.undoLog(0, 1)[0]['id'], txn)
+                    txn.note('undo')
+                    if created is not None:
+                        created.pop()   # an undone creation: gone
+                created = None
+                if op == 'undo':
+                    pass
+                elif op == 'create' or not objects:
+                    obj = PersistentMapping(payload=rng.randbytes(
+                        rng.randint(10, 3000)), version=0)
+                    root['o%d' % len(objects)] = obj
+                    objects.append(obj)
+                    created = objects
+                    txn.note('create o%d' % (len(objects) - 1))
+                elif op in ('change', 'big', 'meta'):
+                    obj = rng.choice(objects)
+                    size = (rng.randint(20000, 70000) if op == 'big'
+                            else rng.randint(1, 2000))
+                    obj['payload'] = rng.randbytes(size)
+                    obj['version'] += 1
+                    if op == 'meta':
+                        txn.setUser('alice\u00e9')
+                        txn.note('caf\u00e9 %d' % step)
+                        txn.setExtendedInfo('ticket', step)
+                        txn.setExtendedInfo('when', datetime.datetime(
+                            2020, 1, 1) + datetime.timedelta(hours=step))
+                        txn.setExtendedInfo('tags', ['a', 'b', (1, 2.5)])
+                elif op == 'change-many':
+                    for obj in rng.sample(objects, min(4, len(objects))):
+                        obj['version'] += 1
+                elif op == 'blob-new':
+                    size = BLOB_SIZES[len(blob_objects) % len(BLOB_SIZES)]
+                    blob = ZODB.blob.Blob()
+                    with blob.open('w') as f:
+                        f.write(rng.randbytes(size))
+                    root['b%d' % len(blob_objects)] = blob
+                    blob_objects.append(blob)
+                    created = blob_objects
+                    txn.note('blob of %d bytes' % size)
+                elif op == 'blob-change':
+                    blob = rng.choice(blob_objects)
+                    with blob.open('w') as f:
+                        f.write(rng.randbytes(rng.choice(BLOB_SIZES)))
+                tm.commit()
+        finally:
+            tm.abort()
+            conn.close()
+            db.close()
+    return Source(name, path, blob_dir, read_source(path, blob_dir))
+
+
+def read_source(path, blob_dir=None):
+    fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir,
+                                      read_only=True)
+    try:
+        txns = []
+        for t in fs.iterator():
+            records = []
+            for r in t:
+                blob = None
+                if blob_dir and r.data and ZODB.blob.is_blob_record(r.data):
+                    try:
+                        with open(fs.loadBlob(r.oid, r.tid), 'rb') as f:
+                            blob = f.read()
+                    except (OSError, POSKeyError):
+                        blob = None
+                records.append(Rec(r.oid, r.tid, r.data, r.data_txn, blob))
+            txns.append(SourceTxn(t.tid, t.status, t.user, t.description,
+                                  dict(t.extension), records))
+        return txns
+    finally:
+        fs.close()
+
+
+def comparable(t):
+    """A transaction of a FileStorage iterator as `support.transactions`
+    has it: (tid, status, user, description, extension, records)."""
+    return (t.tid, t.status, t.user, t.description, dict(t.extension),
+            [(r.oid, r.tid, r.data, r.data_txn) for r in t])
+
+
+def source_size(cases_per_lane):
+    """How many transactions a source needs for that many cases."""
+    return max(40, min(300, 2 * cases_per_lane + 20))
