@@ -14,6 +14,7 @@ import ZConfig
 import ZODB.config
 
 from .protocol import DEFAULT_ALLOWED_GLOBALS, MessageDecoder, resolve_globals
+from .replication import open_section
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), 'schema.xml')
 
@@ -186,8 +187,7 @@ class ZRSConfig:
         Replication runs in a process-wide reactor thread and stops when the
         storage is closed.
         """
-        from .node import open_standalone
-        return open_standalone(self)
+        return open_section(self)
 
     def decoder(self):
         return MessageDecoder(self.allowed_globals)

@@ -1,7 +1,9 @@
 """`zrsd -C FILE`: run the replica daemon in the foreground.
 
-This is the only module that wires the pieces together, loads the
-configuration and touches signals.
+This module wires the daemon: it loads the configuration, handles
+signals, and puts the replication side (`zrsd.replication`, wired the same
+way for `%import zrsd` under runzeo), the ZEO server (`zrsd.zeoserver`)
+and the monitor together.
 
 Threads: the main thread runs ZEO's asyncio loop (and, before and after it,
 start-up and shut-down); the reactor thread runs Twisted and replication.
@@ -20,7 +22,7 @@ from ZODB.utils import z64
 
 from . import config as zconfig
 from . import monitor, promotion, systemd
-from .node import Node, drain_nodes, join_streamers
+from .replication import Replication
 from .reactor import ReactorThread
 from . import zeoserver
 from .zeoserver import create_server, replace_storage
@@ -59,6 +61,7 @@ class Daemon:
     def __init__(self, config, log_factory=None):
         self.config = config
         self.log_factory = log_factory
+        self.replication = None
         self.nodes = []
         self.storages = {}     # ZEO storage name -> the node's storage
         self.server = None
@@ -76,10 +79,9 @@ class Daemon:
     def run(self):
         try:
             self.install_signal_handlers()
-            self.open_storages()
             self.reactor = ReactorThread(on_crash=self.reactor_crashed)
-            self.reactor.start()
-            self.reactor.call(self.start_links)
+            self.open_storages()
+            self.replication.start()
             if self.wait_for_data():
                 self.serve()
                 self.reactor.call(self.start_monitoring)
@@ -99,15 +101,10 @@ class Daemon:
         return self.exit_status
 
     def open_storages(self):
-        for zrs in self.config.storages:
-            node = Node(zrs)
-            self.nodes.append(node)
-            self.storages[zrs.name] = node.storage
-
-    def start_links(self):
-        """Start every node's client and server (reactor thread)."""
+        self.replication = Replication(self.config.storages, self.reactor)
+        self.nodes = self.replication.nodes
         for node in self.nodes:
-            node.start(self.reactor.reactor)
+            self.storages[node.name] = node.storage
 
     def wait_for_data(self):
         """Unless `serve-empty`, wait until every replica holds data.
@@ -173,11 +170,6 @@ class Daemon:
             storages.append(status)
         return {'pid': os.getpid(), 'time': now, 'storages': storages}
 
-    def drain_links(self):
-        """Stop commits, then let secondaries catch up, bounded (reactor
-        thread; the ZEO loop has stopped).  Returns a Deferred."""
-        return drain_nodes(self.nodes)
-
     def promote(self):
         """Promote every replica with a pending promotion record (the main
         thread: the ZEO loop, or start-up)."""
@@ -192,20 +184,10 @@ class Daemon:
                 continue
             if record is None or record.get('state') == promotion.DONE:
                 continue
-            storage = self.reactor.call(node.promote)
+            storage = self.replication.promote(node)
             self.storages[node.name] = storage
             if self.server is not None:
                 replace_storage(self.server, node.name, storage)
-
-    def stop_links(self):
-        """Stop every link, aborting half-received transactions (reactor
-        thread); returns the streamers to join."""
-        if self.monitor is not None:
-            self.monitor.stopListening()
-        streamers = []
-        for node in self.nodes:
-            streamers.extend(node.stop())
-        return streamers
 
     # -- systemd watchdog ---------------------------------------------------
 
@@ -294,13 +276,16 @@ class Daemon:
     # -- tear down, in reverse ----------------------------------------------
 
     def shut_down(self):
+        if self.replication is not None:
+            # ZEO's loop has stopped: no more ZEO commits; secondaries
+            # catch up, then every link stops.
+            try:
+                self.replication.stop()
+            except Exception:
+                logger.exception('stopping replication failed')
         if self.reactor is not None:
-            if self.nodes and not self.reactor.crashed.is_set():
-                try:
-                    self.reactor.call(self.drain_links)
-                    join_streamers(self.reactor.call(self.stop_links))
-                except Exception:
-                    logger.exception('stopping replication failed')
+            if self.monitor is not None and self.reactor.running:
+                self.reactor.call(self.monitor.stopListening)
             self.reactor.stop()
         if self.server is not None:
             # Closes client connections and the storages (saving the

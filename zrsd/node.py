@@ -10,9 +10,7 @@ Roles, by the section's keys:
 
 `start` and `stop` run in the reactor thread.
 """
-import atexit
 import logging
-import threading
 
 from twisted.internet import defer, task
 from ZODB.utils import z64
@@ -20,7 +18,6 @@ from ZODB.utils import z64
 from . import promotion, protocol
 from .client import ReplicationClient, tcp_endpoint
 from .progress import Progress, tid_time
-from .reactor import ReactorThread
 from .server import PrimaryServer
 from .sockets import format_address
 from .storage import PrimaryStorage, ReplicaStorage
@@ -195,53 +192,3 @@ class Node:
                           replicate_to=format_address(
                               server.listening_address()))
         return status
-
-
-def drain_nodes(nodes):
-    """`Node.drain` for each of `nodes` at once (reactor thread); returns
-    a Deferred."""
-    return defer.DeferredList([node.drain() for node in nodes])
-
-
-def join_streamers(streamers, timeout=10.0):
-    """Wait for stopped streamer threads (not from the reactor thread)."""
-    for streamer in streamers:
-        streamer.join(timeout)
-
-
-_shared = None
-_shared_lock = threading.Lock()
-
-
-def shared_reactor_thread():
-    """The process-wide reactor thread for storages opened by ZConfig.
-
-    Started on first use; stopped at interpreter exit.
-    """
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = ReactorThread()
-            _shared.start()
-            atexit.register(_shared.stop)
-        return _shared
-
-
-def open_standalone(zrs):
-    """Open a `<zrs>` section's storage with replication running.
-
-    For `%import zrsd` inside a plain runzeo config: closing the returned
-    storage stops its links.
-    """
-    reactor = shared_reactor_thread()
-    node = Node(zrs)
-    if node.replicating:
-        node.storage.hold_commits_until_registered()
-    reactor.call(node.start, reactor.reactor)
-
-    def stop_links():
-        reactor.call(node.drain)
-        join_streamers(reactor.call(node.stop))
-
-    node.storage.before_close = stop_links
-    return node.storage

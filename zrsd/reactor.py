@@ -40,6 +40,11 @@ class ReactorThread:
         self._stopping = False
         self._thread = None
 
+    @property
+    def running(self):
+        """Has the thread started, and not ended?"""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self, timeout=30):
         bridge_twisted_logging()
         running = threading.Event()
@@ -69,10 +74,6 @@ class ReactorThread:
         """
         return threads.blockingCallFromThread(
             self.reactor, function, *args, **kw)
-
-    def call_soon(self, function, *args, **kw):
-        """Schedule `function` in the reactor thread; do not wait."""
-        self.reactor.callFromThread(function, *args, **kw)
 
     def stop(self, timeout=30):
         """Stop the reactor and wait for its thread (from another thread)."""
