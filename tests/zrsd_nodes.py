@@ -70,11 +70,13 @@ def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
 
 
 def write_config(path, zeo_port, fs_path, replicate_from=None,
-                 replicate_to=None, blob_dir=None, zrs_lines=''):
+                 replicate_to=None, blob_dir=None, zrs_lines='',
+                 log_format=LOG_FORMAT):
     """Write `config_text(...)` to `path`; returns `path`."""
     with open(path, 'w') as f:
         f.write(config_text(zeo_port, fs_path, replicate_from, replicate_to,
-                            blob_dir, zrs_lines=zrs_lines))
+                            blob_dir, log_format=log_format,
+                            zrs_lines=zrs_lines))
     return path
 
 
@@ -124,6 +126,7 @@ class ZrsdNode:
         self.starts = 0
 
     zrs_lines = ''  # more lines of its <zrs> section (config_text)
+    log_format = LOG_FORMAT  # e.g. `%(created).6f` stamps (the benchmark)
 
     @property
     def role(self):
@@ -147,10 +150,12 @@ class ZrsdNode:
                             replicate_from=self.upstream,
                             replicate_to=self.repl_port,
                             blob_dir=self.blob_dir,
-                            zrs_lines=self.zrs_lines)
+                            zrs_lines=self.zrs_lines,
+                            log_format=self.log_format)
 
-    def start(self, timeout=60.0):
-        """Start zrsd; return once it logs that it serves ZEO."""
+    def launch(self):
+        """Start zrsd without waiting (an empty replica serves ZEO only
+        once its first transaction arrived)."""
         assert not self.running()
         self.write_config()
         self.starts += 1
@@ -158,6 +163,11 @@ class ZrsdNode:
                                 self.config_path], self.log_path)
         if self.register is not None:
             self.register(self.process)
+        return self
+
+    def start(self, timeout=60.0):
+        """Start zrsd; return once it logs that it serves ZEO."""
+        self.launch()
         self.process.wait_for_log(' over ZEO at ', timeout)
         if self.repl_port:
             self.process.wait_for_log('serving ZRS to secondaries', timeout)

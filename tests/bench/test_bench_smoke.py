@@ -1,0 +1,39 @@
+"""The benchmark on a tiny workload: each phase runs once, briefly, and
+produces its figures.  No timing is asserted: speed belongs in the
+numbers `make bench` prints, not here."""
+import os
+
+from .cli import parse_args, run_phases
+from .report import report, summarise
+from .workload import generate_workload
+
+
+def test_every_phase_produces_its_figures(tmp_path):
+    path = str(tmp_path / 'workload.fs')
+    meta = generate_workload(path, transactions=200, big_transactions=1,
+                             seed=7)
+    args = parse_args(['--preset', 'small', '--rounds', '1',
+                       '--lag-seconds', '0.3', '--read-seconds', '0.3',
+                       '--blob-mb', '2', '--no-reference-lag'])
+    run, results = run_phases(args, path, meta, str(tmp_path / 'run'))
+    s = summarise(results, meta)
+    text = report(results, s, meta, args)
+
+    assert not run.owned and not os.path.exists(run.primary_dir or '/-')
+    for key, row in s['catchup'].items():
+        assert row.get('verified'), (key, row, text)
+    for key in ('b@100', 'b@500', 'a@100', 'a@500'):
+        row = s['lag'][key]
+        assert row['commits'] and not row['missing'] and not row['stale'], (
+            key, row, text)
+    for key in ('zrsd/1', 'zrsd/4', 'runzeo/1', 'runzeo/4'):
+        assert s['reads'][key]['loads_per_s'], (key, text)
+    memory = results['memory']
+    assert memory['txn']['peak_rss_mb'] > 0, text
+    assert memory['blob'].get('peak_rss_mb') or memory['blob']['skipped']
+    names = {t['name'] for t in s['targets']}
+    assert {'catchup_a_over_e', 'catchup_b_over_c', 'lag_500_p99_ms',
+            'reads_ratio', 'memory_mb'} <= names, text
+    for heading in ('1. Catch-up', '2. Lag', '3. Reads', '4. Memory',
+                    'Targets'):
+        assert heading in text
