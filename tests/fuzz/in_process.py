@@ -19,7 +19,6 @@ from .cases import WINDOW_NEED
 from .judges import (ALLOWED_WARNINGS, check_blob_temp, check_file,
                      check_markers, compare_history, judge, judge_position,
                      traceback_from_protocol)
-from .results import LaneAbort
 from .source import comparable
 from .streams import MAX_FRAME
 
@@ -110,13 +109,12 @@ class InProcessLane:
 
     side = 'in-process'
 
-    def __init__(self, source, generator, directory, summary, markers,
-                 check_checksums=True):
-        self.source = source
+    def __init__(self, generator, directory, summary, check_checksums=True):
+        self.source = generator.source
         self.generator = generator
         self.directory = directory
         self.summary = summary
-        self.markers = markers
+        self.markers = generator.markers
         self.check_checksums = check_checksums
         self.decoder = zrs.MessageDecoder()
         self.objects = unpickler_objects()
@@ -227,14 +225,8 @@ class InProcessLane:
         if left_open:
             with contextlib.suppress(Exception):
                 fs.tpc_abort(fs._transaction)
-        position = self.source.index.get(fs.lastTransaction())
-        expected = case.start + case.commits
-        if position is None:
-            summary.violation('partial/unchecked transactions', side,
-                              'committed tid %s is not in the source'
-                              % fs.lastTransaction().hex(), case)
-            raise LaneAbort()
-        judge_position(summary, side, case, position, expected)
+        position = judge_position(summary, side, case, self.source,
+                                  fs.lastTransaction())
         if position > self.position:
             got = [comparable(t) for t in fs.iterator(
                 self.source.tid(self.position + 1))]

@@ -8,6 +8,7 @@ import re
 import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
 
+from .results import LaneAbort
 from .source import comparable
 
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
@@ -54,9 +55,17 @@ def compare_history(summary, side, case, source, first, got):
     return True
 
 
-def judge_position(summary, side, case, position, expected):
-    """The replica must hold exactly the transactions whose commit was
-    intact: fewer lost a valid one, more committed an unchecked one."""
+def judge_position(summary, side, case, source, tid):
+    """The replica, whose last transaction is `tid`, must hold exactly the
+    transactions whose commit was intact: fewer lost a valid one, more
+    committed an unchecked one.  Returns its position in the source."""
+    position = source.index.get(tid)
+    if position is None:
+        summary.violation('partial/unchecked transactions', side,
+                          "the replica's last transaction %s is not in the "
+                          'source' % tid.hex(), case)
+        raise LaneAbort()
+    expected = case.start + case.commits
     if position < expected:
         summary.violation('lost valid transactions', side,
                           'at source index %d, expected %d' % (
@@ -65,6 +74,7 @@ def judge_position(summary, side, case, position, expected):
         summary.violation('partial/unchecked transactions', side,
                           'at source index %d, expected %d' % (
                               position, expected), case)
+    return position
 
 
 # Expected WARNINGs: a corrupted record restored before its commit's

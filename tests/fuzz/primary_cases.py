@@ -71,6 +71,7 @@ class RawSecondary:
         side.ports.add(self.port)
         side.summary.add('primary', 'connections')
         self.buffer = b''
+        self.dribble = 0     # bytes still to send, one per case (slow-loris)
 
     def send(self, data):
         try:

@@ -151,12 +151,12 @@ class PrimarySide:
         # completing it: the handshake timeout must still drop it.
         dribbler = RawSecondary(self)
         dribbler.send(struct.pack('>I', 64))
-        dribbler.dribbled = 0
+        dribbler.dribble = 63
         self.slow.append((number, dribbler))
         for case in cases:
             for _, conn in self.slow:
-                if getattr(conn, 'dribbled', 63) < 63:
-                    conn.dribbled += 1
+                if conn.dribble:
+                    conn.dribble -= 1
                     conn.send(b'z')
             self.case(case)
         self.collect_slow(number - SLOW_LORIS_AGE)

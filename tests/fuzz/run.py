@@ -67,9 +67,8 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
         per_lane = {'plain': (cases + 1) // 2, 'blobs': cases // 2}
         for name, source in sources.items():
             generator = CaseGenerator(source, name, seed, markers)
-            lane = ReplicaLane(source, generator, os.path.join(
-                workdir, 'secondary-' + name), summary, markers, verbose,
-                keep)
+            lane = ReplicaLane(generator, os.path.join(
+                workdir, 'secondary-' + name), summary, verbose, keep)
             os.makedirs(lane.directory, exist_ok=True)
             threads.append(timed('secondary', lane.run, per_lane[name]))
     if 'primary' in sides and cases:
@@ -90,8 +89,8 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
             for name, source in sources.items():
                 generator = CaseGenerator(source, 'in-process-' + name, seed,
                                           markers)
-                lane = InProcessLane(source, generator, directory, summary,
-                                     markers, check_checksums)
+                lane = InProcessLane(generator, directory, summary,
+                                     check_checksums)
                 try:
                     lane.run(in_process_cases)
                 except LaneAbort:

@@ -87,8 +87,8 @@ class SourceTxn:
 class Source:
     """A built source history: `txns`, and the index of each tid."""
 
-    def __init__(self, name, path, blob_dir, txns):
-        self.name, self.path, self.blob_dir = name, path, blob_dir
+    def __init__(self, blob_dir, txns):
+        self.blob_dir = blob_dir
         self.txns = txns
         self.index = {z64: 0}
         for number, txn in enumerate(txns):
@@ -178,7 +178,7 @@ def build_source(directory, name, ntxns, blobs=False):
             tm.abort()
             conn.close()
             db.close()
-    return Source(name, path, blob_dir, read_source(path, blob_dir))
+    return Source(blob_dir, read_source(path, blob_dir))
 
 
 def read_source(path, blob_dir=None):
