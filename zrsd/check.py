@@ -26,12 +26,13 @@ a port on 127.0.0.1 (for `zrs-nagios` it is a unix socket name).
 """
 import argparse
 import json
-import re
 import socket
 import struct
 import sys
 
-import ZODB.TimeStamp
+from .options import seconds
+from .sockets import parse_address
+from .tids import tid_time
 
 OK, WARNING, CRITICAL = 0, 1, 2
 
@@ -43,20 +44,6 @@ USAGE = 'zrsd-check [options] PRIMARY_ADDRESS SECONDARY_ADDRESS'
 
 class StatusError(Exception):
     """A server could not be reached or did not answer sensibly."""
-
-
-def parse_address(text):
-    """(socket family, address) of `host:port`, `[v6]:port`, `port` or a
-    unix socket path."""
-    match = re.match(r'\[(\S+)\]:(\d+)$', text)
-    if match:
-        return socket.AF_INET6, (match.group(1), int(match.group(2)))
-    match = re.match(r'(\S+):(\d+)$', text)
-    if match:
-        return socket.AF_INET, (match.group(1), int(match.group(2)))
-    if text.isdigit():
-        return socket.AF_INET, ('127.0.0.1', int(text))
-    return socket.AF_UNIX, text
 
 
 def _read_frame(sock):
@@ -112,7 +99,7 @@ def last_commit_times(text, role, timeout=DEFAULT_TIMEOUT):
     for name, status in ask_status(text, role, timeout).items():
         try:
             tid = bytes.fromhex(status['last-transaction'])
-            times[name] = ZODB.TimeStamp.TimeStamp(tid).timeTime()
+            times[name] = tid_time(tid)
         except (TypeError, KeyError, ValueError) as exc:
             raise StatusError(
                 "Can't read the status of %s at %r: bad last transaction "
@@ -175,13 +162,6 @@ def evaluate(primary, secondary, warning=0, error=0, metrics=False):
     return lines, status
 
 
-def _seconds(text):
-    value = float(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='zrsd-check', usage=USAGE,
@@ -190,11 +170,11 @@ def parse_args(argv):
     parser.add_argument('-m', '--output-metrics', action='store_true',
                         help='output the replication lag as performance '
                              'data')
-    parser.add_argument('-w', '--warning', type=_seconds, default=0,
+    parser.add_argument('-w', '--warning', type=seconds, default=0,
                         metavar='SECONDS', help='warning lag, in seconds')
-    parser.add_argument('-e', '--error', type=_seconds, default=0,
+    parser.add_argument('-e', '--error', type=seconds, default=0,
                         metavar='SECONDS', help='critical lag, in seconds')
-    parser.add_argument('-t', '--timeout', type=_seconds,
+    parser.add_argument('-t', '--timeout', type=seconds,
                         default=DEFAULT_TIMEOUT, metavar='SECONDS',
                         help='give up on a server that does not answer '
                              'within this time (default %(default)s)')

@@ -331,7 +331,6 @@ class Streamer:
         self.fs = fs
         self.notifier = notifier
         self.tid_index = tid_index
-        self.start_tid = start_tid
         self.last_tid = start_tid
         self._send = send
         self._done = done

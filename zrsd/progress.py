@@ -10,12 +10,9 @@ import time
 
 from ZODB.TimeStamp import TimeStamp
 
+from .tids import tid_time
+
 logger = logging.getLogger(__name__)
-
-
-def tid_time(tid):
-    """Seconds since the epoch at which transaction `tid` committed."""
-    return TimeStamp(tid).timeTime()
 
 
 class Progress:

@@ -57,8 +57,6 @@ PROTOCOL_2_0 = b'zrs2.0'
 PROTOCOL_2_1 = b'zrs2.1'
 PROTOCOLS = (PROTOCOL_2_0, PROTOCOL_2_1)
 
-Z64 = b'\0' * 8
-
 #: The default limit on one frame's payload.  A single ZODB record bigger
 #: than this is refused; it is configurable (``max-message-size``).
 DEFAULT_MAX_FRAME = 256 << 20

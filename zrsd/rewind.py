@@ -76,6 +76,7 @@ from ZODB.utils import z64
 
 from . import config as zconfig
 from . import promotion, protocol
+from .options import positive_seconds
 from .primary import TxnHeader
 from .secondary import Receiver
 from .sockets import format_address
@@ -613,24 +614,14 @@ def parse_args(argv):
                         help='the zrsd configuration file')
     parser.add_argument('--dry-run', action='store_true',
                         help='print what would be removed; change nothing')
-    parser.add_argument('--timeout', type=_seconds, default=DEFAULT_TIMEOUT,
-                        metavar='SECONDS',
+    parser.add_argument('--timeout', type=positive_seconds,
+                        default=DEFAULT_TIMEOUT, metavar='SECONDS',
                         help='silence from the primary that means it has '
                              'nothing more (default %(default)s)')
     parser.add_argument('name', nargs='?', metavar='NAME',
                         help='the <zrs NAME> section (default: the only one '
                              'with replicate-from)')
     return parser.parse_args(argv)
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError('not a positive number: %r' % text)
-    return value
 
 
 def main(argv=None):

@@ -27,6 +27,7 @@ import logging
 from .protocol import (BLOB_BLOCK_SIZE, ChecksumMismatch, MessageDecoder,
                        ProtocolError)
 from .protocol import Begin, Commit, Store, StoreBlob, StreamChecksum
+from .tids import describe_tid
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ class State(enum.Enum):
     BLOB_RECORD_DATA = 'expecting blob record data'
     BLOB_BLOCKS = 'expecting blob blocks'
     FAILED = 'failed'
-
-
-def describe_tid(tid):
-    """A tid as hex, for log lines."""
-    return tid.hex() if tid is not None else 'none'
 
 
 class Receiver:

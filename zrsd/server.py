@@ -73,7 +73,7 @@ class PrimaryProtocol(protocol.Protocol):
         if not server.allows(host):
             self._refuse('%s is not in allow-from' % host)
             return
-        self._timeout = server.clock.callLater(
+        self._timeout = server.reactor.callLater(
             server.handshake_timeout, self._handshake_timed_out)
         logger.info('%s: secondary connected', self.peer)
 
@@ -111,7 +111,7 @@ class PrimaryProtocol(protocol.Protocol):
         self._cancel_timeout()
         self.phase = Phase.STREAMING
         server = self.server
-        reactor = server.clock
+        reactor = server.reactor
         self.streamer = Streamer(
             server.storage.file_storage, server.storage.commits,
             server.tid_index, start_tid,
@@ -179,7 +179,7 @@ class PrimaryProtocol(protocol.Protocol):
             'database: nothing is sent, closing the connection (zrsd-rewind '
             'repairs a forked replica)' % error)
         limiter = self.server.refusals.setdefault(self.host, RepeatLimiter())
-        logged = limiter.check(text, self.server.clock.seconds())
+        logged = limiter.check(text, self.server.reactor.seconds())
         if logged is None:
             logger.info('%s: secondary refused again (%s)', self.peer, error)
         else:
@@ -241,12 +241,12 @@ class PrimaryServer:
     `has_blobs`.
     """
 
-    def __init__(self, name, storage, address, clock,
+    def __init__(self, name, storage, address, reactor,
                  handshake_timeout=30.0, tls=None, allowed_networks=()):
         self.name = name
         self.storage = storage
         self.address = address
-        self.clock = clock
+        self.reactor = reactor
         self.handshake_timeout = handshake_timeout
         self.tls = tls
         self.allowed_networks = list(allowed_networks)
@@ -258,14 +258,14 @@ class PrimaryServer:
     def start(self):
         factory = _Factory(self)
         if isinstance(self.address, str):
-            self.port = self.clock.listenUNIX(self.address, factory)
+            self.port = self.reactor.listenUNIX(self.address, factory)
         elif self.tls is not None:
             host, port = self.address
-            self.port = self.clock.listenSSL(
+            self.port = self.reactor.listenSSL(
                 port, factory, self.tls.server_options(), interface=host)
         else:
             host, port = self.address
-            self.port = self.clock.listenTCP(port, factory, interface=host)
+            self.port = self.reactor.listenTCP(port, factory, interface=host)
         logger.info('%s: serving ZRS to secondaries at %s%s', self.name,
                     format_address(self.listening_address()),
                     ' (TLS, client certificates required)' if self.tls
@@ -302,7 +302,7 @@ class PrimaryServer:
         logger.info('%s: stopping: letting %d secondaries receive the last '
                     'commits (up to %gs)', self.name, len(connections),
                     timeout)
-        started = self.clock.seconds()
+        started = self.reactor.seconds()
         pending = [connection.drain() for connection in connections]
 
         def left_behind(_):
@@ -322,10 +322,10 @@ class PrimaryServer:
                 logger.info('%s: every secondary received the last commit '
                             '%s (%.2fs)', self.name,
                             self.storage.lastTransaction().hex(),
-                            self.clock.seconds() - started)
+                            self.reactor.seconds() - started)
 
         drained = defer.DeferredList(pending)
-        timer = task.deferLater(self.clock, timeout, lambda: None)
+        timer = task.deferLater(self.reactor, timeout, lambda: None)
         timer.addCallback(left_behind)
         timer.addErrback(lambda failure: failure.trap(defer.CancelledError))
         drained.addCallback(done)

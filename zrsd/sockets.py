@@ -1,6 +1,7 @@
 """Socket options and address formatting shared by client and server."""
 import array
 import fcntl
+import re
 import socket
 import termios
 
@@ -45,6 +46,21 @@ def quick_ack(sock):
 
 
 _TCP_QUICKACK = getattr(socket, 'TCP_QUICKACK', None)
+
+
+def parse_address(text):
+    """(socket family, address) of `host:port`, `[v6]:port`, `port` (on
+    127.0.0.1) or a unix socket path, as the command-line tools take
+    them."""
+    match = re.match(r'\[(\S+)\]:(\d+)$', text)
+    if match:
+        return socket.AF_INET6, (match.group(1), int(match.group(2)))
+    match = re.match(r'(\S+):(\d+)$', text)
+    if match:
+        return socket.AF_INET, (match.group(1), int(match.group(2)))
+    if text.isdigit():
+        return socket.AF_INET, ('127.0.0.1', int(text))
+    return socket.AF_UNIX, text
 
 
 def format_address(address):

@@ -88,10 +88,11 @@ import ZEO
 import ZODB.FileStorage
 from ZEO.Exceptions import ClientDisconnected, ServerException
 from ZODB.POSException import POSError, POSKeyError
-from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64, z64
 
-from .check import parse_address
+from .options import positive_seconds
+from .sockets import parse_address
+from .tids import format_tid, tid_time
 
 AGREE, DIVERGE, ERROR = 0, 1, 2
 
@@ -195,15 +196,6 @@ def _exc_text(exc):
 
 
 # -- rendering ----------------------------------------------------------------
-
-def format_tid(tid):
-    """16 hex digits and the UTC time the tid stands for."""
-    return '%s (%s UTC)' % (tid.hex(), TimeStamp(tid))
-
-
-def tid_time(tid):
-    return TimeStamp(tid).timeTime()
-
 
 def format_oid(oid):
     return '0x%016x' % u64(oid)
@@ -752,13 +744,6 @@ def _tid_argument(text):
     return tid
 
 
-def _seconds(text):
-    value = float(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='zrsd-verify', usage=USAGE,
@@ -787,7 +772,7 @@ def parse_args(argv):
     parser.add_argument('--storage', default='1', metavar='NAME',
                         help='ZEO storage name on both servers (default '
                              '%(default)s)')
-    parser.add_argument('-t', '--timeout', type=_seconds,
+    parser.add_argument('-t', '--timeout', type=positive_seconds,
                         default=DEFAULT_TIMEOUT, metavar='SECONDS',
                         help='give up on a ZEO server that cannot be '
                              'reached within this time (default '
