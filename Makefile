@@ -20,10 +20,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-# The long torture and fuzzing runs (short versions run in `make test`).
+# The long torture and fuzzing runs (marker `long`; their short versions
+# run in `make test`).  Only the suites present are listed.
 torture: $(STAMP)
-	$(BIN)/python scripts/torture.py --long
-	$(BIN)/python scripts/fuzz.py --cases 1000
+	$(BIN)/python -m pytest -p no:cacheprovider -m long $(wildcard tests/torture tests/fuzz) $(PYTEST_ARGS)
 
 # Side-by-side benchmark against zc.zrs; results in var/bench/.
 bench: $(STAMP)

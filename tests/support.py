@@ -157,14 +157,19 @@ def transactions(path):
     Each transaction is (tid, status, user, description, extension,
     [(oid, tid, data, data_txn), ...]).
     """
+    return list(iter_transactions(path))
+
+
+def iter_transactions(path):
+    """`transactions(path)` one at a time (for files too big to hold in
+    memory twice); the storage closes when the iteration ends or the
+    generator is closed."""
     fs = ZODB.FileStorage.FileStorage(path, read_only=True)
     try:
-        result = []
         for txn in fs.iterator():
             records = [(r.oid, r.tid, r.data, r.data_txn) for r in txn]
-            result.append((txn.tid, txn.status, txn.user, txn.description,
-                           dict(txn.extension), records))
-        return result
+            yield (txn.tid, txn.status, txn.user, txn.description,
+                   dict(txn.extension), records)
     finally:
         fs.close()
 

@@ -1,0 +1,256 @@
+"""Scenario disk-full: two replicas' disks fill up; space comes back.
+
+Replica `full` has its data file and blobs on a small filesystem,
+replica `fsonly` only its data file (and FileStorage's `.tmp` file
+beside it; blobs elsewhere).  In each episode both filesystems are
+limited to what they hold plus 1-3 MB, and the writer commits large
+records and blobs until both replicas have logged the disk-full ERROR
+(they keep running and retrying).  Then one of them, in turn, is killed
+while full (its file must open and be a prefix of the primary's history)
+and restarted while still full; space comes back and both must catch up;
+the final files are equal.
+
+Variant `tmpfs`: a tmpfs mounted with `size=` (needs root / mount
+permission) and grown with `mount -o remount,size=`.  Variant `injected`
+(when mounting is not allowed, or `--disk-full injected`): the replica
+runs with `quota_site/sitecustomize.py` on its PYTHONPATH, which makes
+writing past a byte quota write what fits and raise `OSError(ENOSPC)`,
+as a full disk does; the quota lives in a file and is raised to "free
+space".  It covers only the data file (blob files are written
+normally).  The variant that ran is printed.
+"""
+import errno
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import ZODB.FileStorage
+
+from .judges import compare_exact
+from .scenario import Scenario, ScenarioFailed
+
+QUOTA_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'quota_site')
+DISK_FULL = re.compile(r'No space left on device|ENOSPC|\[Errno 28\]')
+# The ERROR line zrsd documents for a transaction it cannot apply.
+DISK_FULL_ERROR = (r'(?m)^.* ERROR .*applying transaction \S+ failed: '
+                   r'.*(%s)' % DISK_FULL.pattern)
+
+
+class TmpfsSpace:
+    """A tmpfs of limited size (variant `tmpfs`)."""
+
+    variant = 'tmpfs'
+    env = None
+
+    def __init__(self, directory):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self._mount('-t', 'tmpfs', '-o', 'size=%d' % (1 << 30), 'tmpfs',
+                    directory)
+        self.mounted = True
+
+    @staticmethod
+    def _mount(*args):
+        done = subprocess.run(('mount',) + args, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise OSError(errno.EPERM, 'mount %s: %s' % (
+                ' '.join(args), done.stdout.decode('utf-8', 'replace')
+                .strip()))
+
+    def used(self):
+        st = os.statvfs(self.directory)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def limit(self, size):
+        size = -(-size // 4096) * 4096
+        self._mount('-o', 'remount,size=%d' % size, self.directory)
+
+    def grow(self):
+        self._mount('-o', 'remount,size=%d' % (1 << 30), self.directory)
+
+    def close(self):
+        if self.mounted:
+            done = subprocess.run(['umount', self.directory],
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+            if done.returncode:
+                subprocess.run(['umount', '-l', self.directory])
+            self.mounted = False
+
+
+class InjectedSpace:
+    """A byte quota on the replica's data file (variant `injected`)."""
+
+    variant = 'injected'
+
+    def __init__(self, directory, fs_path):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.fs_path = fs_path
+        self.quota_file = os.path.join(directory, 'quota')
+        self.grow()
+        self.env = {'PYTHONPATH': QUOTA_SITE,
+                    'ZRSD_TORTURE_QUOTA_FILE': self.quota_file}
+
+    def used(self):
+        try:
+            return os.path.getsize(self.fs_path)
+        except FileNotFoundError:
+            return 0
+
+    def limit(self, size):
+        tmp = self.quota_file + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write('%d\n' % size)
+        os.replace(tmp, self.quota_file)
+
+    def grow(self):
+        self.limit(1 << 62)
+
+    def close(self):
+        pass
+
+
+class DiskFull(Scenario):
+    """Two replicas' disks fill up; space comes back (module docstring)."""
+
+    name = 'disk-full'
+    allowed_errors = (DISK_FULL_ERROR,)
+
+    def make_space(self, directory, fs_path):
+        wanted = self.torture.disk_full_variant
+        if wanted in ('auto', 'tmpfs'):
+            try:
+                return TmpfsSpace(directory)
+            except OSError as exc:
+                if wanted == 'tmpfs':
+                    raise ScenarioFailed('cannot mount a tmpfs: %s' % exc)
+                note = ('disk-full: mounting a tmpfs failed (%s); using the '
+                        'injected variant' % exc)
+                if note not in self.report.notes:
+                    self.report.notes.append(note)
+        return InjectedSpace(directory, fs_path)
+
+    def run(self, counts):
+        self.spaces = []
+        self.start_primary()
+        self.wait_commits(200)
+        replicas = []
+        for name, blobs_on_small in (('full', True), ('fsonly', False)):
+            small = os.path.join(self.directory, 'small-' + name)
+            space = self.make_space(small, os.path.join(small, name + '.fs'))
+            self.spaces.append(space)
+            replica = self.node(
+                name, upstream=self.primary.repl_port, data_dir=small,
+                blob_parent=small if blobs_on_small else self.directory,
+                env=space.env).start()
+            replica.space = space
+            replicas.append(replica)
+        variant = self.spaces[0].variant
+        self.say('disk-full variant: %s' % variant)
+        self.report.notes.append('disk-full variant that ran: %s' % variant)
+        for replica in replicas:
+            self.wait_caught_up(replica)
+        for episode in range(counts['disk_full']):
+            self.fill(replicas)
+            self.kill_while_full(replicas[episode % 2])
+            for replica in replicas:
+                replica.space.grow()
+            self.count('recoveries after space came back', 2)
+            for replica in replicas:
+                self.wait_caught_up(replica)
+        self.settle(replicas)
+        self.writer_summary()
+        for replica in replicas:
+            self.compare(replica)
+
+    def fill(self, replicas):
+        """Limit both filesystems to what they hold plus 1-3 MB; write
+        heavily until both replicas logged the disk-full ERROR."""
+        offsets = []
+        for replica in replicas:
+            space = replica.space
+            space.limit(space.used() + (self.rng.randint(1, 3) << 20))
+            offsets.append(len(replica.log_text()))
+        self.writer.heavy = True
+        try:
+            for replica, offset in zip(replicas, offsets):
+                self.log_wait(replica, DISK_FULL_ERROR, 1, offset)
+        finally:
+            self.writer.heavy = False
+        for replica, offset in zip(replicas, offsets):
+            # It keeps retrying and failing the same clear way; the
+            # repeats are rate-limited (one ERROR, then DEBUG lines).
+            found = self.log_wait(replica, DISK_FULL_ERROR, 1, offset)
+            self.say('%s logged: %s' % (replica.name, found[0][:160]))
+        self.count('disk-full episodes (2 replicas each)')
+
+    def kill_while_full(self, replica):
+        """kill -9 while the disk is full: the file opens (as zrsd opens
+        it, on a copy) and is a prefix of the primary's history; restarted
+        while still full, zrsd fails cleanly again."""
+        replica.kill()
+        self.count('kills while the disk was full')
+        scratch = tempfile.mkdtemp(dir=self.directory, prefix='copy-')
+        copy = os.path.join(scratch, 'copy.fs')
+        shutil.copyfile(replica.fs_path, copy)
+        try:
+            self.check_prefix(replica, copy)
+        finally:
+            shutil.rmtree(scratch)
+        # Restart while still full: it must run and fail cleanly again,
+        # or, if it cannot even open its file, exit saying why.
+        replica.start()
+        replica.expected_exit = True      # handled here, not by guard()
+        self.wait(lambda: not replica.running() or re.search(
+            DISK_FULL_ERROR, replica.log_text()),
+            '%s, restarted on a full disk, to log the disk-full error'
+            % replica.name)
+        self.count('restarts while the disk was full')
+        if replica.running():
+            replica.expected_exit = False
+            return
+        status = replica.process.popen.returncode
+        self.report.notes.append(
+            'disk-full: %s restarted on a full disk exited with %s'
+            % (replica.name, status))
+        if not DISK_FULL.search(replica.log_text()):
+            self.report.crashes.append(
+                '%s: %s restarted on a full disk exited with %s without '
+                'saying the disk is full; log %s' % (
+                    self.name, replica.name, status, replica.logs[-1]))
+        replica.space.grow()
+        replica.start()
+
+    def check_prefix(self, replica, copy):
+        """The copy of a killed replica's file opens and is a prefix of
+        the primary's history."""
+        try:
+            # Opened writable, as zrsd opens it on restart (that
+            # truncates an interrupted transaction).
+            ZODB.FileStorage.FileStorage(copy).close()
+        except Exception as exc:
+            self.report.mismatches.append(
+                '%s: %s: the file does not open after a kill while the '
+                'disk was full: %s: %s' % (self.name, replica.name,
+                                           type(exc).__name__, exc))
+            return
+        self.writer.pause()
+        try:
+            compared, blobs, mismatches = compare_exact(
+                self.primary, replica, prefix=True, replica_path=copy)
+        finally:
+            self.writer.resume()
+        self.say('%s killed while full: its %d transactions are a '
+                 'prefix of the primary\'s, %d mismatches' % (
+                     replica.name, compared, len(mismatches)))
+        self.record(replica, compared, blobs, mismatches)
+
+    def cleanup(self):
+        super().cleanup()
+        for space in getattr(self, 'spaces', ()):
+            space.close()

@@ -1,0 +1,206 @@
+"""The torture runner: counts, the report, the command line.
+
+    .venv/bin/python scripts/torture.py            # short run (~1 min)
+    .venv/bin/python scripts/torture.py --long     # long run (~6 min)
+    .venv/bin/python scripts/torture.py --only pack --seed 7
+
+`main(argv)` runs the scenarios, prints the summary (scenarios and cycles
+run, transactions compared, mismatches, crashes and unexpected errors)
+and returns 1 on any violation, 0 otherwise.  The work directory
+(configs, logs, files) is removed after a clean run and kept otherwise
+(`--keep` keeps it always; a `--workdir` given is never removed).
+`main` may run inside another process (the pytest run): what it sets up
+process-wide (a log file for the ZEO clients, a SIGTERM handler) it
+undoes on return.
+"""
+import argparse
+import collections
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+from . import __doc__ as OVERVIEW
+from .disk_full import DiskFull
+from .kill_replica import KillReplica
+from .links import Links
+from .pack import Pack
+from .primary_restart import PrimaryRestart
+from .scenario import ScenarioFailed
+
+SCENARIO_CLASSES = {cls.name: cls for cls in (
+    KillReplica, Links, PrimaryRestart, Pack, DiskFull)}
+SCENARIOS = tuple(SCENARIO_CLASSES)
+
+COUNTS = {
+    'short': dict(replica_kills=3, cuts=10, stalls=1, throttles=1,
+                  primary_restarts=1, packs=1, disk_full=1,
+                  initial_commits=300),
+    'long': dict(replica_kills=50, cuts=200, stalls=20, throttles=10,
+                 primary_restarts=10, packs=3, disk_full=3,
+                 initial_commits=2000),
+}
+
+
+class Report:
+    """What the run did and every violation found."""
+
+    def __init__(self):
+        self.scenarios = []            # (name, seconds, outcome)
+        self.counts = collections.Counter()
+        self.compared = 0
+        self.blobs_compared = 0
+        self.mismatches = []
+        self.crashes = []
+        self.errors = []               # unexpected ERROR/CRITICAL lines
+        self.failures = []             # scenarios that could not finish
+        self.notes = []
+
+    def violations(self):
+        return (len(self.mismatches) + len(self.crashes) + len(self.errors)
+                + len(self.failures))
+
+    def say(self, text):
+        print(text, flush=True)
+
+    def summary(self, seconds, workdir):
+        lines = ['', '==== zrsd torture summary ====']
+        for name, took, outcome in self.scenarios:
+            lines.append('  %-16s %6.1fs  %s' % (name, took, outcome))
+        lines.append('  cycles:')
+        for key in sorted(self.counts):
+            lines.append('    %-34s %d' % (key, self.counts[key]))
+        for note in self.notes:
+            lines.append('  note: %s' % note)
+        lines.append('  transactions compared:   %d' % self.compared)
+        lines.append('  blob files compared:     %d' % self.blobs_compared)
+        for title, found, most in (
+                ('mismatches:', self.mismatches, 30),
+                ('crashes (not torture):', self.crashes, 30),
+                ('unexpected log errors:', self.errors, 30),
+                ('scenario failures:', self.failures, None)):
+            lines.append('  %-24s %d' % (title, len(found)))
+            lines.extend('    ' + f for f in found[:most])
+        lines.append('  time: %.1fs; work directory: %s' % (seconds, workdir))
+        verdict = 'CLEAN' if not self.violations() else (
+            'FAILED: %d violation(s)' % self.violations())
+        lines.append('  result: %s' % verdict)
+        return '\n'.join(lines)
+
+
+class Torture:
+    """Runs the scenarios and keeps the report."""
+
+    def __init__(self, workdir, seed, counts, disk_full_variant):
+        self.workdir = workdir
+        self.seed = seed
+        self.counts = counts
+        self.disk_full_variant = disk_full_variant
+        self.report = Report()
+
+    def run(self, names):
+        for name in names:
+            self.run_one(name)
+
+    def run_one(self, name):
+        report = self.report
+        rng = random.Random('%s-%s' % (self.seed, name))
+        scenario = SCENARIO_CLASSES[name](self, rng)
+        report.say('== %s' % name)
+        began = time.monotonic()
+        mismatches, crashes = len(report.mismatches), len(report.crashes)
+        outcome = 'ok'
+        try:
+            scenario.run(self.counts)
+        except ScenarioFailed as exc:
+            outcome = 'FAILED: %s' % str(exc).splitlines()[0]
+            report.failures.append('%s: %s' % (name, exc))
+        except Exception:
+            outcome = 'FAILED: exception'
+            report.failures.append('%s: %s' % (name,
+                                               traceback.format_exc()))
+        finally:
+            scenario.cleanup()
+        expected, unexpected = scenario.scan_logs()
+        if expected:
+            scenario.say('%d expected ERROR lines (caused on purpose)'
+                         % expected)
+        found = ['%d %s' % (count, what) for count, what in (
+            (len(report.mismatches) - mismatches, 'mismatches'),
+            (len(report.crashes) - crashes, 'crashes'),
+            (unexpected, 'unexpected error lines')) if count]
+        if found:
+            outcome = ('VIOLATED: ' if outcome == 'ok'
+                       else outcome + '; ') + ', '.join(found)
+        took = time.monotonic() - began
+        report.scenarios.append((name, took, outcome))
+        report.say('== %s: %s (%.1fs)' % (name, outcome, took))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog='torture.py', description=OVERVIEW.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--long', action='store_true',
+                        help='the long run (50 replica kills, 200 link '
+                             'cuts, ...); default: the short run')
+    parser.add_argument('--seed', type=int, default=None,
+                        help='seed of the random choices (default: random,'
+                             ' printed)')
+    parser.add_argument('--only', action='append', choices=SCENARIOS,
+                        metavar='SCENARIO',
+                        help='run only this scenario (repeatable): %s'
+                             % ', '.join(SCENARIOS))
+    parser.add_argument('--disk-full', default='auto',
+                        choices=('auto', 'tmpfs', 'injected'),
+                        help='disk-full variant (auto: tmpfs when mounting '
+                             'is allowed, else injected)')
+    parser.add_argument('--workdir', help='where to work (default: a new '
+                                          'temporary directory)')
+    parser.add_argument('--keep', action='store_true',
+                        help='keep the work directory even after a clean '
+                             'run')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    mode = 'long' if args.long else 'short'
+    workdir = args.workdir or tempfile.mkdtemp(prefix='zrsd-torture-')
+    os.makedirs(workdir, exist_ok=True)
+    # The writer's ZEO client logs (reconnections, ...) go to a file.
+    clients_log = logging.FileHandler(
+        os.path.join(workdir, 'torture-clients.log'))
+    clients_log.setLevel(logging.WARNING)
+    clients_log.setFormatter(logging.Formatter(
+        '%(asctime)s %(levelname)s %(name)s %(message)s'))
+    root = logging.getLogger()
+    root.addHandler(clients_log)
+    names = args.only or list(SCENARIOS)
+    print('zrsd torture: %s run, seed %d, scenarios %s, work directory %s'
+          % (mode, seed, ', '.join(names), workdir), flush=True)
+    torture = Torture(workdir, seed, COUNTS[mode], args.disk_full)
+    began = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
+    try:
+        torture.run(names)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        root.removeHandler(clients_log)
+        clients_log.close()
+        report = torture.report
+        print(report.summary(time.monotonic() - began, workdir), flush=True)
+    if report.violations():
+        print('re-run: %s scripts/torture.py%s --seed %d%s' % (
+            os.path.relpath(sys.executable), ' --long' if args.long else '',
+            seed, ''.join(' --only %s' % n for n in args.only or ())))
+        return 1
+    if not args.keep and not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

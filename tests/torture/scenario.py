@@ -1,0 +1,211 @@
+"""What every torture scenario shares: its nodes, its writer, its waits
+and its common end.
+
+Every scenario ends the same way (`settle`): the writer stops, each
+replica's ZEO `lastTransaction()` reaches the primary's, every process
+gets SIGTERM (and must exit 0); then the scenario compares the files
+(`judges`), and the runner scans every log.  A process that exits without
+being told to is a crash the torture did not cause: `guard()`, which runs
+in every wait, records it and restarts the node so that the scenario goes
+on.
+"""
+import os
+import random
+import re
+import time
+import traceback
+
+import ZEO
+from ZODB.utils import z64
+
+from . import judges
+from .nodes import WAIT, TortureNode
+from .workload import TortureWriter
+
+
+class ScenarioFailed(Exception):
+    """A scenario could not go on (a hang, a failed start)."""
+
+
+class Scenario:
+    """One scenario: its directory, nodes, writer and proxies.
+
+    A subclass names itself (`name`), lists the ERROR entries it causes on
+    purpose (`allowed_errors`, regexes) and implements `run(counts)` with
+    `counts` one of `run.COUNTS`.
+    """
+
+    name = None
+    allowed_errors = ()
+
+    def __init__(self, torture, rng):
+        self.torture = torture
+        self.report = torture.report
+        self.rng = rng
+        self.directory = os.path.join(torture.workdir, self.name)
+        os.makedirs(self.directory)
+        self.nodes = []
+        self.proxies = []
+        self.writer = None
+        self.primary = None
+
+    def node(self, name, **kw):
+        node = TortureNode(self.directory, name, **kw)
+        self.nodes.append(node)
+        return node
+
+    def start_primary(self):
+        self.primary = self.node('primary').start()
+        self.writer = TortureWriter(
+            self.primary, os.path.join(self.directory, 'writer-blobs'),
+            random.Random(self.rng.random())).start()
+        return self.primary
+
+    def count(self, key, n=1):
+        self.report.counts['%s: %s' % (self.name, key)] += n
+
+    def say(self, text):
+        self.report.say('  [%s] %s' % (self.name, text))
+
+    def check_writer(self):
+        if self.writer is not None and self.writer.error is not None:
+            raise ScenarioFailed('the writer failed:\n%s' % ''.join(
+                traceback.format_exception(self.writer.error)))
+
+    def guard(self):
+        for node in self.nodes:
+            status = node.unexpected_exit()
+            if status is not None:
+                self.report.crashes.append(
+                    '%s: %s (%s) exited with status %s; log %s' % (
+                        self.name, node.name, node.role, status,
+                        node.logs[-1]))
+                self.say('CRASH: %s exited with %s, restarting' % (
+                    node.name, status))
+                node.start()
+        self.check_writer()
+
+    def wait(self, predicate, what, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while True:
+            self.guard()
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise ScenarioFailed('timed out after %ss waiting for %s'
+                                     % (timeout, what))
+            time.sleep(0.05)
+
+    def pause(self, seconds):
+        """A random wait that chooses a moment (the guard keeps watch)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.guard()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def wait_commits(self, count):
+        target = self.writer.commits + count
+        self.wait(lambda: self.writer.commits >= target,
+                  '%d commits by the writer' % count)
+
+    def burst(self, seconds):
+        self.writer.burst = True
+        try:
+            self.pause(seconds)
+        finally:
+            self.writer.burst = False
+
+    def wait_caught_up(self, node, tid=None):
+        """Wait until `node` (via /status) has `tid` (default: the
+        writer's last commit now)."""
+        tid = tid or self.writer.last_tid
+        self.wait(lambda: (node.served_tid() or z64) >= tid,
+                  '%s to reach %s' % (node.name, tid.hex()))
+
+    def log_wait(self, node, pattern, count=1, start=0):
+        """Wait until `node`'s current log matches `pattern` `count`
+        times (after offset `start`); returns the matches."""
+        regex = re.compile(pattern)
+
+        def seen():
+            found = [m.group(0) for m in
+                     regex.finditer(node.log_text()[start:])]
+            return found if len(found) >= count else None
+        return self.wait(seen, '%r in %s' % (pattern, node.logs[-1]))
+
+    # -- the common end ----------------------------------------------------
+
+    def settle(self, replicas):
+        """Stop the writer; wait until every replica's ZEO clients see
+        the primary's last transaction; SIGTERM everything (exit 0)."""
+        self.writer.stop(WAIT)
+        self.check_writer()
+        for proxy in self.proxies:
+            proxy.flow()
+            proxy.throttle(None)
+        storage = ZEO.client(self.primary.zeo_address, wait_timeout=WAIT)
+        try:
+            last = storage.lastTransaction()
+        finally:
+            storage.close()
+        for node in replicas:
+            self.wait(lambda: node.running() and node.served_tid(),
+                      '%s to serve' % node.name)
+            storage = node.client(wait_timeout=WAIT)
+            try:
+                self.wait(lambda: storage.lastTransaction() == last,
+                          '%s ZEO lastTransaction == %s' % (node.name,
+                                                            last.hex()))
+            finally:
+                storage.close()
+        self.guard()
+        for node in list(replicas) + [self.primary]:
+            status = node.stop()
+            if status != 0:
+                self.report.crashes.append(
+                    '%s: %s exited with status %s on SIGTERM; log %s' % (
+                        self.name, node.name, status, node.logs[-1]))
+        return last
+
+    def compare(self, replica, **kw):
+        self.record(replica, *judges.compare_exact(self.primary, replica,
+                                                   **kw))
+
+    def record(self, replica, compared, blobs, mismatches):
+        self.report.compared += compared
+        self.report.blobs_compared += blobs
+        self.report.mismatches.extend('%s: %s' % (self.name, m)
+                                      for m in mismatches)
+        self.say('%s: %d transactions, %d blob files compared, %d '
+                 'mismatches' % (replica.name, compared, blobs,
+                                 len(mismatches)))
+
+    def writer_summary(self):
+        w = self.writer
+        errors = ', '.join('%s %d' % kv for kv in sorted(w.errors.items()))
+        self.say('writer: %d commits (%d with blobs, %d undos), failed '
+                 'commits: %s' % (w.commits, w.blob_commits, w.undos,
+                                  errors or 'none'))
+        self.count('writer commits', w.commits)
+
+    def cleanup(self):
+        if self.writer is not None and self.writer.running():
+            self.writer.stop(WAIT)
+        for proxy in self.proxies:
+            proxy.close()
+        for node in self.nodes:
+            node.close()
+
+    def scan_logs(self):
+        """Report every unexpected ERROR line of every node's logs;
+        returns (expected, unexpected) counts."""
+        expected, unexpected = judges.scan_logs(
+            [path for node in self.nodes for path in node.logs],
+            self.allowed_errors)
+        self.report.errors.extend('%s: %s' % (self.name, e)
+                                  for e in unexpected)
+        return expected, len(unexpected)

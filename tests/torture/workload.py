@@ -1,0 +1,163 @@
+"""The torture's load: random transactions committed to the primary.
+
+Small random transactions of 1-4 objects, some blobs of 0 bytes to
+400 KB (the 64 KiB block boundaries included), occasional undos,
+transaction users, notes and extension data.  The harness's `Writer`
+runs the thread, the ZEO DB and `pause()`/`resume()`; this one chooses
+what to commit and, unlike it, goes on after a failed commit.
+"""
+import collections
+import logging
+
+import ZODB.blob
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+from ZEO.Exceptions import ClientDisconnected
+from ZODB.utils import z64
+
+from zrsd_nodes import Writer
+
+from .nodes import WAIT
+
+logger = logging.getLogger('torture')
+
+USERS = ['alice', 'bob', 'zoë', 'cron']
+NOTES = ['edit', 'import', 'café ✓', 'nightly job', '']
+
+
+def blob_size(rng, heavy=False):
+    """Blob sizes: tiny, medium, on the 64 KiB block boundaries, large."""
+    r = rng.random()
+    if heavy:
+        return rng.randint(100000, 400000)
+    if r < 0.4:
+        return rng.randint(0, 2000)
+    if r < 0.8:
+        return rng.randint(2000, 40000)
+    if r < 0.95:
+        return rng.choice([65535, 65536, 65537, 131072, 131073])
+    return rng.randint(100000, 400000)
+
+
+class TortureWriter(Writer):
+    """Commits small random transactions to `node` through ZEO, in a
+    thread, until stopped.
+
+    `burst` drops the pacing (as fast as the primary commits); `heavy`
+    makes most transactions carry a large blob and bigger records (to
+    fill a disk).  Failed commits (the primary went away, a conflict
+    after a reconnect, an undo that cannot be done, or ZODB's "a different
+    object already has the same oid" after a commit that failed in its
+    second phase because the primary died) are aborted, counted, logged
+    (logger `torture`) and not retried as such: the next transaction is a
+    new random one.  `tids` lists every tid known to be committed;
+    `uncertain` counts commits whose outcome is unknown (the connection
+    broke during the commit); `initial_tid` is the primary's last tid
+    before the first commit (the root's creation).
+    """
+
+    # Commits wait for a restarted primary rather than fail at once.
+    wait_timeout = WAIT
+
+    def __init__(self, node, blob_cache, rng, rate=150.0):
+        super().__init__(node, 'torture', blob_cache)
+        self.rng = rng
+        self.rate = rate
+        self.burst = False
+        self.heavy = False
+        self.undos = 0
+        self.blob_commits = 0
+        self.uncertain = 0
+        self.errors = collections.Counter()
+        self.last_tid = z64
+        self.initial_tid = None
+
+    def _commit(self, tm, conn):
+        if self.initial_tid is None:
+            self.initial_tid = self.db.lastTransaction()
+        self._one(tm, conn)
+        if not self.burst and not self.heavy:
+            self._stopping.wait(self.rng.expovariate(self.rate))
+
+    def _committed(self):
+        tid = self.db.lastTransaction()
+        self.tids.append(tid)
+        self.last_tid = tid
+
+    def _failed(self, tm, exc):
+        tm.abort()
+        self.errors[type(exc).__name__] += 1
+        logger.warning('writer: commit failed: %s: %s', type(exc).__name__,
+                       exc, exc_info=not isinstance(exc, ClientDisconnected))
+        if isinstance(exc, ClientDisconnected):
+            while not (self._stopping.is_set()
+                       or self.db.storage.is_connected()):
+                self._stopping.wait(0.02)
+
+    def _one(self, tm, conn):
+        rng = self.rng
+        in_commit = False
+        has_blob = False
+        try:
+            tm.begin()
+            txn = tm.get()
+            root = conn.root()
+            undo = self.commits > 20 and rng.random() < 0.02
+            if undo:
+                info = self.db.undoLog(0, 1)
+                if info:
+                    self.db.undo(info[0]['id'], txn)
+                    txn.note('torture: undo')
+            else:
+                has_blob = self._change(root, rng)
+                if rng.random() < 0.3:
+                    txn.setUser(rng.choice(USERS))
+                    txn.note(rng.choice(NOTES))
+                    txn.setExtendedInfo('n', self.commits)
+                    if rng.random() < 0.3:
+                        # (No datetime here: ZEO's server refuses to
+                        # unpickle one in a client's extension.)
+                        txn.setExtendedInfo('meta', {
+                            'tags': ['a', str(self.commits)],
+                            'ratio': rng.random(), 'none': None})
+            in_commit = True
+            tm.commit()
+            self._committed()
+            if undo:
+                self.undos += 1
+            if has_blob:
+                self.blob_commits += 1
+        except Exception as exc:
+            if in_commit and isinstance(exc, ClientDisconnected):
+                self.uncertain += 1
+            self._failed(tm, exc)
+
+    def _change(self, root, rng):
+        """Change 1-4 objects and maybe a blob; True if a blob."""
+        if 'items' not in root:
+            root['items'] = OOBTree()
+            root['blobs'] = OOBTree()
+        items, blobs = root['items'], root['blobs']
+        for _ in range(rng.randint(1, 4)):
+            size = (rng.randint(5000, 30000) if self.heavy
+                    else rng.randint(10, 1500))
+            # (Not len(items): an OOBTree counts by walking its buckets.)
+            if not items or items.maxKey() < 40 or rng.random() < 0.3:
+                key = (items.maxKey() + 1) if items else 0
+                items[key] = PersistentMapping(payload=rng.randbytes(size))
+            else:
+                try:
+                    key = items.minKey(rng.randrange(items.maxKey() + 1))
+                except ValueError:
+                    key = items.maxKey()
+                items[key]['payload'] = rng.randbytes(size)
+        if rng.random() < (0.7 if self.heavy else 0.08):
+            key = rng.randrange(30)
+            data = rng.randbytes(blob_size(rng, self.heavy))
+            if key in blobs and rng.random() < 0.5:
+                with blobs[key].open('w') as f:
+                    f.write(data)
+            else:
+                blobs[key] = ZODB.blob.Blob(data)
+            return True
+        return False
