@@ -49,7 +49,7 @@ def test_oracle_notices_unchecked_commits(tmp_path):
 
 
 @pytest.mark.long
-@pytest.mark.timeout(3 * 3600)
+@pytest.mark.timeout(1800)
 def test_long(tmp_path):
     """The long run `make torture` ran: ``scripts/fuzz.py --cases 1000``
     (both sides, seed 1)."""
