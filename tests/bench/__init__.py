@@ -21,8 +21,6 @@ read off a socket), `measure` (CPU, memory, ZEO status, logs), `figures`
 (statistics, targets, formats), `report` and `cli`.
 """
 
+from .cli import main
 
-def main(argv=None):
-    """Run the benchmark (the command line of scripts/bench.py)."""
-    from .cli import main
-    return main(argv)
+__all__ = ['main']
