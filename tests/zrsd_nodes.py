@@ -72,12 +72,12 @@ def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
 
 def write_config(path, zeo_port, fs_path, replicate_from=None,
                  replicate_to=None, blob_dir=None, zrs_lines='',
-                 log_format=LOG_FORMAT):
+                 log_format=LOG_FORMAT, sections=''):
     """Write `config_text(...)` to `path`; returns `path`."""
     with open(path, 'w') as f:
         f.write(config_text(zeo_port, fs_path, replicate_from, replicate_to,
-                            blob_dir, log_format=log_format,
-                            zrs_lines=zrs_lines))
+                            blob_dir, sections=sections,
+                            log_format=log_format, zrs_lines=zrs_lines))
     return path
 
 
@@ -129,6 +129,7 @@ class ZrsdNode:
     zrs_lines = ''  # more lines of its <zrs> section (config_text)
     env = None      # more environment variables of the process
     log_format = LOG_FORMAT  # e.g. `%(created).6f` stamps (the benchmark)
+    sections = ''   # more sections of its config, e.g. a <monitor>
 
     @property
     def role(self):
@@ -153,7 +154,8 @@ class ZrsdNode:
                             replicate_to=self.repl_port,
                             blob_dir=self.blob_dir,
                             zrs_lines=self.zrs_lines,
-                            log_format=self.log_format)
+                            log_format=self.log_format,
+                            sections=self.sections)
 
     def launch(self):
         """Start zrsd without waiting (an empty replica serves ZEO only

@@ -13,7 +13,7 @@ import os
 import urllib.request
 
 from support import free_port
-from zrsd_nodes import ZrsdNode, config_text
+from zrsd_nodes import ZrsdNode
 
 WAIT = 180.0     # seconds before a wait counts as a hang (a violation)
 
@@ -37,15 +37,9 @@ class TortureNode(ZrsdNode):
                                      name + '.blobs')
         self.env = env
         self.monitor_port = free_port()
+        self.sections = MONITOR % self.monitor_port
         self.expected_exit = True
         self.logs = []
-
-    def write_config(self):
-        with open(self.config_path, 'w') as f:
-            f.write(config_text(
-                self.zeo_port, self.fs_path, self.upstream, self.repl_port,
-                self.blob_dir, sections=MONITOR % self.monitor_port))
-        return self.config_path
 
     def start(self, wait=None):
         """Start zrsd.  A primary waits until it serves ZEO and ZRS; a
