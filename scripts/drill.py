@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 from chaos import ChaosProxy  # noqa: E402
 from support import BIN, transactions, wait_until  # noqa: E402
 from zczrs import commit_change  # noqa: E402
-from zrsd import promotion  # noqa: E402
+from zrsd.daemon import promotion  # noqa: E402
 from zrsd_nodes import Writer, ZrsdNode  # noqa: E402
 
 WAIT = 60.0         # seconds before a wait counts as a failure

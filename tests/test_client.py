@@ -1,4 +1,4 @@
-"""The secondary's Twisted glue, zrsd.client, on a fake network.
+"""The secondary's Twisted glue, zrsd.replica.client, on a fake network.
 
 Narrated like zc.zrs's ``secondary.test``: a `Clock` stands in for the
 reactor, `FakeEndpoint` hands out connection attempts that the test
@@ -18,14 +18,15 @@ from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from zrsd import client, protocol as zrs
-from zrsd.client import ReplicationClient, SecondaryProtocol
-from zrsd.sockets import pending_bytes
+from zrsd.replica import client
+from zrsd import protocol as zrs
+from zrsd.replica.client import ReplicationClient, SecondaryProtocol
+from zrsd.network.sockets import pending_bytes
 
 from support import wait_until
 
 Z64 = b'\0' * 8
-LOGGER = 'zrsd.client'
+LOGGER = 'zrsd.replica.client'
 
 
 def p64(n):

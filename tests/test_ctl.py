@@ -218,19 +218,21 @@ def test_zrsdctl_lifecycle(tmp_path, zrsd_conf, processes):
 
 
 def test_zrsdctl_as_module(tmp_path, zrsd_conf, processes):
-    """`python -m zrsd.ctl` works too: zdctl then re-executes zrsd/ctl.py
-    as a script for its manager, and supervises `python -m zrsd.main`."""
+    """`python -m zrsd.tools.ctl` works too: zdctl then re-executes
+    zrsd/tools/ctl.py as a script for its manager, and supervises
+    `python -m zrsd.daemon.main`."""
     path, zeo_port = zrsd_conf
     with open(path, 'a') as f:
         f.write(runner_section(tmp_path))
-    supervised = Supervised([sys.executable, '-m', 'zrsd.ctl', '-C', path],
-                            str(tmp_path / 'transcript.log'), str(tmp_path))
+    supervised = Supervised(
+        [sys.executable, '-m', 'zrsd.tools.ctl', '-C', path],
+        str(tmp_path / 'transcript.log'), str(tmp_path))
     processes(supervised)
     status, output = supervised.ctl('start')
     assert status == 0, output
     pid, output = supervised.status()
     assert pid, output
-    assert "'-m', 'zrsd.main', '-C', '%s'" % path in output
+    assert "'-m', 'zrsd.daemon.main', '-C', '%s'" % path in output
     supervised.wait_serving(1)
     assert_serves(zeo_port)
     status, output = supervised.ctl('stop')

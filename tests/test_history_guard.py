@@ -14,7 +14,8 @@ import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
 from ZODB.utils import p64, u64, z64
 
-from zrsd.primary import CommittedFile, HistoryMismatch, TidIndex
+from zrsd.primary.history import (CommittedFile, HistoryMismatch,
+                                  TidIndex)
 
 
 def between(a, b):

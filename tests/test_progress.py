@@ -1,7 +1,7 @@
 """Catch-up progress lines, with an injected clock and logger."""
 from ZODB.TimeStamp import TimeStamp
 
-from zrsd.progress import Progress
+from zrsd.daemon.progress import Progress
 
 
 class Log:

@@ -81,8 +81,8 @@ def test_zeopack_on_a_cascade_during_live_replication(tmp_path, processes):
     # How much goes depends on how many commits came during the pack.
     assert after < before, (before, after)
     log = cascade.log()
-    assert re.search(r'INFO zrsd\.storage .*cascade\.fs: pack to .* UTC '
-                     r'started \(\d+ bytes\)', log), log
+    assert re.search(r'INFO zrsd\.replica\.storage .*cascade\.fs: pack to '
+                     r'.* UTC started \(\d+ bytes\)', log), log
     # The streamer serving the leaf noticed the new file.
     assert 'storage file replaced (pack)' in log, log
 

@@ -13,7 +13,7 @@ import textwrap
 def test_a_dead_process_reactor_terminates_the_process():
     script = textwrap.dedent('''
         import signal
-        from zrsd import replication
+        from zrsd.daemon import replication
 
         thread = replication.process_reactor_thread()
         thread.start()

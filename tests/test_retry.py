@@ -1,9 +1,10 @@
-"""Unit tests for zrsd.retry: backoff delays and the repeated-log limiter."""
+"""Unit tests for zrsd.network.retry: backoff delays and the repeated-log
+limiter."""
 import random
 
 import pytest
 
-from zrsd.retry import RepeatLimiter, backoff_delay
+from zrsd.network.retry import RepeatLimiter, backoff_delay
 
 
 def test_backoff_doubles_from_floor_to_cap_without_jitter():

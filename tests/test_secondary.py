@@ -1,4 +1,5 @@
-"""Unit tests for the replication state machine, zrsd.secondary.Receiver.
+"""Unit tests for the replication state machine,
+zrsd.replica.receiver.Receiver.
 
 The receiver is fed frame payloads as a zc.zrs primary sends them and drives
 `RecordingSink`, which records every call.
@@ -12,7 +13,7 @@ import pytest
 
 from zrsd.protocol import BLOB_BLOCK_SIZE, FrameDecoder, ProtocolError
 from zrsd.protocol import encode_frame
-from zrsd.secondary import Receiver, State
+from zrsd.replica.receiver import Receiver, State
 
 Z64 = b'\0' * 8
 
@@ -199,7 +200,7 @@ def test_legacy_stream_commits(sink, caplog):
     stream.store_inline(OID1, TID1, None, data_txn=TID1).commit_legacy()
     stream.begin(TID2).store_inline(OID0, TID2, b'again').commit_legacy()
     receiver, commits = make_receiver(sink)
-    with caplog.at_level(logging.WARNING, logger='zrsd.secondary'):
+    with caplog.at_level(logging.WARNING, logger='zrsd.replica.receiver'):
         feed(receiver, stream.payloads)
     assert sink.calls == [
         ('begin', TID1, ' ', b'', b'', {}),

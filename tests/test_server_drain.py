@@ -7,7 +7,7 @@ the transport resuming a streamer that has ended and waiting for it.
 """
 from twisted.internet.testing import StringTransport
 
-from zrsd.server import Phase, PrimaryProtocol
+from zrsd.primary.server import Phase, PrimaryProtocol
 
 
 class Transport(StringTransport):

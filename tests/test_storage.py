@@ -23,8 +23,8 @@ from ZODB.tests import ReadOnlyStorage, StorageTestBase
 from ZODB.utils import z64
 
 from zrsd.protocol import ProtocolError, encode_message
-from zrsd.secondary import Receiver
-from zrsd.storage import ReplicaStorage, last_committed_tid
+from zrsd.replica.receiver import Receiver
+from zrsd.replica.storage import ReplicaStorage, last_committed_tid
 
 from support import assert_same_history
 
@@ -145,7 +145,7 @@ def test_bad_checksum_leaves_no_partial_transaction(tmp_path):
 CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
     import os, sys
     import ZODB.FileStorage
-    from zrsd.storage import ReplicaStorage
+    from zrsd.replica.storage import ReplicaStorage
     fs = ZODB.FileStorage.FileStorage(sys.argv[1])
     primary = ZODB.FileStorage.FileStorage(sys.argv[2], read_only=True)
     replica = ReplicaStorage(fs)
@@ -355,7 +355,7 @@ def test_close_releases_commits_held_until_registered(tmp_path):
     applier.start()
     wait_until(lambda: fs._nextpos, message='the commit voted, at the gate')
     assert applier.is_alive()
-    # As zrsd.node does: stop replication (here: wait for the applier)
+    # As zrsd.daemon.node does: stop replication (here: wait for the applier)
     # before the storage closes.
     replica.before_close = lambda: applier.join(30)
     replica.close()

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from support import BIN, ROOT, Process, free_port, port_open, zrsd_config
-from zrsd import systemd
+from zrsd.daemon import systemd
 
 ZRSD = os.path.join(BIN, 'zrsd')
 

@@ -13,8 +13,9 @@ import re
 import ZConfig
 import ZODB.config
 
-from .protocol import DEFAULT_ALLOWED_GLOBALS, MessageDecoder, resolve_globals
-from .replication import open_section
+from zrsd.protocol import (DEFAULT_ALLOWED_GLOBALS, MessageDecoder,
+                           resolve_globals)
+from zrsd.daemon.replication import open_section
 
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), 'schema.xml')
 
@@ -62,7 +63,7 @@ class SSLSection:
     """The datatype of an `<ssl>` section: the raw settings.
 
     `<zeo>` turns them into an `ssl.SSLContext` for ZEO, `<zrs>` into
-    `zrsd.tls.ReplicationTLS` for Twisted.
+    `zrsd.network.tls.ReplicationTLS` for Twisted.
     """
 
     def __init__(self, section):
@@ -91,7 +92,7 @@ class SSLSection:
         return ZEO.zconfig.server_ssl(self)
 
     def replication(self):
-        from .tls import ReplicationTLS
+        from zrsd.network.tls import ReplicationTLS
         return ReplicationTLS(
             self.certificate, self.key, self.authenticate, self.password(),
             self.check_hostname, self.server_hostname)

@@ -68,7 +68,7 @@ def reset_peak_rss(pid):
 def server_status(port, timeout=5.0):
     """The `ruok` status of the ZEO server on 127.0.0.1:port, storage '1'
     (a dict), or None if it does not answer (yet)."""
-    from zrsd.check import StatusError, ask_status
+    from zrsd.tools.check import StatusError, ask_status
     try:
         return ask_status('127.0.0.1:%d' % port, 'server', timeout)['1']
     except (StatusError, KeyError):

@@ -120,7 +120,7 @@ compared.
 
 In-process layer
 ----------------
-The same case generator, fed straight into `zrsd.secondary.Receiver`
+The same case generator, fed straight into `zrsd.replica.receiver.Receiver`
 through `zrsd.protocol.FrameDecoder` (in random chunks) over
 ``ReplicaStorage(FileStorage(...)).writer`` for a plain and a blob source:
 about a thousand cases per second (its files go to /dev/shm when there is

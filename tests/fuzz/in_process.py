@@ -1,6 +1,7 @@
 """The in-process layer: the same cases fed straight into
-`zrsd.secondary.Receiver` through `zrsd.protocol.FrameDecoder` (in random
-chunks) over a real FileStorage, about a thousand cases per second."""
+`zrsd.replica.receiver.Receiver` through `zrsd.protocol.FrameDecoder` (in
+random chunks) over a real FileStorage, about a thousand cases per
+second."""
 import contextlib
 import logging
 import os
@@ -12,8 +13,8 @@ import traceback
 import ZODB.FileStorage
 
 from zrsd import protocol as zrs
-from zrsd.secondary import Receiver
-from zrsd.storage import ReplicaStorage
+from zrsd.replica.receiver import Receiver
+from zrsd.replica.storage import ReplicaStorage
 
 from .cases import WINDOW_NEED
 from .judges import (ALLOWED_WARNINGS, check_blob_temp, check_file,

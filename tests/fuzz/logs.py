@@ -60,7 +60,7 @@ class LogTail:
             port = PORT.search(record.message)
             if port:
                 self.ports[int(port.group(1))].append(record)
-            if record.logger == 'zrsd.client' and \
+            if record.logger == 'zrsd.replica.client' and \
                     ': connected (' in record.message:
                 self.connected.append(len(self.records) - 1)
         return self.records

@@ -332,7 +332,7 @@ class PrimarySide:
             expect = 'refuse' if errors else 'stream'
         if expect == 'refuse' and not errors:
             # The same history refused again from this host within a few
-            # minutes is an INFO line (see zrsd.server).
+            # minutes is an INFO line (see zrsd.primary.server).
             errors = [r for r in records
                       if 'secondary refused again' in r.message]
         for record in errors:

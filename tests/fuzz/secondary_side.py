@@ -280,12 +280,12 @@ class ReplicaLane:
         summary, side = self.summary, self.side
         records = epoch.segment(number)
         errors = [r for r in records if r.is_error]
-        ours = [r for r in errors if r.logger == 'zrsd.client']
-        ended = [r for r in records if r.logger == 'zrsd.client'
+        ours = [r for r in errors if r.logger == 'zrsd.replica.client']
+        ended = [r for r in records if r.logger == 'zrsd.replica.client'
                  and ': disconnected' in r.message]
         # zrsd logs a repeated apply failure at DEBUG (rate limiting): the
         # replicas run at DEBUG, so that we see those too.
-        repeats = [r for r in records if r.logger == 'zrsd.client'
+        repeats = [r for r in records if r.logger == 'zrsd.replica.client'
                    and r.level == 'DEBUG' and r.message.endswith(
                        'open transaction aborted, reconnecting')]
         for record in repeats:

@@ -12,7 +12,7 @@ import os
 import ZODB.FileStorage
 from ZODB.utils import z64
 
-from zrsd.storage import last_committed_tid
+from zrsd.replica.storage import last_committed_tid
 
 from .scenario import Scenario
 

@@ -13,10 +13,10 @@ import sys
 
 import zc.lockfile
 
-from ... import config as zconfig
-from ... import promotion
-from ...options import positive_seconds
-from ...tids import format_tid
+from zrsd import config as zconfig
+from zrsd.daemon import promotion
+from zrsd.tools.options import positive_seconds
+from zrsd.tids import format_tid
 from .probe import Primary, shared_prefix
 from .replica import (Replica, RewindError, cut, error_text, lock_storage,
                       removed_transactions)

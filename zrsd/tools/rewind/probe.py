@@ -4,7 +4,7 @@ transaction k the primary's?
 `Primary` is a blocking ZRS client (a plain socket, TLS when the section
 has `<ssl>`) that asks for the transactions after the replica's
 transaction k-1 and feeds the first one, through
-`zrsd.secondary.Receiver`, to a `ProbeSink` that compares it record by
+`zrsd.replica.receiver.Receiver`, to a `ProbeSink` that compares it record by
 record with the replica's transaction k.  `shared_prefix` binary-searches
 the replica's transactions for the last one the primary shares (the
 package's docstring says how a probe decides).
@@ -16,11 +16,11 @@ import ssl
 
 from ZODB.utils import z64
 
-from ... import protocol
-from ...secondary import Receiver
-from ...sockets import format_address
-from ...tids import format_tid
-from ...tls import PEM_SUFFIXES
+from zrsd import protocol
+from zrsd.replica.receiver import Receiver
+from zrsd.network.sockets import format_address
+from zrsd.tids import format_tid
+from zrsd.network.tls import PEM_SUFFIXES
 from ..verify.history import compare_metadata, compare_record, format_oid
 from ..verify.sides import Transaction
 from .replica import RewindError, error_text
@@ -47,7 +47,7 @@ class _BlobDigest:
 
 
 class ProbeSink:
-    """A `zrsd.secondary.Receiver` sink comparing the primary's first
+    """A `zrsd.replica.receiver.Receiver` sink comparing the primary's first
     transaction with the replica's transaction k, record by record as it
     arrives (nothing is kept but the first difference).
 

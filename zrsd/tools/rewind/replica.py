@@ -15,7 +15,7 @@ import ZODB.FileStorage
 from ZODB.blob import FilesystemHelper, is_blob_record
 from ZODB.FileStorage.format import TRANS_HDR_LEN
 
-from ...primary import TxnHeader
+from zrsd.primary.history import TxnHeader
 
 
 class RewindError(Exception):
@@ -42,7 +42,7 @@ def lock_storage(path):
 
 
 def committed_transactions(path):
-    """The headers (`zrsd.primary.TxnHeader`) of the committed
+    """The headers (`zrsd.primary.history.TxnHeader`) of the committed
     transactions of the FileStorage file at `path`, in file order.
 
     The walk stops at a transaction that was never finished (status 'c',

@@ -12,8 +12,8 @@ import traceback
 
 from ZODB.utils import z64
 
-from ...options import positive_seconds
-from ...tids import format_tid, tid_time
+from zrsd.tools.options import positive_seconds
+from zrsd.tids import format_tid, tid_time
 from .history import compare_histories, format_oid
 from .objects import compare_objects
 from .sides import DEFAULT_TIMEOUT, VerifyError, open_source

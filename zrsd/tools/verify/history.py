@@ -12,7 +12,7 @@ import itertools
 
 from ZODB.utils import u64, z64
 
-from ...tids import format_tid
+from zrsd.tids import format_tid
 from .sides import HistoryReader
 
 # Longest rendering of a differing metadata value in a report.

@@ -17,7 +17,7 @@ import ZODB.FileStorage
 from ZEO.Exceptions import ClientDisconnected, ServerException
 from ZODB.POSException import POSError
 
-from ...sockets import parse_address
+from zrsd.network.sockets import parse_address
 
 DEFAULT_TIMEOUT = 30.0
 

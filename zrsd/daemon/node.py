@@ -15,12 +15,14 @@ import logging
 from twisted.internet import defer, task
 from ZODB.utils import z64
 
-from . import promotion, protocol
-from .client import ReplicationClient, tcp_endpoint
-from .progress import Progress, tid_time
-from .server import PrimaryServer
-from .sockets import format_address
-from .storage import PrimaryStorage, ReplicaStorage
+from zrsd.daemon import promotion
+from zrsd import protocol
+from zrsd.replica.client import ReplicationClient, tcp_endpoint
+from zrsd.daemon.progress import Progress, tid_time
+from zrsd.primary.server import PrimaryServer
+from zrsd.network.sockets import format_address
+from zrsd.primary.storage import PrimaryStorage
+from zrsd.replica.storage import ReplicaStorage
 
 logger = logging.getLogger(__name__)
 

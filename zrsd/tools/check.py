@@ -30,9 +30,9 @@ import socket
 import struct
 import sys
 
-from .options import seconds
-from .sockets import parse_address
-from .tids import tid_time
+from zrsd.tools.options import seconds
+from zrsd.network.sockets import parse_address
+from zrsd.tids import tid_time
 
 OK, WARNING, CRITICAL = 0, 1, 2
 

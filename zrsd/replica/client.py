@@ -4,18 +4,21 @@ Everything here runs in the reactor thread.  `ReplicationClient` keeps one
 storage connected to its primary, reconnecting with backoff; each connection
 is a `SecondaryProtocol` that sends the handshake, turns bytes into frames
 (`zrsd.protocol.FrameDecoder`) and frames into applied transactions
-(`zrsd.secondary.Receiver`).
+(`zrsd.replica.receiver.Receiver`).
 """
 import logging
 import time
 
 from twisted.internet import endpoints, protocol, task
 
-from . import protocol as zrs
-from .retry import RepeatLimiter, backoff_delay
-from .secondary import Receiver, describe_tid
-from .sockets import (format_address, is_tls_failure, pending_bytes,
-                      quick_ack, tcp_socket, tune_socket)
+from zrsd import protocol as zrs
+from zrsd.network.factory import ProtocolFactory
+from zrsd.network.retry import RepeatLimiter, backoff_delay
+from zrsd.network.sockets import (format_address, is_tls_failure,
+                                  pending_bytes, quick_ack, tcp_socket,
+                                  tune_socket)
+from zrsd.replica.receiver import Receiver
+from zrsd.tids import describe_tid
 
 logger = logging.getLogger(__name__)
 
@@ -164,20 +167,10 @@ class SecondaryProtocol(protocol.Protocol):
                                                   or self._failed)
 
 
-class _Factory(protocol.Factory):
-    noisy = False
-
-    def __init__(self, client):
-        self.client = client
-
-    def buildProtocol(self, addr):
-        return SecondaryProtocol(self.client)
-
-
 class ReplicationClient:
     """Keep one storage replicating from one primary (reactor thread).
 
-    `storage` (`zrsd.storage.ReplicaStorage`) gives the resume tid
+    `storage` (`zrsd.replica.storage.ReplicaStorage`) gives the resume tid
     (`lastTransaction()`); its `writer` is the sink that applies
     transactions.  `endpoint` is a Twisted client
     endpoint for the primary; `clock` is the reactor (injectable for tests).
@@ -224,7 +217,8 @@ class ReplicationClient:
         self._pending = None
         if self._stopped:
             return
-        d = self._connecting = self.endpoint.connect(_Factory(self))
+        d = self._connecting = self.endpoint.connect(
+            ProtocolFactory(lambda: SecondaryProtocol(self)))
         d.addErrback(self._connect_failed)
 
     def _connect_failed(self, failure):
@@ -347,7 +341,7 @@ class ReplicationClient:
 def tcp_endpoint(reactor, address, timeout=30, tls=None):
     """A client endpoint for a (host, port) or unix-socket path address.
 
-    With `tls` (`zrsd.tls.ReplicationTLS`), a TLS endpoint.
+    With `tls` (`zrsd.network.tls.ReplicationTLS`), a TLS endpoint.
     """
     if tls is not None:
         host, port = address

@@ -7,7 +7,8 @@ the protocol module and the sink interface, nothing about sockets or
 storages.  One `Receiver` serves one connection; all of its methods run in
 the thread that owns that connection (the reactor thread).
 
-The sink interface (see `zrsd.storage.ReplicaStorage` for the real one)::
+The sink interface (see `zrsd.replica.storage.ReplicaWriter` for the real
+one)::
 
     begin(tid, status, user, description, extension)
     store(oid, tid, data, data_txn)
@@ -24,10 +25,10 @@ checks, because only `commit()` finishes a transaction.
 import enum
 import logging
 
-from .protocol import (BLOB_BLOCK_SIZE, ChecksumMismatch, MessageDecoder,
-                       ProtocolError)
-from .protocol import Begin, Commit, Store, StoreBlob, StreamChecksum
-from .tids import describe_tid
+from zrsd.protocol import (BLOB_BLOCK_SIZE, ChecksumMismatch,
+                           MessageDecoder, ProtocolError)
+from zrsd.protocol import Begin, Commit, Store, StoreBlob, StreamChecksum
+from zrsd.tids import describe_tid
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import time
 
 from ZODB.TimeStamp import TimeStamp
 
-from .tids import tid_time
+from zrsd.tids import tid_time
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The primary side: read committed transactions and stream them.
+"""The primary's history: its committed file, where a secondary starts,
+and the history guard.
 
 `CommittedFile` reads a FileStorage's committed transactions through its own
 file handle, with few system calls (`os.pread` of 1 MiB windows), never past
@@ -8,16 +9,12 @@ reopens the file when a pack replaced it.
 `TidIndex` finds where to start for a secondary's tid without scanning the
 whole file each time: recent tids by a short backward walk from the end,
 others through a sparse tid -> position index built once by walking
-transaction headers.
+transaction headers.  `TidIndex.start_position` is the history guard: a
+secondary starts from zero or from a tid of this file (or of its packed
+part); any other tid is a forked or foreign history (`HistoryMismatch`).
 
-`Streamer` is one secondary's reader: a thread that turns transactions into
-ZRS frames (see `zrsd.protocol`), hands them to the connection in batches,
-waits while the connection is paused (back-pressure), and, once caught up,
-sleeps until the storage's `CommitNotifier` says something was committed.
-
-Threads: each `Streamer` runs in its own thread; `pause`, `resume` and
-`stop` are called from the reactor thread; `send` (given by the network
-side) must be safe to call from the streamer thread.
+Both are used from the streamer threads (`zrsd.primary.streamer`); a
+`TidIndex` is shared by a storage's streamers (thread-safe).
 """
 import bisect
 import logging
@@ -26,18 +23,15 @@ import struct
 import threading
 
 from ZODB.BaseStorage import TransactionRecord
-from ZODB.blob import is_blob_record
 from ZODB.FileStorage.format import (DATA_HDR, DATA_HDR_LEN, TRANS_HDR,
                                      TRANS_HDR_LEN)
-from ZODB.POSException import POSKeyError
 from ZODB.utils import u64, z64
 
-from . import internals, protocol
+from zrsd import internals
 
 logger = logging.getLogger(__name__)
 
 WINDOW = 1 << 20            # bytes read per system call when walking
-BATCH = 256 << 10           # bytes handed to the connection at once
 BACKWARD_LIMIT = 2000       # transactions walked back from the end
 CHECKPOINT_EVERY = 1000     # transactions between TidIndex entries
 
@@ -54,12 +48,6 @@ class HistoryMismatch(Exception):
 
 class CorruptFile(Exception):
     """The primary's own file does not parse."""
-
-
-class PackedUnderfoot(Exception):
-    """A pack replaced the file (and removed blob files) in the middle of
-    a transaction being sent; the connection must be dropped, so that the
-    secondary discards it and resumes from the packed file."""
 
 
 class TxnHeader:
@@ -317,169 +305,3 @@ def describe_neighbours(before, after):
     else:
         parts.append('the one after it %s' % after.tid.hex())
     return ', '.join(parts)
-
-
-class Streamer:
-    """Stream one secondary's transactions after `start_tid` (own thread).
-
-    `send(chunks)` delivers a list of bytes to the connection (thread-safe);
-    `done(error)` is called once at the end, with None or an exception.
-    """
-
-    def __init__(self, fs, notifier, tid_index, start_tid, send, done,
-                 name, blobs=False):
-        self.fs = fs
-        self.notifier = notifier
-        self.tid_index = tid_index
-        self.last_tid = start_tid
-        self._send = send
-        self._done = done
-        self.name = name
-        self.blobs = blobs
-        self.checksum = protocol.StreamChecksum(start_tid)
-        self.transactions = 0
-        self.bytes = 0
-        self._batch = []
-        self._batch_size = 0
-        self._stopped = False
-        self._finishing = False   # stop once everything committed is sent
-        self._running = threading.Event()   # cleared while paused
-        self._running.set()
-        self._thread = threading.Thread(
-            target=self._run, name='zrsd-streamer %s' % name, daemon=True)
-
-    def start(self):
-        self._thread.start()
-
-    # -- called from the reactor thread ---------------------------------
-
-    def pause(self):
-        self._running.clear()
-
-    def resume(self):
-        self._running.set()
-
-    def finish(self):
-        """Send what is committed, then end (a stopping primary, whose
-        commits have stopped, lets its secondaries catch up)."""
-        self._finishing = True
-        self.notifier.wake()
-
-    def stop(self):
-        self._stopped = True
-        self._running.set()
-        self.notifier.wake()
-
-    def join(self, timeout=None):
-        self._thread.join(timeout)
-
-    # -- the streamer thread ----------------------------------------------
-
-    def _run(self):
-        reader = CommittedFile(self.fs)
-        error = None
-        try:
-            self._stream(reader)
-        except Exception as exc:
-            error = exc
-        finally:
-            reader.close()
-        self._done(error)
-
-    def _stream(self, reader):
-        end, _ = reader.committed_end()
-        pos, note = self.tid_index.start_position(reader, self.last_tid, end)
-        if note is not None:
-            logger.warning('%s: %s; streaming from the next transaction',
-                           self.name, note)
-        logger.info('%s: streaming transactions after %s (%s)', self.name,
-                    self.last_tid.hex(),
-                    'zrs2.1' if self.blobs else 'zrs2.0')
-        while not self._stopped:
-            generation = self.notifier.generation
-            end, reopened = reader.committed_end()
-            if reopened:
-                logger.info('%s: storage file replaced (pack); resuming '
-                            'after %s', self.name, self.last_tid.hex())
-                # If the pack dropped the (emptied) transactions up to the
-                # one last sent, this is the end: wait for the next commit.
-                pos = self.tid_index.find_after(reader, self.last_tid, end)
-            if pos < end:
-                # Stop at a pack: what the old file holds may refer to blob
-                # files the pack removed.
-                while (pos < end and not self._stopped
-                       and not reader.replaced()):
-                    pos = self._send_transaction(reader, pos, end)
-                self._flush()
-            elif self._finishing:
-                return
-            else:
-                self.notifier.wait(generation, lambda: self._stopped
-                                   or self._finishing)
-
-    def _send_transaction(self, reader, pos, end):
-        header, meta, records = reader.transaction(pos, end)
-        if header.status == 'u':  # undone by an old-style undo: skip
-            return header.end
-        self._message('T', (meta.tid, meta.status, meta.user,
-                            meta.description, meta.extension))
-        # ZEO stores a blob record twice in one transaction (store, then
-        # storeBlobEnd); both name the same blob file, so send it once.
-        blobs_sent = set()
-        for oid, tid, data, data_txn in records:
-            if (self.blobs and data and oid not in blobs_sent
-                    and is_blob_record(data)):
-                if self._send_blob(reader, oid, tid, data, data_txn):
-                    blobs_sent.add(oid)
-                    continue
-            self._message('S', (oid, tid, '', data_txn))
-            self._payload(data or b'')
-        self._message('C', (self.checksum.digest(),))
-        self.last_tid = header.tid
-        self.transactions += 1
-        return header.end
-
-    def _send_blob(self, reader, oid, tid, data, data_txn):
-        try:
-            blob = open(self.fs.loadBlob(oid, tid), 'rb')
-        except (OSError, POSKeyError):
-            if reader.replaced():
-                raise PackedUnderfoot(
-                    'a pack removed the blob file of %s at %s while %s was '
-                    'being sent' % (oid.hex(), tid.hex(), tid.hex()))
-            logger.warning('%s: blob file of %s at %s is missing; sending '
-                           'the record without it', self.name, oid.hex(),
-                           tid.hex())
-            return False
-        with blob:
-            size = os.fstat(blob.fileno()).st_size
-            blocks = -(-size // protocol.BLOB_BLOCK_SIZE)
-            self._message('B', (oid, tid, '', data_txn, blocks))
-            self._payload(data)
-            for _ in range(blocks):
-                block = blob.read(protocol.BLOB_BLOCK_SIZE)
-                if not block:
-                    raise CorruptFile('blob file of %s at %s shrank' % (
-                        oid.hex(), tid.hex()))
-                self._payload(block)
-        return True
-
-    def _message(self, kind, data):
-        self._payload(protocol.encode_message(kind, data))
-
-    def _payload(self, payload):
-        self.checksum.update(payload)
-        self._batch.append(protocol.frame_length(payload))
-        self._batch.append(payload)
-        self._batch_size += len(payload) + 4
-        self.bytes += len(payload) + 4
-        if self._batch_size >= BATCH:
-            self._flush()
-
-    def _flush(self):
-        if self._batch:
-            batch, self._batch, self._batch_size = self._batch, [], 0
-            # Back-pressure: wait while the connection is paused.
-            self._running.wait()
-            if not self._stopped:
-                self._send(batch)

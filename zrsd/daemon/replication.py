@@ -1,9 +1,9 @@
 """The replication side of a process, wired once for both ways to run zrsd.
 
-A `Replication` holds the nodes (`zrsd.node.Node`) of some `<zrs>`
+A `Replication` holds the nodes (`zrsd.daemon.node.Node`) of some `<zrs>`
 sections and runs their links in a reactor thread:
 
-- `zrsd -C FILE` (`zrsd.main.Daemon`) makes one for all of its sections,
+- `zrsd -C FILE` (`zrsd.daemon.main.Daemon`) makes one for all of its sections,
   with its own reactor thread, whose crash stops the daemon;
 - `%import zrsd` inside a plain runzeo configuration (`ZRSConfig.open`,
   through `open_section`) makes one per section; they share the process's
@@ -23,8 +23,8 @@ import threading
 
 from twisted.internet import defer
 
-from .node import Node
-from .reactor import ReactorThread
+from zrsd.daemon.node import Node
+from zrsd.daemon.reactor import ReactorThread
 
 logger = logging.getLogger(__name__)
 

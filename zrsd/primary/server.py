@@ -1,5 +1,5 @@
 """The primary's Twisted server: accept secondaries, check the handshake,
-start a `zrsd.primary.Streamer` for each and apply back-pressure.
+start a `zrsd.primary.streamer.Streamer` for each and apply back-pressure.
 
 Everything here runs in the reactor thread, except the streamer callbacks
 `_send` and `_streamer_done`, which hop over with `callFromThread`.
@@ -11,11 +11,14 @@ import logging
 import zope.interface
 from twisted.internet import defer, interfaces, protocol, task
 
-from . import protocol as zrs
-from .primary import HistoryMismatch, PackedUnderfoot, Streamer, TidIndex
-from .retry import RepeatLimiter
-from .secondary import describe_tid
-from .sockets import format_address, is_tls_failure, tcp_socket, tune_socket
+from zrsd import protocol as zrs
+from zrsd.network.factory import ProtocolFactory
+from zrsd.network.retry import RepeatLimiter
+from zrsd.network.sockets import (format_address, is_tls_failure,
+                                  tcp_socket, tune_socket)
+from zrsd.primary.history import HistoryMismatch, TidIndex
+from zrsd.primary.streamer import PackedUnderfoot, Streamer
+from zrsd.tids import describe_tid
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ class PrimaryProtocol(protocol.Protocol):
                 raise zrs.ProtocolError(
                     'start tid of %d bytes, expected 8' % len(payload))
             # The history guard runs in the streamer's thread (it may read
-            # the file): see zrsd.primary.TidIndex.start_position.
+            # the file): see zrsd.primary.history.TidIndex.start_position.
             self._start_streaming(payload)
         elif payload:
             raise zrs.ProtocolError(
@@ -223,20 +226,10 @@ class PrimaryProtocol(protocol.Protocol):
             logger.info('%s: disconnected', self.peer)
 
 
-class _Factory(protocol.Factory):
-    noisy = False
-
-    def __init__(self, server):
-        self.server = server
-
-    def buildProtocol(self, addr):
-        return PrimaryProtocol(self.server)
-
-
 class PrimaryServer:
     """Serve one storage's transactions to secondaries (reactor thread).
 
-    `storage` is a `zrsd.storage.PrimaryStorage` or `ReplicaStorage` (a
+    `storage` is a `zrsd.replica.storage.PrimaryStorage` or `ReplicaStorage` (a
     cascade): it offers `file_storage`, `commits`, `lastTransaction()` and
     `has_blobs`.
     """
@@ -256,7 +249,7 @@ class PrimaryServer:
         self.port = None
 
     def start(self):
-        factory = _Factory(self)
+        factory = ProtocolFactory(lambda: PrimaryProtocol(self))
         if isinstance(self.address, str):
             self.port = self.reactor.listenUNIX(self.address, factory)
         elif self.tls is not None:
@@ -293,7 +286,7 @@ class PrimaryServer:
         behind, logging each with its position.  Returns a Deferred.
 
         The storage's commits must have stopped (see
-        `zrsd.storage.PrimaryStorage.stop_commits`).
+        `zrsd.replica.storage.PrimaryStorage.stop_commits`).
         """
         self._stop_listening()
         connections = list(self.connections)

@@ -31,8 +31,8 @@ import zdaemon.zdctl
 import zdaemon.zdrun
 
 import zrsd.config
-from zrsd import promotion
-from zrsd.sockets import format_address
+from zrsd.daemon import promotion
+from zrsd.network.sockets import format_address
 
 
 def default_program(configfile):
@@ -44,7 +44,7 @@ def default_program(configfile):
     script = os.path.join(here, 'zrsd')
     if os.path.isfile(script) and os.access(script, os.X_OK):
         return [script, '-C', configfile]
-    return [sys.executable, '-m', 'zrsd.main', '-C', configfile]
+    return [sys.executable, '-m', 'zrsd.daemon.main', '-C', configfile]
 
 
 class ControlOptions(zdaemon.zdctl.ZDCtlOptions):

@@ -1,6 +1,6 @@
 """ZEO serving: a `StorageServer` for the served storages.
 
-ZEO's asyncio loop runs in the main thread (`zrsd.main`); replicated
+ZEO's asyncio loop runs in the main thread (`zrsd.daemon.main`); replicated
 commits invalidate client caches from the reactor thread through the
 server's `invalidate` (made safe for that in `zrsd.internals`).
 """
@@ -8,7 +8,7 @@ import logging
 
 from ZODB.POSException import ReadOnlyError
 
-from . import internals
+from zrsd import internals
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """`zrsd -C FILE`: run the replica daemon in the foreground.
 
 This module wires the daemon: it loads the configuration, handles
-signals, and puts the replication side (`zrsd.replication`, wired the same
-way for `%import zrsd` under runzeo), the ZEO server (`zrsd.zeoserver`)
-and the monitor together.
+signals, and puts the replication side (`zrsd.daemon.replication`, wired
+the same way for `%import zrsd` under runzeo), the ZEO server
+(`zrsd.daemon.zeoserver`) and the monitor together.
 
 Threads: the main thread runs ZEO's asyncio loop (and, before and after it,
 start-up and shut-down); the reactor thread runs Twisted and replication.
@@ -20,12 +20,14 @@ import time
 
 from ZODB.utils import z64
 
-from . import config as zconfig
-from . import monitor, promotion, systemd
-from .replication import Replication
-from .reactor import ReactorThread
-from . import zeoserver
-from .zeoserver import create_server, replace_storage
+from zrsd import config as zconfig
+from zrsd.daemon import monitor
+from zrsd.daemon import promotion
+from zrsd.daemon import systemd
+from zrsd.daemon.replication import Replication
+from zrsd.daemon.reactor import ReactorThread
+from zrsd.daemon import zeoserver
+from zrsd.daemon.zeoserver import create_server, replace_storage
 
 logger = logging.getLogger('zrsd')
 

@@ -1,0 +1,149 @@
+"""The primary's storage: a FileStorage served writable whose commits wake
+the streamers of its secondaries.
+
+`PrimaryStorage` is the FileStorage's own but for `tpc_begin`,
+`tpc_finish` (which wakes the streamers through the storage's
+`CommitNotifier`), `pack` and `close`.  A stopping primary stops its
+commits (`stop_commits`) before its secondaries catch up; a promoted
+replica becomes one (`PrimaryStorage.promoted`).  `CommitNotifier` and the
+resume-tid recovery serve replica storages too (`zrsd.replica.storage`):
+a cascade's streamers wait on its notifier.
+"""
+import logging
+import threading
+
+import zope.interface
+import ZODB.interfaces
+from ZODB.POSException import ReadOnlyError
+
+from zrsd import internals
+from zrsd.internals import last_committed_tid
+
+logger = logging.getLogger(__name__)
+
+
+def recover_last_transaction(fs):
+    """Make `fs.lastTransaction()` tell the truth; return the resume tid."""
+    tid = last_committed_tid(fs)
+    reported = fs.lastTransaction()
+    if reported != tid:
+        logger.warning(
+            '%s: FileStorage reports %s as last transaction, but the last '
+            'committed transaction in the file is %s (a commit was '
+            'interrupted between vote and finish); resuming after %s',
+            fs.getName(), reported.hex(), tid.hex(), tid.hex())
+        internals.set_last_transaction(fs, tid)
+    return tid
+
+
+def run_close_hook(storage):
+    """Run and clear `storage.before_close` (stopping its links first)."""
+    hook, storage.before_close = storage.before_close, None
+    if hook is not None:
+        hook()
+
+
+class CommitNotifier:
+    """Wakes the streamers of a storage when a transaction is committed.
+
+    `notify()` is called by whatever commits (any thread); a streamer reads
+    `generation`, checks for new data, then `wait(generation, stopped)`s.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self.generation = 0
+
+    def notify(self):
+        with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    def wake(self):
+        """Wake every waiter without a commit (e.g. to let one stop)."""
+        with self._condition:
+            self._condition.notify_all()
+
+    def wait(self, generation, stopped, timeout=60.0):
+        """Wait until a commit after `generation`, or `stopped()`."""
+        with self._condition:
+            self._condition.wait_for(
+                lambda: self.generation != generation or stopped(), timeout)
+
+
+class PrimaryStorage:
+    """A FileStorage served writable; each commit wakes the streamers.
+
+    Everything but `tpc_finish`, `pack` and `close` is the FileStorage's
+    own (ZEO sees its interfaces too).
+    """
+
+    def __init__(self, fs, commits=None):
+        self._fs = fs
+        self.commits = commits if commits is not None else CommitNotifier()
+        self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
+        self.resume_tid = recover_last_transaction(fs)
+        # Held while a transaction finishes; `stop_commits` takes it so
+        # that none is half-way when it returns.
+        self._finishing = threading.Lock()
+        self._commits_stopped = False
+        zope.interface.alsoProvides(self, zope.interface.providedBy(fs))
+
+    @classmethod
+    def promoted(cls, replica):
+        """The writable storage of a promoted `ReplicaStorage` (whose
+        replication has stopped): the same FileStorage with its own commit
+        path back, and the same notifier, so that the streamers of its
+        secondaries keep following."""
+        replica.writer.detach()
+        storage = cls(replica.file_storage, commits=replica.commits)
+        storage.before_close = replica.before_close
+        return storage
+
+    @property
+    def file_storage(self):
+        return self._fs
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def __len__(self):
+        return len(self._fs)
+
+    def __repr__(self):
+        return '<PrimaryStorage %s>' % self._fs.getName()
+
+    def stop_commits(self):
+        """Refuse every commit from now on (a stopping primary: what its
+        secondaries must receive before it closes is then final)."""
+        with self._finishing:
+            self._commits_stopped = True
+
+    def _check_commits(self):
+        if self._commits_stopped:
+            raise ReadOnlyError('the primary is stopping: no more commits')
+
+    def tpc_begin(self, transaction, tid=None, status=' '):
+        self._check_commits()
+        return self._fs.tpc_begin(transaction, tid, status)
+
+    def tpc_finish(self, transaction, f=None):
+        with self._finishing:
+            # A transaction voted before the stop is not committed after
+            # it: its client sees the error; ZEO aborts it.
+            self._check_commits()
+            tid = self._fs.tpc_finish(transaction, f)
+        self.commits.notify()
+        return tid
+
+    def pack(self, *args, **kw):
+        result = self._fs.pack(*args, **kw)
+        self.commits.notify()  # streamers notice the new file at once
+        return result
+
+    before_close = None  # set when the links must stop first
+
+    def close(self):
+        run_close_hook(self)
+        self.commits.wake()
+        self._fs.close()
