@@ -6,10 +6,12 @@ it in `connections`, sends that connection's script, then keeps the
 connection open, reading and ignoring keep-alive frames, until the peer
 closes or the server is stopped.
 
-`Stream` builds a script the way a zc.zrs primary would: protocol-1 pickles
-of `(type, data)`, raw record-data frames, and a running md5 checksum seeded
-with the connection's start tid.  It also has helpers to break the stream
-(wrong checksum, garbage, out-of-order messages, raw bytes on the wire...).
+`Stream` is the one builder of what a primary sends, for every test and
+the fuzzer: protocol-1 pickles of `(type, data)`, raw record-data frames,
+blob blocks, and a running md5 checksum seeded with the connection's start
+tid.  It also has helpers to break the stream (wrong checksum, garbage,
+out-of-order messages, raw bytes on the wire...), and hands its frames out
+as a script, as wire bytes or as payloads to feed a receiver.
 
 Script items are either `bytes` (sent as one framed message) or `Raw`
 (written to the socket as-is, no length prefix); `CLOSE` ends the connection.
@@ -22,12 +24,19 @@ import struct
 import threading
 import time
 
-Z64 = b'\0' * 8
+from ZODB.utils import z64
+
+from zrsd.protocol import BLOB_BLOCK_SIZE
 
 
 def frame(payload):
     """One wire frame: 4-byte big-endian length, then the payload."""
     return struct.pack('>I', len(payload)) + payload
+
+
+def message(kind, data):
+    """One message payload, pickled as a zc.zrs primary does."""
+    return pickle.dumps((kind, data), 1)
 
 
 class Raw(bytes):
@@ -38,39 +47,54 @@ CLOSE = object()  # script item: close the connection right there
 
 
 class Stream:
-    """Builds the frames a primary sends on a connection starting at `start_tid`.
+    """The frames a primary sends on a connection from `start_tid`.
 
-    Every payload added with `payload()` (and so every message) updates the
-    checksum; `commit()` sends the digest of everything before it.
+    `frames` is the list of `(kind, payload)` in order: kind is the
+    message type ('T', 'S', 'B', 'C', or what the caller says, e.g. 'M'),
+    'data' for a record's data, 'block' for blob content, 'raw' for bytes
+    written as-is (no length prefix, not checksummed) and 'close' for the
+    end of the connection.  Every framed payload updates the checksum unless
+    told otherwise; `commit()` sends the digest of everything before it.
+    `starts` holds the wire offset of each frame, `size` the wire length.
+    A `legacy` stream stores records inline and commits without a digest.
     """
 
-    def __init__(self, start_tid=Z64):
+    def __init__(self, start_tid=z64, legacy=False):
         self.start_tid = start_tid
+        self.legacy = legacy
         self.md5 = hashlib.md5(start_tid)
-        self.items = []
+        self.frames = []
+        self.starts = []
+        self.size = 0
+        self._taken = 0
 
     # -- low level ---------------------------------------------------------
-    def payload(self, data, checksum=True):
+    def payload(self, data, kind='data', checksum=True):
         """Append one framed payload (counted in the checksum by default)."""
-        self.items.append(bytes(data))
+        data = bytes(data)
         if checksum:
             self.md5.update(data)
-        return self
+        return self._append(kind, data, 4 + len(data))
 
-    def message(self, type_, data):
-        return self.payload(pickle.dumps((type_, data), 1))
+    def message(self, kind, data):
+        return self.payload(message(kind, data), kind)
 
     def raw(self, data):
         """Append bytes written as-is (not framed, not checksummed)."""
-        self.items.append(Raw(data))
-        return self
+        return self._append('raw', bytes(data), len(data))
 
     def close(self):
-        self.items.append(CLOSE)
+        return self._append('close', b'', 0)
+
+    def _append(self, kind, data, length):
+        self.frames.append((kind, data))
+        self.starts.append(self.size)
+        self.size += length
         return self
 
     # -- messages ----------------------------------------------------------
-    def begin(self, tid, status=' ', user=b'', description=b'', extension=None):
+    def begin(self, tid, status=' ', user=b'', description=b'',
+              extension=None):
         return self.message(
             'T', (tid, status, user, description, extension or {}))
 
@@ -83,8 +107,19 @@ class Stream:
         """Old form: data inline in the 'S' message, no data frame."""
         return self.message('S', (oid, tid, version, data, data_txn))
 
+    def store_blob(self, oid, tid, data, blocks, data_txn=None):
+        """'B' message, the record data, then the blob's content blocks."""
+        self.message('B', (oid, tid, '', data_txn, len(blocks)))
+        self.payload(data)
+        for block in blocks:
+            self.payload(block, 'block')
+        return self
+
     def commit(self, digest=None):
-        """'C' with the running digest (or the given, possibly wrong, one)."""
+        """'C' with the running digest (or the given, possibly wrong, one);
+        a legacy stream's 'C' has no digest."""
+        if self.legacy:
+            return self.commit_legacy()
         if digest is None:
             digest = self.md5.digest()
         return self.message('C', (digest,))
@@ -92,27 +127,90 @@ class Stream:
     def commit_legacy(self):
         return self.message('C', ())
 
-    def transaction(self, txn, legacy=False, tid=None, digest=None):
-        """Send a whole transaction from a FileStorage iterator.
+    def begin_txn(self, txn, tid=None):
+        """'T' for `txn` (with `tid` instead of its own)."""
+        return self.begin(txn.tid if tid is None else tid, txn.status,
+                          txn.user, txn.description, dict(txn.extension))
 
-        `txn` is a `fs.iterator()` item or a `Txn`; `tid` overrides its tid
-        (records get the same tid); `digest` overrides the checksum.
+    def records(self, txn, count=None, tid=None):
+        """Store the first `count` records of `txn` (all: None), each with
+        `tid` (default: the transaction's).  A record with a `blob`
+        attribute that is not None is sent as a blob record."""
+        tid = txn.tid if tid is None else tid
+        for r in list(txn)[:count]:
+            blob = getattr(r, 'blob', None)
+            if self.legacy:
+                self.store_legacy(r.oid, tid, r.data, r.data_txn)
+            elif blob is None:
+                self.store(r.oid, tid, r.data, r.data_txn)
+            else:
+                self.store_blob(r.oid, tid, r.data, blob_blocks(blob),
+                                r.data_txn)
+        return self
+
+    def transaction(self, txn, tid=None, digest=None):
+        """Send a whole transaction: a `Txn`, a `fs.iterator()` item or
+        anything with their attributes.
+
+        `tid` overrides its tid (records get the same tid); `digest`
+        overrides the checksum.
         """
         tid = txn.tid if tid is None else tid
-        self.begin(tid, txn.status, txn.user, txn.description,
-                   dict(txn.extension))
-        for r in txn:
-            if legacy:
-                self.store_legacy(r.oid, tid, r.data, r.data_txn)
-            else:
-                self.store(r.oid, tid, r.data, r.data_txn)
-        if legacy:
-            return self.commit_legacy()
+        return self.begin_txn(txn, tid).records(txn, tid=tid).commit(digest)
+
+    def one(self, tid, oid=z64, data=b'record', digest=None, **meta):
+        """A whole transaction storing one record; `meta`: begin()'s."""
+        self.begin(tid, **meta).store(oid, tid, data)
         return self.commit(digest)
 
+    # -- results -----------------------------------------------------------
     @property
-    def frames(self):
-        return list(self.items)
+    def payloads(self):
+        """The framed payloads, in order."""
+        return [p for kind, p in self.frames if kind not in ('raw', 'close')]
+
+    @property
+    def commits(self):
+        """The (start, end) wire offsets of each 'C' frame."""
+        return [(start, start + 4 + len(p))
+                for start, (kind, p) in zip(self.starts, self.frames)
+                if kind == 'C']
+
+    def wire(self):
+        """The bytes on the wire (up to a 'close')."""
+        return wire(self.frames)
+
+    def take(self):
+        """The wire bytes added since the last take()."""
+        taken, self._taken = self._taken, len(self.frames)
+        return wire(self.frames[taken:])
+
+    def take_payloads(self):
+        """The framed payloads added since the last take_payloads()."""
+        taken, self._taken = self._taken, len(self.frames)
+        return [p for kind, p in self.frames[taken:]
+                if kind not in ('raw', 'close')]
+
+    def script(self):
+        """The items `FakePrimary` sends: bytes, `Raw`, `CLOSE`."""
+        return [CLOSE if kind == 'close' else Raw(p) if kind == 'raw' else p
+                for kind, p in self.frames]
+
+
+def wire(frames):
+    """The bytes on the wire for `(kind, payload)` frames (see `Stream`)."""
+    parts = []
+    for kind, payload in frames:
+        if kind == 'close':
+            break
+        parts.append(payload if kind == 'raw' else frame(payload))
+    return b''.join(parts)
+
+
+def blob_blocks(content):
+    """A blob's content in the blocks a primary sends."""
+    return [content[p:p + BLOB_BLOCK_SIZE]
+            for p in range(0, len(content), BLOB_BLOCK_SIZE)]
 
 
 class Record:
@@ -135,15 +233,18 @@ class Txn:
         return '<Txn %s, %d records>' % (self.tid.hex(), len(self.records))
 
 
+def copy_transaction(t):
+    """A `Txn` copy of a FileStorage iterator's transaction `t`."""
+    return Txn(t.tid, t.status, t.user, t.description, dict(t.extension),
+               [Record(r.oid, r.tid, r.data, r.data_txn) for r in t])
+
+
 def read_transactions(path):
     """All transactions of a FileStorage as a list of `Txn`."""
     import ZODB.FileStorage
     fs = ZODB.FileStorage.FileStorage(path, read_only=True)
     try:
-        return [
-            Txn(t.tid, t.status, t.user, t.description, dict(t.extension),
-                [Record(r.oid, r.tid, r.data, r.data_txn) for r in t])
-            for t in fs.iterator()]
+        return [copy_transaction(t) for t in fs.iterator()]
     finally:
         fs.close()
 
@@ -155,13 +256,13 @@ def replay(txns, legacy=False, tail=None):
     something broken).  Returns a callable(start_tid) -> frames.
     """
     def script(start_tid):
-        stream = Stream(start_tid)
+        stream = Stream(start_tid, legacy)
         for txn in txns:
             if txn.tid > start_tid:
-                stream.transaction(txn, legacy=legacy)
+                stream.transaction(txn)
         if tail is not None:
             tail(stream)
-        return stream.frames
+        return stream.script()
     return script
 
 

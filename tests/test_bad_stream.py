@@ -17,10 +17,11 @@ import ZODB
 import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
 from ZEO.ClientStorage import ClientStorage
+from ZODB.utils import z64
 
 import support
-from fake_primary import (
-    FakePrimary, Stream, Z64, read_transactions, replay)
+from fake_primary import FakePrimary, Stream, read_transactions, replay
+from zrsd_nodes import ZrsdNode
 
 GOOD = 2  # good transactions sent before the bad part
 
@@ -80,18 +81,16 @@ def run_bad_stream(tmp_path, source, tail, reason):
     """Run zrsd against a primary that breaks after GOOD transactions."""
     source_path, txns = source
     good = txns[:GOOD]
-    log_path = str(tmp_path / 'zrsd.log')
     with FakePrimary(replay(good, tail=tail)) as primary:
-        zeo_port = support.free_port()
-        config, fs_path = support.zrsd_config(tmp_path, zeo_port, primary.port)
-        proc = support.start_zrsd(config, log_path, zeo_port)
+        proc = ZrsdNode(tmp_path, 'replica', upstream=primary.port).start()
+        zeo_port, fs_path = proc.zeo_port, proc.fs_path
         try:
             # Three handshakes: the first from scratch, then reconnects that
             # resume after the last good transaction (so the good ones were
             # committed and the bad one was not).
             conns = primary.wait_connections(3)
             assert conns[0].protocol == b'zrs2.0'
-            assert conns[0].start_tid == Z64
+            assert conns[0].start_tid == z64
             assert [c.start_tid for c in conns[1:3]] == [good[-1].tid] * 2, (
                 proc.log())
             support.wait_until(lambda: error_logged(proc.log(), reason),
@@ -100,12 +99,12 @@ def run_bad_stream(tmp_path, source, tail, reason):
             client = zeo_client(zeo_port)
             try:
                 assert client.lastTransaction() == good[-1].tid
-                assert client.load(Z64)[0] == latest_data(good, Z64)
+                assert client.load(z64)[0] == latest_data(good, z64)
             finally:
                 client.close()
-            assert proc.popen.poll() is None
+            assert proc.running()
         finally:
-            status = proc.stop()
+            status = proc.stop(expect=None)
             proc.close()
     assert status == 0, proc.log()
     replica = support.transactions(fs_path)
@@ -198,7 +197,7 @@ def test_connection_lost_mid_transaction(tmp_path, source):
     """The primary vanishes after T and S: the half transaction is aborted
     and the rest is replicated after reconnecting."""
     source_path, txns = source
-    first = Stream(Z64)
+    first = Stream(z64)
     for txn in txns[:GOOD]:
         first.transaction(txn)
     bad = txns[GOOD]
@@ -210,32 +209,30 @@ def test_connection_lost_mid_transaction(tmp_path, source):
     for txn in txns[GOOD:]:
         second.transaction(txn)
     replicate_and_compare(
-        tmp_path, source_path, txns, [first.frames, second.frames],
-        expected_starts=[Z64, txns[GOOD - 1].tid], clean=False)
+        tmp_path, source_path, txns, [first.script(), second.script()],
+        expected_starts=[z64, txns[GOOD - 1].tid], clean=False)
 
 
 def test_legacy_forms_accepted(tmp_path, source):
     """Inline-data 'S' and checksum-less 'C' (the seed document's forms)."""
     source_path, txns = source
     replicate_and_compare(tmp_path, source_path, txns,
-                          replay(txns, legacy=True), expected_starts=[Z64])
+                          replay(txns, legacy=True), expected_starts=[z64])
 
 
 def test_current_forms_control(tmp_path, source):
     """Control for the fake primary itself: the normal stream replicates."""
     source_path, txns = source
     replicate_and_compare(tmp_path, source_path, txns, replay(txns),
-                          expected_starts=[Z64])
+                          expected_starts=[z64])
 
 
 def replicate_and_compare(tmp_path, source_path, txns, script,
                           expected_starts, clean=True):
     """Replicate `script`; the replica must equal the source exactly."""
-    log_path = str(tmp_path / 'zrsd.log')
     with FakePrimary(script) as primary:
-        zeo_port = support.free_port()
-        config, fs_path = support.zrsd_config(tmp_path, zeo_port, primary.port)
-        proc = support.start_zrsd(config, log_path, zeo_port)
+        proc = ZrsdNode(tmp_path, 'replica', upstream=primary.port).start()
+        zeo_port, fs_path = proc.zeo_port, proc.fs_path
         try:
             primary.wait_connections(len(expected_starts))
             client = zeo_client(zeo_port)
@@ -244,12 +241,12 @@ def replicate_and_compare(tmp_path, source_path, txns, script,
                 support.wait_until(
                     lambda: client.lastTransaction() == txns[-1].tid,
                     60, message='replica at the last source transaction')
-                assert client.load(Z64)[0] == latest_data(txns, Z64)
+                assert client.load(z64)[0] == latest_data(txns, z64)
             finally:
                 client.close()
             assert primary.start_tids == expected_starts, proc.log()
         finally:
-            status = proc.stop()
+            status = proc.stop(expect=None)
             proc.close()
     assert status == 0, proc.log()
     assert support.assert_same_history(source_path, fs_path) == len(txns)

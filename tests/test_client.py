@@ -6,9 +6,7 @@ completes or refuses, a `Transport` (a StringTransport) records what the
 secondary writes, and the test plays the primary by calling
 ``protocol.dataReceived``.
 """
-import hashlib
 import logging
-import pickle
 import socket
 import struct
 import time
@@ -17,21 +15,17 @@ import pytest
 from twisted.internet import defer, error, task
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from ZODB.utils import p64, z64
 
 from zrsd.replica import client
 from zrsd import protocol as zrs
 from zrsd.replica.client import ReplicationClient, SecondaryProtocol
 from zrsd.network.sockets import pending_bytes
 
+from fake_primary import Stream
 from support import wait_until
 
-Z64 = b'\0' * 8
 LOGGER = 'zrsd.replica.client'
-
-
-def p64(n):
-    return n.to_bytes(8, 'big')
-
 
 TID1 = p64(0x03E5000000000010)
 TID2 = p64(0x03E5000000000020)
@@ -84,7 +78,7 @@ class FakeEndpoint:
 class FakeStorage:
     """The replica storage: a resume tid, and itself as the writer (sink)."""
 
-    def __init__(self, last=Z64):
+    def __init__(self, last=z64):
         self.last = last
         self.calls = []
         self.committed = []
@@ -133,33 +127,6 @@ class FakeStorage:
 
     def names(self):
         return [call[0] for call in self.calls]
-
-
-class Primary:
-    """Encodes what a primary sends on one connection (frames, checksum)."""
-
-    def __init__(self, start_tid):
-        self.md5 = hashlib.md5(start_tid)
-
-    def frame(self, payload):
-        self.md5.update(payload)
-        return zrs.encode_frame(payload)
-
-    def message(self, kind, data):
-        return self.frame(pickle.dumps((kind, data), 1))
-
-    def begin(self, tid):
-        return self.message('T', (tid, ' ', b'user', b'desc', {}))
-
-    def store(self, oid, tid, data):
-        return self.message('S', (oid, tid, '', None)) + self.frame(data)
-
-    def commit(self, digest=None):
-        return self.message('C', (digest or self.md5.digest(),))
-
-    def transaction(self, tid, oid=OID0, data=b'record', digest=None):
-        return (self.begin(tid) + self.store(oid, tid, data)
-                + self.commit(digest))
 
 
 def handshake(start_tid, name=b'zrs2.0'):
@@ -222,7 +189,7 @@ def test_handshake_from_scratch_and_with_blobs():
     s = Setup(protocol_name=zrs.PROTOCOL_2_1)
     s.client.start()
     proto, transport = s.endpoint.accept()
-    assert transport.value() == handshake(Z64, b'zrs2.1')
+    assert transport.value() == handshake(z64, b'zrs2.1')
 
 
 def test_socket_is_tuned_for_tcp():
@@ -250,7 +217,7 @@ def test_keep_alives_every_delay():
     s.clock.advance(60)
     assert transport.value() == b'\0\0\0\0' * 3
     # Receiving data does not disturb them.
-    proto.dataReceived(Primary(Z64).transaction(TID1))
+    proto.dataReceived(Stream(z64).one(TID1).wire())
     s.clock.advance(60)
     assert transport.value() == b'\0\0\0\0' * 4
 
@@ -283,12 +250,12 @@ def test_transaction_is_committed():
     s = Setup(storage=FakeStorage(last=TID1))
     s.client.start()
     proto, transport = s.endpoint.accept()
-    primary = Primary(TID1)  # the checksum is seeded with our start tid
-    proto.dataReceived(primary.transaction(TID2, data=b'two'))
+    primary = Stream(TID1)  # the checksum is seeded with our start tid
+    proto.dataReceived(primary.one(TID2, data=b'two').take())
     assert s.storage.calls == [
         ('begin', TID2), ('store', OID0, b'two'), ('commit', TID2)]
     assert s.commits == [TID2]
-    data = primary.transaction(TID3)
+    data = primary.one(TID3).take()
     for i in range(len(data)):  # byte by byte
         proto.dataReceived(data[i:i + 1])
     assert s.storage.committed == [TID2, TID3]
@@ -300,10 +267,10 @@ def test_bad_checksum(caplog):
     s = Setup()
     s.client.start()
     proto, transport = s.endpoint.accept()
-    primary = Primary(Z64)
+    primary = Stream(z64)
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        proto.dataReceived(primary.transaction(TID1))
-        proto.dataReceived(primary.transaction(TID2, digest=b'\1' * 16))
+        proto.dataReceived(primary.one(TID1).take())
+        proto.dataReceived(primary.one(TID2, digest=b'\1' * 16).take())
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert 'checksum mismatch' in errors[0].getMessage()
@@ -314,7 +281,7 @@ def test_bad_checksum(caplog):
     assert transport.aborted
     assert s.client.stream_failures == 1
     # Whatever else arrives before the connection is gone is ignored.
-    proto.dataReceived(Primary(TID1).transaction(TID3))
+    proto.dataReceived(Stream(TID1).one(TID3).wire())
     assert s.storage.committed == [TID1]
     # The connection goes; the client reconnects, from the last good tid.
     lost(proto)
@@ -323,7 +290,7 @@ def test_bad_checksum(caplog):
     s.wait_for_attempt()
     proto, transport = s.endpoint.accept()
     assert transport.value() == handshake(TID1)
-    proto.dataReceived(Primary(TID1).transaction(TID2))
+    proto.dataReceived(Stream(TID1).one(TID2).wire())
     assert s.storage.committed == [TID1, TID2]
 
 
@@ -343,7 +310,8 @@ def test_frame_too_large_rejected_at_once(caplog):
     s.client.start()
     proto, transport = s.endpoint.accept()
     with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(Primary(Z64).begin(TID1) + struct.pack('>I', 1001))
+        proto.dataReceived(
+            Stream(z64).begin(TID1).wire() + struct.pack('>I', 1001))
     assert transport.aborted
     assert [r.levelname for r in caplog.records] == ['ERROR']
     assert 'too large' in caplog.text
@@ -365,7 +333,7 @@ def test_sink_failure_is_logged_and_drops_the_connection(caplog):
     s.client.start()
     proto, transport = s.endpoint.accept()
     with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(Primary(Z64).transaction(TID1))
+        proto.dataReceived(Stream(z64).one(TID1).wire())
     assert transport.aborted
     assert storage.calls == [('begin', TID1), ('abort', TID1)]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -382,10 +350,10 @@ def test_connection_lost_mid_transaction_aborts_and_reconnects(caplog):
     s = Setup()
     s.client.start()
     proto, transport = s.endpoint.accept()
-    primary = Primary(Z64)
+    primary = Stream(z64)
     with caplog.at_level(logging.INFO, logger=LOGGER):
-        proto.dataReceived(primary.begin(TID1) + primary.store(
-            OID0, TID1, b'half'))
+        proto.dataReceived(
+            primary.begin(TID1).store(OID0, TID1, b'half').take())
         lost(proto, error.ConnectionDone('closed by peer'))
     assert s.storage.calls[-1] == ('abort', TID1)
     assert s.storage.committed == []
@@ -393,7 +361,7 @@ def test_connection_lost_mid_transaction_aborts_and_reconnects(caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     s.wait_for_attempt()
     proto, transport = s.endpoint.accept()
-    assert transport.value() == handshake(Z64)
+    assert transport.value() == handshake(z64)
 
 
 def test_client_options_reach_the_receiver(caplog):
@@ -404,10 +372,10 @@ def test_client_options_reach_the_receiver(caplog):
         s = Setup(**kw)
         s.client.start()
         proto, transport = s.endpoint.accept()
-        primary = Primary(Z64)
+        primary = Stream(z64)
         proto.dataReceived(
-            primary.message('T', (TID1, ' ', b'', b'', extension))
-            + primary.commit(digest=b'\3' * 16))
+            primary.begin(TID1, extension=extension)
+            .commit(b'\3' * 16).take())
         return s, transport
 
     with caplog.at_level(logging.ERROR, logger=LOGGER):
@@ -449,7 +417,7 @@ def test_backoff_reset_after_a_committed_transaction():
         s.endpoint.refuse()
         s.wait_for_attempt()
     proto, transport = s.endpoint.accept()
-    proto.dataReceived(Primary(Z64).transaction(TID1))
+    proto.dataReceived(Stream(z64).one(TID1).wire())
     lost(proto)
     assert s.reconnect_delay() == 1.0
 
@@ -530,19 +498,19 @@ def test_backoff_after_stream_failure():
     s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
     s.client.start()
     proto, transport = s.endpoint.accept()
-    proto.dataReceived(Primary(Z64).transaction(TID1, digest=b'\2' * 16))
+    proto.dataReceived(Stream(z64).one(TID1, digest=b'\2' * 16).take())
     assert transport.aborted
     lost(proto)
     first = s.reconnect_delay()
     s.wait_for_attempt()
     proto, transport = s.endpoint.accept()
-    proto.dataReceived(Primary(Z64).transaction(TID1, digest=b'\2' * 16))
+    proto.dataReceived(Stream(z64).one(TID1, digest=b'\2' * 16).take())
     lost(proto)
     assert s.reconnect_delay() > first
     assert s.client.stream_failures == 2
 
 
-# -- stopping ------------------------------------------------------------------
+# -- stopping -------------------------------------------------------------
 
 def test_stop_cancels_pending_reconnect():
     s = Setup()
@@ -570,25 +538,25 @@ def test_stop_aborts_half_received_transaction():
     s = Setup()
     s.client.start()
     proto, transport = s.endpoint.accept()
-    primary = Primary(Z64)
-    proto.dataReceived(primary.transaction(TID1))
-    proto.dataReceived(primary.begin(TID2) + primary.store(OID1, TID2, b'x'))
+    primary = Stream(z64)
+    proto.dataReceived(primary.one(TID1).take())
+    proto.dataReceived(primary.begin(TID2).store(OID1, TID2, b'x').take())
     s.client.stop()
     assert s.storage.calls[-1] == ('abort', TID2)
     assert s.storage.committed == [TID1]
     assert transport.aborted
     # More data before the connection is really gone changes nothing.
-    proto.dataReceived(primary.commit())
+    proto.dataReceived(primary.commit().take())
     assert s.storage.committed == [TID1]
     lost(proto)
     assert s.storage.names().count('abort') == 1
     assert s.clock.getDelayedCalls() == []  # no reconnect, no keep-alive
     s.clock.advance(3600)
     assert len(s.endpoint.attempts) == 1
-    assert transport.value() == handshake(Z64)  # no keep-alive after stop
+    assert transport.value() == handshake(z64)  # no keep-alive after stop
 
 
-# -- group commit --------------------------------------------------------------
+# -- group commit ---------------------------------------------------------
 
 def tcp_pair():
     listener = socket.socket()
@@ -612,22 +580,21 @@ def test_fsync_deferred_while_more_data_waits():
         s.client.start()
         proto, transport = s.endpoint.accept(Transport(handle=receiver))
         assert s.storage.defer_sync
-        primary = Primary(TID1)
+        primary = Stream(TID1)
         # More of the stream is already waiting in the kernel: no fsync.
         sender.sendall(b'more')
         wait_until(lambda: pending_bytes(receiver) == 4)
-        proto.dataReceived(primary.transaction(TID2)
-                           + primary.transaction(TID3))
+        proto.dataReceived(primary.one(TID2).one(TID3).take())
         assert s.storage.committed == [TID2, TID3]
         assert (s.storage.syncs, s.storage.unsynced) == (0, 2)
         # The stream pauses (nothing waiting): one fsync for both.
         assert receiver.recv(10) == b'more'
-        proto.dataReceived(primary.transaction(TID4))
+        proto.dataReceived(primary.one(TID4).take())
         assert (s.storage.syncs, s.storage.unsynced) == (1, 0)
         # Losing the connection syncs what is left and stops deferring.
         sender.sendall(b'more')
         wait_until(lambda: pending_bytes(receiver) == 4)
-        proto.dataReceived(primary.transaction(TID5))
+        proto.dataReceived(primary.one(TID5).take())
         assert s.storage.unsynced == 1
         lost(proto)
         assert (s.storage.syncs, s.storage.unsynced) == (2, 0)

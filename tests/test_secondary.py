@@ -11,16 +11,12 @@ import tempfile
 
 import pytest
 
+from ZODB.utils import p64, z64
+
 from zrsd.protocol import BLOB_BLOCK_SIZE, FrameDecoder, ProtocolError
-from zrsd.protocol import encode_frame
 from zrsd.replica.receiver import Receiver, State
 
-Z64 = b'\0' * 8
-
-
-def p64(n):
-    return n.to_bytes(8, 'big')
-
+from fake_primary import Stream
 
 START = p64(0x03E5000000000000)
 TID1 = p64(0x03E5000000000010)
@@ -74,50 +70,6 @@ class RecordingSink:
         return [call[0] for call in self.calls]
 
 
-class Stream:
-    """Payloads as a primary sends them, with the running checksum."""
-
-    def __init__(self, start_tid=START):
-        self.md5 = hashlib.md5(start_tid)
-        self.payloads = []
-
-    def payload(self, data):
-        self.payloads.append(data)
-        self.md5.update(data)
-        return self
-
-    def message(self, kind, data):
-        return self.payload(pickle.dumps((kind, data), 1))
-
-    def begin(self, tid, user=b'', description=b'', extension=None,
-              status=' '):
-        return self.message(
-            'T', (tid, status, user, description, extension or {}))
-
-    def store(self, oid, tid, data, data_txn=None):
-        self.message('S', (oid, tid, '', data_txn))
-        return self.payload(data or b'')
-
-    def store_inline(self, oid, tid, data, data_txn=None):
-        return self.message('S', (oid, tid, '', data, data_txn))
-
-    def store_blob(self, oid, tid, data, blocks, data_txn=None):
-        self.message('B', (oid, tid, '', data_txn, len(blocks)))
-        self.payload(data)
-        for block in blocks:
-            self.payload(block)
-        return self
-
-    def commit(self, digest=None):
-        return self.message('C', (digest or self.md5.digest(),))
-
-    def commit_legacy(self):
-        return self.message('C', ())
-
-    def encoded(self):
-        return b''.join(encode_frame(p) for p in self.payloads)
-
-
 def feed(receiver, payloads):
     for payload in payloads:
         receiver.frame_received(payload)
@@ -137,8 +89,8 @@ def make_receiver(sink, start_tid=START, **kw):
 
 
 def test_full_transaction(sink):
-    stream = Stream()
-    stream.begin(TID1, b'alice', b'add a', {'ticket': 42}, status='p')
+    stream = Stream(START)
+    stream.begin(TID1, 'p', b'alice', b'add a', {'ticket': 42})
     stream.store(OID0, TID1, b'root record')
     stream.store(OID1, TID1, None, data_txn=TID1)  # undone creation
     before_commit = sum(len(p) for p in stream.payloads)
@@ -166,7 +118,7 @@ def test_full_transaction(sink):
 
 
 def test_second_transaction_continues_the_running_checksum(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store(OID0, TID1, b'one').commit()
     stream.begin(TID2).store(OID0, TID2, b'two').commit()
     # The second digest covers the first transaction too.
@@ -182,10 +134,10 @@ def test_second_transaction_continues_the_running_checksum(sink):
 
 
 def test_checksum_restarted_per_transaction_is_refused(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).commit()
     # A primary that (wrongly) reseeds the checksum for each transaction.
-    second = Stream()
+    second = Stream(START)
     second.begin(TID2).commit()
     receiver, commits = make_receiver(sink)
     feed(receiver, stream.payloads)
@@ -195,10 +147,10 @@ def test_checksum_restarted_per_transaction_is_refused(sink):
 
 
 def test_legacy_stream_commits(sink, caplog):
-    stream = Stream()
-    stream.begin(TID1).store_inline(OID0, TID1, b'inline record')
-    stream.store_inline(OID1, TID1, None, data_txn=TID1).commit_legacy()
-    stream.begin(TID2).store_inline(OID0, TID2, b'again').commit_legacy()
+    stream = Stream(START)
+    stream.begin(TID1).store_legacy(OID0, TID1, b'inline record')
+    stream.store_legacy(OID1, TID1, None, data_txn=TID1).commit_legacy()
+    stream.begin(TID2).store_legacy(OID0, TID2, b'again').commit_legacy()
     receiver, commits = make_receiver(sink)
     with caplog.at_level(logging.WARNING, logger='zrsd.replica.receiver'):
         feed(receiver, stream.payloads)
@@ -217,7 +169,7 @@ def test_legacy_stream_commits(sink, caplog):
 
 
 def test_mixed_legacy_and_checksummed_commits(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store(OID0, TID1, b'x').commit_legacy()
     stream.begin(TID2).store(OID0, TID2, b'y').commit()
     receiver, commits = make_receiver(sink)
@@ -226,7 +178,7 @@ def test_mixed_legacy_and_checksummed_commits(sink):
 
 
 def test_bad_checksum_aborts_and_fails(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store(OID0, TID1, b'x').commit(digest=b'\1' * 16)
     receiver, commits = make_receiver(sink)
     with pytest.raises(ProtocolError, match='checksum mismatch') as info:
@@ -237,7 +189,7 @@ def test_bad_checksum_aborts_and_fails(sink):
     assert receiver.state is State.FAILED
     assert receiver.last_tid == START
     # Further input is refused, and does not reach the sink.
-    good = Stream()
+    good = Stream(START)
     good.begin(TID1).commit()
     with pytest.raises(ProtocolError):
         receiver.frame_received(good.payloads[0])
@@ -247,7 +199,7 @@ def test_bad_checksum_aborts_and_fails(sink):
 
 
 def test_bad_checksum_accepted_when_checks_are_off(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store(OID0, TID1, b'x').commit(digest=b'\1' * 16)
     receiver, commits = make_receiver(sink, check_checksums=False)
     feed(receiver, stream.payloads)
@@ -256,7 +208,7 @@ def test_bad_checksum_accepted_when_checks_are_off(sink):
 
 
 def test_checksum_is_seeded_with_start_tid(sink):
-    stream = Stream(start_tid=Z64)  # primary thinks we started from zero
+    stream = Stream(z64)  # primary thinks we started from zero
     stream.begin(TID1).commit()
     receiver, commits = make_receiver(sink, start_tid=START)
     with pytest.raises(ProtocolError, match='checksum mismatch'):
@@ -279,59 +231,59 @@ def _failing(sink, payloads, match, expect_abort=True):
 
 
 def test_store_before_begin(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.store(OID0, TID1, b'x')
     _failing(sink, stream.payloads, 'unexpected S', expect_abort=False)
     assert sink.calls == []
 
 
 def test_commit_before_begin(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.commit()
     _failing(sink, stream.payloads, 'unexpected C', expect_abort=False)
 
 
 def test_blob_before_begin(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.store_blob(OID0, TID1, b'rec', [b'blob'])
     _failing(sink, stream.payloads, 'unexpected B', expect_abort=False)
 
 
 def test_begin_inside_transaction(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store(OID0, TID1, b'x').begin(TID2)
     _failing(sink, stream.payloads, 'unexpected T')
     assert sink.names() == ['begin', 'store', 'abort']
 
 
 def test_blob_message_with_inline_data_refused(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).message('B', (OID0, TID1, '', b'data', None, 1))
     _failing(sink, stream.payloads, 'bad B message')
 
 
 def test_garbage_message_inside_transaction_aborts(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).payload(b'\xff\xfe not a pickle')
     _failing(sink, stream.payloads, 'undecodable message')
 
 
 def test_tid_equal_to_start_tid(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(START)
     _failing(sink, stream.payloads, 'non-increasing tid', expect_abort=False)
     assert sink.calls == []
 
 
 def test_tid_below_start_tid(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(p64(1))
     _failing(sink, stream.payloads, 'non-increasing tid', expect_abort=False)
 
 
 def test_tid_not_above_last_committed(sink):
     for bad in (TID2, TID1):
-        stream = Stream()
+        stream = Stream(START)
         stream.begin(TID2).commit().begin(bad)
         receiver, commits = make_receiver(sink)
         with pytest.raises(ProtocolError, match='non-increasing tid'):
@@ -340,21 +292,21 @@ def test_tid_not_above_last_committed(sink):
 
 
 def test_record_tid_differs_from_transaction(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store(OID0, TID2, b'x')
     _failing(sink, stream.payloads, 'record tid')
     assert sink.names() == ['begin', 'abort']
 
 
 def test_blob_record_tid_differs_from_transaction(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store_blob(OID0, TID2, b'rec', [b'blob'])
     _failing(sink, stream.payloads, 'record tid')
 
 
 def test_inline_record_tid_differs_from_transaction(sink):
-    stream = Stream()
-    stream.begin(TID1).store_inline(OID0, TID2, b'x')
+    stream = Stream(START)
+    stream.begin(TID1).store_legacy(OID0, TID2, b'x')
     _failing(sink, stream.payloads, 'record tid')
 
 
@@ -362,7 +314,7 @@ def test_blob_record(sink):
     block1 = bytes(range(256)) * 256  # exactly 65536 bytes
     assert len(block1) == BLOB_BLOCK_SIZE
     block2 = b'tail of the blob'
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store_blob(OID2, TID1, b'blob record',
                                   [block1, block2]).commit()
     receiver, commits = make_receiver(sink)
@@ -383,7 +335,7 @@ def test_blob_record(sink):
 
 
 def test_empty_blob(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store_blob(OID2, TID1, b'blob record', [])
     stream.store(OID0, TID1, b'root').commit()
     receiver, commits = make_receiver(sink)
@@ -396,7 +348,7 @@ def test_empty_blob(sink):
 
 
 def test_blob_block_too_large(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store_blob(OID2, TID1, b'rec',
                                   [b'x' * (BLOB_BLOCK_SIZE + 1)])
     _failing(sink, stream.payloads, 'blob block')
@@ -406,7 +358,7 @@ def test_blob_block_too_large(sink):
 def test_commit_in_the_middle_of_blob_blocks_is_not_a_commit(sink):
     # While blocks are expected every frame is blob content, even one that
     # happens to be a C message: the transaction is not committed early.
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).message('B', (OID2, TID1, '', None, 2))
     stream.payload(b'rec').payload(b'block1')
     stream.commit()  # taken as the second block
@@ -421,7 +373,7 @@ def test_commit_in_the_middle_of_blob_blocks_is_not_a_commit(sink):
 def test_sink_failure_aborts_and_propagates(tmp_path, method):
     sink = RecordingSink(tmp_path, fail_on=method,
                          exception=OSError('disk full'))
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store(OID0, TID1, b'x').commit()
     receiver, commits = make_receiver(sink)
     with pytest.raises(OSError, match='disk full'):
@@ -438,7 +390,7 @@ def test_sink_failure_aborts_and_propagates(tmp_path, method):
 def test_store_blob_failure_aborts(tmp_path):
     sink = RecordingSink(tmp_path, fail_on='store_blob',
                          exception=OSError('no space'))
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).store_blob(OID2, TID1, b'rec', [b'data'])
     receiver, commits = make_receiver(sink)
     with pytest.raises(OSError):
@@ -447,7 +399,7 @@ def test_store_blob_failure_aborts(tmp_path):
 
 
 def test_abort_mid_transaction_closes_blob_file(sink):
-    stream = Stream()
+    stream = Stream(START)
     stream.begin(TID1).message('B', (OID2, TID1, '', None, 2))
     stream.payload(b'rec').payload(b'block1')
     receiver, commits = make_receiver(sink)
@@ -467,11 +419,11 @@ def test_abort_between_transactions_does_not_touch_sink(sink):
 # -- the whole stream through the frame decoder, split everywhere -----------
 
 def small_stream():
-    stream = Stream()
-    stream.begin(TID1, b'u', b'd').store(OID0, TID1, b'r0')
+    stream = Stream(START)
+    stream.begin(TID1, user=b'u', description=b'd').store(OID0, TID1, b'r0')
     stream.store(OID1, TID1, None).commit()
     stream.begin(TID2).store_blob(OID2, TID2, b'b', [b'12', b'3']).commit()
-    stream.begin(TID3).store_inline(OID0, TID3, b'r1').commit_legacy()
+    stream.begin(TID3).store_legacy(OID0, TID3, b'r1').commit_legacy()
     return stream
 
 
@@ -486,7 +438,7 @@ def run_stream(tmp_path, pieces):
 
 
 def test_stream_split_at_every_byte_boundary(tmp_path):
-    data = small_stream().encoded()
+    data = small_stream().wire()
     sink, commits = run_stream(tmp_path, [data])
     expected_calls = sink.calls
     assert [tid for tid, _ in commits] == [TID1, TID2, TID3]
@@ -498,7 +450,7 @@ def test_stream_split_at_every_byte_boundary(tmp_path):
 
 
 def test_stream_fed_byte_by_byte(tmp_path):
-    data = small_stream().encoded()
+    data = small_stream().wire()
     _, commits = run_stream(tmp_path, [data])
     sink, got = run_stream(tmp_path, [data[i:i + 1] for i in range(len(data))])
     assert got == commits

@@ -7,7 +7,9 @@ import random
 import struct
 
 from . import synthetic
-from .streams import Builder, committed, serialize
+from fake_primary import Stream, wire
+
+from .streams import committed
 
 WINDOW_NEED = 6     # source txns a case may need after its start
 
@@ -56,7 +58,7 @@ class Template:
 
     `prefix`: the 0-2 transactions replayed intact after the start;
     `window`: the 1-3 that follow, where the case breaks something;
-    `valid`: the `Builder` of both, `valid_wire` its bytes;
+    `valid`: the `Stream` of both, `valid_wire` its bytes;
     `mark_frames`, `mark`: the frame index and the wire offset where the
     window begins.
     """
@@ -65,22 +67,13 @@ class Template:
         self.rng, self.number = rng, number
         self.start, self.start_tid = start, source.tid(start)
         self.prefix, self.window, self.legacy = prefix, window, legacy
-        self.valid = Builder(self.start_tid, legacy)
+        self.valid = Stream(self.start_tid, legacy)
         for txn in prefix:
-            self.valid.txn(txn)
+            self.valid.transaction(txn)
         self.mark_frames, self.mark = len(self.valid.frames), self.valid.size
         for txn in window:
-            self.valid.txn(txn)
+            self.valid.transaction(txn)
         self.valid_wire = self.valid.wire()
-
-    def frame_starts(self):
-        """Wire offsets of the window's frames."""
-        starts, pos = [], 0
-        for index, (_, payload) in enumerate(self.valid.frames):
-            if index >= self.mark_frames:
-                starts.append(pos)
-            pos += 4 + len(payload)
-        return starts
 
 
 class CaseGenerator:
@@ -167,7 +160,7 @@ def mutate_bytes(kind, t):
         wire[pos:pos] = chunk
         detail = '%d bytes from %d at %d' % (n, src, pos - lo)
     elif kind == 'length':
-        starts = t.frame_starts()
+        starts = t.valid.starts[t.mark_frames:]
         pos = rng.choice(starts)
         (old,) = struct.unpack_from('>I', wire, pos)
         new = rng.choice([
@@ -242,4 +235,4 @@ def mutate_frames(kind, t):
         detail = 'frame %d to %d' % (i - lo, j - lo)
     else:
         raise ValueError(kind)
-    return serialize(frames), expect, reason, detail
+    return wire(frames), expect, reason, detail

@@ -62,10 +62,6 @@ def embed(message, fragment):
     return clean.replace(marker, fragment)
 
 
-def message(kind, data):
-    return pickle.dumps((kind, data), 1)
-
-
 # ---------------------------------------------------------------------------
 # Hostile pickles.  `build(marker)` returns opcodes that push one object and,
 # if an unrestricted unpickler loaded them, create the file `marker`.

@@ -16,8 +16,6 @@ from ZODB.utils import z64
 
 from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
-from .pickles import message
-
 
 class FakeClock:
     """A `time.time` that advances 1.5 s per call from 2020-01-01."""
@@ -39,8 +37,8 @@ class Rec:
 
 
 class SourceTxn:
-    """One source transaction, with the frames a primary sends for it (the
-    C frame excepted: its digest depends on the connection)."""
+    """One source transaction (`fake_primary.Stream.transaction` sends it:
+    a record with a `blob` as a blob record)."""
 
     def __init__(self, tid, status, user, description, extension, records):
         self.tid, self.status, self.user = tid, status, user
@@ -49,39 +47,9 @@ class SourceTxn:
         self.comparable = (tid, status, user, description, extension,
                            [(r.oid, r.tid, r.data, r.data_txn)
                             for r in records])
-        self.begin = message('T', (tid, status, user, description,
-                                   extension))
-        self.frames = [('T', self.begin)]
-        self.legacy = [('T', self.begin)]
-        for r in records:
-            self.legacy.append(('S', message(
-                'S', (r.oid, tid, '', r.data, r.data_txn))))
-            if r.blob is None:
-                self.frames.append(('S', message(
-                    'S', (r.oid, tid, '', r.data_txn))))
-                self.frames.append(('data', r.data or b''))
-            else:
-                blocks = [r.blob[p:p + BLOCK]
-                          for p in range(0, len(r.blob), BLOCK)]
-                self.frames.append(('B', message(
-                    'B', (r.oid, tid, '', r.data_txn, len(blocks)))))
-                self.frames.append(('data', r.data))
-                self.frames.extend(('block', b) for b in blocks)
 
-    def record_frames(self, r, legacy=False):
-        """The frames of record number `r` (without T and C)."""
-        frames = self.legacy if legacy else self.frames
-        if legacy:
-            return [frames[1 + r]]
-        out, count = [], -1
-        for kind, payload in frames[1:]:
-            if kind in ('S', 'B'):
-                count += 1
-            if count == r:
-                out.append((kind, payload))
-            elif count > r:
-                break
-        return out
+    def __iter__(self):
+        return iter(self.records)
 
 
 class Source:

@@ -1,84 +1,13 @@
-"""The stream a primary sends on one connection (`Builder`), and the
-oracle: how many of its transactions a correct replica commits when the
-stream arrives broken (`committed`)."""
-import hashlib
+"""The oracle: how many of the transactions of a primary's stream (built
+with `fake_primary.Stream`) a correct replica commits when the stream
+arrives broken (`committed`)."""
 import io
 import pickle
 import struct
 
 from zrsd import protocol as zrs
 
-from .pickles import message
-
 MAX_FRAME = zrs.DEFAULT_MAX_FRAME   # the replicas run with the default
-
-
-class Builder:
-    """The frames a primary sends on one connection from `start_tid`.
-
-    Keeps the running md5 (payloads only, as the protocol says) and the
-    wire offset where each frame ends; `raw` bytes go out unframed and
-    unchecksummed.
-    """
-
-    def __init__(self, start_tid, legacy=False):
-        self.md5 = hashlib.md5(start_tid)
-        self.legacy = legacy
-        self.frames = []     # (kind, payload); kind 'raw': bytes as they are
-        self.size = 0
-        self.commits = []    # (start, end) wire offsets of each C frame
-
-    def frame(self, kind, payload, checksum=True):
-        if checksum:
-            self.md5.update(payload)
-        self.frames.append((kind, payload))
-        start = self.size
-        self.size += 4 + len(payload)
-        if kind == 'C':
-            self.commits.append((start, self.size))
-        return self
-
-    def raw(self, data):
-        self.frames.append(('raw', data))
-        self.size += len(data)
-        return self
-
-    def message(self, kind, data):
-        return self.frame(kind, message(kind, data))
-
-    def begin(self, txn, tid=None):
-        if tid is None:
-            return self.frame('T', txn.begin)
-        return self.message('T', (tid, txn.status, txn.user,
-                                  txn.description, txn.extension))
-
-    def records(self, txn, count=None):
-        """Frames of the first `count` records of `txn` (all: None)."""
-        records = range(len(txn.records) if count is None else count)
-        for r in records:
-            for kind, payload in txn.record_frames(r, self.legacy):
-                self.frame(kind, payload)
-        return self
-
-    def commit(self, digest=None):
-        if self.legacy:
-            return self.message('C', ())
-        return self.message('C', (digest or self.md5.digest(),))
-
-    def txn(self, txn, digest=None):
-        return self.begin(txn).records(txn).commit(digest)
-
-    def wire(self, frames=None):
-        return serialize(self.frames if frames is None else frames)
-
-
-def serialize(frames):
-    parts = []
-    for kind, payload in frames:
-        if kind != 'raw':
-            parts.append(struct.pack('>I', len(payload)))
-        parts.append(payload)
-    return b''.join(parts)
 
 
 def common_prefix(a, b):

@@ -8,9 +8,11 @@ from ZODB.utils import p64, u64, z64
 
 from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
+from fake_primary import Stream, message
+
 from .pickles import (CALL, DANGEROUS_GLOBALS, G, HOSTILES, PLACEHOLDER, SG,
-                      U, embed, message, random_name, touch)
-from .streams import MAX_FRAME, Builder
+                      U, embed, random_name, touch)
+from .streams import MAX_FRAME
 
 
 def build(kind, t, source, marker):
@@ -18,12 +20,12 @@ def build(kind, t, source, marker):
     of the window intact, then one bad part in transaction `txn`.
     Returns (wire, expect, reason, detail) (see `cases.Case`)."""
     rng, window = t.rng, t.window
-    b = Builder(t.start_tid)
+    b = Stream(t.start_tid)
     for txn in t.prefix:
-        b.txn(txn)
+        b.transaction(txn)
     k = rng.randrange(len(window))
     for txn in window[:k]:
-        b.txn(txn)
+        b.transaction(txn)
     txn = window[k]
     last_tid = (window[k - 1].tid if k else
                 t.prefix[-1].tid if t.prefix else t.start_tid)
@@ -35,14 +37,14 @@ def build(kind, t, source, marker):
         n = len(txn.records)
         count = rng.randint(0, n if max_records is None
                             else min(n, max_records))
-        b.begin(txn).records(txn, count)
+        b.begin_txn(txn).records(txn, count)
         return count
 
     if kind == 'hostile-message':
         hostile = rng.choice(HOSTILES)
         if rng.random() < 0.5:
             inside()
-        b.frame('M', hostile.top(marker))
+        b.payload(hostile.top(marker), 'M')
         reason, detail = hostile.reason, hostile.name
     elif kind == 'hostile-extension':
         # (Not the BUILD ones: they push an allowed object, which an
@@ -50,9 +52,9 @@ def build(kind, t, source, marker):
         hostile = rng.choice([h for h in HOSTILES
                               if h.build and h.reason])
         ext = dict(txn.extension, evil=PLACEHOLDER)
-        b.frame('T', embed(('T', (txn.tid, txn.status, txn.user,
-                                  txn.description, ext)),
-                           hostile.build(marker)))
+        b.payload(embed(('T', (txn.tid, txn.status, txn.user,
+                               txn.description, ext)),
+                        hostile.build(marker)), 'T')
         reason, detail = hostile.reason, hostile.name
     elif kind == 'hostile-field':
         hostile = rng.choice([h for h in HOSTILES if h.build])
@@ -69,7 +71,7 @@ def build(kind, t, source, marker):
             'S-legacy-data': ('S', (oid, txn.tid, '', PLACEHOLDER,
                                     None)),
         }
-        b.frame('M', embed(shapes[field], hostile.build(marker)))
+        b.payload(embed(shapes[field], hostile.build(marker)), 'M')
         reason, detail = hostile.reason, '%s in %s' % (hostile.name, field)
     elif kind == 'random-global':
         if rng.random() < 0.6:
@@ -85,7 +87,7 @@ def build(kind, t, source, marker):
                 reason = 'undecodable'   # an empty GLOBAL line
         else:
             opcode = SG(module, name)
-        b.frame('M', CALL(opcode, U(touch(marker))) + b'.')
+        b.payload(CALL(opcode, U(touch(marker))) + b'.', 'M')
         detail = '%s.%s' % (module, name)
     elif kind in ('lower-tid', 'equal-tid'):
         if kind == 'equal-tid' or last_tid == z64:
@@ -94,18 +96,16 @@ def build(kind, t, source, marker):
             earlier = [other.tid for other in source.txns
                        if other.tid < last_tid]
             tid = rng.choice(earlier + [z64, p64(u64(last_tid) - 1)])
-        b.begin(txn, tid)
-        for r in txn.records:
-            b.message('S', (r.oid, tid, '', r.data_txn))
-            b.frame('data', r.data or b'')
+        b.begin_txn(txn, tid)
+        for r in txn.records:   # blobs too: S, not B
+            b.store(r.oid, tid, r.data, r.data_txn)
         b.commit()
         reason, detail = 'non-increasing tid', tid.hex()
     elif kind == 'record-tid':
         inside()
         other = rng.choice([last_tid, z64, p64(u64(txn.tid) + 1),
                             rng.randbytes(8)])
-        b.message('S', (oid, other, '', None))
-        b.frame('data', b'record data')
+        b.store(oid, other, b'record data')
         reason = 'record tid'
     elif kind == 'bad-field':
         phase = rng.choice(['T', 'in'])
@@ -115,15 +115,15 @@ def build(kind, t, source, marker):
         else:
             shapes = bad_begin(txn)
         name, payload, reason = rng.choice(shapes)
-        b.frame('M', payload)
+        b.payload(payload, 'M')
         detail = name
     elif kind == 'bad-checksum':
-        b.txn(txn, digest=rng.randbytes(16))
+        b.transaction(txn, digest=rng.randbytes(16))
         reason = 'checksum mismatch'
     elif kind == 'empty-message':
         if rng.random() < 0.5:
             inside()
-        b.frame('M', b'')
+        b.payload(b'', 'M')
         reason = 'undecodable'
     elif kind == 'oversized-prefix':
         if rng.random() < 0.3:
@@ -156,13 +156,11 @@ def build(kind, t, source, marker):
         reason, detail = 'bad T message', '%s of %d' % (field, size)
     elif kind == 'overlong-global':
         name = 'x' * rng.choice([5000, 100000])
-        b.frame('M', CALL(G('os', name), U(touch(marker))) + b'.')
+        b.payload(CALL(G('os', name), U(touch(marker))) + b'.', 'M')
         reason, detail = 'refused global', 'name of %d' % len(name)
     elif kind == 'blob-to-plain':
-        b.begin(txn)
-        b.message('B', (oid, txn.tid, '', None, 1))
-        b.frame('data', txn.records[0].data or b'x')
-        b.frame('block', b'blob content')
+        b.begin_txn(txn).store_blob(oid, txn.tid, txn.records[0].data
+                                    or b'x', [b'blob content'])
         b.commit()
         reason = 'blob-dir'
     elif kind in ('huge-nblocks', 'huge-nblocks-big-block'):
@@ -170,13 +168,13 @@ def build(kind, t, source, marker):
         blob_rec = next((r for r in txn.records if r.blob is not None),
                         txn.records[0])
         b.message('B', (blob_rec.oid, txn.tid, '', None, 10 ** 12))
-        b.frame('data', blob_rec.data or b'')
+        b.payload(blob_rec.data or b'')
         for _ in range(rng.randint(0, 4)):
-            b.frame('block', rng.randbytes(rng.choice([1, 100, BLOCK])))
+            b.payload(rng.randbytes(rng.choice([1, 100, BLOCK])), 'block')
         if kind == 'huge-nblocks':
             expect = 'close'
         else:
-            b.frame('block', rng.randbytes(BLOCK + rng.randint(1, 100)))
+            b.payload(rng.randbytes(BLOCK + rng.randint(1, 100)), 'block')
             reason = 'exceeds'
     else:
         raise ValueError(kind)
@@ -212,7 +210,8 @@ def bad_begin(txn):
         ('list type', pickle.dumps(([], ()), 1), None),
         ('dict type', pickle.dumps(({}, ()), 1), None),
         ('not a pickle', b'\xde\xad\xbe\xef garbage', 'undecodable'),
-        ('truncated pickle', txn.begin[:-3], 'undecodable'),
+        ('truncated pickle', T(tid, txn.status, txn.user, txn.description,
+                               txn.extension)[:-3], 'undecodable'),
         ('deep nesting', b'(' * 50000 + b'.', 'undecodable'),
         ('protocol 5', pickle.dumps(('T', (tid, ' ', b'', b'', {})), 5)
          [:-1] + b'\xff.', 'undecodable'),
