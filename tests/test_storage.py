@@ -4,7 +4,6 @@ Includes the seed document's scenario (an initial transaction, a change and
 an undo, each visible through a DB opened on the replica), the crash between
 `tpc_vote` and `tpc_finish`, and ZODB's own read-only storage tests.
 """
-import hashlib
 import os
 import subprocess
 import sys
@@ -22,39 +21,30 @@ from ZODB.serialize import referencesf
 from ZODB.tests import ReadOnlyStorage, StorageTestBase
 from ZODB.utils import z64
 
-from zrsd.protocol import ProtocolError, encode_message
+from zrsd.protocol import ProtocolError
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage, last_committed_tid
 
+from fake_primary import Stream, copy_transaction
 from support import assert_same_history
 
 
-def stream(start_tid, transactions):
-    """Frames a zc.zrs primary sends for `transactions` (see Primary)."""
-    frames = []
-    for txn, records in transactions:
-        frames.append(encode_message('T', txn))
-        for oid, tid, data, data_txn in records:
-            frames.append(encode_message('S', (oid, tid, '', data_txn)))
-            frames.append(data or b'')
-        frames.append(None)  # placeholder for the C message
-    return frames
+_streams = weakref.WeakKeyDictionary()  # receiver -> its connection
 
 
-_checksums = weakref.WeakKeyDictionary()  # receiver -> running md5
+def stream_to(receiver):
+    """The stream a primary sends `receiver`: its checksum runs over the
+    whole connection, i.e. the receiver's life."""
+    return _streams.setdefault(receiver, Stream(receiver.last_tid))
 
 
-def feed(receiver, frames):
-    """Feed frames, computing each commit's checksum as a primary does.
-
-    The checksum runs over the whole connection, i.e. the receiver's life.
-    """
-    md5 = _checksums.setdefault(receiver, hashlib.md5(receiver.last_tid))
-    for frame in frames:
-        if frame is None:
-            frame = encode_message('C', (md5.digest(),))
-        md5.update(frame)
-        receiver.frame_received(frame)
+def feed(receiver, txns=()):
+    """Send `txns` (and what `stream_to(receiver)` holds) to `receiver`."""
+    stream = stream_to(receiver)
+    for txn in txns:
+        stream.transaction(txn)
+    for payload in stream.take_payloads():
+        receiver.frame_received(payload)
 
 
 class Primary:
@@ -66,13 +56,11 @@ class Primary:
         self.sent = z64
 
     def new_transactions(self):
-        """[((tid, status, user, description, extension), records)]"""
+        """The transactions committed since the last call, as `Txn`s."""
         start = ZODB.utils.p64(ZODB.utils.u64(self.sent) + 1)
-        txns = [((t.tid, t.status, t.user, t.description, dict(t.extension)),
-                 [(r.oid, r.tid, r.data, r.data_txn) for r in t])
-                for t in self.fs.iterator(start)]
+        txns = [copy_transaction(t) for t in self.fs.iterator(start)]
         if txns:
-            self.sent = txns[-1][0][0]
+            self.sent = txns[-1].tid
         return txns
 
 
@@ -83,7 +71,7 @@ def test_seed_scenario(tmp_path):
     receiver = Receiver(replica.writer, replica.lastTransaction())
 
     # The initial transaction creates the root.
-    feed(receiver, stream(z64, primary.new_transactions()))
+    feed(receiver, primary.new_transactions())
     db = ZODB.DB(replica)
     tm = transaction.TransactionManager()
     conn = db.open(tm)
@@ -93,14 +81,14 @@ def test_seed_scenario(tmp_path):
     pconn = primary.db.open()
     pconn.root()['x'] = persistent.mapping.PersistentMapping()
     transaction.commit()
-    feed(receiver, stream(receiver.last_tid, primary.new_transactions()))
+    feed(receiver, primary.new_transactions())
     tm.begin()
     assert conn.root() == {'x': {}}
 
     # The undo of that change, likewise.
     primary.db.undo(primary.db.undoLog(0, 1)[0]['id'])
     transaction.commit()
-    feed(receiver, stream(receiver.last_tid, primary.new_transactions()))
+    feed(receiver, primary.new_transactions())
     tm.begin()
     assert conn.root() == {}
 
@@ -122,17 +110,17 @@ def test_bad_checksum_leaves_no_partial_transaction(tmp_path):
     replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
         str(tmp_path / 'Data.fs')))
     receiver = Receiver(replica.writer, z64)
-    feed(receiver, stream(z64, primary.new_transactions()))
+    feed(receiver, primary.new_transactions())
     good = replica.lastTransaction()
     size = os.path.getsize(str(tmp_path / 'Data.fs'))
 
     conn = primary.db.open()
     conn.root()['big'] = b'x' * 100000
     transaction.commit()
-    frames = stream(good, primary.new_transactions())
-    frames[-1] = encode_message('C', (b'\0' * 16,))
+    [txn] = primary.new_transactions()
+    stream_to(receiver).transaction(txn, digest=b'\0' * 16)
     with pytest.raises(ProtocolError, match='checksum mismatch'):
-        feed(receiver, frames)
+        feed(receiver)
     assert replica.lastTransaction() == good
     replica.close()
     primary.db.close()
@@ -177,7 +165,7 @@ def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path):
         transaction.commit()
     txns = primary.new_transactions()
     replica = ReplicaStorage(ZODB.FileStorage.FileStorage(replica_path))
-    feed(Receiver(replica.writer, z64), stream(z64, txns[:-1]))
+    feed(Receiver(replica.writer, z64), txns[:-1])
     replica.close()
 
     subprocess.run([sys.executable, '-c', CRASH_BETWEEN_VOTE_AND_FINISH,
@@ -185,7 +173,7 @@ def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path):
 
     # The pitfall itself, so this test notices if FileStorage changes.
     fs = ZODB.FileStorage.FileStorage(replica_path)
-    last, previous = txns[-1][0][0], txns[-2][0][0]
+    last, previous = txns[-1].tid, txns[-2].tid
     assert fs.lastTransaction() == last
     assert last_committed_tid(fs) == previous
     replica = ReplicaStorage(fs)
@@ -193,7 +181,7 @@ def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path):
     assert replica.lastTransaction() == previous
 
     receiver = Receiver(replica.writer, replica.lastTransaction())
-    feed(receiver, stream(receiver.last_tid, txns[-1:]))
+    feed(receiver, txns[-1:])
     replica.close()
     primary.db.close()
     assert assert_same_history(primary_path, replica_path) == 4
@@ -227,7 +215,7 @@ def test_pack_keeps_the_last_transaction_and_replication_going(tmp_path):
         str(tmp_path / 'Data.fs')))
     replica.writer.defer_sync = True
     receiver = Receiver(replica.writer, z64)
-    feed(receiver, stream(z64, primary.new_transactions()))
+    feed(receiver, primary.new_transactions())
     last, size = replica.lastTransaction(), replica.getSize()
     generation = replica.commits.generation
 
@@ -240,7 +228,7 @@ def test_pack_keeps_the_last_transaction_and_replication_going(tmp_path):
 
     conn.root()['x'] = b'after the pack'
     transaction.commit()
-    feed(receiver, stream(last, primary.new_transactions()))
+    feed(receiver, primary.new_transactions())
     assert replica.lastTransaction() == primary.fs.lastTransaction()
     assert replica.load(z64) == primary.fs.load(z64)
     conn.close()
@@ -280,7 +268,7 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
                         or real_fsync(fd))
     writer = replica.writer
     writer.defer_sync = True
-    feed(Receiver(writer, z64), stream(z64, primary.new_transactions()))
+    feed(Receiver(writer, z64), primary.new_transactions())
     assert (len(fsyncs), writer.unsynced) == (0, 4)
     # Visible at once (ZEO clients see it); durable at the sync.
     assert replica.lastTransaction() == primary.fs.lastTransaction()
@@ -292,7 +280,7 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
     conn.root()['x'] = 1
     transaction.commit()
     feed(Receiver(writer, replica.lastTransaction()),
-         stream(replica.lastTransaction(), primary.new_transactions()))
+         primary.new_transactions())
     assert len(fsyncs) == 2  # not deferring: one fsync per commit
     replica.close()
     primary.db.close()
@@ -330,8 +318,7 @@ def test_big_transaction_through_the_buffer(tmp_path):
     transaction.commit()
     replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
         str(tmp_path / 'Data.fs')))
-    feed(Receiver(replica.writer, z64),
-         stream(z64, primary.new_transactions()))
+    feed(Receiver(replica.writer, z64), primary.new_transactions())
     replica.close()
     primary.db.close()
     assert assert_same_history(str(tmp_path / 'primary.fs'),
@@ -348,10 +335,9 @@ def test_close_releases_commits_held_until_registered(tmp_path):
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
     replica = ReplicaStorage(fs)
     replica.hold_commits_until_registered()
-    frames = stream(z64, primary.new_transactions())
     applier = threading.Thread(
-        target=feed, args=(Receiver(replica.writer, z64), frames),
-        daemon=True)
+        target=feed, args=(Receiver(replica.writer, z64),
+                           primary.new_transactions()), daemon=True)
     applier.start()
     wait_until(lambda: fs._nextpos, message='the commit voted, at the gate')
     assert applier.is_alive()
