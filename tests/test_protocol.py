@@ -19,16 +19,14 @@ from zrsd.protocol import (
     FrameTooLarge, MessageDecoder, ProtocolError, Store, StoreBlob,
     StreamChecksum, encode_frame, encode_message, resolve_globals)
 
+# A message exactly as a zc.zrs primary pickles it:
+from fake_primary import message as primary_pickle
+
 TID = bytes.fromhex('03e5c0a1b2c3d4e5')
 TID2 = bytes.fromhex('03e5c0a1b2c3d4f0')
 OID = bytes.fromhex('0000000000000007')
 DATA_TXN = bytes.fromhex('03e5c0a1b2c3d400')
 DIGEST = hashlib.md5(b'anything').digest()
-
-
-def primary_pickle(kind, data):
-    """A message exactly as a zc.zrs primary pickles it."""
-    return pickle.dumps((kind, data), 1)
 
 
 def decode(payload, decoder=None):
