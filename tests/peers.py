@@ -1,18 +1,14 @@
-"""Other ZRS peers for interoperability and hostile-peer tests.
+"""The zc.zrs secondary, a peer for interoperability tests.
 
-- `ZrsdPrimary`: a zrsd primary (`<zrs>` with `replicate-to`) started from a
-  config file, optionally with a blob directory.
-- `ZcZrsSecondary`: a real zc.zrs 3.1.0 *secondary*.  zc.zrs's secondary
-  breaks on ZODB 6 (at `tpc_begin`), so it runs on ZODB 5.5.1 in a
-  virtualenv of its own, built on first use by `peer_python()` and cached
-  under `.venv-peers/` (rebuilt when `PEER_REQUIREMENTS` or the base Python
-  change).  It is served by ZEO 5's `runzeo` from that venv, read-only, so
-  the tests read its last tid with an ordinary ZEO client.
-- `BlobZcZrsPrimary`: the zc.zrs primary of `zczrs.ZcZrsPrimary` with a
-  `blob-dir` (it then speaks zrs2.1 to secondaries with blobs).
+`ZcZrsSecondary` is a real zc.zrs 3.1.0 *secondary*.  zc.zrs's secondary
+breaks on ZODB 6 (at `tpc_begin`), so it runs on ZODB 5.5.1 in a virtualenv
+of its own, built on first use by `peer_python()` and cached under
+`.venv-peers/` (rebuilt when `PEER_REQUIREMENTS` or the base Python
+change).  It is served by ZEO 5's `runzeo` from that venv, read-only, so
+the tests read its last tid with an ordinary ZEO client.
 
-zc.zrs is never imported in the test process (see DESIGN.md): both zc.zrs
-roles run in subprocesses.
+zc.zrs is never imported in the test process: both zc.zrs roles run in
+subprocesses (the primary is `zczrs.ZcZrsPrimary`).
 """
 import contextlib
 import fcntl
@@ -21,10 +17,7 @@ import shutil
 import subprocess
 import sys
 
-import ZEO
-
-import zczrs
-from support import BIN, ROOT, Process, free_port, wait_until
+from support import LOG_FORMAT, ROOT, Node, eventlog_section, wait_until
 
 # The zc.zrs secondary's world: the newest ZODB it works with (5.5.1), a
 # ZEO 5 to serve it, and versions of the rest that install from wheels on
@@ -109,16 +102,6 @@ def _run(args):
             done.stdout.decode('utf-8', 'replace')))
 
 
-LOG_SECTION = """\
-<eventlog>
-  level INFO
-  <logfile>
-    path STDOUT
-    format %(asctime)s %(levelname)s %(name)s %(message)s
-  </logfile>
-</eventlog>
-"""
-
 # Run in the peer venv: ZEO 5's runzeo serving a zc.zrs Secondary built
 # around the configured <filestorage>.  Built here rather than with
 # `%import zc.zrs` so that the reconnect delay is 1 s, not zc.zrs's 60 s.
@@ -155,149 +138,45 @@ SECONDARY_CONFIG = """\
 <filestorage 1>
   path %(fs_path)s
 </filestorage>
-""" + LOG_SECTION.replace('%', '%%')
+"""
 
 
-class ZcZrsSecondary:
-    """A zc.zrs 3.1.0 secondary on ZODB 5.5.1, served read-only by ZEO 5."""
+class ZcZrsSecondary(Node):
+    """A zc.zrs 3.1.0 secondary on ZODB 5.5.1, served read-only by ZEO 5
+    (`start(python)`: the peer venv's, from `peer_python()`)."""
 
-    def __init__(self, directory, primary_port, name='zczrs-secondary'):
-        self.directory = str(directory)
-        os.makedirs(self.directory, exist_ok=True)
+    log_format = LOG_FORMAT   # e.g. `%(created).6f` stamps (the benchmark)
+
+    def __init__(self, directory, primary_port, name='zczrs-secondary',
+                 register=None):
+        super().__init__(directory, name, register)
         self.primary_port = primary_port
-        self.fs_path = os.path.join(self.directory, name + '.fs')
-        self.config_path = os.path.join(self.directory, name + '.conf')
         self.script_path = os.path.join(self.directory, name + '.py')
-        self.log_path = os.path.join(self.directory, name + '.log')
-        self.zeo_port = free_port()
-        self.process = None
+        self.cwd = self.directory
+        self.python = None
 
-    def start(self, python, timeout=60.0):
+    def environment(self):
+        return _peer_env()
+
+    def write_config(self):
         with open(self.script_path, 'w') as f:
             f.write(SECONDARY_SCRIPT)
         with open(self.config_path, 'w') as f:
             f.write(SECONDARY_CONFIG % dict(zeo_port=self.zeo_port,
-                                            fs_path=self.fs_path))
-        self.process = Process(
-            [python, self.script_path, '127.0.0.1:%d' % self.primary_port,
-             '-C', self.config_path],
-            self.log_path, env=_peer_env(), cwd=self.directory)
-        self.process.wait_for_log(
-            "listening on ('127.0.0.1', %d)" % self.zeo_port, timeout)
-        return self
-
-    def client(self):
-        """A read-only ZEO 6 ClientStorage of the secondary."""
-        return ZEO.client(('127.0.0.1', self.zeo_port), read_only=True)
-
-    def stop(self, timeout=60.0):
-        return self.process.stop(timeout)
-
-    def close(self):
-        if self.process is not None:
-            self.process.close()
-
-    def log(self):
-        return self.process.log() if self.process is not None else ''
-
-
-PRIMARY_CONFIG = """\
-<zeo>
-  address 127.0.0.1:%(zeo_port)s
-</zeo>
-<zrs 1>
-  replicate-to 127.0.0.1:%(repl_port)s
-  handshake-timeout %(handshake_timeout)s
-  <filestorage>
-    path %(fs_path)s
-%(blob)s  </filestorage>
-</zrs>
-""" + LOG_SECTION.replace('%', '%%')
-
-
-class ZrsdPrimary:
-    """A zrsd primary (`replicate-to`) in a subprocess."""
-
-    def __init__(self, directory, name='zrsd-primary', blobs=False,
-                 handshake_timeout=2):
-        self.directory = str(directory)
-        os.makedirs(self.directory, exist_ok=True)
-        self.name = name
-        self.fs_path = os.path.join(self.directory, name + '.fs')
-        self.blob_dir = (os.path.join(self.directory, name + '.blobs')
-                         if blobs else None)
-        self.config_path = os.path.join(self.directory, name + '.conf')
-        self.log_path = os.path.join(self.directory, name + '.log')
-        self.handshake_timeout = handshake_timeout
-        self.zeo_port = free_port()
-        self.repl_port = free_port()
-        self.process = None
-
-    @property
-    def zeo_address(self):
-        return ('127.0.0.1', self.zeo_port)
-
-    @property
-    def pid(self):
-        return self.process.pid
-
-    def start(self, timeout=60.0):
-        blob = '    blob-dir %s\n' % self.blob_dir if self.blob_dir else ''
-        with open(self.config_path, 'w') as f:
-            f.write(PRIMARY_CONFIG % dict(
-                zeo_port=self.zeo_port, repl_port=self.repl_port,
-                handshake_timeout=self.handshake_timeout,
-                fs_path=self.fs_path, blob=blob))
-        self.process = Process(
-            [os.path.join(BIN, 'zrsd'), '-C', self.config_path],
-            self.log_path)
-        self.process.wait_for_log(' over ZEO at ', timeout)
-        self.process.wait_for_log(
-            'serving ZRS to secondaries at 127.0.0.1:%d' % self.repl_port,
-            timeout)
-        return self
-
-    def running(self):
-        return self.process is not None and self.process.popen.poll() is None
-
-    def client(self, **kw):
-        return ZEO.client(self.zeo_address, **kw)
-
-    def last_tid(self):
-        storage = self.client(read_only=True)
-        try:
-            return storage.lastTransaction()
-        finally:
-            storage.close()
-
-    def stop(self, timeout=60.0):
-        return self.process.stop(timeout)
-
-    def close(self):
-        if self.process is not None:
-            self.process.close()
-
-    def log(self):
-        return self.process.log() if self.process is not None else ''
-
-
-class BlobZcZrsPrimary(zczrs.ZcZrsPrimary):
-    """A zc.zrs 3.1 primary (under ZEO 6's runzeo) with a blob directory."""
-
-    def __init__(self, directory, name='primary'):
-        super().__init__(directory, name)
-        self.blob_dir = os.path.join(self.directory, name + '.blobs')
-
-    def write_config(self):
-        path_line = '    path %(fs_path)s\n'
-        assert zczrs.CONFIG.count(path_line) == 1, zczrs.CONFIG
-        template = zczrs.CONFIG.replace(
-            path_line, path_line + '    blob-dir %(blob_dir)s\n')
-        with open(self.config_path, 'w') as f:
-            f.write(template % dict(
-                zeo_port=self.zeo_port, repl_port=self.repl_port,
-                fs_path=self.fs_path, blob_dir=self.blob_dir))
+                                            fs_path=self.fs_path) +
+                    eventlog_section(self.log_format))
         return self.config_path
+
+    def command(self):
+        return [self.python, self.script_path,
+                '127.0.0.1:%d' % self.primary_port, '-C', self.config_path]
+
+    def ready(self):
+        return ("listening on ('127.0.0.1', %d)" % self.zeo_port,)
+
+    def start(self, python, timeout=60.0):
+        self.python = python
+        return super().start(timeout)
 
 
 def wait_for_tid(storage, tid, processes, timeout=120.0, message=None):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import ZEO
 import ZODB.FileStorage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -106,49 +107,167 @@ class Process:
         self._log.close()
 
 
-def zrsd_config(tmp_path, zeo_port, primary_port, name='replica',
-                extra='', storage_name='1', blob_dir=None):
-    """Write a zrsd config for one replica storage; returns (path, fs_path)."""
-    fs_path = str(tmp_path / ('%s.fs' % name))
-    blob = '    blob-dir %s\n' % blob_dir if blob_dir else ''
-    text = (
-        '<zeo>\n'
-        '  address 127.0.0.1:%(zeo_port)s\n'
-        '</zeo>\n'
-        '<zrs %(storage_name)s>\n'
-        '  replicate-from 127.0.0.1:%(primary_port)s\n'
-        '  reconnect-delay 0.1\n'
-        '  max-reconnect-delay 1\n'
-        '%(extra)s'
-        '  <filestorage>\n'
-        '    path %(fs_path)s\n'
-        '%(blob)s'
-        '  </filestorage>\n'
-        '</zrs>\n'
-        '<eventlog>\n'
-        '  level INFO\n'
-        '  <logfile>\n'
-        '    path STDOUT\n'
-        '    format %%(asctime)s %%(levelname)s %%(name)s %%(message)s\n'
-        '  </logfile>\n'
-        '</eventlog>\n') % dict(
-            zeo_port=zeo_port, primary_port=primary_port, extra=extra,
-            fs_path=fs_path, blob=blob, storage_name=storage_name)
-    path = tmp_path / ('%s.conf' % name)
-    path.write_text(text)
-    return str(path), fs_path
+LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
 
 
-def start_zrsd(config_path, log_path, zeo_port=None):
-    """Start `zrsd -C config_path`; wait until it says it serves ZEO.
+def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
+                     log_level='INFO'):
+    """The `<eventlog>` of every test config (ZEO's and zrsd's schemas)."""
+    return ('<eventlog>\n  level %s\n  <logfile>\n    path %s\n'
+            '    format %s\n  </logfile>\n</eventlog>\n' % (
+                log_level, log_file, log_format))
 
-    Waiting for the log line rather than probing the port keeps ZEO from
-    logging a reset connection for the probe.
+
+class Node:
+    """One server process of the tests, restartable on the same ports.
+
+    The one process class of the harness: subclasses only say how their
+    kind is configured (`write_config`) and launched (`command`, and
+    `ready`: the log lines `start` waits for).  Its files are in
+    `directory`: `NAME.conf`, `NAME.fs` and one log per start, `NAME-N.log`.
+    `register` (e.g. conftest's `processes`) is given each started process.
     """
-    proc = Process([os.path.join(BIN, 'zrsd'), '-C', config_path], log_path)
-    if zeo_port is not None:
-        proc.wait_for_log(' over ZEO at ', 60)
-    return proc
+
+    env = None          # more (or, as None, fewer) environment variables
+    cwd = None          # its working directory (None: ours)
+    read_only = True    # what `client()` asks for unless told
+
+    def __init__(self, directory, name, register=None):
+        self.directory = str(directory)
+        os.makedirs(self.directory, exist_ok=True)
+        self.name = name
+        self.fs_path = os.path.join(self.directory, name + '.fs')
+        self.config_path = os.path.join(self.directory, name + '.conf')
+        self.zeo_port = free_port()
+        self.register = register
+        self.process = None
+        self.starts = 0
+
+    def write_config(self):
+        """Write the node's config file; returns its path."""
+        raise NotImplementedError
+
+    def command(self):
+        """The argument list that runs the node."""
+        raise NotImplementedError
+
+    def ready(self):
+        """The log lines that say the node is up."""
+        return ()
+
+    def environment(self):
+        """The process's environment: ours with `env` (a None value
+        removes a variable), or ours."""
+        if not self.env:
+            return None
+        env = dict(os.environ, **self.env)
+        return {key: value for key, value in env.items() if value is not None}
+
+    @property
+    def zeo_address(self):
+        return ('127.0.0.1', self.zeo_port)
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    @property
+    def log_path(self):
+        return os.path.join(self.directory, '%s-%d.log' % (
+            self.name, self.starts))
+
+    def launch(self):
+        """Write the config and start the process without waiting."""
+        assert not self.running()
+        self.write_config()
+        self.starts += 1
+        self.process = Process(self.command(), self.log_path,
+                               env=self.environment(), cwd=self.cwd)
+        if self.register is not None:
+            self.register(self.process)
+        return self
+
+    def start(self, timeout=60.0):
+        """Start the process; return once it logged its `ready` lines
+        (waiting for log lines, not probing ports, keeps probe connections
+        out of its log)."""
+        self.launch()
+        for line in self.ready():
+            self.process.wait_for_log(line, timeout)
+        return self
+
+    def stop(self, timeout=60.0, expect=0):
+        """SIGTERM and wait; returns the exit status, which must be
+        `expect` unless that is None."""
+        if self.process is None:
+            return None
+        status = self.process.stop(timeout)
+        assert expect is None or status == expect, (
+            '%s exited with %s:\n%s' % (self.name, status, self.log()))
+        return status
+
+    def kill(self):
+        """SIGKILL (no clean-up in the process) and reap."""
+        self.process.kill()
+
+    def signal(self, signum):
+        self.process.signal(signum)
+
+    def close(self):
+        """Make sure the process is gone (for finalisers)."""
+        if self.process is not None:
+            self.process.close()
+
+    def running(self):
+        return self.process is not None and self.process.popen.poll() is None
+
+    def check_alive(self):
+        """True, or fail at once with the log if the process exited."""
+        if not self.running():
+            raise AssertionError('%s exited with %s:\n%s' % (
+                self.name, self.process and self.process.popen.returncode,
+                self.log()))
+        return True
+
+    def log(self):
+        return self.process.log() if self.process is not None else ''
+
+    def wait_for_log(self, text, timeout=60.0):
+        self.process.wait_for_log(text, timeout)
+
+    def client(self, **kw):
+        """A ZEO ClientStorage of this node (read-only unless told, or
+        unless the kind says otherwise)."""
+        kw.setdefault('read_only', self.read_only)
+        return ZEO.client(self.zeo_address, **kw)
+
+    def db(self, **kw):
+        return ZEO.DB(self.zeo_address, **kw)
+
+    def last_tid(self):
+        """lastTransaction() as a ZEO client sees it."""
+        storage = self.client(read_only=True)
+        try:
+            return storage.lastTransaction()
+        finally:
+            storage.close()
+
+    def wait_for_tid(self, tid, timeout=120.0):
+        """Wait until a ZEO client of this node sees `tid` as the last
+        transaction (a connected client learns of commits through
+        invalidations); fail fast if the process dies."""
+        storage = self.client(read_only=True)
+        try:
+            wait_until(
+                lambda: self.check_alive() and
+                storage.lastTransaction() == tid,
+                timeout, message='%s lastTransaction == %s' % (
+                    self.name, tid.hex()))
+        except AssertionError as exc:
+            raise AssertionError('%s; it is %s' % (
+                exc, storage.lastTransaction().hex())) from None
+        finally:
+            storage.close()
 
 
 def transactions(path):

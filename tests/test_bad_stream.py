@@ -21,6 +21,7 @@ from ZODB.utils import z64
 
 import support
 from fake_primary import FakePrimary, Stream, read_transactions, replay
+from zrsd_nodes import ZrsdNode
 
 GOOD = 2  # good transactions sent before the bad part
 
@@ -80,11 +81,9 @@ def run_bad_stream(tmp_path, source, tail, reason):
     """Run zrsd against a primary that breaks after GOOD transactions."""
     source_path, txns = source
     good = txns[:GOOD]
-    log_path = str(tmp_path / 'zrsd.log')
     with FakePrimary(replay(good, tail=tail)) as primary:
-        zeo_port = support.free_port()
-        config, fs_path = support.zrsd_config(tmp_path, zeo_port, primary.port)
-        proc = support.start_zrsd(config, log_path, zeo_port)
+        proc = ZrsdNode(tmp_path, 'replica', upstream=primary.port).start()
+        zeo_port, fs_path = proc.zeo_port, proc.fs_path
         try:
             # Three handshakes: the first from scratch, then reconnects that
             # resume after the last good transaction (so the good ones were
@@ -103,9 +102,9 @@ def run_bad_stream(tmp_path, source, tail, reason):
                 assert client.load(z64)[0] == latest_data(good, z64)
             finally:
                 client.close()
-            assert proc.popen.poll() is None
+            assert proc.running()
         finally:
-            status = proc.stop()
+            status = proc.stop(expect=None)
             proc.close()
     assert status == 0, proc.log()
     replica = support.transactions(fs_path)
@@ -231,11 +230,9 @@ def test_current_forms_control(tmp_path, source):
 def replicate_and_compare(tmp_path, source_path, txns, script,
                           expected_starts, clean=True):
     """Replicate `script`; the replica must equal the source exactly."""
-    log_path = str(tmp_path / 'zrsd.log')
     with FakePrimary(script) as primary:
-        zeo_port = support.free_port()
-        config, fs_path = support.zrsd_config(tmp_path, zeo_port, primary.port)
-        proc = support.start_zrsd(config, log_path, zeo_port)
+        proc = ZrsdNode(tmp_path, 'replica', upstream=primary.port).start()
+        zeo_port, fs_path = proc.zeo_port, proc.fs_path
         try:
             primary.wait_connections(len(expected_starts))
             client = zeo_client(zeo_port)
@@ -249,7 +246,7 @@ def replicate_and_compare(tmp_path, source_path, txns, script,
                 client.close()
             assert primary.start_tids == expected_starts, proc.log()
         finally:
-            status = proc.stop()
+            status = proc.stop(expect=None)
             proc.close()
     assert status == 0, proc.log()
     assert support.assert_same_history(source_path, fs_path) == len(txns)

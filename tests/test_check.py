@@ -14,19 +14,18 @@ import tempfile
 import threading
 
 import pytest
-import ZEO
 from ZEO.StorageServer import StorageServer
 from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import z64
 
-from support import BIN, Process, free_port, wait_until, zrsd_config
+from support import BIN, free_port, wait_until
 from zczrs import ZcZrsPrimary, commit_change
+from zrsd_nodes import ZrsdNode
 
 ZRSD_CHECK = os.path.join(BIN, 'zrsd-check')
 ZRS_NAGIOS = os.path.join(BIN, 'zrs-nagios')
-ZRSD = os.path.join(BIN, 'zrsd')
 
 
 def tid_at(seconds):
@@ -288,22 +287,17 @@ def test_bad_option_value():
 
 def test_zrsd_replica_of_zczrs_primary(tmp_path, processes):
     """A real zrsd replica, caught up with a real zc.zrs primary."""
-    primary = ZcZrsPrimary(tmp_path / 'primary')
-    processes(primary)
-    primary.start()
+    primary = ZcZrsPrimary(tmp_path / 'primary', register=processes).start()
     last = commit_change(primary.zeo_address, 'x', 1)
-    zeo_port = free_port()
-    config, _ = zrsd_config(tmp_path, zeo_port, primary.repl_port)
-    replica = Process([ZRSD, '-C', config], str(tmp_path / 'zrsd.log'))
-    processes(replica)
-    replica.wait_for_log(' over ZEO at ')
-    client = ZEO.client(('127.0.0.1', zeo_port), read_only=True)
+    replica = ZrsdNode(tmp_path, 'zrsd', upstream=primary.repl_port,
+                       register=processes).start()
+    client = replica.client()
     try:
         wait_until(lambda: client.lastTransaction() == last,
                    message='the replica to catch up')
     finally:
         client.close()
     output, code = both('-m', '-w', '60', '127.0.0.1:%d' % primary.zeo_port,
-                        '127.0.0.1:%d' % zeo_port)
+                        '127.0.0.1:%d' % replica.zeo_port)
     assert (output, code) == ("Secondary up to date.|'lag'=0.0000seconds\n",
                               0)

@@ -3,62 +3,25 @@
 A runzeo primary and a runzeo replica, both using zrsd's `<zrs>` storage
 section, as drop-ins for zc.zrs inside an existing ZEO server.
 """
-import os
-
 import transaction
-import ZEO
 import ZODB
 
-from support import (BIN, Process, assert_same_history, free_port,
-                     wait_until)
-
-CONFIG = '''\
-%%import zrsd
-<zeo>
-  address 127.0.0.1:%(zeo_port)s
-</zeo>
-<zrs>
-  %(role)s
-  reconnect-delay 0.1
-  <filestorage>
-    path %(path)s
-  </filestorage>
-</zrs>
-<eventlog>
-  <logfile>
-    path STDOUT
-  </logfile>
-</eventlog>
-'''
-
-
-def runzeo(tmp_path, name, role, zeo_port):
-    path = str(tmp_path / ('%s.fs' % name))
-    config = tmp_path / ('%s.conf' % name)
-    config.write_text(CONFIG % dict(zeo_port=zeo_port, role=role, path=path))
-    proc = Process([os.path.join(BIN, 'runzeo'), '-C', str(config)],
-                   str(tmp_path / ('%s.log' % name)))
-    proc.wait_for_log('listening on', 60)
-    return proc, path
+from support import assert_same_history, wait_until
+from zrsd_nodes import RunzeoNode
 
 
 def test_runzeo_primary_and_replica(tmp_path):
-    repl_port = free_port()
-    primary_zeo, replica_zeo = free_port(), free_port()
-    primary, primary_fs = runzeo(
-        tmp_path, 'primary', 'replicate-to 127.0.0.1:%s' % repl_port,
-        primary_zeo)
-    replica, replica_fs = runzeo(
-        tmp_path, 'replica', 'replicate-from 127.0.0.1:%s' % repl_port,
-        replica_zeo)
+    primary = RunzeoNode(tmp_path, 'primary').start()
+    replica = RunzeoNode(tmp_path, 'replica',
+                         upstream=primary.repl_port).start()
     try:
-        db = ZEO.DB(('127.0.0.1', primary_zeo))
+        db = primary.db()
         conn = db.open()
         for i in range(20):
             conn.root()[i] = 'value %d' % i
             transaction.commit()
 
-        client = ZEO.client(('127.0.0.1', replica_zeo), read_only=True)
+        client = replica.client()
         replica_db = ZODB.DB(client)
         tm = transaction.TransactionManager()
         replica_conn = replica_db.open(tm)
@@ -80,4 +43,4 @@ def test_runzeo_primary_and_replica(tmp_path):
     finally:
         statuses = [replica.stop(), primary.stop()]
     assert statuses == [0, 0], (statuses, replica.log() + primary.log())
-    assert assert_same_history(primary_fs, replica_fs) == 22
+    assert assert_same_history(primary.fs_path, replica.fs_path) == 22

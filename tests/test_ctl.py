@@ -15,7 +15,8 @@ import pytest
 import ZEO
 from ZODB.utils import z64
 
-from support import BIN, ROOT, free_port, port_open, wait_until, zrsd_config
+from support import BIN, ROOT, free_port, port_open, wait_until
+from zrsd_nodes import ZrsdNode
 
 ZRSDCTL = os.path.join(BIN, 'zrsdctl')
 ZDAEMON = os.path.join(BIN, 'zdaemon')
@@ -190,18 +191,9 @@ def runner_section(tmp_path, program=None):
 @pytest.fixture
 def zrsd_conf(tmp_path):
     """(config path, ZEO port) of a replica of a primary that is down."""
-    zeo_port = free_port()
-    path, _ = zrsd_config(tmp_path, zeo_port, free_port())
-    serve_empty(path)
-    return path, zeo_port
-
-
-def serve_empty(path):
-    """Let the empty replica serve ZEO at once (`serve-empty on`)."""
-    with open(path) as f:
-        text = f.read()
-    with open(path, 'w') as f:
-        f.write(text.replace('</zeo>', '  serve-empty on\n</zeo>', 1))
+    node = ZrsdNode(tmp_path, 'replica', upstream=free_port(),
+                    zeo_lines='  serve-empty on\n')   # serve at once
+    return node.write_config(), node.zeo_port
 
 
 def test_zrsdctl_lifecycle(tmp_path, zrsd_conf, processes):

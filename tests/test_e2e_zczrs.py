@@ -17,33 +17,18 @@ from ZODB.POSException import POSKeyError, ReadOnlyError
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
-from support import (assert_same_history, free_port, start_zrsd,
-                     transactions, wait_until, zrsd_config)
+from support import assert_same_history, transactions, wait_until
 from zczrs import Proxy, commit_change
+from zrsd_nodes import ZrsdNode
 
 MB = 1024.0 * 1024.0
 
 
-def replica_client(zeo_port):
-    """A read-only ZEO ClientStorage of the replica.
-
-    ClientStorage rather than ZODB.DB: a DB on an empty read-only replica
-    fails trying to create the root object.
-    """
-    return ZEO.client(('127.0.0.1', zeo_port), read_only=True)
-
-
-def check_alive(proc):
-    """Fail at once (with the log) if zrsd exited; else True."""
-    if proc.popen.poll() is not None:
-        raise AssertionError('zrsd exited with %s:\n%s' % (
-            proc.popen.returncode, proc.log()))
-    return True
-
-
-def last_tid_is(storage, tid, proc):
-    """Predicate for wait_until: storage is at `tid`; fail fast if proc died."""
-    return check_alive(proc) and storage.lastTransaction() == tid
+def last_tid_is(storage, tid, node):
+    """Predicate for wait_until: storage is at `tid`; fail fast if the node
+    died.  (A ClientStorage rather than ZODB.DB: a DB on an empty read-only
+    replica fails trying to create the root object.)"""
+    return node.check_alive() and storage.lastTransaction() == tid
 
 
 def load_or_missing(storage, oid):
@@ -65,19 +50,17 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
     primary_last = primary.last_tid()
     assert primary_last == populated.last_tid
 
-    zeo_port = free_port()
-    address = ('127.0.0.1', zeo_port)
     # `pack refuse`: the replica refuses every write, packs included
     # (packing a replica, the default, is tested in test_replica_pack).
-    config, replica_fs = zrsd_config(tmp_path, zeo_port, primary.repl_port,
-                                     extra='  pack refuse\n')
+    zrsd = ZrsdNode(tmp_path, 'zrsd', upstream=primary.repl_port,
+                    zrs_lines='  pack refuse\n', register=processes)
+    address = zrsd.zeo_address
     started = time.monotonic()
-    zrsd = start_zrsd(config, str(tmp_path / 'zrsd.log'), zeo_port)
-    processes(zrsd)
+    zrsd.start()
 
     # The replica serves ZEO at once; a client connected now follows the
     # whole catch-up through invalidations.
-    replica = replica_client(zeo_port)
+    replica = zrsd.client()
     primary_client = primary.client(read_only=True)
     try:
         wait_until(lambda: last_tid_is(replica, primary_last, zrsd),
@@ -155,7 +138,7 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
                 replica.pack(time.time(), referencesf)
             with pytest.raises(ReadOnlyError):
                 replica_db.pack()
-            assert zrsd.popen.poll() is None, zrsd.log()
+            assert zrsd.running(), zrsd.log()
             assert replica.lastTransaction() == new_tid
             tm.begin()
             assert 'e2e-write' not in root
@@ -167,16 +150,15 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
         replica.close()
         primary_client.close()
 
-    status = zrsd.stop()
-    assert status == 0, 'zrsd exited with %s:\n%s' % (status, zrsd.log())
+    zrsd.stop()
     # Refused writes are expected: one INFO line each, no traceback.
     assert 'Traceback' not in zrsd.log()
     assert 'client request refused, the storage is read-only' in zrsd.log()
-    assert os.path.exists(replica_fs + '.index'), (
+    assert os.path.exists(zrsd.fs_path + '.index'), (
         'a clean stop should leave the FileStorage index behind')
     assert primary.stop() == 0, primary.log()
 
-    compared = assert_same_history(primary.fs_path, replica_fs)
+    compared = assert_same_history(primary.fs_path, zrsd.fs_path)
     assert compared == len(populated.history) + 1
 
 
@@ -198,18 +180,16 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
 
     proxy = Proxy(primary.repl_port, hold_after=populated.fs_size // 2)
     try:
-        zeo_port = free_port()
-        config, replica_fs = zrsd_config(tmp_path, zeo_port, proxy.port)
-        zrsd = start_zrsd(config, str(tmp_path / 'zrsd-1.log'), zeo_port)
-        processes(zrsd)
+        zrsd = ZrsdNode(tmp_path, 'zrsd', upstream=proxy.port,
+                        register=processes).start()
         first = proxy.wait_for_link(0)
         assert first.handshake() == (b'zrs2.0', z64)
 
-        replica = replica_client(zeo_port)
+        replica = zrsd.client()
         try:
             wait_until(lambda: not last_tid_is(replica, z64, zrsd),
                        timeout=120, message='first replicated transaction')
-            wait_until(lambda: check_alive(zrsd) and first.held.is_set(),
+            wait_until(lambda: zrsd.check_alive() and first.held.is_set(),
                        timeout=120,
                        message='zrsd to read half of the stream')
             partial = replica.lastTransaction()
@@ -219,7 +199,7 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
         zrsd.kill()
 
         # What survived the kill is a prefix of the primary's history.
-        committed = transactions(replica_fs)
+        committed = transactions(zrsd.fs_path)
         assert committed, 'nothing committed before the kill'
         assert committed == history[:len(committed)]
         assert len(committed) < len(history)
@@ -228,14 +208,13 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
 
         proxy.hold_after = None  # later connections go through
         started = time.monotonic()
-        zrsd = start_zrsd(config, str(tmp_path / 'zrsd-2.log'), zeo_port)
-        processes(zrsd)
+        zrsd.start()
         second = proxy.wait_for_link(1)
         assert second.handshake() == (b'zrs2.0', resume_tid), (
             'zrsd should resume after its last committed transaction %s'
             % resume_tid.hex())
 
-        replica = replica_client(zeo_port)
+        replica = zrsd.client()
         try:
             wait_until(lambda: last_tid_is(replica, primary_last, zrsd),
                        timeout=240, message='replica caught up after restart')
@@ -247,9 +226,8 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
                   len(committed), len(history), resume_tid.hex(),
                   len(history) - len(committed), elapsed))
 
-        status = zrsd.stop()
-        assert status == 0, 'zrsd exited with %s:\n%s' % (status, zrsd.log())
+        zrsd.stop()
     finally:
         proxy.close()
     assert primary.stop() == 0, primary.log()
-    assert assert_same_history(primary.fs_path, replica_fs) == len(history)
+    assert assert_same_history(primary.fs_path, zrsd.fs_path) == len(history)

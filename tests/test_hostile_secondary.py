@@ -23,10 +23,12 @@ from persistent.mapping import PersistentMapping
 
 import peers
 import zczrs
-from support import free_port, start_zrsd, wait_until, zrsd_config
+from support import wait_until
+from zrsd_nodes import ZrsdNode
 
 Z64 = b'\0' * 8
 MB = 1024.0 * 1024.0
+HANDSHAKE_TIMEOUT = '  handshake-timeout 2\n'
 
 
 def frame(payload):
@@ -64,16 +66,14 @@ class Setup:
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     directory = tmp_path_factory.mktemp('hostile')
-    primary = peers.ZrsdPrimary(directory / 'primary')
-    replica = client = None
+    primary = ZrsdNode(directory, 'primary', zrs_lines=HANDSHAKE_TIMEOUT)
+    replica = ZrsdNode(directory, 'replica', upstream=primary.repl_port)
+    client = None
     try:
         primary.start()
         zczrs.populate(primary.zeo_address, transactions=100, undo_every=40)
-        zeo_port = free_port()
-        config, _ = zrsd_config(directory, zeo_port, primary.repl_port)
-        replica = start_zrsd(config, str(directory / 'replica.log'),
-                             zeo_port)
-        client = ZEO.client(('127.0.0.1', zeo_port), read_only=True)
+        replica.start()
+        client = replica.client()
         peers.wait_for_tid(client, primary.last_tid(), [primary, replica])
         yield Setup(primary, replica, client)
         client.close()
@@ -83,16 +83,15 @@ def setup(tmp_path_factory):
     finally:
         if client is not None:
             client.close()
-        for proc in (replica, primary):
-            if proc is not None:
-                proc.close()
+        replica.close()
+        primary.close()
 
 
 @pytest.fixture(scope='module')
 def blob_primary(tmp_path_factory):
     """A second zrsd primary, with a blob directory."""
-    primary = peers.ZrsdPrimary(tmp_path_factory.mktemp('hostile-blobs'),
-                                blobs=True)
+    primary = ZrsdNode(tmp_path_factory.mktemp('hostile-blobs'), 'primary',
+                       blobs=True, zrs_lines=HANDSHAKE_TIMEOUT)
     try:
         primary.start()
         yield primary

@@ -20,8 +20,8 @@ from persistent.mapping import PersistentMapping
 
 import peers
 import zczrs
-from support import (assert_same_history, free_port, start_zrsd,
-                     transactions, wait_until, zrsd_config)
+from support import assert_same_history, transactions, wait_until
+from zrsd_nodes import ZrsdNode
 
 
 @pytest.fixture(scope='module')
@@ -38,17 +38,14 @@ def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, processes):
     """A zc.zrs 3.1.0 secondary follows a zrsd primary through catch-up and
     live commits (undos and extension data included) and ends identical,
     on one connection (no checksum failure, no reconnect)."""
-    primary = peers.ZrsdPrimary(tmp_path / 'primary')
-    processes(primary)
-    primary.start()
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
     # Part of the history exists before the secondary connects (catch-up),
     # the rest is committed while it is connected (live streaming).
     before = zczrs.populate(primary.zeo_address, transactions=150,
                             seed=1, undo_every=60)
 
     secondary = peers.ZcZrsSecondary(tmp_path / 'secondary',
-                                     primary.repl_port)
-    processes(secondary)
+                                     primary.repl_port, register=processes)
     secondary.start(peer_python)
     after = zczrs.populate(primary.zeo_address, transactions=150,
                            seed=2, undo_every=50)
@@ -84,12 +81,10 @@ def test_zczrs_secondary_refused_by_zrsd_primary(peer_python, tmp_path,
     """The history guard protects zc.zrs secondaries too: one holding
     another database's history is refused by a zrsd primary, and nothing
     is appended to its file."""
-    a = peers.ZrsdPrimary(tmp_path / 'a', name='a')
-    processes(a)
-    a.start()
+    a = ZrsdNode(tmp_path, 'a', register=processes).start()
     last = zczrs.commit_change(a.zeo_address, 'in-a', 1)
-    secondary = peers.ZcZrsSecondary(tmp_path / 'secondary', a.repl_port)
-    processes(secondary)
+    secondary = peers.ZcZrsSecondary(tmp_path / 'secondary', a.repl_port,
+                                     register=processes)
     secondary.start(peer_python)
     client = secondary.client()
     try:
@@ -99,9 +94,7 @@ def test_zczrs_secondary_refused_by_zrsd_primary(peer_python, tmp_path,
     assert secondary.stop() == 0, secondary.log()
     history = transactions(secondary.fs_path)
     # Another database, created later: all of its tids are newer.
-    b = peers.ZrsdPrimary(tmp_path / 'b', name='b')
-    processes(b)
-    b.start()
+    b = ZrsdNode(tmp_path, 'b', register=processes).start()
     zczrs.commit_change(b.zeo_address, 'in-b', 1)
     secondary.primary_port = b.repl_port
     secondary.start(peer_python)
@@ -227,18 +220,13 @@ def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
     blob files end identical."""
     rng = random.Random(2.1)
     expected = {}
-    primary = peers.BlobZcZrsPrimary(tmp_path / 'primary')
-    processes(primary)
-    primary.start()
+    primary = zczrs.ZcZrsPrimary(tmp_path / 'primary', blobs=True,
+                                 register=processes).start()
     _commit_blobs(primary.zeo_address, str(tmp_path / 'writer-1'), rng, 0,
                   BLOB_SIZES[:4], expected)
 
-    zeo_port = free_port()
-    replica_blobs = str(tmp_path / 'replica.blobs')
-    config, replica_fs = zrsd_config(tmp_path, zeo_port, primary.repl_port,
-                                     blob_dir=replica_blobs)
-    zrsd = start_zrsd(config, str(tmp_path / 'zrsd.log'), zeo_port)
-    processes(zrsd)
+    zrsd = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                    blobs=True, register=processes).start()
 
     _commit_blobs(primary.zeo_address, str(tmp_path / 'writer-2'), rng, 4,
                   BLOB_SIZES[4:], expected)
@@ -246,8 +234,8 @@ def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
                             rng, changed=2, undone=5, expected=expected)
     assert primary.last_tid() == last
 
-    address = ('127.0.0.1', zeo_port)
-    client = ZEO.client(address, read_only=True)
+    address = zrsd.zeo_address
+    client = zrsd.client()
     try:
         peers.wait_for_tid(client, last, [zrsd, primary],
                            message='zrsd replica at %s' % last.hex())
@@ -267,9 +255,9 @@ def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
 
     assert zrsd.stop() == 0, zrsd.log()
     assert primary.stop() == 0, primary.log()
-    count = assert_same_history(primary.fs_path, replica_fs)
+    count = assert_same_history(primary.fs_path, zrsd.fs_path)
     primary_files = _blob_files(primary.blob_dir)
-    replica_files = _blob_files(replica_blobs)
+    replica_files = _blob_files(zrsd.blob_dir)
     assert sorted(replica_files) == sorted(primary_files)
     for path in primary_files:
         assert replica_files[path] == primary_files[path], path

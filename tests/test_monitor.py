@@ -1,49 +1,14 @@
 """The <monitor> endpoint: /metrics (Prometheus) and /status (JSON), read
 with a real HTTP client from a real zrsd primary and replica."""
 import json
-import os
 import urllib.request
 
 import transaction
-import ZEO
 from prometheus_client.parser import text_string_to_metric_families
 from ZODB.TimeStamp import TimeStamp
 
-from support import BIN, Process, free_port, wait_until
-
-CONFIG = '''\
-<zeo>
-  address 127.0.0.1:%(zeo_port)s
-%(zeo_extra)s
-</zeo>
-<zrs 1>
-%(role)s
-  reconnect-delay 0.1
-  <filestorage>
-    path %(path)s
-  </filestorage>
-</zrs>
-<monitor>
-  address 127.0.0.1:%(monitor_port)s
-</monitor>
-<eventlog>
-  <logfile>
-    path STDOUT
-  </logfile>
-</eventlog>
-'''
-
-
-def start(tmp_path, name, role, zeo_extra=''):
-    ports = dict(zeo_port=free_port(), monitor_port=free_port())
-    config = tmp_path / ('%s.conf' % name)
-    config.write_text(CONFIG % dict(
-        ports, role=role, zeo_extra=zeo_extra,
-        path=tmp_path / ('%s.fs' % name)))
-    proc = Process([os.path.join(BIN, 'zrsd'), '-C', str(config)],
-                   str(tmp_path / ('%s.log' % name)))
-    proc.wait_for_log('monitoring at', 60)
-    return proc, ports
+from support import wait_until
+from zrsd_nodes import ZrsdNode
 
 
 def get(port, path):
@@ -64,25 +29,21 @@ def metrics(port):
 
 
 def test_metrics_and_status(tmp_path):
-    repl_port = free_port()
-    primary, primary_ports = start(
-        tmp_path, 'primary', '  replicate-to 127.0.0.1:%s' % repl_port)
-    replica, replica_ports = start(
-        tmp_path, 'replica', '  replicate-from 127.0.0.1:%s' % repl_port,
-        zeo_extra='  serve-empty on')
+    primary = ZrsdNode(tmp_path, 'primary', monitor=True).start()
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       monitor=True, zeo_lines='  serve-empty on\n').start()
     try:
-        db = ZEO.DB(('127.0.0.1', primary_ports['zeo_port']))
+        db = primary.db()
         conn = db.open()
         for i in range(10):
             conn.root()[i] = 'x' * 1000
             transaction.commit()
         last = db.lastTransaction()
-        reader = ZEO.client(('127.0.0.1', replica_ports['zeo_port']),
-                            read_only=True)
+        reader = replica.client()
         wait_until(lambda: reader.lastTransaction() == last,
                    message='replica caught up')
 
-        port = replica_ports['monitor_port']
+        port = replica.monitor_port
         values = wait_until(
             lambda: (lambda v: v if v[('zrsd_zeo_clients', '1')] == 1
                      else None)(metrics(port)),
@@ -96,7 +57,7 @@ def test_metrics_and_status(tmp_path):
             TimeStamp(last).timeTime()
         assert values[('zrsd_seconds_since_last_applied', '1')] >= 0
 
-        primary_values = metrics(primary_ports['monitor_port'])
+        primary_values = metrics(primary.monitor_port)
         assert primary_values[('zrsd_secondaries_connected', '1')] == 1
         assert ('zrsd_replication_connected', '1') not in primary_values
 
@@ -110,7 +71,7 @@ def test_metrics_and_status(tmp_path):
         assert storage['connected'] == 1
         assert storage['transactions_applied'] == 11
         assert storage['zeo_clients'] == 1
-        assert storage['primary'] == '127.0.0.1:%s' % repl_port
+        assert storage['primary'] == '127.0.0.1:%s' % primary.repl_port
         reader.close()
         db.close()
     finally:

@@ -31,9 +31,9 @@ import zczrs
 from certs import Authority
 from support import BIN, free_port, transactions
 from test_blobs import commit_blobs
-from test_tls import CONFIG as TLS_CONFIG
-from test_tls import replica_role, ssl_section, start_primary
-from zrsd_nodes import ZrsdNode, assert_same_after_pack, write_config
+from test_tls import start_primary
+from zrsd_nodes import (ZrsdNode, assert_same_after_pack, ssl_lines,
+                        write_config)
 
 REWIND = os.path.join(BIN, 'zrsd-rewind')
 
@@ -256,10 +256,10 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
     good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
     primary, port, db = start_primary(
         tmp_path, dict(good=good, primary=good.issue('primary')))
-    processes(primary.proc)
+    processes(primary.process)
     db.close()
     copy = str(tmp_path / 'copy.fs')
-    shutil.copyfile(primary.path, copy)
+    shutil.copyfile(primary.fs_path, copy)
     local = ZODB.DB(ZODB.FileStorage.FileStorage(copy))
     with local.transaction() as conn:
         conn.root()['local'] = 1
@@ -268,11 +268,10 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
 
     def config(name, ca):
         cert, key = good.issue('replica')
-        path = tmp_path / name
-        path.write_text(TLS_CONFIG % dict(
-            zeo_port=free_port(), zeo_ssl='', role=replica_role(port),
-            extra='', ssl=ssl_section(cert, key, ca), path=copy))
-        return path
+        return write_config(
+            str(tmp_path / name), free_port(), copy, replicate_from=port,
+            zeo_lines='  serve-empty on\n',
+            zrs_lines='  handshake-timeout 5\n' + ssl_lines(cert, key, ca))
 
     wrong = rewind(config('wrong.conf', other.path))
     assert wrong.returncode == 2
@@ -283,7 +282,7 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
     assert result.returncode == 0, result.stdout + result.stderr
     assert removed_tids(result) == [local_tid]
     assert 'it has no later transaction' in result.stdout
-    assert transactions(copy) == transactions(primary.path)
+    assert transactions(copy) == transactions(primary.fs_path)
 
 
 def test_errors_are_one_line(tmp_path):

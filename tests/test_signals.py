@@ -18,11 +18,10 @@ import signal
 import pytest
 from ZODB.fsIndex import fsIndex
 
-from support import (BIN, Process, free_port, transactions, wait_until,
-                     zrsd_config)
+from support import free_port, transactions, wait_until
 from zczrs import ZcZrsPrimary, commit_change
+from zrsd_nodes import ZrsdNode
 
-ZRSD = os.path.join(BIN, 'zrsd')
 SERVING = ' over ZEO at '
 
 
@@ -49,39 +48,23 @@ def index_position(fs_path):
                          ids=['SIGTERM', 'SIGINT'])
 def test_stop_signal_closes_storage_and_exits_0(signum, primary, tmp_path,
                                                 processes):
-    zeo_port = free_port()
-    config, fs_path = zrsd_config(tmp_path, zeo_port, primary.repl_port)
-    proc = Process([ZRSD, '-C', config], str(tmp_path / 'zrsd.log'))
-    processes(proc)
     # zrsd serves once the replica holds data, i.e. it is replicating.
-    proc.wait_for_log(SERVING)
+    node = ZrsdNode(tmp_path, 'zrsd', upstream=primary.repl_port,
+                    register=processes).start()
+    fs_path = node.fs_path
     # FileStorage wrote an index when it created the file; it is stale
     # now that transactions were replicated.
     assert index_position(fs_path) < os.path.getsize(fs_path)
 
-    proc.signal(signum)
-    assert proc.popen.wait(60) == 0, proc.log()
+    node.signal(signum)
+    assert node.process.popen.wait(60) == 0, node.log()
     name = signal.Signals(signum).name
-    assert 'stopping (%s)' % name in proc.log()
+    assert 'stopping (%s)' % name in node.log()
     # Closed cleanly: the index covers the whole file, so the next start
     # does not scan it.
     assert index_position(fs_path) == os.path.getsize(fs_path)
     replicated = [txn[0] for txn in transactions(fs_path)]
     assert replicated and replicated[-1] <= primary.last
-
-
-def log_config(tmp_path, log_path):
-    """A replica config (primary down, serving at once) logging to a file."""
-    zeo_port = free_port()
-    config, _ = zrsd_config(tmp_path, zeo_port, free_port())
-    with open(config) as f:
-        text = f.read()
-    assert 'path STDOUT' in text
-    text = text.replace('path STDOUT', 'path %s' % log_path)
-    text = text.replace('</zeo>', '  serve-empty on\n</zeo>', 1)
-    with open(config, 'w') as f:
-        f.write(text)
-    return config
 
 
 def read(path):
@@ -92,9 +75,10 @@ def read(path):
 def test_sigusr2_reopens_log_files(tmp_path, processes):
     log_path = str(tmp_path / 'zrsd.log')
     rotated = log_path + '.1'
-    config = log_config(tmp_path, log_path)
-    proc = Process([ZRSD, '-C', config], str(tmp_path / 'stdout.log'))
-    processes(proc)
+    # A replica (primary down, serving at once) logging to a file.
+    proc = ZrsdNode(tmp_path, 'replica', upstream=free_port(),
+                    zeo_lines='  serve-empty on\n', log_file=log_path,
+                    register=processes).launch()
     wait_until(lambda: os.path.exists(log_path) and SERVING in read(log_path),
                60, message='zrsd serving, in %s' % log_path)
 

@@ -17,7 +17,8 @@ import uuid
 
 import pytest
 
-from support import BIN, ROOT, Process, free_port, port_open, zrsd_config
+from support import BIN, ROOT, free_port, port_open
+from zrsd_nodes import ZrsdNode
 from zrsd.daemon import systemd
 
 ZRSD = os.path.join(BIN, 'zrsd')
@@ -73,37 +74,26 @@ def notify_socket(request, tmp_path):
     sock.close()
 
 
-def replica_config(tmp_path):
-    """(config, ZEO port) of a replica of a primary that is down, serving
-    ZEO at once (`serve-empty on`)."""
-    zeo_port = free_port()
-    config, _ = zrsd_config(tmp_path, zeo_port, free_port())
-    with open(config) as f:
-        text = f.read()
-    with open(config, 'w') as f:
-        f.write(text.replace('</zeo>', '  serve-empty on\n</zeo>', 1))
-    return config, zeo_port
-
-
-def start_zrsd(tmp_path, env):
-    config, zeo_port = replica_config(tmp_path)
-    proc = Process([ZRSD, '-C', config], str(tmp_path / 'zrsd.log'),
-                   env=dict(os.environ, **env))
-    return proc, zeo_port
+def start_zrsd(tmp_path, env, processes):
+    """A replica of a primary that is down, serving ZEO at once
+    (`serve-empty on`), with `env`; launched, not waited for."""
+    return ZrsdNode(tmp_path, 'zrsd', upstream=free_port(), env=env,
+                    zeo_lines='  serve-empty on\n',
+                    register=processes).launch()
 
 
 def test_ready_and_stopping(tmp_path, notify_socket, processes):
     """READY=1 once the ZEO port listens; STOPPING=1 on SIGTERM; exit 0."""
-    proc, zeo_port = start_zrsd(
-        tmp_path, {'NOTIFY_SOCKET': notify_socket.env_value})
-    processes(proc)
+    proc = start_zrsd(
+        tmp_path, {'NOTIFY_SOCKET': notify_socket.env_value}, processes)
     notify_socket.wait_for('READY=1')
-    assert port_open(zeo_port), 'READY=1 before the ZEO port listens'
+    assert port_open(proc.zeo_port), 'READY=1 before the ZEO port listens'
     assert notify_socket.received == ['READY=1']
 
     proc.signal(signal.SIGTERM)
     notify_socket.wait_for('STOPPING=1')
-    assert proc.popen.wait(60) == 0   # (a second SIGTERM would force exit)
+    # (a second SIGTERM would force exit)
+    assert proc.process.popen.wait(60) == 0
     assert notify_socket.received == ['READY=1', 'STOPPING=1']
 
 
@@ -115,9 +105,8 @@ def test_watchdog_pings_while_serving(tmp_path, processes):
     sock = NotifySocket(tmp_path)
     try:
         # 0.2 s timeout: pings every 0.1 s, so the test is quick.
-        proc, _ = start_zrsd(tmp_path, {'NOTIFY_SOCKET': sock.env_value,
-                                        'WATCHDOG_USEC': '200000'})
-        processes(proc)
+        proc = start_zrsd(tmp_path, {'NOTIFY_SOCKET': sock.env_value,
+                                     'WATCHDOG_USEC': '200000'}, processes)
         sock.wait_for('READY=1')
         for _ in range(3):
             sock.wait_for('WATCHDOG=1', timeout=30)
@@ -128,10 +117,7 @@ def test_watchdog_pings_while_serving(tmp_path, processes):
 
 def test_no_notify_socket_is_fine(tmp_path, processes):
     """Outside systemd nothing is sent and zrsd runs as usual."""
-    env = {k: v for k, v in os.environ.items() if k != 'NOTIFY_SOCKET'}
-    config, _ = replica_config(tmp_path)
-    proc = Process([ZRSD, '-C', config], str(tmp_path / 'zrsd.log'), env=env)
-    processes(proc)
+    proc = start_zrsd(tmp_path, {'NOTIFY_SOCKET': None}, processes)
     proc.wait_for_log(' over ZEO at ')
     assert proc.stop() == 0
     assert 'cannot notify systemd' not in proc.log()

@@ -1,6 +1,5 @@
 """Mutual TLS on replication links, the allow-from list, and ZEO's own
 <ssl> on the client port.  Certificates are generated at run time."""
-import os
 import socket
 import ssl
 
@@ -8,53 +7,16 @@ import pytest
 import ZEO
 
 from certs import Authority
-from support import BIN, Process, assert_same_history, free_port, wait_until
-
-CONFIG = '''\
-<zeo>
-  address 127.0.0.1:%(zeo_port)s
-  serve-empty on
-%(zeo_ssl)s
-</zeo>
-<zrs 1>
-%(role)s
-  reconnect-delay 0.2
-  max-reconnect-delay 1
-  handshake-timeout 5
-%(extra)s
-%(ssl)s
-  <filestorage>
-    path %(path)s
-  </filestorage>
-</zrs>
-<eventlog>
-  <logfile>
-    path STDOUT
-    format %%(levelname)s %%(name)s %%(message)s
-  </logfile>
-</eventlog>
-'''
+from support import assert_same_history, wait_until
+from zrsd_nodes import ZrsdNode, ssl_lines
 
 
-def ssl_section(cert, key, ca, extra=''):
-    return ('  <ssl>\n    certificate %s\n    key %s\n    authenticate %s\n'
-            '%s  </ssl>' % (cert, key, ca, extra))
-
-
-class Node:
-    def __init__(self, tmp_path, name, role, ssl='', extra='', zeo_ssl=''):
-        self.zeo_port = free_port()
-        self.path = str(tmp_path / ('%s.fs' % name))
-        config = tmp_path / ('%s.conf' % name)
-        config.write_text(CONFIG % dict(
-            zeo_port=self.zeo_port, role=role, ssl=ssl, extra=extra,
-            zeo_ssl=zeo_ssl, path=self.path))
-        self.proc = Process([os.path.join(BIN, 'zrsd'), '-C', str(config)],
-                            str(tmp_path / ('%s.log' % name)))
-        self.proc.wait_for_log(' over ZEO at ', 60)
-
-    def stop(self):
-        return self.proc.stop()
+def node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl=''):
+    """A started zrsd serving ZEO at once (`ssl`, `extra` go into its
+    `<zrs>` section, `zeo_ssl` into `<zeo>`)."""
+    return ZrsdNode(tmp_path, name, upstream=upstream,
+                    zeo_lines='  serve-empty on\n' + zeo_ssl,
+                    zrs_lines='  handshake-timeout 5\n' + extra + ssl).start()
 
 
 @pytest.fixture
@@ -68,28 +30,23 @@ def pki(tmp_path):
 
 
 def start_primary(tmp_path, pki, extra=''):
-    port = free_port()
     cert, key = pki['primary']
-    primary = Node(tmp_path, 'primary', '  replicate-to 127.0.0.1:%s' % port,
-                   ssl=ssl_section(cert, key, pki['good'].path), extra=extra)
-    primary.proc.wait_for_log('(TLS, client certificates required)')
-    db = ZEO.DB(('127.0.0.1', primary.zeo_port))
+    primary = node(tmp_path, 'primary',
+                   ssl=ssl_lines(cert, key, pki['good'].path), extra=extra)
+    primary.wait_for_log('(TLS, client certificates required)')
+    db = primary.db()
     with db.transaction() as conn:
         conn.root()['x'] = 1
-    return primary, port, db
-
-
-def replica_role(port):
-    return '  replicate-from 127.0.0.1:%s' % port
+    return primary, primary.repl_port, db
 
 
 def test_mutual_tls_replicates(tmp_path, pki):
     primary, port, db = start_primary(tmp_path, pki)
     cert, key = pki['replica']
-    replica = Node(tmp_path, 'replica', replica_role(port),
-                   ssl=ssl_section(cert, key, pki['good'].path))
+    replica = node(tmp_path, 'replica', port,
+                   ssl=ssl_lines(cert, key, pki['good'].path))
     try:
-        client = ZEO.client(('127.0.0.1', replica.zeo_port), read_only=True)
+        client = replica.client()
         wait_until(lambda: client.lastTransaction() == db.lastTransaction(),
                    message='replicated over TLS')
         with db.transaction() as conn:
@@ -101,7 +58,7 @@ def test_mutual_tls_replicates(tmp_path, pki):
     finally:
         statuses = [replica.stop(), primary.stop()]
     assert statuses == [0, 0]
-    assert assert_same_history(primary.path, replica.path) == 3
+    assert assert_same_history(primary.fs_path, replica.fs_path) == 3
 
 
 def test_secondary_from_another_ca_is_refused(tmp_path, pki):
@@ -109,12 +66,12 @@ def test_secondary_from_another_ca_is_refused(tmp_path, pki):
     cert, key = pki['stranger']
     # The stranger trusts the primary's CA but its own certificate is
     # signed by another one.
-    replica = Node(tmp_path, 'stranger', replica_role(port),
-                   ssl=ssl_section(cert, key, pki['good'].path))
+    replica = node(tmp_path, 'stranger', port,
+                   ssl=ssl_lines(cert, key, pki['good'].path))
     try:
-        primary.proc.wait_for_log('TLS handshake failed, secondary refused')
-        replica.proc.wait_for_log('TLS handshake with the primary failed')
-        assert 'streaming transactions' not in primary.proc.log()
+        primary.wait_for_log('TLS handshake failed, secondary refused')
+        replica.wait_for_log('TLS handshake with the primary failed')
+        assert 'streaming transactions' not in primary.log()
         db.close()
     finally:
         statuses = [replica.stop(), primary.stop()]
@@ -125,11 +82,11 @@ def test_primary_from_another_ca_is_refused(tmp_path, pki):
     primary, port, db = start_primary(tmp_path, pki)
     cert, key = pki['replica']
     # This replica trusts only the other CA: the primary is unknown to it.
-    replica = Node(tmp_path, 'replica', replica_role(port),
-                   ssl=ssl_section(cert, key, pki['other'].path))
+    replica = node(tmp_path, 'replica', port,
+                   ssl=ssl_lines(cert, key, pki['other'].path))
     try:
-        replica.proc.wait_for_log('TLS handshake with the primary failed')
-        assert 'streaming transactions' not in primary.proc.log()
+        replica.wait_for_log('TLS handshake with the primary failed')
+        assert 'streaming transactions' not in primary.log()
         db.close()
     finally:
         statuses = [replica.stop(), primary.stop()]
@@ -149,7 +106,7 @@ def test_plain_and_certificateless_clients_are_refused(tmp_path, pki):
                     pass
             except ConnectionResetError:
                 pass
-        primary.proc.wait_for_log('TLS handshake failed, secondary refused')
+        primary.wait_for_log('TLS handshake failed, secondary refused')
 
         # A TLS client without a certificate.
         context = ssl.create_default_context(cafile=pki['good'].path)
@@ -162,23 +119,22 @@ def test_plain_and_certificateless_clients_are_refused(tmp_path, pki):
                     tls.settimeout(30)
                     if tls.recv(100) == b'':
                         raise ConnectionResetError('closed')
-        wait_until(lambda: primary.proc.log().count(
+        wait_until(lambda: primary.log().count(
             'TLS handshake failed, secondary refused') >= 2,
             message='the second refusal logged')
-        assert 'streaming transactions' not in primary.proc.log()
+        assert 'streaming transactions' not in primary.log()
         db.close()
     finally:
         assert primary.stop() == 0
 
 
 def test_allow_from(tmp_path, pki):
-    port = free_port()
-    primary = Node(tmp_path, 'primary', '  replicate-to 127.0.0.1:%s' % port,
-                   extra='  allow-from 10.0.0.0/8\n  allow-from 192.0.2.7')
-    replica = Node(tmp_path, 'replica', replica_role(port))
+    primary = node(tmp_path, 'primary',
+                   extra='  allow-from 10.0.0.0/8\n  allow-from 192.0.2.7\n')
+    replica = node(tmp_path, 'replica', primary.repl_port)
     try:
-        primary.proc.wait_for_log('127.0.0.1 is not in allow-from')
-        assert 'streaming transactions' not in primary.proc.log()
+        primary.wait_for_log('127.0.0.1 is not in allow-from')
+        assert 'streaming transactions' not in primary.log()
     finally:
         statuses = [replica.stop(), primary.stop()]
     assert statuses == [0, 0]
@@ -186,10 +142,8 @@ def test_allow_from(tmp_path, pki):
 
 def test_zeo_port_tls(tmp_path, pki):
     cert, key = pki['primary']
-    port = free_port()
-    zeo_ssl = ssl_section(cert, key, pki['good'].path)
-    primary = Node(tmp_path, 'primary', '  replicate-to 127.0.0.1:%s' % port,
-                   zeo_ssl=zeo_ssl)
+    primary = node(tmp_path, 'primary',
+                   zeo_ssl=ssl_lines(cert, key, pki['good'].path))
     try:
         client_cert, client_key = pki['replica']
         context = ssl.create_default_context(cafile=pki['good'].path)

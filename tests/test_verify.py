@@ -1,6 +1,6 @@
 """`zrsd-verify`, the online history comparison, run as a command.
 
-The servers are real: a zrsd primary (`peers.ZrsdPrimary`) and zrsd
+The servers are real: a zrsd primary (`zrsd_nodes.ZrsdNode`) and zrsd
 replicas replicating from it, all on 127.0.0.1, holding a `populate()`
 history (undos, undone creations, extension data).  `zrsd-verify` runs as
 a process against their ZEO ports and their files while they run.
@@ -30,10 +30,8 @@ from ZODB.serialize import referencesf
 from ZODB.utils import p64, u64
 
 import zczrs
-from peers import ZrsdPrimary
-from support import (BIN, free_port, start_zrsd, transactions, wait_until,
-                     zrsd_config)
-from zrsd_nodes import pack_stop_tid
+from support import BIN, free_port, transactions, wait_until
+from zrsd_nodes import ZrsdNode, pack_stop_tid
 
 VERIFY = os.path.join(BIN, 'zrsd-verify')
 
@@ -49,14 +47,6 @@ def verify(*args):
 
 def zeo(port):
     return '127.0.0.1:%d' % port
-
-
-def last_tid(port):
-    storage = ZEO.client(('127.0.0.1', port), read_only=True)
-    try:
-        return storage.lastTransaction()
-    finally:
-        storage.close()
 
 
 def tids(fs_path):
@@ -96,33 +86,28 @@ class Pair:
     """A running zrsd primary and a zrsd replica following it."""
 
     def __init__(self, directory):
-        self.primary = ZrsdPrimary(directory / 'primary')
-        self.replica = None
-        self.directory = directory
+        self.primary = ZrsdNode(directory, 'primary')
+        self.replica = ZrsdNode(directory, 'replica',
+                                upstream=self.primary.repl_port)
 
     def start(self):
         self.primary.start()
         self.populated = zczrs.populate(self.primary.zeo_address,
                                         transactions=300, undo_every=50)
         assert self.populated.undos and self.populated.creation_undos
-        self.replica_port = free_port()
-        config, self.replica_fs = zrsd_config(
-            self.directory, self.replica_port, self.primary.repl_port)
-        self.replica = start_zrsd(config, str(self.directory / 'replica.log'),
-                                  self.replica_port)
+        self.replica.start()
         self.wait_caught_up()
         return self
 
     def wait_caught_up(self):
         """Wait until the replica holds the primary's last transaction."""
         target = self.primary.last_tid()
-        wait_until(lambda: last_tid(self.replica_port) == target,
+        wait_until(lambda: self.replica.last_tid() == target,
                    message='replica at %s' % target.hex())
         return target
 
     def close(self):
-        if self.replica is not None:
-            self.replica.close()
+        self.replica.close()
         self.primary.close()
 
 
@@ -137,7 +122,7 @@ def pair(request, tmp_path_factory):
     finally:
         pair.close()
         if request.session.testsfailed > failed:
-            for proc in (pair.primary.process, pair.replica):
+            for proc in (pair.primary.process, pair.replica.process):
                 if proc is not None:
                     lines = proc.log().splitlines()[-60:]
                     print('\n==== last %d lines of %s ====\n%s' % (
@@ -152,7 +137,7 @@ def test_both_zeo_agree(pair):
     last = pair.wait_caught_up()
     history = [tid for tid in tids(pair.primary.fs_path) if tid <= last]
     status, out, err = verify(zeo(pair.primary.zeo_port),
-                              zeo(pair.replica_port))
+                              zeo(pair.replica.zeo_port))
     assert (status, err) == (0, ''), out
     assert out.splitlines() == [
         'OK: %d transactions agree, %s to %s' % (
@@ -160,7 +145,7 @@ def test_both_zeo_agree(pair):
         'replica up to date with the primary',
     ]
     status, out, err = verify('--quiet', zeo(pair.primary.zeo_port),
-                              zeo(pair.replica_port))
+                              zeo(pair.replica.zeo_port))
     assert (status, out, err) == (0, '', '')
 
 
@@ -177,7 +162,7 @@ def test_objects_agree(pair):
     objects = sum(1 for data in current.values() if data is not None)
     assert objects < len(current)  # some creations were undone
     status, out, err = verify('--objects', zeo(pair.primary.zeo_port),
-                              zeo(pair.replica_port))
+                              zeo(pair.replica.zeo_port))
     assert (status, err) == (0, ''), out
     assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in out
 
@@ -189,8 +174,8 @@ def test_files_of_running_servers(pair):
     last = pair.wait_caught_up()
     count = len([tid for tid in tids(pair.primary.fs_path) if tid <= last])
     for primary, replica in [
-            (pair.primary.fs_path, 'zeo:' + zeo(pair.replica_port)),
-            (str(pair.primary.zeo_port), 'fs:' + pair.replica_fs)]:
+            (pair.primary.fs_path, 'zeo:' + zeo(pair.replica.zeo_port)),
+            (str(pair.primary.zeo_port), 'fs:' + pair.replica.fs_path)]:
         status, out, err = verify(primary, replica)
         assert (status, err) == (0, ''), (primary, replica, out)
         assert 'OK: %d transactions agree' % count in out
@@ -223,7 +208,7 @@ def test_while_the_primary_commits(pair):
     try:
         wait_until(lambda: len(committed) >= 3, message='first commits')
         status, out, err = verify('--objects', zeo(pair.primary.zeo_port),
-                                  zeo(pair.replica_port))
+                                  zeo(pair.replica.zeo_port))
         assert (status, err) == (0, ''), out + err
         assert 'transactions agree' in out and 'objects agree' in out
     finally:
@@ -236,13 +221,12 @@ def test_replica_behind(pair, tmp_path, processes):
     """A second replica, stopped, while the primary commits 5 more
     transactions: its file agrees with the primary (ZEO or file), the lag
     is those 5 transactions and the time between the last tids."""
-    port = free_port()
-    config, fs_path = zrsd_config(tmp_path, port, pair.primary.repl_port,
-                                  name='behind')
-    replica = start_zrsd(config, str(tmp_path / 'behind.log'), port)
-    processes(replica)
+    replica = ZrsdNode(tmp_path, 'behind', upstream=pair.primary.repl_port,
+                       register=processes).start()
+    fs_path = replica.fs_path
     target = pair.primary.last_tid()
-    wait_until(lambda: last_tid(port) == target, message='second replica')
+    wait_until(lambda: replica.last_tid() == target,
+               message='second replica')
     assert replica.stop() == 0
 
     more = commit_many(pair.primary.zeo_address, 5, 'behind')
@@ -276,13 +260,13 @@ def test_start_tid(pair):
     start = history[100]
     status, out, err = verify('--start', '0x' + start.hex().upper(),
                               zeo(pair.primary.zeo_port),
-                              zeo(pair.replica_port))
+                              zeo(pair.replica.zeo_port))
     assert (status, err) == (0, ''), out + err
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 100, tid_text(start)) in out
     # Without 0x, between two tids: from the next one.
     status, out, err = verify('--start', p64(u64(start) + 1).hex(),
-                              pair.primary.fs_path, pair.replica_fs)
+                              pair.primary.fs_path, pair.replica.fs_path)
     assert (status, err) == (0, ''), out + err
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 101, tid_text(history[101])) in out
@@ -620,7 +604,7 @@ def test_unknown_storage_name(pair):
     """A ZEO server without that storage cannot be used: exit 2."""
     status, out, err = verify('-t', '1', '--storage', 'nosuch',
                               zeo(pair.primary.zeo_port),
-                              zeo(pair.replica_port))
+                              zeo(pair.replica.zeo_port))
     assert (status, out) == (2, '')
     assert "(ZEO storage 'nosuch')" in err and err.count('\n') == 1
 

@@ -26,7 +26,8 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from support import BIN, Process, free_port, handshake_frames, wait_until
+from support import (BIN, Node, eventlog_section, free_port, handshake_frames,
+                     wait_until)
 
 CONFIG = """\
 %%import zc.zrs
@@ -37,103 +38,46 @@ CONFIG = """\
   replicate-to 127.0.0.1:%(repl_port)s
   <filestorage>
     path %(fs_path)s
-  </filestorage>
+%(blob)s  </filestorage>
 </zrs>
-<eventlog>
-  level INFO
-  <logfile>
-    path STDOUT
-    format %%(asctime)s %%(levelname)s %%(name)s %%(message)s
-  </logfile>
-</eventlog>
 """
 
 
-class ZcZrsPrimary:
+class ZcZrsPrimary(Node):
     """A zc.zrs primary (`runzeo` + `<zrs replicate-to>`) in a subprocess.
 
     `zeo_port` serves ZEO clients (writable); `repl_port` serves ZRS
     secondaries.  Ports are picked when the object is created and kept across
-    restarts.
+    restarts.  With `blobs`, its file storage has a `blob-dir` (zc.zrs then
+    speaks zrs2.1 to secondaries with blobs).
     """
 
-    def __init__(self, directory, name='primary'):
-        self.directory = str(directory)
-        os.makedirs(self.directory, exist_ok=True)
-        self.name = name
-        self.fs_path = os.path.join(self.directory, name + '.fs')
-        self.config_path = os.path.join(self.directory, name + '.conf')
-        self.log_path = os.path.join(self.directory, name + '.log')
-        self.zeo_port = free_port()
-        self.repl_port = free_port()
-        self.process = None
+    read_only = False
 
-    @property
-    def zeo_address(self):
-        return ('127.0.0.1', self.zeo_port)
+    def __init__(self, directory, name='primary', register=None,
+                 blobs=False):
+        super().__init__(directory, name, register)
+        self.repl_port = free_port()
+        self.blob_dir = (os.path.join(self.directory, name + '.blobs')
+                         if blobs else None)
 
     def write_config(self):
+        blob = ('    blob-dir %s\n' % self.blob_dir) if self.blob_dir else ''
         with open(self.config_path, 'w') as f:
             f.write(CONFIG % dict(zeo_port=self.zeo_port,
                                   repl_port=self.repl_port,
-                                  fs_path=self.fs_path))
+                                  fs_path=self.fs_path, blob=blob) +
+                    eventlog_section())
         return self.config_path
 
-    def start(self, timeout=60.0):
-        """Start the primary and wait until it listens on both ports.
+    def command(self):
+        return [os.path.join(BIN, 'runzeo'), '-C', self.config_path]
 
-        Waiting for the log lines rather than probing the ports keeps the
-        primary's log free of probe connections.
-        """
-        assert self.process is None or self.process.popen.poll() is not None
-        self.write_config()
-        offset = 0
-        if os.path.exists(self.log_path):
-            with open(self.log_path, 'rb') as f:
-                offset = len(f.read().decode('utf-8', 'replace'))
-        self.process = Process(
-            [os.path.join(BIN, 'runzeo'), '-C', self.config_path],
-            self.log_path)
+    def ready(self):
         # ZEO's asyncio server, then zc.zrs's Twisted port (logged by Twisted
         # once it listens); the two come from different threads.
-        self.process.wait_for_log(
-            "listening on ('127.0.0.1', %d)" % self.zeo_port, timeout, offset)
-        self.process.wait_for_log(
-            'starting on %d' % self.repl_port, timeout, offset)
-        return self
-
-    def stop(self, timeout=60.0):
-        """SIGTERM the primary and wait; returns its exit status."""
-        if self.process is None:
-            return None
-        return self.process.stop(timeout)
-
-    def close(self):
-        """Make sure the process is gone (for finalisers)."""
-        if self.process is not None:
-            self.process.close()
-
-    def running(self):
-        return self.process is not None and self.process.popen.poll() is None
-
-    def log(self):
-        return self.process.log() if self.process is not None else ''
-
-    def client(self, **kw):
-        """A ZEO ClientStorage connected to the primary."""
-        return ZEO.client(self.zeo_address, **kw)
-
-    def db(self, **kw):
-        """A ZODB.DB over a ZEO client of the primary."""
-        return ZEO.DB(self.zeo_address, **kw)
-
-    def last_tid(self):
-        """The primary's last committed tid, asked over ZEO."""
-        storage = self.client()
-        try:
-            return storage.lastTransaction()
-        finally:
-            storage.close()
+        return ("listening on ('127.0.0.1', %d)" % self.zeo_port,
+                'starting on %d' % self.repl_port)
 
     def copy_to(self, directory, name=None):
         """A new, stopped primary on a copy of this primary's files.

@@ -27,57 +27,52 @@ from ZODB.blob import Blob
 from ZODB.POSException import POSKeyError
 from ZODB.TimeStamp import TimeStamp
 
-from support import BIN, Process, free_port, transactions, wait_until
+from support import (BIN, LOG_FORMAT, Node, eventlog_section, free_port,
+                     transactions)
 from zczrs import Proxy
 
 MB = 1024.0 * 1024.0
 
 CONFIG = """\
-<zeo>
+%(header)s<zeo>
   address 127.0.0.1:%(zeo_port)s
-</zeo>
+%(zeo_lines)s</zeo>
 <zrs 1>
 %(links)s  <filestorage>
     path %(fs_path)s
 %(blob)s  </filestorage>
 </zrs>
-%(sections)s<eventlog>
-  level INFO
-  <logfile>
-    path STDOUT
-    format %(log_format)s
-  </logfile>
-</eventlog>
-"""
-
-LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
+%(sections)s"""
 
 
 def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
                 blob_dir=None, sections='', log_format=LOG_FORMAT,
-                zrs_lines=''):
-    """A test zrsd config with one `<zrs 1>` section.
+                zrs_lines='', zeo_lines='', log_file='STDOUT',
+                log_level='INFO', header=''):
+    """The one zrsd config of the tests: one `<zrs 1>` section.
 
     `replicate_from` / `replicate_to` are ports on 127.0.0.1: only `to` is a
     primary, only `from` a replica, both a cascade.  Secondaries reconnect
     quickly (0.1 s, at most 1 s) so restarts upstream do not slow tests.
-    `sections` (e.g. a `<monitor>`) goes before the `<eventlog>`;
-    `zrs_lines` (e.g. `  pack refuse\n`) into the `<zrs 1>` section.
+    `zrs_lines` (e.g. `  pack refuse\n`, an `<ssl>` section) go into the
+    `<zrs 1>` section, `zeo_lines` (e.g. `  serve-empty on\n`) into
+    `<zeo>`; `sections` (e.g. a `<monitor>`) before the `<eventlog>`, which
+    logs at `log_level` to `log_file`; `header` (e.g. `%import zrsd\n`,
+    for runzeo) opens the file.
     """
-    return CONFIG % dict(zeo_port=zeo_port, fs_path=fs_path,
-                         links=links(replicate_from, replicate_to) + zrs_lines,
-                         blob=blob_line(blob_dir), sections=sections,
-                         log_format=log_format)
+    return CONFIG % dict(
+        zeo_port=zeo_port, fs_path=fs_path, header=header,
+        links=links(replicate_from, replicate_to) + zrs_lines,
+        blob=blob_line(blob_dir), sections=sections,
+        zeo_lines=zeo_lines) + eventlog_section(log_format, log_file,
+                                                log_level)
 
 
-def write_config(path, zeo_port, fs_path, replicate_from=None,
-                 replicate_to=None, blob_dir=None, zrs_lines='',
-                 log_format=LOG_FORMAT, sections=''):
-    """Write `config_text(...)` to `path`; returns `path`."""
+def write_config(path, zeo_port, fs_path, **options):
+    """Write `config_text(zeo_port, fs_path, **options)` to `path`;
+    returns `path`."""
     with open(path, 'w') as f:
-        f.write(config_text(zeo_port, fs_path, replicate_from, replicate_to,
-                            blob_dir, sections=sections,
-                            log_format=log_format, zrs_lines=zrs_lines))
+        f.write(config_text(zeo_port, fs_path, **options))
     return path
 
 
@@ -99,37 +94,49 @@ def blob_line(blob_dir):
     return '    blob-dir %s\n' % blob_dir if blob_dir else ''
 
 
-class ZrsdNode:
+def monitor_section(port):
+    """A `<monitor>` section for `sections`."""
+    return '<monitor>\n  address 127.0.0.1:%d\n</monitor>\n' % port
+
+
+def ssl_lines(cert, key, ca, extra=''):
+    """An `<ssl>` section for `zrs_lines` (mutual TLS)."""
+    return ('  <ssl>\n    certificate %s\n    key %s\n    authenticate %s\n'
+            '%s  </ssl>\n' % (cert, key, ca, extra))
+
+
+class ZrsdNode(Node):
     """One zrsd process serving storage `1` from `directory/NAME.fs`.
 
     `upstream`: the ZRS port to replicate from (None for a primary);
     `serve`: also serve ZRS to secondaries on `repl_port` (always for a
-    primary).  Ports are chosen once and kept across restarts; each start
-    logs to its own file, `NAME-N.log`.
+    primary); `monitor`: serve the `<monitor>` endpoint on
+    `monitor_port`.  Ports are chosen once and kept across restarts.
+    `options` set the config's extras (`zrs_lines`, `zeo_lines`, `sections`,
+    `log_format`, `log_file`, `log_level`; see `config_text`) and `env`.
     """
 
+    zrs_lines = ''  # more lines of its <zrs> section (config_text)
+    zeo_lines = ''  # more lines of its <zeo> section
+    log_format = LOG_FORMAT  # e.g. `%(created).6f` stamps (the benchmark)
+    log_file = 'STDOUT'
+    log_level = 'INFO'
+    sections = ''   # more sections of its config, e.g. a <monitor>
+    header = ''
+
     def __init__(self, directory, name, upstream=None, serve=None,
-                 blobs=False, register=None):
-        self.directory = str(directory)
-        os.makedirs(self.directory, exist_ok=True)
-        self.name = name
+                 blobs=False, register=None, monitor=False, **options):
+        super().__init__(directory, name, register)
         self.upstream = upstream
         if serve is None:
             serve = upstream is None
-        self.fs_path = os.path.join(self.directory, name + '.fs')
         self.blob_dir = (os.path.join(self.directory, name + '.blobs')
                          if blobs else None)
-        self.config_path = os.path.join(self.directory, name + '.conf')
-        self.zeo_port = free_port()
         self.repl_port = free_port() if serve else None
-        self.register = register   # e.g. conftest's `processes`
-        self.process = None
-        self.starts = 0
-
-    zrs_lines = ''  # more lines of its <zrs> section (config_text)
-    env = None      # more environment variables of the process
-    log_format = LOG_FORMAT  # e.g. `%(created).6f` stamps (the benchmark)
-    sections = ''   # more sections of its config, e.g. a <monitor>
+        self.monitor_port = free_port() if monitor else None
+        for key, value in options.items():
+            assert hasattr(self, key) and not callable(getattr(self, key)), key
+            setattr(self, key, value)
 
     @property
     def role(self):
@@ -137,107 +144,45 @@ class ZrsdNode:
             return 'primary'
         return 'cascade' if self.repl_port else 'replica'
 
-    @property
-    def zeo_address(self):
-        return ('127.0.0.1', self.zeo_port)
-
-    @property
-    def log_path(self):
-        return os.path.join(self.directory, '%s-%d.log' % (
-            self.name, self.starts))
-
     def write_config(self):
         """Write the config of the node's current role; returns its path
         (`start` writes it too; e.g. `zrsd-rewind` reads it unstarted)."""
-        return write_config(self.config_path, self.zeo_port, self.fs_path,
-                            replicate_from=self.upstream,
-                            replicate_to=self.repl_port,
-                            blob_dir=self.blob_dir,
-                            zrs_lines=self.zrs_lines,
-                            log_format=self.log_format,
-                            sections=self.sections)
+        return write_config(
+            self.config_path, self.zeo_port, self.fs_path,
+            replicate_from=self.upstream, replicate_to=self.repl_port,
+            blob_dir=self.blob_dir, zrs_lines=self.zrs_lines,
+            zeo_lines=self.zeo_lines, sections=self.sections + (
+                monitor_section(self.monitor_port)
+                if self.monitor_port else ''),
+            log_format=self.log_format, log_file=self.log_file,
+            log_level=self.log_level, header=self.header)
 
-    def launch(self):
-        """Start zrsd without waiting (an empty replica serves ZEO only
-        once its first transaction arrived)."""
-        assert not self.running()
-        self.write_config()
-        self.starts += 1
-        env = dict(os.environ, **self.env) if self.env else None
-        self.process = Process([os.path.join(BIN, 'zrsd'), '-C',
-                                self.config_path], self.log_path, env=env)
-        if self.register is not None:
-            self.register(self.process)
-        return self
+    def command(self):
+        return [os.path.join(BIN, 'zrsd'), '-C', self.config_path]
 
-    def start(self, timeout=60.0):
-        """Start zrsd; return once it logs that it serves ZEO."""
-        self.launch()
-        self.process.wait_for_log(' over ZEO at ', timeout)
-        if self.repl_port:
-            self.process.wait_for_log('serving ZRS to secondaries', timeout)
-        return self
-
-    def stop(self, timeout=60.0):
-        """SIGTERM; assert a clean exit (status 0)."""
-        status = self.process.stop(timeout)
-        assert status == 0, '%s exited with %s:\n%s' % (
-            self.name, status, self.process.log())
-
-    def close(self):
-        if self.process is not None:
-            self.process.close()
-
-    def running(self):
-        return self.process is not None and self.process.popen.poll() is None
-
-    def check_alive(self):
-        """True, or fail at once with the log if the process exited."""
-        if not self.running():
-            raise AssertionError('%s (%s) exited with %s:\n%s' % (
-                self.name, self.role, self.process.popen.returncode,
-                self.process.log()))
-        return True
-
-    def log(self):
-        return self.process.log() if self.process is not None else ''
-
-    def client(self, **kw):
-        """A read-only ZEO ClientStorage of this node (unless told)."""
-        kw.setdefault('read_only', True)
-        return ZEO.client(self.zeo_address, **kw)
-
-    def db(self, **kw):
-        return ZEO.DB(self.zeo_address, **kw)
-
-    def last_tid(self):
-        """lastTransaction() as a ZEO client sees it."""
-        storage = self.client()
-        try:
-            return storage.lastTransaction()
-        finally:
-            storage.close()
-
-    def wait_for_tid(self, tid, timeout=120.0):
-        """Wait until a ZEO client of this node sees `tid` as the last
-        transaction (a connected client learns of commits through
-        invalidations); fail fast if the process dies."""
-        storage = self.client()
-        try:
-            wait_until(
-                lambda: self.check_alive() and
-                storage.lastTransaction() == tid,
-                timeout, message='%s lastTransaction == %s' % (
-                    self.name, tid.hex()))
-        except AssertionError as exc:
-            raise AssertionError('%s; it is %s' % (
-                exc, storage.lastTransaction().hex())) from None
-        finally:
-            storage.close()
+    def ready(self):
+        """Serving ZEO (an empty replica does so only once its first
+        transaction arrived: `launch` does not wait), ZRS if it serves
+        secondaries, the monitor if it has one."""
+        return ((' over ZEO at ',) +
+                (('serving ZRS to secondaries',) if self.repl_port else ()) +
+                (('monitoring at',) if self.monitor_port else ()))
 
     def rss(self):
         """(VmRSS, VmHWM) of the process in bytes, or None once gone."""
         return process_memory(self.process.pid)
+
+
+class RunzeoNode(ZrsdNode):
+    """zrsd's `<zrs>` section inside plain ZEO: runzeo with `%import zrsd`."""
+
+    header = '%import zrsd\n'
+
+    def command(self):
+        return [os.path.join(BIN, 'runzeo'), '-C', self.config_path]
+
+    def ready(self):
+        return ('listening on',)
 
 
 class Writer:

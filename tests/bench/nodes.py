@@ -12,7 +12,7 @@ import shutil
 import time
 
 import peers
-from support import BIN, Process, free_port
+from support import BIN, Process, eventlog_section, free_port
 from zczrs import ZcZrsPrimary
 from zrsd_nodes import ZrsdNode
 
@@ -31,7 +31,7 @@ RUNZEO_CONFIG = """\
 <filestorage 1>
   path %(fs_path)s
 </filestorage>
-""" + peers.LOG_SECTION.replace('%', '%%')
+""" + eventlog_section().replace('%', '%%')
 
 
 class Pair:
@@ -54,17 +54,7 @@ ZCZRS_TO_ZCZRS = Pair('c', 'zczrs', 'zczrs', 'zc.zrs -> zc.zrs (ref)')
 class PreciseZcZrsSecondary(peers.ZcZrsSecondary):
     """The zc.zrs secondary of tests/peers.py, logging `%(created).6f`."""
 
-    def start(self, python, timeout=60.0):
-        # peers.ZcZrsSecondary writes its config from the module's
-        # template: swap in the precise log format while it does.
-        template = peers.SECONDARY_CONFIG
-        peers.SECONDARY_CONFIG = template.replace(
-            '%%(asctime)s', '%%(created).6f')
-        assert peers.SECONDARY_CONFIG != template
-        try:
-            return super().start(python, timeout)
-        finally:
-            peers.SECONDARY_CONFIG = template
+    log_format = PRECISE_LOG_FORMAT
 
 
 def primary_directory(args, meta, stamp):
@@ -226,10 +216,9 @@ class Run:
             self.python()
             return self.own(PreciseZcZrsSecondary(directory,
                                                   primary.repl_port))
-        node = self.own(ZrsdNode(directory, 'replica',
-                                 upstream=primary.repl_port))
-        node.log_format = PRECISE_LOG_FORMAT
-        return node
+        return self.own(ZrsdNode(directory, 'replica',
+                                 upstream=primary.repl_port,
+                                 log_format=PRECISE_LOG_FORMAT))
 
     def launch_replica(self, replica):
         """Start a replica without waiting for its data; returns the text of

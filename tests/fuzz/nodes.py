@@ -23,7 +23,7 @@ _STARTED = []
 
 
 def started(peer):
-    """Register a `support.Process` or a `peers.ZrsdPrimary`."""
+    """Register a `support.Process` or a `support.Node`."""
     _STARTED.append(peer)
     return peer
 

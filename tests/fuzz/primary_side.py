@@ -18,6 +18,7 @@ import peers
 import support
 import zczrs
 from fake_primary import frame
+from zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
 from . import primary_cases
@@ -73,9 +74,9 @@ class PrimarySide:
             self.teardown()
 
     def setup(self):
-        self.primary = started(peers.ZrsdPrimary(
-            os.path.join(self.directory, 'primary'),
-            handshake_timeout=HANDSHAKE_TIMEOUT))
+        self.primary = started(ZrsdNode(
+            os.path.join(self.directory, 'primary'), 'zrsd-primary',
+            zrs_lines='  handshake-timeout %s\n' % HANDSHAKE_TIMEOUT))
         self.primary.start()
         zczrs.populate(self.primary.zeo_address, transactions=30,
                        undo_every=12)
@@ -99,12 +100,10 @@ class PrimarySide:
             self.client.close()
         statuses = {}
         for name, proc in (('replica', self.replica),
-                           ('primary', self.primary)):
+                           ('primary', self.primary and self.primary.process)):
             if proc is None:
                 continue
-            running = (proc.popen.poll() is None if name == 'replica'
-                       else proc.running())
-            if running:
+            if proc.popen.poll() is None:
                 statuses[name] = proc.stop(IO_TIMEOUT)
                 if statuses[name] != 0:
                     self.violation('daemon crashes', 'the %s exited with '

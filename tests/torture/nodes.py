@@ -12,12 +12,9 @@ import json
 import os
 import urllib.request
 
-from support import free_port
 from zrsd_nodes import ZrsdNode
 
 WAIT = 180.0     # seconds before a wait counts as a hang (a violation)
-
-MONITOR = '<monitor>\n  address 127.0.0.1:%d\n</monitor>\n'
 
 
 class TortureNode(ZrsdNode):
@@ -30,14 +27,12 @@ class TortureNode(ZrsdNode):
 
     def __init__(self, directory, name, upstream=None, serve=None,
                  data_dir=None, blob_parent=None, env=None):
-        super().__init__(directory, name, upstream, serve, blobs=True)
+        super().__init__(directory, name, upstream, serve, blobs=True,
+                         monitor=True, env=env)
         data_dir = data_dir or self.directory
         self.fs_path = os.path.join(data_dir, name + '.fs')
         self.blob_dir = os.path.join(blob_parent or data_dir,
                                      name + '.blobs')
-        self.env = env
-        self.monitor_port = free_port()
-        self.sections = MONITOR % self.monitor_port
         self.expected_exit = True
         self.logs = []
 
@@ -68,14 +63,13 @@ class TortureNode(ZrsdNode):
         return status
 
     def kill(self):
-        """SIGKILL (no clean-up in zrsd) and reap."""
         self.expected_exit = True
-        self.process.kill()
+        super().kill()
 
     def stop(self):
         """SIGTERM; returns the exit status (the scenario judges it)."""
         self.expected_exit = True
-        return self.process.stop(WAIT)
+        return super().stop(WAIT, expect=None)
 
     def close(self):
         self.expected_exit = True
