@@ -73,6 +73,19 @@ def chain(directory, upstream_port, register):
     return middle, end
 
 
+def held_half_way(chain_nodes, gate):
+    """Start the middle and end nodes behind `gate` (which holds after
+    half the primary's stream); return the middle's first link once the
+    gate holds it."""
+    middle, end = chain_nodes
+    middle.start()
+    end.start()
+    link = gate.wait_for_link(0)
+    wait_until(lambda: middle.check_alive() and link.held.is_set(),
+               message='the replica to receive half of the stream')
+    return link
+
+
 def pack(node):
     """Pack the primary through a ZEO client (returns when done); returns
     the pack time."""
@@ -118,12 +131,8 @@ def test_chain_pack_mid_stream(populated, tmp_path, processes):
     gate = GatedProxy(primary.repl_port, hold_after=populated.fs_size // 2)
     try:
         middle, end = chain(tmp_path, gate.port, processes)
-        middle.start()
-        end.start()
-        link = gate.wait_for_link(0)
+        link = held_half_way((middle, end), gate)
         assert link.handshake() == (b'zrs2.0', z64)
-        wait_until(lambda: middle.check_alive() and link.held.is_set(),
-                   message='the replica to receive half of the stream')
         partial = middle.last_tid()
         assert z64 < partial < populated.last_tid
 
@@ -224,11 +233,7 @@ def test_replica_restart_mid_stream(populated, tmp_path, processes,
     gate = GatedProxy(primary.repl_port, hold_after=populated.fs_size // 2)
     try:
         middle, end = chain(tmp_path, gate.port, processes)
-        middle.start()
-        end.start()
-        first = gate.wait_for_link(0)
-        wait_until(lambda: middle.check_alive() and first.held.is_set(),
-                   message='the replica to receive half of the stream')
+        held_half_way((middle, end), gate)
         # It may still be applying what the gate let through: stopping it
         # now stops it mid-stream.
         middle.stop()

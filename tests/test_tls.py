@@ -61,30 +61,27 @@ def test_mutual_tls_replicates(tmp_path, pki):
     assert assert_same_history(primary.fs_path, replica.fs_path) == 3
 
 
-def test_secondary_from_another_ca_is_refused(tmp_path, pki):
-    primary, port, db = start_primary(tmp_path, pki)
-    cert, key = pki['stranger']
-    # The stranger trusts the primary's CA but its own certificate is
-    # signed by another one.
-    replica = node(tmp_path, 'stranger', port,
-                   ssl=ssl_lines(cert, key, pki['good'].path))
-    try:
-        primary.wait_for_log('TLS handshake failed, secondary refused')
-        replica.wait_for_log('TLS handshake with the primary failed')
-        assert 'streaming transactions' not in primary.log()
-        db.close()
-    finally:
-        statuses = [replica.stop(), primary.stop()]
-    assert statuses == [0, 0]
+# name: (the replica's certificate, the CA it trusts, what the primary
+# logs or None).  A stranger trusts the primary's CA, but its own
+# certificate is signed by another; a replica that trusts only the other
+# CA does not know the primary.
+ANOTHER_CA = {
+    'secondary-from-another-ca': (
+        'stranger', 'good', 'TLS handshake failed, secondary refused'),
+    'primary-from-another-ca': ('replica', 'other', None),
+}
 
 
-def test_primary_from_another_ca_is_refused(tmp_path, pki):
+@pytest.mark.parametrize('case', sorted(ANOTHER_CA))
+def test_peer_from_another_ca_is_refused(tmp_path, pki, case):
+    name, trusted, primary_says = ANOTHER_CA[case]
     primary, port, db = start_primary(tmp_path, pki)
-    cert, key = pki['replica']
-    # This replica trusts only the other CA: the primary is unknown to it.
-    replica = node(tmp_path, 'replica', port,
-                   ssl=ssl_lines(cert, key, pki['other'].path))
+    cert, key = pki[name]
+    replica = node(tmp_path, name, port,
+                   ssl=ssl_lines(cert, key, pki[trusted].path))
     try:
+        if primary_says:
+            primary.wait_for_log(primary_says)
         replica.wait_for_log('TLS handshake with the primary failed')
         assert 'streaming transactions' not in primary.log()
         db.close()
