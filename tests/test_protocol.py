@@ -5,6 +5,7 @@ pickles of ``(type, data)`` made by Python 3, so bytes travel as
 ``_codecs.encode(text, 'latin1')`` and ``b''`` as ``builtins.bytes()``.
 """
 import _codecs
+import copyreg
 import datetime
 import decimal
 import hashlib
@@ -418,3 +419,71 @@ def test_error_text_stays_short():
     with pytest.raises(ProtocolError) as info:
         MessageDecoder().decode(b'cos' + b'x' * 100000 + b'\nsystem\n.')
     assert len(str(info.value)) < 200
+
+
+# -- bounded decoding ---------------------------------------------------------
+
+class BytesCall:
+    """Pickles as builtins.bytes(*args)."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (bytes, self.args)
+
+
+def test_empty_bytes_as_python_pickles_them():
+    assert pickle.dumps(b'', 1) == b'c__builtin__\nbytes\nq\x00)Rq\x01.'
+    extension = {'empty': b''}
+    assert decode(primary_pickle('T', (TID, ' ', b'', b'', extension))
+                  ).extension == extension
+
+
+@pytest.mark.parametrize('args', [
+    (2 ** 31,),                  # 2 GB from a few bytes of pickle
+    (2 ** 16,),
+    ('x' * 10, 'utf-16'),        # another codec, through bytes()
+    ([65, 66],),
+])
+def test_bytes_with_arguments_refused(args):
+    payload = pickle.dumps(('T', (TID, ' ', BytesCall(*args), b'', {})), 2)
+    assert len(payload) < 200
+    with pytest.raises(ProtocolError, match=r'refused bytes\(\) with '):
+        decode(payload)
+
+
+@pytest.mark.parametrize('status', ['c', 'u', 'x', b'c'])
+def test_status_other_than_committed_or_packed_refused(status):
+    with pytest.raises(ProtocolError, match='bad T message: status'):
+        decode(primary_pickle('T', (TID, status, b'', b'', {})))
+
+
+def test_committed_and_packed_statuses_accepted():
+    for status in (' ', 'p', b' ', b'p'):
+        assert decode(primary_pickle('T', (TID, status, b'', b'', {}))
+                      ).status in (' ', 'p')
+
+
+def test_ext_opcode_refused_even_when_copyreg_has_cached_it():
+    """The C unpickler serves an EXT code from copyreg's cache without
+    asking `find_class`: a global that some other code registered and
+    used would reach a message."""
+    code = 0x7ff0
+    copyreg.add_extension('os', 'getcwd', code)
+    try:
+        ext = b'\x83' + struct.pack('<H', code)
+        cached = b'(U\x01T(C\x08' + TID + b'U\x01 U\x00U\x00}U\x01x' + ext \
+            + b'stt.'
+        primed = pickle.loads(cached)                        # now cached
+        assert primed[1][4]['x'] is os.getcwd
+        with pytest.raises(ProtocolError, match='refused EXT2 opcode'):
+            decode(cached)
+    finally:
+        copyreg.remove_extension('os', 'getcwd', code)
+        copyreg.clear_extension_cache()
+
+
+def test_ext_opcode_without_any_registered_extension_is_undecodable():
+    with pytest.raises(ProtocolError, match='undecodable'):
+        decode(b'(U\x01T\x82\x01t.')

@@ -48,9 +48,11 @@ Unpickling
 """
 import codecs
 import collections
+import copyreg
 import hashlib
 import io
 import pickle
+import pickletools
 import struct
 
 PROTOCOL_2_0 = b'zrs2.0'
@@ -209,11 +211,30 @@ def constructor(function):
     return cls()
 
 
+def _empty_bytes(*args):
+    # Python 3 writes an empty bytes object as bytes() called with nothing.
+    # With arguments, bytes() would build far more than the message holds
+    # (bytes(2**31)) or reach other codecs (bytes(text, codec)).
+    if args:
+        raise ProtocolError('refused bytes() with arguments (%s)' % ', '.join(
+            type(arg).__name__ for arg in args[:3]))
+    return b''
+
+
 _BUILTIN_GLOBALS = {
     ('_codecs', 'encode'): constructor(_latin1_encode),
-    ('builtins', 'bytes'): constructor(bytes),
-    ('__builtin__', 'bytes'): constructor(bytes),
+    ('builtins', 'bytes'): constructor(_empty_bytes),
+    ('__builtin__', 'bytes'): constructor(_empty_bytes),
 }
+
+#: Transaction statuses a primary may send: committed, or packed.
+#: ('c', checkpoint, would truncate the file at the next open; 'u' is an
+#: old-style undo a primary does not stream.)
+VALID_STATUSES = (' ', 'p')
+
+# The EXT1/EXT2/EXT4 opcodes name globals through copyreg's extension
+# registry; the C unpickler serves a cached one without `find_class`.
+_EXT_OPCODES = frozenset(b'\x82\x83\x84')
 
 #: Globals that transaction extensions commonly hold and that are safe to
 #: rebuild; allowed unless the operator says otherwise.
@@ -275,6 +296,7 @@ class MessageDecoder:
         self._allowed = allowed_globals
 
     def decode(self, payload):
+        _refuse_extension_opcodes(payload)
         try:
             message = SafeUnpickler(io.BytesIO(payload), self._allowed).load()
         except ProtocolError:
@@ -299,7 +321,7 @@ class MessageDecoder:
         _check_id('T', 'tid', tid)
         if isinstance(status, bytes):
             status = status.decode('latin-1')
-        if not (isinstance(status, str) and len(status) == 1):
+        if status not in VALID_STATUSES:
             raise ProtocolError('bad T message: status %s' % brief(status))
         user = _text_bytes('T', 'user', user)
         description = _text_bytes('T', 'description', description)
@@ -352,6 +374,31 @@ class MessageDecoder:
         'B': _store_blob.__func__,
         'C': _commit.__func__,
     }
+
+
+def _refuse_extension_opcodes(payload):
+    """No EXT1/EXT2/EXT4 opcode in `payload` (see `_EXT_OPCODES`).
+
+    While nothing in the process registered a copyreg extension (zrsd does
+    not), an EXT opcode cannot name anything: the unpickler refuses it.
+    Otherwise the opcodes are walked, when one of their bytes occurs.
+    """
+    if not (copyreg._inverted_registry or copyreg._extension_cache):
+        return
+    if not any(byte in payload for byte in (b'\x82', b'\x83', b'\x84')):
+        return
+    try:
+        for opcode, _, _ in pickletools.genops(payload):
+            if opcode.code.encode('latin-1')[0] in _EXT_OPCODES:
+                raise ProtocolError('refused %s opcode (copyreg extension) '
+                                    'in message' % opcode.name)
+            if opcode.name == 'STOP':
+                return
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        raise ProtocolError('undecodable message (%s: %s)' % (
+            type(exc).__name__, exc))
 
 
 def _arity(kind, data, n):

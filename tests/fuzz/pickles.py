@@ -192,8 +192,16 @@ def _hostiles():
         Hostile('codecs-base64', 'refused _codecs.encode',
                 lambda m: CALL(G('_codecs', 'encode'), BY(b'x'),
                                U('base64')), armed=False),
-        Hostile('bytes-2**40', 'undecodable',
+        # bytes() with arguments allocates from a tiny message (2 GB from
+        # a few bytes) or reaches other codecs: only bytes() is allowed.
+        Hostile('bytes-2**40', 'refused bytes() with arguments',
                 lambda m: CALL(G('builtins', 'bytes'), LONG(2 ** 40)),
+                armed=False),
+        Hostile('bytes-2**27', 'refused bytes() with arguments',
+                lambda m: CALL(G('builtins', 'bytes'), LONG(2 ** 27)),
+                armed=False),
+        Hostile('bytes-str-codec', 'refused bytes() with arguments',
+                lambda m: CALL(G('builtins', 'bytes'), U(m), U('utf-16')),
                 armed=False),
         # BUILD with a slot state on an allowed global: setattr() on the
         # object the unpickler hands out, for the whole process.

@@ -193,6 +193,11 @@ def bad_begin(txn):
         ('str tid', T(tid.hex(), ' ', b'', b'', {}), 'bad T message'),
         ('long status', T(tid, '  ', b'', b'', {}), 'bad T message'),
         ('int status', T(tid, 32, b'', b'', {}), 'bad T message'),
+        # Only committed (' ') and packed ('p') transactions are streamed:
+        # 'c' (checkpoint) would truncate the file at the next open.
+        ('checkpoint status', T(tid, 'c', b'', b'', {}), 'bad T message'),
+        ('undone status', T(tid, 'u', b'', b'', {}), 'bad T message'),
+        ('bytes status', T(tid, b'x', b'', b'', {}), 'bad T message'),
         ('int user', T(tid, ' ', 5, b'', {}), 'bad T message'),
         ('list extension', T(tid, ' ', b'', b'', []), 'bad T message'),
         ('none extension', T(tid, ' ', b'', b'', None), 'bad T message'),
