@@ -136,6 +136,12 @@ def run_zrsd(path):
     ('  max-reconnect-delay 0.5', 6, ['max-reconnect-delay']),
     ('  allow-global nosuch.module.thing', 6, ['allow-global', 'nosuch']),
     ('  check-checksums maybe', 6, ['check-checksums', 'maybe']),
+    # Host bits set: a typo, not silently 10.0.0.0/8.
+    ('  allow-from 10.1.2.3/8', 6, ['allow-from', '10.1.2.3/8',
+                                    'host bits set']),
+    ('  pack sometimes', 6, ['pack', 'sometimes']),
+    ('  shutdown-catch-up-timeout -1', 6, ['shutdown-catch-up-timeout',
+                                           'must be >= 0']),
 ])
 def test_bad_value_names_file_line_and_key(tmp_path, extra, line, words):
     path = write(tmp_path, GOOD % dict(dir=tmp_path, extra=extra))

@@ -153,8 +153,10 @@ class ZRSConfig:
                 self.name, '<ssl>', 'is ZEO\'s server <ssl> under runzeo; '
                 'replication TLS needs the zrsd command')
         try:
+            # strict: 10.1.2.3/8 is a typo for 10.1.2.3/32 or 10.0.0.0/8,
+            # not silently the latter.
             self.allowed_networks = [
-                ipaddress.ip_network(network, strict=False)
+                ipaddress.ip_network(network, strict=True)
                 for network in section.allowed_networks or ()]
         except ValueError as exc:
             raise SectionError(self.name, 'allowed_networks', str(exc))

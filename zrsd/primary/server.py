@@ -272,7 +272,13 @@ class PrimaryServer:
             address = ipaddress.ip_address(host)
         except (TypeError, ValueError):
             return False
-        return any(address in network for network in self.allowed_networks)
+        # On a [::] listener, IPv4 peers arrive as ::ffff:a.b.c.d.
+        candidates = [address]
+        mapped = getattr(address, 'ipv4_mapped', None)
+        if mapped is not None:
+            candidates.append(mapped)
+        return any(candidate in network for candidate in candidates
+                   for network in self.allowed_networks)
 
     def listening_address(self):
         if isinstance(self.address, str):
