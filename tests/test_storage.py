@@ -349,3 +349,30 @@ def test_close_releases_commits_held_until_registered(tmp_path):
     primary.db.close()
     assert assert_same_history(str(tmp_path / 'primary.fs'),
                                str(tmp_path / 'Data.fs')) == 1
+
+
+def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
+        tmp_path):
+    """A kill -9 in the middle of a blob transaction leaves zrsd's
+    temporary blob files behind; the next start removes them, and only
+    them."""
+    blob_dir = str(tmp_path / 'blobs')
+    fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'),
+                                      blob_dir=blob_dir)
+    scratch = fs.temporaryDirectory()
+    left = [os.path.join(scratch, name) for name in (
+        'zrsd-k3j2h1.blob', 'zrsd-a9b8c7.blob')]
+    other = os.path.join(scratch, 'BUSHY-not-ours.tmp')
+    for path in left + [other]:
+        with open(path, 'wb') as f:
+            f.write(b'half a blob')
+    replica = ReplicaStorage(fs)
+    try:
+        assert not any(os.path.exists(path) for path in left)
+        assert os.path.exists(other)
+        # What the writer makes now is still ours to remove next time.
+        with replica.writer.open_blob() as blob:
+            assert os.path.basename(blob.name).startswith('zrsd-')
+            assert blob.name.endswith('.blob')
+    finally:
+        replica.close()

@@ -49,6 +49,31 @@ _BLOB_READ_METHODS = ('loadBlob', 'openCommittedBlobFile',
                       'temporaryDirectory')
 
 
+# zrsd's temporary files for blobs being received (see `open_blob`).
+BLOB_TEMP_PREFIX, BLOB_TEMP_SUFFIX = 'zrsd-', '.blob'
+
+
+def remove_temporary_blob_files(fs):
+    """Remove the temporary blob files that a transaction interrupted by a
+    crash (kill -9, power loss) left in the blob directory's scratch
+    directory; returns how many.  Only zrsd's own: nothing else there is
+    touched."""
+    directory = fs.temporaryDirectory()
+    removed = 0
+    for name in os.listdir(directory):
+        if name.startswith(BLOB_TEMP_PREFIX) and \
+                name.endswith(BLOB_TEMP_SUFFIX):
+            try:
+                os.remove(os.path.join(directory, name))
+            except FileNotFoundError:
+                continue
+            removed += 1
+    if removed:
+        logger.info('%s: removed %d temporary blob files of an interrupted '
+                    'transaction from %s', fs.getName(), removed, directory)
+    return removed
+
+
 class ApplyError(Exception):
     """A replicated transaction cannot be applied to this storage."""
 
@@ -90,6 +115,7 @@ class ReplicaStorage:
             for name in _BLOB_READ_METHODS:
                 setattr(self, name, getattr(fs, name))
             zope.interface.alsoProvides(self, ZODB.interfaces.IBlobStorage)
+            remove_temporary_blob_files(fs)
         self.resume_tid = recover_last_transaction(fs)
         self.commits = CommitNotifier()
         # Replicated commits pass this gate; holding it keeps commits out
@@ -308,7 +334,8 @@ class ReplicaWriter:
             raise ApplyError('the primary sent a blob record, but this '
                              'storage has no blob-dir')
         fd, path = tempfile.mkstemp(
-            prefix='zrsd-', suffix='.blob', dir=self._fs.temporaryDirectory())
+            prefix=BLOB_TEMP_PREFIX, suffix=BLOB_TEMP_SUFFIX,
+            dir=self._fs.temporaryDirectory())
         self._blob_files.append(path)
         os.close(fd)
         return open(path, 'wb')  # a file whose .name is the path
