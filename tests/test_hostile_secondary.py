@@ -112,7 +112,13 @@ class RawSecondary:
             # Before connect, so that the window is negotiated small.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(30)
-        self.sock.connect(('127.0.0.1', primary.repl_port))
+        # A primary that refuses at once may reset the connection before
+        # connect() returns.
+        self.reset_at_connect = False
+        try:
+            self.sock.connect(('127.0.0.1', primary.repl_port))
+        except ConnectionResetError:
+            self.reset_at_connect = True
         # How the primary names this connection in its log.
         self.name = '-> 127.0.0.1:%d: ' % self.sock.getsockname()[1]
         self.received = 0   # bytes read (and discarded) by wait_closed
@@ -147,6 +153,8 @@ class RawSecondary:
 
         Returns how it ended: 'eof' or 'reset'.  Fails after `timeout`.
         """
+        if self.reset_at_connect:
+            return 'reset'
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -391,3 +399,32 @@ def test_secondary_that_never_reads(setup):
         stalled.close()
     stalled.wait_for_log('disconnected')
     setup.assert_replica_follows()
+
+
+def test_max_secondaries(tmp_path, processes):
+    """Over `max-secondaries`, a connection is refused at once (one ERROR);
+    the secondaries already connected keep following; a place freed is
+    taken again."""
+    primary = ZrsdNode(tmp_path, 'capped', register=processes,
+                       zrs_lines='  max-secondaries 2\n' + HANDSHAKE_TIMEOUT)
+    primary.start()
+    first = zczrs.commit_change(primary.zeo_address, 'k', 1)
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       register=processes).start()
+    replica.wait_for_tid(first)
+    with RawSecondary(primary) as second:
+        second.send(frame(b'zrs2.0') + frame(first))
+        second.wait_for_log('streaming transactions after ' + first.hex())
+        with RawSecondary(primary) as third:
+            third.wait_closed()
+            text = third.wait_error('more than max-secondaries (2) '
+                                    'secondaries; refusing this one')
+        assert not second.error_lines()
+        tid = zczrs.commit_change(primary.zeo_address, 'k', 2)
+        replica.wait_for_tid(tid)
+        second.read_until_transaction(tid)
+    # The second one has gone: there is room again.
+    with RawSecondary(primary) as fourth:
+        fourth.send(frame(b'zrs2.0') + frame(tid))
+        fourth.wait_for_log('streaming transactions after ' + tid.hex())
+    print('\n' + text.split(' ERROR ', 1)[1])

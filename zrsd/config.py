@@ -127,6 +127,8 @@ class ZRSConfig:
         if section.max_reconnect_delay < section.reconnect_delay:
             raise SectionError(self.name, 'max_reconnect_delay',
                                'must be >= reconnect-delay')
+        if section.max_secondaries < 1:
+            raise SectionError(self.name, 'max_secondaries', 'must be >= 1')
         if section.shutdown_catch_up_timeout < 0:
             raise SectionError(self.name, 'shutdown_catch_up_timeout',
                                'must be >= 0')

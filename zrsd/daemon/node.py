@@ -116,7 +116,8 @@ class Node:
             self.server = PrimaryServer(
                 self.name, self.storage, zrs.replicate_to, reactor,
                 handshake_timeout=section.handshake_timeout,
-                tls=zrs.tls, allowed_networks=zrs.allowed_networks)
+                tls=zrs.tls, allowed_networks=zrs.allowed_networks,
+                max_secondaries=section.max_secondaries)
             self.server.start()
         if self.replicating:
             self.client = ReplicationClient(

@@ -76,6 +76,9 @@ class PrimaryProtocol(protocol.Protocol):
         if not server.allows(host):
             self._refuse('%s is not in allow-from' % host)
             return
+        if len(server.connections) > server.max_secondaries:
+            self._refuse_over_the_cap()
+            return
         self._timeout = server.reactor.callLater(
             server.handshake_timeout, self._handshake_timed_out)
         logger.info('%s: secondary connected', self.peer)
@@ -188,6 +191,21 @@ class PrimaryProtocol(protocol.Protocol):
         else:
             logger.error('%s: %s', self.peer, logged)
 
+    def _refuse_over_the_cap(self):
+        # Each secondary costs a reader thread and its buffers: a storm of
+        # connections must not exhaust the primary.  One ERROR per
+        # episode (repeats within a few minutes are INFO).
+        server = self.server
+        text = ('more than max-secondaries (%d) secondaries; refusing this '
+                'one' % server.max_secondaries)
+        limiter = server.refusals.setdefault('max-secondaries',
+                                             RepeatLimiter())
+        if limiter.check(text, server.reactor.seconds()) is None:
+            logger.info('%s: %s', self.peer, text)
+        else:
+            logger.error('%s: %s; closing the connection', self.peer, text)
+        self.close()
+
     def _handshake_timed_out(self):
         self._timeout = None
         self._refuse('no handshake within %ss' % self.server.handshake_timeout)
@@ -235,12 +253,14 @@ class PrimaryServer:
     """
 
     def __init__(self, name, storage, address, reactor,
-                 handshake_timeout=30.0, tls=None, allowed_networks=()):
+                 handshake_timeout=30.0, tls=None, allowed_networks=(),
+                 max_secondaries=100):
         self.name = name
         self.storage = storage
         self.address = address
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
+        self.max_secondaries = max_secondaries
         self.tls = tls
         self.allowed_networks = list(allowed_networks)
         self.tid_index = TidIndex()
