@@ -16,11 +16,13 @@ import pytest
 import transaction
 import ZODB
 import ZODB.FileStorage
+from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ReadOnlyError
 from ZODB.serialize import referencesf
 from ZODB.tests import ReadOnlyStorage, StorageTestBase
 from ZODB.utils import z64
 
+from zrsd.primary.storage import PrimaryStorage
 from zrsd.protocol import ProtocolError
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage, last_committed_tid
@@ -376,3 +378,32 @@ def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
             assert blob.name.endswith('.blob')
     finally:
         replica.close()
+
+
+def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
+    """A ZEO commit voted but not finished when the server stops: closing
+    the storage aborts it, and its blob file goes with it (FileStorage's
+    close leaves the file behind, an orphan in the blob directory)."""
+    blob_dir = str(tmp_path / 'blobs')
+    path = str(tmp_path / 'Data.fs')
+    storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
+        path, blob_dir=blob_dir))
+    oid = storage.new_oid()
+    meta = TransactionMetaData()
+    storage.tpc_begin(meta)
+    upload = str(tmp_path / 'upload.blob')
+    with open(upload, 'wb') as f:
+        f.write(b'a blob that is never committed')
+    storage.storeBlob(oid, z64, b'blob record data', upload, '', meta)
+    storage.tpc_vote(meta)
+    blob_files = [name for _, _, names in os.walk(blob_dir)
+                  for name in names if name.endswith('.blob')]
+    assert len(blob_files) == 1
+    storage.close()
+    assert not [name for _, _, names in os.walk(blob_dir)
+                for name in names if name.endswith('.blob')]
+    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
+    try:
+        assert fs.lastTransaction() == z64
+    finally:
+        fs.close()

@@ -109,6 +109,17 @@ def set_last_transaction(fs, tid):
         fs._ts = TimeStamp(tid)
 
 
+def abort_transaction_in_progress(fs):
+    """Abort the transaction `fs` is committing, if any; True if there was
+    one.  FileStorage's close leaves it (and the blob files it already
+    moved into the blob directory) behind."""
+    transaction = fs._transaction
+    if transaction is None:
+        return False
+    fs.tpc_abort(transaction)
+    return True
+
+
 def sync_data_file(fs):
     """Flush and fsync the data file (under the storage lock)."""
     with fs._lock:

@@ -146,4 +146,10 @@ class PrimaryStorage:
     def close(self):
         run_close_hook(self)
         self.commits.wake()
+        # ZEO closes its storages before its client connections: a commit
+        # voted but not finished when the server stopped is still open
+        # here, and its blob files are already in the blob directory.
+        if internals.abort_transaction_in_progress(self._fs):
+            logger.info('%s: aborted a commit in progress at shutdown',
+                        self._fs.getName())
         self._fs.close()
