@@ -454,3 +454,50 @@ def _text_bytes(kind, field, value):
 def encode_message(kind, data):
     """Pickle a message the way a zc.zrs primary does (protocol 1)."""
     return pickle.dumps((kind, data), 1)
+
+
+_EXTENSION_PLACEHOLDER = 'zrsd: the extension pickle goes here'
+
+
+def encode_begin(tid, status, user, description, extension_bytes):
+    """The `T` message of a transaction whose extension is the pickle
+    `extension_bytes` (as FileStorage holds it).
+
+    The primary never unpickles an extension: it could name any global,
+    importable or not where zrsd runs.  The extension's pickle opcodes are
+    put, as they are, where the dict goes in the message; the receiver
+    unpickles the whole message (a zrsd replica with its restricted
+    unpickler).  This is sound because the message's own opcodes after the
+    extension only close tuples: the extension's memo entries (it numbers
+    them from 0 too) are never read by them.  An extension pickle this
+    cannot splice (protocol 4 framing) is rebuilt through the restricted
+    unpickler with the default allowed globals instead.
+    """
+    if not extension_bytes:
+        return encode_message('T', (tid, status, user, description, {}))
+    body = _pickle_body(extension_bytes)
+    if body is None:
+        extension = SafeUnpickler(
+            io.BytesIO(extension_bytes),
+            resolve_globals(DEFAULT_ALLOWED_GLOBALS)).load()
+        return encode_message('T', (tid, status, user, description,
+                                    extension))
+    message = encode_message('T', (tid, status, user, description,
+                                   _EXTENSION_PLACEHOLDER))
+    text = _EXTENSION_PLACEHOLDER.encode('utf-8')
+    placeholder = b'X' + struct.pack('<I', len(text)) + text
+    head, found, tail = message.partition(placeholder)
+    assert found and placeholder not in tail
+    return head + body + tail
+
+
+def _pickle_body(data):
+    """The opcodes of pickle `data` that push its object (no PROTO, no
+    STOP), or None when it uses framing (protocol 4 and later)."""
+    if data[:1] == b'\x80':
+        if len(data) < 2 or data[1] >= 4:
+            return None
+        data = data[2:]
+    if data[-1:] != b'.':
+        raise ProtocolError('transaction extension is not a whole pickle')
+    return data[:-1]

@@ -17,12 +17,12 @@ Both are used from the streamer threads (`zrsd.primary.streamer`); a
 `TidIndex` is shared by a storage's streamers (thread-safe).
 """
 import bisect
+import collections
 import logging
 import os
 import struct
 import threading
 
-from ZODB.BaseStorage import TransactionRecord
 from ZODB.FileStorage.format import (DATA_HDR, DATA_HDR_LEN, TRANS_HDR,
                                      TRANS_HDR_LEN)
 from ZODB.utils import u64, z64
@@ -48,6 +48,12 @@ class HistoryMismatch(Exception):
 
 class CorruptFile(Exception):
     """The primary's own file does not parse."""
+
+
+# A transaction's metadata as the file holds it: the extension stays the
+# pickle bytes it is (never unpickled on the primary).
+TransactionMeta = collections.namedtuple(
+    'TransactionMeta', 'tid status user description extension_bytes')
 
 
 class TxnHeader:
@@ -181,8 +187,8 @@ class CommittedFile:
         user = self.read(at, header.ulen)
         description = self.read(at + header.ulen, header.dlen)
         extension = self.read(at + header.ulen + header.dlen, header.elen)
-        meta = TransactionRecord(header.tid, header.status, user,
-                                 description, extension)
+        meta = TransactionMeta(header.tid, header.status, user,
+                               description, extension)
         return header, meta, self._records(header)
 
     def _records(self, header):

@@ -135,8 +135,9 @@ class Streamer:
         header, meta, records = reader.transaction(pos, end)
         if header.status == 'u':  # undone by an old-style undo: skip
             return header.end
-        self._message('T', (meta.tid, meta.status, meta.user,
-                            meta.description, meta.extension))
+        self._payload(protocol.encode_begin(
+            meta.tid, meta.status, meta.user, meta.description,
+            meta.extension_bytes))
         # ZEO stores a blob record twice in one transaction (store, then
         # storeBlobEnd); both name the same blob file, so send it once.
         blobs_sent = set()

@@ -1,0 +1,86 @@
+"""The primary's streamer on a real FileStorage, in-process (no network).
+
+A transaction's extension is forwarded as the pickle the file holds: the
+primary never unpickles it, so an extension naming a class that does not
+import where zrsd runs (a migrated Data.fs) neither stops the stream nor
+imports anything on the primary.
+"""
+import pickle
+import sys
+import threading
+
+import ZODB.FileStorage
+from ZODB.Connection import TransactionMetaData
+from ZODB.utils import z64
+
+from fake_primary import message
+from zrsd import protocol
+from zrsd.primary.history import TidIndex
+from zrsd.primary.storage import CommitNotifier
+from zrsd.primary.streamer import Streamer
+
+MODULE = 'zrsd_test_module_that_does_not_exist'
+# {'k': MODULE.Thing()}, as ZODB pickles an extension (protocol 3).
+EXTENSION = (b'\x80\x03}q\x00X\x01\x00\x00\x00kq\x01c' + MODULE.encode()
+             + b'\nThing\nq\x02)\x81q\x03s.')
+
+
+def commit(fs, extension):
+    meta = TransactionMetaData(b'alice', b'with an odd extension', extension)
+    fs.tpc_begin(meta)
+    fs.store(fs.new_oid(), z64, b'record data', '', meta)
+    fs.tpc_vote(meta)
+    return fs.tpc_finish(meta)
+
+
+def stream_all(fs):
+    """Every payload a streamer sends from the start, once caught up."""
+    payloads, ended = [], threading.Event()
+    outcome = []
+
+    def send(chunks):
+        # [length prefix, payload, length prefix, payload, ...]
+        payloads.extend(chunks[1::2])
+
+    def done(error):
+        outcome.append(error)
+        ended.set()
+
+    streamer = Streamer(fs, CommitNotifier(), TidIndex(), z64, send, done,
+                        name='test')
+    streamer.finish()       # end once everything committed is sent
+    streamer.start()
+    assert ended.wait(60)
+    return payloads, outcome[0]
+
+
+def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
+    fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
+    try:
+        first = commit(fs, {'plain': 1})
+        odd = commit(fs, EXTENSION)
+        after = commit(fs, {'plain': 2})
+        payloads, error = stream_all(fs)
+    finally:
+        fs.close()
+    assert error is None, error
+    assert MODULE not in sys.modules
+    kind = message('T', ())[:7]         # the pickle up to its 'T'
+    begins = [p for p in payloads if p[:7] == kind]
+    assert len(begins) == 3
+    # Unpickled by a receiver that knows the class, the message holds the
+    # primary's extension as it is.
+    decoded = [pickle.loads(p) if MODULE.encode() not in p else None
+               for p in begins]
+    assert decoded[0][1][0] == first and decoded[0][1][4] == {'plain': 1}
+    assert decoded[2][1][0] == after and decoded[2][1][4] == {'plain': 2}
+    assert EXTENSION[2:-1] in begins[1]
+    # (Its tid, pickled as the latin-1 text _codecs.encode takes.)
+    assert odd.decode('latin-1').encode('utf-8') in begins[1]
+    # A zrsd replica refuses it, unless `allow-global` names the class.
+    try:
+        protocol.MessageDecoder().decode(begins[1])
+    except protocol.ProtocolError as exc:
+        assert 'refused global %s.Thing' % MODULE in str(exc)
+    else:
+        raise AssertionError('the replica took an unknown global')
