@@ -19,7 +19,9 @@ Messages (primary -> secondary)
     Each message frame is a pickle (protocol 1) of ``(type, data)``:
 
     ``('T', (tid, status, user, description, extension))``
-        begins a transaction; ``extension`` is a dict.
+        begins a transaction; ``status`` is ``' '`` or ``'p'`` (packed);
+        ``extension`` is a dict (a zrsd primary writes it as the pickle
+        opcodes its file holds, often protocol 3: see `encode_begin`).
     ``('S', (oid, tid, version, data_txn))``
         stores one record; the *next* frame is the raw record data (an empty
         frame means ``None``: the undo of an object's creation).
@@ -43,8 +45,9 @@ Unpickling
     The primary is a network peer, so message pickles go through
     `SafeUnpickler`: it resolves only the globals that Python 3 needs to
     rebuild protocol-1 pickles of bytes (``_codecs.encode`` with latin-1 and
-    ``builtins.bytes``), the ``datetime`` types, and whatever the operator
-    allows explicitly.  Every other global is refused with `ProtocolError`.
+    ``builtins.bytes`` with no argument), the ``datetime`` types, and
+    whatever the operator allows explicitly.  Every other global, and the
+    EXT opcodes (copyreg extensions), are refused with `ProtocolError`.
 """
 import codecs
 import collections
@@ -385,11 +388,11 @@ def _refuse_extension_opcodes(payload):
     """
     if not (copyreg._inverted_registry or copyreg._extension_cache):
         return
-    if not any(byte in payload for byte in (b'\x82', b'\x83', b'\x84')):
+    if not any(code in payload for code in _EXT_OPCODES):
         return
     try:
         for opcode, _, _ in pickletools.genops(payload):
-            if opcode.code.encode('latin-1')[0] in _EXT_OPCODES:
+            if ord(opcode.code) in _EXT_OPCODES:
                 raise ProtocolError('refused %s opcode (copyreg extension) '
                                     'in message' % opcode.name)
             if opcode.name == 'STOP':
