@@ -257,6 +257,25 @@ def describe_error(exc, path):
     return '%s: %s' % (url, message)
 
 
+def choose_section(config, name=None):
+    """The `<zrs NAME>` section of a loaded `config`, or, without a name,
+    the only one with replicate-from (what the tools act on: a replica).
+    ValueError says why there is none."""
+    if name is not None:
+        for zrs in config.storages:
+            if zrs.name == name:
+                return zrs
+        raise ValueError('no <zrs %s> section in the configuration' % name)
+    replicas = [zrs for zrs in config.storages
+                if zrs.replicate_from is not None]
+    if len(replicas) == 1:
+        return replicas[0]
+    if not replicas:
+        raise ValueError('no <zrs> section has replicate-from')
+    raise ValueError('several <zrs> sections replicate (%s): name one' % (
+        ', '.join(zrs.name for zrs in replicas)))
+
+
 def load(path):
     """Load and validate a zrsd config file; ConfigError on any problem."""
     if not os.path.exists(path):

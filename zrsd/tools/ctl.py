@@ -103,19 +103,6 @@ def promote_request(args):
     return known.configure, known.name, known.timeout
 
 
-def _choose_section(config, name):
-    if name is not None:
-        chosen = [zrs for zrs in config.storages if zrs.name == name]
-        if not chosen:
-            raise ValueError('no <zrs %s> section' % name)
-        return chosen[0]
-    chosen = [zrs for zrs in config.storages if zrs.replicate_from]
-    if len(chosen) != 1:
-        raise ValueError('%s <zrs> sections replicate: name the one to '
-                         'promote' % ('no' if not chosen else len(chosen)))
-    return chosen[0]
-
-
 def _running(fs_path):
     """Is a process holding the FileStorage's lock?"""
     try:
@@ -138,7 +125,7 @@ def promote(configfile, name, timeout=30.0):
         print('zrsdctl: promote needs -C FILE', file=sys.stderr)
         return 2
     try:
-        zrs = _choose_section(zrsd.config.load(configfile), name)
+        zrs = zrsd.config.choose_section(zrsd.config.load(configfile), name)
     except (zrsd.config.ConfigError, ValueError) as exc:
         print('zrsdctl: %s' % exc, file=sys.stderr)
         return 2

@@ -33,24 +33,14 @@ SHOWN = 40
 
 def choose_section(config, name):
     """The `<zrs>` section to rewind: `name`, or the only replica."""
-    if name is not None:
-        for zrs in config.storages:
-            if zrs.name == name:
-                if zrs.replicate_from is None:
-                    raise RewindError(
-                        '<zrs %s> has no replicate-from: a primary has '
-                        'nothing to compare against' % name)
-                return zrs
-        raise RewindError('no <zrs %s> section in the configuration' % name)
-    replicas = [zrs for zrs in config.storages
-                if zrs.replicate_from is not None]
-    if len(replicas) == 1:
-        return replicas[0]
-    if not replicas:
-        raise RewindError('no <zrs> section has replicate-from: nothing '
-                          'to rewind')
-    raise RewindError('several <zrs> sections replicate (%s): name one' % (
-        ', '.join(zrs.name for zrs in replicas)))
+    try:
+        zrs = zconfig.choose_section(config, name)
+    except ValueError as exc:
+        raise RewindError(str(exc))
+    if zrs.replicate_from is None:
+        raise RewindError('<zrs %s> has no replicate-from: a primary has '
+                          'nothing to compare against' % zrs.name)
+    return zrs
 
 
 def rewind(args, out):
