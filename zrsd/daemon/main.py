@@ -64,7 +64,6 @@ class Daemon:
         self.config = config
         self.log_factory = log_factory
         self.replication = None
-        self.nodes = []
         self.storages = {}     # ZEO storage name -> the node's storage
         self.server = None
         self.loop = None       # ZEO's asyncio loop, once the server exists
@@ -75,6 +74,11 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.promotion_requested = threading.Event()
         self.heartbeat = None
+
+    @property
+    def nodes(self):
+        """The nodes of the `<zrs>` sections, once opened."""
+        return self.replication.nodes if self.replication is not None else []
 
     # -- main line ----------------------------------------------------------
 
@@ -104,7 +108,6 @@ class Daemon:
 
     def open_storages(self):
         self.replication = Replication(self.config.storages, self.reactor)
-        self.nodes = self.replication.nodes
         for node in self.nodes:
             self.storages[node.name] = node.storage
 

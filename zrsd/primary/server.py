@@ -179,32 +179,32 @@ class PrimaryProtocol(protocol.Protocol):
     def _log_refusal(self, error):
         # A refused secondary retries for ever: one ERROR per secondary
         # host and reason every few minutes, INFO lines in between.
-        text = (
+        self._log_limited(self.host, (
             'secondary refused, its history is not this storage\'s: %s; a '
             'forked history (failover, restore from a backup) or another '
             'database: nothing is sent, closing the connection (zrsd-rewind '
-            'repairs a forked replica)' % error)
-        limiter = self.server.refusals.setdefault(self.host, RepeatLimiter())
-        logged = limiter.check(text, self.server.reactor.seconds())
-        if logged is None:
-            logger.info('%s: secondary refused again (%s)', self.peer, error)
-        else:
-            logger.error('%s: %s', self.peer, logged)
+            'repairs a forked replica)' % error),
+            'secondary refused again (%s)' % error)
 
     def _refuse_over_the_cap(self):
         # Each secondary costs a reader thread and its buffers: a storm of
         # connections must not exhaust the primary.  One ERROR per
         # episode (repeats within a few minutes are INFO).
-        server = self.server
         text = ('more than max-secondaries (%d) secondaries; refusing this '
-                'one' % server.max_secondaries)
-        limiter = server.refusals.setdefault('max-secondaries',
-                                             RepeatLimiter())
-        if limiter.check(text, server.reactor.seconds()) is None:
-            logger.info('%s: %s', self.peer, text)
-        else:
-            logger.error('%s: %s; closing the connection', self.peer, text)
+                'one; closing the connection' % self.server.max_secondaries)
+        self._log_limited('max-secondaries', text, text)
         self.close()
+
+    def _log_limited(self, key, text, again):
+        """Log `text` as one ERROR per `key` every few minutes, and
+        `again` as INFO in between (`RepeatLimiter`)."""
+        server = self.server
+        limiter = server.refusals.setdefault(key, RepeatLimiter())
+        logged = limiter.check(text, server.reactor.seconds())
+        if logged is None:
+            logger.info('%s: %s', self.peer, again)
+        else:
+            logger.error('%s: %s', self.peer, logged)
 
     def _handshake_timed_out(self):
         self._timeout = None
@@ -265,7 +265,7 @@ class PrimaryServer:
         self.allowed_networks = list(allowed_networks)
         self.tid_index = TidIndex()
         self.connections = set()
-        self.refusals = {}    # secondary host -> RepeatLimiter
+        self.refusals = {}    # secondary host (or reason) -> RepeatLimiter
         self.port = None
 
     def start(self):
