@@ -56,12 +56,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-
-from chaos import ChaosProxy  # noqa: E402
-from support import BIN, transactions, wait_until  # noqa: E402
-from zczrs import commit_change  # noqa: E402
+from harness.chaos import ChaosProxy  # noqa: E402
+from harness.history import transactions  # noqa: E402
+from harness.process import BIN, wait_until  # noqa: E402
+from harness.zczrs import commit_change  # noqa: E402
+from harness.zrsd_nodes import Writer, ZrsdNode  # noqa: E402
 from zrsd.daemon import promotion  # noqa: E402
-from zrsd_nodes import Writer, ZrsdNode  # noqa: E402
 
 WAIT = 60.0         # seconds before a wait counts as a failure
 THROTTLE = 150000   # bytes/s of B's link in the set-up: B lags

@@ -10,14 +10,14 @@ import os
 
 import pytest
 
-import support
-import zczrs
+from harness import zczrs
+from harness.history import transactions
 
 
 class PopulatedPrimary:
     """A stopped zc.zrs primary holding the `populate()` history.
 
-    `history` is `support.transactions()` of its file; `oids` every oid that
+    `history` is `transactions()` of its file; `oids` every oid that
     appears in it (sorted); `data_bytes` the total record data size.
     """
 
@@ -26,7 +26,7 @@ class PopulatedPrimary:
         self.result = result
         self.fs_path = primary.fs_path
         self.fs_size = os.path.getsize(primary.fs_path)
-        self.history = support.transactions(primary.fs_path)
+        self.history = transactions(primary.fs_path)
         self.last_tid = self.history[-1][0]
         self.oids = sorted({record[0] for txn in self.history
                             for record in txn[5]})
@@ -54,7 +54,7 @@ def zczrs_populated(tmp_path_factory):
 
 @pytest.fixture
 def processes(request):
-    """Register `support.Process`-like objects (with .close() and .log()).
+    """Register `Process`-like objects (with .close() and .log()).
 
     At teardown each is closed (killed if still running); if the test failed
     the tail of each log is printed, so it shows in the failure report.

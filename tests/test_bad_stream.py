@@ -1,4 +1,4 @@
-"""zrsd against a broken or hostile primary (tests/fake_primary.py).
+"""zrsd against a broken or hostile primary (tests/stream.py).
 
 In every bad-stream case the fake primary behaves like a real primary whose
 stream is broken at one point: on each connection it replays the good
@@ -19,9 +19,11 @@ from persistent.mapping import PersistentMapping
 from ZEO.ClientStorage import ClientStorage
 from ZODB.utils import z64
 
-import support
-from fake_primary import FakePrimary, Stream, read_transactions, replay
-from zrsd_nodes import ZrsdNode
+from harness.history import (assert_same_history, transactions, transactions as
+                             read_transactions)
+from harness.process import wait_until
+from harness.stream import FakePrimary, Stream, replay
+from harness.zrsd_nodes import ZrsdNode
 
 GOOD = 2  # good transactions sent before the bad part
 
@@ -71,7 +73,7 @@ def zeo_client(port):
 
 def latest_data(txns, oid):
     for txn in reversed(txns):
-        for r in txn:
+        for r in txn.records:
             if r.oid == oid:
                 return r.data
     return None
@@ -93,8 +95,8 @@ def run_bad_stream(tmp_path, source, tail, reason):
             assert conns[0].start_tid == z64
             assert [c.start_tid for c in conns[1:3]] == [good[-1].tid] * 2, (
                 proc.log())
-            support.wait_until(lambda: error_logged(proc.log(), reason),
-                               30, message='ERROR %r in zrsd log' % reason)
+            wait_until(lambda: error_logged(proc.log(), reason),
+                       30, message='ERROR %r in zrsd log' % reason)
             # The daemon keeps serving readers while it rejects the stream.
             client = zeo_client(zeo_port)
             try:
@@ -107,8 +109,8 @@ def run_bad_stream(tmp_path, source, tail, reason):
             status = proc.stop(expect=None)
             proc.close()
     assert status == 0, proc.log()
-    replica = support.transactions(fs_path)
-    assert replica == support.transactions(source_path)[:GOOD]
+    replica = transactions(fs_path)
+    assert replica == transactions(source_path)[:GOOD]
     return proc.log()
 
 
@@ -139,7 +141,7 @@ def _begin_inside_transaction(stream, txns):
     bad = txns[GOOD]
     stream.begin(bad.tid, bad.status, bad.user, bad.description,
                  bad.extension)
-    for r in bad:
+    for r in bad.records:
         stream.store(r.oid, bad.tid, r.data, r.data_txn)
     stream.transaction(txns[GOOD + 1])
 
@@ -238,7 +240,7 @@ def replicate_and_compare(tmp_path, source_path, txns, script,
             client = zeo_client(zeo_port)
             try:
                 # ZEO invalidations move lastTransaction as commits land.
-                support.wait_until(
+                wait_until(
                     lambda: client.lastTransaction() == txns[-1].tid,
                     60, message='replica at the last source transaction')
                 assert client.load(z64)[0] == latest_data(txns, z64)
@@ -249,7 +251,7 @@ def replicate_and_compare(tmp_path, source_path, txns, script,
             status = proc.stop(expect=None)
             proc.close()
     assert status == 0, proc.log()
-    assert support.assert_same_history(source_path, fs_path) == len(txns)
+    assert assert_same_history(source_path, fs_path) == len(txns)
     if clean:
         # (ZEO itself logs an ERROR when a port probe resets: not ours.)
         assert not error_logged(proc.log(), '', logger='zrsd'), proc.log()

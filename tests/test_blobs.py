@@ -18,9 +18,9 @@ import transaction
 import ZEO
 from ZODB.blob import Blob
 
-import zczrs
-from support import assert_same_history
-from zrsd_nodes import MB, MemorySampler, ZrsdNode
+from harness import zczrs
+from harness.history import assert_same_history
+from harness.zrsd_nodes import MB, MemorySampler, ZrsdNode
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 1024 * 1024 + 17]
 BIG_BLOB_SIZE = 200 * 1024 * 1024 + 12345   # not a multiple of a block

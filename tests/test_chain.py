@@ -2,14 +2,14 @@
 
 Everything is real: three `zrsd` processes started from config files, ZEO
 clients on 127.0.0.1, the replication links over TCP (the first one through
-`zrsd_nodes.GatedProxy` where a test must stop a replica half-way through
-its catch-up without relying on timing).  The middle node replicates from
+`GatedProxy` where a test must stop a replica half-way through its
+catch-up without relying on timing).  The middle node replicates from
 the primary and serves the end node, so it has both `replicate-from` and
 `replicate-to`; the end node has both too (a cascade nobody follows).
 
 Histories are compared record by record once every process stopped.  A
 pack on the primary makes exact equality impossible for the packed part of
-the history; `zrsd_nodes.assert_same_after_pack` says what is compared
+the history; `harness.history.assert_same_after_pack` says what is compared
 instead.  Figures are printed for `pytest -s`, never asserted.
 """
 import os
@@ -21,10 +21,11 @@ import transaction
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
-import zczrs
-from support import assert_same_history, transactions, wait_until
-from zrsd_nodes import (MB, GatedProxy, ZrsdNode, assert_same_after_pack,
-                        pack_stop_tid)
+from harness import zczrs
+from harness.history import (assert_same_after_pack, assert_same_history,
+                             pack_stop_tid, transactions)
+from harness.process import wait_until
+from harness.zrsd_nodes import GatedProxy, MB, ZrsdNode
 
 POPULATE_TRANSACTIONS = 1500
 

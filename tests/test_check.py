@@ -20,9 +20,9 @@ from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import z64
 
-from support import BIN, free_port, wait_until
-from zczrs import ZcZrsPrimary, commit_change
-from zrsd_nodes import ZrsdNode
+from harness.process import BIN, free_port, wait_until
+from harness.zczrs import ZcZrsPrimary, commit_change
+from harness.zrsd_nodes import ZrsdNode
 
 ZRSD_CHECK = os.path.join(BIN, 'zrsd-check')
 ZRS_NAGIOS = os.path.join(BIN, 'zrs-nagios')

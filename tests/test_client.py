@@ -22,8 +22,8 @@ from zrsd import protocol as zrs
 from zrsd.replica.client import ReplicationClient, SecondaryProtocol
 from zrsd.network.sockets import pending_bytes
 
-from fake_primary import Stream
-from support import wait_until
+from harness.process import wait_until
+from harness.stream import Stream
 
 LOGGER = 'zrsd.replica.client'
 

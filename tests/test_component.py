@@ -6,8 +6,9 @@ section, as drop-ins for zc.zrs inside an existing ZEO server.
 import transaction
 import ZODB
 
-from support import assert_same_history, wait_until
-from zrsd_nodes import RunzeoNode
+from harness.history import assert_same_history
+from harness.process import wait_until
+from harness.zrsd_nodes import RunzeoNode
 
 
 def test_runzeo_primary_and_replica(tmp_path):

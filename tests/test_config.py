@@ -10,7 +10,7 @@ import pytest
 
 from zrsd import config
 
-from support import BIN, ROOT
+from harness.process import BIN, ROOT
 
 GOOD = '''\
 <zeo>
@@ -58,7 +58,7 @@ def test_sample_replica_config_parses(tmp_path):
 
 
 def test_sample_tls_config_parses(tmp_path):
-    from certs import Authority
+    from harness.certs import Authority
     tls = tmp_path / 'etc-zrsd-tls'
     tls.mkdir()
     authority = Authority(tls, 'sample')
@@ -203,7 +203,7 @@ def test_local_storage_must_be_a_filestorage(tmp_path):
 
 
 def test_replication_tls_needs_a_ca(tmp_path):
-    from certs import Authority
+    from harness.certs import Authority
     cert, key = Authority(tmp_path, 'ca').issue('node')
     extra = '  <ssl>\n    certificate %s\n    key %s\n  </ssl>' % (cert, key)
     path = write(tmp_path, GOOD % dict(dir=tmp_path, extra=extra))

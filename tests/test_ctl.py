@@ -15,8 +15,8 @@ import pytest
 import ZEO
 from ZODB.utils import z64
 
-from support import BIN, ROOT, free_port, port_open, wait_until
-from zrsd_nodes import ZrsdNode
+from harness.process import BIN, ROOT, free_port, port_open, wait_until
+from harness.zrsd_nodes import ZrsdNode
 
 ZRSDCTL = os.path.join(BIN, 'zrsdctl')
 ZDAEMON = os.path.join(BIN, 'zdaemon')

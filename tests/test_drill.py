@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 
-from support import ROOT
+from harness.process import ROOT
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'drill.py')
 

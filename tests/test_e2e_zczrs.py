@@ -17,9 +17,10 @@ from ZODB.POSException import POSKeyError, ReadOnlyError
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
-from support import assert_same_history, transactions, wait_until
-from zczrs import Proxy, commit_change
-from zrsd_nodes import ZrsdNode
+from harness.history import assert_same_history, transactions
+from harness.process import wait_until
+from harness.zczrs import Proxy, commit_change
+from harness.zrsd_nodes import ZrsdNode
 
 MB = 1024.0 * 1024.0
 

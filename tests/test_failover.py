@@ -26,11 +26,11 @@ import subprocess
 
 import transaction
 
-import zczrs
-from chaos import ChaosProxy
-from support import (BIN, assert_same_history, free_port, transactions,
-                     wait_until)
-from zrsd_nodes import Writer, ZrsdNode
+from harness import zczrs
+from harness.chaos import ChaosProxy
+from harness.history import assert_same_history, transactions
+from harness.process import BIN, free_port, wait_until
+from harness.zrsd_nodes import Writer, ZrsdNode
 
 
 def commit(node, key, value='x'):

@@ -21,10 +21,9 @@ import ZODB.FileStorage
 from ZODB.utils import p64, u64
 from persistent.mapping import PersistentMapping
 
-import peers
-import zczrs
-from support import wait_until
-from zrsd_nodes import ZrsdNode
+from harness import peers, zczrs
+from harness.process import wait_until
+from harness.zrsd_nodes import ZrsdNode
 
 Z64 = b'\0' * 8
 MB = 1024.0 * 1024.0

@@ -18,10 +18,10 @@ import ZEO
 import ZODB.blob
 from persistent.mapping import PersistentMapping
 
-import peers
-import zczrs
-from support import assert_same_history, transactions, wait_until
-from zrsd_nodes import ZrsdNode
+from harness import peers, zczrs
+from harness.history import assert_same_history, transactions
+from harness.process import wait_until
+from harness.zrsd_nodes import ZrsdNode
 
 
 @pytest.fixture(scope='module')

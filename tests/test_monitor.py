@@ -7,8 +7,8 @@ import transaction
 from prometheus_client.parser import text_string_to_metric_families
 from ZODB.TimeStamp import TimeStamp
 
-from support import wait_until
-from zrsd_nodes import ZrsdNode
+from harness.process import wait_until
+from harness.zrsd_nodes import ZrsdNode
 
 
 def get(port, path):

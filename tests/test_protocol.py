@@ -21,7 +21,7 @@ from zrsd.protocol import (
     StreamChecksum, encode_frame, encode_message, resolve_globals)
 
 # A message exactly as a zc.zrs primary pickles it:
-from fake_primary import message as primary_pickle
+from harness.stream import message as primary_pickle
 
 TID = bytes.fromhex('03e5c0a1b2c3d4e5')
 TID2 = bytes.fromhex('03e5c0a1b2c3d4f0')

@@ -11,9 +11,10 @@ import os
 import re
 import subprocess
 
-import zczrs
-from support import BIN, transactions, wait_until
-from zrsd_nodes import Writer, ZrsdNode
+from harness import zczrs
+from harness.history import transactions
+from harness.process import BIN, wait_until
+from harness.zrsd_nodes import Writer, ZrsdNode
 
 
 def zeopack(node):

@@ -27,13 +27,13 @@ import ZODB.FileStorage
 from ZODB.blob import FilesystemHelper, is_blob_record
 from ZODB.serialize import referencesf
 
-import zczrs
-from certs import Authority
-from support import BIN, free_port, transactions
+from harness import zczrs
+from harness.certs import Authority
+from harness.history import assert_same_after_pack, transactions
+from harness.process import BIN, free_port
+from harness.zrsd_nodes import ZrsdNode, ssl_lines, write_config
 from test_blobs import commit_blobs
 from test_tls import start_primary
-from zrsd_nodes import (ZrsdNode, assert_same_after_pack, ssl_lines,
-                        write_config)
 
 REWIND = os.path.join(BIN, 'zrsd-rewind')
 

@@ -16,7 +16,7 @@ from ZODB.utils import p64, z64
 from zrsd.protocol import BLOB_BLOCK_SIZE, FrameDecoder, ProtocolError
 from zrsd.replica.receiver import Receiver, State
 
-from fake_primary import Stream
+from harness.stream import Stream
 
 START = p64(0x03E5000000000000)
 TID1 = p64(0x03E5000000000010)

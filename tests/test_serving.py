@@ -3,8 +3,8 @@
 storage)."""
 import ZODB
 
-from support import free_port, port_open
-from zrsd_nodes import ZrsdNode
+from harness.process import free_port, port_open
+from harness.zrsd_nodes import ZrsdNode
 
 
 def test_replica_serves_after_its_first_transaction(tmp_path):

@@ -18,9 +18,10 @@ import signal
 import pytest
 from ZODB.fsIndex import fsIndex
 
-from support import free_port, transactions, wait_until
-from zczrs import ZcZrsPrimary, commit_change
-from zrsd_nodes import ZrsdNode
+from harness.history import transactions
+from harness.process import free_port, wait_until
+from harness.zczrs import ZcZrsPrimary, commit_change
+from harness.zrsd_nodes import ZrsdNode
 
 SERVING = ' over ZEO at '
 

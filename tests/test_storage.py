@@ -27,8 +27,8 @@ from zrsd.protocol import ProtocolError
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage, last_committed_tid
 
-from fake_primary import Stream, copy_transaction
-from support import assert_same_history
+from harness.history import assert_same_history, copy_transaction
+from harness.stream import Stream
 
 
 _streams = weakref.WeakKeyDictionary()  # receiver -> its connection
@@ -332,7 +332,7 @@ def test_close_releases_commits_held_until_registered(tmp_path):
     storage is closed first (runzeo could not listen), a commit waiting at
     the gate must go through, or stopping replication would wait forever."""
     import threading
-    from support import wait_until
+    from harness.process import wait_until
     primary = Primary(str(tmp_path / 'primary.fs'))
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
     replica = ReplicaStorage(fs)

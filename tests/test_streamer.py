@@ -13,7 +13,7 @@ import ZODB.FileStorage
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import z64
 
-from fake_primary import message
+from harness.stream import message
 from zrsd import protocol
 from zrsd.primary.history import TidIndex
 from zrsd.primary.storage import CommitNotifier

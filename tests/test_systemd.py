@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-from support import BIN, ROOT, free_port, port_open
-from zrsd_nodes import ZrsdNode
+from harness.process import BIN, ROOT, free_port, port_open
+from harness.zrsd_nodes import ZrsdNode
 from zrsd.daemon import systemd
 
 ZRSD = os.path.join(BIN, 'zrsd')

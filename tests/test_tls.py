@@ -6,9 +6,10 @@ import ssl
 import pytest
 import ZEO
 
-from certs import Authority
-from support import assert_same_history, wait_until
-from zrsd_nodes import ZrsdNode, ssl_lines
+from harness.certs import Authority
+from harness.history import assert_same_history
+from harness.process import wait_until
+from harness.zrsd_nodes import ZrsdNode, ssl_lines
 
 
 def node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl=''):

@@ -1,6 +1,6 @@
 """`zrsd-verify`, the online history comparison, run as a command.
 
-The servers are real: a zrsd primary (`zrsd_nodes.ZrsdNode`) and zrsd
+The servers are real: a zrsd primary (`harness.zrsd_nodes.ZrsdNode`) and zrsd
 replicas replicating from it, all on 127.0.0.1, holding a `populate()`
 history (undos, undone creations, extension data).  `zrsd-verify` runs as
 a process against their ZEO ports and their files while they run.
@@ -29,9 +29,10 @@ from ZODB.fsIndex import fsIndex
 from ZODB.serialize import referencesf
 from ZODB.utils import p64, u64
 
-import zczrs
-from support import BIN, free_port, transactions, wait_until
-from zrsd_nodes import ZrsdNode, pack_stop_tid
+from harness import zczrs
+from harness.history import pack_stop_tid, transactions
+from harness.process import BIN, free_port, wait_until
+from harness.zrsd_nodes import ZrsdNode
 
 VERIFY = os.path.join(BIN, 'zrsd-verify')
 
@@ -275,8 +276,9 @@ def test_start_tid(pair):
 # -- divergent histories ----------------------------------------------------
 
 def write_history(path, history):
-    """A new FileStorage at `path` holding `history` (the tuples of
-    `support.transactions`), written with `restore` as replication does."""
+    """A new FileStorage at `path` holding `history` (`Txn`s of
+    `harness.history.transactions`), written with `restore` as replication
+    does."""
     fs = FileStorage(path, create=True)
     try:
         for tid, status, user, description, extension, records in history:

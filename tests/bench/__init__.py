@@ -7,11 +7,11 @@
 what each figure measures and how to read the output.
 
 Everything runs on 127.0.0.1 with real processes started through the test
-harness: zc.zrs 3.1.0 primaries under ZEO 6's `runzeo` (tests/zczrs.py),
-zc.zrs 3.1.0 secondaries on ZODB 5.5.1 (the peer virtualenv of
-tests/peers.py, built on first use), `zrsd` primaries and replicas
-(tests/zrsd_nodes.py), a plain `runzeo`, ZEO clients in this process and
-in worker processes.  zc.zrs is never imported here.
+harness (tests/harness): zc.zrs 3.1.0 primaries under ZEO 6's `runzeo`
+(`zczrs`), zc.zrs 3.1.0 secondaries on ZODB 5.5.1 (the peer virtualenv of
+`peers`, built on first use), `zrsd` primaries and replicas
+(`zrsd_nodes`), a plain `runzeo`, ZEO clients in this process and in
+worker processes.  zc.zrs is never imported here.
 
 One module per phase -- `catchup`, `lag`, `reads`, `memory` -- each with
 its measurement, its part of the summary and its table; around them

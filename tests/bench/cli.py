@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from support import ROOT
+from harness.process import ROOT
 
 from .catchup import run_catchup
 from .lag import LAG_PAIRS, run_lag

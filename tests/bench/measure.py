@@ -11,8 +11,8 @@ import traceback
 import ZEO
 from ZODB.utils import p64, u64
 
-from support import ROOT
-from zrsd_nodes import process_memory
+from harness.process import ROOT
+from harness.zrsd_nodes import process_memory
 
 from .figures import percentile
 
@@ -135,7 +135,7 @@ def cpu_after_log(proc, needle, timeout=60):
 
 
 def check_alive(*processes):
-    """A function raising if one of the `support.Process`es exited."""
+    """A function raising if one of the `harness.process.Process`es exited."""
     def alive():
         for proc in processes:
             if proc.popen.poll() is not None:

@@ -14,7 +14,7 @@ from ZODB.blob import Blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import z64
 
-from zrsd_nodes import MemorySampler, ZrsdNode
+from harness.zrsd_nodes import MemorySampler, ZrsdNode
 
 from .measure import (
     MB, check_alive, failed, reset_peak_rss, served_tid, vm_status,

@@ -3,18 +3,18 @@
 `Run` owns the run directory, the two primaries (zc.zrs under runzeo, and
 zrsd) on copies of the workload, the replicas kept from the catch-up for
 the lag and read tests, a plain runzeo, and the worker processes.  Every
-node is a harness class (`zrsd_nodes.ZrsdNode`, `zczrs.ZcZrsPrimary`,
-`peers.ZcZrsSecondary`); the benchmark only asks replicas to log
-sub-second time stamps, since catch-up is timed from their log.
+node is a harness class (`ZrsdNode`, `ZcZrsPrimary`, `ZcZrsSecondary`);
+the benchmark only asks replicas to log sub-second time stamps, since
+catch-up is timed from their log.
 """
 import os
 import shutil
 import time
 
-import peers
-from support import BIN, Process, eventlog_section, free_port
-from zczrs import ZcZrsPrimary
-from zrsd_nodes import ZrsdNode
+from harness import peers
+from harness.process import BIN, Process, eventlog_section, free_port
+from harness.zczrs import ZcZrsPrimary
+from harness.zrsd_nodes import ZrsdNode
 
 from .measure import BENCH_DIR, check_alive, log, served_tid, wait_served
 from .workers import Workers
@@ -52,7 +52,7 @@ ZCZRS_TO_ZCZRS = Pair('c', 'zczrs', 'zczrs', 'zc.zrs -> zc.zrs (ref)')
 
 
 class PreciseZcZrsSecondary(peers.ZcZrsSecondary):
-    """The zc.zrs secondary of tests/peers.py, logging `%(created).6f`."""
+    """The zc.zrs secondary of harness.peers, logging `%(created).6f`."""
 
     log_format = PRECISE_LOG_FORMAT
 

@@ -17,7 +17,7 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, z64
 
-from support import ROOT
+from harness.process import ROOT
 
 from .measure import BENCH_DIR, MB, log
 

@@ -7,7 +7,7 @@ import random
 import struct
 
 from . import synthetic
-from fake_primary import Stream, wire
+from harness.stream import Stream, wire
 
 from .streams import committed
 

@@ -12,6 +12,7 @@ import traceback
 
 import ZODB.FileStorage
 
+from harness.history import copy_transaction
 from zrsd import protocol as zrs
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
@@ -20,7 +21,6 @@ from .cases import WINDOW_NEED
 from .judges import (ALLOWED_WARNINGS, check_blob_temp, check_file,
                      check_markers, compare_history, judge, judge_position,
                      traceback_from_protocol)
-from .source import comparable
 from .streams import MAX_FRAME
 
 
@@ -229,7 +229,7 @@ class InProcessLane:
         position = judge_position(summary, side, case, self.source,
                                   fs.lastTransaction())
         if position > self.position:
-            got = [comparable(t) for t in fs.iterator(
+            got = [copy_transaction(t) for t in fs.iterator(
                 self.source.tid(self.position + 1))]
             compare_history(summary, side, case, self.source, self.position,
                             got)

@@ -8,8 +8,9 @@ import re
 import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
 
+from harness.history import copy_transaction
+
 from .results import LaneAbort
-from .source import comparable
 
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
 
@@ -42,7 +43,7 @@ def judge(summary, side, case, error_text, line=None):
 
 def compare_history(summary, side, case, source, first, got):
     """`got` must be the comparable transactions source.txns[first:...]."""
-    expected = [t.comparable for t in source.txns[first:first + len(got)]]
+    expected = [t for t in source.txns[first:first + len(got)]]
     for number, (g, e) in enumerate(zip(got, expected)):
         if g != e:
             what = 'tid %s where the source has %s' % (
@@ -125,7 +126,7 @@ def check_file(summary, side, source, path, blob_dir, position):
     fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir,
                                       read_only=True)
     try:
-        got = [comparable(t) for t in fs.iterator()]
+        got = [copy_transaction(t) for t in fs.iterator()]
         if len(got) != position:
             summary.violation('partial/unchecked transactions', side,
                               '%s holds %d transactions, expected %d'

@@ -2,12 +2,12 @@
 fuzzer, and a registry so that an interrupted run leaves no daemon behind."""
 import os
 
-import support
-import zrsd_nodes
+from harness import zrsd_nodes
+from harness.process import BIN, Process
 
 IO_TIMEOUT = 60.0                   # seconds before a peer counts as hung
 
-ZRSD = os.path.join(support.BIN, 'zrsd')
+ZRSD = os.path.join(BIN, 'zrsd')
 
 # What the fuzzer changes in the harness's replica config: serve ZEO before
 # the first transaction arrives, always reconnect after 0.1 s (a case per
@@ -23,7 +23,7 @@ _STARTED = []
 
 
 def started(peer):
-    """Register a `support.Process` or a `support.Node`."""
+    """Register a `Process` or a `Node`."""
     _STARTED.append(peer)
     return peer
 
@@ -48,5 +48,5 @@ def start_replica(directory, zeo_port, primary_port, blob_dir=None):
     config = os.path.join(directory, 'replica.conf')
     with open(config, 'w') as f:
         f.write(text)
-    return started(support.Process(
+    return started(Process(
         [ZRSD, '-C', config], os.path.join(directory, 'replica.log')))

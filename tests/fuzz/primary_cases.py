@@ -8,7 +8,7 @@ import struct
 
 from ZODB.utils import z64
 
-from fake_primary import frame
+from harness.stream import frame
 from zrsd import protocol as zrs
 
 from .nodes import IO_TIMEOUT

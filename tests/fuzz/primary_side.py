@@ -14,11 +14,11 @@ import ZEO
 import ZODB.FileStorage
 from ZODB.utils import p64, u64, z64
 
-import peers
-import support
-import zczrs
-from fake_primary import frame
-from zrsd_nodes import ZrsdNode
+from harness import peers, zczrs
+from harness.history import copy_transaction, transactions
+from harness.process import free_port, wait_until
+from harness.stream import frame
+from harness.zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
 from . import primary_cases
@@ -27,7 +27,6 @@ from .logs import PORT, LogTail
 from .nodes import IO_TIMEOUT, start_replica, started
 from .primary_cases import RawSecondary, expect_from_primary
 from .results import LaneAbort
-from .source import comparable
 
 PRIMARY_BATCH = 10                  # primary-side cases between commits
 HANDSHAKE_TIMEOUT = 2               # the fuzzed primary's, seconds
@@ -80,7 +79,7 @@ class PrimarySide:
         self.primary.start()
         zczrs.populate(self.primary.zeo_address, transactions=30,
                        undo_every=12)
-        zeo_port = support.free_port()
+        zeo_port = free_port()
         self.replica = start_replica(self.directory, zeo_port,
                                      self.primary.repl_port)
         self.replica_fs = os.path.join(self.directory, 'replica.fs')
@@ -123,8 +122,8 @@ class PrimarySide:
                 self.violation('log', 'ERROR about no hostile connection: '
                                '%s' % record.line[:500])
         if statuses.get('replica') == 0 and statuses.get('primary') == 0:
-            primary = support.transactions(self.primary.fs_path)
-            replica = support.transactions(self.replica_fs)
+            primary = transactions(self.primary.fs_path)
+            replica = transactions(self.replica_fs)
             if primary != replica:
                 self.violation('partial/unchecked transactions',
                                'the replica file (%d transactions) differs '
@@ -251,7 +250,7 @@ class PrimarySide:
         try:
             for t in iterator:
                 if t.tid not in self.history:
-                    self.history[t.tid] = comparable(t)
+                    self.history[t.tid] = copy_transaction(t)
         finally:
             iterator.close()
         self.tids = sorted(self.history)
@@ -306,7 +305,7 @@ class PrimarySide:
 
     def wait_log(self, conn, text):
         try:
-            support.wait_until(
+            wait_until(
                 lambda: any(text in r.message for r in conn.records()),
                 IO_TIMEOUT, message=text)
         except AssertionError as exc:

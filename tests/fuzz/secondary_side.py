@@ -11,7 +11,8 @@ import ZEO
 import ZODB.FileStorage
 from ZODB.utils import z64
 
-import support
+from harness.history import copy_transaction
+from harness.process import free_port, handshake_frames, wait_until
 from zrsd import protocol as zrs
 
 from .cases import WINDOW_NEED
@@ -21,19 +22,18 @@ from .judges import (check_blob_temp, check_file, check_markers,
 from .logs import LogTail
 from .nodes import IO_TIMEOUT, start_replica
 from .results import LaneAbort
-from .source import comparable
 
 
 def read_handshake(sock):
     """(protocol name, start tid) from a secondary, or None if it closes
     first.  (It sends nothing more until we do: no keep-alives.)"""
     data = b''
-    while support.handshake_frames(data) is None:
+    while handshake_frames(data) is None:
         chunk = sock.recv(4096)
         if not chunk:
             return None
         data += chunk
-    return support.handshake_frames(data)
+    return handshake_frames(data)
 
 
 class Epoch:
@@ -47,7 +47,7 @@ class Epoch:
         self.listener.bind(('127.0.0.1', 0))
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
-        self.zeo_port = support.free_port()
+        self.zeo_port = free_port()
         self.blob_dir = (os.path.join(self.directory, 'blobs')
                          if lane.blobs else None)
         self.process = start_replica(self.directory, self.zeo_port,
@@ -94,8 +94,8 @@ class Epoch:
         def complete():
             self.log.poll()
             return len(self.log.connected) > number + 1
-        support.wait_until(complete, IO_TIMEOUT, message='connection %d in '
-                           '%s' % (number + 1, self.log.path))
+        wait_until(complete, IO_TIMEOUT, message='connection %d in '
+                   '%s' % (number + 1, self.log.path))
         start, end = self.log.connected[number:number + 2]
         return self.log.records[start:end]
 
@@ -263,7 +263,7 @@ class ReplicaLane:
             iterator = ZODB.FileStorage.FileIterator(epoch.fs_path,
                                                      new[0].tid)
             try:
-                got = [comparable(t) for t in iterator]
+                got = [copy_transaction(t) for t in iterator]
             finally:
                 iterator.close()
             if compare_history(summary, side, case, self.source,

@@ -11,9 +11,9 @@ import ZODB
 import ZODB.blob
 import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
-from ZODB.POSException import POSKeyError
 from ZODB.utils import z64
 
+from harness.history import transactions
 from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
 
@@ -26,30 +26,6 @@ class FakeClock:
     def __call__(self):
         self.now += 1.5
         return self.now
-
-
-class Rec:
-    __slots__ = ('oid', 'tid', 'data', 'data_txn', 'blob')
-
-    def __init__(self, oid, tid, data, data_txn, blob):
-        self.oid, self.tid, self.data = oid, tid, data
-        self.data_txn, self.blob = data_txn, blob
-
-
-class SourceTxn:
-    """One source transaction (`fake_primary.Stream.transaction` sends it:
-    a record with a `blob` as a blob record)."""
-
-    def __init__(self, tid, status, user, description, extension, records):
-        self.tid, self.status, self.user = tid, status, user
-        self.description, self.extension = description, extension
-        self.records = records
-        self.comparable = (tid, status, user, description, extension,
-                           [(r.oid, r.tid, r.data, r.data_txn)
-                            for r in records])
-
-    def __iter__(self):
-        return iter(self.records)
 
 
 class Source:
@@ -146,37 +122,7 @@ def build_source(directory, name, ntxns, blobs=False):
             tm.abort()
             conn.close()
             db.close()
-    return Source(blob_dir, read_source(path, blob_dir))
-
-
-def read_source(path, blob_dir=None):
-    fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir,
-                                      read_only=True)
-    try:
-        txns = []
-        for t in fs.iterator():
-            records = []
-            for r in t:
-                blob = None
-                if blob_dir and r.data and ZODB.blob.is_blob_record(r.data):
-                    try:
-                        with open(fs.loadBlob(r.oid, r.tid), 'rb') as f:
-                            blob = f.read()
-                    except (OSError, POSKeyError):
-                        blob = None
-                records.append(Rec(r.oid, r.tid, r.data, r.data_txn, blob))
-            txns.append(SourceTxn(t.tid, t.status, t.user, t.description,
-                                  dict(t.extension), records))
-        return txns
-    finally:
-        fs.close()
-
-
-def comparable(t):
-    """A transaction of a FileStorage iterator as `support.transactions`
-    has it: (tid, status, user, description, extension, records)."""
-    return (t.tid, t.status, t.user, t.description, dict(t.extension),
-            [(r.oid, r.tid, r.data, r.data_txn) for r in t])
+    return Source(blob_dir, transactions(path, blob_dir))
 
 
 def source_size(cases_per_lane):

@@ -1,5 +1,5 @@
 """The oracle: how many of the transactions of a primary's stream (built
-with `fake_primary.Stream`) a correct replica commits when the stream
+with `harness.stream.Stream`) a correct replica commits when the stream
 arrives broken (`committed`)."""
 import io
 import pickle

@@ -8,7 +8,7 @@ from ZODB.utils import p64, u64, z64
 
 from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
-from fake_primary import Stream, message
+from harness.stream import Stream, message
 
 from .pickles import (CALL, DANGEROUS_GLOBALS, G, HOSTILES, PLACEHOLDER, SG,
                       U, embed, random_name, touch)

@@ -3,7 +3,7 @@ and a full disk, checked transaction by transaction.
 
 Everything runs on 127.0.0.1 with real components: `zrsd` processes
 started from config files (a primary with a blob directory, replicas;
-the harness's `zrsd_nodes.ZrsdNode`, see `nodes`), a writer thread
+the harness's `harness.zrsd_nodes.ZrsdNode`, see `nodes`), a writer thread
 committing continuously through a ZEO client of the primary (`workload`),
 and the chaos of each scenario.  The random choices (which moment to
 kill, how long to stall, ...) come from `--seed`; the moments themselves

@@ -15,8 +15,7 @@ import re
 
 import ZODB.blob
 
-from support import iter_transactions
-from zrsd_nodes import load_current, same_after_pack
+from harness.history import iter_transactions, load_current, same_after_pack
 
 LOG_LINE = re.compile(
     r'^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(,\d+)? (?P<level>[A-Z]+) ')
@@ -125,7 +124,7 @@ def compare_after_pack(primary, replica, stop, witness):
     """Judge a replica that replicated across packs of its primary.
 
     A pack at time T rewrites the primary's history up to T and copies
-    what follows (see `zrsd_nodes.same_after_pack`); a replica is never
+    what follows (see `harness.history.same_after_pack`); a replica is never
     packed: it keeps what it received before the pack and receives the
     rest as the primary has it when it asks.  So with `stop` the newest
     pack's stop tid:

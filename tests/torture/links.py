@@ -7,7 +7,7 @@ throttles it (20 KB/s to 500 KB/s for a while), with write bursts in
 between.  Checks: the final files are equal; no checksum or protocol
 error is ever logged.
 """
-from chaos import ChaosProxy
+from harness.chaos import ChaosProxy
 
 from .scenario import Scenario
 

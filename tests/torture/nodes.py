@@ -12,7 +12,7 @@ import json
 import os
 import urllib.request
 
-from zrsd_nodes import ZrsdNode
+from harness.zrsd_nodes import ZrsdNode
 
 WAIT = 180.0     # seconds before a wait counts as a hang (a violation)
 

@@ -14,9 +14,8 @@ import time
 import ZEO
 from ZODB.utils import z64
 
-from chaos import ChaosProxy
-from support import iter_transactions
-from zrsd_nodes import pack_stop_tid
+from harness.chaos import ChaosProxy
+from harness.history import iter_transactions, pack_stop_tid
 
 from .judges import compare_after_pack
 from .nodes import WAIT

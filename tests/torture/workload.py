@@ -15,7 +15,7 @@ from persistent.mapping import PersistentMapping
 from ZEO.Exceptions import ClientDisconnected
 from ZODB.utils import z64
 
-from zrsd_nodes import Writer
+from harness.zrsd_nodes import Writer
 
 from .nodes import WAIT
 

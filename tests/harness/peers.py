@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 
-from support import LOG_FORMAT, ROOT, Node, eventlog_section, wait_until
+from .process import LOG_FORMAT, Node, ROOT, eventlog_section, wait_until
 
 # The zc.zrs secondary's world: the newest ZODB it works with (5.5.1), a
 # ZEO 5 to serve it, and versions of the rest that install from wheels on

@@ -20,16 +20,12 @@ import time
 
 import transaction
 import ZEO
-import ZODB.FileStorage
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
-from ZODB.POSException import POSKeyError
-from ZODB.TimeStamp import TimeStamp
 
-from support import (BIN, LOG_FORMAT, Node, eventlog_section, free_port,
-                     transactions)
-from zczrs import Proxy
+from .process import BIN, LOG_FORMAT, Node, eventlog_section, free_port
+from .zczrs import Proxy
 
 MB = 1024.0 * 1024.0
 
@@ -348,96 +344,3 @@ class MemorySampler:
 
 # The gated proxy of these tests is zczrs.Proxy (hold_after, release).
 GatedProxy = Proxy
-
-
-def pack_stop_tid(pack_time):
-    """The tid FileStorage packs up to for `pack(pack_time)` (inclusive):
-    transactions with a tid above it are copied unchanged."""
-    return TimeStamp(*time.gmtime(pack_time)[:5] + (pack_time % 60,)).raw()
-
-
-def load_current(path):
-    """{oid: (data, serial) or 'missing'} for every oid in the index of the
-    FileStorage at `path` ('missing': creation undone)."""
-    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
-    try:
-        result = {}
-        for oid in fs._index.keys():
-            try:
-                result[oid] = fs.load(oid)
-            except POSKeyError:
-                result[oid] = 'missing'
-        return result
-    finally:
-        fs.close()
-
-
-def same_after_pack(p, r, stop):
-    """Whether the replica's transaction `r` agrees with the primary's `p`
-    (`support.transactions` tuples of one tid) after the primary packed
-    up to the tid `stop` (`pack_stop_tid`) and the replica did not.
-
-    After the pack time: identical, except that where the primary's record
-    has no back pointer the replica's may have one.  FileStorage's pack
-    copies those transactions but turns a back pointer into a record it
-    removed into the data itself (`fspack.PackCopier.copy`), while a
-    replica that received the transaction before the pack keeps the
-    pointer; the data compared are resolved, so they still agree.
-
-    Up to the pack time: the same user, description and extension, and
-    each of the primary's records (oid, tid, data) is the replica's last
-    record of that oid in the transaction.  The pack keeps only reachable
-    records, one position per oid, the last: a transaction may hold two
-    records of one oid (ZEO stores a blob record twice at times, see
-    `fspack.FileStoragePacker.copyDataRecords`), so comparing the lists
-    in order would fail a correct replica that holds both.
-    """
-    if p[0] > stop:
-        return p[:5] == r[:5] and len(p[5]) == len(r[5]) and all(
-            a[:3] == b[:3] and a[3] in (b[3], None)
-            for a, b in zip(p[5], r[5]))
-    last = {record[0]: record[:3] for record in r[5]}
-    return p[2:5] == r[2:5] and all(
-        last.get(record[0]) == record[:3] for record in p[5])
-
-
-def assert_same_after_pack(primary_path, replica_path, pack_time):
-    """The replica agrees with a primary that was packed at `pack_time`
-    after the replica had received (part of) the unpacked history.
-
-    A pack rewrites the primary's transactions up to the pack time: it
-    drops non-current and unreachable records (and transactions left
-    empty), stores data inline instead of back pointers and marks the
-    copies status 'p'.  A replica keeps what it received before the pack
-    and gets the packed form only of what it asked for after it.  So:
-
-    - there are no extra transactions after the pack time on either side,
-      and each one agrees by `same_after_pack`;
-    - every packed transaction of the primary exists in the replica and
-      agrees by `same_after_pack`;
-    - every oid in the primary's index loads the same data and serial from
-      the replica.
-
-    Returns (packed transactions compared, later transactions compared,
-    current objects compared).
-    """
-    stop = pack_stop_tid(pack_time)
-    primary = transactions(primary_path)
-    replica = {t[0]: t for t in transactions(replica_path)}
-    replica_after = sorted(tid for tid in replica if tid > stop)
-    primary_after = [t for t in primary if t[0] > stop]
-    assert [t[0] for t in primary_after] == replica_after, (
-        'transactions after the pack time differ: primary %d, replica %d'
-        % (len(primary_after), len(replica_after)))
-    packed = [t for t in primary if t[0] <= stop]
-    for p in primary:
-        assert p[0] in replica, (
-            'transaction %s missing on the replica' % p[0].hex())
-        assert same_after_pack(p, replica[p[0]], stop), (
-            'transaction %s differs' % p[0].hex())
-    current = load_current(primary_path)
-    replica_current = load_current(replica_path)
-    for oid, state in current.items():
-        assert replica_current.get(oid) == state, (
-            'object %s differs' % oid.hex())
-    return len(packed), len(primary_after), len(current)

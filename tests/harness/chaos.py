@@ -122,7 +122,7 @@ class ChaosProxy:
             self._call(self._stop)
             self._thread.join(30)
 
-    # -- the proxy thread -------------------------------------------------------
+    # -- the proxy thread ----------------------------------------------------
 
     def _call(self, function, *args):
         """Run `function(*args)` in the proxy thread; return its result."""
@@ -349,7 +349,7 @@ class ChaosProxy:
 
 def _self_test():
     """Forward through a throttled, stalled and cut proxy to an echo
-    server (run as `python tests/chaos.py`)."""
+    server (run as `python -m harness.chaos` in tests/)."""
     server = socket.socket()
     server.bind(('127.0.0.1', 0))
     server.listen(4)

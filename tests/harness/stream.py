@@ -137,7 +137,8 @@ class Stream:
         `tid` (default: the transaction's).  A record with a `blob`
         attribute that is not None is sent as a blob record."""
         tid = txn.tid if tid is None else tid
-        for r in list(txn)[:count]:
+        records = txn.records if hasattr(txn, 'records') else list(txn)
+        for r in records[:count]:
             blob = getattr(r, 'blob', None)
             if self.legacy:
                 self.store_legacy(r.oid, tid, r.data, r.data_txn)
@@ -149,8 +150,8 @@ class Stream:
         return self
 
     def transaction(self, txn, tid=None, digest=None):
-        """Send a whole transaction: a `Txn`, a `fs.iterator()` item or
-        anything with their attributes.
+        """Send a whole transaction: a `history.Txn` or a
+        `fs.iterator()` item.
 
         `tid` overrides its tid (records get the same tid); `digest`
         overrides the checksum.
@@ -211,42 +212,6 @@ def blob_blocks(content):
     """A blob's content in the blocks a primary sends."""
     return [content[p:p + BLOB_BLOCK_SIZE]
             for p in range(0, len(content), BLOB_BLOCK_SIZE)]
-
-
-class Record:
-    def __init__(self, oid, tid, data, data_txn):
-        self.oid, self.tid, self.data, self.data_txn = oid, tid, data, data_txn
-
-
-class Txn:
-    """A transaction copied out of a FileStorage (iterators are one-shot)."""
-
-    def __init__(self, tid, status, user, description, extension, records):
-        self.tid, self.status, self.user = tid, status, user
-        self.description, self.extension = description, extension
-        self.records = records
-
-    def __iter__(self):
-        return iter(self.records)
-
-    def __repr__(self):
-        return '<Txn %s, %d records>' % (self.tid.hex(), len(self.records))
-
-
-def copy_transaction(t):
-    """A `Txn` copy of a FileStorage iterator's transaction `t`."""
-    return Txn(t.tid, t.status, t.user, t.description, dict(t.extension),
-               [Record(r.oid, r.tid, r.data, r.data_txn) for r in t])
-
-
-def read_transactions(path):
-    """All transactions of a FileStorage as a list of `Txn`."""
-    import ZODB.FileStorage
-    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
-    try:
-        return [copy_transaction(t) for t in fs.iterator()]
-    finally:
-        fs.close()
 
 
 def replay(txns, legacy=False, tail=None):

@@ -1,4 +1,4 @@
-"""A real zc.zrs 3.1 primary for end-to-end tests, and ways to feed and watch it.
+"""A real zc.zrs 3.1 primary for end-to-end tests, and ways to feed it.
 
 zc.zrs is never imported here: the primary runs in a subprocess, ZEO 6's
 `runzeo` with a `%import zc.zrs` config, so its reactor thread, global Twisted
@@ -26,8 +26,8 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from support import (BIN, Node, eventlog_section, free_port, handshake_frames,
-                     wait_until)
+from .process import (BIN, Node, eventlog_section, free_port, handshake_frames,
+                      wait_until)
 
 CONFIG = """\
 %%import zc.zrs

@@ -1,4 +1,4 @@
-"""Helpers shared by the integration tests: ports, processes, polling, comparisons.
+"""Helpers shared by the tests: ports, processes, polling.
 
 Everything here drives real components: real sockets on 127.0.0.1, real `zrsd`
 processes started from config files, real FileStorages.
@@ -12,10 +12,9 @@ import sys
 import time
 
 import ZEO
-import ZODB.FileStorage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 BIN = os.path.dirname(sys.executable)
 
 
@@ -73,7 +72,8 @@ class Process:
     def wait_for_log(self, text, timeout=60.0, start=0):
         """Wait until `text` appears in the log (after offset `start`)."""
         def seen():
-            if self.popen.poll() is not None and text not in self.log()[start:]:
+            if (self.popen.poll() is not None
+                    and text not in self.log()[start:]):
                 raise AssertionError(
                     '%s exited with %s before logging %r:\n%s' % (
                         self.args, self.popen.returncode, text, self.log()))
@@ -268,44 +268,6 @@ class Node:
                 exc, storage.lastTransaction().hex())) from None
         finally:
             storage.close()
-
-
-def transactions(path):
-    """Read a FileStorage (read-only) into a list of comparable tuples.
-
-    Each transaction is (tid, status, user, description, extension,
-    [(oid, tid, data, data_txn), ...]).
-    """
-    return list(iter_transactions(path))
-
-
-def iter_transactions(path):
-    """`transactions(path)` one at a time (for files too big to hold in
-    memory twice); the storage closes when the iteration ends or the
-    generator is closed."""
-    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
-    try:
-        for txn in fs.iterator():
-            records = [(r.oid, r.tid, r.data, r.data_txn) for r in txn]
-            yield (txn.tid, txn.status, txn.user, txn.description,
-                   dict(txn.extension), records)
-    finally:
-        fs.close()
-
-
-def assert_same_history(primary_path, replica_path):
-    """The replica file holds exactly the primary's transactions.
-
-    Returns the number of transactions compared.
-    """
-    primary = transactions(primary_path)
-    replica = transactions(replica_path)
-    assert [t[0] for t in replica] == [t[0] for t in primary], (
-        'tid lists differ: primary %d txns, replica %d txns' % (
-            len(primary), len(replica)))
-    for p, r in zip(primary, replica):
-        assert r == p, 'transaction %s differs' % p[0].hex()
-    return len(primary)
 
 
 def handshake_frames(data):
