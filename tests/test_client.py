@@ -89,9 +89,12 @@ class FakeStorage:
         self.unsynced = 0
         self.unsynced_since = None
         self.syncs = 0
+        self.failure = None     # a disk failure: never sync again
 
     def lastTransaction(self):
         return self.last
+
+    last_applied = lastTransaction
 
     def sync(self):
         if self.unsynced:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 import weakref
+from unittest import mock
 
 import persistent.mapping
 import pytest
@@ -17,10 +18,10 @@ import transaction
 import ZODB
 import ZODB.FileStorage
 from ZODB.Connection import TransactionMetaData
-from ZODB.POSException import ReadOnlyError
+from ZODB.POSException import POSKeyError, ReadOnlyError
 from ZODB.serialize import referencesf
 from ZODB.tests import ReadOnlyStorage, StorageTestBase
-from ZODB.utils import z64
+from ZODB.utils import p64, z64
 
 from zrsd.primary.storage import PrimaryStorage
 from zrsd.protocol import ProtocolError
@@ -218,12 +219,16 @@ def test_pack_keeps_the_last_transaction_and_replication_going(tmp_path):
     replica.writer.defer_sync = True
     receiver = Receiver(replica.writer, z64)
     feed(receiver, primary.new_transactions())
-    last, size = replica.lastTransaction(), replica.getSize()
+    last, size = replica.writer.last_applied(), replica.getSize()
     generation = replica.commits.generation
+    assert replica.lastTransaction() == z64   # not fsynced: not published
 
     replica.pack(time.time() + 60, referencesf)
     assert replica.getSize() < size
-    assert replica.commits.generation == generation + 1
+    # The pack fsyncs (and so publishes) what it copies, and wakes the
+    # streamers.
+    assert replica.lastTransaction() == last
+    assert replica.commits.generation >= generation + 1
     assert last_committed_tid(replica.file_storage) == last
     assert [t.status for t in replica.iterator(last)] == [' ']
     replica.writer.sync()
@@ -231,6 +236,7 @@ def test_pack_keeps_the_last_transaction_and_replication_going(tmp_path):
     conn.root()['x'] = b'after the pack'
     transaction.commit()
     feed(receiver, primary.new_transactions())
+    replica.writer.sync()
     assert replica.lastTransaction() == primary.fs.lastTransaction()
     assert replica.load(z64) == primary.fs.load(z64)
     conn.close()
@@ -268,14 +274,28 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
     real_fsync = os.fsync
     monkeypatch.setattr(os, 'fsync', lambda fd: fsyncs.append(fd)
                         or real_fsync(fd))
+    invalidated = []
+    replica.registerDB(mock.Mock(invalidate=lambda tid, oids:
+                                 invalidated.append(tid)))
     writer = replica.writer
     writer.defer_sync = True
     feed(Receiver(writer, z64), primary.new_transactions())
     assert (len(fsyncs), writer.unsynced) == (0, 4)
-    # Visible at once (ZEO clients see it); durable at the sync.
-    assert replica.lastTransaction() == primary.fs.lastTransaction()
+    # Durable first, then visible: before the group's fsync, ZEO clients
+    # and a cascade's streamers see nothing of it.
+    assert replica.lastTransaction() == z64
+    assert invalidated == []
+    with pytest.raises(POSKeyError):
+        replica.load(z64)
+    assert replica.loadBefore(z64, p64(2 ** 63)) is None
+    assert replica.committed_file()[1] == 4
     writer.sync()
     assert (len(fsyncs), writer.unsynced) == (1, 0)
+    tids = [t.tid for t in primary.fs.iterator()]
+    assert replica.lastTransaction() == tids[-1]
+    assert invalidated == tids
+    assert replica.load(z64) == primary.fs.load(z64)
+    assert replica.committed_file()[1] == replica.getSize()
     writer.sync()  # nothing left to sync
     assert len(fsyncs) == 1
     writer.defer_sync = False

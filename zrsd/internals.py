@@ -24,6 +24,8 @@ from ZODB.FileStorage.FileStorage import TempFormatter
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import u64, z64
 
+from zrsd import disk
+
 logger = logging.getLogger(__name__)
 
 # Distribution -> the (major, minor) releases this module was read against.
@@ -122,9 +124,43 @@ def abort_transaction_in_progress(fs):
 
 def sync_data_file(fs):
     """Flush and fsync the data file (under the storage lock)."""
-    with fs._lock:
+    with fs._lock, disk.writing(fs._file_name, 'syncing the data file'):
         fs._file.flush()
         os.fsync(fs._file.fileno())
+
+
+# -- FileStorage: blobs -------------------------------------------------------
+
+def blob_directory(fs):
+    """The root of `fs`'s blob directory."""
+    return fs.fshelper.base_dir
+
+
+def uncommitted_blob_files(fs):
+    """The paths of the blob files of the transaction `fs` is committing
+    (FileStorage moves them into the blob directory when they are stored).
+    """
+    helper = fs.fshelper
+    return [helper.getBlobFilename(oid, serial)
+            for oid, serial in fs.dirty_oids]
+
+
+class _DiskFailure(logging.Filter):
+    """FileStorage logs a disk error with a traceback where zrsd logs it in
+    one CRITICAL line and stops (`zrsd.disk`): a failed last commit step
+    ("Failure in _finish. Closing.") and a truncated tail it could not
+    save when opening ("couldn't write truncated data ...").  Those
+    records are dropped."""
+
+    MESSAGES = ('Failure in _finish', "couldn't write truncated data")
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (str(record.msg).startswith(self.MESSAGES)
+                    and isinstance(exc, (OSError, disk.StorageFailure)))
+
+
+logging.getLogger('ZODB.FileStorage').addFilter(_DiskFailure())
 
 
 # -- FileStorage: the commit path of a replica -------------------------------
@@ -192,9 +228,10 @@ def install_replica_commit_path(fs, fsync_now):
     def finish(tid):
         # FileStorage's own last step of tpc_finish (ZODB 6.4), with the
         # fsync optional.
-        fs._file.flush()
-        if fsync_now():
-            os.fsync(fs._file.fileno())
+        with disk.writing(fs._file_name, 'committing a transaction'):
+            fs._file.flush()
+            if fsync_now():
+                os.fsync(fs._file.fileno())
         fs._pos = fs._nextpos
         fs._index.update(fs._tindex)
         fs._ltid = tid

@@ -4,11 +4,12 @@ Replica `full` has its data file and blobs on a small filesystem,
 replica `fsonly` only its data file (and FileStorage's `.tmp` file
 beside it; blobs elsewhere).  In each episode both filesystems are
 limited to what they hold plus 1-3 MB, and the writer commits large
-records and blobs until both replicas have logged the disk-full ERROR
-(they keep running and retrying).  Then one of them, in turn, is killed
-while full (its file must open and be a prefix of the primary's history)
-and restarted while still full; space comes back and both must catch up;
-the final files are equal.
+records and blobs until both replicas have stopped (fail-stop,
+zrsd.disk: exit status 1 and one CRITICAL line saying the disk is full,
+no traceback).  Their files must open and be a prefix of the primary's
+history; one of them, in turn, is restarted while still full, as systemd
+or zdaemon would, and must stop the same way; space comes back, both are
+restarted and must catch up; the final files are equal.
 
 Variant `tmpfs`: a tmpfs mounted with `size=` (needs root / mount
 permission) and grown with `mount -o remount,size=`.  Variant `injected`
@@ -34,9 +35,9 @@ from .scenario import Scenario, ScenarioFailed
 QUOTA_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           'quota_site')
 DISK_FULL = re.compile(r'No space left on device|ENOSPC|\[Errno 28\]')
-# The ERROR line zrsd documents for a transaction it cannot apply.
-DISK_FULL_ERROR = (r'(?m)^.* ERROR .*applying transaction \S+ failed: '
-                   r'.*(%s)' % DISK_FULL.pattern)
+# The one line zrsd documents for a storage failure (zrsd.disk).
+DISK_FULL_STOP = (r'(?m)^.* CRITICAL zrsd\.disk storage failure, stopping: '
+                  r'.*(%s).*$' % DISK_FULL.pattern)
 
 
 class TmpfsSpace:
@@ -119,16 +120,7 @@ class DiskFull(Scenario):
     """Two replicas' disks fill up; space comes back (module docstring)."""
 
     name = 'disk-full'
-    # A replica killed mid-transaction and restarted on the full disk may
-    # not even open its file: FileStorage saves the truncated tail first,
-    # which fails with ENOSPC, and zrsd exits (`kill_while_full` checks
-    # that it said why).  Those two lines are caused on purpose too.
-    allowed_errors = (
-        DISK_FULL_ERROR,
-        r"ERROR ZODB\.FileStorage couldn't write truncated data(.|\n)*(%s)"
-        % DISK_FULL.pattern,
-        r"CRITICAL zrsd zrsd failed(.|\n)*Couldn't save truncated data",
-    )
+    allowed_errors = (DISK_FULL_STOP,)
 
     def make_space(self, directory, fs_path):
         wanted = self.torture.disk_full_variant
@@ -166,9 +158,12 @@ class DiskFull(Scenario):
             self.wait_caught_up(replica)
         for episode in range(counts['disk_full']):
             self.fill(replicas)
-            self.kill_while_full(replicas[episode % 2])
+            for replica in replicas:
+                self.check_stopped_file(replica)
+            self.restart_while_full(replicas[episode % 2])
             for replica in replicas:
                 replica.space.grow()
+                replica.start()
             self.count('recoveries after space came back', 2)
             for replica in replicas:
                 self.wait_caught_up(replica)
@@ -179,31 +174,41 @@ class DiskFull(Scenario):
 
     def fill(self, replicas):
         """Limit both filesystems to what they hold plus 1-3 MB; write
-        heavily until both replicas logged the disk-full ERROR."""
-        offsets = []
+        heavily until both replicas have stopped on the full disk."""
         for replica in replicas:
             space = replica.space
             space.limit(space.used() + (self.rng.randint(1, 3) << 20))
-            offsets.append(len(replica.log_text()))
+            replica.expected_exit = True      # judged by `wait_stopped`
         self.writer.heavy = True
         try:
-            for replica, offset in zip(replicas, offsets):
-                self.log_wait(replica, DISK_FULL_ERROR, 1, offset)
+            for replica in replicas:
+                self.wait_stopped(replica)
         finally:
             self.writer.heavy = False
-        for replica, offset in zip(replicas, offsets):
-            # It keeps retrying and failing the same clear way; the
-            # repeats are rate-limited (one ERROR, then DEBUG lines).
-            found = self.log_wait(replica, DISK_FULL_ERROR, 1, offset)
-            self.say('%s logged: %s' % (replica.name, found[0][:160]))
         self.count('disk-full episodes (2 replicas each)')
 
-    def kill_while_full(self, replica):
-        """kill -9 while the disk is full: the file opens (as zrsd opens
-        it, on a copy) and is a prefix of the primary's history; restarted
-        while still full, zrsd fails cleanly again."""
-        replica.kill()
-        self.count('kills while the disk was full')
+    def wait_stopped(self, replica):
+        """`replica` exits with status 1 and one CRITICAL line saying the
+        disk is full, without a traceback."""
+        self.wait(lambda: not replica.running(),
+                  '%s to stop on the full disk' % replica.name)
+        status = replica.process.popen.returncode
+        log = replica.log_text()
+        lines = re.findall(DISK_FULL_STOP, log)
+        if status != 1 or len(lines) != 1 or 'Traceback' in log:
+            self.report.crashes.append(
+                '%s: %s on a full disk exited with %s, %d disk-full '
+                'lines%s; log %s' % (
+                    self.name, replica.name, status, len(lines),
+                    ', a traceback' if 'Traceback' in log else '',
+                    replica.logs[-1]))
+            return
+        self.say('%s stopped: %s' % (replica.name, lines[0][:200]))
+        self.count('fail-stops on a full disk')
+
+    def check_stopped_file(self, replica):
+        """The file a replica left when it stopped opens (as zrsd opens
+        it, on a copy) and is a prefix of the primary's history."""
         scratch = tempfile.mkdtemp(dir=self.directory, prefix='copy-')
         copy = os.path.join(scratch, 'copy.fs')
         shutil.copyfile(replica.fs_path, copy)
@@ -211,29 +216,14 @@ class DiskFull(Scenario):
             self.check_prefix(replica, copy)
         finally:
             shutil.rmtree(scratch)
-        # Restart while still full: it must run and fail cleanly again,
-        # or, if it cannot even open its file, exit saying why.
+
+    def restart_while_full(self, replica):
+        """Restarted on the still full disk (systemd or zdaemon would), it
+        stops again the same way."""
         replica.start()
-        replica.expected_exit = True      # handled here, not by guard()
-        self.wait(lambda: not replica.running() or re.search(
-            DISK_FULL_ERROR, replica.log_text()),
-            '%s, restarted on a full disk, to log the disk-full error'
-            % replica.name)
+        replica.expected_exit = True
+        self.wait_stopped(replica)
         self.count('restarts while the disk was full')
-        if replica.running():
-            replica.expected_exit = False
-            return
-        status = replica.process.popen.returncode
-        self.report.notes.append(
-            'disk-full: %s restarted on a full disk exited with %s'
-            % (replica.name, status))
-        if not DISK_FULL.search(replica.log_text()):
-            self.report.crashes.append(
-                '%s: %s restarted on a full disk exited with %s without '
-                'saying the disk is full; log %s' % (
-                    self.name, replica.name, status, replica.logs[-1]))
-        replica.space.grow()
-        replica.start()
 
     def check_prefix(self, replica, copy):
         """The copy of a killed replica's file opens and is a prefix of
@@ -244,9 +234,9 @@ class DiskFull(Scenario):
             ZODB.FileStorage.FileStorage(copy).close()
         except Exception as exc:
             self.report.mismatches.append(
-                '%s: %s: the file does not open after a kill while the '
-                'disk was full: %s: %s' % (self.name, replica.name,
-                                           type(exc).__name__, exc))
+                '%s: %s: the file does not open after a stop on a full '
+                'disk: %s: %s' % (self.name, replica.name,
+                                  type(exc).__name__, exc))
             return
         self.writer.pause()
         try:
@@ -254,7 +244,7 @@ class DiskFull(Scenario):
                 self.primary, replica, prefix=True, replica_path=copy)
         finally:
             self.writer.resume()
-        self.say('%s killed while full: its %d transactions are a '
+        self.say('%s stopped on a full disk: its %d transactions are a '
                  'prefix of the primary\'s, %d mismatches' % (
                      replica.name, compared, len(mismatches)))
         self.record(replica, compared, blobs, mismatches)

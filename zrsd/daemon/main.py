@@ -21,6 +21,7 @@ import time
 from ZODB.utils import z64
 
 from zrsd import config as zconfig
+from zrsd import disk
 from zrsd.daemon import monitor
 from zrsd.daemon import promotion
 from zrsd.daemon import systemd
@@ -99,6 +100,9 @@ class Daemon:
                 self.loop.run_forever()
             logger.info('stopping (%s)', self.stop_reason)
             systemd.notify('STOPPING=1')
+        except disk.StorageFailure as failure:
+            disk.log_failure(failure)
+            self.exit_status = EXIT_FAILURE
         except Exception:
             logger.critical('zrsd failed', exc_info=True)
             self.exit_status = EXIT_FAILURE

@@ -15,6 +15,7 @@ import logging
 from twisted.internet import defer, task
 from ZODB.utils import z64
 
+from zrsd import disk
 from zrsd.daemon import promotion
 from zrsd import protocol
 from zrsd.replica.client import ReplicationClient, tcp_endpoint
@@ -39,7 +40,7 @@ class Node:
         # A replica promoted earlier (zrsdctl promote) stays a primary.
         self.promotion = (promotion.read_record(zrs.path)
                           if zrs.replicate_from is not None else None)
-        fs = zrs.open_base()
+        fs = disk.opened(zrs.path, zrs.open_base)
         try:
             if self.replicating:
                 self.storage = ReplicaStorage(fs, pack=zrs.section.pack)

@@ -81,8 +81,12 @@ class CommittedFile:
     Used by one thread at a time.
     """
 
-    def __init__(self, fs):
+    def __init__(self, fs, committed=None):
         self.fs = fs
+        # () -> (file, end) of what may be sent: the storage's published
+        # transactions (a replica publishes after its fsync).
+        self._committed = committed or (
+            lambda: internals.committed_file(fs))
         self.name = internals.file_name(fs)
         self._fd = None
         self._source = None
@@ -113,10 +117,10 @@ class CommittedFile:
         When the storage switched to a new file (pack), this reopens it
         and the caller must find its position again.
         """
-        source, self.end = internals.committed_file(self.fs)
+        source, self.end = self._committed()
         if source is not self._source:
             self.reopen()
-            _, self.end = internals.committed_file(self.fs)
+            _, self.end = self._committed()
             return self.end, True
         return self.end, False
 

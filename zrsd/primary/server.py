@@ -125,7 +125,8 @@ class PrimaryProtocol(protocol.Protocol):
             done=lambda error: reactor.callFromThread(
                 self._streamer_done, error),
             name=self.peer,
-            blobs=self.protocol_name == zrs.PROTOCOL_2_1)
+            blobs=self.protocol_name == zrs.PROTOCOL_2_1,
+            committed=server.storage.committed_file)
         self.transport.registerProducer(_Producer(self.streamer), True)
         self.streamer.start()
 

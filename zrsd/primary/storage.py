@@ -16,7 +16,7 @@ import zope.interface
 import ZODB.interfaces
 from ZODB.POSException import ReadOnlyError
 
-from zrsd import internals
+from zrsd import disk, internals
 from zrsd.internals import last_committed_tid
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,11 @@ class PrimaryStorage:
     def file_storage(self):
         return self._fs
 
+    def committed_file(self):
+        """(file, end) of the committed transactions (fsynced by
+        FileStorage at each commit), for the streamers."""
+        return internals.committed_file(self._fs)
+
     def __getattr__(self, name):
         return getattr(self._fs, name)
 
@@ -127,14 +132,29 @@ class PrimaryStorage:
         self._check_commits()
         return self._fs.tpc_begin(transaction, tid, status)
 
+    def tpc_vote(self, transaction):
+        """FileStorage's vote, then the transaction's blob files made
+        durable before its commit (`zrsd.disk`)."""
+        with self._fail_stop('writing a transaction'):
+            result = self._fs.tpc_vote(transaction)
+            if self.has_blobs:
+                disk.sync_blob_files(
+                    internals.uncommitted_blob_files(self._fs),
+                    internals.blob_directory(self._fs))
+        return result
+
     def tpc_finish(self, transaction, f=None):
         with self._finishing:
             # A transaction voted before the stop is not committed after
             # it: its client sees the error; ZEO aborts it.
             self._check_commits()
-            tid = self._fs.tpc_finish(transaction, f)
+            with self._fail_stop('committing a transaction'):
+                tid = self._fs.tpc_finish(transaction, f)
         self.commits.notify()
         return tid
+
+    def _fail_stop(self, doing):
+        return disk.fail_stop(internals.file_name(self._fs), doing)
 
     def pack(self, *args, **kw):
         result = self._fs.pack(*args, **kw)

@@ -41,8 +41,9 @@ class Streamer:
     """
 
     def __init__(self, fs, notifier, tid_index, start_tid, send, done,
-                 name, blobs=False):
+                 name, blobs=False, committed=None):
         self.fs = fs
+        self.committed = committed  # see CommittedFile
         self.notifier = notifier
         self.tid_index = tid_index
         self.last_tid = start_tid
@@ -90,7 +91,7 @@ class Streamer:
     # -- the streamer thread ----------------------------------------------
 
     def _run(self):
-        reader = CommittedFile(self.fs)
+        reader = CommittedFile(self.fs, self.committed)
         error = None
         try:
             self._stream(reader)

@@ -11,6 +11,7 @@ import time
 
 from twisted.internet import endpoints, protocol, task
 
+from zrsd import disk
 from zrsd import protocol as zrs
 from zrsd.network.factory import ProtocolFactory
 from zrsd.network.retry import RepeatLimiter, backoff_delay
@@ -56,7 +57,7 @@ class SecondaryProtocol(protocol.Protocol):
         if hasattr(self.transport, 'bufferSize'):
             # Read a catch-up backlog in big pieces: fewer calls per MB.
             self.transport.bufferSize = READ_SIZE
-        start_tid = client.storage.lastTransaction()
+        start_tid = client.storage.writer.last_applied()
         self.receiver = Receiver(
             client.storage.writer, start_tid, decoder=client.decoder,
             check_checksums=client.check_checksums,
@@ -91,6 +92,12 @@ class SecondaryProtocol(protocol.Protocol):
             # with the data anyway.
             backlog = self._socket is not None and pending_bytes(self._socket)
             self._sync_unless(backlog)
+        except disk.StorageFailure as failure:
+            # Fail-stop (zrsd.disk): the process exits here.
+            self.client.storage.writer.storage_failed(failure)
+            self._fail('applying transaction %s failed: %s' % (
+                describe_tid(self.receiver.failed_tid), failure))
+            return
         except zrs.ProtocolError as exc:
             if isinstance(exc, zrs.ChecksumMismatch):
                 self.client.checksum_failures += 1
@@ -156,7 +163,8 @@ class SecondaryProtocol(protocol.Protocol):
         if self.receiver is not None:
             self.receiver.abort()
             writer = self.client.storage.writer
-            writer.sync()
+            if writer.failure is None:
+                writer.sync()
             writer.defer_sync = False
         self.client.connection_lost(self, reason)
 

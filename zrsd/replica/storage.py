@@ -12,10 +12,17 @@ A cascade's commits wake the streamers of its own secondaries through its
 `CommitNotifier` (`zrsd.primary.storage`); a promoted replica becomes a
 `PrimaryStorage` on the same FileStorage.
 
+Visibility follows durability (`zrsd.disk`): a replicated transaction is
+published -- ZEO's invalidations, `lastTransaction()`, the end of the file
+a cascade's streamers read, the data `load` returns -- only once the data
+file is fsynced: at once in live replication, with its group during a
+catch-up.  Until then ZEO clients read the state of the last published
+transaction.
+
 Threads: the sink methods run in the reactor thread; the read methods run in
 the ZEO server's loop thread (and ZEO's worker threads).  FileStorage's own
-locks make that safe.  Invalidations are sent to ZEO from inside
-`tpc_finish`'s callback, i.e. under the storage lock, so a ZEO client that
+locks make that safe.  Publication happens under the storage lock, the
+invalidations before the new `lastTransaction()`, so a ZEO client that
 registers concurrently either gets the invalidation or already sees the new
 `lastTransaction()`.
 """
@@ -30,20 +37,23 @@ import ZODB.interfaces
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ReadOnlyError, UndoError
 from ZODB.TimeStamp import TimeStamp
-from ZODB.utils import z64
+from ZODB.POSException import POSKeyError
+from ZODB.utils import p64, u64, z64
 
-from zrsd import internals
+from zrsd import disk, internals
 from zrsd.internals import last_committed_tid
 from zrsd.primary.storage import (CommitNotifier, recover_last_transaction,
                                   run_close_hook)
 
 logger = logging.getLogger(__name__)
 
-# Methods ZEO (and ZODB tools) may call that only read.
+# Methods ZEO (and ZODB tools) may call that only read (besides
+# `lastTransaction`, `load` and `loadBefore`, which stop at what is
+# published).
 _READ_METHODS = (
-    'getName', 'getSize', 'sortKey', 'lastTransaction', 'load', 'loadBefore',
-    'loadSerial', 'history', 'iterator', 'record_iternext', 'getTid',
-    'lastInvalidations', 'undoLog', 'undoInfo', 'supportsUndo',
+    'getName', 'getSize', 'sortKey', 'loadSerial', 'history', 'iterator',
+    'record_iternext', 'getTid', 'lastInvalidations', 'undoLog', 'undoInfo',
+    'supportsUndo',
 )
 _BLOB_READ_METHODS = ('loadBlob', 'openCommittedBlobFile',
                       'temporaryDirectory')
@@ -144,6 +154,38 @@ class ReplicaStorage:
         if self._db is not None and oids:
             self._db.invalidate(tid, oids)
 
+    # -- what is published ----------------------------------------------------
+
+    def lastTransaction(self):
+        """The last published (durable) transaction."""
+        return self.writer.published_tid
+
+    def loadBefore(self, oid, tid):
+        published = self.writer.published_tid
+        result = self._fs.loadBefore(oid, min(tid, p64(u64(published) + 1)))
+        if result is not None and result[2] is not None and \
+                result[2] > published:
+            # Its successor is not published: current as far as ZEO knows.
+            result = result[0], result[1], None
+        return result
+
+    def load(self, oid, version=''):
+        published = self.writer.published_tid  # before the read
+        data, serial = self._fs.load(oid)
+        if serial > published:
+            result = self.loadBefore(oid, p64(u64(published) + 1))
+            if result is None:
+                raise POSKeyError(oid)
+            data, serial = result[:2]
+        return data, serial
+
+    def committed_file(self):
+        """(file, end) of the published transactions, for the streamers of
+        a cascade (see `internals.committed_file`)."""
+        with internals.storage_lock(self._fs):
+            file, end = internals.committed_file(self._fs)
+            return file, self.writer.published_end(end)
+
     def __len__(self):
         return len(self._fs)
 
@@ -209,10 +251,14 @@ class ReplicaStorage:
         logger.info('%s: pack to %s UTC started (%d bytes)', fs.getName(),
                     stop, size)
         started = time.monotonic()
-        fs.pack(t, referencesf, gc)
-        # The switch of files is a pair of renames: make it durable.
-        self._fsync(os.path.dirname(os.path.abspath(
-            internals.file_name(fs))))
+        try:
+            fs.pack(t, referencesf, gc)
+            # The switch of files is a pair of renames: make it durable.
+            disk.fsync_path(os.path.dirname(os.path.abspath(
+                internals.file_name(fs))), 'syncing the directory of a pack')
+        except disk.StorageFailure as failure:
+            self.writer.storage_failed(failure)
+            raise
         self.commits.notify()  # streamers notice the new file at once
         logger.info('%s: pack to %s UTC done in %.1f s (%d -> %d bytes)',
                     fs.getName(), stop, time.monotonic() - started, size,
@@ -221,22 +267,19 @@ class ReplicaStorage:
     def _fsynced_packer(self, packer, storage, referencesf, stop, gc):
         # FileStorage does not fsync the packed file before it replaces the
         # data file with it; what replication applied must stay on disk.
+        # The packer returns holding the commit lock: nothing commits
+        # until the switch, so publishing here leaves nothing pending in
+        # the old file's positions.
         result = packer(storage, referencesf, stop, gc)
         if result is not None:
             try:
-                self._fsync(internals.file_name(storage) + '.pack')
+                self.writer.sync()
+                disk.fsync_path(internals.file_name(storage) + '.pack',
+                                'syncing the packed file')
             except BaseException:
                 internals.release_commit_lock(storage)
                 raise
         return result
-
-    @staticmethod
-    def _fsync(path):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def tpc_abort(self, transaction):
         """Nothing to abort: clients cannot begin transactions here."""
@@ -266,6 +309,7 @@ class ReplicaWriter:
         self._transaction = None
         self._oids = []
         self._blob_files = []
+        self._name = internals.file_name(fs)
         # Group commit: while `defer_sync` is set, commits skip the fsync
         # and whoever set it calls `sync()` (see zrsd.replica.client).  A power
         # loss then costs transactions the primary sends again; a crash of
@@ -273,6 +317,11 @@ class ReplicaWriter:
         self.defer_sync = False
         self.unsynced = 0           # transactions committed since the fsync
         self.unsynced_since = None  # time.monotonic() of the first of them
+        # Committed, not yet published: [(tid, oids, start position)],
+        # under the storage lock (see the module docstring).
+        self.unpublished = []
+        self.published_tid = replica.resume_tid
+        self.failure = None         # the StorageFailure that stops us
         internals.install_replica_commit_path(fs, self._fsync_now)
         logging.getLogger('ZODB.FileStorage').addFilter(_mismatch_filter)
 
@@ -294,12 +343,53 @@ class ReplicaWriter:
         self.defer_sync = False
         internals.restore_commit_path(self._fs)
 
+    def storage_failed(self, failure):
+        """Fail-stop (`zrsd.disk`): remember `failure`, so that nothing is
+        retried, and stop the process."""
+        if self.failure is None:
+            self.failure = failure
+            disk.stop_process(failure)
+
     def sync(self):
-        """Make every committed transaction durable (fsync), if needed."""
-        if self.unsynced:
-            internals.sync_data_file(self._fs)
-            self.unsynced = 0
-            self.unsynced_since = None
+        """Make every committed transaction durable (fsync), if needed, and
+        publish them.  Any thread (a pack calls it too)."""
+        if self.failure is not None:
+            raise self.failure   # never retry a failed fsync
+        with internals.storage_lock(self._fs):
+            if self.unsynced:
+                try:
+                    internals.sync_data_file(self._fs)
+                except disk.StorageFailure as failure:
+                    self.storage_failed(failure)
+                    raise
+                self.unsynced = 0
+                self.unsynced_since = None
+            self._publish()
+
+    def _publish(self):
+        # Under the storage lock: invalidations first, then the tid.
+        if not self.unpublished:
+            return
+        for tid, oids, _ in self.unpublished:
+            self._replica.invalidate(tid, oids)
+            self.published_tid = tid
+        self.unpublished = []
+        self._replica.commits.notify()
+
+    def published_end(self, end):
+        """The end of the published transactions in the file, given the
+        committed `end` (under the storage lock)."""
+        return self.unpublished[0][2] if self.unpublished else end
+
+    def last_applied(self):
+        """The last transaction committed here (published or not)."""
+        return self._fs.lastTransaction()
+
+    def _writing(self, doing):
+        # A disk error while applying: fail-stop.
+        if self.failure is not None:
+            raise self.failure
+        return disk.fail_stop(self._name, doing, self.storage_failed)
 
     def begin(self, tid, status, user, description, extension):
         if self._transaction is not None:
@@ -309,11 +399,17 @@ class ReplicaWriter:
             raise ApplyError('tid %s is not after the last transaction %s'
                              % (tid.hex(), last.hex()))
         meta = TransactionMetaData(user, description, extension)
-        self._fs.tpc_begin(meta, tid, status)
+        with self._writing('beginning a transaction'):
+            self._fs.tpc_begin(meta, tid, status)
         self._transaction = meta
         self._oids = []
 
     def store(self, oid, tid, data, data_txn):
+        with self._writing('storing a record'):
+            self._store(oid, tid, data, data_txn)
+        self._oids.append(oid)
+
+    def _store(self, oid, tid, data, data_txn):
         meta = self._transaction
         try:
             self._fs.restore(oid, tid, data, '', data_txn, meta)
@@ -327,40 +423,50 @@ class ReplicaWriter:
                            'storing the data itself', self._fs.getName(),
                            oid.hex(), data_txn.hex())
             self._fs.restore(oid, tid, data, '', None, meta)
-        self._oids.append(oid)
 
     def open_blob(self):
         if not self.has_blobs:
             raise ApplyError('the primary sent a blob record, but this '
                              'storage has no blob-dir')
-        fd, path = tempfile.mkstemp(
-            prefix=BLOB_TEMP_PREFIX, suffix=BLOB_TEMP_SUFFIX,
-            dir=self._fs.temporaryDirectory())
-        self._blob_files.append(path)
-        os.close(fd)
-        return open(path, 'wb')  # a file whose .name is the path
+        directory = self._fs.temporaryDirectory()
+        with self._writing('creating a blob file in %s' % directory):
+            fd, path = tempfile.mkstemp(
+                prefix=BLOB_TEMP_PREFIX, suffix=BLOB_TEMP_SUFFIX,
+                dir=directory)
+            os.close(fd)
+            self._blob_files.append(path)
+            return disk.BlobFile(path)  # its .name is the path
 
     def store_blob(self, oid, tid, data, data_txn, blob_file):
-        self._fs.restoreBlob(oid, tid, data, blob_file.name, data_txn,
-                             self._transaction)
+        with self._writing('storing a blob record'):
+            self._fs.restoreBlob(oid, tid, data, blob_file.name, data_txn,
+                                 self._transaction)
         self._oids.append(oid)
 
     def commit(self):
         meta, oids = self._transaction, self._oids
 
-        def invalidate(tid):
-            # Called by tpc_finish under the storage lock: see the module
-            # docstring.
-            self._replica.invalidate(tid, oids)
+        def committed(tid):
+            # Called by tpc_finish under the storage lock, before the data
+            # file is written: published after the fsync (`sync`).
+            start = internals.committed_file(self._fs)[1]
+            self.unpublished.append((tid, oids, start))
 
         try:
-            self._fs.tpc_vote(meta)
+            with self._writing('writing a transaction'):
+                self._fs.tpc_vote(meta)
+                if self.has_blobs:
+                    disk.sync_blob_files(
+                        internals.uncommitted_blob_files(self._fs),
+                        internals.blob_directory(self._fs))
             with self._replica.commit_gate:
-                tid = self._fs.tpc_finish(meta, invalidate)
+                with self._writing('committing a transaction'):
+                    tid = self._fs.tpc_finish(meta, committed)
+                if not self.unsynced:
+                    self.sync()   # fsynced by tpc_finish: publish now
         except BaseException:
             self.abort()
             raise
-        self._replica.commits.notify()
         self._transaction = None
         self._oids = []
         self._remove_blob_files()
@@ -370,7 +476,7 @@ class ReplicaWriter:
         """Abandon the transaction being applied, if any (idempotent)."""
         meta, self._transaction = self._transaction, None
         self._oids = []
-        if meta is not None:
+        if meta is not None and self.failure is None:
             try:
                 self._fs.tpc_abort(meta)
             except Exception as exc:

@@ -1,0 +1,234 @@
+"""The durability rule and fail-stop (zrsd.disk, README "Durability").
+
+In process: the order of fsyncs for a transaction with blobs, on a replica
+and on a primary; an fsync that fails stops the node once and is never
+retried or believed, live and in a group.  With real processes: a replica
+whose disk fills up exits with status 1 and one CRITICAL line, again when
+restarted on the full disk, and catches up once there is space.
+"""
+import errno
+import os
+import sys
+
+import pytest
+import transaction
+import ZODB
+import ZODB.blob
+import ZODB.FileStorage
+from ZODB.utils import z64
+
+from harness.history import assert_same_history, transactions
+from harness.process import wait_until
+from harness.stream import Stream
+from harness.zczrs import commit_change
+from harness.zrsd_nodes import ZrsdNode
+from zrsd import disk
+from zrsd.primary.storage import PrimaryStorage
+from zrsd.replica.receiver import Receiver
+from zrsd.replica.storage import ReplicaStorage
+
+QUOTA_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          'torture', 'quota_site')
+
+
+def build_source(directory, blobs=2):
+    """A FileStorage with blobs: the root, then `blobs` transactions each
+    adding one blob.  Returns (path, blob_dir)."""
+    path = os.path.join(directory, 'source.fs')
+    blob_dir = os.path.join(directory, 'source.blobs')
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir))
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    for i in range(blobs):
+        blob = conn.root()['blob%d' % i] = ZODB.blob.Blob()
+        with blob.open('w') as f:
+            f.write(b'blob %d ' % i * 1000)
+        tm.commit()
+    db.close()
+    return path, blob_dir
+
+
+def replicate(writer, txns):
+    """Send `txns` to `writer` as a primary does."""
+    receiver = Receiver(writer, writer.last_applied())
+    stream = Stream(writer.last_applied())
+    for txn in txns:
+        stream.transaction(txn)
+    for payload in stream.take_payloads():
+        receiver.frame_received(payload)
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Every path fsynced from now on, in order; `fail(error)` makes the
+    following fsyncs raise `error`."""
+    class Paths(list):
+        fail = None
+    done, failing = Paths(), []
+    real = os.fsync
+
+    def fsync(fd):
+        done.append(os.readlink('/proc/self/fd/%d' % fd))
+        if failing:
+            raise failing[0]
+        return real(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    # FileStorage's own commits call its module's copy of os.fsync.
+    monkeypatch.setattr(sys.modules['ZODB.FileStorage.FileStorage'], 'fsync',
+                        fsync)
+    done.fail = failing.append
+    return done
+
+
+@pytest.fixture
+def stops(monkeypatch):
+    """The failures `disk.stop_process` was called with (it returns)."""
+    calls = []
+    monkeypatch.setattr(disk, 'stop_process', calls.append)
+    return calls
+
+
+def blob_files(root):
+    return sorted(os.path.join(d, name) for d, _, names in os.walk(root)
+                  for name in names if name.endswith('.blob'))
+
+
+def assert_blob_order(synced, data_file, blob_root):
+    """Each blob file, then its directories up to the root, then the data
+    file: nothing in Data.fs before its blobs are durable."""
+    data = [i for i, path in enumerate(synced) if path == data_file]
+    assert data, synced
+    for blob in blob_files(blob_root):
+        index = synced.index(blob)
+        directories = synced[index + 1:data[0] if data[0] > index
+                             else len(synced)]
+        parent = os.path.dirname(blob)
+        while len(parent) >= len(blob_root):
+            assert parent in directories, (parent, synced)
+            parent = os.path.dirname(parent)
+        assert any(i > index for i in data), synced
+
+
+def test_replica_syncs_blob_files_and_directories_before_the_commit(
+        tmp_path, fsyncs):
+    source, source_blobs = build_source(str(tmp_path))
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs'), blob_dir=str(tmp_path / 'blobs')))
+    replicate(replica.writer, transactions(source, source_blobs))
+    replica.close()
+    assert_blob_order(fsyncs, str(tmp_path / 'Data.fs'),
+                      str(tmp_path / 'blobs'))
+    assert len(blob_files(str(tmp_path / 'blobs'))) == 2
+
+
+def test_primary_syncs_blob_files_and_directories_before_the_commit(
+        tmp_path, fsyncs):
+    storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs'), blob_dir=str(tmp_path / 'blobs')))
+    db = ZODB.DB(storage)
+    with db.transaction() as conn:
+        blob = conn.root()['blob'] = ZODB.blob.Blob()
+        with blob.open('w') as f:
+            f.write(b'x' * 5000)
+    db.close()
+    assert_blob_order(fsyncs, str(tmp_path / 'Data.fs'),
+                      str(tmp_path / 'blobs'))
+
+
+def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
+        tmp_path, fsyncs, stops):
+    source, _ = build_source(str(tmp_path), blobs=0)
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    invalidated = []
+    replica.registerDB(type('DB', (), {'invalidate': lambda self, tid, oids:
+                                       invalidated.append(tid)})())
+    fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
+    with pytest.raises(disk.StorageFailure):
+        replicate(replica.writer, transactions(source))
+    [failure] = stops
+    assert str(failure) == ('%s: [Errno 5] Input/output error while '
+                            'committing a transaction' % (tmp_path / 'Data.fs'))
+    attempts = len(fsyncs)
+    # Nothing was shown to ZEO clients, and nothing is retried.
+    assert (replica.lastTransaction(), invalidated) == (z64, [])
+    with pytest.raises(disk.StorageFailure):
+        replica.writer.sync()
+    with pytest.raises(disk.StorageFailure):
+        replica.writer.begin(b'\x7f' * 8, ' ', b'', b'', {})
+    assert len(fsyncs) == attempts
+    assert len(stops) == 1
+
+
+def test_failed_group_fsync_stops_and_publishes_nothing(
+        tmp_path, fsyncs, stops):
+    source, _ = build_source(str(tmp_path), blobs=2)
+    fsyncs.clear()
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    writer = replica.writer
+    writer.defer_sync = True
+    replicate(writer, [t._replace(records=[r for r in t.records
+                                           if r.blob is None])
+                       for t in transactions(source)])
+    assert (fsyncs, writer.unsynced) == ([], 3)
+    fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
+    with pytest.raises(disk.StorageFailure, match='syncing the data file'):
+        writer.sync()
+    with pytest.raises(disk.StorageFailure):
+        writer.sync()
+    assert len(fsyncs) == 1 and len(stops) == 1
+    assert replica.lastTransaction() == z64
+    assert replica.committed_file()[1] == 4
+
+
+def test_a_failing_primary_commit_stops_the_process(tmp_path, fsyncs, stops):
+    storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    db = ZODB.DB(storage)
+    fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
+    with pytest.raises(disk.StorageFailure):
+        with db.transaction() as conn:
+            conn.root()['x'] = 1
+    [failure] = stops
+    assert 'Errno 5' in str(failure) and 'committing' in str(failure)
+
+
+def critical_lines(node):
+    return [line for line in node.log().splitlines() if ' CRITICAL ' in line]
+
+
+def test_full_disk_stops_the_replica_until_there_is_space(
+        tmp_path, zczrs_primary, processes):
+    """ENOSPC on the data file: exit status 1 and one CRITICAL line naming
+    the file and the error, no traceback; the same at a restart on the full
+    disk; with space back, a restart catches up."""
+    primary = zczrs_primary
+    quota = tmp_path / 'quota'
+    quota.write_text('%d\n' % (1 << 62))
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       env={'PYTHONPATH': QUOTA_SITE,
+                            'ZRSD_TORTURE_QUOTA_FILE': str(quota)},
+                       register=processes)
+    replica.start()
+    replica.wait_for_tid(primary.last_tid())
+    quota.write_text('%d\n' % os.path.getsize(replica.fs_path))
+    for episode in range(2):
+        if episode:
+            replica.launch()     # as systemd or zdaemon would
+        else:
+            commit_change(primary.zeo_address, 'full', b'x' * 100000)
+        wait_until(lambda: not replica.running(), 60,
+                   message='the replica to stop on the full disk')
+        assert replica.process.popen.returncode == 1
+        [line] = critical_lines(replica)
+        assert 'No space left on device' in line, line
+        assert replica.fs_path in line, line
+        assert 'Traceback' not in replica.log()
+    quota.write_text('%d\n' % (1 << 62))
+    replica.start()
+    replica.wait_for_tid(primary.last_tid())
+    replica.stop()
+    primary.stop()
+    assert_same_history(primary.fs_path, replica.fs_path)

@@ -1,0 +1,150 @@
+"""Durability: the order of zrsd's writes, and what a failing disk does.
+
+The rule (README, "Durability"): whatever a ZEO client or a downstream
+secondary has been shown is on this node's disk.  A transaction with blobs
+is made durable in this order, so that a power loss at any point leaves a
+consistent state:
+
+1. each blob file (fsync), once FileStorage has moved it into the blob
+   directory at vote, and every directory on its path up to the blob
+   directory's root (fsync: the new names);
+2. then the transaction's commit in Data.fs (FileStorage writes its status
+   byte at `tpc_finish`; the data file is fsynced then, or with its group
+   during a catch-up);
+3. only then is the transaction published: ZEO's invalidations, the
+   replica's `lastTransaction()`, what its own secondaries are sent.
+
+Fail-stop: an error writing, flushing or syncing Data.fs or a blob file is
+a `StorageFailure`.  The node does not retry (after a failed fsync Linux
+may report the lost writeback only once, and a retry "succeeds") and does
+not sync again on the way out: `stop_process` logs one CRITICAL line
+(path, errno, what was being written) and exits with status 1, so that
+systemd or zdaemon restarts zrsd, which resumes from what is really on
+disk.
+"""
+import contextlib
+import io
+import logging
+import os
+import sys
+
+from ZODB.POSException import StorageSystemError
+
+logger = logging.getLogger(__name__)
+
+EXIT_STORAGE_FAILURE = 1
+
+
+class StorageFailure(Exception):
+    """Writing or syncing one of a storage's files failed."""
+
+    def __init__(self, path, doing, error):
+        super().__init__(path, doing, error)
+        self.path, self.doing, self.error = path, doing, error
+
+    def __str__(self):
+        error = self.error
+        if isinstance(error, OSError) and error.errno is not None:
+            reason = '[Errno %d] %s' % (error.errno, error.strerror)
+        else:
+            reason = '%s: %s' % (type(error).__name__, error)
+        return '%s: %s while %s' % (self.path, reason, self.doing)
+
+
+@contextlib.contextmanager
+def writing(path, doing):
+    """Turn an OSError inside the block into a `StorageFailure`."""
+    try:
+        yield
+    except StorageFailure:
+        raise
+    except OSError as exc:
+        raise StorageFailure(path, doing, exc) from exc
+
+
+@contextlib.contextmanager
+def fail_stop(path, doing, on_failure=None):
+    """`writing`, and a `StorageFailure` calls `on_failure(failure)`
+    (default: `stop_process`) before it propagates."""
+    try:
+        with writing(path, doing):
+            yield
+    except StorageFailure as failure:
+        (on_failure or stop_process)(failure)
+        raise
+
+
+def opened(path, open_storage):
+    """`open_storage()`; a disk error while opening (FileStorage saving a
+    truncated tail on a full disk, say) is a `StorageFailure`."""
+    try:
+        return open_storage()
+    except StorageSystemError as exc:
+        if not isinstance(exc.__context__, OSError):
+            raise
+        raise StorageFailure(path, 'opening the storage (%s)' % exc,
+                             exc.__context__) from exc
+    except OSError as exc:
+        raise StorageFailure(path, 'opening the storage', exc) from exc
+
+
+def log_failure(failure):
+    """The one CRITICAL line of a storage failure."""
+    logger.critical('storage failure, stopping: %s; a restart resumes '
+                    'from what is on disk', failure)
+
+
+def stop_process(failure):
+    """Log `failure` in one CRITICAL line and exit with status 1 at once
+    (no clean-up: nothing more is written to a failing disk)."""
+    log_failure(failure)
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:
+            pass
+    sys.stderr.flush()
+    os._exit(EXIT_STORAGE_FAILURE)
+
+
+def fsync_path(path, doing):
+    """fsync a file or a directory by name."""
+    with writing(path, doing):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_blob_files(paths, root):
+    """Make blob files durable with their names: fsync each file, then
+    each directory from its own up to `root` (the blob directory), once
+    per call."""
+    root = os.path.abspath(root)
+    directories = set()
+    for path in paths:
+        fsync_path(path, 'syncing a blob file')
+        directory = os.path.dirname(os.path.abspath(path))
+        while directory not in directories:
+            directories.add(directory)
+            if len(directory) <= len(root):
+                break
+            directory = os.path.dirname(directory)
+    for directory in sorted(directories, key=len, reverse=True):
+        fsync_path(directory, 'syncing a blob directory')
+
+
+class BlobFile(io.FileIO):
+    """A blob file being received: a write error is a `StorageFailure`."""
+
+    def __init__(self, path):
+        super().__init__(path, 'wb')
+
+    def write(self, data):
+        with writing(self.name, 'writing a blob file'):
+            return super().write(data)
+
+    def close(self):
+        with writing(self.name, 'closing a blob file'):
+            super().close()
