@@ -1,7 +1,7 @@
 """The secondary's Twisted glue, zrsd.replica.client, on a fake network.
 
 Narrated like zc.zrs's ``secondary.test``: a `Clock` stands in for the
-reactor, `FakeEndpoint` hands out connection attempts that the test
+reactor, the endpoint hands out connection attempts that the test
 completes or refuses, a `Transport` (a StringTransport) records what the
 secondary writes, and the test plays the primary by calling
 ``protocol.dataReceived``.
@@ -24,7 +24,7 @@ from zrsd.replica.client import ReplicationClient, SecondaryProtocol
 from zrsd.network.sockets import pending_bytes
 
 from harness.process import wait_until
-from harness.stream import Stream
+from harness.stream import RecordingSink, Stream
 
 LOGGER = 'zrsd.replica.client'
 TID1, TID2, TID3, TID4, TID5 = [
@@ -50,16 +50,59 @@ class Transport(StringTransport):
         super().abortConnection()
 
 
-class FakeEndpoint:
-    """`connect()` returns a Deferred the test fires (or fails) itself."""
+class FakeStorage(RecordingSink):
+    """The replica storage: a resume tid, and itself as the writer, with
+    the writer's group commit (deferred fsyncs, `sync()`)."""
 
-    def __init__(self):
+    defer_sync, unsynced, unsynced_since, syncs = False, 0, None, 0
+
+    def __init__(self, last=z64, fail_on=None):
+        super().__init__(fail_on=fail_on)
+        self.last, self.writer = last, self
+
+    def lastTransaction(self):
+        return self.last
+
+    def sync(self):
+        if self.unsynced:
+            self.syncs, self.unsynced = self.syncs + 1, 0
+
+    def commit(self):
+        self.last = super().commit()
+        if self.defer_sync:
+            if not self.unsynced:
+                self.unsynced_since = time.monotonic()
+            self.unsynced += 1
+        return self.last
+
+    def brief(self):
+        """The calls, each as its name and first argument."""
+        return [call[:2] for call in self.calls]
+
+
+def handshake(start_tid, name=b'zrs2.0'):
+    return zrs.encode_frame(name) + zrs.encode_frame(start_tid)
+
+
+class Setup:
+    """A client on a `FakeStorage` and a clock; also its endpoint, whose
+    `connect()` returns a Deferred the test fires (or fails) itself."""
+
+    def __init__(self, last=z64, fail_on=None, **kw):
+        self.clock = task.Clock()
         self.attempts = []  # [(factory, deferred)]
+        self.storage = FakeStorage(last, fail_on)
+        self.commits = []
+        kw.setdefault('keep_alive_delay', 60)
+        kw.setdefault('reconnect_delay', 1.0)
+        kw.setdefault('max_reconnect_delay', 60.0)
+        self.client = ReplicationClient(
+            '1', self.storage, ('primary.example.com', 5000), self, self.clock,
+            on_commit=lambda tid, n: self.commits.append(tid), **kw)
 
     def connect(self, factory):
-        d = defer.Deferred()
-        self.attempts.append((factory, d))
-        return d
+        self.attempts.append((factory, defer.Deferred()))
+        return self.attempts[-1][1]
 
     def accept(self, transport=None):
         """Complete the last attempt; return (protocol, transport)."""
@@ -74,77 +117,10 @@ class FakeEndpoint:
         self.attempts[-1][1].errback(
             Failure(error.ConnectionRefusedError('Connection refused')))
 
-
-class FakeStorage:
-    """The replica storage: a resume tid, and itself as the writer (sink),
-    with the writer's group commit (deferred fsyncs, `sync()`)."""
-
-    def __init__(self, last=z64):
-        self.last = last
-        self.calls = []
-        self.committed = []
-        self._tid = None
-        self.writer = self
-        self.defer_sync = False
-        self.unsynced = 0
-        self.unsynced_since = None
-        self.syncs = 0
-
-    def lastTransaction(self):
-        return self.last
-
-    def sync(self):
-        if self.unsynced:
-            self.syncs += 1
-            self.unsynced = 0
-
-    def begin(self, tid, status, user, description, extension):
-        self.calls.append(('begin', tid))
-        self._tid = tid
-
-    def store(self, oid, tid, data, data_txn):
-        self.calls.append(('store', oid, data))
-
-    def commit(self):
-        self.calls.append(('commit', self._tid))
-        self.committed.append(self._tid)
-        self.last, self._tid = self._tid, None
-        if self.defer_sync:
-            if not self.unsynced:
-                self.unsynced_since = time.monotonic()
-            self.unsynced += 1
-        return self.last
-
-    def abort(self):
-        self.calls.append(('abort', self._tid))
-        self._tid = None
-
-    def names(self):
-        return [call[0] for call in self.calls]
-
-
-def handshake(start_tid, name=b'zrs2.0'):
-    return zrs.encode_frame(name) + zrs.encode_frame(start_tid)
-
-
-class Setup:
-    def __init__(self, storage=None, **kw):
-        self.clock = task.Clock()
-        self.endpoint = FakeEndpoint()
-        self.storage = storage or FakeStorage()
-        self.commits = []
-        kw.setdefault('keep_alive_delay', 60)
-        kw.setdefault('reconnect_delay', 1.0)
-        kw.setdefault('max_reconnect_delay', 60.0)
-        self.client = ReplicationClient(
-            '1', self.storage, ('primary.example.com', 5000), self.endpoint,
-            self.clock, on_commit=lambda tid, n: self.commits.append(tid),
-            **kw)
-
-    def connect(self, transport=None):
+    def start(self, transport=None):
         """Start the client and accept its attempt: (protocol, transport)."""
         self.client.start()
-        return self.endpoint.accept(transport)
+        return self.accept(transport)
 
     def reconnect_delay(self):
         """The delay of the one pending reconnect attempt."""
@@ -155,9 +131,9 @@ class Setup:
 
     def wait_for_attempt(self):
         """Advance the clock to the next connection attempt."""
-        attempts = len(self.endpoint.attempts)
+        attempts = len(self.attempts)
         self.clock.advance(self.reconnect_delay())
-        assert len(self.endpoint.attempts) == attempts + 1
+        assert len(self.attempts) == attempts + 1
 
 
 def lost(proto, exc=None):
@@ -181,12 +157,12 @@ def tcp():
 # -- connecting and the handshake ------------------------------------------
 
 def test_handshake_on_connection():
-    s = Setup(storage=FakeStorage(last=TID1))
-    assert s.endpoint.attempts == []
+    s = Setup(TID1)
+    assert s.attempts == []
     s.client.start()
-    assert len(s.endpoint.attempts) == 1
+    assert len(s.attempts) == 1
     assert not s.client.connected
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     assert isinstance(proto, SecondaryProtocol)
     # The protocol name, then the last tid; nothing else, no reply wanted.
     assert transport.value() == b'\0\0\0\x06zrs2.0' + b'\0\0\0\x08' + TID1
@@ -195,20 +171,20 @@ def test_handshake_on_connection():
 
 
 def test_handshake_from_scratch_and_with_blobs():
-    proto, transport = Setup(protocol_name=zrs.PROTOCOL_2_1).connect()
+    proto, transport = Setup(protocol_name=zrs.PROTOCOL_2_1).start()
     assert transport.value() == handshake(z64, b'zrs2.1')
 
 
 def test_socket_is_tuned_for_tcp(tcp):
     sock = tcp[1]
-    Setup().connect(Transport(handle=sock))
+    Setup().start(Transport(handle=sock))
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_keep_alives_every_delay():
     s = Setup(keep_alive_delay=60)
-    proto, transport = s.connect()
+    proto, transport = s.start()
     transport.clear()
     s.clock.advance(59)
     assert transport.value() == b''
@@ -228,7 +204,7 @@ def test_keep_alives_every_delay():
 ], ids=['stop-with-the-connection', 'disabled'])
 def test_no_keep_alives(keep_alive_delay, disconnect, scheduled):
     s = Setup(keep_alive_delay=keep_alive_delay)
-    proto, transport = s.connect()
+    proto, transport = s.start()
     transport.clear()
     if disconnect:
         lost(proto)
@@ -240,12 +216,13 @@ def test_no_keep_alives(keep_alive_delay, disconnect, scheduled):
 # -- replicating -----------------------------------------------------------
 
 def test_transaction_is_committed():
-    s = Setup(storage=FakeStorage(last=TID1))
-    proto, transport = s.connect()
+    s = Setup(TID1)
+    proto, transport = s.start()
     primary = Stream(TID1)  # the checksum is seeded with our start tid
     proto.dataReceived(primary.one(TID2, data=b'two').take())
-    assert s.storage.calls == [
-        ('begin', TID2), ('store', OID0, b'two'), ('commit', TID2)]
+    assert s.storage.calls == [('begin', TID2, ' ', b'', b'', {}),
+                               ('store', OID0, TID2, b'two', None),
+                               ('commit', TID2)]
     assert s.commits == [TID2]
     data = primary.one(TID3).take()
     for i in range(len(data)):  # byte by byte
@@ -256,7 +233,7 @@ def test_transaction_is_committed():
 
 def test_bad_checksum(caplog):
     s = Setup()
-    proto, transport = s.connect()
+    proto, transport = s.start()
     primary = Stream(z64)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         proto.dataReceived(primary.one(TID1).take())
@@ -276,61 +253,43 @@ def test_bad_checksum(caplog):
     assert s.storage.names().count('abort') == 1
     assert not s.client.connected
     s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     assert transport.value() == handshake(TID1)
     proto.dataReceived(Stream(TID1).one(TID2).wire())
     assert s.storage.committed == [TID1, TID2]
 
 
-def test_garbage_frame_rejected(caplog):
-    s = Setup()
-    proto, transport = s.connect()
+@pytest.mark.parametrize('setup, data, texts, brief, traceback', [
+    (Setup, zrs.encode_frame(b'\xff garbage'), ['undecodable'], [], False),
+    (lambda: Setup(max_frame=1000),
+     Stream(z64).begin(TID1).wire() + struct.pack('>I', 1001), ['too large'],
+     [('begin', TID1), ('abort', TID1)], False),
+    (lambda: Setup(fail_on='store'),
+     Stream(z64).one(TID1).wire(), ['disk full', TID1.hex()],
+     [('begin', TID1), ('store', OID0), ('abort', TID1)], True),
+], ids=['garbage-frame', 'frame-too-large', 'sink-failure'])
+def test_bad_input_is_logged_and_drops_the_connection(
+        caplog, setup, data, texts, brief, traceback):
+    """One ERROR naming the problem (and the transaction), with a traceback
+    only if unexpected; the open transaction is aborted at once, not only
+    when the connection is finally gone."""
+    s = setup()
+    proto, transport = s.start()
     with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(zrs.encode_frame(b'\xff garbage'))
+        proto.dataReceived(data)
     assert transport.aborted
-    assert 'undecodable' in caplog.text
-    assert s.storage.calls == []
-
-
-def test_frame_too_large_rejected_at_once(caplog):
-    s = Setup(max_frame=1000)
-    proto, transport = s.connect()
-    with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(
-            Stream(z64).begin(TID1).wire() + struct.pack('>I', 1001))
-    assert transport.aborted
-    assert [r.levelname for r in caplog.records] == ['ERROR']
-    assert 'too large' in caplog.text
-    # "open transaction aborted": at once, not when the connection is gone.
-    assert s.storage.calls == [('begin', TID1), ('abort', TID1)]
+    [record] = caplog.records
+    assert record.levelname == 'ERROR'
+    assert [t for t in texts if t in record.getMessage()] == texts
+    assert (record.exc_info is not None) == traceback
+    assert s.storage.brief() == brief
     lost(proto)
-    assert s.storage.calls == [('begin', TID1), ('abort', TID1)]
-
-
-def test_sink_failure_is_logged_and_drops_the_connection(caplog):
-    storage = FakeStorage()
-
-    def store(oid, tid, data, data_txn):
-        raise OSError('disk full')
-
-    storage.store = store
-    proto, transport = Setup(storage=storage).connect()
-    with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(Stream(z64).one(TID1).wire())
-    assert transport.aborted
-    assert storage.calls == [('begin', TID1), ('abort', TID1)]
-    [record] = errors(caplog)
-    assert 'disk full' in record.getMessage()
-    assert record.exc_info is not None  # an unexpected error: traceback
-    # The line names the transaction that failed (not "none").
-    assert TID1.hex() in record.getMessage()
-    lost(proto)
-    assert storage.calls == [('begin', TID1), ('abort', TID1)]
+    assert s.storage.brief() == brief
 
 
 def test_connection_lost_mid_transaction_aborts_and_reconnects(caplog):
     s = Setup()
-    proto, transport = s.connect()
+    proto, transport = s.start()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         proto.dataReceived(
             Stream(z64).begin(TID1).store(OID0, TID1, b'half').take())
@@ -340,14 +299,14 @@ def test_connection_lost_mid_transaction_aborts_and_reconnects(caplog):
     assert 'disconnected' in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     assert transport.value() == handshake(z64)
 
 
 def test_client_options_reach_the_receiver(caplog):
     def run(**kw):
         s = Setup(**kw)
-        proto, transport = s.connect()
+        proto, transport = s.start()
         proto.dataReceived(Stream(z64).begin(
             TID1, extension={'amount': decimal.Decimal('1.5')})
             .commit(b'\3' * 16).take())
@@ -372,7 +331,7 @@ def test_backoff_grows_across_refused_connections(caplog):
         s.client.start()
         delays = []
         for _ in range(9):
-            s.endpoint.refuse()
+            s.refuse()
             delays.append(s.reconnect_delay())
             s.wait_for_attempt()
     assert delays[0] == 1.0
@@ -393,9 +352,9 @@ def test_backoff_reset_after(connected):
     s = Setup(keep_alive_delay=0)
     s.client.start()
     for _ in range(4):
-        s.endpoint.refuse()
+        s.refuse()
         s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     connected(s, proto)
     lost(proto)
     assert s.reconnect_delay() == 1.0
@@ -408,7 +367,7 @@ def test_backoff_not_reset_by_a_connection_that_delivers_nothing():
     s.client.start()
     delays = []
     for _ in range(5):
-        proto, transport = s.endpoint.accept()
+        proto, transport = s.accept()
         lost(proto, error.ConnectionDone('closed'))
         delays.append(s.reconnect_delay())
         s.wait_for_attempt()
@@ -418,11 +377,11 @@ def test_backoff_not_reset_by_a_connection_that_delivers_nothing():
 
 
 def test_refused_after_three_closes_right_after_the_handshake(caplog):
-    s = Setup(storage=FakeStorage(last=TID1))
+    s = Setup(TID1)
     s.client.start()
     for attempt in range(1, 4):
         assert not s.client.refused and s.client.state != 'refused'
-        proto, transport = s.endpoint.accept()
+        proto, transport = s.accept()
         assert transport.value().endswith(TID1)   # the handshake went out
         lost(proto)
         assert s.client.refusals == attempt
@@ -433,11 +392,11 @@ def test_refused_after_three_closes_right_after_the_handshake(caplog):
         'handshake 3 times in a row' in line
     assert TID1.hex() in line
     # Refused again: no new ERROR.
-    lost(s.endpoint.accept()[0])
+    lost(s.accept()[0])
     assert len(errors(caplog)) == 1
     # A primary that sends something accepts us again.
     s.wait_for_attempt()
-    s.endpoint.accept()[0].dataReceived(b'\0')
+    s.accept()[0].dataReceived(b'\0')
     assert not s.client.refused and s.client.refusals == 0
     assert s.client.state == 'connected'
 
@@ -448,7 +407,7 @@ def test_a_late_close_is_not_a_refusal():
     s = Setup()
     s.client.start()
     for _ in range(4):
-        proto, transport = s.endpoint.accept()
+        proto, transport = s.accept()
         s.clock.advance(client.REFUSAL_WINDOW + 1)
         lost(proto, error.ConnectionDone('closed'))
         s.wait_for_attempt()
@@ -457,13 +416,13 @@ def test_a_late_close_is_not_a_refusal():
 
 def test_backoff_after_stream_failure():
     s = Setup()
-    proto, transport = s.connect()
+    proto, transport = s.start()
     proto.dataReceived(Stream(z64).one(TID1, digest=BAD_DIGEST).take())
     assert transport.aborted
     lost(proto)
     first = s.reconnect_delay()
     s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     proto.dataReceived(Stream(z64).one(TID1, digest=BAD_DIGEST).take())
     lost(proto)
     assert s.reconnect_delay() > first
@@ -478,20 +437,20 @@ def test_stop_before_connected(refused):
     """Stopping cancels the attempt or the reconnect: none follows."""
     s = Setup()
     s.client.start()
-    attempt = s.endpoint.attempts[-1][1]
+    attempt = s.attempts[-1][1]
     if refused:
-        s.endpoint.refuse()
+        s.refuse()
         assert len(s.clock.getDelayedCalls()) == 1
     s.client.stop()
     assert attempt.called  # refused, or cancelled
     assert s.clock.getDelayedCalls() == []
     s.clock.advance(3600)
-    assert len(s.endpoint.attempts) == 1
+    assert len(s.attempts) == 1
 
 
 def test_stop_aborts_half_received_transaction():
     s = Setup()
-    proto, transport = s.connect()
+    proto, transport = s.start()
     primary = Stream(z64)
     proto.dataReceived(primary.one(TID1).take())
     proto.dataReceived(primary.begin(TID2).store(OID1, TID2, b'x').take())
@@ -506,7 +465,7 @@ def test_stop_aborts_half_received_transaction():
     assert s.storage.names().count('abort') == 1
     assert s.clock.getDelayedCalls() == []  # no reconnect, no keep-alive
     s.clock.advance(3600)
-    assert len(s.endpoint.attempts) == 1
+    assert len(s.attempts) == 1
     assert transport.value() == handshake(z64)  # no keep-alive after stop
 
 
@@ -515,8 +474,8 @@ def test_stop_aborts_half_received_transaction():
 def test_fsync_deferred_while_more_data_waits(tcp):
     """Commits are fsynced when the socket has nothing more to read."""
     sender, receiver = tcp
-    s = Setup(storage=FakeStorage(last=TID1))
-    proto, transport = s.connect(Transport(handle=receiver))
+    s = Setup(TID1)
+    proto, transport = s.start(Transport(handle=receiver))
     assert s.storage.defer_sync
     primary = Stream(TID1)
     # More of the stream is already waiting in the kernel: no fsync.

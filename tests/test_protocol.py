@@ -23,8 +23,8 @@ from zrsd.protocol import (
     FrameTooLarge, MessageDecoder, ProtocolError, Store, StoreBlob,
     StreamChecksum, encode_frame, encode_message, resolve_globals)
 
-# A message exactly as a zc.zrs primary pickles it:
-from harness.stream import message as primary_pickle
+from harness.stream import bytewise, split_everywhere
+from harness.stream import message as primary_pickle  # as zc.zrs does
 
 TID = bytes.fromhex('03e5c0a1b2c3d4e5')
 TID2 = bytes.fromhex('03e5c0a1b2c3d4f0')
@@ -60,7 +60,6 @@ class Call:
 # -- framing ---------------------------------------------------------------
 
 PAYLOADS = [b'zrs2.0', b'', b'\0' * 8, bytes(range(256)) * 3, b'x', b'']
-STREAM = b''.join(encode_frame(p) for p in PAYLOADS)
 
 
 def frames_of(pieces, limit=DEFAULT_MAX_FRAME):
@@ -80,31 +79,21 @@ def test_encode_frame_is_big_endian_length_then_payload():
     assert framed[4:] == b'y' * 70000
 
 
-@pytest.mark.parametrize('pieces, expected, limit', [
-    ([STREAM], PAYLOADS, DEFAULT_MAX_FRAME),
-    ([STREAM[i:i + 1] for i in range(len(STREAM))], PAYLOADS,
-     DEFAULT_MAX_FRAME),
-    ([EMPTY_FRAME], [b''], DEFAULT_MAX_FRAME),           # a keep-alive
-    ([EMPTY_FRAME * 3], [b''] * 3, DEFAULT_MAX_FRAME),
-    ([encode_frame(b'z' * 10)], [b'z' * 10], 10),        # at the limit
-], ids=['round-trip', 'byte-by-byte', 'keep-alive', 'keep-alives',
+@pytest.mark.parametrize('payloads, splits, limit', [
+    (PAYLOADS, lambda data: [[data]], DEFAULT_MAX_FRAME),
+    (PAYLOADS, lambda data: [bytewise(data)], DEFAULT_MAX_FRAME),
+    (PAYLOADS, split_everywhere, DEFAULT_MAX_FRAME),
+    ([b'ab', b'', b'cde', b''],                 # small, for speed
+     lambda data: split_everywhere(data, 3), DEFAULT_MAX_FRAME),
+    ([b''], lambda data: [[data]], DEFAULT_MAX_FRAME),       # a keep-alive
+    ([b''] * 3, lambda data: [[data]], DEFAULT_MAX_FRAME),
+    ([b'z' * 10], lambda data: [[data]], 10),                # at the limit
+], ids=['round-trip', 'byte-by-byte', 'split-at-every-byte-boundary',
+        'split-at-every-pair-of-boundaries', 'keep-alive', 'keep-alives',
         'at-the-limit'])
-def test_frames_decoded(pieces, expected, limit):
-    assert frames_of(pieces, limit) == expected
-
-
-def test_frames_split_at_every_byte_boundary():
-    for cut in range(len(STREAM) + 1):
-        assert frames_of([STREAM[:cut], STREAM[cut:]]) == PAYLOADS, cut
-
-
-def test_frames_split_at_every_pair_of_boundaries():
-    expected = [b'ab', b'', b'cde', b'']  # small, for speed
-    stream = b''.join(encode_frame(p) for p in expected)
-    for i in range(len(stream) + 1):
-        for j in range(i, len(stream) + 1):
-            assert frames_of([stream[:i], stream[i:j], stream[j:]]) \
-                == expected, (i, j)
+def test_frames_decoded(payloads, splits, limit):
+    for pieces in splits(b''.join(encode_frame(p) for p in payloads)):
+        assert frames_of(pieces, limit) == payloads, pieces
 
 
 def test_frame_delivered_as_soon_as_complete():

@@ -1,11 +1,9 @@
 """Unit tests for the replication state machine,
 zrsd.replica.receiver.Receiver, fed frame payloads as a zc.zrs primary
-sends them; `RecordingSink` records every call it makes.
-"""
+sends them, its sink recording every call it makes."""
 import hashlib
 import logging
 import pickle
-import tempfile
 
 import pytest
 
@@ -14,56 +12,14 @@ from ZODB.utils import p64, z64
 from zrsd.protocol import BLOB_BLOCK_SIZE, FrameDecoder, ProtocolError
 from zrsd.replica.receiver import Receiver, State
 
-from harness.stream import Stream
+from harness.stream import (
+    RecordingSink, Stream, bytewise, split_everywhere)
 
 START = p64(0x03E5000000000000)
 TID1 = p64(0x03E5000000000010)
 TID2 = p64(0x03E5000000000020)
 TID3 = p64(0x03E5000000000030)
 OID0, OID1, OID2 = p64(0), p64(1), p64(2)
-
-
-class RecordingSink:
-    """A sink recording calls (raising OSError at `fail_on`); `open_blob`
-    returns a real temporary file."""
-
-    def __init__(self, tmp_path, fail_on=None):
-        self.tmp_path = tmp_path
-        self.fail_on = fail_on
-        self.calls = []
-        self.blobs = []  # the blob files stored
-
-    def _record(self, name, *args):
-        self.calls.append((name,) + args)
-        if name == self.fail_on:
-            raise OSError('disk full')
-
-    def begin(self, tid, status, user, description, extension):
-        self._record('begin', tid, status, user, description, extension)
-
-    def store(self, oid, tid, data, data_txn):
-        self._record('store', oid, tid, data, data_txn)
-
-    def open_blob(self):
-        self._record('open_blob')
-        return tempfile.NamedTemporaryFile(
-            dir=self.tmp_path, suffix='.blob', delete=False)
-
-    def store_blob(self, oid, tid, data, data_txn, blob_file):
-        with open(blob_file.name, 'rb') as f:
-            content = f.read()
-        self.blobs.append(blob_file)
-        self._record('store_blob', oid, tid, data, data_txn, content,
-                     blob_file.closed)
-
-    def commit(self):
-        self._record('commit')
-
-    def abort(self):
-        self._record('abort')
-
-    def names(self):
-        return [call[0] for call in self.calls]
 
 
 @pytest.fixture
@@ -112,7 +68,7 @@ def test_full_transaction(sink):
         ('begin', TID1, 'p', b'alice', b'add a', {'ticket': 42}),
         ('store', OID0, TID1, b'root record', None),
         ('store', OID1, TID1, None, TID1),
-        ('commit',),
+        ('commit', TID1),
     ]
     # nbytes: the payloads of the transaction up to its C message.
     assert commits == [(TID1, before_commit)]
@@ -152,10 +108,10 @@ def test_legacy_stream_commits(sink, caplog):
         ('begin', TID1, ' ', b'', b'', {}),
         ('store', OID0, TID1, b'inline', None),
         ('store', OID1, TID1, None, TID1),
-        ('commit',),
+        ('commit', TID1),
         ('begin', TID2, ' ', b'', b'', {}),
         ('store', OID0, TID2, b'again', None),
-        ('commit',),
+        ('commit', TID2),
     ]
     assert tids(commits) == [TID1, TID2]
     warnings = [r for r in caplog.records if 'checksum' in r.getMessage()]
@@ -342,8 +298,7 @@ def run_stream(tmp_path, pieces):
 
 
 @pytest.mark.parametrize('splits', [
-    lambda data: [[data[:cut], data[cut:]] for cut in range(1, len(data))],
-    lambda data: [[data[i:i + 1] for i in range(len(data))]],
+    split_everywhere, lambda data: [bytewise(data)],
 ], ids=['at-every-byte-boundary', 'byte-by-byte'])
 def test_stream_split(tmp_path, splits):
     stream = Stream(START).begin(TID1, user=b'u', description=b'd')
