@@ -1,10 +1,7 @@
-"""The secondary's Twisted glue, zrsd.replica.client, on a fake network.
-
-Narrated like zc.zrs's ``secondary.test``: a `Clock` stands in for the
-reactor, the endpoint hands out connection attempts that the test
-completes or refuses, a `Transport` (a StringTransport) records what the
-secondary writes, and the test plays the primary by calling
-``protocol.dataReceived``.
+"""The secondary's Twisted glue, zrsd.replica.client, on a fake network,
+narrated like zc.zrs's ``secondary.test``: a `Clock` is the reactor, the
+test completes or refuses connection attempts, a `Transport` records what
+the secondary writes, and the test plays the primary (``dataReceived``).
 """
 import decimal
 import logging
@@ -156,8 +153,12 @@ def tcp():
 
 # -- connecting and the handshake ------------------------------------------
 
-def test_handshake_on_connection():
-    s = Setup(TID1)
+@pytest.mark.parametrize('last, kw, name', [
+    (TID1, {}, b'zrs2.0'),
+    (z64, {'protocol_name': zrs.PROTOCOL_2_1}, b'zrs2.1'),
+], ids=['on-connection', 'from-scratch-and-with-blobs'])
+def test_handshake(last, kw, name):
+    s = Setup(last, **kw)
     assert s.attempts == []
     s.client.start()
     assert len(s.attempts) == 1
@@ -165,14 +166,9 @@ def test_handshake_on_connection():
     proto, transport = s.accept()
     assert isinstance(proto, SecondaryProtocol)
     # The protocol name, then the last tid; nothing else, no reply wanted.
-    assert transport.value() == b'\0\0\0\x06zrs2.0' + b'\0\0\0\x08' + TID1
+    assert transport.value() == b'\0\0\0\x06' + name + b'\0\0\0\x08' + last
     assert s.client.connected
     assert s.client.connection is proto
-
-
-def test_handshake_from_scratch_and_with_blobs():
-    proto, transport = Setup(protocol_name=zrs.PROTOCOL_2_1).start()
-    assert transport.value() == handshake(z64, b'zrs2.1')
 
 
 def test_socket_is_tuned_for_tcp(tcp):
@@ -243,8 +239,7 @@ def test_bad_checksum(caplog):
     assert 'primary.example.com:5000' in line
     assert s.storage.calls[-1] == ('abort', TID2)
     assert s.storage.committed == [TID1]
-    assert transport.aborted
-    assert s.client.stream_failures == 1
+    assert transport.aborted and s.client.stream_failures == 1
     # Whatever else arrives before the connection is gone is ignored.
     proto.dataReceived(Stream(TID1).one(TID3).wire())
     assert s.storage.committed == [TID1]
@@ -295,8 +290,7 @@ def test_connection_lost_mid_transaction_aborts_and_reconnects(caplog):
             Stream(z64).begin(TID1).store(OID0, TID1, b'half').take())
         lost(proto, error.ConnectionDone('closed by peer'))
     assert s.storage.calls[-1] == ('abort', TID1)
-    assert s.storage.committed == []
-    assert 'disconnected' in caplog.text
+    assert s.storage.committed == [] and 'disconnected' in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     s.wait_for_attempt()
     proto, transport = s.accept()
@@ -319,8 +313,7 @@ def test_client_options_reach_the_receiver(caplog):
     s, transport = run(
         decoder=zrs.MessageDecoder(zrs.resolve_globals(['decimal.Decimal'])),
         check_checksums=False)
-    assert not transport.aborted
-    assert s.storage.committed == [TID1]
+    assert not transport.aborted and s.storage.committed == [TID1]
 
 
 # -- reconnecting ------------------------------------------------------------
@@ -397,8 +390,8 @@ def test_refused_after_three_closes_right_after_the_handshake(caplog):
     # A primary that sends something accepts us again.
     s.wait_for_attempt()
     s.accept()[0].dataReceived(b'\0')
-    assert not s.client.refused and s.client.refusals == 0
-    assert s.client.state == 'connected'
+    assert (s.client.refused, s.client.refusals, s.client.state) == (
+        False, 0, 'connected')
 
 
 def test_a_late_close_is_not_a_refusal():
@@ -425,8 +418,7 @@ def test_backoff_after_stream_failure():
     proto, transport = s.accept()
     proto.dataReceived(Stream(z64).one(TID1, digest=BAD_DIGEST).take())
     lost(proto)
-    assert s.reconnect_delay() > first
-    assert s.client.stream_failures == 2
+    assert s.reconnect_delay() > first and s.client.stream_failures == 2
 
 
 # -- stopping -------------------------------------------------------------
@@ -456,8 +448,7 @@ def test_stop_aborts_half_received_transaction():
     proto.dataReceived(primary.begin(TID2).store(OID1, TID2, b'x').take())
     s.client.stop()
     assert s.storage.calls[-1] == ('abort', TID2)
-    assert s.storage.committed == [TID1]
-    assert transport.aborted
+    assert s.storage.committed == [TID1] and transport.aborted
     # More data before the connection is really gone changes nothing.
     proto.dataReceived(primary.commit().take())
     assert s.storage.committed == [TID1]
@@ -465,8 +456,7 @@ def test_stop_aborts_half_received_transaction():
     assert s.storage.names().count('abort') == 1
     assert s.clock.getDelayedCalls() == []  # no reconnect, no keep-alive
     s.clock.advance(3600)
-    assert len(s.attempts) == 1
-    assert transport.value() == handshake(z64)  # no keep-alive after stop
+    assert len(s.attempts) == 1 and transport.value() == handshake(z64)
 
 
 # -- group commit ---------------------------------------------------------
