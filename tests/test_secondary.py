@@ -48,6 +48,16 @@ def tids(commits):
     return [tid for tid, _ in commits]
 
 
+def assert_failed(receiver, commits, names):
+    """The receiver failed having committed nothing, its sink saw `names`,
+    and further input is refused without reaching the sink."""
+    assert (receiver.state, receiver.last_tid) == (State.FAILED, START)
+    assert commits == [] and receiver.sink.names() == names
+    with pytest.raises(ProtocolError):
+        receiver.frame_received(Stream(START).begin(TID1).payloads[0])
+    assert receiver.sink.names() == names
+
+
 def test_full_transaction(sink):
     stream = Stream(START)
     stream.begin(TID1, 'p', b'alice', b'add a', {'ticket': 42})
@@ -61,8 +71,7 @@ def test_full_transaction(sink):
     assert receiver.state is State.IN_TRANSACTION
     assert receiver.transaction_tid == TID1
     feed(receiver, stream.payloads[1:-1])
-    assert sink.names() == ['begin', 'store', 'store']
-    assert commits == []
+    assert (sink.names(), commits) == (['begin', 'store', 'store'], [])
     feed(receiver, stream.payloads[-1:])
     assert sink.calls == [
         ('begin', TID1, 'p', b'alice', b'add a', {'ticket': 42}),
@@ -72,9 +81,8 @@ def test_full_transaction(sink):
     ]
     # nbytes: the payloads of the transaction up to its C message.
     assert commits == [(TID1, before_commit)]
-    assert receiver.state is State.IDLE
-    assert receiver.last_tid == TID1
-    assert receiver.transaction_tid is None
+    assert (receiver.state, receiver.last_tid, receiver.transaction_tid) \
+        == (State.IDLE, TID1, None)
 
 
 def test_second_transaction_continues_the_running_checksum(sink):
@@ -131,14 +139,7 @@ def test_bad_checksum_aborts_and_fails(sink):
     with pytest.raises(ProtocolError, match='checksum mismatch') as info:
         feed(receiver, stream.payloads)
     assert TID1.hex() in str(info.value)
-    assert sink.names() == ['begin', 'store', 'abort']
-    assert commits == []
-    assert receiver.state is State.FAILED
-    assert receiver.last_tid == START
-    # Further input is refused, and does not reach the sink.
-    with pytest.raises(ProtocolError):
-        receiver.frame_received(Stream(START).begin(TID1).payloads[0])
-    assert sink.names() == ['begin', 'store', 'abort']
+    assert_failed(receiver, commits, ['begin', 'store', 'abort'])
     receiver.abort()  # idempotent
     assert sink.names().count('abort') == 1
 
@@ -147,8 +148,8 @@ def test_bad_checksum_accepted_when_checks_are_off(sink):
     stream = Stream(START).begin(TID1).store(OID0, TID1, b'x')
     stream.commit(digest=b'\1' * 16)
     receiver, commits = receive(sink, stream, check_checksums=False)
-    assert sink.names() == ['begin', 'store', 'commit']
-    assert tids(commits) == [TID1]
+    assert (sink.names(), tids(commits)) == (['begin', 'store', 'commit'],
+                                             [TID1])
 
 
 @pytest.mark.parametrize('build, match, calls', [
@@ -182,14 +183,11 @@ def test_bad_checksum_accepted_when_checks_are_off(sink):
         'inline-record-tid-differs', 'blob-block-too-large',
         'checksum-seeded-with-start-tid'])
 def test_bad_stream_fails(sink, build, match, calls):
-    """The receiver fails, aborting an open transaction (once), and
-    commits nothing."""
+    """The receiver fails, aborting an open transaction (once)."""
     receiver, commits = receive(sink)
     with pytest.raises(ProtocolError, match=match):
         feed(receiver, build(Stream(START)).payloads)
-    assert receiver.state is State.FAILED
-    assert commits == []
-    assert sink.names() == calls
+    assert_failed(receiver, commits, calls)
 
 
 def test_tid_not_above_last_committed(sink):
@@ -218,8 +216,7 @@ def test_blob_record(sink):
     assert sink.names() == ['begin', 'open_blob', 'store_blob', 'commit']
     assert sink.calls[2] == ('store_blob', OID2, TID1, b'blob record', None,
                              block1 + block2, True)
-    [blob_file] = sink.blobs
-    assert blob_file.closed
+    assert [f.closed for f in sink.blobs] == [True]
     assert tids(commits) == [TID1]
 
 
@@ -246,8 +243,7 @@ def test_commit_in_the_middle_of_blob_blocks_is_not_a_commit(sink):
     """While blocks are expected every frame is blob content, a C message
     too: the transaction is not committed early."""
     receiver, commits = receive(sink, half_a_blob().commit())
-    assert commits == []
-    assert receiver.state is State.IN_TRANSACTION
+    assert (commits, receiver.state) == ([], State.IN_TRANSACTION)
     assert sink.names() == ['begin', 'open_blob', 'store_blob']
 
 
@@ -264,12 +260,7 @@ def test_sink_failure_aborts_and_propagates(tmp_path, method, calls):
     receiver, commits = receive(sink)
     with pytest.raises(OSError, match='disk full'):
         feed(receiver, stream.payloads)
-    assert sink.names() == calls + ['abort']
-    assert commits == []
-    assert receiver.state is State.FAILED
-    assert receiver.last_tid == START
-    with pytest.raises(ProtocolError):
-        receiver.frame_received(stream.payloads[0])
+    assert_failed(receiver, commits, calls + ['abort'])
 
 
 def test_abort_mid_transaction_closes_blob_file(sink):
@@ -311,5 +302,4 @@ def test_stream_split(tmp_path, splits):
     assert ('store_blob', OID2, TID2, b'b', None, b'123', True) in sink.calls
     for pieces in splits(data):
         got_sink, got = run_stream(tmp_path, pieces)
-        assert got == commits, pieces
-        assert got_sink.calls == sink.calls, pieces
+        assert (got, got_sink.calls) == (commits, sink.calls), pieces
