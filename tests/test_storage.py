@@ -1,9 +1,6 @@
-"""The replica storage with the state machine, in one process, no network.
-
-Includes the seed document's scenario (an initial transaction, a change and
-an undo, each visible through a DB opened on the replica), the crash between
-`tpc_vote` and `tpc_finish`, and ZODB's own read-only storage tests.
-"""
+"""The replica storage with the state machine, in one process, no network:
+the seed document's scenario, the crash between `tpc_vote` and
+`tpc_finish`, and ZODB's own read-only storage tests."""
 import os
 import subprocess
 import sys
@@ -21,7 +18,7 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ReadOnlyError
 from ZODB.serialize import referencesf
 from ZODB.tests import ReadOnlyStorage, StorageTestBase
-from ZODB.utils import p64, u64, z64
+from ZODB.utils import z64
 
 from zrsd.internals import TransactionBuffer
 from zrsd.primary.storage import PrimaryStorage
@@ -29,7 +26,7 @@ from zrsd.protocol import ProtocolError
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage, last_committed_tid
 
-from harness.history import assert_same_history, copy_transaction
+from harness.history import assert_same_history, transactions
 from harness.process import wait_until
 from harness.stream import Stream
 
@@ -50,10 +47,10 @@ class Primary:
     """A primary FileStorage, a DB and a connection to change it."""
 
     def __init__(self, path):
+        self.path, self.sent = path, z64
         self.fs = ZODB.FileStorage.FileStorage(path)
         self.db = ZODB.DB(self.fs)
         self.root = self.db.open().root()
-        self.sent = z64
 
     def commit(self, items):
         """One transaction setting `items` in the root."""
@@ -62,10 +59,8 @@ class Primary:
 
     def new_transactions(self):
         """The transactions committed since the last call, as `Txn`s."""
-        txns = [copy_transaction(t)
-                for t in self.fs.iterator(p64(u64(self.sent) + 1))]
-        if txns:
-            self.sent = txns[-1].tid
+        txns = [t for t in transactions(self.path) if t.tid > self.sent]
+        self.sent = txns[-1].tid if txns else self.sent
         return txns
 
 
@@ -93,9 +88,8 @@ def test_seed_scenario(tmp_path, primary):
     receiver = Receiver(replica.writer, replica.lastTransaction())
     # The initial transaction creates the root.
     feed(receiver, primary.new_transactions())
-    db = ZODB.DB(replica)
     tm = transaction.TransactionManager()
-    conn = db.open(tm)
+    conn = ZODB.DB(replica).open(tm)
     assert conn.root() == {}
     # A change on the primary is visible on the replica after a sync.
     primary.commit({'x': persistent.mapping.PersistentMapping()})
@@ -113,7 +107,7 @@ def test_seed_scenario(tmp_path, primary):
     with pytest.raises(ReadOnlyError):
         tm.commit()
     tm.abort()
-    db.close()
+    conn.db().close()
     assert same_history(tmp_path, primary) == 3
 
 
@@ -169,9 +163,9 @@ def test_crash_between_vote_and_finish_resumes_without_loss(
                     replica_path, str(tmp_path / 'primary.fs')], check=False)
     # The pitfall itself, so this test notices if FileStorage changes.
     fs = ZODB.FileStorage.FileStorage(replica_path)
-    last, previous = txns[-1].tid, txns[-2].tid
-    assert fs.lastTransaction() == last
-    assert last_committed_tid(fs) == previous
+    previous = txns[-2].tid
+    assert (fs.lastTransaction(), last_committed_tid(fs)) == (
+        txns[-1].tid, previous)
     replica = ReplicaStorage(fs)
     assert replica.resume_tid == replica.lastTransaction() == previous
     feed(Receiver(replica.writer, replica.lastTransaction()), txns[-1:])
@@ -208,8 +202,8 @@ def test_pack_keeps_the_last_transaction_and_replication_going(
     generation = replica.commits.generation
     replica.pack(time.time() + 60, referencesf)
     assert replica.getSize() < size
-    assert replica.commits.generation == generation + 1
-    assert last_committed_tid(replica.file_storage) == last
+    assert (replica.commits.generation, last_committed_tid(
+        replica.file_storage)) == (generation + 1, last)
     assert [t.status for t in replica.iterator(last)] == [' ']
     replica.writer.sync()
     primary.commit({'x': b'after the pack'})
