@@ -2,6 +2,7 @@
 the seed document's scenario, the crash between `tpc_vote` and
 `tpc_finish`, and ZODB's own read-only storage tests."""
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -312,17 +313,13 @@ def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
     them."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'),
                                       blob_dir=str(tmp_path / 'blobs'))
-    scratch = fs.temporaryDirectory()
-    left = [os.path.join(scratch, name) for name in (
-        'zrsd-k3j2h1.blob', 'zrsd-a9b8c7.blob')]
-    other = os.path.join(scratch, 'BUSHY-not-ours.tmp')
-    for path in left + [other]:
-        with open(path, 'wb') as f:
-            f.write(b'half a blob')
+    files = [pathlib.Path(fs.temporaryDirectory(), name) for name in (
+        'zrsd-k3j2h1.blob', 'zrsd-a9b8c7.blob', 'BUSHY-not-ours.tmp')]
+    for path in files:
+        path.write_bytes(b'half a blob')
     replica = ReplicaStorage(fs)
     try:
-        assert not any(os.path.exists(path) for path in left)
-        assert os.path.exists(other)
+        assert [path.exists() for path in files] == [False, False, True]
         # What the writer makes now is still ours to remove next time.
         with replica.writer.open_blob() as blob:
             assert os.path.basename(blob.name).startswith('zrsd-')
@@ -335,15 +332,9 @@ def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
     """A ZEO commit voted but not finished when the server stops: closing
     the storage aborts it, and its blob file goes with it (FileStorage's
     close leaves the file behind, an orphan in the blob directory)."""
-    blob_dir = str(tmp_path / 'blobs')
-    path = str(tmp_path / 'Data.fs')
+    blob_dir, path = tmp_path / 'blobs', str(tmp_path / 'Data.fs')
     storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
-        path, blob_dir=blob_dir))
-
-    def blob_files():
-        return [name for _, _, names in os.walk(blob_dir)
-                for name in names if name.endswith('.blob')]
-
+        path, blob_dir=str(blob_dir)))
     meta = TransactionMetaData()
     storage.tpc_begin(meta)
     upload = tmp_path / 'upload.blob'
@@ -351,11 +342,9 @@ def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
     storage.storeBlob(storage.new_oid(), z64, b'blob record data',
                       str(upload), '', meta)
     storage.tpc_vote(meta)
-    assert len(blob_files()) == 1
+    assert len(list(blob_dir.rglob('*.blob'))) == 1
     storage.close()
-    assert blob_files() == []
+    assert list(blob_dir.rglob('*.blob')) == []
     fs = ZODB.FileStorage.FileStorage(path, read_only=True)
-    try:
-        assert fs.lastTransaction() == z64
-    finally:
-        fs.close()
+    assert fs.lastTransaction() == z64
+    fs.close()
