@@ -353,20 +353,25 @@ def test_backoff_reset_after(connected):
     assert s.reconnect_delay() == 1.0
 
 
-def test_backoff_not_reset_by_a_connection_that_delivers_nothing():
-    """A primary that accepts and closes at once (refusing our history or
-    protocol) is not hammered: attempts soon come at the maximum delay."""
+@pytest.mark.parametrize('after, refusals, at_max', [
+    (0, 5, True), (client.REFUSAL_WINDOW + 1, 0, False),
+], ids=['at-once', 'late'])
+def test_closes_after_the_handshake(after, refusals, at_max):
+    """A primary that closes at once (it refuses our history or protocol)
+    is not hammered: attempts soon come at the maximum delay; one closing
+    an idle link long after the handshake (a restart) is no refusal."""
     s = Setup()
     s.client.start()
     delays = []
     for _ in range(5):
         proto, transport = s.accept()
+        s.clock.advance(after)
         lost(proto, error.ConnectionDone('closed'))
         delays.append(s.reconnect_delay())
         s.wait_for_attempt()
-    assert delays[0] == 1.0
-    assert delays[0] < delays[1] < 60.0, delays
-    assert delays[2:] == pytest.approx([60.0] * 3), delays
+    assert delays[0] == 1.0 and delays[0] < delays[1] < 60.0, delays
+    assert (delays[2:] == pytest.approx([60.0] * 3)) == at_max, delays
+    assert (s.client.refusals, s.client.refused) == (refusals, at_max)
 
 
 def test_refused_after_three_closes_right_after_the_handshake(caplog):
@@ -392,19 +397,6 @@ def test_refused_after_three_closes_right_after_the_handshake(caplog):
     s.accept()[0].dataReceived(b'\0')
     assert (s.client.refused, s.client.refusals, s.client.state) == (
         False, 0, 'connected')
-
-
-def test_a_late_close_is_not_a_refusal():
-    """The primary closing an idle link long after the handshake (a
-    restart) says nothing about our history."""
-    s = Setup()
-    s.client.start()
-    for _ in range(4):
-        proto, transport = s.accept()
-        s.clock.advance(client.REFUSAL_WINDOW + 1)
-        lost(proto, error.ConnectionDone('closed'))
-        s.wait_for_attempt()
-    assert s.client.refusals == 0 and not s.client.refused
 
 
 def test_backoff_after_stream_failure():
