@@ -265,9 +265,8 @@ def test_bad_checksum(caplog):
 ], ids=['garbage-frame', 'frame-too-large', 'sink-failure'])
 def test_bad_input_is_logged_and_drops_the_connection(
         caplog, setup, data, texts, brief, traceback):
-    """One ERROR naming the problem (and the transaction), with a traceback
-    only if unexpected; the open transaction is aborted at once, not only
-    when the connection is finally gone."""
+    """One ERROR (a traceback only if unexpected); the open transaction is
+    aborted at once, not when the connection is gone."""
     s = setup()
     proto, transport = s.start()
     with caplog.at_level(logging.ERROR, logger=LOGGER):
@@ -357,9 +356,8 @@ def test_backoff_reset_after(connected):
     (0, 5, True), (client.REFUSAL_WINDOW + 1, 0, False),
 ], ids=['at-once', 'late'])
 def test_closes_after_the_handshake(after, refusals, at_max):
-    """A primary that closes at once (it refuses our history or protocol)
-    is not hammered: attempts soon come at the maximum delay; one closing
-    an idle link long after the handshake (a restart) is no refusal."""
+    """A primary closing at once (a refusal) is retried at the maximum
+    delay; closing an idle link long after (a restart) is no refusal."""
     s = Setup()
     s.client.start()
     delays = []

@@ -380,9 +380,8 @@ def test_bytes_with_arguments_refused(args):
 
 
 def test_ext_opcode_refused_even_when_copyreg_has_cached_it():
-    """The C unpickler serves an EXT code from copyreg's cache without
-    asking `find_class`: a global that some other code registered and
-    used would reach a message."""
+    """The C unpickler serves a cached EXT code without `find_class`: a
+    global other code registered and used would reach a message."""
     code = 0x7ff0
     copyreg.add_extension('os', 'getcwd', code)
     try:

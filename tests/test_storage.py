@@ -150,9 +150,8 @@ CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
 
 def test_crash_between_vote_and_finish_resumes_without_loss(
         tmp_path, primary):
-    """FileStorage reopens a file left by a kill between tpc_vote and
-    tpc_finish with the never-committed tid as its last: the replica
-    resumes from the last committed one, so the primary sends it again."""
+    """After a kill between tpc_vote and tpc_finish the replica resumes
+    from the last committed tid (not FileStorage's last, never committed)."""
     replica_path = str(tmp_path / 'Data.fs')
     for i in range(3):
         primary.commit({i: persistent.mapping.PersistentMapping(n=i)})
@@ -191,8 +190,7 @@ def test_read_only_face(tmp_path):
 def test_pack_keeps_the_last_transaction_and_replication_going(
         tmp_path, primary):
     """A pack to "now" shrinks the file, keeps the last transaction whole
-    (a restart resumes after it), wakes the streamers, and commits applied
-    with their fsync deferred before it, and new ones after it, go on."""
+    and wakes the streamers; deferred-fsync and new commits go on."""
     for i in range(20):
         primary.commit({'x': b'%d' % i * 1000})
     replica = open_replica(tmp_path)
@@ -286,9 +284,8 @@ def test_big_transaction_through_the_buffer(tmp_path, primary):
 
 
 def test_close_releases_commits_held_until_registered(tmp_path, primary):
-    """Under runzeo, replicated commits wait until ZEO registers.  If the
-    storage is closed first (runzeo could not listen), a commit waiting at
-    the gate must go through, or stopping replication would wait forever."""
+    """A commit held until ZEO registers goes through if the storage closes
+    first (runzeo could not listen): stopping replication cannot hang."""
     replica = open_replica(tmp_path)
     replica.hold_commits_until_registered()
     applier = threading.Thread(
@@ -308,9 +305,8 @@ def test_close_releases_commits_held_until_registered(tmp_path, primary):
 
 def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
         tmp_path):
-    """A kill -9 in the middle of a blob transaction leaves zrsd's
-    temporary blob files behind; the next start removes them, and only
-    them."""
+    """The next start removes the temporary blob files a kill -9 in a blob
+    transaction left behind, and only those."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'),
                                       blob_dir=str(tmp_path / 'blobs'))
     files = [pathlib.Path(fs.temporaryDirectory(), name) for name in (
@@ -329,9 +325,8 @@ def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
 
 
 def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
-    """A ZEO commit voted but not finished when the server stops: closing
-    the storage aborts it, and its blob file goes with it (FileStorage's
-    close leaves the file behind, an orphan in the blob directory)."""
+    """Closing aborts a voted, unfinished ZEO commit and removes its blob
+    file (FileStorage's close leaves it behind, an orphan)."""
     blob_dir, path = tmp_path / 'blobs', str(tmp_path / 'Data.fs')
     storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
         path, blob_dir=str(blob_dir)))
