@@ -1,11 +1,9 @@
-"""The secondary's Twisted glue, zrsd.replica.client, on a fake network.
-
-Narrated like zc.zrs's ``secondary.test``: a `Clock` stands in for the
-reactor, `FakeEndpoint` hands out connection attempts that the test
-completes or refuses, a `Transport` (a StringTransport) records what the
-secondary writes, and the test plays the primary by calling
-``protocol.dataReceived``.
+"""The secondary's Twisted glue, zrsd.replica.client, on a fake network,
+narrated like zc.zrs's ``secondary.test``: a `Clock` is the reactor, the
+test completes or refuses connection attempts, a `Transport` records what
+the secondary writes, and the test plays the primary (``dataReceived``).
 """
+import decimal
 import logging
 import socket
 import struct
@@ -23,14 +21,13 @@ from zrsd.replica.client import ReplicationClient, SecondaryProtocol
 from zrsd.network.sockets import pending_bytes
 
 from harness.process import wait_until
-from harness.stream import Stream
+from harness.stream import RecordingSink, Stream
 
 LOGGER = 'zrsd.replica.client'
-
-TID1 = p64(0x03E5000000000010)
-TID2 = p64(0x03E5000000000020)
-TID3 = p64(0x03E5000000000030)
+TID1, TID2, TID3, TID4, TID5 = [
+    p64(0x03E5000000000000 + n) for n in (0x10, 0x20, 0x30, 0x31, 0x32)]
 OID0, OID1 = p64(0), p64(1)
+BAD_DIGEST = b'\2' * 16
 
 
 class Transport(StringTransport):
@@ -50,16 +47,62 @@ class Transport(StringTransport):
         super().abortConnection()
 
 
-class FakeEndpoint:
-    """`connect()` returns a Deferred the test fires (or fails) itself."""
+class FakeStorage(RecordingSink):
+    """The replica storage: a resume tid, and itself as the writer, with
+    the writer's group commit (deferred fsyncs, `sync()`)."""
 
-    def __init__(self):
+    defer_sync, unsynced, unsynced_since, syncs = False, 0, None, 0
+    failure = None      # a disk failure: never sync again
+
+    def __init__(self, last=z64, fail_on=None):
+        super().__init__(fail_on=fail_on)
+        self.last, self.writer = last, self
+
+    def lastTransaction(self):
+        return self.last
+
+    last_applied = lastTransaction
+
+    def sync(self):
+        if self.unsynced:
+            self.syncs, self.unsynced = self.syncs + 1, 0
+
+    def commit(self):
+        self.last = super().commit()
+        if self.defer_sync:
+            if not self.unsynced:
+                self.unsynced_since = time.monotonic()
+            self.unsynced += 1
+        return self.last
+
+    def brief(self):
+        """The calls, each as its name and first argument."""
+        return [call[:2] for call in self.calls]
+
+
+def handshake(start_tid, name=b'zrs2.0'):
+    return zrs.encode_frame(name) + zrs.encode_frame(start_tid)
+
+
+class Setup:
+    """A client on a `FakeStorage` and a clock; also its endpoint, whose
+    `connect()` returns a Deferred the test fires (or fails) itself."""
+
+    def __init__(self, last=z64, fail_on=None, **kw):
+        self.clock = task.Clock()
         self.attempts = []  # [(factory, deferred)]
+        self.storage = FakeStorage(last, fail_on)
+        self.commits = []
+        kw.setdefault('keep_alive_delay', 60)
+        kw.setdefault('reconnect_delay', 1.0)
+        kw.setdefault('max_reconnect_delay', 60.0)
+        self.client = ReplicationClient(
+            '1', self.storage, ('primary.example.com', 5000), self, self.clock,
+            on_commit=lambda tid, n: self.commits.append(tid), **kw)
 
     def connect(self, factory):
-        d = defer.Deferred()
-        self.attempts.append((factory, d))
-        return d
+        self.attempts.append((factory, defer.Deferred()))
+        return self.attempts[-1][1]
 
     def accept(self, transport=None):
         """Complete the last attempt; return (protocol, transport)."""
@@ -71,153 +114,82 @@ class FakeEndpoint:
         return proto, transport
 
     def refuse(self):
-        factory, d = self.attempts[-1]
-        d.errback(Failure(error.ConnectionRefusedError('Connection refused')))
+        self.attempts[-1][1].errback(
+            Failure(error.ConnectionRefusedError('Connection refused')))
 
-
-class FakeStorage:
-    """The replica storage: a resume tid, and itself as the writer (sink)."""
-
-    def __init__(self, last=z64):
-        self.last = last
-        self.calls = []
-        self.committed = []
-        self._tid = None
-        self.writer = self
-        # group commit: the client defers fsyncs and calls sync()
-        self.defer_sync = False
-        self.unsynced = 0
-        self.unsynced_since = None
-        self.syncs = 0
-        self.failure = None     # a disk failure: never sync again
-
-    def lastTransaction(self):
-        return self.last
-
-    last_applied = lastTransaction
-
-    def sync(self):
-        if self.unsynced:
-            self.syncs += 1
-            self.unsynced = 0
-
-    def begin(self, tid, status, user, description, extension):
-        self.calls.append(('begin', tid))
-        self._tid = tid
-
-    def store(self, oid, tid, data, data_txn):
-        self.calls.append(('store', oid, data))
-
-    def open_blob(self):
-        raise AssertionError('no blobs in these tests')
-
-    def store_blob(self, oid, tid, data, data_txn, blob_file):
-        raise AssertionError('no blobs in these tests')
-
-    def commit(self):
-        self.calls.append(('commit', self._tid))
-        self.committed.append(self._tid)
-        self.last, self._tid = self._tid, None
-        if self.defer_sync:
-            if not self.unsynced:
-                self.unsynced_since = time.monotonic()
-            self.unsynced += 1
-        return self.last
-
-    def abort(self):
-        self.calls.append(('abort', self._tid))
-        self._tid = None
-
-    def names(self):
-        return [call[0] for call in self.calls]
-
-
-def handshake(start_tid, name=b'zrs2.0'):
-    return zrs.encode_frame(name) + zrs.encode_frame(start_tid)
-
-
-class Setup:
-    def __init__(self, storage=None, **kw):
-        self.clock = task.Clock()
-        self.endpoint = FakeEndpoint()
-        self.storage = storage or FakeStorage()
-        self.commits = []
-        kw.setdefault('keep_alive_delay', 60)
-        kw.setdefault('reconnect_delay', 1.0)
-        kw.setdefault('max_reconnect_delay', 60.0)
-        self.client = ReplicationClient(
-            '1', self.storage, ('primary.example.com', 5000), self.endpoint,
-            self.clock, on_commit=lambda tid, n: self.commits.append(tid),
-            **kw)
-
-    def pending(self):
-        """Delays of the calls scheduled on the clock, from now."""
-        now = self.clock.seconds()
-        return [call.getTime() - now for call in self.clock.getDelayedCalls()]
+    def start(self, transport=None):
+        """Start the client and accept its attempt: (protocol, transport)."""
+        self.client.start()
+        return self.accept(transport)
 
     def reconnect_delay(self):
         """The delay of the one pending reconnect attempt."""
-        delays = self.pending()
+        delays = [call.getTime() - self.clock.seconds()
+                  for call in self.clock.getDelayedCalls()]
         assert len(delays) == 1, delays
         return delays[0]
 
     def wait_for_attempt(self):
         """Advance the clock to the next connection attempt."""
-        attempts = len(self.endpoint.attempts)
+        attempts = len(self.attempts)
         self.clock.advance(self.reconnect_delay())
-        assert len(self.endpoint.attempts) == attempts + 1
+        assert len(self.attempts) == attempts + 1
 
 
 def lost(proto, exc=None):
     proto.connectionLost(Failure(exc or error.ConnectionLost('gone')))
 
 
+def errors(caplog):
+    return [r for r in caplog.records if r.levelno == logging.ERROR]
+
+
+@pytest.fixture
+def tcp():
+    """A connected pair of TCP sockets: (sender, receiver)."""
+    with socket.create_server(('127.0.0.1', 0)) as listener:
+        sender = socket.create_connection(listener.getsockname())
+        receiver = listener.accept()[0]
+    with sender, receiver:
+        yield sender, receiver
+
+
 # -- connecting and the handshake ------------------------------------------
 
-def test_handshake_on_connection():
-    s = Setup(storage=FakeStorage(last=TID1))
-    assert s.endpoint.attempts == []
+@pytest.mark.parametrize('last, kw, name', [
+    (TID1, {}, b'zrs2.0'),
+    (z64, {'protocol_name': zrs.PROTOCOL_2_1}, b'zrs2.1'),
+], ids=['on-connection', 'from-scratch-and-with-blobs'])
+def test_handshake(last, kw, name):
+    s = Setup(last, **kw)
+    assert s.attempts == []
     s.client.start()
-    assert len(s.endpoint.attempts) == 1
+    assert len(s.attempts) == 1
     assert not s.client.connected
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     assert isinstance(proto, SecondaryProtocol)
     # The protocol name, then the last tid; nothing else, no reply wanted.
-    assert transport.value() == b'\0\0\0\x06zrs2.0' + b'\0\0\0\x08' + TID1
+    assert transport.value() == b'\0\0\0\x06' + name + b'\0\0\0\x08' + last
     assert s.client.connected
     assert s.client.connection is proto
 
 
-def test_handshake_from_scratch_and_with_blobs():
-    s = Setup(protocol_name=zrs.PROTOCOL_2_1)
-    s.client.start()
-    proto, transport = s.endpoint.accept()
-    assert transport.value() == handshake(z64, b'zrs2.1')
-
-
-def test_socket_is_tuned_for_tcp():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s = Setup()
-        s.client.start()
-        s.endpoint.accept(Transport(handle=sock))
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    finally:
-        sock.close()
+def test_socket_is_tuned_for_tcp(tcp):
+    sock = tcp[1]
+    Setup().start(Transport(handle=sock))
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_keep_alives_every_delay():
     s = Setup(keep_alive_delay=60)
-    s.client.start()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.start()
     transport.clear()
     s.clock.advance(59)
     assert transport.value() == b''
     s.clock.advance(1)
     assert transport.value() == b'\0\0\0\0'
-    s.clock.advance(60)
-    s.clock.advance(60)
+    s.clock.pump([60, 60])
     assert transport.value() == b'\0\0\0\0' * 3
     # Receiving data does not disturb them.
     proto.dataReceived(Stream(z64).one(TID1).wire())
@@ -225,24 +197,17 @@ def test_keep_alives_every_delay():
     assert transport.value() == b'\0\0\0\0' * 4
 
 
-def test_keep_alives_stop_with_the_connection():
-    s = Setup(keep_alive_delay=60)
-    s.client.start()
-    proto, transport = s.endpoint.accept()
+@pytest.mark.parametrize('keep_alive_delay, disconnect, scheduled', [
+    (60, True, 1),      # only the reconnect, no keep-alive loop
+    (0, False, 0),      # disabled
+], ids=['stop-with-the-connection', 'disabled'])
+def test_no_keep_alives(keep_alive_delay, disconnect, scheduled):
+    s = Setup(keep_alive_delay=keep_alive_delay)
+    proto, transport = s.start()
     transport.clear()
-    lost(proto)
-    # Only the reconnect is scheduled, no keep-alive loop.
-    assert len(s.clock.getDelayedCalls()) == 1
-    s.clock.advance(600)
-    assert transport.value() == b''
-
-
-def test_no_keep_alives_when_disabled():
-    s = Setup(keep_alive_delay=0)
-    s.client.start()
-    proto, transport = s.endpoint.accept()
-    transport.clear()
-    assert s.clock.getDelayedCalls() == []
+    if disconnect:
+        lost(proto)
+    assert len(s.clock.getDelayedCalls()) == scheduled
     s.clock.advance(3600)
     assert transport.value() == b''
 
@@ -250,39 +215,34 @@ def test_no_keep_alives_when_disabled():
 # -- replicating -----------------------------------------------------------
 
 def test_transaction_is_committed():
-    s = Setup(storage=FakeStorage(last=TID1))
-    s.client.start()
-    proto, transport = s.endpoint.accept()
+    s = Setup(TID1)
+    proto, transport = s.start()
     primary = Stream(TID1)  # the checksum is seeded with our start tid
     proto.dataReceived(primary.one(TID2, data=b'two').take())
-    assert s.storage.calls == [
-        ('begin', TID2), ('store', OID0, b'two'), ('commit', TID2)]
+    assert s.storage.calls == [('begin', TID2, ' ', b'', b'', {}),
+                               ('store', OID0, TID2, b'two', None),
+                               ('commit', TID2)]
     assert s.commits == [TID2]
     data = primary.one(TID3).take()
     for i in range(len(data)):  # byte by byte
         proto.dataReceived(data[i:i + 1])
-    assert s.storage.committed == [TID2, TID3]
-    assert s.commits == [TID2, TID3]
+    assert s.storage.committed == s.commits == [TID2, TID3]
     assert not transport.aborted
 
 
 def test_bad_checksum(caplog):
     s = Setup()
-    s.client.start()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.start()
     primary = Stream(z64)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         proto.dataReceived(primary.one(TID1).take())
         proto.dataReceived(primary.one(TID2, digest=b'\1' * 16).take())
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert 'checksum mismatch' in errors[0].getMessage()
-    assert TID2.hex() in errors[0].getMessage()
-    assert 'primary.example.com:5000' in errors[0].getMessage()
+    [line] = [r.getMessage() for r in errors(caplog)]
+    assert 'checksum mismatch' in line and TID2.hex() in line
+    assert 'primary.example.com:5000' in line
     assert s.storage.calls[-1] == ('abort', TID2)
     assert s.storage.committed == [TID1]
-    assert transport.aborted
-    assert s.client.stream_failures == 1
+    assert transport.aborted and s.client.stream_failures == 1
     # Whatever else arrives before the connection is gone is ignored.
     proto.dataReceived(Stream(TID1).one(TID3).wire())
     assert s.storage.committed == [TID1]
@@ -291,93 +251,60 @@ def test_bad_checksum(caplog):
     assert s.storage.names().count('abort') == 1
     assert not s.client.connected
     s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     assert transport.value() == handshake(TID1)
     proto.dataReceived(Stream(TID1).one(TID2).wire())
     assert s.storage.committed == [TID1, TID2]
 
 
-def test_garbage_frame_rejected(caplog):
-    s = Setup()
-    s.client.start()
-    proto, transport = s.endpoint.accept()
+@pytest.mark.parametrize('setup, data, texts, brief, traceback', [
+    (Setup, zrs.encode_frame(b'\xff garbage'), ['undecodable'], [], False),
+    (lambda: Setup(max_frame=1000),
+     Stream(z64).begin(TID1).wire() + struct.pack('>I', 1001), ['too large'],
+     [('begin', TID1), ('abort', TID1)], False),
+    (lambda: Setup(fail_on='store'),
+     Stream(z64).one(TID1).wire(), ['disk full', TID1.hex()],
+     [('begin', TID1), ('store', OID0), ('abort', TID1)], True),
+], ids=['garbage-frame', 'frame-too-large', 'sink-failure'])
+def test_bad_input_is_logged_and_drops_the_connection(
+        caplog, setup, data, texts, brief, traceback):
+    """One ERROR (a traceback only if unexpected); the open transaction is
+    aborted at once, not when the connection is gone."""
+    s = setup()
+    proto, transport = s.start()
     with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(zrs.encode_frame(b'\xff garbage'))
+        proto.dataReceived(data)
     assert transport.aborted
-    assert 'undecodable' in caplog.text
-    assert s.storage.calls == []
-
-
-def test_frame_too_large_rejected_at_once(caplog):
-    s = Setup(max_frame=1000)
-    s.client.start()
-    proto, transport = s.endpoint.accept()
-    with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(
-            Stream(z64).begin(TID1).wire() + struct.pack('>I', 1001))
-    assert transport.aborted
-    assert [r.levelname for r in caplog.records] == ['ERROR']
-    assert 'too large' in caplog.text
-    # The log line says "open transaction aborted": it must be, at once,
-    # not only when the connection is finally gone.
-    assert s.storage.calls == [('begin', TID1), ('abort', TID1)]
+    [record] = caplog.records
+    assert record.levelname == 'ERROR'
+    assert [t for t in texts if t in record.getMessage()] == texts
+    assert (record.exc_info is not None) == traceback
+    assert s.storage.brief() == brief
     lost(proto)
-    assert s.storage.calls == [('begin', TID1), ('abort', TID1)]
-
-
-def test_sink_failure_is_logged_and_drops_the_connection(caplog):
-    storage = FakeStorage()
-
-    def store(oid, tid, data, data_txn):
-        raise OSError('disk full')
-
-    storage.store = store
-    s = Setup(storage=storage)
-    s.client.start()
-    proto, transport = s.endpoint.accept()
-    with caplog.at_level(logging.ERROR, logger=LOGGER):
-        proto.dataReceived(Stream(z64).one(TID1).wire())
-    assert transport.aborted
-    assert storage.calls == [('begin', TID1), ('abort', TID1)]
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert 'disk full' in errors[0].getMessage()
-    assert errors[0].exc_info is not None  # an unexpected error: traceback
-    # The line names the transaction that failed (not "none").
-    assert TID1.hex() in errors[0].getMessage()
-    lost(proto)
-    assert storage.calls == [('begin', TID1), ('abort', TID1)]
+    assert s.storage.brief() == brief
 
 
 def test_connection_lost_mid_transaction_aborts_and_reconnects(caplog):
     s = Setup()
-    s.client.start()
-    proto, transport = s.endpoint.accept()
-    primary = Stream(z64)
+    proto, transport = s.start()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         proto.dataReceived(
-            primary.begin(TID1).store(OID0, TID1, b'half').take())
+            Stream(z64).begin(TID1).store(OID0, TID1, b'half').take())
         lost(proto, error.ConnectionDone('closed by peer'))
     assert s.storage.calls[-1] == ('abort', TID1)
-    assert s.storage.committed == []
-    assert 'disconnected' in caplog.text
+    assert s.storage.committed == [] and 'disconnected' in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.accept()
     assert transport.value() == handshake(z64)
 
 
 def test_client_options_reach_the_receiver(caplog):
-    import decimal
-    extension = {'amount': decimal.Decimal('1.5')}
-
     def run(**kw):
         s = Setup(**kw)
-        s.client.start()
-        proto, transport = s.endpoint.accept()
-        primary = Stream(z64)
-        proto.dataReceived(
-            primary.begin(TID1, extension=extension)
+        proto, transport = s.start()
+        proto.dataReceived(Stream(z64).begin(
+            TID1, extension={'amount': decimal.Decimal('1.5')})
             .commit(b'\3' * 16).take())
         return s, transport
 
@@ -388,19 +315,18 @@ def test_client_options_reach_the_receiver(caplog):
     s, transport = run(
         decoder=zrs.MessageDecoder(zrs.resolve_globals(['decimal.Decimal'])),
         check_checksums=False)
-    assert not transport.aborted
-    assert s.storage.committed == [TID1]
+    assert not transport.aborted and s.storage.committed == [TID1]
 
 
 # -- reconnecting ------------------------------------------------------------
 
 def test_backoff_grows_across_refused_connections(caplog):
-    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+    s = Setup()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         s.client.start()
         delays = []
         for _ in range(9):
-            s.endpoint.refuse()
+            s.refuse()
             delays.append(s.reconnect_delay())
             s.wait_for_attempt()
     assert delays[0] == 1.0
@@ -413,141 +339,109 @@ def test_backoff_grows_across_refused_connections(caplog):
     assert 'cannot connect' in warnings[0].getMessage()
 
 
-def test_backoff_reset_after_a_committed_transaction():
-    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+@pytest.mark.parametrize('connected', [
+    lambda s, proto: proto.dataReceived(Stream(z64).one(TID1).wire()),
+    lambda s, proto: s.clock.advance(3600),  # an hour, primary idle
+], ids=['a-committed-transaction', 'a-long-quiet-connection'])
+def test_backoff_reset_after(connected):
+    s = Setup(keep_alive_delay=0)
     s.client.start()
     for _ in range(4):
-        s.endpoint.refuse()
+        s.refuse()
         s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
-    proto.dataReceived(Stream(z64).one(TID1).wire())
+    proto, transport = s.accept()
+    connected(s, proto)
     lost(proto)
     assert s.reconnect_delay() == 1.0
 
 
-def test_backoff_not_reset_by_a_connection_that_delivers_nothing():
-    # A primary that accepts and closes at once (it refuses our history or
-    # our protocol name) must not be hammered: the backoff grows, and once
-    # the refusal is established, attempts come at the maximum delay.
-    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
+@pytest.mark.parametrize('after, refusals, at_max', [
+    (0, 5, True), (client.REFUSAL_WINDOW + 1, 0, False),
+], ids=['at-once', 'late'])
+def test_closes_after_the_handshake(after, refusals, at_max):
+    """A primary closing at once (a refusal) is retried at the maximum
+    delay; closing an idle link long after (a restart) is no refusal."""
+    s = Setup()
     s.client.start()
     delays = []
     for _ in range(5):
-        proto, transport = s.endpoint.accept()
+        proto, transport = s.accept()
+        s.clock.advance(after)
         lost(proto, error.ConnectionDone('closed'))
         delays.append(s.reconnect_delay())
         s.wait_for_attempt()
-    assert delays[0] == 1.0
-    assert delays[0] < delays[1] < 60.0, delays
-    assert delays[2:] == pytest.approx([60.0] * 3), delays
+    assert delays[0] == 1.0 and delays[0] < delays[1] < 60.0, delays
+    assert (delays[2:] == pytest.approx([60.0] * 3)) == at_max, delays
+    assert (s.client.refusals, s.client.refused) == (refusals, at_max)
 
 
 def test_refused_after_three_closes_right_after_the_handshake(caplog):
-    s = Setup(storage=FakeStorage(last=TID1), reconnect_delay=1.0,
-              max_reconnect_delay=60.0)
+    s = Setup(TID1)
     s.client.start()
     for attempt in range(1, 4):
         assert not s.client.refused and s.client.state != 'refused'
-        proto, transport = s.endpoint.accept()
+        proto, transport = s.accept()
         assert transport.value().endswith(TID1)   # the handshake went out
         lost(proto)
         assert s.client.refusals == attempt
         s.wait_for_attempt()
     assert s.client.refused and s.client.state == 'refused'
-    errors = [r for r in caplog.records if r.levelname == 'ERROR']
-    assert len(errors) == 1, errors
+    [line] = [r.getMessage() for r in errors(caplog)]
     assert 'refused: the primary closed the link right after the ' \
-        'handshake 3 times in a row' in errors[0].getMessage()
-    assert TID1.hex() in errors[0].getMessage()
+        'handshake 3 times in a row' in line
+    assert TID1.hex() in line
     # Refused again: no new ERROR.
-    proto, transport = s.endpoint.accept()
-    lost(proto)
-    assert len([r for r in caplog.records if r.levelname == 'ERROR']) == 1
+    lost(s.accept()[0])
+    assert len(errors(caplog)) == 1
     # A primary that sends something accepts us again.
     s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
-    proto.dataReceived(b'\0')
-    assert not s.client.refused and s.client.refusals == 0
-    assert s.client.state == 'connected'
-
-
-def test_a_late_close_is_not_a_refusal():
-    # The primary closing an idle link long after the handshake (a restart)
-    # says nothing about our history.
-    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
-    s.client.start()
-    for _ in range(4):
-        proto, transport = s.endpoint.accept()
-        s.clock.advance(client.REFUSAL_WINDOW + 1)
-        lost(proto, error.ConnectionDone('closed'))
-        s.wait_for_attempt()
-    assert s.client.refusals == 0 and not s.client.refused
-
-
-def test_backoff_reset_after_a_long_quiet_connection():
-    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0,
-              keep_alive_delay=0)
-    s.client.start()
-    for _ in range(4):
-        s.endpoint.refuse()
-        s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
-    s.clock.advance(3600)  # connected for an hour, primary idle
-    lost(proto)
-    assert s.reconnect_delay() == 1.0
+    s.accept()[0].dataReceived(b'\0')
+    assert (s.client.refused, s.client.refusals, s.client.state) == (
+        False, 0, 'connected')
 
 
 def test_backoff_after_stream_failure():
-    s = Setup(reconnect_delay=1.0, max_reconnect_delay=60.0)
-    s.client.start()
-    proto, transport = s.endpoint.accept()
-    proto.dataReceived(Stream(z64).one(TID1, digest=b'\2' * 16).take())
+    s = Setup()
+    proto, transport = s.start()
+    proto.dataReceived(Stream(z64).one(TID1, digest=BAD_DIGEST).take())
     assert transport.aborted
     lost(proto)
     first = s.reconnect_delay()
     s.wait_for_attempt()
-    proto, transport = s.endpoint.accept()
-    proto.dataReceived(Stream(z64).one(TID1, digest=b'\2' * 16).take())
+    proto, transport = s.accept()
+    proto.dataReceived(Stream(z64).one(TID1, digest=BAD_DIGEST).take())
     lost(proto)
-    assert s.reconnect_delay() > first
-    assert s.client.stream_failures == 2
+    assert s.reconnect_delay() > first and s.client.stream_failures == 2
 
 
 # -- stopping -------------------------------------------------------------
 
-def test_stop_cancels_pending_reconnect():
+@pytest.mark.parametrize('refused', [True, False],
+                         ids=['pending-reconnect', 'while-connecting'])
+def test_stop_before_connected(refused):
+    """Stopping cancels the attempt or the reconnect: none follows."""
     s = Setup()
     s.client.start()
-    s.endpoint.refuse()
-    assert len(s.clock.getDelayedCalls()) == 1
+    attempt = s.attempts[-1][1]
+    if refused:
+        s.refuse()
+        assert len(s.clock.getDelayedCalls()) == 1
     s.client.stop()
+    assert attempt.called  # refused, or cancelled
     assert s.clock.getDelayedCalls() == []
     s.clock.advance(3600)
-    assert len(s.endpoint.attempts) == 1
-
-
-def test_stop_while_connecting():
-    s = Setup()
-    s.client.start()
-    factory, d = s.endpoint.attempts[-1]
-    s.client.stop()
-    assert d.called  # cancelled
-    assert s.clock.getDelayedCalls() == []
-    s.clock.advance(3600)
-    assert len(s.endpoint.attempts) == 1
+    assert len(s.attempts) == 1
 
 
 def test_stop_aborts_half_received_transaction():
     s = Setup()
-    s.client.start()
-    proto, transport = s.endpoint.accept()
+    proto, transport = s.start()
     primary = Stream(z64)
     proto.dataReceived(primary.one(TID1).take())
     proto.dataReceived(primary.begin(TID2).store(OID1, TID2, b'x').take())
     s.client.stop()
     assert s.storage.calls[-1] == ('abort', TID2)
-    assert s.storage.committed == [TID1]
-    assert transport.aborted
+    assert s.storage.committed == [TID1] and transport.aborted
     # More data before the connection is really gone changes nothing.
     proto.dataReceived(primary.commit().take())
     assert s.storage.committed == [TID1]
@@ -555,53 +449,33 @@ def test_stop_aborts_half_received_transaction():
     assert s.storage.names().count('abort') == 1
     assert s.clock.getDelayedCalls() == []  # no reconnect, no keep-alive
     s.clock.advance(3600)
-    assert len(s.endpoint.attempts) == 1
-    assert transport.value() == handshake(z64)  # no keep-alive after stop
+    assert len(s.attempts) == 1 and transport.value() == handshake(z64)
 
 
 # -- group commit ---------------------------------------------------------
 
-def tcp_pair():
-    listener = socket.socket()
-    listener.bind(('127.0.0.1', 0))
-    listener.listen(1)
-    sender = socket.create_connection(listener.getsockname())
-    receiver, _ = listener.accept()
-    listener.close()
-    return sender, receiver
-
-
-TID4 = p64(int.from_bytes(TID3, 'big') + 1)
-TID5 = p64(int.from_bytes(TID3, 'big') + 2)
-
-
-def test_fsync_deferred_while_more_data_waits():
+def test_fsync_deferred_while_more_data_waits(tcp):
     """Commits are fsynced when the socket has nothing more to read."""
-    sender, receiver = tcp_pair()
-    try:
-        s = Setup(storage=FakeStorage(last=TID1))
-        s.client.start()
-        proto, transport = s.endpoint.accept(Transport(handle=receiver))
-        assert s.storage.defer_sync
-        primary = Stream(TID1)
-        # More of the stream is already waiting in the kernel: no fsync.
-        sender.sendall(b'more')
-        wait_until(lambda: pending_bytes(receiver) == 4)
-        proto.dataReceived(primary.one(TID2).one(TID3).take())
-        assert s.storage.committed == [TID2, TID3]
-        assert (s.storage.syncs, s.storage.unsynced) == (0, 2)
-        # The stream pauses (nothing waiting): one fsync for both.
-        assert receiver.recv(10) == b'more'
-        proto.dataReceived(primary.one(TID4).take())
-        assert (s.storage.syncs, s.storage.unsynced) == (1, 0)
-        # Losing the connection syncs what is left and stops deferring.
-        sender.sendall(b'more')
-        wait_until(lambda: pending_bytes(receiver) == 4)
-        proto.dataReceived(primary.one(TID5).take())
-        assert s.storage.unsynced == 1
-        lost(proto)
-        assert (s.storage.syncs, s.storage.unsynced) == (2, 0)
-        assert not s.storage.defer_sync
-    finally:
-        sender.close()
-        receiver.close()
+    sender, receiver = tcp
+    s = Setup(TID1)
+    proto, transport = s.start(Transport(handle=receiver))
+    assert s.storage.defer_sync
+    primary = Stream(TID1)
+    # More of the stream is already waiting in the kernel: no fsync.
+    sender.sendall(b'more')
+    wait_until(lambda: pending_bytes(receiver) == 4)
+    proto.dataReceived(primary.one(TID2).one(TID3).take())
+    assert s.storage.committed == [TID2, TID3]
+    assert (s.storage.syncs, s.storage.unsynced) == (0, 2)
+    # The stream pauses (nothing waiting): one fsync for both.
+    assert receiver.recv(10) == b'more'
+    proto.dataReceived(primary.one(TID4).take())
+    assert (s.storage.syncs, s.storage.unsynced) == (1, 0)
+    # Losing the connection syncs what is left and stops deferring.
+    sender.sendall(b'more')
+    wait_until(lambda: pending_bytes(receiver) == 4)
+    proto.dataReceived(primary.one(TID5).take())
+    assert s.storage.unsynced == 1
+    lost(proto)
+    assert (s.storage.syncs, s.storage.unsynced) == (2, 0)
+    assert not s.storage.defer_sync

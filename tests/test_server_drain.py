@@ -1,18 +1,19 @@
 """The primary's end of a drain, with a fake transport (no network).
 
 When a stopping primary has handed a secondary everything committed, it
-half-closes the link.  The transport may have paused the streamer
-(back-pressure) just before: the half-close must still happen, rather than
-the transport resuming a streamer that has ended and waiting for it.
+half-closes the link, even if the transport had paused the streamer
+(back-pressure) just before: a transport resuming a streamer that has
+ended would wait for it instead.
 """
+from unittest import mock
+
 from twisted.internet.testing import StringTransport
 
 from zrsd.primary.server import Phase, PrimaryProtocol
 
 
 class Transport(StringTransport):
-    """Records the half-close, and whether a producer was still
-    registered when it was asked for."""
+    """Records the half-close and the producer registered at that time."""
 
     write_closed = False
     producer_at_close = 'unset'
@@ -22,41 +23,19 @@ class Transport(StringTransport):
         self.write_closed = True
 
 
-class Streamer:
-    def __init__(self):
-        self.finishing = False
-
-    def finish(self):
-        self.finishing = True
-
-    def pause(self):
-        pass
-
-    def resume(self):
-        pass
-
-    def stop(self):
-        pass
-
-
-def draining_connection():
+def test_end_of_drain_half_closes_with_the_streamer_unregistered():
     connection = PrimaryProtocol(server=None)
-    connection.transport = Transport()
-    connection.streamer = Streamer()
+    connection.transport = transport = Transport()
+    connection.streamer = mock.Mock(spec=['finish', 'pause', 'resume',
+                                          'stop'])
     connection.phase = Phase.STREAMING
     connection.peer = 'test -> 127.0.0.1:1'
-    connection.transport.registerProducer(object(), True)
-    connection.transport.producerState = 'paused'   # back-pressure
-    return connection
-
-
-def test_end_of_drain_half_closes_with_the_streamer_unregistered():
-    connection = draining_connection()
+    transport.registerProducer(object(), True)
+    transport.producerState = 'paused'   # back-pressure
     drained = connection.drain()
     assert connection.phase is Phase.DRAINING
-    assert connection.streamer.finishing
+    connection.streamer.finish.assert_called_once_with()
     connection._streamer_done(None)     # the streamer sent everything
-    transport = connection.transport
     assert transport.write_closed
     assert transport.producer_at_close is None
     assert not drained.called           # until the secondary closes

@@ -1,13 +1,13 @@
-"""The replica storage with the state machine, in one process, no network.
-
-Includes the seed document's scenario (an initial transaction, a change and
-an undo, each visible through a DB opened on the replica), the crash between
-`tpc_vote` and `tpc_finish`, and ZODB's own read-only storage tests.
-"""
+"""The replica storage with the state machine, in one process, no network:
+the seed document's scenario, the crash between `tpc_vote` and
+`tpc_finish`, and ZODB's own read-only storage tests."""
 import os
+import pathlib
+import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import weakref
 from unittest import mock
@@ -23,110 +23,108 @@ from ZODB.serialize import referencesf
 from ZODB.tests import ReadOnlyStorage, StorageTestBase
 from ZODB.utils import p64, z64
 
+from zrsd.internals import TransactionBuffer
 from zrsd.primary.storage import PrimaryStorage
 from zrsd.protocol import ProtocolError
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage, last_committed_tid
 
-from harness.history import assert_same_history, copy_transaction
+from harness.history import assert_same_history, transactions
+from harness.process import wait_until
 from harness.stream import Stream
-
 
 _streams = weakref.WeakKeyDictionary()  # receiver -> its connection
 
 
-def stream_to(receiver):
-    """The stream a primary sends `receiver`: its checksum runs over the
-    whole connection, i.e. the receiver's life."""
-    return _streams.setdefault(receiver, Stream(receiver.last_tid))
-
-
-def feed(receiver, txns=()):
-    """Send `txns` (and what `stream_to(receiver)` holds) to `receiver`."""
-    stream = stream_to(receiver)
+def feed(receiver, txns, digest=None):
+    """Send `txns` to `receiver` on its one connection (the checksum runs
+    over the receiver's life); `digest` overrides their checksums."""
+    stream = _streams.setdefault(receiver, Stream(receiver.last_tid))
     for txn in txns:
-        stream.transaction(txn)
+        stream.transaction(txn, digest=digest)
     for payload in stream.take_payloads():
         receiver.frame_received(payload)
 
 
 class Primary:
-    """A primary FileStorage and a DB to change it."""
+    """A primary FileStorage, a DB and a connection to change it."""
 
     def __init__(self, path):
+        self.path, self.sent = path, z64
         self.fs = ZODB.FileStorage.FileStorage(path)
         self.db = ZODB.DB(self.fs)
-        self.sent = z64
+        self.root = self.db.open().root()
+
+    def commit(self, items):
+        """One transaction setting `items` in the root."""
+        self.root.update(items)
+        transaction.commit()
 
     def new_transactions(self):
         """The transactions committed since the last call, as `Txn`s."""
-        start = ZODB.utils.p64(ZODB.utils.u64(self.sent) + 1)
-        txns = [copy_transaction(t) for t in self.fs.iterator(start)]
-        if txns:
-            self.sent = txns[-1].tid
+        txns = [t for t in transactions(self.path) if t.tid > self.sent]
+        self.sent = txns[-1].tid if txns else self.sent
         return txns
 
 
-def test_seed_scenario(tmp_path):
+@pytest.fixture
+def primary(tmp_path):
     primary = Primary(str(tmp_path / 'primary.fs'))
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
-    receiver = Receiver(replica.writer, replica.lastTransaction())
+    yield primary
+    primary.db.close()
 
+
+def open_replica(tmp_path, **kw):
+    return ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')), **kw)
+
+
+def same_history(tmp_path, primary):
+    """Close `primary`; the transactions the replica has in common."""
+    primary.db.close()
+    return assert_same_history(str(tmp_path / 'primary.fs'),
+                               str(tmp_path / 'Data.fs'))
+
+
+def test_seed_scenario(tmp_path, primary):
+    replica = open_replica(tmp_path)
+    receiver = Receiver(replica.writer, replica.lastTransaction())
     # The initial transaction creates the root.
     feed(receiver, primary.new_transactions())
-    db = ZODB.DB(replica)
     tm = transaction.TransactionManager()
-    conn = db.open(tm)
+    conn = ZODB.DB(replica).open(tm)
     assert conn.root() == {}
-
     # A change on the primary is visible on the replica after a sync.
-    pconn = primary.db.open()
-    pconn.root()['x'] = persistent.mapping.PersistentMapping()
-    transaction.commit()
+    primary.commit({'x': persistent.mapping.PersistentMapping()})
     feed(receiver, primary.new_transactions())
     tm.begin()
     assert conn.root() == {'x': {}}
-
     # The undo of that change, likewise.
     primary.db.undo(primary.db.undoLog(0, 1)[0]['id'])
     transaction.commit()
     feed(receiver, primary.new_transactions())
     tm.begin()
     assert conn.root() == {}
-
     # Writing through the replica is refused.
     conn.root()['y'] = 1
     with pytest.raises(ReadOnlyError):
         tm.commit()
     tm.abort()
-
-    pconn.close()
-    primary.db.close()
-    db.close()
-    assert assert_same_history(str(tmp_path / 'primary.fs'),
-                               str(tmp_path / 'Data.fs')) == 3
+    conn.db().close()
+    assert same_history(tmp_path, primary) == 3
 
 
-def test_bad_checksum_leaves_no_partial_transaction(tmp_path):
-    primary = Primary(str(tmp_path / 'primary.fs'))
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+def test_bad_checksum_leaves_no_partial_transaction(tmp_path, primary):
+    replica = open_replica(tmp_path)
     receiver = Receiver(replica.writer, z64)
     feed(receiver, primary.new_transactions())
     good = replica.lastTransaction()
     size = os.path.getsize(str(tmp_path / 'Data.fs'))
-
-    conn = primary.db.open()
-    conn.root()['big'] = b'x' * 100000
-    transaction.commit()
-    [txn] = primary.new_transactions()
-    stream_to(receiver).transaction(txn, digest=b'\0' * 16)
+    primary.commit({'big': b'x' * 100000})
     with pytest.raises(ProtocolError, match='checksum mismatch'):
-        feed(receiver)
+        feed(receiver, primary.new_transactions(), digest=b'\0' * 16)
     assert replica.lastTransaction() == good
     replica.close()
-    primary.db.close()
     assert os.path.getsize(str(tmp_path / 'Data.fs')) == size
     reopened = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
     assert reopened.lastTransaction() == good
@@ -134,65 +132,48 @@ def test_bad_checksum_leaves_no_partial_transaction(tmp_path):
 
 
 CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
-    import os, sys
+    import os, pickle, sys
     import ZODB.FileStorage
     from zrsd.replica.storage import ReplicaStorage
     fs = ZODB.FileStorage.FileStorage(sys.argv[1])
-    primary = ZODB.FileStorage.FileStorage(sys.argv[2], read_only=True)
     replica = ReplicaStorage(fs)
-    last = None
-    for txn in primary.iterator():
-        last = txn.tid, [(r.oid, r.tid, r.data, r.data_txn) for r in txn]
-        meta = txn.status, txn.user, txn.description, dict(txn.extension)
-    replica.writer.begin(last[0], *meta)
-    for record in last[1]:
+    meta, records = pickle.loads(bytes.fromhex(sys.argv[2]))
+    replica.writer.begin(*meta)
+    for record in records:
         replica.writer.store(*record)
     fs.tpc_vote(replica.writer._transaction)
     os._exit(9)  # killed between tpc_vote and tpc_finish
 ''')
 
 
-def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path):
-    """A file left by a kill between tpc_vote and tpc_finish.
-
-    FileStorage reopens it reporting the never-committed tid as its last
-    transaction; the replica must resume from the last committed one, so
-    that the primary sends that transaction again.
-    """
-    primary_path = str(tmp_path / 'primary.fs')
+def test_crash_between_vote_and_finish_resumes_without_loss(
+        tmp_path, primary):
+    """After a kill between tpc_vote and tpc_finish the replica resumes
+    from the last committed tid (not FileStorage's last, never committed)."""
     replica_path = str(tmp_path / 'Data.fs')
-    primary = Primary(primary_path)
-    conn = primary.db.open()
     for i in range(3):
-        conn.root()[i] = persistent.mapping.PersistentMapping(n=i)
-        transaction.commit()
+        primary.commit({i: persistent.mapping.PersistentMapping(n=i)})
     txns = primary.new_transactions()
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(replica_path))
+    replica = open_replica(tmp_path)
     feed(Receiver(replica.writer, z64), txns[:-1])
     replica.close()
-
+    last = pickle.dumps((txns[-1][:5], [tuple(r) for r in txns[-1][5]]))
     subprocess.run([sys.executable, '-c', CRASH_BETWEEN_VOTE_AND_FINISH,
-                    replica_path, primary_path], check=False)
-
+                    replica_path, last.hex()])
     # The pitfall itself, so this test notices if FileStorage changes.
     fs = ZODB.FileStorage.FileStorage(replica_path)
-    last, previous = txns[-1].tid, txns[-2].tid
-    assert fs.lastTransaction() == last
-    assert last_committed_tid(fs) == previous
+    previous = txns[-2].tid
+    assert (fs.lastTransaction(), last_committed_tid(fs)) == (
+        txns[-1].tid, previous)
     replica = ReplicaStorage(fs)
-    assert replica.resume_tid == previous
-    assert replica.lastTransaction() == previous
-
-    receiver = Receiver(replica.writer, replica.lastTransaction())
-    feed(receiver, txns[-1:])
+    assert replica.resume_tid == replica.lastTransaction() == previous
+    feed(Receiver(replica.writer, replica.lastTransaction()), txns[-1:])
     replica.close()
-    primary.db.close()
-    assert assert_same_history(primary_path, replica_path) == 4
+    assert same_history(tmp_path, primary) == 4
 
 
 def test_read_only_face(tmp_path):
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')), pack='refuse')
+    replica = open_replica(tmp_path, pack='refuse')
     assert replica.isReadOnly()
     for call in (lambda: replica.new_oid(),
                  lambda: replica.pack(0, None),
@@ -205,53 +186,41 @@ def test_read_only_face(tmp_path):
     replica.close()
 
 
-def test_pack_keeps_the_last_transaction_and_replication_going(tmp_path):
+def test_pack_keeps_the_last_transaction_and_replication_going(
+        tmp_path, primary):
     """A pack to "now" shrinks the file, keeps the last transaction whole
-    (a restart resumes after it), wakes the streamers, and commits applied
-    with their fsync deferred before it, and new ones after it, go on."""
-    primary = Primary(str(tmp_path / 'primary.fs'))
-    conn = primary.db.open()
+    and wakes the streamers; deferred-fsync and new commits go on."""
     for i in range(20):
-        conn.root()['x'] = b'%d' % i * 1000
-        transaction.commit()
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+        primary.commit({'x': b'%d' % i * 1000})
+    replica = open_replica(tmp_path)
     replica.writer.defer_sync = True
     receiver = Receiver(replica.writer, z64)
     feed(receiver, primary.new_transactions())
     last, size = replica.writer.last_applied(), replica.getSize()
     generation = replica.commits.generation
     assert replica.lastTransaction() == z64   # not fsynced: not published
-
     replica.pack(time.time() + 60, referencesf)
     assert replica.getSize() < size
-    # The pack fsyncs (and so publishes) what it copies, and wakes the
-    # streamers.
-    assert replica.lastTransaction() == last
+    # The pack fsyncs, so publishes, what it copies; it wakes streamers.
+    assert (replica.lastTransaction(), last_committed_tid(
+        replica.file_storage)) == (last, last)
     assert replica.commits.generation >= generation + 1
-    assert last_committed_tid(replica.file_storage) == last
     assert [t.status for t in replica.iterator(last)] == [' ']
     replica.writer.sync()
-
-    conn.root()['x'] = b'after the pack'
-    transaction.commit()
+    primary.commit({'x': b'after the pack'})
     feed(receiver, primary.new_transactions())
     replica.writer.sync()
     assert replica.lastTransaction() == primary.fs.lastTransaction()
     assert replica.load(z64) == primary.fs.load(z64)
-    conn.close()
     replica.close()
-    primary.db.close()
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+    replica = open_replica(tmp_path)
     assert replica.resume_tid == primary.fs.lastTransaction()
     replica.close()
 
 
 class ReplicaReadOnlyStorageTests(StorageTestBase.StorageTestBase,
                                   ReadOnlyStorage.ReadOnlyStorage):
-    """ZODB's read-only storage tests, with the replica as the read-only
-    storage."""
+    """ZODB's read-only storage tests, the replica as the read-only one."""
 
     def setUp(self):
         super().setUp()
@@ -262,14 +231,10 @@ class ReplicaReadOnlyStorageTests(StorageTestBase.StorageTestBase,
         self._storage = ReplicaStorage(fs) if read_only else fs
 
 
-def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
-    primary = Primary(str(tmp_path / 'primary.fs'))
-    conn = primary.db.open()
+def test_group_commit_defers_fsync_until_sync(tmp_path, primary, monkeypatch):
     for i in range(3):
-        conn.root()[i] = i
-        transaction.commit()
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+        primary.commit({i: i})
+    replica = open_replica(tmp_path)
     fsyncs = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, 'fsync', lambda fd: fsyncs.append(fd)
@@ -299,19 +264,15 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, monkeypatch):
     writer.sync()  # nothing left to sync
     assert len(fsyncs) == 1
     writer.defer_sync = False
-    conn.root()['x'] = 1
-    transaction.commit()
+    primary.commit({'x': 1})
     feed(Receiver(writer, replica.lastTransaction()),
          primary.new_transactions())
     assert len(fsyncs) == 2  # not deferring: one fsync per commit
     replica.close()
-    primary.db.close()
-    assert assert_same_history(str(tmp_path / 'primary.fs'),
-                               str(tmp_path / 'Data.fs')) == 5
+    assert same_history(tmp_path, primary) == 5
 
 
 def test_transaction_buffer_spills_big_transactions_to_disk(tmp_path):
-    from zrsd.internals import TransactionBuffer
     path = str(tmp_path / 'Data.fs.tmp')
     buffer = TransactionBuffer(path, limit=1000)
     buffer.write(b'a' * 600)
@@ -328,70 +289,50 @@ def test_transaction_buffer_spills_big_transactions_to_disk(tmp_path):
     buffer.close()
 
 
-def test_big_transaction_through_the_buffer(tmp_path):
+def test_big_transaction_through_the_buffer(tmp_path, primary):
     """A transaction bigger than the in-memory limit replicates intact."""
-    primary = Primary(str(tmp_path / 'primary.fs'))
-    conn = primary.db.open()
-    for i in range(20):  # 20 records of 1 MB: past the 16 MB limit
-        conn.root()[i] = persistent.mapping.PersistentMapping(
-            data=os.urandom(1 << 20))
-    transaction.commit()
-    conn.root()['small'] = 1
-    transaction.commit()
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+    primary.commit({i: persistent.mapping.PersistentMapping(  # 20 MB > 16
+        data=os.urandom(1 << 20)) for i in range(20)})
+    primary.commit({'small': 1})
+    replica = open_replica(tmp_path)
     feed(Receiver(replica.writer, z64), primary.new_transactions())
     replica.close()
-    primary.db.close()
-    assert assert_same_history(str(tmp_path / 'primary.fs'),
-                               str(tmp_path / 'Data.fs')) == 3
+    assert same_history(tmp_path, primary) == 3
 
 
-def test_close_releases_commits_held_until_registered(tmp_path):
-    """Under runzeo, replicated commits wait until ZEO registers.  If the
-    storage is closed first (runzeo could not listen), a commit waiting at
-    the gate must go through, or stopping replication would wait forever."""
-    import threading
-    from harness.process import wait_until
-    primary = Primary(str(tmp_path / 'primary.fs'))
-    fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    replica = ReplicaStorage(fs)
+def test_close_releases_commits_held_until_registered(tmp_path, primary):
+    """A commit held until ZEO registers goes through if the storage closes
+    first (runzeo could not listen): stopping replication cannot hang."""
+    replica = open_replica(tmp_path)
     replica.hold_commits_until_registered()
     applier = threading.Thread(
         target=feed, args=(Receiver(replica.writer, z64),
                            primary.new_transactions()), daemon=True)
     applier.start()
-    wait_until(lambda: fs._nextpos, message='the commit voted, at the gate')
+    wait_until(lambda: replica.file_storage._nextpos,
+               message='the commit voted, at the gate')
     assert applier.is_alive()
     # As zrsd.daemon.node does: stop replication (here: wait for the applier)
     # before the storage closes.
     replica.before_close = lambda: applier.join(30)
     replica.close()
     assert not applier.is_alive()
-    primary.db.close()
-    assert assert_same_history(str(tmp_path / 'primary.fs'),
-                               str(tmp_path / 'Data.fs')) == 1
+    assert same_history(tmp_path, primary) == 1
 
 
 def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
         tmp_path):
-    """A kill -9 in the middle of a blob transaction leaves zrsd's
-    temporary blob files behind; the next start removes them, and only
-    them."""
-    blob_dir = str(tmp_path / 'blobs')
+    """The next start removes the temporary blob files a kill -9 in a blob
+    transaction left behind, and only those."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'),
-                                      blob_dir=blob_dir)
-    scratch = fs.temporaryDirectory()
-    left = [os.path.join(scratch, name) for name in (
-        'zrsd-k3j2h1.blob', 'zrsd-a9b8c7.blob')]
-    other = os.path.join(scratch, 'BUSHY-not-ours.tmp')
-    for path in left + [other]:
-        with open(path, 'wb') as f:
-            f.write(b'half a blob')
+                                      blob_dir=str(tmp_path / 'blobs'))
+    files = [pathlib.Path(fs.temporaryDirectory(), name) for name in (
+        'zrsd-k3j2h1.blob', 'zrsd-a9b8c7.blob', 'BUSHY-not-ours.tmp')]
+    for path in files:
+        path.write_bytes(b'half a blob')
     replica = ReplicaStorage(fs)
     try:
-        assert not any(os.path.exists(path) for path in left)
-        assert os.path.exists(other)
+        assert [path.exists() for path in files] == [False, False, True]
         # What the writer makes now is still ours to remove next time.
         with replica.writer.open_blob() as blob:
             assert os.path.basename(blob.name).startswith('zrsd-')
@@ -401,29 +342,21 @@ def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
 
 
 def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
-    """A ZEO commit voted but not finished when the server stops: closing
-    the storage aborts it, and its blob file goes with it (FileStorage's
-    close leaves the file behind, an orphan in the blob directory)."""
-    blob_dir = str(tmp_path / 'blobs')
-    path = str(tmp_path / 'Data.fs')
+    """Closing aborts a voted, unfinished ZEO commit and removes its blob
+    file (FileStorage's close leaves it behind, an orphan)."""
+    blob_dir, path = tmp_path / 'blobs', str(tmp_path / 'Data.fs')
     storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
-        path, blob_dir=blob_dir))
-    oid = storage.new_oid()
+        path, blob_dir=str(blob_dir)))
     meta = TransactionMetaData()
     storage.tpc_begin(meta)
-    upload = str(tmp_path / 'upload.blob')
-    with open(upload, 'wb') as f:
-        f.write(b'a blob that is never committed')
-    storage.storeBlob(oid, z64, b'blob record data', upload, '', meta)
+    upload = tmp_path / 'upload.blob'
+    upload.write_bytes(b'a blob that is never committed')
+    storage.storeBlob(storage.new_oid(), z64, b'blob record data',
+                      str(upload), '', meta)
     storage.tpc_vote(meta)
-    blob_files = [name for _, _, names in os.walk(blob_dir)
-                  for name in names if name.endswith('.blob')]
-    assert len(blob_files) == 1
+    assert len(list(blob_dir.rglob('*.blob'))) == 1
     storage.close()
-    assert not [name for _, _, names in os.walk(blob_dir)
-                for name in names if name.endswith('.blob')]
+    assert list(blob_dir.rglob('*.blob')) == []
     fs = ZODB.FileStorage.FileStorage(path, read_only=True)
-    try:
-        assert fs.lastTransaction() == z64
-    finally:
-        fs.close()
+    assert fs.lastTransaction() == z64
+    fs.close()

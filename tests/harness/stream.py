@@ -12,15 +12,18 @@ blob blocks, and a running md5 checksum seeded with the connection's start
 tid.  It also has helpers to break the stream (wrong checksum, garbage,
 out-of-order messages, raw bytes on the wire...), and hands its frames out
 as a script, as wire bytes or as payloads to feed a receiver.
+`RecordingSink` records what a receiver makes of them.
 
 Script items are either `bytes` (sent as one framed message) or `Raw`
 (written to the socket as-is, no length prefix); `CLOSE` ends the connection.
 """
 import hashlib
+import itertools
 import pickle
 import select
 import socket
 import struct
+import tempfile
 import threading
 import time
 
@@ -214,6 +217,20 @@ def blob_blocks(content):
             for p in range(0, len(content), BLOB_BLOCK_SIZE)]
 
 
+def split_everywhere(data, pieces=2):
+    """Every way of cutting `data` into `pieces` consecutive (possibly
+    empty) parts, each as a list of the parts."""
+    for cuts in itertools.combinations_with_replacement(
+            range(len(data) + 1), pieces - 1):
+        bounds = (0,) + cuts + (len(data),)
+        yield [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def bytewise(data):
+    """`data` one byte at a time."""
+    return [data[i:i + 1] for i in range(len(data))]
+
+
 def replay(txns, legacy=False, tail=None):
     """A script factory modelling a real primary: for a connection starting
     at `start_tid`, send every transaction in `txns` whose tid is greater,
@@ -229,6 +246,59 @@ def replay(txns, legacy=False, tail=None):
             tail(stream)
         return stream.script()
     return script
+
+
+class RecordingSink:
+    """A receiver's sink (the replica writer's interface) that records its
+    calls as tuples: ('begin', tid, status, user, description, extension),
+    ('store', oid, tid, data, data_txn), ('open_blob',), ('store_blob',
+    oid, tid, data, data_txn, content, closed), ('commit', tid) and
+    ('abort', open tid or None).  `committed` lists the committed tids.
+    The call named `fail_on` raises OSError('disk full') once recorded.
+    Blob files are temporary files in `blob_dir`; `blobs` the stored ones.
+    """
+
+    def __init__(self, blob_dir=None, fail_on=None):
+        self.blob_dir, self.fail_on = blob_dir, fail_on
+        self.calls, self.committed, self.blobs = [], [], []
+        self.tid = None
+
+    def _record(self, *call):
+        self.calls.append(call)
+        if call[0] == self.fail_on:
+            raise OSError('disk full')
+
+    def begin(self, tid, status, user, description, extension):
+        self.tid = tid
+        self._record('begin', tid, status, user, description, extension)
+
+    def store(self, oid, tid, data, data_txn):
+        self._record('store', oid, tid, data, data_txn)
+
+    def open_blob(self):
+        self._record('open_blob')
+        return tempfile.NamedTemporaryFile(
+            dir=self.blob_dir, suffix='.blob', delete=False)
+
+    def store_blob(self, oid, tid, data, data_txn, blob_file):
+        with open(blob_file.name, 'rb') as f:
+            content = f.read()
+        self.blobs.append(blob_file)
+        self._record('store_blob', oid, tid, data, data_txn, content,
+                     blob_file.closed)
+
+    def commit(self):
+        self._record('commit', self.tid)
+        self.committed.append(self.tid)
+        self.tid = None
+        return self.committed[-1]
+
+    def abort(self):
+        self._record('abort', self.tid)
+        self.tid = None
+
+    def names(self):
+        return [call[0] for call in self.calls]
 
 
 class Connection:
