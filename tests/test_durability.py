@@ -149,7 +149,7 @@ def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
         replicate(replica.writer, transactions(source))
     [failure] = stops
     assert str(failure) == ('%s: [Errno 5] Input/output error while '
-                            'committing a transaction' % (tmp_path / 'Data.fs'))
+                            'committing transactions' % (tmp_path / 'Data.fs'))
     attempts = len(fsyncs)
     # Nothing was shown to ZEO clients, and nothing is retried.
     assert (replica.lastTransaction(), invalidated) == (z64, [])
@@ -164,9 +164,9 @@ def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
 def test_failed_group_fsync_stops_and_publishes_nothing(
         tmp_path, fsyncs, stops):
     source, _ = build_source(str(tmp_path), blobs=2)
-    fsyncs.clear()
     replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
         str(tmp_path / 'Data.fs')))
+    fsyncs.clear()
     writer = replica.writer
     writer.defer_sync = True
     replicate(writer, [t._replace(records=[r for r in t.records
@@ -174,7 +174,7 @@ def test_failed_group_fsync_stops_and_publishes_nothing(
                        for t in transactions(source)])
     assert (fsyncs, writer.unsynced) == ([], 3)
     fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
-    with pytest.raises(disk.StorageFailure, match='syncing the data file'):
+    with pytest.raises(disk.StorageFailure, match='committing'):
         writer.sync()
     with pytest.raises(disk.StorageFailure):
         writer.sync()

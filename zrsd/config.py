@@ -197,6 +197,11 @@ class ZRSConfig:
     def decoder(self):
         return MessageDecoder(self.allowed_globals)
 
+    @property
+    def blob_dir(self):
+        """The blob directory of the local FileStorage, or None."""
+        return self.section.base.config.blob_dir
+
     def open_base(self):
         """Open the local FileStorage (with blobs when blob-dir is set)."""
         return self.section.base.open()

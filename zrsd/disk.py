@@ -74,9 +74,21 @@ def fail_stop(path, doing, on_failure=None):
         raise
 
 
-def opened(path, open_storage):
+def opened(path, open_storage, blob_dir=None):
     """`open_storage()`; a disk error while opening (FileStorage saving a
-    truncated tail on a full disk, say) is a `StorageFailure`."""
+    truncated tail on a full disk, say) is a `StorageFailure`.
+
+    A blob directory whose layout marker is empty was being created when
+    the machine stopped (the marker is written, then synced): the marker
+    is removed, and ZODB writes it again.
+    """
+    layout = os.path.join(blob_dir, '.layout') if blob_dir else None
+    if layout is not None and os.path.isfile(layout) and \
+            os.path.getsize(layout) == 0:
+        logger.warning('%s: empty (its creation was interrupted); '
+                       'removed, ZODB writes it again', layout)
+        with writing(layout, 'removing an empty blob layout marker'):
+            os.remove(layout)
     try:
         return open_storage()
     except StorageSystemError as exc:
@@ -133,6 +145,25 @@ def sync_blob_files(paths, root):
             directory = os.path.dirname(directory)
     for directory in sorted(directories, key=len, reverse=True):
         fsync_path(directory, 'syncing a blob directory')
+
+
+def sync_storage_files(data_file, blob_root=None):
+    """Make a storage's own files and names durable when it is opened (it
+    may just have been created): the data file and its directory; the
+    blob directory's layout marker, the blob directory and the directory
+    holding it."""
+    paths = [(data_file, 'syncing the data file'),
+             (os.path.dirname(os.path.abspath(data_file)),
+              'syncing the directory of the data file')]
+    if blob_root is not None:
+        layout = os.path.join(blob_root, '.layout')
+        if os.path.exists(layout):
+            paths.append((layout, 'syncing the blob layout marker'))
+        paths += [(blob_root, 'syncing the blob directory'),
+                  (os.path.dirname(os.path.abspath(blob_root)),
+                   'syncing the directory of the blob directory')]
+    for path, doing in paths:
+        fsync_path(path, doing)
 
 
 class BlobFile(io.FileIO):

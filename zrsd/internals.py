@@ -17,16 +17,21 @@ import importlib.metadata
 import io
 import logging
 import os
+import sys
+import traceback
 
 from ZEO.StorageServer import StorageServer as _ZEOStorageServer
 from ZEO.StorageServer import StorageServerDB
-from ZODB.FileStorage.FileStorage import TempFormatter
+from ZODB.FileStorage.FileStorage import FileStorage, TempFormatter
+from ZODB.fsIndex import fsIndex
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import u64, z64
 
 from zrsd import disk
 
 logger = logging.getLogger(__name__)
+
+_fs_module = sys.modules['ZODB.FileStorage.FileStorage']
 
 # Distribution -> the (major, minor) releases this module was read against.
 VERIFIED = {'ZODB': ((6, 4),), 'ZEO': ((6, 2),)}
@@ -104,6 +109,36 @@ def last_committed_tid(fs):
         return fs._read_txn_header(pos - 8 - tlen).tid
 
 
+def truncate_damaged_tail(path):
+    """Cut the data file at `path` before its first transaction that
+    FileStorage cannot read, keeping the cut bytes in `path.trN` as
+    FileStorage does; returns (position, former size).  Uses FileStorage's
+    own scan in its recovery mode."""
+    with open(path, 'r+b') as file:
+        size = file.seek(0, 2)
+        pos = _fs_module.read_index(file, path, fsIndex(), {}, recover=1,
+                                    read_only=1)[0]
+        if pos < size:
+            _fs_module._truncate(file, path, pos)
+        file.flush()
+        os.fsync(file.fileno())
+    return pos, size
+
+
+def release_half_opened(exc):
+    """Close the files of a FileStorage whose constructor raised `exc`:
+    its lock file stays locked as long as the half-built object lives
+    (a log record keeping the traceback would keep it alive)."""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        fs = frame.f_locals.get('self')
+        if isinstance(fs, FileStorage):
+            for name in ('_file', '_lock_file'):
+                file = getattr(fs, name, None)
+                if file is not None:
+                    file.close()
+            return
+
+
 def set_last_transaction(fs, tid):
     """Make `fs.lastTransaction()` (and new tids) follow `tid`."""
     with fs._lock:
@@ -122,18 +157,19 @@ def abort_transaction_in_progress(fs):
     return True
 
 
-def sync_data_file(fs):
-    """Flush and fsync the data file (under the storage lock)."""
-    with fs._lock, disk.writing(fs._file_name, 'syncing the data file'):
-        fs._file.flush()
-        os.fsync(fs._file.fileno())
-
-
 # -- FileStorage: blobs -------------------------------------------------------
 
 def blob_directory(fs):
-    """The root of `fs`'s blob directory."""
-    return fs.fshelper.base_dir
+    """The root of `fs`'s blob directory, or None without blobs."""
+    return getattr(getattr(fs, 'fshelper', None), 'base_dir', None)
+
+
+def sync_storage_files(fs):
+    """`disk.sync_storage_files` for `fs` (at open), after writing out
+    what FileStorage wrote into a new file."""
+    with fs._lock:
+        fs._file.flush()
+    disk.sync_storage_files(fs._file_name, blob_directory(fs))
 
 
 def uncommitted_blob_files(fs):
@@ -220,33 +256,76 @@ class TransactionBuffer:
             self._file.close()
 
 
-def install_replica_commit_path(fs, fsync_now):
-    """Replace FileStorage's last commit step and temporary file for a
-    replica: the step fsyncs only when `fsync_now()` says so (group
-    commit), the temporary file is a `TransactionBuffer`."""
+class ReplicaCommitPath:
+    """A replica's commit path: FileStorage's last commit step replaced.
 
-    def finish(tid):
-        # FileStorage's own last step of tpc_finish (ZODB 6.4), with the
-        # fsync optional.
-        with disk.writing(fs._file_name, 'committing a transaction'):
-            fs._file.flush()
-            if fsync_now():
-                os.fsync(fs._file.fileno())
+    FileStorage commits a transaction by writing its status byte (the
+    transaction was written with status 'c' at vote), then fsyncs.  A power
+    loss before that fsync can leave the status byte on disk and part of
+    the data not, so that the file holds a "committed" transaction with
+    torn records (FileStorage has no checksums).  Here the status byte is
+    written only once the transaction's data is durable:
+
+    - `fsync_now()` true (live): fsync the data, write the status byte,
+      fsync again;
+    - false (group commit): leave the status 'c' and remember it; `sync()`
+      fsyncs the group's data, writes the status bytes, fsyncs again.
+
+    A crash before then leaves 'c' transactions, which FileStorage cuts
+    when it opens the file (they were never published; the primary sends
+    them again).  The temporary transaction file is a `TransactionBuffer`.
+    """
+
+    def __init__(self, fs, fsync_now):
+        self._fs = fs
+        self._fsync_now = fsync_now
+        self._statuses = []     # [(position, status)] still 'c' on disk
+        fs._finish = self._finish
+        _replace_temporary_file(fs, TransactionBuffer(fs._file_name + '.tmp'))
+
+    def _finish(self, tid, user, description, extension):
+        # FileStorage's own _finish and _finish_finish (ZODB 6.4), with the
+        # status byte written only after the data is durable; under the
+        # storage lock (tpc_finish).
+        fs = self._fs
+        self._statuses.append((fs._pos, fs._tstatus))
+        if self._fsync_now():
+            self.sync()
         fs._pos = fs._nextpos
         fs._index.update(fs._tindex)
         fs._ltid = tid
         fs._blob_tpc_finish()
 
-    fs._finish_finish = finish
-    _replace_temporary_file(fs, TransactionBuffer(fs._file_name + '.tmp'))
+    @property
+    def unsynced(self):
+        """Transactions committed whose status byte is not yet written."""
+        return len(self._statuses)
 
+    def sync(self):
+        """Make the committed transactions durable: fsync their data, write
+        their status bytes, fsync (under the storage lock)."""
+        fs = self._fs
+        with fs._lock, disk.writing(fs._file_name,
+                                    'committing transactions'):
+            file = fs._file
+            file.flush()
+            os.fsync(file.fileno())
+            if self._statuses:
+                for pos, status in self._statuses:
+                    file.seek(pos + 16)
+                    file.write(status.encode('ascii'))
+                file.flush()
+                os.fsync(file.fileno())
+                self._statuses = []
 
-def restore_commit_path(fs):
-    """Give FileStorage back its own last commit step and temporary file
-    (a promoted replica: ZEO commits from now on)."""
-    with fs._lock:
-        del fs._finish_finish       # the class's own method again
-        _replace_temporary_file(fs, open(fs._file_name + '.tmp', 'w+b'))
+    def uninstall(self):
+        """Give the FileStorage back FileStorage's own last commit step and
+        temporary file (a promoted replica: ZEO commits from now on)."""
+        self.sync()
+        with self._fs._lock:
+            del self._fs._finish       # the class's own method again
+            _replace_temporary_file(
+                self._fs, open(self._fs._file_name + '.tmp', 'w+b'))
 
 
 def _replace_temporary_file(fs, tfile):

@@ -23,7 +23,7 @@ from zrsd.daemon.progress import Progress, tid_time
 from zrsd.primary.server import PrimaryServer
 from zrsd.network.sockets import format_address
 from zrsd.primary.storage import PrimaryStorage
-from zrsd.replica.storage import ReplicaStorage
+from zrsd.replica.storage import ReplicaStorage, open_replica_file
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,11 @@ class Node:
         # A replica promoted earlier (zrsdctl promote) stays a primary.
         self.promotion = (promotion.read_record(zrs.path)
                           if zrs.replicate_from is not None else None)
-        fs = disk.opened(zrs.path, zrs.open_base)
+        if self.replicating:
+            fs = disk.opened(zrs.path, lambda: open_replica_file(
+                zrs.path, zrs.open_base), zrs.blob_dir)
+        else:
+            fs = disk.opened(zrs.path, zrs.open_base, zrs.blob_dir)
         try:
             if self.replicating:
                 self.storage = ReplicaStorage(fs, pack=zrs.section.pack)

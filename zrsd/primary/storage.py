@@ -83,6 +83,7 @@ class PrimaryStorage:
         self.commits = commits if commits is not None else CommitNotifier()
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
         self.resume_tid = recover_last_transaction(fs)
+        internals.sync_storage_files(fs)
         # Held while a transaction finishes; `stop_commits` takes it so
         # that none is half-way when it returns.
         self._finishing = threading.Lock()

@@ -37,6 +37,8 @@ import ZODB.interfaces
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import ReadOnlyError, UndoError
 from ZODB.TimeStamp import TimeStamp
+from ZODB.FileStorage.FileStorage import CorruptedFileStorageError
+from ZODB.FileStorage.format import CorruptedError
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64, z64
 
@@ -84,6 +86,28 @@ def remove_temporary_blob_files(fs):
     return removed
 
 
+def open_replica_file(path, open_storage):
+    """`open_storage()` of a replica's FileStorage at `path`.
+
+    A power loss may leave an unsynced tail that FileStorage refuses to
+    open (the later part of a transaction reached the disk, its header did
+    not).  Nothing in it was ever published (zrsd.disk): a replica cuts
+    the file before the first transaction FileStorage cannot read (the cut
+    bytes are kept in `Data.fs.trN`) and the primary sends it again.
+    """
+    try:
+        return open_storage()
+    except (CorruptedFileStorageError, CorruptedError) as exc:
+        reason = str(exc)
+        internals.release_half_opened(exc)
+    pos, size = internals.truncate_damaged_tail(path)
+    logger.warning('%s: cannot be opened (%s); cut at %d (of %d bytes) '
+                   'before the first unreadable transaction, never '
+                   'published; the primary sends the rest again',
+                   path, reason, pos, size)
+    return open_storage()
+
+
 class ApplyError(Exception):
     """A replicated transaction cannot be applied to this storage."""
 
@@ -127,6 +151,7 @@ class ReplicaStorage:
             zope.interface.alsoProvides(self, ZODB.interfaces.IBlobStorage)
             remove_temporary_blob_files(fs)
         self.resume_tid = recover_last_transaction(fs)
+        internals.sync_storage_files(fs)
         self.commits = CommitNotifier()
         # Replicated commits pass this gate; holding it keeps commits out
         # while ZEO reads the recent invalidations and registers.
@@ -251,7 +276,11 @@ class ReplicaStorage:
         logger.info('%s: pack to %s UTC started (%d bytes)', fs.getName(),
                     stop, size)
         started = time.monotonic()
+        # FileStorage's packer stops at a transaction whose status is
+        # still 'c' (a deferred group commit): none while it runs.
+        self.writer.packing = True
         try:
+            self.writer.sync()
             fs.pack(t, referencesf, gc)
             # The switch of files is a pair of renames: make it durable.
             disk.fsync_path(os.path.dirname(os.path.abspath(
@@ -259,6 +288,8 @@ class ReplicaStorage:
         except disk.StorageFailure as failure:
             self.writer.storage_failed(failure)
             raise
+        finally:
+            self.writer.packing = False
         self.commits.notify()  # streamers notice the new file at once
         logger.info('%s: pack to %s UTC done in %.1f s (%d -> %d bytes)',
                     fs.getName(), stop, time.monotonic() - started, size,
@@ -315,25 +346,29 @@ class ReplicaWriter:
         # loss then costs transactions the primary sends again; a crash of
         # the process costs nothing (the data is in the page cache).
         self.defer_sync = False
-        self.unsynced = 0           # transactions committed since the fsync
-        self.unsynced_since = None  # time.monotonic() of the first of them
+        self.packing = False        # a pack runs: no deferred commits
+        self.unsynced_since = None  # time.monotonic() of the first unsynced
         # Committed, not yet published: [(tid, oids, start position)],
         # under the storage lock (see the module docstring).
         self.unpublished = []
         self.published_tid = replica.resume_tid
         self.failure = None         # the StorageFailure that stops us
-        internals.install_replica_commit_path(fs, self._fsync_now)
+        self._commit_path = internals.ReplicaCommitPath(fs, self._fsync_now)
         logging.getLogger('ZODB.FileStorage').addFilter(_mismatch_filter)
 
     def _fsync_now(self):
-        # Asked by FileStorage's last commit step (under the storage lock):
-        # fsync this commit, or count it for the group's `sync()`.
-        if not self.defer_sync:
+        # Asked by the last commit step (under the storage lock): make this
+        # commit durable now, or leave it to the group's `sync()`.
+        if not self.defer_sync or self.packing:
             return True
-        if not self.unsynced:
+        if self.unsynced_since is None:
             self.unsynced_since = time.monotonic()
-        self.unsynced += 1
         return False
+
+    @property
+    def unsynced(self):
+        """Transactions committed, not yet durable (group commit)."""
+        return self._commit_path.unsynced
 
     def detach(self):
         """Give the FileStorage back FileStorage's own last commit step
@@ -341,7 +376,7 @@ class ReplicaWriter:
         self.abort()
         self.sync()
         self.defer_sync = False
-        internals.restore_commit_path(self._fs)
+        self._commit_path.uninstall()
 
     def storage_failed(self, failure):
         """Fail-stop (`zrsd.disk`): remember `failure`, so that nothing is
@@ -358,12 +393,11 @@ class ReplicaWriter:
         with internals.storage_lock(self._fs):
             if self.unsynced:
                 try:
-                    internals.sync_data_file(self._fs)
+                    self._commit_path.sync()
                 except disk.StorageFailure as failure:
                     self.storage_failed(failure)
                     raise
-                self.unsynced = 0
-                self.unsynced_since = None
+            self.unsynced_since = None
             self._publish()
 
     def _publish(self):

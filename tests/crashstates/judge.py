@@ -1,0 +1,133 @@
+"""Record a replica's workload, and judge the crash states it can leave."""
+import os
+import random
+import shutil
+
+import ZODB.FileStorage
+from ZODB.POSException import POSKeyError
+
+from harness.history import copy_transaction
+from harness.stream import Stream
+from zrsd import disk
+from zrsd.replica.receiver import Receiver
+from zrsd.replica.storage import ReplicaStorage, open_replica_file
+
+from . import model
+from .recorder import Recorder
+
+DATA, BLOBS = 'Data.fs', 'blobs'
+
+
+class _PublishedTo:
+    """The ZEO server a replica publishes to: records each tid."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+
+    def invalidate(self, tid, oids):
+        self.recorder.publish(tid)
+
+
+def open_replica(root):
+    """The replica storage under `root`, opened as zrsd opens it."""
+    path, blob_dir = os.path.join(root, DATA), os.path.join(root, BLOBS)
+    return ReplicaStorage(disk.opened(path, lambda: open_replica_file(
+        path, lambda: ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir)),
+        blob_dir))
+
+
+def apply(replica, txns):
+    """Send `txns` to `replica` as a primary does, then sync."""
+    start = replica.writer.last_applied()
+    stream, receiver = Stream(start), Receiver(replica.writer, start)
+    for txn in txns:
+        stream.transaction(txn)
+    for payload in stream.take_payloads():
+        receiver.frame_received(payload)
+    replica.writer.sync()
+
+
+def record(root, txns, seed):
+    """The operations of a replica under `root` applying `txns`: in
+    groups of 1-5, each group live (fsync per commit) or deferred (one
+    group fsync), as zrsd's client does."""
+    rng = random.Random(seed)
+    os.makedirs(root)
+    with Recorder(root) as recorder:
+        replica = open_replica(root)
+        replica.registerDB(_PublishedTo(recorder))
+        done = 0
+        while done < len(txns):
+            group = txns[done:done + rng.randint(1, 5)]
+            replica.writer.defer_sync = rng.random() < 0.5
+            apply(replica, group)
+            done += len(group)
+        replica.close()
+    return recorder.ops
+
+
+def _history(replica):
+    fs = replica.file_storage
+    return [copy_transaction(t, fs) for t in fs.iterator()]
+
+
+def _blob_problems(history, source):
+    for got, expected in zip(history, source):
+        for g, e in zip(got.records, expected.records):
+            if e.blob is not None and g.blob != e.blob:
+                yield 'blob of %s in %s is %s' % (
+                    g.oid.hex(), got.tid.hex(),
+                    'missing' if g.blob is None else 'different')
+
+
+def judge(state, source, scratch, resume):
+    """The violations of the durability rule in `state` (a list of
+    strings); `resume`: also replicate the rest and compare."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    state.write_to(scratch)
+    try:
+        replica = open_replica(scratch)
+    except Exception as exc:
+        return ['does not open: %s: %s' % (type(exc).__name__, exc)]
+    try:
+        return list(_violations(replica, state, source, resume))
+    finally:
+        replica.close()
+
+
+def _violations(replica, state, source, resume):
+    history = _history(replica)
+    if history != source[:len(history)]:
+        yield 'not a prefix of the primary\'s history (%d transactions)' % (
+            len(history))
+        return
+    tids = [t.tid for t in history]
+    if state.published is not None and state.published not in tids:
+        yield 'published %s lost (last %s)' % (
+            state.published.hex(), tids[-1].hex() if tids else 'none')
+    yield from _blob_problems(history, source)
+    if resume:
+        try:
+            apply(replica, source[len(history):])
+        except (Exception, POSKeyError) as exc:
+            yield 'does not resume: %s: %s' % (type(exc).__name__, exc)
+            return
+        history = _history(replica)
+        if history != source:
+            yield 'did not converge after resuming'
+        else:
+            yield from _blob_problems(history, source)
+
+
+def check(ops, source, scratch, rng, per_point, every=1, resume_every=10):
+    """Judge `per_point` states at every `every`-th crash point; returns
+    (states checked, [violations with their state's label])."""
+    checked, violations = 0, []
+    for k in range(0, len(ops) + 1, every):
+        for state in model.states(ops, k, rng, per_point):
+            found = judge(state, source, scratch,
+                          resume=checked % resume_every == 0)
+            checked += 1
+            violations.extend('%s: %s' % (state.label, v) for v in found)
+    return checked, violations

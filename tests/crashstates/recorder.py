@@ -1,0 +1,178 @@
+"""Record the file-system operations made under one directory.
+
+`Recorder(root)` is a context manager that interposes on the calls zrsd,
+FileStorage and the blob directory make (`open`, `os.open`, `os.fsync`,
+`os.rename`, `os.replace`, `os.remove`, `os.unlink`, `os.mkdir`, file
+`write` and `truncate`, zrsd's `disk.BlobFile`) and appends to `ops`, with
+paths relative to `root`:
+
+    ('create', path)            a new empty file
+    ('mkdir', path)
+    ('write', path, offset, data)
+    ('truncate', path, size)
+    ('fsync', path)             a file or a directory
+    ('rename', source, target)
+    ('unlink', path)
+    ('publish', tid)            (`publish`, called by the workload)
+
+Everything else passes through untouched.  One thread at a time.
+"""
+import builtins
+import os
+import sys
+
+from zrsd import disk
+
+_FS_MODULE = 'ZODB.FileStorage.FileStorage'
+
+
+class _File:
+    """A recording proxy of a writable file object."""
+
+    def __init__(self, recorder, path, file):
+        self._recorder, self._path, self._file = recorder, path, file
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+    def __iter__(self):
+        return iter(self._file)
+
+    def write(self, data):
+        self._recorder.ops.append(('write', self._path, self._file.tell(),
+                                   data.encode() if isinstance(data, str)
+                                   else bytes(data)))
+        return self._file.write(data)
+
+    def truncate(self, size=None):
+        size = self._file.tell() if size is None else size
+        self._recorder.ops.append(('truncate', self._path, size))
+        return self._file.truncate(size)
+
+
+class Recorder:
+
+    def __init__(self, root):
+        self.root = os.path.realpath(root)
+        self.ops = []
+        self._saved = []
+
+    def relative(self, path):
+        """`path` relative to the root, or None outside it."""
+        if isinstance(path, int):
+            path = os.readlink('/proc/self/fd/%d' % path)
+        real = os.path.realpath(os.fspath(path))
+        if real == self.root:
+            return '.'
+        if real.startswith(self.root + os.sep):
+            return real[len(self.root) + 1:]
+        return None
+
+    def publish(self, tid):
+        self.ops.append(('publish', tid))
+
+    def _note(self, kind, *paths):
+        relative = [self.relative(p) for p in paths]
+        if None not in relative:
+            self.ops.append((kind,) + tuple(relative))
+
+    # -- the interposed calls ---------------------------------------------
+
+    def _open(self, file, mode='r', *args, **kw):
+        writable = any(c in mode for c in 'wax+')
+        path = (self.relative(file) if writable and
+                isinstance(file, (str, bytes, os.PathLike)) else None)
+        existed = path is not None and os.path.exists(file)
+        result = self._real['open'](file, mode, *args, **kw)
+        if path is None:
+            return result
+        if not existed:
+            self.ops.append(('create', path))
+        elif 'w' in mode:
+            self.ops.append(('truncate', path, 0))
+        return _File(self, path, result)
+
+    def _os_open(self, path, flags, mode=0o777, *args, **kw):
+        relative = self.relative(path) if flags & os.O_CREAT else None
+        existed = relative is not None and os.path.exists(path)
+        fd = self._real['os.open'](path, flags, mode, *args, **kw)
+        if relative is not None and not existed:
+            self.ops.append(('create', relative))
+        elif relative is not None and flags & os.O_TRUNC:
+            self.ops.append(('truncate', relative, 0))
+        return fd
+
+    def _fsync(self, fd):
+        result = self._real['os.fsync'](fd)
+        self._note('fsync', fd)
+        return result
+
+    def _rename(self, source, target, *args, **kw):
+        result = self._real['os.rename'](source, target, *args, **kw)
+        self._note('rename', source, target)
+        return result
+
+    def _replace(self, source, target, *args, **kw):
+        result = self._real['os.replace'](source, target, *args, **kw)
+        self._note('rename', source, target)
+        return result
+
+    def _unlink(self, path, *args, **kw):
+        relative = self.relative(path)
+        result = self._real['os.unlink'](path, *args, **kw)
+        if relative is not None:
+            self.ops.append(('unlink', relative))
+        return result
+
+    def _mkdir(self, path, *args, **kw):
+        result = self._real['os.mkdir'](path, *args, **kw)
+        self._note('mkdir', path)
+        return result
+
+    def _blob_file(self, path):
+        recorder = self
+
+        class RecordingBlobFile(self._real['BlobFile']):
+            def write(self, data):
+                recorder._note_write(path, self.tell(), data)
+                return super().write(data)
+
+        return RecordingBlobFile(path)
+
+    def _note_write(self, path, offset, data):
+        relative = self.relative(path)
+        if relative is not None:
+            self.ops.append(('write', relative, offset, bytes(data)))
+
+    # -- install and remove -----------------------------------------------
+
+    def __enter__(self):
+        fs_module = sys.modules[_FS_MODULE]
+        self._real = {
+            'open': builtins.open, 'os.open': os.open, 'os.fsync': os.fsync,
+            'os.rename': os.rename, 'os.replace': os.replace,
+            'os.unlink': os.unlink, 'os.mkdir': os.mkdir,
+            'BlobFile': disk.BlobFile,
+        }
+        patches = [
+            (builtins, 'open', self._open), (os, 'open', self._os_open),
+            (os, 'fsync', self._fsync), (fs_module, 'fsync', self._fsync),
+            (os, 'rename', self._rename), (os, 'replace', self._replace),
+            (os, 'unlink', self._unlink), (os, 'remove', self._unlink),
+            (os, 'mkdir', self._mkdir), (disk, 'BlobFile', self._blob_file),
+        ]
+        for owner, name, value in patches:
+            self._saved.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, value)
+        return self
+
+    def __exit__(self, *exc):
+        while self._saved:
+            owner, name, value = self._saved.pop()
+            setattr(owner, name, value)
