@@ -10,10 +10,10 @@ import traceback
 
 from .cases import CaseGenerator
 from .in_process import InProcessLane, tmpfs_directory
+from .judges import LaneAbort, Summary
 from .nodes import close_all
 from .pickles import HOSTILES, arm_check
 from .primary_side import PrimarySide
-from .results import LaneAbort, Summary
 from .secondary_side import ReplicaLane
 from .source import build_source, source_size
 
