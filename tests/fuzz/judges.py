@@ -21,25 +21,19 @@ VIOLATIONS = (
     'replica following', 'setup')
 
 # A text in the ERROR line, and its family of rejection (for the summary).
-REASON_FAMILIES = (
-    ('checksum mismatch', 'checksum mismatch'),
-    ('too large', 'frame too large'),
-    ('refused global', 'refused global'),
-    ('refused persistent id', 'refused persistent id'),
-    ('refused _codecs.encode', 'refused _codecs.encode'),
-    ('non-increasing tid', 'non-increasing tid'),
-    ('record tid', 'record tid'),
+REASON_FAMILIES = [(needle, family or needle) for needle, family in (
+    ('checksum mismatch', None), ('too large', 'frame too large'),
+    ('refused global', None), ('refused persistent id', None),
+    ('refused _codecs.encode', None), ('non-increasing tid', None),
+    ('record tid', None),
     ('byte message after the handshake', 'message after the handshake'),
     ('unexpected', 'unexpected message'),
-    ('undecodable', 'undecodable message'),
-    ('bad ', 'bad field'),
+    ('undecodable', 'undecodable message'), ('bad ', 'bad field'),
     ('blob block of', 'blob block too big'),
     ('applying transaction', 'apply failed'),
-    ('no handshake within', 'handshake timeout'),
-    ('unknown protocol', 'unknown protocol'),
+    ('no handshake within', 'handshake timeout'), ('unknown protocol', None),
     ('is not in this storage', 'tid not in the history'),
-    ('start tid of', 'tid not 8 bytes'),
-)
+    ('start tid of', 'tid not 8 bytes'))]
 
 # Expected WARNINGs: a corrupted record restored before its commit's
 # checksum rejects the stream may differ from its back pointer's data
