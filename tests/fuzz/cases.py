@@ -1,41 +1,25 @@
-"""The case generator of the secondary side (and of the in-process layer):
-each case breaks a valid stream in one way, and says what a correct replica
-does with it.  Byte and frame mutations are here; the synthetic bad parts,
-with correct checksums, in `synthetic`."""
+"""The case generator of the secondary side and of the in-process layer:
+each case breaks a valid stream (built with `harness.stream.Stream`) in
+one way, byte and frame mutations or synthetic bad parts with *correct*
+checksums, and says what a correct replica does with it (the oracle,
+`committed`)."""
+import io
 import os
+import pickle
 import random
 import struct
 
-from . import synthetic
-from harness.stream import Stream, wire
+from ZODB.utils import p64, u64, z64
 
-from .streams import committed
+from harness.stream import Stream, message, wire
+from zrsd import protocol as zrs
 
+from .pickles import (CALL, DANGEROUS_GLOBALS, G, HOSTILES, PLACEHOLDER, SG,
+                      U, embed, random_name, touch)
+
+MAX_FRAME = zrs.DEFAULT_MAX_FRAME   # the replicas run with the default
+BLOCK = zrs.BLOB_BLOCK_SIZE
 WINDOW_NEED = 6     # source txns a case may need after its start
-
-
-class Case:
-    """One generated case: the wire bytes and what a correct replica does.
-
-    `expect` is 'reject' (exactly one ERROR, naming `reason` if set),
-    'close' (no ERROR: the stream just ends) or 'any' (either).
-    `commits` is how many transactions after the start it must commit.
-    """
-
-    def __init__(self, lane, number, kind, start, wire, commits, expect,
-                 reason=None, detail=''):
-        self.lane, self.number, self.kind = lane, number, kind
-        self.start, self.wire, self.commits = start, wire, commits
-        self.expect, self.reason, self.detail = expect, reason, detail
-
-    def describe(self):
-        return '%s case %d (%s%s) from source index %d: %d bytes, expect ' \
-            '%s%s, %d commits' % (
-                self.lane, self.number, self.kind,
-                ' ' + self.detail if self.detail else '', self.start,
-                len(self.wire), self.expect,
-                ' %r' % self.reason if self.reason else '', self.commits)
-
 
 BYTE_KINDS = ['bitflip', 'insert', 'delete', 'overwrite', 'truncate',
               'splice', 'length']
@@ -53,15 +37,34 @@ PLAIN_ONLY = ['blob-to-plain']
 BLOB_ONLY = ['huge-nblocks', 'huge-nblocks', 'huge-nblocks-big-block']
 
 
-class Template:
-    """The valid stream one case breaks.
+class Case:
+    """One generated case: the wire bytes and what a correct replica does.
 
-    `prefix`: the 0-2 transactions replayed intact after the start;
-    `window`: the 1-3 that follow, where the case breaks something;
-    `valid`: the `Stream` of both, `valid_wire` its bytes;
-    `mark_frames`, `mark`: the frame index and the wire offset where the
-    window begins.
+    `expect` is 'reject' (exactly one ERROR, naming `reason` if set),
+    'close' (no ERROR: the stream just ends) or 'any' (either);
+    `commits`: how many transactions after the start it must commit.
     """
+
+    def __init__(self, lane, number, kind, start, wire, commits, expect,
+                 reason=None, detail=''):
+        self.lane, self.number, self.kind = lane, number, kind
+        self.start, self.wire, self.commits = start, wire, commits
+        self.expect, self.reason, self.detail = expect, reason, detail
+
+    def describe(self):
+        return '%s case %d (%s%s) from source index %d: %d bytes, expect ' \
+            '%s%s, %d commits' % (
+                self.lane, self.number, self.kind,
+                ' ' + self.detail if self.detail else '', self.start,
+                len(self.wire), self.expect,
+                ' %r' % self.reason if self.reason else '', self.commits)
+
+
+class Template:
+    """The valid stream one case breaks: the `prefix` (0-2 transactions
+    replayed intact after the start), then the `window` (the 1-3 where the
+    case breaks something), which begins at frame `mark_frames`, wire
+    offset `mark`; `valid` is their `Stream`, `valid_wire` its bytes."""
 
     def __init__(self, rng, number, source, start, prefix, window, legacy):
         self.rng, self.number = rng, number
@@ -80,46 +83,32 @@ class CaseGenerator:
     """Cases for one lane (see the package docstring)."""
 
     def __init__(self, source, lane, seed, markers):
-        self.source = source
-        self.lane = lane
-        self.seed = seed
-        self.markers = markers
-        menu = BYTE_KINDS * 2 + FRAME_KINDS + SYNTHETIC_KINDS * 2
-        # Legacy streams carry no blobs: not for the blob lane.
-        if source.blob_dir is not None:
-            menu += BLOB_ONLY * 2
-        else:
-            menu += PLAIN_ONLY * 2 + LEGACY_KINDS
-        self.menu = menu
-
-    def rng(self, number):
-        return random.Random('%s/%s/%d' % (self.seed, self.lane, number))
-
-    def marker(self, number):
-        return os.path.join(self.markers, '%s-%d' % (self.lane, number))
+        self.source, self.lane = source, lane
+        self.seed, self.markers = seed, markers
+        self.menu = BYTE_KINDS * 2 + FRAME_KINDS + SYNTHETIC_KINDS * 2 + (
+            BLOB_ONLY * 2 if source.blob_dir is not None    # no legacy blobs
+            else PLAIN_ONLY * 2 + LEGACY_KINDS)
 
     def case(self, number, start):
         """Case `number` for a replica holding `start` source transactions."""
-        rng = self.rng(number)
+        rng = random.Random('%s/%s/%d' % (self.seed, self.lane, number))
         txns = self.source.txns
         available = len(txns) - start
         assert available >= 1
         a = min(rng.choice([0, 0, 0, 1, 1, 2]), available - 1)
         b = min(rng.randint(1, 3), available - a)
         kind = rng.choice(self.menu)
-        template = Template(rng, number, self.source, start,
-                            txns[start:start + a],
-                            txns[start + a:start + a + b],
-                            kind.startswith('legacy-'))
+        t = Template(rng, number, self.source, start, txns[start:start + a],
+                     txns[start + a:start + a + b], kind.startswith('legacy-'))
         if kind in BYTE_KINDS:
-            wire, expect, reason, detail = mutate_bytes(kind, template)
-        elif kind in FRAME_KINDS or template.legacy:
-            wire, expect, reason, detail = mutate_frames(kind, template)
+            wire, expect, reason, detail = mutate_bytes(kind, t)
+        elif kind in FRAME_KINDS or t.legacy:
+            wire, expect, reason, detail = mutate_frames(kind, t)
         else:
-            wire, expect, reason, detail = synthetic.build(
-                kind, template, self.source, self.marker(number))
-        valid = template.valid
-        commits = a + committed(template.valid_wire, valid.commits[a:], wire)
+            wire, expect, reason, detail = synthetic(
+                kind, t, self.source, os.path.join(
+                    self.markers, '%s-%d' % (self.lane, number)))
+        commits = a + committed(t.valid_wire, t.valid.commits[a:], wire)
         return Case(self.lane, number, kind, start, wire, commits, expect,
                     reason, detail)
 
@@ -128,25 +117,19 @@ def mutate_bytes(kind, t):
     """Byte mutations of the window's wire bytes."""
     rng, wire, lo = t.rng, bytearray(t.valid_wire), t.mark
     hi = len(wire)
-    expect, detail = 'any', ''
+    expect = 'any'
     if kind == 'bitflip':
         flips = [(rng.randrange(lo, hi), rng.randrange(8))
                  for _ in range(rng.randint(1, 3))]
         for pos, bit in flips:
             wire[pos] ^= 1 << bit
         detail = 'at %s' % ','.join(str(p - lo) for p, _ in flips)
-    elif kind == 'insert':
-        pos = rng.randint(lo, hi)
-        wire[pos:pos] = rng.randbytes(rng.randint(1, 8))
-        detail = 'at %d' % (pos - lo)
-    elif kind == 'delete':
-        pos = rng.randrange(lo, hi)
-        del wire[pos:pos + rng.randint(1, 8)]
-        detail = 'at %d' % (pos - lo)
-    elif kind == 'overwrite':
-        pos = rng.randrange(lo, hi)
-        n = rng.randint(1, 16)
-        wire[pos:pos + n] = rng.randbytes(n)
+    elif kind in ('insert', 'delete', 'overwrite'):
+        pos = rng.randint(lo, hi) if kind == 'insert' else \
+            rng.randrange(lo, hi)
+        n = rng.randint(1, 16 if kind == 'overwrite' else 8)
+        wire[pos:pos + (0 if kind == 'insert' else n)] = \
+            b'' if kind == 'delete' else rng.randbytes(n)
         detail = 'at %d' % (pos - lo)
     elif kind == 'truncate':
         pos = rng.randrange(lo, hi)
@@ -155,19 +138,16 @@ def mutate_bytes(kind, t):
     elif kind == 'splice':
         n = rng.randint(1, 64)
         src = rng.randrange(0, max(1, hi - n))
-        chunk = bytes(wire[src:src + n])
         pos = rng.randint(lo, hi)
-        wire[pos:pos] = chunk
+        wire[pos:pos] = wire[src:src + n]
         detail = '%d bytes from %d at %d' % (n, src, pos - lo)
     elif kind == 'length':
-        starts = t.valid.starts[t.mark_frames:]
-        pos = rng.choice(starts)
+        pos = rng.choice(t.valid.starts[t.mark_frames:])
         (old,) = struct.unpack_from('>I', wire, pos)
         new = rng.choice([
             old + rng.randint(1, 4), max(0, old - rng.randint(1, 4)),
             rng.randrange(1 << 32), 0, old ^ (1 << rng.randrange(32))])
-        if new == old:
-            new = old + 1
+        new = old + 1 if new == old else new
         struct.pack_into('>I', wire, pos, new)
         detail = '%d -> %d' % (old, new)
     return bytes(wire), expect, None, detail
@@ -175,64 +155,309 @@ def mutate_bytes(kind, t):
 
 def mutate_frames(kind, t):
     """Frame mutations, with the checksums as the primary computed them."""
-    rng = t.rng
-    frames = list(t.valid.frames)
-    lo = t.mark_frames
+    rng, frames, lo = t.rng, list(t.valid.frames), t.mark_frames
     window = list(range(lo, len(frames)))
     base = kind[len('legacy-'):] if t.legacy else kind
+    typed = base[-2:] in ('-C', '-T')     # of a C or a T frame
     expect, reason = 'any', None
-
-    def pick(kinds):
-        choices = [i for i in window if frames[i][0] in kinds]
-        return rng.choice(choices)
-
     if base == 'truncate':
         pos = rng.randrange(t.mark, len(t.valid_wire))
-        return t.valid_wire[:pos], 'close', None, 'at %d' % (
-            pos - t.mark)
-    if base == 'dup-frame':
-        i = rng.choice(window)
-        frames.insert(i + 1, frames[i])
-        detail = 'frame %d (%s)' % (i - lo, frames[i][0])
-    elif base == 'dup-C':
-        i = pick({'C'})
-        frames.insert(i + 1, frames[i])
-        expect, reason = 'reject', 'unexpected C message'
-        detail = 'frame %d' % (i - lo)
-    elif base == 'dup-T':
-        i = pick({'T'})
-        frames.insert(i + 1, frames[i])
-        expect, reason = 'reject', 'unexpected T message'
-        detail = 'frame %d' % (i - lo)
-    elif base == 'drop-frame':
-        i = rng.choice(window)
-        detail = 'frame %d (%s)' % (i - lo, frames[i][0])
-        del frames[i]
-    elif base == 'drop-C':
-        i = pick({'C'})
-        del frames[i]
-        if i < len(frames):
-            expect, reason = 'reject', 'unexpected T message'
-        else:
-            expect = 'close'
-        detail = 'frame %d' % (i - lo)
-    elif base == 'drop-T':
-        i = pick({'T'})
-        del frames[i]
-        expect, reason = 'reject', 'message between transactions'
-        detail = 'frame %d' % (i - lo)
-    elif base == 'swap-frames':
-        if len(window) < 2:
-            return mutate_frames('dup-frame', t)
+        return t.valid_wire[:pos], 'close', None, 'at %d' % (pos - t.mark)
+    if base == 'swap-frames' and len(window) < 2:
+        return mutate_frames('dup-frame', t)
+    if base == 'swap-frames':
         i = rng.choice(window[:-1])
         frames[i], frames[i + 1] = frames[i + 1], frames[i]
-        detail = 'frames %d, %d' % (i - lo, i + 1 - lo)
-    elif base == 'move-frame':
+        return wire(frames), expect, reason, 'frames %d, %d' % (
+            i - lo, i + 1 - lo)
+    if base == 'move-frame':
         i = rng.choice(window)
         frame = frames.pop(i)
         j = rng.randint(lo, len(frames))
         frames.insert(j, frame)
-        detail = 'frame %d to %d' % (i - lo, j - lo)
+        return wire(frames), expect, reason, 'frame %d to %d' % (
+            i - lo, j - lo)
+    i = rng.choice([i for i in window
+                    if not typed or frames[i][0] == base[-1]])
+    detail = 'frame %d' % (i - lo) + (
+        '' if typed else ' (%s)' % frames[i][0])
+    if base.startswith('dup-'):
+        frames.insert(i + 1, frames[i])
+        if typed:
+            expect, reason = 'reject', 'unexpected %s message' % base[-1]
+    elif base.startswith('drop-'):
+        del frames[i]
+        if base == 'drop-T':
+            expect, reason = 'reject', 'message between transactions'
+        elif base == 'drop-C' and i < len(frames):
+            expect, reason = 'reject', 'unexpected T message'
+        elif base == 'drop-C':
+            expect = 'close'
     else:
         raise ValueError(kind)
     return wire(frames), expect, reason, detail
+
+
+def synthetic(kind, t, source, marker):
+    """A synthetic bad part with correct checksums: the prefix, some of
+    the window intact, then one bad part in the next transaction `txn`.
+    Returns (wire, expect, reason, detail) (see `Case`)."""
+    rng, window = t.rng, t.window
+    b = Stream(t.start_tid)
+    for txn in t.prefix:
+        b.transaction(txn)
+    k = rng.randrange(len(window))
+    for txn in window[:k]:
+        b.transaction(txn)
+    txn = window[k]
+    last_tid = (window[k - 1].tid if k else
+                t.prefix[-1].tid if t.prefix else t.start_tid)
+    oid = txn.records[0].oid
+    expect, reason, detail = 'reject', None, ''
+
+    def inside(chance=1):
+        """Maybe (with `chance`) open `txn` and send some of its records."""
+        if chance == 1 or rng.random() < chance:
+            b.begin_txn(txn).records(txn, rng.randint(0, len(txn.records)))
+
+    if kind == 'hostile-message':
+        hostile = rng.choice(HOSTILES)
+        inside(0.5)
+        b.payload(hostile.top(marker), 'M')
+        reason, detail = hostile.reason, hostile.name
+    elif kind == 'hostile-extension':
+        # (Not the BUILD ones: they push an allowed object, which an
+        # extension may hold.)
+        hostile = rng.choice([h for h in HOSTILES if h.build and h.reason])
+        ext = dict(txn.extension, evil=PLACEHOLDER)
+        b.payload(embed(('T', (txn.tid, txn.status, txn.user,
+                               txn.description, ext)),
+                        hostile.build(marker)), 'T')
+        reason, detail = hostile.reason, hostile.name
+    elif kind == 'hostile-field':
+        hostile = rng.choice([h for h in HOSTILES if h.build])
+        inside()
+        field = rng.choice(['S-oid', 'S-tid', 'S-data_txn', 'C',
+                            'kind', 'B-nblocks', 'S-legacy-data'])
+        X = PLACEHOLDER
+        shape = {'S-oid': ('S', (X, txn.tid, '', None)),
+                 'S-tid': ('S', (oid, X, '', None)),
+                 'S-data_txn': ('S', (oid, txn.tid, '', X)),
+                 'C': ('C', (X,)), 'kind': (X, ()),
+                 'B-nblocks': ('B', (oid, txn.tid, '', None, X)),
+                 'S-legacy-data': ('S', (oid, txn.tid, '', X, None))}[field]
+        b.payload(embed(shape, hostile.build(marker)), 'M')
+        reason, detail = hostile.reason, '%s in %s' % (hostile.name, field)
+    elif kind == 'random-global':
+        if rng.random() < 0.6:
+            module, name = rng.choice(DANGEROUS_GLOBALS)
+        else:
+            module, name = random_name(rng), random_name(rng)
+        inside(0.5)
+        reason = 'refused global %s.%s' % (module, name)
+        if rng.random() < 0.5 and '\n' not in module + name:
+            opcode = G(module, name)
+            if not (module and name):
+                reason = 'undecodable'   # an empty GLOBAL line
+        else:
+            opcode = SG(module, name)
+        b.payload(CALL(opcode, U(touch(marker))) + b'.', 'M')
+        detail = '%s.%s' % (module, name)
+    elif kind in ('lower-tid', 'equal-tid'):
+        tid = last_tid
+        if kind == 'lower-tid' and last_tid != z64:
+            tid = rng.choice([other.tid for other in source.txns
+                              if other.tid < last_tid]
+                             + [z64, p64(u64(last_tid) - 1)])
+        b.begin_txn(txn, tid)
+        for r in txn.records:   # blobs too: S, not B
+            b.store(r.oid, tid, r.data, r.data_txn)
+        b.commit()
+        reason, detail = 'non-increasing tid', tid.hex()
+    elif kind == 'record-tid':
+        inside()
+        b.store(oid, rng.choice([last_tid, z64, p64(u64(txn.tid) + 1),
+                                 rng.randbytes(8)]), b'record data')
+        reason = 'record tid'
+    elif kind == 'bad-field':
+        if rng.choice(['T', 'in']) == 'in':
+            inside()
+            shapes = bad_in_transaction(txn, oid)
+        else:
+            shapes = bad_begin(txn)
+        detail, payload, reason = rng.choice(shapes)
+        b.payload(payload, 'M')
+    elif kind == 'bad-checksum':
+        b.transaction(txn, digest=rng.randbytes(16))
+        reason = 'checksum mismatch'
+    elif kind == 'empty-message':
+        inside(0.5)
+        b.payload(b'', 'M')
+        reason = 'undecodable'
+    elif kind in ('oversized-prefix', 'big-prefix-close'):
+        inside(0.3 if kind == 'oversized-prefix' else 0.5)
+        if kind == 'oversized-prefix':
+            length = rng.choice([MAX_FRAME + 1, 0xFFFFFFFF,
+                                 rng.randint(MAX_FRAME + 1, 0xFFFFFFFF)])
+            reason, junk = 'too large', 100
+        else:
+            length = rng.randint(1 << 20, MAX_FRAME)
+            expect, junk = 'close', 1000
+        b.raw(struct.pack('>I', length) + rng.randbytes(
+            rng.randint(0, junk)))
+        detail = str(length)
+    elif kind == 'negative-nblocks':
+        inside()
+        count = rng.choice([-1, -(10 ** 12), True, 1.5, '3', None])
+        b.message('B', (oid, txn.tid, '', None, count))
+        reason, detail = 'block count', repr(count)
+    elif kind == 'overlong-field':
+        size = rng.choice([5000, 100000])
+        field = rng.choice(['tid', 'status'])
+        if field == 'tid':
+            b.message('T', (b'\x01' * size, ' ', b'', b'', {}))
+        else:
+            b.message('T', (txn.tid, 'x' * size, b'', b'', {}))
+        reason, detail = 'bad T message', '%s of %d' % (field, size)
+    elif kind == 'overlong-global':
+        name = 'x' * rng.choice([5000, 100000])
+        b.payload(CALL(G('os', name), U(touch(marker))) + b'.', 'M')
+        reason, detail = 'refused global', 'name of %d' % len(name)
+    elif kind == 'blob-to-plain':
+        b.begin_txn(txn).store_blob(oid, txn.tid, txn.records[0].data
+                                    or b'x', [b'blob content'])
+        b.commit()
+        reason = 'blob-dir'
+    elif kind in ('huge-nblocks', 'huge-nblocks-big-block'):
+        inside()
+        blob_rec = next((r for r in txn.records if r.blob is not None),
+                        txn.records[0])
+        b.message('B', (blob_rec.oid, txn.tid, '', None, 10 ** 12))
+        b.payload(blob_rec.data or b'')
+        for _ in range(rng.randint(0, 4)):
+            b.payload(rng.randbytes(rng.choice([1, 100, BLOCK])), 'block')
+        if kind == 'huge-nblocks':
+            expect = 'close'
+        else:
+            b.payload(rng.randbytes(BLOCK + rng.randint(1, 100)), 'block')
+            reason = 'exceeds'
+    else:
+        raise ValueError(kind)
+    return b.wire(), expect, reason, detail
+
+
+def bad_begin(txn):
+    """Malformed first messages of a transaction: (name, payload, reason)."""
+    tid = txn.tid
+    bad_t = [   # (name, T fields), each a 'bad T message'
+        ('short tid', (tid[:7], ' ', b'', b'', {})),
+        ('str tid', (tid.hex(), ' ', b'', b'', {})),
+        ('long status', (tid, '  ', b'', b'', {})),
+        ('int status', (tid, 32, b'', b'', {})),
+        # Only committed (' ') and packed ('p') transactions are streamed:
+        # 'c' (checkpoint) would truncate the file at the next open.
+        ('checkpoint status', (tid, 'c', b'', b'', {})),
+        ('undone status', (tid, 'u', b'', b'', {})),
+        ('bytes status', (tid, b'x', b'', b'', {})),
+        ('int user', (tid, ' ', 5, b'', {})),
+        ('list extension', (tid, ' ', b'', b'', [])),
+        ('none extension', (tid, ' ', b'', b'', None)),
+        ('4 fields', (tid, ' ', b'', b'')),
+        ('6 fields', (tid, ' ', b'', b'', {}, 1))]
+    pair = 'not a (type, data) pair'
+    return [(name, message('T', fields), 'bad T message')
+            for name, fields in bad_t] + [
+        ('unknown type', message('Z', (tid,)), 'unknown type'),
+        ('bytes type', message(b'T', (tid, ' ', b'', b'', {})),
+         'unknown type'),
+        ('list data', pickle.dumps(('T', [tid, ' ', b'', b'', {}]), 1), pair),
+        ('1-tuple', pickle.dumps(('T',), 1), pair),
+        ('list message', pickle.dumps(['T', ()], 1), pair),
+        ('int', pickle.dumps(7, 1), pair),
+        ('list type', pickle.dumps(([], ()), 1), None),
+        ('dict type', pickle.dumps(({}, ()), 1), None),
+        ('not a pickle', b'\xde\xad\xbe\xef garbage', 'undecodable'),
+        ('truncated pickle', message('T', (
+            tid, txn.status, txn.user, txn.description, txn.extension))[:-3],
+         'undecodable'),
+        ('deep nesting', b'(' * 50000 + b'.', 'undecodable'),
+        ('protocol 5', pickle.dumps(('T', (tid, ' ', b'', b'', {})), 5)
+         [:-1] + b'\xff.', 'undecodable')]
+
+
+def bad_in_transaction(txn, oid):
+    """Malformed messages inside a transaction: (name, payload, reason)."""
+    tid = txn.tid
+    return [(name, message(kind, fields), reason)
+            for name, kind, fields, reason in (
+        ('short oid', 'S', (oid[:7], tid, '', None), 'bad S message'),
+        ('int oid', 'S', (1, tid, '', None), 'bad S message'),
+        ('version', 'S', (oid, tid, 'v1', None), 'versions'),
+        ('short data_txn', 'S', (oid, tid, '', b'short'), 'bad S message'),
+        ('str legacy data', 'S', (oid, tid, '', 'text', None),
+         'bad S message'),
+        ('3 fields', 'S', (oid, tid, ''), 'bad S message'),
+        ('6 fields', 'S', (oid, tid, '', None, None, None), 'bad S message'),
+        ('B 4 fields', 'B', (oid, tid, '', None), 'bad B message'),
+        ('short digest', 'C', (b'short',), 'bad C message'),
+        ('str digest', 'C', ('x' * 16,), 'bad C message'),
+        ('C 2 fields', 'C', (b'\0' * 16, 1), 'bad C message'))]
+
+
+def common_prefix(a, b):
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n      # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid)
+    return lo
+
+
+class _OracleUnpickler(pickle.Unpickler):
+    """Just enough to read our own C messages back (bytes as protocol 1
+    writes them); nothing else resolves."""
+
+    def find_class(self, module, name):
+        if (module, name) == ('_codecs', 'encode'):
+            return lambda text, encoding: text.encode('latin-1')
+        raise pickle.UnpicklingError('no globals here')
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError('no persistent ids here')
+
+
+def _same_message(payload, original):
+    try:
+        return _OracleUnpickler(io.BytesIO(payload)).load() == \
+            _OracleUnpickler(io.BytesIO(original)).load()
+    except Exception:
+        return False
+
+
+def committed(valid_wire, commits, wire):
+    """How many of the C frames at `commits` ((start, end) offsets in
+    `valid_wire`) a correct replica commits when it receives `wire`.
+
+    Every C frame that `wire` has intact commits (everything before it is
+    intact too).  The first C frame the mutation reaches still commits if
+    the frame that arrives in its place means the same message: its
+    checksum covers the payloads before it, not itself, and a pickle ends
+    at its STOP opcode (a longer length prefix, a changed memo index).
+    After that, every payload differs and every digest mismatches.
+    """
+    d = common_prefix(valid_wire, wire)
+    count = 0
+    for start, end in commits:
+        if end <= d:
+            count += 1
+            continue
+        if start <= d and len(wire) >= start + 4:
+            (length,) = struct.unpack_from('>I', wire, start)
+            if length <= MAX_FRAME and start + 4 + length <= len(wire) \
+                    and _same_message(wire[start + 4:start + 4 + length],
+                                      valid_wire[start + 4:end]):
+                count += 1
+        break
+    return count

@@ -3,6 +3,7 @@
 random chunks) over a real FileStorage, about a thousand cases per
 second."""
 import contextlib
+import glob
 import logging
 import os
 import random
@@ -17,68 +18,51 @@ from zrsd import protocol as zrs
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
-from .cases import WINDOW_NEED
-from .judges import (ALLOWED_WARNINGS, check_blob_temp, check_file,
-                     check_markers, compare_history, judge, judge_position,
-                     traceback_from_protocol)
-from .streams import MAX_FRAME
+from .cases import MAX_FRAME, WINDOW_NEED
+from .judges import (ALLOWED_WARNINGS, advance, check_file, check_leftovers,
+                     judge, traceback_from_protocol)
 
-
-def unpickler_objects():
-    """The objects `SafeUnpickler` hands out by default."""
-    objects = dict(zrs._BUILTIN_GLOBALS)
-    objects.update(zrs.resolve_globals(zrs.DEFAULT_ALLOWED_GLOBALS))
-    return objects
-
-
-_FUNCTION_ATTRS = ('__defaults__', '__kwdefaults__', '__name__',
-                   '__qualname__', '__module__', '__doc__', '__code__')
+_ATTRS = ('__defaults__', '__kwdefaults__', '__name__', '__qualname__',
+          '__module__', '__doc__', '__code__', '__dict__')
 
 
 def snapshot(objects):
-    state = {}
-    for key, obj in objects.items():
-        attrs = {name: getattr(obj, name, None) for name in _FUNCTION_ATTRS}
-        attrs['__dict__'] = dict(vars(obj)) if hasattr(obj, '__dict__') \
-            else None
-        state[key] = attrs
-    return state
+    """The attributes of the objects the unpickler hands out."""
+    return {key: {name: dict(vars(obj)) if name == '__dict__' else
+                  getattr(obj, name, None) for name in _ATTRS
+                  if name != '__dict__' or hasattr(obj, '__dict__')}
+            for key, obj in objects.items()}
 
 
 def restore(objects, state):
     for key, obj in objects.items():
         for name, value in state[key].items():
-            if name == '__dict__':
-                if value is not None and isinstance(vars(obj), dict):
-                    vars(obj).clear()
-                    vars(obj).update(value)
-            elif getattr(obj, name, None) is not value:
-                try:
+            if name == '__dict__' and isinstance(vars(obj), dict):
+                vars(obj).clear()
+                vars(obj).update(value)
+            elif name != '__dict__' and getattr(obj, name, None) is not value:
+                with contextlib.suppress(AttributeError, TypeError):
                     setattr(obj, name, value)
-                except (AttributeError, TypeError):
-                    pass
 
 
 def chunks(data, rng):
     """`data` in pieces, as TCP might deliver it."""
     mode = rng.random()
     if mode < 0.4:
-        yield data
-        return
+        return [data]
     if mode < 0.5 and len(data) < 4000:
-        for i in range(len(data)):
-            yield data[i:i + 1]
-        return
-    pos = 0
+        return [data[i:i + 1] for i in range(len(data))]
+    pieces, pos = [], 0
     while pos < len(data):
         n = rng.randint(1, 9000)
-        yield data[pos:pos + n]
+        pieces.append(data[pos:pos + n])
         pos += n
+    return pieces
 
 
 class LogCapture(logging.Handler):
-    """Collects this process's WARNING+ log records while the in-process
-    layer runs (zrsd's and ZODB's), as the daemon's log file would."""
+    """This process's WARNING+ log records (zrsd's and ZODB's), as the
+    daemon's log file would have them."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -96,9 +80,8 @@ class LogCapture(logging.Handler):
         return self
 
     def __exit__(self, *exc):
-        root = logging.getLogger()
-        root.removeHandler(self)
-        root.setLevel(self.level)
+        logging.getLogger().removeHandler(self)
+        logging.getLogger().setLevel(self.level)
 
     def take(self):
         records, self.records = self.records, []
@@ -111,17 +94,16 @@ class InProcessLane:
     side = 'in-process'
 
     def __init__(self, generator, directory, summary, check_checksums=True):
-        self.source = generator.source
-        self.generator = generator
-        self.directory = directory
-        self.summary = summary
-        self.markers = generator.markers
+        self.source, self.generator = generator.source, generator
+        self.directory, self.summary = directory, summary
         self.check_checksums = check_checksums
         self.decoder = zrs.MessageDecoder()
-        self.objects = unpickler_objects()
+        self.objects = dict(zrs._BUILTIN_GLOBALS)   # what the unpickler
+        self.objects.update(zrs.resolve_globals(    # hands out by default
+            zrs.DEFAULT_ALLOWED_GLOBALS))
         self.state = snapshot(self.objects)
         self.epoch = 0
-        self.fs = self.replica = None
+        self.fs = None
 
     def run(self, cases):
         with LogCapture() as self.logs:
@@ -154,10 +136,8 @@ class InProcessLane:
         self.fs = None
         check_file(self.summary, self.side, self.source, self.fs_path,
                    self.blob_dir, self.position)
-        for path in (self.fs_path, self.fs_path + '.index',
-                     self.fs_path + '.lock', self.fs_path + '.tmp'):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        for path in glob.glob(glob.escape(self.fs_path) + '*'):
+            os.remove(path)
         if self.blob_dir:
             shutil.rmtree(self.blob_dir, ignore_errors=True)
 
@@ -166,12 +146,12 @@ class InProcessLane:
         summary.add(side, 'cases')
         rng = random.Random('%s/%s/%d/chunks' % (
             self.generator.seed, case.lane, case.number))
-        writer = self.replica.writer
-        receiver = Receiver(writer, self.source.tid(self.position),
+        receiver = Receiver(self.replica.writer,
+                            self.source.tid(self.position),
                             decoder=self.decoder,
                             check_checksums=self.check_checksums)
         frames = zrs.FrameDecoder(receiver.frame_received, MAX_FRAME)
-        error = None
+        error = text = None
         try:
             for chunk in chunks(case.wire, rng):
                 frames.feed(chunk)
@@ -181,7 +161,6 @@ class InProcessLane:
             error = exc
         finally:
             receiver.abort()   # what connectionLost does
-        text = None
         if isinstance(error, zrs.ProtocolError):
             text = 'replication stream rejected: %s' % error
         elif isinstance(error, Exception):
@@ -211,6 +190,9 @@ class InProcessLane:
         self.check_state(case)
 
     def check_state(self, case):
+        """Nothing of a transaction stays open, the position and the new
+        transactions are right, no marker, no blob temporary, and the
+        unpickler's objects are unchanged."""
         summary, side, fs = self.summary, self.side, self.fs
         left_open = (self.replica.writer._transaction is not None
                      or fs._transaction is not None)
@@ -226,25 +208,20 @@ class InProcessLane:
         if left_open:
             with contextlib.suppress(Exception):
                 fs.tpc_abort(fs._transaction)
-        position = judge_position(summary, side, case, self.source,
-                                  fs.lastTransaction())
-        if position > self.position:
-            got = [copy_transaction(t) for t in fs.iterator(
-                self.source.tid(self.position + 1))]
-            compare_history(summary, side, case, self.source, self.position,
-                            got)
-            summary.add(side, 'commits', position - self.position)
-        self.position = position
-        check_markers(summary, side, self.markers, case)
-        if self.blob_dir:
-            check_blob_temp(summary, side, self.blob_dir, case)
-        if snapshot(self.objects) != self.state:
-            changed = sorted(
-                '%s.%s' % key for key, attrs in snapshot(self.objects).items()
-                if attrs != self.state[key])
+        self.position = advance(
+            summary, side, case, self.source, self.position,
+            fs.lastTransaction(), lambda start: [
+                copy_transaction(t) for t in fs.iterator(start)])
+        check_leftovers(summary, side, self.generator.markers,
+                        self.blob_dir, case)
+        state = snapshot(self.objects)
+        if state != self.state:
             summary.violation('side effects', side, 'a message pickle '
-                              'changed objects of the unpickler: %s'
-                              % ', '.join(changed), case)
+                              'changed objects of the unpickler: %s' % (
+                                  ', '.join(sorted(
+                                      '%s.%s' % key for key in state
+                                      if state[key] != self.state[key]))),
+                              case)
             restore(self.objects, self.state)
 
 

@@ -1,26 +1,162 @@
-"""What counts as a violation: each outcome (an ERROR line or none, the
-position a replica resumes from, the history it holds, files left behind)
-judged against what a correct replica does, and recorded in the `Summary`.
-"""
+"""What counts as a violation, and the results of a run: each outcome (an
+ERROR line or none, the position a replica resumes from, the history it
+holds, files left behind) judged against what a correct replica does, and
+recorded in the `Summary` (counters, rejection reasons, violations)."""
+import collections
 import os
 import re
+import threading
+import time
 
 import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
 
 from harness.history import copy_transaction
 
-from .results import LaneAbort
-
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
+
+VIOLATIONS = (
+    'daemon crashes', 'executions', 'partial/unchecked transactions',
+    'lost valid transactions', 'log', 'hangs', 'side effects', 'streams',
+    'replica following', 'setup')
+
+# A text in the ERROR line, and its family of rejection (for the summary).
+REASON_FAMILIES = [(needle, family or needle) for needle, family in (
+    ('checksum mismatch', None), ('too large', 'frame too large'),
+    ('refused global', None), ('refused persistent id', None),
+    ('refused _codecs.encode', None), ('non-increasing tid', None),
+    ('record tid', None),
+    ('byte message after the handshake', 'message after the handshake'),
+    ('unexpected', 'unexpected message'),
+    ('undecodable', 'undecodable message'), ('bad ', 'bad field'),
+    ('blob block of', 'blob block too big'),
+    ('applying transaction', 'apply failed'),
+    ('no handshake within', 'handshake timeout'), ('unknown protocol', None),
+    ('is not in this storage', 'tid not in the history'),
+    ('start tid of', 'tid not 8 bytes'))]
+
+# Expected WARNINGs: a corrupted record restored before its commit's
+# checksum rejects the stream may differ from its back pointer's data
+# (FileStorage says so; zrsd makes that a WARNING).
+ALLOWED_WARNINGS = ('cannot connect', 'commits without checksums',
+                    'back pointer of', 'Mismatch between data and backpointer')
+
+UNCHECKED = 'partial/unchecked transactions'
+
+
+class LaneAbort(Exception):
+    """A lane cannot go on (its daemon died or hung); already recorded."""
+
+
+class Summary:
+    """Counters and violations of a run; thread-safe."""
+
+    def __init__(self, directory, seed, cases):
+        self.directory, self.seed, self.cases = directory, seed, cases
+        self.lock = threading.Lock()
+        self.counts = collections.Counter()
+        self.reasons = collections.defaultdict(collections.Counter)
+        self.violations = []
+        self.kinds = collections.Counter()   # (category, case kind)
+        self.notes = []
+        self.started = time.monotonic()
+        self.elapsed = None
+        self.seconds = collections.Counter()
+
+    def add(self, side, key, n=1):
+        with self.lock:
+            self.counts[side, key] += n
+
+    def get(self, side, key):
+        return self.counts[side, key]
+
+    def reason(self, side, text):
+        family = next((f for needle, f in REASON_FAMILIES if needle in text),
+                      'other')
+        with self.lock:
+            self.reasons[side][family] += 1
+
+    def violation(self, category, side, text, case=None):
+        assert category in VIOLATIONS, category
+        if case is not None:
+            text = '%s\n    %s' % (case.describe(), text)
+            base = os.path.join(self.directory, 'violations', '%s-%d' % (
+                case.lane, case.number))
+            os.makedirs(os.path.dirname(base), exist_ok=True)
+            with open(base + '.bin', 'wb') as f:
+                f.write(case.wire)
+            with open(base + '.txt', 'a') as f:
+                f.write('seed %s; %s: %s\n' % (self.seed, category, text))
+            text += '\n    wire bytes: %s.bin' % base
+        with self.lock:
+            self.violations.append((category, side, text))
+            self.kinds[category, case.kind if case else '-'] += 1
+
+    @property
+    def clean(self):
+        return not self.violations
+
+    def count(self, category):
+        return sum(1 for c, _, _ in self.violations if c == category)
+
+    def report(self, details=20):
+        c = self.get
+        lines = ['zrsd fuzz, seed %s: %d cases per side, %d in-process; '
+                 '%.1f s' % (self.seed, self.cases, c('in-process', 'cases'),
+                             self.elapsed or 0.0)]
+        for side, text, keys in REPORT:
+            if c(side, 'cases'):
+                seconds = self.seconds[side]
+                lines.append('  %-11s ' % side + text % (tuple(
+                    c(side, key) for key in keys) + (
+                        c(side, 'cases') / (seconds or 1e-9)
+                        if side == 'in-process' else seconds,)))
+        for side, _, _ in REPORT:
+            if self.reasons[side]:
+                lines.append('  %-11s rejections: %s' % (side, ', '.join(
+                    '%s %d' % item
+                    for item in self.reasons[side].most_common())))
+        lines.extend('  ' + note for note in self.notes)
+        lines.append('  violations:')
+        for category in VIOLATIONS:
+            kinds = sorted(((n, kind) for (c, kind), n in self.kinds.items()
+                            if c == category), reverse=True)
+            lines.append('    %-32s %d%s' % (
+                category, self.count(category), '  (%s)' % ', '.join(
+                    '%s %d' % (kind, n) for n, kind in kinds)
+                if kinds else ''))
+        for category, side, text in self.violations[:details]:
+            lines.append('  - [%s] %s: %s' % (side, category, text))
+        if len(self.violations) > details:
+            lines.append('  ... and %d more' % (
+                len(self.violations) - details))
+        lines.append('  result: %s' % ('CLEAN' if self.clean else
+                                       'VIOLATIONS (all of them in %s)'
+                                       % os.path.join(self.directory,
+                                                      'violations.txt')))
+        return '\n'.join(lines)
+
+
+REPORT = (   # each side's line of the report: text, its counters
+    ('secondary', '%d cases (plain %d, blobs %d) = %d connections: %d '
+     'rejected with an ERROR, %d ended without one; %d transactions '
+     'committed; %d replica epochs; %.1f s',
+     ('cases', 'cases plain', 'cases blobs', 'connections', 'rejected',
+      'closed', 'commits', 'epochs')),
+    ('primary', '%d cases = %d connections: %d refused with an ERROR, %d '
+     'without one; %d streams verified (%d transactions); %d batches, the '
+     'replica followed %d; %.1f s',
+     ('cases', 'connections', 'refused', 'not refused', 'streams verified',
+      'transactions verified', 'batches', 'followed')),
+    ('in-process', '%d cases: %d rejected, %d ended without error; %d '
+     'transactions committed; %d epochs; %.0f cases/s',
+     ('cases', 'rejected', 'closed', 'commits', 'epochs')))
 
 
 def judge(summary, side, case, error_text, line=None):
-    """Check one connection's outcome against the case's expectation.
-
-    `error_text` is the rejection reason (None: the stream just ended);
-    `line` the whole ERROR line (its length is checked).
-    """
+    """Check one connection's outcome against the case's expectation:
+    `error_text` is the rejection reason (None: the stream just ended),
+    `line` the whole ERROR line (its length is checked)."""
     if error_text is None:
         summary.add(side, 'closed')
         if case.expect == 'reject':
@@ -30,9 +166,7 @@ def judge(summary, side, case, error_text, line=None):
     summary.add(side, 'rejected')
     summary.reason(side, error_text)
     line = line or error_text
-    if len(line) > MAX_ERROR_LINE:
-        summary.violation('log', side, 'ERROR line of %d characters: %s...'
-                          % (len(line), line[:300]), case)
+    check_length(summary, side, line, case)
     if case.expect == 'close':
         summary.violation('log', side, 'ERROR for a stream that just ended: '
                           '%s' % line[:500], case)
@@ -41,48 +175,51 @@ def judge(summary, side, case, error_text, line=None):
                           % (case.reason, line[:500]), case)
 
 
+def check_length(summary, side, line, case=None, kind=''):
+    if len(line) > MAX_ERROR_LINE:
+        summary.violation('log', side, '%sERROR line of %d characters: %s...'
+                          % (kind, len(line), line[:300]), case)
+
+
 def compare_history(summary, side, case, source, first, got):
     """`got` must be the comparable transactions source.txns[first:...]."""
-    expected = [t for t in source.txns[first:first + len(got)]]
-    for number, (g, e) in enumerate(zip(got, expected)):
+    for number, (g, e) in enumerate(zip(got, source.txns[first:])):
         if g != e:
-            what = 'tid %s where the source has %s' % (
-                g[0].hex(), e[0].hex()) if g[0] != e[0] else \
-                'transaction %s differs from the source' % e[0].hex()
-            summary.violation('partial/unchecked transactions', side,
-                              'replica transaction %d: %s' % (
-                                  first + number, what), case)
+            summary.violation(UNCHECKED, side, 'replica transaction %d: %s'
+                              % (first + number, 'tid %s where the source '
+                                 'has %s' % (g[0].hex(), e[0].hex())
+                                 if g[0] != e[0] else 'transaction %s '
+                                 'differs from the source' % e[0].hex()),
+                              case)
             return False
     return True
 
 
-def judge_position(summary, side, case, source, tid):
-    """The replica, whose last transaction is `tid`, must hold exactly the
-    transactions whose commit was intact: fewer lost a valid one, more
-    committed an unchecked one.  Returns its position in the source."""
+def advance(summary, side, case, source, old, tid, read):
+    """The replica, at source index `old` before the case and whose last
+    transaction is now `tid`, must hold exactly the transactions whose
+    commit was intact: fewer lost a valid one, more committed an unchecked
+    one.  Its new transactions, `read(first new tid)`, must be the
+    source's.  Returns its new position in the source."""
     position = source.index.get(tid)
     if position is None:
-        summary.violation('partial/unchecked transactions', side,
-                          "the replica's last transaction %s is not in the "
-                          'source' % tid.hex(), case)
+        summary.violation(UNCHECKED, side, "the replica's last transaction "
+                          '%s is not in the source' % tid.hex(), case)
         raise LaneAbort()
     expected = case.start + case.commits
-    if position < expected:
-        summary.violation('lost valid transactions', side,
-                          'at source index %d, expected %d' % (
-                              position, expected), case)
-    elif position > expected:
-        summary.violation('partial/unchecked transactions', side,
-                          'at source index %d, expected %d' % (
-                              position, expected), case)
+    if position != expected:
+        summary.violation('lost valid transactions' if position < expected
+                          else UNCHECKED, side, 'at source index %d, '
+                          'expected %d' % (position, expected), case)
+    if position > old:
+        got = read(source.tid(old + 1))
+        if compare_history(summary, side, case, source, old, got) and \
+                len(got) != position - old:
+            summary.violation(UNCHECKED, side, 'the file has %d new '
+                              'transactions, the replica says %d' % (
+                                  len(got), position - old), case)
+        summary.add(side, 'commits', position - old)
     return position
-
-
-# Expected WARNINGs: a corrupted record restored before its commit's
-# checksum rejects the stream may differ from its back pointer's data
-# (FileStorage says so; zrsd makes that a WARNING).
-ALLOWED_WARNINGS = ('cannot connect', 'commits without checksums',
-                    'back pointer of', 'Mismatch between data and backpointer')
 
 
 _ZRSD_FILE = re.compile(r'File "([^"]*%szrsd%s[^"]*\.py)"' % (
@@ -91,33 +228,29 @@ _ZRSD_FILE = re.compile(r'File "([^"]*%szrsd%s[^"]*\.py)"' % (
 
 def traceback_from_protocol(lines):
     """Did the exception of this traceback come out of zrsd/protocol.py?
-
-    The innermost zrsd frame tells: every traceback passes through
-    `FrameDecoder.feed`, but a decoding error must not come from there.
-    """
+    (The innermost zrsd frame tells: every traceback passes through
+    `FrameDecoder.feed`, but a decoding error must not come from there.)"""
     files = [m.group(1) for line in lines for m in _ZRSD_FILE.finditer(line)]
     return bool(files) and files[-1].endswith(
         os.path.join('zrsd', 'protocol.py'))
 
 
-def check_markers(summary, side, markers, case):
-    found = os.listdir(markers)
-    if found:
-        summary.violation('executions', side, 'a hostile pickle ran: %s '
-                          'exists' % ', '.join(sorted(found)), case)
-        for name in found:
-            os.remove(os.path.join(markers, name))
-
-
-def check_blob_temp(summary, side, blob_dir, case):
-    tmp = os.path.join(blob_dir, 'tmp')
-    left = [n for n in os.listdir(tmp) if n.startswith('zrsd-')] \
-        if os.path.isdir(tmp) else []
-    if left:
-        summary.violation('side effects', side, 'temporary blob files left '
-                          'behind: %s' % ', '.join(left), case)
-        for name in left:
-            os.remove(os.path.join(tmp, name))
+def check_leftovers(summary, side, markers, blob_dir, case):
+    """No hostile pickle ran (no marker file), no temporary blob file is
+    left behind; both are removed for the next case."""
+    tmp = os.path.join(blob_dir or '', 'tmp')
+    for category, directory, names, text in (
+            ('executions', markers, os.listdir(markers),
+             'a hostile pickle ran: %s exists'),
+            ('side effects', tmp, [
+                n for n in os.listdir(tmp) if n.startswith('zrsd-')]
+             if blob_dir and os.path.isdir(tmp) else [],
+             'temporary blob files left behind: %s')):
+        if names:
+            summary.violation(category, side, text % ', '.join(
+                sorted(names)), case)
+        for name in names:
+            os.remove(os.path.join(directory, name))
 
 
 def check_file(summary, side, source, path, blob_dir, position):
@@ -128,27 +261,23 @@ def check_file(summary, side, source, path, blob_dir, position):
     try:
         got = [copy_transaction(t) for t in fs.iterator()]
         if len(got) != position:
-            summary.violation('partial/unchecked transactions', side,
-                              '%s holds %d transactions, expected %d'
-                              % (path, len(got), position))
-        if not compare_history(summary, side, None, source, 0, got):
+            summary.violation(UNCHECKED, side, '%s holds %d transactions, '
+                              'expected %d' % (path, len(got), position))
+        if not compare_history(summary, side, None, source, 0, got) or \
+                not blob_dir:
             return
-        if blob_dir:
-            for txn in source.txns[:position]:
-                for r in txn.records:
-                    if r.blob is None:
-                        continue
-                    try:
-                        with open(fs.loadBlob(r.oid, r.tid), 'rb') as f:
-                            content = f.read()
-                    except (OSError, POSKeyError) as exc:
-                        content = exc
-                    if content != r.blob:
-                        summary.violation(
-                            'partial/unchecked transactions', side,
-                            'blob of %s at %s differs from the source (%s)'
-                            % (r.oid.hex(), r.tid.hex(), content
-                               if isinstance(content, Exception)
-                               else '%d bytes' % len(content)))
+        for r in (r for t in source.txns[:position] for r in t.records
+                  if r.blob is not None):
+            try:
+                with open(fs.loadBlob(r.oid, r.tid), 'rb') as f:
+                    content = f.read()
+            except (OSError, POSKeyError) as exc:
+                content = exc
+            if content != r.blob:
+                summary.violation(UNCHECKED, side, 'blob of %s at %s differs'
+                                  ' from the source (%s)' % (
+                                      r.oid.hex(), r.tid.hex(), content
+                                      if isinstance(content, Exception)
+                                      else '%d bytes' % len(content)))
     finally:
         fs.close()

@@ -1,23 +1,20 @@
-"""The zrsd processes of a run: the harness's replica config made for the
-fuzzer, and a registry so that an interrupted run leaves no daemon behind."""
+"""The zrsd processes of a run and their logs: the harness's replica config
+made for the fuzzer, a registry so that an interrupted run leaves no daemon
+behind, `LogTail` (a log file read as it grows) and `stop` (the end of a
+process, judged)."""
+import collections
 import os
+import re
 
 from harness import zrsd_nodes
 from harness.process import BIN, Process
 
 IO_TIMEOUT = 60.0                   # seconds before a peer counts as hung
 
-ZRSD = os.path.join(BIN, 'zrsd')
-
-# What the fuzzer changes in the harness's replica config: serve ZEO before
-# the first transaction arrives, always reconnect after 0.1 s (a case per
-# connection: a growing back-off would slow every case down), and log at
-# DEBUG (zrsd logs a repeated apply failure at DEBUG; the judges look).
-_REPLICA_CHANGES = (
-    ('</zeo>\n', '  serve-empty true\n</zeo>\n'),
-    ('  max-reconnect-delay 1\n', '  max-reconnect-delay 0.1\n'),
-    ('  level INFO\n', '  level DEBUG\n'),
-)
+LOG_LINE = re.compile(
+    r'^(\d{4}-\d\d-\d\dT\S+) (TRACE|DEBUG|BLATHER|INFO|WARNING|ERROR|'
+    r'CRITICAL|PROBLEM) (\S+) ?(.*)$')
+PORT = re.compile(r'-> 127\.0\.0\.1:(\d+): ')
 
 _STARTED = []
 
@@ -37,16 +34,94 @@ def close_all():
 
 def start_replica(directory, zeo_port, primary_port, blob_dir=None):
     """Start a zrsd replica of `primary_port` on `directory/replica.fs`
-    (logging to `directory/replica.log`), without keep-alives."""
+    (logging to `directory/replica.log`).  Unlike the harness's: no
+    keep-alives, ZEO served before the first transaction, always a
+    reconnection after 0.1 s (a case per connection: a growing back-off
+    would slow every case down), and logging at DEBUG (zrsd logs a
+    repeated apply failure at DEBUG; the judges look)."""
     text = zrsd_nodes.config_text(
         zeo_port, os.path.join(directory, 'replica.fs'),
-        replicate_from=primary_port, blob_dir=blob_dir,
-        zrs_lines='  keep-alive-delay 0\n')
-    for old, new in _REPLICA_CHANGES:
-        assert text.count(old) == 1, (old, text)
-        text = text.replace(old, new)
+        replicate_from=primary_port, blob_dir=blob_dir, log_level='DEBUG',
+        zrs_lines='  keep-alive-delay 0\n', zeo_lines='  serve-empty true\n')
+    old = '  max-reconnect-delay 1\n'
+    assert text.count(old) == 1, text
     config = os.path.join(directory, 'replica.conf')
     with open(config, 'w') as f:
-        f.write(text)
-    return started(Process(
-        [ZRSD, '-C', config], os.path.join(directory, 'replica.log')))
+        f.write(text.replace(old, '  max-reconnect-delay 0.1\n'))
+    return started(Process([os.path.join(BIN, 'zrsd'), '-C', config],
+                           os.path.join(directory, 'replica.log')))
+
+
+def stop(summary, side, name, process):
+    """SIGTERM `process` if it runs (it must exit with status 0); returns
+    the status, None if it had exited."""
+    alive = process.popen.poll() is None
+    status = process.stop(IO_TIMEOUT) if alive else None
+    process.close()
+    if alive and status != 0:
+        summary.violation('daemon crashes', side, 'the %s exited with '
+                          'status %s on SIGTERM' % (name, status))
+    return status
+
+
+class Record:
+    """One log line (`extra`: the lines that follow it, a traceback)."""
+
+    __slots__ = ('level', 'logger', 'message', 'line', 'extra')
+
+    def __init__(self, level, logger, message, line):
+        self.level, self.logger, self.message = level, logger, message
+        self.line, self.extra = line, []
+
+    @property
+    def is_error(self):
+        return self.level in ('ERROR', 'CRITICAL')
+
+
+class LogTail:
+    """A zrsd log file parsed incrementally into `records`, by client port
+    (`ports`), and `connected`: the indices of a replica's 'connected ('
+    records."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.pending = path, 0, b''
+        self.records, self.connected = [], []
+        self.ports = collections.defaultdict(list)
+
+    def poll(self):
+        try:
+            with open(self.path, 'rb') as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.records
+        self.offset += len(data)
+        lines = (self.pending + data).split(b'\n')
+        self.pending = lines.pop()
+        for raw in lines:
+            line = raw.decode('utf-8', 'replace')
+            m = LOG_LINE.match(line)
+            if m is None and self.records:
+                self.records[-1].extra.append(line)
+                continue
+            record = Record(*m.group(2, 3, 4), line) if m else \
+                Record('?', '?', line, line)
+            self.records.append(record)
+            port = PORT.search(record.message)
+            if port:
+                self.ports[int(port.group(1))].append(record)
+            if record.logger == 'zrsd.replica.client' and \
+                    ': connected (' in record.message:
+                self.connected.append(len(self.records) - 1)
+        return self.records
+
+    def scan(self, summary, side, ok, text):
+        """CRITICAL lines are crashes; an ERROR line that is not `ok(index,
+        record)` is a violation described by `text`."""
+        for index, record in enumerate(self.poll()):
+            if record.level == 'CRITICAL':
+                summary.violation('daemon crashes', side, 'CRITICAL: %s'
+                                  % record.line[:500])
+            elif record.is_error and not ok(index, record):
+                summary.violation('log', side, '%s: %s' % (
+                    text, record.line[:500]))

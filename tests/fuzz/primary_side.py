@@ -1,11 +1,14 @@
 """The primary side: a zrsd primary with a real zrsd replica attached,
-attacked by hostile secondaries (`primary_cases`) in batches; after each
-batch a new commit must reach the replica, still on its first connection.
-"""
+attacked by hostile secondaries in batches (the case kinds, `KINDS`, each
+a function of the `PrimarySide`, a `random.Random` and the kind's name);
+after each batch a new commit must reach the replica, still on its first
+connection."""
+import contextlib
 import hashlib
 import os
 import random
 import shutil
+import socket
 import struct
 import sys
 import traceback
@@ -21,16 +24,220 @@ from harness.stream import frame
 from harness.zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
-from . import primary_cases
-from .judges import MAX_ERROR_LINE
-from .logs import PORT, LogTail
-from .nodes import IO_TIMEOUT, start_replica, started
-from .primary_cases import RawSecondary, expect_from_primary
-from .results import LaneAbort
+from .judges import UNCHECKED, LaneAbort, check_length
+from .nodes import IO_TIMEOUT, PORT, LogTail, start_replica, started, stop
 
 PRIMARY_BATCH = 10                  # primary-side cases between commits
 HANDSHAKE_TIMEOUT = 2               # the fuzzed primary's, seconds
 SLOW_LORIS_AGE = 3                  # batches before a slow-loris is judged
+
+
+def expect_from_primary(data, tids):
+    """What a zrsd primary (no blobs, never packed, transactions `tids`)
+    does with `data` from a new secondary that then waits: ('refuse',
+    reasons: texts one of which the ERROR names), ('stream', start_tid)
+    or ('incomplete', None).
+
+    The rules: frames of at most 64 bytes; a protocol name; an 8-byte tid
+    that is zero or one of `tids` (the history guard); then only empty
+    frames.  The history guard runs in the primary's streamer thread, so a
+    violation that follows a refused tid may be the one named instead.
+    """
+    pos, phase, start, forked = 0, 'protocol', None, ()
+    while len(data) - pos >= 4:
+        (n,) = struct.unpack_from('>I', data, pos)
+        if n > 64:
+            return 'refuse', forked + ('frame of %d bytes is too large' % n,)
+        if len(data) - pos - 4 < n:
+            break
+        payload = data[pos + 4:pos + 4 + n]
+        pos += 4 + n
+        if phase == 'protocol':
+            if payload not in zrs.PROTOCOLS:
+                return 'refuse', ('unknown protocol',)
+            phase = 'tid'
+        elif phase == 'tid':
+            if len(payload) != 8:
+                return 'refuse', ('start tid of %d bytes' % len(payload),)
+            if payload != z64 and payload not in tids:
+                forked = ('its last transaction %s is not in this storage'
+                          % payload.hex(),)
+            phase, start = 'stream', payload
+        elif payload:
+            return 'refuse', forked + (
+                'unexpected %d-byte message after the handshake'
+                % len(payload),)
+    if forked:
+        return 'refuse', forked
+    return ('stream', start) if phase == 'stream' else ('incomplete', None)
+
+
+class RawSecondary:
+    """A raw socket to the primary's replication port."""
+
+    def __init__(self, side, data=b''):
+        self.side = side
+        self.sock = socket.create_connection(
+            ('127.0.0.1', side.primary.repl_port), timeout=IO_TIMEOUT)
+        self.port = self.sock.getsockname()[1]
+        side.log.poll()
+        self.first = len(side.log.ports[self.port])
+        side.ports.add(self.port)
+        side.summary.add('primary', 'connections')
+        self.buffer = b''
+        self.dribble = 0     # bytes still to send, one per case (slow-loris)
+        self.send(data)
+
+    def send(self, data):
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    def wait_closed(self, what=None):
+        """Read until the primary closes; if it does not: a hang (`what`
+        it should have dropped) or False."""
+        try:
+            while self.sock.recv(1 << 16):
+                pass
+        except socket.timeout:
+            if what is None:
+                return False
+            self.side.violation('hangs', 'the primary kept %s' % what)
+            raise LaneAbort()
+        except OSError:
+            pass
+        return True
+
+    def close(self, reset=False):
+        if reset:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                     struct.pack('ii', 1, 0))
+        self.sock.close()
+
+    def records(self):
+        self.side.log.poll()
+        return self.side.log.ports[self.port][self.first:]
+
+    def next_frame(self):
+        while len(self.buffer) < 4 or len(self.buffer) < 4 + struct.unpack(
+                '>I', self.buffer[:4])[0]:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError('the primary closed the connection')
+            self.buffer += chunk
+        n = 4 + struct.unpack('>I', self.buffer[:4])[0]
+        payload, self.buffer = self.buffer[4:n], self.buffer[n:]
+        return payload
+
+
+def handshake(side, rng, valid=None):
+    return frame(rng.choice(zrs.PROTOCOLS)) + frame(side.some_tid(rng, valid))
+
+
+def random_bytes(side, rng, kind):
+    data = rng.randbytes(rng.randint(1, 120))
+    if rng.random() < 0.5:
+        data = b'\0\0\0' + bytes([rng.randint(0, 70)]) + data
+    side.single(data, kind)
+
+
+def random_frames(side, rng, kind):
+    side.single(b''.join(frame(rng.choice([
+        b'zrs2.0', b'zrs2.1', b'zrs2.0\0', b'ZRS2.0', b'', rng.randbytes(8),
+        side.some_tid(rng), rng.randbytes(rng.randint(0, 80))]))
+        for _ in range(rng.randint(1, 5))), kind, verify=True)
+
+
+def random_tid(side, rng, kind):
+    side.single(handshake(side, rng) + frame(b'') * rng.choice([0, 0, 1, 3]),
+                kind, verify=True)
+
+
+def junk_after_handshake(side, rng, kind):
+    data = handshake(side, rng, True) + frame(b'') * rng.randint(0, 3)
+    if rng.random() < 0.8:
+        data += frame(rng.randbytes(rng.randint(1, 64)))
+    else:
+        data += struct.pack('>I', rng.randint(65, (1 << 32) - 1))
+    side.single(data, kind)
+
+
+def keepalives_partial(side, rng, kind):
+    data = handshake(side, rng, True) + frame(b'') * rng.randint(0, 5)
+    data += rng.choice([b'\0', b'\0\0\0', b'\0\0\0\x05ab'])
+    side.single(data, kind, verify=True, reset=rng.random() < 0.5)
+
+
+def oversized_first(side, rng, kind):
+    side.single(struct.pack('>I', rng.randint(65, (1 << 32) - 1))
+                + rng.randbytes(rng.randint(0, 50)), kind)
+
+
+def half_close(side, rng, kind):
+    data = frame(rng.choice(zrs.PROTOCOLS))
+    if rng.random() < 0.7:
+        data += frame(side.some_tid(rng, valid=True))
+    conn = RawSecondary(side, data)
+    with contextlib.suppress(OSError):
+        conn.sock.shutdown(socket.SHUT_WR)
+    conn.wait_closed('a half-closed connection (%s)' % kind)
+    conn.close()
+    expect, reasons = expect_from_primary(data, side.history)
+    # Our close may reach the primary before its history guard has
+    # decided: then it just disconnects.
+    side.judge(conn, 'refuse-or-not' if expect == 'refuse' else expect,
+               reasons, kind)
+
+
+def reset_mid_stream(side, rng, kind):
+    conn = RawSecondary(side, frame(b'zrs2.0') + frame(z64))
+    with contextlib.suppress(OSError, EOFError):
+        for _ in range(rng.randint(1, 20)):
+            conn.next_frame()
+    conn.close(reset=True)
+    side.judge(conn, 'stream', None, kind)
+
+
+def storm(side, rng, kind):
+    actions = ['close', 'reset', 'partial', 'partial-reset',
+               'handshake', 'handshake-reset', 'refuse']
+    conns = [(RawSecondary(side), rng.choice(actions))
+             for _ in range(rng.randint(5, 40))]
+    sent = {}
+    for conn, action in conns:
+        if action.startswith('partial'):
+            conn.send(frame(b'zrs2.0')[:rng.randint(1, 9)])
+        elif action.startswith('handshake'):
+            sent[conn] = frame(b'zrs2.0') + frame(
+                side.some_tid(rng, valid=True))
+            conn.send(sent[conn])
+        elif action == 'refuse':
+            conn.send(frame(b'zrs9.9'))
+    for conn, action in conns:
+        if action == 'refuse':
+            conn.wait_closed('a refused connection (storm)')
+        conn.close(reset=action.endswith('reset'))
+    for conn, action in conns:
+        if action == 'refuse':
+            side.judge(conn, 'refuse', ('unknown protocol',), kind)
+        elif action.startswith('handshake'):
+            # A tid outside the history: refused, unless our close came
+            # first.
+            expect, reasons = expect_from_primary(sent[conn], side.history)
+            side.judge(conn, 'refuse-or-not' if expect == 'refuse'
+                       else 'stream', reasons, kind)
+        else:
+            side.judge(conn, 'incomplete', None, kind)
+
+
+# The case kinds, how often each is drawn, and what runs it.
+RUN = {'random-bytes': (2, random_bytes), 'random-frames': (2, random_frames),
+       'random-tid': (3, random_tid),
+       'junk-after-handshake': (2, junk_after_handshake),
+       'keepalives-partial': (1, keepalives_partial),
+       'oversized-first': (1, oversized_first), 'half-close': (1, half_close),
+       'reset-mid-stream': (1, reset_mid_stream), 'storm': (1, storm)}
+KINDS = [kind for kind, (weight, _) in RUN.items() for _ in range(weight)]
 
 
 class PrimarySide:
@@ -40,12 +247,8 @@ class PrimarySide:
 
     def __init__(self, directory, seed, cases, summary, verbose=False,
                  keep=False):
-        self.directory = directory
-        self.keep = keep
-        self.seed = seed
-        self.cases = cases
-        self.summary = summary
-        self.verbose = verbose
+        self.directory, self.seed, self.cases = directory, seed, cases
+        self.summary, self.verbose, self.keep = summary, verbose, keep
         self.ports = set()
         self.primary = self.replica = self.client = self.log = None
         self.commits = 0
@@ -82,7 +285,6 @@ class PrimarySide:
         zeo_port = free_port()
         self.replica = start_replica(self.directory, zeo_port,
                                      self.primary.repl_port)
-        self.replica_fs = os.path.join(self.directory, 'replica.fs')
         self.client = ZEO.client(('127.0.0.1', zeo_port), read_only=True,
                                  wait_timeout=IO_TIMEOUT)
         self.history, self.tids = {}, []
@@ -97,42 +299,26 @@ class PrimarySide:
     def teardown(self):
         if self.client is not None:
             self.client.close()
-        statuses = {}
-        for name, proc in (('replica', self.replica),
-                           ('primary', self.primary and self.primary.process)):
-            if proc is None:
-                continue
-            if proc.popen.poll() is None:
-                statuses[name] = proc.stop(IO_TIMEOUT)
-                if statuses[name] != 0:
-                    self.violation('daemon crashes', 'the %s exited with '
-                                   'status %s on SIGTERM' % (
-                                       name, statuses[name]))
-            proc.close()
+        statuses = {name: stop(self.summary, self.side, name, process)
+                    for name, process in (
+                        ('replica', self.replica),
+                        ('primary', self.primary and self.primary.process))
+                    if process is not None}
         if self.log is None:
             return
-        self.log.poll()
-        for record in self.log.records:
-            port = PORT.search(record.message)
-            if record.level == 'CRITICAL':
-                self.violation('daemon crashes', 'CRITICAL: %s'
-                               % record.line[:500])
-            elif record.is_error and (
-                    port is None or int(port.group(1)) not in self.ports):
-                self.violation('log', 'ERROR about no hostile connection: '
-                               '%s' % record.line[:500])
+        self.log.scan(self.summary, self.side, lambda index, record: (
+            PORT.search(record.message) and int(PORT.search(
+                record.message).group(1)) in self.ports),
+            'ERROR about no hostile connection')
         if statuses.get('replica') == 0 and statuses.get('primary') == 0:
             primary = transactions(self.primary.fs_path)
-            replica = transactions(self.replica_fs)
+            replica = transactions(os.path.join(self.directory, 'replica.fs'))
             if primary != replica:
-                self.violation('partial/unchecked transactions',
-                               'the replica file (%d transactions) differs '
-                               'from the primary file (%d)' % (
-                                   len(replica), len(primary)))
+                self.violation(UNCHECKED, 'the replica file (%d '
+                               'transactions) differs from the primary file '
+                               '(%d)' % (len(replica), len(primary)))
             elif self.summary.clean and not self.keep:
                 shutil.rmtree(self.directory, ignore_errors=True)
-
-    # -- batches -----------------------------------------------------------
 
     def batch(self, number, cases):
         """Some cases, slow-loris connections on the side, then a commit
@@ -140,15 +326,12 @@ class PrimarySide:
         rng = random.Random('%s/primary/batch/%d' % (self.seed, number))
         self.summary.add(self.side, 'batches')
         for _ in range(rng.choice([0, 1, 1, 2])):
-            conn = RawSecondary(self)
-            conn.send(rng.choice([
+            self.slow.append((number, RawSecondary(self, rng.choice([
                 b'', b'\0', b'\0\0\0\x06zr', frame(b'zrs2.0'),
-                frame(b'zrs2.0') + b'\0\0\0\x08\0\0']))
-            self.slow.append((number, conn))
+                frame(b'zrs2.0') + b'\0\0\0\x08\0\0']))))
         # One more dribbles a 64-byte frame, a byte per case, never
         # completing it: the handshake timeout must still drop it.
-        dribbler = RawSecondary(self)
-        dribbler.send(struct.pack('>I', 64))
+        dribbler = RawSecondary(self, struct.pack('>I', 64))
         dribbler.dribble = 63
         self.slow.append((number, dribbler))
         for case in cases:
@@ -156,27 +339,24 @@ class PrimarySide:
                 if conn.dribble:
                     conn.dribble -= 1
                     conn.send(b'z')
-            self.case(case)
+            rng = random.Random('%s/primary/%d' % (self.seed, case))
+            kind = rng.choice(KINDS)
+            self.summary.add(self.side, 'cases')
+            RUN[kind][1](self, rng, kind)
         self.collect_slow(number - SLOW_LORIS_AGE)
         self.follow()
 
     def collect_slow(self, up_to):
         """Each slow-loris connection opened in batch `up_to` or before must
-        be dropped with one ERROR.  (Collected a few batches later, so that
-        nobody waits for the handshake timeout.)"""
-        keep = []
-        for opened, conn in self.slow:
-            if opened > up_to:
-                keep.append((opened, conn))
-                continue
-            if not conn.wait_closed():
-                self.violation('hangs', 'a secondary that never completed '
-                               'its handshake was not dropped')
-                raise LaneAbort()
+        be dropped with one ERROR (a few batches later, so that nobody
+        waits for the handshake timeout)."""
+        for opened, conn in [s for s in self.slow if s[0] <= up_to]:
+            conn.wait_closed('a secondary that never completed its '
+                             'handshake')
             conn.close()
             self.judge(conn, 'refuse', ('no handshake within',),
                        'slow-loris')
-        self.slow = keep
+        self.slow = [s for s in self.slow if s[0] > up_to]
 
     def follow(self):
         """Primary alive, a new commit reaches the replica, which is still
@@ -197,8 +377,7 @@ class PrimarySide:
             self.violation('replica following', str(exc)[:1000])
             raise LaneAbort()
         self.summary.add(self.side, 'followed')
-        self.replica_log.poll()
-        records = self.replica_log.records
+        records = self.replica_log.poll()
         connected = [r for r in records if ': connected (' in r.message]
         dropped = [r for r in records if ': disconnected' in r.message
                    or r.is_error]
@@ -207,14 +386,6 @@ class PrimarySide:
                            'its connection: %s' % ' | '.join(
                                r.line[:200] for r in dropped + connected))
             raise LaneAbort()
-
-    # -- cases ---------------------------------------------------------------
-
-    def case(self, number):
-        rng = random.Random('%s/primary/%d' % (self.seed, number))
-        kind = rng.choice(primary_cases.KINDS)
-        self.summary.add(self.side, 'cases')
-        primary_cases.RUN[kind](self, rng, kind)
 
     def some_tid(self, rng, valid=None):
         """A start tid: random bytes, or one at or below the last."""
@@ -230,13 +401,10 @@ class PrimarySide:
 
     def single(self, data, kind, verify=False, reset=False):
         expect, info = expect_from_primary(data, self.history)
-        conn = RawSecondary(self)
-        conn.send(data)
+        conn = RawSecondary(self, data)
         if expect == 'refuse':
-            if not conn.wait_closed():
-                self.violation('hangs', '%s: the primary kept a connection '
-                               'it should refuse (%s)' % (kind, info))
-                raise LaneAbort()
+            conn.wait_closed('a connection it should refuse (%s: %s)' % (
+                kind, info))
         elif expect == 'stream' and verify:
             self.verify_stream(conn, info, kind)
         conn.close(reset)
@@ -245,12 +413,11 @@ class PrimarySide:
     def load_history(self):
         """Read the primary's new transactions from its file (it is idle:
         this side commits only between batches)."""
-        start = self.tids[-1] if self.history else None
-        iterator = ZODB.FileStorage.FileIterator(self.primary.fs_path, start)
+        iterator = ZODB.FileStorage.FileIterator(
+            self.primary.fs_path, self.tids[-1] if self.history else None)
         try:
             for t in iterator:
-                if t.tid not in self.history:
-                    self.history[t.tid] = copy_transaction(t)
+                self.history.setdefault(t.tid, copy_transaction(t))
         finally:
             iterator.close()
         self.tids = sorted(self.history)
@@ -260,11 +427,9 @@ class PrimarySide:
         as in its file, each with a correct checksum."""
         following = [t for t in self.tids if t > start]
         if not following:
-            self.wait_log(conn, 'streaming transactions after %s'
-                          % start.hex())
-            return
-        md5 = hashlib.md5(start)
-        decoder = zrs.MessageDecoder()
+            return self.wait_log(conn, 'streaming transactions after %s'
+                                 % start.hex())
+        md5, decoder = hashlib.md5(start), zrs.MessageDecoder()
 
         def payload():
             data = conn.next_frame()
@@ -280,20 +445,18 @@ class PrimarySide:
                 records = []
                 while True:
                     digest = md5.digest()
-                    message_ = decoder.decode(payload())
-                    if isinstance(message_, zrs.Commit):
+                    msg = decoder.decode(payload())
+                    if isinstance(msg, zrs.Commit):
                         break
-                    if not isinstance(message_, zrs.Store) or \
-                            message_.inline:
+                    if not isinstance(msg, zrs.Store) or msg.inline:
                         raise zrs.ProtocolError('got %r in %s' % (
-                            message_, tid.hex()))
-                    records.append((message_.oid, message_.tid,
-                                    payload() or None, message_.data_txn))
-                if message_.checksum != digest:
+                            msg, tid.hex()))
+                    records.append((msg.oid, msg.tid, payload() or None,
+                                    msg.data_txn))
+                if msg.checksum != digest:
                     raise zrs.ProtocolError('bad checksum at %s' % tid.hex())
-                got = (begin.tid, begin.status, begin.user,
-                       begin.description, begin.extension, records)
-                if got != self.history[tid]:
+                if (begin.tid, begin.status, begin.user, begin.description,
+                        begin.extension, records) != self.history[tid]:
                     raise zrs.ProtocolError('transaction %s differs from the'
                                             ' file' % tid.hex())
             self.summary.add(self.side, 'streams verified')
@@ -305,24 +468,20 @@ class PrimarySide:
 
     def wait_log(self, conn, text):
         try:
-            wait_until(
-                lambda: any(text in r.message for r in conn.records()),
-                IO_TIMEOUT, message=text)
+            wait_until(lambda: any(text in r.message
+                                   for r in conn.records()),
+                       IO_TIMEOUT, message=text)
         except AssertionError as exc:
             self.violation('hangs', str(exc))
             raise LaneAbort()
 
     def judge(self, conn, expect, reason, kind):
-        """One connection's log: it ended, with one ERROR naming `reason`
-        if refused, none otherwise.
-
-        `expect` is 'refuse' (`reason`: a tuple of texts, one of which the
-        ERROR names), 'stream' (a complete handshake), 'incomplete' (we
-        closed mid-handshake: if the handshake timeout fired before our
-        close arrived, one ERROR saying so is right too) or
-        'refuse-or-not' (we closed before the primary's history guard
-        decided: one ERROR naming `reason`, or none).
-        """
+        """One connection's log: it ended, with one ERROR naming one of the
+        texts `reason` if refused, none otherwise.  `expect` is 'refuse',
+        'stream' (a complete handshake), 'incomplete' (we closed
+        mid-handshake: if the handshake timeout fired before our close
+        arrived, one ERROR saying so is right too) or 'refuse-or-not' (we
+        closed before the primary's history guard decided)."""
         self.wait_log(conn, ': disconnected')
         records = conn.records()
         errors = [r for r in records if r.is_error]
@@ -334,24 +493,21 @@ class PrimarySide:
             errors = [r for r in records
                       if 'secondary refused again' in r.message]
         for record in errors:
-            if len(record.line) > MAX_ERROR_LINE:
-                self.violation('log', '%s: ERROR line of %d characters'
-                               % (kind, len(record.line)))
+            check_length(self.summary, self.side, record.line,
+                         kind='%s: ' % kind)
         if expect == 'incomplete' and len(errors) == 1 and \
                 'no handshake within' in errors[0].message:
             expect, reason = 'refuse', ('no handshake within',)
-        if expect == 'refuse':
-            if len(errors) != 1 or not any(
-                    text in errors[0].message for text in reason):
-                self.violation('log', '%s: expected one ERROR naming one of '
-                               '%r, got: %s' % (kind, reason, ' | '.join(
-                                   r.line[:300] for r in errors) or 'none'))
-            else:
-                self.summary.add(self.side, 'refused')
-                self.summary.reason(self.side, errors[0].message)
-        else:
+        lines = ' | '.join(r.line[:300] for r in errors)
+        if expect != 'refuse':
             self.summary.add(self.side, 'not refused')
             if errors:
                 self.violation('log', '%s: ERROR for a connection that '
-                               'broke no rule: %s' % (kind, ' | '.join(
-                                   r.line[:300] for r in errors)))
+                               'broke no rule: %s' % (kind, lines))
+        elif len(errors) != 1 or not any(
+                text in errors[0].message for text in reason):
+            self.violation('log', '%s: expected one ERROR naming one of %r, '
+                           'got: %s' % (kind, reason, lines or 'none'))
+        else:
+            self.summary.add(self.side, 'refused')
+            self.summary.reason(self.side, errors[0].message)

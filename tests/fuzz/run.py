@@ -1,6 +1,7 @@
 """Running the fuzzer: `run()` (what the tests call) and the command line
 (`main`, behind scripts/fuzz.py)."""
 import argparse
+import contextlib
 import os
 import shutil
 import tempfile
@@ -10,10 +11,10 @@ import traceback
 
 from .cases import CaseGenerator
 from .in_process import InProcessLane, tmpfs_directory
+from .judges import LaneAbort, Summary
 from .nodes import close_all
 from .pickles import HOSTILES, arm_check
 from .primary_side import PrimarySide
-from .results import LaneAbort, Summary
 from .secondary_side import ReplicaLane
 from .source import build_source, source_size
 
@@ -30,7 +31,6 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
     """
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix='zrsd-fuzz-')
-    os.makedirs(workdir, exist_ok=True)
     summary = Summary(workdir, seed, cases)
     markers = os.path.join(workdir, 'markers')
     os.makedirs(markers, exist_ok=True)
@@ -44,10 +44,9 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
     sources = {}
     if 'secondary' in sides or in_process_cases:
         size = source_size(max(cases // 2, in_process_cases // 20))
-        for name, blobs in (('plain', False), ('blobs', True)):
-            sources[name] = build_source(os.path.join(workdir, 'sources'),
-                                         name, size, blobs)
-    threads = []
+        sources = {name: build_source(os.path.join(workdir, 'sources'),
+                                      name, size, name == 'blobs')
+                   for name in ('plain', 'blobs')}
 
     def timed(side, target, *args):
         def body():
@@ -63,18 +62,19 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
         return threading.Thread(target=body, name='fuzz-' + side,
                                 daemon=True)
 
+    threads = []
     if 'secondary' in sides and cases:
         per_lane = {'plain': (cases + 1) // 2, 'blobs': cases // 2}
         for name, source in sources.items():
-            generator = CaseGenerator(source, name, seed, markers)
-            lane = ReplicaLane(generator, os.path.join(
-                workdir, 'secondary-' + name), summary, verbose, keep)
+            lane = ReplicaLane(CaseGenerator(source, name, seed, markers),
+                               os.path.join(workdir, 'secondary-' + name),
+                               summary, verbose, keep)
             os.makedirs(lane.directory, exist_ok=True)
             threads.append(timed('secondary', lane.run, per_lane[name]))
     if 'primary' in sides and cases:
-        side = PrimarySide(os.path.join(workdir, 'primary'), seed, cases,
-                           summary, verbose, keep)
-        threads.append(timed('primary', side.run))
+        threads.append(timed('primary', PrimarySide(
+            os.path.join(workdir, 'primary'), seed, cases, summary, verbose,
+            keep).run))
     try:
         for thread in threads:
             thread.start()
@@ -87,14 +87,11 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
         started = time.monotonic()
         try:
             for name, source in sources.items():
-                generator = CaseGenerator(source, 'in-process-' + name, seed,
-                                          markers)
-                lane = InProcessLane(generator, directory, summary,
-                                     check_checksums)
-                try:
-                    lane.run(in_process_cases)
-                except LaneAbort:
-                    pass
+                with contextlib.suppress(LaneAbort):
+                    InProcessLane(CaseGenerator(
+                        source, 'in-process-' + name, seed, markers),
+                        directory, summary, check_checksums).run(
+                            in_process_cases)
         finally:
             summary.seconds['in-process'] = time.monotonic() - started
             shutil.rmtree(directory, ignore_errors=True)
@@ -129,11 +126,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sides = {'both': ('secondary', 'primary'), 'none': ()}.get(
         args.side, (args.side,))
-    in_process = 0
-    if args.in_process:
-        in_process = args.in_process_cases
-        if in_process is None:
-            in_process = max(1000, 10 * args.cases)
+    in_process = 0 if not args.in_process else max(
+        1000, 10 * args.cases) if args.in_process_cases is None \
+        else args.in_process_cases
     summary = run(args.cases, args.seed, sides, in_process, args.workdir,
                   args.verbose, keep=args.keep)
     print(summary.report())

@@ -16,24 +16,11 @@ from harness.process import free_port, handshake_frames, wait_until
 from zrsd import protocol as zrs
 
 from .cases import WINDOW_NEED
-from .judges import (check_blob_temp, check_file, check_markers,
-                     compare_history, judge, judge_position,
-                     traceback_from_protocol)
-from .logs import LogTail
-from .nodes import IO_TIMEOUT, start_replica
-from .results import LaneAbort
+from .judges import (UNCHECKED, LaneAbort, advance, check_file,
+                     check_leftovers, judge, traceback_from_protocol)
+from .nodes import IO_TIMEOUT, LogTail, start_replica, stop
 
-
-def read_handshake(sock):
-    """(protocol name, start tid) from a secondary, or None if it closes
-    first.  (It sends nothing more until we do: no keep-alives.)"""
-    data = b''
-    while handshake_frames(data) is None:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return None
-        data += chunk
-    return handshake_frames(data)
+CLIENT = 'zrsd.replica.client'
 
 
 class Epoch:
@@ -46,26 +33,25 @@ class Epoch:
         self.listener = socket.socket()
         self.listener.bind(('127.0.0.1', 0))
         self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(0.2)
         self.zeo_port = free_port()
         self.blob_dir = (os.path.join(self.directory, 'blobs')
                          if lane.blobs else None)
         self.process = start_replica(self.directory, self.zeo_port,
-                                     self.port, self.blob_dir)
+                                     self.listener.getsockname()[1],
+                                     self.blob_dir)
         self.fs_path = os.path.join(self.directory, 'replica.fs')
         self.log = LogTail(self.process.log_path)
-        self.verified = 0       # source transactions checked over ZEO
-        self.connections = 0
+        self.connections = self.position = 0
         self.sock = None
-        self.position = 0
 
     def alive(self):
         return self.process.popen.poll() is None
 
     def accept(self):
-        """The replica's next connection: (socket, protocol, start tid)."""
+        """The replica's next connection and handshake: its socket goes to
+        `sock`; returns (protocol, start tid)."""
         deadline = time.monotonic() + IO_TIMEOUT
-        self.listener.settimeout(0.2)
         while True:
             if not self.alive():
                 raise self.lane.died(self)
@@ -74,20 +60,23 @@ class Epoch:
                 break
             except socket.timeout:
                 if time.monotonic() > deadline:
-                    raise self.lane.hung(self, 'the replica did not '
-                                         'reconnect within %ss' % IO_TIMEOUT)
+                    raise self.lane.hung('the replica did not reconnect '
+                                         'within %ss' % IO_TIMEOUT)
         sock.settimeout(IO_TIMEOUT)
-        try:
-            handshake = read_handshake(sock)
-        except socket.timeout:
-            handshake = None
-        if handshake is None:
+        data = b''   # it sends nothing more until we do: no keep-alives
+        with contextlib.suppress(socket.timeout):
+            while handshake_frames(data) is None:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        if handshake_frames(data) is None:
             sock.close()
-            raise self.lane.hung(self, 'no handshake from the replica')
-        protocol, tid = handshake
+            raise self.lane.hung('no handshake from the replica')
+        self.sock = sock
         self.connections += 1
         self.lane.summary.add('secondary', 'connections')
-        return sock, protocol, tid
+        return handshake_frames(data)
 
     def segment(self, number):
         """Log records of connection `number` (0-based), once complete."""
@@ -107,16 +96,12 @@ class ReplicaLane:
 
     def __init__(self, generator, directory, summary, verbose=False,
                  keep=False):
-        self.source = source = generator.source
-        self.generator = generator
-        self.keep = keep
-        self.lane = generator.lane
-        self.blobs = source.blob_dir is not None
+        self.source, self.generator = generator.source, generator
+        self.lane, self.markers = generator.lane, generator.markers
+        self.directory, self.summary = directory, summary
+        self.verbose, self.keep = verbose, keep
+        self.blobs = self.source.blob_dir is not None
         self.protocol = zrs.PROTOCOL_2_1 if self.blobs else zrs.PROTOCOL_2_0
-        self.directory = directory
-        self.summary = summary
-        self.markers = generator.markers
-        self.verbose = verbose
         self.epochs = 0
 
     def say(self, text):
@@ -124,26 +109,25 @@ class ReplicaLane:
             print('[%s] %s' % (self.lane, text), file=sys.stderr, flush=True)
 
     def died(self, epoch):
-        epoch.log.poll()
-        tail = '\n'.join(r.line[:300] for r in epoch.log.records[-15:])
-        stopped = [r.message for r in epoch.log.records
+        records = epoch.log.poll()
+        stopped = [r.message for r in records
                    if r.logger == 'zrsd' and 'stopping (' in r.message]
-        outside = ' (it logged "%s": a signal from outside?)' % stopped[0] \
-            if stopped else ''
         self.summary.violation('daemon crashes', self.side, 'the %s replica '
                                'exited with status %s%s; its log ends:\n%s'
                                % (self.lane, epoch.process.popen.returncode,
-                                  outside, tail))
+                                  ' (it logged "%s": a signal from outside?)'
+                                  % stopped[0] if stopped else '',
+                                  '\n'.join(r.line[:300]
+                                            for r in records[-15:])))
         return LaneAbort()
 
-    def hung(self, epoch, text, case=None):
+    def hung(self, text, case=None):
         self.summary.violation('hangs', self.side, '%s: %s' % (
             self.lane, text), case)
         return LaneAbort()
 
     def run(self, cases):
-        epoch = None
-        number = 0
+        epoch, number = None, 0
         try:
             while number < cases:
                 if epoch is None:
@@ -158,9 +142,7 @@ class ReplicaLane:
                 self.summary.add(self.side, 'cases %s' % (
                     'blobs' if self.blobs else 'plain'))
                 self.serve(epoch, case)
-                sock, protocol, tid = epoch.accept()
-                self.check(epoch, case, protocol, tid)
-                epoch.sock = sock
+                self.check(epoch, case, *epoch.accept())
                 if self.verbose and number % 50 == 0:
                     self.say('%d cases, at source index %d' % (
                         number, epoch.position))
@@ -177,12 +159,11 @@ class ReplicaLane:
         self.say('epoch %d: replica on port %d' % (self.epochs,
                                                    epoch.zeo_port))
         try:
-            sock, protocol, tid = epoch.accept()
+            protocol, tid = epoch.accept()
         except LaneAbort:
             epoch.process.close()
             epoch.listener.close()
             raise
-        epoch.sock = sock
         if tid != z64 or protocol != self.protocol:
             self.summary.violation('streams', self.side, 'a new %s replica '
                                    'sent %r, %s' % (self.lane, protocol,
@@ -195,7 +176,7 @@ class ReplicaLane:
         try:
             sock.sendall(case.wire)
         except socket.timeout:
-            raise self.hung(epoch, 'the replica stopped reading', case)
+            raise self.hung('the replica stopped reading', case)
         except OSError:
             pass   # it dropped the connection already
         with contextlib.suppress(OSError):
@@ -204,96 +185,81 @@ class ReplicaLane:
             while sock.recv(65536):
                 pass
         except socket.timeout:
-            raise self.hung(epoch, 'the replica kept the connection open '
-                            'after the stream ended', case)
+            raise self.hung('the replica kept the connection open after '
+                            'the stream ended', case)
         except OSError:
             pass
         finally:
             sock.close()
 
     def check(self, epoch, case, protocol, tid):
+        """After a case: the handshake (protocol, position), ZEO, the
+        file's new transactions, markers, blob temporaries and the log."""
         summary, side = self.summary, self.side
         if protocol != self.protocol:
             summary.violation('streams', side, 'handshake with %r' % (
                 protocol,), case)
-        position = judge_position(summary, side, case, self.source, tid)
-        summary.add(side, 'commits', max(0, position - epoch.position))
-        epoch.position = position
-        self.check_zeo(epoch, case, tid)
-        check_markers(summary, side, self.markers, case)
-        if self.blobs:
-            check_blob_temp(summary, side, epoch.blob_dir, case)
+        old = epoch.position
+        epoch.position = advance(summary, side, case, self.source, old, tid,
+                                 lambda start: self.read(epoch, start))
+        self.check_zeo(epoch, case, tid, self.source.txns[
+            old:epoch.position])
+        check_leftovers(summary, side, self.markers, epoch.blob_dir, case)
         self.check_log(epoch, case, epoch.connections - 2)
 
-    def check_zeo(self, epoch, case, tid):
+    def read(self, epoch, start):
+        """The file's transactions from `start` (the replica is idle while
+        it waits for our first frame)."""
+        iterator = ZODB.FileStorage.FileIterator(epoch.fs_path, start)
+        try:
+            return [copy_transaction(t) for t in iterator]
+        finally:
+            iterator.close()
+
+    def check_zeo(self, epoch, case, tid, new):
         """A fresh read-only ZEO client answers, its last transaction is the
-        handshake's, and it serves the records committed since the last
-        check; those transactions, read from the file (the replica is idle
-        while it waits for our first frame), are the source's."""
-        summary, side = self.summary, self.side
-        new = self.source.txns[epoch.verified:epoch.position]
+        handshake's, and it serves the records of `new` transactions."""
         try:
             client = ZEO.client(('127.0.0.1', epoch.zeo_port),
                                 read_only=True, wait_timeout=IO_TIMEOUT)
         except Exception as exc:
             if not epoch.alive():
                 raise self.died(epoch)
-            raise self.hung(epoch, 'ZEO does not answer: %s: %s' % (
+            raise self.hung('ZEO does not answer: %s: %s' % (
                 type(exc).__name__, exc), case)
         try:
             last = client.lastTransaction()
             if last != tid:
-                summary.violation('partial/unchecked transactions', side,
-                                  'ZEO says the last transaction is %s, '
-                                  'the handshake %s' % (last.hex(),
-                                                        tid.hex()), case)
-            for txn in new:
-                for r in txn.records:
-                    if r.data is None:
-                        continue
-                    data = client.loadSerial(r.oid, r.tid)
-                    if data != r.data:
-                        summary.violation(
-                            'partial/unchecked transactions', side,
-                            'ZEO serves other data for %s at %s' % (
-                                r.oid.hex(), r.tid.hex()), case)
+                self.summary.violation(
+                    UNCHECKED, self.side, 'ZEO says the last transaction is '
+                    '%s, the handshake %s' % (last.hex(), tid.hex()), case)
+            for r in (r for txn in new for r in txn.records):
+                if r.data is not None and \
+                        client.loadSerial(r.oid, r.tid) != r.data:
+                    self.summary.violation(
+                        UNCHECKED, self.side, 'ZEO serves other data for %s '
+                        'at %s' % (r.oid.hex(), r.tid.hex()), case)
         finally:
             client.close()
-        if new:
-            iterator = ZODB.FileStorage.FileIterator(epoch.fs_path,
-                                                     new[0].tid)
-            try:
-                got = [copy_transaction(t) for t in iterator]
-            finally:
-                iterator.close()
-            if compare_history(summary, side, case, self.source,
-                               epoch.verified, got) and len(got) != len(new):
-                summary.violation('partial/unchecked transactions', side,
-                                  'the file has %d new transactions, the '
-                                  'handshake says %d' % (len(got), len(new)),
-                                  case)
-        epoch.verified = epoch.position
 
     def check_log(self, epoch, case, number):
         """Connection `number` ended in exactly one line: one ERROR or one
         INFO `disconnected`; nothing else alarming."""
         summary, side = self.summary, self.side
-        records = epoch.segment(number)
-        errors = [r for r in records if r.is_error]
-        ours = [r for r in errors if r.logger == 'zrsd.replica.client']
-        ended = [r for r in records if r.logger == 'zrsd.replica.client'
-                 and ': disconnected' in r.message]
+        records = [r for r in epoch.segment(number) if r.logger == CLIENT]
+        ours = [r for r in records if r.is_error]
+        ended = [r for r in records if ': disconnected' in r.message]
         # zrsd logs a repeated apply failure at DEBUG (rate limiting): the
         # replicas run at DEBUG, so that we see those too.
-        repeats = [r for r in records if r.logger == 'zrsd.replica.client'
-                   and r.level == 'DEBUG' and r.message.endswith(
-                       'open transaction aborted, reconnecting')]
-        for record in repeats:
-            if not any(r.is_error and r.message == record.message
-                       for r in epoch.log.records):
-                summary.violation('log', side, 'a rejection logged at DEBUG'
-                                  ' only: %s' % record.line[:300], case)
-        ours += repeats
+        for record in records:
+            if record.level == 'DEBUG' and record.message.endswith(
+                    'open transaction aborted, reconnecting'):
+                ours.append(record)
+                if not any(r.is_error and r.message == record.message
+                           for r in epoch.log.records):
+                    summary.violation('log', side, 'a rejection logged at '
+                                      'DEBUG only: %s' % record.line[:300],
+                                      case)
         if len(ours) + len(ended) != 1:
             summary.violation('log', side, 'the connection ended with %d '
                               'rejection and %d "disconnected" lines: %s' % (
@@ -301,40 +267,24 @@ class ReplicaLane:
                                       r.line[:200] for r in ours + ended)),
                               case)
         if not ours:
-            judge(summary, side, case, None)
-            return
-        record = ours[0]
-        if traceback_from_protocol(record.extra):
+            return judge(summary, side, case, None)
+        if traceback_from_protocol(ours[0].extra):
             summary.violation('log', side, 'the protocol module raised a '
-                              'non-protocol error: %s' % record.message[:300],
-                              case)
-        text = record.message
-        judge(summary, side, case, text, record.line)
+                              'non-protocol error: %s'
+                              % ours[0].message[:300], case)
+        judge(summary, side, case, ours[0].message, ours[0].line)
 
     def end_epoch(self, epoch):
         """SIGTERM the replica, then compare its file with the source."""
         summary, side = self.summary, self.side
-        alive = epoch.alive()
-        status = epoch.process.stop(IO_TIMEOUT) if alive else None
-        epoch.process.close()
+        status = stop(summary, side, '%s replica' % self.lane, epoch.process)
         if epoch.sock is not None:
             epoch.sock.close()
         epoch.listener.close()
-        if alive and status != 0:
-            summary.violation('daemon crashes', side, 'the %s replica exited '
-                              'with status %s on SIGTERM'
-                              % (self.lane, status))
-        epoch.log.poll()
-        for record in epoch.log.records:
-            if record.level == 'CRITICAL':
-                summary.violation('daemon crashes', side, 'CRITICAL: %s'
-                                  % record.line[:500])
-        if epoch.log.connected:
-            for record in epoch.log.records[epoch.log.connected[-1]:]:
-                if record.is_error:
-                    summary.violation('log', side, 'ERROR while stopping: '
-                                      '%s' % record.line[:300])
-        if alive:
+        last = epoch.log.connected[-1] if epoch.log.connected else None
+        epoch.log.scan(summary, side, lambda index, record:
+                       last is None or index < last, 'ERROR while stopping')
+        if status is not None:
             before = len(summary.violations)
             check_file(summary, side, self.source, epoch.fs_path,
                        epoch.blob_dir, epoch.position)

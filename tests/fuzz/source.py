@@ -2,6 +2,7 @@
 built with a fake clock (so they are the same on every run) and read back
 with the frames a primary sends for each transaction."""
 import datetime
+import itertools
 import os
 import random
 from unittest import mock
@@ -17,26 +18,13 @@ from harness.history import transactions
 from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
 
-class FakeClock:
-    """A `time.time` that advances 1.5 s per call from 2020-01-01."""
-
-    def __init__(self):
-        self.now = 1577836800.0
-
-    def __call__(self):
-        self.now += 1.5
-        return self.now
-
-
 class Source:
     """A built source history: `txns`, and the index of each tid."""
 
     def __init__(self, blob_dir, txns):
-        self.blob_dir = blob_dir
-        self.txns = txns
-        self.index = {z64: 0}
-        for number, txn in enumerate(txns):
-            self.index[txn.tid] = number + 1
+        self.blob_dir, self.txns = blob_dir, txns
+        self.index = {tid: n for n, tid in enumerate(
+            [z64] + [txn.tid for txn in txns])}
 
     def __len__(self):
         return len(self.txns)
@@ -60,7 +48,9 @@ def build_source(directory, name, ntxns, blobs=False):
            'change-many', 'meta']
     if blobs:
         ops += ['blob-new', 'blob-change', 'undo', 'blob-new']
-    with mock.patch('time.time', FakeClock()):
+    # A fake clock: 1.5 s more per call from 2020-01-01.
+    clock = itertools.count(1577836801.5, 1.5)
+    with mock.patch('time.time', lambda: next(clock)):
         storage = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir)
         db = ZODB.DB(storage)
         tm = transaction.TransactionManager()
@@ -73,14 +63,12 @@ def build_source(directory, name, ntxns, blobs=False):
                 op = ops[step % len(ops)]
                 tm.begin()
                 txn = tm.get()
+                undone, created = created, None
                 if op == 'undo':
                     db.undo(db.undoLog(0, 1)[0]['id'], txn)
                     txn.note('undo')
-                    if created is not None:
-                        created.pop()   # an undone creation: gone
-                created = None
-                if op == 'undo':
-                    pass
+                    if undone is not None:
+                        undone.pop()   # an undone creation: gone
                 elif op == 'create' or not objects:
                     obj = PersistentMapping(payload=rng.randbytes(
                         rng.randint(10, 3000)), version=0)
