@@ -23,7 +23,7 @@ demo: $(STAMP)
 # The long torture and fuzzing runs (marker `long`; their short versions
 # run in `make test`).  Only the suites present are listed.
 torture: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider -m long $(wildcard tests/torture tests/fuzz) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -m long $(wildcard tests/torture tests/fuzz tests/crashstates) $(PYTEST_ARGS)
 
 # Side-by-side benchmark against zc.zrs; results in var/bench/.
 bench: $(STAMP)

@@ -14,6 +14,7 @@ from ZODB.utils import z64
 
 from zrsd.tools.options import positive_seconds
 from zrsd.tids import format_tid, tid_time
+from .blobs import BlobComparison
 from .history import compare_histories, format_oid
 from .objects import compare_objects
 from .sides import DEFAULT_TIMEOUT, VerifyError, open_source
@@ -60,6 +61,12 @@ def parse_args(argv):
                              'of the replica\'s last transaction, and '
                              'compare them (on by itself when either '
                              'history was packed)')
+    parser.add_argument('--primary-blob-dir', metavar='DIR',
+                        help='the blob directory of a PRIMARY file, to '
+                             'compare blob files too (ZEO servers with '
+                             'blobs are compared without it)')
+    parser.add_argument('--replica-blob-dir', metavar='DIR',
+                        help='the blob directory of a REPLICA file')
     parser.add_argument('--storage', default='1', metavar='NAME',
                         help='ZEO storage name on both servers (default '
                              '%(default)s)')
@@ -122,10 +129,10 @@ def verify(args, out):
     """Run the comparison; the exit status.  Raises VerifyError."""
     # The replica first: its snapshot must not be newer than the primary's.
     replica = open_source('replica', args.replica, args.storage,
-                          args.timeout)
+                          args.timeout, args.replica_blob_dir)
     try:
         primary = open_source('primary', args.primary, args.storage,
-                              args.timeout)
+                              args.timeout, args.primary_blob_dir)
         try:
             return _verify(args, primary, replica, out)
         finally:
@@ -135,13 +142,22 @@ def verify(args, out):
 
 
 def _verify(args, primary, replica, out):
-    report = compare_histories(primary, replica, args.start)
+    blobs = BlobComparison(primary, replica)
+    report = compare_histories(primary, replica, args.start, blobs)
     if report.divergence:
         tid, what = report.divergence
         print('DIVERGED at transaction %s: %s' % (format_tid(tid), what))
         out('%d transactions agreed before it' % report.compared)
         return DIVERGE
     _report_history(report, primary, replica, out)
+    if blobs.compared:
+        out('%d blob files agree (size and sha256)' % blobs.compared)
+    if blobs.unchecked:
+        out('%d blob records whose files were not compared: the %s' % (
+            blobs.unchecked, ' and the '.join(
+                side.role for side in (primary, replica)
+                if not side.has_blobs) + ' has no blobs here (a file needs '
+            '--primary-blob-dir / --replica-blob-dir)'))
     objects = args.objects
     if any(report.packed) and not objects:
         # History alone no longer proves the current state.

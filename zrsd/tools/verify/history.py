@@ -84,18 +84,20 @@ class HistoryReport:
         self.last_tid = tid
 
 
-def compare_histories(primary, replica, start=None):
+def compare_histories(primary, replica, start=None, blobs=None):
     """Compare two `Source`s' histories in lockstep; a `HistoryReport`.
 
     Stops at the replica's snapshot (`replica.last_tid`); the primary is
     read up to its own snapshot, to count what the replica lacks.
+    `blobs(oid, tid, data)` (a `blobs.BlobComparison`) also compares the
+    blob files of the records that agree.
     """
     readers = [HistoryReader(primary, start, primary.last_tid,
                              replica.last_tid),
                HistoryReader(replica, start, replica.last_tid,
                              replica.last_tid)]
     try:
-        report = _compare(*readers)
+        report = _compare(*readers, blobs=blobs)
     finally:
         for reader in readers:
             reader.close()
@@ -138,7 +140,7 @@ class PackedParts:
         return False
 
 
-def _compare(primary, replica):
+def _compare(primary, replica, blobs=None):
     report = HistoryReport()
     packed = PackedParts()
     p, r = primary.next_transaction(), replica.next_transaction()
@@ -174,7 +176,8 @@ def _compare(primary, replica):
             report.packed_compared += 1
         elif difference is None:
             difference = compare_records(primary.records(),
-                                         replica.records(), packed.through)
+                                         replica.records(), packed.through,
+                                         blobs)
         if difference:
             report.divergence = (p.tid, difference)
             return report
@@ -203,16 +206,21 @@ def compare_metadata(p, r):
     return None
 
 
-def compare_records(p_records, r_records, packed_through=(z64, z64)):
+def compare_records(p_records, r_records, packed_through=(z64, z64),
+                    blobs=None):
     """None if two transactions' records agree, else what differs.
 
     The records are compared a pair at a time, in order: a transaction's
     records are never all held in memory.  `packed_through`: see
-    `compare_record`.
+    `compare_record`; `blobs`: see `compare_histories`.
     """
     pairs = itertools.zip_longest(p_records, r_records)
     for index, (p_rec, r_rec) in enumerate(pairs):
         difference = compare_record(p_rec, r_rec, packed_through)
+        if difference is None and blobs is not None:
+            blob = blobs(*p_rec[:3])
+            if blob:
+                difference = 'oid %s: %s' % (format_oid(p_rec[0]), blob)
         if difference:
             return 'record %d: %s' % (index, difference)
     return None

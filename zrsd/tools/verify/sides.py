@@ -9,11 +9,14 @@ of the comparison.  A side that cannot be opened or read raises
 import contextlib
 import os
 import queue
+import shutil
 import socket
+import tempfile
 import threading
 
 import ZEO
 import ZODB.FileStorage
+import ZODB.interfaces
 from ZEO.Exceptions import ClientDisconnected, ServerException
 from ZODB.POSException import POSError
 
@@ -61,15 +64,19 @@ class Source:
     """One side of the comparison: an open storage and what names it.
 
     `last_tid` is the storage's last transaction when it was opened: the
-    snapshot the comparison stops at.
+    snapshot the comparison stops at; `has_blobs`: blob files can be read
+    (a file opened with its blob directory, a ZEO server with blobs).
+    `cache` is a directory removed at `close` (a ZEO client's blob cache).
     """
 
-    def __init__(self, role, text, kind, storage):
+    def __init__(self, role, text, kind, storage, cache=None):
         self.role = role
         self.text = text
         self.kind = kind
         self.storage = storage
+        self.cache = cache
         self.last_tid = storage.lastTransaction()
+        self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(storage)
 
     @property
     def name(self):
@@ -78,36 +85,51 @@ class Source:
             self.role, 'file' if self.kind == 'file' else 'at', self.text)
 
     def close(self):
-        self.storage.close()
+        try:
+            self.storage.close()
+        finally:
+            if self.cache is not None:
+                shutil.rmtree(self.cache, ignore_errors=True)
 
 
-def open_source(role, text, storage_name='1', timeout=DEFAULT_TIMEOUT):
-    """Open the `role` ('primary' or 'replica') side named by `text`."""
+def open_source(role, text, storage_name='1', timeout=DEFAULT_TIMEOUT,
+                blob_dir=None):
+    """Open the `role` ('primary' or 'replica') side named by `text`;
+    `blob_dir`: the blob directory of a file."""
     try:
         kind, where = parse_source(text)
     except ValueError as exc:
         raise VerifyError('bad %s %r: %s' % (role, text, exc))
+    cache = None
     if kind == 'file':
         if not os.path.isfile(where):
             raise VerifyError('%s file %s: no such file' % (role, where))
+        if blob_dir is not None and not os.path.isdir(blob_dir):
+            raise VerifyError('%s blob directory %s: no such directory'
+                              % (role, blob_dir))
         try:
-            storage = ZODB.FileStorage.FileStorage(where, read_only=True)
+            storage = ZODB.FileStorage.FileStorage(
+                where, read_only=True, blob_dir=blob_dir)
         except Exception as exc:
             raise VerifyError('cannot open the %s file %s: %s' % (
                 role, where, exc_text(exc)))
     else:
+        cache = tempfile.mkdtemp(prefix='zrsd-verify-blobs-')
         try:
             storage = ZEO.client(where, storage=storage_name, read_only=True,
-                                 wait_timeout=timeout)
+                                 wait_timeout=timeout, blob_dir=cache,
+                                 shared_blob_dir=False)
         except ClientDisconnected as exc:
+            shutil.rmtree(cache)
             raise VerifyError(
                 'cannot reach the %s at %s (ZEO storage %r): %s' % (
                     role, text, storage_name, exc))
         except Exception as exc:
+            shutil.rmtree(cache)
             raise VerifyError('cannot open a ZEO client of the %s at %s: %s'
                               % (role, text, exc_text(exc)))
     try:
-        return Source(role, text, kind, storage)
+        return Source(role, text, kind, storage, cache)
     except Exception:
         storage.close()
         raise
