@@ -20,7 +20,6 @@ from harness.process import wait_until
 from harness.zrsd_nodes import GatedProxy, MB, ZrsdNode
 
 
-
 class Populated:
     """A stopped zrsd primary's files holding the `populate()` history."""
 
