@@ -221,8 +221,7 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
     the primary's certificate: exit 2, one line."""
     good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
     primary, port, db = start_primary(
-        tmp_path, dict(good=good, primary=good.issue('primary')))
-    processes(primary.process)
+        tmp_path, dict(good=good, primary=good.issue('primary')), processes)
     db.close()
     copy = str(tmp_path / 'copy.fs')
     shutil.copyfile(primary.fs_path, copy)
