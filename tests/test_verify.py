@@ -41,14 +41,11 @@ def verify_ok(*args):
 
 
 def verify_fails(code, *args):
-    """Run zrsd-verify, which must exit `code` with `out` or `err` empty
-    (1: a divergence on stdout; 2: an error on stderr); the other."""
+    """Run zrsd-verify, which must exit `code`, 1 (a divergence: stdout)
+    or 2 (an error: stderr), printing nothing on the other; the one."""
     status, out, err = verify(*args)
-    if code == 1:
-        assert (status, err) == (1, ''), out
-        return out
-    assert (status, out) == (2, ''), err
-    return err
+    assert (status, (err, out)[code - 1]) == (code, ''), out + err
+    return (out, err)[code - 1]
 
 
 def zeo(node):
@@ -65,7 +62,7 @@ def tid_text(tid):
 
 
 class Pair:
-    """A running zrsd primary and a replica following it."""
+    """A zrsd primary and a replica following it."""
 
     def __init__(self, directory):
         self.primary = ZrsdNode(directory, 'primary')
@@ -74,20 +71,18 @@ class Pair:
 
     def caught_up(self):
         """Wait until the replica holds the primary's last transaction."""
-        target = self.primary.last_tid()
-        self.replica.wait_for_tid(target)
-        return target
+        self.replica.wait_for_tid(self.primary.last_tid())
+        return self.primary.last_tid()
 
 
 @pytest.fixture(scope='module')
 def pair(request, tmp_path_factory):
-    """The module's primary and replica; their log tails are printed if a
-    test failed."""
+    """The module's primary (300 transactions with undos) and replica,
+    running; their log tails are printed if a test failed."""
     pair = Pair(tmp_path_factory.mktemp('verify'))
     failed = request.session.testsfailed
     try:
-        pair.primary.start()
-        pair.populated = zczrs.populate(pair.primary.zeo_address,
+        pair.populated = zczrs.populate(pair.primary.start().zeo_address,
                                         transactions=300, undo_every=50)
         assert pair.populated.undos and pair.populated.creation_undos
         pair.replica.start()
@@ -100,8 +95,6 @@ def pair(request, tmp_path_factory):
                 print('\n==== %s ====\n%s' % (node.log_path, '\n'.join(
                     node.log().splitlines()[-60:])))
 
-
-# -- live servers ---------------------------------------------------------
 
 def test_both_zeo_agree(pair):
     """Both ZEO ports: every transaction up to the replica's last one
@@ -193,8 +186,6 @@ def test_start_tid(pair):
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 101, tid_text(history[101])) in out
 
-
-# -- divergent histories ----------------------------------------------------
 
 def write_history(path, history):
     """A new FileStorage at `path` holding `history` (`Txn`s), written
@@ -348,8 +339,6 @@ def test_objects_diverge_through_a_bad_index(history, tmp_path):
     assert '; replica serial %s, ' % previous.tid.hex() in out
 
 
-# -- packed histories -------------------------------------------------------
-
 def packed_copy(path, copy, pack_time):
     shutil.copyfile(path, copy)
     fs = FileStorage(copy)
@@ -468,8 +457,6 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
         original[-1][:5] + (inline,)])
     assert 'data_txn differs' in verify_fails(1, path, replica)
 
-
-# -- errors -----------------------------------------------------------------
 
 def test_unreachable_server(history):
     """Nobody listens: exit 2 and one line naming the side and address."""
