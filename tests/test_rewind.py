@@ -30,12 +30,15 @@ from test_tls import start_primary
 REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 
-def rewind(node, *options):
-    """Run zrsd-rewind on `node`'s config (a ZrsdNode or a path)."""
-    return subprocess.run(
+def rewind(node, *options, status=0):
+    """Run zrsd-rewind on `node`'s config (a ZrsdNode or a path), which
+    must exit with `status`."""
+    result = subprocess.run(
         [os.path.join(BIN, 'zrsd-rewind'), '-C',
          str(getattr(node, 'config_path', node)), '--timeout', '2'] +
         list(options), capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stdout + result.stderr
+    return result
 
 
 def removed_tids(result):
@@ -107,7 +110,6 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         before = read(p.fs_path)
 
         dry = rewind(p, '--dry-run')
-        assert dry.returncode == 0, dry.stderr
         assert removed_tids(dry) == lost, dry.stdout
         assert 'would remove 2 transactions' in dry.stdout
         assert '3 blob files; would rewind to %s' % shared.hex() \
@@ -116,7 +118,6 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         assert all(map(os.path.exists, lost_blobs))
 
         done = rewind(p)
-        assert done.returncode == 0, done.stderr
         assert removed_tids(done) == lost, done.stdout
         assert 'rewound to %s' % shared.hex() in done.stdout
         after = read(p.fs_path)
@@ -148,7 +149,6 @@ def test_nothing_to_rewind(tmp_path, processes):
     zczrs.commit_change(p.zeo_address, 'three', 3)
     before = read(r.fs_path)
     result = rewind(r)
-    assert result.returncode == 0, result.stderr
     assert 'nothing to rewind' in result.stdout
     assert removed_tids(result) == []
     assert read(r.fs_path) == before
@@ -164,8 +164,7 @@ def test_another_database_is_refused(tmp_path, processes):
     zczrs.commit_change(p.zeo_address, 'z', 3)
     follow(other, p)
     before = read(other.fs_path)
-    result = rewind(other)
-    assert result.returncode == 1, result.stdout + result.stderr
+    result = rewind(other, status=1)
     assert 'no transaction in common' in result.stderr
     assert read(other.fs_path) == before
 
@@ -174,8 +173,7 @@ def test_running_daemon_is_refused(tmp_path, processes):
     """The replica's zrsd holds the storage lock: exit 2, one line."""
     p, r = primary_and_replica(tmp_path, processes)
     before = read(r.fs_path)
-    result = rewind(r)
-    assert result.returncode == 2
+    result = rewind(r, status=2)
     assert result.stderr == (
         'zrsd-rewind: %s is in use (is zrsd running? pid %d)\n'
         % (r.fs_path, r.pid))
@@ -204,7 +202,6 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
         (shared, 'p'), (new, ' ')]
     follow(p, r)
     result = rewind(p)
-    assert result.returncode == 0, result.stdout + result.stderr
     assert removed_tids(result) == lost, result.stdout
     p.start()
     p.wait_for_tid(zczrs.commit_change(r.zeo_address, 'more', 2))
@@ -238,13 +235,11 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
             zeo_lines='  serve-empty on\n',
             zrs_lines='  handshake-timeout 5\n' + ssl_lines(cert, key, ca))
 
-    wrong = rewind(config('wrong.conf', other.path))
-    assert wrong.returncode == 2
+    wrong = rewind(config('wrong.conf', other.path), status=2)
     assert wrong.stderr.startswith('zrsd-rewind: TLS with the primary at '
                                    '127.0.0.1:%d failed: ' % port)
     assert wrong.stderr.count('\n') == 1
     result = rewind(config('replica.conf', good.path))
-    assert result.returncode == 0, result.stdout + result.stderr
     assert removed_tids(result) == [local_tid]
     assert 'it has no later transaction' in result.stdout
     assert transactions(copy) == transactions(primary.fs_path)
@@ -265,8 +260,7 @@ def test_errors_are_one_line(tmp_path, case):
     config_path = str(tmp_path / (case + '.conf'))
     if config is not None:
         write_config(config_path, free_port(), path, **config)
-    result = rewind(config_path)
-    assert result.returncode == 2, result.stderr
+    result = rewind(config_path, status=2)
     assert result.stderr.startswith('zrsd-rewind: ')
     assert message in result.stderr
     assert result.stderr.count('\n') == 1, result.stderr
