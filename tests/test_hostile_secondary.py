@@ -8,22 +8,19 @@ a later commit.
 import pickle
 import socket
 import struct
-import time
+import threading
 
 import pytest
 import ZODB.FileStorage
 from ZODB.utils import p64, u64
 
 from harness import peers, zczrs
+from harness.stream import _Reader, frame
 from harness.process import wait_until
 from harness.zrsd_nodes import MB, ZrsdNode, process_memory
 
 Z64 = b'\0' * 8
 HANDSHAKE_TIMEOUT = '  handshake-timeout 2\n'
-
-
-def frame(payload):
-    return struct.pack('>I', len(payload)) + payload
 
 
 class Setup:
@@ -123,23 +120,18 @@ class RawSecondary:
         wait_until(lambda: any(text in line for line in self.log_lines()),
                    30, message='%r about %s' % (text, self.name))
 
-    def wait_closed(self, timeout=30.0):
-        """Read and discard until the primary closes: 'eof' or 'reset'."""
-        if self.reset_at_connect:
-            return 'reset'
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(deadline - time.monotonic())
-            try:
+    def wait_closed(self):
+        """Read and discard until the primary closes: 'eof' or 'reset'
+        (socket.timeout after 30 s of silence)."""
+        try:
+            while not self.reset_at_connect:
                 data = self.sock.recv(1 << 16)
-            except ConnectionResetError:
-                return 'reset'
-            except socket.timeout:
-                continue
-            if not data:
-                return 'eof'
-            self.received += len(data)
-        raise AssertionError('the primary did not close %s' % self.name)
+                if not data:
+                    return 'eof'
+                self.received += len(data)
+        except ConnectionResetError:
+            pass
+        return 'reset'
 
     def wait_error(self, reason):
         """The primary's one ERROR line about us: it names `reason` and
@@ -155,17 +147,11 @@ class RawSecondary:
         """Follow the stream (plain pickles: the primary is ours) until
         the 'T' message of `tid`; an 'S' is followed by one data frame, a
         'B' by one and `nblocks` blob frames."""
-        buffer = bytearray()
+        reader = _Reader(self.sock, threading.Event())
 
         def next_frame():
-            while len(buffer) < 4 or len(buffer) < 4 + struct.unpack_from(
-                    '>I', buffer)[0]:
-                chunk = self.sock.recv(1 << 16)
-                assert chunk, 'the primary closed %s' % self.name
-                buffer.extend(chunk)
-            length = 4 + struct.unpack_from('>I', buffer)[0]
-            payload = bytes(buffer[4:length])
-            del buffer[:length]
+            payload = reader.frame(30)
+            assert payload is not None, 'the primary closed %s' % self.name
             return payload
 
         while True:
