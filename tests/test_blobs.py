@@ -1,7 +1,5 @@
-"""Blob replication (zrs2.1) from a zrsd primary to a zrsd replica, both
-with a blob-dir; blobs are committed over ZEO with a private blob cache.
-Figures are printed for `pytest -s`, never asserted.
-"""
+"""Blob replication (zrs2.1) from a zrsd primary to a zrsd replica; figures
+are printed for `pytest -s`, never asserted."""
 import hashlib
 import os
 import random
@@ -59,10 +57,8 @@ def stop_and_compare(primary, replica):
 
 
 def test_blob_replication(tmp_path, processes):
-    """Blobs around the 64 KiB blocks of zrs2.1 and of a few MB, a changed
-    blob and an undone change replicate; every revision reads the same from
-    the replica with a private cache and with the shared blob-dir; blob
-    files and histories end identical."""
+    """Blobs around the 64 KiB blocks, changed and undone, replicate; every
+    revision reads the same from the replica (private cache, shared dir)."""
     primary, replica = blob_nodes(tmp_path, processes)
     replica.start()
     names = ['b%d' % size for size in SIZES]
@@ -98,9 +94,8 @@ def test_blob_replication(tmp_path, processes):
 
 
 def test_big_blob(tmp_path, processes):
-    """A 200 MB blob, written and hashed in 1 MB chunks, replicates intact
-    (sha256); prints the replica's peak RSS and the time it took.  The big
-    files are removed at the end (the logs stay)."""
+    """A 200 MB blob, streamed in 1 MB chunks, replicates intact (sha256);
+    the replica's peak RSS is printed; the big files are removed."""
     try:
         primary, replica = blob_nodes(tmp_path, processes)
         replica.start()

@@ -1,9 +1,5 @@
-"""A chain of zrsd processes: primary -> replica (cascade) -> end replica
-(a cascade nobody follows), the first link through a `GatedProxy` where a
-test stops a replica half-way through its catch-up.  Histories are compared
-record by record once all stopped (after a pack: `assert_same_after_pack`).
-Figures are printed for `pytest -s`, never asserted.
-"""
+"""A chain of zrsd processes, primary -> replica -> cascade replica, the
+first link gated where a replica must stop half-way through catch-up."""
 import os
 import shutil
 import time
@@ -90,11 +86,8 @@ def stop_all(*nodes):
 
 
 def test_chain_pack_mid_stream(populated, tmp_path, processes):
-    """The primary packs while the middle replica, held by the gate, is
-    half-way through catching up (its streamer stuck behind back-pressure);
-    released, the same connection crosses the pack and more commits follow.
-    A client of the end node connected before a final commit sees it.  Both
-    replicas agree with the packed primary, and with each other exactly."""
+    """The primary packs while the middle replica is held half-way; the same
+    link crosses the pack, the chain end sees new commits, all agree."""
     primary = populated.primary(tmp_path, processes).start()
     gate = GatedProxy(primary.repl_port, hold_after=populated.fs_size // 2)
     try:
@@ -178,10 +171,8 @@ def test_fresh_chain_after_pack(populated, tmp_path, processes):
                          ids=['plain', 'pack-while-down'])
 def test_replica_restart_mid_stream(populated, tmp_path, processes,
                                     pack_while_down):
-    """SIGTERM the middle replica half-way through catch-up, commit more
-    (and pack) while it is down, restart it: it resumes after its last
-    transaction; the end node reconnects; all end in agreement (after a
-    pack, the resumed part arrives packed)."""
+    """The middle replica stopped half-way (and the primary packed) resumes
+    after its last transaction; the end reconnects; all agree."""
     primary = populated.primary(tmp_path, processes).start()
     gate = GatedProxy(primary.repl_port, hold_after=populated.fs_size // 2)
     try:

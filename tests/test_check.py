@@ -1,8 +1,5 @@
-"""`zrsd-check`, the Nagios plugin, side by side with zc.zrs's `zrs-nagios`:
-both run against the same ZEO servers (in threads here) on FileStorages
-committed at chosen tids, so every lag is known, and must print the same
-text and exit with the same status.
-"""
+"""`zrsd-check` side by side with zc.zrs's `zrs-nagios` against ZEO servers
+on histories with chosen tids: the same text and the same status."""
 import os
 import queue
 import shutil
@@ -48,9 +45,8 @@ def write_history(path, seconds):
 
 
 def zeo_server(directory, name, histories, unix=False):
-    """A read-only ZEO StorageServer in a thread serving {storage name:
-    [seconds of each transaction]}; (address for the commands: host:port
-    or a unix socket path, the server)."""
+    """A read-only ZEO server (thread) of {storage: [seconds of each tid]};
+    (its address, host:port or a unix socket path, the server)."""
     paths = {storage: write_history(
         os.path.join(directory, '%s-%s.fs' % (name, storage)), seconds)
         for storage, seconds in histories.items()}

@@ -1,7 +1,5 @@
-"""zdaemon supervision: `zrsdctl -C zrs.conf` and `zdaemon -C zdaemon.conf`
-run the real manager, the zrsd it supervises and a ZEO client of it.  The
-replica's primary is a closed port: zrsd serves ZEO anyway (serve-empty).
-"""
+"""zdaemon supervision (`zrsdctl`, `zdaemon -C zdaemon.conf`) of a real zrsd
+replica of a closed port, which serves ZEO anyway (serve-empty)."""
 import os
 import re
 import signal
@@ -31,9 +29,8 @@ def pid_gone(pid):
 
 
 class Supervised:
-    """A zrsd under a zdaemon manager, driven by a zdctl-style `command`;
-    `transcript` is the file the manager copies zrsd's output to.  `close`
-    kills every pid seen (for the `processes` fixture)."""
+    """A zrsd under a zdaemon manager driven by the zdctl-style `command`;
+    `close` kills every pid seen (for the `processes` fixture)."""
 
     def __init__(self, command, transcript, directory, zeo_port):
         self.command = command
@@ -140,11 +137,8 @@ def zdaemon_conf(tmp_path, zrsd_conf_path):
 
 @pytest.mark.parametrize('how', ['zrsdctl', 'module', 'zdaemon'])
 def test_lifecycle(tmp_path, zrsd_conf, processes, how):
-    """Supervised zrsd: start, status, serve, kill -9 -> restarted,
-    restart, `kill USR2` (reopens its logs), stop.  `zrsdctl -C zrs.conf`
-    with a `<runner>` naming no program supervises `zrsd -C zrs.conf`;
-    `python -m zrsd.tools.ctl` supervises `python -m zrsd.daemon.main`;
-    `zdaemon -C zdaemon.conf` (the shipped sample) supervises zrsd."""
+    """start, status, serve, kill -9 -> restarted, restart, kill USR2, stop,
+    under zrsdctl, `python -m zrsd.tools.ctl` and the shipped zdaemon.conf."""
     path, zeo_port = zrsd_conf
     manager_log = str(tmp_path / 'manager.log')
     program = 'args=%r' % ([ZRSD, '-C', path],)

@@ -1,10 +1,5 @@
-"""Hostile secondaries against a zrsd primary with history, which a real
-zrsd replica follows (module fixture).  Each test misbehaves on a raw
-socket to the replication port: the primary must log one ERROR line with
-the reason (the peer named by our socket's port), drop that connection and
-keep running, and the replica must stay on its one connection and receive
-a later commit.
-"""
+"""Hostile secondaries on raw sockets: the zrsd primary logs one ERROR with
+the reason and keeps serving its real replica on its one connection."""
 import pickle
 import socket
 import struct
@@ -144,9 +139,8 @@ class RawSecondary:
         return lines[0]
 
     def read_until_transaction(self, tid):
-        """Follow the stream (plain pickles: the primary is ours) until
-        the 'T' message of `tid`; an 'S' is followed by one data frame, a
-        'B' by one and `nblocks` blob frames."""
+        """Follow the stream (plain pickles: our primary) until the 'T' of
+        `tid`; 'S' is followed by one frame, 'B' by one and its blocks."""
         reader = _Reader(self.sock, threading.Event())
 
         def next_frame():
@@ -264,9 +258,8 @@ def test_zrs20_against_blob_primary(setup, blob_primary):
 
 
 def test_secondary_that_never_reads(setup):
-    """A secondary that handshakes from tid zero, with a tiny receive
-    buffer, then never reads while 16 MB are committed: the primary keeps
-    it connected and serves the replica.  (Memory is printed only.)"""
+    """A secondary with a tiny buffer that never reads while 16 MB are
+    committed stays connected; the replica is served.  (Memory: printed.)"""
     primary = setup.primary
     rss_before = process_memory(primary.pid)[0]
     with RawSecondary(primary, rcvbuf=4096) as stalled:

@@ -1,11 +1,5 @@
-"""`zrsd-rewind`: repairing a forked replica, with real zrsd processes.
-
-The fork is made as an unplanned failover makes it: primary P and replica
-R agree; R stops; P commits transactions R never gets (the lost ones); R
-is promoted and commits; P becomes a replica of R.  `zrsd-rewind` must
-find the last shared transaction by asking R over ZRS, cut P's file there
-and remove the lost blob files, after which P follows R byte for byte.
-"""
+"""`zrsd-rewind` repairs an old primary forked by an unplanned failover:
+it asks the new primary over ZRS where they part and cuts its file there."""
 import filecmp
 import os
 import re
@@ -84,9 +78,8 @@ def follow(node, primary):
 
 
 def test_rewind_a_forked_old_primary(tmp_path, processes):
-    """The lost transactions (with blobs) are found (--dry-run changes
-    nothing), cut and their blob files removed; the old primary then
-    follows the new one and ends byte-identical, blob files included."""
+    """The lost transactions and blob files are found (--dry-run changes
+    nothing) and cut; the old primary then follows byte for byte."""
     p, r = primary_and_replica(tmp_path, processes, blobs=True)
     db = blob_db(p, tmp_path / 'cache-p')
     try:
@@ -212,10 +205,8 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
 
 
 def test_tls_primary_and_a_silent_one(tmp_path, processes):
-    """Over mutual TLS, a copy of the primary's file plus one local
-    transaction: the probe after the primary's last transaction ends after
-    --timeout of silence and the local one is cut.  A CA that did not sign
-    the primary's certificate: exit 2, one line."""
+    """Over mutual TLS, a local transaction after the primary's last is cut
+    (the probe ends in silence); a CA that is not the primary's: exit 2."""
     good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
     primary, port, db = start_primary(
         tmp_path, dict(good=good, primary=good.issue('primary')), processes)

@@ -1,6 +1,5 @@
-"""When the ZEO port opens: after a replica's first transaction, unless
-`serve-empty` is on (read-only ZEO clients cannot open a DB on an empty
-storage)."""
+"""When the ZEO port opens: after a replica's first transaction (read-only
+clients cannot open a DB on an empty storage), unless `serve-empty`."""
 import ZODB
 
 from harness.process import free_port, port_open

@@ -1,9 +1,5 @@
-"""Signals sent to a real `zrsd`: SIGTERM and SIGINT stop it with exit 0
-and a clean close of the replica's FileStorage, which saves its `.index`;
-SIGUSR2 reopens the log files (for logrotate).  Not tested: a second
-SIGTERM during a slow shutdown (no phase of it can be held open on
-purpose, so that would be a race).
-"""
+"""Signals to a real `zrsd`: SIGTERM and SIGINT stop it (exit 0) closing
+its FileStorage cleanly; SIGUSR2 reopens the log files."""
 import os
 import signal
 
@@ -62,9 +58,8 @@ def read(path):
 
 
 def test_sigusr2_reopens_log_files(tmp_path, processes):
-    """After logrotate renames the log and sends SIGUSR2, new lines (a
-    second reopen, the shutdown) go to a new file at the configured path,
-    nothing more to the renamed one."""
+    """After logrotate's rename and SIGUSR2, new lines go to a new file at
+    the configured path, none to the renamed one."""
     log_path = str(tmp_path / 'zrsd.log')
     rotated = log_path + '.1'
     proc = ZrsdNode(tmp_path, 'replica', upstream=free_port(),

@@ -1,7 +1,5 @@
-"""systemd integration: sd_notify messages of a real zrsd (the test binds
-the NOTIFY_SOCKET datagram socket, as systemd does for `Type=notify`), the
-watchdog period, and the shipped unit file etc/zrsd.service.
-"""
+"""systemd: sd_notify messages of a real zrsd (the test binds NOTIFY_SOCKET
+as systemd does), the watchdog period, the unit etc/zrsd.service."""
 import configparser
 import os
 import re

@@ -1,9 +1,5 @@
-"""`zrsd-verify`, the online history comparison, run as a command against
-a running zrsd primary and replica (module fixture) holding a `populate()`
-history, and against files.  Divergent histories are FileStorages written
-here with `restore` from the primary's, with one change; an unchanged
-rewrite is the control that the writer is faithful.
-"""
+"""`zrsd-verify` run against a running zrsd primary and replica (module
+fixture) and against files written here with one change, or none."""
 import base64
 import re
 import shutil
@@ -147,9 +143,8 @@ def test_while_the_primary_commits(pair):
 
 
 def test_replica_behind(pair, tmp_path, processes):
-    """A stopped second replica, 5 transactions behind: its file agrees
-    with the primary (ZEO or file); the lag is those 5 transactions and
-    the time between the last tids; objects agree as of its last one."""
+    """A second replica 5 transactions behind agrees (ZEO or file) and lags
+    by those and by the time between the last tids; objects agree too."""
     replica = ZrsdNode(tmp_path, 'behind', upstream=pair.primary.repl_port,
                        register=processes).start()
     target = pair.primary.last_tid()
@@ -220,10 +215,8 @@ def forged(tid):
 
 
 def alter(history, how):
-    """(altered copy of `history`, index of its first divergence, text the
-    report must contain).  The changed transaction is the first one after
-    the middle holding only plain data records that no later record's
-    data_txn points to (so it can be dropped)."""
+    """(altered copy of `history`, index of its first divergence, text of
+    the report), the change made after the middle where it can be dropped."""
     history = list(history)
     referenced = {r.data_txn for txn in history for r in txn.records}
     n = next(i for i in range(len(history) // 2, len(history))
@@ -269,9 +262,8 @@ def test_rewrite_is_faithful(pair, history):
 @pytest.mark.parametrize('how', ['data', 'description', 'extension',
                                  'missing', 'extra', 'ahead'])
 def test_divergence(history, tmp_path, how):
-    """One change in a copy: exit 1, the first divergent tid (the
-    primary's for a missing one) and what differs, the number of
-    transactions that agreed; --quiet prints the first line only."""
+    """One change: exit 1, the first divergent tid, what differs, how many
+    agreed before; --quiet prints the first line only."""
     original, path = history
     altered, index, what = alter(original, how)
     replica = write_history(tmp_path / 'altered.fs', altered)
@@ -308,9 +300,8 @@ def test_empty_replica(history, tmp_path):
 
 
 def test_objects_diverge_through_a_bad_index(history, tmp_path):
-    """A copy whose `.index` sends one object to its previous revision has
-    the same history (exit 0) but --objects loads differently (exit 1,
-    naming the object and both serials)."""
+    """An `.index` sending one object to its previous revision: the same
+    history, but --objects names the object and both serials (exit 1)."""
     original, path = history
     last_txn_oids = {r.oid for r in original[-1].records}
     revisions = {}
@@ -367,8 +358,7 @@ def packed(history, tmp_path_factory):
 
 def test_packed_side_agrees(history, packed):
     """A packed copy against the unpacked original, in both roles: the
-    packed part is compared as such, the rest strictly, and objects are
-    compared without --objects."""
+    packed part compared as such, the rest strictly, objects too."""
     original, path = history
     packed_history, packed_path, middle = packed
     kept = sum(1 for t in packed_history if t[1] == 'p')
@@ -389,9 +379,8 @@ def test_packed_side_agrees(history, packed):
 @pytest.mark.parametrize('how', ['packed-data', 'packed-extra-record',
                                  'missing-after-pack', 'packed-user'])
 def test_packed_divergence(history, packed, tmp_path, how):
-    """What a pack cannot explain is still a divergence: other data in a
-    packed transaction, a record a pack could not have kept, a transaction
-    missing after the pack time, other metadata of a packed one."""
+    """What a pack cannot explain is still a divergence: data, a record, a
+    missing transaction, metadata."""
     original, _ = history
     altered, _, middle = packed
     altered = list(altered)
@@ -420,10 +409,8 @@ def test_packed_divergence(history, packed, tmp_path, how):
 
 
 def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
-    """An undo after the pack time points back to a revision a replica's
-    pack dropped: the replica holds the data inline (as `restore` does
-    when the transaction is gone).  That agrees; inline data for a back
-    pointer into the unpacked part does not."""
+    """Inline data for an undo's back pointer into a part the replica's
+    pack dropped agrees; into the unpacked part it does not."""
     path = str(tmp_path / 'primary.fs')
     db = ZODB.DB(FileStorage(path))
     with db.transaction() as conn:
