@@ -10,11 +10,11 @@ import threading
 
 import pytest
 from ZEO.StorageServer import StorageServer
-from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import z64
 
+from harness.history import write_history
 from harness.process import BIN, free_port
 from harness.zczrs import ZcZrsPrimary, commit_change
 from harness.zrsd_nodes import ZrsdNode
@@ -24,32 +24,16 @@ ZRS_NAGIOS = os.path.join(BIN, 'zrs-nagios')
 UP_TO_DATE = "Secondary up to date.|'lag'=0.0000seconds\n"
 
 
-def write_history(path, seconds):
-    """A FileStorage whose transactions have the tids of 2024-06-01
-    12:00:00 UTC plus each of `seconds`."""
-    fs = FileStorage(path, create=True)
-    try:
-        serial = z64
-        for s in seconds:
-            tid = TimeStamp(2024, 6, 1, 12, 0, float(s)).raw()
-            txn = TransactionMetaData()
-            fs.tpc_begin(txn, tid)
-            fs.store(z64, serial, b'root record %r' % s, '', txn)
-            fs.tpc_vote(txn)
-            fs.tpc_finish(txn)
-            serial = tid
-        assert fs.lastTransaction() == serial
-    finally:
-        fs.close()
-    return path
-
-
 def zeo_server(directory, name, histories, unix=False):
     """A read-only ZEO server (thread) of {storage: [seconds of each tid]};
     (its address, host:port or a unix socket path, the server)."""
-    paths = {storage: write_history(
-        os.path.join(directory, '%s-%s.fs' % (name, storage)), seconds)
-        for storage, seconds in histories.items()}
+    paths = {}
+    for storage, seconds in histories.items():   # after 2024-06-01 12:00
+        tids = [TimeStamp(2024, 6, 1, 12, 0, float(s)).raw() for s in seconds]
+        paths[storage] = write_history(
+            os.path.join(directory, '%s-%s.fs' % (name, storage)),
+            [(tid, ' ', b'', b'', {}, [(z64, tid, b'root', None)])
+             for tid in tids])
     # sun_path is short: keep the socket out of deep tmp paths.
     addr = (os.path.join(tempfile.mkdtemp(prefix='zrsd-check-'), 'zeo.sock')
             if unix else ('127.0.0.1', 0))

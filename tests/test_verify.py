@@ -9,7 +9,6 @@ import pytest
 import transaction
 import ZODB
 from persistent.mapping import PersistentMapping
-from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
 from ZODB.fsIndex import fsIndex
@@ -17,7 +16,7 @@ from ZODB.serialize import referencesf
 from ZODB.utils import p64, u64
 
 from harness import zczrs
-from harness.history import pack_stop_tid, transactions
+from harness.history import pack_stop_tid, transactions, write_history
 from harness.process import BIN, free_port, wait_until
 from harness.zrsd_nodes import Writer, ZrsdNode
 
@@ -180,23 +179,6 @@ def test_start_tid(pair):
                     pair.primary.fs_path, pair.replica.fs_path)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 101, tid_text(history[101])) in out
-
-
-def write_history(path, history):
-    """A new FileStorage at `path` holding `history` (`Txn`s), written
-    with `restore` as replication does."""
-    fs = FileStorage(str(path), create=True)
-    try:
-        for tid, status, user, description, extension, records in history:
-            txn = TransactionMetaData(user, description, extension)
-            fs.tpc_begin(txn, tid, status)
-            for oid, _, data, data_txn in records:
-                fs.restore(oid, tid, data, '', data_txn, txn)
-            fs.tpc_vote(txn)
-            fs.tpc_finish(txn)
-    finally:
-        fs.close()
-    return str(path)
 
 
 @pytest.fixture(scope='module')
