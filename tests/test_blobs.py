@@ -76,7 +76,6 @@ def test_blob_replication(tmp_path, processes):
     finally:
         db.close()
     assert [len(r) for r in revisions.values()] == [1, 2, 1, 3, 1, 1]
-
     replica.wait_for_tid(last)
     assert 'connected (zrs2.1)' in replica.log()
     for shared, blob_dir in ((False, str(tmp_path / 'cache-r')),

@@ -102,7 +102,6 @@ def test_chain_pack_mid_stream(populated, tmp_path, processes):
         assert more.undos == 3 and more.creation_undos == 1
         middle.wait_for_tid(more.last_tid)
         end.wait_for_tid(more.last_tid)
-
         db = end.db(read_only=True)
         tm = transaction.TransactionManager()
         conn = db.open(tm)
@@ -129,7 +128,6 @@ def test_chain_pack_mid_stream(populated, tmp_path, processes):
         stop_all(end, middle, primary)
     finally:
         gate.close()
-
     packed, later, objects = assert_same_after_pack(
         primary.fs_path, middle.fs_path, pack_time)
     assert_same_after_pack(primary.fs_path, end.fs_path, pack_time)
@@ -193,7 +191,6 @@ def test_replica_restart_mid_stream(populated, tmp_path, processes,
         stop_all(end, middle, primary)
     finally:
         gate.close()
-
     if pack_while_down:
         assert_same_after_pack(primary.fs_path, middle.fs_path, pack_time)
         assert_same_after_pack(primary.fs_path, end.fs_path, pack_time)

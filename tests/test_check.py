@@ -49,7 +49,6 @@ def zeo_server(directory, name, histories, unix=False):
             raise
         started.put(server)
         server.loop()
-
     threading.Thread(target=run, daemon=True, name='zeo-' + name).start()
     server = started.get(timeout=60)
     if isinstance(server, BaseException):

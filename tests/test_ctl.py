@@ -156,14 +156,12 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
         program = "'-m', 'zrsd.daemon.main', '-C', '%s'" % path
     supervised = Supervised(command, transcript, str(tmp_path), zeo_port)
     processes(supervised)
-
     assert 'daemon process started, pid=' in supervised.ok('start')
     pid, output = supervised.status()
     assert pid, output
     assert 'should_be_up=1' in output
     assert program in output
     supervised.wait_serving(1)
-
     os.kill(pid, signal.SIGKILL)   # a crash: zdaemon starts a new zrsd
     second = wait_until(
         lambda: (lambda new: new if new not in (None, pid) else None)(
@@ -171,18 +169,15 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
         60, message='zdaemon to restart zrsd after kill -9')
     supervised.wait_serving(2)
     assert pid_gone(pid)
-
     third = int(re.search(r'daemon process restarted, pid=(\d+)',
                           supervised.ok('restart')).group(1))
     assert third != second
     supervised.wait_serving(3)
     assert 'stopping (SIGTERM)' in supervised.log()
-
     assert 'signal SIGUSR2 sent to process %d' % third in supervised.ok(
         'kill', 'USR2')
     wait_until(lambda: 'log files reopened' in supervised.log(), 60,
                message='zrsd to reopen its logs')
-
     manager = int(re.search(r'(?m)^manager=(\d+)$',
                             supervised.status()[1]).group(1))
     assert 'daemon process stopped' in supervised.ok('stop')

@@ -147,7 +147,6 @@ class RawSecondary:
             payload = reader.frame(30)
             assert payload is not None, 'the primary closed %s' % self.name
             return payload
-
         while True:
             kind, data = pickle.loads(next_frame())
             if kind == 'T' and data[0] == tid:

@@ -116,7 +116,6 @@ def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
             assert current_blobs(db, expected) == expected, node.name
         finally:
             db.close()
-
     zrsd.stop()
     primary.stop()
     count = assert_same_history(primary.fs_path, zrsd.fs_path)

@@ -49,11 +49,9 @@ def test_metrics_and_status(tmp_path, processes):
     assert values['zrsd_last_transaction_timestamp_seconds'] == \
         TimeStamp(last).timeTime()
     assert values['zrsd_seconds_since_last_applied'] >= 0
-
     primary_values = metrics(primary.monitor_port)
     assert primary_values['zrsd_secondaries_connected'] == 1
     assert 'zrsd_replication_connected' not in primary_values
-
     content_type, text = get(port, '/status')
     assert content_type == 'application/json'
     (storage,) = json.loads(text)['storages']

@@ -101,7 +101,6 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         lost_blobs = lost_blob_files(p, lost)
         assert len(lost_blobs) == 3 and all(map(os.path.exists, lost_blobs))
         before = read(p.fs_path)
-
         dry = rewind(p, '--dry-run')
         assert removed_tids(dry) == lost, dry.stdout
         assert 'would remove 2 transactions' in dry.stdout
@@ -109,7 +108,6 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
             in dry.stdout
         assert read(p.fs_path) == before
         assert all(map(os.path.exists, lost_blobs))
-
         done = rewind(p)
         assert removed_tids(done) == lost, done.stdout
         assert 'rewound to %s' % shared.hex() in done.stdout
@@ -118,7 +116,6 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         assert transactions(p.fs_path)[-1][0] == shared
         assert not any(map(os.path.exists, lost_blobs))
         assert os.path.exists(p.fs_path + '.index')  # rebuilt
-
         p.start()
         p.wait_for_tid(commit_blobs(r_db, {'c': b'more'}, 'more'))
     finally:
@@ -225,7 +222,6 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
             str(tmp_path / name), free_port(), copy, replicate_from=port,
             zeo_lines='  serve-empty on\n',
             zrs_lines='  handshake-timeout 5\n' + ssl_lines(cert, key, ca))
-
     wrong = rewind(config('wrong.conf', other.path), status=2)
     assert wrong.stderr.startswith('zrsd-rewind: TLS with the primary at '
                                    '127.0.0.1:%d failed: ' % port)

@@ -415,7 +415,6 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
     oid, tid, data, back = original[-1][5][0]
     assert back is not None and back < pack_stop_tid(pack_time)
     inline = [(oid, tid, data, None)]
-
     inlined = packed_copy(path, str(tmp_path / 'packed.fs'), pack_time)
     inlined[-1] = inlined[-1][:5] + (inline,)
     replica = write_history(tmp_path / 'inlined.fs', inlined)
