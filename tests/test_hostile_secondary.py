@@ -177,18 +177,15 @@ HOSTILE = {
         frame(b'zrs2.0') + frame(b'\xff' * 8),
         'its last transaction ffffffffffffffff is not in this storage (the '
         'transaction before it is '),
-    # The refusal names the primary's real last tid.
-    'tid-from-the-future-names-primary-last': (
+    'tid-from-the-future-names-primary-last': (   # its real last tid
         frame(b'zrs2.0') + frame(b'\xff' * 8),
         'the transaction before it is {last}, that is the last transaction '
         'here'),
     'message-after-handshake': (
         frame(b'zrs2.0') + frame(Z64) + frame(b'hello'),
         'unexpected 5-byte message after the handshake'),
-    # Connect and say nothing: dropped after handshake-timeout (2 s).
     'no-handshake-within-timeout': (b'', 'no handshake within 2.0s'),
-    # Half a handshake: the timeout covers the whole handshake.
-    'half-handshake-within-timeout': (
+    'half-handshake-within-timeout': (   # the timeout covers it all
         frame(b'zrs2.0') + b'\0\0', 'no handshake within 2.0s'),
 }
 

@@ -1,5 +1,6 @@
 """Mutual TLS on replication links, the allow-from list, and ZEO's own
 <ssl> on the client port.  Certificates are generated at run time."""
+import functools
 import socket
 import ssl
 
@@ -23,8 +24,7 @@ def start_node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl='',
 
 @pytest.fixture
 def node(tmp_path, processes):
-    return lambda *args, **kw: start_node(tmp_path, *args,
-                                          register=processes, **kw)
+    return functools.partial(start_node, tmp_path, register=processes)
 
 
 @pytest.fixture
@@ -71,9 +71,7 @@ def test_mutual_tls_replicates(node, pki, tls_primary):
 
 
 # name: (the replica's certificate, the CA it trusts, what the primary
-# logs or None).  A stranger trusts the primary's CA, but its own
-# certificate is signed by another; a replica that trusts only the other
-# CA does not know the primary.
+# logs or None): a stranger's certificate or the CA trusted is another.
 ANOTHER_CA = {
     'secondary-from-another-ca': (
         'stranger', 'good', 'TLS handshake failed, secondary refused'),
