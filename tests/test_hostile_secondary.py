@@ -25,13 +25,10 @@ class Setup:
     def __init__(self, primary, replica):
         self.primary, self.replica = primary, replica
         self.client = replica.client()
-        self.commits = 0
 
-    def commit(self, value='x'):
+    def commit(self):
         """One small commit on the primary; returns its tid."""
-        self.commits += 1
-        return zczrs.commit_change(self.primary.zeo_address,
-                                   'hostile-%d' % self.commits, value)
+        return zczrs.commit_change(self.primary.zeo_address, 'hostile', 1)
 
     def assert_replica_follows(self):
         """The primary alive, a new commit reaching the replica, which
@@ -128,6 +125,13 @@ class RawSecondary:
             pass
         return 'reset'
 
+    def refused(self, data, reason):
+        """Send `data`; the primary closes the connection (how: returned)
+        and logs one ERROR line about it naming `reason` (returned)."""
+        if data:
+            self.send(data)
+        return self.wait_closed(), self.wait_error(reason)
+
     def wait_error(self, reason):
         """The primary's one ERROR line about us: it names `reason` and
         says the connection is closed."""
@@ -195,9 +199,7 @@ def test_hostile_bytes(setup, case):
     data, reason = HOSTILE[case]
     reason = reason.format(last=setup.primary.last_tid().hex())
     with RawSecondary(setup.primary) as hostile:
-        hostile.send(data)
-        ended = hostile.wait_closed()
-        text = hostile.wait_error(reason)
+        ended, text = hostile.refused(data, reason)
     print('\n%s: %s; %s' % (case, ended, text.split(' ERROR ', 1)[1]))
     setup.assert_replica_follows()
 
@@ -213,12 +215,10 @@ def test_tid_not_in_history(setup):
     forked = p64(u64(before) + 1)
     assert before < forked < after
     with RawSecondary(setup.primary) as hostile:
-        hostile.send(frame(b'zrs2.0') + frame(forked))
-        hostile.wait_closed()
-        hostile.wait_error(
-            'its last transaction %s is not in this storage (the transaction '
-            'before it is %s, the one after it %s)' % (
-                forked.hex(), before.hex(), after.hex()))
+        hostile.refused(
+            frame(b'zrs2.0') + frame(forked), 'its last transaction %s is '
+            'not in this storage (the transaction before it is %s, the one '
+            'after it %s)' % (forked.hex(), before.hex(), after.hex()))
         assert hostile.received == 0
     setup.assert_replica_follows()
 
@@ -240,10 +240,8 @@ def test_zrs20_against_blob_primary(setup, blob_primary):
     """A primary with blobs refuses a secondary without (zrs2.0) and keeps
     serving a zrs2.1 one."""
     with RawSecondary(blob_primary) as hostile:
-        hostile.send(frame(b'zrs2.0') + frame(Z64))
-        hostile.wait_closed()
-        hostile.wait_error(
-            'secondary speaks zrs2.0, but this storage has blobs')
+        hostile.refused(frame(b'zrs2.0') + frame(Z64),
+                        'secondary speaks zrs2.0, but this storage has blobs')
     blob_primary.check_alive()
     with RawSecondary(blob_primary) as secondary:
         secondary.send(frame(b'zrs2.1') + frame(Z64))
@@ -290,9 +288,8 @@ def test_max_secondaries(tmp_path, processes):
         second.send(frame(b'zrs2.0') + frame(first))
         second.wait_for_log('streaming transactions after ' + first.hex())
         with RawSecondary(primary) as third:
-            third.wait_closed()
-            third.wait_error('more than max-secondaries (2) secondaries; '
-                             'refusing this one')
+            third.refused(b'', 'more than max-secondaries (2) secondaries;'
+                          ' refusing this one')
         assert not second.error_lines()
         tid = zczrs.commit_change(primary.zeo_address, 'k', 2)
         replica.wait_for_tid(tid)
