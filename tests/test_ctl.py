@@ -10,7 +10,8 @@ import pytest
 import ZEO
 from ZODB.utils import z64
 
-from harness.process import BIN, ROOT, free_port, port_open, wait_until
+from harness.process import (BIN, ROOT, Process, free_port, port_open,
+                             wait_until)
 from harness.zrsd_nodes import ZrsdNode
 
 ZRSDCTL = os.path.join(BIN, 'zrsdctl')
@@ -84,7 +85,8 @@ class Supervised:
     def close(self):
         for pid in self.pids:
             try:
-                os.kill(pid, signal.SIGKILL)
+                if not pid_gone(pid):
+                    os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -195,7 +197,7 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
     assert 'pid %d: exit status 0' % third in log
 
 
-def test_zrsdctl_fg(tmp_path, zrsd_conf):
+def test_zrsdctl_fg(tmp_path, zrsd_conf, processes):
     """`zrsdctl fg` runs zrsd in the foreground and returns when it exits."""
     path, zeo_port = zrsd_conf
     pid_file = tmp_path / 'zrsd.pid'
@@ -204,28 +206,21 @@ def test_zrsdctl_fg(tmp_path, zrsd_conf):
             '</zeo>', '  pid-filename %s\n</zeo>' % pid_file, 1)
     with open(path, 'w') as f:
         f.write(text + runner_section(tmp_path))
-    out = tmp_path / 'fg.out'
-    with open(out, 'wb') as f:
-        ctl = subprocess.Popen([ZRSDCTL, '-C', path, 'fg'], stdout=f,
-                               stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
-    pid = None
-    try:
-        def started():
-            assert ctl.poll() is None, out.read_text()
-            return pid_file.exists() and pid_file.read_text().endswith('\n')
-        wait_until(started, 60, message='zrsd pid file')
-        pid = int(pid_file.read_text())
-        assert_serves(zeo_port)
-        os.kill(pid, signal.SIGTERM)
-        assert ctl.wait(60) == 0
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
-            ctl.wait()
-        if pid is not None and not pid_gone(pid):
-            os.kill(pid, signal.SIGKILL)
-    output = out.read_text()
+    ctl = Process([ZRSDCTL, '-C', path, 'fg'], str(tmp_path / 'fg.out'))
+    processes(ctl)
+
+    def started():
+        assert ctl.popen.poll() is None, ctl.log()
+        return pid_file.exists() and pid_file.read_text().endswith('\n')
+    wait_until(started, 60, message='zrsd pid file')
+    pid = int(pid_file.read_text())
+    guard = Supervised(None, ctl.log_path, str(tmp_path), zeo_port)
+    guard.pids.add(pid)   # killed at the end if still there
+    processes(guard)
+    assert_serves(zeo_port)
+    os.kill(pid, signal.SIGTERM)
+    assert ctl.popen.wait(60) == 0
+    output = ctl.log()
     assert '%s -C %s' % (ZRSD, path) in output   # the command it ran
     assert SERVING in output and 'stopped' in output
     assert not pid_file.exists()
