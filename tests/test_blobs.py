@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import closing
 
 import ZEO
 from ZODB.blob import Blob
@@ -63,8 +64,7 @@ def test_blob_replication(tmp_path, processes):
     replica.start()
     names = ['b%d' % size for size in SIZES]
     expected = {'b%d' % size: content(size, size) for size in SIZES}
-    db = blob_db(primary, tmp_path / 'cache-p')
-    try:
+    with closing(blob_db(primary, tmp_path / 'cache-p')) as db:
         commit_blobs(db, {n: expected[n] for n in names[:4]}, 'four small')
         commit_blobs(db, {n: expected[n] for n in names[4:]}, 'two larger')
         commit_blobs(db, {'b65536': content(70000, 'changed')}, 'undone')
@@ -73,20 +73,15 @@ def test_blob_replication(tmp_path, processes):
         last = commit_blobs(db, {'b1': expected['b1']}, 'a blob changed')
         assert current_blobs(db, names) == expected
         revisions = blob_revisions(db, names)
-    finally:
-        db.close()
     assert [len(r) for r in revisions.values()] == [1, 2, 1, 3, 1, 1]
     replica.wait_for_tid(last)
     assert 'connected (zrs2.1)' in replica.log()
     for shared, blob_dir in ((False, str(tmp_path / 'cache-r')),
                              (True, replica.blob_dir)):
-        db = ZEO.DB(replica.zeo_address, read_only=True, blob_dir=blob_dir,
-                    shared_blob_dir=shared)
-        try:
+        with closing(ZEO.DB(replica.zeo_address, read_only=True,
+                            blob_dir=blob_dir, shared_blob_dir=shared)) as db:
             assert current_blobs(db, names) == expected, shared
             assert blob_revisions(db, names) == revisions, shared
-        finally:
-            db.close()
     files = stop_and_compare(primary, replica)
     assert len([p for p in files if p.endswith('.blob')]) == sum(
         len(r) for r in revisions.values())
@@ -102,8 +97,7 @@ def test_big_blob(tmp_path, processes):
         rss_before = replica.rss()[0]
         rng = random.Random(200)
         digest = hashlib.sha256()
-        db = blob_db(primary, tmp_path / 'cache')
-        try:
+        with closing(blob_db(primary, tmp_path / 'cache')) as db:
             with opened(db) as (tm, root):
                 blob = root['big'] = Blob()
                 with blob.open('w') as f:
@@ -120,16 +114,11 @@ def test_big_blob(tmp_path, processes):
                     tid = db.lastTransaction()
                     replica.wait_for_tid(tid, timeout=300)
                     replicated = time.monotonic()
-        finally:
-            db.close()
-        db = ZEO.DB(replica.zeo_address, read_only=True,
-                    blob_dir=replica.blob_dir, shared_blob_dir=True)
-        try:
+        with closing(ZEO.DB(replica.zeo_address, read_only=True, blob_dir=(
+                replica.blob_dir), shared_blob_dir=True)) as db:
             replica_blob = db.storage.loadBlob(blob._p_oid, tid)
             assert os.path.getsize(replica_blob) == BIG_BLOB_SIZE
             assert sha256_file(replica_blob) == digest.hexdigest()
-        finally:
-            db.close()
         stop_and_compare(primary, replica)
         print('\nbig blob: %.1f MB on the replica %.2f s after the commit;'
               ' replica RSS %.1f MB before, peak %.1f MB; primary peak %.1f'

@@ -6,11 +6,11 @@ import struct
 import threading
 
 import pytest
-import ZODB.FileStorage
 from ZODB.utils import p64, u64
 
 from harness import peers, zczrs
 from harness.stream import _Reader, frame
+from harness.history import transactions
 from harness.process import wait_until
 from harness.zrsd_nodes import MB, ZrsdNode, process_memory
 
@@ -207,11 +207,7 @@ def test_hostile_bytes(setup, case):
 def test_tid_not_in_history(setup):
     """The history guard: a tid between two of the primary's (a forked
     history) is refused, naming both neighbours, before any data is sent."""
-    fs = ZODB.FileStorage.FileStorage(setup.primary.fs_path, read_only=True)
-    try:
-        before, after = [txn.tid for txn in fs.iterator()][-3:-1]
-    finally:
-        fs.close()
+    before, after = [t.tid for t in transactions(setup.primary.fs_path)][-3:-1]
     forked = p64(u64(before) + 1)
     assert before < forked < after
     with RawSecondary(setup.primary) as hostile:

@@ -2,6 +2,7 @@
 roles; files are compared record by record at the end."""
 import random
 import time
+from contextlib import closing
 
 import pytest
 
@@ -95,8 +96,7 @@ def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
                     blobs=True, register=processes)
     expected = {'blob-%d' % key: rng.randbytes(size)
                 for key, size in enumerate(BLOB_SIZES)}
-    db = blob_db(primary, tmp_path / 'writer')
-    try:
+    with closing(blob_db(primary, tmp_path / 'writer')) as db:
         for key, (name, data) in enumerate(expected.items()):
             if key == 4:
                 zrsd.start()
@@ -106,16 +106,12 @@ def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
         commit_blobs(db, {'blob-2': expected['blob-2']}, 'change blob 2')
         commit_blobs(db, {'blob-5': b'this change is undone'}, 'undone')
         last = undo_last(db)
-    finally:
-        db.close()
     assert primary.last_tid() == last
     zrsd.wait_for_tid(last)
     for node in (primary, zrsd):
-        db = blob_db(node, tmp_path / ('reader-' + node.name), read_only=True)
-        try:
+        with closing(blob_db(node, tmp_path / ('reader-' + node.name),
+                             read_only=True)) as db:
             assert current_blobs(db, expected) == expected, node.name
-        finally:
-            db.close()
     zrsd.stop()
     primary.stop()
     count = assert_same_history(primary.fs_path, zrsd.fs_path)

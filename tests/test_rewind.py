@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import closing
 
 import pytest
 import ZODB
@@ -81,8 +82,7 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
     """The lost transactions and blob files are found (--dry-run changes
     nothing) and cut; the old primary then follows byte for byte."""
     p, r = primary_and_replica(tmp_path, processes, blobs=True)
-    db = blob_db(p, tmp_path / 'cache-p')
-    try:
+    with closing(blob_db(p, tmp_path / 'cache-p')) as db:
         commit_blobs(db, {'a': b'first a' * 1000, 'b': b'first b'}, 'shared')
         zczrs.commit_change(p.zeo_address, 'plain', 2)
         shared = commit_blobs(db, {'b': b'second b' * 5000}, 'shared too')
@@ -91,10 +91,7 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         lost = [commit_blobs(db, {'a': b'lost a', 'c': b'lost c' * 20000},
                              'lost 1'),
                 commit_blobs(db, {'b': b'lost b'}, 'lost 2')]
-    finally:
-        db.close()
-    r_db = blob_db(promote(r), tmp_path / 'cache-r')
-    try:
+    with closing(blob_db(promote(r), tmp_path / 'cache-r')) as r_db:
         commit_blobs(r_db, {'a': b'on the new primary'}, 'after failover')
         p.stop()
         follow(p, r)
@@ -118,8 +115,6 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         assert os.path.exists(p.fs_path + '.index')  # rebuilt
         p.start()
         p.wait_for_tid(commit_blobs(r_db, {'c': b'more'}, 'more'))
-    finally:
-        r_db.close()
     verify = subprocess.run(
         [os.path.join(BIN, 'zrsd-verify'), 'fs:' + r.fs_path,
          'fs:' + p.fs_path], capture_output=True, text=True, timeout=120)
@@ -183,11 +178,8 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
     lost = [zczrs.commit_change(p.zeo_address, 'lost', i) for i in (1, 2)]
     p.stop()
     new = zczrs.commit_change(promote(r).zeo_address, 'after failover', 1)
-    storage = r.client(read_only=False)
-    try:
+    with closing(r.client(read_only=False)) as storage:
         storage.pack(fork_time, referencesf)
-    finally:
-        storage.close()
     assert [(t[0], t[1]) for t in transactions(r.fs_path)] == [
         (shared, 'p'), (new, ' ')]
     follow(p, r)

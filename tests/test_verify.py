@@ -4,6 +4,7 @@ import base64
 import re
 import shutil
 import subprocess
+from contextlib import closing
 
 import pytest
 import transaction
@@ -295,12 +296,9 @@ def test_objects_diverge_through_a_bad_index(history, tmp_path):
                if len(serials) >= 2)
     tampered = str(tmp_path / 'tampered.fs')
     shutil.copyfile(path, tampered)
-    fs = FileStorage(tampered, read_only=True)
-    try:
+    with closing(FileStorage(tampered, read_only=True)) as fs:
         current = fs._read_data_header(fs._lookup_pos(oid), oid)
         previous = fs._read_data_header(current.prev, oid)
-    finally:
-        fs.close()
     info = fsIndex.load(path + '.index')
     info['index'][oid] = current.prev
     info['index'].save(info['pos'], tampered + '.index')
@@ -314,11 +312,8 @@ def test_objects_diverge_through_a_bad_index(history, tmp_path):
 
 def packed_copy(path, copy, pack_time):
     shutil.copyfile(path, copy)
-    fs = FileStorage(copy)
-    try:
+    with closing(FileStorage(copy)) as fs:
         fs.pack(pack_time, referencesf)
-    finally:
-        fs.close()
     return transactions(copy)
 
 
