@@ -3,9 +3,9 @@ first link gated where a replica must stop half-way through catch-up."""
 import os
 import shutil
 import time
+from contextlib import closing
 
 import pytest
-import transaction
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
@@ -13,7 +13,7 @@ from harness import zczrs
 from harness.history import (assert_same_after_pack, assert_same_history,
                              pack_stop_tid, transactions)
 from harness.process import wait_until
-from harness.zrsd_nodes import GatedProxy, MB, ZrsdNode
+from harness.zrsd_nodes import GatedProxy, MB, ZrsdNode, opened
 
 
 class Populated:
@@ -71,13 +71,10 @@ def held_half_way(tmp_path, gate, register):
 
 def pack(node):
     """Pack the primary through a ZEO client; returns the pack time."""
-    storage = node.client(read_only=False)
-    try:
+    with closing(node.client(read_only=False)) as storage:
         pack_time = time.time()
         storage.pack(pack_time, referencesf)
-        return pack_time
-    finally:
-        storage.close()
+    return pack_time
 
 
 def stop_all(*nodes):
@@ -102,11 +99,8 @@ def test_chain_pack_mid_stream(populated, tmp_path, processes):
         assert more.undos == 3 and more.creation_undos == 1
         middle.wait_for_tid(more.last_tid)
         end.wait_for_tid(more.last_tid)
-        db = end.db(read_only=True)
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        try:
-            root = conn.root()
+        with closing(end.db(read_only=True)) as db, \
+                opened(db) as (tm, root):
             assert 'final' not in root
             final_tid = zczrs.commit_change(primary.zeo_address, 'final',
                                             'seen at the end')
@@ -117,10 +111,6 @@ def test_chain_pack_mid_stream(populated, tmp_path, processes):
                 return root.get('final') == 'seen at the end'
             wait_until(seen, message='the final commit at the chain end')
             assert root._p_serial == final_tid
-        finally:
-            tm.abort()
-            conn.close()
-            db.close()
         middle.wait_for_tid(final_tid)
         assert primary.last_tid() == final_tid
         assert len(gate.links) == 1 and not link.closed.is_set()

@@ -5,13 +5,14 @@ import re
 import signal
 import subprocess
 import sys
+from contextlib import closing
 
 import pytest
 import ZEO
 from ZODB.utils import z64
 
 from harness.process import (BIN, ROOT, Process, free_port, port_open,
-                             wait_until)
+                             read_text, wait_until)
 from harness.zrsd_nodes import ZrsdNode
 
 ZRSDCTL = os.path.join(BIN, 'zrsdctl')
@@ -69,11 +70,7 @@ class Supervised:
         return (int(match.group(1)) if match else None), output
 
     def log(self):
-        try:
-            with open(self.log_path, 'rb') as f:
-                return f.read().decode('utf-8', 'replace')
-        except FileNotFoundError:
-            return ''
+        return read_text(self.log_path)
 
     def wait_serving(self, times):
         """Wait until zrsd said `times` times in all that it serves ZEO,
@@ -93,12 +90,9 @@ class Supervised:
 
 def assert_serves(port):
     """A read-only ZEO client connects and reads the (empty) replica."""
-    storage = ZEO.client(('127.0.0.1', port), read_only=True,
-                         wait_timeout=60)
-    try:
+    with closing(ZEO.client(('127.0.0.1', port), read_only=True,
+                            wait_timeout=60)) as storage:
         assert storage.lastTransaction() == z64
-    finally:
-        storage.close()
 
 
 def runner_section(tmp_path, program=None):

@@ -7,7 +7,7 @@ import pytest
 from ZODB.fsIndex import fsIndex
 
 from harness.history import transactions
-from harness.process import free_port, wait_until
+from harness.process import free_port, read_text, wait_until
 from harness.zczrs import ZcZrsPrimary, commit_change
 from harness.zrsd_nodes import ZrsdNode
 
@@ -50,13 +50,6 @@ def test_stop_signal_closes_storage_and_exits_0(signum, primary, tmp_path,
     assert replicated and replicated[-1] <= primary.last
 
 
-def read(path):
-    if not os.path.exists(path):
-        return ''
-    with open(path, 'rb') as f:
-        return f.read().decode('utf-8', 'replace')
-
-
 def test_sigusr2_reopens_log_files(tmp_path, processes):
     """After logrotate's rename and SIGUSR2, new lines go to a new file at
     the configured path, none to the renamed one."""
@@ -65,20 +58,20 @@ def test_sigusr2_reopens_log_files(tmp_path, processes):
     proc = ZrsdNode(tmp_path, 'replica', upstream=free_port(),
                     zeo_lines='  serve-empty on\n', log_file=log_path,
                     register=processes).launch()
-    wait_until(lambda: SERVING in read(log_path), 60,
+    wait_until(lambda: SERVING in read_text(log_path), 60,
                message='zrsd serving, in %s' % log_path)
     os.rename(log_path, rotated)
     proc.signal(signal.SIGUSR2)
-    wait_until(lambda: 'log files reopened' in read(log_path), 60,
+    wait_until(lambda: 'log files reopened' in read_text(log_path), 60,
                message='a new %s with the reopen line' % log_path)
-    old = read(rotated)
+    old = read_text(rotated)
     assert SERVING in old
     assert 'log files reopened' not in old
     proc.signal(signal.SIGUSR2)
-    wait_until(lambda: read(log_path).count('log files reopened') == 2, 60,
-               message='the second reopen line')
+    wait_until(lambda: read_text(log_path).count('log files reopened') == 2,
+               60, message='the second reopen line')
     proc.stop()
-    new = read(log_path)
+    new = read_text(log_path)
     assert 'stopping (SIGTERM)' in new and 'stopped' in new
-    assert read(rotated) == old
+    assert read_text(rotated) == old
     assert SERVING not in new   # the new file starts after the rename

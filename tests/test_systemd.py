@@ -115,13 +115,10 @@ def test_watchdog_interval(environ, interval):
     assert systemd.watchdog_interval(environ) == interval
 
 
-def test_notify_sends_one_datagram(tmp_path):
-    sock = NotifySocket(tmp_path)
-    try:
-        assert systemd.notify('WATCHDOG=1', {'NOTIFY_SOCKET': sock.env_value})
-        assert sock.receive() == 'WATCHDOG=1'
-    finally:
-        sock.sock.close()
+def test_notify_sends_one_datagram(notify_socket):
+    assert systemd.notify('WATCHDOG=1',
+                          {'NOTIFY_SOCKET': notify_socket.env_value})
+    assert notify_socket.receive() == 'WATCHDOG=1'
     assert not systemd.notify('READY=1', {})
 
 
