@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 import ZODB
@@ -27,22 +28,14 @@ REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 def rewind(node, *options, status=0):
     """Run zrsd-rewind on `node`'s config (a ZrsdNode or a path), which
-    must exit with `status`."""
+    must exit with `status`; `.removed`: the tids it (would) cut."""
     result = subprocess.run(
         [os.path.join(BIN, 'zrsd-rewind'), '-C',
          str(getattr(node, 'config_path', node)), '--timeout', '2'] +
         list(options), capture_output=True, text=True, timeout=120)
     assert result.returncode == status, result.stdout + result.stderr
+    result.removed = [bytes.fromhex(t) for t in REMOVED.findall(result.stdout)]
     return result
-
-
-def removed_tids(result):
-    return [bytes.fromhex(tid) for tid in REMOVED.findall(result.stdout)]
-
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
 
 
 def lost_blob_files(node, tids):
@@ -97,18 +90,18 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         follow(p, r)
         lost_blobs = lost_blob_files(p, lost)
         assert len(lost_blobs) == 3 and all(map(os.path.exists, lost_blobs))
-        before = read(p.fs_path)
+        before = Path(p.fs_path).read_bytes()
         dry = rewind(p, '--dry-run')
-        assert removed_tids(dry) == lost, dry.stdout
+        assert dry.removed == lost, dry.stdout
         assert 'would remove 2 transactions' in dry.stdout
         assert '3 blob files; would rewind to %s' % shared.hex() \
             in dry.stdout
-        assert read(p.fs_path) == before
+        assert Path(p.fs_path).read_bytes() == before
         assert all(map(os.path.exists, lost_blobs))
         done = rewind(p)
-        assert removed_tids(done) == lost, done.stdout
+        assert done.removed == lost, done.stdout
         assert 'rewound to %s' % shared.hex() in done.stdout
-        after = read(p.fs_path)
+        after = Path(p.fs_path).read_bytes()
         assert len(after) < len(before) and before.startswith(after)
         assert transactions(p.fs_path)[-1][0] == shared
         assert not any(map(os.path.exists, lost_blobs))
@@ -132,11 +125,11 @@ def test_nothing_to_rewind(tmp_path, processes):
     r.wait_for_tid(zczrs.commit_change(p.zeo_address, 'two', 2))
     r.stop()
     zczrs.commit_change(p.zeo_address, 'three', 3)
-    before = read(r.fs_path)
+    before = Path(r.fs_path).read_bytes()
     result = rewind(r)
     assert 'nothing to rewind' in result.stdout
-    assert removed_tids(result) == []
-    assert read(r.fs_path) == before
+    assert result.removed == []
+    assert Path(r.fs_path).read_bytes() == before
 
 
 def test_another_database_is_refused(tmp_path, processes):
@@ -148,21 +141,21 @@ def test_another_database_is_refused(tmp_path, processes):
     p = ZrsdNode(tmp_path / 'p', 'p', register=processes).start()
     zczrs.commit_change(p.zeo_address, 'z', 3)
     follow(other, p)
-    before = read(other.fs_path)
+    before = Path(other.fs_path).read_bytes()
     result = rewind(other, status=1)
     assert 'no transaction in common' in result.stderr
-    assert read(other.fs_path) == before
+    assert Path(other.fs_path).read_bytes() == before
 
 
 def test_running_daemon_is_refused(tmp_path, processes):
     """The replica's zrsd holds the storage lock: exit 2, one line."""
     p, r = primary_and_replica(tmp_path, processes)
-    before = read(r.fs_path)
+    before = Path(r.fs_path).read_bytes()
     result = rewind(r, status=2)
     assert result.stderr == (
         'zrsd-rewind: %s is in use (is zrsd running? pid %d)\n'
         % (r.fs_path, r.pid))
-    assert read(r.fs_path) == before
+    assert Path(r.fs_path).read_bytes() == before
 
 
 def test_fork_after_the_new_primary_packed(tmp_path, processes):
@@ -184,7 +177,7 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
         (shared, 'p'), (new, ' ')]
     follow(p, r)
     result = rewind(p)
-    assert removed_tids(result) == lost, result.stdout
+    assert result.removed == lost, result.stdout
     p.start()
     p.wait_for_tid(zczrs.commit_change(r.zeo_address, 'more', 2))
     p.stop()
@@ -219,7 +212,7 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
                                    '127.0.0.1:%d failed: ' % port)
     assert wrong.stderr.count('\n') == 1
     result = rewind(config('replica.conf', good.path))
-    assert removed_tids(result) == [local_tid]
+    assert result.removed == [local_tid]
     assert 'it has no later transaction' in result.stdout
     assert transactions(copy) == transactions(primary.fs_path)
 
