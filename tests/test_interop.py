@@ -1,7 +1,6 @@
 """Interoperability with zc.zrs 3.1.0 (its own venv: see `peers`) in both
 roles; files are compared record by record at the end."""
 import random
-import time
 from contextlib import closing
 
 import pytest
@@ -16,11 +15,7 @@ from harness.zrsd_nodes import (ZrsdNode, blob_db, blob_files,
 @pytest.fixture(scope='module')
 def peer_python():
     """The zc.zrs/ZODB 5.5.1 venv's python (built on first use)."""
-    started = time.monotonic()
-    python = peers.peer_python()
-    print('\npeer venv %s ready in %.1f s' % (
-        peers.ZCZRS_VENV, time.monotonic() - started))
-    return python
+    return peers.peer_python()
 
 
 def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, processes):

@@ -66,7 +66,8 @@ def promote(node):
 
 
 def follow(node, primary):
-    """Configure a stopped node as a replica of `primary`."""
+    """Stop `node` and configure it as a replica of `primary`."""
+    node.stop()
     node.upstream, node.repl_port = primary.repl_port, None
     node.write_config()
 
@@ -86,7 +87,6 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
                 commit_blobs(db, {'b': b'lost b'}, 'lost 2')]
     with closing(blob_db(promote(r), tmp_path / 'cache-r')) as r_db:
         commit_blobs(r_db, {'a': b'on the new primary'}, 'after failover')
-        p.stop()
         follow(p, r)
         lost_blobs = lost_blob_files(p, lost)
         assert len(lost_blobs) == 3 and all(map(os.path.exists, lost_blobs))
@@ -137,7 +137,6 @@ def test_another_database_is_refused(tmp_path, processes):
     other = ZrsdNode(tmp_path / 'other', 'other', register=processes).start()
     zczrs.commit_change(other.zeo_address, 'x', 1)
     zczrs.commit_change(other.zeo_address, 'y', 2)
-    other.stop()
     p = ZrsdNode(tmp_path / 'p', 'p', register=processes).start()
     zczrs.commit_change(p.zeo_address, 'z', 3)
     follow(other, p)
@@ -169,7 +168,6 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
     r.stop()
     fork_time = time.time()
     lost = [zczrs.commit_change(p.zeo_address, 'lost', i) for i in (1, 2)]
-    p.stop()
     new = zczrs.commit_change(promote(r).zeo_address, 'after failover', 1)
     with closing(r.client(read_only=False)) as storage:
         storage.pack(fork_time, referencesf)

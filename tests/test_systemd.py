@@ -57,8 +57,7 @@ def notify_socket(request, tmp_path):
 
 
 def start_zrsd(tmp_path, env, processes):
-    """A replica of a primary that is down, serving ZEO at once, with
-    `env`; launched, not waited for."""
+    """A launched replica of a closed port, serving ZEO at once, with `env`."""
     return ZrsdNode(tmp_path, 'zrsd', upstream=free_port(), env=env,
                     zeo_lines='  serve-empty on\n',
                     register=processes).launch()

@@ -15,8 +15,7 @@ from harness.zrsd_nodes import ZrsdNode, ssl_lines
 
 def start_node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl='',
                register=None):
-    """A started zrsd serving ZEO at once (`ssl`, `extra` go into its
-    `<zrs>` section, `zeo_ssl` into `<zeo>`)."""
+    """A started zrsd serving ZEO at once; `ssl`, `extra`: <zrs> lines."""
     return ZrsdNode(tmp_path, name, upstream=upstream, register=register,
                     zeo_lines='  serve-empty on\n' + zeo_ssl,
                     zrs_lines='  handshake-timeout 5\n' + extra + ssl).start()
