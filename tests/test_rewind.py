@@ -1,27 +1,15 @@
-"""`zrsd-rewind`: repairing a forked replica, with real zrsd processes.
-
-The fork is made the way an unplanned failover makes it: a primary P and
-its replica R (both with blobs) agree; R stops; P commits two more
-transactions that R never receives (the "lost" ones); R is promoted
-(restarted as a primary) and commits; P stops and is configured as a
-replica of R.  `zrsd-rewind` must find the last transaction both hold by
-asking R over ZRS, cut P's file there and remove the lost transactions'
-blob files, after which P replicates from R and ends byte-identical to it.
-
-The other cases: a replica that is only behind (nothing to rewind), another
-database (refused, exit 1), a running daemon (exit 2), a new primary that
-packed at the fork time (its 'p' copies count as shared), a TLS primary
-with nothing after the probed tid (a probe ends in silence), and the
-one-line errors.
-"""
+"""`zrsd-rewind` repairs an old primary forked by an unplanned failover:
+it asks the new primary over ZRS where they part and cuts its file there."""
 import filecmp
 import os
 import re
 import shutil
 import subprocess
 import time
+from contextlib import closing
+from pathlib import Path
 
-import ZEO
+import pytest
 import ZODB
 import ZODB.FileStorage
 from ZODB.blob import FilesystemHelper, is_blob_record
@@ -31,57 +19,32 @@ from harness import zczrs
 from harness.certs import Authority
 from harness.history import assert_same_after_pack, transactions
 from harness.process import BIN, free_port
-from harness.zrsd_nodes import ZrsdNode, ssl_lines, write_config
-from test_blobs import commit_blobs
+from harness.zrsd_nodes import (ZrsdNode, blob_db, blob_files, commit_blobs,
+                                ssl_lines, write_config)
 from test_tls import start_primary
 
-REWIND = os.path.join(BIN, 'zrsd-rewind')
-
-# "would remove TID (time UTC) ..." / "removed TID (time UTC) ...".
 REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 
-def rewind(node, *options):
-    """Run zrsd-rewind on `node`'s config (a ZrsdNode or a path); the
-    CompletedProcess."""
-    config_path = getattr(node, 'config_path', node)
-    return subprocess.run(
-        [REWIND, '-C', str(config_path), '--timeout', '2'] + list(options),
-        capture_output=True, text=True, timeout=120)
+def rewind(node, *options, status=0):
+    """Run zrsd-rewind on `node`'s config (a ZrsdNode or a path), which
+    must exit with `status`; `.removed`: the tids it (would) cut."""
+    result = subprocess.run(
+        [os.path.join(BIN, 'zrsd-rewind'), '-C',
+         str(getattr(node, 'config_path', node)), '--timeout', '2'] +
+        list(options), capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stdout + result.stderr
+    result.removed = [bytes.fromhex(t) for t in REMOVED.findall(result.stdout)]
+    return result
 
 
-def removed_tids(result):
-    return [bytes.fromhex(tid) for tid in REMOVED.findall(result.stdout)]
-
-
-def read(path):
-    with open(path, 'rb') as f:
-        return f.read()
-
-
-def blob_files(node, tids):
+def lost_blob_files(node, tids):
     """The blob files of `node`'s blob records in transactions `tids`."""
     helper = FilesystemHelper(node.blob_dir)
     return sorted({helper.getBlobFilename(oid, tid)
                    for tid, _, _, _, _, records in transactions(node.fs_path)
                    if tid in tids
                    for oid, tid, data, _ in records if is_blob_record(data)})
-
-
-def blob_tree(directory):
-    """{relative path: content} of the committed blob files."""
-    tree = {}
-    for parent, dirs, files in os.walk(directory):
-        dirs[:] = [name for name in dirs if name != 'tmp']
-        for name in files:
-            path = os.path.join(parent, name)
-            tree[os.path.relpath(path, directory)] = read(path)
-    return tree
-
-
-def blob_db(node, directory):
-    return ZEO.DB(node.zeo_address, blob_dir=str(directory),
-                  shared_blob_dir=False)
 
 
 def primary_and_replica(tmp_path, register, blobs=False):
@@ -96,13 +59,24 @@ def primary_and_replica(tmp_path, register, blobs=False):
     return primary, replica
 
 
+def promote(node):
+    """Restart a stopped replica as a primary."""
+    node.upstream, node.repl_port = None, free_port()
+    return node.start()
+
+
+def follow(node, primary):
+    """Stop `node` and configure it as a replica of `primary`."""
+    node.stop()
+    node.upstream, node.repl_port = primary.repl_port, None
+    node.write_config()
+
+
 def test_rewind_a_forked_old_primary(tmp_path, processes):
-    """The lost transactions (with blobs) are found, cut and their blob
-    files removed; the old primary then follows the new one and ends
-    byte-identical to it, blob files included."""
+    """The lost transactions and blob files are found (--dry-run changes
+    nothing) and cut; the old primary then follows byte for byte."""
     p, r = primary_and_replica(tmp_path, processes, blobs=True)
-    db = blob_db(p, tmp_path / 'cache-p')
-    try:
+    with closing(blob_db(p, tmp_path / 'cache-p')) as db:
         commit_blobs(db, {'a': b'first a' * 1000, 'b': b'first b'}, 'shared')
         zczrs.commit_change(p.zeo_address, 'plain', 2)
         shared = commit_blobs(db, {'b': b'second b' * 5000}, 'shared too')
@@ -111,46 +85,29 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         lost = [commit_blobs(db, {'a': b'lost a', 'c': b'lost c' * 20000},
                              'lost 1'),
                 commit_blobs(db, {'b': b'lost b'}, 'lost 2')]
-    finally:
-        db.close()
-
-    # Failover: R becomes the primary and commits; P is stopped.
-    r.upstream, r.repl_port = None, free_port()
-    r.start()
-    r_db = blob_db(r, tmp_path / 'cache-r')
-    try:
+    with closing(blob_db(promote(r), tmp_path / 'cache-r')) as r_db:
         commit_blobs(r_db, {'a': b'on the new primary'}, 'after failover')
-        p.stop()
-        p.upstream, p.repl_port = r.repl_port, None
-        p.write_config()
-        lost_blobs = blob_files(p, lost)
+        follow(p, r)
+        lost_blobs = lost_blob_files(p, lost)
         assert len(lost_blobs) == 3 and all(map(os.path.exists, lost_blobs))
-        before = read(p.fs_path)
-
+        before = Path(p.fs_path).read_bytes()
         dry = rewind(p, '--dry-run')
-        assert dry.returncode == 0, dry.stderr
-        assert removed_tids(dry) == lost, dry.stdout
+        assert dry.removed == lost, dry.stdout
         assert 'would remove 2 transactions' in dry.stdout
         assert '3 blob files; would rewind to %s' % shared.hex() \
             in dry.stdout
-        assert read(p.fs_path) == before
+        assert Path(p.fs_path).read_bytes() == before
         assert all(map(os.path.exists, lost_blobs))
-
         done = rewind(p)
-        assert done.returncode == 0, done.stderr
-        assert removed_tids(done) == lost, done.stdout
+        assert done.removed == lost, done.stdout
         assert 'rewound to %s' % shared.hex() in done.stdout
-        after = read(p.fs_path)
+        after = Path(p.fs_path).read_bytes()
         assert len(after) < len(before) and before.startswith(after)
         assert transactions(p.fs_path)[-1][0] == shared
         assert not any(map(os.path.exists, lost_blobs))
         assert os.path.exists(p.fs_path + '.index')  # rebuilt
-
         p.start()
-        last = commit_blobs(r_db, {'c': b'more on the new primary'}, 'more')
-        p.wait_for_tid(last)
-    finally:
-        r_db.close()
+        p.wait_for_tid(commit_blobs(r_db, {'c': b'more'}, 'more'))
     verify = subprocess.run(
         [os.path.join(BIN, 'zrsd-verify'), 'fs:' + r.fs_path,
          'fs:' + p.fs_path], capture_output=True, text=True, timeout=120)
@@ -158,23 +115,21 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
     p.stop()
     r.stop()
     assert filecmp.cmp(r.fs_path, p.fs_path, shallow=False)
-    assert blob_tree(p.blob_dir) == blob_tree(r.blob_dir)
+    assert blob_files(p.blob_dir) == blob_files(r.blob_dir)
 
 
 def test_nothing_to_rewind(tmp_path, processes):
-    """A replica that is behind but holds only the primary's transactions
-    is a prefix: exit 0, the file untouched."""
+    """A replica only behind the primary is a prefix: exit 0, untouched."""
     p, r = primary_and_replica(tmp_path, processes)
     zczrs.commit_change(p.zeo_address, 'one', 1)
     r.wait_for_tid(zczrs.commit_change(p.zeo_address, 'two', 2))
     r.stop()
     zczrs.commit_change(p.zeo_address, 'three', 3)
-    before = read(r.fs_path)
+    before = Path(r.fs_path).read_bytes()
     result = rewind(r)
-    assert result.returncode == 0, result.stderr
     assert 'nothing to rewind' in result.stdout
-    assert removed_tids(result) == []
-    assert read(r.fs_path) == before
+    assert result.removed == []
+    assert Path(r.fs_path).read_bytes() == before
 
 
 def test_another_database_is_refused(tmp_path, processes):
@@ -182,35 +137,29 @@ def test_another_database_is_refused(tmp_path, processes):
     other = ZrsdNode(tmp_path / 'other', 'other', register=processes).start()
     zczrs.commit_change(other.zeo_address, 'x', 1)
     zczrs.commit_change(other.zeo_address, 'y', 2)
-    other.stop()
     p = ZrsdNode(tmp_path / 'p', 'p', register=processes).start()
     zczrs.commit_change(p.zeo_address, 'z', 3)
-    other.upstream, other.repl_port = p.repl_port, None
-    other.write_config()
-    before = read(other.fs_path)
-    result = rewind(other)
-    assert result.returncode == 1, result.stdout + result.stderr
+    follow(other, p)
+    before = Path(other.fs_path).read_bytes()
+    result = rewind(other, status=1)
     assert 'no transaction in common' in result.stderr
-    assert read(other.fs_path) == before
+    assert Path(other.fs_path).read_bytes() == before
 
 
 def test_running_daemon_is_refused(tmp_path, processes):
     """The replica's zrsd holds the storage lock: exit 2, one line."""
     p, r = primary_and_replica(tmp_path, processes)
-    before = read(r.fs_path)
-    result = rewind(r)
-    assert result.returncode == 2
+    before = Path(r.fs_path).read_bytes()
+    result = rewind(r, status=2)
     assert result.stderr == (
         'zrsd-rewind: %s is in use (is zrsd running? pid %d)\n'
-        % (r.fs_path, r.process.pid))
-    assert read(r.fs_path) == before
+        % (r.fs_path, r.pid))
+    assert Path(r.fs_path).read_bytes() == before
 
 
 def test_fork_after_the_new_primary_packed(tmp_path, processes):
-    """The new primary packed at the fork time: its copies of the shared
-    transactions have status 'p' (all but the last dropped, left empty).
-    Those count as shared; the lost transactions after the pack time are
-    still found."""
+    """The new primary packed at the fork time: its 'p' copies of the
+    shared transactions count as shared; the lost ones are still found."""
     p, r = primary_and_replica(tmp_path, processes)
     for i in range(3):
         zczrs.commit_change(p.zeo_address, 'k%d' % i, i)
@@ -219,29 +168,16 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
     r.stop()
     fork_time = time.time()
     lost = [zczrs.commit_change(p.zeo_address, 'lost', i) for i in (1, 2)]
-    p.stop()
-
-    r.upstream, r.repl_port = None, free_port()
-    r.start()
-    new = zczrs.commit_change(r.zeo_address, 'after failover', 1)
-    storage = r.client(read_only=False)
-    try:
+    new = zczrs.commit_change(promote(r).zeo_address, 'after failover', 1)
+    with closing(r.client(read_only=False)) as storage:
         storage.pack(fork_time, referencesf)
-    finally:
-        storage.close()
-    # What the pack made of the history (read while R runs: read-only).
     assert [(t[0], t[1]) for t in transactions(r.fs_path)] == [
         (shared, 'p'), (new, ' ')]
-
-    p.upstream = r.repl_port
-    p.repl_port = None
-    p.write_config()
+    follow(p, r)
     result = rewind(p)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert removed_tids(result) == lost, result.stdout
+    assert result.removed == lost, result.stdout
     p.start()
-    more = zczrs.commit_change(r.zeo_address, 'more', 2)
-    p.wait_for_tid(more)
+    p.wait_for_tid(zczrs.commit_change(r.zeo_address, 'more', 2))
     p.stop()
     r.stop()
     assert assert_same_after_pack(r.fs_path, p.fs_path, fork_time)[:2] == (
@@ -249,14 +185,11 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
 
 
 def test_tls_primary_and_a_silent_one(tmp_path, processes):
-    """Over mutual TLS: a copy of the primary's file with one more local
-    transaction.  The primary has nothing after its last transaction, so
-    that probe ends after --timeout of silence; the local transaction is
-    cut.  A CA that does not sign the primary's certificate: exit 2."""
+    """Over mutual TLS, a local transaction after the primary's last is cut
+    (the probe ends in silence); a CA that is not the primary's: exit 2."""
     good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
     primary, port, db = start_primary(
-        tmp_path, dict(good=good, primary=good.issue('primary')))
-    processes(primary.process)
+        tmp_path, dict(good=good, primary=good.issue('primary')), processes)
     db.close()
     copy = str(tmp_path / 'copy.fs')
     shutil.copyfile(primary.fs_path, copy)
@@ -272,36 +205,32 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
             str(tmp_path / name), free_port(), copy, replicate_from=port,
             zeo_lines='  serve-empty on\n',
             zrs_lines='  handshake-timeout 5\n' + ssl_lines(cert, key, ca))
-
-    wrong = rewind(config('wrong.conf', other.path))
-    assert wrong.returncode == 2
+    wrong = rewind(config('wrong.conf', other.path), status=2)
     assert wrong.stderr.startswith('zrsd-rewind: TLS with the primary at '
                                    '127.0.0.1:%d failed: ' % port)
     assert wrong.stderr.count('\n') == 1
     result = rewind(config('replica.conf', good.path))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert removed_tids(result) == [local_tid]
+    assert result.removed == [local_tid]
     assert 'it has no later transaction' in result.stdout
     assert transactions(copy) == transactions(primary.fs_path)
 
 
-def test_errors_are_one_line(tmp_path):
-    """Unreachable primary, bad configuration, no replica section: exit 2,
-    one line on stderr."""
+@pytest.mark.parametrize('case', ['unreachable', 'primary', 'missing'])
+def test_errors_are_one_line(tmp_path, case):
+    """Unreachable primary, no replica section, no config: exit 2, one
+    line on stderr."""
     path = str(tmp_path / 'Data.fs')
     ZODB.DB(ZODB.FileStorage.FileStorage(path)).close()   # the root
-    cases = [
-        (write_config(str(tmp_path / 'unreachable.conf'), free_port(), path,
-                      replicate_from=free_port()),
-         'cannot reach the primary at 127.0.0.1:'),
-        (write_config(str(tmp_path / 'primary.conf'), free_port(), path,
-                      replicate_to=free_port()),
-         'no <zrs> section has replicate-from'),
-        (str(tmp_path / 'missing.conf'), 'missing.conf: no such file'),
-    ]
-    for config_path, message in cases:
-        result = rewind(config_path)
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.startswith('zrsd-rewind: ')
-        assert message in result.stderr
-        assert result.stderr.count('\n') == 1, result.stderr
+    config, message = {
+        'unreachable': (dict(replicate_from=free_port()),
+                        'cannot reach the primary at 127.0.0.1:'),
+        'primary': (dict(replicate_to=free_port()),
+                    'no <zrs> section has replicate-from'),
+        'missing': (None, 'missing.conf: no such file')}[case]
+    config_path = str(tmp_path / (case + '.conf'))
+    if config is not None:
+        write_config(config_path, free_port(), path, **config)
+    result = rewind(config_path, status=2)
+    assert result.stderr.startswith('zrsd-rewind: ')
+    assert message in result.stderr
+    assert result.stderr.count('\n') == 1, result.stderr

@@ -1,5 +1,6 @@
 """Mutual TLS on replication links, the allow-from list, and ZEO's own
 <ssl> on the client port.  Certificates are generated at run time."""
+import functools
 import socket
 import ssl
 
@@ -12,12 +13,17 @@ from harness.process import wait_until
 from harness.zrsd_nodes import ZrsdNode, ssl_lines
 
 
-def node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl=''):
-    """A started zrsd serving ZEO at once (`ssl`, `extra` go into its
-    `<zrs>` section, `zeo_ssl` into `<zeo>`)."""
-    return ZrsdNode(tmp_path, name, upstream=upstream,
+def start_node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl='',
+               register=None):
+    """A started zrsd serving ZEO at once; `ssl`, `extra`: <zrs> lines."""
+    return ZrsdNode(tmp_path, name, upstream=upstream, register=register,
                     zeo_lines='  serve-empty on\n' + zeo_ssl,
                     zrs_lines='  handshake-timeout 5\n' + extra + ssl).start()
+
+
+@pytest.fixture
+def node(tmp_path, processes):
+    return functools.partial(start_node, tmp_path, register=processes)
 
 
 @pytest.fixture
@@ -30,10 +36,11 @@ def pki(tmp_path):
         stranger=other.issue('stranger'), impostor=other.issue('impostor'))
 
 
-def start_primary(tmp_path, pki, extra=''):
+def start_primary(tmp_path, pki, register=None):
+    """A TLS primary holding a commit; (it, its ZRS port, a DB of it)."""
     cert, key = pki['primary']
-    primary = node(tmp_path, 'primary',
-                   ssl=ssl_lines(cert, key, pki['good'].path), extra=extra)
+    primary = start_node(tmp_path, 'primary', register=register,
+                         ssl=ssl_lines(cert, key, pki['good'].path))
     primary.wait_for_log('(TLS, client certificates required)')
     db = primary.db()
     with db.transaction() as conn:
@@ -41,31 +48,29 @@ def start_primary(tmp_path, pki, extra=''):
     return primary, primary.repl_port, db
 
 
-def test_mutual_tls_replicates(tmp_path, pki):
-    primary, port, db = start_primary(tmp_path, pki)
+@pytest.fixture
+def tls_primary(tmp_path, pki, processes):
+    primary, port, db = start_primary(tmp_path, pki, processes)
+    yield primary, port, db
+    db.close()
+
+
+def test_mutual_tls_replicates(node, pki, tls_primary):
+    primary, port, db = tls_primary
     cert, key = pki['replica']
-    replica = node(tmp_path, 'replica', port,
+    replica = node('replica', port,
                    ssl=ssl_lines(cert, key, pki['good'].path))
-    try:
-        client = replica.client()
-        wait_until(lambda: client.lastTransaction() == db.lastTransaction(),
-                   message='replicated over TLS')
-        with db.transaction() as conn:
-            conn.root()['y'] = 2
-        wait_until(lambda: client.lastTransaction() == db.lastTransaction(),
-                   message='a live commit over TLS')
-        client.close()
-        db.close()
-    finally:
-        statuses = [replica.stop(), primary.stop()]
-    assert statuses == [0, 0]
+    replica.wait_for_tid(db.lastTransaction())
+    with db.transaction() as conn:
+        conn.root()['y'] = 2
+    replica.wait_for_tid(db.lastTransaction())   # a live commit
+    replica.stop()
+    primary.stop()
     assert assert_same_history(primary.fs_path, replica.fs_path) == 3
 
 
 # name: (the replica's certificate, the CA it trusts, what the primary
-# logs or None).  A stranger trusts the primary's CA, but its own
-# certificate is signed by another; a replica that trusts only the other
-# CA does not know the primary.
+# logs or None): a stranger's certificate or the CA trusted is another.
 ANOTHER_CA = {
     'secondary-from-another-ca': (
         'stranger', 'good', 'TLS handshake failed, secondary refused'),
@@ -74,89 +79,73 @@ ANOTHER_CA = {
 
 
 @pytest.mark.parametrize('case', sorted(ANOTHER_CA))
-def test_peer_from_another_ca_is_refused(tmp_path, pki, case):
+def test_peer_from_another_ca_is_refused(node, pki, tls_primary, case):
     name, trusted, primary_says = ANOTHER_CA[case]
-    primary, port, db = start_primary(tmp_path, pki)
+    primary, port, _ = tls_primary
     cert, key = pki[name]
-    replica = node(tmp_path, name, port,
-                   ssl=ssl_lines(cert, key, pki[trusted].path))
-    try:
-        if primary_says:
-            primary.wait_for_log(primary_says)
-        replica.wait_for_log('TLS handshake with the primary failed')
-        assert 'streaming transactions' not in primary.log()
-        db.close()
-    finally:
-        statuses = [replica.stop(), primary.stop()]
-    assert statuses == [0, 0]
+    replica = node(name, port, ssl=ssl_lines(cert, key, pki[trusted].path))
+    if primary_says:
+        primary.wait_for_log(primary_says)
+    replica.wait_for_log('TLS handshake with the primary failed')
+    assert 'streaming transactions' not in primary.log()
+    replica.stop()
+    primary.stop()
 
 
-def test_plain_and_certificateless_clients_are_refused(tmp_path, pki):
-    primary, port, db = start_primary(tmp_path, pki)
-    try:
-        # A plain-text secondary: its handshake bytes are not TLS.
-        with socket.create_connection(('127.0.0.1', port)) as plain:
-            plain.sendall(b'\0\0\0\x06zrs2.0\0\0\0\x08' + b'\0' * 8)
-            plain.settimeout(30)
-            try:
-                # The primary answers with TLS alerts at most, then closes.
-                while plain.recv(100):
-                    pass
-            except ConnectionResetError:
+def test_plain_and_certificateless_clients_are_refused(pki, tls_primary):
+    primary, port, _ = tls_primary
+    # A plain-text secondary: its handshake bytes are not TLS.
+    with socket.create_connection(('127.0.0.1', port)) as plain:
+        plain.sendall(b'\0\0\0\x06zrs2.0\0\0\0\x08' + b'\0' * 8)
+        plain.settimeout(30)
+        try:   # TLS alerts at most, then the primary closes
+            while plain.recv(100):
                 pass
-        primary.wait_for_log('TLS handshake failed, secondary refused')
+        except ConnectionResetError:
+            pass
+    primary.wait_for_log('TLS handshake failed, secondary refused')
+    # A TLS client without a certificate.
+    context = ssl.create_default_context(cafile=pki['good'].path)
+    with socket.create_connection(('127.0.0.1', port)) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError,
+                            BrokenPipeError)):
+            with context.wrap_socket(
+                    raw, server_hostname='127.0.0.1') as tls:
+                tls.sendall(b'\0\0\0\x06zrs2.0')
+                tls.settimeout(30)
+                if tls.recv(100) == b'':
+                    raise ConnectionResetError('closed')
+    wait_until(lambda: primary.log().count(
+        'TLS handshake failed, secondary refused') >= 2,
+        message='the second refusal logged')
+    assert 'streaming transactions' not in primary.log()
+    primary.stop()
 
-        # A TLS client without a certificate.
-        context = ssl.create_default_context(cafile=pki['good'].path)
-        with socket.create_connection(('127.0.0.1', port)) as raw:
-            with pytest.raises((ssl.SSLError, ConnectionResetError,
-                                BrokenPipeError)):
-                with context.wrap_socket(
-                        raw, server_hostname='127.0.0.1') as tls:
-                    tls.sendall(b'\0\0\0\x06zrs2.0')
-                    tls.settimeout(30)
-                    if tls.recv(100) == b'':
-                        raise ConnectionResetError('closed')
-        wait_until(lambda: primary.log().count(
-            'TLS handshake failed, secondary refused') >= 2,
-            message='the second refusal logged')
-        assert 'streaming transactions' not in primary.log()
-        db.close()
-    finally:
-        assert primary.stop() == 0
 
-
-def test_allow_from(tmp_path, pki):
-    primary = node(tmp_path, 'primary',
+def test_allow_from(node):
+    primary = node('primary',
                    extra='  allow-from 10.0.0.0/8\n  allow-from 192.0.2.7\n')
-    replica = node(tmp_path, 'replica', primary.repl_port)
-    try:
-        primary.wait_for_log('127.0.0.1 is not in allow-from')
-        assert 'streaming transactions' not in primary.log()
-    finally:
-        statuses = [replica.stop(), primary.stop()]
-    assert statuses == [0, 0]
+    replica = node('replica', primary.repl_port)
+    primary.wait_for_log('127.0.0.1 is not in allow-from')
+    assert 'streaming transactions' not in primary.log()
+    replica.stop()
+    primary.stop()
 
 
-def test_zeo_port_tls(tmp_path, pki):
+def test_zeo_port_tls(node, pki):
     cert, key = pki['primary']
-    primary = node(tmp_path, 'primary',
-                   zeo_ssl=ssl_lines(cert, key, pki['good'].path))
-    try:
-        client_cert, client_key = pki['replica']
-        context = ssl.create_default_context(cafile=pki['good'].path)
-        context.load_cert_chain(client_cert, client_key)
-        db = ZEO.DB(('127.0.0.1', primary.zeo_port), ssl=context,
-                    ssl_server_hostname='localhost')
-        with db.transaction() as conn:
-            conn.root()['over'] = 'tls'
-        db.close()
+    primary = node('primary', zeo_ssl=ssl_lines(cert, key, pki['good'].path))
 
-        stranger_cert, stranger_key = pki['stranger']
+    def context(name):
         context = ssl.create_default_context(cafile=pki['good'].path)
-        context.load_cert_chain(stranger_cert, stranger_key)
-        with pytest.raises(Exception):
-            ZEO.client(('127.0.0.1', primary.zeo_port), ssl=context,
-                       ssl_server_hostname='localhost', wait_timeout=3)
-    finally:
-        assert primary.stop() == 0
+        context.load_cert_chain(*pki[name])
+        return context
+    db = ZEO.DB(primary.zeo_address, ssl=context('replica'),
+                ssl_server_hostname='localhost')
+    with db.transaction() as conn:
+        conn.root()['over'] = 'tls'
+    db.close()
+    with pytest.raises(Exception):
+        ZEO.client(primary.zeo_address, ssl=context('stranger'),
+                   ssl_server_hostname='localhost', wait_timeout=3)
+    primary.stop()

@@ -1,28 +1,15 @@
-"""`zrsd-verify`, the online history comparison, run as a command.
-
-The servers are real: a zrsd primary (`harness.zrsd_nodes.ZrsdNode`) and zrsd
-replicas replicating from it, all on 127.0.0.1, holding a `populate()`
-history (undos, undone creations, extension data).  `zrsd-verify` runs as
-a process against their ZEO ports and their files while they run.
-
-Divergent histories are FileStorages written here transaction by
-transaction from the primary's history (the way `copyTransactionsFrom`
-does, with `restore`), with one change; an unchanged rewrite is the
-control that the writer itself is faithful.
-"""
+"""`zrsd-verify` run against a running zrsd primary and replica (module
+fixture) and against files written here with one change, or none."""
 import base64
-import os
 import re
 import shutil
 import subprocess
-import threading
+from contextlib import closing
 
 import pytest
 import transaction
-import ZEO
 import ZODB
 from persistent.mapping import PersistentMapping
-from ZODB.Connection import TransactionMetaData
 from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
 from ZODB.fsIndex import fsIndex
@@ -30,329 +17,219 @@ from ZODB.serialize import referencesf
 from ZODB.utils import p64, u64
 
 from harness import zczrs
-from harness.history import pack_stop_tid, transactions
+from harness.history import pack_stop_tid, transactions, write_history
 from harness.process import BIN, free_port, wait_until
-from harness.zrsd_nodes import ZrsdNode
-
-VERIFY = os.path.join(BIN, 'zrsd-verify')
+from harness.zrsd_nodes import Writer, ZrsdNode
 
 
 def verify(*args):
     """Run zrsd-verify; (exit status, stdout, stderr)."""
-    done = subprocess.run([VERIFY] + [str(a) for a in args],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=120)
-    return (done.returncode, done.stdout.decode('utf-8'),
-            done.stderr.decode('utf-8'))
+    done = subprocess.run([BIN + '/zrsd-verify'] + [str(a) for a in args],
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
 
 
-def zeo(port):
-    return '127.0.0.1:%d' % port
+def verify_ok(*args):
+    """Run zrsd-verify, which must exit 0 without stderr; its stdout."""
+    status, out, err = verify(*args)
+    assert (status, err) == (0, ''), out + err
+    return out
 
 
-def tids(fs_path):
-    """Every tid in a FileStorage file (opened read-only)."""
-    fs = FileStorage(fs_path, read_only=True)
-    try:
-        return [txn.tid for txn in fs.iterator()]
-    finally:
-        fs.close()
+def verify_fails(code, *args):
+    """Run zrsd-verify, which must exit `code`, 1 (a divergence: stdout)
+    or 2 (an error: stderr), printing nothing on the other; the one."""
+    status, out, err = verify(*args)
+    assert (status, (err, out)[code - 1]) == (code, ''), out + err
+    return (out, err)[code - 1]
+
+
+def zeo(node):
+    return '127.0.0.1:%d' % node.zeo_port
+
+
+def tids(fs_path, last=b'\xff' * 8):
+    """The tids in a FileStorage file up to `last`."""
+    return [txn.tid for txn in transactions(fs_path) if txn.tid <= last]
 
 
 def tid_text(tid):
     return '%s (%s UTC)' % (tid.hex(), TimeStamp(tid))
 
 
-def commit_many(address, count, key):
-    """`count` transactions on a ZEO server; returns their tids."""
-    db = ZEO.DB(address)
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
-    result = []
-    try:
-        for i in range(count):
-            tm.begin()
-            conn.root()[key] = i
-            tm.get().note('zrsd-verify test: %s %d' % (key, i))
-            tm.commit()
-            result.append(conn.root()._p_serial)
-    finally:
-        tm.abort()
-        conn.close()
-        db.close()
-    return result
-
-
 class Pair:
-    """A running zrsd primary and a zrsd replica following it."""
+    """A zrsd primary and a replica following it."""
 
     def __init__(self, directory):
         self.primary = ZrsdNode(directory, 'primary')
         self.replica = ZrsdNode(directory, 'replica',
                                 upstream=self.primary.repl_port)
 
-    def start(self):
-        self.primary.start()
-        self.populated = zczrs.populate(self.primary.zeo_address,
-                                        transactions=300, undo_every=50)
-        assert self.populated.undos and self.populated.creation_undos
-        self.replica.start()
-        self.wait_caught_up()
-        return self
-
-    def wait_caught_up(self):
+    def caught_up(self):
         """Wait until the replica holds the primary's last transaction."""
-        target = self.primary.last_tid()
-        wait_until(lambda: self.replica.last_tid() == target,
-                   message='replica at %s' % target.hex())
-        return target
-
-    def close(self):
-        self.replica.close()
-        self.primary.close()
+        self.replica.wait_for_tid(self.primary.last_tid())
+        return self.primary.last_tid()
 
 
 @pytest.fixture(scope='module')
 def pair(request, tmp_path_factory):
-    """The running primary and replica shared by the module's tests; their
-    log tails are printed at the end if a test failed."""
+    """The module's primary (300 transactions with undos) and replica,
+    running; their log tails are printed if a test failed."""
     pair = Pair(tmp_path_factory.mktemp('verify'))
     failed = request.session.testsfailed
     try:
-        yield pair.start()
+        pair.populated = zczrs.populate(pair.primary.start().zeo_address,
+                                        transactions=300, undo_every=50)
+        assert pair.populated.undos and pair.populated.creation_undos
+        pair.replica.start()
+        pair.caught_up()
+        yield pair
     finally:
-        pair.close()
-        if request.session.testsfailed > failed:
-            for proc in (pair.primary.process, pair.replica.process):
-                if proc is not None:
-                    lines = proc.log().splitlines()[-60:]
-                    print('\n==== last %d lines of %s ====\n%s' % (
-                        len(lines), proc.log_path, '\n'.join(lines)))
+        for node in (pair.replica, pair.primary):
+            node.close()
+            if request.session.testsfailed > failed:
+                print('\n==== %s ====\n%s' % (node.log_path, '\n'.join(
+                    node.log().splitlines()[-60:])))
 
-
-# -- live servers ---------------------------------------------------------
 
 def test_both_zeo_agree(pair):
-    """Both ZEO ports while both processes run: every transaction up to the
-    replica's last one is compared; the replica is up to date."""
-    last = pair.wait_caught_up()
-    history = [tid for tid in tids(pair.primary.fs_path) if tid <= last]
-    status, out, err = verify(zeo(pair.primary.zeo_port),
-                              zeo(pair.replica.zeo_port))
-    assert (status, err) == (0, ''), out
+    """Both ZEO ports: every transaction up to the replica's last one
+    agrees; the replica is up to date; --quiet prints nothing."""
+    history = tids(pair.primary.fs_path, pair.caught_up())
+    out = verify_ok(zeo(pair.primary), zeo(pair.replica))
     assert out.splitlines() == [
         'OK: %d transactions agree, %s to %s' % (
             len(history), tid_text(history[0]), tid_text(history[-1])),
         'replica up to date with the primary',
     ]
-    status, out, err = verify('--quiet', zeo(pair.primary.zeo_port),
-                              zeo(pair.replica.zeo_port))
-    assert (status, out, err) == (0, '', '')
+    assert verify('--quiet', zeo(pair.primary), zeo(pair.replica)) == (
+        0, '', '')
 
 
 def test_objects_agree(pair):
-    """--objects loads every object from both servers; the count is that of
-    the objects whose last record has data (undone creations do not
-    count)."""
-    last = pair.wait_caught_up()
+    """--objects counts the objects whose last record has data (undone
+    creations do not count)."""
+    last = pair.caught_up()
     current = {}
     for txn in transactions(pair.primary.fs_path):
-        if txn[0] <= last:
-            for oid, _, data, _ in txn[5]:
-                current[oid] = data
+        if txn.tid <= last:
+            current.update((r.oid, r.data) for r in txn.records)
     objects = sum(1 for data in current.values() if data is not None)
     assert objects < len(current)  # some creations were undone
-    status, out, err = verify('--objects', zeo(pair.primary.zeo_port),
-                              zeo(pair.replica.zeo_port))
-    assert (status, err) == (0, ''), out
+    out = verify_ok('--objects', zeo(pair.primary), zeo(pair.replica))
     assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in out
 
 
-def test_files_of_running_servers(pair):
-    """Each server's file, read while the server has it open, against the
-    other server's ZEO port (both mixes; with and without the `fs:` and
-    `zeo:` prefixes, and a bare port)."""
-    last = pair.wait_caught_up()
-    count = len([tid for tid in tids(pair.primary.fs_path) if tid <= last])
-    for primary, replica in [
-            (pair.primary.fs_path, 'zeo:' + zeo(pair.replica.zeo_port)),
-            (str(pair.primary.zeo_port), 'fs:' + pair.replica.fs_path)]:
-        status, out, err = verify(primary, replica)
-        assert (status, err) == (0, ''), (primary, replica, out)
-        assert 'OK: %d transactions agree' % count in out
+@pytest.mark.parametrize('primary, replica', [
+    ('{p.fs_path}', 'zeo:{r_zeo}'), ('{p.zeo_port}', 'fs:{r.fs_path}')])
+def test_files_of_running_servers(pair, primary, replica):
+    """Each server's open file against the other's ZEO port (with and
+    without the `fs:` and `zeo:` prefixes, and a bare port)."""
+    count = len(tids(pair.primary.fs_path, pair.caught_up()))
+    names = dict(p=pair.primary, r=pair.replica, r_zeo=zeo(pair.replica))
+    out = verify_ok(primary.format(**names), replica.format(**names))
+    assert 'OK: %d transactions agree' % count in out
 
 
 def test_while_the_primary_commits(pair):
-    """Commits on the primary (replicated as they happen) during the
-    comparison never show as a divergence.  (The committer stops after
-    300 commits, to keep the history, and later tests, short.)"""
-    stop = threading.Event()
-    committed = []
-
-    def commit():
-        db = ZEO.DB(pair.primary.zeo_address)
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        try:
-            while not stop.is_set() and len(committed) < 300:
-                tm.begin()
-                conn.root()['busy'] = len(committed)
-                tm.commit()
-                committed.append(conn.root()._p_serial)
-        finally:
-            tm.abort()
-            conn.close()
-            db.close()
-
-    committer = threading.Thread(target=commit, name='committer')
-    committer.start()
-    try:
-        wait_until(lambda: len(committed) >= 3, message='first commits')
-        status, out, err = verify('--objects', zeo(pair.primary.zeo_port),
-                                  zeo(pair.replica.zeo_port))
-        assert (status, err) == (0, ''), out + err
+    """Commits on the primary during the comparison never show as a
+    divergence."""
+    with Writer(pair.primary) as writer:
+        wait_until(lambda: writer.commits >= 3, message='first commits')
+        out = verify_ok('--objects', zeo(pair.primary), zeo(pair.replica))
         assert 'transactions agree' in out and 'objects agree' in out
-    finally:
-        stop.set()
-        committer.join(60)
-    pair.wait_caught_up()
+    assert writer.error is None
+    pair.caught_up()
 
 
 def test_replica_behind(pair, tmp_path, processes):
-    """A second replica, stopped, while the primary commits 5 more
-    transactions: its file agrees with the primary (ZEO or file), the lag
-    is those 5 transactions and the time between the last tids."""
+    """A second replica 5 transactions behind agrees (ZEO or file) and lags
+    by those and by the time between the last tids; objects agree too."""
     replica = ZrsdNode(tmp_path, 'behind', upstream=pair.primary.repl_port,
                        register=processes).start()
-    fs_path = replica.fs_path
     target = pair.primary.last_tid()
-    wait_until(lambda: replica.last_tid() == target,
-               message='second replica')
-    assert replica.stop() == 0
-
-    more = commit_many(pair.primary.zeo_address, 5, 'behind')
+    replica.wait_for_tid(target)
+    replica.stop()
+    more = [zczrs.commit_change(pair.primary.zeo_address, 'behind', i)
+            for i in range(5)]
     assert pair.primary.last_tid() == more[-1]
-    count = len(tids(fs_path))
-    lag = ('replica behind the primary by 5 transactions, %.3f seconds; '
-           'primary last transaction %s' % (
-               TimeStamp(more[-1]).timeTime() - TimeStamp(target).timeTime(),
-               tid_text(more[-1])))
-    for primary in [zeo(pair.primary.zeo_port), pair.primary.fs_path]:
-        status, out, err = verify(primary, fs_path)
-        assert (status, err) == (0, ''), out
-        assert out.splitlines() == [
+    history = tids(replica.fs_path)
+    for primary in [zeo(pair.primary), pair.primary.fs_path]:
+        assert verify_ok(primary, replica.fs_path).splitlines() == [
             'OK: %d transactions agree, %s to %s' % (
-                count, tid_text(tids(fs_path)[0]), tid_text(target)),
-            lag,
-        ]
-    # Objects are compared as of the replica's last transaction, although
-    # the primary has newer revisions of some.
-    status, out, err = verify('--objects', zeo(pair.primary.zeo_port),
-                              fs_path)
-    assert (status, err) == (0, ''), out
-    assert 'objects agree as of %s' % tid_text(target) in out
+                len(history), tid_text(history[0]), tid_text(target)),
+            'replica behind the primary by 5 transactions, %.3f seconds; '
+            'primary last transaction %s' % (
+                TimeStamp(more[-1]).timeTime() -
+                TimeStamp(target).timeTime(), tid_text(more[-1]))]
+    # The primary has newer revisions of some objects.
+    assert 'objects agree as of %s' % tid_text(target) in verify_ok(
+        '--objects', zeo(pair.primary), replica.fs_path)
 
 
 def test_start_tid(pair):
-    """--start: the comparison begins at that tid, or the first one after
-    it (with or without 0x)."""
-    last = pair.wait_caught_up()
-    history = [tid for tid in tids(pair.primary.fs_path) if tid <= last]
+    """--start: the comparison begins at that tid (0x, upper case) or at
+    the first one after it (no 0x)."""
+    history = tids(pair.primary.fs_path, pair.caught_up())
     start = history[100]
-    status, out, err = verify('--start', '0x' + start.hex().upper(),
-                              zeo(pair.primary.zeo_port),
-                              zeo(pair.replica.zeo_port))
-    assert (status, err) == (0, ''), out + err
+    out = verify_ok('--start', '0x' + start.hex().upper(),
+                    zeo(pair.primary), zeo(pair.replica))
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 100, tid_text(start)) in out
-    # Without 0x, between two tids: from the next one.
-    status, out, err = verify('--start', p64(u64(start) + 1).hex(),
-                              pair.primary.fs_path, pair.replica.fs_path)
-    assert (status, err) == (0, ''), out + err
+    out = verify_ok('--start', p64(u64(start) + 1).hex(),
+                    pair.primary.fs_path, pair.replica.fs_path)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 101, tid_text(history[101])) in out
-
-
-# -- divergent histories ----------------------------------------------------
-
-def write_history(path, history):
-    """A new FileStorage at `path` holding `history` (`Txn`s of
-    `harness.history.transactions`), written with `restore` as replication
-    does."""
-    fs = FileStorage(path, create=True)
-    try:
-        for tid, status, user, description, extension, records in history:
-            txn = TransactionMetaData(user, description, extension)
-            fs.tpc_begin(txn, tid, status)
-            for oid, _, data, data_txn in records:
-                fs.restore(oid, tid, data, '', data_txn, txn)
-            fs.tpc_vote(txn)
-            fs.tpc_finish(txn)
-    finally:
-        fs.close()
-    return path
 
 
 @pytest.fixture(scope='module')
 def history(pair, tmp_path_factory):
     """The populated history, and a faithful rewrite of it in a file."""
-    last = pair.populated.last_tid
     result = [txn for txn in transactions(pair.primary.fs_path)
-              if txn[0] <= last]
-    directory = tmp_path_factory.mktemp('histories')
-    path = write_history(str(directory / 'original.fs'), result)
-    return result, path
+              if txn.tid <= pair.populated.last_tid]
+    return result, write_history(
+        tmp_path_factory.mktemp('histories') / 'original.fs', result)
 
 
-def _plain(history, start):
-    """Index of the first transaction at or after `start` with user data:
-    records with data, none of them a back pointer, none referenced by a
-    later record's data_txn (so it can be dropped)."""
-    referenced = {record[3] for txn in history for record in txn[5]}
-    for index in range(start, len(history)):
-        tid, _, _, _, _, records = history[index]
-        if (records and tid not in referenced
-                and all(r[2] is not None and r[3] is None for r in records)):
-            return index
-    raise AssertionError('no plain transaction after %d' % start)
+def forged(tid):
+    """A transaction of our own at `tid`."""
+    return (tid, ' ', b'', b'forged', {},
+            [(p64(10 ** 6), tid, b'forged', None)])
 
 
 def alter(history, how):
-    """(altered copy of `history`, index of its first divergence,
-    text the report must contain)."""
+    """(altered copy of `history`, index of its first divergence, text of
+    the report), the change made after the middle where it can be dropped."""
     history = list(history)
-    n = _plain(history, len(history) // 2)
-    tid, status, user, description, extension, records = history[n]
+    referenced = {r.data_txn for txn in history for r in txn.records}
+    n = next(i for i in range(len(history) // 2, len(history))
+             if history[i].records and history[i].tid not in referenced
+             and all(r.data is not None and r.data_txn is None
+                     for r in history[i].records))
+    txn = history[n]
     if how == 'data':
-        oid, rtid, data, data_txn = records[-1]
-        records = records[:-1] + [(oid, rtid, data + b'!', data_txn)]
-        history[n] = (tid, status, user, description, extension, records)
+        last = txn.records[-1]
+        history[n] = txn._replace(records=txn.records[:-1] + [
+            last._replace(data=last.data + b'!')])
         return history, n, 'record %d: oid 0x%016x: data differ' % (
-            len(records) - 1, u64(oid))
+            len(txn.records) - 1, u64(last.oid))
     if how == 'description':
-        history[n] = (tid, status, user, description + b' (edited)',
-                      extension, records)
+        history[n] = txn._replace(description=txn.description + b' (edit)')
         return history, n, 'description differs'
     if how == 'extension':
-        history[n] = (tid, status, user, description,
-                      dict(extension, forged=True), records)
+        history[n] = txn._replace(extension=dict(txn.extension, forged=1))
         return history, n, 'extension differs'
     if how == 'missing':
         del history[n]
         return history, n, 'transaction missing on the replica'
-    if how == 'extra':
-        # A transaction of its own between two of the primary's.
-        extra = p64(u64(tid) + 1)
-        assert extra < history[n + 1][0]
-        history.insert(n + 1, (extra, ' ', b'', b'forged', {},
-                               [(p64(10 ** 6), extra, b'forged', None)]))
+    if how == 'extra':      # between two of the primary's transactions
+        extra = p64(u64(txn.tid) + 1)
+        assert extra < history[n + 1].tid
+        history.insert(n + 1, forged(extra))
         return history, n + 1, 'transaction on the replica only'
-    if how == 'ahead':
-        extra = p64(u64(history[-1][0]) + 1)
-        history.append((extra, ' ', b'', b'forged', {},
-                        [(p64(10 ** 6), extra, b'forged', None)]))
-        return history, len(history) - 1, 'transaction on the replica only'
-    raise ValueError(how)
+    assert how == 'ahead'
+    history.append(forged(p64(u64(history[-1].tid) + 1)))
+    return history, len(history) - 1, 'transaction on the replica only'
 
 
 def test_rewrite_is_faithful(pair, history):
@@ -360,53 +237,43 @@ def test_rewrite_is_faithful(pair, history):
     and with the running primary."""
     original, path = history
     assert transactions(path) == original
-    for primary in [pair.primary.fs_path, zeo(pair.primary.zeo_port)]:
-        status, out, err = verify(primary, path)
-        assert (status, err) == (0, ''), out
-        assert 'OK: %d transactions agree' % len(original) in out
+    for primary in [pair.primary.fs_path, zeo(pair.primary)]:
+        assert 'OK: %d transactions agree' % len(original) in verify_ok(
+            primary, path)
 
 
 @pytest.mark.parametrize('how', ['data', 'description', 'extension',
                                  'missing', 'extra', 'ahead'])
 def test_divergence(history, tmp_path, how):
-    """One change in a copy: exit 1, the first divergent tid and what
-    differs, the number of transactions that agreed before it."""
+    """One change: exit 1, the first divergent tid, what differs, how many
+    agreed before; --quiet prints the first line only."""
     original, path = history
     altered, index, what = alter(original, how)
-    replica = write_history(str(tmp_path / 'altered.fs'), altered)
-    status, out, err = verify(path, replica)
-    assert (status, err) == (1, ''), out
-    first, agreed = out.splitlines()
-    # A transaction missing from the copy is reported at the primary's tid.
+    replica = write_history(tmp_path / 'altered.fs', altered)
+    first, agreed = verify_fails(1, path, replica).splitlines()
     tid = (original if how == 'missing' else altered)[index][0]
     assert first.startswith('DIVERGED at transaction %s: ' % tid_text(tid))
     assert what in first
     assert agreed == '%d transactions agreed before it' % index
-    # --quiet still reports the divergence, on one line.
-    status, out, err = verify('-q', path, replica)
-    assert (status, out, err) == (1, first + '\n', '')
+    assert verify('-q', path, replica) == (1, first + '\n', '')
 
 
 def test_divergence_against_running_primary(pair, history, tmp_path):
-    """The running primary (ZEO) against a diverging file named without
-    `.fs` (the `fs:` prefix says it is a file)."""
+    """The running primary against a diverging file named without `.fs`
+    (the `fs:` prefix says it is a file)."""
     original, _ = history
     altered, index, what = alter(original, 'data')
-    replica = write_history(str(tmp_path / 'altered.data'), altered)
-    status, out, err = verify(zeo(pair.primary.zeo_port), 'fs:' + replica)
-    assert (status, err) == (1, ''), out
-    assert out.startswith('DIVERGED at transaction %s: %s' % (
-        tid_text(original[index][0]), what))
+    replica = write_history(tmp_path / 'altered.data', altered)
+    assert verify_fails(1, zeo(pair.primary), 'fs:' + replica).startswith(
+        'DIVERGED at transaction %s: %s' % (tid_text(original[index][0]),
+                                            what))
 
 
 def test_empty_replica(history, tmp_path):
-    """An empty replica agrees (nothing to compare) and lags by the whole
-    history."""
+    """An empty replica agrees and lags by the whole history."""
     original, path = history
-    empty = write_history(str(tmp_path / 'empty.fs'), [])
-    status, out, err = verify('--objects', path, empty)
-    assert (status, err) == (0, ''), out
-    assert out.splitlines() == [
+    empty = write_history(tmp_path / 'empty.fs', [])
+    assert verify_ok('--objects', path, empty).splitlines() == [
         'OK: no transactions to compare',
         'replica behind the primary by %d transactions (the replica is '
         'empty); primary last transaction %s' % (
@@ -416,60 +283,50 @@ def test_empty_replica(history, tmp_path):
 
 
 def test_objects_diverge_through_a_bad_index(history, tmp_path):
-    """--objects reads through each storage's index: a copy whose `.index`
-    sends one object to its previous revision has the same history (exit
-    0 without --objects) but loads differently (exit 1, naming the object
-    and both serials)."""
+    """An `.index` sending one object to its previous revision: the same
+    history, but --objects names the object and both serials (exit 1)."""
     original, path = history
-    last_txn_oids = {record[0] for record in original[-1][5]}
+    last_txn_oids = {r.oid for r in original[-1].records}
     revisions = {}
     for txn in original:
-        for oid, tid, data, _ in txn[5]:
-            if data is not None and oid not in last_txn_oids:
-                revisions.setdefault(oid, []).append(tid)
-    oid = next(oid for oid, tids_ in sorted(revisions.items())
-               if len(tids_) >= 2)
+        for r in txn.records:
+            if r.data is not None and r.oid not in last_txn_oids:
+                revisions.setdefault(r.oid, []).append(r.tid)
+    oid = next(oid for oid, serials in sorted(revisions.items())
+               if len(serials) >= 2)
     tampered = str(tmp_path / 'tampered.fs')
     shutil.copyfile(path, tampered)
-    fs = FileStorage(tampered, read_only=True)
-    try:
+    with closing(FileStorage(tampered, read_only=True)) as fs:
         current = fs._read_data_header(fs._lookup_pos(oid), oid)
         previous = fs._read_data_header(current.prev, oid)
-    finally:
-        fs.close()
     info = fsIndex.load(path + '.index')
     info['index'][oid] = current.prev
     info['index'].save(info['pos'], tampered + '.index')
-
-    status, out, err = verify(path, tampered)
-    assert (status, err) == (0, ''), out
-    status, out, err = verify('--objects', path, tampered)
-    assert (status, err) == (1, ''), out
+    verify_ok(path, tampered)
+    out = verify_fails(1, '--objects', path, tampered)
     assert ('DIVERGED: object 0x%016x as of %s: primary serial %s, '
             % (u64(oid), tid_text(original[-1][0]), current.tid.hex())
             in out)
     assert '; replica serial %s, ' % previous.tid.hex() in out
 
 
-# -- packed histories -------------------------------------------------------
+def packed_copy(path, copy, pack_time):
+    shutil.copyfile(path, copy)
+    with closing(FileStorage(copy)) as fs:
+        fs.pack(pack_time, referencesf)
+    return transactions(copy)
+
 
 @pytest.fixture(scope='module')
 def packed(history, tmp_path_factory):
-    """The faithful rewrite packed half-way through its history: (its
-    transactions, path, index of the first transaction after the pack
-    time in the original)."""
+    """The faithful rewrite packed half-way: (its transactions, path,
+    index of the first transaction after the pack time in the original)."""
     original, path = history
     middle = len(original) // 2
     pack_time = (TimeStamp(original[middle - 1][0]).timeTime()
                  + TimeStamp(original[middle][0]).timeTime()) / 2
     copy = str(tmp_path_factory.mktemp('packed') / 'packed.fs')
-    shutil.copyfile(path, copy)
-    fs = FileStorage(copy)
-    try:
-        fs.pack(pack_time, referencesf)
-    finally:
-        fs.close()
-    result = transactions(copy)
+    result = packed_copy(path, copy, pack_time)
     assert [t[1] for t in result].count('p') > 0
     assert len(result) < len(original)
     assert result[-(len(original) - middle):] == original[middle:]
@@ -478,16 +335,13 @@ def packed(history, tmp_path_factory):
 
 def test_packed_side_agrees(history, packed):
     """A packed copy against the unpacked original, in both roles: the
-    packed part is compared as such, the rest strictly, and the objects
-    are compared without --objects (the ones the pack collected are
-    counted)."""
+    packed part compared as such, the rest strictly, objects too."""
     original, path = history
     packed_history, packed_path, middle = packed
     kept = sum(1 for t in packed_history if t[1] == 'p')
     for primary, replica, side in [(path, packed_path, 'replica'),
                                    (packed_path, path, 'primary')]:
-        status, out, err = verify(primary, replica)
-        assert (status, err) == (0, ''), out
+        out = verify_ok(primary, replica)
         lines = out.splitlines()
         assert lines[0].startswith('OK: %d transactions agree, ' % (
             len(packed_history)))
@@ -502,44 +356,38 @@ def test_packed_side_agrees(history, packed):
 @pytest.mark.parametrize('how', ['packed-data', 'packed-extra-record',
                                  'missing-after-pack', 'packed-user'])
 def test_packed_divergence(history, packed, tmp_path, how):
-    """What a pack cannot explain is still a divergence: different data in
-    a packed transaction, a record a pack could not have kept (the other
-    side is not packed there), a transaction missing after the pack time,
-    different metadata of a packed transaction."""
+    """What a pack cannot explain is still a divergence: data, a record, a
+    missing transaction, metadata."""
     original, _ = history
-    packed_history, _, middle = packed
-    altered = list(packed_history)
-    first_p = next(i for i, t in enumerate(altered) if t[1] == 'p')
-    tid, status, user, description, extension, records = altered[first_p]
+    altered, _, middle = packed
+    altered = list(altered)
+    n = next(i for i, t in enumerate(altered) if t[1] == 'p')
+    txn = altered[n]
+    first = txn.records[0]
     if how == 'packed-data':
-        oid, rtid, data, data_txn = records[0]
-        records = [(oid, rtid, data + b'!', data_txn)] + records[1:]
-        what = 'oid 0x%016x: data differ' % u64(oid)
+        altered[n] = txn._replace(records=[first._replace(
+            data=first.data + b'!')] + txn.records[1:])
+        what = 'oid 0x%016x: data differ' % u64(first.oid)
     elif how == 'packed-extra-record':
-        records = records + [(p64(10 ** 6), tid, b'forged', None)]
+        altered[n] = txn._replace(records=txn.records + forged(txn.tid)[5])
         what = ('oid 0x%016x on the replica only, in a transaction packed '
                 'there only' % 10 ** 6)
     elif how == 'packed-user':
-        user += b' (edited)'
+        altered[n] = txn._replace(user=txn.user + b' (edited)')
         what = 'user differs'
-    altered[first_p] = (tid, status, user, description, extension, records)
-    if how == 'missing-after-pack':
-        first_p = len(altered) - (len(original) - middle) + 5
-        tid = altered[first_p][0]
-        del altered[first_p]
+    else:
+        n = len(altered) - (len(original) - middle) + 5
+        txn = altered.pop(n)
         what = 'transaction missing on the replica'
-    replica = write_history(str(tmp_path / 'altered.fs'), altered)
-    status, out, err = verify(history[1], replica)
-    assert (status, err) == (1, ''), out
-    assert out.startswith('DIVERGED at transaction %s: ' % tid_text(tid))
+    replica = write_history(tmp_path / 'altered.fs', altered)
+    out = verify_fails(1, history[1], replica)
+    assert out.startswith('DIVERGED at transaction %s: ' % tid_text(txn.tid))
     assert what in out.splitlines()[0]
 
 
 def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
-    """An undo after the pack time points back to a revision that a
-    replica's pack dropped: the replica holds the data inline (as `restore`
-    does when the transaction is gone).  That agrees; inline data for a
-    back pointer into the unpacked part does not."""
+    """Inline data for an undo's back pointer into a part the replica's
+    pack dropped agrees; into the unpacked part it does not."""
     path = str(tmp_path / 'primary.fs')
     db = ZODB.DB(FileStorage(path))
     with db.transaction() as conn:
@@ -561,90 +409,49 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
     original = transactions(path)
     oid, tid, data, back = original[-1][5][0]
     assert back is not None and back < pack_stop_tid(pack_time)
-
-    packed = str(tmp_path / 'packed.fs')
-    shutil.copyfile(path, packed)
-    fs = FileStorage(packed)
-    fs.pack(pack_time, referencesf)
-    fs.close()
-    inlined = transactions(packed)
-    inlined[-1] = inlined[-1][:5] + ([(oid, tid, data, None)],)
-    replica = write_history(str(tmp_path / 'inlined.fs'), inlined)
-    assert transactions(replica)[-1][5] == [(oid, tid, data, None)]
-    status, out, err = verify(path, replica)
-    assert (status, err) == (0, ''), out
-    assert 'packed history on the replica' in out
-
+    inline = [(oid, tid, data, None)]
+    inlined = packed_copy(path, str(tmp_path / 'packed.fs'), pack_time)
+    inlined[-1] = inlined[-1][:5] + (inline,)
+    replica = write_history(tmp_path / 'inlined.fs', inlined)
+    assert transactions(replica)[-1][5] == inline
+    assert 'packed history on the replica' in verify_ok(path, replica)
     # The same record inline in an unpacked copy: that is a divergence.
-    unpacked = original[:-1] + [original[-1][:5] + (
-        [(oid, tid, data, None)],)]
-    replica = write_history(str(tmp_path / 'unpacked.fs'), unpacked)
-    status, out, err = verify(path, replica)
-    assert (status, err) == (1, ''), out
-    assert 'data_txn differs' in out
+    replica = write_history(tmp_path / 'unpacked.fs', original[:-1] + [
+        original[-1][:5] + (inline,)])
+    assert 'data_txn differs' in verify_fails(1, path, replica)
 
 
-# -- errors -----------------------------------------------------------------
-
-def test_unreachable_server(history):
-    """Nobody listens: exit 2 and one line naming the side and address."""
-    _, path = history
-    port = free_port()
-    status, out, err = verify('-t', '1', zeo(port), path)
-    assert (status, out) == (2, '')
-    assert err == ("zrsd-verify: cannot reach the primary at 127.0.0.1:%d "
-                   "(ZEO storage '1'): timed out waiting for connection\n"
-                   % port)
-    status, out, err = verify('-t', '1', path, zeo(port))
-    assert (status, out) == (2, '')
-    assert err.startswith('zrsd-verify: cannot reach the replica at '
-                          '127.0.0.1:%d' % port)
-    assert err.count('\n') == 1
-
-
-def test_unknown_storage_name(pair):
-    """A ZEO server without that storage cannot be used: exit 2."""
-    status, out, err = verify('-t', '1', '--storage', 'nosuch',
-                              zeo(pair.primary.zeo_port),
-                              zeo(pair.replica.zeo_port))
-    assert (status, out) == (2, '')
-    assert "(ZEO storage 'nosuch')" in err and err.count('\n') == 1
-
-
-def test_unreadable_files(history, tmp_path):
-    _, path = history
-    missing = str(tmp_path / 'missing.fs')
-    status, out, err = verify(path, missing)
-    assert (status, out) == (2, '')
-    assert err == 'zrsd-verify: replica file %s: no such file\n' % missing
+@pytest.mark.parametrize('args, pattern', [
+    (['-t', '1', '{closed}', '{file}'], r"cannot reach the primary at "
+     r"{closed} \(ZEO storage '1'\): timed out waiting for connection"),
+    (['-t', '1', '{file}', '{closed}'],
+     r'cannot reach the replica at {closed}.*'),
+    (['-t', '1', '--storage', 'nosuch', '{primary}', '{replica}'],
+     r".*\(ZEO storage 'nosuch'\).*"),
+    (['{file}', '{missing}'], r'replica file {missing}: no such file'),
+    (['{junk}', '{file}'], r'cannot open the primary file {junk}: .*'),
+    (['fs:', '{file}'], r"bad primary 'fs:': empty path in 'fs:'"),
+], ids=['unreachable-primary', 'unreachable-replica', 'unknown-storage',
+        'missing-file', 'not-a-filestorage', 'empty-prefix'])
+def test_errors(pair, history, tmp_path, args, pattern):
+    """What cannot be compared: exit 2 and one line naming the side."""
     junk = tmp_path / 'junk.fs'
     junk.write_bytes(b'not a FileStorage')
-    status, out, err = verify(str(junk), path)
-    assert (status, out) == (2, '')
-    assert err.startswith('zrsd-verify: cannot open the primary file %s: '
-                          % junk)
-    assert err.count('\n') == 1
+    names = dict(closed='127.0.0.1:%d' % free_port(), file=history[1],
+                 primary=zeo(pair.primary), replica=zeo(pair.replica),
+                 missing=str(tmp_path / 'missing.fs'), junk=str(junk))
+    err = verify_fails(2, *[arg.format(**names) for arg in args])
+    assert re.fullmatch('zrsd-verify: ' + pattern.format(**{
+        key: re.escape(value) for key, value in names.items()}) + '\n', err)
 
 
 @pytest.mark.parametrize('args', [
-    [],
-    ['a.fs'],
-    ['a.fs', 'b.fs', 'c.fs'],
-    ['--start', 'xyz', 'a.fs', 'b.fs'],
-    ['--start', '00ff', 'a.fs', 'b.fs'],
-    ['--timeout', '0', 'a.fs', 'b.fs'],
-    ['--nosuch', 'a.fs', 'b.fs'],
+    [], ['a.fs'], ['a.fs', 'b.fs', 'c.fs'],
+    ['--start', 'xyz', 'a.fs', 'b.fs'], ['--start', '00ff', 'a.fs', 'b.fs'],
+    ['--timeout', '0', 'a.fs', 'b.fs'], ['--nosuch', 'a.fs', 'b.fs'],
 ], ids=['none', 'one', 'three', 'bad-tid', 'short-tid', 'zero-timeout',
         'unknown-option'])
 def test_usage_errors(args):
-    status, out, err = verify(*args)
-    assert (status, out) == (2, '')
+    err = verify_fails(2, *args)
     assert err.startswith('usage: zrsd-verify [options] PRIMARY REPLICA\n')
     assert re.search(r'^zrsd-verify: error: ', err, re.M)
-
-
-def test_empty_prefix_is_a_usage_error(history):
-    _, path = history
-    status, out, err = verify('fs:', path)
-    assert (status, out) == (2, '')
-    assert err == "zrsd-verify: bad primary 'fs:': empty path in 'fs:'\n"

@@ -6,6 +6,7 @@ as `.blob`, which is what `stream.Stream` sends as a blob record.  A `Txn`
 is a plain tuple too, (tid, status, user, description, extension,
 records), so two histories compare with `==`.
 
+`write_history` writes such a history to a new file.
 `same_after_pack` / `assert_same_after_pack` say when a replica agrees
 with a primary that packed after the replica received part of its
 history; the torture's judge and the chain tests use them.
@@ -15,6 +16,7 @@ from typing import NamedTuple
 
 import ZODB.blob
 import ZODB.FileStorage
+from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import POSKeyError
 from ZODB.TimeStamp import TimeStamp
 
@@ -72,6 +74,24 @@ def iter_transactions(path, blob_dir=None):
             yield copy_transaction(t, fs if blob_dir else None)
     finally:
         fs.close()
+
+
+def write_history(path, history):
+    """A new FileStorage at `path` holding `history` (`Txn`s or such
+    tuples), written with `restore` as replication does; returns `path`
+    (a str)."""
+    fs = ZODB.FileStorage.FileStorage(str(path), create=True)
+    try:
+        for tid, status, user, description, extension, records in history:
+            txn = TransactionMetaData(user, description, extension)
+            fs.tpc_begin(txn, tid, status)
+            for oid, _, data, data_txn in records:
+                fs.restore(oid, tid, data, '', data_txn, txn)
+            fs.tpc_vote(txn)
+            fs.tpc_finish(txn)
+    finally:
+        fs.close()
+    return str(path)
 
 
 def transactions(path, blob_dir=None):

@@ -42,6 +42,16 @@ def wait_until(predicate, timeout=60.0, interval=0.05, message=None):
         time.sleep(interval)
 
 
+def read_text(path):
+    """The text of a file (a log: bad bytes replaced), or '' while there
+    is no such file."""
+    try:
+        with open(path, 'rb') as f:
+            return f.read().decode('utf-8', 'replace')
+    except FileNotFoundError:
+        return ''
+
+
 def port_open(port, host='127.0.0.1'):
     try:
         with socket.create_connection((host, port), timeout=0.5):

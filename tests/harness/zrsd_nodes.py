@@ -9,10 +9,14 @@
   until `release()`; the held connection survives the release.
 - `Writer` commits small transactions to a node from a thread (the load
   of failover, pack and drill scenarios).
+- `commit_blobs`, `undo_last`, `current_blobs` and `blob_files` write and
+  read blobs through a ZEO DB and compare servers' blob directories.
 - `assert_same_after_pack` compares a replica with a primary that packed
   after the replica received part of its history, transaction by
   transaction with `same_after_pack` (the torture's judge uses it too).
 """
+import contextlib
+import hashlib
 import os
 import random
 import threading
@@ -340,6 +344,83 @@ class MemorySampler:
     @property
     def peak_rss(self):
         return max((rss for _, rss in self.samples), default=0)
+
+
+def blob_db(node, cache_dir, **kw):
+    """A ZEO DB of `node` with a private blob cache in `cache_dir`."""
+    return ZEO.DB(node.zeo_address, blob_dir=str(cache_dir),
+                  shared_blob_dir=False, **kw)
+
+
+@contextlib.contextmanager
+def opened(db):
+    """(transaction manager, root) of a new connection of `db`; the
+    transaction is aborted and the connection closed at the end."""
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        tm.begin()
+        yield tm, conn.root()
+    finally:
+        tm.abort()
+        conn.close()
+
+
+def commit_blobs(db, blobs, note, **extension):
+    """One transaction setting (or rewriting) root[name] = Blob(data) for
+    {name: data}, with `note` and `extension`; returns its tid."""
+    with opened(db) as (tm, root):
+        for name, data in blobs.items():
+            if name in root:
+                with root[name].open('w') as f:
+                    f.write(data)
+            else:
+                root[name] = Blob(data)
+        tm.get().note(note)
+        for key, value in extension.items():
+            tm.get().setExtendedInfo(key, value)
+        tm.commit()
+    return db.lastTransaction()
+
+
+def undo_last(db):
+    """Undo the last transaction of `db`; returns the undo's tid."""
+    with opened(db) as (tm, root):
+        db.undo(db.undoLog(0, 1)[0]['id'], tm.get())
+        tm.get().note('undo')
+        tm.commit()
+    return db.lastTransaction()
+
+
+def current_blobs(db, names):
+    """{name: content} of the blobs root[name], read through ZODB."""
+    with opened(db) as (tm, root):
+        result = {}
+        for name in names:
+            with root[name].open('r') as f:
+                result[name] = f.read()
+        return result
+
+
+def sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def blob_files(blob_dir):
+    """{relative path: sha256} of a server's blob files, without its
+    scratch directory `tmp/` (uncommitted uploads)."""
+    result = {}
+    for directory, dirs, files in os.walk(blob_dir):
+        if directory == blob_dir and 'tmp' in dirs:
+            dirs.remove('tmp')
+        for name in files:
+            path = os.path.join(directory, name)
+            result[os.path.relpath(path, blob_dir)] = sha256_file(path)
+    return result
 
 
 # The gated proxy of these tests is zczrs.Proxy (hold_after, release).
