@@ -20,23 +20,22 @@ def run(tmp_path, transactions, per_point, every, seed=20261201):
                  random.Random(seed), per_point, every)
 
 
-def report(request, text):
-    terminal = request.config.pluginmanager.get_plugin('terminalreporter')
-    if terminal is not None:
-        terminal.write_line(text)
+def report(capsys, text):
+    with capsys.disabled():
+        print('\n' + text)
 
 
-def test_crash_states_short(tmp_path, request):
+def test_crash_states_short(tmp_path, capsys):
     checked, violations = run(tmp_path, 20, per_point=4, every=3)
-    report(request, 'crash states checked: %d, violations: %d'
+    report(capsys, 'crash states checked: %d, violations: %d'
            % (checked, len(violations)))
     assert violations == []
 
 
 @pytest.mark.long
-def test_crash_states_long(tmp_path, request):
+def test_crash_states_long(tmp_path, capsys):
     checked, violations = run(tmp_path, 40, per_point=25, every=1)
-    report(request, 'crash states checked: %d, violations: %d'
+    report(capsys, 'crash states checked: %d, violations: %d'
            % (checked, len(violations)))
     assert checked >= 10000
     assert violations == [], violations[:20]
