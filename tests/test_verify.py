@@ -1,6 +1,7 @@
 """`zrsd-verify` run against a running zrsd primary and replica (module
 fixture) and against files written here with one change, or none."""
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ from contextlib import closing
 import pytest
 import transaction
 import ZODB
+import ZODB.blob
 from persistent.mapping import PersistentMapping
 from ZODB.FileStorage import FileStorage
 from ZODB.TimeStamp import TimeStamp
@@ -19,7 +21,8 @@ from ZODB.utils import p64, u64
 from harness import zczrs
 from harness.history import pack_stop_tid, transactions, write_history
 from harness.process import BIN, free_port, wait_until
-from harness.zrsd_nodes import Writer, ZrsdNode
+from harness.zrsd_nodes import (Writer, ZrsdNode, blob_db, blob_files,
+                                commit_blobs)
 
 
 def verify(*args):
@@ -455,3 +458,42 @@ def test_usage_errors(args):
     err = verify_fails(2, *args)
     assert err.startswith('usage: zrsd-verify [options] PRIMARY REPLICA\n')
     assert re.search(r'^zrsd-verify: error: ', err, re.M)
+
+
+def test_blob_files(tmp_path, processes):
+    """Blob files are compared by size and sha256 over ZEO and in files
+    given with their blob directories; a changed or missing blob file on
+    the replica is a divergence; files without their blob directories are
+    counted as not compared."""
+    primary = ZrsdNode(tmp_path, 'primary', blobs=True, register=processes)
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       blobs=True, register=processes)
+    primary.start()
+    with closing(blob_db(primary, tmp_path / 'cache')) as db:
+        commit_blobs(db, {'a': b'a' * 100000, 'b': b'b'}, 'two blobs')
+        commit_blobs(db, {'a': b'A' * 5000}, 'a changed')
+    replica.start()
+    replica.wait_for_tid(primary.last_tid())
+    agree = '%d blob files agree' % sum(
+        ZODB.blob.is_blob_record(record.data)
+        for txn in transactions(primary.fs_path) for record in txn.records)
+    assert agree in verify_ok(zeo(primary), zeo(replica))
+    replica.stop()
+    primary.stop()
+    files = [primary.fs_path, replica.fs_path,
+             '--primary-blob-dir', primary.blob_dir,
+             '--replica-blob-dir', replica.blob_dir]
+    assert agree in verify_ok(*files)
+    out = verify_ok(primary.fs_path, replica.fs_path)
+    assert '%s records whose files were not compared: the primary and the ' \
+        'replica has no blobs' % agree.split(' files')[0] in out
+    replica_blobs = blob_files(replica.blob_dir)
+    first = min(name for name in replica_blobs if name.endswith('.blob'))
+    with open('%s/%s' % (replica.blob_dir, first), 'r+b') as f:
+        f.write(b'X')
+    out = verify_fails(1, *files)
+    assert re.search(r'DIVERGED at transaction \S+ .*: record \d+: oid '
+                     r'\S+: blob files differ: primary \d+ bytes, sha256 '
+                     r'\w+, replica \d+ bytes, sha256 \w+', out), out
+    os.remove('%s/%s' % (replica.blob_dir, first))
+    assert 'replica no blob file' in verify_fails(1, *files)
