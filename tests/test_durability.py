@@ -15,7 +15,7 @@ import transaction
 import ZODB
 import ZODB.blob
 import ZODB.FileStorage
-from ZODB.utils import z64
+from ZODB.utils import p64, u64, z64
 
 from harness.history import assert_same_history, transactions
 from harness.process import wait_until
@@ -232,3 +232,26 @@ def test_full_disk_stops_the_replica_until_there_is_space(
     replica.stop()
     primary.stop()
     assert_same_history(primary.fs_path, replica.fs_path)
+
+
+@pytest.mark.parametrize('defer', [False, True])
+def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
+    """A ZEO client loads an object as of an invalidation's tid as soon as
+    the invalidation arrives: the replica must already serve that revision
+    (the published tid moves before the invalidations go out)."""
+    source, _ = build_source(str(tmp_path), blobs=0)
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    loaded = []
+
+    class DB:
+        def invalidate(self, tid, oids):
+            for oid in oids:
+                loaded.append((replica.loadBefore(oid, p64(u64(tid) + 1))[1],
+                               tid))
+
+    replica.registerDB(DB())
+    replica.writer.defer_sync = defer
+    replicate(replica.writer, transactions(source))
+    replica.writer.sync()
+    assert loaded and all(serial == tid for serial, tid in loaded), loaded

@@ -21,10 +21,11 @@ transaction.
 
 Threads: the sink methods run in the reactor thread; the read methods run in
 the ZEO server's loop thread (and ZEO's worker threads).  FileStorage's own
-locks make that safe.  Publication happens under the storage lock, the
-invalidations before the new `lastTransaction()`, so a ZEO client that
-registers concurrently either gets the invalidation or already sees the new
-`lastTransaction()`.
+locks make that safe.  Publication happens under the storage lock: first
+the new `lastTransaction()`, which `load` and `loadBefore` follow (a client
+that loads at an invalidation's tid as soon as it arrives gets that
+revision), then the invalidations, so a ZEO client that registers
+concurrently sees the new `lastTransaction()` or gets the invalidation.
 """
 import logging
 import os
@@ -401,12 +402,13 @@ class ReplicaWriter:
             self._publish()
 
     def _publish(self):
-        # Under the storage lock: invalidations first, then the tid.
+        # Under the storage lock: the tid first (loads follow it), then
+        # the invalidations (see the module docstring).
         if not self.unpublished:
             return
         for tid, oids, _ in self.unpublished:
-            self._replica.invalidate(tid, oids)
             self.published_tid = tid
+            self._replica.invalidate(tid, oids)
         self.unpublished = []
         self._replica.commits.notify()
 
