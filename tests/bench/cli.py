@@ -7,59 +7,51 @@ import platform
 import subprocess
 import sys
 import time
+from importlib import metadata
 
 from harness.process import ROOT
 
-from .catchup import run_catchup
-from .lag import LAG_PAIRS, run_lag
 from .measure import BENCH_DIR, fsync_probe, log, machine_load
-from .memory import BLOB_MB, run_memory
-from .nodes import ZCZRS_TO_ZCZRS, Run
-from .reads import run_reads
-from .report import report, summarise
+from .memory import BLOB_MB
+from .nodes import Run, remove_data_files
+from .report import PHASES, report, summarise
 from .workload import PRESETS, workload
 
-PHASES = ('catchup', 'lag', 'reads', 'memory')
+PHASE_NAMES = tuple(phase.NAME for phase in PHASES)
 
 
 def parse_args(argv=None):
     """The options; the preset fills in the lengths not given."""
     parser = argparse.ArgumentParser(
         description='zrsd benchmark (see README.md, "Benchmark")')
-    parser.add_argument('--preset', choices=sorted(PRESETS),
-                        default='default')
-    parser.add_argument('--seed', type=int, default=20261129)
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--lag-seconds', type=float, default=None,
-                        help='seconds of commits per rate per lag session '
-                        '(default: 10, small preset 3)')
-    parser.add_argument('--read-seconds', type=float, default=None,
-                        help='seconds per read measurement (default: 5, '
-                        'small preset 2)')
-    parser.add_argument('--blob-mb', type=int, default=BLOB_MB,
-                        help='size of the memory test blob (default 1024)')
-    parser.add_argument('--phases', default=','.join(PHASES),
-                        help='comma-separated subset of catchup, lag, '
-                        'reads, memory')
-    parser.add_argument('--no-reference-lag', action='store_true',
-                        help='skip the zc.zrs -> zc.zrs lag reference')
-    parser.add_argument('--lag-probe', action='store_true',
-                        help='diagnostic: also follow each lag primary\'s '
-                        'stream with a bare consumer and note when each '
-                        'commit left it (adds a secondary to the primary)')
-    parser.add_argument('--primaries-on-disk', action='store_true',
-                        help='keep the primaries\' files in the run '
-                        'directory instead of on tmpfs (/dev/shm)')
-    parser.add_argument('--json', help='also write the results here')
-    parser.add_argument('--keep', action='store_true',
-                        help='keep the data files of the run directory')
+    add = parser.add_argument
+    add('--preset', choices=sorted(PRESETS), default='default')
+    add('--seed', type=int, default=20261129)
+    add('--rounds', type=int, default=3)
+    add('--lag-seconds', type=float, help='seconds of commits per rate per '
+        'lag session (default: 10, small preset 3)')
+    add('--read-seconds', type=float, help='seconds per read measurement '
+        '(default: 5, small preset 2)')
+    add('--blob-mb', type=int, default=BLOB_MB,
+        help='size of the memory test blob (default 1024)')
+    add('--phases', default=','.join(PHASE_NAMES),
+        help='comma-separated subset of catchup, lag, reads, memory')
+    add('--no-reference-lag', action='store_true',
+        help='skip the zc.zrs -> zc.zrs lag reference')
+    add('--lag-probe', action='store_true', help='diagnostic: also follow '
+        'each lag primary\'s stream with a bare consumer and note when each '
+        'commit left it (adds a secondary to the primary)')
+    add('--primaries-on-disk', action='store_true', help='keep the '
+        'primaries\' files in the run directory instead of on tmpfs '
+        '(/dev/shm)')
+    add('--json', help='also write the results here')
+    add('--keep', action='store_true',
+        help='keep the data files of the run directory')
     args = parser.parse_args(argv)
-    preset = PRESETS[args.preset]
-    if args.lag_seconds is None:
-        args.lag_seconds = preset['lag_seconds']
-    if args.read_seconds is None:
-        args.read_seconds = preset['read_seconds']
-    unknown = set(phases(args)) - set(PHASES)
+    for name in ('lag_seconds', 'read_seconds'):
+        if getattr(args, name) is None:
+            setattr(args, name, PRESETS[args.preset][name])
+    unknown = set(phases(args)) - set(PHASE_NAMES)
     if unknown:
         parser.error('unknown phase(s): %s' % ', '.join(sorted(unknown)))
     return args
@@ -73,17 +65,16 @@ def environment():
     """Versions, git revision and machine, for the JSON."""
     def version(name):
         try:
-            from importlib.metadata import version as v
-            return v(name)
+            return metadata.version(name)
         except Exception:
             return None
+
+    def git(*args):
+        return subprocess.run(('git',) + args, cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
     try:
-        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
-                             cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(['git', 'status', '--porcelain'],
-                                    cwd=ROOT, capture_output=True, text=True,
-                                    timeout=10).stdout.strip())
+        rev, dirty = git('rev-parse', '--short', 'HEAD'), bool(
+            git('status', '--porcelain'))
     except Exception:
         rev, dirty = None, None
     return dict(python=platform.python_version(), cpus=os.cpu_count(),
@@ -100,32 +91,23 @@ def run_phases(args, workload_path, meta, directory=None):
     run = Run(args, workload_path, meta, directory)
     results = dict(started=time.strftime('%Y-%m-%d %H:%M:%S'),
                    args=vars(args), workload=meta,
-                   environment=environment(), run_dir=run.dir)
+                   environment=environment(), run_dir=run.dir,
+                   primary_dir=run.primary_dir)
     log('run directory %s%s' % (
         os.path.relpath(run.dir, ROOT),
         ', primaries in %s' % run.primary_dir if run.primary_dir else ''))
-    results['primary_dir'] = run.primary_dir
     results['fsync_ms'] = fsync_probe(run.dir)
     results['load'] = [('start',) + machine_load()]
-    chosen = phases(args)
-    lag_pairs = [pair for pair in LAG_PAIRS if not (
-        pair is ZCZRS_TO_ZCZRS and args.no_reference_lag)]
     try:
-        if 'catchup' in chosen:
-            run_catchup(run, args.rounds, results)
-            results['load'].append(('catchup',) + machine_load())
-        if 'lag' in chosen:
-            run_lag(run, args.rounds, args.lag_seconds, results, lag_pairs)
-            results['load'].append(('lag',) + machine_load())
-        if 'reads' in chosen:
-            run_reads(run, args.rounds, args.read_seconds, results)
-            results['load'].append(('reads',) + machine_load())
-        if 'memory' in chosen:
-            # Everything else is done: free the disk and tmpfs first.
-            run.stop_primaries()
-            clean_up(run, args)
-            run_memory(run, args.blob_mb, results)
-            results['load'].append(('memory',) + machine_load())
+        for phase in PHASES:
+            if phase.NAME not in phases(args):
+                continue
+            if phase.NAME == 'memory':
+                # Everything else is done: free the disk and tmpfs first.
+                run.stop_primaries()
+                clean_up(run, args)
+            results[phase.NAME] = phase.run_phase(run)
+            results['load'].append((phase.NAME,) + machine_load())
     finally:
         clean_up(run, args)
     return run, results
@@ -137,21 +119,16 @@ def clean_up(run, args):
     run.close()
     run.remove_primaries()
     if not args.keep:
-        run.remove_data()
+        remove_data_files(run.dir)
 
 
 def write_results(results, stamp, extra_path=None):
     """var/bench/results-STAMP.json (and `extra_path`); every commit of the
     lag sessions goes to a compact file of its own."""
-    samples = {}
-    for pair, runs in results.get('lag', {}).items():
-        for run in runs:
-            for rate, res in run.get('rates', {}).items():
-                samples['%s-%s-%s' % (pair, run['round'], rate)] = \
-                    res.pop('samples', [])
+    samples = {'%s-%s-%s' % (pair, run['round'], rate): res.pop('samples', [])
+               for pair, runs in results.get('lag', {}).items()
+               for run in runs for rate, res in run.get('rates', {}).items()}
     paths = [os.path.join(BENCH_DIR, 'results-%s.json' % stamp)]
-    if extra_path:
-        paths.append(extra_path)
     if samples:
         results['lag_samples_file'] = paths[0][:-5] + '-lag-samples.json'
         with open(results['lag_samples_file'], 'w') as f:
@@ -160,16 +137,10 @@ def write_results(results, stamp, extra_path=None):
                          'loaded ms', 'commit duration ms',
                          'primary sent ms (--lag-probe)'],
                 sessions=samples), f, separators=(',', ':'))
-    for out in paths:
+    for out in paths + ([extra_path] if extra_path else []):
         with open(out, 'w') as f:
-            json.dump(results, f, indent=1, default=_json_default)
+            json.dump(results, f, indent=1, default=bytes.hex)
         log('results written to %s' % out)
-
-
-def _json_default(value):
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(repr(value))
 
 
 def main(argv=None):

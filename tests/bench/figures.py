@@ -12,8 +12,7 @@ TARGETS = {
     'reads_cpu_ratio': '<= 1.05',
     'memory_mb': '<= 150',
 }
-
-# Targets on ratios are printed with three decimals, the others with two.
+# Printed with three decimals; the other targets with two.
 RATIO_TARGETS = ('catchup_a_over_e', 'catchup_b_over_c', 'reads_ratio',
                  'reads_cpu_ratio')
 
@@ -22,35 +21,45 @@ def percentile(sorted_values, p):
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
         return None
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
+    return sorted_values[max(1, math.ceil(p / 100.0 * len(sorted_values)))
+                         - 1]
+
+
+def percentiles(values, prefix='', ps=(50, 90, 99), top='max'):
+    """{prefix + 'pN': ..., prefix + top: the largest (unless None)} of
+    `values`."""
+    values = sorted(values)
+    out = {'%sp%d' % (prefix, p): percentile(values, p) for p in ps}
+    if top:
+        out[prefix + top] = values[-1] if values else None
+    return out
 
 
 def summary(values):
     """median, min, max (and the values) of the non-None `values`."""
     values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return dict(median=statistics.median(values), min=min(values),
-                max=max(values), values=values)
+    if values:
+        return dict(median=statistics.median(values), min=min(values),
+                    max=max(values), values=values)
+
+
+def summaries(runs, names):
+    """{name: summary of run.get(name) over `runs`} for each name."""
+    return {name: summary([run.get(name) for run in runs]) for name in names}
 
 
 def ratio_rounds(first, second, key, invert=False):
     """Per-round ratios first/second of `key` (rounds matched by index)."""
-    values = []
-    for a, b in zip(first, second):
-        if a.get(key) and b.get(key):
-            values.append(b[key] / a[key] if invert else a[key] / b[key])
-    return summary(values)
+    return summary([b[key] / a[key] if invert else a[key] / b[key]
+                    for a, b in zip(first, second)
+                    if a.get(key) and b.get(key)])
 
 
 def met(value, target):
     """Whether `value` meets a target such as '>= 0.9' (None: no value)."""
-    if value is None:
-        return None
-    op, limit = target.split()
-    limit = float(limit)
-    return value >= limit if op == '>=' else value <= limit
+    if value is not None:
+        op, limit = target.split()
+        return value >= float(limit) if op == '>=' else value <= float(limit)
 
 
 class Targets(list):
@@ -59,9 +68,13 @@ class Targets(list):
     def add(self, name, label, value, worst=None):
         """A target of TARGETS: `value` is the median, `worst` the worst
         round."""
-        spec = TARGETS[name]
         self.append(dict(name=name, label=label, value=value, worst=worst,
-                         target=spec, met=met(value, spec)))
+                         target=TARGETS[name], met=met(value, TARGETS[name])))
+
+    def add_stat(self, name, label, stat, worst):
+        """A target on the median of a `summary()`; `worst` is 'min' or
+        'max'."""
+        self.add(name, label, stat and stat['median'], stat and stat[worst])
 
     def failed(self, name, label, value, target):
         """A condition that failed outright (e.g. missing commits)."""
@@ -70,15 +83,17 @@ class Targets(list):
 
 
 def fmt(value, digits=2):
-    if value is None:
-        return '-'
-    return '%.*f' % (digits, value)
+    return '-' if value is None else '%.*f' % (digits, value)
 
 
-def fmt_range(stat, digits=2, scale=1.0):
+def median(stat, digits=2):
+    """The median of a `summary()`, formatted, or '-'."""
+    return fmt(stat and stat['median'], digits)
+
+
+def fmt_range(stat, digits=2):
     """'median (min-max)' of a `summary()`, or '-'."""
     if not stat:
         return '-'
-    return '%s (%s-%s)' % (fmt(stat['median'] * scale, digits),
-                           fmt(stat['min'] * scale, digits),
-                           fmt(stat['max'] * scale, digits))
+    return '%s (%s-%s)' % tuple(fmt(stat[k], digits)
+                                for k in ('median', 'min', 'max'))

@@ -1,21 +1,14 @@
 """Spawned worker processes: ZEO clients outside the benchmark process (the
-lag reader, the read load, the --lag-probe stream follower).
-
-A worker is sent `(function, args)`; it calls `function(conn, *args)`,
-which talks to the benchmark over the pipe `conn` (each measurement module
-defines its own worker functions), until it is sent None.
-"""
+lag reader, the read load, the --lag-probe stream follower).  A worker is
+sent `(function, args)` and calls `function(conn, *args)`, which talks to
+the benchmark over the pipe `conn`, until it is sent None."""
 import multiprocessing
 import traceback
 
 
 def worker_main(conn):
     """A worker process: runs the functions it is sent until None."""
-    while True:
-        command = conn.recv()
-        if command is None:
-            return
-        function, args = command
+    for function, args in iter(conn.recv, None):
         try:
             function(conn, *args)
         except Exception:
@@ -27,8 +20,7 @@ class Workers:
 
     def __init__(self, n):
         context = multiprocessing.get_context('spawn')
-        self.conns = []
-        self.procs = []
+        self.conns, self.procs = [], []
         for i in range(n):
             parent, child = context.Pipe()
             proc = context.Process(target=worker_main, args=(child,),
