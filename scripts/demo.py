@@ -18,7 +18,8 @@ from persistent.mapping import PersistentMapping
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-from harness.process import BIN, Node, port_open, wait_until  # noqa: E402
+from harness.process import port_open, wait_until  # noqa: E402
+from harness.zrsd_nodes import ZrsdNode  # noqa: E402
 
 WORK = os.path.join(ROOT, 'var', 'demo')
 PORTS = [(8100, 'primary ZEO'), (8101, 'primary replication'),
@@ -29,24 +30,18 @@ BOOKS = {'0-201-63361-2': 'Design Patterns',
          '0-262-51087-1': 'Structure and Interpretation of Computer Programs'}
 
 
-class DemoNode(Node):
-    """A zrsd of the demo, run in var/demo/ on its etc/demo/ config."""
+class DemoNode(ZrsdNode):
+    """A zrsd of the demo, run in var/demo/ on its etc/demo/ config (a
+    replica's `upstream` only says what the node waits for at start)."""
 
     cwd = WORK
 
-    def __init__(self, name, *ready):
-        super().__init__(WORK, name)
+    def __init__(self, name, upstream=None):
+        super().__init__(WORK, name, upstream)
         self.config_path = os.path.join(ROOT, 'etc', 'demo', name + '.conf')
-        self.ready_lines = ready
 
     def write_config(self):
         return self.config_path
-
-    def ready(self):
-        return self.ready_lines
-
-    def command(self):
-        return [os.path.join(BIN, 'zrsd'), '-C', self.config_path]
 
     def start(self, nodes):
         """Start it (on the list of `nodes` to stop), showing the command."""
@@ -78,10 +73,9 @@ def demo(nodes):
 
     step('Starting the zrsd primary (etc/demo/primary.conf, ZEO on 8100, '
          'replication on 8101)')
-    DemoNode('primary', 'serving ZRS to secondaries',
-             ' over ZEO at ').start(nodes)
+    DemoNode('primary').start(nodes)
     step('Starting the zrsd replica (etc/demo/replica.conf, ZEO on 8200)')
-    DemoNode('replica', ' over ZEO at ').start(nodes)
+    DemoNode('replica', 8101).start(nodes)
 
     step('Reading the replica with a read-only ZEO client')
     storage = ZEO.client(REPLICA, read_only=True, wait_timeout=30)

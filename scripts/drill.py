@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""The failover drill (`make drill`): the module tests/drill.py;
-`scripts/drill.py --help` for the options."""
+"""The failover drill (`make drill`): the module tests/drill.py."""
 import os
 import sys
 
+# First on the path: this script's directory holds a `drill` module too.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'tests'))
 

@@ -1,14 +1,11 @@
-"""1. Catch-up: from an empty replica to the primary's last tid.
-
-The rows (a)-(e) of README's catch-up table: three pairs of real
-replicas, ZODB's copyTransactionsFrom, and a bare consumer of the zc.zrs
-primary's stream.  The replicas of the last round are kept (stopped) for
-the lag and read tests.
+"""1. Catch-up: from an empty replica to the primary's last tid; the rows
+(a)-(e) of README's catch-up table: three pairs of real replicas, ZODB's
+copyTransactionsFrom, and a bare consumer of the zc.zrs primary's stream.
 """
+import collections
 import os
 import time
 
-import ZEO
 import ZODB.FileStorage
 from ZODB.utils import p64, u64
 
@@ -33,7 +30,7 @@ def log_time(text, needle):
 
 def cpu_after_log(node, needle, timeout=60):
     """CPU seconds `node` used when `needle` appeared in its log (polled
-    every 5 ms): the start-up cost, to subtract from later readings."""
+    every 5 ms): its start-up cost."""
     deadline = time.monotonic() + timeout
     while needle not in node.log():
         if not node.running() or time.monotonic() > deadline:
@@ -43,11 +40,10 @@ def cpu_after_log(node, needle, timeout=60):
     return cpu_seconds(node.pid)
 
 
-def loads_at(port, oid, tid):
-    """Whether a ZEO client of the server on `port` loads the revision of
-    `oid` that `tid` wrote."""
-    storage = ZEO.client(('127.0.0.1', port), read_only=True,
-                         wait_timeout=30)
+def loads_at(node, oid, tid):
+    """Whether a ZEO client of `node` loads the revision of `oid` that
+    `tid` wrote."""
+    storage = node.client(wait_timeout=30)
     try:
         result = storage.loadBefore(oid, p64(u64(tid) + 1))
     finally:
@@ -55,19 +51,13 @@ def loads_at(port, oid, tid):
     return result is not None and result[1] == tid
 
 
-class ReplicaCatchUp:
+def replica_catchup(pair):
     """A replica of `pair` catches up: timed from its log line saying it
     connected to its primary until its ZEO server serves the last tid;
-    then a ZEO client checks a load."""
-
-    keeps_replica = True    # the last round's serves the lag and reads
-
-    def __init__(self, pair, label):
-        self.pair, self.key, self.label = pair, pair.key, label
-
-    def measure(self, run, directory, keep):
-        primary = run.primary(self.pair.primary)
-        replica = run.new_replica(self.pair, directory)
+    then a ZEO client checks a load.  The last round's is kept."""
+    def measure(run, directory, keep):
+        primary = run.primary(pair.primary)
+        replica = run.new_replica(pair, directory)
         primary_cpu = cpu_seconds(primary.pid)
         launched = time.monotonic()
         try:
@@ -77,70 +67,65 @@ class ReplicaCatchUp:
             replica_cpu = cpu_seconds(replica.pid) - start_cpu
             primary_cpu = cpu_seconds(primary.pid) - primary_cpu
             connected = log_time(replica.log(), connected_line)
-            loaded = loads_at(replica.zeo_port, run.last_oid, run.last_tid)
+            loaded = loads_at(replica, run.last_oid, run.last_tid)
         except BaseException:
             replica.close()     # it must not replicate during what follows
             raise
         replica.stop()
         if keep:
-            run.kept[self.key] = replica
+            run.kept[pair.key] = replica
         return dict(seconds=done - connected, startup=connected - launched,
                     verified=loaded, replica_cpu=replica_cpu,
                     primary_cpu=primary_cpu,
                     file_bytes=os.path.getsize(replica.fs_path))
+    return measure
 
 
-class CopyCatchUp:
+def copy_catchup(run, directory, keep):
     """ZODB's copyTransactionsFrom into a new FileStorage, in this process
     (FileStorage fsyncs every transaction)."""
-
-    keeps_replica = False
-    key = 'd'
-    label = '(d) copyTransactionsFrom (fsync)'
-
-    def measure(self, run, directory, keep):
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, 'copy.fs')
-        source = ZODB.FileStorage.FileStorage(run.workload_path,
-                                              read_only=True)
-        target = ZODB.FileStorage.FileStorage(path, create=True)
-        try:
-            cpu = time.process_time()
-            started = time.monotonic()
-            target.copyTransactionsFrom(source)
-            done = time.monotonic()
-            cpu = time.process_time() - cpu
-            verified = target.lastTransaction() == run.last_tid
-        finally:
-            target.close()
-            source.close()
-        return dict(seconds=done - started, verified=verified,
-                    replica_cpu=cpu, file_bytes=os.path.getsize(path))
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, 'copy.fs')
+    source = ZODB.FileStorage.FileStorage(run.workload_path, read_only=True)
+    target = ZODB.FileStorage.FileStorage(path, create=True)
+    try:
+        cpu = time.process_time()
+        started = time.monotonic()
+        target.copyTransactionsFrom(source)
+        done = time.monotonic()
+        cpu = time.process_time() - cpu
+        verified = target.lastTransaction() == run.last_tid
+    finally:
+        target.close()
+        source.close()
+    return dict(seconds=done - started, verified=verified, replica_cpu=cpu,
+                file_bytes=os.path.getsize(path))
 
 
-class BareStreamCatchUp:
+def bare_stream_catchup(run, directory, keep):
     """The zc.zrs primary streams its whole history to a bare consumer in
     this process (stream.bare_stream)."""
-
-    keeps_replica = False
-    key = 'e'
-    label = '(e) zc.zrs primary -> bare stream'
-
-    def measure(self, run, directory, keep):
-        primary = run.primary('zczrs')
-        primary_cpu = cpu_seconds(primary.pid)
-        result = bare_stream(primary.repl_port, run.last_tid,
-                             timeout=run.catchup_timeout())
-        result['primary_cpu'] = cpu_seconds(primary.pid) - primary_cpu
-        return result
+    primary = run.primary('zczrs')
+    primary_cpu = cpu_seconds(primary.pid)
+    result = bare_stream(primary.repl_port, run.last_tid,
+                         timeout=run.catchup_timeout())
+    result['primary_cpu'] = cpu_seconds(primary.pid) - primary_cpu
+    return result
 
 
-A = ReplicaCatchUp(ZCZRS_TO_ZRSD, '(a) zc.zrs primary -> zrsd replica')
-B = ReplicaCatchUp(ZRSD_TO_ZRSD, '(b) zrsd primary -> zrsd replica')
-C = ReplicaCatchUp(ZCZRS_TO_ZCZRS, '(c) zc.zrs primary -> zc.zrs secondary')
-D = CopyCatchUp()
-E = BareStreamCatchUp()
-MEASUREMENTS = (A, B, C, D, E)
+Measurement = collections.namedtuple('Measurement',
+                                     'key label measure keeps_replica')
+A, B, C, D, E = MEASUREMENTS = (
+    Measurement('a', '(a) zc.zrs primary -> zrsd replica',
+                replica_catchup(ZCZRS_TO_ZRSD), True),
+    Measurement('b', '(b) zrsd primary -> zrsd replica',
+                replica_catchup(ZRSD_TO_ZRSD), True),
+    Measurement('c', '(c) zc.zrs primary -> zc.zrs secondary',
+                replica_catchup(ZCZRS_TO_ZCZRS), True),
+    Measurement('d', '(d) copyTransactionsFrom (fsync)', copy_catchup,
+                False),
+    Measurement('e', '(e) zc.zrs primary -> bare stream',
+                bare_stream_catchup, False))
 # The rate ratios reported, x/y = time(y) / time(x) per round.
 RATIOS = ((A, E), (B, C), (A, C), (B, E), (B, D))
 TARGETS = (('catchup_a_over_e', 'a/e',
@@ -150,8 +135,7 @@ TARGETS = (('catchup_a_over_e', 'a/e',
 
 
 def measure_once(m, run, r, keep):
-    """Measurement `m` of round `r`; its directory's data files removed
-    unless its replica is kept."""
+    """Measurement `m` of round `r`, its data files removed unless kept."""
     directory = run.path('catchup', '%s-%d' % (m.key, r))
     result = m.measure(run, directory, keep)
     if not keep:
@@ -160,8 +144,7 @@ def measure_once(m, run, r, keep):
 
 
 def run_phase(run):
-    """Every measurement in each round, in an order rotated per round:
-    {key: [one result per round]}."""
+    """{key: [a result per round]}, in an order rotated per round."""
     out = {m.key: [] for m in MEASUREMENTS}
     rounds = run.args.rounds
     for r in range(rounds):

@@ -1,6 +1,7 @@
 """The command line: options, the phases in order, the results on stdout and
 in var/bench/results-TIMESTAMP.json."""
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -64,22 +65,20 @@ def phases(args):
 def environment():
     """Versions, git revision and machine, for the JSON."""
     def version(name):
-        try:
+        with contextlib.suppress(Exception):
             return metadata.version(name)
-        except Exception:
-            return None
 
     def git(*args):
-        return subprocess.run(('git',) + args, cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    try:
-        rev, dirty = git('rev-parse', '--short', 'HEAD'), bool(
-            git('status', '--porcelain'))
-    except Exception:
-        rev, dirty = None, None
+        with contextlib.suppress(Exception):
+            return subprocess.run(('git',) + args, cwd=ROOT, text=True,
+                                  capture_output=True,
+                                  timeout=10).stdout.strip()
+    dirty = git('status', '--porcelain')
     return dict(python=platform.python_version(), cpus=os.cpu_count(),
                 machine=platform.machine(), kernel=platform.release(),
-                load_average=os.getloadavg(), git=rev, git_dirty=dirty,
+                load_average=os.getloadavg(),
+                git=git('rev-parse', '--short', 'HEAD'),
+                git_dirty=None if dirty is None else bool(dirty),
                 zrsd=version('zrsd'), ZODB=version('ZODB'),
                 ZEO=version('ZEO'), zc_zrs=version('zc.zrs'))
 
@@ -99,9 +98,7 @@ def run_phases(args, workload_path, meta, directory=None):
     results['fsync_ms'] = fsync_probe(run.dir)
     results['load'] = [('start',) + machine_load()]
     try:
-        for phase in PHASES:
-            if phase.NAME not in phases(args):
-                continue
+        for phase in (p for p in PHASES if p.NAME in phases(args)):
             if phase.NAME == 'memory':
                 # Everything else is done: free the disk and tmpfs first.
                 run.stop_primaries()

@@ -55,21 +55,17 @@ def ratio_rounds(first, second, key, invert=False):
                     if a.get(key) and b.get(key)])
 
 
-def met(value, target):
-    """Whether `value` meets a target such as '>= 0.9' (None: no value)."""
-    if value is not None:
-        op, limit = target.split()
-        return value >= float(limit) if op == '>=' else value <= float(limit)
-
-
 class Targets(list):
     """The target lines of a summary, in the order they are added."""
 
     def add(self, name, label, value, worst=None):
         """A target of TARGETS: `value` is the median, `worst` the worst
-        round."""
+        round; met is None without a value."""
+        op, limit = TARGETS[name].split()
+        met = None if value is None else (
+            value >= float(limit) if op == '>=' else value <= float(limit))
         self.append(dict(name=name, label=label, value=value, worst=worst,
-                         target=TARGETS[name], met=met(value, TARGETS[name])))
+                         target=TARGETS[name], met=met))
 
     def add_stat(self, name, label, stat, worst):
         """A target on the median of a `summary()`; `worst` is 'min' or

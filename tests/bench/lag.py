@@ -1,11 +1,8 @@
 """2. Lag: a writer's `tpc_finish` returned -> the invalidation of that
-commit reached a ZEO client of the replica.
-
-Writer threads here commit to the primary on a schedule (100/s, then
-500/s); a worker process (`lag_reader`) holds a ZEO client of the
-replica, time-stamps each invalidation as it arrives and loads the object
-as of that tid.  `CLOCK_MONOTONIC` is the same clock in every process.
-"""
+commit reached a ZEO client of the replica.  Writer threads here commit
+to the primary on a schedule; a worker process (`lag_reader`) time-stamps
+each invalidation and loads the object as of that tid (CLOCK_MONOTONIC is
+the same clock in every process)."""
 import math
 import pickle
 import queue
@@ -38,12 +35,14 @@ SUMMARISED = ('achieved_rate', 'p50', 'p90', 'p99', 'max', 'loaded_p50',
 
 
 class InvalidationRecorder:
-    """Registered with a ClientStorage as its "DB": queues every
-    invalidation with the time it arrived (in the client's IO thread)."""
+    """The "DB" of a ClientStorage: queues every invalidation with the time
+    it arrived (in the client's IO thread)."""
 
     def __init__(self, events):
-        self.invalidate = lambda tid, oids: events.put(
-            (time.monotonic(), tid, oids))
+        self.events = events
+
+    def invalidate(self, tid, oids):
+        self.events.put((time.monotonic(), tid, oids))
 
     def invalidateCache(self):
         pass
@@ -55,12 +54,10 @@ class InvalidationRecorder:
 
 
 def lag_reader(conn, address, oids):
-    """In a worker, one lag session: for each invalidation naming a watched
-    oid, one of LAG_LOADERS loader threads (so that loads overlap) loads
-    the object as of that tid (`loadBefore(oid, tid + 1)`, which the small,
-    just-invalidated cache cannot answer) and records (time invalidated,
-    time loaded, whether the load returned what `tid` wrote).  On ('stop',
-    tid, timeout), once `tid` was loaded or after `timeout`, sends them."""
+    """In a worker: per invalidation of a watched oid, a loader thread
+    (several: loads overlap) loads it as of that tid, which the small cache
+    cannot answer, and notes (time invalidated, time loaded, whether it got
+    what `tid` wrote); sent on ('stop', tid, timeout) once `tid` is in."""
     events = queue.SimpleQueue()
     storage = ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
                          wait_timeout=60)
@@ -68,18 +65,14 @@ def lag_reader(conn, address, oids):
     watched = set(oids)
     results = {}
 
-    def loader():
+    def loader(_):
         for t_invalidated, tid, changed in iter(events.get, None):
             for oid in watched.intersection(changed):
                 loaded = storage.loadBefore(oid, p64(u64(tid) + 1))
                 results[tid] = (t_invalidated, time.monotonic(),
                                 loaded is not None and loaded[1] == tid)
 
-    threads = [threading.Thread(target=loader, daemon=True,
-                                name='loader-%d' % i)
-               for i in range(LAG_LOADERS)]
-    for thread in threads:
-        thread.start()
+    threads = start_threads('loader', LAG_LOADERS, loader)
     conn.send('ready')
     _, last_tid, timeout = conn.recv()
     deadline = time.monotonic() + timeout
@@ -93,23 +86,27 @@ def lag_reader(conn, address, oids):
     storage.close()
 
 
+def start_threads(name, count, target):
+    threads = [threading.Thread(target=target, args=(k,), daemon=True,
+                                name='%s-%d' % (name, k))
+               for k in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def writer_count(rate):
-    """Writer connections for `rate` commits/s: a ZEO commit takes 1-3 ms
-    here, so each writer does at most LAG_WRITER_RATE."""
+    """Writer connections for `rate` commits/s (a ZEO commit takes 1-3 ms)."""
     return max(1, math.ceil(rate / LAG_WRITER_RATE))
 
 
 class LagWriter:
     """Commits one small object per transaction through its own ZEO client
-    with the storage API, when told to, timing each commit (harness
-    `Writer` commits as fast as it can; the lag needs a schedule)."""
+    when told to, timing each commit (harness `Writer` has no schedule)."""
 
     def __init__(self, storage):
-        self.storage = storage
-        self.oids = []
-        self.serials = {}
-        self.count = 0
-        self.last_tid = None
+        self.storage, self.count, self.last_tid = storage, 0, None
+        self.oids, self.serials = [], {}
         self.meta_pickle = record_meta()
 
     def data(self):
@@ -117,7 +114,6 @@ class LagWriter:
             {'data': {'n': self.count, 'payload': b'x' * 100}}, 3)
 
     def transaction(self, oids, data, *meta):
-        """Store `data` in each of `oids` in a transaction; its tid."""
         t = TransactionMetaData(*meta)
         self.storage.tpc_begin(t)
         for oid in oids:
@@ -147,10 +143,9 @@ class LagWriter:
 
 
 def run_writers(writers, rate, seconds):
-    """Commit at `rate` per second for `seconds`: commit i is due at start
-    + i / rate and goes to writer i % count (`writer_count(rate)` threads);
-    a writer behind its schedule commits at once.  Returns (commits sorted
-    by time, achieved rate, writers used)."""
+    """Commit at `rate` per second for `seconds`, commit i due at start +
+    i / rate on writer i % count (a late writer commits at once); returns
+    (commits sorted by time, achieved rate, writers used)."""
     n = max(1, int(rate * seconds))
     count = min(len(writers), writer_count(rate))
     start = time.monotonic() + 0.02
@@ -167,11 +162,7 @@ def run_writers(writers, rate, seconds):
         except Exception:
             errors.append(traceback.format_exc())
 
-    threads = [threading.Thread(target=work, args=(k,), daemon=True,
-                                name='writer-%d' % k) for k in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
+    for thread in start_threads('writer', count, work):
         thread.join()
     if errors:
         raise RuntimeError('writer failed:\n' + errors[0])
@@ -181,8 +172,7 @@ def run_writers(writers, rate, seconds):
 
 
 def session(run, pair, rates, seconds):
-    """A lag session on `pair`: for each rate, `seconds` of commits;
-    returns {rate: figures}."""
+    """{rate: figures} of `seconds` of commits per rate on `pair`."""
     primary, replica = run.replica_for(pair)
     conn = run.workers_pool().conns[0]
     writers = []
@@ -195,9 +185,8 @@ def session(run, pair, rates, seconds):
         Workers.call(conn, lag_reader, ('127.0.0.1', replica.zeo_port),
                      [oid for writer in writers for oid in writer.oids])
         Workers.receive(conn)
-        probe = None
-        if run.args.lag_probe:
-            probe = run.workers_pool().conns[1]
+        probe = run.args.lag_probe and run.workers_pool().conns[1]
+        if probe:
             Workers.call(probe, stream_probe, primary.repl_port, setup_tid)
             Workers.receive(probe)
         run_writers(writers, 100, 0.2)     # warm-up, not measured
@@ -208,7 +197,7 @@ def session(run, pair, rates, seconds):
         conn.send(('stop', max(writer.last_tid for writer in writers), 10.0))
         seen = Workers.receive(conn)
         streamed = {}
-        if probe is not None:
+        if probe:
             probe.send(('stop',))
             streamed = Workers.receive(probe)
     finally:
@@ -220,8 +209,8 @@ def session(run, pair, rates, seconds):
 
 
 def figures(commits, achieved, count, seen, streamed):
-    """The figures of one rate of a session: `commits` as run_writers
-    returned them, `seen` the reader's results, `streamed` the probe's."""
+    """The figures of one rate: `commits` from run_writers, `seen` from the
+    reader, `streamed` from the probe."""
     good = [(tid, committed, duration, seen[tid])
             for tid, committed, duration in commits
             if tid in seen and seen[tid][2]]
@@ -254,8 +243,7 @@ def figures(commits, achieved, count, seen, streamed):
 
 
 def run_phase(run):
-    """A session per pair in each round, in an order rotated per round:
-    {pair key: [one result per round]}."""
+    """{pair key: [a session per round]}, in an order rotated per round."""
     pairs = [pair for pair in LAG_PAIRS if not (
         pair is ZCZRS_TO_ZCZRS and run.args.no_reference_lag)]
     out = {pair.key: [] for pair in pairs}

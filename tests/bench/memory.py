@@ -29,8 +29,7 @@ BLOB_MIN_FREE = 4 << 30      # free disk needed for the blob test
 
 
 def memory_mb(node, which=0):
-    """VmRSS (`which` 0) or VmHWM (1) of `node`'s process in MB; 0 if
-    gone."""
+    """VmRSS (`which` 0) or VmHWM (1) of `node`'s process in MB, or 0."""
     return (process_memory(node.pid) or (0, 0))[which] / MB
 
 
@@ -47,9 +46,9 @@ def reset_peak_rss(pid):
 
 
 def replicated(replica, commit, timeout):
-    """Run `commit()`, which returns (tid, when its commit began), and
-    wait until `replica` serves the tid.  The replica's peak RSS meanwhile:
-    VmHWM if it could be reset before, else the sampled peak (10 ms)."""
+    """`commit()` (returns (tid, when its commit began)) until `replica`
+    serves the tid; its peak RSS meanwhile: VmHWM if it could be reset,
+    else the sampled peak (10 ms)."""
     hwm_reset = reset_peak_rss(replica.pid)
     with MemorySampler(replica.pid) as sampler:
         tid, started = commit()
@@ -141,7 +140,6 @@ def memory(run):
 
 
 def run_phase(run):
-    """The measurement, or its error."""
     return attempt('memory', memory, run)
 
 

@@ -1,9 +1,7 @@
-"""The servers of one benchmark run and their lifetimes: `Run` owns the
-run directory, the two primaries (zc.zrs under runzeo, and zrsd) on
-copies of the workload, the replicas kept from the catch-up for the lag
-and read tests, a plain runzeo and the worker processes.  Every server is
-a harness node; replicas log sub-second time stamps (catch-up is timed
-from their log)."""
+"""The servers of one benchmark run (harness nodes) and their lifetimes:
+`Run` owns the run directory, the two primaries (zc.zrs under runzeo, and
+zrsd) on copies of the workload, the replicas kept from the catch-up for
+the lag and read tests, a plain runzeo and the worker processes."""
 import collections
 import contextlib
 import os
@@ -49,13 +47,11 @@ def primary_directory(args, meta, stamp):
     it has room for two copies of the workload and --primaries-on-disk is
     not given, else None (the run directory).  A primary's fsync is in no
     figure, but on the one disk it would compete with the replica's."""
-    if args.primaries_on_disk or not os.path.isdir('/dev/shm'):
-        return None
     try:
-        free = shutil.disk_usage('/dev/shm').free
+        if args.primaries_on_disk or shutil.disk_usage('/dev/shm').free < (
+                3 * meta['file_bytes'] + (1 << 30)):
+            return None
     except OSError:
-        return None
-    if free < 3 * meta['file_bytes'] + (1 << 30):
         return None
     path = os.path.join('/dev/shm', 'zrsd-bench-%s-%d' % (stamp, os.getpid()))
     os.makedirs(path)
@@ -86,8 +82,8 @@ class Run:
         self.args = args
         self.workload_path = workload_path
         self.meta = meta
-        self.last_tid = bytes.fromhex(meta['last_tid'])
-        self.last_oid = bytes.fromhex(meta['last_oid'])
+        self.last_tid, self.last_oid = (bytes.fromhex(meta[key])
+                                        for key in ('last_tid', 'last_oid'))
         self.stamp = time.strftime('%Y%m%d-%H%M%S')
         self.dir = directory or os.path.join(BENCH_DIR, 'run-' + self.stamp)
         os.makedirs(self.dir, exist_ok=directory is not None)
@@ -95,8 +91,7 @@ class Run:
         self.owned = []             # every server started so far
         self.primaries = {}         # kind -> its primary
         self.kept = {}              # pair key -> stopped, caught-up replica
-        self.workers = None
-        self.peer_python = None
+        self.workers = self.peer_python = None
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -127,17 +122,13 @@ class Run:
     def remove_primaries(self):
         """Copy the primaries' logs and configs into the run directory and
         remove their tmpfs directory."""
-        if self.primary_dir is None:
-            return
-        for directory, _, files in os.walk(self.primary_dir):
-            for name in files:
-                if name.endswith(('.log', '.conf')):
-                    source = os.path.join(directory, name)
-                    target = self.path(os.path.relpath(source,
-                                                       self.primary_dir))
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    shutil.copyfile(source, target)
-        shutil.rmtree(self.primary_dir, ignore_errors=True)
+        if self.primary_dir is not None:
+            shutil.copytree(self.primary_dir, self.dir, dirs_exist_ok=True,
+                            ignore=lambda directory, names: [
+                                name for name in names if not name.endswith(
+                                    ('.log', '.conf')) and os.path.isfile(
+                                        os.path.join(directory, name))])
+            shutil.rmtree(self.primary_dir, ignore_errors=True)
 
     def primary(self, kind):
         """The running primary of `kind` on a copy of the workload; started

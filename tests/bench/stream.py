@@ -97,10 +97,7 @@ def stream_probe(conn, port, start_tid):
     C message arrived.  Sends {tid: time} after ('stop',)."""
     sock = connect(port, 30, start_tid)
     sock.settimeout(0.1)
-    buf = b''
-    raw = 0
-    tid = None
-    arrived = {}
+    buf, raw, tid, arrived = b'', 0, None, {}
     conn.send('ready')
     while not conn.poll():
         try:
