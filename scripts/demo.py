@@ -107,12 +107,8 @@ def demo(nodes):
     reader.close()
 
     step('Stopping the replica, then the primary (SIGTERM)')
-    for node in reversed(nodes):
-        status = node.stop(30, expect=None)
-        print('    %s exited with status %s' % (node.name, status))
-        if status != 0:
-            raise RuntimeError('%s exited with status %s' % (node.name,
-                                                             status))
+    for node in reversed(nodes):   # a status but 0 fails
+        print('    %s exited with status %s' % (node.name, node.stop(30)))
 
 
 def main():

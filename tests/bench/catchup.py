@@ -9,8 +9,9 @@ import time
 import ZODB.FileStorage
 from ZODB.utils import p64, u64
 
-from .figures import fmt_range, median, ratio_rounds, summaries
-from .measure import MB, attempt, cpu_seconds, log, rotated, wait_served
+from .measure import (
+    MB, attempt, cpu_seconds, fmt_range, log, median, ratio_rounds, rotated,
+    summaries, wait_served)
 from .nodes import (
     ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, remove_data_files)
 from .stream import bare_stream
@@ -22,10 +23,8 @@ TITLE = '1. Catch-up: empty replica -> last tid served by its ZEO server'
 def log_time(text, needle):
     """time.monotonic() of the first log line containing `needle` (the
     line starts with a `%(created)f` time stamp)."""
-    offset = time.time() - time.monotonic()
-    for line in text.splitlines():
-        if needle in line:
-            return float(line.split(None, 1)[0]) - offset
+    line = next(line for line in text.splitlines() if needle in line)
+    return float(line.split(None, 1)[0]) - (time.time() - time.monotonic())
 
 
 def cpu_after_log(node, needle, timeout=60):
@@ -63,7 +62,7 @@ def replica_catchup(pair):
         try:
             connected_line = run.launch_replica(replica)
             start_cpu = cpu_after_log(replica, connected_line)
-            done = wait_served(replica, run.last_tid, run.catchup_timeout())
+            done = wait_served(replica, run.last_tid, run.catchup_timeout)
             replica_cpu = cpu_seconds(replica.pid) - start_cpu
             primary_cpu = cpu_seconds(primary.pid) - primary_cpu
             connected = log_time(replica.log(), connected_line)
@@ -108,7 +107,7 @@ def bare_stream_catchup(run, directory, keep):
     primary = run.primary('zczrs')
     primary_cpu = cpu_seconds(primary.pid)
     result = bare_stream(primary.repl_port, run.last_tid,
-                         timeout=run.catchup_timeout())
+                         timeout=run.catchup_timeout)
     result['primary_cpu'] = cpu_seconds(primary.pid) - primary_cpu
     return result
 

@@ -9,16 +9,17 @@ import queue
 import threading
 import time
 import traceback
+import types
 
 import ZEO
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import p64, u64, z64
 
-from .figures import fmt_range, median, percentiles, summaries
-from .measure import READ_CACHE_SIZE, attempt, log, rotated, wait_served
-from .nodes import ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD
+from .measure import (
+    READ_CACHE_SIZE, attempt, fmt_range, log, median, percentiles, rotated,
+    summaries, wait_served)
+from .nodes import ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, Workers
 from .stream import stream_probe
-from .workers import Workers
 from .workload import record_meta
 
 NAME = 'lag'
@@ -34,25 +35,6 @@ SUMMARISED = ('achieved_rate', 'p50', 'p90', 'p99', 'max', 'loaded_p50',
               'stream_p50', 'stream_p99', 'stream_max')
 
 
-class InvalidationRecorder:
-    """The "DB" of a ClientStorage: queues every invalidation with the time
-    it arrived (in the client's IO thread)."""
-
-    def __init__(self, events):
-        self.events = events
-
-    def invalidate(self, tid, oids):
-        self.events.put((time.monotonic(), tid, oids))
-
-    def invalidateCache(self):
-        pass
-
-    def transform_record_data(self, data):
-        return data
-
-    untransform_record_data = transform_record_data
-
-
 def lag_reader(conn, address, oids):
     """In a worker: per invalidation of a watched oid, a loader thread
     (several: loads overlap) loads it as of that tid, which the small cache
@@ -61,9 +43,12 @@ def lag_reader(conn, address, oids):
     events = queue.SimpleQueue()
     storage = ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
                          wait_timeout=60)
-    storage.registerDB(InvalidationRecorder(events))
-    watched = set(oids)
-    results = {}
+    # Its "DB" queues each invalidation with the time it arrived.
+    storage.registerDB(types.SimpleNamespace(
+        invalidate=lambda tid, oids: events.put((time.monotonic(), tid, oids)),
+        invalidateCache=lambda: None, transform_record_data=lambda d: d,
+        untransform_record_data=lambda d: d))
+    watched, results = set(oids), {}
 
     def loader(_):
         for t_invalidated, tid, changed in iter(events.get, None):
@@ -105,7 +90,7 @@ class LagWriter:
     when told to, timing each commit (harness `Writer` has no schedule)."""
 
     def __init__(self, storage):
-        self.storage, self.count, self.last_tid = storage, 0, None
+        self.storage, self.count = storage, 0
         self.oids, self.serials = [], {}
         self.meta_pickle = record_meta()
 
@@ -124,8 +109,8 @@ class LagWriter:
     def setup(self):
         """Create the writer's objects; returns the tid."""
         self.oids = [self.storage.new_oid() for _ in range(LAG_OBJECTS)]
-        tid = self.last_tid = self.transaction(self.oids, self.data(),
-                                               'bench', 'lag objects')
+        tid = self.transaction(self.oids, self.data(), 'bench',
+                               'lag objects')
         self.serials = dict.fromkeys(self.oids, tid)
         return tid
 
@@ -138,7 +123,7 @@ class LagWriter:
         began = time.monotonic()
         tid = self.transaction([oid], data)
         finished = time.monotonic()
-        self.serials[oid] = self.last_tid = tid
+        self.serials[oid] = tid
         return tid, finished, finished - began
 
 
@@ -182,19 +167,21 @@ def session(run, pair, rates, seconds):
                                                 wait_timeout=60)))
         setup_tid = max(writer.setup() for writer in writers)
         wait_served(replica, setup_tid, 60)
-        Workers.call(conn, lag_reader, ('127.0.0.1', replica.zeo_port),
-                     [oid for writer in writers for oid in writer.oids])
+        conn.send((lag_reader, (replica.zeo_address, [
+            oid for writer in writers for oid in writer.oids])))
         Workers.receive(conn)
         probe = run.args.lag_probe and run.workers_pool().conns[1]
         if probe:
-            Workers.call(probe, stream_probe, primary.repl_port, setup_tid)
+            probe.send((stream_probe, (primary.repl_port, setup_tid)))
             Workers.receive(probe)
         run_writers(writers, 100, 0.2)     # warm-up, not measured
         sessions = {}
         for rate in rates:
             time.sleep(0.2)
             sessions[rate] = run_writers(writers, rate, seconds)
-        conn.send(('stop', max(writer.last_tid for writer in writers), 10.0))
+        last = max(c[0] for commits, _, _ in sessions.values()
+                   for c in commits)
+        conn.send(('stop', last, 10.0))
         seen = Workers.receive(conn)
         streamed = {}
         if probe:

@@ -33,23 +33,17 @@ def memory_mb(node, which=0):
     return (process_memory(node.pid) or (0, 0))[which] / MB
 
 
-def reset_peak_rss(pid):
-    """Reset VmHWM to the current RSS (`echo 5 > /proc/PID/clear_refs`);
-    True if the kernel did."""
-    try:
-        with open('/proc/%d/clear_refs' % pid, 'w') as f:
-            f.write('5')
-    except OSError:
-        return False
-    values = process_memory(pid)
-    return bool(values) and values[1] <= values[0] * 1.1 + (1 << 20)
-
-
 def replicated(replica, commit, timeout):
     """`commit()` (returns (tid, when its commit began)) until `replica`
     serves the tid; its peak RSS meanwhile: VmHWM if it could be reset,
     else the sampled peak (10 ms)."""
-    hwm_reset = reset_peak_rss(replica.pid)
+    try:    # VmHWM reset to VmRSS, if the kernel does
+        with open('/proc/%d/clear_refs' % replica.pid, 'w') as f:
+            f.write('5')
+        values = process_memory(replica.pid)
+        hwm_reset = bool(values) and values[1] <= values[0] * 1.1 + (1 << 20)
+    except OSError:
+        hwm_reset = False
     with MemorySampler(replica.pid) as sampler:
         tid, started = commit()
         committed = time.monotonic()

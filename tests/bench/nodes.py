@@ -1,12 +1,16 @@
 """The servers of one benchmark run (harness nodes) and their lifetimes:
 `Run` owns the run directory, the two primaries (zc.zrs under runzeo, and
 zrsd) on copies of the workload, the replicas kept from the catch-up for
-the lag and read tests, a plain runzeo and the worker processes."""
+the lag and read tests, a plain runzeo and the worker processes: ZEO
+clients in processes of their own, each sent `(function, args)` and
+calling `function(conn, *args)`, which talks over the pipe `conn`."""
 import collections
 import contextlib
+import multiprocessing
 import os
 import shutil
 import time
+import traceback
 
 from harness import peers
 from harness.process import Node
@@ -14,7 +18,6 @@ from harness.zczrs import ZcZrsPrimary
 from harness.zrsd_nodes import PlainZeoNode, ZrsdNode
 
 from .measure import BENCH_DIR, log, served_tid, wait_served
-from .workers import Workers
 
 # ZConfig's asctime has whole seconds.
 PRECISE_LOG_FORMAT = '%(created).6f %(levelname)s %(name)s %(message)s'
@@ -29,8 +32,7 @@ ZCZRS_TO_ZCZRS = Pair('c', 'zczrs', 'zczrs', 'zc.zrs -> zc.zrs (ref)')
 
 
 class ZcZrsReplica(peers.ZcZrsSecondary):
-    """The harness's zc.zrs secondary with precise log time stamps, told
-    the peer venv's python when made."""
+    """A harness zc.zrs secondary, precise log time stamps, python given."""
 
     log_format = PRECISE_LOG_FORMAT
 
@@ -74,6 +76,53 @@ def copy_storage(source, target):
             shutil.copyfile(source + suffix, target + suffix)
 
 
+def worker_main(conn):
+    """A worker process: runs the functions it is sent until None."""
+    for function, args in iter(conn.recv, None):
+        try:
+            function(conn, *args)
+        except Exception:
+            conn.send(('error', traceback.format_exc()))
+
+
+class Workers:
+    """`n` spawned worker processes, each driven through a pipe."""
+
+    def __init__(self, n):
+        context = multiprocessing.get_context('spawn')
+        self.conns, self.procs = [], []
+        for i in range(n):
+            parent, child = context.Pipe()
+            proc = context.Process(target=worker_main, args=(child,),
+                                   name='bench-worker-%d' % i, daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    @staticmethod
+    def receive(conn, timeout=120):
+        if not conn.poll(timeout):
+            raise RuntimeError('a worker did not answer within %ds' % timeout)
+        answer = conn.recv()
+        if isinstance(answer, tuple) and answer and answer[0] == 'error':
+            raise RuntimeError('worker failed:\n' + answer[1])
+        return answer
+
+    def close(self, force=False):
+        """Ask the workers to exit (kill them with `force`, or if they do
+        not exit within 10 s)."""
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self.procs:
+            proc.join(0 if force else 10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+
 class Run:
     """The servers of one run, in `directory` (default
     var/bench/run-TIMESTAMP/), on the workload at `workload_path`."""
@@ -88,6 +137,7 @@ class Run:
         self.dir = directory or os.path.join(BENCH_DIR, 'run-' + self.stamp)
         os.makedirs(self.dir, exist_ok=directory is not None)
         self.primary_dir = primary_directory(args, meta, self.stamp)
+        self.catchup_timeout = max(300, meta['transactions'] / 20)
         self.owned = []             # every server started so far
         self.primaries = {}         # kind -> its primary
         self.kept = {}              # pair key -> stopped, caught-up replica
@@ -99,9 +149,6 @@ class Run:
     def own(self, node):
         self.owned.append(node)
         return node
-
-    def catchup_timeout(self):
-        return max(300, self.meta['transactions'] / 20)
 
     def close(self):
         """Stop the workers and every server started so far."""
@@ -122,7 +169,7 @@ class Run:
     def remove_primaries(self):
         """Copy the primaries' logs and configs into the run directory and
         remove their tmpfs directory."""
-        if self.primary_dir is not None:
+        if self.primary_dir and os.path.isdir(self.primary_dir):
             shutil.copytree(self.primary_dir, self.dir, dirs_exist_ok=True,
                             ignore=lambda directory, names: [
                                 name for name in names if not name.endswith(
@@ -154,9 +201,8 @@ class Run:
         if self.peer_python is None:
             started = time.monotonic()
             self.peer_python = peers.peer_python()
-            if time.monotonic() - started > 2:
-                log('peer venv (zc.zrs on ZODB 5.5.1) ready in %.0f s'
-                    % (time.monotonic() - started))
+            log('peer venv (zc.zrs on ZODB 5.5.1) ready in %.0f s'
+                % (time.monotonic() - started))
         return self.peer_python
 
     def new_replica(self, pair, directory):
@@ -191,7 +237,7 @@ class Run:
         if target is None:
             raise RuntimeError('the primary does not answer on its ZEO port '
                                '(see its log)')
-        wait_served(replica, target, self.catchup_timeout())
+        wait_served(replica, target, self.catchup_timeout)
         return primary, replica
 
     def plain_runzeo(self):

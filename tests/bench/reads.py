@@ -7,11 +7,10 @@ import time
 import ZEO
 from ZODB.utils import p64
 
-from .figures import fmt, fmt_range, ratio_rounds, summaries, summary
 from .measure import (
-    READ_CACHE_SIZE, attempt, cpu_seconds, log, server_status)
-from .nodes import READ_CLIENTS, ZRSD_TO_ZRSD
-from .workers import Workers
+    READ_CACHE_SIZE, attempt, cpu_seconds, fmt, fmt_range, log, ratio_rounds,
+    server_status, summaries, summary)
+from .nodes import READ_CLIENTS, ZRSD_TO_ZRSD, Workers
 
 NAME = 'reads'
 TITLE = '3. Reads: random ZEO loads, client cache %d KB' % (
@@ -30,8 +29,7 @@ def reader(conn, address, max_oid, seed, seconds):
         storage.load(oid)
     conn.send('ready')
     conn.recv()
-    loads = 0
-    started = time.monotonic()
+    loads, started = 0, time.monotonic()
     deadline = started + seconds
     load = storage.load
     while True:
@@ -51,8 +49,8 @@ def reads(run, node, clients, seconds, seed):
     of loads (ruok) in the window."""
     conns = run.workers_pool().conns[:clients]
     for i, conn in enumerate(conns):
-        Workers.call(conn, reader, node.zeo_address, run.meta['max_oid'],
-                     seed * 100 + i, seconds)
+        conn.send((reader, (node.zeo_address, run.meta['max_oid'],
+                            seed * 100 + i, seconds)))
     for conn in conns:
         Workers.receive(conn)
     served_before = server_status(node.zeo_port)['loads']

@@ -1,9 +1,6 @@
-"""A primary's ZRS stream read straight off a socket, bypassing any
-replica: the catch-up's bare consumer (row (e)) and --lag-probe.  The wire
-format is zrsd/protocol.py's: 4-byte big-endian sized frames; the
-secondary sends `zrs2.0` and its start tid; the primary sends pickled
-messages, an S (record) or B (blob) message followed by raw data frames.
-"""
+"""A primary's ZRS stream read off a socket (catch-up row (e), --lag-probe)
+in zrsd/protocol.py's format: 4-byte sized frames, pickled messages; raw
+data frames follow an S (record) or B (blob) message."""
 import pickle
 import socket
 import struct

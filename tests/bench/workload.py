@@ -35,22 +35,12 @@ def record_meta():
     return pickle.dumps((PersistentMapping, None), 3)
 
 
-def record_size(rng):
-    """100 B - 20 KB, skewed small: median ~200 B, mean ~1.5 KB."""
-    return int(100 * 200 ** (rng.random() ** 3))
-
-
-def tid_at(seconds):
-    """The tid of a commit at `seconds` since the epoch (UTC)."""
-    return TimeStamp(*time.gmtime(seconds)[:5] + (seconds % 60,)).raw()
-
-
 def generate_workload(path, transactions, big_transactions, seed):
     """Write the workload FileStorage at `path` (and its .index); returns
     its metadata.  Deterministic for (transactions, big_transactions, seed):
     tids from 2024-01-01 00:00 UTC, 1-50 ms apart.  Transaction 0 stores the
     root.  Each other touches 1-20 distinct objects (new with probability
-    0.3), records of `record_size()`, and with probability 0.2 has a user,
+    0.3), of 100 B - 20 KB, and with probability 0.2 has a user,
     a description and extension data; `big_transactions` evenly spaced ones
     hold 5 MB (one record of 5 MB or five of 1 MB, alternately).  Payloads
     are cut from a random pool, prefixed with a counter.  FileStorage's
@@ -79,7 +69,9 @@ def generate_workload(path, transactions, big_transactions, seed):
             sizes = [5 << 20] if big_at[i] % 2 == 0 else [1 << 20] * 5
             stats['big_transactions'] += 1
         else:
-            sizes = [record_size(rng) for _ in range(rng.randint(1, 20))]
+            # 100 B - 20 KB, skewed small: median ~200 B, mean ~1.5 KB.
+            sizes = [int(100 * 200 ** (rng.random() ** 3))
+                     for _ in range(rng.randint(1, 20))]
         records, touched = [], set()
         for size in sizes:
             if len(oids) < 20 or rng.random() < 0.3 or i in big_at:
@@ -110,7 +102,7 @@ def generate_workload(path, transactions, big_transactions, seed):
         last_tid = z64
         for i in range(transactions):
             now += rng.uniform(0.001, 0.05)
-            tid = tid_at(now)
+            tid = TimeStamp(*time.gmtime(now)[:5] + (now % 60,)).raw()
             if tid <= last_tid:
                 tid = TimeStamp(last_tid).laterThan(TimeStamp(last_tid)).raw()
             records, meta = changes(i) if i else (
