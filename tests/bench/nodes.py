@@ -70,7 +70,6 @@ def remove_data_files(top):
 
 def copy_storage(source, target):
     """Copy a FileStorage and its index (to be opened writable elsewhere)."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
     for suffix in ('', '.index'):
         if os.path.exists(source + suffix):
             shutil.copyfile(source + suffix, target + suffix)

@@ -30,10 +30,8 @@ def bare_stream(port, last_tid, timeout):
     buf = bytearray(4 << 20)
     view = memoryview(buf)
     start = end = 0
-    raw = 0                 # data frames still expected
+    raw = frames = transactions = total = 0     # raw: data frames due
     tid = None
-    frames = transactions = 0
-    total = 0
     prefix = b'(X\x01\x00\x00\x00'
     unpack = struct.unpack_from
     try:
