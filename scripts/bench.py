@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
-"""zrsd benchmark: `make bench`; the package is tests/bench/ (README.md,
-"Benchmark")."""
+"""zrsd benchmark (`make bench`): the package tests/bench/."""
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # First on the path: this script's directory holds a `bench` module too.
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'tests'))
 
 from bench import main  # noqa: E402
 

@@ -6,100 +6,54 @@ configs etc/demo/primary.conf and etc/demo/replica.conf (fixed ports on
 """
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 
 import transaction
 import ZEO
-import ZEO.ClientStorage
 import ZODB
 import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+
+from harness.process import port_open, wait_until  # noqa: E402
+from harness.zrsd_nodes import ZrsdNode  # noqa: E402
+
 WORK = os.path.join(ROOT, 'var', 'demo')
-ETC = os.path.join(ROOT, 'etc', 'demo')
 PORTS = [(8100, 'primary ZEO'), (8101, 'primary replication'),
          (8200, 'replica ZEO')]
 PRIMARY, REPLICA = ('127.0.0.1', 8100), ('127.0.0.1', 8200)
+BOOKS = {'0-201-63361-2': 'Design Patterns',
+         '0-13-110362-8': 'The C Programming Language',
+         '0-262-51087-1': 'Structure and Interpretation of Computer Programs'}
 
 
-class DemoError(Exception):
-    pass
+class DemoNode(ZrsdNode):
+    """A zrsd of the demo, run in var/demo/ on its etc/demo/ config (a
+    replica's `upstream` only says what the node waits for at start)."""
+
+    cwd = WORK
+
+    def __init__(self, name, upstream=None):
+        super().__init__(WORK, name, upstream)
+        self.config_path = os.path.join(ROOT, 'etc', 'demo', name + '.conf')
+
+    def write_config(self):
+        return self.config_path
+
+    def start(self, nodes):
+        """Start it (on the list of `nodes` to stop), showing the command."""
+        nodes.append(self)
+        print('    $ cd var/demo && %s' % ' '.join(
+            os.path.relpath(a, WORK) if a.startswith(ROOT) else a
+            for a in self.command()))
+        return super().start(30)
 
 
 def step(text):
     print('\n==> ' + text, flush=True)
-
-
-def wait_for(predicate, what, timeout=30.0):
-    """Poll until predicate() is true; DemoError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise DemoError('timed out after %ss waiting for %s' % (timeout, what))
-        time.sleep(0.05)
-
-
-def port_open(port):
-    try:
-        socket.create_connection(('127.0.0.1', port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
-class Server:
-    """A server subprocess running in WORK with its output in NAME.log."""
-
-    def __init__(self, name, args):
-        self.name, self.log_path = name, os.path.join(WORK, name + '.log')
-        print('    $ cd var/demo && %s' % ' '.join(
-            os.path.relpath(a, WORK) if a.startswith(ROOT) else a for a in args))
-        with open(self.log_path, 'wb') as log:
-            self.popen = subprocess.Popen(args, cwd=WORK, stdout=log,
-                                          stderr=subprocess.STDOUT)
-
-    def wait_log(self, text):
-        """Wait until the server logs `text` (e.g. that it listens)."""
-        def logged():
-            with open(self.log_path, 'rb') as f:
-                return text.encode() in f.read()
-        wait_for(lambda: self.popen.poll() is not None or logged(),
-                 '%s to log %r' % (self.name, text))
-        if self.popen.poll() is not None:
-            raise DemoError('%s exited with status %s' % (
-                self.name, self.popen.returncode))
-
-    def stop(self):
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(30)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            raise DemoError('%s did not stop within 30s of SIGTERM' % self.name)
-
-    def tail(self, lines=25):
-        with open(self.log_path, 'rb') as f:
-            text = f.read().decode('utf-8', 'replace').splitlines()[-lines:]
-        return '\n'.join('    | ' + line for line in text)
-
-
-def make_sample_database(path):
-    db = ZODB.DB(ZODB.FileStorage.FileStorage(path))
-    with db.transaction('demo: add some books') as conn:
-        conn.root()['books'] = books = PersistentMapping()
-        books['0-201-63361-2'] = 'Design Patterns'
-        books['0-13-110362-8'] = 'The C Programming Language'
-        books['0-262-51087-1'] = 'Structure and Interpretation of Computer Programs'
-    last = db.storage.lastTransaction()
-    db.close()
-    return last
 
 
 def show_books(root):
@@ -107,30 +61,26 @@ def show_books(root):
         print('      %s  %s' % (isbn, title))
 
 
-def demo(servers):
+def demo(nodes):
     step('Creating a sample primary database var/demo/primary.fs')
-    last = make_sample_database(os.path.join(WORK, 'primary.fs'))
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(os.path.join(WORK,
+                                                           'primary.fs')))
+    with db.transaction('demo: add some books') as conn:
+        conn.root()['books'] = PersistentMapping(BOOKS)
+    last = db.storage.lastTransaction()
+    db.close()
     print('    last transaction: %s' % last.hex())
 
     step('Starting the zrsd primary (etc/demo/primary.conf, ZEO on 8100, '
          'replication on 8101)')
-    primary = Server('primary', [os.path.join(BIN, 'zrsd'), '-C',
-                                 os.path.join(ETC, 'primary.conf')])
-    servers.append(primary)
-    primary.wait_log('serving ZRS to secondaries')
-    primary.wait_log(' over ZEO at ')
-
+    DemoNode('primary').start(nodes)
     step('Starting the zrsd replica (etc/demo/replica.conf, ZEO on 8200)')
-    replica = Server('replica', [os.path.join(BIN, 'zrsd'), '-C',
-                                 os.path.join(ETC, 'replica.conf')])
-    servers.append(replica)
-    replica.wait_log(' over ZEO at ')
+    DemoNode('replica', 8101).start(nodes)
 
     step('Reading the replica with a read-only ZEO client')
-    storage = ZEO.ClientStorage.ClientStorage(REPLICA, read_only=True,
-                                              wait_timeout=30)
-    wait_for(lambda: storage.lastTransaction() >= last,
-             'the replica to catch up with the primary')
+    storage = ZEO.client(REPLICA, read_only=True, wait_timeout=30)
+    wait_until(lambda: storage.lastTransaction() >= last, 30,
+               message='the replica to catch up with the primary')
     reader = ZODB.DB(storage)
     tm = transaction.TransactionManager()
     root = reader.open(tm).root()
@@ -150,43 +100,42 @@ def demo(servers):
     def replicated():
         tm.begin()  # a new transaction sees the invalidations ZEO delivered
         return '0-13-468599-1' in root['books']
-    wait_for(replicated, 'the new book on the replica')
+    wait_until(replicated, 30, message='the new book on the replica')
     print('    seen on the replica %.1f ms after the commit returned; books:'
           % ((time.monotonic() - started) * 1000))
     show_books(root)
     reader.close()
 
     step('Stopping the replica, then the primary (SIGTERM)')
-    for server in reversed(servers):
-        status = server.stop()
-        print('    %s exited with status %s' % (server.name, status))
-        if status != 0:
-            raise DemoError('%s exited with status %s' % (server.name, status))
+    for node in reversed(nodes):   # a status but 0 fails
+        print('    %s exited with status %s' % (node.name, node.stop(30)))
 
 
 def main():
     busy = [(p, what) for p, what in PORTS if port_open(p)]
+    for port, what in busy:
+        print('demo: port %s (%s) on 127.0.0.1 is already in use.' % (
+            port, what))
     if busy:
-        for port, what in busy:
-            print('demo: port %s (%s) on 127.0.0.1 is already in use.' % (port, what))
-        print('demo: stop whatever listens there (an earlier demo?) and retry.')
+        print('demo: stop whatever listens there (an earlier demo?) and '
+              'retry.')
         return 2
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
-    servers = []
+    nodes = []
     try:
-        demo(servers)
+        demo(nodes)
     except Exception as e:
         print('\ndemo FAILED: %s: %s' % (type(e).__name__, e))
-        for server in servers:
-            print('\n--- last lines of var/demo/%s.log ---' % server.name)
-            print(server.tail())
+        for node in nodes:
+            print('\n--- last lines of %s ---' % os.path.relpath(
+                node.log_path, ROOT))
+            print('\n'.join('    | ' + line
+                            for line in node.log().splitlines()[-25:]))
         return 1
     finally:  # never leave a server behind (failure, Ctrl-C)
-        for server in servers:
-            if server.popen.poll() is None:
-                server.popen.kill()
-                server.popen.wait()
+        for node in nodes:
+            node.close()
     print('\nDemo finished; logs and files are in var/demo/.')
     return 0
 

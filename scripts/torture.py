@@ -1,6 +1,5 @@
 #!/usr/bin/env python
-"""The zrsd torture suite (the package `tests/torture/`), from the command
-line: `scripts/torture.py --help`; `make torture` runs its long form."""
+"""The zrsd torture suite, the package tests/torture/ (`--help`)."""
 import os
 import sys
 

@@ -1,186 +1,190 @@
-"""1. Catch-up: from an empty replica to the primary's last tid.
-
-Five measurements, the rows (a)-(e) of README's catch-up table: three
-pairs of real replicas, ZODB's copyTransactionsFrom, and a bare consumer of
-the zc.zrs primary's stream.  The replicas of the last round are kept
-(stopped) for the lag and read tests.
+"""1. Catch-up: from an empty replica to the primary's last tid; the rows
+(a)-(e) of README's catch-up table: three pairs of real replicas, ZODB's
+copyTransactionsFrom, and a bare consumer of the zc.zrs primary's stream.
 """
+import collections
 import os
 import time
 
 import ZODB.FileStorage
+from ZODB.utils import p64, u64
 
-from .figures import fmt, fmt_range, ratio_rounds, summary
 from .measure import (
-    MB, check_alive, cpu_after_log, cpu_seconds, failed, log, log_time,
-    verify_load, wait_served)
+    MB, attempt, cpu_seconds, fmt_range, log, median, ratio_rounds, rotated,
+    summaries, wait_served)
 from .nodes import (
     ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, remove_data_files)
 from .stream import bare_stream
 
+NAME = 'catchup'
+TITLE = '1. Catch-up: empty replica -> last tid served by its ZEO server'
 
-class ReplicaCatchUp:
-    """A replica of `pair` catches up with its primary: timed from the
-    replica's log line saying it connected to the primary until its ZEO
-    server serves the last tid; then a ZEO client checks a load."""
 
-    keeps_replica = True    # the last round's serves the lag and reads
+def log_time(text, needle):
+    """time.monotonic() of the first log line containing `needle` (the
+    line starts with a `%(created)f` time stamp)."""
+    line = next(line for line in text.splitlines() if needle in line)
+    return float(line.split(None, 1)[0]) - (time.time() - time.monotonic())
 
-    def __init__(self, pair, label):
-        self.pair = pair
-        self.key = pair.key
-        self.label = label
 
-    def measure(self, run, directory, keep):
-        primary = run.primary(self.pair.primary)
-        replica = run.new_replica(self.pair, directory)
-        primary_cpu = cpu_seconds(primary.process.pid)
+def cpu_after_log(node, needle, timeout=60):
+    """CPU seconds `node` used when `needle` appeared in its log (polled
+    every 5 ms): its start-up cost."""
+    deadline = time.monotonic() + timeout
+    while needle not in node.log():
+        if not node.running() or time.monotonic() > deadline:
+            raise RuntimeError('%s did not log %r; see %s' % (
+                node.name, needle, node.log_path))
+        time.sleep(0.005)
+    return cpu_seconds(node.pid)
+
+
+def loads_at(node, oid, tid):
+    """Whether a ZEO client of `node` loads the revision of `oid` that
+    `tid` wrote."""
+    storage = node.client(wait_timeout=30)
+    try:
+        result = storage.loadBefore(oid, p64(u64(tid) + 1))
+    finally:
+        storage.close()
+    return result is not None and result[1] == tid
+
+
+def replica_catchup(pair):
+    """A replica of `pair` catches up: timed from its log line saying it
+    connected to its primary until its ZEO server serves the last tid;
+    then a ZEO client checks a load.  The last round's is kept."""
+    def measure(run, directory, keep):
+        primary = run.primary(pair.primary)
+        replica = run.new_replica(pair, directory)
+        primary_cpu = cpu_seconds(primary.pid)
         launched = time.monotonic()
         try:
             connected_line = run.launch_replica(replica)
-            start_cpu = cpu_after_log(replica.process, connected_line)
-            done = wait_served(replica.zeo_port, run.last_tid,
-                               check_alive(replica.process),
-                               timeout=run.catchup_timeout())
-            replica_cpu = cpu_seconds(replica.process.pid) - start_cpu
-            primary_cpu = cpu_seconds(primary.process.pid) - primary_cpu
+            start_cpu = cpu_after_log(replica, connected_line)
+            done = wait_served(replica, run.last_tid, run.catchup_timeout)
+            replica_cpu = cpu_seconds(replica.pid) - start_cpu
+            primary_cpu = cpu_seconds(primary.pid) - primary_cpu
             connected = log_time(replica.log(), connected_line)
-            loaded = verify_load(replica.zeo_port, run.last_oid,
-                                 run.last_tid)
+            loaded = loads_at(replica, run.last_oid, run.last_tid)
         except BaseException:
             replica.close()     # it must not replicate during what follows
             raise
         replica.stop()
         if keep:
-            run.kept[self.key] = replica
+            run.kept[pair.key] = replica
         return dict(seconds=done - connected, startup=connected - launched,
                     verified=loaded, replica_cpu=replica_cpu,
                     primary_cpu=primary_cpu,
                     file_bytes=os.path.getsize(replica.fs_path))
+    return measure
 
 
-class CopyCatchUp:
+def copy_catchup(run, directory, keep):
     """ZODB's copyTransactionsFrom into a new FileStorage, in this process
     (FileStorage fsyncs every transaction)."""
-
-    keeps_replica = False
-    key = 'd'
-    label = '(d) copyTransactionsFrom (fsync)'
-
-    def measure(self, run, directory, keep):
-        os.makedirs(directory, exist_ok=True)
-        source = ZODB.FileStorage.FileStorage(run.workload_path,
-                                              read_only=True)
-        target = ZODB.FileStorage.FileStorage(
-            os.path.join(directory, 'copy.fs'), create=True)
-        try:
-            cpu = time.process_time()
-            started = time.monotonic()
-            target.copyTransactionsFrom(source)
-            done = time.monotonic()
-            cpu = time.process_time() - cpu
-            verified = target.lastTransaction() == run.last_tid
-        finally:
-            target.close()
-            source.close()
-        return dict(seconds=done - started, verified=verified,
-                    replica_cpu=cpu,
-                    file_bytes=os.path.getsize(
-                        os.path.join(directory, 'copy.fs')))
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, 'copy.fs')
+    source = ZODB.FileStorage.FileStorage(run.workload_path, read_only=True)
+    target = ZODB.FileStorage.FileStorage(path, create=True)
+    try:
+        cpu = time.process_time()
+        started = time.monotonic()
+        target.copyTransactionsFrom(source)
+        done = time.monotonic()
+        cpu = time.process_time() - cpu
+        verified = target.lastTransaction() == run.last_tid
+    finally:
+        target.close()
+        source.close()
+    return dict(seconds=done - started, verified=verified, replica_cpu=cpu,
+                file_bytes=os.path.getsize(path))
 
 
-class BareStreamCatchUp:
+def bare_stream_catchup(run, directory, keep):
     """The zc.zrs primary streams its whole history to a bare consumer in
     this process (stream.bare_stream)."""
-
-    keeps_replica = False
-    key = 'e'
-    label = '(e) zc.zrs primary -> bare stream'
-
-    def measure(self, run, directory, keep):
-        primary = run.primary('zczrs')
-        primary_cpu = cpu_seconds(primary.process.pid)
-        result = bare_stream(primary.repl_port, run.last_tid,
-                             timeout=run.catchup_timeout())
-        result['primary_cpu'] = cpu_seconds(primary.process.pid) - primary_cpu
-        return result
+    primary = run.primary('zczrs')
+    primary_cpu = cpu_seconds(primary.pid)
+    result = bare_stream(primary.repl_port, run.last_tid,
+                         timeout=run.catchup_timeout)
+    result['primary_cpu'] = cpu_seconds(primary.pid) - primary_cpu
+    return result
 
 
-ZCZRS_ZRSD = ReplicaCatchUp(ZCZRS_TO_ZRSD,
-                            '(a) zc.zrs primary -> zrsd replica')
-ZRSD_ZRSD = ReplicaCatchUp(ZRSD_TO_ZRSD, '(b) zrsd primary -> zrsd replica')
-ZCZRS_ZCZRS = ReplicaCatchUp(ZCZRS_TO_ZCZRS,
-                             '(c) zc.zrs primary -> zc.zrs secondary')
-COPY = CopyCatchUp()
-BARE_STREAM = BareStreamCatchUp()
-MEASUREMENTS = (ZCZRS_ZRSD, ZRSD_ZRSD, ZCZRS_ZCZRS, COPY, BARE_STREAM)
-
+Measurement = collections.namedtuple('Measurement',
+                                     'key label measure keeps_replica')
+A, B, C, D, E = MEASUREMENTS = (
+    Measurement('a', '(a) zc.zrs primary -> zrsd replica',
+                replica_catchup(ZCZRS_TO_ZRSD), True),
+    Measurement('b', '(b) zrsd primary -> zrsd replica',
+                replica_catchup(ZRSD_TO_ZRSD), True),
+    Measurement('c', '(c) zc.zrs primary -> zc.zrs secondary',
+                replica_catchup(ZCZRS_TO_ZCZRS), True),
+    Measurement('d', '(d) copyTransactionsFrom (fsync)', copy_catchup,
+                False),
+    Measurement('e', '(e) zc.zrs primary -> bare stream',
+                bare_stream_catchup, False))
 # The rate ratios reported, x/y = time(y) / time(x) per round.
-RATIOS = ((ZCZRS_ZRSD, BARE_STREAM), (ZRSD_ZRSD, ZCZRS_ZCZRS),
-          (ZCZRS_ZRSD, ZCZRS_ZCZRS), (ZRSD_ZRSD, BARE_STREAM),
-          (ZRSD_ZRSD, COPY))
+RATIOS = ((A, E), (B, C), (A, C), (B, E), (B, D))
+TARGETS = (('catchup_a_over_e', 'a/e',
+            'catch-up rate zc.zrs->zrsd / bare zc.zrs stream'),
+           ('catchup_b_over_c', 'b/c',
+            'catch-up rate zrsd->zrsd / zc.zrs->zc.zrs'))
 
 
-def run_catchup(run, rounds, results):
-    """Every measurement in each round, in an order rotated per round;
-    results['catchup'][key] gets one result dict per round."""
-    out = results['catchup'] = {m.key: [] for m in MEASUREMENTS}
-    order = list(MEASUREMENTS)
+def measure_once(m, run, r, keep):
+    """Measurement `m` of round `r`, its data files removed unless kept."""
+    directory = run.path('catchup', '%s-%d' % (m.key, r))
+    result = m.measure(run, directory, keep)
+    if not keep:
+        remove_data_files(directory)
+    return result
+
+
+def run_phase(run):
+    """{key: [a result per round]}, in an order rotated per round."""
+    out = {m.key: [] for m in MEASUREMENTS}
+    rounds = run.args.rounds
     for r in range(rounds):
-        for m in order[r % len(order):] + order[:r % len(order)]:
-            keep = m.keeps_replica and r == rounds - 1
-            directory = run.path('catchup', '%s-%d' % (m.key, r))
-            try:
-                result = m.measure(run, directory, keep)
-                if not keep:
-                    remove_data_files(directory)
-            except Exception as exc:
-                result = failed('catch-up %s round %d' % (m.key, r + 1), exc)
+        for m in rotated(MEASUREMENTS, r):
+            result = attempt('catch-up %s round %d' % (m.key, r + 1),
+                             measure_once, m, run, r,
+                             m.keeps_replica and r == rounds - 1)
             result['round'] = r + 1
             out[m.key].append(result)
             if 'seconds' in result:
                 log('catch-up round %d %-42s %7.2f s%s' % (
                     r + 1, m.label, result['seconds'],
                     '' if result.get('verified') else '  (NOT VERIFIED)'))
+    return out
 
 
-def summarise(catchup, meta, s, targets):
+def summarise(catchup, s, targets, meta):
     """The catch-up rows, ratios and targets of the summary `s`."""
-    mb = meta['file_bytes'] / MB
-    rows = {}
+    rows = s['catchup'] = {}
     for key, runs in catchup.items():
-        sec = summary([run.get('seconds') for run in runs])
+        row = rows[key] = summaries(runs, ('seconds', 'startup',
+                                           'replica_cpu', 'primary_cpu'))
+        sec = row['seconds']
         if sec is None:
             rows[key] = dict(errors=[run.get('error') for run in runs])
             continue
-        rows[key] = dict(
-            seconds=sec, txn_per_s=meta['transactions'] / sec['median'],
-            mb_per_s=mb / sec['median'],
-            startup=summary([run.get('startup') for run in runs]),
-            replica_cpu=summary([run.get('replica_cpu') for run in runs]),
-            primary_cpu=summary([run.get('primary_cpu') for run in runs]),
-            verified=all(run.get('verified') for run in runs
-                         if 'seconds' in run),
-            errors=[run['error'] for run in runs if 'error' in run])
-    s['catchup'] = rows
+        row.update(txn_per_s=meta['transactions'] / sec['median'],
+                   mb_per_s=meta['file_bytes'] / MB / sec['median'],
+                   verified=all(run.get('verified') for run in runs
+                                if 'seconds' in run),
+                   errors=[run['error'] for run in runs if 'error' in run])
     ratios = s['catchup_ratios'] = {
         '%s/%s' % (x.key, y.key): ratio_rounds(
             catchup[x.key], catchup[y.key], 'seconds', invert=True)
         for x, y in RATIOS}
-    for name, x, y, label in (
-            ('catchup_a_over_e', ZCZRS_ZRSD, BARE_STREAM,
-             'catch-up rate zc.zrs->zrsd / bare zc.zrs stream'),
-            ('catchup_b_over_c', ZRSD_ZRSD, ZCZRS_ZCZRS,
-             'catch-up rate zrsd->zrsd / zc.zrs->zc.zrs')):
-        ratio = ratios['%s/%s' % (x.key, y.key)]
-        targets.add(name, label, ratio and ratio['median'],
-                    ratio and ratio['min'])
+    for name, ratio, label in TARGETS:
+        targets.add_stat(name, label, ratios[ratio], 'min')
 
 
-def report(s, p):
+def report(s, catchup, p):
     """The catch-up table (lines passed to `p`)."""
-    p('')
-    p('1. Catch-up: empty replica -> last tid served by its ZEO server')
     p('   %-42s %-22s %9s %8s %8s %8s' % (
         '', 'seconds', 'txn/s', 'MB/s', 'startup', 'CPU s'))
     for m in MEASUREMENTS:
@@ -191,12 +195,10 @@ def report(s, p):
             continue
         p('   %-42s %-22s %9.0f %8.1f %8s %8s%s' % (
             m.label, fmt_range(row['seconds']), row['txn_per_s'],
-            row['mb_per_s'],
-            fmt(row['startup'] and row['startup']['median'], 1),
-            fmt(row['replica_cpu'] and row['replica_cpu']['median'], 1),
+            row['mb_per_s'], median(row['startup'], 1),
+            median(row['replica_cpu'], 1),
             '' if row['verified'] else '  NOT VERIFIED'))
     p('   rate ratios: %s' % ', '.join(
-        '(%s)/(%s) %s' % (x.key, y.key,
-                          fmt_range(s['catchup_ratios'][
-                              '%s/%s' % (x.key, y.key)]))
+        '(%s)/(%s) %s' % (x.key, y.key, fmt_range(
+            s['catchup_ratios']['%s/%s' % (x.key, y.key)]))
         for x, y in RATIOS))

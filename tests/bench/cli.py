@@ -1,65 +1,110 @@
-"""The command line: options, the phases in order, the results on stdout and
-in var/bench/results-TIMESTAMP.json."""
+"""The command line: options, the phases in order, the summary (medians,
+ratios, targets), the text on stdout (a header on the machine and the
+workload, each phase's table, the targets) and the results in
+var/bench/results-TIMESTAMP.json."""
 import argparse
+import contextlib
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from importlib import metadata
 
 from harness.process import ROOT
 
-from .catchup import run_catchup
-from .lag import LAG_PAIRS, run_lag
-from .measure import BENCH_DIR, fsync_probe, log, machine_load
-from .memory import BLOB_MB, run_memory
-from .nodes import ZCZRS_TO_ZCZRS, Run
-from .reads import run_reads
-from .report import report, summarise
+from . import catchup, lag, memory, reads
+from .measure import (
+    BENCH_DIR, MB, RATIO_TARGETS, Targets, fmt, fsync_probe, log,
+    machine_load)
+from .nodes import Run, remove_data_files
 from .workload import PRESETS, workload
 
-PHASES = ('catchup', 'lag', 'reads', 'memory')
+PHASES = (catchup, lag, reads, memory)
+PHASE_NAMES = tuple(phase.NAME for phase in PHASES)
+
+
+def summarise(results, meta):
+    """Median/min/max of every figure, ratios per round, targets."""
+    s, targets = {}, Targets()
+    for phase in PHASES:
+        if results.get(phase.NAME):
+            phase.summarise(results[phase.NAME], s, targets, meta)
+    s['targets'] = list(targets)
+    return s
+
+
+def report(results, s, meta, args):
+    """The text of the results (for stdout): what ran where (preset,
+    workload, machine load, fsync latency), each phase, the targets."""
+    out = ['', 'zrsd benchmark: preset %s, seed %d, %d round(s), %s' % (
+        args.preset, args.seed, args.rounds, results['started'])]
+    p = out.append
+    p('workload: %d transactions, %d records, %d objects, %.1f MB '
+      '(%d with extensions, %d of 5 MB)' % (
+          meta['transactions'], meta['records'], meta['objects'],
+          meta['file_bytes'] / MB, meta['extension_transactions'],
+          meta['big_transactions']))
+    p('machine: %d CPUs; after each phase, 1-minute load average / CPU '
+      'pressure (%% of time tasks waited for a CPU, 60 s): %s' % (
+          os.cpu_count(), ', '.join(
+              '%s %.1f/%s' % (name, load, '-' if pressure is None
+                              else '%.0f%%' % pressure)
+              for name, load, pressure in results['load'])))
+    p('fsync of a small append on the replicas\' disk (ms): p50 %(p50).2f, '
+      'p90 %(p90).2f, p99 %(p99).2f, max %(max).2f' % results['fsync_ms'])
+    p('primaries\' files: %s' % (
+        'tmpfs (%s)' % results['primary_dir'] if results['primary_dir']
+        else 'on disk, in the run directory'))
+    p('figures: median (min-max) over rounds; ratios are computed per round')
+    for phase in PHASES:
+        if results.get(phase.NAME):
+            out += ['', phase.TITLE]
+            phase.report(s, results[phase.NAME], p)
+    if s['targets']:
+        out += ['', 'Targets (median over rounds; "worst" is the worst round)']
+        for t in s['targets']:
+            digits = 3 if t['name'] in RATIO_TARGETS else 2
+            p('   %-52s %10s  target %-7s %-8s worst %s' % (
+                t['label'], fmt(t['value'], digits), t['target'],
+                {True: 'met', False: 'NOT MET', None: '-'}[t['met']],
+                fmt(t['worst'], digits)))
+    return '\n'.join(out + [''])
 
 
 def parse_args(argv=None):
     """The options; the preset fills in the lengths not given."""
     parser = argparse.ArgumentParser(
         description='zrsd benchmark (see README.md, "Benchmark")')
-    parser.add_argument('--preset', choices=sorted(PRESETS),
-                        default='default')
-    parser.add_argument('--seed', type=int, default=20261129)
-    parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--lag-seconds', type=float, default=None,
-                        help='seconds of commits per rate per lag session '
-                        '(default: 10, small preset 3)')
-    parser.add_argument('--read-seconds', type=float, default=None,
-                        help='seconds per read measurement (default: 5, '
-                        'small preset 2)')
-    parser.add_argument('--blob-mb', type=int, default=BLOB_MB,
-                        help='size of the memory test blob (default 1024)')
-    parser.add_argument('--phases', default=','.join(PHASES),
-                        help='comma-separated subset of catchup, lag, '
-                        'reads, memory')
-    parser.add_argument('--no-reference-lag', action='store_true',
-                        help='skip the zc.zrs -> zc.zrs lag reference')
-    parser.add_argument('--lag-probe', action='store_true',
-                        help='diagnostic: also follow each lag primary\'s '
-                        'stream with a bare consumer and note when each '
-                        'commit left it (adds a secondary to the primary)')
-    parser.add_argument('--primaries-on-disk', action='store_true',
-                        help='keep the primaries\' files in the run '
-                        'directory instead of on tmpfs (/dev/shm)')
-    parser.add_argument('--json', help='also write the results here')
-    parser.add_argument('--keep', action='store_true',
-                        help='keep the data files of the run directory')
+    add = parser.add_argument
+    add('--preset', choices=sorted(PRESETS), default='default')
+    add('--seed', type=int, default=20261129)
+    add('--rounds', type=int, default=3)
+    add('--lag-seconds', type=float, help='seconds of commits per rate per '
+        'lag session (default: 10, small preset 3)')
+    add('--read-seconds', type=float, help='seconds per read measurement '
+        '(default: 5, small preset 2)')
+    add('--blob-mb', type=int, default=memory.BLOB_MB,
+        help='size of the memory test blob (default 1024)')
+    add('--phases', default=','.join(PHASE_NAMES),
+        help='comma-separated subset of catchup, lag, reads, memory')
+    add('--no-reference-lag', action='store_true',
+        help='skip the zc.zrs -> zc.zrs lag reference')
+    add('--lag-probe', action='store_true', help='diagnostic: also follow '
+        'each lag primary\'s stream with a bare consumer and note when each '
+        'commit left it (adds a secondary to the primary)')
+    add('--primaries-on-disk', action='store_true', help='keep the '
+        'primaries\' files in the run directory instead of on tmpfs '
+        '(/dev/shm)')
+    add('--json', help='also write the results here')
+    add('--keep', action='store_true',
+        help='keep the data files of the run directory')
     args = parser.parse_args(argv)
-    preset = PRESETS[args.preset]
-    if args.lag_seconds is None:
-        args.lag_seconds = preset['lag_seconds']
-    if args.read_seconds is None:
-        args.read_seconds = preset['read_seconds']
-    unknown = set(phases(args)) - set(PHASES)
+    for name in ('lag_seconds', 'read_seconds'):
+        if getattr(args, name) is None:
+            setattr(args, name, PRESETS[args.preset][name])
+    unknown = set(phases(args)) - set(PHASE_NAMES)
     if unknown:
         parser.error('unknown phase(s): %s' % ', '.join(sorted(unknown)))
     return args
@@ -72,23 +117,20 @@ def phases(args):
 def environment():
     """Versions, git revision and machine, for the JSON."""
     def version(name):
-        try:
-            from importlib.metadata import version as v
-            return v(name)
-        except Exception:
-            return None
-    try:
-        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
-                             cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(['git', 'status', '--porcelain'],
-                                    cwd=ROOT, capture_output=True, text=True,
-                                    timeout=10).stdout.strip())
-    except Exception:
-        rev, dirty = None, None
+        with contextlib.suppress(Exception):
+            return metadata.version(name)
+
+    def git(*args):
+        with contextlib.suppress(Exception):
+            return subprocess.run(('git',) + args, cwd=ROOT, text=True,
+                                  capture_output=True,
+                                  timeout=10).stdout.strip()
+    dirty = git('status', '--porcelain')
     return dict(python=platform.python_version(), cpus=os.cpu_count(),
                 machine=platform.machine(), kernel=platform.release(),
-                load_average=os.getloadavg(), git=rev, git_dirty=dirty,
+                load_average=os.getloadavg(),
+                git=git('rev-parse', '--short', 'HEAD'),
+                git_dirty=None if dirty is None else bool(dirty),
                 zrsd=version('zrsd'), ZODB=version('ZODB'),
                 ZEO=version('ZEO'), zc_zrs=version('zc.zrs'))
 
@@ -100,32 +142,21 @@ def run_phases(args, workload_path, meta, directory=None):
     run = Run(args, workload_path, meta, directory)
     results = dict(started=time.strftime('%Y-%m-%d %H:%M:%S'),
                    args=vars(args), workload=meta,
-                   environment=environment(), run_dir=run.dir)
+                   environment=environment(), run_dir=run.dir,
+                   primary_dir=run.primary_dir)
     log('run directory %s%s' % (
         os.path.relpath(run.dir, ROOT),
         ', primaries in %s' % run.primary_dir if run.primary_dir else ''))
-    results['primary_dir'] = run.primary_dir
     results['fsync_ms'] = fsync_probe(run.dir)
     results['load'] = [('start',) + machine_load()]
-    chosen = phases(args)
-    lag_pairs = [pair for pair in LAG_PAIRS if not (
-        pair is ZCZRS_TO_ZCZRS and args.no_reference_lag)]
     try:
-        if 'catchup' in chosen:
-            run_catchup(run, args.rounds, results)
-            results['load'].append(('catchup',) + machine_load())
-        if 'lag' in chosen:
-            run_lag(run, args.rounds, args.lag_seconds, results, lag_pairs)
-            results['load'].append(('lag',) + machine_load())
-        if 'reads' in chosen:
-            run_reads(run, args.rounds, args.read_seconds, results)
-            results['load'].append(('reads',) + machine_load())
-        if 'memory' in chosen:
-            # Everything else is done: free the disk and tmpfs first.
-            run.stop_primaries()
-            clean_up(run, args)
-            run_memory(run, args.blob_mb, results)
-            results['load'].append(('memory',) + machine_load())
+        for phase in (p for p in PHASES if p.NAME in phases(args)):
+            if phase.NAME == 'memory':
+                # Everything else is done: free the disk and tmpfs first.
+                run.stop_primaries()
+                clean_up(run, args)
+            results[phase.NAME] = phase.run_phase(run)
+            results['load'].append((phase.NAME,) + machine_load())
     finally:
         clean_up(run, args)
     return run, results
@@ -137,21 +168,16 @@ def clean_up(run, args):
     run.close()
     run.remove_primaries()
     if not args.keep:
-        run.remove_data()
+        remove_data_files(run.dir)
 
 
 def write_results(results, stamp, extra_path=None):
     """var/bench/results-STAMP.json (and `extra_path`); every commit of the
     lag sessions goes to a compact file of its own."""
-    samples = {}
-    for pair, runs in results.get('lag', {}).items():
-        for run in runs:
-            for rate, res in run.get('rates', {}).items():
-                samples['%s-%s-%s' % (pair, run['round'], rate)] = \
-                    res.pop('samples', [])
+    samples = {'%s-%s-%s' % (pair, run['round'], rate): res.pop('samples', [])
+               for pair, runs in results.get('lag', {}).items()
+               for run in runs for rate, res in run.get('rates', {}).items()}
     paths = [os.path.join(BENCH_DIR, 'results-%s.json' % stamp)]
-    if extra_path:
-        paths.append(extra_path)
     if samples:
         results['lag_samples_file'] = paths[0][:-5] + '-lag-samples.json'
         with open(results['lag_samples_file'], 'w') as f:
@@ -160,16 +186,10 @@ def write_results(results, stamp, extra_path=None):
                          'loaded ms', 'commit duration ms',
                          'primary sent ms (--lag-probe)'],
                 sessions=samples), f, separators=(',', ':'))
-    for out in paths:
+    for out in paths + ([extra_path] if extra_path else []):
         with open(out, 'w') as f:
-            json.dump(results, f, indent=1, default=_json_default)
+            json.dump(results, f, indent=1, default=bytes.hex)
         log('results written to %s' % out)
-
-
-def _json_default(value):
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(repr(value))
 
 
 def main(argv=None):

@@ -1,25 +1,34 @@
-"""Reading a running server from outside: CPU time, memory, ZEO status, logs,
-and the machine's own state (load, fsync latency).
-
-Nothing here starts a process; `nodes.Run` does.
-"""
+"""Reading a running server from outside (CPU time, ZEO status) and the
+machine's own state (load, fsync latency); progress and failure logging,
+the rounds shared by the phases; turning measurements into figures
+(percentiles, medians over rounds, per-round ratios, targets, formats).
+Nothing here starts a process."""
+import math
 import os
+import statistics
 import sys
 import time
 import traceback
 
-import ZEO
-from ZODB.utils import p64, u64
-
 from harness.process import ROOT
-from harness.zrsd_nodes import process_memory
-
-from .figures import percentile
+from zrsd.tools.check import StatusError, ask_status
 
 MB = 1024.0 * 1024.0
 BENCH_DIR = os.path.join(ROOT, 'var', 'bench')
 CATCHUP_POLL = 0.02          # seconds between `ruok` polls of a replica
 READ_CACHE_SIZE = 256 << 10  # ZEO client cache: small, loads reach the server
+TARGETS = {
+    'catchup_a_over_e': '>= 0.9',
+    'catchup_b_over_c': '>= 3',
+    'lag_500_p99_ms': '<= 2',
+    'lag_500_max_ms': '<= 15',
+    'reads_ratio': '>= 0.95',
+    'reads_cpu_ratio': '<= 1.05',
+    'memory_mb': '<= 150',
+}
+# Printed with three decimals; the other targets with two.
+RATIO_TARGETS = ('catchup_a_over_e', 'catchup_b_over_c', 'reads_ratio',
+                 'reads_cpu_ratio')
 
 
 def log(message):
@@ -28,12 +37,23 @@ def log(message):
     sys.stderr.flush()
 
 
-def failed(what, exc):
-    """Log a measurement that failed, with its traceback; the result that
-    stands for it (a dict with an 'error')."""
-    log('%s FAILED: %s' % (what, exc))
-    traceback.print_exc(file=sys.stderr)
-    return dict(error=str(exc))
+def attempt(what, function, *args, recover=None):
+    """`function(*args)`; if it raises, log it with its traceback, call
+    `recover()` and return the result that stands for it: {'error': ...}."""
+    try:
+        return function(*args)
+    except Exception as exc:
+        log('%s FAILED: %s' % (what, exc))
+        traceback.print_exc(file=sys.stderr)
+        if recover is not None:
+            recover()
+        return dict(error=str(exc))
+
+
+def rotated(items, r):
+    """`items` in the order of round `r`: rotated by `r`."""
+    items = list(items)
+    return items[r % len(items):] + items[:r % len(items)]
 
 
 def cpu_seconds(pid):
@@ -46,29 +66,9 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
-def vm_status(pid):
-    """{'VmRSS': bytes, 'VmHWM': bytes} of a process, or {}."""
-    memory = process_memory(pid)
-    return {} if memory is None else dict(zip(('VmRSS', 'VmHWM'), memory))
-
-
-def reset_peak_rss(pid):
-    """Reset VmHWM to the current RSS (`echo 5 > /proc/PID/clear_refs`);
-    True if the kernel did."""
-    try:
-        with open('/proc/%d/clear_refs' % pid, 'w') as f:
-            f.write('5')
-    except OSError:
-        return False
-    values = vm_status(pid)
-    return bool(values) and \
-        values['VmHWM'] <= values['VmRSS'] * 1.1 + (1 << 20)
-
-
 def server_status(port, timeout=5.0):
-    """The `ruok` status of the ZEO server on 127.0.0.1:port, storage '1'
-    (a dict), or None if it does not answer (yet)."""
-    from zrsd.tools.check import StatusError, ask_status
+    """The `ruok` status of storage '1' of the ZEO server on `port`, or
+    None if it does not answer (yet)."""
     try:
         return ask_status('127.0.0.1:%d' % port, 'server', timeout)['1']
     except (StatusError, KeyError):
@@ -78,71 +78,25 @@ def server_status(port, timeout=5.0):
 def served_tid(port):
     """The last transaction the ZEO server on `port` reports, or None."""
     status = server_status(port)
-    if status is None:
-        return None
-    return bytes.fromhex(status['last-transaction'])
+    return status and bytes.fromhex(status['last-transaction'])
 
 
-def wait_served(port, tid, alive, timeout, interval=CATCHUP_POLL):
-    """Poll the ZEO server on `port` (ruok) until its last transaction is
-    `tid`; return time.monotonic() of the answer that said so.  `alive()`
-    raises if a process it watches died."""
+def wait_served(node, tid, timeout, interval=CATCHUP_POLL):
+    """Poll `node`'s ZEO server (ruok) until its last transaction is `tid`;
+    return time.monotonic() of the answer that said so.  Raises if the
+    node's process exits."""
     deadline = time.monotonic() + timeout
-    while True:
-        if served_tid(port) == tid:
-            return time.monotonic()
-        alive()
+    while served_tid(node.zeo_port) != tid:
+        if not node.running():
+            raise RuntimeError('%s exited with status %s; log %s' % (
+                node.name, node.process.popen.returncode, node.log_path))
         if time.monotonic() > deadline:
             raise RuntimeError('timed out after %ds waiting for tid %s on '
                                'port %d (it serves %s)' % (
-                                   timeout, tid.hex(), port,
-                                   (served_tid(port) or b'').hex()))
+                                   timeout, tid.hex(), node.zeo_port,
+                                   (served_tid(node.zeo_port) or b'').hex()))
         time.sleep(interval)
-
-
-def verify_load(port, oid, tid):
-    """A ZEO client of the server on `port` loads `oid` as of `tid`: the
-    revision must be the one written by `tid`."""
-    storage = ZEO.client(('127.0.0.1', port), read_only=True,
-                         wait_timeout=30)
-    try:
-        result = storage.loadBefore(oid, p64(u64(tid) + 1))
-    finally:
-        storage.close()
-    return result is not None and result[1] == tid
-
-
-def log_time(text, needle):
-    """time.monotonic() of the first log line containing `needle` (the
-    line starts with a `%(created)f` time stamp)."""
-    offset = time.time() - time.monotonic()
-    for line in text.splitlines():
-        if needle in line:
-            return float(line.split(None, 1)[0]) - offset
-    return None
-
-
-def cpu_after_log(proc, needle, timeout=60):
-    """CPU seconds used by `proc` when `needle` appears in its log (polled
-    every 5 ms): the start-up cost, to subtract from later readings."""
-    deadline = time.monotonic() + timeout
-    while needle not in proc.log():
-        if proc.popen.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError('%s did not log %r; see %s' % (
-                os.path.basename(proc.args[0]), needle, proc.log_path))
-        time.sleep(0.005)
-    return cpu_seconds(proc.pid)
-
-
-def check_alive(*processes):
-    """A function raising if one of the `harness.process.Process`es exited."""
-    def alive():
-        for proc in processes:
-            if proc.popen.poll() is not None:
-                raise RuntimeError('%s exited with status %s; log %s' % (
-                    os.path.basename(proc.args[0]), proc.popen.returncode,
-                    proc.log_path))
-    return alive
+    return time.monotonic()
 
 
 def machine_load():
@@ -160,9 +114,9 @@ def machine_load():
 
 
 def fsync_probe(directory, count=200, interval=0.01):
-    """fsync latency of the disk under `directory`: `count` appends of 200
-    bytes, each fsynced, `interval` apart (what a replica does per live
-    transaction).  Returns p50/p90/p99/max in ms."""
+    """fsync latency (ms: p50/p90/p99/max) of the disk under `directory`:
+    `count` fsynced appends of 200 bytes, `interval` apart (what a replica
+    does per live transaction)."""
     path = os.path.join(directory, 'fsync-probe')
     latencies = []
     with open(path, 'wb') as f:
@@ -174,6 +128,82 @@ def fsync_probe(directory, count=200, interval=0.01):
             latencies.append((time.perf_counter() - began) * 1000)
             time.sleep(interval)
     os.remove(path)
-    latencies.sort()
-    return dict(p50=percentile(latencies, 50), p90=percentile(latencies, 90),
-                p99=percentile(latencies, 99), max=latencies[-1])
+    return percentiles(latencies)
+
+
+def percentile(sorted_values, p):
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    return sorted_values[max(1, math.ceil(p / 100.0 * len(sorted_values)))
+                         - 1]
+
+
+def percentiles(values, prefix='', ps=(50, 90, 99), top='max'):
+    """{prefix + 'pN': ..., prefix + top: the largest (unless None)} of
+    `values`."""
+    values = sorted(values)
+    out = {'%sp%d' % (prefix, p): percentile(values, p) for p in ps}
+    if top:
+        out[prefix + top] = values[-1] if values else None
+    return out
+
+
+def summary(values):
+    """median, min, max (and the values) of the non-None `values`."""
+    values = [v for v in values if v is not None]
+    if values:
+        return dict(median=statistics.median(values), min=min(values),
+                    max=max(values), values=values)
+
+
+def summaries(runs, names):
+    """{name: summary of run.get(name) over `runs`} for each name."""
+    return {name: summary([run.get(name) for run in runs]) for name in names}
+
+
+def ratio_rounds(first, second, key, invert=False):
+    """Per-round ratios first/second of `key` (rounds matched by index)."""
+    return summary([b[key] / a[key] if invert else a[key] / b[key]
+                    for a, b in zip(first, second)
+                    if a.get(key) and b.get(key)])
+
+
+class Targets(list):
+    """The target lines of a summary, in the order they are added."""
+
+    def add(self, name, label, value, worst=None):
+        """A target of TARGETS: `value` is the median, `worst` the worst
+        round; met is None without a value."""
+        op, limit = TARGETS[name].split()
+        met = None if value is None else (
+            value >= float(limit) if op == '>=' else value <= float(limit))
+        self.append(dict(name=name, label=label, value=value, worst=worst,
+                         target=TARGETS[name], met=met))
+
+    def add_stat(self, name, label, stat, worst):
+        """A target on the median of a `summary()`; `worst` is 'min' or
+        'max'."""
+        self.add(name, label, stat and stat['median'], stat and stat[worst])
+
+    def failed(self, name, label, value, target):
+        """A condition that failed outright (e.g. missing commits)."""
+        self.append(dict(name=name, label=label, value=value,
+                         target=target, met=False, worst=None))
+
+
+def fmt(value, digits=2):
+    return '-' if value is None else '%.*f' % (digits, value)
+
+
+def median(stat, digits=2):
+    """The median of a `summary()`, formatted, or '-'."""
+    return fmt(stat and stat['median'], digits)
+
+
+def fmt_range(stat, digits=2):
+    """'median (min-max)' of a `summary()`, or '-'."""
+    if not stat:
+        return '-'
+    return '%s (%s-%s)' % tuple(fmt(stat[k], digits)
+                                for k in ('median', 'min', 'max'))

@@ -1,11 +1,6 @@
-"""A primary's ZRS stream read straight off a socket, bypassing any
-replica: the catch-up's bare consumer (row (e)) and the lag test's
---lag-probe, which notes when the primary sent each commit.
-
-The wire format is zrsd/protocol.py's: 4-byte big-endian sized frames; the
-secondary sends `zrs2.0` and its start tid; the primary sends pickled
-messages, an S (record) or B (blob) message followed by raw data frames.
-"""
+"""A primary's ZRS stream read off a socket (catch-up row (e), --lag-probe)
+in zrsd/protocol.py's format: 4-byte sized frames, pickled messages; raw
+data frames follow an S (record) or B (blob) message."""
 import pickle
 import socket
 import struct
@@ -14,41 +9,29 @@ import time
 from ZODB.utils import z64
 
 
-def connect(port, timeout):
-    """A TCP connection to the ZRS port of a primary on 127.0.0.1."""
+def connect(port, timeout, start_tid):
+    """A TCP connection to a primary's ZRS port on 127.0.0.1, handshake
+    sent: the protocol name, then the tid after which it wants data."""
     sock = socket.create_connection(('127.0.0.1', port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(struct.pack('>I', 6) + b'zrs2.0' + struct.pack('>I', 8) +
+                 start_tid)
     return sock
 
 
-def handshake(start_tid):
-    """The secondary's handshake: the protocol name, then the tid after
-    which it wants the primary's transactions."""
-    return struct.pack('>I', 6) + b'zrs2.0' + struct.pack('>I', 8) + \
-        start_tid
-
-
 def bare_stream(port, last_tid, timeout):
-    """Consume a ZRS primary's stream from the start and discard it.
-
-    Sends the handshake (`zrs2.0`, eight zero bytes), then reads frames:
-    after an S message one data frame follows, after a B message a data
-    frame and `nblocks` blob frames.  Only T messages (for the tid) and B
-    messages are unpickled; the message type is the 7th byte of the
-    protocol-1 pickle `(X\\x01\\0\\0\\0T...`.  Done at the C message that
-    follows the T of `last_tid`.
-    """
-    sock = connect(port, timeout)
+    """Consume a ZRS primary's stream from the start, up to the C message
+    after the T of `last_tid`, and discard it.  Only T and B messages are
+    unpickled; the message type is the 7th byte of the protocol-1 pickle
+    `(X\\x01\\0\\0\\0T...`."""
     cpu = time.process_time()
     started = time.monotonic()
-    sock.sendall(handshake(z64))
+    sock = connect(port, timeout, z64)
     buf = bytearray(4 << 20)
     view = memoryview(buf)
     start = end = 0
-    raw = 0                 # data frames still expected
+    raw = frames = transactions = total = 0     # raw: data frames due
     tid = None
-    frames = transactions = 0
-    total = 0
     prefix = b'(X\x01\x00\x00\x00'
     unpack = struct.unpack_from
     try:
@@ -107,13 +90,9 @@ def stream_probe(conn, port, start_tid):
     """Diagnostic (--lag-probe): follow a primary's stream from `start_tid`
     like a secondary that applies nothing, and note when each transaction's
     C message arrived.  Sends {tid: time} after ('stop',)."""
-    sock = connect(port, 30)
-    sock.sendall(handshake(start_tid))
+    sock = connect(port, 30, start_tid)
     sock.settimeout(0.1)
-    buf = b''
-    raw = 0
-    tid = None
-    arrived = {}
+    buf, raw, tid, arrived = b'', 0, None, {}
     conn.send('ready')
     while not conn.poll():
         try:

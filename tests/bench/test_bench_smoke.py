@@ -1,10 +1,8 @@
 """The benchmark on a tiny workload: each phase runs once, briefly, and
-produces its figures.  No timing is asserted: speed belongs in the
-numbers `make bench` prints, not here."""
+produces its figures (no timing is asserted)."""
 import os
 
-from .cli import parse_args, run_phases
-from .report import report, summarise
+from .cli import parse_args, report, run_phases, summarise
 from .workload import generate_workload
 
 

@@ -1,8 +1,6 @@
 """The benchmark's workload: a FileStorage written directly (not through
-ZEO), deterministic for a preset and a seed, cached under var/bench/.
-
-README.md, "The workload", describes its shape.
-"""
+ZEO), deterministic for a preset and a seed, cached under var/bench/;
+README.md, "The workload", describes its shape."""
 import importlib
 import json
 import os
@@ -37,37 +35,25 @@ def record_meta():
     return pickle.dumps((PersistentMapping, None), 3)
 
 
-def record_size(rng):
-    """100 B - 20 KB, skewed small: median ~200 B, mean ~1.5 KB."""
-    return int(100 * 200 ** (rng.random() ** 3))
-
-
-def tid_at(seconds):
-    """The tid of a commit at `seconds` since the epoch (UTC)."""
-    return TimeStamp(*time.gmtime(seconds)[:5] + (seconds % 60,)).raw()
-
-
 def generate_workload(path, transactions, big_transactions, seed):
-    """Write the workload FileStorage at `path` (and its .index).
-
-    Deterministic for (transactions, big_transactions, seed): tids start at
-    2024-01-01 00:00 UTC, 1-50 ms apart.  Transaction 0 stores the root
-    (oid 0).  Each other transaction touches 1-20 distinct objects (a new
-    object with probability 0.3, else an existing one at random), records
-    of `record_size()`; every transaction with probability 0.2 has a user,
-    a description and extension data; `big_transactions` evenly spaced
-    transactions hold 5 MB (one 5 MB record, or five of 1 MB, alternately).
-    Records are PersistentMapping pickles of a payload cut from a random
-    pool (prefixed with a counter, so no two are alike).
-
-    FileStorage fsyncs each transaction; not needed here (the file is
-    fsynced once at the end), so the module's `fsync` is switched off while
-    writing.  Returns the metadata dict.
-    """
+    """Write the workload FileStorage at `path` (and its .index); returns
+    its metadata.  Deterministic for (transactions, big_transactions, seed):
+    tids from 2024-01-01 00:00 UTC, 1-50 ms apart.  Transaction 0 stores the
+    root.  Each other touches 1-20 distinct objects (new with probability
+    0.3), of 100 B - 20 KB, and with probability 0.2 has a user,
+    a description and extension data; `big_transactions` evenly spaced ones
+    hold 5 MB (one record of 5 MB or five of 1 MB, alternately).  Payloads
+    are cut from a random pool, prefixed with a counter.  FileStorage's
+    fsync per transaction is switched off; the file is fsynced once."""
     rng = random.Random(seed)
     pool = rng.randbytes(POOL_SIZE)
     meta_pickle = record_meta()
     counter = [0]
+    oids = [0]
+    big_at = {int((k + 1) * transactions / (big_transactions + 1)): k
+              for k in range(big_transactions)}
+    stats = dict(records=0, data_bytes=0, extension_transactions=0,
+                 big_transactions=0)
 
     def record(size):
         counter[0] += 1
@@ -77,65 +63,52 @@ def generate_workload(path, transactions, big_transactions, seed):
             pool[offset:offset + payload_size - 8]
         return meta_pickle + pickle.dumps({'data': {'payload': payload}}, 3)
 
-    big_at = {int((k + 1) * transactions / (big_transactions + 1)): k
-              for k in range(big_transactions)}
+    def changes(i):
+        """The records and the metadata of transaction `i` > 0."""
+        if i in big_at:
+            sizes = [5 << 20] if big_at[i] % 2 == 0 else [1 << 20] * 5
+            stats['big_transactions'] += 1
+        else:
+            # 100 B - 20 KB, skewed small: median ~200 B, mean ~1.5 KB.
+            sizes = [int(100 * 200 ** (rng.random() ** 3))
+                     for _ in range(rng.randint(1, 20))]
+        records, touched = [], set()
+        for size in sizes:
+            if len(oids) < 20 or rng.random() < 0.3 or i in big_at:
+                oid = len(oids)
+                oids.append(oid)
+            else:
+                oid = oids[rng.randrange(len(oids))]
+                if oid in touched:
+                    continue
+            touched.add(oid)
+            records.append((p64(oid), record(size)))
+        if rng.random() >= 0.2:
+            return records, ('', '', {})
+        stats['extension_transactions'] += 1
+        return records, (
+            'bench-user-%d' % rng.randrange(5),
+            rng.choice(['edit', 'bulk import', 'nightly job',
+                        'café ✓ résumé']),
+            {'batch': i // 100, 'origin': 'zrsd-bench', 'seq': i,
+             'tags': ['x', 'y'][:i % 3], 'load': round(rng.random(), 3)})
+
     fsmodule = importlib.import_module('ZODB.FileStorage.FileStorage')
-    saved_fsync = fsmodule.fsync
-    fsmodule.fsync = None
-    for suffix in ('', '.index', '.lock', '.tmp'):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
+    saved_fsync, fsmodule.fsync = fsmodule.fsync, None
+    remove_files(path, ('', '.index', '.lock', '.tmp'))
     fs = ZODB.FileStorage.FileStorage(path, create=True)
-    stats = dict(records=0, data_bytes=0, extension_transactions=0,
-                 big_transactions=0)
     try:
         now = 1704067200.0          # 2024-01-01 00:00:00 UTC
         last_tid = z64
-        oids = []
-        last_oid = None
         for i in range(transactions):
             now += rng.uniform(0.001, 0.05)
-            tid = tid_at(now)
+            tid = TimeStamp(*time.gmtime(now)[:5] + (now % 60,)).raw()
             if tid <= last_tid:
                 tid = TimeStamp(last_tid).laterThan(TimeStamp(last_tid)).raw()
-            records = []
-            if i == 0:
-                records.append((z64, meta_pickle + pickle.dumps(
-                    {'data': {}}, 3)))
-                oids.append(0)
-                user, description, extension = (
-                    'bench', 'create the root', {'origin': 'zrsd-bench'})
-            else:
-                if i in big_at:
-                    k = big_at[i]
-                    sizes = [5 << 20] if k % 2 == 0 else [1 << 20] * 5
-                    stats['big_transactions'] += 1
-                else:
-                    sizes = [record_size(rng)
-                             for _ in range(rng.randint(1, 20))]
-                touched = set()
-                for size in sizes:
-                    if len(oids) < 20 or rng.random() < 0.3 or i in big_at:
-                        oid = len(oids)
-                        oids.append(oid)
-                    else:
-                        oid = oids[rng.randrange(len(oids))]
-                        if oid in touched:
-                            continue
-                    touched.add(oid)
-                    records.append((p64(oid), record(size)))
-                if rng.random() < 0.2:
-                    stats['extension_transactions'] += 1
-                    user = 'bench-user-%d' % rng.randrange(5)
-                    description = rng.choice([
-                        'edit', 'bulk import', 'nightly job',
-                        'café ✓ résumé'])
-                    extension = {'batch': i // 100, 'origin': 'zrsd-bench',
-                                 'seq': i, 'tags': ['x', 'y'][:i % 3],
-                                 'load': round(rng.random(), 3)}
-                else:
-                    user, description, extension = '', '', {}
-            t = TransactionMetaData(user, description, extension)
+            records, meta = changes(i) if i else (
+                [(z64, meta_pickle + pickle.dumps({'data': {}}, 3))],
+                ('bench', 'create the root', {'origin': 'zrsd-bench'}))
+            t = TransactionMetaData(*meta)
             fs.tpc_begin(t, tid)
             for oid, data in records:
                 fs.restore(oid, tid, data, '', None, t)
@@ -144,29 +117,29 @@ def generate_workload(path, transactions, big_transactions, seed):
             fs.tpc_vote(t)
             fs.tpc_finish(t)
             last_tid = tid
-            last_oid = records[-1][0]
     finally:
         fs.close()
         fsmodule.fsync = saved_fsync
     with open(path, 'rb+') as f:
         os.fsync(f.fileno())
-    for suffix in ('.lock', '.tmp'):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
+    remove_files(path, ('.lock', '.tmp'))
     stats.update(transactions=transactions, last_tid=last_tid.hex(),
-                 last_oid=last_oid.hex(), max_oid=len(oids) - 1,
+                 last_oid=records[-1][0].hex(), max_oid=len(oids) - 1,
                  objects=len(oids), file_bytes=os.path.getsize(path),
                  seed=seed)
     return stats
 
 
-def workload(preset, seed):
-    """(path, metadata) of the cached workload file, generated if missing.
+def remove_files(path, suffixes):
+    for suffix in suffixes:
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
 
-    The file and its metadata live in var/bench/, named by preset, seed and
-    generator version; the metadata file is written last, so an
-    interrupted generation is redone.
-    """
+
+def workload(preset, seed):
+    """(path, metadata) of the workload file cached in var/bench/ (named
+    by preset, seed and generator version), generated if missing; the
+    metadata file is written last, so an interrupted generation is redone."""
     params = PRESETS[preset]
     name = 'workload-%s-seed%d-v%d' % (preset, seed, WORKLOAD_FORMAT)
     path = os.path.join(BENCH_DIR, name + '.fs')

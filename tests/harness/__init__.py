@@ -6,8 +6,9 @@ from here.
   `Process`, and `Node`, the base class of every kind of node (config
   file, start/stop/kill, log, ZEO client, last tid).
 - `zrsd_nodes`: `ZrsdNode` (a zrsd primary, replica or cascade, by its
-  links), `RunzeoNode` (plain ZEO), the zrsd config builder, `Writer` (a
-  committing thread) and `MemorySampler`.
+  links), `RunzeoNode` (zrsd's `<zrs>` in runzeo), `PlainZeoNode` (plain
+  ZEO), the zrsd config builder, `Writer` (a committing thread) and
+  `MemorySampler`.
 - `zczrs`: a real zc.zrs 3.1 primary (`ZcZrsPrimary`), the populated
   history, and `Proxy`, a gated TCP proxy.
 - `peers`: a real zc.zrs 3.1 secondary on ZODB 5.5.1 in its own

@@ -185,6 +185,26 @@ class RunzeoNode(ZrsdNode):
         return ('listening on',)
 
 
+class PlainZeoNode(Node):
+    """Plain ZEO, no replication: runzeo serving `NAME.fs` as storage `1`
+    (the benchmark's reference server)."""
+
+    read_only = False
+
+    def write_config(self):
+        with open(self.config_path, 'w') as f:
+            f.write('<zeo>\n  address 127.0.0.1:%d\n</zeo>\n<filestorage 1>\n'
+                    '  path %s\n</filestorage>\n' % (
+                        self.zeo_port, self.fs_path) + eventlog_section())
+        return self.config_path
+
+    def command(self):
+        return [os.path.join(BIN, 'runzeo'), '-C', self.config_path]
+
+    def ready(self):
+        return ("listening on ('127.0.0.1', %d)" % self.zeo_port,)
+
+
 class Writer:
     """Commits small transactions to one node through ZEO, in a thread, as
     fast as the node takes them, until stopped or until a commit fails

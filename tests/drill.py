@@ -1,0 +1,446 @@
+"""The failover drill (`make drill`, `scripts/drill.py`): the README's
+runbook end to end on 127.0.0.1 with three real zrsd nodes A, B and C
+(each with a `replicate-to`), real ZEO clients and the real operator
+commands: `zrsdctl promote`, `zrsd-rewind [--dry-run]`, `zrsd-verify`,
+SIGTERM for a planned stop, SIGKILL for a host failure, a rewritten
+config for "set replicate-from".
+
+1. Set-up: A primary; B (through a throttled `ChaosProxy`, so it lags) and
+   C replicas of A; a `Writer` commits to A (blobs too with `--blobs`).
+2. Planned switchover A -> B: SIGTERM A under load; B and C must hold A's
+   last transaction and every acknowledged commit.  Promote B, point C at
+   B (through a proxy), make A a replica of B (nothing to rewind); a
+   commit on B reaches both; `zrsd-verify`.
+3. Unplanned failover B -> C: stall C's link, B commits LOST more (A gets
+   them), SIGKILL B, promote C; A is refused, rewound and restarted; B's
+   promotion is undone and B rewound; a commit on C reaches both;
+   `zrsd-verify`; after a clean stop the Data.fs files (and blob trees)
+   are byte-identical.
+4. A summary: each step's time and result, and what was lost (in 3,
+   exactly what B committed after the stall and both rewinds removed).
+
+Exit status 0 when everything held, 1 otherwise (with the reason and the
+tail of each node's log).  The work directory (default var/drill) is
+recreated, and removed after a clean run unless `--keep`.
+"""
+import argparse
+import contextlib
+import filecmp
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from harness.chaos import ChaosProxy
+from harness.history import transactions
+from harness.process import BIN, ROOT, wait_until
+from harness.zczrs import commit_change
+from harness.zrsd_nodes import Writer, ZrsdNode
+from zrsd.daemon import promotion
+
+WAIT = 60.0         # seconds before a wait counts as a failure
+THROTTLE = 150000   # bytes/s of B's link in the set-up: B lags
+BEFORE_STOP = 150   # commits on A before it is stopped
+BEFORE_STALL = 30   # commits on B before C's link is stalled
+LOST = 5            # commits on B that C never receives
+
+# zrsd-rewind's "would remove TID (...)" / "removed TID (...)" lines.
+REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
+
+
+class DrillFailed(Exception):
+    """A step did not hold; the message says why."""
+
+
+def check(condition, reason):
+    if not condition:
+        raise DrillFailed(reason)
+
+
+class Drill:
+    """The three nodes, the proxies, the steps run and their results."""
+
+    def __init__(self, workdir, blobs=False):
+        self.workdir = workdir
+        self.blobs = blobs
+        self.steps = []          # (phase, name, seconds, result)
+        self.phase = ''
+        self.proxies = []
+        self.lost_planned = None
+        self.lost_unplanned = None
+        # Each with a replicate-to; B and C get their upstream at start.
+        self.a, self.b, self.c = (
+            ZrsdNode(os.path.join(workdir, name), name, serve=True,
+                     blobs=blobs) for name in 'abc')
+
+    def proxy(self, target_port, **kw):
+        proxy = ChaosProxy(target_port, **kw)
+        self.proxies.append(proxy)
+        return proxy
+
+    def blob_cache(self, name):
+        if not self.blobs:
+            return None
+        return os.path.join(self.workdir, 'client-blobs-' + name)
+
+    # -- reporting --
+
+    @contextlib.contextmanager
+    def step(self, name):
+        """Time a step; its body sets `outcome[0]` to the result text."""
+        outcome, shown = ['ok'], None
+        began = time.monotonic()
+        try:
+            yield outcome
+        except BaseException as exc:
+            shown = 'FAILED'
+            outcome[0] = 'FAILED: ' + (str(exc).splitlines()[0] if str(exc)
+                                       else repr(exc))
+            raise
+        finally:
+            seconds = time.monotonic() - began
+            self.steps.append((self.phase, name, seconds, outcome[0]))
+            print('  %7.2fs  %s: %s' % (seconds, name, shown or outcome[0]),
+                  flush=True)
+
+    def command(self, *args):
+        """Run an operator command (its output shown, indented); it must
+        exit 0."""
+        program = os.path.join(BIN, args[0])
+        print('    $ %s' % ' '.join(args), flush=True)
+        done = subprocess.run((program,) + args[1:], capture_output=True,
+                              text=True, timeout=300)
+        for line in (done.stdout + done.stderr).splitlines():
+            print('      ' + line)
+        check(done.returncode == 0, '%s exited with %d' % (
+            args[0], done.returncode))
+        return done
+
+    def summary(self):
+        lines = ['', '==== zrsd failover drill ====',
+                 '  %-8s %-52s %9s  %s' % ('phase', 'step', 'time (s)',
+                                           'result')]
+        for phase, name, seconds, result in self.steps:
+            lines.append('  %-8s %-52s %9.2f  %s' % (phase, name, seconds,
+                                                     result))
+        for what, lost in (('planned switchover', self.lost_planned),
+                           ('unplanned failover', self.lost_unplanned)):
+            if lost is not None:
+                lines.append('lost in the %s: %s' % (what, (
+                    '%d transactions: %s' % (len(lost), hexes(lost))
+                    if lost else 'none')))
+        return '\n'.join(lines)
+
+    def log_tails(self, count=25):
+        """Print the end of each node's last log, without ZEO's lines
+        about the drill's own client connections."""
+        for node in (self.a, self.b, self.c):
+            if node.process is None:
+                continue
+            lines = [line for line in node.log().splitlines()
+                     if ' INFO ZEO.' not in line][-count:]
+            print('\n---- last %d lines of %s ----' % (len(lines),
+                                                       node.log_path))
+            print('\n'.join(lines))
+
+    def close(self):
+        for proxy in self.proxies:
+            proxy.close()
+        for node in (self.a, self.b, self.c):
+            node.close()
+
+    # -- operator actions --
+
+    def promote(self, node):
+        done = self.command('zrsdctl', '-C', node.config_path, 'promote')
+        check('promoted to primary' in done.stdout,
+              'zrsdctl promote did not confirm: %s' % done.stdout.strip())
+
+    def rewind(self, node, *options):
+        """`zrsd-rewind` on a stopped node; the tids it (would) remove."""
+        done = self.command('zrsd-rewind', '-C', node.config_path, *options)
+        return [bytes.fromhex(t) for t in REMOVED.findall(done.stdout)], done
+
+    def rewind_lost(self, node, *options):
+        """`rewind`, which must (would) remove exactly the lost commits."""
+        removed, _ = self.rewind(node, *options)
+        check(removed == self.lost_unplanned, 'zrsd-rewind %s on %s: %s, '
+              'not the %d lost' % (' '.join(options), node.name.upper(),
+                                   hexes(removed), len(self.lost_unplanned)))
+        return '%s %d transactions' % (
+            'would remove' if options else 'removed', len(removed))
+
+    def verify(self, primary, replica):
+        done = self.command('zrsd-verify', '%s:%d' % primary.zeo_address,
+                            '%s:%d' % replica.zeo_address)
+        return done.stdout.splitlines()[0]
+
+    def follow(self, primary, *replicas):
+        """Commit on `primary`; wait until each replica has it."""
+        tid = commit_change(primary.zeo_address, 'drill-check', time.time())
+        for replica in replicas:
+            replica.wait_for_tid(tid, WAIT)
+        return tid
+
+    def all_follow(self, primary, *replicas):
+        """Steps: a commit on `primary` reaches `replicas`; then
+        `zrsd-verify` primary -> each replica."""
+        with self.step('commit on %s; %s follow' % (
+                primary.name.upper(),
+                ' and '.join(r.name.upper() for r in replicas))) as out:
+            out[0] = 'at %s' % self.follow(primary, *replicas).hex()
+        for replica in replicas:
+            with self.step('zrsd-verify %s %s' % (
+                    primary.name.upper(), replica.name.upper())) as out:
+                out[0] = self.verify(primary, replica)
+
+    # -- the drill --
+
+    def run(self):
+        self.set_up()
+        self.planned_switchover()
+        self.unplanned_failover()
+
+    def set_up(self):
+        self.phase = 'set-up'
+        a, b, c = self.a, self.b, self.c
+        with self.step('start A (primary), B and C (replicas of A)'):
+            a.start()
+            # (An empty replica serves ZEO once it has a transaction.)
+            commit_change(a.zeo_address, 'drill-check', time.time())
+            # A small socket buffer: the throttle holds A's sender back.
+            self.b_link = self.proxy(a.repl_port, socket_buffer=32768)
+            self.b_link.throttle(THROTTLE)
+            b.upstream = self.b_link.port
+            c.upstream = a.repl_port
+            b.start()
+            c.start()
+        with self.step('writer commits to A; B lags behind its link') as out:
+            self.writer = Writer(a, 'writer-a',
+                                 self.blob_cache('a')).start()
+            wait_until(lambda: a.check_alive() and
+                       (len(self.writer.tids) >= BEFORE_STOP
+                        or not self.writer.running()), WAIT,
+                       message='%d commits on A' % BEFORE_STOP)
+            check(self.writer.error is None,
+                  'the writer failed: %r' % self.writer.error)
+            out[0] = '%d commits' % len(self.writer.tids)
+
+    def planned_switchover(self):
+        self.phase = 'planned'
+        a, b, c = self.a, self.b, self.c
+        with self.step('stop A (SIGTERM) while the writer commits') as out:
+            b_before = b.last_tid()
+            behind = len([t for t in self.writer.tids if t > b_before])
+            began = time.monotonic()
+            a.stop(WAIT * 2)
+            stop_time = time.monotonic() - began
+            # B's link leads nowhere now.  (A proxy that accepts B but
+            # cannot reach A would look to B as if A refused it.)
+            self.b_link.close()
+            self.writer.stop()
+            last = transactions(a.fs_path)[-1][0]
+            log = a.log()
+            check('every secondary received the last commit %s'
+                  % last.hex() in log,
+                  "A's log does not say every secondary received %s"
+                  % last.hex())
+            check(self.writer.error is not None,
+                  'the writer never saw A stop')
+            out[0] = ('A exited in %.2fs, B was %d commits behind; A '
+                      'handed over up to %s; the writer stopped on %s' % (
+                          stop_time, behind, last.hex(),
+                          type(self.writer.error).__name__))
+        with self.step('check B and C hold A\'s last transaction') as out:
+            b_last, c_last = b.last_tid(), c.last_tid()
+            check(b_last == last and c_last == last,
+                  'A ended at %s, B at %s, C at %s' % (
+                      last.hex(), b_last.hex(), c_last.hex()))
+            b_tids = set(t[0] for t in transactions(b.fs_path))
+            self.lost_planned = [t for t in self.writer.tids
+                                 if t not in b_tids]
+            check(not self.lost_planned, 'acknowledged commits missing on '
+                  'B: %s' % hexes(self.lost_planned))
+            out[0] = 'lost: nothing (%d acknowledged commits, last %s)' % (
+                len(self.writer.tids), last.hex())
+        with self.step('promote B: zrsdctl promote'):
+            self.promote(b)
+        with self.step('point C at B (restart C)'):
+            c.stop(WAIT)
+            # C's link to B goes through a proxy: step 3 stalls it.
+            self.c_link = self.proxy(b.repl_port)
+            c.upstream = self.c_link.port
+            c.start()
+        with self.step('A as a replica of B: zrsd-rewind --dry-run') as out:
+            a.upstream = b.repl_port
+            a.write_config()
+            removed, done = self.rewind(a, '--dry-run')
+            check(not removed and 'nothing to rewind' in done.stdout,
+                  'zrsd-rewind --dry-run wants to remove %d transactions'
+                  % len(removed))
+            out[0] = 'nothing to rewind'
+        with self.step('start A as a replica of B'):
+            a.start()
+        self.all_follow(b, a, c)
+
+    def unplanned_failover(self):
+        self.phase = 'unplanned'
+        a, b, c = self.a, self.b, self.c
+        with self.step('writer commits to B; A and C follow') as out:
+            writer = Writer(b, 'writer-b', self.blob_cache('b')).start()
+            wait_until(lambda: b.check_alive() and (
+                len(writer.tids) >= BEFORE_STALL or not writer.running()),
+                WAIT, message='%d commits on B' % BEFORE_STALL)
+            writer.pause()
+            check(writer.error is None, 'the writer failed: %r'
+                  % writer.error)
+            shared = b.last_tid()
+            a.wait_for_tid(shared, WAIT)
+            c.wait_for_tid(shared, WAIT)
+            out[0] = '%d commits, last %s' % (len(writer.tids), shared.hex())
+        with self.step('stall C\'s link; B commits more') as out:
+            self.c_link.stall()
+            before = len(writer.tids)
+            writer.resume()
+            wait_until(lambda: len(writer.tids) >= before + LOST
+                       or not writer.running(), WAIT,
+                       message='%d more commits on B' % LOST)
+            writer.stop()
+            check(writer.error is None, 'the writer failed: %r'
+                  % writer.error)
+            after_stall = writer.tids[before:]
+            a.wait_for_tid(after_stall[-1], WAIT)
+            check(c.last_tid() == shared, 'C went on past %s through a '
+                  'stalled link' % shared.hex())
+            out[0] = '%d commits; A has them, C stays at %s' % (
+                len(after_stall), shared.hex())
+        with self.step('kill B (SIGKILL: host failure)'):
+            b.process.kill()
+            b_tids = [t[0] for t in transactions(b.fs_path)]
+            self.lost_unplanned = [t for t in b_tids if t > shared]
+            check(self.lost_unplanned == after_stall,
+                  "B's transactions after C's last %s are %s, not the %d "
+                  "committed after the stall" % (
+                      shared.hex(), len(self.lost_unplanned), LOST))
+        with self.step('promote C: zrsdctl promote'):
+            self.promote(c)
+            self.c_link.close()
+        with self.step('commit on C') as out:
+            out[0] = 'at %s' % self.follow(c).hex()
+        with self.step('point A at C: refused (it has B\'s last commits)'):
+            a.stop(WAIT)
+            a.upstream = c.repl_port
+            a.start()
+            wait_until(lambda: a.check_alive() and
+                       'refused: the primary closed the link' in a.log(),
+                       WAIT, message="A's log says it is refused")
+            check('secondary refused' in c.log(),
+                  "C's log does not say it refused A")
+        with self.step('stop A; zrsd-rewind') as out:
+            a.stop(WAIT)
+            out[0] = self.rewind_lost(a)
+        with self.step('start A as a replica of C'):
+            a.start()
+        with self.step('B as a replica of C: zrsd-rewind --dry-run') as out:
+            # Undo B's promotion (as its log says): stopped, record gone.
+            os.remove(promotion.record_path(b.fs_path))
+            b.upstream = c.repl_port
+            b.write_config()
+            out[0] = self.rewind_lost(b, '--dry-run')
+        with self.step('zrsd-rewind B') as out:
+            out[0] = self.rewind_lost(b)
+        with self.step('start B as a replica of C'):
+            b.start()
+        self.all_follow(c, a, b)
+        with self.step('stop all; A, B and C byte-identical') as out:
+            for node in (a, b, c):
+                node.stop(WAIT)
+            for replica in (a, b):
+                check(filecmp.cmp(c.fs_path, replica.fs_path, shallow=False),
+                      '%s differs from %s' % (replica.fs_path, c.fs_path))
+                if self.blobs:
+                    check(same_files(c.blob_dir, replica.blob_dir),
+                          "the blob files of %s differ from C's"
+                          % replica.name.upper())
+            out[0] = 'Data.fs%s identical, %d transactions' % (
+                ' and blob files' if self.blobs else '',
+                len(transactions(c.fs_path)))
+
+
+def hexes(tids):
+    return ' '.join(tid.hex() for tid in tids)
+
+
+def same_files(left, right):
+    """True when two blob directories hold the same files, byte for byte
+    (their `tmp` directories aside)."""
+    tree = filecmp.dircmp(left, right, ignore=['tmp'])
+    _, differ, unreadable = filecmp.cmpfiles(left, right, tree.common_files,
+                                             shallow=False)
+    if tree.left_only or tree.right_only or tree.common_funny or differ \
+            or unreadable:
+        return False
+    return all(same_files(os.path.join(left, name),
+                          os.path.join(right, name))
+               for name in tree.common_dirs)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description='Run the README failover runbook end to end with real '
+        'zrsd processes on 127.0.0.1 and report each step.')
+    parser.add_argument('--workdir', default=os.path.join(ROOT, 'var',
+                                                          'drill'),
+                        help='work directory, recreated (default var/drill)')
+    parser.add_argument('--keep', action='store_true',
+                        help='keep the work directory after a clean run')
+    parser.add_argument('--blobs', action='store_true',
+                        help='nodes with blob directories; the writers '
+                        'commit blobs too')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    workdir = os.path.abspath(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    # The writers' ZEO clients log disconnections: to a file.
+    logging.basicConfig(
+        filename=os.path.join(workdir, 'drill-clients.log'),
+        level=logging.INFO,
+        format='%(asctime)s %(levelname)s %(name)s %(message)s')
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
+    print('zrsd failover drill%s; work directory %s' % (
+        ' with blobs' if args.blobs else '', workdir), flush=True)
+    drill = Drill(workdir, blobs=args.blobs)
+    began = time.monotonic()
+    failure = None
+    try:
+        drill.run()
+    except (DrillFailed, AssertionError) as exc:
+        failure = str(exc) or type(exc).__name__
+    except Exception as exc:
+        failure = '%s: %s' % (type(exc).__name__, exc)
+    finally:
+        drill.close()
+    if failure is not None:
+        drill.log_tails()
+    print(drill.summary())
+    print('time: %.1fs' % (time.monotonic() - began))
+    if failure is not None:
+        print('result: FAILED: %s' % failure.splitlines()[0])
+        print('work directory kept: %s' % workdir)
+        return 1
+    print('result: OK')
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
