@@ -8,6 +8,7 @@ imports anything on the primary.
 import pickle
 import re
 import sys
+import queue
 import threading
 
 import pytest
@@ -17,7 +18,7 @@ from ZODB.utils import z64
 
 from harness.stream import message
 from zrsd import protocol
-from zrsd.primary.history import TidIndex
+from zrsd.primary.history import SLICE, TidIndex
 from zrsd.primary.storage import CommitNotifier
 from zrsd.primary.streamer import Streamer
 
@@ -78,3 +79,48 @@ def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
     with pytest.raises(protocol.ProtocolError,
                        match=re.escape('refused global %s.Thing' % MODULE)):
         protocol.MessageDecoder().decode(begins[1])
+
+
+def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
+        tmp_path):
+    """A record bigger than a slice is read and sent a slice at a time,
+    and at most `in_flight` batches wait for the connection at once: a
+    secondary that reads slowly costs the primary a few slices, not the
+    record (nor the whole history)."""
+    fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
+    meta = TransactionMetaData(b'', b'big', {})
+    fs.tpc_begin(meta)
+    fs.store(fs.new_oid(), z64, b'x' * (8 * SLICE + 5), '', meta)
+    fs.tpc_vote(meta)
+    fs.tpc_finish(meta)
+    sent, outstanding, ended = [], [], threading.Event()
+    deliveries = queue.Queue()
+
+    def send(chunks):
+        sent.append(chunks)
+        outstanding.append(len(sent) - written[0])
+        deliveries.put(chunks)
+
+    def deliver():      # the "reactor": one batch at a time
+        while not ended.is_set() or not deliveries.empty():
+            try:
+                deliveries.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            written[0] += 1
+            streamer.written()
+
+    written = [0]
+    streamer = Streamer(fs, CommitNotifier(), TidIndex(), z64, send,
+                        lambda error: ended.set(), name='test', in_flight=2)
+    consumer = threading.Thread(target=deliver)
+    consumer.start()
+    streamer.finish()
+    streamer.start()
+    assert ended.wait(60)
+    consumer.join(60)
+    fs.close()
+    chunks = [chunk for batch in sent for chunk in batch]
+    assert max(len(chunk) for chunk in chunks) <= SLICE
+    assert sum(len(chunk) for chunk in chunks) > 8 * SLICE
+    assert max(outstanding) <= 2

@@ -5,6 +5,7 @@ import os
 import pickle
 import random
 import shutil
+import socket
 import struct
 import time
 
@@ -14,6 +15,7 @@ from ZODB.blob import Blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import z64
 
+from harness.stream import frame
 from harness.zrsd_nodes import MemorySampler, ZrsdNode, process_memory
 
 from .measure import MB, attempt, served_tid, wait_served
@@ -53,6 +55,34 @@ def replicated(replica, commit, timeout):
                 else peak, sampled_peak_rss_mb=peak, hwm_reset=hwm_reset,
                 commit_seconds=committed - started,
                 replicated_seconds=done - committed)
+
+
+IDLE_SECONDARIES = 20
+
+
+def idle_secondaries(primary, count=IDLE_SECONDARIES):
+    """What `count` secondaries that handshake and never read cost the
+    primary: its RSS before, and once it has stopped growing after they
+    connected (each streamer fills its link and pauses)."""
+    before = memory_mb(primary)
+    links = []
+    try:
+        for _ in range(count):
+            link = socket.create_connection(('127.0.0.1', primary.repl_port))
+            link.sendall(frame(b'zrs2.0') + frame(z64))
+            links.append(link)
+        samples = [memory_mb(primary)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+                len(samples) < 5 or samples[-1] - samples[-5] > 0.5):
+            time.sleep(0.5)
+            samples.append(memory_mb(primary))
+        after = samples[-1]
+    finally:
+        for link in links:
+            link.close()
+    return dict(count=count, before_mb=before, after_mb=after,
+                per_secondary_mb=(after - before) / count)
 
 
 def big_transaction(storage, replica):
@@ -116,7 +146,9 @@ def memory(run):
             upstream=primary.repl_port, blobs=True)).start()
         wait_served(replica, served_tid(primary.zeo_port), 60)
         results['baseline_rss_mb'] = memory_mb(replica)
+        results['idle_secondaries'] = idle_secondaries(primary)
         results['txn'] = big_transaction(db.storage, replica)
+        results['idle_secondaries_big'] = idle_secondaries(primary)
         free = shutil.disk_usage(directory).free
         if free < BLOB_MIN_FREE:
             results['blob'] = dict(
@@ -166,3 +198,11 @@ def report(s, memory, p):
               blob['replicated_seconds']))
     if 'primary_peak_rss_mb' in memory:
         p('   (primary peak RSS %.1f MB)' % memory['primary_peak_rss_mb'])
+    for key, what in (('idle_secondaries', 'small records'),
+                      ('idle_secondaries_big', 'after the 10 MB records')):
+        if key in memory:
+            idle = memory[key]
+            p('   primary, %d secondaries that never read (%s): +%.1f MB '
+              'each (RSS %.0f -> %.0f MB)' % (
+                  idle['count'], what, idle['per_secondary_mb'],
+                  idle['before_mb'], idle['after_mb']))

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 WINDOW = 1 << 20            # bytes read per system call when walking
 BACKWARD_LIMIT = 2000       # transactions walked back from the end
 CHECKPOINT_EVERY = 1000     # transactions between TidIndex entries
+SLICE = 1 << 20             # a bigger record is read and sent in slices
 
 _TRANS = struct.Struct(TRANS_HDR)
 _DATA = struct.Struct(DATA_HDR)
@@ -144,6 +145,14 @@ class CommittedFile:
                 self.name, size, pos))
         return data
 
+    def data(self, pos, size, read=None):
+        """The record data at `pos`: bytes, or `LargeData` (read when
+        sent) above SLICE bytes.  `read`: how to read small data (default
+        through the window)."""
+        if size > SLICE:
+            return LargeData(self, pos, size)
+        return (read or self.read)(pos, size)
+
     def header(self, pos):
         """The transaction header at `pos`."""
         return TxnHeader(pos, self.read(pos, TRANS_HDR_LEN))
@@ -173,7 +182,8 @@ class CommittedFile:
             back = pointer
             oid, tid, _, _, vlen, plen = _DATA.unpack(
                 self._pread(back, DATA_HDR_LEN))
-        return self._pread(back + DATA_HDR_LEN + vlen, plen), data_txn
+        return self.data(back + DATA_HDR_LEN + vlen, plen,
+                         self._pread), data_txn
 
     def transaction(self, pos, end):
         """(header, metadata, records) of the committed transaction at pos.
@@ -205,7 +215,7 @@ class CommittedFile:
                     self.name, pos))
             body = pos + DATA_HDR_LEN
             if plen:
-                data, data_txn = self.read(body, plen), None
+                data, data_txn = self.data(body, plen), None
                 pos = body + plen
             else:
                 (back,) = struct.unpack('>Q', self.read(body, 8))
@@ -213,6 +223,23 @@ class CommittedFile:
                     self.back_data(back)
                 pos = body + 8
             yield oid, tid, data, data_txn
+
+
+class LargeData:
+    """The data of a record bigger than SLICE: its length, and its bytes
+    read slice by slice as they are sent (a secondary that reads slowly
+    then holds the primary to about one slice, not to the record)."""
+
+    def __init__(self, reader, pos, size):
+        self._reader, self._pos, self._size = reader, pos, size
+
+    def __len__(self):
+        return self._size
+
+    def slices(self):
+        for offset in range(0, self._size, SLICE):
+            yield self._reader._pread(self._pos + offset,
+                                      min(SLICE, self._size - offset))
 
 
 class TidIndex:

@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 # The handshake frames are 6 and 8 bytes, keep-alives 0.
 HANDSHAKE_LIMIT = 64
 
+# Batches (of up to streamer.BATCH bytes) a streamer may have queued for
+# the reactor thread: what a secondary that stops reading costs, besides
+# the transport's buffer.
+IN_FLIGHT = 4
+
 
 class Phase(enum.Enum):
     PROTOCOL = 'expecting the protocol name'
@@ -126,13 +131,16 @@ class PrimaryProtocol(protocol.Protocol):
                 self._streamer_done, error),
             name=self.peer,
             blobs=self.protocol_name == zrs.PROTOCOL_2_1,
-            committed=server.storage.committed_file)
+            committed=server.storage.committed_file, in_flight=IN_FLIGHT)
         self.transport.registerProducer(_Producer(self.streamer), True)
         self.streamer.start()
 
     def _write(self, chunks):
-        if self.phase in (Phase.STREAMING, Phase.DRAINING):
-            self.transport.writeSequence(chunks)
+        try:
+            if self.phase in (Phase.STREAMING, Phase.DRAINING):
+                self.transport.writeSequence(chunks)
+        finally:
+            self.streamer.written()
 
     def drain(self):
         """Send everything committed, then close (the primary is stopping

@@ -20,7 +20,7 @@ from ZODB.blob import is_blob_record
 from ZODB.POSException import POSKeyError
 
 from zrsd import protocol
-from zrsd.primary.history import CommittedFile, CorruptFile
+from zrsd.primary.history import CommittedFile, CorruptFile, LargeData
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,17 @@ class Streamer:
 
     `send(chunks)` delivers a list of bytes to the connection (thread-safe);
     `done(error)` is called once at the end, with None or an exception.
+    With `in_flight`, at most that many batches are on their way to the
+    connection: whoever delivers them calls `written()` for each once it
+    is in the transport (the reactor thread, whose queue would otherwise
+    hold whatever a fast reader produces before the first pause).
     """
 
     def __init__(self, fs, notifier, tid_index, start_tid, send, done,
-                 name, blobs=False, committed=None):
+                 name, blobs=False, committed=None, in_flight=None):
         self.fs = fs
+        self._slots = (threading.Semaphore(in_flight) if in_flight
+                       else None)
         self.committed = committed  # see CommittedFile
         self.notifier = notifier
         self.tid_index = tid_index
@@ -80,9 +86,16 @@ class Streamer:
         self._finishing = True
         self.notifier.wake()
 
+    def written(self):
+        """A batch `send` was given is in the transport (see `in_flight`)."""
+        if self._slots is not None:
+            self._slots.release()
+
     def stop(self):
         self._stopped = True
         self._running.set()
+        if self._slots is not None:
+            self._slots.release()
         self.notifier.wake()
 
     def join(self, timeout=None):
@@ -143,8 +156,8 @@ class Streamer:
         # storeBlobEnd); both name the same blob file, so send it once.
         blobs_sent = set()
         for oid, tid, data, data_txn in records:
-            if (self.blobs and data and oid not in blobs_sent
-                    and is_blob_record(data)):
+            if (self.blobs and isinstance(data, bytes) and data
+                    and oid not in blobs_sent and is_blob_record(data)):
                 if self._send_blob(reader, oid, tid, data, data_txn):
                     blobs_sent.add(oid)
                     continue
@@ -184,18 +197,27 @@ class Streamer:
         self._payload(protocol.encode_message(kind, data))
 
     def _payload(self, payload):
-        self.checksum.update(payload)
+        # A `LargeData` goes out slice by slice, each batch waiting for the
+        # connection (back-pressure), never whole.
         self._batch.append(protocol.frame_length(payload))
-        self._batch.append(payload)
-        self._batch_size += len(payload) + 4
+        self._batch_size += 4
         self.bytes += len(payload) + 4
-        if self._batch_size >= BATCH:
-            self._flush()
+        pieces = (payload.slices() if isinstance(payload, LargeData)
+                  else (payload,))
+        for piece in pieces:
+            self.checksum.update(piece)
+            self._batch.append(piece)
+            self._batch_size += len(piece)
+            if self._batch_size >= BATCH:
+                self._flush()
 
     def _flush(self):
         if self._batch:
             batch, self._batch, self._batch_size = self._batch, [], 0
-            # Back-pressure: wait while the connection is paused.
+            # Back-pressure: wait while the connection is paused, and for
+            # a free slot.
             self._running.wait()
+            if self._slots is not None:
+                self._slots.acquire()
             if not self._stopped:
                 self._send(batch)
