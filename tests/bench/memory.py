@@ -69,7 +69,8 @@ def idle_secondaries(primary, count=IDLE_SECONDARIES):
     try:
         for _ in range(count):
             link = socket.create_connection(('127.0.0.1', primary.repl_port))
-            link.sendall(frame(b'zrs2.0') + frame(z64))
+            link.sendall(frame(b'zrs2.1' if primary.blob_dir else b'zrs2.0')
+                         + frame(z64))
             links.append(link)
         samples = [memory_mb(primary)]
         deadline = time.monotonic() + 60
@@ -146,20 +147,27 @@ def memory(run):
             upstream=primary.repl_port, blobs=True)).start()
         wait_served(replica, served_tid(primary.zeo_port), 60)
         results['baseline_rss_mb'] = memory_mb(replica)
-        results['idle_secondaries'] = idle_secondaries(primary)
         results['txn'] = big_transaction(db.storage, replica)
-        results['idle_secondaries_big'] = idle_secondaries(primary)
         free = shutil.disk_usage(directory).free
         if free < BLOB_MIN_FREE:
             results['blob'] = dict(
                 skipped='only %.1f GB free on %s (need %.0f GB)' % (
                     free / MB / 1024, directory, BLOB_MIN_FREE >> 30))
-            return results
-        results['blob'] = big_blob(db, replica, run.args.blob_mb)
+        else:
+            results['blob'] = big_blob(db, replica, run.args.blob_mb)
         results['primary_peak_rss_mb'] = memory_mb(primary, 1)
         replica.stop()
     finally:
         db.close()
+        primary.stop()
+    try:
+        # A fresh primary process, secondaries stopped at the start of
+        # its history (the 10 MB records and the blob).
+        primary.start()
+        results['idle_secondaries'] = idle_secondaries(primary)
+        results['idle_secondaries']['history_mb'] = os.path.getsize(
+            primary.fs_path) / MB
+    finally:
         primary.stop()
         shutil.rmtree(directory, ignore_errors=True)
     return results
@@ -198,11 +206,9 @@ def report(s, memory, p):
               blob['replicated_seconds']))
     if 'primary_peak_rss_mb' in memory:
         p('   (primary peak RSS %.1f MB)' % memory['primary_peak_rss_mb'])
-    for key, what in (('idle_secondaries', 'small records'),
-                      ('idle_secondaries_big', 'after the 10 MB records')):
-        if key in memory:
-            idle = memory[key]
-            p('   primary, %d secondaries that never read (%s): +%.1f MB '
-              'each (RSS %.0f -> %.0f MB)' % (
-                  idle['count'], what, idle['per_secondary_mb'],
-                  idle['before_mb'], idle['after_mb']))
+    idle = memory.get('idle_secondaries')
+    if idle:
+        p('   primary, %d secondaries that stop reading at the start of its '
+          '%.0f MB history: +%.1f MB each (RSS %.0f -> %.0f MB)' % (
+              idle['count'], idle['history_mb'], idle['per_secondary_mb'],
+              idle['before_mb'], idle['after_mb']))
