@@ -9,6 +9,7 @@ restarted on the full disk, and catches up once there is space.
 import errno
 import os
 import sys
+import time
 
 import pytest
 import transaction
@@ -255,3 +256,21 @@ def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
     replicate(replica.writer, transactions(source))
     replica.writer.sync()
     assert loaded and all(serial == tid for serial, tid in loaded), loaded
+
+
+def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
+        tmp_path, fsyncs):
+    """FileStorage renames the packed file over the data file without an
+    fsync; a primary fsyncs the packed file before and the directory
+    after."""
+    storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')))
+    db = ZODB.DB(storage)
+    for i in range(5):
+        with db.transaction() as conn:
+            conn.root()['x'] = i
+    fsyncs.clear()
+    db.pack(time.time() + 1)
+    db.close()
+    data = str(tmp_path / 'Data.fs')
+    assert fsyncs.index(data + '.pack') < fsyncs.index(str(tmp_path))

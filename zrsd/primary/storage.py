@@ -10,6 +10,7 @@ resume-tid recovery serve replica storages too (`zrsd.replica.storage`):
 a cascade's streamers wait on its notifier.
 """
 import logging
+import os
 import threading
 
 import zope.interface
@@ -34,6 +35,34 @@ def recover_last_transaction(fs):
             fs.getName(), reported.hex(), tid.hex(), tid.hex())
         internals.set_last_transaction(fs, tid)
     return tid
+
+
+def make_packs_durable(fs, before_switch=None):
+    """FileStorage replaces its data file with the packed one without an
+    fsync: make `fs`'s packs fsync the packed file first.  The packer
+    returns holding the commit lock; `before_switch()` runs then too."""
+
+    def packer_then_fsync(packer, storage, referencesf, stop, gc):
+        result = packer(storage, referencesf, stop, gc)
+        if result is not None:
+            try:
+                if before_switch is not None:
+                    before_switch()
+                disk.fsync_path(internals.file_name(storage) + '.pack',
+                                'syncing the packed file')
+            except BaseException:
+                internals.release_commit_lock(storage)
+                raise
+        return result
+
+    internals.wrap_packer(fs, packer_then_fsync)
+
+
+def sync_pack_switch(fs):
+    """The switch of files at the end of a pack is a pair of renames:
+    fsync their directory."""
+    disk.fsync_path(os.path.dirname(os.path.abspath(
+        internals.file_name(fs))), 'syncing the directory of a pack')
 
 
 def run_close_hook(storage):
@@ -78,8 +107,10 @@ class PrimaryStorage:
     own (ZEO sees its interfaces too).
     """
 
-    def __init__(self, fs, commits=None):
+    def __init__(self, fs, commits=None, durable_packs=True):
         self._fs = fs
+        if durable_packs:
+            make_packs_durable(fs)
         self.commits = commits if commits is not None else CommitNotifier()
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
         self.resume_tid = recover_last_transaction(fs)
@@ -97,7 +128,8 @@ class PrimaryStorage:
         path back, and the same notifier, so that the streamers of its
         secondaries keep following."""
         replica.writer.detach()
-        storage = cls(replica.file_storage, commits=replica.commits)
+        storage = cls(replica.file_storage, commits=replica.commits,
+                      durable_packs=False)     # the replica's are already
         storage.before_close = replica.before_close
         return storage
 
@@ -158,7 +190,12 @@ class PrimaryStorage:
         return disk.fail_stop(internals.file_name(self._fs), doing)
 
     def pack(self, *args, **kw):
-        result = self._fs.pack(*args, **kw)
+        try:
+            result = self._fs.pack(*args, **kw)
+            sync_pack_switch(self._fs)
+        except disk.StorageFailure as failure:
+            disk.stop_process(failure)
+            raise
         self.commits.notify()  # streamers notice the new file at once
         return result
 

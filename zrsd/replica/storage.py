@@ -45,8 +45,9 @@ from ZODB.utils import p64, u64, z64
 
 from zrsd import disk, internals
 from zrsd.internals import last_committed_tid
-from zrsd.primary.storage import (CommitNotifier, recover_last_transaction,
-                                  run_close_hook)
+from zrsd.primary.storage import (CommitNotifier, make_packs_durable,
+                                  recover_last_transaction, run_close_hook,
+                                  sync_pack_switch)
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,9 @@ class ReplicaStorage:
         self._db = None
         self.pack_policy = pack  # the <zrs> key: allow or refuse
         if pack == 'allow':
-            internals.wrap_packer(fs, self._fsynced_packer)
+            # Publishing before the switch leaves nothing pending in the
+            # old file's positions (nothing commits until it).
+            make_packs_durable(fs, before_switch=lambda: self.writer.sync())
         for name in _READ_METHODS:
             setattr(self, name, getattr(fs, name))
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
@@ -283,9 +286,7 @@ class ReplicaStorage:
         try:
             self.writer.sync()
             fs.pack(t, referencesf, gc)
-            # The switch of files is a pair of renames: make it durable.
-            disk.fsync_path(os.path.dirname(os.path.abspath(
-                internals.file_name(fs))), 'syncing the directory of a pack')
+            sync_pack_switch(fs)
         except disk.StorageFailure as failure:
             self.writer.storage_failed(failure)
             raise
@@ -295,23 +296,6 @@ class ReplicaStorage:
         logger.info('%s: pack to %s UTC done in %.1f s (%d -> %d bytes)',
                     fs.getName(), stop, time.monotonic() - started, size,
                     fs.getSize())
-
-    def _fsynced_packer(self, packer, storage, referencesf, stop, gc):
-        # FileStorage does not fsync the packed file before it replaces the
-        # data file with it; what replication applied must stay on disk.
-        # The packer returns holding the commit lock: nothing commits
-        # until the switch, so publishing here leaves nothing pending in
-        # the old file's positions.
-        result = packer(storage, referencesf, stop, gc)
-        if result is not None:
-            try:
-                self.writer.sync()
-                disk.fsync_path(internals.file_name(storage) + '.pack',
-                                'syncing the packed file')
-            except BaseException:
-                internals.release_commit_lock(storage)
-                raise
-        return result
 
     def tpc_abort(self, transaction):
         """Nothing to abort: clients cannot begin transactions here."""
