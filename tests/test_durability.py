@@ -75,6 +75,7 @@ def fsyncs(monkeypatch):
         return real(fd)
 
     monkeypatch.setattr(os, 'fsync', fsync)
+    monkeypatch.setattr(os, 'fdatasync', fsync)
     # FileStorage's own commits call its module's copy of os.fsync.
     monkeypatch.setattr(sys.modules['ZODB.FileStorage.FileStorage'], 'fsync',
                         fsync)

@@ -236,9 +236,10 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, primary, monkeypatch):
         primary.commit({i: i})
     replica = open_replica(tmp_path)
     fsyncs = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, 'fsync', lambda fd: fsyncs.append(fd)
-                        or real_fsync(fd))
+    for name in ('fsync', 'fdatasync'):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda fd, real=real: fsyncs.append(fd)
+                            or real(fd))
     invalidated = []
     replica.registerDB(mock.Mock(invalidate=lambda tid, oids:
                                  invalidated.append(tid)))

@@ -302,20 +302,22 @@ class ReplicaCommitPath:
         return len(self._statuses)
 
     def sync(self):
-        """Make the committed transactions durable: fsync their data, write
-        their status bytes, fsync (under the storage lock)."""
+        """Make the committed transactions durable: sync their data, write
+        their status bytes, sync (under the storage lock).  fdatasync: the
+        data and the file's size, without the times a second journal
+        commit would write."""
         fs = self._fs
         with fs._lock, disk.writing(fs._file_name,
                                     'committing transactions'):
             file = fs._file
             file.flush()
-            os.fsync(file.fileno())
+            os.fdatasync(file.fileno())
             if self._statuses:
                 for pos, status in self._statuses:
                     file.seek(pos + 16)
                     file.write(status.encode('ascii'))
                 file.flush()
-                os.fsync(file.fileno())
+                os.fdatasync(file.fileno())
                 self._statuses = []
 
     def uninstall(self):

@@ -10,7 +10,7 @@ paths relative to `root`:
     ('mkdir', path)
     ('write', path, offset, data)
     ('truncate', path, size)
-    ('fsync', path)             a file or a directory
+    ('fsync', path)             a file (fsync, fdatasync) or a directory
     ('rename', source, target)
     ('unlink', path)
     ('publish', tid)            (`publish`, called by the workload)
@@ -113,6 +113,12 @@ class Recorder:
         self._note('fsync', fd)
         return result
 
+    def _fdatasync(self, fd):
+        # The data and the size: what the model's fsync of a file keeps.
+        result = self._real['os.fdatasync'](fd)
+        self._note('fsync', fd)
+        return result
+
     def _rename(self, source, target, *args, **kw):
         result = self._real['os.rename'](source, target, *args, **kw)
         self._note('rename', source, target)
@@ -156,6 +162,7 @@ class Recorder:
         fs_module = sys.modules[_FS_MODULE]
         self._real = {
             'open': builtins.open, 'os.open': os.open, 'os.fsync': os.fsync,
+            'os.fdatasync': os.fdatasync,
             'os.rename': os.rename, 'os.replace': os.replace,
             'os.unlink': os.unlink, 'os.mkdir': os.mkdir,
             'BlobFile': disk.BlobFile,
@@ -163,6 +170,7 @@ class Recorder:
         patches = [
             (builtins, 'open', self._open), (os, 'open', self._os_open),
             (os, 'fsync', self._fsync), (fs_module, 'fsync', self._fsync),
+            (os, 'fdatasync', self._fdatasync),
             (os, 'rename', self._rename), (os, 'replace', self._replace),
             (os, 'unlink', self._unlink), (os, 'remove', self._unlink),
             (os, 'mkdir', self._mkdir), (disk, 'BlobFile', self._blob_file),
