@@ -32,6 +32,12 @@ def good(tmp_path, extra=''):
     return GOOD % dict(dir=tmp_path, extra=extra)
 
 
+def twice(text, header, fs):
+    """`text`, then its <zrs 1> section again as `header` on file `fs`."""
+    section = text[text.index('<zrs 1>'):]
+    return text + section.replace('<zrs 1>', header).replace('Data.fs', fs)
+
+
 def write(tmp_path, text, name='zrs.conf'):
     path = tmp_path / name
     path.write_text(text)
@@ -115,14 +121,8 @@ def test_defaults(tmp_path):
 
 
 def test_several_storages_and_allowed_globals(tmp_path):
-    text = good(tmp_path, '  allow-global decimal.Decimal') + '''
-<zrs catalog>
-  replicate-from 127.0.0.1:5001
-  <filestorage>
-    path %s/Catalog.fs
-  </filestorage>
-</zrs>
-''' % tmp_path
+    text = twice(good(tmp_path, '  allow-global decimal.Decimal'),
+                 '<zrs catalog>', 'Catalog.fs')
     loaded = config.load(write(tmp_path, text))
     assert [z.name for z in loaded.storages] == ['1', 'catalog']
     allowed = loaded.storages[0].allowed_globals[('decimal', 'Decimal')]
@@ -167,8 +167,7 @@ def test_missing_file_and_syntax_error(tmp_path):
 
 
 def test_duplicate_storage_names(tmp_path):
-    text = good(tmp_path)
-    text += text[text.index('<zrs 1>'):].replace('Data.fs', 'Other.fs')
+    text = twice(good(tmp_path), '<zrs 1>', 'Other.fs')
     path, stderr = refused(tmp_path, text)
     assert "%s:17:" % path in stderr and "'1'" in stderr
     # An unnamed section is storage 1 too.
