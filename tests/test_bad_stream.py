@@ -1,10 +1,6 @@
-"""zrsd against a primary whose stream breaks after GOOD transactions.
-
-On each connection the fake primary replays the good transactions after the
-start tid, then the bad part.  zrsd must log an ERROR naming the reason,
-reconnect from the last good transaction, keep serving ZEO readers, and
-stop cleanly with a replica ending exactly at the last good transaction.
-"""
+"""zrsd against a primary whose stream breaks after GOOD transactions: it
+logs an ERROR naming the reason, resumes after the last good transaction,
+keeps serving ZEO readers, and stops with exactly the good transactions."""
 import pickle
 import struct
 from contextlib import closing

@@ -1,8 +1,5 @@
-"""Configuration: the shipped samples parse; bad files fail clearly.
-
-Bad configurations go through the real `zrsd` command: exit status 2 and
-one line on stderr naming the file, the line and the key.
-"""
+"""The shipped sample configurations parse; `zrsd -C` refuses bad ones
+(exit status 2, one line naming the file, the line and the key)."""
 import decimal
 import os
 import subprocess
@@ -76,8 +73,8 @@ def test_sample_replica_config_parses(tmp_path):
     section = zrs.section
     assert (section.keep_alive_delay, section.check_checksums,
             section.max_message_size) == (60, True, 256 << 20)
-    assert loaded.zeo.address.address == ('', 8100)
-    assert loaded.zeo.invalidation_queue_size == 10000
+    assert (loaded.zeo.address.address, loaded.zeo.invalidation_queue_size
+            ) == (('', 8100), 10000)
     assert loaded.eventlog is not None
 
 

@@ -1,9 +1,5 @@
-"""End to end: zrsd replicating from a real zc.zrs 3.1 primary.
-
-Everything is real (zc.zrs under runzeo, zrsd from a config file, ZEO
-clients); the replica's file must equal the primary's record by record.
-Figures are printed for `pytest -s`, never asserted.
-"""
+"""End to end: zrsd replicating from a real zc.zrs 3.1 primary (under
+runzeo), compared record by record; figures are printed for `pytest -s`."""
 import os
 import time
 from contextlib import ExitStack, closing
@@ -22,8 +18,8 @@ from harness.zrsd_nodes import MB, ZrsdNode, opened
 
 
 def last_tid_is(storage, tid, node):
-    """For wait_until: `storage` is at `tid`; fail fast if `node` died.
-    (A ClientStorage: a DB on an empty read-only replica cannot start.)"""
+    """`storage` (not a DB: none opens on an empty read-only replica) is at
+    `tid`; fails at once if `node` died."""
     return node.check_alive() and storage.lastTransaction() == tid
 
 
@@ -126,12 +122,8 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
 
 def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
                                            tmp_path, processes):
-    """SIGKILL zrsd half-way through catch-up; restarted on the same files it
-    resumes from the last committed transaction and ends identical.
-
-    "Half-way" does not depend on timing: a proxy forwards half of the
-    primary's stream, then holds it, and shows each start tid asked for.
-    """
+    """SIGKILLed half-way through catch-up (a proxy forwards half the
+    stream, then holds it), zrsd resumes after its last commit, identical."""
     primary, history = zczrs_primary, zczrs_populated.history
     primary_last = zczrs_populated.last_tid
     proxy = Proxy(primary.repl_port,

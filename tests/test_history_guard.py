@@ -1,9 +1,6 @@
-"""The history guard's rule, on real FileStorage files (no network).
-
-`TidIndex.start_position` accepts zero or a tid of the file; a missing tid
-only inside the packed part (with a note: a pack may have removed it); any
-other tid raises HistoryMismatch.
-"""
+"""The history guard on real files: `TidIndex.start_position` accepts zero,
+a tid of the file, or one missing from its packed part (with a note); any
+other tid raises HistoryMismatch."""
 import time
 
 import pytest
