@@ -47,9 +47,8 @@ def processes(request):
         proc.close()
         if getattr(request.node, 'zrsd_failed', False):
             lines = proc.log().splitlines()[-80:]
-            print('\n==== last %d lines of %s ====' % (
-                len(lines), getattr(proc, 'log_path', proc)))
-            print('\n'.join(lines))
+            print('\n==== last %d lines of %s ====\n%s' % (
+                len(lines), getattr(proc, 'log_path', proc), '\n'.join(lines)))
 
 
 @pytest.fixture

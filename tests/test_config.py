@@ -54,7 +54,8 @@ def refused(tmp_path, text, name='zrs.conf'):
 
 
 def sample(tmp_path, relative):
-    """A shipped sample with its absolute directories moved into tmp_path."""
+    """A shipped sample, its directories moved into tmp_path, loaded:
+    (config, its one storage)."""
     with open(os.path.join(ROOT, relative)) as f:
         text = f.read()
     for directory in ('/var/lib/zrsd', '/var/log/zrsd', '/run/zrsd',
@@ -62,12 +63,13 @@ def sample(tmp_path, relative):
         local = tmp_path / directory.strip('/').replace('/', '-')
         local.mkdir(exist_ok=True)
         text = text.replace(directory, str(local))
-    return config.load(write(tmp_path, text, os.path.basename(relative)))
+    loaded = config.load(write(tmp_path, text, os.path.basename(relative)))
+    (zrs,) = loaded.storages
+    return loaded, zrs
 
 
 def test_sample_replica_config_parses(tmp_path):
-    loaded = sample(tmp_path, 'etc/zrs.conf')
-    (zrs,) = loaded.storages
+    loaded, zrs = sample(tmp_path, 'etc/zrs.conf')
     assert zrs.name == '1'
     assert zrs.replicate_from == ('primary.example.com', 5000)
     section = zrs.section
@@ -84,16 +86,14 @@ def test_sample_tls_config_parses(tmp_path):
     authority = Authority(tls, 'sample')
     os.rename(authority.path, tls / 'ca.pem')
     authority.issue('replica1')
-    loaded = sample(tmp_path, 'etc/tls.conf')
-    (zrs,) = loaded.storages
+    loaded, zrs = sample(tmp_path, 'etc/tls.conf')
     assert zrs.tls is not None and zrs.tls.check_hostname
     assert loaded.zeo.ssl.zeo_context() is not None
     assert loaded.monitor.address.address == ('127.0.0.1', 8180)
 
 
 def test_sample_primary_config_parses(tmp_path):
-    loaded = sample(tmp_path, 'etc/primary.conf')
-    (zrs,) = loaded.storages
+    loaded, zrs = sample(tmp_path, 'etc/primary.conf')
     assert (zrs.replicate_to, zrs.replicate_from) == (('', 5000), None)
     assert zrs.section.handshake_timeout == 30
     assert loaded.zeo.transaction_timeout == 300

@@ -25,14 +25,13 @@ def packed(tmp_path):
     then `after` and `last`.  Returns (storage, {name: tid})."""
     db = ZODB.DB(str(tmp_path / 'Data.fs'))
     tids = {}
-    changes = [
-        ('root', lambda r: r.__setitem__('doomed', PersistentMapping())),
-        ('garbage', lambda r: r['doomed'].__setitem__('x', 1)),
-        ('kept', lambda r: (r.__delitem__('doomed'),
-                            r.__setitem__('kept', PersistentMapping()))),
-        ('after', lambda r: r['kept'].__setitem__('y', 2)),
-        ('last', lambda r: r['kept'].__setitem__('y', 3))]
-    for name, change in changes:
+    for name, change in [
+            ('root', lambda r: r.update(doomed=PersistentMapping())),
+            ('garbage', lambda r: r['doomed'].update(x=1)),
+            ('kept', lambda r: (r.pop('doomed'),
+                                r.update(kept=PersistentMapping()))),
+            ('after', lambda r: r['kept'].update(y=2)),
+            ('last', lambda r: r['kept'].update(y=3))]:
         if name == 'after':  # pack past `kept`
             kept = ZODB.TimeStamp.TimeStamp(tids['kept']).timeTime()
             while time.time() <= kept:
