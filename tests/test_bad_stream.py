@@ -24,8 +24,7 @@ def source(tmp_path_factory):
     """A small FileStorage: creation, add, change, add, undo (a data_txn
     back-pointer, an undone creation).  Returns (path, [Txn, ...])."""
     path = str(tmp_path_factory.mktemp('source') / 'source.fs')
-    db = ZODB.DB(path)
-    try:
+    with closing(ZODB.DB(path)) as db:
         conn = db.open()
         root = conn.root()
         root['a'] = PersistentMapping(n=1)
@@ -41,8 +40,6 @@ def source(tmp_path_factory):
         db.undo(db.undoLog(0, 1)[0]['id'])
         transaction.commit()
         conn.close()
-    finally:
-        db.close()
     txns = transactions(path)
     assert len(txns) == 5
     return path, txns
@@ -117,11 +114,9 @@ def test_bad_stream_rejected(zrsd, source, tail, reason):
 
 def hostile_pickle(command):
     """A protocol-1 pickle of ('T', os.system(command))."""
-    def unicode(text):
-        data = text.encode()
-        return b'X' + struct.pack('<I', len(data)) + data
-    return (b'(' + unicode('T') + b'cos\nsystem\n(' + unicode(command)
-            + b'tRt.')
+    def text(s):  # BINUNICODE
+        return b'X' + struct.pack('<I', len(s.encode())) + s.encode()
+    return b'(' + text('T') + b'cos\nsystem\n(' + text(command) + b'tRt.'
 
 
 def test_hostile_pickle_refused(zrsd, source, tmp_path):

@@ -44,8 +44,7 @@ def write(tmp_path, text, name='zrs.conf'):
 def refused(tmp_path, text, name='zrs.conf'):
     """`zrsd -C` on `text` (None: no file) exits 2 without a traceback;
     returns (path, stderr)."""
-    path = (write(tmp_path, text) if text is not None
-            else str(tmp_path / name))
+    path = write(tmp_path, text) if text else str(tmp_path / name)
     result = subprocess.run([os.path.join(BIN, 'zrsd'), '-C', path],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result

@@ -2,6 +2,7 @@
 a tid of the file, or one missing from its packed part (with a note); any
 other tid raises HistoryMismatch."""
 import time
+from contextlib import closing
 
 import pytest
 import ZODB
@@ -45,12 +46,9 @@ def packed(tmp_path):
 
 
 def start(fs, tid):
-    reader = CommittedFile(fs)
-    try:
-        return TidIndex().start_position(reader, tid,
-                                         reader.committed_end()[0])
-    finally:
-        reader.close()
+    with closing(CommittedFile(fs)) as reader:
+        end = reader.committed_end()[0]
+        return TidIndex().start_position(reader, tid, end)
 
 
 def test_fixture_history_is_packed_as_expected(packed):
@@ -99,11 +97,8 @@ def test_tid_after_the_last_is_refused(packed):
 
 
 def test_unpacked_file_refuses_a_tid_before_its_first(tmp_path):
-    db = ZODB.DB(str(tmp_path / 'Data.fs'))
-    try:
+    with closing(ZODB.DB(str(tmp_path / 'Data.fs'))) as db:
         first = db.storage.lastTransaction()
         with pytest.raises(HistoryMismatch, match='nothing before it, the '
                            'one after it %s' % first.hex()):
             start(db.storage, after(first, -1))
-    finally:
-        db.close()
