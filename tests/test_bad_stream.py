@@ -1,28 +1,19 @@
-"""zrsd against a broken or hostile primary (tests/stream.py).
-
-In every bad-stream case the fake primary behaves like a real primary whose
-stream is broken at one point: on each connection it replays the good
-transactions after the secondary's start tid, then sends the bad part.  zrsd
-must log an ERROR naming the reason, abort the open transaction, drop the
-connection and reconnect from the last *good* transaction, keep serving ZEO
-readers meanwhile, and stop cleanly on SIGTERM with a replica file that ends
-exactly at the last good transaction.
-"""
+"""zrsd against a primary whose stream breaks after GOOD transactions: it
+logs an ERROR naming the reason, resumes after the last good transaction,
+keeps serving ZEO readers, and stops with exactly the good transactions."""
 import pickle
 import struct
+from contextlib import closing
 
 import pytest
 import transaction
 import ZODB
-import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
-from ZEO.ClientStorage import ClientStorage
 from ZODB.utils import z64
 
-from harness.history import (assert_same_history, transactions, transactions as
-                             read_transactions)
+from harness.history import assert_same_history, transactions
 from harness.process import wait_until
-from harness.stream import FakePrimary, Stream, replay
+from harness.stream import FakePrimary, replay
 from harness.zrsd_nodes import ZrsdNode
 
 GOOD = 2  # good transactions sent before the bad part
@@ -30,14 +21,10 @@ GOOD = 2  # good transactions sent before the bad part
 
 @pytest.fixture(scope='module')
 def source(tmp_path_factory):
-    """A small real FileStorage: creation, add, change, add, undo.
-
-    The undo gives records with a data_txn back-pointer and an undone
-    creation (data None).  Returns (path, [Txn, ...]).
-    """
+    """A small FileStorage: creation, add, change, add, undo (a data_txn
+    back-pointer, an undone creation).  Returns (path, [Txn, ...])."""
     path = str(tmp_path_factory.mktemp('source') / 'source.fs')
-    db = ZODB.DB(ZODB.FileStorage.FileStorage(path))
-    try:
+    with closing(ZODB.DB(path)) as db:
         conn = db.open()
         root = conn.root()
         root['a'] = PersistentMapping(n=1)
@@ -53,11 +40,16 @@ def source(tmp_path_factory):
         db.undo(db.undoLog(0, 1)[0]['id'])
         transaction.commit()
         conn.close()
-    finally:
-        db.close()
-    txns = read_transactions(path)
+    txns = transactions(path)
     assert len(txns) == 5
     return path, txns
+
+
+@pytest.fixture
+def zrsd(tmp_path, processes):
+    """Start a zrsd replica of the ZRS port given."""
+    return lambda port: ZrsdNode(tmp_path, 'replica', upstream=port,
+                                 register=processes).start()
 
 
 def error_logged(log, reason, logger=''):
@@ -66,193 +58,100 @@ def error_logged(log, reason, logger=''):
             if ' ERROR %s' % logger in line and reason in line]
 
 
-def zeo_client(port):
-    """A read-only ZEO client of the replica (storage '1')."""
-    return ClientStorage(('127.0.0.1', port), read_only=True, wait_timeout=30)
+def root_data(txns):
+    """The root object's data as of the last of `txns`."""
+    return next(r.data for t in reversed(txns) for r in t.records
+                if r.oid == z64)
 
 
-def latest_data(txns, oid):
-    for txn in reversed(txns):
-        for r in txn.records:
-            if r.oid == oid:
-                return r.data
-    return None
-
-
-def run_bad_stream(tmp_path, source, tail, reason):
-    """Run zrsd against a primary that breaks after GOOD transactions."""
-    source_path, txns = source
+def run_bad_stream(zrsd, source, tail, reason):
+    """Replicate GOOD transactions then `tail(stream, txns)`; returns the
+    log."""
+    _, txns = source
     good = txns[:GOOD]
-    with FakePrimary(replay(good, tail=tail)) as primary:
-        proc = ZrsdNode(tmp_path, 'replica', upstream=primary.port).start()
-        zeo_port, fs_path = proc.zeo_port, proc.fs_path
-        try:
-            # Three handshakes: the first from scratch, then reconnects that
-            # resume after the last good transaction (so the good ones were
-            # committed and the bad one was not).
-            conns = primary.wait_connections(3)
-            assert conns[0].protocol == b'zrs2.0'
-            assert conns[0].start_tid == z64
-            assert [c.start_tid for c in conns[1:3]] == [good[-1].tid] * 2, (
-                proc.log())
-            wait_until(lambda: error_logged(proc.log(), reason),
-                       30, message='ERROR %r in zrsd log' % reason)
-            # The daemon keeps serving readers while it rejects the stream.
-            client = zeo_client(zeo_port)
-            try:
-                assert client.lastTransaction() == good[-1].tid
-                assert client.load(z64)[0] == latest_data(good, z64)
-            finally:
-                client.close()
-            assert proc.running()
-        finally:
-            status = proc.stop(expect=None)
-            proc.close()
-    assert status == 0, proc.log()
-    replica = transactions(fs_path)
-    assert replica == transactions(source_path)[:GOOD]
+    with FakePrimary(replay(good, tail=lambda s: tail(s, txns))) as primary:
+        proc = zrsd(primary.port)
+        # From scratch, then resuming after the last good transaction (the
+        # good ones were committed, the bad one was not).
+        conns = primary.wait_connections(3)
+        assert conns[0].protocol == b'zrs2.0'
+        assert [c.start_tid for c in conns[:3]] == (
+            [z64] + [good[-1].tid] * 2), proc.log()
+        wait_until(lambda: error_logged(proc.log(), reason),
+                   30, message='ERROR %r in zrsd log' % reason)
+        with closing(proc.client()) as client:
+            assert client.lastTransaction() == good[-1].tid
+            assert client.load(z64)[0] == root_data(good)
+        assert proc.running()
+        proc.stop()
+    assert transactions(proc.fs_path) == good
     return proc.log()
 
 
-def test_bad_checksum(tmp_path, source):
-    _, txns = source
-
-    def tail(stream):
-        stream.transaction(txns[GOOD], digest=b'\x00' * 16)
-    run_bad_stream(tmp_path, source, tail, 'checksum mismatch')
-
-
-def test_garbage_instead_of_pickle(tmp_path, source):
-    def tail(stream):
-        stream.payload(b'\xde\xad\xbe\xef this is not a pickle')
-    run_bad_stream(tmp_path, source, tail, 'undecodable message')
-
-
-def _store_before_begin(stream, txns):
-    r = txns[GOOD].records[0]
-    stream.store(r.oid, txns[GOOD].tid, r.data, r.data_txn)
-
-
-def _commit_without_begin(stream, txns):
-    stream.commit()
+BAD = {
+    'checksum': (lambda s, t: s.transaction(t[GOOD], digest=b'\0' * 16),
+                 'checksum mismatch'),
+    'garbage': (lambda s, t: s.payload(b'\xde\xad\xbe\xef not a pickle'),
+                'undecodable message'),
+    'S-before-T': (lambda s, t: s.records(t[GOOD], 1), 'unexpected'),
+    'C-without-T': (lambda s, t: s.commit(), 'unexpected'),
+    'T-inside-T': (lambda s, t: s.begin_txn(t[GOOD]).records(t[GOOD])
+                   .transaction(t[GOOD + 1]), 'unexpected'),
+    'equal-tid': (lambda s, t: s.transaction(t[GOOD], tid=t[GOOD - 1].tid),
+                  'non-increasing tid'),
+    'lower-tid': (lambda s, t: s.transaction(t[GOOD], tid=t[0].tid),
+                  'non-increasing tid'),
+    'oversized': (lambda s, t: s.raw(struct.pack('>I', 0xFFFFFFF0) + b'no'),
+                  'too large'),
+}
 
 
-def _begin_inside_transaction(stream, txns):
-    bad = txns[GOOD]
-    stream.begin(bad.tid, bad.status, bad.user, bad.description,
-                 bad.extension)
-    for r in bad.records:
-        stream.store(r.oid, bad.tid, r.data, r.data_txn)
-    stream.transaction(txns[GOOD + 1])
-
-
-@pytest.mark.parametrize('tail', [
-    _store_before_begin, _commit_without_begin, _begin_inside_transaction],
-    ids=['S-before-T', 'C-without-T', 'T-inside-T'])
-def test_out_of_order_message(tmp_path, source, tail):
-    _, txns = source
-    run_bad_stream(tmp_path, source, lambda s: tail(s, txns), 'unexpected')
-
-
-@pytest.mark.parametrize('which', ['equal', 'lower'])
-def test_non_increasing_tid(tmp_path, source, which):
-    _, txns = source
-    bad_tid = txns[GOOD - 1].tid if which == 'equal' else txns[0].tid
-
-    def tail(stream):
-        stream.transaction(txns[GOOD], tid=bad_tid)
-    run_bad_stream(tmp_path, source, tail, 'non-increasing tid')
+@pytest.mark.parametrize('tail, reason', BAD.values(), ids=list(BAD))
+def test_bad_stream_rejected(zrsd, source, tail, reason):
+    """Each kind of broken stream is logged, rejected and retried."""
+    run_bad_stream(zrsd, source, tail, reason)
 
 
 def hostile_pickle(command):
-    """A protocol-1 pickle of ('T', os.system(command)): unpickling it with
-    an unrestricted unpickler runs the command."""
-    def unicode(text):
-        data = text.encode()
-        return b'X' + struct.pack('<I', len(data)) + data
-    return (b'(' + unicode('T') + b'cos\nsystem\n(' + unicode(command)
-            + b'tRt.')
+    """A protocol-1 pickle of ('T', os.system(command))."""
+    def text(s):  # BINUNICODE
+        return b'X' + struct.pack('<I', len(s.encode())) + s.encode()
+    return b'(' + text('T') + b'cos\nsystem\n(' + text(command) + b'tRt.'
 
 
-def test_hostile_pickle_refused(tmp_path, source):
-    # Control: the payload really is dangerous with a plain unpickler.
-    control = tmp_path / 'control-marker'
+def test_hostile_pickle_refused(zrsd, source, tmp_path):
+    """A pickle that runs a command when unpickled plainly (the control)
+    is refused, not run."""
+    control, marker = tmp_path / 'control-marker', tmp_path / 'pwned-marker'
     pickle.loads(hostile_pickle('touch %s' % control))
     assert control.exists()
-
-    marker = tmp_path / 'pwned-marker'
-
-    def tail(stream):
-        stream.payload(hostile_pickle('touch %s' % marker))
-    log = run_bad_stream(tmp_path, source, tail, 'refused global')
+    log = run_bad_stream(zrsd, source, lambda s, t: s.payload(
+        hostile_pickle('touch %s' % marker)), 'refused global')
     assert not marker.exists(), 'the hostile pickle was executed'
     assert 'os.system' in ''.join(error_logged(log, 'refused global'))
 
 
-def test_oversized_length_prefix(tmp_path, source):
-    def tail(stream):
-        stream.raw(struct.pack('>I', 0xFFFFFFF0) + b'not that much data')
-    run_bad_stream(tmp_path, source, tail, 'too large')
-
-
-def test_connection_lost_mid_transaction(tmp_path, source):
-    """The primary vanishes after T and S: the half transaction is aborted
-    and the rest is replicated after reconnecting."""
-    source_path, txns = source
-    first = Stream(z64)
-    for txn in txns[:GOOD]:
-        first.transaction(txn)
-    bad = txns[GOOD]
-    first.begin(bad.tid, bad.status, bad.user, bad.description, bad.extension)
-    r = bad.records[0]
-    first.store(r.oid, bad.tid, r.data, r.data_txn)
-    first.close()
-    second = Stream(txns[GOOD - 1].tid)
-    for txn in txns[GOOD:]:
-        second.transaction(txn)
-    replicate_and_compare(
-        tmp_path, source_path, txns, [first.script(), second.script()],
-        expected_starts=[z64, txns[GOOD - 1].tid], clean=False)
-
-
-def test_legacy_forms_accepted(tmp_path, source):
-    """Inline-data 'S' and checksum-less 'C' (the seed document's forms)."""
-    source_path, txns = source
-    replicate_and_compare(tmp_path, source_path, txns,
-                          replay(txns, legacy=True), expected_starts=[z64])
-
-
-def test_current_forms_control(tmp_path, source):
-    """Control for the fake primary itself: the normal stream replicates."""
-    source_path, txns = source
-    replicate_and_compare(tmp_path, source_path, txns, replay(txns),
-                          expected_starts=[z64])
-
-
-def replicate_and_compare(tmp_path, source_path, txns, script,
-                          expected_starts, clean=True):
-    """Replicate `script`; the replica must equal the source exactly."""
+@pytest.mark.parametrize('case', ['current', 'legacy', 'lost'])
+def test_replicates_exactly(zrsd, source, case):
+    """The current forms replicate, the legacy ones too (inline-data 'S',
+    checksum-less 'C'), and so does a stream `lost` after a T and an S (the
+    half transaction is aborted, the rest replicated on reconnection)."""
+    path, txns = source
+    script, starts = replay(txns, legacy=case == 'legacy'), [z64]
+    if case == 'lost':
+        bad, resume = txns[GOOD], txns[GOOD - 1].tid
+        script = [replay(txns[:GOOD], tail=lambda s: s.begin_txn(bad)
+                         .records(bad, 1).close())(z64), script(resume)]
+        starts = [z64, resume]
     with FakePrimary(script) as primary:
-        proc = ZrsdNode(tmp_path, 'replica', upstream=primary.port).start()
-        zeo_port, fs_path = proc.zeo_port, proc.fs_path
-        try:
-            primary.wait_connections(len(expected_starts))
-            client = zeo_client(zeo_port)
-            try:
-                # ZEO invalidations move lastTransaction as commits land.
-                wait_until(
-                    lambda: client.lastTransaction() == txns[-1].tid,
-                    60, message='replica at the last source transaction')
-                assert client.load(z64)[0] == latest_data(txns, z64)
-            finally:
-                client.close()
-            assert primary.start_tids == expected_starts, proc.log()
-        finally:
-            status = proc.stop(expect=None)
-            proc.close()
-    assert status == 0, proc.log()
-    assert assert_same_history(source_path, fs_path) == len(txns)
-    if clean:
+        proc = zrsd(primary.port)
+        primary.wait_connections(len(starts))
+        proc.wait_for_tid(txns[-1].tid, 60)
+        with closing(proc.client()) as client:
+            assert client.load(z64)[0] == root_data(txns)
+        assert primary.start_tids == starts, proc.log()
+        proc.stop()
+    assert assert_same_history(path, proc.fs_path) == len(txns)
+    if case != 'lost':
         # (ZEO itself logs an ERROR when a port probe resets: not ours.)
         assert not error_logged(proc.log(), '', logger='zrsd'), proc.log()
-    return proc.log()

@@ -1,9 +1,6 @@
-"""The replication side's wiring, shared by `zrsd -C` and `%import zrsd`.
-
-Under runzeo (`%import zrsd`), the sections share the process's reactor
-thread; if that reactor dies, the process gets SIGTERM (runzeo then stops)
-rather than serving replicas that silently stopped replicating.
-"""
+"""The replication side's wiring: under runzeo (`%import zrsd`) a dead
+shared reactor thread SIGTERMs the process rather than leave it serving
+replicas that silently stopped replicating."""
 import signal
 import subprocess
 import sys
