@@ -30,7 +30,7 @@ import time
 
 from harness.chaos import ChaosProxy
 from harness.history import transactions
-from harness.process import BIN, ROOT, wait_until
+from harness.process import BIN, LOG_FORMAT, ROOT, wait_until
 from harness.zczrs import commit_change
 from harness.zrsd_nodes import Writer, ZrsdNode
 from zrsd.daemon import promotion
@@ -74,8 +74,7 @@ class Drill:
         return proxy
 
     def writer(self, node, count):
-        """A `Writer` on `node` (blobs with `--blobs`) once it made
-        `count` commits (or failed)."""
+        """A `Writer` on `node` once it made `count` commits."""
         cache = os.path.join(self.workdir, 'client-blobs-' + node.name)
         writer = Writer(node, 'writer-' + node.name,
                         cache if self.blobs else None).start()
@@ -109,8 +108,7 @@ class Drill:
                   flush=True)
 
     def command(self, *args):
-        """Run an operator command (its output shown, indented); it must
-        exit 0."""
+        """Run an operator command, showing its output; it must exit 0."""
         program = os.path.join(BIN, args[0])
         print('    $ %s' % ' '.join(args), flush=True)
         done = subprocess.run((program,) + args[1:], capture_output=True,
@@ -137,8 +135,7 @@ class Drill:
         return '\n'.join(lines)
 
     def log_tails(self, count=25):
-        """Print the end of each node's last log, without ZEO's lines
-        about the drill's own client connections."""
+        """Print the end of each node's log but ZEO's INFO lines."""
         for node in self.nodes:
             if node.process is None:
                 continue
@@ -157,18 +154,16 @@ class Drill:
         check('promoted to primary' in done.stdout,
               'zrsdctl promote did not confirm: %s' % done.stdout.strip())
 
-    def rewind(self, node, *options):
-        """`zrsd-rewind` on a stopped node; the tids it (would) remove."""
+    def rewind(self, node, *options, lost=None):
+        """`zrsd-rewind` on a stopped node, which must (would) remove
+        exactly `lost` (default: the commits lost in the failover)."""
+        lost = self.lost_unplanned if lost is None else lost
         done = self.command('zrsd-rewind', '-C', node.config_path, *options)
-        return [bytes.fromhex(t) for t in REMOVED.findall(done.stdout)], done
-
-    def rewind_lost(self, node, *options):
-        """`rewind`, which must (would) remove exactly the lost commits."""
-        removed, _ = self.rewind(node, *options)
-        check(removed == self.lost_unplanned, 'zrsd-rewind %s on %s: %s, '
-              'not the %d lost' % (' '.join(options), node.name.upper(),
-                                   hexes(removed), len(self.lost_unplanned)))
-        return '%s %d transactions' % (
+        removed = [bytes.fromhex(t) for t in REMOVED.findall(done.stdout)]
+        check(removed == lost, 'zrsd-rewind %s on %s: %s, not the %d lost'
+              % (' '.join(options), node.name.upper(), hexes(removed),
+                 len(lost)))
+        return done.stdout if not lost else '%s %d transactions' % (
             'would remove' if options else 'removed', len(removed))
 
     def verify(self, primary, replica):
@@ -184,8 +179,7 @@ class Drill:
         return tid
 
     def all_follow(self, primary, *replicas):
-        """Steps: a commit on `primary` reaches `replicas`; then
-        `zrsd-verify` primary -> each replica."""
+        """Steps: a commit on `primary` reaches `replicas`; zrsd-verify."""
         with self.step('commit on %s; %s follow' % (
                 primary.name.upper(),
                 ' and '.join(r.name.upper() for r in replicas))) as out:
@@ -254,10 +248,9 @@ class Drill:
         with self.step('A as a replica of B: zrsd-rewind --dry-run') as out:
             a.upstream = b.repl_port
             a.write_config()
-            removed, done = self.rewind(a, '--dry-run')
-            check(not removed and 'nothing to rewind' in done.stdout,
-                  'zrsd-rewind --dry-run wants to remove %d transactions'
-                  % len(removed))
+            check('nothing to rewind' in self.rewind(a, '--dry-run',
+                                                     lost=[]),
+                  'zrsd-rewind --dry-run does not say "nothing to rewind"')
             out[0] = 'nothing to rewind'
         with self.step('start A as a replica of B'):
             a.start()
@@ -308,7 +301,7 @@ class Drill:
                   "C's log does not say it refused A")
         with self.step('stop A; zrsd-rewind') as out:
             a.stop(WAIT)
-            out[0] = self.rewind_lost(a)
+            out[0] = self.rewind(a)
         with self.step('start A as a replica of C'):
             a.start()
         with self.step('B as a replica of C: zrsd-rewind --dry-run') as out:
@@ -316,9 +309,9 @@ class Drill:
             os.remove(promotion.record_path(b.fs_path))
             b.upstream = c.repl_port
             b.write_config()
-            out[0] = self.rewind_lost(b, '--dry-run')
+            out[0] = self.rewind(b, '--dry-run')
         with self.step('zrsd-rewind B') as out:
-            out[0] = self.rewind_lost(b)
+            out[0] = self.rewind(b)
         with self.step('start B as a replica of C'):
             b.start()
         self.all_follow(c, a, b)
@@ -374,10 +367,8 @@ def main(argv=None):
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
     # The writers' ZEO clients log disconnections: to a file.
-    logging.basicConfig(
-        filename=os.path.join(workdir, 'drill-clients.log'),
-        level=logging.INFO,
-        format='%(asctime)s %(levelname)s %(name)s %(message)s')
+    logging.basicConfig(filename=os.path.join(workdir, 'drill-clients.log'),
+                        level=logging.INFO, format=LOG_FORMAT)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
     print('zrsd failover drill%s; work directory %s' % (
         ' with blobs' if args.blobs else '', workdir), flush=True)

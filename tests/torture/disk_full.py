@@ -44,13 +44,13 @@ class TmpfsSpace:
         self.mounted = True
 
     @staticmethod
-    def _mount(*args):
-        done = subprocess.run(('mount',) + args, stdout=subprocess.PIPE,
+    def _mount(*args, command='mount'):
+        done = subprocess.run((command,) + args, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
         if done.returncode:
-            raise OSError(errno.EPERM, 'mount %s: %s' % (
-                ' '.join(args), done.stdout.decode('utf-8', 'replace')
-                .strip()))
+            raise OSError(errno.EPERM, '%s %s: %s' % (
+                command, ' '.join(args), done.stdout.decode(
+                    'utf-8', 'replace').strip()))
 
     def used(self):
         st = os.statvfs(self.directory)
@@ -65,11 +65,11 @@ class TmpfsSpace:
 
     def close(self):
         if self.mounted:
-            if subprocess.run(['umount', self.directory],
-                              stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT).returncode:
-                subprocess.run(['umount', '-l', self.directory])
             self.mounted = False
+            try:
+                self._mount(self.directory, command='umount')
+            except OSError:
+                subprocess.run(['umount', '-l', self.directory])
 
 
 class InjectedSpace:
@@ -86,10 +86,8 @@ class InjectedSpace:
                     'ZRSD_TORTURE_QUOTA_FILE': self.quota_file}
 
     def used(self):
-        try:
-            return os.path.getsize(self.fs_path)
-        except FileNotFoundError:
-            return 0
+        return (os.path.getsize(self.fs_path)
+                if os.path.exists(self.fs_path) else 0)
 
     def limit(self, size):
         with open(self.quota_file + '.tmp', 'w') as f:

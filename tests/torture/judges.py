@@ -52,17 +52,15 @@ class BlobCheck:
         p = self.primary.getBlobFilename(oid, tid)
         r = self.replica.getBlobFilename(oid, tid)
         p_exists, r_exists = os.path.exists(p), os.path.exists(r)
-        if p_exists and not r_exists:
-            return 'blob file of %s at %s missing on the replica' % (
-                oid.hex(), tid.hex())
-        if r_exists and not p_exists:
-            return ('blob file of %s at %s on the replica only' % (
-                oid.hex(), tid.hex())) if strict else None
+        what = 'blob file of %s at %s' % (oid.hex(), tid.hex())
+        if p_exists != r_exists:
+            return (what + (' missing on the replica' if p_exists else
+                            ' on the replica only')
+                    if p_exists or strict else None)
         if p_exists:
             self.compared += 1
             if not filecmp.cmp(p, r, shallow=False):
-                return 'blob file of %s at %s differs' % (oid.hex(),
-                                                          tid.hex())
+                return what + ' differs'
         return None
 
     def check_records(self, label, records, strict=True):
@@ -140,7 +138,8 @@ def compare_after_pack(primary, replica, stop, witness):
                                   label, p[0].hex(),
                                   'after' if p[0] > stop else 'up to',
                                   differences(p, r)))
-    for tid in sorted(set(replica_txns) - primary_tids):
+    extra = sorted(set(replica_txns) - primary_tids)
+    for tid in extra:
         if tid > stop:
             mismatches.append('%s: transaction %s after the pack time is '
                               'not on the primary' % (label, tid.hex()))
@@ -158,11 +157,10 @@ def compare_after_pack(primary, replica, stop, witness):
             mismatches.append(
                 '%s: blob record of %s at %s has no blob file' % (
                     label, oid.hex(), rtid.hex()))
-    extra = len(set(replica_txns) - primary_tids)
     packed_form = sum(1 for t in replica_txns.values() if t[1] == 'p')
     details = ('%s holds %d transactions: %d that the pack removed from the '
                'primary, %d received in packed form' % (
-                   label, len(replica_txns), extra, packed_form))
+                   label, len(replica_txns), len(extra), packed_form))
     replica_current = load_current(replica.fs_path)
     for oid, state in load_current(primary.fs_path).items():
         if replica_current.get(oid) != state:

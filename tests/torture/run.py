@@ -17,6 +17,8 @@ import tempfile
 import time
 import traceback
 
+from harness.process import LOG_FORMAT
+
 from . import __doc__ as OVERVIEW
 from .disk_full import DiskFull
 from .kill_replica import KillReplica
@@ -44,12 +46,11 @@ class Report:
     def __init__(self):
         self.scenarios = []            # (name, seconds, outcome)
         self.counts = collections.Counter()
-        self.compared = 0
-        self.blobs_compared = 0
-        self.mismatches = []
-        self.crashes = []
-        self.errors = []               # unexpected ERROR/CRITICAL lines
-        self.failures = []             # scenarios that could not finish
+        self.compared = self.blobs_compared = 0
+        # mismatches, crashes, unexpected ERROR/CRITICAL lines, scenarios
+        # that could not finish; notes
+        self.mismatches, self.crashes, self.errors, self.failures = (
+            [], [], [], [])
         self.notes = []
 
     def violations(self):
@@ -85,9 +86,7 @@ class Torture:
     """Runs the scenarios and keeps the report."""
 
     def __init__(self, workdir, seed, counts, disk_full_variant):
-        self.workdir = workdir
-        self.seed = seed
-        self.counts = counts
+        self.workdir, self.seed, self.counts = workdir, seed, counts
         self.disk_full_variant = disk_full_variant
         self.report = Report()
 
@@ -97,8 +96,8 @@ class Torture:
 
     def run_one(self, name):
         report = self.report
-        rng = random.Random('%s-%s' % (self.seed, name))
-        scenario = SCENARIO_CLASSES[name](self, rng)
+        scenario = SCENARIO_CLASSES[name](
+            self, random.Random('%s-%s' % (self.seed, name)))
         report.say('== %s' % name)
         began = time.monotonic()
         mismatches, crashes = len(report.mismatches), len(report.crashes)
@@ -110,8 +109,7 @@ class Torture:
             report.failures.append('%s: %s' % (name, exc))
         except Exception:
             outcome = 'FAILED: exception'
-            report.failures.append('%s: %s' % (name,
-                                               traceback.format_exc()))
+            report.failures.append('%s: %s' % (name, traceback.format_exc()))
         finally:
             scenario.cleanup()
         expected, unexpected = scenario.scan_logs()
@@ -165,8 +163,7 @@ def main(argv=None):
     clients_log = logging.FileHandler(
         os.path.join(workdir, 'torture-clients.log'))
     clients_log.setLevel(logging.WARNING)
-    clients_log.setFormatter(logging.Formatter(
-        '%(asctime)s %(levelname)s %(name)s %(message)s'))
+    clients_log.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.addHandler(clients_log)
     names = args.only or list(SCENARIOS)
