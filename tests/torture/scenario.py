@@ -13,6 +13,7 @@ from contextlib import closing
 from ZODB.utils import z64
 
 from harness.chaos import ChaosProxy
+from harness.process import wait_until
 
 from . import judges
 from .nodes import WAIT, TortureNode
@@ -87,16 +88,11 @@ class Scenario:
         self.check_writer()
 
     def wait(self, predicate, what, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        while True:
-            self.guard()
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise ScenarioFailed('timed out after %ss waiting for %s'
-                                     % (timeout, what))
-            time.sleep(0.05)
+        try:
+            return wait_until(lambda: self.guard() or predicate(), timeout,
+                              message=what)
+        except AssertionError as exc:
+            raise ScenarioFailed(str(exc)) from None
 
     def pause(self, seconds):
         """A random wait that chooses a moment (the guard keeps watch)."""
