@@ -1,27 +1,20 @@
 """The failover drill (`make drill`, `scripts/drill.py`): the README's
-runbook end to end on 127.0.0.1 with three real zrsd nodes A, B and C
-(each with a `replicate-to`), real ZEO clients and the real operator
-commands: `zrsdctl promote`, `zrsd-rewind [--dry-run]`, `zrsd-verify`,
-SIGTERM for a planned stop, SIGKILL for a host failure, a rewritten
-config for "set replicate-from".
+runbook end to end with three real zrsd nodes A, B, C and the real
+operator commands (`zrsdctl promote`, `zrsd-rewind [--dry-run]`,
+`zrsd-verify`, SIGTERM, SIGKILL, a rewritten config).
 
-1. Set-up: A primary; B (through a throttled `ChaosProxy`, so it lags) and
-   C replicas of A; a `Writer` commits to A (blobs too with `--blobs`).
-2. Planned switchover A -> B: SIGTERM A under load; B and C must hold A's
-   last transaction and every acknowledged commit.  Promote B, point C at
-   B (through a proxy), make A a replica of B (nothing to rewind); a
-   commit on B reaches both; `zrsd-verify`.
-3. Unplanned failover B -> C: stall C's link, B commits LOST more (A gets
-   them), SIGKILL B, promote C; A is refused, rewound and restarted; B's
-   promotion is undone and B rewound; a commit on C reaches both;
-   `zrsd-verify`; after a clean stop the Data.fs files (and blob trees)
-   are byte-identical.
-4. A summary: each step's time and result, and what was lost (in 3,
-   exactly what B committed after the stall and both rewinds removed).
-
-Exit status 0 when everything held, 1 otherwise (with the reason and the
-tail of each node's log).  The work directory (default var/drill) is
-recreated, and removed after a clean run unless `--keep`.
+1. Set-up: A primary, B (lagging behind a throttled link) and C its
+   replicas; a `Writer` commits to A (blobs too with `--blobs`).
+2. Planned switchover A -> B under load: B and C hold A's last
+   transaction and every acknowledged commit; B promoted, C and A (nothing
+   to rewind) follow it.
+3. Unplanned failover B -> C: C's link stalls, B commits LOST more and is
+   SIGKILLed, C promoted; A (refused) and B are rewound and follow C; the
+   files (and blob trees) end byte-identical.
+4. A summary of the steps and of what was lost (in 3, exactly what the
+   rewinds removed).  Exit status 0 when everything held, else 1 with the
+   tail of each log.  The work directory (default var/drill) is recreated
+   and removed after a clean run unless `--keep`.
 """
 import argparse
 import contextlib
@@ -37,7 +30,7 @@ import time
 
 from harness.chaos import ChaosProxy
 from harness.history import transactions
-from harness.process import BIN, ROOT, wait_until
+from harness.process import BIN, LOG_FORMAT, ROOT, wait_until
 from harness.zczrs import commit_change
 from harness.zrsd_nodes import Writer, ZrsdNode
 from zrsd.daemon import promotion
@@ -48,7 +41,6 @@ BEFORE_STOP = 150   # commits on A before it is stopped
 BEFORE_STALL = 30   # commits on B before C's link is stalled
 LOST = 5            # commits on B that C never receives
 
-# zrsd-rewind's "would remove TID (...)" / "removed TID (...)" lines.
 REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 
@@ -70,24 +62,32 @@ class Drill:
         self.steps = []          # (phase, name, seconds, result)
         self.phase = ''
         self.proxies = []
-        self.lost_planned = None
-        self.lost_unplanned = None
+        self.lost_planned = self.lost_unplanned = None
         # Each with a replicate-to; B and C get their upstream at start.
-        self.a, self.b, self.c = (
+        self.nodes = [
             ZrsdNode(os.path.join(workdir, name), name, serve=True,
-                     blobs=blobs) for name in 'abc')
+                     blobs=blobs) for name in 'abc']
 
     def proxy(self, target_port, **kw):
         proxy = ChaosProxy(target_port, **kw)
         self.proxies.append(proxy)
         return proxy
 
-    def blob_cache(self, name):
-        if not self.blobs:
-            return None
-        return os.path.join(self.workdir, 'client-blobs-' + name)
+    def writer(self, node, count):
+        """A `Writer` on `node` once it made `count` commits."""
+        cache = os.path.join(self.workdir, 'client-blobs-' + node.name)
+        writer = Writer(node, 'writer-' + node.name,
+                        cache if self.blobs else None).start()
+        self.writes(writer, node, count)
+        return writer
 
-    # -- reporting --
+    def writes(self, writer, node, count):
+        """Wait for `count` more commits of `writer`; it must not fail."""
+        target = len(writer.tids) + count
+        wait_until(lambda: node.check_alive() and (
+            len(writer.tids) >= target or not writer.running()), WAIT,
+            message='%d commits on %s' % (count, node.name.upper()))
+        check(writer.error is None, 'the writer failed: %r' % writer.error)
 
     @contextlib.contextmanager
     def step(self, name):
@@ -108,8 +108,7 @@ class Drill:
                   flush=True)
 
     def command(self, *args):
-        """Run an operator command (its output shown, indented); it must
-        exit 0."""
+        """Run an operator command, showing its output; it must exit 0."""
         program = os.path.join(BIN, args[0])
         print('    $ %s' % ' '.join(args), flush=True)
         done = subprocess.run((program,) + args[1:], capture_output=True,
@@ -136,9 +135,8 @@ class Drill:
         return '\n'.join(lines)
 
     def log_tails(self, count=25):
-        """Print the end of each node's last log, without ZEO's lines
-        about the drill's own client connections."""
-        for node in (self.a, self.b, self.c):
+        """Print the end of each node's log but ZEO's INFO lines."""
+        for node in self.nodes:
             if node.process is None:
                 continue
             lines = [line for line in node.log().splitlines()
@@ -148,30 +146,24 @@ class Drill:
             print('\n'.join(lines))
 
     def close(self):
-        for proxy in self.proxies:
-            proxy.close()
-        for node in (self.a, self.b, self.c):
-            node.close()
-
-    # -- operator actions --
+        for item in self.proxies + self.nodes:
+            item.close()
 
     def promote(self, node):
         done = self.command('zrsdctl', '-C', node.config_path, 'promote')
         check('promoted to primary' in done.stdout,
               'zrsdctl promote did not confirm: %s' % done.stdout.strip())
 
-    def rewind(self, node, *options):
-        """`zrsd-rewind` on a stopped node; the tids it (would) remove."""
+    def rewind(self, node, *options, lost=None):
+        """`zrsd-rewind` on a stopped node, which must (would) remove
+        exactly `lost` (default: the commits lost in the failover)."""
+        lost = self.lost_unplanned if lost is None else lost
         done = self.command('zrsd-rewind', '-C', node.config_path, *options)
-        return [bytes.fromhex(t) for t in REMOVED.findall(done.stdout)], done
-
-    def rewind_lost(self, node, *options):
-        """`rewind`, which must (would) remove exactly the lost commits."""
-        removed, _ = self.rewind(node, *options)
-        check(removed == self.lost_unplanned, 'zrsd-rewind %s on %s: %s, '
-              'not the %d lost' % (' '.join(options), node.name.upper(),
-                                   hexes(removed), len(self.lost_unplanned)))
-        return '%s %d transactions' % (
+        removed = [bytes.fromhex(t) for t in REMOVED.findall(done.stdout)]
+        check(removed == lost, 'zrsd-rewind %s on %s: %s, not the %d lost'
+              % (' '.join(options), node.name.upper(), hexes(removed),
+                 len(lost)))
+        return done.stdout if not lost else '%s %d transactions' % (
             'would remove' if options else 'removed', len(removed))
 
     def verify(self, primary, replica):
@@ -187,8 +179,7 @@ class Drill:
         return tid
 
     def all_follow(self, primary, *replicas):
-        """Steps: a commit on `primary` reaches `replicas`; then
-        `zrsd-verify` primary -> each replica."""
+        """Steps: a commit on `primary` reaches `replicas`; zrsd-verify."""
         with self.step('commit on %s; %s follow' % (
                 primary.name.upper(),
                 ' and '.join(r.name.upper() for r in replicas))) as out:
@@ -198,117 +189,85 @@ class Drill:
                     primary.name.upper(), replica.name.upper())) as out:
                 out[0] = self.verify(primary, replica)
 
-    # -- the drill --
-
     def run(self):
-        self.set_up()
-        self.planned_switchover()
-        self.unplanned_failover()
-
-    def set_up(self):
+        a, b, c = self.nodes
         self.phase = 'set-up'
-        a, b, c = self.a, self.b, self.c
         with self.step('start A (primary), B and C (replicas of A)'):
             a.start()
             # (An empty replica serves ZEO once it has a transaction.)
             commit_change(a.zeo_address, 'drill-check', time.time())
             # A small socket buffer: the throttle holds A's sender back.
-            self.b_link = self.proxy(a.repl_port, socket_buffer=32768)
-            self.b_link.throttle(THROTTLE)
-            b.upstream = self.b_link.port
-            c.upstream = a.repl_port
+            b_link = self.proxy(a.repl_port, socket_buffer=32768)
+            b_link.throttle(THROTTLE)
+            b.upstream, c.upstream = b_link.port, a.repl_port
             b.start()
             c.start()
         with self.step('writer commits to A; B lags behind its link') as out:
-            self.writer = Writer(a, 'writer-a',
-                                 self.blob_cache('a')).start()
-            wait_until(lambda: a.check_alive() and
-                       (len(self.writer.tids) >= BEFORE_STOP
-                        or not self.writer.running()), WAIT,
-                       message='%d commits on A' % BEFORE_STOP)
-            check(self.writer.error is None,
-                  'the writer failed: %r' % self.writer.error)
-            out[0] = '%d commits' % len(self.writer.tids)
-
-    def planned_switchover(self):
+            writer = self.writer(a, BEFORE_STOP)
+            out[0] = '%d commits' % len(writer.tids)
         self.phase = 'planned'
-        a, b, c = self.a, self.b, self.c
         with self.step('stop A (SIGTERM) while the writer commits') as out:
             b_before = b.last_tid()
-            behind = len([t for t in self.writer.tids if t > b_before])
+            behind = len([t for t in writer.tids if t > b_before])
             began = time.monotonic()
             a.stop(WAIT * 2)
             stop_time = time.monotonic() - began
             # B's link leads nowhere now.  (A proxy that accepts B but
             # cannot reach A would look to B as if A refused it.)
-            self.b_link.close()
-            self.writer.stop()
+            b_link.close()
+            writer.stop()
             last = transactions(a.fs_path)[-1][0]
-            log = a.log()
             check('every secondary received the last commit %s'
-                  % last.hex() in log,
+                  % last.hex() in a.log(),
                   "A's log does not say every secondary received %s"
                   % last.hex())
-            check(self.writer.error is not None,
-                  'the writer never saw A stop')
+            check(writer.error is not None, 'the writer never saw A stop')
             out[0] = ('A exited in %.2fs, B was %d commits behind; A '
                       'handed over up to %s; the writer stopped on %s' % (
                           stop_time, behind, last.hex(),
-                          type(self.writer.error).__name__))
+                          type(writer.error).__name__))
         with self.step('check B and C hold A\'s last transaction') as out:
             b_last, c_last = b.last_tid(), c.last_tid()
             check(b_last == last and c_last == last,
                   'A ended at %s, B at %s, C at %s' % (
                       last.hex(), b_last.hex(), c_last.hex()))
             b_tids = set(t[0] for t in transactions(b.fs_path))
-            self.lost_planned = [t for t in self.writer.tids
-                                 if t not in b_tids]
+            self.lost_planned = [t for t in writer.tids if t not in b_tids]
             check(not self.lost_planned, 'acknowledged commits missing on '
                   'B: %s' % hexes(self.lost_planned))
             out[0] = 'lost: nothing (%d acknowledged commits, last %s)' % (
-                len(self.writer.tids), last.hex())
+                len(writer.tids), last.hex())
         with self.step('promote B: zrsdctl promote'):
             self.promote(b)
         with self.step('point C at B (restart C)'):
             c.stop(WAIT)
             # C's link to B goes through a proxy: step 3 stalls it.
-            self.c_link = self.proxy(b.repl_port)
-            c.upstream = self.c_link.port
+            c_link = self.proxy(b.repl_port)
+            c.upstream = c_link.port
             c.start()
         with self.step('A as a replica of B: zrsd-rewind --dry-run') as out:
             a.upstream = b.repl_port
             a.write_config()
-            removed, done = self.rewind(a, '--dry-run')
-            check(not removed and 'nothing to rewind' in done.stdout,
-                  'zrsd-rewind --dry-run wants to remove %d transactions'
-                  % len(removed))
+            check('nothing to rewind' in self.rewind(a, '--dry-run',
+                                                     lost=[]),
+                  'zrsd-rewind --dry-run does not say "nothing to rewind"')
             out[0] = 'nothing to rewind'
         with self.step('start A as a replica of B'):
             a.start()
         self.all_follow(b, a, c)
-
-    def unplanned_failover(self):
         self.phase = 'unplanned'
-        a, b, c = self.a, self.b, self.c
         with self.step('writer commits to B; A and C follow') as out:
-            writer = Writer(b, 'writer-b', self.blob_cache('b')).start()
-            wait_until(lambda: b.check_alive() and (
-                len(writer.tids) >= BEFORE_STALL or not writer.running()),
-                WAIT, message='%d commits on B' % BEFORE_STALL)
+            writer = self.writer(b, BEFORE_STALL)
             writer.pause()
-            check(writer.error is None, 'the writer failed: %r'
-                  % writer.error)
             shared = b.last_tid()
             a.wait_for_tid(shared, WAIT)
             c.wait_for_tid(shared, WAIT)
             out[0] = '%d commits, last %s' % (len(writer.tids), shared.hex())
         with self.step('stall C\'s link; B commits more') as out:
-            self.c_link.stall()
+            c_link.stall()
             before = len(writer.tids)
             writer.resume()
-            wait_until(lambda: len(writer.tids) >= before + LOST
-                       or not writer.running(), WAIT,
-                       message='%d more commits on B' % LOST)
+            self.writes(writer, b, LOST)
             writer.stop()
             check(writer.error is None, 'the writer failed: %r'
                   % writer.error)
@@ -320,15 +279,15 @@ class Drill:
                 len(after_stall), shared.hex())
         with self.step('kill B (SIGKILL: host failure)'):
             b.process.kill()
-            b_tids = [t[0] for t in transactions(b.fs_path)]
-            self.lost_unplanned = [t for t in b_tids if t > shared]
+            self.lost_unplanned = [t[0] for t in transactions(b.fs_path)
+                                   if t[0] > shared]
             check(self.lost_unplanned == after_stall,
                   "B's transactions after C's last %s are %s, not the %d "
                   "committed after the stall" % (
                       shared.hex(), len(self.lost_unplanned), LOST))
         with self.step('promote C: zrsdctl promote'):
             self.promote(c)
-            self.c_link.close()
+            c_link.close()
         with self.step('commit on C') as out:
             out[0] = 'at %s' % self.follow(c).hex()
         with self.step('point A at C: refused (it has B\'s last commits)'):
@@ -342,7 +301,7 @@ class Drill:
                   "C's log does not say it refused A")
         with self.step('stop A; zrsd-rewind') as out:
             a.stop(WAIT)
-            out[0] = self.rewind_lost(a)
+            out[0] = self.rewind(a)
         with self.step('start A as a replica of C'):
             a.start()
         with self.step('B as a replica of C: zrsd-rewind --dry-run') as out:
@@ -350,9 +309,9 @@ class Drill:
             os.remove(promotion.record_path(b.fs_path))
             b.upstream = c.repl_port
             b.write_config()
-            out[0] = self.rewind_lost(b, '--dry-run')
+            out[0] = self.rewind(b, '--dry-run')
         with self.step('zrsd-rewind B') as out:
-            out[0] = self.rewind_lost(b)
+            out[0] = self.rewind(b)
         with self.step('start B as a replica of C'):
             b.start()
         self.all_follow(c, a, b)
@@ -362,10 +321,10 @@ class Drill:
             for replica in (a, b):
                 check(filecmp.cmp(c.fs_path, replica.fs_path, shallow=False),
                       '%s differs from %s' % (replica.fs_path, c.fs_path))
-                if self.blobs:
-                    check(same_files(c.blob_dir, replica.blob_dir),
-                          "the blob files of %s differ from C's"
-                          % replica.name.upper())
+                check(not self.blobs or same_files(c.blob_dir,
+                                                   replica.blob_dir),
+                      "the blob files of %s differ from C's"
+                      % replica.name.upper())
             out[0] = 'Data.fs%s identical, %d transactions' % (
                 ' and blob files' if self.blobs else '',
                 len(transactions(c.fs_path)))
@@ -379,14 +338,12 @@ def same_files(left, right):
     """True when two blob directories hold the same files, byte for byte
     (their `tmp` directories aside)."""
     tree = filecmp.dircmp(left, right, ignore=['tmp'])
-    _, differ, unreadable = filecmp.cmpfiles(left, right, tree.common_files,
-                                             shallow=False)
-    if tree.left_only or tree.right_only or tree.common_funny or differ \
-            or unreadable:
-        return False
-    return all(same_files(os.path.join(left, name),
-                          os.path.join(right, name))
-               for name in tree.common_dirs)
+    differ, unreadable = filecmp.cmpfiles(left, right, tree.common_files,
+                                          shallow=False)[1:]
+    return not (tree.left_only or tree.right_only or tree.common_funny
+                or differ or unreadable) and all(
+        same_files(os.path.join(left, d), os.path.join(right, d))
+        for d in tree.common_dirs)
 
 
 def parse_args(argv):
@@ -410,10 +367,8 @@ def main(argv=None):
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
     # The writers' ZEO clients log disconnections: to a file.
-    logging.basicConfig(
-        filename=os.path.join(workdir, 'drill-clients.log'),
-        level=logging.INFO,
-        format='%(asctime)s %(levelname)s %(name)s %(message)s')
+    logging.basicConfig(filename=os.path.join(workdir, 'drill-clients.log'),
+                        level=logging.INFO, format=LOG_FORMAT)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
     print('zrsd failover drill%s; work directory %s' % (
         ' with blobs' if args.blobs else '', workdir), flush=True)

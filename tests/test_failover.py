@@ -1,29 +1,18 @@
-"""Failover without silent divergence: the history guard.
-
-A primary streams to a secondary only from zero or from a tid of its own
-file (or of its packed part); anything else is a forked or foreign history
-and the link is refused.  The three paths that forked silently before the
-guard, each with real zrsd processes and real ZEO clients:
-
-1. a replica pointed at the primary of another database;
-2. a failover: the promoted replica never had the old primary's last
-   commits, and the old primary comes back as its replica;
-3. a primary restored from an older backup, with a replica ahead of it.
-
-In each, the primary logs one ERROR naming the secondary's tid and its own
-neighbouring tids, the secondary logs one ERROR saying it is refused, and
-the secondary's file is unchanged: nothing is appended.
-
-Then the rest of a failover: a clean switchover under load (SIGTERM: the
-secondary receives everything; the bound; a second SIGTERM), and
-`zrsdctl promote` of a running cascade and of a stopped replica.
-(`zrsd-rewind` has tests/test_rewind.py; `make drill` runs it all.)
+"""Failover without silent divergence: the history guard refuses a
+secondary whose last tid is not in the primary's history, on the three
+paths that forked silently before it (a replica of another database; a
+failover whose promoted replica lacks the old primary's last commits; a
+primary restored from an older backup): each side logs one ERROR naming
+the tids, and the secondary's file is unchanged.  Then a clean switchover
+under load (SIGTERM; its bound; a second SIGTERM) and `zrsdctl promote`
+of a running cascade and of a stopped replica.
 """
 import os
 import shutil
 import signal
 import subprocess
 
+import pytest
 import transaction
 
 from harness import zczrs
@@ -33,52 +22,53 @@ from harness.process import BIN, free_port, wait_until
 from harness.zrsd_nodes import Writer, ZrsdNode
 
 
+@pytest.fixture
+def node(tmp_path, processes):
+    """node(name, **kw): a started ZrsdNode."""
+    return lambda name, **kw: ZrsdNode(tmp_path, name, register=processes,
+                                       **kw).start()
+
+
 def commit(node, key, value='x'):
     """One small commit on a node's ZEO; returns its tid."""
     return zczrs.commit_change(node.zeo_address, key, value)
 
 
-def make_primary(node):
-    """Turn a stopped node's role into a primary (as an operator would by
-    editing its config): no replicate-from, a replicate-to port."""
-    node.upstream = None
-    if node.repl_port is None:
-        node.repl_port = free_port()
+def stop(*nodes):
+    for each in nodes:
+        each.stop()
 
 
 def assert_refused(primary, secondary, secondary_tid, neighbours):
-    """Both sides say it, once each, and name what they know: the
-    primary's line names the secondary's tid and `neighbours`, the text
-    describing the primary's transactions around it."""
+    """Both sides log the refusal once, the primary naming the secondary's
+    tid and `neighbours` (its own transactions around it)."""
     wait_until(lambda: secondary.check_alive() and
                'refused: the primary closed the link' in secondary.log(),
                30, message='%s logs that it is refused' % secondary.name)
-    primary_lines = [line for line in primary.log().splitlines()
-                     if ' ERROR ' in line]
-    assert len(primary_lines) == 1, primary.log()
-    line = primary_lines[0]
+    errors = [line for line in primary.log().splitlines()
+              if ' ERROR ' in line]
+    assert len(errors) == 1, primary.log()
+    line = errors[0]
     assert '-> 127.0.0.1:' in line and 'secondary refused' in line, line
     assert 'its last transaction %s is not in this storage (%s)' % (
         secondary_tid.hex(), neighbours) in line, line
-    refused_lines = [line for line in secondary.log().splitlines()
-                     if 'refused: the primary closed' in line]
-    assert len(refused_lines) == 1, refused_lines
-    assert ' ERROR ' in refused_lines[0], refused_lines[0]
-    assert secondary_tid.hex() in refused_lines[0], refused_lines[0]
+    refused = [line for line in secondary.log().splitlines()
+               if 'refused: the primary closed' in line]
+    assert len(refused) == 1, refused
+    assert ' ERROR ' in refused[0] and secondary_tid.hex() in refused[0], \
+        refused[0]
     assert 'streaming transactions after %s' % secondary_tid.hex() \
         not in primary.log()
 
 
-def test_replica_of_another_database_is_refused(tmp_path, processes):
-    a = ZrsdNode(tmp_path, 'a', register=processes).start()
+def test_replica_of_another_database_is_refused(node):
+    a = node('a')
     last = commit(a, 'in-a')
-    replica = ZrsdNode(tmp_path, 'replica', upstream=a.repl_port,
-                       register=processes).start()
+    replica = node('replica', upstream=a.repl_port)
     replica.wait_for_tid(last)
     replica.stop()
-    # Another database, created later: every tid is newer than the
-    # replica's.
-    b = ZrsdNode(tmp_path, 'b', register=processes).start()
+    # Another database, created later: every tid is newer.
+    b = node('b')
     b_first = commit(b, 'in-b')
     b_last = commit(b, 'in-b', 'y')
     history = transactions(replica.fs_path)
@@ -93,62 +83,54 @@ def test_replica_of_another_database_is_refused(tmp_path, processes):
         'the primary closed the link right after the handshake') >= 4,
         30, message='more refused attempts')
     assert replica.last_tid() == last
-    replica.stop()
-    b.stop()
-    a.stop()
+    stop(replica, b, a)
     assert transactions(replica.fs_path) == history
     assert b_last > last
 
 
-def test_failover_fork_is_refused(tmp_path, processes):
+def test_failover_fork_is_refused(node):
     """The promoted replica never had the old primary's last two commits;
     the old primary, brought back as its replica, is refused."""
-    old = ZrsdNode(tmp_path, 'old', register=processes).start()
+    old = node('old')
     shared = commit(old, 'k', 1)
-    new = ZrsdNode(tmp_path, 'new', upstream=old.repl_port,
-                   register=processes).start()
+    new = node('new', upstream=old.repl_port)
     new.wait_for_tid(shared)
     new.stop()
     commit(old, 'k', 2)
     lost = commit(old, 'k', 3)      # the replica never receives these
-    make_primary(new)
+    new.upstream, new.repl_port = None, free_port()   # now a primary
     new.start()
     forked = commit(new, 'k', 'after failover')
     old.stop()
     history = transactions(old.fs_path)
-    old.upstream = new.repl_port
-    old.repl_port = None
+    old.upstream, old.repl_port = new.repl_port, None
     old.start()
     assert_refused(new, old, lost, 'the transaction before it is %s, the '
                    'one after it %s' % (shared.hex(), forked.hex()))
     assert old.last_tid() == lost
-    old.stop()
-    new.stop()
+    stop(old, new)
     assert transactions(old.fs_path) == history
 
 
-def test_primary_restored_from_older_backup(tmp_path, processes):
+def test_primary_restored_from_older_backup(node, tmp_path):
     """A replica at tid 30 against a primary holding 10, 20 (the backup)
     and, after a commit, 40: refused before and after that commit."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    primary = node('primary')
     commit(primary, 'n', 10)
     t20 = commit(primary, 'n', 20)
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       register=processes).start()
+    replica = node('replica', upstream=primary.repl_port)
     primary.stop()
-    backup = os.path.join(str(tmp_path), 'backup.fs')
+    backup = str(tmp_path / 'backup.fs')
     shutil.copyfile(primary.fs_path, backup)
     primary.start()
     t30 = commit(primary, 'n', 30)
     replica.wait_for_tid(t30)
-    replica.stop()
-    primary.stop()
+    stop(replica, primary)
     shutil.copyfile(backup, primary.fs_path)
     os.remove(primary.fs_path + '.index')
     primary.start()
     history = transactions(replica.fs_path)
     replica.start()
-    # 30 is above the restored primary's last transaction.
     assert_refused(primary, replica, t30, 'the transaction before it is '
                    '%s, that is the last transaction here' % t20.hex())
     replica.stop()
@@ -162,22 +144,19 @@ def test_primary_restored_from_older_backup(tmp_path, processes):
     wait_until(lambda: 'refused: the primary closed' in replica.log(), 30,
                message='the replica logs that it is refused')
     assert replica.last_tid() == t30
-    replica.stop()
-    primary.stop()
+    stop(replica, primary)
     assert transactions(replica.fs_path) == history
 
 
-def test_switchover_under_load_loses_nothing(tmp_path, processes):
+def test_switchover_under_load_loses_nothing(node):
     """SIGTERM a primary while a writer commits and its secondary lags
     behind a throttled link: the primary stops taking commits, lets the
-    secondary receive everything, then exits; the secondary then holds the
-    primary's last transaction."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    secondary receive everything, then exits."""
+    primary = node('primary')
     commit(primary, 'seed')
     proxy = ChaosProxy(primary.repl_port, socket_buffer=32768)
     try:
-        replica = ZrsdNode(tmp_path, 'replica', upstream=proxy.port,
-                           register=processes).start()
+        replica = node('replica', upstream=proxy.port)
         proxy.throttle(400000)
         with Writer(primary, size=20000) as writer:
             # About 2 MB of commits: five seconds of link at that rate.
@@ -198,11 +177,14 @@ def test_switchover_under_load_loses_nothing(tmp_path, processes):
     assert_same_history(primary.fs_path, replica.fs_path)
 
 
-def zrsdctl(*args, timeout=120):
-    """Run `zrsdctl ARGS`; returns the CompletedProcess (text)."""
-    return subprocess.run([os.path.join(BIN, 'zrsdctl')] + list(args),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout)
+def promote(node):
+    """`zrsdctl promote` of `node`; returns its output (status 0)."""
+    done = subprocess.run(
+        [os.path.join(BIN, 'zrsdctl'), '-C', node.config_path, 'promote'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        timeout=120)
+    assert done.returncode == 0, done.stdout
+    return done.stdout
 
 
 def read_key(db, key):
@@ -216,37 +198,32 @@ def read_key(db, key):
         conn.close()
 
 
-def test_promote_cascade_while_clients_read(tmp_path, processes):
+def test_promote_cascade_while_clients_read(node):
     """`zrsdctl promote` on a running cascade: replication from the old
     primary stops for good, ZEO becomes writable (a read-only client is
     reconnected and keeps reading), its leaf keeps following; a restart
     with the unchanged config stays primary."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    primary = node('primary')
     commit(primary, 'k', 1)
-    cascade = ZrsdNode(tmp_path, 'cascade', upstream=primary.repl_port,
-                       serve=True, register=processes).start()
-    leaf = ZrsdNode(tmp_path, 'leaf', upstream=cascade.repl_port,
-                    register=processes).start()
+    cascade = node('cascade', upstream=primary.repl_port, serve=True)
+    leaf = node('leaf', upstream=cascade.repl_port)
     seed = commit(primary, 'k', 2)
     leaf.wait_for_tid(seed)
     reader = cascade.db(read_only=True)
     try:
         assert read_key(reader, 'k') == 2
-        done = zrsdctl('-C', cascade.config_path, 'promote')
-        assert done.returncode == 0, done.stdout
+        output = promote(cascade)
         assert 'promoted to primary by zrsd (pid %d) at %s' % (
-            cascade.process.pid, seed.hex()) in done.stdout, done.stdout
+            cascade.process.pid, seed.hex()) in output, output
         log = cascade.log()
         assert 'promoted to primary at %s' % seed.hex() in log, log
         lost = commit(primary, 'k', 'never replicated')
-        tid = commit(cascade, 'k', 3)
-        leaf.wait_for_tid(tid)
+        leaf.wait_for_tid(commit(cascade, 'k', 3))
         wait_until(lambda: read_key(reader, 'k') == 3, 60,
                    message='the read-only client reads the new primary')
     finally:
         reader.close()
-    again = zrsdctl('-C', cascade.config_path, 'promote')
-    assert again.returncode == 0 and 'promoted already' in again.stdout
+    assert 'promoted already' in promote(cascade)
     cascade.stop()
     cascade.start()     # the same config, still with replicate-from
     log = cascade.log()
@@ -256,44 +233,36 @@ def test_promote_cascade_while_clients_read(tmp_path, processes):
     assert 'requesting transactions' not in log, log
     tid = commit(cascade, 'k', 4)
     leaf.wait_for_tid(tid)
-    leaf.stop()
-    cascade.stop()
-    primary.stop()
+    stop(leaf, cascade, primary)
     tids = [txn[0] for txn in transactions(cascade.fs_path)]
     assert lost not in tids and tid == tids[-1]
     assert_same_history(cascade.fs_path, leaf.fs_path)
 
 
-def test_promote_stopped_replica(tmp_path, processes):
+def test_promote_stopped_replica(node):
     """Promotion recorded while zrsd is not running takes effect at its
     next start."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    primary = node('primary')
     commit(primary, 'k', 1)
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       register=processes).start()
+    replica = node('replica', upstream=primary.repl_port)
     replica.wait_for_tid(primary.last_tid())
     replica.stop()
-    done = zrsdctl('-C', replica.config_path, 'promote')
-    assert done.returncode == 0, done.stdout
-    assert 'zrsd is not running' in done.stdout, done.stdout
+    output = promote(replica)
+    assert 'zrsd is not running' in output, output
     replica.start()
     assert 'promoted to primary on ' in replica.log()
     tid = commit(replica, 'k', 'written to the promoted replica')
     assert replica.last_tid() == tid
-    replica.stop()
-    primary.stop()
+    stop(replica, primary)
 
 
-def stalled_secondary(tmp_path, processes, zrs_lines=''):
+def stalled_secondary(node, zrs_lines=''):
     """A primary whose replica's link stalls after the first commit, and
     2 MB committed behind it: (primary, replica, proxy, last tid)."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes)
-    primary.zrs_lines = zrs_lines
-    primary.start()
+    primary = node('primary', zrs_lines=zrs_lines)
     first = commit(primary, 'k', 1)
     proxy = ChaosProxy(primary.repl_port, socket_buffer=16384)
-    replica = ZrsdNode(tmp_path, 'replica', upstream=proxy.port,
-                       register=processes).start()
+    replica = node('replica', upstream=proxy.port)
     replica.wait_for_tid(first)
     proxy.stall()
     for i in range(20):
@@ -301,12 +270,11 @@ def stalled_secondary(tmp_path, processes, zrs_lines=''):
     return primary, replica, proxy, last
 
 
-def test_switchover_bound_leaves_a_stalled_secondary_behind(
-        tmp_path, processes):
+def test_switchover_bound_leaves_a_stalled_secondary_behind(node):
     """A secondary that cannot receive (a stalled link) is left behind at
     `shutdown-catch-up-timeout`, logged with its position."""
     primary, replica, proxy, last = stalled_secondary(
-        tmp_path, processes, '  shutdown-catch-up-timeout 1\n')
+        node, '  shutdown-catch-up-timeout 1\n')
     try:
         primary.stop()
         log = primary.log()
@@ -320,13 +288,13 @@ def test_switchover_bound_leaves_a_stalled_secondary_behind(
         proxy.close()
 
 
-def test_second_sigterm_stops_at_once_during_the_catch_up(tmp_path,
-                                                          processes):
-    primary, replica, proxy, last = stalled_secondary(tmp_path, processes)
+def test_second_sigterm_stops_at_once_during_the_catch_up(node):
+    """A second SIGTERM while the primary waits for a secondary: exit 1."""
+    primary, replica, proxy, last = stalled_secondary(node)
     try:
-        primary.process.signal(signal.SIGTERM)
+        primary.signal(signal.SIGTERM)
         primary.process.wait_for_log('letting 1 secondaries receive')
-        primary.process.signal(signal.SIGTERM)
+        primary.signal(signal.SIGTERM)
         assert primary.process.popen.wait(30) == 1
         assert 'SIGTERM during shutdown, exiting at once' in primary.log()
     finally:

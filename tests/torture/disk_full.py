@@ -1,24 +1,16 @@
 """Scenario disk-full: two replicas' disks fill up; space comes back.
 
 Replica `full` has its data file and blobs on a small filesystem,
-replica `fsonly` only its data file (and FileStorage's `.tmp` file
-beside it; blobs elsewhere).  In each episode both filesystems are
-limited to what they hold plus 1-3 MB, and the writer commits large
-records and blobs until both replicas have stopped (fail-stop,
-zrsd.disk: exit status 1 and one CRITICAL line saying the disk is full,
-no traceback).  Their files must open and be a prefix of the primary's
-history; one of them, in turn, is restarted while still full, as systemd
-or zdaemon would, and must stop the same way; space comes back, both are
-restarted and must catch up; the final files are equal.
+`fsonly` only its data file.  Each episode limits both to what they hold
+plus 1-3 MB and commits heavily until both stop (exit 1, one CRITICAL
+zrsd.disk line, no traceback); their files must open and be a prefix of
+the primary's; one, in turn, restarted while still full, stops the same
+way; with space back both catch up and end equal to the primary.
 
-Variant `tmpfs`: a tmpfs mounted with `size=` (needs root / mount
-permission) and grown with `mount -o remount,size=`.  Variant `injected`
-(when mounting is not allowed, or `--disk-full injected`): the replica
-runs with `quota_site/sitecustomize.py` on its PYTHONPATH, which makes
-writing past a byte quota write what fits and raise `OSError(ENOSPC)`,
-as a full disk does; the quota lives in a file and is raised to "free
-space".  It covers only the data file (blob files are written
-normally).  The variant that ran is printed.
+Variant `tmpfs` mounts a tmpfs (needs mount permission) and remounts it
+to resize; variant `injected` runs the replica with `quota_site` on its
+PYTHONPATH, an `OSError(ENOSPC)` past a byte quota (kept in a file) on
+the data file only.  The variant that ran is printed.
 """
 import errno
 import os
@@ -34,10 +26,9 @@ from .scenario import Scenario, ScenarioFailed
 
 QUOTA_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                           'quota_site')
-DISK_FULL = re.compile(r'No space left on device|ENOSPC|\[Errno 28\]')
-# The one line zrsd documents for a storage failure (zrsd.disk).
 DISK_FULL_STOP = (r'(?m)^.* CRITICAL zrsd\.disk storage failure, stopping: '
-                  r'.*(%s).*$' % DISK_FULL.pattern)
+                  r'.*(No space left on device|ENOSPC|\[Errno 28\]).*$')
+BIG = 1 << 30
 
 
 class TmpfsSpace:
@@ -49,38 +40,36 @@ class TmpfsSpace:
     def __init__(self, directory):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
-        self._mount('-t', 'tmpfs', '-o', 'size=%d' % (1 << 30), 'tmpfs',
-                    directory)
+        self._mount('-t', 'tmpfs', '-o', 'size=%d' % BIG, 'tmpfs', directory)
         self.mounted = True
 
     @staticmethod
-    def _mount(*args):
-        done = subprocess.run(('mount',) + args, stdout=subprocess.PIPE,
+    def _mount(*args, command='mount'):
+        done = subprocess.run((command,) + args, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT)
         if done.returncode:
-            raise OSError(errno.EPERM, 'mount %s: %s' % (
-                ' '.join(args), done.stdout.decode('utf-8', 'replace')
-                .strip()))
+            raise OSError(errno.EPERM, '%s %s: %s' % (
+                command, ' '.join(args), done.stdout.decode(
+                    'utf-8', 'replace').strip()))
 
     def used(self):
         st = os.statvfs(self.directory)
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     def limit(self, size):
-        size = -(-size // 4096) * 4096
-        self._mount('-o', 'remount,size=%d' % size, self.directory)
+        self._mount('-o', 'remount,size=%d' % (-(-size // 4096) * 4096),
+                    self.directory)
 
     def grow(self):
-        self._mount('-o', 'remount,size=%d' % (1 << 30), self.directory)
+        self.limit(BIG)
 
     def close(self):
         if self.mounted:
-            done = subprocess.run(['umount', self.directory],
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
-            if done.returncode:
-                subprocess.run(['umount', '-l', self.directory])
             self.mounted = False
+            try:
+                self._mount(self.directory, command='umount')
+            except OSError:
+                subprocess.run(['umount', '-l', self.directory])
 
 
 class InjectedSpace:
@@ -89,7 +78,6 @@ class InjectedSpace:
     variant = 'injected'
 
     def __init__(self, directory, fs_path):
-        self.directory = directory
         os.makedirs(directory, exist_ok=True)
         self.fs_path = fs_path
         self.quota_file = os.path.join(directory, 'quota')
@@ -98,16 +86,13 @@ class InjectedSpace:
                     'ZRSD_TORTURE_QUOTA_FILE': self.quota_file}
 
     def used(self):
-        try:
-            return os.path.getsize(self.fs_path)
-        except FileNotFoundError:
-            return 0
+        return (os.path.getsize(self.fs_path)
+                if os.path.exists(self.fs_path) else 0)
 
     def limit(self, size):
-        tmp = self.quota_file + '.tmp'
-        with open(tmp, 'w') as f:
+        with open(self.quota_file + '.tmp', 'w') as f:
             f.write('%d\n' % size)
-        os.replace(tmp, self.quota_file)
+        os.replace(self.quota_file + '.tmp', self.quota_file)
 
     def grow(self):
         self.limit(1 << 62)
@@ -138,8 +123,7 @@ class DiskFull(Scenario):
 
     def run(self, counts):
         self.spaces = []
-        self.start_primary()
-        self.wait_commits(200)
+        self.start_primary(200)
         replicas = []
         for name, blobs_on_small in (('full', True), ('fsonly', False)):
             small = os.path.join(self.directory, 'small-' + name)
@@ -168,9 +152,7 @@ class DiskFull(Scenario):
             for replica in replicas:
                 self.wait_caught_up(replica)
         self.settle(replicas)
-        self.writer_summary()
-        for replica in replicas:
-            self.compare(replica)
+        self.compare(*replicas)
 
     def fill(self, replicas):
         """Limit both filesystems to what they hold plus 1-3 MB; write
@@ -193,7 +175,7 @@ class DiskFull(Scenario):
         self.wait(lambda: not replica.running(),
                   '%s to stop on the full disk' % replica.name)
         status = replica.process.popen.returncode
-        log = replica.log_text()
+        log = replica.log()
         lines = re.findall(DISK_FULL_STOP, log)
         if status != 1 or len(lines) != 1 or 'Traceback' in log:
             self.report.crashes.append(
@@ -207,47 +189,38 @@ class DiskFull(Scenario):
         self.count('fail-stops on a full disk')
 
     def check_stopped_file(self, replica):
-        """The file a replica left when it stopped opens (as zrsd opens
-        it, on a copy) and is a prefix of the primary's history."""
-        scratch = tempfile.mkdtemp(dir=self.directory, prefix='copy-')
-        copy = os.path.join(scratch, 'copy.fs')
-        shutil.copyfile(replica.fs_path, copy)
-        try:
-            self.check_prefix(replica, copy)
-        finally:
-            shutil.rmtree(scratch)
-
-    def restart_while_full(self, replica):
-        """Restarted on the still full disk (systemd or zdaemon would), it
-        stops again the same way."""
-        replica.start()
-        replica.expected_exit = True
-        self.wait_stopped(replica)
-        self.count('restarts while the disk was full')
-
-    def check_prefix(self, replica, copy):
-        """The copy of a killed replica's file opens and is a prefix of
-        the primary's history."""
-        try:
-            # Opened writable, as zrsd opens it on restart (that
-            # truncates an interrupted transaction).
-            ZODB.FileStorage.FileStorage(copy).close()
-        except Exception as exc:
-            self.report.mismatches.append(
-                '%s: %s: the file does not open after a stop on a full '
-                'disk: %s: %s' % (self.name, replica.name,
-                                  type(exc).__name__, exc))
-            return
-        self.writer.pause()
-        try:
-            compared, blobs, mismatches = compare_exact(
-                self.primary, replica, prefix=True, replica_path=copy)
-        finally:
-            self.writer.resume()
+        """A copy of the file a replica left opens writable (as zrsd opens
+        it on restart) and is a prefix of the primary's history."""
+        with tempfile.TemporaryDirectory(dir=self.directory,
+                                         prefix='copy-') as scratch:
+            copy = os.path.join(scratch, 'copy.fs')
+            shutil.copyfile(replica.fs_path, copy)
+            try:
+                ZODB.FileStorage.FileStorage(copy).close()
+            except Exception as exc:
+                self.report.mismatches.append(
+                    '%s: %s: the file does not open after a stop on a full '
+                    'disk: %s: %s' % (self.name, replica.name,
+                                      type(exc).__name__, exc))
+                return
+            self.writer.pause()
+            try:
+                compared, blobs, mismatches = compare_exact(
+                    self.primary, replica, prefix=True, replica_path=copy)
+            finally:
+                self.writer.resume()
         self.say('%s stopped on a full disk: its %d transactions are a '
                  'prefix of the primary\'s, %d mismatches' % (
                      replica.name, compared, len(mismatches)))
         self.record(replica, compared, blobs, mismatches)
+
+    def restart_while_full(self, replica):
+        """Restarted on the still full disk (as systemd would), it stops
+        again the same way."""
+        replica.start()
+        replica.expected_exit = True
+        self.wait_stopped(replica)
+        self.count('restarts while the disk was full')
 
     def cleanup(self):
         super().cleanup()

@@ -1,13 +1,6 @@
-"""The torture's judges: replica against primary, and the logs.
-
-`compare_exact` compares two nodes' files transaction by transaction:
-tid, status, user, description, extension, and each record's oid, tid,
-data and data_txn; for every blob record, the blob files (present on both
-sides, same bytes).  `compare_after_pack` judges a replica that
-replicated across packs of its primary (see its docstring).  `scan_logs`
-finds every ERROR or CRITICAL entry, and every traceback, that a
-scenario does not cause on purpose.  Each judge returns what it found
-rather than asserting, so that one run reports every violation.
+"""The torture's judges: replica against primary (`compare_exact`,
+`compare_after_pack`), and the logs (`scan_logs`).  Each returns what it
+found rather than asserting, so that one run reports every violation.
 """
 import filecmp
 import os
@@ -20,9 +13,7 @@ from harness.history import iter_transactions, load_current, same_after_pack
 LOG_LINE = re.compile(
     r'^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(,\d+)? (?P<level>[A-Z]+) ')
 
-# ERROR entries that the torture's own ZEO clients cause anywhere: ZEO's
-# server logs a client that closes its connection with a reset as an
-# error (the pack client, the clients that wait for the replicas).
+# ZEO's server logs a client of the torture's that resets its connection.
 COMMON_ALLOWED_ERRORS = (
     r'ERROR ZEO\.asyncio\.server Disconnected ConnectionResetError',
 )
@@ -54,24 +45,22 @@ class BlobCheck:
         self.compared = 0
 
     def check(self, oid, tid, data, strict=True):
-        """None, or what is wrong with the blob files of (oid, tid).
-        Not `strict`: a blob file on the replica only is fine."""
+        """None, or what is wrong with the blob files of (oid, tid); not
+        `strict`: a blob file on the replica only is fine."""
         if not data or not ZODB.blob.is_blob_record(data):
             return None
         p = self.primary.getBlobFilename(oid, tid)
         r = self.replica.getBlobFilename(oid, tid)
         p_exists, r_exists = os.path.exists(p), os.path.exists(r)
-        if p_exists and not r_exists:
-            return 'blob file of %s at %s missing on the replica' % (
-                oid.hex(), tid.hex())
-        if r_exists and not p_exists:
-            return ('blob file of %s at %s on the replica only' % (
-                oid.hex(), tid.hex())) if strict else None
+        what = 'blob file of %s at %s' % (oid.hex(), tid.hex())
+        if p_exists != r_exists:
+            return (what + (' missing on the replica' if p_exists else
+                            ' on the replica only')
+                    if p_exists or strict else None)
         if p_exists:
             self.compared += 1
             if not filecmp.cmp(p, r, shallow=False):
-                return 'blob file of %s at %s differs' % (oid.hex(),
-                                                          tid.hex())
+                return what + ' differs'
         return None
 
     def check_records(self, label, records, strict=True):
@@ -82,13 +71,9 @@ class BlobCheck:
 
 
 def compare_exact(primary, replica, prefix=False, replica_path=None):
-    """Compare two nodes' files (streamed: they may be large); returns
-    (transactions compared, blob files compared, mismatches).
-
-    With `prefix`, the replica may stop early: the primary's transactions
-    after the replica's last one are not missing.  `replica_path` reads
-    another file than the replica's (a copy).
-    """
+    """Compare two nodes' files transaction by transaction, blob files
+    too; `prefix`: the replica may stop early; `replica_path`: read that
+    file instead.  Returns (transactions, blob files, mismatches)."""
     blobs = BlobCheck(primary.blob_dir, replica.blob_dir)
     mismatches = []
     compared = 0
@@ -121,31 +106,14 @@ def compare_exact(primary, replica, prefix=False, replica_path=None):
 
 
 def compare_after_pack(primary, replica, stop, witness):
-    """Judge a replica that replicated across packs of its primary.
-
-    A pack at time T rewrites the primary's history up to T and copies
-    what follows (see `harness.history.same_after_pack`); a replica is never
-    packed: it keeps what it received before the pack and receives the
-    rest as the primary has it when it asks.  So with `stop` the newest
-    pack's stop tid:
-
-    - the replica has exactly the primary's transactions after `stop`,
-      and every transaction of the primary, each agreeing by
-      `same_after_pack`;
-    - it holds no transaction the writer did not commit: its extra
-      transactions up to `stop` are ones the pack removed, and `witness`
-      (the tids the writer may have committed; None: unknown) says so;
-    - every object in the primary's index loads the same data and serial
-      from it, and every blob file of the primary is on it, same bytes;
-    - every blob record it holds has its blob file (one the pack removed
-      from the primary included: it received that record whole before
-      the pack, or not at all).
-
-    Comparing the replica with a copy of the primary taken just before
-    the pack would be simpler but is not sound: the replica may be
-    mid-catch-up when the pack runs and legitimately receive packed
-    transactions.  These rules accept exactly what a correct replica may
-    hold.  Returns (transactions compared, blob files compared,
+    """Judge a replica that replicated across packs, the newest stopping
+    at `stop`: it has every transaction of the primary (agreeing by
+    `same_after_pack`), none after `stop` that the primary lacks, only
+    extra ones up to `stop` that `witness` (the writer's tids; None:
+    unknown) committed; every blob record of its own has its file, and
+    each current object loads the same.  (A copy of the primary before
+    the pack would not do: the replica may legitimately receive packed
+    transactions mid-catch-up.)  Returns (transactions, blob files,
     mismatches, a line about what the replica holds).
     """
     label = replica.name
@@ -170,19 +138,16 @@ def compare_after_pack(primary, replica, stop, witness):
                                   label, p[0].hex(),
                                   'after' if p[0] > stop else 'up to',
                                   differences(p, r)))
-    for tid in sorted(set(replica_txns) - primary_tids):
+    extra = sorted(set(replica_txns) - primary_tids)
+    for tid in extra:
         if tid > stop:
             mismatches.append('%s: transaction %s after the pack time is '
                               'not on the primary' % (label, tid.hex()))
         elif witness is not None and tid not in witness:
             mismatches.append('%s: transaction %s was never committed by '
                               'the writer' % (label, tid.hex()))
-    # A record the primary still has is compared above; one the pack
-    # removed must still be whole on the replica: its blob file too.
     primary_records = {(rec[0], rec[1]) for t in primary_txns
                        for rec in t[5]}
-    # (A transaction may hold two records of one oid: ZEO stores a blob
-    # record twice at times.)
     for oid, rtid in sorted({
             (oid, rtid) for t in replica_txns.values()
             for oid, rtid, data, _ in t[5]
@@ -192,11 +157,10 @@ def compare_after_pack(primary, replica, stop, witness):
             mismatches.append(
                 '%s: blob record of %s at %s has no blob file' % (
                     label, oid.hex(), rtid.hex()))
-    extra = len(set(replica_txns) - primary_tids)
     packed_form = sum(1 for t in replica_txns.values() if t[1] == 'p')
     details = ('%s holds %d transactions: %d that the pack removed from the '
                'primary, %d received in packed form' % (
-                   label, len(replica_txns), extra, packed_form))
+                   label, len(replica_txns), len(extra), packed_form))
     replica_current = load_current(replica.fs_path)
     for oid, state in load_current(primary.fs_path).items():
         if replica_current.get(oid) != state:
@@ -206,8 +170,7 @@ def compare_after_pack(primary, replica, stop, witness):
 
 
 def log_entries(path):
-    """The entries of a zrsd log: each log line with the lines that
-    follow it up to the next log line (a traceback, say)."""
+    """A zrsd log's entries: each line with the lines up to the next."""
     with open(path, 'rb') as f:
         lines = f.read().decode('utf-8', 'replace').splitlines()
     entry = []
@@ -221,10 +184,8 @@ def log_entries(path):
 
 
 def scan_logs(paths, allowed_errors=()):
-    """Every ERROR/CRITICAL entry (the line and its traceback) and every
-    stray traceback in the logs at `paths`, but those matching a regex of
-    `allowed_errors` or `COMMON_ALLOWED_ERRORS` (caused on purpose).
-    Returns (how many were allowed, descriptions of the others)."""
+    """(How many allowed, descriptions of the others) of the ERROR and
+    CRITICAL entries and stray tracebacks in the logs at `paths`."""
     allowed = [re.compile(p) for p in
                tuple(allowed_errors) + COMMON_ALLOWED_ERRORS]
     expected, unexpected = 0, []

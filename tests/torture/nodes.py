@@ -1,12 +1,7 @@
-"""The torture's zrsd node: the harness's `ZrsdNode`, watched.
-
-A torture node also serves the monitor's `/status` (so that waiting for
-a replica to catch up opens no ZEO connection), may keep its data file
-and blobs elsewhere than its config and logs (on a small filesystem),
-may run with extra environment variables (the injected disk-full
-variant), and knows whether its exit was asked for: a node that exits on
-its own is a crash, which the scenario records instead of failing at
-once.
+"""The torture's zrsd node: the harness's `ZrsdNode` with blobs and a
+monitor (`/status`: waiting for a catch-up opens no ZEO connection), its
+data file and blobs possibly elsewhere (a small filesystem), extra
+environment variables, and an exit it did not ask for counted as a crash.
 """
 import json
 import os
@@ -18,12 +13,8 @@ WAIT = 180.0     # seconds before a wait counts as a hang (a violation)
 
 
 class TortureNode(ZrsdNode):
-    """A zrsd node with blobs and a monitor, restartable on the same ports.
-
-    `data_dir` holds `NAME.fs` (default: `directory`); `blob_parent` holds
-    `NAME.blobs` (default: `data_dir`); `env` is added to the process's
-    environment.  `logs` lists the log of every start.
-    """
+    """`data_dir` holds `NAME.fs` (default: `directory`), `blob_parent`
+    `NAME.blobs` (default: `data_dir`); `logs` lists each start's log."""
 
     def __init__(self, directory, name, upstream=None, serve=None,
                  data_dir=None, blob_parent=None, env=None):
@@ -37,12 +28,9 @@ class TortureNode(ZrsdNode):
         self.logs = []
 
     def start(self, wait=None):
-        """Start zrsd.  A primary waits until it serves ZEO and ZRS; a
-        replica returns at once unless `wait` is true (then it waits until
-        it serves ZEO, i.e. holds data)."""
-        if wait is None:
-            wait = self.role == 'primary'
-        if wait:
+        """A primary (or with `wait`) returns once it serves; a replica
+        at once."""
+        if wait or (wait is None and self.role == 'primary'):
             return super().start(WAIT)
         return self.launch()
 
@@ -75,23 +63,12 @@ class TortureNode(ZrsdNode):
         self.expected_exit = True
         super().close()
 
-    def log_text(self):
-        """The log of the current (or last) start."""
-        return self.log() if self.process is not None else ''
-
-    def status(self):
-        """This node's entry in the monitor's /status, or None (not
-        serving yet)."""
+    def served_tid(self):
+        """The last tid from the monitor's /status, or None."""
         url = 'http://127.0.0.1:%d/status' % self.monitor_port
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
-                return json.load(response)['storages'][0]
+                status = json.load(response)['storages'][0]
         except (OSError, ValueError, KeyError, IndexError):
-            return None
-
-    def served_tid(self):
-        """The last tid from /status, or None."""
-        status = self.status()
-        if status is None:
             return None
         return bytes.fromhex(status['last_transaction'])

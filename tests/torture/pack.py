@@ -1,20 +1,15 @@
-"""Scenario pack: packs of the primary while a replica catches up.
-
-A ZEO client packs the primary (blobs too) while replica R1 catches up on
-a backlog (several MB of large blobs, then small transactions; the pack
-time lies among those) through a proxy throttled to 1 MB/s, so that the
-pack lands mid-stream, and the writer commits; after the last pack a
-fresh replica R2 replicates from scratch.  R2 must equal the primary
-exactly; R1, which replicated across the packs, is judged by
-`judges.compare_after_pack`, with the writer's committed tids as the
-witness of what R1 may hold beyond the primary.
+"""Scenario pack: a ZEO client packs the primary (blobs too) while replica
+R1 catches up on a backlog through a link throttled to 1 MB/s, so that
+the pack lands mid-stream; after the last pack a fresh R2 replicates from
+scratch.  R2 must equal the primary exactly; R1 is judged by
+`judges.compare_after_pack`, the writer's tids witnessing what it may hold
+beyond the primary.
 """
 import time
+from contextlib import closing
 
-import ZEO
 from ZODB.utils import z64
 
-from harness.chaos import ChaosProxy
 from harness.history import iter_transactions, pack_stop_tid
 
 from .judges import compare_after_pack
@@ -27,35 +22,22 @@ class Pack(Scenario):
     writes."""
 
     name = 'pack'
-    # The writer asks for the undo log while the pack runs: FileStorage
-    # refuses, and ZEO logs that refusal as an error.
+    # FileStorage refuses the writer's undo log during a pack; ZEO logs it.
     allowed_errors = (r'Error raised in delayed method(.|\n)*UndoError: '
                       r'.*Undo is currently disabled for database '
                       r'maintenance',)
 
     def run(self, counts):
-        self.start_primary()
-        self.writer.burst = True
-        self.wait_commits(counts['initial_commits'])
-        self.writer.burst = False
-        # R1 replicates through a proxy that throttles its catch-ups, so
-        # that each pack lands while R1 is streaming its backlog.
-        proxy = ChaosProxy(self.primary.repl_port, socket_buffer=65536)
-        self.proxies.append(proxy)
+        self.start_primary(counts['initial_commits'], burst=True)
+        proxy = self.proxy(socket_buffer=65536)
         r1 = self.node('r1', upstream=proxy.port).start()
         self.wait_caught_up(r1)
         stops = []
         for _ in range(counts['packs']):
             r1.kill()
             self.count('r1 kills before a pack')
-            # A backlog: large blobs first (several MB, more than can be
-            # in flight on the link), then small transactions; the pack
-            # time is among the small ones, so R1 gets them packed.
-            self.writer.heavy = True
-            self.pause(self.rng.uniform(0.5, 1.0))
-            self.writer.heavy = False
-            start = time.time()
-            self.burst(self.rng.uniform(1.0, 2.0))
+            # The pack time lies among the small commits of the backlog.
+            start = self.backlog((0.5, 1.0), (1.0, 2.0))
             pack_time = self.rng.uniform(start, time.time())
             backlog = self.writer.last_tid
             proxy.throttle(1e6)
@@ -72,7 +54,6 @@ class Pack(Scenario):
         r2 = self.node('r2', upstream=self.primary.repl_port).start()
         self.wait_caught_up(r2)
         self.settle([r1, r2])
-        self.writer_summary()
         self.compare(r2)
         witness = None
         if not self.writer.uncertain:
@@ -85,14 +66,11 @@ class Pack(Scenario):
         self.record(r1, compared, blobs, mismatches)
 
     def pack(self, pack_time):
-        """Pack the primary through a ZEO client (it returns once the pack
-        is done); the writer goes on meanwhile."""
-        storage = ZEO.client(self.primary.zeo_address, wait_timeout=WAIT)
-        try:
+        """Pack the primary through a ZEO client, the writer going on."""
+        with closing(self.primary.client(wait_timeout=WAIT,
+                                         read_only=False)) as storage:
             began = time.monotonic()
             storage.pack(pack_time, wait=True)
             self.say('packed to %s in %.1fs' % (
                 pack_stop_tid(pack_time).hex(), time.monotonic() - began))
-        finally:
-            storage.close()
         self.count('packs')

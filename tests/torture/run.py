@@ -1,17 +1,9 @@
-"""The torture runner: counts, the report, the command line.
+"""The torture runner: counts, the report, the command line
+(`scripts/torture.py [--long] [--only NAME] [--seed N]`).
 
-    .venv/bin/python scripts/torture.py            # short run (~1 min)
-    .venv/bin/python scripts/torture.py --long     # long run (~6 min)
-    .venv/bin/python scripts/torture.py --only pack --seed 7
-
-`main(argv)` runs the scenarios, prints the summary (scenarios and cycles
-run, transactions compared, mismatches, crashes and unexpected errors)
-and returns 1 on any violation, 0 otherwise.  The work directory
-(configs, logs, files) is removed after a clean run and kept otherwise
-(`--keep` keeps it always; a `--workdir` given is never removed).
-`main` may run inside another process (the pytest run): what it sets up
-process-wide (a log file for the ZEO clients, a SIGTERM handler) it
-undoes on return.
+`main(argv)` returns 1 on any violation, else 0 and removes the work
+directory (unless `--keep` or `--workdir`).  It may run inside pytest:
+what it sets up process-wide (a log handler, a SIGTERM handler) it undoes.
 """
 import argparse
 import collections
@@ -25,6 +17,8 @@ import tempfile
 import time
 import traceback
 
+from harness.process import LOG_FORMAT
+
 from . import __doc__ as OVERVIEW
 from .disk_full import DiskFull
 from .kill_replica import KillReplica
@@ -36,7 +30,6 @@ from .scenario import ScenarioFailed
 SCENARIO_CLASSES = {cls.name: cls for cls in (
     KillReplica, Links, PrimaryRestart, Pack, DiskFull)}
 SCENARIOS = tuple(SCENARIO_CLASSES)
-
 COUNTS = {
     'short': dict(replica_kills=3, cuts=10, stalls=1, throttles=1,
                   primary_restarts=1, packs=1, disk_full=1,
@@ -53,12 +46,11 @@ class Report:
     def __init__(self):
         self.scenarios = []            # (name, seconds, outcome)
         self.counts = collections.Counter()
-        self.compared = 0
-        self.blobs_compared = 0
-        self.mismatches = []
-        self.crashes = []
-        self.errors = []               # unexpected ERROR/CRITICAL lines
-        self.failures = []             # scenarios that could not finish
+        self.compared = self.blobs_compared = 0
+        # mismatches, crashes, unexpected ERROR/CRITICAL lines, scenarios
+        # that could not finish; notes
+        self.mismatches, self.crashes, self.errors, self.failures = (
+            [], [], [], [])
         self.notes = []
 
     def violations(self):
@@ -70,13 +62,11 @@ class Report:
 
     def summary(self, seconds, workdir):
         lines = ['', '==== zrsd torture summary ====']
-        for name, took, outcome in self.scenarios:
-            lines.append('  %-16s %6.1fs  %s' % (name, took, outcome))
+        lines += ['  %-16s %6.1fs  %s' % row for row in self.scenarios]
         lines.append('  cycles:')
-        for key in sorted(self.counts):
-            lines.append('    %-34s %d' % (key, self.counts[key]))
-        for note in self.notes:
-            lines.append('  note: %s' % note)
+        lines += ['    %-34s %d' % (key, self.counts[key])
+                  for key in sorted(self.counts)]
+        lines += ['  note: %s' % note for note in self.notes]
         lines.append('  transactions compared:   %d' % self.compared)
         lines.append('  blob files compared:     %d' % self.blobs_compared)
         for title, found, most in (
@@ -89,17 +79,14 @@ class Report:
         lines.append('  time: %.1fs; work directory: %s' % (seconds, workdir))
         verdict = 'CLEAN' if not self.violations() else (
             'FAILED: %d violation(s)' % self.violations())
-        lines.append('  result: %s' % verdict)
-        return '\n'.join(lines)
+        return '\n'.join(lines + ['  result: %s' % verdict])
 
 
 class Torture:
     """Runs the scenarios and keeps the report."""
 
     def __init__(self, workdir, seed, counts, disk_full_variant):
-        self.workdir = workdir
-        self.seed = seed
-        self.counts = counts
+        self.workdir, self.seed, self.counts = workdir, seed, counts
         self.disk_full_variant = disk_full_variant
         self.report = Report()
 
@@ -109,8 +96,8 @@ class Torture:
 
     def run_one(self, name):
         report = self.report
-        rng = random.Random('%s-%s' % (self.seed, name))
-        scenario = SCENARIO_CLASSES[name](self, rng)
+        scenario = SCENARIO_CLASSES[name](
+            self, random.Random('%s-%s' % (self.seed, name)))
         report.say('== %s' % name)
         began = time.monotonic()
         mismatches, crashes = len(report.mismatches), len(report.crashes)
@@ -122,8 +109,7 @@ class Torture:
             report.failures.append('%s: %s' % (name, exc))
         except Exception:
             outcome = 'FAILED: exception'
-            report.failures.append('%s: %s' % (name,
-                                               traceback.format_exc()))
+            report.failures.append('%s: %s' % (name, traceback.format_exc()))
         finally:
             scenario.cleanup()
         expected, unexpected = scenario.scan_logs()
@@ -174,12 +160,10 @@ def main(argv=None):
     mode = 'long' if args.long else 'short'
     workdir = args.workdir or tempfile.mkdtemp(prefix='zrsd-torture-')
     os.makedirs(workdir, exist_ok=True)
-    # The writer's ZEO client logs (reconnections, ...) go to a file.
     clients_log = logging.FileHandler(
         os.path.join(workdir, 'torture-clients.log'))
     clients_log.setLevel(logging.WARNING)
-    clients_log.setFormatter(logging.Formatter(
-        '%(asctime)s %(levelname)s %(name)s %(message)s'))
+    clients_log.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.addHandler(clients_log)
     names = args.only or list(SCENARIOS)

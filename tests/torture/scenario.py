@@ -1,22 +1,19 @@
 """What every torture scenario shares: its nodes, its writer, its waits
-and its common end.
-
-Every scenario ends the same way (`settle`): the writer stops, each
-replica's ZEO `lastTransaction()` reaches the primary's, every process
-gets SIGTERM (and must exit 0); then the scenario compares the files
-(`judges`), and the runner scans every log.  A process that exits without
-being told to is a crash the torture did not cause: `guard()`, which runs
-in every wait, records it and restarts the node so that the scenario goes
-on.
+and its common end (`settle`, then `judges`).  A process that exits
+without being told to is a crash the torture did not cause: `guard()`,
+run in every wait, records it and restarts the node.
 """
 import os
 import random
 import re
 import time
 import traceback
+from contextlib import closing
 
-import ZEO
 from ZODB.utils import z64
+
+from harness.chaos import ChaosProxy
+from harness.process import wait_until
 
 from . import judges
 from .nodes import WAIT, TortureNode
@@ -28,11 +25,8 @@ class ScenarioFailed(Exception):
 
 
 class Scenario:
-    """One scenario: its directory, nodes, writer and proxies.
-
-    A subclass names itself (`name`), lists the ERROR entries it causes on
-    purpose (`allowed_errors`, regexes) and implements `run(counts)` with
-    `counts` one of `run.COUNTS`.
+    """One scenario: `name`, `allowed_errors` (regexes of the ERROR entries
+    it causes on purpose) and `run(counts)`, `counts` one of `run.COUNTS`.
     """
 
     name = None
@@ -54,12 +48,20 @@ class Scenario:
         self.nodes.append(node)
         return node
 
-    def start_primary(self):
+    def start_primary(self, commits, burst=False):
+        """Start the primary and the writer; wait for `commits`."""
         self.primary = self.node('primary').start()
         self.writer = TortureWriter(
             self.primary, os.path.join(self.directory, 'writer-blobs'),
             random.Random(self.rng.random())).start()
-        return self.primary
+        self.writer.burst = burst
+        self.wait_commits(commits)
+        self.writer.burst = False
+
+    def proxy(self, **kw):
+        """A `ChaosProxy` to the primary's ZRS port, closed at the end."""
+        self.proxies.append(ChaosProxy(self.primary.repl_port, **kw))
+        return self.proxies[-1]
 
     def count(self, key, n=1):
         self.report.counts['%s: %s' % (self.name, key)] += n
@@ -86,38 +88,41 @@ class Scenario:
         self.check_writer()
 
     def wait(self, predicate, what, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        while True:
-            self.guard()
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise ScenarioFailed('timed out after %ss waiting for %s'
-                                     % (timeout, what))
-            time.sleep(0.05)
+        try:
+            return wait_until(lambda: self.guard() or predicate(), timeout,
+                              message=what)
+        except AssertionError as exc:
+            raise ScenarioFailed(str(exc)) from None
 
     def pause(self, seconds):
         """A random wait that chooses a moment (the guard keeps watch)."""
         deadline = time.monotonic() + seconds
-        while True:
-            self.guard()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.05))
+        self.wait(lambda: time.monotonic() >= deadline, 'the end of a pause',
+                  seconds + WAIT)
 
     def wait_commits(self, count):
         target = self.writer.commits + count
         self.wait(lambda: self.writer.commits >= target,
                   '%d commits by the writer' % count)
 
-    def burst(self, seconds):
-        self.writer.burst = True
+    def burst(self, seconds, heavy=False):
+        """Commit without pacing (`heavy`: large records and blobs) for
+        `seconds`."""
+        flag = 'heavy' if heavy else 'burst'
+        setattr(self.writer, flag, True)
         try:
             self.pause(seconds)
         finally:
-            self.writer.burst = False
+            setattr(self.writer, flag, False)
+
+    def backlog(self, heavy, light):
+        """Heavy commits, then a burst of small ones (`heavy` and `light`:
+        (low, high) seconds): a backlog that takes a while to stream;
+        returns when the small ones began."""
+        self.burst(self.rng.uniform(*heavy), heavy=True)
+        start = time.time()
+        self.burst(self.rng.uniform(*light))
+        return start
 
     def wait_caught_up(self, node, tid=None):
         """Wait until `node` (via /status) has `tid` (default: the
@@ -126,18 +131,10 @@ class Scenario:
         self.wait(lambda: (node.served_tid() or z64) >= tid,
                   '%s to reach %s' % (node.name, tid.hex()))
 
-    def log_wait(self, node, pattern, count=1, start=0):
-        """Wait until `node`'s current log matches `pattern` `count`
-        times (after offset `start`); returns the matches."""
-        regex = re.compile(pattern)
-
-        def seen():
-            found = [m.group(0) for m in
-                     regex.finditer(node.log_text()[start:])]
-            return found if len(found) >= count else None
-        return self.wait(seen, '%r in %s' % (pattern, node.logs[-1]))
-
-    # -- the common end ----------------------------------------------------
+    def log_wait(self, node, pattern):
+        """Wait until `node`'s current log matches `pattern`."""
+        self.wait(lambda: re.search(pattern, node.log()),
+                  '%r in %s' % (pattern, node.logs[-1]))
 
     def settle(self, replicas):
         """Stop the writer; wait until every replica's ZEO clients see
@@ -147,21 +144,15 @@ class Scenario:
         for proxy in self.proxies:
             proxy.flow()
             proxy.throttle(None)
-        storage = ZEO.client(self.primary.zeo_address, wait_timeout=WAIT)
-        try:
+        with closing(self.primary.client(wait_timeout=WAIT)) as storage:
             last = storage.lastTransaction()
-        finally:
-            storage.close()
         for node in replicas:
             self.wait(lambda: node.running() and node.served_tid(),
                       '%s to serve' % node.name)
-            storage = node.client(wait_timeout=WAIT)
-            try:
+            with closing(node.client(wait_timeout=WAIT)) as storage:
                 self.wait(lambda: storage.lastTransaction() == last,
                           '%s ZEO lastTransaction == %s' % (node.name,
                                                             last.hex()))
-            finally:
-                storage.close()
         self.guard()
         for node in list(replicas) + [self.primary]:
             status = node.stop()
@@ -169,11 +160,13 @@ class Scenario:
                 self.report.crashes.append(
                     '%s: %s exited with status %s on SIGTERM; log %s' % (
                         self.name, node.name, status, node.logs[-1]))
+        self.writer_summary()
         return last
 
-    def compare(self, replica, **kw):
-        self.record(replica, *judges.compare_exact(self.primary, replica,
-                                                   **kw))
+    def compare(self, *replicas, **kw):
+        for replica in replicas:
+            self.record(replica, *judges.compare_exact(self.primary, replica,
+                                                       **kw))
 
     def record(self, replica, compared, blobs, mismatches):
         self.report.compared += compared
@@ -195,14 +188,12 @@ class Scenario:
     def cleanup(self):
         if self.writer is not None and self.writer.running():
             self.writer.stop(WAIT)
-        for proxy in self.proxies:
-            proxy.close()
-        for node in self.nodes:
-            node.close()
+        for item in self.proxies + self.nodes:
+            item.close()
 
     def scan_logs(self):
-        """Report every unexpected ERROR line of every node's logs;
-        returns (expected, unexpected) counts."""
+        """Report every unexpected ERROR line of the nodes' logs; returns
+        (expected, unexpected) counts."""
         expected, unexpected = judges.scan_logs(
             [path for node in self.nodes for path in node.logs],
             self.allowed_errors)

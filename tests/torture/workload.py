@@ -1,10 +1,7 @@
-"""The torture's load: random transactions committed to the primary.
-
-Small random transactions of 1-4 objects, some blobs of 0 bytes to
-400 KB (the 64 KiB block boundaries included), occasional undos,
-transaction users, notes and extension data.  The harness's `Writer`
-runs the thread, the ZEO DB and `pause()`/`resume()`; this one chooses
-what to commit and, unlike it, goes on after a failed commit.
+"""The torture's load: random transactions of 1-4 objects, blobs of 0
+to 400 KB (the 64 KiB block boundaries included), undos, users, notes and
+extension data.  The harness's `Writer` runs the thread; this one chooses
+what to commit and goes on after a failed commit.
 """
 import collections
 import logging
@@ -27,9 +24,7 @@ NOTES = ['edit', 'import', 'café ✓', 'nightly job', '']
 
 def blob_size(rng, heavy=False):
     """Blob sizes: tiny, medium, on the 64 KiB block boundaries, large."""
-    r = rng.random()
-    if heavy:
-        return rng.randint(100000, 400000)
+    r = rng.random() + heavy       # heavy: always large
     if r < 0.4:
         return rng.randint(0, 2000)
     if r < 0.8:
@@ -40,20 +35,13 @@ def blob_size(rng, heavy=False):
 
 
 class TortureWriter(Writer):
-    """Commits small random transactions to `node` through ZEO, in a
-    thread, until stopped.
+    """Commits random transactions to `node` until stopped.
 
-    `burst` drops the pacing (as fast as the primary commits); `heavy`
-    makes most transactions carry a large blob and bigger records (to
-    fill a disk).  Failed commits (the primary went away, a conflict
-    after a reconnect, an undo that cannot be done, or ZODB's "a different
-    object already has the same oid" after a commit that failed in its
-    second phase because the primary died) are aborted, counted, logged
-    (logger `torture`) and not retried as such: the next transaction is a
-    new random one.  `tids` lists every tid known to be committed;
-    `uncertain` counts commits whose outcome is unknown (the connection
-    broke during the commit); `initial_tid` is the primary's last tid
-    before the first commit (the root's creation).
+    `burst` drops the pacing; `heavy` makes most transactions carry a
+    large blob and bigger records.  A failed commit is aborted, counted
+    (`errors`) and logged, and the next transaction is a new one.  `tids`:
+    every commit known to be done; `uncertain`: commits whose outcome is
+    unknown (the link broke); `initial_tid`: the tid before the first.
     """
 
     # Commits wait for a restarted primary rather than fail at once.
@@ -75,62 +63,45 @@ class TortureWriter(Writer):
     def _commit(self, tm, conn):
         if self.initial_tid is None:
             self.initial_tid = self.db.lastTransaction()
-        self._one(tm, conn)
-        if not self.burst and not self.heavy:
-            self._stopping.wait(self.rng.expovariate(self.rate))
-
-    def _committed(self):
-        tid = self.db.lastTransaction()
-        self.tids.append(tid)
-        self.last_tid = tid
-
-    def _failed(self, tm, exc):
-        tm.abort()
-        self.errors[type(exc).__name__] += 1
-        logger.warning('writer: commit failed: %s: %s', type(exc).__name__,
-                       exc, exc_info=not isinstance(exc, ClientDisconnected))
-        if isinstance(exc, ClientDisconnected):
-            while not (self._stopping.is_set()
-                       or self.db.storage.is_connected()):
-                self._stopping.wait(0.02)
-
-    def _one(self, tm, conn):
         rng = self.rng
         in_commit = False
-        has_blob = False
         try:
             tm.begin()
             txn = tm.get()
-            root = conn.root()
             undo = self.commits > 20 and rng.random() < 0.02
+            has_blob = not undo and self._change(conn.root(), rng)
             if undo:
                 info = self.db.undoLog(0, 1)
                 if info:
                     self.db.undo(info[0]['id'], txn)
                     txn.note('torture: undo')
-            else:
-                has_blob = self._change(root, rng)
+            elif rng.random() < 0.3:
+                txn.setUser(rng.choice(USERS))
+                txn.note(rng.choice(NOTES))
+                txn.setExtendedInfo('n', self.commits)
                 if rng.random() < 0.3:
-                    txn.setUser(rng.choice(USERS))
-                    txn.note(rng.choice(NOTES))
-                    txn.setExtendedInfo('n', self.commits)
-                    if rng.random() < 0.3:
-                        # (No datetime here: ZEO's server refuses to
-                        # unpickle one in a client's extension.)
-                        txn.setExtendedInfo('meta', {
-                            'tags': ['a', str(self.commits)],
-                            'ratio': rng.random(), 'none': None})
+                    # (No datetime: ZEO's server refuses to unpickle one.)
+                    txn.setExtendedInfo('meta', {
+                        'tags': ['a', str(self.commits)],
+                        'ratio': rng.random(), 'none': None})
             in_commit = True
             tm.commit()
-            self._committed()
-            if undo:
-                self.undos += 1
-            if has_blob:
-                self.blob_commits += 1
+            self.last_tid = self.db.lastTransaction()
+            self.tids.append(self.last_tid)
+            self.undos += undo
+            self.blob_commits += has_blob
         except Exception as exc:
-            if in_commit and isinstance(exc, ClientDisconnected):
-                self.uncertain += 1
-            self._failed(tm, exc)
+            tm.abort()
+            self.errors[type(exc).__name__] += 1
+            disconnected = isinstance(exc, ClientDisconnected)
+            self.uncertain += in_commit and disconnected
+            logger.warning('writer: commit failed: %s: %s',
+                           type(exc).__name__, exc, exc_info=not disconnected)
+            while disconnected and not (self._stopping.is_set()
+                                        or self.db.storage.is_connected()):
+                self._stopping.wait(0.02)
+        if not self.burst and not self.heavy:
+            self._stopping.wait(self.rng.expovariate(self.rate))
 
     def _change(self, root, rng):
         """Change 1-4 objects and maybe a blob; True if a blob."""
