@@ -148,6 +148,7 @@ def compare_after_pack(primary, replica, stop, witness):
                               'the writer' % (label, tid.hex()))
     primary_records = {(rec[0], rec[1]) for t in primary_txns
                        for rec in t[5]}
+    # A set: ZEO stores a blob record twice in a transaction at times.
     for oid, rtid in sorted({
             (oid, rtid) for t in replica_txns.values()
             for oid, rtid, data, _ in t[5]
