@@ -1,41 +1,15 @@
-"""A chaos TCP proxy for replication links: cut, stall and throttle.
+"""`ChaosProxy`: a TCP proxy for replication links that cuts, stalls and
+throttles them.
 
-`ChaosProxy` listens on 127.0.0.1 and forwards every accepted connection to
-a target port (a ZRS primary), like `zczrs.Proxy`, but one thread runs all
-of its sockets (non-blocking, `selectors`), so the test thread can act on a
-link at any moment, and an action takes effect at once:
-
-- `cut(reset=False)` closes every open link on both sides: with a FIN, or
-  with `reset=True` an RST (SO_LINGER 0), as a crashed host or a middlebox
-  would.  New connections are accepted again right away (the secondary
-  reconnects through the proxy).
-- `stall()` stops forwarding in both directions, connections open: bytes
-  already buffered stay in the proxy and the kernels' buffers fill up, so
-  the primary's writes back up as they would on a hung path.  `flow()`
-  resumes.  New connections made during a stall are accepted and stalled
-  too.
-- A primary's half-close (a clean stop once everything is sent) is
-  forwarded after the bytes before it; the link ends when the secondary
-  closes its side.
-- `throttle(rate)` limits the primary -> secondary direction to `rate`
-  bytes per second (a token bucket refilled as time passes; reads stop
-  while it is empty); `throttle(None)` lifts the limit.
-
-`socket_buffer` (bytes) shrinks the kernel buffers of the proxied
-connections (the receive buffer towards the primary, the send buffer
-towards the secondary), so that a throttled or stalled link holds little
-data in flight and the primary's sender is held back early.
-
-Bytes are never altered, dropped or reordered while a link is open: only
-`cut` loses what was in flight, exactly as a broken TCP connection does.
-Counters (`accepted`, `cuts`, `links_cut`, `bytes_down`, `bytes_up`) are
-for the caller's report.
-
-Threads: `_run` owns every socket; the public methods may be called from
-any thread and hand their work to it through a queue and a wake-up socket,
-waiting for it to be done.
+One thread runs every socket (non-blocking, `selectors`); the public
+methods, callable from any thread, hand their work to it and wait, so an
+action takes effect at once.  `cut(reset)` closes every open link (FIN, or
+RST with `reset`); `stall()` stops forwarding until `flow()`;
+`throttle(rate)` limits primary -> secondary to `rate` bytes/s (None: no
+limit).  A primary's half-close is forwarded after the bytes before it.
+`socket_buffer` shrinks the kernel buffers so little data is in flight.
+Bytes are never altered or dropped while a link is open.
 """
-import collections
 import errno
 import queue
 import selectors
@@ -51,7 +25,7 @@ CHUNK = 65536
 
 
 class _Link:
-    """One proxied connection: `down` is the secondary's side, `up` the
+    """One proxied connection: `down` the secondary's side, `up` the
     primary's."""
 
     def __init__(self, down, up):
@@ -82,10 +56,7 @@ class ChaosProxy:
         self._commands = queue.Queue()
         self._stopping = False
         self._selector = selectors.DefaultSelector()
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, 0))
-        self._listener.listen(16)
+        self._listener = socket.create_server((host, 0), backlog=16)
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
         self._wake_r, self._wake_w = socket.socketpair()
@@ -94,19 +65,17 @@ class ChaosProxy:
                                         name='chaos-proxy')
         self._thread.start()
 
-    # -- public, any thread ---------------------------------------------------
-
     def cut(self, reset=False):
         """Close every open link now; returns how many were cut."""
         return self._call(self._cut, reset)
 
     def stall(self):
         """Stop forwarding (both directions) until `flow()`."""
-        self._call(self._set_stalled, True)
+        self._call(setattr, self, '_stalled', True)
 
     def flow(self):
         """Resume forwarding after `stall()`."""
-        self._call(self._set_stalled, False)
+        self._call(setattr, self, '_stalled', False)
 
     def throttle(self, rate):
         """Limit primary -> secondary to `rate` bytes/s (None: no limit)."""
@@ -121,8 +90,6 @@ class ChaosProxy:
         if self._thread.is_alive():
             self._call(self._stop)
             self._thread.join(30)
-
-    # -- the proxy thread ----------------------------------------------------
 
     def _call(self, function, *args):
         """Run `function(*args)` in the proxy thread; return its result."""
@@ -164,9 +131,6 @@ class ChaosProxy:
         self.links_cut += len(links)
         return len(links)
 
-    def _set_stalled(self, stalled):
-        self._stalled = stalled
-
     def _set_rate(self, rate):
         self._rate = rate
         self._tokens = 0.0
@@ -197,8 +161,6 @@ class ChaosProxy:
         while True:
             try:
                 down, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
             except OSError:
                 return
             up = socket.socket()
@@ -232,11 +194,8 @@ class ChaosProxy:
         self._refilled = now
 
     def _register(self):
-        """Interest for every socket, given buffers, stall and throttle.
-
-        Returns the select timeout: when throttled and out of tokens, the
-        moment the bucket holds a chunk again.
-        """
+        """Register interest for every socket; returns the select timeout
+        (when throttled and out of tokens: until the bucket refills)."""
         self._selector.close()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -245,7 +204,7 @@ class ChaosProxy:
                                     'accept')
         timeout = None
         if self._stalled:
-            return timeout
+            return None
         for link in self._links:
             down_events = up_events = 0
             if len(link.to_up) < BUFFER_LIMIT:
@@ -316,9 +275,7 @@ class ChaosProxy:
                 if self._rate is not None:
                     self._tokens -= len(data)
         if not data and side == 'up':
-            # A stopping primary half-closes once it has sent everything:
-            # forward the rest, then the half-close; the link ends when
-            # the secondary closes its side.
+            # A stopping primary half-closes: forward the rest, then that.
             link.up_done = True
             self._forward_half_close(link)
         elif not data:
@@ -345,74 +302,3 @@ class ChaosProxy:
                 link.down.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-
-
-def _self_test():
-    """Forward through a throttled, stalled and cut proxy to an echo
-    server (run as `python -m harness.chaos` in tests/)."""
-    server = socket.socket()
-    server.bind(('127.0.0.1', 0))
-    server.listen(4)
-
-    def echo():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
-
-    def _echo(conn):
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                conn.sendall(data)
-
-    threading.Thread(target=echo, daemon=True).start()
-    proxy = ChaosProxy(server.getsockname()[1])
-    client = socket.create_connection(('127.0.0.1', proxy.port))
-    payload = bytes(range(256)) * 1024
-    client.sendall(payload)
-    received = collections.deque()
-    total = 0
-    while total < len(payload):
-        data = client.recv(65536)
-        received.append(data)
-        total += len(data)
-    assert b''.join(received) == payload
-    proxy.throttle(100000)
-    start = time.monotonic()
-    client.sendall(payload)
-    total = 0
-    while total < len(payload):
-        total += len(client.recv(65536))
-    print('throttled 256 KiB echo took %.2fs' % (time.monotonic() - start))
-    proxy.throttle(None)
-    proxy.stall()
-    client.sendall(b'held')
-    client.settimeout(0.5)
-    try:
-        client.recv(10)
-        raise AssertionError('data crossed a stalled proxy')
-    except socket.timeout:
-        pass
-    proxy.flow()
-    assert client.recv(10) == b'held'
-    assert proxy.cut(reset=True) == 1
-    client.settimeout(5)
-    try:
-        assert client.recv(10) == b''
-    except ConnectionResetError:
-        pass
-    proxy.close()
-    server.close()
-    print('ok: accepted %d, cuts %d' % (proxy.accepted, proxy.cuts))
-
-
-if __name__ == '__main__':
-    _self_test()
