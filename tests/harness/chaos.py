@@ -9,6 +9,12 @@ RST with `reset`); `stall()` stops forwarding until `flow()`;
 limit).  A primary's half-close is forwarded after the bytes before it.
 `socket_buffer` shrinks the kernel buffers so little data is in flight.
 Bytes are never altered or dropped while a link is open.
+
+It is also the gated proxy (`zczrs.Proxy`): while `hold_after` is set, a
+new link forwards that many primary -> secondary bytes, then holds (sets
+`held`, leaves the primary's data unread, stays open) until `release()`.
+`links` lists every link in accept order; `handshake()` is what its
+secondary sent first.
 """
 import errno
 import queue
@@ -17,6 +23,8 @@ import socket
 import struct
 import threading
 import time
+
+from .process import handshake_frames, wait_until
 
 # Bytes buffered per direction before the proxy stops reading that side
 # (back-pressure reaches the sender through TCP).
@@ -28,21 +36,31 @@ class _Link:
     """One proxied connection: `down` the secondary's side, `up` the
     primary's."""
 
-    def __init__(self, down, up):
+    def __init__(self, down, up, hold_after=None):
         self.down = down
         self.up = up
         self.to_up = bytearray()      # secondary -> primary, not yet sent
         self.to_down = bytearray()    # primary -> secondary, not yet sent
         self.up_done = False          # the primary half-closed (EOF)
-        self.closed = False
+        self.budget = hold_after      # bytes to forward before holding
+        self.sent = bytearray()       # the start of what the secondary sent
+        self.held = threading.Event()
+        self.closed = threading.Event()
+
+    def handshake(self):
+        """(protocol name, start tid) the secondary sent, or None yet."""
+        return handshake_frames(bytes(self.sent))
 
 
 class ChaosProxy:
     """Forward 127.0.0.1:`port` to 127.0.0.1:`target_port`, with chaos."""
 
-    def __init__(self, target_port, host='127.0.0.1', socket_buffer=None):
+    def __init__(self, target_port, host='127.0.0.1', socket_buffer=None,
+                 hold_after=None):
         self.target = (host, target_port)
         self.socket_buffer = socket_buffer
+        self.hold_after = hold_after
+        self.links = []
         self.accepted = 0
         self.cuts = 0
         self.links_cut = 0
@@ -80,6 +98,20 @@ class ChaosProxy:
     def throttle(self, rate):
         """Limit primary -> secondary to `rate` bytes/s (None: no limit)."""
         self._call(self._set_rate, rate)
+
+    def wait_for_link(self, index, timeout=60.0):
+        """The `index`-th accepted link, once its handshake arrived."""
+        wait_until(lambda: len(self.links) > index
+                   and self.links[index].handshake() is not None,
+                   timeout, message='ZRS handshake on proxied connection %d'
+                   % index)
+        return self.links[index]
+
+    def release(self):
+        """Let held links, and later ones, through."""
+        self.hold_after = None
+        self._call(lambda: [setattr(link, 'budget', None)
+                            for link in self.links])
 
     def open_links(self):
         """How many links are open right now."""
@@ -143,9 +175,10 @@ class ChaosProxy:
         self._links = []
 
     def _close_link(self, link, reset):
-        if link.closed:
+        if link.closed.is_set():
             return
-        link.closed = True
+        link.closed.set()
+        link.to_up = link.to_down = bytearray()
         for sock in (link.down, link.up):
             try:
                 if reset:
@@ -183,7 +216,8 @@ class ChaosProxy:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.accepted += 1
-            self._links.append(_Link(down, up))
+            self.links.append(_Link(down, up, self.hold_after))
+            self._links.append(self.links[-1])
 
     def _refill(self):
         now = time.monotonic()
@@ -214,7 +248,10 @@ class ChaosProxy:
             if link.up_done:
                 pass    # nothing more to read from the primary
             elif len(link.to_down) < BUFFER_LIMIT:
-                if self._rate is None or self._tokens >= 1:
+                if link.budget is not None and link.budget <= 0:
+                    if not link.to_down:
+                        link.held.set()
+                elif self._rate is None or self._tokens >= 1:
                     up_events |= selectors.EVENT_READ
                 else:
                     wait = (min(CHUNK, self._rate / 20.0) - self._tokens) \
@@ -241,9 +278,10 @@ class ChaosProxy:
                     self._accept()
                 else:
                     link, side = key.data
-                    if not link.closed:
+                    if not link.closed.is_set():
                         self._service(link, side, mask)
-            self._links = [link for link in self._links if not link.closed]
+            self._links = [link for link in self._links
+                           if not link.closed.is_set()]
         self._selector.close()
         self._listener.close()
         self._run_commands()   # answer whoever asked us to stop
@@ -252,7 +290,7 @@ class ChaosProxy:
         try:
             if mask & selectors.EVENT_READ:
                 self._read(link, side)
-            if not link.closed and mask & selectors.EVENT_WRITE:
+            if not link.closed.is_set() and mask & selectors.EVENT_WRITE:
                 self._write(link, side)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -264,14 +302,20 @@ class ChaosProxy:
             if data:
                 link.to_up += data
                 self.bytes_up += len(data)
+                if len(link.sent) < 4096:
+                    link.sent += data
         else:
             size = CHUNK
             if self._rate is not None:
                 size = max(1, min(CHUNK, int(self._tokens)))
+            if link.budget is not None:
+                size = min(size, link.budget)
             data = link.up.recv(size)
             if data:
                 link.to_down += data
                 self.bytes_down += len(data)
+                if link.budget is not None:
+                    link.budget -= len(data)
                 if self._rate is not None:
                     self._tokens -= len(data)
         if not data and side == 'up':

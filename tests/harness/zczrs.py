@@ -1,21 +1,19 @@
 """A real zc.zrs 3.1 primary (`ZcZrsPrimary`, runzeo with `%import zc.zrs`
 in a subprocess: zc.zrs is never imported here), `populate()` (a varied
-deterministic history), `commit_change` and `Proxy`, a gated TCP proxy.
+deterministic history), `commit_change` and `Proxy`, the gated proxy.
 """
 import dataclasses
 import os
 import random
 import shutil
-import socket
-import threading
 
 import transaction
 import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from .process import (Node, eventlog_section, free_port, handshake_frames,
-                      wait_until)
+from .chaos import ChaosProxy
+from .process import Node, eventlog_section, free_port
 
 CONFIG = """\
 %%import zc.zrs
@@ -188,137 +186,4 @@ def commit_change(address, key, value):
         db.close()
 
 
-class _Link:
-    """One proxied connection: secondary (downstream) <-> primary."""
-
-    def __init__(self, downstream, upstream, hold_after):
-        self.downstream = downstream
-        self.upstream = upstream
-        self.hold_after = hold_after
-        self.sent = bytearray()       # what the secondary sent
-        self.forwarded = 0            # primary -> secondary bytes
-        self.held = threading.Event()
-        self.released = threading.Event()
-        self.closed = threading.Event()
-        self._lock = threading.Lock()
-        for target, name in ((self._pump_up, 'proxy-up'),
-                             (self._pump_down, 'proxy-down')):
-            threading.Thread(target=target, daemon=True, name=name).start()
-
-    def _pump_up(self):
-        try:
-            while True:
-                data = self.downstream.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    self.sent += data
-                self.upstream.sendall(data)
-        except OSError:
-            pass
-        self.close()
-
-    def _pump_down(self):
-        try:
-            while True:
-                size = 65536
-                if self.hold_after is not None \
-                        and not self.released.is_set():
-                    budget = self.hold_after - self.forwarded
-                    if budget <= 0:
-                        # Hold: leave the primary's data unread.
-                        self.held.set()
-                        self.released.wait()
-                        continue
-                    size = min(size, budget)
-                data = self.upstream.recv(size)
-                if not data:
-                    # The primary half-closed (a clean stop): pass it on.
-                    self.downstream.shutdown(socket.SHUT_WR)
-                    return
-                self.downstream.sendall(data)
-                self.forwarded += len(data)
-        except OSError:
-            pass
-        self.close()
-
-    def handshake(self):
-        """(protocol name, start tid) the secondary sent, or None yet."""
-        with self._lock:
-            return handshake_frames(bytes(self.sent))
-
-    def release(self):
-        self.released.set()
-
-    def close(self):
-        with self._lock:
-            if self.closed.is_set():
-                return
-            self.closed.set()
-        self.released.set()
-        for s in (self.downstream, self.upstream):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-
-class Proxy:
-    """A TCP forwarder on 127.0.0.1 in front of a ZRS primary's port.
-
-    While `hold_after` is set, each new connection forwards that many
-    primary -> secondary bytes, then holds the stream (unread, open) until
-    `release()`.  `links` lists the connections in accept order.
-    """
-
-    def __init__(self, target_port, hold_after=None):
-        self.target_port = target_port
-        self.hold_after = hold_after
-        self.links = []
-        self._listener = socket.create_server(('127.0.0.1', 0), backlog=8)
-        self.port = self._listener.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True,
-                         name='proxy-accept').start()
-
-    def _accept(self):
-        while True:
-            try:
-                downstream, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._closed:
-                downstream.close()
-                return
-            try:
-                upstream = socket.create_connection(
-                    ('127.0.0.1', self.target_port))
-            except OSError:
-                downstream.close()
-                continue
-            self.links.append(_Link(downstream, upstream, self.hold_after))
-
-    def wait_for_link(self, index, timeout=60.0):
-        """The `index`-th accepted connection, once its handshake arrived."""
-        wait_until(lambda: len(self.links) > index
-                   and self.links[index].handshake() is not None,
-                   timeout, message='ZRS handshake on proxied connection %d'
-                   % index)
-        return self.links[index]
-
-    def release(self):
-        """Let held connections, and later ones, through."""
-        self.hold_after = None
-        for link in list(self.links):
-            link.release()
-
-    def close(self):
-        self._closed = True
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-        for link in list(self.links):
-            link.close()
+Proxy = ChaosProxy   # with `hold_after`: the gated proxy
