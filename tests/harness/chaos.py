@@ -324,10 +324,8 @@ class ChaosProxy:
             self._forward_half_close(link)
         elif not data:
             # The secondary went away: so does the link.
-            other, pending = ((link.up, link.to_up) if side == 'down'
-                              else (link.down, link.to_down))
             try:
-                other.send(pending)
+                link.up.send(link.to_up)
             except OSError:
                 pass
             self._close_link(link, False)

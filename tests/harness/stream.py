@@ -104,9 +104,8 @@ class Stream:
         a legacy stream's 'C' has no digest."""
         if self.legacy:
             return self.commit_legacy()
-        if digest is None:
-            digest = self.md5.digest()
-        return self.message('C', (digest,))
+        return self.message(
+            'C', (self.md5.digest() if digest is None else digest,))
 
     def commit_legacy(self):
         return self.message('C', ())
@@ -182,12 +181,8 @@ def _framed(frames):
 
 def wire(frames):
     """The bytes on the wire for `(kind, payload)` frames (see `Stream`)."""
-    parts = []
-    for kind, payload in frames:
-        if kind == 'close':
-            break
-        parts.append(payload if kind == 'raw' else frame(payload))
-    return b''.join(parts)
+    frames = itertools.takewhile(lambda f: f[0] != 'close', frames)
+    return b''.join(p if kind == 'raw' else frame(p) for kind, p in frames)
 
 
 def blob_blocks(content):
@@ -381,9 +376,7 @@ class FakePrimary:
     def _frames_for(self, conn):
         if callable(self.script):
             return self.script(conn.start_tid)
-        if conn.index < len(self.script):
-            return self.script[conn.index]
-        return []
+        return self.script[conn.index] if conn.index < len(self.script) else []
 
     def _serve(self, sock, conn):
         try:

@@ -255,18 +255,13 @@ class Writer:
 
 def process_memory(pid):
     """(VmRSS, VmHWM) of `pid` in bytes from /proc, or None."""
-    values = {}
     try:
         with open('/proc/%d/status' % pid) as f:
-            for line in f:
-                key, _, rest = line.partition(':')
-                if key in ('VmRSS', 'VmHWM'):
-                    values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError):
+            values = dict(line.partition(':')[::2] for line in f)
+        return tuple(int(values[key].split()[0]) * 1024
+                     for key in ('VmRSS', 'VmHWM'))
+    except (OSError, ValueError, KeyError, IndexError):
         return None
-    if len(values) != 2:
-        return None
-    return values['VmRSS'], values['VmHWM']
 
 
 class MemorySampler:
