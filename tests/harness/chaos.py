@@ -1,21 +1,15 @@
-"""`ChaosProxy`: a TCP proxy for replication links that cuts, stalls and
-throttles them.
+"""`ChaosProxy`, the TCP proxy of replication links: it cuts, stalls,
+throttles and gates them.
 
-One thread runs every socket (non-blocking, `selectors`); the public
-methods, callable from any thread, hand their work to it and wait, so an
-action takes effect at once.  `cut(reset)` closes every open link (FIN, or
-RST with `reset`); `stall()` stops forwarding until `flow()`;
-`throttle(rate)` limits primary -> secondary to `rate` bytes/s (None: no
-limit).  A primary's half-close is forwarded after the bytes before it.
-`socket_buffer` shrinks the kernel buffers so little data is in flight.
-Bytes are never altered or dropped while a link is open.
-
-It is also the gated proxy (`zczrs.Proxy`): while `hold_after` is set, a
-new link forwards that many primary -> secondary bytes, then holds (sets
-`held`, leaves the primary's data unread, stays open) until `release()`.
-`links` lists every link in accept order; `handshake()` is what its
-secondary sent first.
+One thread runs every socket; the public methods hand it their work and
+wait, so an action takes effect at once.  `cut(reset)` closes every link
+(FIN, or RST); `stall()` stops forwarding until `flow()`; `throttle(rate)`
+limits primary -> secondary to `rate` bytes/s.  While `hold_after` is set,
+a new link forwards that many bytes to the secondary, then holds (`held`,
+the primary's data unread) until `release()`.  `socket_buffer` shrinks the
+kernel buffers.  Bytes are never altered or dropped while a link is open.
 """
+import contextlib
 import errno
 import queue
 import selectors
@@ -128,10 +122,8 @@ class ChaosProxy:
         done = threading.Event()
         box = []
         self._commands.put((function, args, done, box))
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b'x')
-        except OSError:
-            pass
         if not done.wait(60):
             raise RuntimeError('the chaos proxy thread does not answer')
         if box and isinstance(box[0], BaseException):
@@ -139,11 +131,9 @@ class ChaosProxy:
         return box[0] if box else None
 
     def _run_commands(self):
-        try:
+        with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
-        except BlockingIOError:
-            pass
         while True:
             try:
                 function, args, done, box = self._commands.get_nowait()
@@ -324,10 +314,8 @@ class ChaosProxy:
             self._forward_half_close(link)
         elif not data:
             # The secondary went away: so does the link.
-            try:
+            with contextlib.suppress(OSError):
                 link.up.send(link.to_up)
-            except OSError:
-                pass
             self._close_link(link, False)
 
     def _write(self, link, side):
@@ -340,7 +328,5 @@ class ChaosProxy:
 
     def _forward_half_close(self, link):
         if link.up_done and not link.to_down:
-            try:
+            with contextlib.suppress(OSError):
                 link.down.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass

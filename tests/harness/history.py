@@ -1,7 +1,5 @@
-"""The one reader of FileStorage histories (`transactions`: `Txn`
-tuples, which compare with `==`; with `blob_dir`, blob records carry
-their content as `.blob`), `write_history`, and the one pack oracle
-(`same_after_pack`, `assert_same_after_pack`).
+"""The one reader of FileStorage histories (`transactions`: `Txn` tuples;
+blob records carry `.blob`) and the one pack oracle (`same_after_pack`).
 """
 import time
 from typing import NamedTuple

@@ -116,13 +116,10 @@ def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
 
 
 class Node:
-    """One server process of the tests, restartable on the same ports.
-
-    Subclasses say how their kind is configured (`write_config`) and run
-    (`program` or `command`, and `ready`: the log lines `start` waits
-    for).  Its files in `directory`: `NAME.conf`, `NAME.fs`, `NAME-N.log`
-    (one per start).  `register` is given each started process.
-    """
+    """One server process, restartable on the same ports, with its files
+    (`NAME.conf`, `NAME.fs`, `NAME-N.log` per start) in `directory`.
+    Subclasses define `write_config`, `program` or `command`, `ready`.
+    `register` is given each started process."""
 
     env = None          # more (or, as None, fewer) environment variables
     cwd = None          # its working directory (None: ours)

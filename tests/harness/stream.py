@@ -4,6 +4,7 @@ it, and `FakePrimary`, which serves scripted streams on 127.0.0.1.
 
 Script items are `bytes` (sent framed), `Raw` (sent as-is) or `CLOSE`.
 """
+import contextlib
 import hashlib
 import itertools
 import pickle
@@ -39,12 +40,10 @@ CLOSE = object()  # script item: close the connection right there
 class Stream:
     """The frames a primary sends on a connection from `start_tid`.
 
-    `frames`: `(kind, payload)` in order; kind is a message type ('T',
-    'S', 'B', 'C', ...), 'data', 'block' (blob content), 'raw' (unframed,
-    not checksummed) or 'close'.  Framed payloads update the md5 checksum
-    unless told; `commit()` sends its digest.  `starts`: each frame's wire
-    offset; `size`: the wire length.  A `legacy` stream stores records
-    inline and commits without a digest.
+    `frames`: `(kind, payload)`; kind is a message type ('T', 'C'...),
+    'data', 'block', 'raw' (unframed, not checksummed) or 'close'.
+    `commit()` sends the md5 of the framed payloads; `starts`, `size`:
+    wire offsets.  A `legacy` stream stores inline, commits no digest.
     """
 
     def __init__(self, start_tid=z64, legacy=False):
@@ -221,12 +220,9 @@ def replay(txns, legacy=False, tail=None):
 
 
 class RecordingSink:
-    """A receiver's sink that records its calls as tuples of the call's
-    name and arguments (`store_blob`: the content and whether the file
-    was closed; `commit`, `abort`: the open tid).  `committed` lists the
-    committed tids; the call `fail_on` raises OSError('disk full'); blob
-    files are temporary files in `blob_dir`, `blobs` the stored ones.
-    """
+    """A receiver's sink recording its calls as (name, arguments...)
+    tuples; the call `fail_on` raises OSError('disk full').  Blob files
+    are temporary files in `blob_dir`."""
 
     def __init__(self, blob_dir=None, fail_on=None):
         self.blob_dir, self.fail_on = blob_dir, fail_on
@@ -290,10 +286,8 @@ class Connection:
 
 
 class FakePrimary:
-    """A scripted ZRS primary on 127.0.0.1: reads each connection's
-    handshake into `connections`, sends its script, then counts keep-alives
-    until EOF.  `script`: a list (item i for connection i; later ones idle)
-    or a callable(start_tid).  A context manager, or start()/stop().
+    """A ZRS primary on 127.0.0.1 sending each connection its `script`
+    (item i of a list, or a callable(start_tid)), then counting keep-alives.
     """
 
     def __init__(self, script=(), port=0, handshake_timeout=30.0):
@@ -322,10 +316,8 @@ class FakePrimary:
         with self._lock:
             socks = list(self._sockets)
         for s in socks:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for t in list(self._threads):
             t.join(10)
 
@@ -396,10 +388,8 @@ class FakePrimary:
         except OSError as e:
             conn.error = e
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
             with self._lock:
                 if sock in self._sockets:
                     self._sockets.remove(sock)
@@ -418,11 +408,10 @@ class _Reader:
         while len(self.buf) < n:
             if self.stop.is_set():
                 return None
-            wait = 0.1
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return None
+            wait = 0.1 if deadline is None else min(
+                0.1, deadline - time.monotonic())
+            if wait <= 0:
+                return None
             ready, _, _ = select.select([self.sock], [], [], wait)
             if not ready:
                 continue

@@ -93,13 +93,9 @@ NOTES = ['edit', 'bulk import', 'fix typo', 'café ✓ résumé', 'nightly job']
 
 
 def populate(address, transactions=3000, seed=20240611, undo_every=250):
-    """Commit a deterministic history to the ZEO server at `address`.
-
-    Each transaction touches 1-10 objects with payloads of tens of bytes
-    to ~24 KB; a third carry a user, a note and extension data.  Every
-    `undo_every`-th is undone (every other time one that created objects).
-    Returns a `PopulateResult`.
-    """
+    """Commit a deterministic history to the ZEO server at `address`:
+    1-10 objects of up to ~24 KB a transaction, a third with metadata,
+    every `undo_every`-th undone (every other one a creation)."""
     rng = random.Random(seed)
     result = PopulateResult()
     db = ZEO.DB(address)

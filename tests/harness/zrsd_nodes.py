@@ -70,13 +70,9 @@ def ssl_lines(cert, key, ca, extra=''):
 
 
 class ZrsdNode(Node):
-    """One zrsd process serving storage `1` from `directory/NAME.fs`.
-
-    `upstream`: the ZRS port to replicate from (None: a primary); `serve`:
-    serve ZRS on `repl_port` (default: if a primary); `monitor`: serve the
-    monitor on `monitor_port`.  `options` override the class attributes
-    below (see `config_text`) and `env`.
-    """
+    """A zrsd process replicating from port `upstream` (None: a primary),
+    serving ZRS on `repl_port` if `serve` (default: a primary), the monitor
+    on `monitor_port` if `monitor`; `options` set the attributes below."""
 
     program = 'zrsd'
     zrs_lines = zeo_lines = sections = header = ''
@@ -153,13 +149,10 @@ class PlainZeoNode(Node):
 
 
 class Writer:
-    """Commits small transactions to a node from a thread, as fast as it
-    takes them, until stopped or a commit fails: `tids` are the commits
-    that succeeded, `error` what ended it.  `pause()` returns between two
-    transactions; `resume()` goes on.  With a `blob_cache`, every fifth
-    transaction writes a blob.  Subclasses override `_commit`; `db` is
-    the writer's ZEO DB.
-    """
+    """Commits small transactions to a node from a thread until stopped or
+    a commit fails: `tids` succeeded, `error` ended it.  `pause()` returns
+    between two transactions.  With a `blob_cache`, every fifth writes a
+    blob."""
 
     wait_timeout = 1    # a commit fails soon after the node went away
 
