@@ -9,14 +9,30 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
+def _certificate(name, issuer, key, signer, ca, extensions):
+    """A certificate of `key` for `name`, signed by `signer` as `issuer`,
+    valid from yesterday for 30 days."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name)).issuer_name(_name(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                       critical=True))
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    return builder.sign(signer, hashes.SHA256())
+
+
 def _name(common_name):
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_key(key, path):
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+def _pem(certificate):
+    return certificate.public_bytes(serialization.Encoding.PEM)
 
 
 class Authority:
@@ -26,58 +42,34 @@ class Authority:
         self.directory = directory
         self.name = name
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name)).issuer_name(_name(name))
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None),
-                           critical=True)
-            .add_extension(x509.KeyUsage(
+        self.certificate = _certificate(name, name, self.key, self.key, True, [
+            (x509.KeyUsage(
                 digital_signature=True, key_cert_sign=True, crl_sign=True,
                 content_commitment=False, key_encipherment=False,
                 data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(
-                self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256()))
+                encipher_only=False, decipher_only=False), True),
+            (x509.SubjectKeyIdentifier.from_public_key(
+                self.key.public_key()), False)])
         self.path = directory / ('%s-ca.pem' % name)
-        self.path.write_bytes(
-            self.certificate.public_bytes(serialization.Encoding.PEM))
+        self.path.write_bytes(_pem(self.certificate))
 
     def issue(self, name):
-        """Write NAME.pem and NAME.key; returns their paths (str).
-
-        Valid for both ends (a cascade node is server and client), for
-        localhost and 127.0.0.1.
-        """
+        """Write NAME.pem and NAME.key, valid for both ends (a cascade node
+        is server and client), localhost and 127.0.0.1; returns their paths
+        (str)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name)).issuer_name(_name(self.name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None),
-                           critical=True)
-            .add_extension(x509.ExtendedKeyUsage([
-                ExtendedKeyUsageOID.SERVER_AUTH,
-                ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName([
+        certificate = _certificate(name, self.name, key, self.key, False, [
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                    ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+            (x509.SubjectAlternativeName([
                 x509.DNSName('localhost'),
-                x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]),
-                critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.key.public_key()), critical=False))
-        certificate = builder.sign(self.key, hashes.SHA256())
+                x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.key.public_key()), False)])
         cert_path = self.directory / ('%s.pem' % name)
         key_path = self.directory / ('%s.key' % name)
-        cert_path.write_bytes(
-            certificate.public_bytes(serialization.Encoding.PEM))
-        _write_key(key, key_path)
+        cert_path.write_bytes(_pem(certificate))
+        key_path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
         return str(cert_path), str(key_path)

@@ -1,41 +1,15 @@
-"""A chaos TCP proxy for replication links: cut, stall and throttle.
+"""`ChaosProxy`, the TCP proxy of replication links: it cuts, stalls,
+throttles and gates them.
 
-`ChaosProxy` listens on 127.0.0.1 and forwards every accepted connection to
-a target port (a ZRS primary), like `zczrs.Proxy`, but one thread runs all
-of its sockets (non-blocking, `selectors`), so the test thread can act on a
-link at any moment, and an action takes effect at once:
-
-- `cut(reset=False)` closes every open link on both sides: with a FIN, or
-  with `reset=True` an RST (SO_LINGER 0), as a crashed host or a middlebox
-  would.  New connections are accepted again right away (the secondary
-  reconnects through the proxy).
-- `stall()` stops forwarding in both directions, connections open: bytes
-  already buffered stay in the proxy and the kernels' buffers fill up, so
-  the primary's writes back up as they would on a hung path.  `flow()`
-  resumes.  New connections made during a stall are accepted and stalled
-  too.
-- A primary's half-close (a clean stop once everything is sent) is
-  forwarded after the bytes before it; the link ends when the secondary
-  closes its side.
-- `throttle(rate)` limits the primary -> secondary direction to `rate`
-  bytes per second (a token bucket refilled as time passes; reads stop
-  while it is empty); `throttle(None)` lifts the limit.
-
-`socket_buffer` (bytes) shrinks the kernel buffers of the proxied
-connections (the receive buffer towards the primary, the send buffer
-towards the secondary), so that a throttled or stalled link holds little
-data in flight and the primary's sender is held back early.
-
-Bytes are never altered, dropped or reordered while a link is open: only
-`cut` loses what was in flight, exactly as a broken TCP connection does.
-Counters (`accepted`, `cuts`, `links_cut`, `bytes_down`, `bytes_up`) are
-for the caller's report.
-
-Threads: `_run` owns every socket; the public methods may be called from
-any thread and hand their work to it through a queue and a wake-up socket,
-waiting for it to be done.
+One thread runs every socket; the public methods hand it their work and
+wait, so an action takes effect at once.  `cut(reset)` closes every link
+(FIN, or RST); `stall()` stops forwarding until `flow()`; `throttle(rate)`
+limits primary -> secondary to `rate` bytes/s.  While `hold_after` is set,
+a new link forwards that many bytes to the secondary, then holds (`held`,
+the primary's data unread) until `release()`.  `socket_buffer` shrinks the
+kernel buffers.  Bytes are never altered or dropped while a link is open.
 """
-import collections
+import contextlib
 import errno
 import queue
 import selectors
@@ -44,6 +18,8 @@ import struct
 import threading
 import time
 
+from .process import handshake_frames, wait_until
+
 # Bytes buffered per direction before the proxy stops reading that side
 # (back-pressure reaches the sender through TCP).
 BUFFER_LIMIT = 256 * 1024
@@ -51,24 +27,34 @@ CHUNK = 65536
 
 
 class _Link:
-    """One proxied connection: `down` is the secondary's side, `up` the
+    """One proxied connection: `down` the secondary's side, `up` the
     primary's."""
 
-    def __init__(self, down, up):
+    def __init__(self, down, up, hold_after=None):
         self.down = down
         self.up = up
         self.to_up = bytearray()      # secondary -> primary, not yet sent
         self.to_down = bytearray()    # primary -> secondary, not yet sent
         self.up_done = False          # the primary half-closed (EOF)
-        self.closed = False
+        self.budget = hold_after      # bytes to forward before holding
+        self.sent = bytearray()       # the start of what the secondary sent
+        self.held = threading.Event()
+        self.closed = threading.Event()
+
+    def handshake(self):
+        """(protocol name, start tid) the secondary sent, or None yet."""
+        return handshake_frames(bytes(self.sent))
 
 
 class ChaosProxy:
     """Forward 127.0.0.1:`port` to 127.0.0.1:`target_port`, with chaos."""
 
-    def __init__(self, target_port, host='127.0.0.1', socket_buffer=None):
+    def __init__(self, target_port, host='127.0.0.1', socket_buffer=None,
+                 hold_after=None):
         self.target = (host, target_port)
         self.socket_buffer = socket_buffer
+        self.hold_after = hold_after
+        self.links = []
         self.accepted = 0
         self.cuts = 0
         self.links_cut = 0
@@ -82,10 +68,7 @@ class ChaosProxy:
         self._commands = queue.Queue()
         self._stopping = False
         self._selector = selectors.DefaultSelector()
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((host, 0))
-        self._listener.listen(16)
+        self._listener = socket.create_server((host, 0), backlog=16)
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
         self._wake_r, self._wake_w = socket.socketpair()
@@ -94,23 +77,35 @@ class ChaosProxy:
                                         name='chaos-proxy')
         self._thread.start()
 
-    # -- public, any thread ---------------------------------------------------
-
     def cut(self, reset=False):
         """Close every open link now; returns how many were cut."""
         return self._call(self._cut, reset)
 
     def stall(self):
         """Stop forwarding (both directions) until `flow()`."""
-        self._call(self._set_stalled, True)
+        self._call(setattr, self, '_stalled', True)
 
     def flow(self):
         """Resume forwarding after `stall()`."""
-        self._call(self._set_stalled, False)
+        self._call(setattr, self, '_stalled', False)
 
     def throttle(self, rate):
         """Limit primary -> secondary to `rate` bytes/s (None: no limit)."""
         self._call(self._set_rate, rate)
+
+    def wait_for_link(self, index, timeout=60.0):
+        """The `index`-th accepted link, once its handshake arrived."""
+        wait_until(lambda: len(self.links) > index
+                   and self.links[index].handshake() is not None,
+                   timeout, message='ZRS handshake on proxied connection %d'
+                   % index)
+        return self.links[index]
+
+    def release(self):
+        """Let held links, and later ones, through."""
+        self.hold_after = None
+        self._call(lambda: [setattr(link, 'budget', None)
+                            for link in self.links])
 
     def open_links(self):
         """How many links are open right now."""
@@ -122,17 +117,13 @@ class ChaosProxy:
             self._call(self._stop)
             self._thread.join(30)
 
-    # -- the proxy thread ----------------------------------------------------
-
     def _call(self, function, *args):
         """Run `function(*args)` in the proxy thread; return its result."""
         done = threading.Event()
         box = []
         self._commands.put((function, args, done, box))
-        try:
+        with contextlib.suppress(OSError):
             self._wake_w.send(b'x')
-        except OSError:
-            pass
         if not done.wait(60):
             raise RuntimeError('the chaos proxy thread does not answer')
         if box and isinstance(box[0], BaseException):
@@ -140,11 +131,9 @@ class ChaosProxy:
         return box[0] if box else None
 
     def _run_commands(self):
-        try:
+        with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
-        except BlockingIOError:
-            pass
         while True:
             try:
                 function, args, done, box = self._commands.get_nowait()
@@ -164,9 +153,6 @@ class ChaosProxy:
         self.links_cut += len(links)
         return len(links)
 
-    def _set_stalled(self, stalled):
-        self._stalled = stalled
-
     def _set_rate(self, rate):
         self._rate = rate
         self._tokens = 0.0
@@ -179,9 +165,10 @@ class ChaosProxy:
         self._links = []
 
     def _close_link(self, link, reset):
-        if link.closed:
+        if link.closed.is_set():
             return
-        link.closed = True
+        link.closed.set()
+        link.to_up = link.to_down = bytearray()
         for sock in (link.down, link.up):
             try:
                 if reset:
@@ -197,8 +184,6 @@ class ChaosProxy:
         while True:
             try:
                 down, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
             except OSError:
                 return
             up = socket.socket()
@@ -221,7 +206,8 @@ class ChaosProxy:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.accepted += 1
-            self._links.append(_Link(down, up))
+            self.links.append(_Link(down, up, self.hold_after))
+            self._links.append(self.links[-1])
 
     def _refill(self):
         now = time.monotonic()
@@ -232,11 +218,8 @@ class ChaosProxy:
         self._refilled = now
 
     def _register(self):
-        """Interest for every socket, given buffers, stall and throttle.
-
-        Returns the select timeout: when throttled and out of tokens, the
-        moment the bucket holds a chunk again.
-        """
+        """Register interest for every socket; returns the select timeout
+        (when throttled and out of tokens: until the bucket refills)."""
         self._selector.close()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -245,7 +228,7 @@ class ChaosProxy:
                                     'accept')
         timeout = None
         if self._stalled:
-            return timeout
+            return None
         for link in self._links:
             down_events = up_events = 0
             if len(link.to_up) < BUFFER_LIMIT:
@@ -255,7 +238,10 @@ class ChaosProxy:
             if link.up_done:
                 pass    # nothing more to read from the primary
             elif len(link.to_down) < BUFFER_LIMIT:
-                if self._rate is None or self._tokens >= 1:
+                if link.budget is not None and link.budget <= 0:
+                    if not link.to_down:
+                        link.held.set()
+                elif self._rate is None or self._tokens >= 1:
                     up_events |= selectors.EVENT_READ
                 else:
                     wait = (min(CHUNK, self._rate / 20.0) - self._tokens) \
@@ -282,9 +268,10 @@ class ChaosProxy:
                     self._accept()
                 else:
                     link, side = key.data
-                    if not link.closed:
+                    if not link.closed.is_set():
                         self._service(link, side, mask)
-            self._links = [link for link in self._links if not link.closed]
+            self._links = [link for link in self._links
+                           if not link.closed.is_set()]
         self._selector.close()
         self._listener.close()
         self._run_commands()   # answer whoever asked us to stop
@@ -293,7 +280,7 @@ class ChaosProxy:
         try:
             if mask & selectors.EVENT_READ:
                 self._read(link, side)
-            if not link.closed and mask & selectors.EVENT_WRITE:
+            if not link.closed.is_set() and mask & selectors.EVENT_WRITE:
                 self._write(link, side)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -305,30 +292,30 @@ class ChaosProxy:
             if data:
                 link.to_up += data
                 self.bytes_up += len(data)
+                if len(link.sent) < 4096:
+                    link.sent += data
         else:
             size = CHUNK
             if self._rate is not None:
                 size = max(1, min(CHUNK, int(self._tokens)))
+            if link.budget is not None:
+                size = min(size, link.budget)
             data = link.up.recv(size)
             if data:
                 link.to_down += data
                 self.bytes_down += len(data)
+                if link.budget is not None:
+                    link.budget -= len(data)
                 if self._rate is not None:
                     self._tokens -= len(data)
         if not data and side == 'up':
-            # A stopping primary half-closes once it has sent everything:
-            # forward the rest, then the half-close; the link ends when
-            # the secondary closes its side.
+            # A stopping primary half-closes: forward the rest, then that.
             link.up_done = True
             self._forward_half_close(link)
         elif not data:
             # The secondary went away: so does the link.
-            other, pending = ((link.up, link.to_up) if side == 'down'
-                              else (link.down, link.to_down))
-            try:
-                other.send(pending)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                link.up.send(link.to_up)
             self._close_link(link, False)
 
     def _write(self, link, side):
@@ -341,78 +328,5 @@ class ChaosProxy:
 
     def _forward_half_close(self, link):
         if link.up_done and not link.to_down:
-            try:
+            with contextlib.suppress(OSError):
                 link.down.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-
-def _self_test():
-    """Forward through a throttled, stalled and cut proxy to an echo
-    server (run as `python -m harness.chaos` in tests/)."""
-    server = socket.socket()
-    server.bind(('127.0.0.1', 0))
-    server.listen(4)
-
-    def echo():
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
-
-    def _echo(conn):
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                conn.sendall(data)
-
-    threading.Thread(target=echo, daemon=True).start()
-    proxy = ChaosProxy(server.getsockname()[1])
-    client = socket.create_connection(('127.0.0.1', proxy.port))
-    payload = bytes(range(256)) * 1024
-    client.sendall(payload)
-    received = collections.deque()
-    total = 0
-    while total < len(payload):
-        data = client.recv(65536)
-        received.append(data)
-        total += len(data)
-    assert b''.join(received) == payload
-    proxy.throttle(100000)
-    start = time.monotonic()
-    client.sendall(payload)
-    total = 0
-    while total < len(payload):
-        total += len(client.recv(65536))
-    print('throttled 256 KiB echo took %.2fs' % (time.monotonic() - start))
-    proxy.throttle(None)
-    proxy.stall()
-    client.sendall(b'held')
-    client.settimeout(0.5)
-    try:
-        client.recv(10)
-        raise AssertionError('data crossed a stalled proxy')
-    except socket.timeout:
-        pass
-    proxy.flow()
-    assert client.recv(10) == b'held'
-    assert proxy.cut(reset=True) == 1
-    client.settimeout(5)
-    try:
-        assert client.recv(10) == b''
-    except ConnectionResetError:
-        pass
-    proxy.close()
-    server.close()
-    print('ok: accepted %d, cuts %d' % (proxy.accepted, proxy.cuts))
-
-
-if __name__ == '__main__':
-    _self_test()

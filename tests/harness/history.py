@@ -1,15 +1,5 @@
-"""The one reader of FileStorage histories, and the one pack oracle.
-
-`transactions(path)` reads a file into `Txn` tuples (`iter_transactions`
-one at a time); with `blob_dir`, a blob record carries its file's content
-as `.blob`, which is what `stream.Stream` sends as a blob record.  A `Txn`
-is a plain tuple too, (tid, status, user, description, extension,
-records), so two histories compare with `==`.
-
-`write_history` writes such a history to a new file.
-`same_after_pack` / `assert_same_after_pack` say when a replica agrees
-with a primary that packed after the replica received part of its
-history; the torture's judge and the chain tests use them.
+"""The one reader of FileStorage histories (`transactions`: `Txn` tuples;
+blob records carry `.blob`) and the one pack oracle (`same_after_pack`).
 """
 import time
 from typing import NamedTuple
@@ -64,9 +54,7 @@ def copy_transaction(t, fs=None):
 
 
 def iter_transactions(path, blob_dir=None):
-    """`transactions(path)` one at a time (for files too big to hold in
-    memory twice); the storage closes when the iteration ends or the
-    generator is closed."""
+    """`transactions(path)` one at a time (for big files)."""
     fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir,
                                       read_only=True)
     try:
@@ -77,9 +65,8 @@ def iter_transactions(path, blob_dir=None):
 
 
 def write_history(path, history):
-    """A new FileStorage at `path` holding `history` (`Txn`s or such
-    tuples), written with `restore` as replication does; returns `path`
-    (a str)."""
+    """A new FileStorage at `path` holding `history` (`Txn`s), written
+    with `restore` as replication does; returns `path` (a str)."""
     fs = ZODB.FileStorage.FileStorage(str(path), create=True)
     try:
         for tid, status, user, description, extension, records in history:
@@ -100,10 +87,8 @@ def transactions(path, blob_dir=None):
 
 
 def assert_same_history(primary_path, replica_path):
-    """The replica file holds exactly the primary's transactions.
-
-    Returns the number of transactions compared.
-    """
+    """The replica file holds exactly the primary's transactions;
+    returns how many."""
     primary = transactions(primary_path)
     replica = transactions(replica_path)
     assert [t[0] for t in replica] == [t[0] for t in primary], (
@@ -137,24 +122,16 @@ def load_current(path):
 
 
 def same_after_pack(p, r, stop):
-    """Whether the replica's transaction `r` agrees with the primary's `p`
-    (`transactions` tuples of one tid) after the primary packed
-    up to the tid `stop` (`pack_stop_tid`) and the replica did not.
+    """Whether the replica's `Txn` `r` agrees with the primary's `p` (of
+    one tid) after the primary packed up to tid `stop` and the replica
+    did not.
 
-    After the pack time: identical, except that where the primary's record
-    has no back pointer the replica's may have one.  FileStorage's pack
-    copies those transactions but turns a back pointer into a record it
-    removed into the data itself (`fspack.PackCopier.copy`), while a
-    replica that received the transaction before the pack keeps the
-    pointer; the data compared are resolved, so they still agree.
-
-    Up to the pack time: the same user, description and extension, and
-    each of the primary's records (oid, tid, data) is the replica's last
-    record of that oid in the transaction.  The pack keeps only reachable
-    records, one position per oid, the last: a transaction may hold two
-    records of one oid (ZEO stores a blob record twice at times, see
-    `fspack.FileStoragePacker.copyDataRecords`), so comparing the lists
-    in order would fail a correct replica that holds both.
+    After `stop`: identical, but where the primary's record has no back
+    pointer the replica's may (the pack resolves pointers to removed
+    records into data, `fspack.PackCopier.copy`).  Up to `stop`: the same
+    metadata, and each primary record (oid, tid, data) is the replica's
+    last of that oid in the transaction (the pack keeps one per oid;
+    ZEO at times stores a blob record twice).
     """
     if p[0] > stop:
         return p[:5] == r[:5] and len(p[5]) == len(r[5]) and all(
@@ -166,24 +143,13 @@ def same_after_pack(p, r, stop):
 
 
 def assert_same_after_pack(primary_path, replica_path, pack_time):
-    """The replica agrees with a primary that was packed at `pack_time`
-    after the replica had received (part of) the unpacked history.
+    """The replica agrees with a primary packed at `pack_time` after the
+    replica received (part of) the unpacked history: the same
+    transactions after the pack time, every primary transaction agrees
+    by `same_after_pack`, every current object loads the same.
 
-    A pack rewrites the primary's transactions up to the pack time: it
-    drops non-current and unreachable records (and transactions left
-    empty), stores data inline instead of back pointers and marks the
-    copies status 'p'.  A replica keeps what it received before the pack
-    and gets the packed form only of what it asked for after it.  So:
-
-    - there are no extra transactions after the pack time on either side,
-      and each one agrees by `same_after_pack`;
-    - every packed transaction of the primary exists in the replica and
-      agrees by `same_after_pack`;
-    - every oid in the primary's index loads the same data and serial from
-      the replica.
-
-    Returns (packed transactions compared, later transactions compared,
-    current objects compared).
+    Returns (packed transactions, later transactions, current objects)
+    compared.
     """
     stop = pack_stop_tid(pack_time)
     primary = transactions(primary_path)

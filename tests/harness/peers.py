@@ -1,14 +1,6 @@
-"""The zc.zrs secondary, a peer for interoperability tests.
-
-`ZcZrsSecondary` is a real zc.zrs 3.1.0 *secondary*.  zc.zrs's secondary
-breaks on ZODB 6 (at `tpc_begin`), so it runs on ZODB 5.5.1 in a virtualenv
-of its own, built on first use by `peer_python()` and cached under
-`.venv-peers/` (rebuilt when `PEER_REQUIREMENTS` or the base Python
-change).  It is served by ZEO 5's `runzeo` from that venv, read-only, so
-the tests read its last tid with an ordinary ZEO client.
-
-zc.zrs is never imported in the test process: both zc.zrs roles run in
-subprocesses (the primary is `zczrs.ZcZrsPrimary`).
+"""`ZcZrsSecondary`, a real zc.zrs 3.1.0 secondary.  It breaks on ZODB 6,
+so it runs on ZODB 5.5.1 in a virtualenv of its own (`peer_python()`,
+cached under `.venv-peers/`), served read-only by ZEO 5's runzeo.
 """
 import contextlib
 import fcntl
@@ -19,46 +11,19 @@ import sys
 
 from .process import LOG_FORMAT, Node, ROOT, eventlog_section, wait_until
 
-# The zc.zrs secondary's world: the newest ZODB it works with (5.5.1), a
-# ZEO 5 to serve it, and versions of the rest that install from wheels on
-# Python 3.11.  Fully pinned, so a fresh machine builds the same venv.
-PEER_REQUIREMENTS = (
-    'zc.zrs==3.1.0',
-    'ZODB==5.5.1',
-    'ZEO==5.4.1',
-    'Twisted==26.10.0',
-    'six==1.17.0',
-    'BTrees==6.5',
-    'persistent==6.9',
-    'transaction==5.1',
-    'zodbpickle==4.5',
-    'ZConfig==4.3',
-    'zc.lockfile==4.0',
-    'zdaemon==5.2.1',
-    'zope.interface==8.7',
-    'zope.deferredimport==6.1.1',
-    'zope.proxy==7.3',
-    'attrs==26.1.0',
-    'Automat==25.4.16',
-    'constantly==23.10.4',
-    'hyperlink==21.0.0',
-    'idna==3.20',
-    'incremental==24.11.0',
-    'packaging==26.4',
-    'typing_extensions==4.16.0',
-    'cffi==2.1.1',
-    'pycparser==3.12',
-)
+# The newest ZODB the zc.zrs secondary works with, a ZEO 5 to serve it
+# and the rest, all pinned to wheels for Python 3.11.
+PEER_REQUIREMENTS = tuple('''
+    zc.zrs==3.1.0 ZODB==5.5.1 ZEO==5.4.1 Twisted==26.10.0 six==1.17.0
+    BTrees==6.5 persistent==6.9 transaction==5.1 zodbpickle==4.5
+    ZConfig==4.3 zc.lockfile==4.0 zdaemon==5.2.1 zope.interface==8.7
+    zope.deferredimport==6.1.1 zope.proxy==7.3 attrs==26.1.0
+    Automat==25.4.16 constantly==23.10.4 hyperlink==21.0.0 idna==3.20
+    incremental==24.11.0 packaging==26.4 typing_extensions==4.16.0
+    cffi==2.1.1 pycparser==3.12'''.split())
 
 PEERS_DIR = os.path.join(ROOT, '.venv-peers')
 ZCZRS_VENV = os.path.join(PEERS_DIR, 'zczrs-zodb551')
-
-
-def _stamp_text():
-    """What the cached venv was built from: base Python and requirements."""
-    base = os.path.realpath(getattr(sys, '_base_executable', sys.executable))
-    return 'python %s %s\n%s\n' % (
-        base, sys.version.split()[0], '\n'.join(PEER_REQUIREMENTS))
 
 
 def _peer_env():
@@ -70,14 +35,13 @@ def _peer_env():
 
 
 def peer_python(venv=ZCZRS_VENV):
-    """The python of the zc.zrs/ZODB 5.5.1 venv, built if missing or stale.
-
-    A lock file keeps concurrent test runs from building it twice; the stamp
-    is written last, so an interrupted build is redone.
-    """
+    """The python of the zc.zrs/ZODB 5.5.1 venv, built (under a lock) if
+    missing or stale; the stamp written last says it is complete."""
     python = os.path.join(venv, 'bin', 'python')
     stamp = os.path.join(venv, '.requirements')
-    wanted = _stamp_text()
+    base = os.path.realpath(getattr(sys, '_base_executable', sys.executable))
+    wanted = 'python %s %s\n%s\n' % (
+        base, sys.version.split()[0], '\n'.join(PEER_REQUIREMENTS))
     os.makedirs(PEERS_DIR, exist_ok=True)
     with open(venv + '.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -102,9 +66,8 @@ def _run(args):
             done.stdout.decode('utf-8', 'replace')))
 
 
-# Run in the peer venv: ZEO 5's runzeo serving a zc.zrs Secondary built
-# around the configured <filestorage>.  Built here rather than with
-# `%import zc.zrs` so that the reconnect delay is 1 s, not zc.zrs's 60 s.
+# ZEO 5's runzeo serving a zc.zrs Secondary (not `%import zc.zrs`: that
+# reconnects after 60 s, this after 1 s).
 SECONDARY_SCRIPT = '''\
 import sys
 
@@ -142,10 +105,9 @@ SECONDARY_CONFIG = """\
 
 
 class ZcZrsSecondary(Node):
-    """A zc.zrs 3.1.0 secondary on ZODB 5.5.1, served read-only by ZEO 5
-    (`start(python)`: the peer venv's, from `peer_python()`)."""
+    """A zc.zrs secondary; `start(python)` with `peer_python()`."""
 
-    log_format = LOG_FORMAT   # e.g. `%(created).6f` stamps (the benchmark)
+    log_format = LOG_FORMAT
 
     def __init__(self, directory, primary_port, name='zczrs-secondary',
                  register=None):
@@ -171,20 +133,14 @@ class ZcZrsSecondary(Node):
         return [self.python, self.script_path,
                 '127.0.0.1:%d' % self.primary_port, '-C', self.config_path]
 
-    def ready(self):
-        return ("listening on ('127.0.0.1', %d)" % self.zeo_port,)
-
     def start(self, python, timeout=60.0):
         self.python = python
         return super().start(timeout)
 
 
 def wait_for_tid(storage, tid, processes, timeout=120.0, message=None):
-    """Poll a ClientStorage until its last tid is `tid`.
-
-    Fails at once, with the log, if one of `processes` (objects with a
-    `.process` or `.popen`) exited meanwhile.
-    """
+    """Poll a ClientStorage until its last tid is `tid`; fail at once if
+    one of `processes` (with a `.process` or `.popen`) exited."""
     def reached():
         for proc in processes:
             popen = getattr(proc, 'popen', None) or proc.process.popen

@@ -1,8 +1,4 @@
-"""Helpers shared by the tests: ports, processes, polling.
-
-Everything here drives real components: real sockets on 127.0.0.1, real `zrsd`
-processes started from config files, real FileStorages.
-"""
+"""Ports, polling, child processes and `Node`, the base of every node."""
 import os
 import signal
 import struct
@@ -13,8 +9,8 @@ import time
 
 import ZEO
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 
 
@@ -26,10 +22,8 @@ def free_port():
 
 
 def wait_until(predicate, timeout=60.0, interval=0.05, message=None):
-    """Poll `predicate` until it returns a true value or `timeout` passes.
-
-    Returns the true value; raises AssertionError naming `message` on timeout.
-    """
+    """Poll `predicate` until it returns a true value (returned); raise
+    AssertionError naming `message` once `timeout` passed."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -43,8 +37,7 @@ def wait_until(predicate, timeout=60.0, interval=0.05, message=None):
 
 
 def read_text(path):
-    """The text of a file (a log: bad bytes replaced), or '' while there
-    is no such file."""
+    """A file's text (bad bytes replaced), or '' while it is missing."""
     try:
         with open(path, 'rb') as f:
             return f.read().decode('utf-8', 'replace')
@@ -76,8 +69,7 @@ class Process:
         return self.popen.pid
 
     def log(self):
-        with open(self.log_path, 'rb') as f:
-            return f.read().decode('utf-8', 'replace')
+        return read_text(self.log_path)
 
     def wait_for_log(self, text, timeout=60.0, start=0):
         """Wait until `text` appears in the log (after offset `start`)."""
@@ -103,18 +95,13 @@ class Process:
             self._log.close()
 
     def kill(self):
-        """SIGKILL and wait (no clean-up happens in the child)."""
+        """SIGKILL and wait (also makes sure it is gone, for finalisers)."""
         if self.popen.poll() is None:
             self.popen.kill()
         self.popen.wait(30)
         self._log.close()
 
-    def close(self):
-        """Make sure the process is gone (for fixture finalisers)."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(30)
-        self._log.close()
+    close = kill
 
 
 LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
@@ -129,18 +116,15 @@ def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
 
 
 class Node:
-    """One server process of the tests, restartable on the same ports.
-
-    The one process class of the harness: subclasses only say how their
-    kind is configured (`write_config`) and launched (`command`, and
-    `ready`: the log lines `start` waits for).  Its files are in
-    `directory`: `NAME.conf`, `NAME.fs` and one log per start, `NAME-N.log`.
-    `register` (e.g. conftest's `processes`) is given each started process.
-    """
+    """One server process, restartable on the same ports, with its files
+    (`NAME.conf`, `NAME.fs`, `NAME-N.log` per start) in `directory`.
+    Subclasses define `write_config`, `program` or `command`, `ready`.
+    `register` is given each started process."""
 
     env = None          # more (or, as None, fewer) environment variables
     cwd = None          # its working directory (None: ours)
     read_only = True    # what `client()` asks for unless told
+    program = 'runzeo'  # in BIN, run with `-C NAME.conf`
 
     def __init__(self, directory, name, register=None):
         self.directory = str(directory)
@@ -158,16 +142,14 @@ class Node:
         raise NotImplementedError
 
     def command(self):
-        """The argument list that runs the node."""
-        raise NotImplementedError
+        return [os.path.join(BIN, self.program), '-C', self.config_path]
 
     def ready(self):
-        """The log lines that say the node is up."""
-        return ()
+        """The log lines that say the node is up (ZEO's, by default)."""
+        return ("listening on ('127.0.0.1', %d)" % self.zeo_port,)
 
     def environment(self):
-        """The process's environment: ours with `env` (a None value
-        removes a variable), or ours."""
+        """Ours with `env` (a None value removes a variable), or None."""
         if not self.env:
             return None
         env = dict(os.environ, **self.env)
@@ -198,9 +180,8 @@ class Node:
         return self
 
     def start(self, timeout=60.0):
-        """Start the process; return once it logged its `ready` lines
-        (waiting for log lines, not probing ports, keeps probe connections
-        out of its log)."""
+        """Start the process; return once it logged its `ready` lines (no
+        port probes, which would show in its log)."""
         self.launch()
         for line in self.ready():
             self.process.wait_for_log(line, timeout)
@@ -224,7 +205,6 @@ class Node:
         self.process.signal(signum)
 
     def close(self):
-        """Make sure the process is gone (for finalisers)."""
         if self.process is not None:
             self.process.close()
 
@@ -246,8 +226,7 @@ class Node:
         self.process.wait_for_log(text, timeout)
 
     def client(self, **kw):
-        """A ZEO ClientStorage of this node (read-only unless told, or
-        unless the kind says otherwise)."""
+        """A ZEO ClientStorage of this node (`read_only` unless told)."""
         kw.setdefault('read_only', self.read_only)
         return ZEO.client(self.zeo_address, **kw)
 
@@ -255,7 +234,6 @@ class Node:
         return ZEO.DB(self.zeo_address, **kw)
 
     def last_tid(self):
-        """lastTransaction() as a ZEO client sees it."""
         storage = self.client(read_only=True)
         try:
             return storage.lastTransaction()
@@ -263,9 +241,8 @@ class Node:
             storage.close()
 
     def wait_for_tid(self, tid, timeout=120.0):
-        """Wait until a ZEO client of this node sees `tid` as the last
-        transaction (a connected client learns of commits through
-        invalidations); fail fast if the process dies."""
+        """Wait until a ZEO client sees `tid` as the last transaction;
+        fail fast if the process dies."""
         storage = self.client(read_only=True)
         try:
             wait_until(

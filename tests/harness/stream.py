@@ -1,22 +1,10 @@
-"""A scripted fake ZRS primary for tests.
+"""`Stream`, the one builder of what a ZRS primary sends (for the tests
+and the fuzzer), `RecordingSink`, which records what a receiver makes of
+it, and `FakePrimary`, which serves scripted streams on 127.0.0.1.
 
-`FakePrimary` listens on 127.0.0.1.  For every connection it reads the
-secondary's handshake (protocol name frame, 8-byte start tid frame), records
-it in `connections`, sends that connection's script, then keeps the
-connection open, reading and ignoring keep-alive frames, until the peer
-closes or the server is stopped.
-
-`Stream` is the one builder of what a primary sends, for every test and
-the fuzzer: protocol-1 pickles of `(type, data)`, raw record-data frames,
-blob blocks, and a running md5 checksum seeded with the connection's start
-tid.  It also has helpers to break the stream (wrong checksum, garbage,
-out-of-order messages, raw bytes on the wire...), and hands its frames out
-as a script, as wire bytes or as payloads to feed a receiver.
-`RecordingSink` records what a receiver makes of them.
-
-Script items are either `bytes` (sent as one framed message) or `Raw`
-(written to the socket as-is, no length prefix); `CLOSE` ends the connection.
+Script items are `bytes` (sent framed), `Raw` (sent as-is) or `CLOSE`.
 """
+import contextlib
 import hashlib
 import itertools
 import pickle
@@ -52,14 +40,10 @@ CLOSE = object()  # script item: close the connection right there
 class Stream:
     """The frames a primary sends on a connection from `start_tid`.
 
-    `frames` is the list of `(kind, payload)` in order: kind is the
-    message type ('T', 'S', 'B', 'C', or what the caller says, e.g. 'M'),
-    'data' for a record's data, 'block' for blob content, 'raw' for bytes
-    written as-is (no length prefix, not checksummed) and 'close' for the
-    end of the connection.  Every framed payload updates the checksum unless
-    told otherwise; `commit()` sends the digest of everything before it.
-    `starts` holds the wire offset of each frame, `size` the wire length.
-    A `legacy` stream stores records inline and commits without a digest.
+    `frames`: `(kind, payload)`; kind is a message type ('T', 'C'...),
+    'data', 'block', 'raw' (unframed, not checksummed) or 'close'.
+    `commit()` sends the md5 of the framed payloads; `starts`, `size`:
+    wire offsets.  A `legacy` stream stores inline, commits no digest.
     """
 
     def __init__(self, start_tid=z64, legacy=False):
@@ -71,9 +55,7 @@ class Stream:
         self.size = 0
         self._taken = 0
 
-    # -- low level ---------------------------------------------------------
     def payload(self, data, kind='data', checksum=True):
-        """Append one framed payload (counted in the checksum by default)."""
         data = bytes(data)
         if checksum:
             self.md5.update(data)
@@ -83,7 +65,6 @@ class Stream:
         return self.payload(message(kind, data), kind)
 
     def raw(self, data):
-        """Append bytes written as-is (not framed, not checksummed)."""
         return self._append('raw', bytes(data), len(data))
 
     def close(self):
@@ -95,7 +76,6 @@ class Stream:
         self.size += length
         return self
 
-    # -- messages ----------------------------------------------------------
     def begin(self, tid, status=' ', user=b'', description=b'',
               extension=None):
         return self.message(
@@ -123,9 +103,8 @@ class Stream:
         a legacy stream's 'C' has no digest."""
         if self.legacy:
             return self.commit_legacy()
-        if digest is None:
-            digest = self.md5.digest()
-        return self.message('C', (digest,))
+        return self.message(
+            'C', (self.md5.digest() if digest is None else digest,))
 
     def commit_legacy(self):
         return self.message('C', ())
@@ -153,12 +132,8 @@ class Stream:
         return self
 
     def transaction(self, txn, tid=None, digest=None):
-        """Send a whole transaction: a `history.Txn` or a
-        `fs.iterator()` item.
-
-        `tid` overrides its tid (records get the same tid); `digest`
-        overrides the checksum.
-        """
+        """A whole `history.Txn` or `fs.iterator()` item; `tid` and
+        `digest` override its tid and the checksum."""
         tid = txn.tid if tid is None else tid
         return self.begin_txn(txn, tid).records(txn, tid=tid).commit(digest)
 
@@ -167,11 +142,10 @@ class Stream:
         self.begin(tid, **meta).store(oid, tid, data)
         return self.commit(digest)
 
-    # -- results -----------------------------------------------------------
     @property
     def payloads(self):
         """The framed payloads, in order."""
-        return [p for kind, p in self.frames if kind not in ('raw', 'close')]
+        return _framed(self.frames)
 
     @property
     def commits(self):
@@ -192,8 +166,7 @@ class Stream:
     def take_payloads(self):
         """The framed payloads added since the last take_payloads()."""
         taken, self._taken = self._taken, len(self.frames)
-        return [p for kind, p in self.frames[taken:]
-                if kind not in ('raw', 'close')]
+        return _framed(self.frames[taken:])
 
     def script(self):
         """The items `FakePrimary` sends: bytes, `Raw`, `CLOSE`."""
@@ -201,14 +174,14 @@ class Stream:
                 for kind, p in self.frames]
 
 
+def _framed(frames):
+    return [p for kind, p in frames if kind not in ('raw', 'close')]
+
+
 def wire(frames):
     """The bytes on the wire for `(kind, payload)` frames (see `Stream`)."""
-    parts = []
-    for kind, payload in frames:
-        if kind == 'close':
-            break
-        parts.append(payload if kind == 'raw' else frame(payload))
-    return b''.join(parts)
+    frames = itertools.takewhile(lambda f: f[0] != 'close', frames)
+    return b''.join(p if kind == 'raw' else frame(p) for kind, p in frames)
 
 
 def blob_blocks(content):
@@ -232,10 +205,8 @@ def bytewise(data):
 
 
 def replay(txns, legacy=False, tail=None):
-    """A script factory modelling a real primary: for a connection starting
-    at `start_tid`, send every transaction in `txns` whose tid is greater,
-    then call `tail(stream)` to append whatever should come next (e.g.
-    something broken).  Returns a callable(start_tid) -> frames.
+    """A script like a real primary's: callable(start_tid) -> the items
+    of every transaction of `txns` after `start_tid`, then `tail(stream)`'s.
     """
     def script(start_tid):
         stream = Stream(start_tid, legacy)
@@ -249,14 +220,9 @@ def replay(txns, legacy=False, tail=None):
 
 
 class RecordingSink:
-    """A receiver's sink (the replica writer's interface) that records its
-    calls as tuples: ('begin', tid, status, user, description, extension),
-    ('store', oid, tid, data, data_txn), ('open_blob',), ('store_blob',
-    oid, tid, data, data_txn, content, closed), ('commit', tid) and
-    ('abort', open tid or None).  `committed` lists the committed tids.
-    The call named `fail_on` raises OSError('disk full') once recorded.
-    Blob files are temporary files in `blob_dir`; `blobs` the stored ones.
-    """
+    """A receiver's sink recording its calls as (name, arguments...)
+    tuples; the call `fail_on` raises OSError('disk full').  Blob files
+    are temporary files in `blob_dir`."""
 
     def __init__(self, blob_dir=None, fail_on=None):
         self.blob_dir, self.fail_on = blob_dir, fail_on
@@ -320,11 +286,8 @@ class Connection:
 
 
 class FakePrimary:
-    """A scripted ZRS primary on 127.0.0.1.
-
-    `script` is a list (item i is the frames for connection i; connections
-    beyond the list get nothing and stay idle) or a callable(start_tid)
-    returning the frames.  Use as a context manager or call start()/stop().
+    """A ZRS primary on 127.0.0.1 sending each connection its `script`
+    (item i of a list, or a callable(start_tid)), then counting keep-alives.
     """
 
     def __init__(self, script=(), port=0, handshake_timeout=30.0):
@@ -335,13 +298,9 @@ class FakePrimary:
         self._stop = threading.Event()
         self._sockets = []
         self._threads = []
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(('127.0.0.1', port))
-        self._listener.listen(8)
+        self._listener = socket.create_server(('127.0.0.1', port), backlog=8)
         self.port = self._listener.getsockname()[1]
 
-    # -- lifecycle ---------------------------------------------------------
     def start(self):
         t = threading.Thread(target=self._accept_loop, daemon=True,
                              name='fake-primary-%s' % self.port)
@@ -357,10 +316,8 @@ class FakePrimary:
         with self._lock:
             socks = list(self._sockets)
         for s in socks:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for t in list(self._threads):
             t.join(10)
 
@@ -370,7 +327,6 @@ class FakePrimary:
     def __exit__(self, *exc):
         self.stop()
 
-    # -- inspection --------------------------------------------------------
     def wait_connections(self, n, timeout=60.0):
         """Wait until `n` connections completed their handshake."""
         deadline = time.monotonic() + timeout
@@ -391,7 +347,6 @@ class FakePrimary:
             return [c.start_tid for c in self.connections
                     if c.start_tid is not None]
 
-    # -- internals ---------------------------------------------------------
     def _accept_loop(self):
         while not self._stop.is_set():
             try:
@@ -413,9 +368,7 @@ class FakePrimary:
     def _frames_for(self, conn):
         if callable(self.script):
             return self.script(conn.start_tid)
-        if conn.index < len(self.script):
-            return self.script[conn.index]
-        return []
+        return self.script[conn.index] if conn.index < len(self.script) else []
 
     def _serve(self, sock, conn):
         try:
@@ -430,19 +383,13 @@ class FakePrimary:
                 if item is CLOSE:
                     return
                 sock.sendall(item if isinstance(item, Raw) else frame(item))
-            # Idle: read and count keep-alives until EOF or stop.
-            while True:
-                payload = reader.frame(None)
-                if payload is None:
-                    return
+            while reader.frame(None) is not None:
                 conn.keepalives += 1
         except OSError as e:
             conn.error = e
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
             with self._lock:
                 if sock in self._sockets:
                     self._sockets.remove(sock)
@@ -461,11 +408,10 @@ class _Reader:
         while len(self.buf) < n:
             if self.stop.is_set():
                 return None
-            wait = 0.1
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return None
+            wait = 0.1 if deadline is None else min(
+                0.1, deadline - time.monotonic())
+            if wait <= 0:
+                return None
             ready, _, _ = select.select([self.sock], [], [], wait)
             if not ready:
                 continue

@@ -1,33 +1,19 @@
-"""A real zc.zrs 3.1 primary for end-to-end tests, and ways to feed it.
-
-zc.zrs is never imported here: the primary runs in a subprocess, ZEO 6's
-`runzeo` with a `%import zc.zrs` config, so its reactor thread, global Twisted
-logging and atexit hooks stay out of the test process.  The test process talks
-to it only as a user would: ZEO clients on its ZEO port, and (through `Proxy`)
-the ZRS replication port.
-
-- `ZcZrsPrimary` starts/stops the primary on a FileStorage path.
-- `populate()` writes a deterministic history through a ZEO client: thousands
-  of transactions of varied sizes, extension data, user names, notes, undos
-  (including undone object creations, which replicate as `None` records).
-- `Proxy` is a TCP forwarder for the replication connection that records what
-  the secondary sent (its handshake) and can hold the primary -> secondary
-  stream after a byte budget, so a test can stop a replica half-way through
-  catch-up without relying on timing.
+"""A real zc.zrs 3.1 primary (`ZcZrsPrimary`, runzeo with `%import zc.zrs`
+in a subprocess: zc.zrs is never imported here), `populate()` (a varied
+deterministic history), `commit_change` and `Proxy`, the gated proxy.
 """
+import dataclasses
 import os
 import random
 import shutil
-import socket
-import threading
 
 import transaction
 import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from .process import (BIN, Node, eventlog_section, free_port, handshake_frames,
-                      wait_until)
+from .chaos import ChaosProxy
+from .process import Node, eventlog_section, free_port
 
 CONFIG = """\
 %%import zc.zrs
@@ -44,13 +30,8 @@ CONFIG = """\
 
 
 class ZcZrsPrimary(Node):
-    """A zc.zrs primary (`runzeo` + `<zrs replicate-to>`) in a subprocess.
-
-    `zeo_port` serves ZEO clients (writable); `repl_port` serves ZRS
-    secondaries.  Ports are picked when the object is created and kept across
-    restarts.  With `blobs`, its file storage has a `blob-dir` (zc.zrs then
-    speaks zrs2.1 to secondaries with blobs).
-    """
+    """A zc.zrs primary: ZEO (writable) on `zeo_port`, ZRS on `repl_port`;
+    with `blobs`, a `blob-dir` (zc.zrs then speaks zrs2.1)."""
 
     read_only = False
 
@@ -70,20 +51,13 @@ class ZcZrsPrimary(Node):
                     eventlog_section())
         return self.config_path
 
-    def command(self):
-        return [os.path.join(BIN, 'runzeo'), '-C', self.config_path]
-
     def ready(self):
-        # ZEO's asyncio server, then zc.zrs's Twisted port (logged by Twisted
-        # once it listens); the two come from different threads.
-        return ("listening on ('127.0.0.1', %d)" % self.zeo_port,
-                'starting on %d' % self.repl_port)
+        # ZEO's server, then zc.zrs's Twisted port (from another thread).
+        return super().ready() + ('starting on %d' % self.repl_port,)
 
     def copy_to(self, directory, name=None):
-        """A new, stopped primary on a copy of this primary's files.
-
-        The copy gets its own ports.  Copy only while this primary is stopped.
-        """
+        """A new, stopped primary (own ports) on a copy of this stopped
+        primary's files."""
         assert not self.running()
         other = ZcZrsPrimary(directory, name or self.name)
         shutil.copyfile(self.fs_path, other.fs_path)
@@ -92,22 +66,16 @@ class ZcZrsPrimary(Node):
         return other
 
 
+@dataclasses.dataclass
 class PopulateResult:
-    """What `populate()` wrote: counts and sizes (a plain record)."""
+    """What `populate()` wrote (`transactions` includes the undos)."""
 
-    def __init__(self):
-        self.transactions = 0       # commits made by populate (undos included)
-        self.undos = 0
-        self.creation_undos = 0     # undos that removed object creations
-        self.objects = 0            # objects created
-        self.payload_bytes = 0      # bytes of payload stored in objects
-        self.last_tid = None
-
-    def __repr__(self):
-        return ('PopulateResult(transactions=%d, undos=%d, creation_undos=%d,'
-                ' objects=%d, payload_bytes=%d)' % (
-                    self.transactions, self.undos, self.creation_undos,
-                    self.objects, self.payload_bytes))
+    transactions: int = 0
+    undos: int = 0
+    creation_undos: int = 0     # undos that removed object creations
+    objects: int = 0            # objects created
+    payload_bytes: int = 0
+    last_tid: bytes = dataclasses.field(default=None, repr=False)
 
 
 def _payload_size(rng):
@@ -125,17 +93,9 @@ NOTES = ['edit', 'bulk import', 'fix typo', 'café ✓ résumé', 'nightly job']
 
 
 def populate(address, transactions=3000, seed=20240611, undo_every=250):
-    """Commit a deterministic history through a real ZEO client.
-
-    `address` is the primary's ZEO (host, port).  Each transaction touches
-    1-10 objects (new or existing `PersistentMapping`s kept in an `OOBTree`
-    under the root) with payloads from tens of bytes to ~24 KB.  About a
-    third of the transactions carry a user, a note and extension data.
-    Every `undo_every` transactions the last transaction is undone; every
-    other one of those undoes a transaction that created objects.
-
-    Returns a `PopulateResult`.
-    """
+    """Commit a deterministic history to the ZEO server at `address`:
+    1-10 objects of up to ~24 KB a transaction, a third with metadata,
+    every `undo_every`-th undone (every other one a creation)."""
     rng = random.Random(seed)
     result = PopulateResult()
     db = ZEO.DB(address)
@@ -150,17 +110,6 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
         tm.commit()
         result.transactions += 1
         next_key = 0
-
-        def undo_last():
-            # DB.undo joins the current transaction of the connection's
-            # manager; the undo is committed like any other transaction.
-            tm.begin()
-            undo_id = db.undoLog(0, 1)[0]['id']
-            db.undo(undo_id, tm.get())
-            tm.get().note('undo')
-            tm.commit()
-            result.undos += 1
-            result.transactions += 1
 
         for i in range(1, transactions + 1):
             is_undo_slot = undo_every and i % undo_every == 0
@@ -196,11 +145,15 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
             tm.commit()
             result.transactions += 1
             if is_undo_slot:
-                undo_last()
+                tm.begin()
+                db.undo(db.undoLog(0, 1)[0]['id'], tm.get())
+                tm.get().note('undo')
+                tm.commit()
+                result.undos += 1
+                result.transactions += 1
                 if creating:
                     result.creation_undos += 1
-                # The undo may have removed keys from the tree (undone
-                # creations); continue numbering after what exists.
+                # Undone creations removed keys: number after what is left.
                 tm.begin()
                 next_key = (items.maxKey() + 1) if len(items) else 0
                 tm.abort()
@@ -229,145 +182,4 @@ def commit_change(address, key, value):
         db.close()
 
 
-class _Link:
-    """One proxied connection: secondary <-> proxy <-> primary."""
-
-    def __init__(self, downstream, upstream, hold_after):
-        self.downstream = downstream
-        self.upstream = upstream
-        self.hold_after = hold_after
-        self.sent = bytearray()       # what the secondary sent
-        self.forwarded = 0            # primary -> secondary bytes
-        self.held = threading.Event()
-        self.released = threading.Event()
-        self.closed = threading.Event()
-        self._lock = threading.Lock()
-        for target, name in ((self._pump_up, 'proxy-up'),
-                             (self._pump_down, 'proxy-down')):
-            threading.Thread(target=target, daemon=True, name=name).start()
-
-    def _pump_up(self):
-        try:
-            while True:
-                data = self.downstream.recv(65536)
-                if not data:
-                    break
-                with self._lock:
-                    self.sent += data
-                self.upstream.sendall(data)
-        except OSError:
-            pass
-        self.close()
-
-    def _pump_down(self):
-        try:
-            while True:
-                size = 65536
-                if self.hold_after is not None \
-                        and not self.released.is_set():
-                    budget = self.hold_after - self.forwarded
-                    if budget <= 0:
-                        # Hold: leave the primary's data unread until
-                        # release() (or close()); the connection stays open.
-                        self.held.set()
-                        self.released.wait()
-                        continue
-                    size = min(size, budget)
-                data = self.upstream.recv(size)
-                if not data:
-                    # The primary half-closed (a clean stop): pass it on;
-                    # the link ends when the secondary closes (_pump_up).
-                    self.downstream.shutdown(socket.SHUT_WR)
-                    return
-                self.downstream.sendall(data)
-                self.forwarded += len(data)
-        except OSError:
-            pass
-        self.close()
-
-    def handshake(self):
-        """(protocol name, start tid) the secondary sent, or None yet."""
-        with self._lock:
-            data = bytes(self.sent)
-        return handshake_frames(data)
-
-    def release(self):
-        self.released.set()
-
-    def close(self):
-        with self._lock:
-            if self.closed.is_set():
-                return
-            self.closed.set()
-        self.released.set()
-        for s in (self.downstream, self.upstream):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-
-class Proxy:
-    """A TCP forwarder on 127.0.0.1 in front of a ZRS primary's port.
-
-    While `hold_after` is set, each new connection forwards that many
-    primary -> secondary bytes, then holds the stream (the primary's data
-    stays unread; the connection stays open) until `release()`, which also
-    lets later connections through.  `links` lists the connections in
-    accept order.
-    """
-
-    def __init__(self, target_port, hold_after=None):
-        self.target_port = target_port
-        self.hold_after = hold_after
-        self.links = []
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(('127.0.0.1', 0))
-        self._listener.listen(8)
-        self.port = self._listener.getsockname()[1]
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True,
-                         name='proxy-accept').start()
-
-    def _accept(self):
-        while True:
-            try:
-                downstream, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._closed:
-                downstream.close()
-                return
-            try:
-                upstream = socket.create_connection(
-                    ('127.0.0.1', self.target_port))
-            except OSError:
-                downstream.close()
-                continue
-            self.links.append(_Link(downstream, upstream, self.hold_after))
-
-    def wait_for_link(self, index, timeout=60.0):
-        """The `index`-th accepted connection, once its handshake arrived."""
-        wait_until(lambda: len(self.links) > index
-                   and self.links[index].handshake() is not None,
-                   timeout, message='ZRS handshake on proxied connection %d'
-                   % index)
-        return self.links[index]
-
-    def release(self):
-        """Let held connections, and later ones, through."""
-        self.hold_after = None
-        for link in list(self.links):
-            link.release()
-
-    def close(self):
-        self._closed = True
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._listener.close()
-        for link in list(self.links):
-            link.close()
+Proxy = ChaosProxy   # with `hold_after`: the gated proxy

@@ -1,19 +1,5 @@
-"""zrsd processes in the three roles, a gated TCP proxy and comparisons.
-
-- `ZrsdNode` writes a zrsd config for a primary (`replicate-to`), a replica
-  (`replicate-from`) or a cascade replica (both), starts and stops the
-  process, and waits until the node's ZEO `lastTransaction()` is a given tid.
-- `GatedProxy` (`zczrs.Proxy`) sits in front of a ZRS port: it forwards a
-  byte budget of the primary -> secondary stream, then holds it (the
-  primary's data stays unread, so its streamer is paused by back-pressure)
-  until `release()`; the held connection survives the release.
-- `Writer` commits small transactions to a node from a thread (the load
-  of failover, pack and drill scenarios).
-- `commit_blobs`, `undo_last`, `current_blobs` and `blob_files` write and
-  read blobs through a ZEO DB and compare servers' blob directories.
-- `assert_same_after_pack` compares a replica with a primary that packed
-  after the replica received part of its history, transaction by
-  transaction with `same_after_pack` (the torture's judge uses it too).
+"""zrsd nodes (`ZrsdNode`, `RunzeoNode`, `PlainZeoNode`) and their config,
+`Writer` (a committing thread), memory sampling and blob helpers.
 """
 import contextlib
 import hashlib
@@ -28,7 +14,7 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
-from .process import BIN, LOG_FORMAT, Node, eventlog_section, free_port
+from .process import LOG_FORMAT, Node, eventlog_section, free_port
 from .zczrs import Proxy
 
 MB = 1024.0 * 1024.0
@@ -51,52 +37,30 @@ def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
                 log_level='INFO', header=''):
     """The one zrsd config of the tests: one `<zrs 1>` section.
 
-    `replicate_from` / `replicate_to` are ports on 127.0.0.1: only `to` is a
-    primary, only `from` a replica, both a cascade.  Secondaries reconnect
-    quickly (0.1 s, at most 1 s) so restarts upstream do not slow tests.
-    `zrs_lines` (e.g. `  pack refuse\n`, an `<ssl>` section) go into the
-    `<zrs 1>` section, `zeo_lines` (e.g. `  serve-empty on\n`) into
-    `<zeo>`; `sections` (e.g. a `<monitor>`) before the `<eventlog>`, which
-    logs at `log_level` to `log_file`; `header` (e.g. `%import zrsd\n`,
-    for runzeo) opens the file.
+    `replicate_from` / `replicate_to` are ports on 127.0.0.1 (a replica
+    reconnects within 0.1-1 s).  `zrs_lines` go into `<zrs 1>`,
+    `zeo_lines` into `<zeo>`, `sections` before the `<eventlog>`, `header`
+    (e.g. `%import zrsd\n`) first.
     """
+    links = ''
+    if replicate_from is not None:
+        links += ('  replicate-from 127.0.0.1:%d\n'
+                  '  reconnect-delay 0.1\n'
+                  '  max-reconnect-delay 1\n' % replicate_from)
+    if replicate_to:
+        links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
     return CONFIG % dict(
         zeo_port=zeo_port, fs_path=fs_path, header=header,
-        links=links(replicate_from, replicate_to) + zrs_lines,
-        blob=blob_line(blob_dir), sections=sections,
-        zeo_lines=zeo_lines) + eventlog_section(log_format, log_file,
-                                                log_level)
+        links=links + zrs_lines, sections=sections, zeo_lines=zeo_lines,
+        blob='    blob-dir %s\n' % blob_dir if blob_dir else '',
+    ) + eventlog_section(log_format, log_file, log_level)
 
 
 def write_config(path, zeo_port, fs_path, **options):
-    """Write `config_text(zeo_port, fs_path, **options)` to `path`;
-    returns `path`."""
+    """Write `config_text(zeo_port, fs_path, **options)` to `path`."""
     with open(path, 'w') as f:
         f.write(config_text(zeo_port, fs_path, **options))
     return path
-
-
-def links(replicate_from=None, replicate_to=None):
-    """The replicate-from/-to lines of a test `<zrs>` section (ports on
-    127.0.0.1; secondaries reconnect quickly)."""
-    text = ''
-    if replicate_from is not None:
-        text += ('  replicate-from 127.0.0.1:%d\n'
-                 '  reconnect-delay 0.1\n'
-                 '  max-reconnect-delay 1\n' % replicate_from)
-    if replicate_to:
-        text += '  replicate-to 127.0.0.1:%d\n' % replicate_to
-    return text
-
-
-def blob_line(blob_dir):
-    """The blob-dir line of a test `<filestorage>`, if any."""
-    return '    blob-dir %s\n' % blob_dir if blob_dir else ''
-
-
-def monitor_section(port):
-    """A `<monitor>` section for `sections`."""
-    return '<monitor>\n  address 127.0.0.1:%d\n</monitor>\n' % port
 
 
 def ssl_lines(cert, key, ca, extra=''):
@@ -106,23 +70,15 @@ def ssl_lines(cert, key, ca, extra=''):
 
 
 class ZrsdNode(Node):
-    """One zrsd process serving storage `1` from `directory/NAME.fs`.
+    """A zrsd process replicating from port `upstream` (None: a primary),
+    serving ZRS on `repl_port` if `serve` (default: a primary), the monitor
+    on `monitor_port` if `monitor`; `options` set the attributes below."""
 
-    `upstream`: the ZRS port to replicate from (None for a primary);
-    `serve`: also serve ZRS to secondaries on `repl_port` (always for a
-    primary); `monitor`: serve the `<monitor>` endpoint on
-    `monitor_port`.  Ports are chosen once and kept across restarts.
-    `options` set the config's extras (`zrs_lines`, `zeo_lines`, `sections`,
-    `log_format`, `log_file`, `log_level`; see `config_text`) and `env`.
-    """
-
-    zrs_lines = ''  # more lines of its <zrs> section (config_text)
-    zeo_lines = ''  # more lines of its <zeo> section
-    log_format = LOG_FORMAT  # e.g. `%(created).6f` stamps (the benchmark)
+    program = 'zrsd'
+    zrs_lines = zeo_lines = sections = header = ''
+    log_format = LOG_FORMAT
     log_file = 'STDOUT'
     log_level = 'INFO'
-    sections = ''   # more sections of its config, e.g. a <monitor>
-    header = ''
 
     def __init__(self, directory, name, upstream=None, serve=None,
                  blobs=False, register=None, monitor=False, **options):
@@ -145,25 +101,20 @@ class ZrsdNode(Node):
         return 'cascade' if self.repl_port else 'replica'
 
     def write_config(self):
-        """Write the config of the node's current role; returns its path
-        (`start` writes it too; e.g. `zrsd-rewind` reads it unstarted)."""
+        """Write the config of the node's current role; returns its path."""
         return write_config(
             self.config_path, self.zeo_port, self.fs_path,
             replicate_from=self.upstream, replicate_to=self.repl_port,
             blob_dir=self.blob_dir, zrs_lines=self.zrs_lines,
             zeo_lines=self.zeo_lines, sections=self.sections + (
-                monitor_section(self.monitor_port)
-                if self.monitor_port else ''),
+                '<monitor>\n  address 127.0.0.1:%d\n</monitor>\n'
+                % self.monitor_port if self.monitor_port else ''),
             log_format=self.log_format, log_file=self.log_file,
             log_level=self.log_level, header=self.header)
 
-    def command(self):
-        return [os.path.join(BIN, 'zrsd'), '-C', self.config_path]
-
     def ready(self):
-        """Serving ZEO (an empty replica does so only once its first
-        transaction arrived: `launch` does not wait), ZRS if it serves
-        secondaries, the monitor if it has one."""
+        """ZEO (an empty replica's only once its first transaction came:
+        `launch` does not wait), ZRS if served, the monitor if any."""
         return ((' over ZEO at ',) +
                 (('serving ZRS to secondaries',) if self.repl_port else ()) +
                 (('monitoring at',) if self.monitor_port else ()))
@@ -177,9 +128,7 @@ class RunzeoNode(ZrsdNode):
     """zrsd's `<zrs>` section inside plain ZEO: runzeo with `%import zrsd`."""
 
     header = '%import zrsd\n'
-
-    def command(self):
-        return [os.path.join(BIN, 'runzeo'), '-C', self.config_path]
+    program = 'runzeo'
 
     def ready(self):
         return ('listening on',)
@@ -198,26 +147,14 @@ class PlainZeoNode(Node):
                         self.zeo_port, self.fs_path) + eventlog_section())
         return self.config_path
 
-    def command(self):
-        return [os.path.join(BIN, 'runzeo'), '-C', self.config_path]
-
-    def ready(self):
-        return ("listening on ('127.0.0.1', %d)" % self.zeo_port,)
-
 
 class Writer:
-    """Commits small transactions to one node through ZEO, in a thread, as
-    fast as the node takes them, until stopped or until a commit fails
-    (the node stopped): `tids` are the commits it saw succeed, `error`
-    the exception that ended it.  `pause()` returns once the writer is
-    between two transactions; `resume()` lets it go on.  With a
-    `blob_cache`, every fifth transaction also writes a blob.
-    A subclass may commit other transactions (`_commit`); `db` is the
-    writer's ZEO DB once its thread runs.
-    """
+    """Commits small transactions to a node from a thread until stopped or
+    a commit fails: `tids` succeeded, `error` ended it.  `pause()` returns
+    between two transactions.  With a `blob_cache`, every fifth writes a
+    blob."""
 
-    # A short wait: a commit fails soon after the node went away.
-    wait_timeout = 1
+    wait_timeout = 1    # a commit fails soon after the node went away
 
     def __init__(self, node, name='writer', blob_cache=None, size=1000):
         self.node = node
@@ -288,10 +225,7 @@ class Writer:
     def _commit(self, tm, conn):
         count = len(self.tids)
         tm.begin()
-        root = conn.root()
-        items = root.get(self.name)
-        if items is None:
-            items = root[self.name] = OOBTree()
+        items = conn.root().setdefault(self.name, OOBTree())
         key = 'item-%02d' % (count % 40)
         if key not in items:
             items[key] = PersistentMapping()
@@ -314,23 +248,17 @@ class Writer:
 
 def process_memory(pid):
     """(VmRSS, VmHWM) of `pid` in bytes from /proc, or None."""
-    values = {}
     try:
         with open('/proc/%d/status' % pid) as f:
-            for line in f:
-                key, _, rest = line.partition(':')
-                if key in ('VmRSS', 'VmHWM'):
-                    values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError):
+            values = dict(line.partition(':')[::2] for line in f)
+        return tuple(int(values[key].split()[0]) * 1024
+                     for key in ('VmRSS', 'VmHWM'))
+    except (OSError, ValueError, KeyError, IndexError):
         return None
-    if len(values) != 2:
-        return None
-    return values['VmRSS'], values['VmHWM']
 
 
 class MemorySampler:
-    """Samples a process's RSS in a thread until stopped (a measurement
-    helper: nothing waits on it)."""
+    """Samples a process's RSS in a thread until the `with` ends."""
 
     def __init__(self, pid, interval=0.01):
         self.pid = pid
@@ -374,8 +302,8 @@ def blob_db(node, cache_dir, **kw):
 
 @contextlib.contextmanager
 def opened(db):
-    """(transaction manager, root) of a new connection of `db`; the
-    transaction is aborted and the connection closed at the end."""
+    """(transaction manager, root) of a new connection of `db`, aborted
+    and closed at the end."""
     tm = transaction.TransactionManager()
     conn = db.open(tm)
     try:
@@ -431,8 +359,7 @@ def sha256_file(path, chunk=1 << 20):
 
 
 def blob_files(blob_dir):
-    """{relative path: sha256} of a server's blob files, without its
-    scratch directory `tmp/` (uncommitted uploads)."""
+    """{relative path: sha256} of a server's blob files, but `tmp/`."""
     result = {}
     for directory, dirs, files in os.walk(blob_dir):
         if directory == blob_dir and 'tmp' in dirs:
@@ -443,5 +370,4 @@ def blob_files(blob_dir):
     return result
 
 
-# The gated proxy of these tests is zczrs.Proxy (hold_after, release).
-GatedProxy = Proxy
+GatedProxy = Proxy   # forwards `hold_after` bytes, then holds until release
