@@ -6,9 +6,11 @@ from here.
   every kind of node.
 - `zrsd_nodes`: `ZrsdNode`, `RunzeoNode`, `PlainZeoNode`, the zrsd
   config, `Writer`, `MemorySampler`, blob helpers.
-- `zczrs`: a zc.zrs 3.1 primary, `populate`, `Proxy` (gated TCP proxy).
+- `zczrs`: a zc.zrs 3.1 primary, `populate`, and `Proxy`, another name
+  for `chaos.ChaosProxy` used as a gated proxy (`hold_after`, `release`).
 - `peers`: a zc.zrs 3.1 secondary on ZODB 5.5.1 in its own virtualenv.
-- `chaos`: `ChaosProxy`, which cuts, stalls and throttles a link.
+- `chaos`: `ChaosProxy`, the one TCP proxy: it cuts, stalls, throttles
+  and holds links.
 - `stream`: `Stream` (what a primary sends) and `FakePrimary`.
 - `history`: FileStorage histories (`transactions`) and the pack oracle.
 - `certs`: a throw-away certificate authority for the TLS tests.
