@@ -1,5 +1,8 @@
 """When the ZEO port opens: after a replica's first transaction (read-only
 clients cannot open a DB on an empty storage), unless `serve-empty`."""
+import socket
+
+import pytest
 import ZODB
 
 from harness.process import free_port, port_open
@@ -44,3 +47,19 @@ def test_serve_empty_opens_at_once_and_sigterm_while_waiting(tmp_path,
     eager.stop()
     assert 'stopping (SIGTERM)' in waiting.log()
     assert SERVING not in waiting.log()
+
+
+@pytest.mark.parametrize('taken', ['zeo_port', 'repl_port'])
+def test_an_address_in_use_is_one_line(tmp_path, processes, taken):
+    """An address in use stops zrsd with status 1 and one CRITICAL line
+    naming what it serves there, the address and why: no traceback."""
+    node = ZrsdNode(tmp_path, 'primary', register=processes)
+    with socket.create_server(('127.0.0.1', getattr(node, taken))):
+        node.launch()
+        assert node.process.popen.wait(60) == 1
+    what = 'ZEO clients' if taken == 'zeo_port' else 'ZRS secondaries'
+    assert [line.split(' CRITICAL ')[1] for line in node.log().splitlines()
+            if ' CRITICAL ' in line] == [
+        'zrsd zrsd failed: cannot listen for %s at 127.0.0.1:%d: Address '
+        'already in use' % (what, getattr(node, taken))]
+    assert 'Traceback' not in node.log()

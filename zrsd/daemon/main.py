@@ -29,6 +29,7 @@ from zrsd.daemon.replication import Replication
 from zrsd.daemon.reactor import ReactorThread
 from zrsd.daemon import zeoserver
 from zrsd.daemon.zeoserver import create_server, replace_storage
+from zrsd.network.sockets import ListenError, format_address
 
 logger = logging.getLogger('zrsd')
 
@@ -103,6 +104,9 @@ class Daemon:
         except disk.StorageFailure as failure:
             disk.log_failure(failure)
             self.exit_status = EXIT_FAILURE
+        except ListenError as exc:
+            logger.critical('zrsd failed: %s', exc)
+            self.exit_status = EXIT_FAILURE
         except Exception:
             logger.critical('zrsd failed', exc_info=True)
             self.exit_status = EXIT_FAILURE
@@ -150,6 +154,9 @@ class Daemon:
             gate.acquire()
         try:
             self.server = create_server(self.config.zeo, self.storages)
+        except OSError as exc:
+            raise ListenError('ZEO clients', format_address(
+                self.config.zeo.address.address), exc) from None
         finally:
             for gate in gates:
                 gate.release()

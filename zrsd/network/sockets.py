@@ -1,6 +1,7 @@
 """Socket options and address formatting shared by client and server."""
 import array
 import fcntl
+import os
 import re
 import socket
 import termios
@@ -61,6 +62,20 @@ def parse_address(text):
     if text.isdigit():
         return socket.AF_INET, ('127.0.0.1', int(text))
     return socket.AF_UNIX, text
+
+
+class ListenError(Exception):
+    """An address to serve at cannot be listened at (in use, say)."""
+
+    def __init__(self, what, where, error):
+        super().__init__(what, where, error)
+        self.what, self.where, self.error = what, where, error
+
+    def __str__(self):
+        errno = getattr(self.error, 'errno', None)
+        reason = os.strerror(errno) if errno else str(self.error)
+        return 'cannot listen for %s at %s: %s' % (self.what, self.where,
+                                                   reason)
 
 
 def format_address(address):

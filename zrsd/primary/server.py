@@ -10,12 +10,13 @@ import logging
 
 import zope.interface
 from twisted.internet import defer, interfaces, protocol, task
+from twisted.internet.error import CannotListenError
 
 from zrsd import protocol as zrs
 from zrsd.network.factory import ProtocolFactory
 from zrsd.network.retry import RepeatLimiter
-from zrsd.network.sockets import (format_address, is_tls_failure,
-                                  tcp_socket, tune_socket)
+from zrsd.network.sockets import (ListenError, format_address,
+                                  is_tls_failure, tcp_socket, tune_socket)
 from zrsd.primary.history import HistoryMismatch, TidIndex
 from zrsd.primary.streamer import PackedUnderfoot, Streamer
 from zrsd.tids import describe_tid
@@ -278,7 +279,13 @@ class PrimaryServer:
         self.port = None
 
     def start(self):
-        factory = ProtocolFactory(lambda: PrimaryProtocol(self))
+        try:
+            self._listen(ProtocolFactory(lambda: PrimaryProtocol(self)))
+        except CannotListenError as exc:
+            raise ListenError('ZRS secondaries', format_address(
+                self.address), exc.socketError) from None
+
+    def _listen(self, factory):
         if isinstance(self.address, str):
             self.port = self.reactor.listenUNIX(self.address, factory)
         elif self.tls is not None:
