@@ -275,3 +275,21 @@ def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
     db.close()
     data = str(tmp_path / 'Data.fs')
     assert fsyncs.index(data + '.pack') < fsyncs.index(str(tmp_path))
+
+
+def test_a_promoted_replica_packs_durably_whatever_its_pack_policy(
+        tmp_path, fsyncs):
+    """A replica with `pack refuse`, promoted, packs as a primary does:
+    the packed file is fsynced before the switch."""
+    source, _ = build_source(str(tmp_path), blobs=0)
+    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs')), pack='refuse')
+    replicate(replica.writer, transactions(source))
+    db = ZODB.DB(PrimaryStorage.promoted(replica))
+    for i in range(3):
+        with db.transaction() as conn:
+            conn.root()['x'] = i
+    fsyncs.clear()
+    db.pack(time.time() + 1)
+    db.close()
+    assert str(tmp_path / 'Data.fs.pack') in fsyncs

@@ -37,17 +37,15 @@ def recover_last_transaction(fs):
     return tid
 
 
-def make_packs_durable(fs, before_switch=None):
+def make_packs_durable(fs):
     """FileStorage replaces its data file with the packed one without an
-    fsync: make `fs`'s packs fsync the packed file first.  The packer
-    returns holding the commit lock; `before_switch()` runs then too."""
+    fsync: make `fs`'s packs fsync the packed file first (the packer
+    returns holding the commit lock, released here on failure)."""
 
     def packer_then_fsync(packer, storage, referencesf, stop, gc):
         result = packer(storage, referencesf, stop, gc)
         if result is not None:
             try:
-                if before_switch is not None:
-                    before_switch()
                 disk.fsync_path(internals.file_name(storage) + '.pack',
                                 'syncing the packed file')
             except BaseException:
@@ -129,7 +127,7 @@ class PrimaryStorage:
         secondaries keep following."""
         replica.writer.detach()
         storage = cls(replica.file_storage, commits=replica.commits,
-                      durable_packs=False)     # the replica's are already
+                      durable_packs=False)  # a replica's packs are already
         storage.before_close = replica.before_close
         return storage
 

@@ -142,10 +142,8 @@ class ReplicaStorage:
         self._fs = fs
         self._db = None
         self.pack_policy = pack  # the <zrs> key: allow or refuse
-        if pack == 'allow':
-            # Publishing before the switch leaves nothing pending in the
-            # old file's positions (nothing commits until it).
-            make_packs_durable(fs, before_switch=lambda: self.writer.sync())
+        # Whatever the policy: a promoted replica packs as a primary.
+        make_packs_durable(fs)
         for name in _READ_METHODS:
             setattr(self, name, getattr(fs, name))
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
@@ -281,7 +279,9 @@ class ReplicaStorage:
                     stop, size)
         started = time.monotonic()
         # FileStorage's packer stops at a transaction whose status is
-        # still 'c' (a deferred group commit): none while it runs.
+        # still 'c' (a deferred group commit): none while it runs, every
+        # commit is synced and published at once, so nothing is pending
+        # in the old file's positions when the files switch.
         self.writer.packing = True
         try:
             self.writer.sync()
