@@ -5,12 +5,14 @@ secondary has been shown is on this node's disk.  A transaction with blobs
 is made durable in this order, so that a power loss at any point leaves a
 consistent state:
 
-1. each blob file (fsync), once FileStorage has moved it into the blob
-   directory at vote, and every directory on its path up to the blob
-   directory's root (fsync: the new names);
-2. then the transaction's commit in Data.fs (FileStorage writes its status
-   byte at `tpc_finish`; the data file is fsynced then, or with its group
-   during a catch-up);
+1. after the vote, each blob file (fsync; FileStorage moved it into the
+   blob directory when it was stored), and every directory on its path up
+   to the blob directory's root (fsync: the new names);
+2. then the transaction's commit in Data.fs: on a replica the data,
+   written with status 'c', is synced before the status byte that commits
+   it is written and synced (`internals.ReplicaCommitPath`, at once or
+   with its group during a catch-up); a primary keeps FileStorage's own
+   commit (status byte, then one fsync);
 3. only then is the transaction published: ZEO's invalidations, the
    replica's `lastTransaction()`, what its own secondaries are sent.
 

@@ -3,9 +3,11 @@
 zrsd relies on a few things that ZODB's FileStorage and ZEO's
 StorageServer do not offer as an interface: the committed end of the file
 and the file object (to stream committed transactions and notice a pack),
-FileStorage's last step of a commit (to make the fsync optional during a
-catch-up), its temporary transaction file, its packer hook and commit
-lock, and ZEO's per-storage client lists and invalidation queue.  Nothing
+FileStorage's last step of a commit (a replica writes the status byte only
+once the data is synced, per transaction or per group), its temporary
+transaction file, its recovery scan (to cut a damaged tail), its blob
+helper, its packer hook and commit lock, the files of a half-built
+FileStorage, and ZEO's per-storage client lists and invalidation queue.  Nothing
 else in zrsd touches a `_private` name of ZODB or ZEO: upgrading either is
 a review of this module against the new release.
 
@@ -193,7 +195,7 @@ class _DiskFailure(logging.Filter):
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
         return not (str(record.msg).startswith(self.MESSAGES)
-                    and isinstance(exc, (OSError, disk.StorageFailure)))
+                    and isinstance(exc, OSError))
 
 
 logging.getLogger('ZODB.FileStorage').addFilter(_DiskFailure())
