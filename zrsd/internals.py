@@ -7,9 +7,9 @@ FileStorage's last step of a commit (a replica writes the status byte only
 once the data is synced, per transaction or per group), its temporary
 transaction file, its recovery scan (to cut a damaged tail), its blob
 helper, its packer hook and commit lock, the files of a half-built
-FileStorage, and ZEO's per-storage client lists and invalidation queue.  Nothing
-else in zrsd touches a `_private` name of ZODB or ZEO: upgrading either is
-a review of this module against the new release.
+FileStorage, and ZEO's per-storage client lists and invalidation queue.
+Nothing else in zrsd touches a `_private` name of ZODB or ZEO: upgrading
+either is a review of this module against the new release.
 
 At import, the installed ZODB and ZEO versions are compared with those this
 module was verified against (`VERIFIED`); another version logs a WARNING
