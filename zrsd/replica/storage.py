@@ -327,9 +327,9 @@ class ReplicaWriter:
         self._blob_files = []
         self._name = internals.file_name(fs)
         # Group commit: while `defer_sync` is set, commits skip the fsync
-        # and whoever set it calls `sync()` (see zrsd.replica.client).  A power
-        # loss then costs transactions the primary sends again; a crash of
-        # the process costs nothing (the data is in the page cache).
+        # and whoever set it calls `sync()` (see zrsd.replica.client).  A
+        # crash (of the process or the machine) then costs the group's
+        # transactions, never published, which the primary sends again.
         self.defer_sync = False
         self.packing = False        # a pack runs: no deferred commits
         self.unsynced_since = None  # time.monotonic() of the first unsynced
@@ -372,16 +372,12 @@ class ReplicaWriter:
 
     def sync(self):
         """Make every committed transaction durable (fsync), if needed, and
-        publish them.  Any thread (a pack calls it too)."""
-        if self.failure is not None:
-            raise self.failure   # never retry a failed fsync
+        publish them.  Any thread (a pack calls it too).  After a failure
+        it raises that failure again: a failed sync is never retried."""
         with internals.storage_lock(self._fs):
-            if self.unsynced:
-                try:
+            if self.unsynced or self.failure is not None:
+                with self._writing('committing transactions'):
                     self._commit_path.sync()
-                except disk.StorageFailure as failure:
-                    self.storage_failed(failure)
-                    raise
             self.unsynced_since = None
             self._publish()
 
