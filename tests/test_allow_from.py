@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from zrsd.primary.server import PrimaryServer
+from zrsd.primary.server import PrimaryServer, ServerSettings
 
 NETWORKS = ('10.0.0.0/8', '2001:db8::/32')
 
@@ -26,6 +26,6 @@ NETWORKS = ('10.0.0.0/8', '2001:db8::/32')
 ])
 def test_peers_against_networks(networks, host, allowed):
     server = PrimaryServer('1', storage=None, address=('::', 0), reactor=None,
-                           allowed_networks=[ipaddress.ip_network(n)
-                                             for n in networks])
+                           settings=ServerSettings(allowed_networks=tuple(
+                               ipaddress.ip_network(n) for n in networks)))
     assert server.allows(host) is allowed

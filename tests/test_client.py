@@ -17,7 +17,8 @@ from ZODB.utils import p64, z64
 
 from zrsd.replica import client
 from zrsd import protocol as zrs
-from zrsd.replica.client import ReplicationClient, SecondaryProtocol
+from zrsd.replica.client import (LinkSettings, ReplicationClient,
+                                 SecondaryProtocol)
 from zrsd.network.sockets import pending_bytes
 
 from harness.process import wait_until
@@ -93,12 +94,10 @@ class Setup:
         self.attempts = []  # [(factory, deferred)]
         self.storage = FakeStorage(last, fail_on)
         self.commits = []
-        kw.setdefault('keep_alive_delay', 60)
-        kw.setdefault('reconnect_delay', 1.0)
-        kw.setdefault('max_reconnect_delay', 60.0)
         self.client = ReplicationClient(
             '1', self.storage, ('primary.example.com', 5000), self, self.clock,
-            on_commit=lambda tid, n: self.commits.append(tid), **kw)
+            LinkSettings(**kw),
+            on_commit=lambda tid, n: self.commits.append(tid))
 
     def connect(self, factory):
         self.attempts.append((factory, defer.Deferred()))

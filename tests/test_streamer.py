@@ -20,7 +20,7 @@ from harness.stream import message
 from zrsd import protocol
 from zrsd.primary.history import SLICE, TidIndex
 from zrsd.primary.storage import CommitNotifier
-from zrsd.primary.streamer import Streamer
+from zrsd.primary.streamer import Source, Streamer
 
 MODULE = 'zrsd_test_module_that_does_not_exist'
 # {'k': MODULE.Thing()}, as ZODB pickles an extension (protocol 3).
@@ -45,7 +45,7 @@ def stream_all(fs):
         outcome.append(error)
         ended.set()
 
-    streamer = Streamer(fs, CommitNotifier(), TidIndex(), z64,
+    streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64,
                         lambda chunks: payloads.extend(chunks[1::2]), done,
                         name='test')   # chunks: [length, payload, ...]
     streamer.finish()       # end once everything committed is sent
@@ -111,8 +111,9 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
             streamer.written()
 
     written = [0]
-    streamer = Streamer(fs, CommitNotifier(), TidIndex(), z64, send,
-                        lambda error: ended.set(), name='test', in_flight=2)
+    streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64,
+                        send, lambda error: ended.set(), name='test',
+                        in_flight=2)
     consumer = threading.Thread(target=deliver)
     consumer.start()
     streamer.finish()

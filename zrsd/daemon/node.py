@@ -18,9 +18,10 @@ from ZODB.utils import z64
 from zrsd import disk
 from zrsd.daemon import promotion
 from zrsd import protocol
-from zrsd.replica.client import ReplicationClient, tcp_endpoint
+from zrsd.replica.client import (LinkSettings, ReplicationClient,
+                                 tcp_endpoint)
 from zrsd.daemon.progress import Progress, tid_time
-from zrsd.primary.server import PrimaryServer
+from zrsd.primary.server import PrimaryServer, ServerSettings
 from zrsd.network.sockets import format_address
 from zrsd.primary.storage import PrimaryStorage
 from zrsd.replica.storage import ReplicaStorage, open_replica_file
@@ -120,24 +121,26 @@ class Node:
         if zrs.replicate_to is not None:
             self.server = PrimaryServer(
                 self.name, self.storage, zrs.replicate_to, reactor,
-                handshake_timeout=section.handshake_timeout,
-                tls=zrs.tls, allowed_networks=zrs.allowed_networks,
-                max_secondaries=section.max_secondaries)
+                ServerSettings(
+                    handshake_timeout=section.handshake_timeout,
+                    tls=zrs.tls,
+                    allowed_networks=tuple(zrs.allowed_networks),
+                    max_secondaries=section.max_secondaries))
             self.server.start()
         if self.replicating:
             self.client = ReplicationClient(
                 self.name, self.storage, zrs.replicate_from,
                 tcp_endpoint(reactor, zrs.replicate_from, tls=zrs.tls),
-                reactor,
-                protocol_name=(protocol.PROTOCOL_2_1
-                               if self.storage.has_blobs
-                               else protocol.PROTOCOL_2_0),
-                decoder=zrs.decoder(),
-                check_checksums=section.check_checksums,
-                max_frame=section.max_message_size,
-                keep_alive_delay=section.keep_alive_delay,
-                reconnect_delay=section.reconnect_delay,
-                max_reconnect_delay=section.max_reconnect_delay,
+                reactor, LinkSettings(
+                    protocol_name=(protocol.PROTOCOL_2_1
+                                   if self.storage.has_blobs
+                                   else protocol.PROTOCOL_2_0),
+                    decoder=zrs.decoder(),
+                    check_checksums=section.check_checksums,
+                    max_frame=section.max_message_size,
+                    keep_alive_delay=section.keep_alive_delay,
+                    reconnect_delay=section.reconnect_delay,
+                    max_reconnect_delay=section.max_reconnect_delay),
                 on_commit=self.progress.committed)
             self.client.start()
             self._ticker = task.LoopingCall(self.progress.tick)

@@ -4,6 +4,7 @@ start a `zrsd.primary.streamer.Streamer` for each and apply back-pressure.
 Everything here runs in the reactor thread, except the streamer callbacks
 `_send` and `_streamer_done`, which hop over with `callFromThread`.
 """
+import dataclasses
 import enum
 import ipaddress
 import logging
@@ -18,7 +19,7 @@ from zrsd.network.retry import RepeatLimiter
 from zrsd.network.sockets import (ListenError, format_address,
                                   is_tls_failure, tcp_socket, tune_socket)
 from zrsd.primary.history import HistoryMismatch, TidIndex
-from zrsd.primary.streamer import PackedUnderfoot, Streamer
+from zrsd.primary.streamer import PackedUnderfoot, Source, Streamer
 from zrsd.tids import describe_tid
 
 logger = logging.getLogger(__name__)
@@ -82,11 +83,11 @@ class PrimaryProtocol(protocol.Protocol):
         if not server.allows(host):
             self._refuse('%s is not in allow-from' % host)
             return
-        if len(server.connections) > server.max_secondaries:
+        if len(server.connections) > server.settings.max_secondaries:
             self._refuse_over_the_cap()
             return
         self._timeout = server.reactor.callLater(
-            server.handshake_timeout, self._handshake_timed_out)
+            server.settings.handshake_timeout, self._handshake_timed_out)
         logger.info('%s: secondary connected', self.peer)
 
     def dataReceived(self, data):
@@ -124,15 +125,15 @@ class PrimaryProtocol(protocol.Protocol):
         self.phase = Phase.STREAMING
         server = self.server
         reactor = server.reactor
+        storage = server.storage
         self.streamer = Streamer(
-            server.storage.file_storage, server.storage.commits,
-            server.tid_index, start_tid,
+            Source(storage.file_storage, storage.commits, server.tid_index,
+                   storage.committed_file), start_tid,
             send=lambda chunks: reactor.callFromThread(self._write, chunks),
             done=lambda error: reactor.callFromThread(
                 self._streamer_done, error),
             name=self.peer,
-            blobs=self.protocol_name == zrs.PROTOCOL_2_1,
-            committed=server.storage.committed_file, in_flight=IN_FLIGHT)
+            blobs=self.protocol_name == zrs.PROTOCOL_2_1, in_flight=IN_FLIGHT)
         self.transport.registerProducer(_Producer(self.streamer), True)
         self.streamer.start()
 
@@ -201,7 +202,8 @@ class PrimaryProtocol(protocol.Protocol):
         # connections must not exhaust the primary.  One ERROR per
         # episode (repeats within a few minutes are INFO).
         text = ('more than max-secondaries (%d) secondaries; refusing this '
-                'one; closing the connection' % self.server.max_secondaries)
+                'one; closing the connection'
+                % self.server.settings.max_secondaries)
         self._log_limited('max-secondaries', text, text)
         self.close()
 
@@ -218,7 +220,8 @@ class PrimaryProtocol(protocol.Protocol):
 
     def _handshake_timed_out(self):
         self._timeout = None
-        self._refuse('no handshake within %ss' % self.server.handshake_timeout)
+        self._refuse('no handshake within %ss'
+                     % self.server.settings.handshake_timeout)
 
     def _refuse(self, reason):
         logger.error('%s: %s; closing the connection', self.peer, reason)
@@ -254,6 +257,17 @@ class PrimaryProtocol(protocol.Protocol):
             logger.info('%s: disconnected', self.peer)
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Who may follow a primary and how (the `<zrs>` keys of a primary or
+    a cascade: see `zrsd.config`); `tls` is a `zrsd.network.tls` context,
+    `allowed_networks` `ipaddress` networks (none: everyone)."""
+    handshake_timeout: float = 30.0
+    tls: object = None
+    allowed_networks: tuple = ()
+    max_secondaries: int = 100
+
+
 class PrimaryServer:
     """Serve one storage's transactions to secondaries (reactor thread).
 
@@ -263,16 +277,12 @@ class PrimaryServer:
     """
 
     def __init__(self, name, storage, address, reactor,
-                 handshake_timeout=30.0, tls=None, allowed_networks=(),
-                 max_secondaries=100):
+                 settings=ServerSettings()):
         self.name = name
         self.storage = storage
         self.address = address
         self.reactor = reactor
-        self.handshake_timeout = handshake_timeout
-        self.max_secondaries = max_secondaries
-        self.tls = tls
-        self.allowed_networks = list(allowed_networks)
+        self.settings = settings
         self.tid_index = TidIndex()
         self.connections = set()
         self.refusals = {}    # secondary host (or reason) -> RepeatLimiter
@@ -288,21 +298,22 @@ class PrimaryServer:
     def _listen(self, factory):
         if isinstance(self.address, str):
             self.port = self.reactor.listenUNIX(self.address, factory)
-        elif self.tls is not None:
+        elif self.settings.tls is not None:
             host, port = self.address
             self.port = self.reactor.listenSSL(
-                port, factory, self.tls.server_options(), interface=host)
+                port, factory, self.settings.tls.server_options(),
+                interface=host)
         else:
             host, port = self.address
             self.port = self.reactor.listenTCP(port, factory, interface=host)
         logger.info('%s: serving ZRS to secondaries at %s%s', self.name,
                     format_address(self.listening_address()),
-                    ' (TLS, client certificates required)' if self.tls
-                    else '')
+                    ' (TLS, client certificates required)'
+                    if self.settings.tls else '')
 
     def allows(self, host):
         """Is a secondary at `host` (an IP address) allowed to connect?"""
-        if not self.allowed_networks:
+        if not self.settings.allowed_networks:
             return True
         try:
             address = ipaddress.ip_address(host)
@@ -314,7 +325,7 @@ class PrimaryServer:
         if mapped is not None:
             candidates.append(mapped)
         return any(candidate in network for candidate in candidates
-                   for network in self.allowed_networks)
+                   for network in self.settings.allowed_networks)
 
     def listening_address(self):
         if isinstance(self.address, str):

@@ -15,6 +15,7 @@ the network side) must be safe to call from the streamer thread.
 import logging
 import os
 import threading
+from typing import NamedTuple
 
 from ZODB.blob import is_blob_record
 from ZODB.POSException import POSKeyError
@@ -33,6 +34,17 @@ class PackedUnderfoot(Exception):
     secondary discards it and resumes from the packed file."""
 
 
+class Source(NamedTuple):
+    """Where a streamer reads: the storage's FileStorage, its
+    `CommitNotifier`, the primary's `TidIndex`, and the storage's
+    `committed_file` (the end of what a replica published; see
+    `CommittedFile`)."""
+    fs: object
+    notifier: object
+    tid_index: object
+    committed: object = None
+
+
 class Streamer:
     """Stream one secondary's transactions after `start_tid` (own thread).
 
@@ -44,20 +56,16 @@ class Streamer:
     hold whatever a fast reader produces before the first pause).
     """
 
-    def __init__(self, fs, notifier, tid_index, start_tid, send, done,
-                 name, blobs=False, committed=None, in_flight=None):
-        self.fs = fs
-        self._slots = (threading.Semaphore(in_flight) if in_flight
-                       else None)
-        self.committed = committed  # see CommittedFile
-        self.notifier = notifier
-        self.tid_index = tid_index
+    def __init__(self, source, start_tid, send, done, name, blobs=False,
+                 in_flight=None):
+        self.source = source
         self.last_tid = start_tid
-        self._send = send
-        self._done = done
+        self.checksum = protocol.StreamChecksum(start_tid)
+        self._send, self._done = send, done
         self.name = name
         self.blobs = blobs
-        self.checksum = protocol.StreamChecksum(start_tid)
+        self._slots = (threading.Semaphore(in_flight) if in_flight
+                       else None)
         self.transactions = 0
         self.bytes = 0
         self._batch = []
@@ -84,7 +92,7 @@ class Streamer:
         """Send what is committed, then end (a stopping primary, whose
         commits have stopped, lets its secondaries catch up)."""
         self._finishing = True
-        self.notifier.wake()
+        self.source.notifier.wake()
 
     def written(self):
         """A batch `send` was given is in the transport (see `in_flight`)."""
@@ -96,7 +104,7 @@ class Streamer:
         self._running.set()
         if self._slots is not None:
             self._slots.release()
-        self.notifier.wake()
+        self.source.notifier.wake()
 
     def join(self, timeout=None):
         self._thread.join(timeout)
@@ -104,7 +112,7 @@ class Streamer:
     # -- the streamer thread ----------------------------------------------
 
     def _run(self):
-        reader = CommittedFile(self.fs, self.committed)
+        reader = CommittedFile(self.source.fs, self.source.committed)
         error = None
         try:
             self._stream(reader)
@@ -115,8 +123,9 @@ class Streamer:
         self._done(error)
 
     def _stream(self, reader):
+        tid_index, notifier = self.source.tid_index, self.source.notifier
         end, _ = reader.committed_end()
-        pos, note = self.tid_index.start_position(reader, self.last_tid, end)
+        pos, note = tid_index.start_position(reader, self.last_tid, end)
         if note is not None:
             logger.warning('%s: %s; streaming from the next transaction',
                            self.name, note)
@@ -124,14 +133,14 @@ class Streamer:
                     self.last_tid.hex(),
                     'zrs2.1' if self.blobs else 'zrs2.0')
         while not self._stopped:
-            generation = self.notifier.generation
+            generation = notifier.generation
             end, reopened = reader.committed_end()
             if reopened:
                 logger.info('%s: storage file replaced (pack); resuming '
                             'after %s', self.name, self.last_tid.hex())
                 # If the pack dropped the (emptied) transactions up to the
                 # one last sent, this is the end: wait for the next commit.
-                pos = self.tid_index.find_after(reader, self.last_tid, end)
+                pos = tid_index.find_after(reader, self.last_tid, end)
             if pos < end:
                 # Stop at a pack: what the old file holds may refer to blob
                 # files the pack removed.
@@ -142,8 +151,8 @@ class Streamer:
             elif self._finishing:
                 return
             else:
-                self.notifier.wait(generation, lambda: self._stopped
-                                   or self._finishing)
+                notifier.wait(generation,
+                              lambda: self._stopped or self._finishing)
 
     def _send_transaction(self, reader, pos, end):
         header, meta, records = reader.transaction(pos, end)
@@ -170,7 +179,7 @@ class Streamer:
 
     def _send_blob(self, reader, oid, tid, data, data_txn):
         try:
-            blob = open(self.fs.loadBlob(oid, tid), 'rb')
+            blob = open(self.source.fs.loadBlob(oid, tid), 'rb')
         except (OSError, POSKeyError):
             if reader.replaced():
                 raise PackedUnderfoot(

@@ -6,6 +6,7 @@ is a `SecondaryProtocol` that sends the handshake, turns bytes into frames
 (`zrsd.protocol.FrameDecoder`) and frames into applied transactions
 (`zrsd.replica.receiver.Receiver`).
 """
+import dataclasses
 import logging
 import time
 
@@ -37,6 +38,20 @@ REFUSALS = 3
 REFUSAL_WINDOW = 30.0
 
 
+@dataclasses.dataclass(frozen=True)
+class LinkSettings:
+    """How a secondary talks to its primary (the `<zrs>` keys of a replica:
+    see `zrsd.config`)."""
+    protocol_name: bytes = zrs.PROTOCOL_2_0
+    decoder: zrs.MessageDecoder = dataclasses.field(
+        default_factory=zrs.MessageDecoder)
+    check_checksums: bool = True
+    max_frame: int = zrs.DEFAULT_MAX_FRAME
+    keep_alive_delay: float = 60.0
+    reconnect_delay: float = 1.0
+    max_reconnect_delay: float = 60.0
+
+
 class SecondaryProtocol(protocol.Protocol):
     """One connection from this secondary to its primary."""
 
@@ -57,22 +72,23 @@ class SecondaryProtocol(protocol.Protocol):
         if hasattr(self.transport, 'bufferSize'):
             # Read a catch-up backlog in big pieces: fewer calls per MB.
             self.transport.bufferSize = READ_SIZE
+        settings = client.settings
         start_tid = client.storage.writer.last_applied()
         self.receiver = Receiver(
-            client.storage.writer, start_tid, decoder=client.decoder,
-            check_checksums=client.check_checksums,
+            client.storage.writer, start_tid, decoder=settings.decoder,
+            check_checksums=settings.check_checksums,
             on_commit=client.committed)
         self.frames = zrs.FrameDecoder(self.receiver.frame_received,
-                                       client.max_frame)
-        self.transport.write(zrs.encode_frame(client.protocol_name))
+                                       settings.max_frame)
+        self.transport.write(zrs.encode_frame(settings.protocol_name))
         self.transport.write(zrs.encode_frame(start_tid))
         logger.info('%s: connected (%s), requesting transactions after %s',
-                    self.peer, client.protocol_name.decode(),
+                    self.peer, settings.protocol_name.decode(),
                     describe_tid(start_tid))
-        if client.keep_alive_delay > 0:
+        if settings.keep_alive_delay > 0:
             self._keep_alive = task.LoopingCall(self._send_keep_alive)
             self._keep_alive.clock = client.clock
-            self._keep_alive.start(client.keep_alive_delay, now=False)
+            self._keep_alive.start(settings.keep_alive_delay, now=False)
         client.storage.writer.defer_sync = True
         client.connection_made(self)
 
@@ -181,26 +197,18 @@ class ReplicationClient:
     `storage` (`zrsd.replica.storage.ReplicaStorage`) gives the resume tid
     (`lastTransaction()`); its `writer` is the sink that applies
     transactions.  `endpoint` is a Twisted client
-    endpoint for the primary; `clock` is the reactor (injectable for tests).
+    endpoint for the primary; `clock` is the reactor (injectable for tests);
+    `settings` a `LinkSettings`.
     """
 
     def __init__(self, name, storage, address, endpoint, clock,
-                 protocol_name=zrs.PROTOCOL_2_0, decoder=None,
-                 check_checksums=True, max_frame=zrs.DEFAULT_MAX_FRAME,
-                 keep_alive_delay=60, reconnect_delay=1.0,
-                 max_reconnect_delay=60.0, on_commit=None):
+                 settings=LinkSettings(), on_commit=None):
         self.name = name
         self.storage = storage
         self.peer = '%s <- %s' % (name, format_address(address))
         self.endpoint = endpoint
         self.clock = clock
-        self.protocol_name = protocol_name
-        self.decoder = decoder or zrs.MessageDecoder()
-        self.check_checksums = check_checksums
-        self.max_frame = max_frame
-        self.keep_alive_delay = keep_alive_delay
-        self.reconnect_delay = reconnect_delay
-        self.max_reconnect_delay = max_reconnect_delay
+        self.settings = settings
         self.on_commit = on_commit
         self.connection = None
         self.connected = False
@@ -245,10 +253,11 @@ class ReplicationClient:
             return
         if self.refused:
             # The primary may be fixed (or rewound): ask again, slowly.
-            delay = self.max_reconnect_delay
+            delay = self.settings.max_reconnect_delay
         else:
-            delay = backoff_delay(self._attempt, self.reconnect_delay,
-                                  self.max_reconnect_delay)
+            delay = backoff_delay(self._attempt,
+                                  self.settings.reconnect_delay,
+                                  self.settings.max_reconnect_delay)
         self._attempt += 1
         self.reconnects += 1
         logger.debug('%s: reconnecting in %.2fs', self.peer, delay)
@@ -297,7 +306,8 @@ class ReplicationClient:
             'at the primary\'s log.  Nothing is '
             'applied; retrying every %gs', self.peer, self.refusals,
             self.storage.lastTransaction().hex(),
-            self.protocol_name.decode(), self.max_reconnect_delay)
+            self.settings.protocol_name.decode(),
+            self.settings.max_reconnect_delay)
 
     def committed(self, tid, nbytes):
         # A connection that delivers transactions is healthy: start the
@@ -317,7 +327,7 @@ class ReplicationClient:
         if self._stopped:
             return
         if (self._connected_at is not None and self.clock.seconds()
-                - self._connected_at >= self.max_reconnect_delay):
+                - self._connected_at >= self.settings.max_reconnect_delay):
             self._attempt = 0
         if is_tls_failure(reason):
             logger.error('%s: TLS handshake with the primary failed: %s',
