@@ -10,7 +10,6 @@ start-up and shut-down); the reactor thread runs Twisted and replication.
 Signal handlers only record the request and wake the main thread;
 `Daemon.run` acts on it.
 """
-import argparse
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from zrsd.daemon.reactor import ReactorThread
 from zrsd.daemon import zeoserver
 from zrsd.daemon.zeoserver import create_server, replace_storage
 from zrsd.network.sockets import ListenError, format_address
+from zrsd.tools.options import command_parser
 
 logger = logging.getLogger('zrsd')
 
@@ -39,10 +39,17 @@ EXIT_CONFIG = 2
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog='zrsd',
-        description='ZRS replica daemon: replicate ZODB FileStorages from '
-                    'a ZRS primary and serve them read-only over ZEO.')
+    parser = command_parser(
+        'zrsd',
+        description='The ZRS replication daemon, in the foreground: for each '
+                    '<zrs> section of the\nconfiguration, replicate a ZODB '
+                    'FileStorage from a ZRS primary and serve it\nread-only '
+                    'over ZEO, and/or serve its transactions to secondaries '
+                    '(a primary\nor a cascade).',
+        epilog='Exit status: 0 stopped on request, 1 failure (see the log), '
+               '2 configuration\nerror.  To run it as a service: zrsdctl '
+               '(zdaemon) or the systemd unit in etc/.\n\n'
+               'Example: zrsd -C /etc/zrsd/zrs.conf')
     parser.add_argument('-C', '--configure', metavar='FILE', required=True,
                         help='the zrsd configuration file')
     return parser.parse_args(argv)

@@ -24,13 +24,12 @@ with its last transaction id, without opening a ZEO client.  Unlike
 10, per server) is CRITICAL instead of hanging, and a bare port number is
 a port on 127.0.0.1 (for `zrs-nagios` it is a unix socket name).
 """
-import argparse
 import json
 import socket
 import struct
 import sys
 
-from zrsd.tools.options import seconds
+from zrsd.tools.options import add_timeout, command_parser, seconds
 from zrsd.network.sockets import parse_address
 from zrsd.tids import tid_time
 
@@ -162,11 +161,20 @@ def evaluate(primary, secondary, warning=0, error=0, metrics=False):
     return lines, status
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog='zrsd-check', usage=USAGE,
-        description='Nagios plugin: replication lag of a ZRS secondary '
-                    '(output compatible with zc.zrs zrs-nagios).')
+def make_parser():
+    parser = command_parser(
+        'zrsd-check', usage=USAGE,
+        description='Nagios plugin: the replication lag of a ZRS secondary '
+                    '(output and exit\nstatuses of zc.zrs\'s zrs-nagios). '
+                    'The lag of each storage is the time of\nthe primary\'s '
+                    'last transaction minus the secondary\'s, asked with '
+                    'ZEO\'s\nstatus request on both ZEO ports.',
+        epilog='Exit status: 0 OK, 1 WARNING (lag over -w), 2 CRITICAL '
+               '(lag over -e, the primary\nbehind the secondary, a storage '
+               'on one side only, a server that cannot be\nreached) or a '
+               'usage error.  At least one of -w, -e, -m is required.\n\n'
+               'Example: zrsd-check -w 5 -e 60 -m primary.example:8100 '
+               '127.0.0.1:8100')
     parser.add_argument('-m', '--output-metrics', action='store_true',
                         help='output the replication lag as performance '
                              'data')
@@ -174,22 +182,32 @@ def parse_args(argv):
                         metavar='SECONDS', help='warning lag, in seconds')
     parser.add_argument('-e', '--error', type=seconds, default=0,
                         metavar='SECONDS', help='critical lag, in seconds')
-    parser.add_argument('-t', '--timeout', type=seconds,
-                        default=DEFAULT_TIMEOUT, metavar='SECONDS',
-                        help='give up on a server that does not answer '
-                             'within this time (default %(default)s)')
+    add_timeout(parser, DEFAULT_TIMEOUT, 'give up on a server that does not '
+                'answer within this time', '-t', positive=False)
     parser.add_argument('addresses', nargs='*', metavar='ADDRESS',
-                        help='host:port, [ipv6]:port, port (on 127.0.0.1) '
-                             'or a unix socket path')
-    return parser.parse_args(argv)
+                        help='the ZEO address of the primary, then of the '
+                             'secondary: host:port, [ipv6]:port, port (on '
+                             '127.0.0.1) or a unix socket path')
+    return parser
+
+
+def _usage_error(parser, text):
+    # zrs-nagios prints its usage on stdout and exits CRITICAL (2, also
+    # argparse's usage-error status): the same, and why on stderr.
+    print('Usage: ' + USAGE)
+    print('%s: error: %s (see --help)' % (parser.prog, text),
+          file=sys.stderr)
+    return CRITICAL
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if len(args.addresses) != 2 or not (
-            args.output_metrics or args.warning or args.error):
-        print('Usage: ' + USAGE)
-        return CRITICAL
+    parser = make_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if len(args.addresses) != 2:
+        return _usage_error(parser, 'two addresses are required, the '
+                            'primary\'s and the secondary\'s')
+    if not (args.output_metrics or args.warning or args.error):
+        return _usage_error(parser, 'at least one of -w, -e, -m is required')
     primary_address, secondary_address = args.addresses
     try:
         # zrs-nagios's order: an unreachable secondary is reported first.

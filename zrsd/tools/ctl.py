@@ -26,6 +26,7 @@ import argparse
 import signal
 import time
 
+import ZConfig
 import zc.lockfile
 import zdaemon.zdctl
 import zdaemon.zdrun
@@ -33,6 +34,7 @@ import zdaemon.zdrun
 import zrsd.config
 from zrsd.daemon import promotion
 from zrsd.network.sockets import format_address
+from zrsd.tools.options import version
 
 
 def default_program(configfile):
@@ -47,19 +49,66 @@ def default_program(configfile):
     return [sys.executable, '-m', 'zrsd.daemon.main', '-C', configfile]
 
 
-class ControlOptions(zdaemon.zdctl.ZDCtlOptions):
+HELP = """\
+usage: zrsdctl -C FILE [ACTION [ARGUMENTS]]
+
+Control a zrsd process supervised by zdaemon: the <runner> section of the
+zrsd configuration FILE says where its socket, pid and transcript go (see
+etc/zrs.conf).  Without an ACTION, an interactive shell.
+
+actions:
+  start            start zrsd under a daemon manager (zdaemon)
+  stop             stop it (SIGTERM: secondaries get what is committed)
+  restart          stop, then start
+  status           is it running? (exit 0 running, 3 not running)
+  fg, foreground   run zrsd in the foreground (Ctrl-C stops it)
+  kill [SIGNAL]    send SIGNAL (default SIGTERM) to zrsd
+  logreopen        reopen the log files (after a rotation)
+  promote [NAME]   make the replica <zrs NAME> a primary, now if zrsd runs
+                   (whoever started it), else at its next start
+  help [ACTION]    zdaemon's help on an action
+
+options:
+  -C FILE, --configure FILE   the zrsd configuration file (required)
+  --timeout SECONDS           promote: how long to wait for zrsd (default 30)
+  -h, --help                  this help
+  --version                   zrsdctl's version
+
+Configuration errors are one line, FILE:LINE: key: problem (exit status 2).
+"""
+
+
+class _ZrsdConfigFile:
+    """zdaemon options reading zrsd's configuration file: zrsd's schema
+    (`program` optional there), and a configuration error as one line
+    naming file, line and key."""
+
+    def __init__(self):
+        super().__init__()
+        self.schema = zrsd.config.schema()
+
+    def load_configfile(self):
+        try:
+            super().load_configfile()
+        except ZConfig.ConfigurationError as exc:
+            print('zrsdctl: configuration error: %s' % (
+                zrsd.config.describe_error(exc, self.configfile)),
+                file=sys.stderr)
+            sys.exit(2)
+
+
+class ControlOptions(_ZrsdConfigFile, zdaemon.zdctl.ZDCtlOptions):
     """zdctl's options, reading zrsd's configuration file."""
 
     def __init__(self):
         super().__init__()
-        self.schema = zrsd.config.schema()  # `program` optional there
         self.schemafile = zrsd.config.SCHEMA_PATH
         # `program` defaults to zrsd itself (in realize), so it is not
         # required of the command line or the file.
         del self.required_map['program']
 
     def realize(self, *args, **kw):
-        super().realize(*args, **kw)
+        super().realize(*args, doc=HELP, **kw)
         if self.configfile is None:
             self.usage('a zrsd configuration file is required (-C FILE)')
         # The manager may change directory (`directory` in <runner>).
@@ -68,12 +117,8 @@ class ControlOptions(zdaemon.zdctl.ZDCtlOptions):
             self.program = default_program(self.configfile)
 
 
-class ManagerOptions(zdaemon.zdrun.ZDRunOptions):
+class ManagerOptions(_ZrsdConfigFile, zdaemon.zdrun.ZDRunOptions):
     """zdrun's options (the daemon manager), reading zrsd's file."""
-
-    def __init__(self):
-        super().__init__()
-        self.schema = zrsd.config.schema()  # `program` optional there
 
 
 def run_manager(args):
@@ -173,6 +218,9 @@ def main(args=None):
         args = sys.argv[1:]
     if os.environ.pop('DAEMON_MANAGER_MODE', None):
         return run_manager(args)
+    if args[:1] == ['--version']:
+        print('zrsdctl ' + version())
+        return 0
     request = promote_request(args)
     if request is not None:
         return promote(*request)

@@ -1,5 +1,34 @@
-"""argparse types shared by the command-line tools."""
+"""What the command-line tools share: the parser (with `--version`), the
+timeout option, and argparse types."""
 import argparse
+import importlib.metadata
+
+
+def version():
+    """zrsd's version, as installed (`setup.cfg`)."""
+    try:
+        return importlib.metadata.version('zrsd')
+    except importlib.metadata.PackageNotFoundError:
+        return 'unknown (not installed)'
+
+
+def command_parser(prog, description, usage=None, epilog=None):
+    """An `ArgumentParser` for one of zrsd's commands: its `--help` keeps
+    the paragraphs of `description` and `epilog`; it has `--version`."""
+    parser = argparse.ArgumentParser(
+        prog=prog, usage=usage, description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--version', action='version',
+                        version='%(prog)s ' + version())
+    return parser
+
+
+def add_timeout(parser, default, help, *flags, positive=True):
+    """The `--timeout SECONDS` option (and `flags`, e.g. '-t')."""
+    parser.add_argument(*flags, '--timeout', default=default,
+                        type=positive_seconds if positive else seconds,
+                        metavar='SECONDS',
+                        help=help + ' (default %(default)s)')
 
 
 def seconds(text):

@@ -7,7 +7,6 @@ transaction it shares with the primary (`probe.shared_prefix`), prints
 what is (or would be) removed, cuts the file and opens the storage once
 to prove it parses.  See the package's docstring for the whole story.
 """
-import argparse
 import os
 import sys
 
@@ -15,7 +14,7 @@ import zc.lockfile
 
 from zrsd import config as zconfig
 from zrsd.daemon import promotion
-from zrsd.tools.options import positive_seconds
+from zrsd.tools.options import add_timeout, command_parser
 from zrsd.tids import format_tid
 from .probe import Primary, shared_prefix
 from .replica import (Replica, RewindError, cut, error_text, lock_storage,
@@ -137,22 +136,22 @@ def report(replica, m, removed, dry_run, out):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog='zrsd-rewind', usage=USAGE,
+    parser = command_parser(
+        'zrsd-rewind', usage=USAGE,
         description='Truncate a forked replica (the daemon stopped) after '
-                    'the last transaction it shares with its primary '
+                    'the last transaction it\nshares with its primary '
                     '(replicate-from), so that it can replicate from it '
-                    'again. Exit status: 0 rewound or nothing to rewind, 1 '
-                    'no transaction in common, 2 error.')
+                    'again.',
+        epilog='Exit status: 0 rewound or nothing to rewind, 1 no '
+               'transaction in common, 2 error.\n\n'
+               'Example: zrsd-rewind -C /etc/zrsd/zrs.conf --dry-run')
     parser.add_argument('-C', '--configuration', dest='config',
                         required=True, metavar='FILE',
                         help='the zrsd configuration file')
     parser.add_argument('--dry-run', action='store_true',
                         help='print what would be removed; change nothing')
-    parser.add_argument('--timeout', type=positive_seconds,
-                        default=DEFAULT_TIMEOUT, metavar='SECONDS',
-                        help='silence from the primary that means it has '
-                             'nothing more (default %(default)s)')
+    add_timeout(parser, DEFAULT_TIMEOUT, 'silence from the primary that '
+                'means it has nothing more')
     parser.add_argument('name', nargs='?', metavar='NAME',
                         help='the <zrs NAME> section (default: the only one '
                              'with replicate-from)')

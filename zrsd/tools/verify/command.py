@@ -12,7 +12,7 @@ import traceback
 
 from ZODB.utils import z64
 
-from zrsd.tools.options import positive_seconds
+from zrsd.tools.options import add_timeout, command_parser
 from zrsd.tids import format_tid, tid_time
 from .blobs import BlobComparison
 from .history import compare_histories, format_oid
@@ -37,17 +37,20 @@ def _tid_argument(text):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog='zrsd-verify', usage=USAGE,
+    parser = command_parser(
+        'zrsd-verify', usage=USAGE,
         description='Compare a ZODB replica with its primary, transaction '
-                    'by transaction, up to the replica\'s last transaction, '
-                    'while both run. Exit status: 0 they agree, 1 they '
-                    'diverge, 2 usage error or unreachable server.',
+                    'by transaction, up to the\nreplica\'s last '
+                    'transaction, while both run.',
         epilog='PRIMARY and REPLICA: fs:PATH is a FileStorage file (opened '
-               'read-only), zeo:ADDRESS a ZEO server; without a prefix a '
-               'name ending in .fs is a file, anything else a ZEO address '
+               'read-only), zeo:ADDRESS\na ZEO server; without a prefix a '
+               'name ending in .fs is a file, anything else a\nZEO address '
                '(host:port, [ipv6]:port, port on 127.0.0.1, or a unix '
-               'socket path).')
+               'socket path).\n\n'
+               'Exit status: 0 they agree, 1 they diverge, 2 usage error or '
+               'unreachable server.\n\n'
+               'Example: zrsd-verify --objects primary.example:8100 '
+               '127.0.0.1:8100')
     parser.add_argument('primary', metavar='PRIMARY',
                         help='the primary: ZEO address or FileStorage file')
     parser.add_argument('replica', metavar='REPLICA',
@@ -70,11 +73,8 @@ def parse_args(argv):
     parser.add_argument('--storage', default='1', metavar='NAME',
                         help='ZEO storage name on both servers (default '
                              '%(default)s)')
-    parser.add_argument('-t', '--timeout', type=positive_seconds,
-                        default=DEFAULT_TIMEOUT, metavar='SECONDS',
-                        help='give up on a ZEO server that cannot be '
-                             'reached within this time (default '
-                             '%(default)s)')
+    add_timeout(parser, DEFAULT_TIMEOUT, 'give up on a ZEO server that '
+                'cannot be reached within this time', '-t')
     parser.add_argument('-q', '--quiet', action='store_true',
                         help='print nothing when the histories agree')
     parser.add_argument('-v', '--verbose', action='store_true',

@@ -1,0 +1,62 @@
+"""The command-line surface of every installed command: `--help` says what
+it does and its exit statuses, `--version` names the installed version,
+and a usage or configuration error is one line on stderr."""
+import importlib.metadata
+import os
+import subprocess
+
+import pytest
+
+from harness.process import BIN
+
+COMMANDS = ['zrsd', 'zrsdctl', 'zrsd-check', 'zrsd-verify', 'zrsd-rewind']
+
+
+def run(*argv):
+    return subprocess.run([os.path.join(BIN, argv[0]), *argv[1:]],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize('command', COMMANDS)
+def test_help_and_version(command):
+    result = run(command, '--help')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('usage: ' + command)
+    assert 'xit status' in result.stdout
+    result = run(command, '--version')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '%s %s' % (
+        command, importlib.metadata.version('zrsd'))
+
+
+BAD_PORT = '''\
+<zrs 1>
+  replicate-from 127.0.0.1:99999
+  <filestorage>
+    path %s
+  </filestorage>
+</zrs>
+'''
+
+
+@pytest.mark.parametrize('command', [('zrsd', '-C'),
+                                     ('zrsdctl', '-C', '{}', 'status')])
+def test_a_configuration_error_is_one_line(tmp_path, command):
+    config = tmp_path / 'zrs.conf'
+    config.write_text(BAD_PORT % (tmp_path / 'Data.fs'))
+    argv = [str(config) if a == '{}' else a for a in command]
+    if argv[-1] == '-C':
+        argv.append(str(config))
+    result = run(*argv)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        '%s: configuration error: %s:2: replicate-from: 99999 is above '
+        'upper bound (65535)' % (command[0], config)]
+
+
+def test_check_names_what_is_missing():
+    result = run('zrsd-check', '127.0.0.1:1', '127.0.0.1:2')
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        'zrsd-check: error: at least one of -w, -e, -m is required '
+        '(see --help)']
