@@ -396,7 +396,7 @@ def test_refused_after_three_closes_right_after_the_handshake(caplog):
     s.wait_for_attempt()
     s.accept()[0].dataReceived(b'\0')
     assert (s.client.refused, s.client.refusals, s.client.state) == (
-        False, 0, 'connected')
+        False, 0, 'streaming')
 
 
 def test_backoff_after_stream_failure():

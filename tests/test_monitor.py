@@ -1,6 +1,8 @@
 """The <monitor> endpoint: /metrics (Prometheus) and /status (JSON), read
 with a real HTTP client from a real zrsd primary and replica."""
 import json
+import os
+import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -12,18 +14,42 @@ from harness.zrsd_nodes import ZrsdNode
 
 
 def get(port, path):
-    with urllib.request.urlopen('http://127.0.0.1:%s%s' % (port, path),
-                                timeout=10) as response:
-        return response.headers['content-type'], response.read().decode()
+    """(content type, text, status code) of a GET."""
+    try:
+        response = urllib.request.urlopen(
+            'http://127.0.0.1:%s%s' % (port, path), timeout=10)
+    except urllib.error.HTTPError as error:
+        response = error
+    with response:
+        return (response.headers['content-type'], response.read().decode(),
+                response.status)
+
+
+def samples(port):
+    """Every sample of /metrics."""
+    content_type, text, _ = get(port, '/metrics')
+    assert content_type.startswith('text/plain')
+    return [sample for family in text_string_to_metric_families(text)
+            for sample in family.samples]
 
 
 def metrics(port):
-    """{metric name: value} of storage '1' from /metrics."""
-    content_type, text = get(port, '/metrics')
-    assert content_type.startswith('text/plain')
-    return {sample.name: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.labels['storage'] == '1'}
+    """{metric name: value} of storage '1' from /metrics (series without
+    other labels)."""
+    return {sample.name: sample.value for sample in samples(port)
+            if sample.labels == {'storage': '1'}}
+
+
+def labelled(port, name):
+    """[(labels, value)] of the metric `name`."""
+    return [(sample.labels, sample.value) for sample in samples(port)
+            if sample.name == name]
+
+
+def ready(port, query=''):
+    """(status code, reasons) of /ready."""
+    _, text, code = get(port, '/ready' + query)
+    return code, json.loads(text)['reasons']
 
 
 def test_metrics_and_status(tmp_path, processes):
@@ -48,17 +74,70 @@ def test_metrics_and_status(tmp_path, processes):
     assert values['zrsd_checksum_failures_total'] == 0
     assert values['zrsd_last_transaction_timestamp_seconds'] == \
         TimeStamp(last).timeTime()
-    assert values['zrsd_seconds_since_last_applied'] >= 0
+    assert values['zrsd_last_applied_timestamp_seconds'] >= \
+        TimeStamp(last).timeTime() - 1
+    assert values['zrsd_replication_lag_seconds'] == 0   # streaming
+    assert values['zrsd_storage_size_bytes'] == os.path.getsize(
+        replica.fs_path)
+    assert labelled(port, 'zrsd_role_info') == [
+        ({'storage': '1', 'role': 'replica'}, 1)]
+    assert ({'storage': '1', 'zrsd_state': 'streaming'}, 1) in labelled(
+        port, 'zrsd_state')
+    ((build, one),) = labelled(port, 'zrsd_build_info')
+    assert one == 1 and build['version'] and build['zodb']
+    assert ready(port) == (200, [])
     primary_values = metrics(primary.monitor_port)
     assert primary_values['zrsd_secondaries_connected'] == 1
     assert 'zrsd_replication_connected' not in primary_values
-    content_type, text = get(port, '/status')
+    # The primary lists its secondary, caught up.
+    assert labelled(primary.monitor_port,
+                    'zrsd_secondary_behind_transactions') == [
+        ({'storage': '1', 'secondary': '127.0.0.1'}, 0)]
+    _, text, _ = get(primary.monitor_port, '/status')
+    (secondary,) = json.loads(text)['storages'][0]['secondaries']
+    assert secondary == dict(
+        secondary, state='streaming', protocol='zrs2.0', tls_peer=None,
+        last_sent_tid=last.hex(), transactions_behind=0, bytes_behind=0,
+        transactions_sent=11, start_tid='00' * 8)
+    content_type, text, _ = get(port, '/status')
     assert content_type == 'application/json'
-    (storage,) = json.loads(text)['storages']
+    status = json.loads(text)
+    assert status['state'] == 'serving'
+    (storage,) = status['storages']
     assert storage == dict(
-        storage, name='1', role='replica', last_transaction=last.hex(),
-        connected=1, transactions_applied=11, zeo_clients=1,
-        primary='127.0.0.1:%s' % primary.repl_port)
+        storage, name='1', role='replica', state='streaming',
+        last_transaction=last.hex(), connected=1, transactions_applied=11,
+        zeo_clients=1, primary='127.0.0.1:%s' % primary.repl_port)
+    # A primary that stops: the replica is disconnected, not ready.
+    primary.stop()
+    code, reasons = wait_until(
+        lambda: (lambda r: r if r[0] == 503 else None)(ready(port)),
+        message='/ready saying 503')
+    assert reasons == ['<zrs 1> is disconnected']
+    assert metrics(port)['zrsd_replication_connected'] == 0
     reader.close()
+    replica.stop()
+
+
+def test_watchable_before_the_first_transaction(tmp_path, processes):
+    """The monitor answers while a replica waits for its first transaction
+    (ZEO not serving yet); /ready says why it is not ready."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       monitor=True, register=processes).launch()
+    replica.wait_for_log('waiting for the first transaction')
+    port = replica.monitor_port
+    status = wait_until(
+        lambda: (lambda s: s if s['storages'][0]['state'] == 'waiting'
+                 else None)(json.loads(get(port, '/status')[1])),
+        message='/status saying waiting')
+    assert status['state'] == 'waiting'
+    assert ready(port) == (503, ['zrsd is waiting, not serving ZEO yet'])
+    assert ({'storage': '1', 'zrsd_state': 'waiting'}, 1) in labelled(
+        port, 'zrsd_state')
+    zczrs.commit_change(primary.zeo_address, 1, 'x')
+    wait_until(lambda: ready(port)[0] == 200, message='ready once serving')
+    assert ready(port, '?max-lag=0.000001') == (200, [])   # streaming
+    assert ready(port, '?storage=2') == (503, ["no storage named '2'"])
     replica.stop()
     primary.stop()

@@ -49,15 +49,21 @@ def test_serve_empty_opens_at_once_and_sigterm_while_waiting(tmp_path,
     assert SERVING not in waiting.log()
 
 
-@pytest.mark.parametrize('taken', ['zeo_port', 'repl_port'])
-def test_an_address_in_use_is_one_line(tmp_path, processes, taken):
+@pytest.mark.parametrize('taken, what', [
+    ('zeo_port', 'ZEO clients (<zeo> address)'),
+    ('repl_port', 'ZRS secondaries (<zrs 1> replicate-to)'),
+    ('monitor_port', 'monitoring (<monitor> address)')])
+def test_an_address_in_use_is_one_line(tmp_path, processes, taken, what):
     """An address in use stops zrsd with status 1 and one CRITICAL line
-    naming what it serves there, the address and why: no traceback."""
-    node = ZrsdNode(tmp_path, 'primary', register=processes)
+    naming what it serves there, the section, the address and why: no
+    traceback.  The monitor listens first: its clash stops zrsd before
+    anything else listens."""
+    node = ZrsdNode(tmp_path, 'primary', register=processes, monitor=True)
     with socket.create_server(('127.0.0.1', getattr(node, taken))):
         node.launch()
         assert node.process.popen.wait(60) == 1
-    what = 'ZEO clients' if taken == 'zeo_port' else 'ZRS secondaries'
+    if taken == 'monitor_port':
+        assert 'serving ZRS' not in node.log()
     assert [line.split(' CRITICAL ')[1] for line in node.log().splitlines()
             if ' CRITICAL ' in line] == [
         'zrsd zrsd failed: cannot listen for %s at 127.0.0.1:%d: Address '

@@ -182,6 +182,13 @@ class ZRSConfig:
         return value.address if value is not None else None
 
     @property
+    def role(self):
+        """primary, replica or cascade, by the section's keys."""
+        if self.replicate_from is None:
+            return 'primary'
+        return 'cascade' if self.replicate_to is not None else 'replica'
+
+    @property
     def path(self):
         """The absolute path of the local FileStorage."""
         return os.path.abspath(self.section.base.config.path)

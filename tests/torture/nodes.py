@@ -68,7 +68,7 @@ class TortureNode(ZrsdNode):
         url = 'http://127.0.0.1:%d/status' % self.monitor_port
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
-                status = json.load(response)['storages'][0]
+                last = json.load(response)['storages'][0]['last_transaction']
         except (OSError, ValueError, KeyError, IndexError):
             return None
-        return bytes.fromhex(status['last_transaction'])
+        return bytes.fromhex(last) if last is not None else None

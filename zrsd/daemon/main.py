@@ -30,6 +30,7 @@ from zrsd.daemon import zeoserver
 from zrsd.daemon.zeoserver import create_server, replace_storage
 from zrsd.network.sockets import ListenError, format_address
 from zrsd.tools.options import command_parser
+from zrsd.version import versions
 
 logger = logging.getLogger('zrsd')
 
@@ -78,11 +79,13 @@ class Daemon:
         self.loop = None       # ZEO's asyncio loop, once the server exists
         self.reactor = None
         self.monitor = None
+        self.state = 'opening'   # starting, waiting, serving, stopping
         self.exit_status = EXIT_OK
         self.stop_reason = None
         self.stop_requested = threading.Event()
         self.promotion_requested = threading.Event()
         self.heartbeat = None
+        self.versions = versions()
 
     @property
     def nodes(self):
@@ -95,17 +98,22 @@ class Daemon:
         try:
             self.install_signal_handlers()
             self.reactor = ReactorThread(on_crash=self.reactor_crashed)
+            self.reactor.start()
+            # Watchable from the first second: before the storages open.
+            self.reactor.call(self.start_monitoring)
             self.open_storages()
+            self.state = 'starting'
             self.replication.start()
             if self.wait_for_data():
                 self.serve()
-                self.reactor.call(self.start_monitoring)
+                self.state = 'serving'
                 logger.info('serving %s over ZEO at %s',
                             ', '.join(sorted(self.storages)),
                             zeoserver.server_address(self.server))
                 systemd.notify('READY=1')
                 self.start_watchdog()
                 self.loop.run_forever()
+            self.state = 'stopping'
             logger.info('stopping (%s)', self.stop_reason)
             systemd.notify('STOPPING=1')
         except disk.StorageFailure as failure:
@@ -138,6 +146,7 @@ class Daemon:
                  and node.storage.lastTransaction() == z64]
         if self.config.zeo.serve_empty or not empty:
             return not self.stop_requested.is_set()
+        self.state = 'waiting'
         logger.info('waiting for the first transaction of %s before '
                     'serving ZEO', ', '.join(n.name for n in empty))
         for node in empty:
@@ -162,7 +171,7 @@ class Daemon:
         try:
             self.server = create_server(self.config.zeo, self.storages)
         except OSError as exc:
-            raise ListenError('ZEO clients', format_address(
+            raise ListenError('ZEO clients (<zeo> address)', format_address(
                 self.config.zeo.address.address), exc) from None
         finally:
             for gate in gates:
@@ -175,23 +184,36 @@ class Daemon:
             self.loop.call_soon(self.loop.stop)
 
     def start_monitoring(self):
-        """Serve /metrics and /status if configured (reactor thread)."""
+        """Serve /metrics, /status and /ready if configured (reactor
+        thread)."""
         section = self.config.monitor
         if section is not None:
-            self.monitor = monitor.listen(self.reactor.reactor,
-                                          section.address.address,
-                                          self.status)
+            self.monitor = monitor.listen(
+                self.reactor.reactor, section.address.address, self.status,
+                section.max_lag)
 
     def status(self):
-        """Everything /status and /metrics report (reactor thread)."""
+        """Everything /status, /metrics and /ready report (reactor
+        thread); storages not open yet are `opening`."""
         now = time.time()
+        nodes = {node.name: node for node in self.nodes}
         storages = []
-        for node in self.nodes:
+        for zrs in self.config.storages:
+            node = nodes.get(zrs.name)
+            if node is None:
+                storages.append({'name': zrs.name, 'state': 'opening',
+                                 'role': zrs.role,
+                                 'last_transaction': None})
+                continue
             status = node.status(now)
-            status['zeo_clients'] = zeoserver.client_count(self.server,
-                                                           node.name)
+            if self.state == 'stopping':
+                status['state'] = 'stopping'
+            if self.server is not None:
+                status['zeo_clients'] = zeoserver.client_count(
+                    self.server, node.name)
             storages.append(status)
-        return {'pid': os.getpid(), 'time': now, 'storages': storages}
+        return {'pid': os.getpid(), 'time': now, 'state': self.state,
+                'versions': self.versions, 'storages': storages}
 
     def promote(self):
         """Promote every replica with a pending promotion record (the main

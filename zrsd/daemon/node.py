@@ -70,9 +70,8 @@ class Node:
 
     @property
     def role(self):
-        if not self.replicating:
-            return 'primary'
-        return 'cascade' if self.zrs.replicate_to else 'replica'
+        """The section's role, unless it was promoted: then primary."""
+        return self.zrs.role if self.replicating else 'primary'
 
     def _log_promoted_at_start(self):
         record, path = self.promotion, promotion.record_path(self.zrs.path)
@@ -171,35 +170,53 @@ class Node:
         self.storage.commits.wake()
         return streamers
 
+    @property
+    def state(self):
+        """Where this node is (see zrsd.daemon.metrics.STATES): a primary
+        is `primary`; a replica is `waiting` (connected, empty),
+        `catching_up`, `streaming`, `disconnected` or `refused`."""
+        if not self.replicating:
+            return 'primary'
+        if self.client is None:
+            return 'disconnected'
+        state = self.client.state
+        if state == 'streaming' and self.storage.lastTransaction() == z64:
+            return 'waiting'
+        return state
+
     def status(self, now):
         """A snapshot of this node for /status and /metrics (reactor
         thread)."""
         last = self.storage.lastTransaction()
         progress, client, server = self.progress, self.client, self.server
+        last_time = tid_time(last) if last != z64 else None
         status = {
             'name': self.name,
             'role': self.role,
+            'state': self.state,
             'last_transaction': last.hex(),
-            'last_transaction_time': (tid_time(last) if last != z64
-                                      else None),
+            'last_transaction_time': last_time,
+            'storage_size_bytes': self.storage.getSize(),
         }
         if self.replicating:
             status.update(
                 primary=format_address(self.zrs.replicate_from),
-                connected=int(client.connected),
-                state=client.state,
-                refused=int(client.refused),
+                connected=int(client is not None and client.connected),
+                refused=int(client is not None and client.refused),
+                lag_seconds=(0.0 if status['state'] == 'streaming'
+                             else now - last_time if last_time else None),
                 transactions_applied=progress.transactions,
                 bytes_applied=progress.bytes,
-                seconds_since_last_applied=(
-                    now - progress.last_commit_at
-                    if progress.last_commit_at is not None else None),
-                rate=progress.rate,
-                reconnects=client.reconnects,
-                stream_failures=client.stream_failures,
-                checksum_failures=client.checksum_failures)
+                last_applied_time=progress.last_commit_at,
+                rate=progress.rate)
+            if client is not None:
+                status.update(reconnects=client.reconnects,
+                              stream_failures=client.stream_failures,
+                              checksum_failures=client.checksum_failures)
         if server is not None:
-            status.update(secondaries=len(server.connections),
+            secondaries = server.secondaries()
+            status.update(secondaries_connected=len(secondaries),
+                          secondaries=secondaries,
                           replicate_to=format_address(
                               server.listening_address()))
         return status

@@ -12,6 +12,7 @@ import logging
 import zope.interface
 from twisted.internet import defer, interfaces, protocol, task
 from twisted.internet.error import CannotListenError
+from ZODB.utils import z64
 
 from zrsd import protocol as zrs
 from zrsd.network.factory import ProtocolFactory
@@ -20,7 +21,7 @@ from zrsd.network.sockets import (ListenError, format_address,
                                   is_tls_failure, tcp_socket, tune_socket)
 from zrsd.primary.history import HistoryMismatch, TidIndex
 from zrsd.primary.streamer import PackedUnderfoot, Source, Streamer
-from zrsd.tids import describe_tid
+from zrsd.tids import describe_tid, tid_time
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,18 @@ HANDSHAKE_LIMIT = 64
 # the reactor thread: what a secondary that stops reading costs, besides
 # the transport's buffer.
 IN_FLIGHT = 4
+
+
+def tls_peer_name(transport):
+    """The common name of a TLS peer's certificate, or None."""
+    try:
+        certificate = transport.getPeerCertificate()
+    except Exception:  # not TLS, or no handshake yet
+        return None
+    if certificate is None:
+        return None
+    name = certificate.get_subject().commonName
+    return name
 
 
 class Phase(enum.Enum):
@@ -76,8 +89,10 @@ class PrimaryProtocol(protocol.Protocol):
             tune_socket(sock)
         peer = self.transport.getPeer()
         host = self.host = getattr(peer, 'host', None)
-        self.peer = '%s -> %s' % (server.name, format_address(
-            (host, peer.port) if host is not None else str(peer)))
+        self.address = format_address(
+            (host, peer.port) if host is not None else str(peer))
+        self.peer = '%s -> %s' % (server.name, self.address)
+        self.connected_since = server.reactor.seconds()
         self.frames = zrs.FrameDecoder(self._frame, HANDSHAKE_LIMIT)
         server.connections.add(self)
         if not server.allows(host):
@@ -89,6 +104,37 @@ class PrimaryProtocol(protocol.Protocol):
         self._timeout = server.reactor.callLater(
             server.settings.handshake_timeout, self._handshake_timed_out)
         logger.info('%s: secondary connected', self.peer)
+
+    def status(self, last_tid, end):
+        """This secondary for /status, given the storage's last commit and
+        the end of its committed file (reactor thread)."""
+        streamer = self.streamer
+        status = {
+            'address': self.address,
+            'tls_peer': tls_peer_name(self.transport),
+            'protocol': getattr(self, 'protocol_name', b'').decode() or None,
+            'state': self.phase.name.lower(),
+            'connected_since': self.connected_since,
+        }
+        if streamer is not None:
+            behind = self.server.storage.commits.commits_after(
+                streamer.last_tid)
+            if self.phase is Phase.STREAMING:
+                status['state'] = ('streaming' if streamer.caught_up
+                                   else 'catching_up')
+            status.update(
+                streaming=int(status['state'] == 'streaming'),
+                start_tid=streamer.start_tid.hex(),
+                last_sent_tid=streamer.last_tid.hex(),
+                last_sent_time=(tid_time(streamer.last_tid)
+                                if streamer.last_tid != z64 else None),
+                transactions_sent=streamer.transactions,
+                bytes_sent=streamer.bytes,
+                transactions_behind=(0 if streamer.last_tid >= last_tid
+                                     else behind),
+                bytes_behind=(max(0, end - streamer.position)
+                              if streamer.position is not None else None))
+        return status
 
     def dataReceived(self, data):
         if self.phase is Phase.CLOSED:
@@ -292,8 +338,9 @@ class PrimaryServer:
         try:
             self._listen(ProtocolFactory(lambda: PrimaryProtocol(self)))
         except CannotListenError as exc:
-            raise ListenError('ZRS secondaries', format_address(
-                self.address), exc.socketError) from None
+            raise ListenError(
+                'ZRS secondaries (<zrs %s> replicate-to)' % self.name,
+                format_address(self.address), exc.socketError) from None
 
     def _listen(self, factory):
         if isinstance(self.address, str):
@@ -326,6 +373,14 @@ class PrimaryServer:
             candidates.append(mapped)
         return any(candidate in network for candidate in candidates
                    for network in self.settings.allowed_networks)
+
+    def secondaries(self):
+        """Each connected secondary's status (reactor thread)."""
+        last_tid = self.storage.lastTransaction()
+        _, end = self.storage.committed_file()
+        return sorted((connection.status(last_tid, end)
+                       for connection in self.connections),
+                      key=lambda status: status['connected_since'])
 
     def listening_address(self):
         if isinstance(self.address, str):

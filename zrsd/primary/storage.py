@@ -9,6 +9,7 @@ replica becomes one (`PrimaryStorage.promoted`).  `CommitNotifier` and the
 resume-tid recovery serve replica storages too (`zrsd.replica.storage`):
 a cascade's streamers wait on its notifier.
 """
+import bisect
 import logging
 import os
 import threading
@@ -16,6 +17,7 @@ import threading
 import zope.interface
 import ZODB.interfaces
 from ZODB.POSException import ReadOnlyError
+from ZODB.utils import z64
 
 from zrsd import disk, internals
 from zrsd.internals import last_committed_tid
@@ -71,20 +73,38 @@ def run_close_hook(storage):
 
 
 class CommitNotifier:
-    """Wakes the streamers of a storage when a transaction is committed.
+    """Wakes the streamers of a storage when a transaction is committed,
+    and remembers the recent tids (how far behind a secondary is).
 
-    `notify()` is called by whatever commits (any thread); a streamer reads
-    `generation`, checks for new data, then `wait(generation, stopped)`s.
+    `notify(tids)` is called by whatever commits (any thread), after the
+    commit; a streamer reads `generation`, checks for new data, then
+    `wait(generation, stopped)`s.
     """
 
-    def __init__(self):
+    RECENT = 100000    # tids remembered (8 bytes each, plus a list slot)
+
+    def __init__(self, last_tid=z64):
         self._condition = threading.Condition()
         self.generation = 0
+        self._recent = []          # committed tids since `_base`, in order
+        self._base = last_tid      # the last tid before `_recent`
 
-    def notify(self):
+    def notify(self, tids=()):
         with self._condition:
             self.generation += 1
+            self._recent.extend(tids)
+            if len(self._recent) > 2 * self.RECENT:
+                self._base = self._recent[-self.RECENT - 1]
+                del self._recent[:-self.RECENT]
             self._condition.notify_all()
+
+    def commits_after(self, tid):
+        """How many remembered commits come after `tid`; None when `tid`
+        is older than what is remembered."""
+        with self._condition:
+            if tid < self._base:
+                return None
+            return len(self._recent) - bisect.bisect_right(self._recent, tid)
 
     def wake(self):
         """Wake every waiter without a commit (e.g. to let one stop)."""
@@ -109,9 +129,10 @@ class PrimaryStorage:
         self._fs = fs
         if durable_packs:
             make_packs_durable(fs)
-        self.commits = commits if commits is not None else CommitNotifier()
         self.has_blobs = ZODB.interfaces.IBlobStorage.providedBy(fs)
         self.resume_tid = recover_last_transaction(fs)
+        self.commits = (commits if commits is not None
+                        else CommitNotifier(self.resume_tid))
         internals.sync_storage_files(fs)
         # Held while a transaction finishes; `stop_commits` takes it so
         # that none is half-way when it returns.
@@ -181,7 +202,7 @@ class PrimaryStorage:
             self._check_commits()
             with self._fail_stop('committing a transaction'):
                 tid = self._fs.tpc_finish(transaction, f)
-        self.commits.notify()
+        self.commits.notify([tid])
         return tid
 
     def _fail_stop(self, doing):

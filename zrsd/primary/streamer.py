@@ -59,13 +59,15 @@ class Streamer:
     def __init__(self, source, start_tid, send, done, name, blobs=False,
                  in_flight=None):
         self.source = source
-        self.last_tid = start_tid
+        self.start_tid = self.last_tid = start_tid
         self.checksum = protocol.StreamChecksum(start_tid)
         self._send, self._done = send, done
         self.name = name
         self.blobs = blobs
         self._slots = (threading.Semaphore(in_flight) if in_flight
                        else None)
+        self.position = None      # file offset after the last one sent
+        self.caught_up = False    # has it sent all there was, once?
         self.transactions = 0
         self.bytes = 0
         self._batch = []
@@ -146,11 +148,14 @@ class Streamer:
                 # files the pack removed.
                 while (pos < end and not self._stopped
                        and not reader.replaced()):
-                    pos = self._send_transaction(reader, pos, end)
+                    pos = self.position = self._send_transaction(
+                        reader, pos, end)
                 self._flush()
             elif self._finishing:
                 return
             else:
+                self.position = pos
+                self.caught_up = True
                 notifier.wait(generation,
                               lambda: self._stopped or self._finishing)
 

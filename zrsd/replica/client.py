@@ -107,6 +107,7 @@ class SecondaryProtocol(protocol.Protocol):
             # backlog: commits are then fsynced as a group, and ACKs go out
             # with the data anyway.
             backlog = self._socket is not None and pending_bytes(self._socket)
+            self.client.backlog = bool(backlog)
             self._sync_unless(backlog)
         except disk.StorageFailure as failure:
             # Fail-stop (zrsd.disk): the process exits here.
@@ -212,6 +213,7 @@ class ReplicationClient:
         self.on_commit = on_commit
         self.connection = None
         self.connected = False
+        self.backlog = False      # more of the stream waited at the last read
         self.refused = False      # the primary refuses this secondary
         self.refusals = 0         # consecutive closes right after handshake
         self.reconnects = 0
@@ -274,10 +276,13 @@ class ReplicationClient:
 
     @property
     def state(self):
-        """connected, disconnected or refused (for /status)."""
+        """refused, disconnected, catching_up (more of the stream waited
+        at the last read) or streaming (for /status)."""
         if self.refused:
             return 'refused'
-        return 'connected' if self.connected else 'disconnected'
+        if not self.connected:
+            return 'disconnected'
+        return 'catching_up' if self.backlog else 'streaming'
 
     def accepted(self):
         """The primary sent something: it accepts this secondary."""
@@ -323,7 +328,7 @@ class ReplicationClient:
         if connection is not self.connection:
             return
         self.connection = None
-        self.connected = False
+        self.connected = self.backlog = False
         if self._stopped:
             return
         if (self._connected_at is not None and self.clock.seconds()

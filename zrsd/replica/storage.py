@@ -154,7 +154,7 @@ class ReplicaStorage:
             remove_temporary_blob_files(fs)
         self.resume_tid = recover_last_transaction(fs)
         internals.sync_storage_files(fs)
-        self.commits = CommitNotifier()
+        self.commits = CommitNotifier(self.resume_tid)
         # Replicated commits pass this gate; holding it keeps commits out
         # while ZEO reads the recent invalidations and registers.
         self.commit_gate = threading.Lock()
@@ -389,8 +389,8 @@ class ReplicaWriter:
         for tid, oids, _ in self.unpublished:
             self.published_tid = tid
             self._replica.invalidate(tid, oids)
+        self._replica.commits.notify([tid for tid, _, _ in self.unpublished])
         self.unpublished = []
-        self._replica.commits.notify()
 
     def published_end(self, end):
         """The end of the published transactions in the file, given the

@@ -34,7 +34,7 @@ import zdaemon.zdrun
 import zrsd.config
 from zrsd.daemon import promotion
 from zrsd.network.sockets import format_address
-from zrsd.tools.options import version
+from zrsd.version import version
 
 
 def default_program(configfile):

@@ -1,15 +1,8 @@
 """What the command-line tools share: the parser (with `--version`), the
 timeout option, and argparse types."""
 import argparse
-import importlib.metadata
 
-
-def version():
-    """zrsd's version, as installed (`setup.cfg`)."""
-    try:
-        return importlib.metadata.version('zrsd')
-    except importlib.metadata.PackageNotFoundError:
-        return 'unknown (not installed)'
+from zrsd.version import version
 
 
 def command_parser(prog, description, usage=None, epilog=None):
