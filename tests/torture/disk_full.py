@@ -31,6 +31,15 @@ DISK_FULL_STOP = (r'(?m)^.* CRITICAL zrsd\.disk storage failure, stopping: '
 BIG = 1 << 30
 
 
+def run(*command):
+    """Run `command` (mount, umount); its failure is an OSError."""
+    done = subprocess.run(command, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise OSError(errno.EPERM, '%s: %s' % (' '.join(command), (
+            done.stdout.decode('utf-8', 'replace').strip())))
+
+
 class TmpfsSpace:
     """A tmpfs of limited size (variant `tmpfs`)."""
 
@@ -40,25 +49,16 @@ class TmpfsSpace:
     def __init__(self, directory):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
-        self._mount('-t', 'tmpfs', '-o', 'size=%d' % BIG, 'tmpfs', directory)
+        run('mount', '-t', 'tmpfs', '-o', 'size=%d' % BIG, 'tmpfs', directory)
         self.mounted = True
-
-    @staticmethod
-    def _mount(*args, command='mount'):
-        done = subprocess.run((command,) + args, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-        if done.returncode:
-            raise OSError(errno.EPERM, '%s %s: %s' % (
-                command, ' '.join(args), done.stdout.decode(
-                    'utf-8', 'replace').strip()))
 
     def used(self):
         st = os.statvfs(self.directory)
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     def limit(self, size):
-        self._mount('-o', 'remount,size=%d' % (-(-size // 4096) * 4096),
-                    self.directory)
+        run('mount', '-o', 'remount,size=%d' % (-(-size // 4096) * 4096),
+            self.directory)
 
     def grow(self):
         self.limit(BIG)
@@ -67,7 +67,7 @@ class TmpfsSpace:
         if self.mounted:
             self.mounted = False
             try:
-                self._mount(self.directory, command='umount')
+                run('umount', self.directory)
             except OSError:
                 subprocess.run(['umount', '-l', self.directory])
 
