@@ -19,8 +19,8 @@ from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
 from .cases import MAX_FRAME, WINDOW_NEED
-from .judges import (ALLOWED_WARNINGS, advance, check_file, check_leftovers,
-                     judge, traceback_from_protocol)
+from .judges import (ALLOWED_WARNINGS, LaneAbort, advance, check_file,
+                     check_leftovers, judge, traceback_from_protocol)
 
 _ATTRS = ('__defaults__', '__kwdefaults__', '__name__', '__qualname__',
           '__module__', '__doc__', '__code__', '__dict__')
@@ -60,32 +60,22 @@ def chunks(data, rng):
     return pieces
 
 
-class LogCapture(logging.Handler):
+@contextlib.contextmanager
+def captured_logs():
     """This process's WARNING+ log records (zrsd's and ZODB's), as the
-    daemon's log file would have them."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def __enter__(self):
-        root = logging.getLogger()
-        self.level = root.level
-        if root.level > logging.WARNING or root.level == logging.NOTSET:
-            root.setLevel(logging.WARNING)
-        root.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger().removeHandler(self)
-        logging.getLogger().setLevel(self.level)
-
-    def take(self):
-        records, self.records = self.records, []
-        return records
+    daemon's log file would have them: a list, emptied after each case."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(min(level or logging.WARNING, logging.WARNING))
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 class InProcessLane:
@@ -106,7 +96,7 @@ class InProcessLane:
         self.fs = None
 
     def run(self, cases):
-        with LogCapture() as self.logs:
+        with captured_logs() as self.logs:
             self.open()
             try:
                 for number in range(cases):
@@ -114,6 +104,8 @@ class InProcessLane:
                         self.close()
                         self.open()
                     self.run_case(self.generator.case(number, self.position))
+            except LaneAbort:
+                pass
             finally:
                 self.close()
 
@@ -179,7 +171,7 @@ class InProcessLane:
                               case)
             text = str(error)
         judge(summary, side, case, text)
-        for record in self.logs.take():
+        for record in self.logs:
             message = record.getMessage()
             if record.levelno >= logging.ERROR:
                 summary.violation('log', side, 'a second ERROR, from %s: %s'
@@ -187,6 +179,7 @@ class InProcessLane:
             elif not any(w in message for w in ALLOWED_WARNINGS):
                 summary.violation('log', side, 'unexpected WARNING from %s:'
                                   ' %s' % (record.name, message[:300]), case)
+        self.logs.clear()
         self.check_state(case)
 
     def check_state(self, case):

@@ -8,10 +8,7 @@ import re
 import threading
 import time
 
-import ZODB.FileStorage
-from ZODB.POSException import POSKeyError
-
-from harness.history import copy_transaction
+from harness.history import transactions
 
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
 
@@ -19,6 +16,7 @@ VIOLATIONS = (
     'daemon crashes', 'executions', 'partial/unchecked transactions',
     'lost valid transactions', 'log', 'hangs', 'side effects', 'streams',
     'replica following', 'setup')
+UNCHECKED = 'partial/unchecked transactions'
 
 # A text in the ERROR line, and its family of rejection (for the summary).
 REASON_FAMILIES = [(needle, family or needle) for needle, family in (
@@ -41,8 +39,6 @@ REASON_FAMILIES = [(needle, family or needle) for needle, family in (
 ALLOWED_WARNINGS = ('cannot connect', 'commits without checksums',
                     'back pointer of', 'Mismatch between data and backpointer')
 
-UNCHECKED = 'partial/unchecked transactions'
-
 
 class LaneAbort(Exception):
     """A lane cannot go on (its daemon died or hung); already recorded."""
@@ -54,14 +50,12 @@ class Summary:
     def __init__(self, directory, seed, cases):
         self.directory, self.seed, self.cases = directory, seed, cases
         self.lock = threading.Lock()
-        self.counts = collections.Counter()
+        self.counts = collections.Counter()          # (side, key)
         self.reasons = collections.defaultdict(collections.Counter)
-        self.violations = []
-        self.kinds = collections.Counter()   # (category, case kind)
+        self.violations = []         # (category, side, text, case kind)
         self.notes = []
         self.started = time.monotonic()
-        self.elapsed = None
-        self.seconds = collections.Counter()
+        self.seconds = collections.Counter()         # side: seconds
 
     def add(self, side, key, n=1):
         with self.lock:
@@ -77,6 +71,8 @@ class Summary:
             self.reasons[side][family] += 1
 
     def violation(self, category, side, text, case=None):
+        """Record a violation; one of a case also goes, with the case's
+        wire bytes, under violations/ (to replay it)."""
         assert category in VIOLATIONS, category
         if case is not None:
             text = '%s\n    %s' % (case.describe(), text)
@@ -89,29 +85,27 @@ class Summary:
                 f.write('seed %s; %s: %s\n' % (self.seed, category, text))
             text += '\n    wire bytes: %s.bin' % base
         with self.lock:
-            self.violations.append((category, side, text))
-            self.kinds[category, case.kind if case else '-'] += 1
+            self.violations.append(
+                (category, side, text, case.kind if case else '-'))
 
     @property
     def clean(self):
         return not self.violations
 
     def count(self, category):
-        return sum(1 for c, _, _ in self.violations if c == category)
+        return sum(1 for c, *_ in self.violations if c == category)
 
     def report(self, details=20):
-        c = self.get
-        lines = ['zrsd fuzz, seed %s: %d cases per side, %d in-process; '
-                 '%.1f s' % (self.seed, self.cases, c('in-process', 'cases'),
-                             self.elapsed or 0.0)]
-        for side, text, keys in REPORT:
-            if c(side, 'cases'):
-                seconds = self.seconds[side]
-                lines.append('  %-11s ' % side + text % (tuple(
-                    c(side, key) for key in keys) + (
-                        c(side, 'cases') / (seconds or 1e-9)
-                        if side == 'in-process' else seconds,)))
-        for side, _, _ in REPORT:
+        """The summary: per side its counters, time and rejections; the
+        violations by category and case kind; the first `details`."""
+        lines = ['zrsd fuzz, seed %s: %d cases per side; %.1f s' % (
+            self.seed, self.cases, time.monotonic() - self.started)]
+        for side in ('secondary', 'primary', 'in-process'):
+            counts = ['%s %d' % (key, n)
+                      for (s, key), n in self.counts.items() if s == side]
+            if counts:
+                lines.append('  %-11s %s; %.1f s' % (
+                    side, ', '.join(counts), self.seconds[side]))
             if self.reasons[side]:
                 lines.append('  %-11s rejections: %s' % (side, ', '.join(
                     '%s %d' % item
@@ -119,13 +113,13 @@ class Summary:
         lines.extend('  ' + note for note in self.notes)
         lines.append('  violations:')
         for category in VIOLATIONS:
-            kinds = sorted(((n, kind) for (c, kind), n in self.kinds.items()
-                            if c == category), reverse=True)
+            kinds = collections.Counter(
+                kind for c, _, _, kind in self.violations if c == category)
             lines.append('    %-32s %d%s' % (
-                category, self.count(category), '  (%s)' % ', '.join(
-                    '%s %d' % (kind, n) for n, kind in kinds)
+                category, sum(kinds.values()), '  (%s)' % ', '.join(
+                    '%s %d' % item for item in kinds.most_common())
                 if kinds else ''))
-        for category, side, text in self.violations[:details]:
+        for category, side, text, _ in self.violations[:details]:
             lines.append('  - [%s] %s: %s' % (side, category, text))
         if len(self.violations) > details:
             lines.append('  ... and %d more' % (
@@ -135,22 +129,6 @@ class Summary:
                                        % os.path.join(self.directory,
                                                       'violations.txt')))
         return '\n'.join(lines)
-
-
-REPORT = (   # each side's line of the report: text, its counters
-    ('secondary', '%d cases (plain %d, blobs %d) = %d connections: %d '
-     'rejected with an ERROR, %d ended without one; %d transactions '
-     'committed; %d replica epochs; %.1f s',
-     ('cases', 'cases plain', 'cases blobs', 'connections', 'rejected',
-      'closed', 'commits', 'epochs')),
-    ('primary', '%d cases = %d connections: %d refused with an ERROR, %d '
-     'without one; %d streams verified (%d transactions); %d batches, the '
-     'replica followed %d; %.1f s',
-     ('cases', 'connections', 'refused', 'not refused', 'streams verified',
-      'transactions verified', 'batches', 'followed')),
-    ('in-process', '%d cases: %d rejected, %d ended without error; %d '
-     'transactions committed; %d epochs; %.0f cases/s',
-     ('cases', 'rejected', 'closed', 'commits', 'epochs')))
 
 
 def judge(summary, side, case, error_text, line=None):
@@ -256,28 +234,17 @@ def check_leftovers(summary, side, markers, blob_dir, case):
 def check_file(summary, side, source, path, blob_dir, position):
     """Reopen a replica's file: it must hold source.txns[:position] exactly,
     blob files included."""
-    fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir,
-                                      read_only=True)
-    try:
-        got = [copy_transaction(t) for t in fs.iterator()]
-        if len(got) != position:
-            summary.violation(UNCHECKED, side, '%s holds %d transactions, '
-                              'expected %d' % (path, len(got), position))
-        if not compare_history(summary, side, None, source, 0, got) or \
-                not blob_dir:
-            return
-        for r in (r for t in source.txns[:position] for r in t.records
-                  if r.blob is not None):
-            try:
-                with open(fs.loadBlob(r.oid, r.tid), 'rb') as f:
-                    content = f.read()
-            except (OSError, POSKeyError) as exc:
-                content = exc
-            if content != r.blob:
+    got = transactions(path, blob_dir)
+    if len(got) != position:
+        summary.violation(UNCHECKED, side, '%s holds %d transactions, '
+                          'expected %d' % (path, len(got), position))
+    if not compare_history(summary, side, None, source, 0, got):
+        return
+    for txn, expected in zip(got, source.txns):
+        for r, e in zip(txn.records, expected.records):
+            if e.blob is not None and r.blob != e.blob:
                 summary.violation(UNCHECKED, side, 'blob of %s at %s differs'
                                   ' from the source (%s)' % (
-                                      r.oid.hex(), r.tid.hex(), content
-                                      if isinstance(content, Exception)
-                                      else '%d bytes' % len(content)))
-    finally:
-        fs.close()
+                                      r.oid.hex(), r.tid.hex(), 'unreadable'
+                                      if r.blob is None
+                                      else '%d bytes' % len(r.blob)))

@@ -11,7 +11,6 @@ import shutil
 import socket
 import struct
 import sys
-import traceback
 
 import ZEO
 import ZODB.FileStorage
@@ -270,8 +269,6 @@ class PrimarySide:
             self.collect_slow(self.cases)
         except LaneAbort:
             pass
-        except Exception:
-            self.violation('setup', traceback.format_exc()[-2000:])
         finally:
             self.teardown()
 

@@ -1,7 +1,7 @@
 """Running the fuzzer: `run()` (what the tests call) and the command line
 (`main`, behind scripts/fuzz.py)."""
 import argparse
-import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -11,7 +11,7 @@ import traceback
 
 from .cases import CaseGenerator
 from .in_process import InProcessLane, tmpfs_directory
-from .judges import LaneAbort, Summary
+from .judges import Summary
 from .nodes import close_all
 from .pickles import HOSTILES, arm_check
 from .primary_side import PrimarySide
@@ -48,34 +48,24 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
                                       name, size, name == 'blobs')
                    for name in ('plain', 'blobs')}
 
-    def timed(side, target, *args):
-        def body():
-            started = time.monotonic()
-            try:
-                target(*args)
-            except Exception:
-                summary.violation('setup', side, traceback.format_exc())
-            finally:
-                with summary.lock:
-                    summary.seconds[side] = max(
-                        summary.seconds[side], time.monotonic() - started)
-        return threading.Thread(target=body, name='fuzz-' + side,
-                                daemon=True)
+    def generator(name, prefix=''):
+        return CaseGenerator(sources[name], prefix + name, seed, markers)
 
-    threads = []
+    lanes = []          # (side, what runs the lane)
     if 'secondary' in sides and cases:
-        per_lane = {'plain': (cases + 1) // 2, 'blobs': cases // 2}
-        for name, source in sources.items():
-            lane = ReplicaLane(CaseGenerator(source, name, seed, markers),
-                               os.path.join(workdir, 'secondary-' + name),
-                               summary, verbose, keep)
-            os.makedirs(lane.directory, exist_ok=True)
-            threads.append(timed('secondary', lane.run, per_lane[name]))
+        lanes += [('secondary', functools.partial(ReplicaLane(
+            generator(name), os.path.join(workdir, 'secondary-' + name),
+            summary, verbose, keep).run, share))
+            for name, share in (('plain', (cases + 1) // 2),
+                                ('blobs', cases // 2))]
     if 'primary' in sides and cases:
-        threads.append(timed('primary', PrimarySide(
+        lanes.append(('primary', PrimarySide(
             os.path.join(workdir, 'primary'), seed, cases, summary, verbose,
             keep).run))
     try:
+        threads = [threading.Thread(target=timed, args=(summary, side, lane),
+                                    name='fuzz-' + side, daemon=True)
+                   for side, lane in lanes]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -84,24 +74,35 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
         close_all()
     if in_process_cases:
         directory = tmpfs_directory(workdir)
-        started = time.monotonic()
+
+        def in_process():
+            for name in sources:
+                InProcessLane(generator(name, 'in-process-'), directory,
+                              summary, check_checksums).run(in_process_cases)
         try:
-            for name, source in sources.items():
-                with contextlib.suppress(LaneAbort):
-                    InProcessLane(CaseGenerator(
-                        source, 'in-process-' + name, seed, markers),
-                        directory, summary, check_checksums).run(
-                            in_process_cases)
+            timed(summary, 'in-process', in_process)
         finally:
-            summary.seconds['in-process'] = time.monotonic() - started
             shutil.rmtree(directory, ignore_errors=True)
-    summary.elapsed = time.monotonic() - summary.started
     if not summary.clean:
         with open(os.path.join(workdir, 'violations.txt'), 'w') as f:
             f.write(summary.report(details=len(summary.violations)) + '\n')
     if summary.clean and own_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return summary
+
+
+def timed(summary, side, target):
+    """Run `target()`: an exception is a 'setup' violation; the side's
+    time is that of its slowest lane."""
+    started = time.monotonic()
+    try:
+        target()
+    except Exception:
+        summary.violation('setup', side, traceback.format_exc())
+    finally:
+        with summary.lock:
+            summary.seconds[side] = max(summary.seconds[side],
+                                        time.monotonic() - started)
 
 
 def main(argv=None):
@@ -126,10 +127,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sides = {'both': ('secondary', 'primary'), 'none': ()}.get(
         args.side, (args.side,))
-    in_process = 0 if not args.in_process else max(
-        1000, 10 * args.cases) if args.in_process_cases is None \
-        else args.in_process_cases
-    summary = run(args.cases, args.seed, sides, in_process, args.workdir,
+    in_process = args.in_process_cases
+    if in_process is None:
+        in_process = max(1000, 10 * args.cases)
+    summary = run(args.cases, args.seed, sides,
+                  in_process if args.in_process else 0, args.workdir,
                   args.verbose, keep=args.keep)
     print(summary.report())
     return 0 if summary.clean else 1

@@ -23,74 +23,10 @@ from .nodes import IO_TIMEOUT, LogTail, start_replica, stop
 CLIENT = 'zrsd.replica.client'
 
 
-class Epoch:
-    """One replica process on fresh files, with its own case server port."""
-
-    def __init__(self, lane, number):
-        self.lane = lane
-        self.directory = os.path.join(lane.directory, 'epoch-%d' % number)
-        os.makedirs(self.directory)
-        self.listener = socket.socket()
-        self.listener.bind(('127.0.0.1', 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.zeo_port = free_port()
-        self.blob_dir = (os.path.join(self.directory, 'blobs')
-                         if lane.blobs else None)
-        self.process = start_replica(self.directory, self.zeo_port,
-                                     self.listener.getsockname()[1],
-                                     self.blob_dir)
-        self.fs_path = os.path.join(self.directory, 'replica.fs')
-        self.log = LogTail(self.process.log_path)
-        self.connections = self.position = 0
-        self.sock = None
-
-    def alive(self):
-        return self.process.popen.poll() is None
-
-    def accept(self):
-        """The replica's next connection and handshake: its socket goes to
-        `sock`; returns (protocol, start tid)."""
-        deadline = time.monotonic() + IO_TIMEOUT
-        while True:
-            if not self.alive():
-                raise self.lane.died(self)
-            try:
-                sock, _ = self.listener.accept()
-                break
-            except socket.timeout:
-                if time.monotonic() > deadline:
-                    raise self.lane.hung('the replica did not reconnect '
-                                         'within %ss' % IO_TIMEOUT)
-        sock.settimeout(IO_TIMEOUT)
-        data = b''   # it sends nothing more until we do: no keep-alives
-        with contextlib.suppress(socket.timeout):
-            while handshake_frames(data) is None:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        if handshake_frames(data) is None:
-            sock.close()
-            raise self.lane.hung('no handshake from the replica')
-        self.sock = sock
-        self.connections += 1
-        self.lane.summary.add('secondary', 'connections')
-        return handshake_frames(data)
-
-    def segment(self, number):
-        """Log records of connection `number` (0-based), once complete."""
-        def complete():
-            self.log.poll()
-            return len(self.log.connected) > number + 1
-        wait_until(complete, IO_TIMEOUT, message='connection %d in '
-                   '%s' % (number + 1, self.log.path))
-        start, end = self.log.connected[number:number + 2]
-        return self.log.records[start:end]
-
-
 class ReplicaLane:
-    """One zrsd replica (per epoch) fed one case per connection."""
+    """A zrsd replica fed one case per connection.  Near the end of the
+    source it stops, and a fresh one starts: a new epoch, on new files,
+    with its own case server port."""
 
     side = 'secondary'
 
@@ -103,18 +39,22 @@ class ReplicaLane:
         self.blobs = self.source.blob_dir is not None
         self.protocol = zrs.PROTOCOL_2_1 if self.blobs else zrs.PROTOCOL_2_0
         self.epochs = 0
+        self.process = None
 
     def say(self, text):
         if self.verbose:
             print('[%s] %s' % (self.lane, text), file=sys.stderr, flush=True)
 
-    def died(self, epoch):
-        records = epoch.log.poll()
+    def alive(self):
+        return self.process.popen.poll() is None
+
+    def died(self):
+        records = self.log.poll()
         stopped = [r.message for r in records
                    if r.logger == 'zrsd' and 'stopping (' in r.message]
         self.summary.violation('daemon crashes', self.side, 'the %s replica '
                                'exited with status %s%s; its log ends:\n%s'
-                               % (self.lane, epoch.process.popen.returncode,
+                               % (self.lane, self.process.popen.returncode,
                                   ' (it logged "%s": a signal from outside?)'
                                   % stopped[0] if stopped else '',
                                   '\n'.join(r.line[:300]
@@ -127,52 +67,87 @@ class ReplicaLane:
         return LaneAbort()
 
     def run(self, cases):
-        epoch, number = None, 0
         try:
-            while number < cases:
-                if epoch is None:
-                    epoch = self.start_epoch()
-                if len(self.source) - epoch.position < WINDOW_NEED:
-                    self.end_epoch(epoch)
-                    epoch = None
-                    continue
-                case = self.generator.case(number, epoch.position)
-                number += 1
+            for number in range(cases):
+                if self.process is None or \
+                        len(self.source) - self.position < WINDOW_NEED:
+                    self.end_epoch()
+                    self.start_epoch()
+                case = self.generator.case(number, self.position)
                 self.summary.add(self.side, 'cases')
-                self.summary.add(self.side, 'cases %s' % (
+                self.summary.add(self.side, 'cases ' + (
                     'blobs' if self.blobs else 'plain'))
-                self.serve(epoch, case)
-                self.check(epoch, case, *epoch.accept())
-                if self.verbose and number % 50 == 0:
+                self.serve(case)
+                self.check(case, *self.accept())
+                if number % 50 == 49:
                     self.say('%d cases, at source index %d' % (
-                        number, epoch.position))
+                        number + 1, self.position))
         except LaneAbort:
             pass
         finally:
-            if epoch is not None:
-                self.end_epoch(epoch)
+            self.end_epoch()
 
     def start_epoch(self):
         self.epochs += 1
         self.summary.add(self.side, 'epochs')
-        epoch = Epoch(self, self.epochs)
+        self.epoch_dir = os.path.join(self.directory,
+                                      'epoch-%d' % self.epochs)
+        os.makedirs(self.epoch_dir)
+        self.listener = socket.socket()
+        self.listener.bind(('127.0.0.1', 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.zeo_port = free_port()
+        self.fs_path = os.path.join(self.epoch_dir, 'replica.fs')
+        self.blob_dir = (os.path.join(self.epoch_dir, 'blobs')
+                         if self.blobs else None)
+        self.process = start_replica(self.epoch_dir, self.zeo_port,
+                                     self.listener.getsockname()[1],
+                                     self.blob_dir)
+        self.log = LogTail(self.process.log_path)
+        self.connections = self.position = 0
+        self.sock = None
         self.say('epoch %d: replica on port %d' % (self.epochs,
-                                                   epoch.zeo_port))
-        try:
-            protocol, tid = epoch.accept()
-        except LaneAbort:
-            epoch.process.close()
-            epoch.listener.close()
-            raise
+                                                   self.zeo_port))
+        protocol, tid = self.accept()
         if tid != z64 or protocol != self.protocol:
             self.summary.violation('streams', self.side, 'a new %s replica '
                                    'sent %r, %s' % (self.lane, protocol,
                                                     tid.hex()))
-        return epoch
 
-    def serve(self, epoch, case):
+    def accept(self):
+        """The replica's next connection and handshake: its socket goes to
+        `sock`; returns (protocol, start tid)."""
+        deadline = time.monotonic() + IO_TIMEOUT
+        while True:
+            if not self.alive():
+                raise self.died()
+            try:
+                sock, _ = self.listener.accept()
+                break
+            except socket.timeout:
+                if time.monotonic() > deadline:
+                    raise self.hung('the replica did not reconnect '
+                                    'within %ss' % IO_TIMEOUT)
+        sock.settimeout(IO_TIMEOUT)
+        data = b''   # it sends nothing more until we do: no keep-alives
+        with contextlib.suppress(socket.timeout):
+            while handshake_frames(data) is None:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        if handshake_frames(data) is None:
+            sock.close()
+            raise self.hung('no handshake from the replica')
+        self.sock = sock
+        self.connections += 1
+        self.summary.add(self.side, 'connections')
+        return handshake_frames(data)
+
+    def serve(self, case):
         """Send the case, close our side, wait until zrsd drops it."""
-        sock = epoch.sock
+        sock = self.sock
         try:
             sock.sendall(case.wire)
         except socket.timeout:
@@ -192,39 +167,38 @@ class ReplicaLane:
         finally:
             sock.close()
 
-    def check(self, epoch, case, protocol, tid):
+    def check(self, case, protocol, tid):
         """After a case: the handshake (protocol, position), ZEO, the
         file's new transactions, markers, blob temporaries and the log."""
-        summary, side = self.summary, self.side
         if protocol != self.protocol:
-            summary.violation('streams', side, 'handshake with %r' % (
-                protocol,), case)
-        old = epoch.position
-        epoch.position = advance(summary, side, case, self.source, old, tid,
-                                 lambda start: self.read(epoch, start))
-        self.check_zeo(epoch, case, tid, self.source.txns[
-            old:epoch.position])
-        check_leftovers(summary, side, self.markers, epoch.blob_dir, case)
-        self.check_log(epoch, case, epoch.connections - 2)
+            self.summary.violation('streams', self.side, 'handshake with %r'
+                                   % (protocol,), case)
+        old = self.position
+        self.position = advance(self.summary, self.side, case, self.source,
+                                old, tid, self.read)
+        self.check_zeo(case, tid, self.source.txns[old:self.position])
+        check_leftovers(self.summary, self.side, self.markers,
+                        self.blob_dir, case)
+        self.check_log(case, self.connections - 2)
 
-    def read(self, epoch, start):
+    def read(self, start):
         """The file's transactions from `start` (the replica is idle while
         it waits for our first frame)."""
-        iterator = ZODB.FileStorage.FileIterator(epoch.fs_path, start)
+        iterator = ZODB.FileStorage.FileIterator(self.fs_path, start)
         try:
             return [copy_transaction(t) for t in iterator]
         finally:
             iterator.close()
 
-    def check_zeo(self, epoch, case, tid, new):
+    def check_zeo(self, case, tid, new):
         """A fresh read-only ZEO client answers, its last transaction is the
         handshake's, and it serves the records of `new` transactions."""
         try:
-            client = ZEO.client(('127.0.0.1', epoch.zeo_port),
+            client = ZEO.client(('127.0.0.1', self.zeo_port),
                                 read_only=True, wait_timeout=IO_TIMEOUT)
         except Exception as exc:
-            if not epoch.alive():
-                raise self.died(epoch)
+            if not self.alive():
+                raise self.died()
             raise self.hung('ZEO does not answer: %s: %s' % (
                 type(exc).__name__, exc), case)
         try:
@@ -242,11 +216,17 @@ class ReplicaLane:
         finally:
             client.close()
 
-    def check_log(self, epoch, case, number):
-        """Connection `number` ended in exactly one line: one ERROR or one
-        INFO `disconnected`; nothing else alarming."""
+    def check_log(self, case, number):
+        """Connection `number` (0-based) ended in exactly one line: one
+        ERROR or one INFO `disconnected`; nothing else alarming."""
         summary, side = self.summary, self.side
-        records = [r for r in epoch.segment(number) if r.logger == CLIENT]
+        wait_until(lambda: self.log.poll() and
+                   len(self.log.connected) > number + 1, IO_TIMEOUT,
+                   message='connection %d in %s' % (number + 1,
+                                                    self.log.path))
+        start, end = self.log.connected[number:number + 2]
+        records = [r for r in self.log.records[start:end]
+                   if r.logger == CLIENT]
         ours = [r for r in records if r.is_error]
         ended = [r for r in records if ': disconnected' in r.message]
         # zrsd logs a repeated apply failure at DEBUG (rate limiting): the
@@ -256,7 +236,7 @@ class ReplicaLane:
                     'open transaction aborted, reconnecting'):
                 ours.append(record)
                 if not any(r.is_error and r.message == record.message
-                           for r in epoch.log.records):
+                           for r in self.log.records):
                     summary.violation('log', side, 'a rejection logged at '
                                       'DEBUG only: %s' % record.line[:300],
                                       case)
@@ -274,21 +254,24 @@ class ReplicaLane:
                               % ours[0].message[:300], case)
         judge(summary, side, case, ours[0].message, ours[0].line)
 
-    def end_epoch(self, epoch):
+    def end_epoch(self):
         """SIGTERM the replica, then compare its file with the source."""
+        if self.process is None:
+            return
         summary, side = self.summary, self.side
-        status = stop(summary, side, '%s replica' % self.lane, epoch.process)
-        if epoch.sock is not None:
-            epoch.sock.close()
-        epoch.listener.close()
-        last = epoch.log.connected[-1] if epoch.log.connected else None
-        epoch.log.scan(summary, side, lambda index, record:
-                       last is None or index < last, 'ERROR while stopping')
+        status = stop(summary, side, '%s replica' % self.lane, self.process)
+        self.process = None
+        if self.sock is not None:
+            self.sock.close()
+        self.listener.close()
+        last = self.log.connected[-1] if self.log.connected else None
+        self.log.scan(summary, side, lambda index, record:
+                      last is None or index < last, 'ERROR while stopping')
         if status is not None:
             before = len(summary.violations)
-            check_file(summary, side, self.source, epoch.fs_path,
-                       epoch.blob_dir, epoch.position)
+            check_file(summary, side, self.source, self.fs_path,
+                       self.blob_dir, self.position)
             if len(summary.violations) == before and not self.keep:
-                shutil.rmtree(epoch.directory, ignore_errors=True)
+                shutil.rmtree(self.epoch_dir, ignore_errors=True)
         self.say('epoch %d ended at source index %d' % (
-            self.epochs, epoch.position))
+            self.epochs, self.position))

@@ -31,6 +31,15 @@ DISK_FULL_STOP = (r'(?m)^.* CRITICAL zrsd\.disk storage failure, stopping: '
 BIG = 1 << 30
 
 
+def run(*command):
+    """Run `command` (mount, umount); its failure is an OSError."""
+    done = subprocess.run(command, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise OSError(errno.EPERM, '%s: %s' % (' '.join(command), (
+            done.stdout.decode('utf-8', 'replace').strip())))
+
+
 class TmpfsSpace:
     """A tmpfs of limited size (variant `tmpfs`)."""
 
@@ -40,25 +49,16 @@ class TmpfsSpace:
     def __init__(self, directory):
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
-        self._mount('-t', 'tmpfs', '-o', 'size=%d' % BIG, 'tmpfs', directory)
+        run('mount', '-t', 'tmpfs', '-o', 'size=%d' % BIG, 'tmpfs', directory)
         self.mounted = True
-
-    @staticmethod
-    def _mount(*args, command='mount'):
-        done = subprocess.run((command,) + args, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
-        if done.returncode:
-            raise OSError(errno.EPERM, '%s %s: %s' % (
-                command, ' '.join(args), done.stdout.decode(
-                    'utf-8', 'replace').strip()))
 
     def used(self):
         st = os.statvfs(self.directory)
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     def limit(self, size):
-        self._mount('-o', 'remount,size=%d' % (-(-size // 4096) * 4096),
-                    self.directory)
+        run('mount', '-o', 'remount,size=%d' % (-(-size // 4096) * 4096),
+            self.directory)
 
     def grow(self):
         self.limit(BIG)
@@ -67,7 +67,7 @@ class TmpfsSpace:
         if self.mounted:
             self.mounted = False
             try:
-                self._mount(self.directory, command='umount')
+                run('umount', self.directory)
             except OSError:
                 subprocess.run(['umount', '-l', self.directory])
 
@@ -102,8 +102,6 @@ class InjectedSpace:
 
 
 class DiskFull(Scenario):
-    """Two replicas' disks fill up; space comes back (module docstring)."""
-
     name = 'disk-full'
     allowed_errors = (DISK_FULL_STOP,)
 
@@ -117,8 +115,8 @@ class DiskFull(Scenario):
                     raise ScenarioFailed('cannot mount a tmpfs: %s' % exc)
                 note = ('disk-full: mounting a tmpfs failed (%s); using the '
                         'injected variant' % exc)
-                if note not in self.report.notes:
-                    self.report.notes.append(note)
+                if note not in self.torture.notes:
+                    self.torture.notes.append(note)
         return InjectedSpace(directory, fs_path)
 
     def run(self, counts):
@@ -137,7 +135,7 @@ class DiskFull(Scenario):
             replicas.append(replica)
         variant = self.spaces[0].variant
         self.say('disk-full variant: %s' % variant)
-        self.report.notes.append('disk-full variant that ran: %s' % variant)
+        self.torture.notes.append('disk-full variant that ran: %s' % variant)
         for replica in replicas:
             self.wait_caught_up(replica)
         for episode in range(counts['disk_full']):
@@ -178,7 +176,7 @@ class DiskFull(Scenario):
         log = replica.log()
         lines = re.findall(DISK_FULL_STOP, log)
         if status != 1 or len(lines) != 1 or 'Traceback' in log:
-            self.report.crashes.append(
+            self.torture.crashes.append(
                 '%s: %s on a full disk exited with %s, %d disk-full '
                 'lines%s; log %s' % (
                     self.name, replica.name, status, len(lines),
@@ -198,7 +196,7 @@ class DiskFull(Scenario):
             try:
                 ZODB.FileStorage.FileStorage(copy).close()
             except Exception as exc:
-                self.report.mismatches.append(
+                self.torture.mismatches.append(
                     '%s: %s: the file does not open after a stop on a full '
                     'disk: %s: %s' % (self.name, replica.name,
                                       type(exc).__name__, exc))

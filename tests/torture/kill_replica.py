@@ -13,8 +13,6 @@ from .scenario import Scenario
 
 
 class KillReplica(Scenario):
-    """kill -9 of a replica at start-up, during catch-up and live."""
-
     name = 'kill-replica'
 
     def run(self, counts):

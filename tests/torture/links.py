@@ -7,8 +7,6 @@ from .scenario import Scenario
 
 
 class Links(Scenario):
-    """Cuts, stalls and throttling of the replication link."""
-
     name = 'links'
 
     def run(self, counts):

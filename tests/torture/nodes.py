@@ -27,10 +27,9 @@ class TortureNode(ZrsdNode):
         self.expected_exit = True
         self.logs = []
 
-    def start(self, wait=None):
-        """A primary (or with `wait`) returns once it serves; a replica
-        at once."""
-        if wait or (wait is None and self.role == 'primary'):
+    def start(self):
+        """A primary returns once it serves; a replica at once."""
+        if self.role == 'primary':
             return super().start(WAIT)
         return self.launch()
 

@@ -18,9 +18,6 @@ from .scenario import Scenario
 
 
 class Pack(Scenario):
-    """Packs of the primary while replicas catch up and the writer
-    writes."""
-
     name = 'pack'
     # FileStorage refuses the writer's undo log during a pack; ZEO logs it.
     allowed_errors = (r'Error raised in delayed method(.|\n)*UndoError: '

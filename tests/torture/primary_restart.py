@@ -6,8 +6,6 @@ from .scenario import Scenario
 
 
 class PrimaryRestart(Scenario):
-    """kill -9 and restart of the primary under a cascade."""
-
     name = 'primary-restart'
 
     def run(self, counts):

@@ -27,9 +27,8 @@ from .pack import Pack
 from .primary_restart import PrimaryRestart
 from .scenario import ScenarioFailed
 
-SCENARIO_CLASSES = {cls.name: cls for cls in (
+SCENARIOS = {cls.name: cls for cls in (
     KillReplica, Links, PrimaryRestart, Pack, DiskFull)}
-SCENARIOS = tuple(SCENARIO_CLASSES)
 COUNTS = {
     'short': dict(replica_kills=3, cuts=10, stalls=1, throttles=1,
                   primary_restarts=1, packs=1, disk_full=1,
@@ -40,15 +39,18 @@ COUNTS = {
 }
 
 
-class Report:
-    """What the run did and every violation found."""
+class Torture:
+    """A run: its settings, what its scenarios did (`cycles`, transactions
+    and blob files `compared`) and every violation they found."""
 
-    def __init__(self):
+    def __init__(self, workdir, seed, counts, disk_full_variant):
+        self.workdir, self.seed, self.counts = workdir, seed, counts
+        self.disk_full_variant = disk_full_variant
         self.scenarios = []            # (name, seconds, outcome)
-        self.counts = collections.Counter()
+        self.cycles = collections.Counter()
         self.compared = self.blobs_compared = 0
-        # mismatches, crashes, unexpected ERROR/CRITICAL lines, scenarios
-        # that could not finish; notes
+        # The violations: mismatches, crashes, unexpected ERROR/CRITICAL
+        # lines, scenarios that could not finish.
         self.mismatches, self.crashes, self.errors, self.failures = (
             [], [], [], [])
         self.notes = []
@@ -60,12 +62,44 @@ class Report:
     def say(self, text):
         print(text, flush=True)
 
-    def summary(self, seconds, workdir):
+    def run(self, name):
+        scenario = SCENARIOS[name](
+            self, random.Random('%s-%s' % (self.seed, name)))
+        self.say('== %s' % name)
+        began = time.monotonic()
+        mismatches, crashes = len(self.mismatches), len(self.crashes)
+        outcome = 'ok'
+        try:
+            scenario.run(self.counts)
+        except ScenarioFailed as exc:
+            outcome = 'FAILED: %s' % str(exc).splitlines()[0]
+            self.failures.append('%s: %s' % (name, exc))
+        except Exception:
+            outcome = 'FAILED: exception'
+            self.failures.append('%s: %s' % (name, traceback.format_exc()))
+        finally:
+            scenario.cleanup()
+        expected, unexpected = scenario.scan_logs()
+        if expected:
+            scenario.say('%d expected ERROR lines (caused on purpose)'
+                         % expected)
+        found = ['%d %s' % (count, what) for count, what in (
+            (len(self.mismatches) - mismatches, 'mismatches'),
+            (len(self.crashes) - crashes, 'crashes'),
+            (unexpected, 'unexpected error lines')) if count]
+        if found:
+            outcome = ('VIOLATED: ' if outcome == 'ok'
+                       else outcome + '; ') + ', '.join(found)
+        took = time.monotonic() - began
+        self.scenarios.append((name, took, outcome))
+        self.say('== %s: %s (%.1fs)' % (name, outcome, took))
+
+    def summary(self, seconds):
         lines = ['', '==== zrsd torture summary ====']
         lines += ['  %-16s %6.1fs  %s' % row for row in self.scenarios]
         lines.append('  cycles:')
-        lines += ['    %-34s %d' % (key, self.counts[key])
-                  for key in sorted(self.counts)]
+        lines += ['    %-34s %d' % (key, self.cycles[key])
+                  for key in sorted(self.cycles)]
         lines += ['  note: %s' % note for note in self.notes]
         lines.append('  transactions compared:   %d' % self.compared)
         lines.append('  blob files compared:     %d' % self.blobs_compared)
@@ -76,56 +110,11 @@ class Report:
                 ('scenario failures:', self.failures, None)):
             lines.append('  %-24s %d' % (title, len(found)))
             lines.extend('    ' + f for f in found[:most])
-        lines.append('  time: %.1fs; work directory: %s' % (seconds, workdir))
+        lines.append('  time: %.1fs; work directory: %s' % (
+            seconds, self.workdir))
         verdict = 'CLEAN' if not self.violations() else (
             'FAILED: %d violation(s)' % self.violations())
         return '\n'.join(lines + ['  result: %s' % verdict])
-
-
-class Torture:
-    """Runs the scenarios and keeps the report."""
-
-    def __init__(self, workdir, seed, counts, disk_full_variant):
-        self.workdir, self.seed, self.counts = workdir, seed, counts
-        self.disk_full_variant = disk_full_variant
-        self.report = Report()
-
-    def run(self, names):
-        for name in names:
-            self.run_one(name)
-
-    def run_one(self, name):
-        report = self.report
-        scenario = SCENARIO_CLASSES[name](
-            self, random.Random('%s-%s' % (self.seed, name)))
-        report.say('== %s' % name)
-        began = time.monotonic()
-        mismatches, crashes = len(report.mismatches), len(report.crashes)
-        outcome = 'ok'
-        try:
-            scenario.run(self.counts)
-        except ScenarioFailed as exc:
-            outcome = 'FAILED: %s' % str(exc).splitlines()[0]
-            report.failures.append('%s: %s' % (name, exc))
-        except Exception:
-            outcome = 'FAILED: exception'
-            report.failures.append('%s: %s' % (name, traceback.format_exc()))
-        finally:
-            scenario.cleanup()
-        expected, unexpected = scenario.scan_logs()
-        if expected:
-            scenario.say('%d expected ERROR lines (caused on purpose)'
-                         % expected)
-        found = ['%d %s' % (count, what) for count, what in (
-            (len(report.mismatches) - mismatches, 'mismatches'),
-            (len(report.crashes) - crashes, 'crashes'),
-            (unexpected, 'unexpected error lines')) if count]
-        if found:
-            outcome = ('VIOLATED: ' if outcome == 'ok'
-                       else outcome + '; ') + ', '.join(found)
-        took = time.monotonic() - began
-        report.scenarios.append((name, took, outcome))
-        report.say('== %s: %s (%.1fs)' % (name, outcome, took))
 
 
 def parse_args(argv):
@@ -173,14 +162,14 @@ def main(argv=None):
     began = time.monotonic()
     previous = signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
     try:
-        torture.run(names)
+        for name in names:
+            torture.run(name)
     finally:
         signal.signal(signal.SIGTERM, previous)
         root.removeHandler(clients_log)
         clients_log.close()
-        report = torture.report
-        print(report.summary(time.monotonic() - began, workdir), flush=True)
-    if report.violations():
+        print(torture.summary(time.monotonic() - began), flush=True)
+    if torture.violations():
         print('re-run: %s scripts/torture.py%s --seed %d%s' % (
             os.path.relpath(sys.executable), ' --long' if args.long else '',
             seed, ''.join(' --only %s' % n for n in args.only or ())))

@@ -34,7 +34,6 @@ class Scenario:
 
     def __init__(self, torture, rng):
         self.torture = torture
-        self.report = torture.report
         self.rng = rng
         self.directory = os.path.join(torture.workdir, self.name)
         os.makedirs(self.directory)
@@ -64,10 +63,10 @@ class Scenario:
         return self.proxies[-1]
 
     def count(self, key, n=1):
-        self.report.counts['%s: %s' % (self.name, key)] += n
+        self.torture.cycles['%s: %s' % (self.name, key)] += n
 
     def say(self, text):
-        self.report.say('  [%s] %s' % (self.name, text))
+        self.torture.say('  [%s] %s' % (self.name, text))
 
     def check_writer(self):
         if self.writer is not None and self.writer.error is not None:
@@ -78,7 +77,7 @@ class Scenario:
         for node in self.nodes:
             status = node.unexpected_exit()
             if status is not None:
-                self.report.crashes.append(
+                self.torture.crashes.append(
                     '%s: %s (%s) exited with status %s; log %s' % (
                         self.name, node.name, node.role, status,
                         node.logs[-1]))
@@ -157,10 +156,15 @@ class Scenario:
         for node in list(replicas) + [self.primary]:
             status = node.stop()
             if status != 0:
-                self.report.crashes.append(
+                self.torture.crashes.append(
                     '%s: %s exited with status %s on SIGTERM; log %s' % (
                         self.name, node.name, status, node.logs[-1]))
-        self.writer_summary()
+        w = self.writer
+        errors = ', '.join('%s %d' % kv for kv in sorted(w.errors.items()))
+        self.say('writer: %d commits (%d with blobs, %d undos), failed '
+                 'commits: %s' % (w.commits, w.blob_commits, w.undos,
+                                  errors or 'none'))
+        self.count('writer commits', w.commits)
         return last
 
     def compare(self, *replicas, **kw):
@@ -169,21 +173,13 @@ class Scenario:
                                                        **kw))
 
     def record(self, replica, compared, blobs, mismatches):
-        self.report.compared += compared
-        self.report.blobs_compared += blobs
-        self.report.mismatches.extend('%s: %s' % (self.name, m)
-                                      for m in mismatches)
+        self.torture.compared += compared
+        self.torture.blobs_compared += blobs
+        self.torture.mismatches.extend('%s: %s' % (self.name, m)
+                                       for m in mismatches)
         self.say('%s: %d transactions, %d blob files compared, %d '
                  'mismatches' % (replica.name, compared, blobs,
                                  len(mismatches)))
-
-    def writer_summary(self):
-        w = self.writer
-        errors = ', '.join('%s %d' % kv for kv in sorted(w.errors.items()))
-        self.say('writer: %d commits (%d with blobs, %d undos), failed '
-                 'commits: %s' % (w.commits, w.blob_commits, w.undos,
-                                  errors or 'none'))
-        self.count('writer commits', w.commits)
 
     def cleanup(self):
         if self.writer is not None and self.writer.running():
@@ -197,6 +193,6 @@ class Scenario:
         expected, unexpected = judges.scan_logs(
             [path for node in self.nodes for path in node.logs],
             self.allowed_errors)
-        self.report.errors.extend('%s: %s' % (self.name, e)
-                                  for e in unexpected)
+        self.torture.errors.extend('%s: %s' % (self.name, e)
+                                   for e in unexpected)
         return expected, len(unexpected)
