@@ -1,15 +1,19 @@
 """The <monitor> endpoint: /metrics (Prometheus) and /status (JSON), read
 with a real HTTP client from a real zrsd primary and replica."""
 import json
+import operator
 import os
+import re
 import urllib.error
 import urllib.request
+
+import yaml
 
 from prometheus_client.parser import text_string_to_metric_families
 from ZODB.TimeStamp import TimeStamp
 
 from harness import zczrs
-from harness.process import wait_until
+from harness.process import ROOT, wait_until
 from harness.zrsd_nodes import ZrsdNode
 
 
@@ -141,3 +145,49 @@ def test_watchable_before_the_first_transaction(tmp_path, processes):
     assert ready(port, '?storage=2') == (503, ["no storage named '2'"])
     replica.stop()
     primary.stop()
+
+
+RULES = os.path.join(ROOT, 'etc', 'zrsd-alerts.yml')
+# What the sample rules may use: one series, optional label matchers, a
+# comparison with a number (no aggregation: they fire per storage).
+RULE = re.compile(r'^(\w+)(?:\{(.*)\})?\s*(==|!=|>=|<=|>|<)\s*([-+.e\d]+)$')
+COMPARE = {'==': operator.eq, '!=': operator.ne, '>=': operator.ge,
+           '<=': operator.le, '>': operator.gt, '<': operator.lt}
+
+
+def firing(port):
+    """{(alert, storage)} of the sample rules on a node's /metrics now."""
+    with open(RULES) as f:
+        rules = yaml.safe_load(f)['groups'][0]['rules']
+    series = samples(port)
+    alerts = set()
+    for rule in rules:
+        match = RULE.match(' '.join(rule['expr'].split()))
+        assert match, 'the test cannot evaluate %r' % rule['expr']
+        name, matchers, op, threshold = match.groups()
+        assert not matchers
+        for sample in series:
+            if sample.name == name and COMPARE[op](sample.value,
+                                                   float(threshold)):
+                alerts.add((rule['alert'], sample.labels['storage']))
+    return alerts
+
+
+def test_sample_alerts(tmp_path, processes):
+    """The rules of etc/zrsd-alerts.yml, evaluated on real series: quiet
+    while replication works, the disconnection alert for the storage of a
+    replica whose primary is gone."""
+    primary = ZrsdNode(tmp_path, 'primary', monitor=True,
+                       register=processes).start()
+    zczrs.commit_change(primary.zeo_address, 1, 'x')
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       monitor=True, register=processes).start()
+    wait_until(lambda: ready(replica.monitor_port)[0] == 200,
+               message='replica ready')
+    assert firing(replica.monitor_port) == set()
+    assert firing(primary.monitor_port) == set()
+    primary.stop()
+    wait_until(lambda: firing(replica.monitor_port) == {
+        ('ZrsdReplicaDisconnected', '1')},
+        message='the disconnection alert firing')
+    replica.stop()
