@@ -1,11 +1,14 @@
 """When the ZEO port opens: after a replica's first transaction (read-only
 clients cannot open a DB on an empty storage), unless `serve-empty`."""
+import os
+import re
 import socket
+import subprocess
 
 import pytest
 import ZODB
 
-from harness.process import free_port, port_open
+from harness.process import BIN, free_port, port_open, wait_until
 from harness.zrsd_nodes import ZrsdNode
 
 SERVING = ' over ZEO at '
@@ -69,3 +72,43 @@ def test_an_address_in_use_is_one_line(tmp_path, processes, taken, what):
         'zrsd zrsd failed: cannot listen for %s at 127.0.0.1:%d: Address '
         'already in use' % (what, getattr(node, taken))]
     assert 'Traceback' not in node.log()
+
+
+def test_a_second_zrsd_on_a_storage_is_one_line(tmp_path, processes):
+    """A second zrsd on the same storage (the same file: same ports, same
+    log) says so in one line on stderr, naming the process that holds it,
+    exits 2 (not restarted by systemd or zdaemon) and writes nothing into
+    the running one's log."""
+    log_path = tmp_path / 'zrsd.log'
+    first = ZrsdNode(tmp_path, 'primary', log_file=str(log_path),
+                     register=processes).launch()
+    wait_until(lambda: port_open(first.zeo_port), message='first serving')
+    second = subprocess.run([os.path.join(BIN, 'zrsd'), '-C',
+                             first.config_path], capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 2
+    (line,) = second.stderr.splitlines()
+    assert re.fullmatch(
+        r'zrsd: %s is in use by another process \(pid %d: .*zrsd -C %s\); '
+        r'a storage is served by one process only' % (re.escape(
+            first.fs_path), first.pid, re.escape(first.config_path)), line)
+    log = log_path.read_text()
+    assert 'CRITICAL' not in log and 'Traceback' not in log
+    assert 'in use by another process' not in log
+    assert log.count('primary of ') == log.count('serving 1 over ZEO') == 1
+    first.stop()
+
+
+def test_a_zeo_port_as_replicate_from_is_named(tmp_path, processes):
+    """A replica pointed at a ZEO port, not a ZRS one, says what it found
+    instead of failing to unpickle ZEO's greeting."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.zeo_port,
+                       zeo_lines='  serve-empty on\n',
+                       register=processes).start()
+    replica.wait_for_log('this looks like a ZEO server (it greets with '
+                         "'Z5'), not a ZRS primary: replicate-from must be")
+    assert 'Unpickling' not in replica.log()
+    assert 'Traceback' not in replica.log()
+    replica.stop()
+    primary.stop()

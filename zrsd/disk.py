@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 
+import zc.lockfile
 from ZODB.POSException import StorageSystemError
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,55 @@ def opened(path, open_storage, blob_dir=None):
                              exc.__context__) from exc
     except OSError as exc:
         raise StorageFailure(path, 'opening the storage', exc) from exc
+
+
+class StorageLocked(Exception):
+    """Another process has the storage open (its lock file is locked)."""
+
+    def __init__(self, path, pid):
+        super().__init__(path, pid)
+        self.path, self.pid = path, pid
+
+    def __str__(self):
+        return '%s is in use by another process (%s); a storage is served ' \
+            'by one process only' % (self.path, describe_process(self.pid))
+
+
+def lock_holder(path):
+    """The pid written in a FileStorage's lock file, or None."""
+    try:
+        with open(path + '.lock') as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ensure_unlocked(path):
+    """StorageLocked when a process holds the lock of the FileStorage
+    `path` (checked before opening it, so that a second zrsd says so in
+    one line instead of FileStorage's traceback)."""
+    if not os.path.exists(path + '.lock'):
+        return
+    try:
+        lock = zc.lockfile.SimpleLockFile(path + '.lock')  # writes nothing
+    except zc.lockfile.LockError:
+        raise StorageLocked(path, lock_holder(path)) from None
+    lock.close()
+
+
+def describe_process(pid):
+    """'pid 123: zrsd -C /etc/zrsd/zrs.conf' (Linux /proc), or less."""
+    if pid is None:
+        return 'pid unknown'
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            words = f.read().split(b'\0')
+    except OSError:
+        return 'pid %d' % pid
+    words = [os.path.basename(w.decode(errors='replace')) if i == 0
+             else w.decode(errors='replace')
+             for i, w in enumerate(words) if w]
+    return 'pid %d: %s' % (pid, ' '.join(words)) if words else 'pid %d' % pid
 
 
 def log_failure(failure):

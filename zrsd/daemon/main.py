@@ -122,6 +122,11 @@ class Daemon:
         except ListenError as exc:
             logger.critical('zrsd failed: %s', exc)
             self.exit_status = EXIT_FAILURE
+        except disk.StorageLocked as exc:
+            # Not a failure a restart mends: 2 stops systemd
+            # (RestartPreventExitStatus) and zdaemon restarting it.
+            logger.critical('zrsd failed: %s', exc)
+            self.exit_status = EXIT_CONFIG
         except Exception:
             logger.critical('zrsd failed', exc_info=True)
             self.exit_status = EXIT_FAILURE
@@ -365,6 +370,14 @@ def main(argv=None):
         config = zconfig.load(args.configure)
     except zconfig.ConfigError as exc:
         print('zrsd: configuration error: %s' % exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        # Before logging starts: a second zrsd must not write into the
+        # log of the one that runs.
+        for zrs in config.storages:
+            disk.ensure_unlocked(zrs.path)
+    except disk.StorageLocked as exc:
+        print('zrsd: %s' % exc, file=sys.stderr)
         return EXIT_CONFIG
     log_factory = setup_logging(config)
     return Daemon(config, log_factory).run()

@@ -41,6 +41,7 @@ class Node:
         # A replica promoted earlier (zrsdctl promote) stays a primary.
         self.promotion = (promotion.read_record(zrs.path)
                           if zrs.replicate_from is not None else None)
+        disk.ensure_unlocked(zrs.path)
         if self.replicating:
             fs = disk.opened(zrs.path, lambda: open_replica_file(
                 zrs.path, zrs.open_base), zrs.blob_dir)

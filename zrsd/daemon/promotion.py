@@ -75,15 +75,6 @@ def mark_done(fs_path, record, tid):
     return record
 
 
-def lock_holder(fs_path):
-    """The pid written in the FileStorage's lock file, or None."""
-    try:
-        with open(fs_path + '.lock') as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def catches_signal(pid, signum):
     """Does process `pid` handle `signum`?  (Linux's /proc; True when it
     cannot be told.)  A process that does not would be killed by it."""

@@ -8,6 +8,7 @@ is a `SecondaryProtocol` that sends the handshake, turns bytes into frames
 """
 import dataclasses
 import logging
+import re
 import time
 
 from twisted.internet import endpoints, protocol, task
@@ -52,6 +53,13 @@ class LinkSettings:
     max_reconnect_delay: float = 60.0
 
 
+ZEO_GREETING = re.compile(rb'^[ZM][0-9]{1,5}$')
+
+
+class NotAPrimary(zrs.ProtocolError):
+    """The server at replicate-from speaks another protocol (ZEO)."""
+
+
 class SecondaryProtocol(protocol.Protocol):
     """One connection from this secondary to its primary."""
 
@@ -59,6 +67,7 @@ class SecondaryProtocol(protocol.Protocol):
     _keep_alive = None
     _failed = False
     _received = False   # any byte from the primary on this connection
+    _framed = False     # any frame from it
 
     def __init__(self, client):
         self.client = client
@@ -78,8 +87,7 @@ class SecondaryProtocol(protocol.Protocol):
             client.storage.writer, start_tid, decoder=settings.decoder,
             check_checksums=settings.check_checksums,
             on_commit=client.committed)
-        self.frames = zrs.FrameDecoder(self.receiver.frame_received,
-                                       settings.max_frame)
+        self.frames = zrs.FrameDecoder(self._frame, settings.max_frame)
         self.transport.write(zrs.encode_frame(settings.protocol_name))
         self.transport.write(zrs.encode_frame(start_tid))
         logger.info('%s: connected (%s), requesting transactions after %s',
@@ -91,6 +99,19 @@ class SecondaryProtocol(protocol.Protocol):
             self._keep_alive.start(settings.keep_alive_delay, now=False)
         client.storage.writer.defer_sync = True
         client.connection_made(self)
+
+    def _frame(self, payload):
+        # A ZEO server frames its messages the way ZRS does, and greets
+        # first with its protocol (b'Z5', b'M5', ...): replicate-from then
+        # names a ZEO address.  Say so, instead of failing to unpickle.
+        if not self._framed and ZEO_GREETING.match(payload):
+            raise NotAPrimary(
+                'this looks like a ZEO server (it greets with %r), not a ZRS '
+                'primary: replicate-from must be the primary\'s replication '
+                'address (its replicate-to), not its ZEO address'
+                % payload.decode('ascii'))
+        self._framed = True
+        self.receiver.frame_received(payload)
 
     def _send_keep_alive(self):
         self.transport.write(zrs.EMPTY_FRAME)
@@ -114,6 +135,10 @@ class SecondaryProtocol(protocol.Protocol):
             self.client.storage.writer.storage_failed(failure)
             self._fail('applying transaction %s failed: %s' % (
                 describe_tid(self.receiver.failed_tid), failure))
+            return
+        except NotAPrimary as exc:
+            self._fail(str(exc), repeats=self.client.apply_errors,
+                       traceback=False)
             return
         except zrs.ProtocolError as exc:
             if isinstance(exc, zrs.ChecksumMismatch):
@@ -145,7 +170,7 @@ class SecondaryProtocol(protocol.Protocol):
                 or time.monotonic() - writer.unsynced_since >= SYNC_INTERVAL):
             writer.sync()
 
-    def _fail(self, reason, repeats=None):
+    def _fail(self, reason, repeats=None, traceback=True):
         # A failure inside the receiver has aborted already; one in the
         # framing (e.g. a frame too large) has not.
         self.receiver.abort()
@@ -160,7 +185,7 @@ class SecondaryProtocol(protocol.Protocol):
                 logger.debug(text)
             else:
                 # The traceback once; its repeats carry a count instead.
-                logger.error(first, exc_info=first == text)
+                logger.error(first, exc_info=traceback and first == text)
         self.client.stream_failed()
         self.transport.abortConnection()
 

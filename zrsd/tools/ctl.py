@@ -27,11 +27,11 @@ import signal
 import time
 
 import ZConfig
-import zc.lockfile
 import zdaemon.zdctl
 import zdaemon.zdrun
 
 import zrsd.config
+from zrsd import disk
 from zrsd.daemon import promotion
 from zrsd.network.sockets import format_address
 from zrsd.version import version
@@ -151,10 +151,9 @@ def promote_request(args):
 def _running(fs_path):
     """Is a process holding the FileStorage's lock?"""
     try:
-        lock = zc.lockfile.LockFile(fs_path + '.lock')
-    except zc.lockfile.LockError:
+        disk.ensure_unlocked(fs_path)
+    except disk.StorageLocked:
         return True
-    lock.close()
     return False
 
 
@@ -190,7 +189,7 @@ def promote(configfile, name, timeout=30.0):
               '(recorded in %s)' % (label, zrs.path,
                                     promotion.record_path(zrs.path)))
         return 0
-    pid = promotion.lock_holder(zrs.path)
+    pid = disk.lock_holder(zrs.path)
     signum = getattr(signal, promotion.PROMOTE_SIGNAL_NAME)
     if pid is None or not promotion.catches_signal(pid, signum):
         print('zrsdctl: the process holding %s (pid %s) does not take '
