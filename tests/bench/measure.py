@@ -1,9 +1,10 @@
-"""Reading a running server from outside (CPU time, ZEO status) and the
-machine's own state (load, fsync latency); progress and failure logging,
-the rounds shared by the phases; turning measurements into figures
-(percentiles, medians over rounds, per-round ratios, targets, formats).
-Nothing here starts a process."""
+"""What the phases share: progress and failure logging, readings of a
+running server (CPU time, `ruok` status) and of the machine (load, fsync
+latency), and turning measurements into figures (percentiles, medians over
+rounds, per-round ratios, targets, formats).  Nothing here starts a
+process."""
 import math
+import operator
 import os
 import statistics
 import sys
@@ -15,13 +16,13 @@ from zrsd.tools.check import StatusError, ask_status
 
 MB = 1024.0 * 1024.0
 BENCH_DIR = os.path.join(ROOT, 'var', 'bench')
-CATCHUP_POLL = 0.02          # seconds between `ruok` polls of a replica
 READ_CACHE_SIZE = 256 << 10  # ZEO client cache: small, loads reach the server
 TARGETS = {
     'catchup_a_over_e': '>= 0.9',
     'catchup_b_over_c': '>= 3',
     'lag_500_p99_ms': '<= 2',
     'lag_500_max_ms': '<= 15',
+    'lag_consistency': '== 0',
     'reads_ratio': '>= 0.95',
     'reads_cpu_ratio': '<= 1.05',
     'memory_mb': '<= 150',
@@ -29,6 +30,7 @@ TARGETS = {
 # Printed with three decimals; the other targets with two.
 RATIO_TARGETS = ('catchup_a_over_e', 'catchup_b_over_c', 'reads_ratio',
                  'reads_cpu_ratio')
+COMPARE = {'>=': operator.ge, '<=': operator.le, '==': operator.eq}
 
 
 def log(message):
@@ -81,7 +83,7 @@ def served_tid(port):
     return status and bytes.fromhex(status['last-transaction'])
 
 
-def wait_served(node, tid, timeout, interval=CATCHUP_POLL):
+def wait_served(node, tid, timeout, interval=0.02):
     """Poll `node`'s ZEO server (ruok) until its last transaction is `tid`;
     return time.monotonic() of the answer that said so.  Raises if the
     node's process exits."""
@@ -114,9 +116,9 @@ def machine_load():
 
 
 def fsync_probe(directory, count=200, interval=0.01):
-    """fsync latency (ms: p50/p90/p99/max) of the disk under `directory`:
-    `count` fsynced appends of 200 bytes, `interval` apart (what a replica
-    does per live transaction)."""
+    """fsync latency (ms) of the disk under `directory`: `count` fsynced
+    appends of 200 bytes, `interval` apart (what a replica does per live
+    transaction)."""
     path = os.path.join(directory, 'fsync-probe')
     latencies = []
     with open(path, 'wb') as f:
@@ -131,21 +133,14 @@ def fsync_probe(directory, count=200, interval=0.01):
     return percentiles(latencies)
 
 
-def percentile(sorted_values, p):
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return None
-    return sorted_values[max(1, math.ceil(p / 100.0 * len(sorted_values)))
-                         - 1]
-
-
 def percentiles(values, prefix='', ps=(50, 90, 99), top='max'):
-    """{prefix + 'pN': ..., prefix + top: the largest (unless None)} of
-    `values`."""
-    values = sorted(values)
-    out = {'%sp%d' % (prefix, p): percentile(values, p) for p in ps}
+    """{prefix + 'pN': the nearest-rank percentile N, prefix + top: the
+    largest (unless `top` is None)} of `values` (None if there are none)."""
+    values = sorted(values) or [None]
+    out = {'%sp%d' % (prefix, p):
+           values[max(1, math.ceil(p / 100.0 * len(values))) - 1] for p in ps}
     if top:
-        out[prefix + top] = values[-1] if values else None
+        out[prefix + top] = values[-1]
     return out
 
 
@@ -176,8 +171,7 @@ class Targets(list):
         """A target of TARGETS: `value` is the median, `worst` the worst
         round; met is None without a value."""
         op, limit = TARGETS[name].split()
-        met = None if value is None else (
-            value >= float(limit) if op == '>=' else value <= float(limit))
+        met = None if value is None else COMPARE[op](value, float(limit))
         self.append(dict(name=name, label=label, value=value, worst=worst,
                          target=TARGETS[name], met=met))
 
@@ -185,11 +179,6 @@ class Targets(list):
         """A target on the median of a `summary()`; `worst` is 'min' or
         'max'."""
         self.add(name, label, stat and stat['median'], stat and stat[worst])
-
-    def failed(self, name, label, value, target):
-        """A condition that failed outright (e.g. missing commits)."""
-        self.append(dict(name=name, label=label, value=value,
-                         target=target, met=False, worst=None))
 
 
 def fmt(value, digits=2):
