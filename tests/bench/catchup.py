@@ -8,11 +8,10 @@ import os
 import time
 
 import ZODB.FileStorage
-from ZODB.utils import p64, u64
 
 from .measure import (
-    MB, attempt, cpu_seconds, fmt_range, log, median, ratio_rounds, rotated,
-    summaries, wait_served)
+    MB, attempt, cpu_seconds, fmt_range, loads_revision, log, median,
+    ratio_rounds, rotated, summaries, wait_served)
 from .nodes import (
     ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, ZrsdNode, remove_data_files)
 from .stream import bare_stream
@@ -40,17 +39,6 @@ def cpu_after_log(node, needle, timeout=60):
     return cpu_seconds(node.pid)
 
 
-def loads_at(node, oid, tid):
-    """Whether a ZEO client of `node` loads the revision of `oid` that
-    `tid` wrote."""
-    storage = node.client(wait_timeout=30)
-    try:
-        result = storage.loadBefore(oid, p64(u64(tid) + 1))
-    finally:
-        storage.close()
-    return result is not None and result[1] == tid
-
-
 def launch_replica(replica):
     """Start a replica without waiting for its data (a zrsd one not even
     for ZEO); returns its log line saying it connected to its primary."""
@@ -76,7 +64,11 @@ def replica_catchup(pair, run, directory, keep):
         replica_cpu = cpu_seconds(replica.pid) - start_cpu
         primary_cpu = cpu_seconds(primary.pid) - primary_cpu
         connected = log_time(replica.log(), connected_line)
-        loaded = loads_at(replica, run.last_oid, run.last_tid)
+        client = replica.client(wait_timeout=30)
+        try:
+            loaded = loads_revision(client, run.last_oid, run.last_tid)
+        finally:
+            client.close()
     except BaseException:
         replica.close()     # it must not replicate during what follows
         raise

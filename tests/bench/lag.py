@@ -4,7 +4,6 @@ to the primary on a schedule; a worker process (`lag_reader`) time-stamps
 each invalidation and loads the object as of that tid (CLOCK_MONOTONIC is
 the same clock in every process)."""
 import math
-import pickle
 import queue
 import threading
 import time
@@ -13,14 +12,14 @@ import types
 
 import ZEO
 from ZODB.Connection import TransactionMetaData
-from ZODB.utils import p64, u64, z64
+from ZODB.utils import z64
 
 from .measure import (
-    READ_CACHE_SIZE, attempt, fmt_range, log, median, percentiles, rotated,
-    summaries, wait_served)
-from .nodes import ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, receive
+    attempt, fmt_range, loads_revision, log, median, percentiles, read_client,
+    rotated, summaries, wait_served)
+from .nodes import ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, receive, start
 from .stream import stream_probe
-from .workload import record_meta
+from .workload import record
 
 NAME = 'lag'
 TITLE = ('2. Lag: writer\'s tpc_finish returned -> the invalidation reached '
@@ -41,8 +40,7 @@ def lag_reader(conn, address, oids):
     cannot answer, and notes (time invalidated, time loaded, whether it got
     what `tid` wrote); sent on ('stop', tid, timeout) once `tid` is in."""
     events = queue.SimpleQueue()
-    storage = ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
-                         wait_timeout=60)
+    storage = read_client(address)
     # Its "DB" queues each invalidation with the time it arrived.
     storage.registerDB(types.SimpleNamespace(
         invalidate=lambda tid, oids: events.put((time.monotonic(), tid, oids)),
@@ -53,9 +51,8 @@ def lag_reader(conn, address, oids):
     def loader(_):
         for t_invalidated, tid, changed in iter(events.get, None):
             for oid in watched.intersection(changed):
-                loaded = storage.loadBefore(oid, p64(u64(tid) + 1))
-                results[tid] = (t_invalidated, time.monotonic(),
-                                loaded is not None and loaded[1] == tid)
+                right = loads_revision(storage, oid, tid)
+                results[tid] = (t_invalidated, time.monotonic(), right)
 
     threads = start_threads('loader', LAG_LOADERS, loader)
     conn.send('ready')
@@ -72,6 +69,7 @@ def lag_reader(conn, address, oids):
 
 
 def start_threads(name, count, target):
+    """`count` threads running target(k), k = 0 .. count - 1."""
     threads = [threading.Thread(target=target, args=(k,), daemon=True,
                                 name='%s-%d' % (name, k))
                for k in range(count)]
@@ -91,13 +89,11 @@ class LagWriter:
 
     def __init__(self, storage):
         self.storage, self.count, self.oids, self.serials = storage, 0, [], {}
-        self.meta_pickle = record_meta()
 
     def transaction(self, oids, *meta):
         """A new revision of each of `oids`: (tid, time tpc_finish
         returned, commit duration)."""
-        data = self.meta_pickle + pickle.dumps(
-            {'data': {'n': self.count, 'payload': b'x' * 100}}, 3)
+        data = record({'n': self.count, 'payload': b'x' * 100})
         began = time.monotonic()
         t = TransactionMetaData(*meta)
         self.storage.tpc_begin(t)
@@ -162,12 +158,10 @@ def session(run, pair, rates, seconds):
                                                 wait_timeout=60)))
         setup_tid = max(writer.setup() for writer in writers)
         wait_served(replica, setup_tid, 60)
-        conn.send((lag_reader, (replica.zeo_address, [
-            oid for writer in writers for oid in writer.oids])))
-        receive(conn)
+        start(conn, lag_reader, replica.zeo_address,
+              [oid for writer in writers for oid in writer.oids])
         if probe:
-            probe.send((stream_probe, (primary.repl_port, setup_tid)))
-            receive(probe)
+            start(probe, stream_probe, primary.repl_port, setup_tid)
         run_writers(writers, 100, 0.2)     # warm-up, not measured
         sessions = {}
         for rate in rates:

@@ -11,6 +11,9 @@ import sys
 import time
 import traceback
 
+import ZEO
+from ZODB.utils import p64, u64
+
 from harness.process import ROOT
 from zrsd.tools.check import StatusError, ask_status
 
@@ -66,6 +69,19 @@ def cpu_seconds(pid):
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def read_client(address):
+    """A read-only ZEO client with the small cache of the lag and read
+    tests."""
+    return ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
+                      wait_timeout=60)
+
+
+def loads_revision(storage, oid, tid):
+    """Whether `storage` loads the revision of `oid` that `tid` wrote."""
+    loaded = storage.loadBefore(oid, p64(u64(tid) + 1))
+    return loaded is not None and loaded[1] == tid
 
 
 def server_status(port, timeout=5.0):

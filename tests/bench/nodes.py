@@ -93,31 +93,11 @@ def receive(conn, timeout=120):
     return answer
 
 
-class Workers:
-    """`n` spawned worker processes; `conns`: the pipe to each."""
-
-    def __init__(self, n):
-        context = multiprocessing.get_context('spawn')
-        self.conns, self.procs = [], []
-        for i in range(n):
-            parent, child = context.Pipe()
-            proc = context.Process(target=worker_main, args=(child,),
-                                   name='bench-worker-%d' % i, daemon=True)
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def close(self, force=False):
-        """Ask the workers to exit (kill them with `force`, or if they do
-        not exit within 10 s)."""
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.send(None)
-        for proc in self.procs:
-            proc.join(0 if force else 10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+def start(conn, function, *args):
+    """Have a worker run `function(conn, *args)`; returns its first answer
+    ('ready')."""
+    conn.send((function, args))
+    return receive(conn)
 
 
 class Run:
@@ -136,7 +116,8 @@ class Run:
         self.owned = []             # every server started so far
         self.primaries = {}         # kind -> its primary
         self.kept = {}              # pair key -> stopped, caught-up replica
-        self.workers = self.peer_python = None
+        self.workers = []           # (pipe, process) of each worker
+        self.peer_python = None
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -224,14 +205,29 @@ class Run:
         return node.start(120)
 
     def worker_conns(self):
-        """The pipes to the worker processes, started if need be."""
-        if self.workers is None:
-            self.workers = Workers(WORKERS)
-        return self.workers.conns
+        """The pipes to WORKERS spawned worker processes (`worker_main`),
+        started on first use."""
+        if not self.workers:
+            context = multiprocessing.get_context('spawn')
+            for i in range(WORKERS):
+                conn, child = context.Pipe()
+                process = context.Process(
+                    target=worker_main, args=(child,), daemon=True,
+                    name='bench-worker-%d' % i)
+                process.start()
+                self.workers.append((conn, process))
+        return [conn for conn, _ in self.workers]
 
     def reset_workers(self, force=True):
-        """Stop the worker processes (after a failure, `force`: a failed
-        exchange leaves the pipes out of step); new ones on next use."""
-        if self.workers is not None:
-            self.workers.close(force=force)
-            self.workers = None
+        """Ask the workers to exit, and kill those that do not within 10 s
+        or, with `force` (a failed exchange leaves the pipes out of step),
+        at once; new ones are started on next use."""
+        for conn, _ in self.workers:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for _, process in self.workers:
+            process.join(0 if force else 10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        self.workers = []

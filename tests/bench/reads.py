@@ -4,12 +4,11 @@ the workload; and the server's CPU time per load it served."""
 import random
 import time
 
-import ZEO
 from ZODB.utils import p64
 
 from .measure import (
     READ_CACHE_SIZE, attempt, cpu_seconds, fmt, fmt_range, log, ratio_rounds,
-    rotated, server_status, summaries, summary)
+    read_client, rotated, server_status, summaries, summary)
 from .nodes import ZRSD_TO_ZRSD, receive
 
 NAME = 'reads'
@@ -22,8 +21,7 @@ READ_CLIENTS = (1, 4)        # client processes (at most nodes.WORKERS)
 def reader(conn, address, max_oid, seed, seconds):
     """In a worker: random loads (`load`, oids 1..max_oid) for `seconds`
     after 'go'; sends (loads, elapsed)."""
-    storage = ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
-                         wait_timeout=60)
+    storage = read_client(address)
     rng = random.Random(seed)
     oids = [p64(rng.randint(1, max_oid)) for _ in range(1 << 16)]
     for oid in oids[:200]:

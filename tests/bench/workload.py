@@ -2,6 +2,7 @@
 ZEO), deterministic for a preset and a seed, cached under var/bench/;
 README.md, "The workload", describes its shape."""
 import importlib
+import itertools
 import json
 import os
 import pickle
@@ -21,6 +22,8 @@ from .measure import BENCH_DIR, MB, log
 
 WORKLOAD_FORMAT = 1          # bump when the generator changes
 POOL_SIZE = 8 << 20          # random bytes that record payloads are cut from
+# A PersistentMapping record starts with its class (ZODB's first pickle).
+RECORD_CLASS = pickle.dumps((PersistentMapping, None), 3)
 
 PRESETS = {
     'small': dict(transactions=2000, big_transactions=1, lag_seconds=3.0,
@@ -30,9 +33,9 @@ PRESETS = {
 }
 
 
-def record_meta():
-    """The class pickle of a PersistentMapping record (ZODB's first part)."""
-    return pickle.dumps((PersistentMapping, None), 3)
+def record(state):
+    """The data of a PersistentMapping record holding 'data': `state`."""
+    return RECORD_CLASS + pickle.dumps({'data': state}, 3)
 
 
 def generate_workload(path, transactions, big_transactions, seed):
@@ -47,21 +50,18 @@ def generate_workload(path, transactions, big_transactions, seed):
     fsync per transaction is switched off; the file is fsynced once."""
     rng = random.Random(seed)
     pool = rng.randbytes(POOL_SIZE)
-    meta_pickle = record_meta()
-    counter = [0]
+    counter = itertools.count(1)
     oids = [0]
     big_at = {int((k + 1) * transactions / (big_transactions + 1)): k
               for k in range(big_transactions)}
     stats = dict(records=0, data_bytes=0, extension_transactions=0,
                  big_transactions=0)
 
-    def record(size):
-        counter[0] += 1
-        payload_size = max(size - len(meta_pickle) - 40, 8)
-        offset = rng.randrange(POOL_SIZE - payload_size + 8)
-        payload = struct.pack('>Q', counter[0]) + \
-            pool[offset:offset + payload_size - 8]
-        return meta_pickle + pickle.dumps({'data': {'payload': payload}}, 3)
+    def payload(size):
+        size = max(size - len(RECORD_CLASS) - 40, 8)
+        offset = rng.randrange(POOL_SIZE - size + 8)
+        return struct.pack('>Q', next(counter)) + pool[
+            offset:offset + size - 8]
 
     def changes(i):
         """The records and the metadata of transaction `i` > 0."""
@@ -82,7 +82,7 @@ def generate_workload(path, transactions, big_transactions, seed):
                 if oid in touched:
                     continue
             touched.add(oid)
-            records.append((p64(oid), record(size)))
+            records.append((p64(oid), record({'payload': payload(size)})))
         if rng.random() >= 0.2:
             return records, ('', '', {})
         stats['extension_transactions'] += 1
@@ -106,7 +106,7 @@ def generate_workload(path, transactions, big_transactions, seed):
             if tid <= last_tid:
                 tid = TimeStamp(last_tid).laterThan(TimeStamp(last_tid)).raw()
             records, meta = changes(i) if i else (
-                [(z64, meta_pickle + pickle.dumps({'data': {}}, 3))],
+                [(z64, record({}))],
                 ('bench', 'create the root', {'origin': 'zrsd-bench'}))
             t = TransactionMetaData(*meta)
             fs.tpc_begin(t, tid)
