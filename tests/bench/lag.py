@@ -17,7 +17,8 @@ from ZODB.utils import z64
 from .measure import (
     attempt, fmt_range, loads_revision, log, median, percentiles, read_client,
     rotated, summaries, wait_served)
-from .nodes import ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, receive, start
+from .nodes import (
+    ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, receive, run_in_worker)
 from .stream import stream_probe
 from .workload import record
 
@@ -146,27 +147,27 @@ def run_writers(writers, rate, seconds):
     return commits, (n / elapsed if n > 1 and elapsed > 0 else rate), count
 
 
-def session(run, pair, rates, seconds):
-    """{rate: figures} of `seconds` of commits per rate on `pair`."""
+def session(run, pair):
+    """{rate: figures} of --lag-seconds of commits per rate on `pair`."""
     primary, replica = run.replica_for(pair)
     conn, probe = run.worker_conns()[:2]
     probe = run.args.lag_probe and probe
     writers = []
     try:
-        for _ in range(max(writer_count(rate) for rate in rates)):
+        for _ in range(max(writer_count(rate) for rate in LAG_RATES)):
             writers.append(LagWriter(ZEO.client(primary.zeo_address,
                                                 wait_timeout=60)))
         setup_tid = max(writer.setup() for writer in writers)
         wait_served(replica, setup_tid, 60)
-        start(conn, lag_reader, replica.zeo_address,
-              [oid for writer in writers for oid in writer.oids])
+        run_in_worker(conn, lag_reader, replica.zeo_address,
+                      [oid for writer in writers for oid in writer.oids])
         if probe:
-            start(probe, stream_probe, primary.repl_port, setup_tid)
+            run_in_worker(probe, stream_probe, primary.repl_port, setup_tid)
         run_writers(writers, 100, 0.2)     # warm-up, not measured
         sessions = {}
-        for rate in rates:
+        for rate in LAG_RATES:
             time.sleep(0.2)
-            sessions[rate] = run_writers(writers, rate, seconds)
+            sessions[rate] = run_writers(writers, rate, run.args.lag_seconds)
         last = max(c[0] for commits, _, _ in sessions.values()
                    for c in commits)
         conn.send(('stop', last, 10.0))
@@ -224,25 +225,26 @@ def run_phase(run):
     out = {pair.key: [] for pair in pairs}
     for r in range(run.args.rounds):
         for pair in rotated(pairs, r):
-            def recover():
-                replica = run.kept.get(pair.key)
-                if replica is not None:
-                    replica.close()
-                run.reset_workers()
-            result = attempt('lag %s round %d' % (pair.key, r + 1), session,
-                             run, pair, LAG_RATES, run.args.lag_seconds,
-                             recover=recover)
-            if 'error' in result:
-                out[pair.key].append(result)
+            rates = attempt('lag %s round %d' % (pair.key, r + 1), session,
+                            run, pair, recover=lambda: forget(run, pair))
+            if 'error' in rates:
+                out[pair.key].append(rates)
                 continue
-            out[pair.key].append(dict(round=r + 1, rates=result))
-            for rate, res in result.items():
+            out[pair.key].append(dict(round=r + 1, rates=rates))
+            for rate, res in rates.items():
                 log('lag round %d %-24s %3d/s: p50 %.2f p99 %.2f max %.2f '
                     'ms, missing %d, stale %d' % (
                         r + 1, pair.label, rate, res['p50'] or -1,
                         res['p99'] or -1, res['max'] or -1, res['missing'],
                         res['stale']))
     return out
+
+
+def forget(run, pair):
+    """After a failed session: stop its replica and the workers."""
+    if pair.key in run.kept:
+        run.kept[pair.key].close()
+    run.reset_workers()
 
 
 def summarise(lag, s, targets, meta):

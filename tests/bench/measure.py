@@ -1,8 +1,6 @@
-"""What the phases share: progress and failure logging, readings of a
-running server (CPU time, `ruok` status) and of the machine (load, fsync
-latency), and turning measurements into figures (percentiles, medians over
-rounds, per-round ratios, targets, formats).  Nothing here starts a
-process."""
+"""What the phases share: logging, readings of a running server (CPU time,
+`ruok` status, loads) and of the machine (load, fsync latency), and the
+figures (percentiles, medians over rounds, per-round ratios, targets)."""
 import math
 import operator
 import os
@@ -43,8 +41,8 @@ def log(message):
 
 
 def attempt(what, function, *args, recover=None):
-    """`function(*args)`; if it raises, log it with its traceback, call
-    `recover()` and return the result that stands for it: {'error': ...}."""
+    """`function(*args)`, or if it raised (logged), `recover()` and
+    {'error': ...}: a failed measurement does not end the run."""
     try:
         return function(*args)
     except Exception as exc:
@@ -56,7 +54,7 @@ def attempt(what, function, *args, recover=None):
 
 
 def rotated(items, r):
-    """`items` in the order of round `r`: rotated by `r`."""
+    """`items` in the order of round `r` (no kind always measured first)."""
     items = list(items)
     return items[r % len(items):] + items[:r % len(items)]
 
@@ -72,8 +70,7 @@ def cpu_seconds(pid):
 
 
 def read_client(address):
-    """A read-only ZEO client with the small cache of the lag and read
-    tests."""
+    """A read-only ZEO client with the small cache (READ_CACHE_SIZE)."""
     return ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
                       wait_timeout=60)
 
@@ -94,15 +91,13 @@ def server_status(port, timeout=5.0):
 
 
 def served_tid(port):
-    """The last transaction the ZEO server on `port` reports, or None."""
     status = server_status(port)
     return status and bytes.fromhex(status['last-transaction'])
 
 
 def wait_served(node, tid, timeout, interval=0.02):
-    """Poll `node`'s ZEO server (ruok) until its last transaction is `tid`;
-    return time.monotonic() of the answer that said so.  Raises if the
-    node's process exits."""
+    """time.monotonic() once `node`'s ZEO server says (ruok) that it
+    serves `tid`; raises if the node's process exits."""
     deadline = time.monotonic() + timeout
     while served_tid(node.zeo_port) != tid:
         if not node.running():
@@ -133,8 +128,7 @@ def machine_load():
 
 def fsync_probe(directory, count=200, interval=0.01):
     """fsync latency (ms) of the disk under `directory`: `count` fsynced
-    appends of 200 bytes, `interval` apart (what a replica does per live
-    transaction)."""
+    appends of 200 bytes, `interval` apart (a replica's per transaction)."""
     path = os.path.join(directory, 'fsync-probe')
     latencies = []
     with open(path, 'wb') as f:
@@ -169,7 +163,6 @@ def summary(values):
 
 
 def summaries(runs, names):
-    """{name: summary of run.get(name) over `runs`} for each name."""
     return {name: summary([run.get(name) for run in runs]) for name in names}
 
 
@@ -184,16 +177,15 @@ class Targets(list):
     """The target lines of a summary, in the order they are added."""
 
     def add(self, name, label, value, worst=None):
-        """A target of TARGETS: `value` is the median, `worst` the worst
-        round; met is None without a value."""
+        """A target of TARGETS on `value` (the median over the rounds),
+        `worst` the worst round's; met is None without a value."""
         op, limit = TARGETS[name].split()
         met = None if value is None else COMPARE[op](value, float(limit))
         self.append(dict(name=name, label=label, value=value, worst=worst,
                          target=TARGETS[name], met=met))
 
     def add_stat(self, name, label, stat, worst):
-        """A target on the median of a `summary()`; `worst` is 'min' or
-        'max'."""
+        """A target on a `summary()`; `worst` is 'min' or 'max'."""
         self.add(name, label, stat and stat['median'], stat and stat[worst])
 
 
@@ -202,13 +194,10 @@ def fmt(value, digits=2):
 
 
 def median(stat, digits=2):
-    """The median of a `summary()`, formatted, or '-'."""
     return fmt(stat and stat['median'], digits)
 
 
 def fmt_range(stat, digits=2):
     """'median (min-max)' of a `summary()`, or '-'."""
-    if not stat:
-        return '-'
-    return '%s (%s-%s)' % tuple(fmt(stat[k], digits)
-                                for k in ('median', 'min', 'max'))
+    return '%s (%s-%s)' % tuple(fmt(stat[k], digits) for k in (
+        'median', 'min', 'max')) if stat else '-'

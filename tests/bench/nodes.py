@@ -93,7 +93,7 @@ def receive(conn, timeout=120):
     return answer
 
 
-def start(conn, function, *args):
+def run_in_worker(conn, function, *args):
     """Have a worker run `function(conn, *args)`; returns its first answer
     ('ready')."""
     conn.send((function, args))
