@@ -139,11 +139,8 @@ class Run:
             with contextlib.suppress(Exception):
                 node.close()
         if self.primary_dir and os.path.isdir(self.primary_dir):
-            shutil.copytree(self.primary_dir, self.dir, dirs_exist_ok=True,
-                            ignore=lambda directory, names: [
-                                name for name in names if not name.endswith(
-                                    ('.log', '.conf')) and os.path.isfile(
-                                        os.path.join(directory, name))])
+            remove_data_files(self.primary_dir)
+            shutil.copytree(self.primary_dir, self.dir, dirs_exist_ok=True)
             shutil.rmtree(self.primary_dir, ignore_errors=True)
         if not self.args.keep:
             remove_data_files(self.dir)

@@ -22,11 +22,9 @@ def connect(port, start_tid, timeout=None, protocol=b'zrs2.0'):
 
 class StreamReader:
     """Reads a stream as fast as it can, unpickling only the T and B
-    messages: the message type is the 7th byte of the protocol-1 pickle
-    `(X\\x01\\0\\0\\0T...`.  `frames`, `transactions`, `bytes`: read up to
-    the last C message given out."""
-
-    PREFIX = b'(X\x01\x00\x00\x00'
+    messages (the message type is the 7th byte of the protocol-1 pickle
+    `(X\\x01\\0\\0\\0T...`); `frames`, `transactions` and `bytes` count
+    what it read up to the last C message it gave out."""
 
     def __init__(self, sock):
         self.sock = sock
@@ -41,7 +39,7 @@ class StreamReader:
         start = end = 0
         raw = frames = transactions = total = 0     # raw: data frames due
         tid = received_at = None
-        prefix, unpack = self.PREFIX, struct.unpack_from
+        prefix, unpack = b'(X\x01\x00\x00\x00', struct.unpack_from
         while True:
             need = 4
             while end - start >= 4:

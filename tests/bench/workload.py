@@ -51,7 +51,7 @@ def generate_workload(path, transactions, big_transactions, seed):
     rng = random.Random(seed)
     pool = rng.randbytes(POOL_SIZE)
     counter = itertools.count(1)
-    oids = [0]
+    objects = 1                 # the oids so far: 0 (the root) .. objects - 1
     big_at = {int((k + 1) * transactions / (big_transactions + 1)): k
               for k in range(big_transactions)}
     stats = dict(records=0, data_bytes=0, extension_transactions=0,
@@ -64,7 +64,8 @@ def generate_workload(path, transactions, big_transactions, seed):
             offset:offset + size - 8]
 
     def changes(i):
-        """The records and the metadata of transaction `i` > 0."""
+        """The records ({oid: data}) and the metadata of transaction i > 0."""
+        nonlocal objects
         if i in big_at:
             sizes = [5 << 20] if big_at[i] % 2 == 0 else [1 << 20] * 5
             stats['big_transactions'] += 1
@@ -72,17 +73,15 @@ def generate_workload(path, transactions, big_transactions, seed):
             # 100 B - 20 KB, skewed small: median ~200 B, mean ~1.5 KB.
             sizes = [int(100 * 200 ** (rng.random() ** 3))
                      for _ in range(rng.randint(1, 20))]
-        records, touched = [], set()
+        records = {}
         for size in sizes:
-            if len(oids) < 20 or rng.random() < 0.3 or i in big_at:
-                oid = len(oids)
-                oids.append(oid)
+            if objects < 20 or rng.random() < 0.3 or i in big_at:
+                oid, objects = objects, objects + 1
             else:
-                oid = oids[rng.randrange(len(oids))]
-                if oid in touched:
+                oid = rng.randrange(objects)
+                if oid in records:
                     continue
-            touched.add(oid)
-            records.append((p64(oid), record({'payload': payload(size)})))
+            records[oid] = record({'payload': payload(size)})
         if rng.random() >= 0.2:
             return records, ('', '', {})
         stats['extension_transactions'] += 1
@@ -105,13 +104,12 @@ def generate_workload(path, transactions, big_transactions, seed):
             tid = TimeStamp(*time.gmtime(now)[:5] + (now % 60,)).raw()
             if tid <= last_tid:
                 tid = TimeStamp(last_tid).laterThan(TimeStamp(last_tid)).raw()
-            records, meta = changes(i) if i else (
-                [(z64, record({}))],
-                ('bench', 'create the root', {'origin': 'zrsd-bench'}))
+            records, meta = changes(i) if i else ({0: record({})}, (
+                'bench', 'create the root', {'origin': 'zrsd-bench'}))
             t = TransactionMetaData(*meta)
             fs.tpc_begin(t, tid)
-            for oid, data in records:
-                fs.restore(oid, tid, data, '', None, t)
+            for oid, data in records.items():
+                fs.restore(p64(oid), tid, data, '', None, t)
                 stats['records'] += 1
                 stats['data_bytes'] += len(data)
             fs.tpc_vote(t)
@@ -124,9 +122,8 @@ def generate_workload(path, transactions, big_transactions, seed):
         os.fsync(f.fileno())
     remove_files(path, ('.lock', '.tmp'))
     stats.update(transactions=transactions, last_tid=last_tid.hex(),
-                 last_oid=records[-1][0].hex(), max_oid=len(oids) - 1,
-                 objects=len(oids), file_bytes=os.path.getsize(path),
-                 seed=seed)
+                 last_oid=p64(oid).hex(), max_oid=objects - 1,
+                 objects=objects, file_bytes=os.path.getsize(path), seed=seed)
     return stats
 
 
