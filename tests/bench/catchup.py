@@ -73,14 +73,15 @@ def replica_catchup(pair, run, directory, keep):
         replica.close()     # it must not replicate during what follows
         raise
     replica.stop()
+    result = dict(seconds=done - connected, startup=connected - launched,
+                  verified=loaded, replica_cpu=replica_cpu,
+                  primary_cpu=primary_cpu,
+                  file_bytes=os.path.getsize(replica.fs_path))
     if keep:
         run.kept[pair.key] = replica
     else:
         remove_data_files(directory)
-    return dict(seconds=done - connected, startup=connected - launched,
-                verified=loaded, replica_cpu=replica_cpu,
-                primary_cpu=primary_cpu,
-                file_bytes=os.path.getsize(replica.fs_path))
+    return result
 
 
 def copy_catchup(run, directory, keep):
@@ -100,10 +101,10 @@ def copy_catchup(run, directory, keep):
     finally:
         target.close()
         source.close()
-    size = os.path.getsize(path)
+    result = dict(seconds=done - started, verified=verified, replica_cpu=cpu,
+                  file_bytes=os.path.getsize(path))
     remove_data_files(directory)
-    return dict(seconds=done - started, verified=verified, replica_cpu=cpu,
-                file_bytes=size)
+    return result
 
 
 def bare_stream_catchup(run, directory, keep):
