@@ -58,7 +58,7 @@ def replicated(replica, commit, timeout):
 def idle_secondaries(primary, count=20):
     """What `count` secondaries that handshake and never read cost the
     primary: its RSS before, and once it has stopped growing after they
-    connected (each streamer fills its link and pauses)."""
+    connected (each streamer fills its link and pauses); its history."""
     before = memory_mb(primary)
     links = []
     try:
@@ -76,7 +76,8 @@ def idle_secondaries(primary, count=20):
         for link in links:
             link.close()
     return dict(count=count, before_mb=before, after_mb=after,
-                per_secondary_mb=(after - before) / count)
+                per_secondary_mb=(after - before) / count,
+                history_mb=os.path.getsize(primary.fs_path) / MB)
 
 
 def big_transaction(storage, replica):
@@ -156,8 +157,6 @@ def memory(run):
         # its history (the 10 MB records and the blob).
         primary.start()
         results['idle_secondaries'] = idle_secondaries(primary)
-        results['idle_secondaries']['history_mb'] = os.path.getsize(
-            primary.fs_path) / MB
     finally:
         primary.stop()
         shutil.rmtree(directory, ignore_errors=True)

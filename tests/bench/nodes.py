@@ -1,7 +1,7 @@
 """The processes of one benchmark run: `Run` owns the run directory, the
 two primaries (zc.zrs under runzeo, and zrsd) on copies of the workload,
 the replicas kept from the catch-up for the lag and read tests, a plain
-runzeo and the `Workers` (ZEO clients in processes of their own)."""
+runzeo and the worker processes (ZEO clients in processes of their own)."""
 import collections
 import contextlib
 import multiprocessing
