@@ -3,17 +3,17 @@
 copyTransactionsFrom, and a bare consumer of the zc.zrs primary's stream.
 """
 import collections
+import functools
 import os
 import time
 
 import ZODB.FileStorage
-from ZODB.utils import p64, u64
 
 from .measure import (
-    MB, attempt, cpu_seconds, fmt_range, log, median, ratio_rounds, rotated,
-    summaries, wait_served)
+    MB, attempt, cpu_seconds, fmt_range, loads_revision, log, median,
+    ratio_rounds, rotated, summaries, wait_served)
 from .nodes import (
-    ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, remove_data_files)
+    ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, ZrsdNode, remove_data_files)
 from .stream import bare_stream
 
 NAME = 'catchup'
@@ -39,45 +39,49 @@ def cpu_after_log(node, needle, timeout=60):
     return cpu_seconds(node.pid)
 
 
-def loads_at(node, oid, tid):
-    """Whether a ZEO client of `node` loads the revision of `oid` that
-    `tid` wrote."""
-    storage = node.client(wait_timeout=30)
-    try:
-        result = storage.loadBefore(oid, p64(u64(tid) + 1))
-    finally:
-        storage.close()
-    return result is not None and result[1] == tid
+def launch_replica(replica):
+    """Start a replica without waiting for its data (a zrsd one not even
+    for ZEO); returns its log line saying it connected to its primary."""
+    if isinstance(replica, ZrsdNode):
+        replica.launch()
+        return 'connected (zrs'
+    replica.start()
+    return ': Connected'
 
 
-def replica_catchup(pair):
+def replica_catchup(pair, run, directory, keep):
     """A replica of `pair` catches up: timed from its log line saying it
     connected to its primary until its ZEO server serves the last tid;
     then a ZEO client checks a load.  The last round's is kept."""
-    def measure(run, directory, keep):
-        primary = run.primary(pair.primary)
-        replica = run.new_replica(pair, directory)
-        primary_cpu = cpu_seconds(primary.pid)
-        launched = time.monotonic()
+    primary = run.primary(pair.primary)
+    replica = run.new_replica(pair, directory)
+    primary_cpu = cpu_seconds(primary.pid)
+    launched = time.monotonic()
+    try:
+        connected_line = launch_replica(replica)
+        start_cpu = cpu_after_log(replica, connected_line)
+        done = wait_served(replica, run.last_tid, run.catchup_timeout)
+        replica_cpu = cpu_seconds(replica.pid) - start_cpu
+        primary_cpu = cpu_seconds(primary.pid) - primary_cpu
+        connected = log_time(replica.log(), connected_line)
+        client = replica.client(wait_timeout=30)
         try:
-            connected_line = run.launch_replica(replica)
-            start_cpu = cpu_after_log(replica, connected_line)
-            done = wait_served(replica, run.last_tid, run.catchup_timeout)
-            replica_cpu = cpu_seconds(replica.pid) - start_cpu
-            primary_cpu = cpu_seconds(primary.pid) - primary_cpu
-            connected = log_time(replica.log(), connected_line)
-            loaded = loads_at(replica, run.last_oid, run.last_tid)
-        except BaseException:
-            replica.close()     # it must not replicate during what follows
-            raise
-        replica.stop()
-        if keep:
-            run.kept[pair.key] = replica
-        return dict(seconds=done - connected, startup=connected - launched,
-                    verified=loaded, replica_cpu=replica_cpu,
-                    primary_cpu=primary_cpu,
-                    file_bytes=os.path.getsize(replica.fs_path))
-    return measure
+            loaded = loads_revision(client, run.last_oid, run.last_tid)
+        finally:
+            client.close()
+    except BaseException:
+        replica.close()     # it must not replicate during what follows
+        raise
+    replica.stop()
+    result = dict(seconds=done - connected, startup=connected - launched,
+                  verified=loaded, replica_cpu=replica_cpu,
+                  primary_cpu=primary_cpu,
+                  file_bytes=os.path.getsize(replica.fs_path))
+    if keep:
+        run.kept[pair.key] = replica
+    else:
+        remove_data_files(directory)
+    return result
 
 
 def copy_catchup(run, directory, keep):
@@ -97,8 +101,10 @@ def copy_catchup(run, directory, keep):
     finally:
         target.close()
         source.close()
-    return dict(seconds=done - started, verified=verified, replica_cpu=cpu,
-                file_bytes=os.path.getsize(path))
+    result = dict(seconds=done - started, verified=verified, replica_cpu=cpu,
+                  file_bytes=os.path.getsize(path))
+    remove_data_files(directory)
+    return result
 
 
 def bare_stream_catchup(run, directory, keep):
@@ -112,34 +118,24 @@ def bare_stream_catchup(run, directory, keep):
     return result
 
 
-Measurement = collections.namedtuple('Measurement',
-                                     'key label measure keeps_replica')
+# `measure(run, directory, keep)`: keep the replica (of the last round).
+Measurement = collections.namedtuple('Measurement', 'key label measure')
 A, B, C, D, E = MEASUREMENTS = (
     Measurement('a', '(a) zc.zrs primary -> zrsd replica',
-                replica_catchup(ZCZRS_TO_ZRSD), True),
+                functools.partial(replica_catchup, ZCZRS_TO_ZRSD)),
     Measurement('b', '(b) zrsd primary -> zrsd replica',
-                replica_catchup(ZRSD_TO_ZRSD), True),
+                functools.partial(replica_catchup, ZRSD_TO_ZRSD)),
     Measurement('c', '(c) zc.zrs primary -> zc.zrs secondary',
-                replica_catchup(ZCZRS_TO_ZCZRS), True),
-    Measurement('d', '(d) copyTransactionsFrom (fsync)', copy_catchup,
-                False),
+                functools.partial(replica_catchup, ZCZRS_TO_ZCZRS)),
+    Measurement('d', '(d) copyTransactionsFrom (fsync)', copy_catchup),
     Measurement('e', '(e) zc.zrs primary -> bare stream',
-                bare_stream_catchup, False))
+                bare_stream_catchup))
 # The rate ratios reported, x/y = time(y) / time(x) per round.
 RATIOS = ((A, E), (B, C), (A, C), (B, E), (B, D))
 TARGETS = (('catchup_a_over_e', 'a/e',
             'catch-up rate zc.zrs->zrsd / bare zc.zrs stream'),
            ('catchup_b_over_c', 'b/c',
             'catch-up rate zrsd->zrsd / zc.zrs->zc.zrs'))
-
-
-def measure_once(m, run, r, keep):
-    """Measurement `m` of round `r`, its data files removed unless kept."""
-    directory = run.path('catchup', '%s-%d' % (m.key, r))
-    result = m.measure(run, directory, keep)
-    if not keep:
-        remove_data_files(directory)
-    return result
 
 
 def run_phase(run):
@@ -149,8 +145,8 @@ def run_phase(run):
     for r in range(rounds):
         for m in rotated(MEASUREMENTS, r):
             result = attempt('catch-up %s round %d' % (m.key, r + 1),
-                             measure_once, m, run, r,
-                             m.keeps_replica and r == rounds - 1)
+                             m.measure, run, run.path('catchup', '%s-%d' % (
+                                 m.key, r)), r == rounds - 1)
             result['round'] = r + 1
             out[m.key].append(result)
             if 'seconds' in result:

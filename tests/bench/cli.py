@@ -1,7 +1,6 @@
-"""The command line: options, the phases in order, the summary (medians,
-ratios, targets), the text on stdout (a header on the machine and the
-workload, each phase's table, the targets) and the results in
-var/bench/results-TIMESTAMP.json."""
+"""The command line: the options, the phases in order, the summary and
+the text on stdout (what ran where, each phase's table, the targets), the
+results in var/bench/results-TIMESTAMP.json."""
 import argparse
 import contextlib
 import json
@@ -18,11 +17,10 @@ from . import catchup, lag, memory, reads
 from .measure import (
     BENCH_DIR, MB, RATIO_TARGETS, Targets, fmt, fsync_probe, log,
     machine_load)
-from .nodes import Run, remove_data_files
+from .nodes import Run
 from .workload import PRESETS, workload
 
 PHASES = (catchup, lag, reads, memory)
-PHASE_NAMES = tuple(phase.NAME for phase in PHASES)
 
 
 def summarise(results, meta):
@@ -87,7 +85,7 @@ def parse_args(argv=None):
         '(default: 5, small preset 2)')
     add('--blob-mb', type=int, default=memory.BLOB_MB,
         help='size of the memory test blob (default 1024)')
-    add('--phases', default=','.join(PHASE_NAMES),
+    add('--phases', default=','.join(phase.NAME for phase in PHASES),
         help='comma-separated subset of catchup, lag, reads, memory')
     add('--no-reference-lag', action='store_true',
         help='skip the zc.zrs -> zc.zrs lag reference')
@@ -104,14 +102,12 @@ def parse_args(argv=None):
     for name in ('lag_seconds', 'read_seconds'):
         if getattr(args, name) is None:
             setattr(args, name, PRESETS[args.preset][name])
-    unknown = set(phases(args)) - set(PHASE_NAMES)
+    args.phase_names = [p.strip() for p in args.phases.split(',')
+                        if p.strip()]
+    unknown = set(args.phase_names) - {phase.NAME for phase in PHASES}
     if unknown:
         parser.error('unknown phase(s): %s' % ', '.join(sorted(unknown)))
     return args
-
-
-def phases(args):
-    return [p.strip() for p in args.phases.split(',') if p.strip()]
 
 
 def environment():
@@ -150,25 +146,17 @@ def run_phases(args, workload_path, meta, directory=None):
     results['fsync_ms'] = fsync_probe(run.dir)
     results['load'] = [('start',) + machine_load()]
     try:
-        for phase in (p for p in PHASES if p.NAME in phases(args)):
-            if phase.NAME == 'memory':
+        for phase in PHASES:
+            if phase.NAME not in args.phase_names:
+                continue
+            if phase is memory:
                 # Everything else is done: free the disk and tmpfs first.
-                run.stop_primaries()
-                clean_up(run, args)
+                run.close()
             results[phase.NAME] = phase.run_phase(run)
             results['load'].append((phase.NAME,) + machine_load())
     finally:
-        clean_up(run, args)
+        run.close()
     return run, results
-
-
-def clean_up(run, args):
-    """Stop every server; remove the primaries' tmpfs directory and, unless
-    --keep, the data files of the run directory."""
-    run.close()
-    run.remove_primaries()
-    if not args.keep:
-        remove_data_files(run.dir)
 
 
 def write_results(results, stamp, extra_path=None):

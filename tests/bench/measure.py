@@ -1,27 +1,29 @@
-"""Reading a running server from outside (CPU time, ZEO status) and the
-machine's own state (load, fsync latency); progress and failure logging,
-the rounds shared by the phases; turning measurements into figures
-(percentiles, medians over rounds, per-round ratios, targets, formats).
-Nothing here starts a process."""
+"""What the phases share: logging, readings of a running server (CPU time,
+`ruok` status, loads) and of the machine (load, fsync latency), and the
+figures (percentiles, medians over rounds, per-round ratios, targets)."""
 import math
+import operator
 import os
 import statistics
 import sys
 import time
 import traceback
 
+import ZEO
+from ZODB.utils import p64, u64
+
 from harness.process import ROOT
 from zrsd.tools.check import StatusError, ask_status
 
 MB = 1024.0 * 1024.0
 BENCH_DIR = os.path.join(ROOT, 'var', 'bench')
-CATCHUP_POLL = 0.02          # seconds between `ruok` polls of a replica
 READ_CACHE_SIZE = 256 << 10  # ZEO client cache: small, loads reach the server
 TARGETS = {
     'catchup_a_over_e': '>= 0.9',
     'catchup_b_over_c': '>= 3',
     'lag_500_p99_ms': '<= 2',
     'lag_500_max_ms': '<= 15',
+    'lag_consistency': '== 0',
     'reads_ratio': '>= 0.95',
     'reads_cpu_ratio': '<= 1.05',
     'memory_mb': '<= 150',
@@ -29,6 +31,7 @@ TARGETS = {
 # Printed with three decimals; the other targets with two.
 RATIO_TARGETS = ('catchup_a_over_e', 'catchup_b_over_c', 'reads_ratio',
                  'reads_cpu_ratio')
+COMPARE = {'>=': operator.ge, '<=': operator.le, '==': operator.eq}
 
 
 def log(message):
@@ -38,8 +41,8 @@ def log(message):
 
 
 def attempt(what, function, *args, recover=None):
-    """`function(*args)`; if it raises, log it with its traceback, call
-    `recover()` and return the result that stands for it: {'error': ...}."""
+    """`function(*args)`, or if it raised (logged), `recover()` and
+    {'error': ...}: a failed measurement does not end the run."""
     try:
         return function(*args)
     except Exception as exc:
@@ -51,7 +54,7 @@ def attempt(what, function, *args, recover=None):
 
 
 def rotated(items, r):
-    """`items` in the order of round `r`: rotated by `r`."""
+    """`items` in the order of round `r` (no kind always measured first)."""
     items = list(items)
     return items[r % len(items):] + items[:r % len(items)]
 
@@ -66,6 +69,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
+def read_client(address):
+    """A read-only ZEO client with the small cache (READ_CACHE_SIZE)."""
+    return ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
+                      wait_timeout=60)
+
+
+def loads_revision(storage, oid, tid):
+    """Whether `storage` loads the revision of `oid` that `tid` wrote."""
+    loaded = storage.loadBefore(oid, p64(u64(tid) + 1))
+    return loaded is not None and loaded[1] == tid
+
+
 def server_status(port, timeout=5.0):
     """The `ruok` status of storage '1' of the ZEO server on `port`, or
     None if it does not answer (yet)."""
@@ -76,15 +91,13 @@ def server_status(port, timeout=5.0):
 
 
 def served_tid(port):
-    """The last transaction the ZEO server on `port` reports, or None."""
     status = server_status(port)
     return status and bytes.fromhex(status['last-transaction'])
 
 
-def wait_served(node, tid, timeout, interval=CATCHUP_POLL):
-    """Poll `node`'s ZEO server (ruok) until its last transaction is `tid`;
-    return time.monotonic() of the answer that said so.  Raises if the
-    node's process exits."""
+def wait_served(node, tid, timeout, interval=0.02):
+    """time.monotonic() once `node`'s ZEO server says (ruok) that it
+    serves `tid`; raises if the node's process exits."""
     deadline = time.monotonic() + timeout
     while served_tid(node.zeo_port) != tid:
         if not node.running():
@@ -114,9 +127,8 @@ def machine_load():
 
 
 def fsync_probe(directory, count=200, interval=0.01):
-    """fsync latency (ms: p50/p90/p99/max) of the disk under `directory`:
-    `count` fsynced appends of 200 bytes, `interval` apart (what a replica
-    does per live transaction)."""
+    """fsync latency (ms) of the disk under `directory`: `count` fsynced
+    appends of 200 bytes, `interval` apart (a replica's per transaction)."""
     path = os.path.join(directory, 'fsync-probe')
     latencies = []
     with open(path, 'wb') as f:
@@ -131,21 +143,14 @@ def fsync_probe(directory, count=200, interval=0.01):
     return percentiles(latencies)
 
 
-def percentile(sorted_values, p):
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return None
-    return sorted_values[max(1, math.ceil(p / 100.0 * len(sorted_values)))
-                         - 1]
-
-
 def percentiles(values, prefix='', ps=(50, 90, 99), top='max'):
-    """{prefix + 'pN': ..., prefix + top: the largest (unless None)} of
-    `values`."""
-    values = sorted(values)
-    out = {'%sp%d' % (prefix, p): percentile(values, p) for p in ps}
+    """{prefix + 'pN': the nearest-rank percentile N, prefix + top: the
+    largest (unless `top` is None)} of `values` (None if there are none)."""
+    values = sorted(values) or [None]
+    out = {'%sp%d' % (prefix, p):
+           values[max(1, math.ceil(p / 100.0 * len(values))) - 1] for p in ps}
     if top:
-        out[prefix + top] = values[-1] if values else None
+        out[prefix + top] = values[-1]
     return out
 
 
@@ -158,7 +163,6 @@ def summary(values):
 
 
 def summaries(runs, names):
-    """{name: summary of run.get(name) over `runs`} for each name."""
     return {name: summary([run.get(name) for run in runs]) for name in names}
 
 
@@ -173,23 +177,16 @@ class Targets(list):
     """The target lines of a summary, in the order they are added."""
 
     def add(self, name, label, value, worst=None):
-        """A target of TARGETS: `value` is the median, `worst` the worst
-        round; met is None without a value."""
+        """A target of TARGETS on `value` (the median over the rounds),
+        `worst` the worst round's; met is None without a value."""
         op, limit = TARGETS[name].split()
-        met = None if value is None else (
-            value >= float(limit) if op == '>=' else value <= float(limit))
+        met = None if value is None else COMPARE[op](value, float(limit))
         self.append(dict(name=name, label=label, value=value, worst=worst,
                          target=TARGETS[name], met=met))
 
     def add_stat(self, name, label, stat, worst):
-        """A target on the median of a `summary()`; `worst` is 'min' or
-        'max'."""
+        """A target on a `summary()`; `worst` is 'min' or 'max'."""
         self.add(name, label, stat and stat['median'], stat and stat[worst])
-
-    def failed(self, name, label, value, target):
-        """A condition that failed outright (e.g. missing commits)."""
-        self.append(dict(name=name, label=label, value=value,
-                         target=target, met=False, worst=None))
 
 
 def fmt(value, digits=2):
@@ -197,13 +194,10 @@ def fmt(value, digits=2):
 
 
 def median(stat, digits=2):
-    """The median of a `summary()`, formatted, or '-'."""
     return fmt(stat and stat['median'], digits)
 
 
 def fmt_range(stat, digits=2):
     """'median (min-max)' of a `summary()`, or '-'."""
-    if not stat:
-        return '-'
-    return '%s (%s-%s)' % tuple(fmt(stat[k], digits)
-                                for k in ('median', 'min', 'max'))
+    return '%s (%s-%s)' % tuple(fmt(stat[k], digits) for k in (
+        'median', 'min', 'max')) if stat else '-'

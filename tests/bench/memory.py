@@ -2,10 +2,8 @@
 primary (with a blob-dir) while it replicates a 100 MB transaction, then a
 big blob.  Runs once, not per round, after the other phases."""
 import os
-import pickle
 import random
 import shutil
-import socket
 import struct
 import time
 
@@ -15,11 +13,11 @@ from ZODB.blob import Blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import z64
 
-from harness.stream import frame
 from harness.zrsd_nodes import MemorySampler, ZrsdNode, process_memory
 
 from .measure import MB, attempt, served_tid, wait_served
-from .workload import POOL_SIZE, record_meta
+from .stream import connect
+from .workload import POOL_SIZE, record
 
 NAME = 'memory'
 TITLE = ('4. Memory: zrsd replica peak RSS (zrsd primary -> zrsd replica, '
@@ -57,21 +55,16 @@ def replicated(replica, commit, timeout):
                 replicated_seconds=done - committed)
 
 
-IDLE_SECONDARIES = 20
-
-
-def idle_secondaries(primary, count=IDLE_SECONDARIES):
+def idle_secondaries(primary, count=20):
     """What `count` secondaries that handshake and never read cost the
     primary: its RSS before, and once it has stopped growing after they
-    connected (each streamer fills its link and pauses)."""
+    connected (each streamer fills its link and pauses); its history."""
     before = memory_mb(primary)
     links = []
     try:
         for _ in range(count):
-            link = socket.create_connection(('127.0.0.1', primary.repl_port))
-            link.sendall(frame(b'zrs2.1' if primary.blob_dir else b'zrs2.0')
-                         + frame(z64))
-            links.append(link)
+            links.append(connect(primary.repl_port, z64, protocol=(
+                b'zrs2.1' if primary.blob_dir else b'zrs2.0')))
         samples = [memory_mb(primary)]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (
@@ -83,21 +76,20 @@ def idle_secondaries(primary, count=IDLE_SECONDARIES):
         for link in links:
             link.close()
     return dict(count=count, before_mb=before, after_mb=after,
-                per_secondary_mb=(after - before) / count)
+                per_secondary_mb=(after - before) / count,
+                history_mb=os.path.getsize(primary.fs_path) / MB)
 
 
 def big_transaction(storage, replica):
     """Commit 10 records of 10 MB with the storage API."""
     chunk = random.Random(100).randbytes(BIG_TXN_RECORD_MB << 20)
-    meta_pickle = record_meta()
 
     def commit():
         t = TransactionMetaData('bench', '100 MB transaction')
         storage.tpc_begin(t)
         for k in range(BIG_TXN_RECORDS):
-            storage.store(storage.new_oid(), z64, meta_pickle + pickle.dumps(
-                {'data': {'payload': struct.pack('>Q', k) + chunk}}, 3),
-                '', t)
+            storage.store(storage.new_oid(), z64, record(
+                {'payload': struct.pack('>Q', k) + chunk}), '', t)
         started = time.monotonic()
         storage.tpc_vote(t)
         return storage.tpc_finish(t), started
@@ -165,8 +157,6 @@ def memory(run):
         # its history (the 10 MB records and the blob).
         primary.start()
         results['idle_secondaries'] = idle_secondaries(primary)
-        results['idle_secondaries']['history_mb'] = os.path.getsize(
-            primary.fs_path) / MB
     finally:
         primary.stop()
         shutil.rmtree(directory, ignore_errors=True)
@@ -179,36 +169,31 @@ def run_phase(run):
 
 def summarise(memory, s, targets, meta):
     """The memory targets (the figures are the results themselves)."""
-    for key, label in (('txn', '100 MB transaction'),
-                       ('blob', '%d MB blob' % memory.get(
-                           'blob', {}).get('mb', BLOB_MB))):
-        if 'peak_rss_mb' in memory.get(key, {}):
-            targets.add('memory_mb', 'replica peak RSS, %s' % label,
-                        memory[key]['peak_rss_mb'])
+    for part, what in (('txn', 'transaction'), ('blob', 'blob')):
+        result = memory.get(part, {})
+        if 'peak_rss_mb' in result:
+            targets.add('memory_mb', 'replica peak RSS, %d MB %s' % (
+                result['mb'], what), result['peak_rss_mb'])
 
 
 def report(s, memory, p):
     """The memory lines (passed to `p`)."""
     if 'error' in memory:
         return p('   FAILED: %s' % memory['error'])
+    txn, blob = memory['txn'], memory['blob']
+    idle = memory['idle_secondaries']
     p('   baseline RSS %.1f MB' % memory['baseline_rss_mb'])
-    txn, blob = memory.get('txn', {}), memory.get('blob', {})
-    if txn:
-        p('   %d MB transaction: peak %.1f MB (replicated in %.2f s '
-          'after the commit)' % (txn['mb'], txn['peak_rss_mb'],
-                                 txn['replicated_seconds']))
+    p('   %d MB transaction: peak %.1f MB (replicated in %.2f s after the '
+      'commit)' % (txn['mb'], txn['peak_rss_mb'], txn['replicated_seconds']))
     if 'skipped' in blob:
         p('   blob: SKIPPED: %s' % blob['skipped'])
-    elif blob:
-        p('   %d MB blob: peak %.1f MB (written in %.1f s, '
-          'replicated in %.2f s after the commit)' % (
+    else:
+        p('   %d MB blob: peak %.1f MB (written in %.1f s, replicated in '
+          '%.2f s after the commit)' % (
               blob['mb'], blob['peak_rss_mb'], blob['write_seconds'],
               blob['replicated_seconds']))
-    if 'primary_peak_rss_mb' in memory:
-        p('   (primary peak RSS %.1f MB)' % memory['primary_peak_rss_mb'])
-    idle = memory.get('idle_secondaries')
-    if idle:
-        p('   primary, %d secondaries that stop reading at the start of its '
-          '%.0f MB history: +%.1f MB each (RSS %.0f -> %.0f MB)' % (
-              idle['count'], idle['history_mb'], idle['per_secondary_mb'],
-              idle['before_mb'], idle['after_mb']))
+    p('   (primary peak RSS %.1f MB)' % memory['primary_peak_rss_mb'])
+    p('   primary, %d secondaries that stop reading at the start of its '
+      '%.0f MB history: +%.1f MB each (RSS %.0f -> %.0f MB)' % (
+          idle['count'], idle['history_mb'], idle['per_secondary_mb'],
+          idle['before_mb'], idle['after_mb']))

@@ -1,9 +1,7 @@
-"""The servers of one benchmark run (harness nodes) and their lifetimes:
-`Run` owns the run directory, the two primaries (zc.zrs under runzeo, and
-zrsd) on copies of the workload, the replicas kept from the catch-up for
-the lag and read tests, a plain runzeo and the worker processes: ZEO
-clients in processes of their own, each sent `(function, args)` and
-calling `function(conn, *args)`, which talks over the pipe `conn`."""
+"""The processes of one benchmark run: `Run` owns the run directory, the
+two primaries (zc.zrs under runzeo, and zrsd) on copies of the workload,
+the replicas kept from the catch-up for the lag and read tests, a plain
+runzeo and the worker processes (ZEO clients in processes of their own)."""
 import collections
 import contextlib
 import multiprocessing
@@ -21,7 +19,7 @@ from .measure import BENCH_DIR, log, served_tid, wait_served
 
 # ZConfig's asctime has whole seconds.
 PRECISE_LOG_FORMAT = '%(created).6f %(levelname)s %(name)s %(message)s'
-READ_CLIENTS = (1, 4)        # worker processes: the most any phase uses
+WORKERS = 4                  # worker processes: the most a phase uses (reads)
 
 # A primary and a replica kind ('zczrs' or 'zrsd') measured together;
 # `key` names it in the results (rows of README's catch-up table).
@@ -76,7 +74,8 @@ def copy_storage(source, target):
 
 
 def worker_main(conn):
-    """A worker process: runs the functions it is sent until None."""
+    """A worker process: for each `(function, args)` it is sent (until
+    None), `function(conn, *args)`, which talks over the pipe `conn`."""
     for function, args in iter(conn.recv, None):
         try:
             function(conn, *args)
@@ -84,42 +83,21 @@ def worker_main(conn):
             conn.send(('error', traceback.format_exc()))
 
 
-class Workers:
-    """`n` spawned worker processes, each driven through a pipe."""
+def receive(conn, timeout=120):
+    """The next answer of a worker; raises on its failure or silence."""
+    if not conn.poll(timeout):
+        raise RuntimeError('a worker did not answer within %ds' % timeout)
+    answer = conn.recv()
+    if isinstance(answer, tuple) and answer and answer[0] == 'error':
+        raise RuntimeError('worker failed:\n' + answer[1])
+    return answer
 
-    def __init__(self, n):
-        context = multiprocessing.get_context('spawn')
-        self.conns, self.procs = [], []
-        for i in range(n):
-            parent, child = context.Pipe()
-            proc = context.Process(target=worker_main, args=(child,),
-                                   name='bench-worker-%d' % i, daemon=True)
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
 
-    @staticmethod
-    def receive(conn, timeout=120):
-        if not conn.poll(timeout):
-            raise RuntimeError('a worker did not answer within %ds' % timeout)
-        answer = conn.recv()
-        if isinstance(answer, tuple) and answer and answer[0] == 'error':
-            raise RuntimeError('worker failed:\n' + answer[1])
-        return answer
-
-    def close(self, force=False):
-        """Ask the workers to exit (kill them with `force`, or if they do
-        not exit within 10 s)."""
-        for conn in self.conns:
-            try:
-                conn.send(None)
-            except OSError:
-                pass
-        for proc in self.procs:
-            proc.join(0 if force else 10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+def run_in_worker(conn, function, *args):
+    """Have a worker run `function(conn, *args)`; returns its first answer
+    ('ready')."""
+    conn.send((function, args))
+    return receive(conn)
 
 
 class Run:
@@ -127,9 +105,7 @@ class Run:
     var/bench/run-TIMESTAMP/), on the workload at `workload_path`."""
 
     def __init__(self, args, workload_path, meta, directory=None):
-        self.args = args
-        self.workload_path = workload_path
-        self.meta = meta
+        self.args, self.workload_path, self.meta = args, workload_path, meta
         self.last_tid, self.last_oid = (bytes.fromhex(meta[key])
                                         for key in ('last_tid', 'last_oid'))
         self.stamp = time.strftime('%Y%m%d-%H%M%S')
@@ -140,7 +116,8 @@ class Run:
         self.owned = []             # every server started so far
         self.primaries = {}         # kind -> its primary
         self.kept = {}              # pair key -> stopped, caught-up replica
-        self.workers = self.peer_python = None
+        self.workers = []           # (pipe, process) of each worker
+        self.peer_python = None
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -150,7 +127,9 @@ class Run:
         return node
 
     def close(self):
-        """Stop the workers and every server started so far."""
+        """Stop the workers and every server started so far; keep the
+        primaries' logs and configs, remove their tmpfs directory and,
+        unless --keep, the data files of the run directory."""
         self.reset_workers(force=False)
         owned, self.owned = self.owned, []
         for node in reversed(owned):
@@ -159,22 +138,12 @@ class Run:
                     node.stop(60, None)
             with contextlib.suppress(Exception):
                 node.close()
-
-    def stop_primaries(self):
-        for primary in self.primaries.values():
-            if primary.running():
-                primary.stop()
-
-    def remove_primaries(self):
-        """Copy the primaries' logs and configs into the run directory and
-        remove their tmpfs directory."""
         if self.primary_dir and os.path.isdir(self.primary_dir):
-            shutil.copytree(self.primary_dir, self.dir, dirs_exist_ok=True,
-                            ignore=lambda directory, names: [
-                                name for name in names if not name.endswith(
-                                    ('.log', '.conf')) and os.path.isfile(
-                                        os.path.join(directory, name))])
+            remove_data_files(self.primary_dir)
+            shutil.copytree(self.primary_dir, self.dir, dirs_exist_ok=True)
             shutil.rmtree(self.primary_dir, ignore_errors=True)
+        if not self.args.keep:
+            remove_data_files(self.dir)
 
     def primary(self, kind):
         """The running primary of `kind` on a copy of the workload; started
@@ -195,33 +164,20 @@ class Run:
             primary.start()
         return primary
 
-    def python(self):
-        """The peer venv's python (zc.zrs on ZODB 5.5.1), built if need be."""
+    def new_replica(self, pair, directory):
+        """An empty, unstarted replica of `pair` in `directory`; a zc.zrs
+        one runs on the peer venv (zc.zrs on ZODB 5.5.1), built if need be.
+        """
+        port = self.primary(pair.primary).repl_port
+        if pair.replica == 'zrsd':
+            return self.own(ZrsdNode(directory, 'replica', upstream=port,
+                                     log_format=PRECISE_LOG_FORMAT))
         if self.peer_python is None:
             started = time.monotonic()
             self.peer_python = peers.peer_python()
             log('peer venv (zc.zrs on ZODB 5.5.1) ready in %.0f s'
                 % (time.monotonic() - started))
-        return self.peer_python
-
-    def new_replica(self, pair, directory):
-        """An empty, unstarted replica of `pair` in `directory`."""
-        port = self.primary(pair.primary).repl_port
-        return self.own(
-            ZcZrsReplica(directory, port, self.python())
-            if pair.replica == 'zczrs' else
-            ZrsdNode(directory, 'replica', upstream=port,
-                     log_format=PRECISE_LOG_FORMAT))
-
-    @staticmethod
-    def launch_replica(replica):
-        """Start a replica without waiting for its data (a zrsd one not even
-        for ZEO); returns its log line saying it connected to its primary."""
-        if isinstance(replica, ZrsdNode):
-            replica.launch()
-            return 'connected (zrs'
-        replica.start()
-        return ': Connected'
+        return self.own(ZcZrsReplica(directory, port, self.peer_python))
 
     def replica_for(self, pair):
         """(primary, a running replica of it, caught up) for `pair`; the
@@ -245,14 +201,30 @@ class Run:
         copy_storage(self.workload_path, node.fs_path)
         return node.start(120)
 
-    def workers_pool(self):
-        if self.workers is None:
-            self.workers = Workers(max(READ_CLIENTS))
-        return self.workers
+    def worker_conns(self):
+        """The pipes to WORKERS spawned worker processes (`worker_main`),
+        started on first use."""
+        if not self.workers:
+            context = multiprocessing.get_context('spawn')
+            for i in range(WORKERS):
+                conn, child = context.Pipe()
+                process = context.Process(
+                    target=worker_main, args=(child,), daemon=True,
+                    name='bench-worker-%d' % i)
+                process.start()
+                self.workers.append((conn, process))
+        return [conn for conn, _ in self.workers]
 
     def reset_workers(self, force=True):
-        """Stop the worker processes (after a failure, `force`: a failed
-        exchange leaves the pipes out of step); new ones on next use."""
-        if self.workers is not None:
-            self.workers.close(force=force)
-            self.workers = None
+        """Ask the workers to exit, and kill those that do not within 10 s
+        or, with `force` (a failed exchange leaves the pipes out of step),
+        at once; new ones are started on next use."""
+        for conn, _ in self.workers:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        for _, process in self.workers:
+            process.join(0 if force else 10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        self.workers = []

@@ -4,25 +4,24 @@ the workload; and the server's CPU time per load it served."""
 import random
 import time
 
-import ZEO
 from ZODB.utils import p64
 
 from .measure import (
     READ_CACHE_SIZE, attempt, cpu_seconds, fmt, fmt_range, log, ratio_rounds,
-    server_status, summaries, summary)
-from .nodes import READ_CLIENTS, ZRSD_TO_ZRSD, Workers
+    read_client, rotated, server_status, summaries, summary)
+from .nodes import ZRSD_TO_ZRSD, receive
 
 NAME = 'reads'
 TITLE = '3. Reads: random ZEO loads, client cache %d KB' % (
     READ_CACHE_SIZE >> 10)
 SERVERS = {'zrsd': 'zrsd replica', 'runzeo': 'plain runzeo'}
+READ_CLIENTS = (1, 4)        # client processes (at most nodes.WORKERS)
 
 
 def reader(conn, address, max_oid, seed, seconds):
     """In a worker: random loads (`load`, oids 1..max_oid) for `seconds`
     after 'go'; sends (loads, elapsed)."""
-    storage = ZEO.client(address, read_only=True, cache_size=READ_CACHE_SIZE,
-                         wait_timeout=60)
+    storage = read_client(address)
     rng = random.Random(seed)
     oids = [p64(rng.randint(1, max_oid)) for _ in range(1 << 16)]
     for oid in oids[:200]:
@@ -47,17 +46,17 @@ def reads(run, node, clients, seconds, seed):
     """Random loads on `node` from `clients` worker processes for
     `seconds`: loads/s, server CPU µs per load and the server's own count
     of loads (ruok) in the window."""
-    conns = run.workers_pool().conns[:clients]
+    conns = run.worker_conns()[:clients]
     for i, conn in enumerate(conns):
         conn.send((reader, (node.zeo_address, run.meta['max_oid'],
                             seed * 100 + i, seconds)))
     for conn in conns:
-        Workers.receive(conn)
+        receive(conn)
     served_before = server_status(node.zeo_port)['loads']
     cpu_before = cpu_seconds(node.pid)
     for conn in conns:
         conn.send('go')
-    answers = [Workers.receive(conn) for conn in conns]
+    answers = [receive(conn) for conn in conns]
     cpu = cpu_seconds(node.pid) - cpu_before
     served = server_status(node.zeo_port)['loads'] - served_before
     return dict(loads=sum(a[0] for a in answers),
@@ -74,7 +73,7 @@ def run_phase(run):
                    runzeo=run.plain_runzeo())
     for r in range(run.args.rounds):
         for clients in READ_CLIENTS:
-            for name in list(SERVERS)[::1 if r % 2 == 0 else -1]:
+            for name in rotated(SERVERS, r):
                 result = attempt(
                     'reads %s %d clients' % (name, clients), reads, run,
                     servers[name], clients, run.args.read_seconds, r,

@@ -8,33 +8,38 @@ import time
 
 from ZODB.utils import z64
 
+from harness.stream import frame
 
-def connect(port, timeout, start_tid):
+
+def connect(port, start_tid, timeout=None, protocol=b'zrs2.0'):
     """A TCP connection to a primary's ZRS port on 127.0.0.1, handshake
     sent: the protocol name, then the tid after which it wants data."""
     sock = socket.create_connection(('127.0.0.1', port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(struct.pack('>I', 6) + b'zrs2.0' + struct.pack('>I', 8) +
-                 start_tid)
+    sock.sendall(frame(protocol) + frame(start_tid))
     return sock
 
 
-def bare_stream(port, last_tid, timeout):
-    """Consume a ZRS primary's stream from the start, up to the C message
-    after the T of `last_tid`, and discard it.  Only T and B messages are
-    unpickled; the message type is the 7th byte of the protocol-1 pickle
-    `(X\\x01\\0\\0\\0T...`."""
-    cpu = time.process_time()
-    started = time.monotonic()
-    sock = connect(port, timeout, z64)
-    buf = bytearray(4 << 20)
-    view = memoryview(buf)
-    start = end = 0
-    raw = frames = transactions = total = 0     # raw: data frames due
-    tid = None
-    prefix = b'(X\x01\x00\x00\x00'
-    unpack = struct.unpack_from
-    try:
+class StreamReader:
+    """Reads a stream as fast as it can, unpickling only the T and B
+    messages (the message type is the 7th byte of the protocol-1 pickle
+    `(X\\x01\\0\\0\\0T...`); `frames`, `transactions` and `bytes` count
+    what it read up to the last C message it gave out."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.frames = self.transactions = self.bytes = 0
+
+    def commits(self, stop=None):
+        """(tid, time.monotonic() of the recv that brought it) per C
+        message, until the end of the stream, or until `stop()`, asked
+        before each recv (and when the socket timed out)."""
+        buf = bytearray(4 << 20)
+        view = memoryview(buf)
+        start = end = 0
+        raw = frames = transactions = total = 0     # raw: data frames due
+        tid = received_at = None
+        prefix, unpack = b'(X\x01\x00\x00\x00', struct.unpack_from
         while True:
             need = 4
             while end - start >= 4:
@@ -58,13 +63,9 @@ def bare_stream(port, last_tid, timeout):
                     tid = pickle.loads(view[first:start])[1][0]
                     transactions += 1
                 elif kind == 0x43:          # C
-                    if tid == last_tid:
-                        done = time.monotonic()
-                        return dict(
-                            seconds=done - started, verified=True,
-                            transactions=transactions, frames=frames,
-                            stream_bytes=total + start,
-                            replica_cpu=time.process_time() - cpu)
+                    self.frames, self.transactions = frames, transactions
+                    self.bytes = total + start
+                    yield tid, received_at
                 elif kind == 0x42:          # B
                     raw = 1 + pickle.loads(view[first:start])[1][4]
             # Need more bytes: compact, grow if a frame is larger.
@@ -77,49 +78,49 @@ def bare_stream(port, last_tid, timeout):
                 grown = bytearray(max(need, 2 * len(buf)))
                 grown[:end] = buf[:end]
                 buf, view = grown, memoryview(grown)
-            received = sock.recv_into(view[end:])
+            if stop is not None and stop():
+                return
+            try:
+                received = self.sock.recv_into(view[end:])
+            except socket.timeout:
+                if stop is None:
+                    raise
+                continue
             if not received:
-                raise RuntimeError('the primary closed the stream after '
-                                   '%d transactions' % transactions)
+                return
+            received_at = time.monotonic()
             end += received
+
+
+def bare_stream(port, last_tid, timeout):
+    """Consume a ZRS primary's stream from the start, up to the C message
+    after the T of `last_tid`, and discard it."""
+    cpu = time.process_time()
+    started = time.monotonic()
+    sock = connect(port, z64, timeout)
+    stream = StreamReader(sock)
+    try:
+        for tid, _ in stream.commits():
+            if tid == last_tid:
+                return dict(seconds=time.monotonic() - started,
+                            verified=True, transactions=stream.transactions,
+                            frames=stream.frames, stream_bytes=stream.bytes,
+                            replica_cpu=time.process_time() - cpu)
     finally:
         sock.close()
+    raise RuntimeError('the primary closed the stream after %d transactions'
+                       % stream.transactions)
 
 
 def stream_probe(conn, port, start_tid):
-    """Diagnostic (--lag-probe): follow a primary's stream from `start_tid`
-    like a secondary that applies nothing, and note when each transaction's
-    C message arrived.  Sends {tid: time} after ('stop',)."""
-    sock = connect(port, 30, start_tid)
+    """Diagnostic (--lag-probe), in a worker: follow a primary's stream
+    from `start_tid` like a secondary that applies nothing, and note when
+    each transaction's C message arrived.  Sends {tid: time} after
+    ('stop',)."""
+    sock = connect(port, start_tid, 30)
     sock.settimeout(0.1)
-    buf, raw, tid, arrived = b'', 0, None, {}
     conn.send('ready')
-    while not conn.poll():
-        try:
-            data = sock.recv(1 << 20)
-        except socket.timeout:
-            continue
-        now = time.monotonic()
-        if not data:
-            break
-        buf += data
-        while len(buf) >= 4:
-            (size,) = struct.unpack_from('>I', buf)
-            if len(buf) < 4 + size:
-                break
-            payload, buf = buf[4:4 + size], buf[4 + size:]
-            if raw:
-                raw -= 1
-                continue
-            message = pickle.loads(payload)
-            if message[0] == 'S':
-                raw = 1
-            elif message[0] == 'B':
-                raw = 1 + message[1][4]
-            elif message[0] == 'T':
-                tid = message[1][0]
-            elif message[0] == 'C':
-                arrived[tid] = now
+    arrived = dict(StreamReader(sock).commits(stop=conn.poll))
     conn.recv()
     sock.close()
     conn.send(arrived)

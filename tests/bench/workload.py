@@ -2,6 +2,7 @@
 ZEO), deterministic for a preset and a seed, cached under var/bench/;
 README.md, "The workload", describes its shape."""
 import importlib
+import itertools
 import json
 import os
 import pickle
@@ -21,6 +22,8 @@ from .measure import BENCH_DIR, MB, log
 
 WORKLOAD_FORMAT = 1          # bump when the generator changes
 POOL_SIZE = 8 << 20          # random bytes that record payloads are cut from
+# A PersistentMapping record starts with its class (ZODB's first pickle).
+RECORD_CLASS = pickle.dumps((PersistentMapping, None), 3)
 
 PRESETS = {
     'small': dict(transactions=2000, big_transactions=1, lag_seconds=3.0,
@@ -30,9 +33,9 @@ PRESETS = {
 }
 
 
-def record_meta():
-    """The class pickle of a PersistentMapping record (ZODB's first part)."""
-    return pickle.dumps((PersistentMapping, None), 3)
+def record(state):
+    """The data of a PersistentMapping record holding 'data': `state`."""
+    return RECORD_CLASS + pickle.dumps({'data': state}, 3)
 
 
 def generate_workload(path, transactions, big_transactions, seed):
@@ -47,24 +50,22 @@ def generate_workload(path, transactions, big_transactions, seed):
     fsync per transaction is switched off; the file is fsynced once."""
     rng = random.Random(seed)
     pool = rng.randbytes(POOL_SIZE)
-    meta_pickle = record_meta()
-    counter = [0]
-    oids = [0]
+    counter = itertools.count(1)
+    objects = 1                 # the oids so far: 0 (the root) .. objects - 1
     big_at = {int((k + 1) * transactions / (big_transactions + 1)): k
               for k in range(big_transactions)}
     stats = dict(records=0, data_bytes=0, extension_transactions=0,
                  big_transactions=0)
 
-    def record(size):
-        counter[0] += 1
-        payload_size = max(size - len(meta_pickle) - 40, 8)
-        offset = rng.randrange(POOL_SIZE - payload_size + 8)
-        payload = struct.pack('>Q', counter[0]) + \
-            pool[offset:offset + payload_size - 8]
-        return meta_pickle + pickle.dumps({'data': {'payload': payload}}, 3)
+    def payload(size):
+        size = max(size - len(RECORD_CLASS) - 40, 8)
+        offset = rng.randrange(POOL_SIZE - size + 8)
+        return struct.pack('>Q', next(counter)) + pool[
+            offset:offset + size - 8]
 
     def changes(i):
-        """The records and the metadata of transaction `i` > 0."""
+        """The records ({oid: data}) and the metadata of transaction i > 0."""
+        nonlocal objects
         if i in big_at:
             sizes = [5 << 20] if big_at[i] % 2 == 0 else [1 << 20] * 5
             stats['big_transactions'] += 1
@@ -72,17 +73,15 @@ def generate_workload(path, transactions, big_transactions, seed):
             # 100 B - 20 KB, skewed small: median ~200 B, mean ~1.5 KB.
             sizes = [int(100 * 200 ** (rng.random() ** 3))
                      for _ in range(rng.randint(1, 20))]
-        records, touched = [], set()
+        records = {}
         for size in sizes:
-            if len(oids) < 20 or rng.random() < 0.3 or i in big_at:
-                oid = len(oids)
-                oids.append(oid)
+            if objects < 20 or rng.random() < 0.3 or i in big_at:
+                oid, objects = objects, objects + 1
             else:
-                oid = oids[rng.randrange(len(oids))]
-                if oid in touched:
+                oid = rng.randrange(objects)
+                if oid in records:
                     continue
-            touched.add(oid)
-            records.append((p64(oid), record(size)))
+            records[oid] = record({'payload': payload(size)})
         if rng.random() >= 0.2:
             return records, ('', '', {})
         stats['extension_transactions'] += 1
@@ -105,13 +104,12 @@ def generate_workload(path, transactions, big_transactions, seed):
             tid = TimeStamp(*time.gmtime(now)[:5] + (now % 60,)).raw()
             if tid <= last_tid:
                 tid = TimeStamp(last_tid).laterThan(TimeStamp(last_tid)).raw()
-            records, meta = changes(i) if i else (
-                [(z64, meta_pickle + pickle.dumps({'data': {}}, 3))],
-                ('bench', 'create the root', {'origin': 'zrsd-bench'}))
+            records, meta = changes(i) if i else ({0: record({})}, (
+                'bench', 'create the root', {'origin': 'zrsd-bench'}))
             t = TransactionMetaData(*meta)
             fs.tpc_begin(t, tid)
-            for oid, data in records:
-                fs.restore(oid, tid, data, '', None, t)
+            for oid, data in records.items():
+                fs.restore(p64(oid), tid, data, '', None, t)
                 stats['records'] += 1
                 stats['data_bytes'] += len(data)
             fs.tpc_vote(t)
@@ -124,9 +122,8 @@ def generate_workload(path, transactions, big_transactions, seed):
         os.fsync(f.fileno())
     remove_files(path, ('.lock', '.tmp'))
     stats.update(transactions=transactions, last_tid=last_tid.hex(),
-                 last_oid=records[-1][0].hex(), max_oid=len(oids) - 1,
-                 objects=len(oids), file_bytes=os.path.getsize(path),
-                 seed=seed)
+                 last_oid=p64(oid).hex(), max_oid=objects - 1,
+                 objects=objects, file_bytes=os.path.getsize(path), seed=seed)
     return stats
 
 
