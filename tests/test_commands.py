@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from harness.process import BIN
+from harness.process import BIN, free_port
 
 COMMANDS = ['zrsd', 'zrsdctl', 'zrsd-check', 'zrsd-verify', 'zrsd-rewind']
 
@@ -60,3 +60,15 @@ def test_check_names_what_is_missing():
     assert result.stderr.splitlines() == [
         'zrsd-check: error: at least one of -w, -e, -m is required '
         '(see --help)']
+
+
+def test_verify_does_not_wait_for_a_refused_port():
+    """Nothing listening is known at once: no wait for the --timeout (the
+    run would outlast the 60 s of `run` otherwise)."""
+    port = free_port()
+    result = run('zrsd-verify', '--timeout', '3600', '127.0.0.1:%d' % port,
+                 '127.0.0.1:%d' % port)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        'zrsd-verify: cannot reach the replica at 127.0.0.1:%d: Connection '
+        'refused' % port]

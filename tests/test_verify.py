@@ -426,7 +426,7 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
 
 @pytest.mark.parametrize('args, pattern', [
     (['-t', '1', '{closed}', '{file}'], r"cannot reach the primary at "
-     r"{closed} \(ZEO storage '1'\): timed out waiting for connection"),
+     r"{closed}: Connection refused"),
     (['-t', '1', '{file}', '{closed}'],
      r'cannot reach the replica at {closed}.*'),
     (['-t', '1', '--storage', 'nosuch', '{primary}', '{replica}'],

@@ -114,6 +114,10 @@ def open_source(role, text, storage_name='1', timeout=DEFAULT_TIMEOUT,
             raise VerifyError('cannot open the %s file %s: %s' % (
                 role, where, exc_text(exc)))
     else:
+        refused = _refused(where)
+        if refused is not None:
+            raise VerifyError('cannot reach the %s at %s: %s' % (
+                role, text, refused))
         cache = tempfile.mkdtemp(prefix='zrsd-verify-blobs-')
         try:
             storage = ZEO.client(where, storage=storage_name, read_only=True,
@@ -133,6 +137,26 @@ def open_source(role, text, storage_name='1', timeout=DEFAULT_TIMEOUT,
     except Exception:
         storage.close()
         raise
+
+
+def _refused(address):
+    """Why nothing listens at `address`, when that is known at once (a
+    refused connection, no such socket file); else None, and the ZEO client
+    waits up to the timeout for the server."""
+    family = socket.AF_UNIX if isinstance(address, str) else None
+    try:
+        if family is None:
+            sock = socket.create_connection(address, timeout=5)
+        else:
+            sock = socket.socket(family)
+            sock.settimeout(5)
+            sock.connect(address)
+    except (ConnectionRefusedError, FileNotFoundError) as exc:
+        return exc.strerror
+    except OSError:
+        return None
+    sock.close()
+    return None
 
 
 def exc_text(exc):
