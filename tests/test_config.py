@@ -92,8 +92,16 @@ def test_sample_tls_config_parses(tmp_path):
 
 
 def test_sample_primary_config_parses(tmp_path):
+    tls = tmp_path / 'etc-zrsd-tls'
+    tls.mkdir()
+    authority = Authority(tls, 'sample')
+    os.rename(authority.path, tls / 'ca.pem')
+    authority.issue('primary')
     loaded, zrs = sample(tmp_path, 'etc/primary.conf')
-    assert (zrs.replicate_to, zrs.replicate_from) == (('', 5000), None)
+    assert (zrs.replicate_to, zrs.replicate_from) == (('10.0.0.1', 5000),
+                                                      None)
+    assert [str(n) for n in zrs.allowed_networks] == ['10.0.0.0/24']
+    assert zrs.tls is not None
     assert zrs.section.handshake_timeout == 30
     assert loaded.zeo.transaction_timeout == 300
 
