@@ -76,6 +76,30 @@ def test_ready_and_stopping(tmp_path, notify_socket, processes):
     assert notify_socket.received == ['READY=1', 'STOPPING=1']
 
 
+def test_an_empty_replica_is_started_while_it_waits(tmp_path, notify_socket,
+                                                   processes):
+    """A replica waiting for its first transaction is started (READY=1,
+    with a STATUS saying what it waits for), so `systemctl start` returns;
+    the watchdog is pinged meanwhile; STATUS says when ZEO serves."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
+                       env={'NOTIFY_SOCKET': notify_socket.env_value,
+                            'WATCHDOG_USEC': '200000'},
+                       register=processes).launch()
+    notify_socket.wait_for('READY=1')
+    assert notify_socket.received[0] == (
+        'READY=1\nSTATUS=waiting for the first transaction of 1; ZEO not '
+        'serving yet')
+    assert not port_open(replica.zeo_port)
+    notify_socket.wait_for('WATCHDOG=1')
+    primary.db().close()    # the first transaction: the root
+    while not notify_socket.receive().startswith('STATUS=serving 1 over '):
+        pass
+    assert port_open(replica.zeo_port)
+    replica.stop()
+    primary.stop()
+
+
 def test_watchdog_pings_while_serving(tmp_path, notify_socket, processes):
     """With WATCHDOG_USEC set (0.2 s: a ping every 0.1 s), zrsd sends
     WATCHDOG=1 regularly once READY."""

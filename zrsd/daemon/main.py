@@ -80,6 +80,7 @@ class Daemon:
         self.reactor = None
         self.monitor = None
         self.state = 'opening'   # starting, waiting, serving, stopping
+        self.notified_ready = False
         self.exit_status = EXIT_OK
         self.stop_reason = None
         self.stop_requested = threading.Event()
@@ -107,11 +108,17 @@ class Daemon:
             if self.wait_for_data():
                 self.serve()
                 self.state = 'serving'
-                logger.info('serving %s over ZEO at %s',
-                            ', '.join(sorted(self.storages)),
-                            zeoserver.server_address(self.server))
-                systemd.notify('READY=1')
-                self.start_watchdog()
+                serving = 'serving %s over ZEO at %s' % (
+                    ', '.join(sorted(self.storages)),
+                    zeoserver.server_address(self.server))
+                logger.info('%s', serving)
+                if self.notified_ready:
+                    systemd.notify('STATUS=' + serving)
+                else:
+                    systemd.notify('READY=1')
+                watchdog = self.start_watchdog()
+                if watchdog is not None:
+                    self.loop.call_soon(self._ping_every, watchdog)
                 self.loop.run_forever()
             self.state = 'stopping'
             logger.info('stopping (%s)', self.stop_reason)
@@ -152,8 +159,15 @@ class Daemon:
         if self.config.zeo.serve_empty or not empty:
             return not self.stop_requested.is_set()
         self.state = 'waiting'
+        names = ', '.join(n.name for n in empty)
         logger.info('waiting for the first transaction of %s before '
-                    'serving ZEO', ', '.join(n.name for n in empty))
+                    'serving ZEO', names)
+        # Started, not serving: `systemctl start` returns; /ready and
+        # /status say what it waits for.
+        systemd.notify('READY=1\nSTATUS=waiting for the first transaction '
+                       'of %s; ZEO not serving yet' % names)
+        self.notified_ready = True
+        watchdog = self.start_watchdog()
         for node in empty:
             while (node.replicating
                    and node.storage.lastTransaction() == z64):
@@ -161,6 +175,8 @@ class Daemon:
                     return False
                 if self.promotion_requested.is_set():
                     self.promote()
+                if watchdog is not None:
+                    watchdog.ping()
         return not self.stop_requested.is_set()
 
     def serve(self):
@@ -242,24 +258,27 @@ class Daemon:
     # -- systemd watchdog ---------------------------------------------------
 
     def start_watchdog(self):
-        """Ping systemd's watchdog while both threads are alive.
+        """A `systemd.Watchdog` whose `ping` the main thread calls often
+        (the wait for data, then the ZEO loop), or None without one.
 
-        The reactor beats every second; the ZEO loop pings only if the
-        last beat is recent, so a wedged thread on either side stops the
-        pings and systemd restarts the service.
+        The reactor beats every second; a ping is sent only if the last
+        beat is recent, so a wedged thread on either side stops the pings
+        and systemd restarts the service.
         """
         interval = systemd.watchdog_interval()
         if not interval:
-            return
-        self.heartbeat = time.monotonic()
-        self.reactor.call(self._beat)
+            return None
+        if self.heartbeat is None:
+            self.heartbeat = time.monotonic()
+            self.reactor.call(self._beat)
+        return systemd.Watchdog(interval, lambda: (
+            time.monotonic() - self.heartbeat < 2 * interval + 1))
 
-        def ping():
-            if time.monotonic() - self.heartbeat < 2 * interval + 1:
-                systemd.notify('WATCHDOG=1')
-            self.loop.call_later(interval, ping)
-
-        ping()
+    def _ping_every(self, watchdog):
+        # The ZEO loop: ping, again in a tenth of the interval.
+        watchdog.ping()
+        self.loop.call_later(watchdog.interval / 10, self._ping_every,
+                             watchdog)
 
     def _beat(self):
         self.heartbeat = time.monotonic()

@@ -7,6 +7,7 @@ Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
 import logging
 import os
 import socket
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +61,21 @@ def watchdog_interval(environ=os.environ):
                        environ['WATCHDOG_USEC'])
         return None
     return usec / 2e6
+
+
+class Watchdog:
+    """Send ``WATCHDOG=1`` at most once per `interval` seconds, and only
+    while `alive()` (call `ping` as often as convenient)."""
+
+    def __init__(self, interval, alive, clock=time.monotonic):
+        self.interval = interval
+        self.alive = alive
+        self.clock = clock
+        self._last = None
+
+    def ping(self):
+        now = self.clock()
+        if (self._last is None or now - self._last >= self.interval) \
+                and self.alive():
+            notify('WATCHDOG=1')
+            self._last = now
