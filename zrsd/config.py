@@ -51,12 +51,20 @@ _KEY_NAMES = {'allowed_globals': 'allow-global',
               'allowed_networks': 'allow-from'}
 
 
-def pack_policy(value):
-    """The datatype of the `pack` key: allow or refuse."""
-    value = value.strip().lower()
-    if value not in ('allow', 'refuse'):
-        raise ValueError('pack must be allow or refuse, not %r' % value)
-    return value
+def _choice(key, choices):
+    def datatype(value):
+        value = value.strip().lower()
+        if value not in choices:
+            raise ValueError('%s must be %s, not %r' % (
+                key, ' or '.join(choices), value))
+        return value
+    datatype.__doc__ = 'The datatype of the `%s` key: %s.' % (
+        key, ', '.join(choices))
+    return datatype
+
+
+pack_policy = _choice('pack', ('allow', 'refuse'))
+copy_policy = _choice('copy-file', ('new', 'on', 'off'))
 
 
 class SSLSection:

@@ -34,11 +34,12 @@ CONFIG = """\
 def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
                 blob_dir=None, sections='', log_format=LOG_FORMAT,
                 zrs_lines='', zeo_lines='', log_file='STDOUT',
-                log_level='INFO', header=''):
+                log_level='INFO', header='', copy_file='off'):
     """The one zrsd config of the tests: one `<zrs 1>` section.
 
     `replicate_from` / `replicate_to` are ports on 127.0.0.1 (a replica
-    reconnects within 0.1-1 s).  `zrs_lines` go into `<zrs 1>`,
+    reconnects within 0.1-1 s, and copies no file unless `copy_file` says
+    so: the tests of ZRS see only ZRS links).  `zrs_lines` go into `<zrs 1>`,
     `zeo_lines` into `<zeo>`, `sections` before the `<eventlog>`, `header`
     (e.g. `%import zrsd\n`) first.
     """
@@ -46,7 +47,8 @@ def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
     if replicate_from is not None:
         links += ('  replicate-from 127.0.0.1:%d\n'
                   '  reconnect-delay 0.1\n'
-                  '  max-reconnect-delay 1\n' % replicate_from)
+                  '  max-reconnect-delay 1\n'
+                  '  copy-file %s\n' % (replicate_from, copy_file))
     if replicate_to:
         links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
     return CONFIG % dict(
@@ -79,6 +81,7 @@ class ZrsdNode(Node):
     log_format = LOG_FORMAT
     log_file = 'STDOUT'
     log_level = 'INFO'
+    copy_file = 'off'
 
     def __init__(self, directory, name, upstream=None, serve=None,
                  blobs=False, register=None, monitor=False, **options):
@@ -110,7 +113,8 @@ class ZrsdNode(Node):
                 '<monitor>\n  address 127.0.0.1:%d\n</monitor>\n'
                 % self.monitor_port if self.monitor_port else ''),
             log_format=self.log_format, log_file=self.log_file,
-            log_level=self.log_level, header=self.header)
+            log_level=self.log_level, header=self.header,
+            copy_file=self.copy_file)
 
     def ready(self):
         """ZEO (an empty replica's only once its first transaction came:

@@ -24,6 +24,7 @@ from zrsd.daemon.progress import Progress, tid_time
 from zrsd.primary.server import PrimaryServer, ServerSettings
 from zrsd.network.sockets import format_address
 from zrsd.primary.storage import PrimaryStorage
+from zrsd.replica import seeding
 from zrsd.replica.storage import ReplicaStorage, open_replica_file
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Node:
         self.promotion = (promotion.read_record(zrs.path)
                           if zrs.replicate_from is not None else None)
         disk.ensure_unlocked(zrs.path)
+        if self.replicating:
+            seeding.copy_file(zrs)
         if self.replicating:
             fs = disk.opened(zrs.path, lambda: open_replica_file(
                 zrs.path, zrs.open_base), zrs.blob_dir)

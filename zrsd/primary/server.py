@@ -15,11 +15,13 @@ from twisted.internet.error import CannotListenError
 from ZODB.utils import z64
 
 from zrsd import protocol as zrs
+from zrsd import seedprotocol as seed
 from zrsd.network.factory import ProtocolFactory
 from zrsd.network.retry import RepeatLimiter
 from zrsd.network.sockets import (ListenError, format_address,
                                   is_tls_failure, tcp_socket, tune_socket)
 from zrsd.primary.history import HistoryMismatch, TidIndex
+from zrsd.primary.seeder import Seeder
 from zrsd.primary.streamer import PackedUnderfoot, Source, Streamer
 from zrsd.tids import describe_tid, tid_time
 
@@ -49,6 +51,9 @@ def tls_peer_name(transport):
 class Phase(enum.Enum):
     PROTOCOL = 'expecting the protocol name'
     TID = 'expecting the start tid'
+    SEED_QUERY = 'expecting the file copy query'
+    SEED_PROOF = 'expecting the proof of the replica\'s prefix'
+    SEEDING = 'copying the file'
     STREAMING = 'streaming'
     DRAINING = 'sending the last commits before closing'
     CLOSED = 'closed'
@@ -145,7 +150,12 @@ class PrimaryProtocol(protocol.Protocol):
             self._refuse(str(exc))
 
     def _frame(self, payload):
-        if self.phase is Phase.PROTOCOL:
+        if self.phase is Phase.PROTOCOL and payload == seed.PROTOCOL_SEED:
+            self.protocol_name = payload
+            self.phase = Phase.SEED_QUERY
+        elif self.phase in (Phase.SEED_QUERY, Phase.SEED_PROOF):
+            self._seed_handshake(payload)
+        elif self.phase is Phase.PROTOCOL:
             if payload not in zrs.PROTOCOLS:
                 raise zrs.ProtocolError('unknown protocol %r' % payload[:20])
             if payload == zrs.PROTOCOL_2_0 and self.server.storage.has_blobs:
@@ -166,26 +176,55 @@ class PrimaryProtocol(protocol.Protocol):
                 'unexpected %d-byte message after the handshake'
                 % len(payload))
 
-    def _start_streaming(self, start_tid):
+    def _seed_handshake(self, payload):
+        # zrsd-seed1 (zrsd.seedprotocol): the query, answered at once with
+        # the committed length; then the proof, checked by the Seeder.
+        try:
+            if self.phase is Phase.SEED_QUERY:
+                _, (self.seed_length, self.seed_tid) = seed.decode(
+                    payload, (b'Q',))
+                storage = self.server.storage
+                _, end = storage.committed_file()
+                self.transport.write(zrs.encode_frame(
+                    seed.info(end, storage.has_blobs)))
+                self.phase = Phase.SEED_PROOF
+            else:
+                _, digest = seed.decode(payload, (b'P',))
+                self._start_seeding(digest)
+        except seed.SeedError as exc:
+            raise zrs.ProtocolError(str(exc))
+
+    def _start_seeding(self, digest):
         self._cancel_timeout()
-        self.phase = Phase.STREAMING
+        self.phase = Phase.SEEDING
+        self._start_thread(Seeder, self.seed_length, self.seed_tid, digest,
+                           blobs=self.server.storage.has_blobs)
+
+    def _start_thread(self, kind, *args, blobs):
+        """Start a Streamer or a Seeder (`kind`) for this secondary."""
         server = self.server
         reactor = server.reactor
         storage = server.storage
-        self.streamer = Streamer(
+        self.streamer = kind(
             Source(storage.file_storage, storage.commits, server.tid_index,
-                   storage.committed_file), start_tid,
+                   storage.committed_file), *args,
             send=lambda chunks: reactor.callFromThread(self._write, chunks),
             done=lambda error: reactor.callFromThread(
                 self._streamer_done, error),
-            name=self.peer,
-            blobs=self.protocol_name == zrs.PROTOCOL_2_1, in_flight=IN_FLIGHT)
+            name=self.peer, blobs=blobs, in_flight=IN_FLIGHT)
         self.transport.registerProducer(_Producer(self.streamer), True)
         self.streamer.start()
 
+    def _start_streaming(self, start_tid):
+        self._cancel_timeout()
+        self.phase = Phase.STREAMING
+        self._start_thread(Streamer, start_tid,
+                           blobs=self.protocol_name == zrs.PROTOCOL_2_1)
+
     def _write(self, chunks):
         try:
-            if self.phase in (Phase.STREAMING, Phase.DRAINING):
+            if self.phase in (Phase.STREAMING, Phase.DRAINING,
+                              Phase.SEEDING):
                 self.transport.writeSequence(chunks)
         finally:
             self.streamer.written()
@@ -216,10 +255,11 @@ class PrimaryProtocol(protocol.Protocol):
             self.transport.loseConnection()
 
     def _streamer_done(self, error):
-        if self.phase is Phase.DRAINING and error is None:
+        if self.phase in (Phase.DRAINING, Phase.SEEDING) and error is None:
             self._end_of_drain()
             return
-        if self.phase not in (Phase.STREAMING, Phase.DRAINING):
+        if self.phase not in (Phase.STREAMING, Phase.DRAINING,
+                              Phase.SEEDING):
             return
         if isinstance(error, HistoryMismatch):
             self._log_refusal(error)

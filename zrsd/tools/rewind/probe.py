@@ -10,7 +10,6 @@ the replica's transactions for the last one the primary shares (the
 package's docstring says how a probe decides).
 """
 import hashlib
-import os
 import socket
 import ssl
 
@@ -18,9 +17,9 @@ from ZODB.utils import z64
 
 from zrsd import protocol
 from zrsd.replica.receiver import Receiver
+from zrsd.network import blocking
 from zrsd.network.sockets import format_address
 from zrsd.tids import format_tid
-from zrsd.network.tls import PEM_SUFFIXES
 from ..verify.history import compare_metadata, compare_record, format_oid
 from ..verify.sides import Transaction
 from .replica import RewindError, error_text
@@ -151,28 +150,14 @@ class Primary:
 
     def connect(self):
         """A connected (TLS) socket, with the timeout set."""
-        family = (socket.AF_UNIX if isinstance(self.address, str)
-                  else socket.AF_INET)
         try:
-            if family == socket.AF_UNIX:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.settimeout(self.timeout)
-                sock.connect(self.address)
-            else:
-                sock = socket.create_connection(self.address, self.timeout)
+            return blocking.connect(self.address, self.timeout,
+                                    self.zrs.section.ssl, self.tls)
+        except ssl.SSLError as exc:
+            raise RewindError('TLS with the primary at %s failed: %s' % (
+                self.where, error_text(exc)))
         except OSError as exc:
             raise RewindError('cannot reach the primary at %s: %s' % (
-                self.where, error_text(exc)))
-        if self.tls is None:
-            return sock
-        settings = self.zrs.section.ssl
-        try:
-            return self.tls.wrap_socket(
-                sock, server_hostname=settings.server_hostname
-                or self.address[0])
-        except (OSError, ssl.SSLError) as exc:
-            sock.close()
-            raise RewindError('TLS with the primary at %s failed: %s' % (
                 self.where, error_text(exc)))
 
     def probe(self, replica, k):
@@ -238,27 +223,12 @@ def _after(start):
 
 
 def client_tls_context(settings):
-    """An `ssl.SSLContext` for a secondary from an `<ssl>` section: our
-    certificate and key, the primary verified against `authenticate` (a
-    PEM file or a directory of them) and, with check-hostname, its name."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = bool(settings.check_hostname)
-    context.verify_mode = ssl.CERT_REQUIRED
+    """`blocking.client_tls_context`, its failure a RewindError."""
     try:
-        authorities = settings.authenticate
-        if authorities and os.path.isdir(authorities):
-            for name in sorted(os.listdir(authorities)):
-                if name.endswith(PEM_SUFFIXES):
-                    context.load_verify_locations(
-                        os.path.join(authorities, name))
-        elif authorities:
-            context.load_verify_locations(authorities)
-        context.load_cert_chain(settings.certificate, settings.key,
-                                settings.password())
+        return blocking.client_tls_context(settings)
     except (OSError, ssl.SSLError) as exc:
         raise RewindError('<ssl>: cannot load the certificates: %s'
                           % error_text(exc))
-    return context
 
 
 def shared_prefix(primary, replica):

@@ -1,0 +1,127 @@
+"""A new or far-behind replica copies its primary's file (zrsd-seed1)
+before it opens, then replicates with ZRS; anything unusual falls back to
+ZRS, and the replica always ends byte-identical to its primary."""
+import os
+
+import pytest
+import ZODB.blob
+from persistent.mapping import PersistentMapping
+
+from harness.chaos import ChaosProxy
+from harness.process import wait_until
+from harness.zczrs import ZcZrsPrimary, commit_change
+from harness.zrsd_nodes import ZrsdNode, blob_db, blob_files
+
+
+def make_replica(tmp_path, upstream, processes, policy='new', **options):
+    """A replica that copies the file by zrsd's default policy (`new`),
+    whatever the primary's length."""
+    return ZrsdNode(tmp_path, 'replica', upstream=upstream,
+                    zrs_lines='  copy-file-minimum 0\n', copy_file=policy,
+                    register=processes, **options)
+
+
+def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
+    """Commit `transactions` of `size`-byte records (a blob in every
+    third with `blobs`); returns the last tid."""
+    db = blob_db(node, tmp_path / 'cache') if blobs else node.db()
+    try:
+        for i in range(transactions):
+            with db.transaction() as conn:
+                conn.root()[i] = PersistentMapping(data=os.urandom(size))
+                if blobs and i % 3 == 0:
+                    blob = ZODB.blob.Blob()
+                    with blob.open('w') as f:
+                        f.write(os.urandom(size))
+                    conn.root()['blob%d' % i] = blob
+        return db.storage.lastTransaction()
+    finally:
+        db.close()
+
+
+def same_files(primary, replica):
+    with open(primary.fs_path, 'rb') as a, open(replica.fs_path, 'rb') as b:
+        assert a.read() == b.read()
+    if primary.blob_dir:
+        assert blob_files(primary.blob_dir) == blob_files(replica.blob_dir)
+
+
+@pytest.mark.parametrize('blobs', [False, True])
+def test_a_new_replica_copies_the_file(tmp_path, processes, blobs):
+    primary = ZrsdNode(tmp_path, 'primary', blobs=blobs,
+                       register=processes).start()
+    last = fill(primary, tmp_path, blobs=blobs)
+    replica = make_replica(tmp_path, primary.repl_port, processes,
+                           blobs=blobs).start()
+    assert 'copied 3.' in replica.log()   # MB of the primary's file
+    assert 'requesting transactions after %s' % last.hex() in replica.log()
+    assert replica.last_tid() == last
+    later = commit_change(primary.zeo_address, 'later', 1)   # then ZRS
+    replica.wait_for_tid(later)
+    replica.stop()
+    primary.stop()
+    same_files(primary, replica)
+
+
+def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes):
+    primary = ZcZrsPrimary(tmp_path, register=processes).start()
+    last = commit_change(primary.zeo_address, 'x', 1)
+    replica = make_replica(tmp_path, primary.repl_port, processes).start()
+    replica.wait_for_tid(last)
+    assert 'does not copy files (not zrsd); replicating with ZRS' in \
+        replica.log()
+    replica.stop()
+
+
+def test_a_prefix_that_differs_falls_back_to_zrs(tmp_path, processes):
+    """A replica whose file has the primary's length and last transaction
+    but other bytes is refused a copy; ZRS then replicates the rest."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    middle = fill(primary, tmp_path, transactions=5)
+    primary.stop()
+    with open(primary.fs_path, 'rb') as f:
+        data = bytearray(f.read())
+    data[-100] ^= 0xff          # inside the last record's data
+    replica = make_replica(tmp_path, primary.repl_port, processes,
+                           policy='on')
+    with open(replica.fs_path, 'wb') as f:
+        f.write(data)
+    primary.start()
+    last = fill(primary, tmp_path, transactions=5)
+    replica.start()
+    replica.wait_for_tid(last)
+    assert "first %d bytes differ from the primary's" % len(data) in \
+        replica.log()
+    assert 'requesting transactions after %s' % middle.hex() in replica.log()
+    replica.stop()
+    primary.stop()
+
+
+@pytest.mark.parametrize('victim', ['replica', 'primary'])
+def test_a_copy_killed_midway_resumes(tmp_path, processes, victim):
+    """kill -9 of either side in the middle of a copy: the replica ends
+    byte-identical (what it had verified is kept; the rest is copied or
+    replicated again)."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    last = fill(primary, tmp_path, transactions=60, size=500000)
+    proxy = ChaosProxy(primary.repl_port, socket_buffer=65536)
+    try:
+        proxy.throttle(10 << 20)   # 10 MB/s: the copy takes about 3 s
+        replica = make_replica(tmp_path, proxy.port, processes).launch()
+        wait_until(lambda: proxy.bytes_down > 12 << 20,
+                   message='12 MB of the copy through')
+        (replica if victim == 'replica' else primary).kill()
+        proxy.throttle(None)
+        if victim == 'primary':
+            primary.start()
+        else:
+            replica.launch()
+        replica.wait_for_tid(last)
+        later = commit_change(primary.zeo_address, 'later', 1)
+        replica.wait_for_tid(later)
+    finally:
+        proxy.close()
+    replica.stop()
+    primary.stop()
+    same_files(primary, replica)
+    assert not os.path.exists(replica.fs_path + '.seeding')
