@@ -1,6 +1,7 @@
 """Shared fixtures: one populated zc.zrs primary history per session, a
-running copy of it per test (`zczrs_primary`), and `processes`, which
-closes (and, when a test failed, shows the logs of) registered processes.
+running copy of it per test (`zczrs_primary`), `processes`, which closes
+(and, when a test failed, shows the logs of) registered processes, and
+`node`, which makes zrsd nodes registered there.
 """
 import os
 
@@ -8,6 +9,7 @@ import pytest
 
 from harness import zczrs
 from harness.history import transactions
+from harness.zrsd_nodes import ZrsdNode
 
 
 class PopulatedPrimary:
@@ -37,18 +39,38 @@ def zczrs_populated(tmp_path_factory):
     return PopulatedPrimary(primary)
 
 
-@pytest.fixture
-def processes(request):
-    """Register objects with .close() and .log(): closed at teardown, the
-    tail of their logs printed if the test failed."""
+def _closing(failed):
+    """Register objects with .close() and .log(): closed at the end, the
+    tail of their logs printed if `failed()`."""
     registered = []
     yield registered.append
     for proc in registered:
         proc.close()
-        if getattr(request.node, 'zrsd_failed', False):
+        if failed():
             lines = proc.log().splitlines()[-80:]
             print('\n==== last %d lines of %s ====\n%s' % (
                 len(lines), getattr(proc, 'log_path', proc), '\n'.join(lines)))
+
+
+@pytest.fixture
+def processes(request):
+    """Processes closed after the test (see `_closing`)."""
+    yield from _closing(lambda: getattr(request.node, 'zrsd_failed', False))
+
+
+@pytest.fixture(scope='module')
+def module_processes(request):
+    """Processes of module fixtures: closed after the module's tests."""
+    failed = request.session.testsfailed
+    yield from _closing(lambda: request.session.testsfailed > failed)
+
+
+@pytest.fixture
+def node(tmp_path, processes):
+    """node(name, **options): an unstarted `ZrsdNode` in its own directory
+    (`tmp_path/name`), registered with `processes`."""
+    return lambda name, **kw: ZrsdNode(tmp_path / name, name,
+                                       register=processes, **kw)
 
 
 @pytest.fixture

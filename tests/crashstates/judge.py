@@ -7,9 +7,8 @@ import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
 
 from harness.history import copy_transaction
-from harness.stream import Stream
+from harness.stream import replicate
 from zrsd import disk
-from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage, open_replica_file
 
 from . import model
@@ -38,12 +37,7 @@ def open_replica(root):
 
 def apply(replica, txns):
     """Send `txns` to `replica` as a primary does, then sync."""
-    start = replica.writer.last_applied()
-    stream, receiver = Stream(start), Receiver(replica.writer, start)
-    for txn in txns:
-        stream.transaction(txn)
-    for payload in stream.take_payloads():
-        receiver.frame_received(payload)
+    replicate(replica.writer, txns)
     replica.writer.sync()
 
 

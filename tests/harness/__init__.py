@@ -6,8 +6,7 @@ from here.
   every kind of node.
 - `zrsd_nodes`: `ZrsdNode`, `RunzeoNode`, `PlainZeoNode`, the zrsd
   config, `Writer`, `MemorySampler`, blob helpers.
-- `zczrs`: a zc.zrs 3.1 primary, `populate`, and `Proxy`, another name
-  for `chaos.ChaosProxy` used as a gated proxy (`hold_after`, `release`).
+- `zczrs`: a zc.zrs 3.1 primary, `populate`, `commit_change`.
 - `peers`: a zc.zrs 3.1 secondary on ZODB 5.5.1 in its own virtualenv.
 - `chaos`: `ChaosProxy`, the one TCP proxy: it cuts, stalls, throttles
   and holds links.

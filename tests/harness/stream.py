@@ -1,6 +1,7 @@
 """`Stream`, the one builder of what a ZRS primary sends (for the tests
-and the fuzzer), `RecordingSink`, which records what a receiver makes of
-it, and `FakePrimary`, which serves scripted streams on 127.0.0.1.
+and the fuzzer), `replicate`, which applies it in process, `RecordingSink`,
+which records what a receiver makes of it, and `FakePrimary`, which serves
+scripted streams on 127.0.0.1.
 
 Script items are `bytes` (sent framed), `Raw` (sent as-is) or `CLOSE`.
 """
@@ -18,6 +19,7 @@ import time
 from ZODB.utils import z64
 
 from zrsd.protocol import BLOB_BLOCK_SIZE
+from zrsd.replica.receiver import Receiver
 
 
 def frame(payload):
@@ -217,6 +219,17 @@ def replay(txns, legacy=False, tail=None):
             tail(stream)
         return stream.script()
     return script
+
+
+def replicate(writer, txns):
+    """Apply `txns` to a replica's `writer` as a primary sends them on a
+    new connection."""
+    start = writer.last_applied()
+    stream, receiver = Stream(start), Receiver(writer, start)
+    for txn in txns:
+        stream.transaction(txn)
+    for payload in stream.payloads:
+        receiver.frame_received(payload)
 
 
 class RecordingSink:
