@@ -3,27 +3,11 @@ running copy of it per test (`zczrs_primary`), `processes`, which closes
 (and, when a test failed, shows the logs of) registered processes, and
 `node`, which makes zrsd nodes registered there.
 """
-import os
-
 import pytest
 
 from harness import zczrs
-from harness.history import transactions
+from harness.history import Populated
 from harness.zrsd_nodes import ZrsdNode
-
-
-class PopulatedPrimary:
-    """A stopped zc.zrs primary holding the `populate()` history: its
-    `transactions()`, every oid in it (sorted), its record data size."""
-
-    def __init__(self, primary):
-        self.primary = primary
-        self.fs_size = os.path.getsize(primary.fs_path)
-        self.history = transactions(primary.fs_path)
-        self.last_tid = self.history[-1][0]
-        records = [record for txn in self.history for record in txn[5]]
-        self.oids = sorted({record[0] for record in records})
-        self.data_bytes = sum(len(record[2] or b'') for record in records)
 
 
 @pytest.fixture(scope='session')
@@ -36,7 +20,7 @@ def zczrs_populated(tmp_path_factory):
         primary.close()
         raise
     primary.stop()
-    return PopulatedPrimary(primary)
+    return Populated(primary.fs_path)
 
 
 def _closing(failed):
@@ -76,9 +60,8 @@ def node(tmp_path, processes):
 @pytest.fixture
 def zczrs_primary(zczrs_populated, tmp_path, processes):
     """A running zc.zrs primary on a private copy of the populated history."""
-    primary = zczrs_populated.primary.copy_to(tmp_path / 'primary')
-    primary.register = processes
-    return primary.start()
+    return zczrs_populated.copy_to(zczrs.ZcZrsPrimary(
+        tmp_path / 'primary', register=processes)).start()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,7 +1,5 @@
 """A chain of zrsd processes, primary -> replica -> cascade replica, the
 first link gated where a replica must stop half-way through catch-up."""
-import os
-import shutil
 import time
 from contextlib import closing
 
@@ -10,28 +8,12 @@ from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
 from harness import zczrs
-from harness.history import (assert_same_after_pack, assert_same_history,
-                             pack_stop_tid, transactions)
 from harness.chaos import ChaosProxy
+from harness.history import (Populated, assert_same_after_pack,
+                             assert_same_history, pack_stop_tid,
+                             transactions)
 from harness.process import stop_all, wait_until
 from harness.zrsd_nodes import MB, ZrsdNode, opened
-
-
-class Populated:
-    """A stopped zrsd primary's files holding the `populate()` history."""
-
-    def __init__(self, node):
-        self.fs_path = node.fs_path
-        self.fs_size = os.path.getsize(node.fs_path)
-        self.history = transactions(node.fs_path)
-        self.last_tid = self.history[-1][0]
-
-    def primary(self, node):
-        """A started zrsd primary (made by `node`) on a copy of the files."""
-        primary = node('primary')
-        shutil.copyfile(self.fs_path, primary.fs_path)
-        shutil.copyfile(self.fs_path + '.index', primary.fs_path + '.index')
-        return primary.start()
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +25,7 @@ def populated(tmp_path_factory, module_processes):
     result = zczrs.populate(node.start().zeo_address, transactions=1500)
     node.stop()
     assert result.undos and result.creation_undos
-    return Populated(node)
+    return Populated(node.fs_path)
 
 
 def chain(node, upstream_port):
@@ -75,7 +57,7 @@ def pack(node):
 def test_chain_pack_mid_stream(populated, node):
     """The primary packs while the middle replica is held half-way; the same
     link crosses the pack, the chain end sees new commits, all agree."""
-    primary = populated.primary(node)
+    primary = populated.copy_to(node('primary')).start()
     with closing(ChaosProxy(primary.repl_port,
                             hold_after=populated.fs_size // 2)) as gate:
         middle, end, link = held_half_way(node, gate)
@@ -120,7 +102,7 @@ def test_chain_pack_mid_stream(populated, node):
 def test_fresh_chain_after_pack(populated, node):
     """Replicas started empty after the primary packed end identical to
     it, transaction by transaction (status 'p' included)."""
-    primary = populated.primary(node)
+    primary = populated.copy_to(node('primary')).start()
     pack_time = pack(primary)
     more = zczrs.populate(primary.zeo_address, transactions=100, seed=11,
                           undo_every=50)
@@ -142,7 +124,7 @@ def test_fresh_chain_after_pack(populated, node):
 def test_replica_restart_mid_stream(populated, node, pack_while_down):
     """The middle replica stopped half-way (and the primary packed) resumes
     after its last transaction; the end reconnects; all agree."""
-    primary = populated.primary(node)
+    primary = populated.copy_to(node('primary')).start()
     with closing(ChaosProxy(primary.repl_port,
                             hold_after=populated.fs_size // 2)) as gate:
         middle, end, _ = held_half_way(node, gate)
@@ -173,7 +155,7 @@ def test_replica_restart_mid_stream(populated, node, pack_while_down):
 def test_fresh_replica_catch_up_rate(populated, node):
     """A fresh replica catches up with the populated primary; prints the
     rate from its start to a ZEO client seeing the last tid."""
-    primary = populated.primary(node)
+    primary = populated.copy_to(node('primary')).start()
     replica = node('replica', upstream=primary.repl_port)
     started = time.monotonic()
     replica.start().wait_for_tid(populated.last_tid)

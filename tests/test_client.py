@@ -93,12 +93,11 @@ class Setup:
         self.attempts = []  # [(factory, deferred)]
         self.storage = FakeStorage(last, fail_on)
         self.commits = []
-        kw.setdefault('keep_alive_delay', 60)
-        kw.setdefault('reconnect_delay', 1.0)
-        kw.setdefault('max_reconnect_delay', 60.0)
         self.client = ReplicationClient(
             '1', self.storage, ('primary.example.com', 5000), self, self.clock,
-            on_commit=lambda tid, n: self.commits.append(tid), **kw)
+            on_commit=lambda tid, n: self.commits.append(tid), **{
+                'keep_alive_delay': 60, 'reconnect_delay': 1.0,
+                'max_reconnect_delay': 60.0, **kw})
 
     def connect(self, factory):
         self.attempts.append((factory, defer.Deferred()))

@@ -91,9 +91,10 @@ def blob_files(root):
                   for name in names if name.endswith('.blob'))
 
 
-def assert_blob_order(synced, data_file, blob_root):
+def assert_blob_order(synced, tmp_path):
     """Each blob file, then its directories up to the root, then the data
     file: nothing in Data.fs before its blobs are durable."""
+    data_file, blob_root = str(tmp_path / 'Data.fs'), str(tmp_path / 'blobs')
     data = [i for i, path in enumerate(synced) if path == data_file]
     assert data, synced
     for blob in blob_files(blob_root):
@@ -113,8 +114,7 @@ def test_replica_syncs_blob_files_and_directories_before_the_commit(
     replica = ReplicaStorage(data_fs(tmp_path, blobs=True))
     replicate(replica.writer, transactions(source, source_blobs))
     replica.close()
-    assert_blob_order(fsyncs, str(tmp_path / 'Data.fs'),
-                      str(tmp_path / 'blobs'))
+    assert_blob_order(fsyncs, tmp_path)
     assert len(blob_files(str(tmp_path / 'blobs'))) == 2
 
 
@@ -127,8 +127,7 @@ def test_primary_syncs_blob_files_and_directories_before_the_commit(
         with blob.open('w') as f:
             f.write(b'x' * 5000)
     db.close()
-    assert_blob_order(fsyncs, str(tmp_path / 'Data.fs'),
-                      str(tmp_path / 'blobs'))
+    assert_blob_order(fsyncs, tmp_path)
 
 
 def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
@@ -242,21 +241,26 @@ def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
     assert loaded and all(serial == tid for serial, tid in loaded), loaded
 
 
-def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
-        tmp_path, fsyncs):
-    """FileStorage renames the packed file over the data file without an
-    fsync; a primary fsyncs the packed file before and the directory
-    after."""
-    storage = PrimaryStorage(data_fs(tmp_path))
-    db = ZODB.DB(storage)
-    for i in range(5):
+def pack_fsyncs(db, fsyncs, commits):
+    """Commit `commits` transactions to `db`, pack and close it: the paths
+    the pack fsynced."""
+    for i in range(commits):
         with db.transaction() as conn:
             conn.root()['x'] = i
     fsyncs.clear()
     db.pack(time.time() + 1)
     db.close()
+    return fsyncs
+
+
+def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
+        tmp_path, fsyncs):
+    """FileStorage renames the packed file over the data file without an
+    fsync; a primary fsyncs the packed file before and the directory
+    after."""
+    synced = pack_fsyncs(ZODB.DB(PrimaryStorage(data_fs(tmp_path))), fsyncs, 5)
     data = str(tmp_path / 'Data.fs')
-    assert fsyncs.index(data + '.pack') < fsyncs.index(str(tmp_path))
+    assert synced.index(data + '.pack') < synced.index(str(tmp_path))
 
 
 def test_a_promoted_replica_packs_durably_whatever_its_pack_policy(
@@ -267,10 +271,4 @@ def test_a_promoted_replica_packs_durably_whatever_its_pack_policy(
     replica = ReplicaStorage(data_fs(tmp_path), pack='refuse')
     replicate(replica.writer, transactions(source))
     db = ZODB.DB(PrimaryStorage.promoted(replica))
-    for i in range(3):
-        with db.transaction() as conn:
-            conn.root()['x'] = i
-    fsyncs.clear()
-    db.pack(time.time() + 1)
-    db.close()
-    assert str(tmp_path / 'Data.fs.pack') in fsyncs
+    assert str(tmp_path / 'Data.fs.pack') in pack_fsyncs(db, fsyncs, 3)

@@ -21,6 +21,7 @@ from harness.process import BIN, free_port, stop_all
 from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs, ssl_lines,
                                 write_config)
 from test_tls import start_primary
+from test_verify import verify_ok
 
 REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
@@ -105,10 +106,7 @@ def test_rewind_a_forked_old_primary(tmp_path, node):
         assert os.path.exists(p.fs_path + '.index')  # rebuilt
         p.start()
         p.wait_for_tid(commit_blobs(r_db, {'c': b'more'}, 'more'))
-    verify = subprocess.run(
-        [os.path.join(BIN, 'zrsd-verify'), 'fs:' + r.fs_path,
-         'fs:' + p.fs_path], capture_output=True, text=True, timeout=120)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    verify_ok('fs:' + r.fs_path, 'fs:' + p.fs_path)
     stop_all(p, r)
     assert filecmp.cmp(r.fs_path, p.fs_path, shallow=False)
     assert blob_files(p.blob_dir) == blob_files(r.blob_dir)

@@ -2,6 +2,7 @@
 import os
 import random
 import shutil
+from types import SimpleNamespace
 
 import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
@@ -15,16 +16,6 @@ from . import model
 from .recorder import Recorder
 
 DATA, BLOBS = 'Data.fs', 'blobs'
-
-
-class _PublishedTo:
-    """The ZEO server a replica publishes to: records each tid."""
-
-    def __init__(self, recorder):
-        self.recorder = recorder
-
-    def invalidate(self, tid, oids):
-        self.recorder.publish(tid)
 
 
 def open_replica(root):
@@ -49,7 +40,9 @@ def record(root, txns, seed):
     os.makedirs(root)
     with Recorder(root) as recorder:
         replica = open_replica(root)
-        replica.registerDB(_PublishedTo(recorder))
+        # The ZEO server the replica publishes to: records each tid.
+        replica.registerDB(SimpleNamespace(
+            invalidate=lambda tid, oids: recorder.publish(tid)))
         done = 0
         while done < len(txns):
             group = txns[done:done + rng.randint(1, 5)]

@@ -5,7 +5,6 @@ deterministic history) and `commit_change`.
 import dataclasses
 import os
 import random
-import shutil
 
 import transaction
 import ZEO
@@ -53,16 +52,6 @@ class ZcZrsPrimary(Node):
     def ready(self):
         # ZEO's server, then zc.zrs's Twisted port (from another thread).
         return super().ready() + ('starting on %d' % self.repl_port,)
-
-    def copy_to(self, directory, name=None):
-        """A new, stopped primary (own ports) on a copy of this stopped
-        primary's files."""
-        assert not self.running()
-        other = ZcZrsPrimary(directory, name or self.name)
-        shutil.copyfile(self.fs_path, other.fs_path)
-        if os.path.exists(self.fs_path + '.index'):
-            shutil.copyfile(self.fs_path + '.index', other.fs_path + '.index')
-        return other
 
 
 @dataclasses.dataclass
