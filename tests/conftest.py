@@ -13,13 +13,11 @@ from harness.zrsd_nodes import ZrsdNode
 @pytest.fixture(scope='session')
 def zczrs_populated(tmp_path_factory):
     primary = zczrs.ZcZrsPrimary(tmp_path_factory.mktemp('zczrs-populated'))
-    primary.start()
     try:
-        zczrs.populate(primary.zeo_address)
-    except BaseException:
+        zczrs.populate(primary.start().zeo_address)
+        primary.stop()
+    finally:
         primary.close()
-        raise
-    primary.stop()
     return Populated(primary.fs_path)
 
 

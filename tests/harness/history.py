@@ -104,6 +104,7 @@ class Populated:
 
     def copy_to(self, node):
         """Give a stopped `node` a copy of the file and its index."""
+        assert not node.running()
         for suffix in ('', '.index'):
             shutil.copyfile(self.fs_path + suffix, node.fs_path + suffix)
         return node
