@@ -1,62 +1,65 @@
 """Shared fixtures: one populated zc.zrs primary history per session, a
-running copy of it per test (`zczrs_primary`), and `processes`, which
-closes (and, when a test failed, shows the logs of) registered processes.
+running copy of it per test (`zczrs_primary`), `processes`, which closes
+(and, when a test failed, shows the logs of) registered processes, and
+`node`, which makes zrsd nodes registered there.
 """
-import os
-
 import pytest
 
 from harness import zczrs
-from harness.history import transactions
-
-
-class PopulatedPrimary:
-    """A stopped zc.zrs primary holding the `populate()` history: its
-    `transactions()`, every oid in it (sorted), its record data size."""
-
-    def __init__(self, primary):
-        self.primary = primary
-        self.fs_size = os.path.getsize(primary.fs_path)
-        self.history = transactions(primary.fs_path)
-        self.last_tid = self.history[-1][0]
-        records = [record for txn in self.history for record in txn[5]]
-        self.oids = sorted({record[0] for record in records})
-        self.data_bytes = sum(len(record[2] or b'') for record in records)
+from harness.history import Populated
+from harness.zrsd_nodes import ZrsdNode
 
 
 @pytest.fixture(scope='session')
 def zczrs_populated(tmp_path_factory):
     primary = zczrs.ZcZrsPrimary(tmp_path_factory.mktemp('zczrs-populated'))
-    primary.start()
     try:
-        zczrs.populate(primary.zeo_address)
-    except BaseException:
+        zczrs.populate(primary.start().zeo_address)
+        primary.stop()
+    finally:
         primary.close()
-        raise
-    primary.stop()
-    return PopulatedPrimary(primary)
+    return Populated(primary.fs_path)
 
 
-@pytest.fixture
-def processes(request):
-    """Register objects with .close() and .log(): closed at teardown, the
-    tail of their logs printed if the test failed."""
+def _closing(failed):
+    """Register objects with .close() and .log(): closed at the end, the
+    tail of their logs printed if `failed()`."""
     registered = []
     yield registered.append
     for proc in registered:
         proc.close()
-        if getattr(request.node, 'zrsd_failed', False):
+        if failed():
             lines = proc.log().splitlines()[-80:]
             print('\n==== last %d lines of %s ====\n%s' % (
                 len(lines), getattr(proc, 'log_path', proc), '\n'.join(lines)))
 
 
 @pytest.fixture
+def processes(request):
+    """Processes closed after the test (see `_closing`)."""
+    yield from _closing(lambda: getattr(request.node, 'zrsd_failed', False))
+
+
+@pytest.fixture(scope='module')
+def module_processes(request):
+    """Processes of module fixtures: closed after the module's tests."""
+    failed = request.session.testsfailed
+    yield from _closing(lambda: request.session.testsfailed > failed)
+
+
+@pytest.fixture
+def node(tmp_path, processes):
+    """node(name, **options): an unstarted `ZrsdNode` in its own directory
+    (`tmp_path/name`), registered with `processes`."""
+    return lambda name, **kw: ZrsdNode(tmp_path / name, name,
+                                       register=processes, **kw)
+
+
+@pytest.fixture
 def zczrs_primary(zczrs_populated, tmp_path, processes):
     """A running zc.zrs primary on a private copy of the populated history."""
-    primary = zczrs_populated.primary.copy_to(tmp_path / 'primary')
-    primary.register = processes
-    return primary.start()
+    return zczrs_populated.copy_to(zczrs.ZcZrsPrimary(
+        tmp_path / 'primary', register=processes)).start()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -32,7 +32,7 @@ from harness.chaos import ChaosProxy
 from harness.history import transactions
 from harness.process import BIN, LOG_FORMAT, ROOT, wait_until
 from harness.zczrs import commit_change
-from harness.zrsd_nodes import Writer, ZrsdNode
+from harness.zrsd_nodes import Writer, ZrsdNode, blob_files
 from zrsd.daemon import promotion
 
 WAIT = 60.0         # seconds before a wait counts as a failure
@@ -321,8 +321,8 @@ class Drill:
             for replica in (a, b):
                 check(filecmp.cmp(c.fs_path, replica.fs_path, shallow=False),
                       '%s differs from %s' % (replica.fs_path, c.fs_path))
-                check(not self.blobs or same_files(c.blob_dir,
-                                                   replica.blob_dir),
+                check(not self.blobs or blob_files(c.blob_dir) ==
+                      blob_files(replica.blob_dir),
                       "the blob files of %s differ from C's"
                       % replica.name.upper())
             out[0] = 'Data.fs%s identical, %d transactions' % (
@@ -332,18 +332,6 @@ class Drill:
 
 def hexes(tids):
     return ' '.join(tid.hex() for tid in tids)
-
-
-def same_files(left, right):
-    """True when two blob directories hold the same files, byte for byte
-    (their `tmp` directories aside)."""
-    tree = filecmp.dircmp(left, right, ignore=['tmp'])
-    differ, unreadable = filecmp.cmpfiles(left, right, tree.common_files,
-                                          shallow=False)[1:]
-    return not (tree.left_only or tree.right_only or tree.common_funny
-                or differ or unreadable) and all(
-        same_files(os.path.join(left, d), os.path.join(right, d))
-        for d in tree.common_dirs)
 
 
 def parse_args(argv):

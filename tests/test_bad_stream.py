@@ -14,7 +14,6 @@ from ZODB.utils import z64
 from harness.history import assert_same_history, transactions
 from harness.process import wait_until
 from harness.stream import FakePrimary, replay
-from harness.zrsd_nodes import ZrsdNode
 
 GOOD = 2  # good transactions sent before the bad part
 
@@ -46,10 +45,9 @@ def source(tmp_path_factory):
 
 
 @pytest.fixture
-def zrsd(tmp_path, processes):
+def zrsd(node):
     """Start a zrsd replica of the ZRS port given."""
-    return lambda port: ZrsdNode(tmp_path, 'replica', upstream=port,
-                                 register=processes).start()
+    return lambda port: node('replica', upstream=port).start()
 
 
 def error_logged(log, reason, logger=''):

@@ -10,11 +10,11 @@ from contextlib import closing
 import ZEO
 from ZODB.blob import Blob
 
-from harness import zczrs
 from harness.history import assert_same_history
-from harness.zrsd_nodes import (MB, MemorySampler, ZrsdNode, blob_db,
-                                blob_files, commit_blobs, current_blobs,
-                                opened, sha256_file, undo_last)
+from harness.process import stop_all
+from harness.zrsd_nodes import (MB, MemorySampler, blob_db, blob_files,
+                                commit_blobs, current_blobs, opened,
+                                process_memory, sha256_file, undo_last)
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 1024 * 1024 + 17]
 BIG_BLOB_SIZE = 200 * 1024 * 1024 + 12345   # not a multiple of a block
@@ -24,14 +24,13 @@ def content(size, seed):
     return random.Random(seed).randbytes(size)
 
 
-def blob_nodes(tmp_path, register):
-    """A started primary holding a root object and its (unstarted) replica,
+def blob_nodes(node):
+    """A started primary holding a root object and its started replica,
     both with a blob-dir."""
-    primary = ZrsdNode(tmp_path / 'primary', 'primary', blobs=True,
-                       register=register).start()
-    zczrs.commit_change(primary.zeo_address, 'created', True)
-    return primary, ZrsdNode(tmp_path / 'replica', 'replica', blobs=True,
-                             upstream=primary.repl_port, register=register)
+    primary = node('primary', blobs=True).start()
+    primary.commit('created', True)
+    return primary, node('replica', blobs=True,
+                         upstream=primary.repl_port).start()
 
 
 def blob_revisions(db, names):
@@ -49,19 +48,17 @@ def blob_revisions(db, names):
 
 def stop_and_compare(primary, replica):
     """Stop both; same blob files and same history; the primary's files."""
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
     files = blob_files(primary.blob_dir)
     assert blob_files(replica.blob_dir) == files
     assert_same_history(primary.fs_path, replica.fs_path)
     return files
 
 
-def test_blob_replication(tmp_path, processes):
+def test_blob_replication(tmp_path, node):
     """Blobs around the 64 KiB blocks, changed and undone, replicate; every
     revision reads the same from the replica (private cache, shared dir)."""
-    primary, replica = blob_nodes(tmp_path, processes)
-    replica.start()
+    primary, replica = blob_nodes(node)
     names = ['b%d' % size for size in SIZES]
     expected = {'b%d' % size: content(size, size) for size in SIZES}
     with closing(blob_db(primary, tmp_path / 'cache-p')) as db:
@@ -87,14 +84,13 @@ def test_blob_replication(tmp_path, processes):
         len(r) for r in revisions.values())
 
 
-def test_big_blob(tmp_path, processes):
+def test_big_blob(tmp_path, node):
     """A 200 MB blob, streamed in 1 MB chunks, replicates intact (sha256);
     the replica's peak RSS is printed; the big files are removed."""
     try:
-        primary, replica = blob_nodes(tmp_path, processes)
-        replica.start()
+        primary, replica = blob_nodes(node)
         replica.wait_for_tid(primary.last_tid())
-        rss_before = replica.rss()[0]
+        rss_before = process_memory(replica.pid)[0]
         rng = random.Random(200)
         digest = hashlib.sha256()
         with closing(blob_db(primary, tmp_path / 'cache')) as db:

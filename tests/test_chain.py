@@ -1,7 +1,5 @@
 """A chain of zrsd processes, primary -> replica -> cascade replica, the
 first link gated where a replica must stop half-way through catch-up."""
-import os
-import shutil
 import time
 from contextlib import closing
 
@@ -10,59 +8,38 @@ from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
 from harness import zczrs
-from harness.history import (assert_same_after_pack, assert_same_history,
-                             pack_stop_tid, transactions)
-from harness.process import wait_until
-from harness.zrsd_nodes import GatedProxy, MB, ZrsdNode, opened
-
-
-class Populated:
-    """A stopped zrsd primary's files holding the `populate()` history."""
-
-    def __init__(self, node):
-        self.fs_path = node.fs_path
-        self.fs_size = os.path.getsize(node.fs_path)
-        self.history = transactions(node.fs_path)
-        self.last_tid = self.history[-1][0]
-
-    def primary(self, directory, register):
-        """A stopped zrsd primary on a private copy of the files."""
-        node = ZrsdNode(directory / 'primary', 'primary', register=register)
-        shutil.copyfile(self.fs_path, node.fs_path)
-        shutil.copyfile(self.fs_path + '.index', node.fs_path + '.index')
-        return node
+from harness.chaos import ChaosProxy
+from harness.history import (Populated, assert_same_after_pack,
+                             assert_same_history, pack_stop_tid,
+                             transactions)
+from harness.process import stop_all, wait_until
+from harness.zrsd_nodes import MB, ZrsdNode, opened
 
 
 @pytest.fixture(scope='module')
-def populated(tmp_path_factory):
+def populated(tmp_path_factory, module_processes):
     """1500 transactions (undos, undone creations, extension data)
     committed to a zrsd primary, once per module."""
-    node = ZrsdNode(tmp_path_factory.mktemp('chain-populated'), 'primary')
-    try:
-        result = zczrs.populate(node.start().zeo_address, transactions=1500)
-        node.stop()
-    finally:
-        node.close()
+    node = ZrsdNode(tmp_path_factory.mktemp('chain-populated'), 'primary',
+                    register=module_processes)
+    result = zczrs.populate(node.start().zeo_address, transactions=1500)
+    node.stop()
     assert result.undos and result.creation_undos
-    return Populated(node)
+    return Populated(node.fs_path)
 
 
-def chain(directory, upstream_port, register):
-    """The middle and end nodes, not started: a replica of `upstream_port`
+def chain(node, upstream_port):
+    """The middle and end nodes, started: a replica of `upstream_port`
     serving ZRS, and a cascade replica of it."""
-    middle = ZrsdNode(directory / 'replica', 'replica',
-                      upstream=upstream_port, serve=True, register=register)
-    end = ZrsdNode(directory / 'cascade', 'cascade',
-                   upstream=middle.repl_port, serve=True, register=register)
-    return middle, end
+    middle = node('replica', upstream=upstream_port, serve=True).start()
+    return middle, node('cascade', upstream=middle.repl_port,
+                        serve=True).start()
 
 
-def held_half_way(tmp_path, gate, register):
+def held_half_way(node, gate):
     """The middle and end nodes, started behind `gate` (which holds after
     half the primary's stream), and the middle's link once held."""
-    middle, end = chain(tmp_path, gate.port, register)
-    middle.start()
-    end.start()
+    middle, end = chain(node, gate.port)
     link = gate.wait_for_link(0)
     wait_until(lambda: middle.check_alive() and link.held.is_set(),
                message='the replica to receive half of the stream')
@@ -77,18 +54,13 @@ def pack(node):
     return pack_time
 
 
-def stop_all(*nodes):
-    for node in nodes:
-        node.stop()
-
-
-def test_chain_pack_mid_stream(populated, tmp_path, processes):
+def test_chain_pack_mid_stream(populated, node):
     """The primary packs while the middle replica is held half-way; the same
     link crosses the pack, the chain end sees new commits, all agree."""
-    primary = populated.primary(tmp_path, processes).start()
-    gate = GatedProxy(primary.repl_port, hold_after=populated.fs_size // 2)
-    try:
-        middle, end, link = held_half_way(tmp_path, gate, processes)
+    primary = populated.copy_to(node('primary')).start()
+    with closing(ChaosProxy(primary.repl_port,
+                            hold_after=populated.fs_size // 2)) as gate:
+        middle, end, link = held_half_way(node, gate)
         assert link.handshake() == (b'zrs2.0', z64)
         partial = middle.last_tid()
         assert z64 < partial < populated.last_tid
@@ -116,8 +88,6 @@ def test_chain_pack_mid_stream(populated, tmp_path, processes):
         assert len(gate.links) == 1 and not link.closed.is_set()
         assert 'storage file replaced (pack)' in primary.log()
         stop_all(end, middle, primary)
-    finally:
-        gate.close()
     packed, later, objects = assert_same_after_pack(
         primary.fs_path, middle.fs_path, pack_time)
     assert_same_after_pack(primary.fs_path, end.fs_path, pack_time)
@@ -129,38 +99,35 @@ def test_chain_pack_mid_stream(populated, tmp_path, processes):
           ' later; %d objects' % (partial.hex(), packed, later, objects))
 
 
-def test_fresh_chain_after_pack(populated, tmp_path, processes):
+def test_fresh_chain_after_pack(populated, node):
     """Replicas started empty after the primary packed end identical to
     it, transaction by transaction (status 'p' included)."""
-    primary = populated.primary(tmp_path, processes).start()
+    primary = populated.copy_to(node('primary')).start()
     pack_time = pack(primary)
     more = zczrs.populate(primary.zeo_address, transactions=100, seed=11,
                           undo_every=50)
-    middle, end = chain(tmp_path, primary.repl_port, processes)
-    for node in (middle, end):
-        node.start()
-    for node in (middle, end):
-        node.wait_for_tid(more.last_tid)
+    middle, end = chain(node, primary.repl_port)
+    for each in (middle, end):
+        each.wait_for_tid(more.last_tid)
     stop_all(end, middle, primary)
     history = transactions(primary.fs_path)
     assert any(t[1] == 'p' for t in history
                if t[0] <= pack_stop_tid(pack_time))
     assert len(history) < len(populated.history) + more.transactions
-    for node in (middle, end):
-        assert assert_same_history(primary.fs_path, node.fs_path) == \
+    for each in (middle, end):
+        assert assert_same_history(primary.fs_path, each.fs_path) == \
             len(history)
 
 
 @pytest.mark.parametrize('pack_while_down', [False, True],
                          ids=['plain', 'pack-while-down'])
-def test_replica_restart_mid_stream(populated, tmp_path, processes,
-                                    pack_while_down):
+def test_replica_restart_mid_stream(populated, node, pack_while_down):
     """The middle replica stopped half-way (and the primary packed) resumes
     after its last transaction; the end reconnects; all agree."""
-    primary = populated.primary(tmp_path, processes).start()
-    gate = GatedProxy(primary.repl_port, hold_after=populated.fs_size // 2)
-    try:
-        middle, end, _ = held_half_way(tmp_path, gate, processes)
+    primary = populated.copy_to(node('primary')).start()
+    with closing(ChaosProxy(primary.repl_port,
+                            hold_after=populated.fs_size // 2)) as gate:
+        middle, end, _ = held_half_way(node, gate)
         middle.stop()   # perhaps still applying what the gate let through
         committed = transactions(middle.fs_path)
         assert committed == populated.history[:len(committed)]
@@ -175,8 +142,6 @@ def test_replica_restart_mid_stream(populated, tmp_path, processes,
         middle.wait_for_tid(more.last_tid)
         end.wait_for_tid(more.last_tid)
         stop_all(end, middle, primary)
-    finally:
-        gate.close()
     if pack_while_down:
         assert_same_after_pack(primary.fs_path, middle.fs_path, pack_time)
         assert_same_after_pack(primary.fs_path, end.fs_path, pack_time)
@@ -187,12 +152,11 @@ def test_replica_restart_mid_stream(populated, tmp_path, processes,
     assert_same_history(middle.fs_path, end.fs_path)
 
 
-def test_fresh_replica_catch_up_rate(populated, tmp_path, processes):
+def test_fresh_replica_catch_up_rate(populated, node):
     """A fresh replica catches up with the populated primary; prints the
     rate from its start to a ZEO client seeing the last tid."""
-    primary = populated.primary(tmp_path, processes).start()
-    replica = ZrsdNode(tmp_path / 'replica', 'replica',
-                       upstream=primary.repl_port, register=processes)
+    primary = populated.copy_to(node('primary')).start()
+    replica = node('replica', upstream=primary.repl_port)
     started = time.monotonic()
     replica.start().wait_for_tid(populated.last_tid)
     elapsed = time.monotonic() - started

@@ -6,7 +6,7 @@ from contextlib import closing
 import ZODB
 
 from harness.history import assert_same_history
-from harness.process import wait_until
+from harness.process import stop_all, wait_until
 from harness.zrsd_nodes import RunzeoNode, opened
 
 
@@ -30,6 +30,5 @@ def test_runzeo_primary_and_replica(tmp_path, processes):
                 replica_tm.begin()
                 return copy.get('late') == 'yes'
             wait_until(seen, message='late commit on the replica')
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
     assert assert_same_history(primary.fs_path, replica.fs_path) == 22

@@ -19,13 +19,11 @@ import ZODB.FileStorage
 from ZODB.utils import p64, u64, z64
 
 from harness.history import assert_same_history, transactions
-from harness.process import wait_until
-from harness.stream import Stream
+from harness.process import stop_all, wait_until
+from harness.stream import replicate
 from harness.zczrs import commit_change
-from harness.zrsd_nodes import ZrsdNode
 from zrsd import disk
 from zrsd.primary.storage import PrimaryStorage
-from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
 QUOTA_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -49,14 +47,11 @@ def build_source(directory, blobs=2):
     return path, blob_dir
 
 
-def replicate(writer, txns):
-    """Send `txns` to `writer` as a primary does."""
-    receiver = Receiver(writer, writer.last_applied())
-    stream = Stream(writer.last_applied())
-    for txn in txns:
-        stream.transaction(txn)
-    for payload in stream.take_payloads():
-        receiver.frame_received(payload)
+def data_fs(tmp_path, blobs=False):
+    """The FileStorage tmp_path/Data.fs (with blobs: in tmp_path/blobs)."""
+    return ZODB.FileStorage.FileStorage(
+        str(tmp_path / 'Data.fs'),
+        blob_dir=str(tmp_path / 'blobs') if blobs else None)
 
 
 @pytest.fixture
@@ -96,9 +91,10 @@ def blob_files(root):
                   for name in names if name.endswith('.blob'))
 
 
-def assert_blob_order(synced, data_file, blob_root):
+def assert_blob_order(synced, tmp_path):
     """Each blob file, then its directories up to the root, then the data
     file: nothing in Data.fs before its blobs are durable."""
+    data_file, blob_root = str(tmp_path / 'Data.fs'), str(tmp_path / 'blobs')
     data = [i for i, path in enumerate(synced) if path == data_file]
     assert data, synced
     for blob in blob_files(blob_root):
@@ -115,34 +111,29 @@ def assert_blob_order(synced, data_file, blob_root):
 def test_replica_syncs_blob_files_and_directories_before_the_commit(
         tmp_path, fsyncs):
     source, source_blobs = build_source(str(tmp_path))
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs'), blob_dir=str(tmp_path / 'blobs')))
+    replica = ReplicaStorage(data_fs(tmp_path, blobs=True))
     replicate(replica.writer, transactions(source, source_blobs))
     replica.close()
-    assert_blob_order(fsyncs, str(tmp_path / 'Data.fs'),
-                      str(tmp_path / 'blobs'))
+    assert_blob_order(fsyncs, tmp_path)
     assert len(blob_files(str(tmp_path / 'blobs'))) == 2
 
 
 def test_primary_syncs_blob_files_and_directories_before_the_commit(
         tmp_path, fsyncs):
-    storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs'), blob_dir=str(tmp_path / 'blobs')))
+    storage = PrimaryStorage(data_fs(tmp_path, blobs=True))
     db = ZODB.DB(storage)
     with db.transaction() as conn:
         blob = conn.root()['blob'] = ZODB.blob.Blob()
         with blob.open('w') as f:
             f.write(b'x' * 5000)
     db.close()
-    assert_blob_order(fsyncs, str(tmp_path / 'Data.fs'),
-                      str(tmp_path / 'blobs'))
+    assert_blob_order(fsyncs, tmp_path)
 
 
 def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
         tmp_path, fsyncs, stops):
     source, _ = build_source(str(tmp_path), blobs=0)
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+    replica = ReplicaStorage(data_fs(tmp_path))
     invalidated = []
     replica.registerDB(type('DB', (), {'invalidate': lambda self, tid, oids:
                                        invalidated.append(tid)})())
@@ -166,8 +157,7 @@ def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
 def test_failed_group_fsync_stops_and_publishes_nothing(
         tmp_path, fsyncs, stops):
     source, _ = build_source(str(tmp_path), blobs=2)
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+    replica = ReplicaStorage(data_fs(tmp_path))
     fsyncs.clear()
     writer = replica.writer
     writer.defer_sync = True
@@ -186,8 +176,7 @@ def test_failed_group_fsync_stops_and_publishes_nothing(
 
 
 def test_a_failing_primary_commit_stops_the_process(tmp_path, fsyncs, stops):
-    storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+    storage = PrimaryStorage(data_fs(tmp_path))
     db = ZODB.DB(storage)
     fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
     with pytest.raises(disk.StorageFailure):
@@ -197,22 +186,16 @@ def test_a_failing_primary_commit_stops_the_process(tmp_path, fsyncs, stops):
     assert 'Errno 5' in str(failure) and 'committing' in str(failure)
 
 
-def critical_lines(node):
-    return [line for line in node.log().splitlines() if ' CRITICAL ' in line]
-
-
 def test_full_disk_stops_the_replica_until_there_is_space(
-        tmp_path, zczrs_primary, processes):
+        tmp_path, zczrs_primary, node):
     """ENOSPC on the data file: exit status 1 and one CRITICAL line naming
     the file and the error, no traceback; the same at a restart on the full
     disk; with space back, a restart catches up."""
     primary = zczrs_primary
     quota = tmp_path / 'quota'
     quota.write_text('%d\n' % (1 << 62))
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       env={'PYTHONPATH': QUOTA_SITE,
-                            'ZRSD_TORTURE_QUOTA_FILE': str(quota)},
-                       register=processes)
+    replica = node('replica', upstream=primary.repl_port, env={
+        'PYTHONPATH': QUOTA_SITE, 'ZRSD_TORTURE_QUOTA_FILE': str(quota)})
     replica.start()
     replica.wait_for_tid(primary.last_tid())
     quota.write_text('%d\n' % os.path.getsize(replica.fs_path))
@@ -224,15 +207,15 @@ def test_full_disk_stops_the_replica_until_there_is_space(
         wait_until(lambda: not replica.running(), 60,
                    message='the replica to stop on the full disk')
         assert replica.process.popen.returncode == 1
-        [line] = critical_lines(replica)
+        [line] = [line for line in replica.log().splitlines()
+                  if ' CRITICAL ' in line]
         assert 'No space left on device' in line, line
         assert replica.fs_path in line, line
         assert 'Traceback' not in replica.log()
     quota.write_text('%d\n' % (1 << 62))
     replica.start()
     replica.wait_for_tid(primary.last_tid())
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
     assert_same_history(primary.fs_path, replica.fs_path)
 
 
@@ -242,8 +225,7 @@ def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
     the invalidation arrives: the replica must already serve that revision
     (the published tid moves before the invalidations go out)."""
     source, _ = build_source(str(tmp_path), blobs=0)
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
+    replica = ReplicaStorage(data_fs(tmp_path))
     loaded = []
 
     class DB:
@@ -259,22 +241,26 @@ def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
     assert loaded and all(serial == tid for serial, tid in loaded), loaded
 
 
-def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
-        tmp_path, fsyncs):
-    """FileStorage renames the packed file over the data file without an
-    fsync; a primary fsyncs the packed file before and the directory
-    after."""
-    storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')))
-    db = ZODB.DB(storage)
-    for i in range(5):
+def pack_fsyncs(db, fsyncs, commits):
+    """Commit `commits` transactions to `db`, pack and close it: the paths
+    the pack fsynced."""
+    for i in range(commits):
         with db.transaction() as conn:
             conn.root()['x'] = i
     fsyncs.clear()
     db.pack(time.time() + 1)
     db.close()
+    return fsyncs
+
+
+def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
+        tmp_path, fsyncs):
+    """FileStorage renames the packed file over the data file without an
+    fsync; a primary fsyncs the packed file before and the directory
+    after."""
+    synced = pack_fsyncs(ZODB.DB(PrimaryStorage(data_fs(tmp_path))), fsyncs, 5)
     data = str(tmp_path / 'Data.fs')
-    assert fsyncs.index(data + '.pack') < fsyncs.index(str(tmp_path))
+    assert synced.index(data + '.pack') < synced.index(str(tmp_path))
 
 
 def test_a_promoted_replica_packs_durably_whatever_its_pack_policy(
@@ -282,14 +268,7 @@ def test_a_promoted_replica_packs_durably_whatever_its_pack_policy(
     """A replica with `pack refuse`, promoted, packs as a primary does:
     the packed file is fsynced before the switch."""
     source, _ = build_source(str(tmp_path), blobs=0)
-    replica = ReplicaStorage(ZODB.FileStorage.FileStorage(
-        str(tmp_path / 'Data.fs')), pack='refuse')
+    replica = ReplicaStorage(data_fs(tmp_path), pack='refuse')
     replicate(replica.writer, transactions(source))
     db = ZODB.DB(PrimaryStorage.promoted(replica))
-    for i in range(3):
-        with db.transaction() as conn:
-            conn.root()['x'] = i
-    fsyncs.clear()
-    db.pack(time.time() + 1)
-    db.close()
-    assert str(tmp_path / 'Data.fs.pack') in fsyncs
+    assert str(tmp_path / 'Data.fs.pack') in pack_fsyncs(db, fsyncs, 3)

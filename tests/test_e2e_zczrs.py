@@ -11,10 +11,11 @@ from ZODB.POSException import POSKeyError, ReadOnlyError
 from ZODB.serialize import referencesf
 from ZODB.utils import z64
 
+from harness.chaos import ChaosProxy
 from harness.history import assert_same_history, transactions
 from harness.process import wait_until
-from harness.zczrs import Proxy, commit_change
-from harness.zrsd_nodes import MB, ZrsdNode, opened
+from harness.zczrs import commit_change
+from harness.zrsd_nodes import MB, opened
 
 
 def last_tid_is(storage, tid, node):
@@ -30,8 +31,7 @@ def load_or_missing(storage, oid):
         return 'missing'
 
 
-def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
-                                  processes):
+def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, node):
     """zrsd catches up with a zc.zrs primary, serves the same data read-only
     over ZEO, shows new commits to connected clients, refuses writes and
     pack, stops cleanly on SIGTERM and holds the primary's exact history."""
@@ -39,8 +39,8 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
     primary_last = primary.last_tid()
     assert primary_last == populated.last_tid
     # `pack refuse`: refuse every write, packs included.
-    zrsd = ZrsdNode(tmp_path, 'zrsd', upstream=primary.repl_port,
-                    zrs_lines='  pack refuse\n', register=processes)
+    zrsd = node('zrsd', upstream=primary.repl_port,
+                zrs_lines='  pack refuse\n')
     started = time.monotonic()
     zrsd.start()
     with ExitStack() as stack:
@@ -121,15 +121,14 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, tmp_path,
 
 
 def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
-                                           tmp_path, processes):
+                                           node):
     """SIGKILLed half-way through catch-up (a proxy forwards half the
     stream, then holds it), zrsd resumes after its last commit, identical."""
     primary, history = zczrs_primary, zczrs_populated.history
     primary_last = zczrs_populated.last_tid
-    with closing(Proxy(primary.repl_port,
-                       hold_after=zczrs_populated.fs_size // 2)) as proxy:
-        zrsd = ZrsdNode(tmp_path, 'zrsd', upstream=proxy.port,
-                        register=processes).start()
+    with closing(ChaosProxy(primary.repl_port,
+                            hold_after=zczrs_populated.fs_size // 2)) as proxy:
+        zrsd = node('zrsd', upstream=proxy.port).start()
         first = proxy.wait_for_link(0)
         assert first.handshake() == (b'zrs2.0', z64)
         with closing(zrsd.client()) as replica:

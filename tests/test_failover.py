@@ -11,32 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
+from contextlib import closing
 
-import pytest
-import transaction
-
-from harness import zczrs
 from harness.chaos import ChaosProxy
 from harness.history import assert_same_history, transactions
 from harness.process import BIN, free_port, wait_until
-from harness.zrsd_nodes import Writer, ZrsdNode
-
-
-@pytest.fixture
-def node(tmp_path, processes):
-    """node(name, **kw): a started ZrsdNode."""
-    return lambda name, **kw: ZrsdNode(tmp_path, name, register=processes,
-                                       **kw).start()
-
-
-def commit(node, key, value='x'):
-    """One small commit on a node's ZEO; returns its tid."""
-    return zczrs.commit_change(node.zeo_address, key, value)
-
-
-def stop(*nodes):
-    for each in nodes:
-        each.stop()
+from harness.process import stop_all
+from harness.zrsd_nodes import Writer, opened
 
 
 def assert_refused(primary, secondary, secondary_tid, neighbours):
@@ -62,15 +43,15 @@ def assert_refused(primary, secondary, secondary_tid, neighbours):
 
 
 def test_replica_of_another_database_is_refused(node):
-    a = node('a')
-    last = commit(a, 'in-a')
-    replica = node('replica', upstream=a.repl_port)
+    a = node('a').start()
+    last = a.commit('in-a')
+    replica = node('replica', upstream=a.repl_port).start()
     replica.wait_for_tid(last)
     replica.stop()
     # Another database, created later: every tid is newer.
-    b = node('b')
-    b_first = commit(b, 'in-b')
-    b_last = commit(b, 'in-b', 'y')
+    b = node('b').start()
+    b_first = b.commit('in-b')
+    b_last = b.commit('in-b', 'y')
     history = transactions(replica.fs_path)
     replica.upstream = b.repl_port
     replica.start()
@@ -83,7 +64,7 @@ def test_replica_of_another_database_is_refused(node):
         'the primary closed the link right after the handshake') >= 4,
         30, message='more refused attempts')
     assert replica.last_tid() == last
-    stop(replica, b, a)
+    stop_all(replica, b, a)
     assert transactions(replica.fs_path) == history
     assert b_last > last
 
@@ -91,16 +72,16 @@ def test_replica_of_another_database_is_refused(node):
 def test_failover_fork_is_refused(node):
     """The promoted replica never had the old primary's last two commits;
     the old primary, brought back as its replica, is refused."""
-    old = node('old')
-    shared = commit(old, 'k', 1)
-    new = node('new', upstream=old.repl_port)
+    old = node('old').start()
+    shared = old.commit('k', 1)
+    new = node('new', upstream=old.repl_port).start()
     new.wait_for_tid(shared)
     new.stop()
-    commit(old, 'k', 2)
-    lost = commit(old, 'k', 3)      # the replica never receives these
+    old.commit('k', 2)
+    lost = old.commit('k', 3)      # the replica never receives these
     new.upstream, new.repl_port = None, free_port()   # now a primary
     new.start()
-    forked = commit(new, 'k', 'after failover')
+    forked = new.commit('k', 'after failover')
     old.stop()
     history = transactions(old.fs_path)
     old.upstream, old.repl_port = new.repl_port, None
@@ -108,24 +89,24 @@ def test_failover_fork_is_refused(node):
     assert_refused(new, old, lost, 'the transaction before it is %s, the '
                    'one after it %s' % (shared.hex(), forked.hex()))
     assert old.last_tid() == lost
-    stop(old, new)
+    stop_all(old, new)
     assert transactions(old.fs_path) == history
 
 
 def test_primary_restored_from_older_backup(node, tmp_path):
     """A replica at tid 30 against a primary holding 10, 20 (the backup)
     and, after a commit, 40: refused before and after that commit."""
-    primary = node('primary')
-    commit(primary, 'n', 10)
-    t20 = commit(primary, 'n', 20)
-    replica = node('replica', upstream=primary.repl_port)
+    primary = node('primary').start()
+    primary.commit('n', 10)
+    t20 = primary.commit('n', 20)
+    replica = node('replica', upstream=primary.repl_port).start()
     primary.stop()
     backup = str(tmp_path / 'backup.fs')
     shutil.copyfile(primary.fs_path, backup)
     primary.start()
-    t30 = commit(primary, 'n', 30)
+    t30 = primary.commit('n', 30)
     replica.wait_for_tid(t30)
-    stop(replica, primary)
+    stop_all(replica, primary)
     shutil.copyfile(backup, primary.fs_path)
     os.remove(primary.fs_path + '.index')
     primary.start()
@@ -134,7 +115,7 @@ def test_primary_restored_from_older_backup(node, tmp_path):
     assert_refused(primary, replica, t30, 'the transaction before it is '
                    '%s, that is the last transaction here' % t20.hex())
     replica.stop()
-    t40 = commit(primary, 'n', 40)
+    t40 = primary.commit('n', 40)
     assert t40 > t30
     replica.start()
     # Now 30 lies between 20 and 40: still not in the primary's history.
@@ -144,7 +125,7 @@ def test_primary_restored_from_older_backup(node, tmp_path):
     wait_until(lambda: 'refused: the primary closed' in replica.log(), 30,
                message='the replica logs that it is refused')
     assert replica.last_tid() == t30
-    stop(replica, primary)
+    stop_all(replica, primary)
     assert transactions(replica.fs_path) == history
 
 
@@ -152,11 +133,10 @@ def test_switchover_under_load_loses_nothing(node):
     """SIGTERM a primary while a writer commits and its secondary lags
     behind a throttled link: the primary stops taking commits, lets the
     secondary receive everything, then exits."""
-    primary = node('primary')
-    commit(primary, 'seed')
-    proxy = ChaosProxy(primary.repl_port, socket_buffer=32768)
-    try:
-        replica = node('replica', upstream=proxy.port)
+    primary = node('primary').start()
+    primary.commit('seed')
+    with closing(ChaosProxy(primary.repl_port, socket_buffer=32768)) as proxy:
+        replica = node('replica', upstream=proxy.port).start()
         proxy.throttle(400000)
         with Writer(primary, size=20000) as writer:
             # About 2 MB of commits: five seconds of link at that rate.
@@ -172,8 +152,6 @@ def test_switchover_under_load_loses_nothing(node):
             in log, log
         assert 'left behind' not in log, log
         replica.stop()
-    finally:
-        proxy.close()
     assert_same_history(primary.fs_path, replica.fs_path)
 
 
@@ -189,13 +167,8 @@ def promote(node):
 
 def read_key(db, key):
     """root[key] through a fresh connection of a ZEO DB."""
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
-    try:
-        return conn.root().get(key)
-    finally:
-        tm.abort()
-        conn.close()
+    with opened(db) as (tm, root):
+        return root.get(key)
 
 
 def test_promote_cascade_while_clients_read(node):
@@ -203,11 +176,12 @@ def test_promote_cascade_while_clients_read(node):
     primary stops for good, ZEO becomes writable (a read-only client is
     reconnected and keeps reading), its leaf keeps following; a restart
     with the unchanged config stays primary."""
-    primary = node('primary')
-    commit(primary, 'k', 1)
-    cascade = node('cascade', upstream=primary.repl_port, serve=True)
-    leaf = node('leaf', upstream=cascade.repl_port)
-    seed = commit(primary, 'k', 2)
+    primary = node('primary').start()
+    primary.commit('k', 1)
+    cascade = node('cascade', upstream=primary.repl_port,
+                   serve=True).start()
+    leaf = node('leaf', upstream=cascade.repl_port).start()
+    seed = primary.commit('k', 2)
     leaf.wait_for_tid(seed)
     reader = cascade.db(read_only=True)
     try:
@@ -217,8 +191,8 @@ def test_promote_cascade_while_clients_read(node):
             cascade.process.pid, seed.hex()) in output, output
         log = cascade.log()
         assert 'promoted to primary at %s' % seed.hex() in log, log
-        lost = commit(primary, 'k', 'never replicated')
-        leaf.wait_for_tid(commit(cascade, 'k', 3))
+        lost = primary.commit('k', 'never replicated')
+        leaf.wait_for_tid(cascade.commit('k', 3))
         wait_until(lambda: read_key(reader, 'k') == 3, 60,
                    message='the read-only client reads the new primary')
     finally:
@@ -231,9 +205,9 @@ def test_promote_cascade_while_clients_read(node):
     assert 'replicate-from 127.0.0.1:%d is ignored' % primary.repl_port \
         in log, log
     assert 'requesting transactions' not in log, log
-    tid = commit(cascade, 'k', 4)
+    tid = cascade.commit('k', 4)
     leaf.wait_for_tid(tid)
-    stop(leaf, cascade, primary)
+    stop_all(leaf, cascade, primary)
     tids = [txn[0] for txn in transactions(cascade.fs_path)]
     assert lost not in tids and tid == tids[-1]
     assert_same_history(cascade.fs_path, leaf.fs_path)
@@ -242,31 +216,31 @@ def test_promote_cascade_while_clients_read(node):
 def test_promote_stopped_replica(node):
     """Promotion recorded while zrsd is not running takes effect at its
     next start."""
-    primary = node('primary')
-    commit(primary, 'k', 1)
-    replica = node('replica', upstream=primary.repl_port)
+    primary = node('primary').start()
+    primary.commit('k', 1)
+    replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(primary.last_tid())
     replica.stop()
     output = promote(replica)
     assert 'zrsd is not running' in output, output
     replica.start()
     assert 'promoted to primary on ' in replica.log()
-    tid = commit(replica, 'k', 'written to the promoted replica')
+    tid = replica.commit('k', 'written to the promoted replica')
     assert replica.last_tid() == tid
-    stop(replica, primary)
+    stop_all(replica, primary)
 
 
 def stalled_secondary(node, zrs_lines=''):
     """A primary whose replica's link stalls after the first commit, and
     2 MB committed behind it: (primary, replica, proxy, last tid)."""
-    primary = node('primary', zrs_lines=zrs_lines)
-    first = commit(primary, 'k', 1)
+    primary = node('primary', zrs_lines=zrs_lines).start()
+    first = primary.commit('k', 1)
     proxy = ChaosProxy(primary.repl_port, socket_buffer=16384)
-    replica = node('replica', upstream=proxy.port)
+    replica = node('replica', upstream=proxy.port).start()
     replica.wait_for_tid(first)
     proxy.stall()
     for i in range(20):
-        last = commit(primary, 'big%d' % i, os.urandom(100000))
+        last = primary.commit('big%d' % i, os.urandom(100000))
     return primary, replica, proxy, last
 
 
@@ -275,7 +249,7 @@ def test_switchover_bound_leaves_a_stalled_secondary_behind(node):
     `shutdown-catch-up-timeout`, logged with its position."""
     primary, replica, proxy, last = stalled_secondary(
         node, '  shutdown-catch-up-timeout 1\n')
-    try:
+    with closing(proxy):
         primary.stop()
         log = primary.log()
         assert 'secondary left behind after 1s: last sent ' in log, log
@@ -284,18 +258,14 @@ def test_switchover_bound_leaves_a_stalled_secondary_behind(node):
         proxy.flow()
         assert replica.last_tid() < last
         replica.stop()
-    finally:
-        proxy.close()
 
 
 def test_second_sigterm_stops_at_once_during_the_catch_up(node):
     """A second SIGTERM while the primary waits for a secondary: exit 1."""
     primary, replica, proxy, last = stalled_secondary(node)
-    try:
+    with closing(proxy):
         primary.signal(signal.SIGTERM)
         primary.process.wait_for_log('letting 1 secondaries receive')
         primary.signal(signal.SIGTERM)
         assert primary.process.popen.wait(30) == 1
         assert 'SIGTERM during shutdown, exiting at once' in primary.log()
-    finally:
-        proxy.close()

@@ -11,7 +11,7 @@ from ZODB.utils import p64, u64
 from harness import peers, zczrs
 from harness.stream import _Reader, frame
 from harness.history import transactions
-from harness.process import wait_until
+from harness.process import stop_all, wait_until
 from harness.zrsd_nodes import MB, ZrsdNode, process_memory
 
 Z64 = b'\0' * 8
@@ -28,7 +28,7 @@ class Setup:
 
     def commit(self):
         """One small commit on the primary; returns its tid."""
-        return zczrs.commit_change(self.primary.zeo_address, 'hostile', 1)
+        return self.primary.commit('hostile', 1)
 
     def assert_replica_follows(self):
         """The primary alive, a new commit reaching the replica, which
@@ -42,35 +42,28 @@ class Setup:
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, module_processes):
     directory = tmp_path_factory.mktemp('hostile')
-    primary = ZrsdNode(directory, 'primary', zrs_lines=HANDSHAKE_TIMEOUT)
-    replica = ZrsdNode(directory, 'replica', upstream=primary.repl_port)
-    try:
-        primary.start()
-        zczrs.populate(primary.zeo_address, transactions=100, undo_every=40)
-        setup = Setup(primary, replica.start())
-        peers.wait_for_tid(setup.client, primary.last_tid(),
-                           [primary, replica])
-        yield setup
-        setup.client.close()
-        replica.stop()
-        primary.stop()
-    finally:
-        replica.close()
-        primary.close()
+    primary = ZrsdNode(directory, 'primary', zrs_lines=HANDSHAKE_TIMEOUT,
+                       register=module_processes).start()
+    zczrs.populate(primary.zeo_address, transactions=100, undo_every=40)
+    replica = ZrsdNode(directory, 'replica', upstream=primary.repl_port,
+                       register=module_processes).start()
+    setup = Setup(primary, replica)
+    peers.wait_for_tid(setup.client, primary.last_tid(), [primary, replica])
+    yield setup
+    setup.client.close()
+    stop_all(replica, primary)
 
 
 @pytest.fixture(scope='module')
-def blob_primary(tmp_path_factory):
+def blob_primary(tmp_path_factory, module_processes):
     """A second zrsd primary, with a blob directory."""
     primary = ZrsdNode(tmp_path_factory.mktemp('hostile-blobs'), 'primary',
-                       blobs=True, zrs_lines=HANDSHAKE_TIMEOUT)
-    try:
-        yield primary.start()
-        primary.stop()
-    finally:
-        primary.close()
+                       blobs=True, zrs_lines=HANDSHAKE_TIMEOUT,
+                       register=module_processes)
+    yield primary.start()
+    primary.stop()
 
 
 class RawSecondary:
@@ -241,8 +234,7 @@ def test_zrs20_against_blob_primary(setup, blob_primary):
     blob_primary.check_alive()
     with RawSecondary(blob_primary) as secondary:
         secondary.send(frame(b'zrs2.1') + frame(Z64))
-        secondary.read_until_transaction(
-            zczrs.commit_change(blob_primary.zeo_address, 'after', 1))
+        secondary.read_until_transaction(blob_primary.commit('after', 1))
         assert not secondary.error_lines()
     setup.assert_replica_follows()
 
@@ -256,8 +248,7 @@ def test_secondary_that_never_reads(setup):
         stalled.send(frame(b'zrs2.0') + frame(Z64))
         stalled.wait_for_log('streaming transactions after 0000000000000000')
         for i in range(8):   # far more than the socket buffers hold
-            zczrs.commit_change(primary.zeo_address, 'big',
-                                bytes([i]) * (2 << 20))
+            primary.commit('big', bytes([i]) * (2 << 20))
         setup.assert_replica_follows()
         rss_after = process_memory(primary.pid)[0]
         assert not [line for line in stalled.log_lines()
@@ -271,14 +262,13 @@ def test_secondary_that_never_reads(setup):
     setup.assert_replica_follows()
 
 
-def test_max_secondaries(tmp_path, processes):
+def test_max_secondaries(node):
     """Over `max-secondaries`, a connection is refused at once (one ERROR);
     those connected keep following; a place freed is taken again."""
-    primary = ZrsdNode(tmp_path, 'capped', register=processes,
-                       zrs_lines='  max-secondaries 2\n' + HANDSHAKE_TIMEOUT)
-    first = zczrs.commit_change(primary.start().zeo_address, 'k', 1)
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       register=processes).start()
+    primary = node('capped', zrs_lines='  max-secondaries 2\n'
+                   + HANDSHAKE_TIMEOUT).start()
+    first = primary.commit('k', 1)
+    replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(first)
     with RawSecondary(primary) as second:
         second.send(frame(b'zrs2.0') + frame(first))
@@ -287,7 +277,7 @@ def test_max_secondaries(tmp_path, processes):
             third.refused(b'', 'more than max-secondaries (2) secondaries;'
                           ' refusing this one')
         assert not second.error_lines()
-        tid = zczrs.commit_change(primary.zeo_address, 'k', 2)
+        tid = primary.commit('k', 2)
         replica.wait_for_tid(tid)
         second.read_until_transaction(tid)
     with RawSecondary(primary) as fourth:   # there is room again

@@ -7,9 +7,9 @@ import pytest
 
 from harness import peers, zczrs
 from harness.history import assert_same_history, transactions
-from harness.process import wait_until
-from harness.zrsd_nodes import (ZrsdNode, blob_db, blob_files,
-                                commit_blobs, current_blobs, undo_last)
+from harness.process import stop_all, wait_until
+from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs,
+                                current_blobs, undo_last)
 
 
 @pytest.fixture(scope='module')
@@ -18,10 +18,11 @@ def peer_python():
     return peers.peer_python()
 
 
-def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, processes):
+def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, node,
+                                         processes):
     """A zc.zrs secondary follows a zrsd primary through catch-up and live
     commits and ends identical, on one connection."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    primary = node('primary').start()
     before = zczrs.populate(primary.zeo_address, transactions=150,
                             seed=1, undo_every=60)
     secondary = peers.ZcZrsSecondary(tmp_path / 'secondary',
@@ -32,8 +33,7 @@ def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, processes):
     assert before.undos and after.undos and after.creation_undos
     assert primary.last_tid() == after.last_tid
     secondary.wait_for_tid(after.last_tid)
-    secondary.stop()
-    primary.stop()
+    stop_all(secondary, primary)
     count = assert_same_history(primary.fs_path, secondary.fs_path)
     assert count == before.transactions + after.transactions + 1  # + root
     log = primary.log()
@@ -48,11 +48,11 @@ def test_zczrs_secondary_of_zrsd_primary(peer_python, tmp_path, processes):
 
 
 def test_zczrs_secondary_refused_by_zrsd_primary(peer_python, tmp_path,
-                                                 processes):
+                                                 node, processes):
     """The history guard protects zc.zrs secondaries too: one holding
     another database's history is refused, its file left as it was."""
-    a = ZrsdNode(tmp_path, 'a', register=processes).start()
-    last = zczrs.commit_change(a.zeo_address, 'in-a', 1)
+    a = node('a').start()
+    last = a.commit('in-a', 1)
     secondary = peers.ZcZrsSecondary(tmp_path / 'secondary', a.repl_port,
                                      register=processes)
     secondary.start(peer_python)
@@ -60,8 +60,8 @@ def test_zczrs_secondary_refused_by_zrsd_primary(peer_python, tmp_path,
     secondary.stop()
     history = transactions(secondary.fs_path)
     # Another database, created later: all of its tids are newer.
-    b = ZrsdNode(tmp_path, 'b', register=processes).start()
-    zczrs.commit_change(b.zeo_address, 'in-b', 1)
+    b = node('b').start()
+    b.commit('in-b', 1)
     secondary.primary_port = b.repl_port
     secondary.start(peer_python)
     # zc.zrs retries every second: refused at least twice, one ERROR.
@@ -72,8 +72,7 @@ def test_zczrs_secondary_refused_by_zrsd_primary(peer_python, tmp_path,
     assert 'its last transaction %s is not in this storage' % last.hex() \
         in errors[0], errors[0]
     assert secondary.last_tid() == last
-    for node in (secondary, b, a):
-        node.stop()
+    stop_all(secondary, b, a)
     assert transactions(secondary.fs_path) == history
 
 
@@ -81,14 +80,13 @@ def test_zczrs_secondary_refused_by_zrsd_primary(peer_python, tmp_path,
 BLOB_SIZES = [0, 1, 1000, 65535, 65536, 65537, 200000]
 
 
-def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
+def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, node, processes):
     """A zrsd replica with blobs of a zc.zrs primary with blobs (zrs2.1),
     blobs written before and after it connects: all identical."""
     rng = random.Random(2.1)
     primary = zczrs.ZcZrsPrimary(tmp_path / 'primary', blobs=True,
                                  register=processes).start()
-    zrsd = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                    blobs=True, register=processes)
+    zrsd = node('replica', upstream=primary.repl_port, blobs=True)
     expected = {'blob-%d' % key: rng.randbytes(size)
                 for key, size in enumerate(BLOB_SIZES)}
     with closing(blob_db(primary, tmp_path / 'writer')) as db:
@@ -103,12 +101,11 @@ def test_zrsd_replica_of_zczrs_blob_primary(tmp_path, processes):
         last = undo_last(db)
     assert primary.last_tid() == last
     zrsd.wait_for_tid(last)
-    for node in (primary, zrsd):
-        with closing(blob_db(node, tmp_path / ('reader-' + node.name),
+    for each in (primary, zrsd):
+        with closing(blob_db(each, tmp_path / ('reader-' + each.name),
                              read_only=True)) as db:
-            assert current_blobs(db, expected) == expected, node.name
-    zrsd.stop()
-    primary.stop()
+            assert current_blobs(db, expected) == expected, each.name
+    stop_all(zrsd, primary)
     count = assert_same_history(primary.fs_path, zrsd.fs_path)
     files = blob_files(primary.blob_dir)
     assert blob_files(zrsd.blob_dir) == files

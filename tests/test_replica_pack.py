@@ -7,12 +7,10 @@ import os
 import re
 import subprocess
 
-import pytest
-
 from harness import zczrs
 from harness.history import transactions
-from harness.process import BIN, wait_until
-from harness.zrsd_nodes import Writer, ZrsdNode
+from harness.process import BIN, stop_all, wait_until
+from harness.zrsd_nodes import Writer
 
 
 def run(program, *nodes):
@@ -36,13 +34,6 @@ def pack_sizes(node):
                        r'\((\d+) -> (\d+) bytes\)', node.log())
     assert found, node.log()
     return tuple(int(size) for size in found[-1])
-
-
-@pytest.fixture
-def node(tmp_path, processes):
-    """node(name, **kw): a ZrsdNode in its own directory, unstarted."""
-    return lambda name, **kw: ZrsdNode(tmp_path / name, name,
-                                       register=processes, **kw)
 
 
 def test_zeopack_on_a_cascade_during_live_replication(node):
@@ -82,8 +73,7 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
         assert all(e in output for e in expected), output
     output = ok('zrsd-verify', primary, leaf)
     assert 'packed' not in output, output   # the pack was not replicated
-    for each in (leaf, cascade, primary):
-        each.stop()
+    stop_all(leaf, cascade, primary)
     statuses = [t[1] for t in transactions(cascade.fs_path)]
     assert 'p' in statuses and statuses[-1] == ' '
     assert 'p' not in {t[1] for t in transactions(leaf.fs_path)}
@@ -95,7 +85,7 @@ def test_pack_refused(node):
     change, the replica logs one INFO line."""
     primary = node('primary').start()
     for i in range(20):
-        last = zczrs.commit_change(primary.zeo_address, 'x', i)
+        last = primary.commit('x', i)
     replica = node('replica', upstream=primary.repl_port,
                    zrs_lines='  pack refuse\n').start()
     replica.wait_for_tid(last)
@@ -108,8 +98,7 @@ def test_pack_refused(node):
     assert 'client request refused, the storage is read-only' in \
         replica.log()
     assert 'pack to' not in replica.log()
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
 
 
 def test_packed_replica_restarts_where_it_was(node):
@@ -117,8 +106,7 @@ def test_packed_replica_restarts_where_it_was(node):
     (which the pack kept) and follows the primary again."""
     primary = node('primary').start()
     for i in range(100):
-        last = zczrs.commit_change(primary.zeo_address, 'k%d' % (i % 5),
-                                   os.urandom(1000))
+        last = primary.commit('k%d' % (i % 5), os.urandom(1000))
     replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(last)
     ok('zeopack', replica)
@@ -126,12 +114,10 @@ def test_packed_replica_restarts_where_it_was(node):
     assert after < before / 2
     replica.stop()
     assert transactions(replica.fs_path)[-1][0] == last
-    more = [zczrs.commit_change(primary.zeo_address, 'after', i)
-            for i in range(5)]
+    more = [primary.commit('after', i) for i in range(5)]
     replica.start()
     assert '<zrs 1>: replica of %s, last transaction %s' % (
         replica.fs_path, last.hex()) in replica.log()
     replica.wait_for_tid(more[-1])
     ok('zrsd-verify', primary, replica)
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)

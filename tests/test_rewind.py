@@ -15,13 +15,13 @@ import ZODB.FileStorage
 from ZODB.blob import FilesystemHelper, is_blob_record
 from ZODB.serialize import referencesf
 
-from harness import zczrs
 from harness.certs import Authority
 from harness.history import assert_same_after_pack, transactions
-from harness.process import BIN, free_port
-from harness.zrsd_nodes import (ZrsdNode, blob_db, blob_files, commit_blobs,
-                                ssl_lines, write_config)
+from harness.process import BIN, free_port, stop_all
+from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs, ssl_lines,
+                                write_config)
 from test_tls import start_primary
+from test_verify import verify_ok
 
 REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
@@ -47,14 +47,12 @@ def lost_blob_files(node, tids):
                    for oid, tid, data, _ in records if is_blob_record(data)})
 
 
-def primary_and_replica(tmp_path, register, blobs=False):
+def primary_and_replica(node, blobs=False):
     """A started primary holding a root object, and a started replica of
     it that has caught up."""
-    primary = ZrsdNode(tmp_path / 'p', 'p', blobs=blobs,
-                       register=register).start()
-    tid = zczrs.commit_change(primary.zeo_address, 'created', 1)
-    replica = ZrsdNode(tmp_path / 'r', 'r', upstream=primary.repl_port,
-                       blobs=blobs, register=register).start()
+    primary = node('p', blobs=blobs).start()
+    tid = primary.commit('created', 1)
+    replica = node('r', upstream=primary.repl_port, blobs=blobs).start()
     replica.wait_for_tid(tid)
     return primary, replica
 
@@ -72,13 +70,13 @@ def follow(node, primary):
     node.write_config()
 
 
-def test_rewind_a_forked_old_primary(tmp_path, processes):
+def test_rewind_a_forked_old_primary(tmp_path, node):
     """The lost transactions and blob files are found (--dry-run changes
     nothing) and cut; the old primary then follows byte for byte."""
-    p, r = primary_and_replica(tmp_path, processes, blobs=True)
+    p, r = primary_and_replica(node, blobs=True)
     with closing(blob_db(p, tmp_path / 'cache-p')) as db:
         commit_blobs(db, {'a': b'first a' * 1000, 'b': b'first b'}, 'shared')
-        zczrs.commit_change(p.zeo_address, 'plain', 2)
+        p.commit('plain', 2)
         shared = commit_blobs(db, {'b': b'second b' * 5000}, 'shared too')
         r.wait_for_tid(shared)
         r.stop()
@@ -108,23 +106,19 @@ def test_rewind_a_forked_old_primary(tmp_path, processes):
         assert os.path.exists(p.fs_path + '.index')  # rebuilt
         p.start()
         p.wait_for_tid(commit_blobs(r_db, {'c': b'more'}, 'more'))
-    verify = subprocess.run(
-        [os.path.join(BIN, 'zrsd-verify'), 'fs:' + r.fs_path,
-         'fs:' + p.fs_path], capture_output=True, text=True, timeout=120)
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    p.stop()
-    r.stop()
+    verify_ok('fs:' + r.fs_path, 'fs:' + p.fs_path)
+    stop_all(p, r)
     assert filecmp.cmp(r.fs_path, p.fs_path, shallow=False)
     assert blob_files(p.blob_dir) == blob_files(r.blob_dir)
 
 
-def test_nothing_to_rewind(tmp_path, processes):
+def test_nothing_to_rewind(node):
     """A replica only behind the primary is a prefix: exit 0, untouched."""
-    p, r = primary_and_replica(tmp_path, processes)
-    zczrs.commit_change(p.zeo_address, 'one', 1)
-    r.wait_for_tid(zczrs.commit_change(p.zeo_address, 'two', 2))
+    p, r = primary_and_replica(node)
+    p.commit('one', 1)
+    r.wait_for_tid(p.commit('two', 2))
     r.stop()
-    zczrs.commit_change(p.zeo_address, 'three', 3)
+    p.commit('three', 3)
     before = Path(r.fs_path).read_bytes()
     result = rewind(r)
     assert 'nothing to rewind' in result.stdout
@@ -132,13 +126,13 @@ def test_nothing_to_rewind(tmp_path, processes):
     assert Path(r.fs_path).read_bytes() == before
 
 
-def test_another_database_is_refused(tmp_path, processes):
+def test_another_database_is_refused(node):
     """No transaction in common: exit 1, nothing changed."""
-    other = ZrsdNode(tmp_path / 'other', 'other', register=processes).start()
-    zczrs.commit_change(other.zeo_address, 'x', 1)
-    zczrs.commit_change(other.zeo_address, 'y', 2)
-    p = ZrsdNode(tmp_path / 'p', 'p', register=processes).start()
-    zczrs.commit_change(p.zeo_address, 'z', 3)
+    other = node('other').start()
+    other.commit('x', 1)
+    other.commit('y', 2)
+    p = node('p').start()
+    p.commit('z', 3)
     follow(other, p)
     before = Path(other.fs_path).read_bytes()
     result = rewind(other, status=1)
@@ -146,9 +140,9 @@ def test_another_database_is_refused(tmp_path, processes):
     assert Path(other.fs_path).read_bytes() == before
 
 
-def test_running_daemon_is_refused(tmp_path, processes):
+def test_running_daemon_is_refused(node):
     """The replica's zrsd holds the storage lock: exit 2, one line."""
-    p, r = primary_and_replica(tmp_path, processes)
+    p, r = primary_and_replica(node)
     before = Path(r.fs_path).read_bytes()
     result = rewind(r, status=2)
     assert result.stderr == (
@@ -157,18 +151,18 @@ def test_running_daemon_is_refused(tmp_path, processes):
     assert Path(r.fs_path).read_bytes() == before
 
 
-def test_fork_after_the_new_primary_packed(tmp_path, processes):
+def test_fork_after_the_new_primary_packed(node):
     """The new primary packed at the fork time: its 'p' copies of the
     shared transactions count as shared; the lost ones are still found."""
-    p, r = primary_and_replica(tmp_path, processes)
+    p, r = primary_and_replica(node)
     for i in range(3):
-        zczrs.commit_change(p.zeo_address, 'k%d' % i, i)
-    shared = zczrs.commit_change(p.zeo_address, 'last shared', 1)
+        p.commit('k%d' % i, i)
+    shared = p.commit('last shared', 1)
     r.wait_for_tid(shared)
     r.stop()
     fork_time = time.time()
-    lost = [zczrs.commit_change(p.zeo_address, 'lost', i) for i in (1, 2)]
-    new = zczrs.commit_change(promote(r).zeo_address, 'after failover', 1)
+    lost = [p.commit('lost', i) for i in (1, 2)]
+    new = promote(r).commit('after failover', 1)
     with closing(r.client(read_only=False)) as storage:
         storage.pack(fork_time, referencesf)
     assert [(t[0], t[1]) for t in transactions(r.fs_path)] == [
@@ -177,9 +171,8 @@ def test_fork_after_the_new_primary_packed(tmp_path, processes):
     result = rewind(p)
     assert result.removed == lost, result.stdout
     p.start()
-    p.wait_for_tid(zczrs.commit_change(r.zeo_address, 'more', 2))
-    p.stop()
-    r.stop()
+    p.wait_for_tid(r.commit('more', 2))
+    stop_all(p, r)
     assert assert_same_after_pack(r.fs_path, p.fs_path, fork_time)[:2] == (
         1, 2)
 

@@ -15,10 +15,8 @@ from zrsd.replica.receiver import Receiver, State
 from harness.stream import (
     RecordingSink, Stream, bytewise, split_everywhere)
 
-START = p64(0x03E5000000000000)
-TID1 = p64(0x03E5000000000010)
-TID2 = p64(0x03E5000000000020)
-TID3 = p64(0x03E5000000000030)
+START, TID1, TID2, TID3 = [
+    p64(0x03E5000000000000 + n) for n in (0, 0x10, 0x20, 0x30)]
 OID0, OID1, OID2 = p64(0), p64(1), p64(2)
 
 

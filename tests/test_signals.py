@@ -9,22 +9,19 @@ from ZODB.fsIndex import fsIndex
 from harness.history import transactions
 from harness.process import free_port, read_text, wait_until
 from harness.zczrs import ZcZrsPrimary, commit_change
-from harness.zrsd_nodes import ZrsdNode
 
 SERVING = ' over ZEO at '
 
 
 @pytest.fixture(scope='module')
-def primary(tmp_path_factory):
+def primary(tmp_path_factory, module_processes):
     """A running zc.zrs primary holding two transactions."""
-    primary = ZcZrsPrimary(tmp_path_factory.mktemp('primary'))
-    try:
-        commit_change(primary.start().zeo_address, 'a', 1)
-        commit_change(primary.zeo_address, 'b', 2)
-        primary.last = primary.last_tid()
-        yield primary
-    finally:
-        primary.close()
+    primary = ZcZrsPrimary(tmp_path_factory.mktemp('primary'),
+                           register=module_processes)
+    commit_change(primary.start().zeo_address, 'a', 1)
+    commit_change(primary.zeo_address, 'b', 2)
+    primary.last = primary.last_tid()
+    return primary
 
 
 def index_position(fs_path):
@@ -34,30 +31,27 @@ def index_position(fs_path):
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT],
                          ids=['SIGTERM', 'SIGINT'])
-def test_stop_signal_closes_storage_and_exits_0(signum, primary, tmp_path,
-                                                processes):
+def test_stop_signal_closes_storage_and_exits_0(signum, primary, node):
     # zrsd serves once the replica holds data, i.e. it is replicating;
     # the index written when the file was created is stale by then.
-    node = ZrsdNode(tmp_path, 'zrsd', upstream=primary.repl_port,
-                    register=processes).start()
-    assert index_position(node.fs_path) < os.path.getsize(node.fs_path)
-    node.signal(signum)
-    assert node.process.popen.wait(60) == 0, node.log()
-    assert 'stopping (%s)' % signal.Signals(signum).name in node.log()
+    zrsd = node('zrsd', upstream=primary.repl_port).start()
+    assert index_position(zrsd.fs_path) < os.path.getsize(zrsd.fs_path)
+    zrsd.signal(signum)
+    assert zrsd.process.popen.wait(60) == 0, zrsd.log()
+    assert 'stopping (%s)' % signal.Signals(signum).name in zrsd.log()
     # Closed cleanly: the index covers the whole file.
-    assert index_position(node.fs_path) == os.path.getsize(node.fs_path)
-    replicated = [txn.tid for txn in transactions(node.fs_path)]
+    assert index_position(zrsd.fs_path) == os.path.getsize(zrsd.fs_path)
+    replicated = [txn.tid for txn in transactions(zrsd.fs_path)]
     assert replicated and replicated[-1] <= primary.last
 
 
-def test_sigusr2_reopens_log_files(tmp_path, processes):
+def test_sigusr2_reopens_log_files(tmp_path, node):
     """After logrotate's rename and SIGUSR2, new lines go to a new file at
     the configured path, none to the renamed one."""
     log_path = str(tmp_path / 'zrsd.log')
     rotated = log_path + '.1'
-    proc = ZrsdNode(tmp_path, 'replica', upstream=free_port(),
-                    zeo_lines='  serve-empty on\n', log_file=log_path,
-                    register=processes).launch()
+    proc = node('replica', upstream=free_port(), log_file=log_path,
+                zeo_lines='  serve-empty on\n').launch()
     wait_until(lambda: SERVING in read_text(log_path), 60,
                message='zrsd serving, in %s' % log_path)
     os.rename(log_path, rotated)

@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 import weakref
+from contextlib import closing
 from unittest import mock
 
 import persistent.mapping
@@ -115,20 +116,19 @@ def test_seed_scenario(tmp_path, primary):
 
 
 def test_bad_checksum_leaves_no_partial_transaction(tmp_path, primary):
+    path = str(tmp_path / 'Data.fs')
     replica = open_replica(tmp_path)
     receiver = Receiver(replica.writer, z64)
     feed(receiver, primary.new_transactions())
-    good = replica.lastTransaction()
-    size = os.path.getsize(str(tmp_path / 'Data.fs'))
+    good, size = replica.lastTransaction(), os.path.getsize(path)
     primary.commit({'big': b'x' * 100000})
     with pytest.raises(ProtocolError, match='checksum mismatch'):
         feed(receiver, primary.new_transactions(), digest=b'\0' * 16)
     assert replica.lastTransaction() == good
     replica.close()
-    assert os.path.getsize(str(tmp_path / 'Data.fs')) == size
-    reopened = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    assert reopened.lastTransaction() == good
-    reopened.close()
+    assert os.path.getsize(path) == size
+    with closing(ZODB.FileStorage.FileStorage(path)) as reopened:
+        assert reopened.lastTransaction() == good
 
 
 CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
@@ -358,6 +358,5 @@ def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
     assert len(list(blob_dir.rglob('*.blob'))) == 1
     storage.close()
     assert list(blob_dir.rglob('*.blob')) == []
-    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
-    assert fs.lastTransaction() == z64
-    fs.close()
+    with closing(ZODB.FileStorage.FileStorage(path, read_only=True)) as fs:
+        assert fs.lastTransaction() == z64

@@ -28,10 +28,10 @@ EXTENSION = (b'\x80\x03}q\x00X\x01\x00\x00\x00kq\x01c' + MODULE.encode()
              + b'\nThing\nq\x02)\x81q\x03s.')
 
 
-def commit(fs, extension):
+def commit(fs, extension, data=b'record data'):
     meta = TransactionMetaData(b'alice', b'with an odd extension', extension)
     fs.tpc_begin(meta)
-    fs.store(fs.new_oid(), z64, b'record data', '', meta)
+    fs.store(fs.new_oid(), z64, data, '', meta)
     fs.tpc_vote(meta)
     return fs.tpc_finish(meta)
 
@@ -88,11 +88,7 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
     secondary that reads slowly costs the primary a few slices, not the
     record (nor the whole history)."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    meta = TransactionMetaData(b'', b'big', {})
-    fs.tpc_begin(meta)
-    fs.store(fs.new_oid(), z64, b'x' * (8 * SLICE + 5), '', meta)
-    fs.tpc_vote(meta)
-    fs.tpc_finish(meta)
+    commit(fs, {}, b'x' * (8 * SLICE + 5))
     sent, outstanding, ended = [], [], threading.Event()
     deliveries = queue.Queue()
 

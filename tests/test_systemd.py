@@ -13,7 +13,6 @@ import uuid
 import pytest
 
 from harness.process import BIN, ROOT, free_port, port_open
-from harness.zrsd_nodes import ZrsdNode
 from zrsd.daemon import systemd
 
 
@@ -56,17 +55,15 @@ def notify_socket(request, tmp_path):
     sock.sock.close()
 
 
-def start_zrsd(tmp_path, env, processes):
+def start_zrsd(node, env):
     """A launched replica of a closed port, serving ZEO at once, with `env`."""
-    return ZrsdNode(tmp_path, 'zrsd', upstream=free_port(), env=env,
-                    zeo_lines='  serve-empty on\n',
-                    register=processes).launch()
+    return node('zrsd', upstream=free_port(), env=env,
+                zeo_lines='  serve-empty on\n').launch()
 
 
-def test_ready_and_stopping(tmp_path, notify_socket, processes):
+def test_ready_and_stopping(node, notify_socket):
     """READY=1 once the ZEO port listens; STOPPING=1 on SIGTERM; exit 0."""
-    proc = start_zrsd(
-        tmp_path, {'NOTIFY_SOCKET': notify_socket.env_value}, processes)
+    proc = start_zrsd(node, {'NOTIFY_SOCKET': notify_socket.env_value})
     notify_socket.wait_for('READY=1')
     assert port_open(proc.zeo_port), 'READY=1 before the ZEO port listens'
     assert notify_socket.received == ['READY=1']
@@ -76,16 +73,14 @@ def test_ready_and_stopping(tmp_path, notify_socket, processes):
     assert notify_socket.received == ['READY=1', 'STOPPING=1']
 
 
-def test_an_empty_replica_is_started_while_it_waits(tmp_path, notify_socket,
-                                                   processes):
+def test_an_empty_replica_is_started_while_it_waits(node, notify_socket):
     """A replica waiting for its first transaction is started (READY=1,
     with a STATUS saying what it waits for), so `systemctl start` returns;
     the watchdog is pinged meanwhile; STATUS says when ZEO serves."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       env={'NOTIFY_SOCKET': notify_socket.env_value,
-                            'WATCHDOG_USEC': '200000'},
-                       register=processes).launch()
+    primary = node('primary').start()
+    replica = node('replica', upstream=primary.repl_port,
+                   env={'NOTIFY_SOCKET': notify_socket.env_value,
+                        'WATCHDOG_USEC': '200000'}).launch()
     notify_socket.wait_for('READY=1')
     assert notify_socket.received[0] == (
         'READY=1\nSTATUS=waiting for the first transaction of 1; ZEO not '
@@ -100,20 +95,20 @@ def test_an_empty_replica_is_started_while_it_waits(tmp_path, notify_socket,
     primary.stop()
 
 
-def test_watchdog_pings_while_serving(tmp_path, notify_socket, processes):
+def test_watchdog_pings_while_serving(node, notify_socket):
     """With WATCHDOG_USEC set (0.2 s: a ping every 0.1 s), zrsd sends
     WATCHDOG=1 regularly once READY."""
-    proc = start_zrsd(tmp_path, {'NOTIFY_SOCKET': notify_socket.env_value,
-                                 'WATCHDOG_USEC': '200000'}, processes)
+    proc = start_zrsd(node, {'NOTIFY_SOCKET': notify_socket.env_value,
+                             'WATCHDOG_USEC': '200000'})
     notify_socket.wait_for('READY=1')
     for _ in range(3):
         notify_socket.wait_for('WATCHDOG=1', timeout=30)
     proc.stop()
 
 
-def test_no_notify_socket_is_fine(tmp_path, processes):
+def test_no_notify_socket_is_fine(node):
     """Outside systemd nothing is sent and zrsd runs as usual."""
-    proc = start_zrsd(tmp_path, {'NOTIFY_SOCKET': None}, processes)
+    proc = start_zrsd(node, {'NOTIFY_SOCKET': None})
     proc.wait_for_log(' over ZEO at ')
     proc.stop()
     assert 'cannot notify systemd' not in proc.log()

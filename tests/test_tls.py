@@ -9,7 +9,7 @@ import ZEO
 
 from harness.certs import Authority
 from harness.history import assert_same_history
-from harness.process import wait_until
+from harness.process import stop_all, wait_until
 from harness.zrsd_nodes import ZrsdNode, ssl_lines
 
 
@@ -64,8 +64,7 @@ def test_mutual_tls_replicates(node, pki, tls_primary):
     with db.transaction() as conn:
         conn.root()['y'] = 2
     replica.wait_for_tid(db.lastTransaction())   # a live commit
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
     assert assert_same_history(primary.fs_path, replica.fs_path) == 3
 
 
@@ -88,8 +87,7 @@ def test_peer_from_another_ca_is_refused(node, pki, tls_primary, case):
         primary.wait_for_log(primary_says)
     replica.wait_for_log('TLS handshake with the primary failed')
     assert 'streaming transactions' not in primary.log()
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
 
 
 def test_plain_and_certificateless_clients_are_refused(pki, tls_primary):
@@ -128,8 +126,7 @@ def test_allow_from(node):
     replica = node('replica', primary.repl_port)
     primary.wait_for_log('127.0.0.1 is not in allow-from')
     assert 'streaming transactions' not in primary.log()
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
 
 
 def test_zeo_port_tls(node, pki):

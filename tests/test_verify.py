@@ -20,7 +20,7 @@ from ZODB.utils import p64, u64
 
 from harness import zczrs
 from harness.history import pack_stop_tid, transactions, write_history
-from harness.process import BIN, free_port, wait_until
+from harness.process import BIN, free_port, stop_all, wait_until
 from harness.zrsd_nodes import (Writer, ZrsdNode, blob_db, blob_files,
                                 commit_blobs)
 
@@ -63,9 +63,9 @@ def tid_text(tid):
 class Pair:
     """A zrsd primary and a replica following it."""
 
-    def __init__(self, directory):
-        self.primary = ZrsdNode(directory, 'primary')
-        self.replica = ZrsdNode(directory, 'replica',
+    def __init__(self, directory, register):
+        self.primary = ZrsdNode(directory, 'primary', register=register)
+        self.replica = ZrsdNode(directory, 'replica', register=register,
                                 upstream=self.primary.repl_port)
 
     def caught_up(self):
@@ -75,24 +75,16 @@ class Pair:
 
 
 @pytest.fixture(scope='module')
-def pair(request, tmp_path_factory):
+def pair(tmp_path_factory, module_processes):
     """The module's primary (300 transactions with undos) and replica,
-    running; their log tails are printed if a test failed."""
-    pair = Pair(tmp_path_factory.mktemp('verify'))
-    failed = request.session.testsfailed
-    try:
-        pair.populated = zczrs.populate(pair.primary.start().zeo_address,
-                                        transactions=300, undo_every=50)
-        assert pair.populated.undos and pair.populated.creation_undos
-        pair.replica.start()
-        pair.caught_up()
-        yield pair
-    finally:
-        for node in (pair.replica, pair.primary):
-            node.close()
-            if request.session.testsfailed > failed:
-                print('\n==== %s ====\n%s' % (node.log_path, '\n'.join(
-                    node.log().splitlines()[-60:])))
+    running."""
+    pair = Pair(tmp_path_factory.mktemp('verify'), module_processes)
+    pair.populated = zczrs.populate(pair.primary.start().zeo_address,
+                                    transactions=300, undo_every=50)
+    assert pair.populated.undos and pair.populated.creation_undos
+    pair.replica.start()
+    pair.caught_up()
+    return pair
 
 
 def test_both_zeo_agree(pair):
@@ -145,16 +137,14 @@ def test_while_the_primary_commits(pair):
     pair.caught_up()
 
 
-def test_replica_behind(pair, tmp_path, processes):
+def test_replica_behind(pair, node):
     """A second replica 5 transactions behind agrees (ZEO or file) and lags
     by those and by the time between the last tids; objects agree too."""
-    replica = ZrsdNode(tmp_path, 'behind', upstream=pair.primary.repl_port,
-                       register=processes).start()
+    replica = node('behind', upstream=pair.primary.repl_port).start()
     target = pair.primary.last_tid()
     replica.wait_for_tid(target)
     replica.stop()
-    more = [zczrs.commit_change(pair.primary.zeo_address, 'behind', i)
-            for i in range(5)]
+    more = [pair.primary.commit('behind', i) for i in range(5)]
     assert pair.primary.last_tid() == more[-1]
     history = tids(replica.fs_path)
     for primary in [zeo(pair.primary), pair.primary.fs_path]:
@@ -460,15 +450,13 @@ def test_usage_errors(args):
     assert re.search(r'^zrsd-verify: error: ', err, re.M)
 
 
-def test_blob_files(tmp_path, processes):
+def test_blob_files(tmp_path, node):
     """Blob files are compared by size and sha256 over ZEO and in files
     given with their blob directories; a changed or missing blob file on
     the replica is a divergence; files without their blob directories are
     counted as not compared."""
-    primary = ZrsdNode(tmp_path, 'primary', blobs=True, register=processes)
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       blobs=True, register=processes)
-    primary.start()
+    primary = node('primary', blobs=True).start()
+    replica = node('replica', upstream=primary.repl_port, blobs=True)
     with closing(blob_db(primary, tmp_path / 'cache')) as db:
         commit_blobs(db, {'a': b'a' * 100000, 'b': b'b'}, 'two blobs')
         commit_blobs(db, {'a': b'A' * 5000}, 'a changed')
@@ -478,8 +466,7 @@ def test_blob_files(tmp_path, processes):
         ZODB.blob.is_blob_record(record.data)
         for txn in transactions(primary.fs_path) for record in txn.records)
     assert agree in verify_ok(zeo(primary), zeo(replica))
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
     files = [primary.fs_path, replica.fs_path,
              '--primary-blob-dir', primary.blob_dir,
              '--replica-blob-dir', replica.blob_dir]

@@ -2,30 +2,20 @@
 import os
 import random
 import shutil
+from types import SimpleNamespace
 
 import ZODB.FileStorage
 from ZODB.POSException import POSKeyError
 
 from harness.history import copy_transaction
-from harness.stream import Stream
+from harness.stream import replicate
 from zrsd import disk
-from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage, open_replica_file
 
 from . import model
 from .recorder import Recorder
 
 DATA, BLOBS = 'Data.fs', 'blobs'
-
-
-class _PublishedTo:
-    """The ZEO server a replica publishes to: records each tid."""
-
-    def __init__(self, recorder):
-        self.recorder = recorder
-
-    def invalidate(self, tid, oids):
-        self.recorder.publish(tid)
 
 
 def open_replica(root):
@@ -38,12 +28,7 @@ def open_replica(root):
 
 def apply(replica, txns):
     """Send `txns` to `replica` as a primary does, then sync."""
-    start = replica.writer.last_applied()
-    stream, receiver = Stream(start), Receiver(replica.writer, start)
-    for txn in txns:
-        stream.transaction(txn)
-    for payload in stream.take_payloads():
-        receiver.frame_received(payload)
+    replicate(replica.writer, txns)
     replica.writer.sync()
 
 
@@ -55,7 +40,9 @@ def record(root, txns, seed):
     os.makedirs(root)
     with Recorder(root) as recorder:
         replica = open_replica(root)
-        replica.registerDB(_PublishedTo(recorder))
+        # The ZEO server the replica publishes to: records each tid.
+        replica.registerDB(SimpleNamespace(
+            invalidate=lambda tid, oids: recorder.publish(tid)))
         done = 0
         while done < len(txns):
             group = txns[done:done + rng.randint(1, 5)]

@@ -108,37 +108,19 @@ class Recorder:
             self.ops.append(('truncate', relative, 0))
         return fd
 
-    def _fsync(self, fd):
-        result = self._real['os.fsync'](fd)
-        self._note('fsync', fd)
-        return result
-
-    def _fdatasync(self, fd):
-        # The data and the size: what the model's fsync of a file keeps.
-        result = self._real['os.fdatasync'](fd)
-        self._note('fsync', fd)
-        return result
-
-    def _rename(self, source, target, *args, **kw):
-        result = self._real['os.rename'](source, target, *args, **kw)
-        self._note('rename', source, target)
-        return result
-
-    def _replace(self, source, target, *args, **kw):
-        result = self._real['os.replace'](source, target, *args, **kw)
-        self._note('rename', source, target)
-        return result
+    def _noting(self, real, kind, paths=1):
+        """`real`, noting (`kind`, its first `paths` arguments) once done."""
+        def call(*args, **kw):
+            result = real(*args, **kw)
+            self._note(kind, *args[:paths])
+            return result
+        return call
 
     def _unlink(self, path, *args, **kw):
         relative = self.relative(path)
         result = self._real['os.unlink'](path, *args, **kw)
         if relative is not None:
             self.ops.append(('unlink', relative))
-        return result
-
-    def _mkdir(self, path, *args, **kw):
-        result = self._real['os.mkdir'](path, *args, **kw)
-        self._note('mkdir', path)
         return result
 
     def _blob_file(self, path):
@@ -160,20 +142,19 @@ class Recorder:
 
     def __enter__(self):
         fs_module = sys.modules[_FS_MODULE]
-        self._real = {
-            'open': builtins.open, 'os.open': os.open, 'os.fsync': os.fsync,
-            'os.fdatasync': os.fdatasync,
-            'os.rename': os.rename, 'os.replace': os.replace,
-            'os.unlink': os.unlink, 'os.mkdir': os.mkdir,
-            'BlobFile': disk.BlobFile,
-        }
+        self._real = {'open': builtins.open, 'os.open': os.open,
+                      'os.unlink': os.unlink, 'BlobFile': disk.BlobFile}
+        fsync = self._noting(os.fsync, 'fsync')
         patches = [
             (builtins, 'open', self._open), (os, 'open', self._os_open),
-            (os, 'fsync', self._fsync), (fs_module, 'fsync', self._fsync),
-            (os, 'fdatasync', self._fdatasync),
-            (os, 'rename', self._rename), (os, 'replace', self._replace),
+            (os, 'fsync', fsync), (fs_module, 'fsync', fsync),
+            # The data and the size: what the model's fsync of a file keeps.
+            (os, 'fdatasync', self._noting(os.fdatasync, 'fsync')),
+            (os, 'rename', self._noting(os.rename, 'rename', 2)),
+            (os, 'replace', self._noting(os.replace, 'rename', 2)),
             (os, 'unlink', self._unlink), (os, 'remove', self._unlink),
-            (os, 'mkdir', self._mkdir), (disk, 'BlobFile', self._blob_file),
+            (os, 'mkdir', self._noting(os.mkdir, 'mkdir')),
+            (disk, 'BlobFile', self._blob_file),
         ]
         for owner, name, value in patches:
             self._saved.append((owner, name, getattr(owner, name)))

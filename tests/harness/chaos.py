@@ -59,7 +59,6 @@ class ChaosProxy:
         self.cuts = 0
         self.links_cut = 0
         self.bytes_down = 0
-        self.bytes_up = 0
         self._links = []
         self._stalled = False
         self._rate = None           # bytes/second primary -> secondary
@@ -291,7 +290,6 @@ class ChaosProxy:
             data = link.down.recv(CHUNK)
             if data:
                 link.to_up += data
-                self.bytes_up += len(data)
                 if len(link.sent) < 4096:
                     link.sent += data
         else:

@@ -1,6 +1,9 @@
 """The one reader of FileStorage histories (`transactions`: `Txn` tuples;
-blob records carry `.blob`) and the one pack oracle (`same_after_pack`).
+blob records carry `.blob`), `Populated` and the one pack oracle
+(`same_after_pack`).
 """
+import os
+import shutil
 import time
 from typing import NamedTuple
 
@@ -84,6 +87,27 @@ def write_history(path, history):
 def transactions(path, blob_dir=None):
     """Every transaction of the FileStorage at `path`, as `Txn`s."""
     return list(iter_transactions(path, blob_dir))
+
+
+class Populated:
+    """A stopped primary's file holding a `populate()` history: its size,
+    `transactions()`, last tid, oids (sorted) and record data size."""
+
+    def __init__(self, fs_path):
+        self.fs_path = fs_path
+        self.fs_size = os.path.getsize(fs_path)
+        self.history = transactions(fs_path)
+        self.last_tid = self.history[-1].tid
+        records = [record for txn in self.history for record in txn.records]
+        self.oids = sorted({record.oid for record in records})
+        self.data_bytes = sum(len(record.data or b'') for record in records)
+
+    def copy_to(self, node):
+        """Give a stopped `node` a copy of the file and its index."""
+        assert not node.running()
+        for suffix in ('', '.index'):
+            shutil.copyfile(self.fs_path + suffix, node.fs_path + suffix)
+        return node
 
 
 def assert_same_history(primary_path, replica_path):

@@ -257,6 +257,12 @@ class Node:
             storage.close()
 
 
+def stop_all(*nodes):
+    """Stop each node in turn (each must exit 0)."""
+    for node in nodes:
+        node.stop()
+
+
 def handshake_frames(data):
     """(protocol name, start tid) from the bytes a secondary sent so far,
     or None while its two handshake frames are not complete."""

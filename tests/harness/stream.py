@@ -1,6 +1,7 @@
 """`Stream`, the one builder of what a ZRS primary sends (for the tests
-and the fuzzer), `RecordingSink`, which records what a receiver makes of
-it, and `FakePrimary`, which serves scripted streams on 127.0.0.1.
+and the fuzzer), `replicate`, which applies it in process, `RecordingSink`,
+which records what a receiver makes of it, and `FakePrimary`, which serves
+scripted streams on 127.0.0.1.
 
 Script items are `bytes` (sent framed), `Raw` (sent as-is) or `CLOSE`.
 """
@@ -18,6 +19,7 @@ import time
 from ZODB.utils import z64
 
 from zrsd.protocol import BLOB_BLOCK_SIZE
+from zrsd.replica.receiver import Receiver
 
 
 def frame(payload):
@@ -219,6 +221,17 @@ def replay(txns, legacy=False, tail=None):
     return script
 
 
+def replicate(writer, txns):
+    """Apply `txns` to a replica's `writer` as a primary sends them on a
+    new connection."""
+    start = writer.last_applied()
+    stream, receiver = Stream(start), Receiver(writer, start)
+    for txn in txns:
+        stream.transaction(txn)
+    for payload in stream.payloads:
+        receiver.frame_received(payload)
+
+
 class RecordingSink:
     """A receiver's sink recording its calls as (name, arguments...)
     tuples; the call `fail_on` raises OSError('disk full').  Blob files
@@ -270,14 +283,10 @@ class RecordingSink:
 class Connection:
     """What the fake primary saw on one accepted connection."""
 
-    def __init__(self, index, peer):
+    def __init__(self, index):
         self.index = index
-        self.peer = peer
         self.protocol = None
         self.start_tid = None
-        self.keepalives = 0
-        self.error = None
-        self.closed = threading.Event()
 
     def __repr__(self):
         return '<Connection #%d %r start=%s>' % (
@@ -287,7 +296,7 @@ class Connection:
 
 class FakePrimary:
     """A ZRS primary on 127.0.0.1 sending each connection its `script`
-    (item i of a list, or a callable(start_tid)), then counting keep-alives.
+    (item i of a list, or a callable(start_tid)), then reading keep-alives.
     """
 
     def __init__(self, script=(), port=0, handshake_timeout=30.0):
@@ -353,11 +362,11 @@ class FakePrimary:
                 ready, _, _ = select.select([self._listener], [], [], 0.1)
                 if not ready:
                     continue
-                sock, peer = self._listener.accept()
+                sock = self._listener.accept()[0]
             except (OSError, ValueError):
                 return
             with self._lock:
-                conn = Connection(len(self.connections), peer)
+                conn = Connection(len(self.connections))
                 self.connections.append(conn)
                 self._sockets.append(sock)
             t = threading.Thread(target=self._serve, args=(sock, conn),
@@ -384,16 +393,15 @@ class FakePrimary:
                     return
                 sock.sendall(item if isinstance(item, Raw) else frame(item))
             while reader.frame(None) is not None:
-                conn.keepalives += 1
-        except OSError as e:
-            conn.error = e
+                pass    # keep-alives, until the secondary closes
+        except OSError:
+            pass        # the secondary went away
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
             with self._lock:
                 if sock in self._sockets:
                     self._sockets.remove(sock)
-            conn.closed.set()
 
 
 class _Reader:

@@ -1,18 +1,16 @@
 """A real zc.zrs 3.1 primary (`ZcZrsPrimary`, runzeo with `%import zc.zrs`
 in a subprocess: zc.zrs is never imported here), `populate()` (a varied
-deterministic history), `commit_change` and `Proxy`, the gated proxy.
+deterministic history) and `commit_change`.
 """
 import dataclasses
 import os
 import random
-import shutil
 
 import transaction
 import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from .chaos import ChaosProxy
 from .process import Node, eventlog_section, free_port
 
 CONFIG = """\
@@ -55,16 +53,6 @@ class ZcZrsPrimary(Node):
         # ZEO's server, then zc.zrs's Twisted port (from another thread).
         return super().ready() + ('starting on %d' % self.repl_port,)
 
-    def copy_to(self, directory, name=None):
-        """A new, stopped primary (own ports) on a copy of this stopped
-        primary's files."""
-        assert not self.running()
-        other = ZcZrsPrimary(directory, name or self.name)
-        shutil.copyfile(self.fs_path, other.fs_path)
-        if os.path.exists(self.fs_path + '.index'):
-            shutil.copyfile(self.fs_path + '.index', other.fs_path + '.index')
-        return other
-
 
 @dataclasses.dataclass
 class PopulateResult:
@@ -74,7 +62,6 @@ class PopulateResult:
     undos: int = 0
     creation_undos: int = 0     # undos that removed object creations
     objects: int = 0            # objects created
-    payload_bytes: int = 0
     last_tid: bytes = dataclasses.field(default=None, repr=False)
 
 
@@ -129,7 +116,6 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
                     size = _payload_size(rng)
                     obj['payload'] = rng.randbytes(size)
                     obj['version'] = obj.get('version', 0) + 1
-                result.payload_bytes += size
             if rng.random() < 0.1:
                 root['counter'] = root['counter'] + 1
             if rng.random() < 0.35 or is_undo_slot:
@@ -168,18 +154,10 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
 def commit_change(address, key, value):
     """One transaction on a ZEO server: root[key] = value; returns its tid."""
     db = ZEO.DB(address)
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
     try:
-        tm.begin()
-        root = conn.root()
-        root[key] = value
-        tm.get().note('zrsd e2e: change %s' % key)
-        tm.commit()
+        with db.transaction('zrsd e2e: change %s' % key) as conn:
+            root = conn.root()
+            root[key] = value
         return root._p_serial
     finally:
-        conn.close()
         db.close()
-
-
-Proxy = ChaosProxy   # with `hold_after`: the gated proxy

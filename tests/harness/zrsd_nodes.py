@@ -15,7 +15,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
 from .process import LOG_FORMAT, Node, eventlog_section, free_port
-from .zczrs import Proxy
+from .zczrs import commit_change
 
 MB = 1024.0 * 1024.0
 
@@ -123,9 +123,9 @@ class ZrsdNode(Node):
                 (('serving ZRS to secondaries',) if self.repl_port else ()) +
                 (('monitoring at',) if self.monitor_port else ()))
 
-    def rss(self):
-        """(VmRSS, VmHWM) of the process in bytes, or None once gone."""
-        return process_memory(self.process.pid)
+    def commit(self, key, value='x'):
+        """One transaction on the node's ZEO: root[key] = value; its tid."""
+        return commit_change(self.zeo_address, key, value)
 
 
 class RunzeoNode(ZrsdNode):
@@ -268,7 +268,6 @@ class MemorySampler:
         self.pid = pid
         self.interval = interval
         self.samples = []       # (monotonic time, rss)
-        self.peak_hwm = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name='rss-sampler')
@@ -285,7 +284,6 @@ class MemorySampler:
         memory = process_memory(self.pid)
         if memory is not None:
             self.samples.append((time.monotonic(), memory[0]))
-            self.peak_hwm = max(self.peak_hwm, memory[1])
 
     def _run(self):
         while not self._stop.is_set():
@@ -372,6 +370,3 @@ def blob_files(blob_dir):
             path = os.path.join(directory, name)
             result[os.path.relpath(path, blob_dir)] = sha256_file(path)
     return result
-
-
-GatedProxy = Proxy   # forwards `hold_after` bytes, then holds until release
