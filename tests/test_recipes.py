@@ -1,0 +1,283 @@
+"""The operator's recipes of the README, each followed as written, with real
+zrsd processes, ZEO clients and the installed commands (`repozo`,
+`zrsd-verify`): ZEO clients of a replica, backups from a running replica,
+seeding a replica from a copy, a rolling restart."""
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+import transaction
+import ZEO
+import ZODB.config
+from ZEO.Exceptions import ClientDisconnected
+from ZODB.FileStorage import FileStorage
+from ZODB.POSException import ReadOnlyError
+
+from harness.history import transactions
+from harness.process import BIN, wait_until
+from harness.zrsd_nodes import Writer, ZrsdNode, opened
+
+
+def run(command, *args):
+    """Run an installed command, which must exit 0; its stdout."""
+    done = subprocess.run(
+        [os.path.join(BIN, command)] + [str(a) for a in args],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (command, args, done.stdout + done.stderr)
+    return done.stdout
+
+
+def address(node):
+    return '127.0.0.1:%d' % node.zeo_port
+
+
+def last_tid(path):
+    """The last transaction of a FileStorage file (opened read-only)."""
+    fs = FileStorage(str(path), read_only=True)
+    try:
+        return fs.lastTransaction()
+    finally:
+        fs.close()
+
+
+def commit(node, **values):
+    """One transaction setting root[key] = value on `node`; its tid."""
+    db = node.db()
+    try:
+        with opened(db) as (tm, root):
+            root.update(values)
+            tm.commit()
+        return db.lastTransaction()
+    finally:
+        db.close()
+
+
+def get(port, path):
+    """(status code, body) of an HTTP GET on the monitor."""
+    try:
+        response = urllib.request.urlopen(
+            'http://127.0.0.1:%d%s' % (port, path), timeout=10)
+    except urllib.error.HTTPError as error:
+        response = error
+    with response:
+        return response.status, response.read().decode()
+
+
+def committed(writer, count):
+    """True once `writer` committed `count` transactions; fails at once if
+    it stopped."""
+    assert writer.running(), 'the writer stopped: %r' % writer.error
+    return writer.commits >= count
+
+
+@pytest.fixture
+def nodes(tmp_path, processes):
+    """nodes(name, upstream=None, **options): a ZrsdNode in its own
+    directory, registered for clean-up."""
+    def make(name, upstream=None, **options):
+        return ZrsdNode(tmp_path / name, name, upstream=upstream,
+                        register=processes, **options)
+    return make
+
+
+def test_zeo_clients_of_a_replica(nodes):
+    """A read-only client with both replicas' `server` lines reads the
+    primary's data, cannot commit, and fails over when its replica stops."""
+    primary = nodes('primary').start()
+    tid = commit(primary, recipe='before')
+    replica1 = nodes('replica1', primary.repl_port).start()
+    replica2 = nodes('replica2', primary.repl_port)
+    replica1.wait_for_tid(tid)
+    # replica2 is down: the client opens on replica1, the first that answers.
+    db = ZODB.config.databaseFromString(
+        '<zodb>\n  <zeoclient>\n    server %s\n    server %s\n'
+        '    read-only true\n  </zeoclient>\n</zodb>\n'
+        % (address(replica1), address(replica2)))
+    try:
+        tm = transaction.TransactionManager()
+        conn = db.open(tm)
+        assert conn.root()['recipe'] == 'before'
+        conn.root()['recipe'] = 'written by a reader'
+        with pytest.raises(ReadOnlyError):
+            tm.commit()
+        tm.abort()
+        # Opened writable, a client is refused at registration: it never
+        # connects (and would not reach its first commit).
+        with pytest.raises(ClientDisconnected, match='timed out waiting'):
+            ZEO.client(replica1.zeo_address, wait_timeout=2)
+        assert 'client request refused, the storage is read-only' in \
+            replica1.log()
+        replica2.start().wait_for_tid(tid)
+        replica1.stop()
+        tid = commit(primary, recipe='after')
+
+        def reads_after():
+            tm.begin()
+            return conn.root()['recipe'] == 'after'
+        wait_until(reads_after, message='the client reading replica2')
+        assert db.lastTransaction() == tid
+        conn.close()
+    finally:
+        db.close()
+    # ZEO.client with a list of (host, port): replica1 is down.
+    storage = ZEO.client([replica1.zeo_address, replica2.zeo_address],
+                         read_only=True)
+    try:
+        assert storage.lastTransaction() == tid
+    finally:
+        storage.close()
+
+
+def test_backups_from_a_running_replica(nodes, tmp_path):
+    """repozo full and incremental backups of a replica's Data.fs, taken
+    while commits arrive, and its blob directory copied after: restored,
+    they agree with the replica (zrsd-verify)."""
+    primary = nodes('primary', blobs=True).start()
+    replica = nodes('replica', primary.repl_port, blobs=True)
+    backups, blobs = tmp_path / 'backups' / 'zodb', tmp_path / 'backups/blobs'
+    backups.mkdir(parents=True)
+    restore = tmp_path / 'restore' / 'Data.fs'
+    restore.parent.mkdir()
+    with Writer(primary, blob_cache=str(tmp_path / 'cache')) as writer:
+        reader = replica.start().client()   # once the primary has a commit
+
+        def arriving(count):
+            """Wait until the replica has the writer's first `count`."""
+            wait_until(lambda: committed(writer, count) and
+                       reader.lastTransaction() >= writer.tids[count - 1],
+                       message='%d commits on the replica' % count)
+        arriving(20)
+        run('repozo', '-B', '-F', '-r', backups, '-f', replica.fs_path)
+        full = set(backups.iterdir())
+        arriving(writer.commits + 20)
+        run('repozo', '-B', '-r', backups, '-f', replica.fs_path)
+        incremental = set(backups.iterdir()) - full
+        assert '.deltafs' in {p.suffix for p in incremental}, incremental
+        # rsync -a SRC/ DST/ (not installed here) copies what this does.
+        subprocess.run(['cp', '-a', replica.blob_dir + '/.', str(blobs)],
+                       check=True)
+        arriving(writer.commits + 5)
+        run('repozo', '-R', '-r', backups, '-o', restore)
+        backed_up = last_tid(restore)
+        out = run('zrsd-verify', '--replica-blob-dir', blobs,
+                  address(replica), 'fs:%s' % restore)
+    reader.close()
+    assert writer.error is None, writer.error
+    # The incremental backup ends at a commit 20 or more before the last.
+    assert backed_up in writer.tids[19:-5]
+    agree = re.search(r'^(\d+) blob files agree', out, re.M)
+    assert agree and int(agree.group(1)) > 0, out
+    assert 'not compared' not in out and backed_up.hex() in out, out
+
+
+def test_seeding_a_replica_from_a_copy(nodes, tmp_path):
+    """A replica started from a repozo restore asks only for what came
+    after the copy; one started from a running primary's copy that ends in
+    a half-written transaction cuts it (Data.fs.trN, a WARNING); both
+    converge with the primary."""
+    primary = nodes('primary').start()
+    with Writer(primary) as writer:
+        wait_until(lambda: committed(writer, 30), message='30 commits')
+    source = nodes('source', primary.repl_port).start()
+    source.wait_for_tid(writer.tids[-1])
+    backups = tmp_path / 'backups'
+    backups.mkdir()
+    seeded = nodes('seeded', primary.repl_port)
+    seeded.fs_path = os.path.join(seeded.directory, 'Data.fs')
+    run('repozo', '-B', '-F', '-r', backups, '-f', source.fs_path)
+    run('repozo', '-R', '-r', backups, '-o', seeded.fs_path)
+    copied = last_tid(seeded.fs_path)
+    assert copied == writer.tids[-1]
+
+    # A running primary's file, cut in the middle of its last transaction.
+    cut = nodes('cut', primary.repl_port)
+    cut.fs_path = os.path.join(cut.directory, 'Data.fs')
+    with open(primary.fs_path, 'rb') as f:
+        data = f.read()
+    size = int.from_bytes(data[-8:], 'big')      # the last transaction's
+    start = len(data) - 8 - size
+    with open(cut.fs_path, 'wb') as f:
+        f.write(data[:start + size // 2])
+    before_cut = transactions(primary.fs_path)[-2].tid
+
+    for value in range(5):
+        last = commit(primary, seeded=value)
+    seeded.start()
+    seeded.wait_for_log('requesting transactions after %s' % copied.hex())
+    cut.start()
+    warning = [line for line in cut.log().splitlines()
+               if ' WARNING ' in line and cut.fs_path + '.tr0' in line]
+    assert warning, cut.log()
+    with open(cut.fs_path + '.tr0', 'rb') as f:
+        assert f.read() == data[start:start + size // 2]
+    cut.wait_for_log('requesting transactions after %s' % before_cut.hex())
+    for node in (seeded, cut):
+        node.wait_for_tid(last)
+        run('zrsd-verify', address(primary), address(node))
+
+
+class RetryingWriter(Writer):
+    """A `Writer` whose transactions are retried when they fail (the
+    primary restarting), each until it commits; `failures` lists them."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.failures = []
+
+    def _commit(self, tm, conn):
+        while True:
+            try:
+                return super()._commit(tm, conn)
+            except (ClientDisconnected, ReadOnlyError) as exc:
+                tm.abort()
+                self.failures.append(exc)
+                if self._stopping.is_set():
+                    return
+
+
+def test_rolling_restart(nodes):
+    """Replicas restarted one by one (each /ready again before the next),
+    then the primary, while a writer commits: every transaction the writer
+    saw committed is on both replicas, which agree with the primary."""
+    primary = nodes('primary', monitor=True).start()
+    replicas = [nodes('replica%d' % n, primary.repl_port, monitor=True)
+                for n in (1, 2)]
+    writer = RetryingWriter(primary).start()
+
+    def progress(count=10):
+        seen = writer.commits + count
+        wait_until(lambda: committed(writer, seen),
+                   message='%d commits' % seen)
+    try:
+        for replica in replicas:
+            replica.start()
+        progress()
+        for replica in replicas:
+            replica.stop()
+            had = last_tid(replica.fs_path)
+            progress()
+            replica.start()
+            replica.wait_for_log('requesting transactions after %s'
+                                 % had.hex())
+            wait_until(lambda: get(replica.monitor_port, '/ready')[0] == 200,
+                       message='%s /ready 200' % replica.name)
+        primary.stop()
+        assert 'every secondary received the last commit' in primary.log()
+        primary.start()
+        progress()
+    finally:
+        writer.stop()
+    assert writer.error is None, writer.error
+    last = primary.last_tid()
+    assert writer.tids[-1] == last
+    for replica in replicas:
+        replica.wait_for_tid(last)
+        assert set(writer.tids) <= {t.tid for t in
+                                    transactions(replica.fs_path)}
+        run('zrsd-verify', address(primary), address(replica))
+    assert run('zrsd', '--version').startswith('zrsd ')
+    status, metrics = get(primary.monitor_port, '/metrics')
+    assert status == 200 and 'zrsd_build_info{' in metrics
