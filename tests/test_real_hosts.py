@@ -9,7 +9,6 @@ the subnet, ZEO clients and `zrsd-verify` in the root namespace.
 Needs root and `ip netns`: skipped otherwise.
 """
 import filecmp
-import ipaddress
 import os
 import subprocess
 import types
@@ -25,24 +24,18 @@ from harness.zrsd_nodes import Writer
 @pytest.fixture(scope='module')
 def network():
     try:
-        network = hosts.Network()
-    except hosts.Unavailable as exc:
-        pytest.skip('real hosts: %s (needs root and ip netns)' % exc)
-    subnet = network.subnet
-    other = ipaddress.ip_network((int(subnet.network_address) + (1 << 16),
-                                  24))    # 10.232.N.0/24
-    try:
-        try:
+        with hosts.Network() as network:
+            subnet = network.subnet
+            other = '10.232.%d.0/24' % subnet.network_address.packed[2]
             network.add('primary', routes=[other])
             for name in ('replica1', 'replica2', 'cascade', 'downstream'):
                 network.add(name)
-            network.add('outsider', '%s/24' % other[6], routes=[subnet])
+            network.add('outsider', other.replace('.0/', '.6/'),
+                        routes=[subnet])
             network.check(network.hosts[1], network.hosts[0])
-        except hosts.Unavailable as exc:
-            pytest.skip('real hosts: %s (needs root and ip netns)' % exc)
-        yield network
-    finally:
-        network.close()
+            yield network
+    except hosts.Unavailable as exc:
+        pytest.skip('real hosts: %s (needs root and ip netns)' % exc)
 
 
 @pytest.fixture(scope='module')
@@ -152,10 +145,16 @@ def test_host_outside_allow_from_is_refused(cluster, processes):
     outsider.stop()
 
 
-def test_link_cut_mid_stream(cluster, network):
+@pytest.mark.parametrize('tcp_gives_up', [False, True],
+                         ids=['short-cut', 'tcp-gives-up'])
+def test_link_cut_mid_stream(cluster, network, tcp_gives_up):
+    """A short cut is ridden out by TCP; after a long one (about three
+    minutes: TCP keepalive and TCP_USER_TIMEOUT; here at once with `ss -K`)
+    the replica reconnects and resumes where it was."""
     primary, cut = cluster.primary, cluster.replica1
     ip = cut.host.ip
     wait_until(lambda: ip in streaming(primary), message='replica1 streams')
+    connected_since = primary.secondaries()[ip]['connected_since']
     with Writer(primary, 'cut', size=10000) as writer:
         wait_until(lambda: writer.commits >= 10 or writer.error)
         network.cut(cut.host)
@@ -171,6 +170,13 @@ def test_link_cut_mid_stream(cluster, network):
                 reaches(node, during)
             stuck = cut.status(inside=True)['last_transaction']
             assert bytes.fromhex(stuck) < during
+            if tcp_gives_up:
+                if not network.drop(primary.repl_port, primary.host,
+                                    cut.host):
+                    pytest.skip('ss -K cannot kill sockets here')
+                wait_until(lambda: ip not in primary.secondaries() and cut.
+                           status(inside=True)['state'] == 'disconnected',
+                           message='both ends see the link down')
         finally:
             network.restore(cut.host)
         count = writer.commits
@@ -178,3 +184,5 @@ def test_link_cut_mid_stream(cluster, network):
     converged(cluster, writer)
     wait_until(lambda: streaming(primary).get(ip) == cut.host.hostname,
                message='replica1 streaming again')
+    if tcp_gives_up:     # a new connection (a short cut keeps the old)
+        assert primary.secondaries()[ip]['connected_since'] > connected_since

@@ -32,33 +32,30 @@ class Unavailable(Exception):
     """Network namespaces cannot be made here."""
 
 
-def ip(*args):
-    """Run `ip ARGS`; its output, or RuntimeError with its stderr."""
+def ip(*args, check=True):
+    """Run `ip ARGS`; its output, or (if `check`) RuntimeError."""
     args = tuple(map(str, args))
     done = subprocess.run(('ip',) + args, capture_output=True, text=True)
-    if done.returncode:
+    if done.returncode and check:
         raise RuntimeError('ip %s: %s' % (' '.join(args),
                                           done.stderr.strip()))
     return done.stdout
 
 
-def _alive(pid):
-    return os.path.exists('/proc/%s' % pid)
-
-
 def remove_leftovers():
-    """Remove namespaces, bridges and hosts files of dead runs."""
-    pattern = re.compile(r'zh(\d+)-\S+')
+    """Remove the namespaces (with no process left in them), bridges and
+    hosts files of runs whose process is gone."""
     names = ip('netns', 'list').split() + [
         line.split(':')[1].strip().split('@')[0]
         for line in ip('-o', 'link', 'show', 'type', 'bridge').splitlines()]
     if os.path.isdir(ETC_NETNS):
         names += os.listdir(ETC_NETNS)
     for name in names:
-        match = pattern.fullmatch(name)
-        if match and not _alive(match.group(1)):
-            subprocess.run(['ip', 'netns', 'del', name], capture_output=True)
-            subprocess.run(['ip', 'link', 'del', name], capture_output=True)
+        match = re.fullmatch(r'zh(\d+)-\S+', name)
+        if (match and not os.path.exists('/proc/' + match.group(1))
+                and not ip('netns', 'pids', name, check=False).strip()):
+            ip('netns', 'del', name, check=False)
+            ip('link', 'del', name, check=False)
             shutil.rmtree(os.path.join(ETC_NETNS, name), ignore_errors=True)
 
 
@@ -169,16 +166,33 @@ class Network:
     def restore(self, host):
         ip('link', 'set', host.veth, 'up')
 
+    def drop(self, port, *hosts):
+        """Kill the TCP connections to or from `port` on `hosts`, as their
+        TCP does when a link stays cut too long; False if `ss -K` cannot
+        (a kernel without CONFIG_INET_DIAG_DESTROY)."""
+        if shutil.which('ss') is None:
+            return False
+        for host in hosts:
+            done = subprocess.run(host.exec(
+                'ss', '-K', '( sport = :%d or dport = :%d )' % (port, port)),
+                capture_output=True, text=True)
+            if done.returncode or 'not supported' in done.stderr:
+                return False
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self):
-        for host in self.hosts:
-            subprocess.run(['ip', 'netns', 'del', host.ns],
-                           capture_output=True)    # takes both veth ends
+        for host in self.hosts:     # `netns del` takes both veth ends
+            ip('netns', 'del', host.ns, check=False)
             shutil.rmtree(os.path.join(ETC_NETNS, host.ns), ignore_errors=True)
-        subprocess.run(['ip', 'link', 'del', self.bridge], capture_output=True)
-        try:
+        ip('link', 'del', self.bridge, check=False)
+        if os.path.isdir(ETC_NETNS) and not os.listdir(ETC_NETNS):
             os.rmdir(ETC_NETNS)
-        except OSError:
-            pass
 
 
 def issue(authority, host):
