@@ -1,0 +1,281 @@
+"""Real hosts on one machine: Linux network namespaces, each with its own
+address and host name, joined by a bridge in the root namespace (which
+gets the subnet's `.254`, so the tests reach every host); `issue`, a
+certificate naming a host; `HostNode`, a zrsd running on a host.
+
+Needs root and `ip netns`; `Network()` raises `Unavailable` otherwise.
+Names carry our pid (`zh<pid>-...`), so leftovers of a crashed run never
+clash with a new one, and the next run removes them.
+"""
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import urllib.request
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .certs import _certificate, _pem
+from .zrsd_nodes import ZrsdNode, config_text, ssl_lines
+
+DOMAIN = 'zrs.test'
+ETC_NETNS = '/etc/netns'    # `ip netns exec NS` mounts NS/hosts on /etc/hosts
+
+
+class Unavailable(Exception):
+    """Network namespaces cannot be made here."""
+
+
+def ip(*args, check=True):
+    """Run `ip ARGS`; its output, or (if `check`) RuntimeError."""
+    args = tuple(map(str, args))
+    done = subprocess.run(('ip',) + args, capture_output=True, text=True)
+    if done.returncode and check:
+        raise RuntimeError('ip %s: %s' % (' '.join(args),
+                                          done.stderr.strip()))
+    return done.stdout
+
+
+def remove_leftovers():
+    """Remove the namespaces (with no process left in them), bridges and
+    hosts files of runs whose process is gone."""
+    names = ip('netns', 'list').split() + [
+        line.split(':')[1].strip().split('@')[0]
+        for line in ip('-o', 'link', 'show', 'type', 'bridge').splitlines()]
+    if os.path.isdir(ETC_NETNS):
+        names += os.listdir(ETC_NETNS)
+    for name in names:
+        match = re.fullmatch(r'zh(\d+)-\S+', name)
+        if (match and not os.path.exists('/proc/' + match.group(1))
+                and not ip('netns', 'pids', name, check=False).strip()):
+            ip('netns', 'del', name, check=False)
+            ip('link', 'del', name, check=False)
+            shutil.rmtree(os.path.join(ETC_NETNS, name), ignore_errors=True)
+
+
+def free_subnet():
+    """The first 10.231.N.0/24 that no route here covers (another run's)."""
+    for n in range(256):
+        subnet = ipaddress.ip_network('10.231.%d.0/24' % n)
+        routes = ip('route', 'show', 'match', subnet[1]).splitlines()
+        if all(route.startswith('default ') for route in routes):
+            return subnet
+    raise RuntimeError('no free subnet in 10.231.0.0/16')
+
+
+class Host:
+    """A namespace `ns` whose `eth0` (address `ip`) is the peer of `veth`,
+    a port of the bridge; `hostname` resolves in every host."""
+
+    def __init__(self, network, name, address):
+        self.name = name
+        self.hostname = '%s.%s' % (name, DOMAIN)
+        self.ns = '%s-%s' % (network.prefix, name)
+        self.veth = '%s-%d' % (network.prefix, len(network.hosts))
+        self.interface = ipaddress.ip_interface(address)
+        self.ip = str(self.interface.ip)
+
+    def exec(self, *args):
+        """`args` as a command run inside this host."""
+        return ['ip', 'netns', 'exec', self.ns] + list(args)
+
+
+class Network:
+    """A bridge on `subnet`, the first 10.231.N.0/24 free here, and the
+    hosts added to it; `close()` removes everything (processes inside
+    must be gone first)."""
+
+    def __init__(self):
+        if os.geteuid() != 0:
+            raise Unavailable('not root')
+        if shutil.which('ip') is None:
+            raise Unavailable('no ip command')
+        self.prefix = 'zh%d' % os.getpid()
+        self.bridge = self.prefix + '-br'
+        self.hosts = []
+        try:
+            remove_leftovers()
+            self.subnet = free_subnet()
+            ip('link', 'add', self.bridge, 'type', 'bridge')
+            ip('addr', 'add', '%s/%d' % (self.subnet[254],
+                                         self.subnet.prefixlen),
+               'dev', self.bridge)
+            ip('link', 'set', self.bridge, 'up')
+        except RuntimeError as exc:
+            self.close()
+            raise Unavailable(str(exc)) from None
+
+    def add(self, name, address=None, routes=()):
+        """A new host (by default the next address of the subnet), with
+        on-link `routes` (networks reached over the bridge directly)."""
+        if address is None:
+            address = '%s/%d' % (self.subnet[len(self.hosts) + 1],
+                                 self.subnet.prefixlen)
+        host = Host(self, name, address)
+        self.hosts.append(host)
+        try:
+            ip('netns', 'add', host.ns)
+            ip('link', 'add', host.veth, 'type', 'veth',
+               'peer', 'name', 'eth0', 'netns', host.ns)
+            ip('link', 'set', host.veth, 'master', self.bridge, 'up')
+            ip('-n', host.ns, 'addr', 'add', address, 'dev', 'eth0')
+            for device in ('lo', 'eth0'):
+                ip('-n', host.ns, 'link', 'set', device, 'up')
+            for network in routes:
+                ip('-n', host.ns, 'route', 'add', network, 'dev', 'eth0')
+        except RuntimeError as exc:
+            raise Unavailable(str(exc)) from None
+        lines = ''.join('%s %s %s\n' % (h.ip, h.hostname, h.name)
+                        for h in self.hosts)
+        for each in self.hosts:      # every host knows every other by name
+            os.makedirs(os.path.join(ETC_NETNS, each.ns), exist_ok=True)
+            with open(os.path.join(ETC_NETNS, each.ns, 'hosts'), 'w') as f:
+                f.write('127.0.0.1 localhost\n' + lines)
+        return host
+
+    def check(self, client, server):
+        """Unavailable unless `client` can open a TCP connection to
+        `server` (a firewall on bridged traffic would stop it)."""
+        listener = subprocess.Popen(server.exec(
+            sys.executable, '-c', 'import socket, sys; s = socket.'
+            'create_server((sys.argv[1], 0)); print(s.getsockname()[1], '
+            'flush=True); s.accept()', server.ip), stdout=subprocess.PIPE)
+        try:
+            port = listener.stdout.readline().strip()
+            if subprocess.run(client.exec(
+                    sys.executable, '-c', 'import socket, sys; socket.'
+                    'create_connection(sys.argv[1:], timeout=5)',
+                    server.ip, port), capture_output=True).returncode:
+                raise Unavailable('%s cannot reach %s over the bridge '
+                                  '(a firewall?)' % (client.ns, server.ns))
+        finally:
+            listener.kill()
+            listener.wait()
+            listener.stdout.close()
+
+    def cut(self, host):
+        """Pull `host`'s cable: its bridge port goes down."""
+        ip('link', 'set', host.veth, 'down')
+
+    def restore(self, host):
+        ip('link', 'set', host.veth, 'up')
+
+    def drop(self, port, *hosts):
+        """Kill the TCP connections to or from `port` on `hosts`, as their
+        TCP does when a link stays cut too long; False if `ss -K` cannot
+        (a kernel without CONFIG_INET_DIAG_DESTROY)."""
+        if shutil.which('ss') is None:
+            return False
+        for host in hosts:
+            done = subprocess.run(host.exec(
+                'ss', '-K', '( sport = :%d or dport = :%d )' % (port, port)),
+                capture_output=True, text=True)
+            if done.returncode or 'not supported' in done.stderr:
+                return False
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        for host in self.hosts:     # `netns del` takes both veth ends
+            ip('netns', 'del', host.ns, check=False)
+            shutil.rmtree(os.path.join(ETC_NETNS, host.ns), ignore_errors=True)
+        ip('link', 'del', self.bridge, check=False)
+        if os.path.isdir(ETC_NETNS) and not os.listdir(ETC_NETNS):
+            os.rmdir(ETC_NETNS)
+
+
+def issue(authority, host):
+    """(certificate, key) paths for `host`: its host name as common name,
+    its host name and address as subject names, client and server use."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    extensions = [
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+        (x509.SubjectAlternativeName([
+            x509.DNSName(host.hostname),
+            x509.IPAddress(host.interface.ip)]), False),
+        (x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            authority.key.public_key()), False)]
+    certificate = _certificate(host.hostname, authority.name, key,
+                               authority.key, False, extensions)
+    cert_path = authority.directory / (host.name + '.pem')
+    key_path = authority.directory / (host.name + '.key')
+    cert_path.write_bytes(_pem(certificate))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+class HostNode(ZrsdNode):
+    """zrsd on `host`: ZEO, ZRS and the monitor listen on its address; a
+    secondary of the HostNode `upstream` reaches it by host name. Mutual
+    TLS with a certificate of `host` signed by `authority`, `allow_from`
+    networks when it serves secondaries."""
+
+    def __init__(self, directory, host, authority, upstream=None,
+                 allow_from=(), **options):
+        self.host = host
+        self.upstream_node = upstream
+        self.allow_from = allow_from
+        self.tls = ssl_lines(*issue(authority, host), authority.path)
+        options.setdefault('zeo_lines', '  serve-empty on\n')
+        super().__init__(directory, host.name, monitor=True,
+                         upstream=upstream and upstream.repl_port, **options)
+
+    @property
+    def zeo_address(self):
+        return (self.host.ip, self.zeo_port)
+
+    def command(self):
+        return self.host.exec(*super().command())
+
+    def write_config(self):
+        lines = ''.join('  allow-from %s\n' % network
+                        for network in self.allow_from)
+        if self.upstream_node is not None:
+            lines += ('  replicate-from %s:%d\n  reconnect-delay 0.1\n'
+                      '  max-reconnect-delay 1\n' % (
+                          self.upstream_node.host.hostname, self.upstream))
+        text = config_text(
+            self.zeo_port, self.fs_path, replicate_to=self.repl_port,
+            blob_dir=self.blob_dir, zeo_lines=self.zeo_lines,
+            zrs_lines=self.zrs_lines + lines + self.tls,
+            sections=self.sections + '<monitor>\n  address 127.0.0.1:%d\n'
+            '</monitor>\n' % self.monitor_port,
+            log_format=self.log_format, log_level=self.log_level)
+        with open(self.config_path, 'w') as f:
+            f.write(text.replace('127.0.0.1:', self.host.ip + ':'))
+        return self.config_path
+
+    def status(self, inside=False):
+        """The first storage of the node's /status, read over the network,
+        or `inside` its host (through its own stack: while its cable is
+        out)."""
+        url = 'http://%s:%d/status' % (self.host.ip, self.monitor_port)
+        if inside:
+            text = subprocess.run(self.host.exec(
+                sys.executable, '-c', 'import sys, urllib.request; '
+                'sys.stdout.buffer.write(urllib.request.urlopen('
+                'sys.argv[1], timeout=5).read())', url),
+                capture_output=True, check=True).stdout
+        else:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read()
+        return json.loads(text)['storages'][0]
+
+    def secondaries(self):
+        """{IP address: status entry} of the connected secondaries."""
+        return {entry['address'].rsplit(':', 1)[0]: entry
+                for entry in self.status().get('secondaries', ())}

@@ -1,0 +1,188 @@
+"""zrsd between real hosts: each node in its own network namespace with
+its own address on 10.231.N.0/24 and host name (`NAME.zrs.test`), linked
+by a bridge; mutual TLS with certificates naming the hosts, `allow-from`
+the subnet, ZEO clients and `zrsd-verify` in the root namespace.
+
+    primary ──> replica1, replica2, cascade ──> downstream
+    outsider (10.232.N.6, another subnet on the same wire): refused
+
+Needs root and `ip netns`: skipped otherwise.
+"""
+import filecmp
+import os
+import subprocess
+import types
+
+import pytest
+
+from harness import hosts
+from harness.certs import Authority
+from harness.process import BIN, port_open, wait_until
+from harness.zrsd_nodes import Writer
+
+
+@pytest.fixture(scope='module')
+def network():
+    try:
+        with hosts.Network() as network:
+            subnet = network.subnet
+            other = '10.232.%d.0/24' % subnet.network_address.packed[2]
+            network.add('primary', routes=[other])
+            for name in ('replica1', 'replica2', 'cascade', 'downstream'):
+                network.add(name)
+            network.add('outsider', other.replace('.0/', '.6/'),
+                        routes=[subnet])
+            network.check(network.hosts[1], network.hosts[0])
+            yield network
+    except hosts.Unavailable as exc:
+        pytest.skip('real hosts: %s (needs root and ip netns)' % exc)
+
+
+@pytest.fixture(scope='module')
+def cluster(network, tmp_path_factory, request):
+    """The running nodes, by host name, `ca`, `directory` and `hosts`."""
+    directory = tmp_path_factory.mktemp('real-hosts')
+    ca = Authority(directory, 'zrs-test-ca')
+    by_name = {host.name: host for host in network.hosts}
+    started = []
+
+    def node(name, upstream=None, **options):
+        return hosts.HostNode(directory, by_name[name], ca, upstream,
+                              register=started.append, **options)
+    primary = node('primary', allow_from=[network.subnet])
+    cascade = node('cascade', primary, serve=True,
+                   allow_from=[network.subnet])
+    nodes = dict(primary=primary, replica1=node('replica1', primary),
+                 replica2=node('replica2', primary), cascade=cascade,
+                 downstream=node('downstream', cascade))
+    failed = request.session.testsfailed
+    try:
+        for each in nodes.values():
+            each.launch()
+        for each in nodes.values():
+            for line in each.ready():
+                each.wait_for_log(line)
+        yield types.SimpleNamespace(ca=ca, directory=directory,
+                                    hosts=by_name, **nodes)
+    finally:
+        for process in started:
+            process.close()
+            if request.session.testsfailed > failed:
+                print('\n==== %s ====\n%s' % (process.log_path, '\n'.join(
+                    process.log().splitlines()[-60:])))
+
+
+def secondaries(cluster):
+    return [cluster.replica1, cluster.replica2, cluster.cascade,
+            cluster.downstream]
+
+
+def reaches(node, tid):
+    """Wait until a ZEO client of `node` sees `tid` or a later one."""
+    storage = node.client()
+    try:
+        wait_until(lambda: storage.lastTransaction() >= tid, 60,
+                   message='%s at %s' % (node.name, tid.hex()))
+    finally:
+        storage.close()
+
+
+def verify(primary, replica):
+    """zrsd-verify between the two ZEO addresses agrees."""
+    done = subprocess.run(
+        [os.path.join(BIN, 'zrsd-verify'), '%s:%d' % primary.zeo_address,
+         '%s:%d' % replica.zeo_address], capture_output=True, text=True)
+    assert done.returncode == 0, (replica.name, done.stdout, done.stderr)
+
+
+def converged(cluster, writer):
+    """Every secondary holds the writer's last commit, zrsd-verify agrees
+    and their Data.fs are the primary's, byte for byte."""
+    assert writer.error is None, writer.error
+    for node in secondaries(cluster):
+        node.wait_for_tid(writer.tids[-1])
+        verify(cluster.primary, node)
+        assert filecmp.cmp(cluster.primary.fs_path, node.fs_path, False)
+
+
+def streaming(upstream):
+    """{address: certificate name} of the secondaries `upstream` streams
+    to, from its /status."""
+    return {ip: entry['tls_peer']
+            for ip, entry in upstream.secondaries().items()
+            if entry['state'] == 'streaming'}
+
+
+def test_mutual_tls_between_hosts(cluster):
+    primary, cascade = cluster.primary, cluster.cascade
+    primary.wait_for_log('(TLS, client certificates required)')
+    with Writer(primary, 'first') as writer:
+        wait_until(lambda: writer.commits >= 20 or writer.error)
+    converged(cluster, writer)
+    # Each secondary by its address on the wire and its certificate's name.
+    for upstream, names in ((primary, ('replica1', 'replica2', 'cascade')),
+                            (cascade, ('downstream',))):
+        expected = {cluster.hosts[name].ip: cluster.hosts[name].hostname
+                    for name in names}
+        wait_until(lambda: streaming(upstream) == expected,
+                   message='%s streaming to %s' % (upstream.name, expected))
+    assert cluster.replica1.status()['primary'].startswith(
+        'primary.zrs.test:')
+
+
+def test_host_outside_allow_from_is_refused(cluster, processes):
+    primary = cluster.primary
+    outsider = hosts.HostNode(cluster.directory, cluster.hosts['outsider'],
+                              cluster.ca, primary, register=processes)
+    outsider.start()
+    # It reaches the primary (and has a good certificate), but is dropped
+    # at once, again and again; it shows as refused and holds nothing.
+    primary.wait_for_log('%s is not in allow-from' % outsider.host.ip)
+    wait_until(lambda: outsider.status(inside=True)['state'] == 'refused',
+               message='the outsider refused')
+    assert outsider.status(inside=True)['last_transaction'] == '0' * 16
+    assert outsider.host.ip not in primary.secondaries()
+    outsider.stop()
+
+
+@pytest.mark.parametrize('tcp_gives_up', [False, True],
+                         ids=['short-cut', 'tcp-gives-up'])
+def test_link_cut_mid_stream(cluster, network, tcp_gives_up):
+    """A short cut is ridden out by TCP; after a long one (about three
+    minutes: TCP keepalive and TCP_USER_TIMEOUT; here at once with `ss -K`)
+    the replica reconnects and resumes where it was."""
+    primary, cut = cluster.primary, cluster.replica1
+    ip = cut.host.ip
+    wait_until(lambda: ip in streaming(primary), message='replica1 streams')
+    connected_since = primary.secondaries()[ip]['connected_since']
+    with Writer(primary, 'cut', size=10000) as writer:
+        wait_until(lambda: writer.commits >= 10 or writer.error)
+        network.cut(cut.host)
+        try:
+            assert not port_open(cut.zeo_port, ip)
+            # The primary sees it fall behind once the socket buffers are
+            # full; the other replica and the cascade's downstream keep
+            # streaming; it has nothing committed since the cut.
+            wait_until(lambda: writer.error or primary.secondaries()[ip][
+                'transactions_behind'] > 0, message='replica1 behind')
+            during = writer.tids[-1]
+            for node in (cluster.replica2, cluster.downstream):
+                reaches(node, during)
+            stuck = cut.status(inside=True)['last_transaction']
+            assert bytes.fromhex(stuck) < during
+            if tcp_gives_up:
+                if not network.drop(primary.repl_port, primary.host,
+                                    cut.host):
+                    pytest.skip('ss -K cannot kill sockets here')
+                wait_until(lambda: ip not in primary.secondaries() and cut.
+                           status(inside=True)['state'] == 'disconnected',
+                           message='both ends see the link down')
+        finally:
+            network.restore(cut.host)
+        count = writer.commits
+        wait_until(lambda: writer.commits >= count + 20 or writer.error)
+    converged(cluster, writer)
+    wait_until(lambda: streaming(primary).get(ip) == cut.host.hostname,
+               message='replica1 streaming again')
+    if tcp_gives_up:     # a new connection (a short cut keeps the old)
+        assert primary.secondaries()[ip]['connected_since'] > connected_since
