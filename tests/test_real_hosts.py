@@ -52,7 +52,11 @@ def cluster(network, tmp_path_factory, request):
     primary = node('primary', allow_from=[network.subnet])
     cascade = node('cascade', primary, serve=True,
                    allow_from=[network.subnet])
-    nodes = dict(primary=primary, replica1=node('replica1', primary),
+    # replica1 (whose link is cut) notices a dead link within about twice
+    # its keep-alive-delay.
+    nodes = dict(primary=primary,
+                 replica1=node('replica1', primary,
+                               zrs_lines='  keep-alive-delay 2\n'),
                  replica2=node('replica2', primary), cascade=cascade,
                  downstream=node('downstream', cascade))
     failed = request.session.testsfailed
@@ -146,11 +150,13 @@ def test_host_outside_allow_from_is_refused(cluster, processes):
 
 
 @pytest.mark.parametrize('tcp_gives_up', [False, True],
-                         ids=['short-cut', 'tcp-gives-up'])
+                         ids=['replica-notices', 'tcp-gives-up'])
 def test_link_cut_mid_stream(cluster, network, tcp_gives_up):
-    """A short cut is ridden out by TCP; after a long one (about three
-    minutes: TCP keepalive and TCP_USER_TIMEOUT; here at once with `ss -K`)
-    the replica reconnects and resumes where it was."""
+    """The cut replica notices by itself (its keep-alive frames go
+    unacknowledged: TCP_USER_TIMEOUT of twice keep-alive-delay) and says
+    so in /status; the primary's end is dropped too when TCP gives up
+    (about three minutes by default; here at once with `ss -K`).  Either
+    way the replica reconnects and resumes where it was."""
     primary, cut = cluster.primary, cluster.replica1
     ip = cut.host.ip
     wait_until(lambda: ip in streaming(primary), message='replica1 streams')
@@ -170,6 +176,8 @@ def test_link_cut_mid_stream(cluster, network, tcp_gives_up):
                 reaches(node, during)
             stuck = cut.status(inside=True)['last_transaction']
             assert bytes.fromhex(stuck) < during
+            wait_until(lambda: cut.status(inside=True)['state'] ==
+                       'disconnected', message='replica1 noticing the cut')
             if tcp_gives_up:
                 if not network.drop(primary.repl_port, primary.host,
                                     cut.host):
@@ -184,5 +192,4 @@ def test_link_cut_mid_stream(cluster, network, tcp_gives_up):
     converged(cluster, writer)
     wait_until(lambda: streaming(primary).get(ip) == cut.host.hostname,
                message='replica1 streaming again')
-    if tcp_gives_up:     # a new connection (a short cut keeps the old)
-        assert primary.secondaries()[ip]['connected_since'] > connected_since
+    assert primary.secondaries()[ip]['connected_since'] > connected_since

@@ -9,22 +9,33 @@ import termios
 # Dead-peer detection.  The primary never sends keep-alives and may be idle
 # for hours, so silence proves nothing; TCP keepalive probes do, and
 # TCP_USER_TIMEOUT bounds how long our own keep-alive frames may stay
-# unacknowledged.
+# unacknowledged.  A secondary scales both with its keep-alive-delay (a
+# dead link is noticed within about twice that); these are the defaults.
 TCP_KEEPALIVE_IDLE = 60
 TCP_KEEPALIVE_INTERVAL = 10
 TCP_KEEPALIVE_COUNT = 6
 TCP_USER_TIMEOUT_MS = 120_000
 
 
-def tune_socket(sock):
-    """Low latency and dead-peer detection for a replication socket."""
+def tune_socket(sock, keep_alive_delay=None):
+    """Low latency and dead-peer detection for a replication socket; with
+    `keep_alive_delay` (seconds between our keep-alive frames), a link
+    that stops acknowledging is dropped after about twice that (at least
+    4 s)."""
+    idle, interval, user_timeout = (TCP_KEEPALIVE_IDLE,
+                                    TCP_KEEPALIVE_INTERVAL,
+                                    TCP_USER_TIMEOUT_MS)
+    if keep_alive_delay:
+        idle = max(1, int(keep_alive_delay))
+        interval = max(1, min(interval, idle // 2 or 1))
+        user_timeout = int(max(4, 2 * keep_alive_delay) * 1000)
     options = [
         (socket.IPPROTO_TCP, 'TCP_NODELAY', 1),
         (socket.SOL_SOCKET, 'SO_KEEPALIVE', 1),
-        (socket.IPPROTO_TCP, 'TCP_KEEPIDLE', TCP_KEEPALIVE_IDLE),
-        (socket.IPPROTO_TCP, 'TCP_KEEPINTVL', TCP_KEEPALIVE_INTERVAL),
+        (socket.IPPROTO_TCP, 'TCP_KEEPIDLE', idle),
+        (socket.IPPROTO_TCP, 'TCP_KEEPINTVL', interval),
         (socket.IPPROTO_TCP, 'TCP_KEEPCNT', TCP_KEEPALIVE_COUNT),
-        (socket.IPPROTO_TCP, 'TCP_USER_TIMEOUT', TCP_USER_TIMEOUT_MS),
+        (socket.IPPROTO_TCP, 'TCP_USER_TIMEOUT', user_timeout),
     ]
     for level, name, value in options:
         option = getattr(socket, name, None)
@@ -109,9 +120,19 @@ def is_tls_failure(reason):
 
 def pending_bytes(sock):
     """Bytes already received on `sock` but not read yet (0 if unknown)."""
+    return _queued(sock, termios.FIONREAD)
+
+
+def unsent_bytes(sock):
+    """Bytes written to `sock` that the peer has not acknowledged yet
+    (Linux's TIOCOUTQ; 0 if unknown)."""
+    return _queued(sock, termios.TIOCOUTQ)
+
+
+def _queued(sock, request):
     count = array.array('i', [0])
     try:
-        fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+        fcntl.ioctl(sock.fileno(), request, count)
     except (OSError, ValueError):
         return 0
     return count[0]

@@ -19,7 +19,8 @@ from zrsd import seedprotocol as seed
 from zrsd.network.factory import ProtocolFactory
 from zrsd.network.retry import RepeatLimiter
 from zrsd.network.sockets import (ListenError, format_address,
-                                  is_tls_failure, tcp_socket, tune_socket)
+                                  is_tls_failure, tcp_socket, tune_socket,
+                                  unsent_bytes)
 from zrsd.primary.history import HistoryMismatch, TidIndex
 from zrsd.primary.seeder import Seeder
 from zrsd.primary.streamer import PackedUnderfoot, Source, Streamer
@@ -101,7 +102,11 @@ class PrimaryProtocol(protocol.Protocol):
         self.frames = zrs.FrameDecoder(self._frame, HANDSHAKE_LIMIT)
         server.connections.add(self)
         if not server.allows(host):
-            self._refuse('%s is not in allow-from' % host)
+            # A refused replica retries for ever: one ERROR per host every
+            # few minutes, INFO in between.
+            text = '%s is not in allow-from; closing the connection' % host
+            self._log_limited(('allow-from', host), text, text)
+            self.close()
             return
         if len(server.connections) > server.settings.max_secondaries:
             self._refuse_over_the_cap()
@@ -137,9 +142,16 @@ class PrimaryProtocol(protocol.Protocol):
                 bytes_sent=streamer.bytes,
                 transactions_behind=(0 if streamer.last_tid >= last_tid
                                      else behind),
+                # What is not sent yet, and what the secondary's kernel has
+                # not acknowledged (a dead link fills that first).
                 bytes_behind=(max(0, end - streamer.position)
+                              + self._unsent()
                               if streamer.position is not None else None))
         return status
+
+    def _unsent(self):
+        sock = tcp_socket(self.transport)
+        return unsent_bytes(sock) if sock is not None else 0
 
     def dataReceived(self, data):
         if self.phase is Phase.CLOSED:

@@ -11,7 +11,8 @@ import logging
 import re
 import time
 
-from twisted.internet import endpoints, protocol, task
+import zope.interface
+from twisted.internet import endpoints, interfaces, protocol, task
 
 from zrsd import disk
 from zrsd import protocol as zrs
@@ -60,6 +61,7 @@ class NotAPrimary(zrs.ProtocolError):
     """The server at replicate-from speaks another protocol (ZEO)."""
 
 
+@zope.interface.implementer(interfaces.IHandshakeListener)
 class SecondaryProtocol(protocol.Protocol):
     """One connection from this secondary to its primary."""
 
@@ -77,7 +79,7 @@ class SecondaryProtocol(protocol.Protocol):
         client = self.client
         self._socket = tcp_socket(self.transport)
         if self._socket is not None:
-            tune_socket(self._socket)
+            tune_socket(self._socket, client.settings.keep_alive_delay)
         if hasattr(self.transport, 'bufferSize'):
             # Read a catch-up backlog in big pieces: fewer calls per MB.
             self.transport.bufferSize = READ_SIZE
@@ -90,15 +92,23 @@ class SecondaryProtocol(protocol.Protocol):
         self.frames = zrs.FrameDecoder(self._frame, settings.max_frame)
         self.transport.write(zrs.encode_frame(settings.protocol_name))
         self.transport.write(zrs.encode_frame(start_tid))
-        logger.info('%s: connected (%s), requesting transactions after %s',
-                    self.peer, settings.protocol_name.decode(),
-                    describe_tid(start_tid))
+        self._start_tid = start_tid
         if settings.keep_alive_delay > 0:
             self._keep_alive = task.LoopingCall(self._send_keep_alive)
             self._keep_alive.clock = client.clock
             self._keep_alive.start(settings.keep_alive_delay, now=False)
         client.storage.writer.defer_sync = True
         client.connection_made(self)
+        if not interfaces.ISSLTransport.providedBy(self.transport):
+            self.handshakeCompleted()
+
+    def handshakeCompleted(self):
+        """Connected: at once over TCP, after the TLS handshake (which
+        verified the primary) with TLS (IHandshakeListener)."""
+        logger.info('%s: connected (%s), requesting transactions after %s',
+                    self.peer, self.client.settings.protocol_name.decode(),
+                    describe_tid(self._start_tid))
+        self.client.established()
 
     def _frame(self, payload):
         # A ZEO server frames its messages the way ZRS does, and greets
@@ -295,8 +305,11 @@ class ReplicationClient:
     def connection_made(self, connection):
         self._connecting = None
         self.connection = connection
-        self.connected = True
         self._connected_at = self.clock.seconds()
+
+    def established(self):
+        """The connection is up (TLS: its handshake done)."""
+        self.connected = True
         self._failures.reset()
 
     @property
@@ -331,7 +344,8 @@ class ReplicationClient:
             'handshake %d times in a row without sending anything; it '
             'refuses this replica: its last transaction %s is not in the '
             'primary\'s history (a failover or a restore forked the '
-            'histories, or it is another database), or it does not serve '
+            'histories, or it is another database), or its allow-from or '
+            'max-secondaries do not admit this replica, or it does not serve '
             'this protocol (%s), or a proxy in between cannot reach it; look '
             'at the primary\'s log.  Nothing is '
             'applied; retrying every %gs', self.peer, self.refusals,
