@@ -2,10 +2,13 @@
 before it opens, then replicates with ZRS; anything unusual falls back to
 ZRS, and the replica always ends byte-identical to its primary."""
 import os
+import shutil
 
 import pytest
 import ZODB.blob
 from persistent.mapping import PersistentMapping
+from ZODB.FileStorage import FileStorage
+from ZODB.fsIndex import fsIndex
 
 from harness.chaos import ChaosProxy
 from harness.process import wait_until
@@ -46,6 +49,25 @@ def same_files(primary, replica):
         assert blob_files(primary.blob_dir) == blob_files(replica.blob_dir)
 
 
+def internals_index(fs):
+    return fs._index   # the test reads what FileStorage built
+
+
+def index_as_rebuilt(node, tmp_path):
+    """The index a FileStorage saved for `node` (stopped), against the one
+    it builds from the file alone."""
+    saved = fsIndex.load(node.fs_path + '.index')
+    copy = tmp_path / 'rebuilt.fs'
+    shutil.copyfile(node.fs_path, copy)
+    fs = FileStorage(str(copy), read_only=True)
+    try:
+        assert dict(saved['index'].items()) == dict(
+            internals_index(fs).items())
+        assert saved['pos'] == os.path.getsize(node.fs_path)
+    finally:
+        fs.close()
+
+
 @pytest.mark.parametrize('blobs', [False, True])
 def test_a_new_replica_copies_the_file(tmp_path, processes, blobs):
     primary = ZrsdNode(tmp_path, 'primary', blobs=blobs,
@@ -54,6 +76,8 @@ def test_a_new_replica_copies_the_file(tmp_path, processes, blobs):
     replica = make_replica(tmp_path, primary.repl_port, processes,
                            blobs=blobs).start()
     assert 'copied 3.' in replica.log()   # MB of the primary's file
+    # FileStorage opened it with the index made during the copy.
+    assert 'Ignoring index' not in replica.log()
     assert 'requesting transactions after %s' % last.hex() in replica.log()
     assert replica.last_tid() == last
     later = commit_change(primary.zeo_address, 'later', 1)   # then ZRS
@@ -61,6 +85,7 @@ def test_a_new_replica_copies_the_file(tmp_path, processes, blobs):
     replica.stop()
     primary.stop()
     same_files(primary, replica)
+    index_as_rebuilt(replica, tmp_path)
 
 
 def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes):

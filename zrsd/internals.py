@@ -404,3 +404,27 @@ def swap_storage(server, name, storage):
     for client in clients:
         client.connection.close()
     return len(clients)
+
+
+def load_index(path, pos):
+    """The `fsIndex` FileStorage saved beside the file `path` (its
+    `.index`), if it covers the file up to exactly `pos`; else None."""
+    try:
+        info = fsIndex.load(path + '.index')
+    except Exception:
+        return None
+    index = info.get('index')
+    if info.get('pos') != pos or not isinstance(index, fsIndex):
+        return None
+    return index
+
+
+def save_index(path, index, pos):
+    """Save `index` (oid -> position of its last data record) as the
+    `.index` of the file `path` up to `pos`, the way FileStorage saves
+    its own (it then opens the file without reading it all)."""
+    name = path + '.index'
+    with disk.writing(name, 'saving the index'):
+        index.save(pos, name + '.index_tmp')
+        disk.fsync_path(name + '.index_tmp', 'syncing the index')
+        os.replace(name + '.index_tmp', name)

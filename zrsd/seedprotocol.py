@@ -133,8 +133,8 @@ class TransactionScanner:
     by transaction, from `position` (after the transaction `last_tid`).
 
     `feed(data)` returns the transactions completed by `data`, as (pos,
-    tid, end, records), records being (oid, data offset in the
-    transaction, data length) of records that hold data.
+    tid, end, records), records being the (oid, offset in the transaction)
+    of each data record.
     """
 
     def __init__(self, position, last_tid=z64):
@@ -193,11 +193,11 @@ class TransactionScanner:
                     or at + DATA_HDR_LEN + size > tlen):
                 raise SeedError('transaction at %d: bad data record at %d'
                                 % (pos, pos + at))
-            if plen:
-                records.append((oid, at + DATA_HDR_LEN, plen))
-            elif u64(raw[at + DATA_HDR_LEN:at + DATA_HDR_LEN + 8]) >= pos:
+            if not plen and \
+                    u64(raw[at + DATA_HDR_LEN:at + DATA_HDR_LEN + 8]) >= pos:
                 raise SeedError('transaction at %d: a back pointer forward '
                                 'at %d' % (pos, pos + at))
+            records.append((oid, at))
             at += DATA_HDR_LEN + size
         return records
 

@@ -24,9 +24,10 @@ import tempfile
 import time
 
 from ZODB.blob import FilesystemHelper
+from ZODB.fsIndex import fsIndex
 from ZODB.utils import z64
 
-from zrsd import disk
+from zrsd import disk, internals
 from zrsd import protocol as zrs
 from zrsd import seedprotocol as seed
 from zrsd.network import blocking
@@ -78,6 +79,7 @@ class FileCopy:
         self._blobs = []           # received, for the next transaction
         self._unsynced = []        # blob paths not synced yet
         self._digest = seed.new_digest()
+        self._index = None
 
     # -- the copy, start to end ---------------------------------------------
 
@@ -161,6 +163,11 @@ class FileCopy:
         return digest.digest()
 
     def _receive(self, length, last_tid, end):
+        # Index the copied records as they come, so that FileStorage opens
+        # the file without reading it all: from scratch, or from the index
+        # it saved up to exactly where the copy starts.
+        self._index = (fsIndex() if length <= 4
+                       else internals.load_index(self.path, length))
         self._write_marker(length)
         self._file = open(self.path, 'ab')
         self.scanner = seed.TransactionScanner(length, last_tid)
@@ -224,6 +231,9 @@ class FileCopy:
         self.copied += len(data)
         for pos, tid, end, records in self.scanner.feed(data):
             self._place_blobs(pos, tid, records)
+            if self._index is not None:
+                for oid, at in records:
+                    self._index[oid] = pos + at
         if self.scanner.position - self._synced >= SYNC_BYTES:
             self._sync()
 
@@ -263,7 +273,7 @@ class FileCopy:
         """The blob files received before the transaction at `pos` are
         its own: renamed into place."""
         blobs, self._blobs = self._blobs, []
-        oids = {oid for oid, _, _ in records}
+        oids = {oid for oid, _ in records}
         for oid, blob_tid, path in blobs:
             if blob_tid != tid or oid not in oids:
                 raise seed.SeedError(
@@ -285,6 +295,8 @@ class FileCopy:
             raise seed.SeedError('the copy\'s digest does not match')
         self._sync()
         self._file.close()
+        if self._index is not None:
+            internals.save_index(self.path, self._index, position)
         os.remove(self.marker)
         disk.fsync_path(os.path.dirname(os.path.abspath(self.path)),
                         'syncing the directory of the data file')
