@@ -128,26 +128,33 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data):
+        # Frames are cut from a moving offset; the consumed bytes are
+        # dropped once per call (not once per frame: a big read holding
+        # many frames would be moved again for each).
         buffer = self._buffer
         buffer += data
-        while True:
-            if self._expected is None:
-                if len(buffer) < 4:
+        pos = 0
+        try:
+            while True:
+                if self._expected is None:
+                    if len(buffer) - pos < 4:
+                        return
+                    (length,) = _LENGTH.unpack_from(buffer, pos)
+                    if length > self.limit:
+                        raise FrameTooLarge(
+                            'frame of %d bytes is too large (limit %d)'
+                            % (length, self.limit))
+                    pos += 4
+                    self._expected = length
+                length = self._expected
+                if len(buffer) - pos < length:
                     return
-                (length,) = _LENGTH.unpack_from(buffer)
-                if length > self.limit:
-                    raise FrameTooLarge(
-                        'frame of %d bytes is too large (limit %d)'
-                        % (length, self.limit))
-                del buffer[:4]
-                self._expected = length
-            length = self._expected
-            if len(buffer) < length:
-                return
-            payload = bytes(memoryview(buffer)[:length])
-            del buffer[:length]
-            self._expected = None
-            self._on_frame(payload)
+                payload = bytes(memoryview(buffer)[pos:pos + length])
+                pos += length
+                self._expected = None
+                self._on_frame(payload)
+        finally:
+            del buffer[:pos]
 
 
 class StreamChecksum:

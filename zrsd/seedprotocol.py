@@ -143,32 +143,38 @@ class TransactionScanner:
         self._pending = bytearray()
 
     def feed(self, data):
-        self._pending += data
+        pending = self._pending
+        pending += data
         done = []
-        while True:
-            if self.position == 0:
-                if len(self._pending) < 4:
+        at = 0          # consumed bytes of `pending`, dropped at the end
+        try:
+            while True:
+                if self.position == 0:
+                    if len(pending) - at < 4:
+                        break
+                    if bytes(pending[at:at + 4]) != FILE_HEADER:
+                        raise SeedError('not a FileStorage file: %r'
+                                        % bytes(pending[at:at + 4]))
+                    at += 4
+                    self.position = 4
+                    continue
+                if len(pending) - at < TRANS_HDR_LEN:
                     break
-                if bytes(self._pending[:4]) != FILE_HEADER:
-                    raise SeedError('not a FileStorage file: %r' % bytes(
-                        self._pending[:4]))
-                del self._pending[:4]
-                self.position = 4
-                continue
-            if len(self._pending) < TRANS_HDR_LEN:
-                break
-            tid, tlen, _, header_length = check_transaction(
-                bytes(self._pending[:TRANS_HDR_LEN]), self.position,
-                self.last_tid)
-            if len(self._pending) < tlen + 8:
-                break
-            raw = bytes(self._pending[:tlen + 8])
-            records = self._records(raw, header_length, tid, tlen)
-            done.append((self.position, tid, self.position + tlen + 8,
-                         records))
-            del self._pending[:tlen + 8]
-            self.position += tlen + 8
-            self.last_tid = tid
+                tid, tlen, _, header_length = check_transaction(
+                    bytes(pending[at:at + TRANS_HDR_LEN]), self.position,
+                    self.last_tid)
+                if len(pending) - at < tlen + 8:
+                    break
+                with memoryview(pending) as view:
+                    records = self._records(view[at:at + tlen + 8],
+                                            header_length, tid, tlen)
+                done.append((self.position, tid, self.position + tlen + 8,
+                             records))
+                at += tlen + 8
+                self.position += tlen + 8
+                self.last_tid = tid
+        finally:
+            del pending[:at]
         return done
 
     @property

@@ -183,9 +183,9 @@ class FileCopy:
                                      'before the end of the copy')
             kind = payload[:1]
             if kind == b'D':
-                self._data(payload[1:])
+                self._data(memoryview(payload)[1:])
             elif kind == b'b':
-                self._blob_data(payload[1:])
+                self._blob_data(memoryview(payload)[1:])
             else:
                 kind, fields = seed.decode(payload, (b'B', b'E', b'N'))
                 if kind == b'N':
