@@ -3,14 +3,18 @@ before it opens, then replicates with ZRS; anything unusual falls back to
 ZRS, and the replica always ends byte-identical to its primary."""
 import os
 import shutil
+import time
+from contextlib import closing
 
 import pytest
 import ZODB.blob
 from persistent.mapping import PersistentMapping
 from ZODB.FileStorage import FileStorage
 from ZODB.fsIndex import fsIndex
+from ZODB.serialize import referencesf
 
 from harness.chaos import ChaosProxy
+from harness.history import assert_same_after_pack
 from harness.process import wait_until
 from harness.zczrs import ZcZrsPrimary, commit_change
 from harness.zrsd_nodes import ZrsdNode, blob_db, blob_files
@@ -150,3 +154,30 @@ def test_a_copy_killed_midway_resumes(tmp_path, processes, victim):
     primary.stop()
     same_files(primary, replica)
     assert not os.path.exists(replica.fs_path + '.seeding')
+
+
+def test_a_pack_of_the_primary_during_a_copy(tmp_path, processes):
+    """The primary packs while a replica copies its file: the copy stops
+    at a transaction it verified, ZRS replicates the rest from the packed
+    file, and the replica agrees with the packed primary.  (A replica
+    copies before it opens: nothing can pack it meanwhile.)"""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    fill(primary, tmp_path, transactions=60, size=500000)
+    proxy = ChaosProxy(primary.repl_port, socket_buffer=65536)
+    try:
+        proxy.throttle(10 << 20)
+        replica = make_replica(tmp_path, proxy.port, processes).launch()
+        wait_until(lambda: proxy.bytes_down > 8 << 20,
+                   message='8 MB of the copy through')
+        with closing(primary.client(read_only=False)) as storage:
+            pack_time = time.time()
+            storage.pack(pack_time, referencesf)
+        proxy.throttle(None)
+        last = commit_change(primary.zeo_address, 'after the pack', 1)
+        replica.wait_for_tid(last)
+    finally:
+        proxy.close()
+    assert 'the primary was packed during the copy' in replica.log()
+    replica.stop()
+    primary.stop()
+    assert_same_after_pack(primary.fs_path, replica.fs_path, pack_time)
