@@ -181,3 +181,39 @@ def test_a_pack_of_the_primary_during_a_copy(tmp_path, processes):
     replica.stop()
     primary.stop()
     assert_same_after_pack(primary.fs_path, replica.fs_path, pack_time)
+
+
+CRASH_SITE = os.path.join(os.path.dirname(__file__), 'copy_crash_site')
+
+
+@pytest.mark.parametrize('victim, stage', [
+    ('replica', 'query'), ('replica', 'proof'), ('replica', 'data:3'),
+    ('replica', 'blob:2'), ('replica', 'sync'), ('replica', 'end'),
+    ('replica', 'index'), ('primary', 'prefix'), ('primary', 'send:4'),
+    ('primary', 'finish')])
+def test_a_copy_crashed_at_every_stage_resumes(tmp_path, processes, victim,
+                                               stage):
+    """Either side exits at once (as kill -9) at each stage of a copy (see
+    copy_crash_site); restarted, the replica ends byte-identical, with no
+    marker left and an index FileStorage agrees with."""
+    primary = ZrsdNode(tmp_path, 'primary', blobs=True,
+                       register=processes).start()
+    fill(primary, tmp_path, transactions=20, size=200000, blobs=True)
+    replica = make_replica(tmp_path, primary.repl_port, processes,
+                           blobs=True)
+    crashing = primary if victim == 'primary' else replica
+    crashing.env = {'PYTHONPATH': CRASH_SITE, 'ZRSD_COPY_CRASH_AT': stage}
+    if victim == 'primary':
+        primary.stop()
+        primary.start()
+    replica.launch()
+    assert crashing.process.popen.wait(60) == 9
+    crashing.env = None
+    crashing.launch()
+    last = commit_change(primary.zeo_address, 'after the crash', 1)
+    replica.wait_for_tid(last)
+    replica.stop()
+    primary.stop()
+    same_files(primary, replica)
+    assert not os.path.exists(replica.fs_path + '.seeding')
+    index_as_rebuilt(replica, tmp_path)

@@ -108,18 +108,31 @@ class FileCopy:
                 logger.info('%s: the primary at %s does not copy files '
                             '(not zrsd); replicating with ZRS', self.label,
                             self.where)
-                return 0
+                return self._declined()
             _, (end, flags) = seed.decode(answer, (b'I',))
             if flags & seed.HAS_BLOBS and not self.zrs.blob_dir:
                 logger.info('%s: the primary has blobs, this replica no '
                             'blob-dir; replicating with ZRS', self.label)
-                return 0
+                return self._declined()
             gap = end - length
             if gap <= 0 or gap < max(self.minimum, length // 4):
-                return 0
+                return self._declined()
             sock.sendall(zrs.encode_frame(seed.proof(self._hash(length))))
             self._receive(length, last_tid, end)
         return self.copied
+
+    def _declined(self):
+        """No copy this time: an interrupted one is over (its file is cut
+        at a synced transaction); ZRS does the rest."""
+        if os.path.exists(self.marker):
+            self._remove_marker()
+        return 0
+
+    def _remove_marker(self):
+        with disk.writing(self.marker, 'removing the copy marker'):
+            os.remove(self.marker)
+        disk.fsync_path(os.path.dirname(os.path.abspath(self.marker)),
+                        'syncing the directory of the copy marker')
 
     def _resume(self):
         """The file's length, cut back to the last synced length of an
@@ -297,9 +310,7 @@ class FileCopy:
         self._file.close()
         if self._index is not None:
             internals.save_index(self.path, self._index, position)
-        os.remove(self.marker)
-        disk.fsync_path(os.path.dirname(os.path.abspath(self.path)),
-                        'syncing the directory of the data file')
+        self._remove_marker()
 
     # -- durability ---------------------------------------------------------
 
@@ -345,7 +356,7 @@ class FileCopy:
         self._sync()
         self._file.close()
         self._file = None
-        os.remove(self.marker)
+        self._remove_marker()
 
     def _blob_helper(self):
         if not hasattr(self, '_helper'):
