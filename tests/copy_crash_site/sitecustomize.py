@@ -48,5 +48,4 @@ def _install(stage, count):
 
 if _WHERE:
     _stage, _, _count = _WHERE.partition(':')
-    import zrsd.daemon.main  # noqa: F401 (the modules patched exist)
     _install(_stage, int(_count or 1))
