@@ -217,3 +217,24 @@ def test_a_copy_crashed_at_every_stage_resumes(tmp_path, processes, victim,
     same_files(primary, replica)
     assert not os.path.exists(replica.fs_path + '.seeding')
     index_as_rebuilt(replica, tmp_path)
+
+
+def test_a_replica_far_behind_copies_the_rest(tmp_path, processes):
+    """With copy-file on, a replica whose file is a prefix of its
+    primary's proves it and copies the rest, extending the index
+    FileStorage saved when it stopped."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    fill(primary, tmp_path)
+    replica = make_replica(tmp_path, primary.repl_port, processes,
+                           policy='on').start()
+    replica.stop()
+    length = os.path.getsize(replica.fs_path)
+    last = fill(primary, tmp_path, transactions=60)
+    replica.start()
+    assert "copying the primary's file from %d to %d bytes" % (
+        length, os.path.getsize(primary.fs_path)) in replica.log()
+    assert replica.last_tid() == last
+    replica.stop()
+    primary.stop()
+    same_files(primary, replica)
+    index_as_rebuilt(replica, tmp_path)
