@@ -79,12 +79,18 @@ def test_sample_replica_config_parses(tmp_path):
     assert loaded.eventlog is not None
 
 
-def test_sample_tls_config_parses(tmp_path):
+def sample_certificates(tmp_path, host):
+    """/etc/zrsd/tls of the samples, moved into tmp_path: ca.pem and the
+    certificate and key of `host`."""
     tls = tmp_path / 'etc-zrsd-tls'
     tls.mkdir()
     authority = Authority(tls, 'sample')
     os.rename(authority.path, tls / 'ca.pem')
-    authority.issue('replica1')
+    authority.issue(host)
+
+
+def test_sample_tls_config_parses(tmp_path):
+    sample_certificates(tmp_path, 'replica1')
     loaded, zrs = sample(tmp_path, 'etc/tls.conf')
     assert zrs.tls is not None and zrs.tls.check_hostname
     assert loaded.zeo.ssl.zeo_context() is not None
@@ -92,11 +98,7 @@ def test_sample_tls_config_parses(tmp_path):
 
 
 def test_sample_primary_config_parses(tmp_path):
-    tls = tmp_path / 'etc-zrsd-tls'
-    tls.mkdir()
-    authority = Authority(tls, 'sample')
-    os.rename(authority.path, tls / 'ca.pem')
-    authority.issue('primary')
+    sample_certificates(tmp_path, 'primary')
     loaded, zrs = sample(tmp_path, 'etc/primary.conf')
     assert (zrs.replicate_to, zrs.replicate_from) == (('10.0.0.1', 5000),
                                                       None)
