@@ -184,7 +184,7 @@ class FileCopy:
         self._write_marker(length)
         self._file = open(self.path, 'ab')
         self.scanner = seed.TransactionScanner(length, last_tid)
-        self._synced = length
+        self._synced = self.verified = length
         started = last_report = time.monotonic()
         logger.info('%s: copying the primary\'s file from %d to %d bytes '
                     '(%.1f MB) from %s', self.label, length, end,
@@ -242,12 +242,15 @@ class FileCopy:
         with disk.writing(self.path, 'writing the copied file'):
             self._file.write(data)
         self.copied += len(data)
+        # A transaction counts (`verified`) once its records checked out
+        # and its blob files are in place.
         for pos, tid, end, records in self.scanner.feed(data):
             self._place_blobs(pos, tid, records)
             if self._index is not None:
                 for oid, at in records:
                     self._index[oid] = pos + at
-        if self.scanner.position - self._synced >= SYNC_BYTES:
+            self.verified = end
+        if self.verified - self._synced >= SYNC_BYTES:
             self._sync()
 
     def _blob_start(self, oid, tid, size):
@@ -284,14 +287,15 @@ class FileCopy:
 
     def _place_blobs(self, pos, tid, records):
         """The blob files received before the transaction at `pos` are
-        its own: renamed into place."""
-        blobs, self._blobs = self._blobs, []
+        its own (all of them checked first): renamed into place."""
         oids = {oid for oid, _ in records}
-        for oid, blob_tid, path in blobs:
+        for oid, blob_tid, path in self._blobs:
             if blob_tid != tid or oid not in oids:
                 raise seed.SeedError(
                     'a blob file of %s at %s before the transaction %s at '
                     '%d' % (oid.hex(), blob_tid.hex(), tid.hex(), pos))
+        blobs, self._blobs = self._blobs, []
+        for oid, blob_tid, path in blobs:
             helper = self._blob_helper()
             helper.getPathForOID(oid, create=True)
             final = helper.getBlobFilename(oid, blob_tid)
@@ -300,7 +304,7 @@ class FileCopy:
             self._unsynced.append(final)
 
     def _end(self, position, digest):
-        if (position != self.scanner.position or self.scanner.pending
+        if (position != self.verified or self.scanner.pending
                 or self._blob is not None or self._blobs):
             raise seed.SeedError('the copy ended at %d, mid-transaction or '
                                  'with blob files left over' % position)
@@ -323,7 +327,7 @@ class FileCopy:
         with disk.writing(self.path, 'syncing the copied file'):
             self._file.flush()
             os.fdatasync(self._file.fileno())
-        self._synced = self.scanner.position
+        self._synced = self.verified
         self._write_marker(self._synced)
 
     def _write_marker(self, verified):
@@ -352,7 +356,7 @@ class FileCopy:
         self._blobs = []
         self._file.flush()
         with disk.writing(self.path, 'cutting a stopped copy'):
-            os.truncate(self.path, self.scanner.position)
+            os.truncate(self.path, self.verified)
         self._sync()
         self._file.close()
         self._file = None
