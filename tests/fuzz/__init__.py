@@ -32,5 +32,18 @@ in random chunks over a real FileStorage, about a thousand a second, with
 the same oracle.  First, every armed hostile pickle is loaded with plain
 `pickle.loads` to prove it creates its marker.
 
-``test_fuzz`` runs short versions, and the long one (``pytest -m long``).
+Copy lanes (`copy_cases`, `copy_side`): a new replica copies its
+primary's file (zrsd-seed1) from a fake primary that answers with the
+valid copy of a source file broken in one way (bad or truncated frames,
+wrong kinds, absurd I, corrupt transaction records, blob frames out of
+place, a wrong E, a close anywhere, huge frames), or intact.  The oracle
+says how many bytes a correct replica keeps: exactly a prefix of the file
+at a transaction boundary, never the broken transaction.  In process
+(``copy_file`` over a unix socket, about a hundred cases a second) and
+with real ``zrsd`` replicas (about one case a second), which then go on
+to ZRS, serve the whole source and stop cleanly.
+
+    .venv/bin/python scripts/fuzz.py --side none --copy-cases 50
+
+``test_fuzz`` runs short versions, and the long ones (``pytest -m long``).
 """

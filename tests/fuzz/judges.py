@@ -100,7 +100,8 @@ class Summary:
         violations by category and case kind; the first `details`."""
         lines = ['zrsd fuzz, seed %s: %d cases per side; %.1f s' % (
             self.seed, self.cases, time.monotonic() - self.started)]
-        for side in ('secondary', 'primary', 'in-process'):
+        for side in ('secondary', 'primary', 'in-process', 'copy',
+                     'copy-in-process'):
             counts = ['%s %d' % (key, n)
                       for (s, key), n in self.counts.items() if s == side]
             if counts:

@@ -10,6 +10,8 @@ import time
 import traceback
 
 from .cases import CaseGenerator
+from .copy_cases import CopyCases, CopySource
+from .copy_side import CopyInProcessLane, CopyProcessLane
 from .in_process import InProcessLane, tmpfs_directory
 from .judges import Summary
 from .nodes import close_all
@@ -20,14 +22,18 @@ from .source import build_source, source_size
 
 
 def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
-        workdir=None, verbose=False, check_checksums=True, keep=False):
+        workdir=None, verbose=False, check_checksums=True, keep=False,
+        copy_cases=0, copy_in_process_cases=0, copy_lanes=('plain',
+                                                           'blobs')):
     """Run the fuzzer; returns a `Summary`.
 
     `cases` per side (the secondary side splits them over its two lanes);
     `in_process_cases` per in-process lane source (plain and blobs).
     `check_checksums=False` breaks the in-process receiver on purpose (to
     show that the oracle notices).  `keep` keeps every process's files
-    (they are removed when clean otherwise).
+    (they are removed when clean otherwise).  `copy_cases` (real zrsd
+    replicas) and `copy_in_process_cases`: per copy lane (plain, blobs),
+    cases of a new replica's file copy (`copy_side`) in `copy_lanes`.
     """
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix='zrsd-fuzz-')
@@ -72,6 +78,10 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
             thread.join()
     finally:
         close_all()
+    if copy_cases or copy_in_process_cases:
+        timed(summary, 'copy', functools.partial(
+            copy_run, workdir, seed, markers, summary, copy_cases,
+            copy_in_process_cases, copy_lanes, verbose))
     if in_process_cases:
         directory = tmpfs_directory(workdir)
 
@@ -89,6 +99,30 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
     if summary.clean and own_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return summary
+
+
+def copy_run(workdir, seed, markers, summary, cases, in_process_cases,
+             lanes, verbose):
+    """The copy lanes (plain, blobs): in process, then processes."""
+    for name in lanes:
+        directory = os.path.join(workdir, 'sources')
+        source = build_source(directory, 'copy-' + name, 30, name == 'blobs')
+        generator = CopyCases(CopySource(source, os.path.join(
+            directory, 'copy-%s.fs' % name)), 'copy-' + name, seed, markers)
+        if in_process_cases:
+            scratch = tmpfs_directory(workdir)
+            started = time.monotonic()
+            try:
+                CopyInProcessLane(generator, scratch, summary).run(
+                    in_process_cases)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+                summary.seconds['copy-in-process'] += \
+                    time.monotonic() - started
+        if cases:
+            CopyProcessLane(generator, os.path.join(workdir, 'copy-' + name),
+                            summary, verbose).run(cases)
+            close_all()
 
 
 def timed(summary, side, target):
@@ -119,6 +153,14 @@ def main(argv=None):
     parser.add_argument('--in-process-cases', type=int, default=None,
                         help='in-process cases per source (default: '
                         '10 x --cases, at least 1000)')
+    parser.add_argument('--copy-cases', type=int, default=0,
+                        help='file copy (zrsd-seed1) cases per lane with '
+                        'real zrsd replicas (default 0)')
+    parser.add_argument('--copy-in-process-cases', type=int, default=None,
+                        help='file copy cases per lane in process (default:'
+                        ' 20 x --copy-cases)')
+    parser.add_argument('--copy-lanes', default='plain,blobs',
+                        help='copy lanes to run (default plain,blobs)')
     parser.add_argument('--workdir', help='work here (default: a new '
                         'temporary directory, removed when clean)')
     parser.add_argument('--keep', action='store_true',
@@ -130,8 +172,13 @@ def main(argv=None):
     in_process = args.in_process_cases
     if in_process is None:
         in_process = max(1000, 10 * args.cases)
+    copy_in_process = args.copy_in_process_cases
+    if copy_in_process is None:
+        copy_in_process = 20 * args.copy_cases
     summary = run(args.cases, args.seed, sides,
                   in_process if args.in_process else 0, args.workdir,
-                  args.verbose, keep=args.keep)
+                  args.verbose, keep=args.keep, copy_cases=args.copy_cases,
+                  copy_in_process_cases=copy_in_process,
+                  copy_lanes=tuple(args.copy_lanes.split(',')))
     print(summary.report())
     return 0 if summary.clean else 1
