@@ -67,10 +67,6 @@ def test_long(tmp_path):
 
 # -- the copy lanes (a new replica copies its primary's file, zrsd-seed1) --
 
-BLOB_BUGS = ('zrsd BUG, see test_copy_BUG_kept_with_wrong_blob: the copy '
-             'keeps a transaction whose blob files were refused')
-
-
 def test_copy_side(tmp_path):
     """Real replicas and many in-process copies (plain lane)."""
     run(tmp_path, [('copy', 'cases', 1), ('copy-in-process', 'cases', 150)],
@@ -78,7 +74,6 @@ def test_copy_side(tmp_path):
         copy_lanes=('plain',))
 
 
-@pytest.mark.xfail(strict=True, reason=BLOB_BUGS)
 def test_copy_side_blobs(tmp_path):
     run(tmp_path, [('copy-in-process', 'cases', 100)], cases=0, sides=(),
         copy_in_process_cases=100, copy_lanes=('blobs',))
@@ -108,13 +103,11 @@ def test_copy_undone_blob_change(tmp_path, processes):
     assert 'replicating the rest with ZRS' not in replica.log()
 
 
-def test_copy_BUG_kept_with_wrong_blob(tmp_path):
-    """BUG (zrsd/replica/seeding.py, `_data`/`_place_blobs`): the blob
-    files before a transaction are checked only once the scanner counted
-    it, so a `B` of another oid (or tid) in place of the transaction's own
-    is refused, but the transaction is kept, without its blob file; and
-    the blob files after the refused one stay in the blob directory's
-    tmp/ (`keep_verified` no longer lists them)."""
+def test_copy_refused_blob_keeps_no_transaction(tmp_path):
+    """A `B` of another oid (or tid) in place of the transaction's own is
+    refused, and the transaction is not kept (the copy once counted a
+    transaction before checking its blob files, and kept it without its
+    blob file); no blob file stays in the blob directory's tmp/."""
     source = build_source(str(tmp_path), 'bug', 12, blobs=True)
     cases = CopyCases(CopySource(source, str(tmp_path / 'bug.fs')), 'bug',
                       SEED, str(tmp_path))
@@ -134,9 +127,7 @@ def test_copy_BUG_kept_with_wrong_blob(tmp_path):
 
 @pytest.mark.long
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize('lane', [
-    'plain', pytest.param('blobs', marks=pytest.mark.xfail(
-        strict=True, reason=BLOB_BUGS))])
+@pytest.mark.parametrize('lane', ['plain', 'blobs'])
 def test_copy_long(tmp_path, lane):
     """``scripts/fuzz.py --side none --copy-cases 100
     --copy-in-process-cases 3000 --copy-lanes LANE``."""

@@ -244,7 +244,10 @@ class FileCopy:
         self.copied += len(data)
         # A transaction counts (`verified`) once its records checked out
         # and its blob files are in place.
-        for pos, tid, end, records in self.scanner.feed(data):
+        completed = self.scanner.feed(data)
+        if self.verified < 4 <= self.scanner.position:
+            self.verified = 4       # the file header checked out
+        for pos, tid, end, records in completed:
             self._place_blobs(pos, tid, records)
             if self._index is not None:
                 for oid, at in records:
