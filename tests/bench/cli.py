@@ -44,6 +44,12 @@ def report(results, s, meta, args):
           meta['transactions'], meta['records'], meta['objects'],
           meta['file_bytes'] / MB, meta['extension_transactions'],
           meta['big_transactions']))
+    blob_meta = results.get('blob_workload')
+    if blob_meta:
+        p('blob workload (catch-up (h)): %d transactions, %.1f MB file and '
+          '%d blob files of %.1f MB' % (
+              blob_meta['transactions'], blob_meta['file_bytes'] / MB,
+              blob_meta['blobs'], blob_meta['blob_bytes'] / MB))
     p('machine: %d CPUs; after each phase, 1-minute load average / CPU '
       'pressure (%% of time tasks waited for a CPU, 60 s): %s' % (
           os.cpu_count(), ', '.join(
@@ -131,11 +137,14 @@ def environment():
                 ZEO=version('ZEO'), zc_zrs=version('zc.zrs'))
 
 
-def run_phases(args, workload_path, meta, directory=None):
-    """Run the chosen phases on the workload; returns (the Run, the raw
-    results).  Every server is stopped and the data files are removed
-    (unless --keep) when it returns."""
-    run = Run(args, workload_path, meta, directory)
+def run_phases(args, workload_path, meta, directory=None,
+               blob_workload=None):
+    """Run the chosen phases on the workload (and the catch-up's copy with
+    blobs on `blob_workload`, (path, metadata), by default the cached one
+    of the preset); returns (the Run, the raw results).  Every server is
+    stopped and the data files are removed (unless --keep) when it
+    returns."""
+    run = Run(args, workload_path, meta, directory, blob_workload)
     results = dict(started=time.strftime('%Y-%m-%d %H:%M:%S'),
                    args=vars(args), workload=meta,
                    environment=environment(), run_dir=run.dir,
@@ -156,6 +165,8 @@ def run_phases(args, workload_path, meta, directory=None):
             results['load'].append((phase.NAME,) + machine_load())
     finally:
         run.close()
+    if run.blob_source is not None:
+        results['blob_workload'] = run.blob_source[1]
     return run, results
 
 

@@ -21,6 +21,11 @@ READ_CACHE_SIZE = 256 << 10  # ZEO client cache: small, loads reach the server
 TARGETS = {
     'catchup_a_over_e': '>= 0.9',
     'catchup_b_over_c': '>= 3',
+    'catchup_f_over_c': '>= 5',
+    'catchup_g_over_c': '>= 5',
+    'catchup_f_mb_s': '>= 150',
+    'catchup_g_mb_s': '>= 150',
+    'catchup_h_mb_s': '>= 150',
     'lag_500_p99_ms': '<= 2',
     'lag_500_max_ms': '<= 15',
     'lag_consistency': '== 0',
@@ -29,8 +34,8 @@ TARGETS = {
     'memory_mb': '<= 150',
 }
 # Printed with three decimals; the other targets with two.
-RATIO_TARGETS = ('catchup_a_over_e', 'catchup_b_over_c', 'reads_ratio',
-                 'reads_cpu_ratio')
+RATIO_TARGETS = ('catchup_a_over_e', 'catchup_b_over_c', 'catchup_f_over_c',
+                 'catchup_g_over_c', 'reads_ratio', 'reads_cpu_ratio')
 COMPARE = {'>=': operator.ge, '<=': operator.le, '==': operator.eq}
 
 

@@ -1,5 +1,6 @@
 """The processes of one benchmark run: `Run` owns the run directory, the
-two primaries (zc.zrs under runzeo, and zrsd) on copies of the workload,
+primaries (zc.zrs under runzeo, zrsd, and zrsd with blobs on the blob
+workload) on copies of the workload,
 the replicas kept from the catch-up for the lag and read tests, a plain
 runzeo and the worker processes (ZEO clients in processes of their own)."""
 import collections
@@ -16,6 +17,7 @@ from harness.zczrs import ZcZrsPrimary
 from harness.zrsd_nodes import PlainZeoNode, ZrsdNode
 
 from .measure import BENCH_DIR, log, served_tid, wait_served
+from .workload import blob_dir_of, workload
 
 # ZConfig's asctime has whole seconds.
 PRECISE_LOG_FORMAT = '%(created).6f %(levelname)s %(name)s %(message)s'
@@ -27,6 +29,8 @@ Pair = collections.namedtuple('Pair', 'key primary replica label')
 ZCZRS_TO_ZRSD = Pair('a', 'zczrs', 'zrsd', 'zc.zrs -> zrsd')
 ZRSD_TO_ZRSD = Pair('b', 'zrsd', 'zrsd', 'zrsd -> zrsd')
 ZCZRS_TO_ZCZRS = Pair('c', 'zczrs', 'zczrs', 'zc.zrs -> zc.zrs (ref)')
+# The primaries: 'zczrs', 'zrsd', and 'zrsd-blobs' (the blob workload).
+ZRSD_BLOBS = 'zrsd-blobs'
 
 
 class ZcZrsReplica(peers.ZcZrsSecondary):
@@ -59,8 +63,12 @@ def primary_directory(args, meta, stamp):
 
 
 def remove_data_files(top):
-    """Delete every file under `top` but logs and configurations."""
-    for directory, _, files in os.walk(top):
+    """Delete every file under `top` but logs and configurations, and the
+    blob directories (`*.blobs`)."""
+    for directory, dirs, files in os.walk(top):
+        for name in [name for name in dirs if name.endswith('.blobs')]:
+            shutil.rmtree(os.path.join(directory, name))
+            dirs.remove(name)
         for name in files:
             if not name.endswith(('.log', '.conf', '.py', '.txt')):
                 os.remove(os.path.join(directory, name))
@@ -104,8 +112,10 @@ class Run:
     """The servers of one run, in `directory` (default
     var/bench/run-TIMESTAMP/), on the workload at `workload_path`."""
 
-    def __init__(self, args, workload_path, meta, directory=None):
+    def __init__(self, args, workload_path, meta, directory=None,
+                 blob_workload=None):
         self.args, self.workload_path, self.meta = args, workload_path, meta
+        self.blob_source = blob_workload
         self.last_tid, self.last_oid = (bytes.fromhex(meta[key])
                                         for key in ('last_tid', 'last_oid'))
         self.stamp = time.strftime('%Y%m%d-%H%M%S')
@@ -121,6 +131,15 @@ class Run:
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
+
+    def blob_workload(self):
+        """(path, metadata) of the blob workload (`workload(blobs=True)`,
+        cached under var/bench/, unless the Run was given one); its blob
+        directory is `blob_dir_of(path)`."""
+        if self.blob_source is None:
+            self.blob_source = workload(
+                self.args.preset, self.args.seed, blobs=True)
+        return self.blob_source
 
     def own(self, node):
         self.owned.append(node)
@@ -146,16 +165,24 @@ class Run:
             remove_data_files(self.dir)
 
     def primary(self, kind):
-        """The running primary of `kind` on a copy of the workload; started
-        (again, if it had exited) when needed."""
+        """The running primary of `kind` ('zczrs', 'zrsd', ZRSD_BLOBS) on a
+        copy of the workload (the blob workload for ZRSD_BLOBS); started
+        (again, if it had exited) when needed.  A zrsd primary logs with
+        PRECISE_LOG_FORMAT (the file copy is timed from its log)."""
         primary = self.primaries.get(kind)
         if primary is None:
             directory = os.path.join(self.primary_dir or self.dir,
                                      kind.replace('zczrs', 'zc') + '-primary')
             primary = self.primaries[kind] = self.own(
                 ZcZrsPrimary(directory) if kind == 'zczrs'
-                else ZrsdNode(directory, 'primary'))
-            copy_storage(self.workload_path, primary.fs_path)
+                else ZrsdNode(directory, 'primary', blobs=kind == ZRSD_BLOBS,
+                              log_format=PRECISE_LOG_FORMAT))
+            if kind == ZRSD_BLOBS:
+                source = self.blob_workload()[0]
+                copy_storage(source, primary.fs_path)
+                shutil.copytree(blob_dir_of(source), primary.blob_dir)
+            else:
+                copy_storage(self.workload_path, primary.fs_path)
         elif not primary.running():
             log('the %s primary had exited (status %s); restarting it' % (
                 kind.replace('zczrs', 'zc.zrs'),
@@ -170,7 +197,9 @@ class Run:
         """
         port = self.primary(pair.primary).repl_port
         if pair.replica == 'zrsd':
+            # No file copy: these replicas measure ZRS.
             return self.own(ZrsdNode(directory, 'replica', upstream=port,
+                                     copy_file='off',
                                      log_format=PRECISE_LOG_FORMAT))
         if self.peer_python is None:
             started = time.monotonic()

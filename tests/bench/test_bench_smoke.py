@@ -10,16 +10,24 @@ def test_every_phase_produces_its_figures(tmp_path):
     path = str(tmp_path / 'workload.fs')
     meta = generate_workload(path, transactions=200, big_transactions=1,
                              seed=7)
+    blob_path = str(tmp_path / 'workload-blobs.fs')
+    blob_meta = generate_workload(blob_path, transactions=200,
+                                  big_transactions=1, seed=7, blobs=True)
     args = parse_args(['--preset', 'small', '--rounds', '1',
                        '--lag-seconds', '0.3', '--read-seconds', '0.3',
                        '--blob-mb', '2', '--no-reference-lag'])
-    run, results = run_phases(args, path, meta, str(tmp_path / 'run'))
+    run, results = run_phases(args, path, meta, str(tmp_path / 'run'),
+                              (blob_path, blob_meta))
     s = summarise(results, meta)
     text = report(results, s, meta, args)
 
     assert not run.owned and not os.path.exists(run.primary_dir or '/-')
     for key, row in s['catchup'].items():
         assert row.get('verified'), (key, row, text)
+    for key in 'fgh':       # the file copy: copied, timed in parts
+        assert s['catchup'][key]['split']['copy'], (key, text)
+    assert s['catchup']['g']['mb'] < meta['file_bytes'] / 2 ** 20
+    assert s['catchup']['h']['mb'] > blob_meta['file_bytes'] / 2 ** 20
     for key in ('b@100', 'b@500', 'a@100', 'a@500'):
         row = s['lag'][key]
         assert row['commits'] and not row['missing'] and not row['stale'], (
@@ -30,7 +38,9 @@ def test_every_phase_produces_its_figures(tmp_path):
     assert memory['txn']['peak_rss_mb'] > 0, text
     assert memory['blob'].get('peak_rss_mb') or memory['blob']['skipped']
     names = {t['name'] for t in s['targets']}
-    assert {'catchup_a_over_e', 'catchup_b_over_c', 'lag_500_p99_ms',
+    assert {'catchup_a_over_e', 'catchup_b_over_c', 'catchup_f_over_c',
+            'catchup_g_over_c', 'catchup_f_mb_s', 'catchup_g_mb_s',
+            'catchup_h_mb_s', 'lag_500_p99_ms',
             'reads_ratio', 'memory_mb'} <= names, text
     for heading in ('1. Catch-up', '2. Lag', '3. Reads', '4. Memory',
                     'Targets'):

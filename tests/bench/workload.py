@@ -4,14 +4,18 @@ README.md, "The workload", describes its shape."""
 import importlib
 import itertools
 import json
+import math
 import os
 import pickle
 import random
+import shutil
 import struct
+import tempfile
 import time
 
 import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
+from ZODB.blob import Blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, z64
@@ -24,6 +28,13 @@ WORKLOAD_FORMAT = 1          # bump when the generator changes
 POOL_SIZE = 8 << 20          # random bytes that record payloads are cut from
 # A PersistentMapping record starts with its class (ZODB's first pickle).
 RECORD_CLASS = pickle.dumps((PersistentMapping, None), 3)
+# A blob record: the class, then the state (None); the file holds the data.
+BLOB_RECORD = pickle.dumps(Blob, 3) + pickle.dumps(None, 3)
+# The blob workload: every BLOB_EVERY-th transaction also stores a new
+# blob of BLOB_SIZES bytes (log-uniform), from a random generator of its
+# own.
+BLOB_EVERY = 10
+BLOB_SIZES = (4 << 10, 512 << 10)
 
 PRESETS = {
     'small': dict(transactions=2000, big_transactions=1, lag_seconds=3.0,
@@ -38,9 +49,18 @@ def record(state):
     return RECORD_CLASS + pickle.dumps({'data': state}, 3)
 
 
-def generate_workload(path, transactions, big_transactions, seed):
+def blob_dir_of(path):
+    """The blob directory of the blob workload at `path`."""
+    return path + '.blobs'
+
+
+def generate_workload(path, transactions, big_transactions, seed,
+                      blobs=False):
     """Write the workload FileStorage at `path` (and its .index); returns
-    its metadata.  Deterministic for (transactions, big_transactions, seed):
+    its metadata.  With `blobs`, in the blob directory `blob_dir_of(path)`,
+    every BLOB_EVERY-th transaction also stores a new blob object of
+    BLOB_SIZES bytes (its `blobs` and `blob_bytes` in the metadata).
+    Deterministic for (transactions, big_transactions, seed, blobs):
     tids from 2024-01-01 00:00 UTC, 1-50 ms apart.  Transaction 0 stores the
     root.  Each other touches 1-20 distinct objects (new with probability
     0.3), of 100 B - 20 KB, and with probability 0.2 has a user,
@@ -56,6 +76,9 @@ def generate_workload(path, transactions, big_transactions, seed):
               for k in range(big_transactions)}
     stats = dict(records=0, data_bytes=0, extension_transactions=0,
                  big_transactions=0)
+    if blobs:
+        blob_rng = random.Random(seed + 1)
+        stats.update(blobs=0, blob_bytes=0)
 
     def payload(size):
         size = max(size - len(RECORD_CLASS) - 40, 8)
@@ -95,7 +118,10 @@ def generate_workload(path, transactions, big_transactions, seed):
     fsmodule = importlib.import_module('ZODB.FileStorage.FileStorage')
     saved_fsync, fsmodule.fsync = fsmodule.fsync, None
     remove_files(path, ('', '.index', '.lock', '.tmp'))
-    fs = ZODB.FileStorage.FileStorage(path, create=True)
+    blob_dir = blob_dir_of(path) if blobs else None
+    if blob_dir:
+        shutil.rmtree(blob_dir, ignore_errors=True)
+    fs = ZODB.FileStorage.FileStorage(path, create=True, blob_dir=blob_dir)
     try:
         now = 1704067200.0          # 2024-01-01 00:00:00 UTC
         last_tid = z64
@@ -112,6 +138,20 @@ def generate_workload(path, transactions, big_transactions, seed):
                 fs.restore(p64(oid), tid, data, '', None, t)
                 stats['records'] += 1
                 stats['data_bytes'] += len(data)
+            last_oid = oid
+            if blobs and i % BLOB_EVERY == BLOB_EVERY // 2:
+                size = int(BLOB_SIZES[0] * math.exp(blob_rng.random() * (
+                    math.log(BLOB_SIZES[1] / BLOB_SIZES[0]))))
+                offset = blob_rng.randrange(POOL_SIZE - size)
+                fd, blob_path = tempfile.mkstemp(
+                    dir=fs.temporaryDirectory())
+                with os.fdopen(fd, 'wb') as f:
+                    f.write(pool[offset:offset + size])
+                fs.restoreBlob(p64(objects), tid, BLOB_RECORD, blob_path,
+                               None, t)
+                objects += 1
+                stats['blobs'] += 1
+                stats['blob_bytes'] += size
             fs.tpc_vote(t)
             fs.tpc_finish(t)
             last_tid = tid
@@ -122,7 +162,7 @@ def generate_workload(path, transactions, big_transactions, seed):
         os.fsync(f.fileno())
     remove_files(path, ('.lock', '.tmp'))
     stats.update(transactions=transactions, last_tid=last_tid.hex(),
-                 last_oid=p64(oid).hex(), max_oid=objects - 1,
+                 last_oid=p64(last_oid).hex(), max_oid=objects - 1,
                  objects=objects, file_bytes=os.path.getsize(path), seed=seed)
     return stats
 
@@ -133,17 +173,20 @@ def remove_files(path, suffixes):
             os.remove(path + suffix)
 
 
-def workload(preset, seed):
+def workload(preset, seed, blobs=False):
     """(path, metadata) of the workload file cached in var/bench/ (named
-    by preset, seed and generator version), generated if missing; the
+    by preset, seed and generator version; with `blobs`, the blob workload,
+    its blob directory `blob_dir_of(path)`), generated if missing; the
     metadata file is written last, so an interrupted generation is redone."""
     params = PRESETS[preset]
-    name = 'workload-%s-seed%d-v%d' % (preset, seed, WORKLOAD_FORMAT)
+    name = 'workload-%s%s-seed%d-v%d' % (
+        preset, '-blobs' if blobs else '', seed, WORKLOAD_FORMAT)
     path = os.path.join(BENCH_DIR, name + '.fs')
     meta_path = os.path.join(BENCH_DIR, name + '.json')
     os.makedirs(BENCH_DIR, exist_ok=True)
     if os.path.exists(meta_path) and os.path.exists(path) \
-            and os.path.exists(path + '.index'):
+            and os.path.exists(path + '.index') and (
+                not blobs or os.path.isdir(blob_dir_of(path))):
         with open(meta_path) as f:
             meta = json.load(f)
         if meta.get('file_bytes') == os.path.getsize(path):
@@ -156,15 +199,19 @@ def workload(preset, seed):
     started = time.monotonic()
     tmp = os.path.join(BENCH_DIR, name + '.partial.fs')
     meta = generate_workload(tmp, params['transactions'],
-                             params['big_transactions'], seed)
+                             params['big_transactions'], seed, blobs)
     meta['generation_seconds'] = round(time.monotonic() - started, 2)
     meta['preset'] = preset
+    if blobs:
+        shutil.rmtree(blob_dir_of(path), ignore_errors=True)
+        os.replace(blob_dir_of(tmp), blob_dir_of(path))
     os.replace(tmp + '.index', path + '.index')
     os.replace(tmp, path)
     with open(meta_path + '.partial', 'w') as f:
         json.dump(meta, f, indent=1)
     os.replace(meta_path + '.partial', meta_path)
-    log('workload: %d transactions, %d records, %.1f MB in %.1f s' % (
+    log('workload: %d transactions, %d records, %.1f MB%s in %.1f s' % (
         meta['transactions'], meta['records'], meta['file_bytes'] / MB,
-        meta['generation_seconds']))
+        ', %d blobs of %.1f MB' % (meta['blobs'], meta['blob_bytes'] / MB)
+        if blobs else '', meta['generation_seconds']))
     return path, meta
