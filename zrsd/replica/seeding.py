@@ -77,7 +77,7 @@ class FileCopy:
         self._file = None
         self._blob = None          # (oid, tid, file, bytes left)
         self._blobs = []           # received, for the next transaction
-        self._unsynced = []        # blob paths not synced yet
+        self._blobs_unsynced = False
         self._digest = seed.new_digest()
         self._index = None
 
@@ -304,7 +304,7 @@ class FileCopy:
             final = helper.getBlobFilename(oid, blob_tid)
             with disk.writing(final, 'placing a copied blob file'):
                 os.replace(path, final)
-            self._unsynced.append(final)
+            self._blobs_unsynced = True
 
     def _end(self, position, digest):
         if (position != self.verified or self.scanner.pending
@@ -324,9 +324,11 @@ class FileCopy:
     def _sync(self):
         """Blob files, then the data file, then the marker: the file up
         to the last complete transaction is durable with its blobs."""
-        if self._unsynced:
-            disk.sync_blob_files(self._unsynced, self.zrs.blob_dir)
-            self._unsynced = []
+        if self._blobs_unsynced:
+            # Thousands of blob files and directories: one syncfs.
+            disk.sync_filesystem(self.zrs.blob_dir, 'syncing the copied '
+                                 'blob files')
+            self._blobs_unsynced = False
         with disk.writing(self.path, 'syncing the copied file'):
             self._file.flush()
             os.fdatasync(self._file.fileno())
