@@ -238,3 +238,24 @@ def test_a_replica_far_behind_copies_the_rest(tmp_path, processes):
     primary.stop()
     same_files(primary, replica)
     index_as_rebuilt(replica, tmp_path)
+
+
+def test_an_interrupted_copy_then_copy_file_off(tmp_path, processes):
+    """A copy interrupted, then the replica restarted with copy-file off:
+    its file is cut where the copy had synced, the marker goes, and ZRS
+    replicates the rest."""
+    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    last = fill(primary, tmp_path)
+    replica = make_replica(tmp_path, primary.repl_port, processes)
+    replica.env = {'PYTHONPATH': CRASH_SITE, 'ZRSD_COPY_CRASH_AT': 'data:3'}
+    replica.launch()
+    assert replica.process.popen.wait(60) == 9
+    assert os.path.exists(replica.fs_path + '.seeding')
+    replica.env, replica.copy_file = None, 'off'
+    replica.start()
+    assert 'a copy was interrupted: the file is cut back' in replica.log()
+    assert not os.path.exists(replica.fs_path + '.seeding')
+    replica.wait_for_tid(last)
+    replica.stop()
+    primary.stop()
+    same_files(primary, replica)

@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 SYNC_BYTES = 64 << 20
 PROGRESS_INTERVAL = 10.0
-TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+TIMEOUT = 60.0            # of silence from the primary during a copy
 
 
 def copy_file(zrs_section):
@@ -88,15 +89,17 @@ class FileCopy:
         resuming = os.path.exists(self.marker)
         length = self._resume()
         if policy == 'off' or (policy == 'new' and length and not resuming):
-            return 0
+            return self._declined()
         last_tid = self._last_tid(length)
         if last_tid is None:
-            return 0
+            return self._declined()
         settings = self.zrs.section.ssl
         context = (blocking.client_tls_context(settings)
                    if settings is not None else None)
-        with blocking.connect(self.zrs.replicate_from, TIMEOUT, settings,
-                              context) as sock:
+        # A primary that cannot be reached must not hold the start long.
+        with blocking.connect(self.zrs.replicate_from, CONNECT_TIMEOUT,
+                              settings, context) as sock:
+            sock.settimeout(TIMEOUT)
             self.sock = sock
             self.frames = []
             self.decoder = zrs.FrameDecoder(self.frames.append,
@@ -144,8 +147,8 @@ class FileCopy:
                 with open(self.path, 'r+b') as f:
                     f.truncate(verified)
                     os.fsync(f.fileno())
-            logger.info('%s: resuming an interrupted copy at %d bytes',
-                        self.label, verified)
+            logger.info('%s: a copy was interrupted: the file is cut back '
+                        'to the %d bytes it had synced', self.label, verified)
             return verified
         try:
             return os.path.getsize(self.path)
