@@ -4,8 +4,6 @@ import json
 import operator
 import os
 import re
-import urllib.error
-import urllib.request
 
 import yaml
 
@@ -13,25 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from ZODB.TimeStamp import TimeStamp
 
 from harness import zczrs
-from harness.process import ROOT, wait_until
+from harness.process import ROOT, http_get, wait_until
 from harness.zrsd_nodes import ZrsdNode
-
-
-def get(port, path):
-    """(content type, text, status code) of a GET."""
-    try:
-        response = urllib.request.urlopen(
-            'http://127.0.0.1:%s%s' % (port, path), timeout=10)
-    except urllib.error.HTTPError as error:
-        response = error
-    with response:
-        return (response.headers['content-type'], response.read().decode(),
-                response.status)
 
 
 def samples(port):
     """Every sample of /metrics."""
-    content_type, text, _ = get(port, '/metrics')
+    _, content_type, text = http_get(port, '/metrics')
     assert content_type.startswith('text/plain')
     return [sample for family in text_string_to_metric_families(text)
             for sample in family.samples]
@@ -52,7 +38,7 @@ def labelled(port, name):
 
 def ready(port, query=''):
     """(status code, reasons) of /ready."""
-    _, text, code = get(port, '/ready' + query)
+    code, _, text = http_get(port, '/ready' + query)
     return code, json.loads(text)['reasons']
 
 
@@ -97,13 +83,13 @@ def test_metrics_and_status(tmp_path, processes):
     assert labelled(primary.monitor_port,
                     'zrsd_secondary_behind_transactions') == [
         ({'storage': '1', 'secondary': '127.0.0.1'}, 0)]
-    _, text, _ = get(primary.monitor_port, '/status')
+    _, _, text = http_get(primary.monitor_port, '/status')
     (secondary,) = json.loads(text)['storages'][0]['secondaries']
     assert secondary == dict(
         secondary, state='streaming', protocol='zrs2.0', tls_peer=None,
         last_sent_tid=last.hex(), transactions_behind=0, bytes_behind=0,
         transactions_sent=11, start_tid='00' * 8)
-    content_type, text, _ = get(port, '/status')
+    _, content_type, text = http_get(port, '/status')
     assert content_type == 'application/json'
     status = json.loads(text)
     assert status['state'] == 'serving'
@@ -133,7 +119,7 @@ def test_watchable_before_the_first_transaction(tmp_path, processes):
     port = replica.monitor_port
     status = wait_until(
         lambda: (lambda s: s if s['storages'][0]['state'] == 'waiting'
-                 else None)(json.loads(get(port, '/status')[1])),
+                 else None)(json.loads(http_get(port, '/status')[2])),
         message='/status saying waiting')
     assert status['state'] == 'waiting'
     assert ready(port) == (503, ['zrsd is waiting, not serving ZEO yet'])

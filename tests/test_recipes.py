@@ -5,8 +5,6 @@ seeding a replica from a copy, a rolling restart."""
 import os
 import re
 import subprocess
-import urllib.error
-import urllib.request
 
 import pytest
 import transaction
@@ -17,7 +15,7 @@ from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ReadOnlyError
 
 from harness.history import transactions
-from harness.process import BIN, wait_until
+from harness.process import BIN, http_get, wait_until
 from harness.zrsd_nodes import Writer, ZrsdNode, opened
 
 
@@ -53,17 +51,6 @@ def commit(node, **values):
         return db.lastTransaction()
     finally:
         db.close()
-
-
-def get(port, path):
-    """(status code, body) of an HTTP GET on the monitor."""
-    try:
-        response = urllib.request.urlopen(
-            'http://127.0.0.1:%d%s' % (port, path), timeout=10)
-    except urllib.error.HTTPError as error:
-        response = error
-    with response:
-        return response.status, response.read().decode()
 
 
 def committed(writer, count):
@@ -262,7 +249,8 @@ def test_rolling_restart(nodes):
             replica.start()
             replica.wait_for_log('requesting transactions after %s'
                                  % had.hex())
-            wait_until(lambda: get(replica.monitor_port, '/ready')[0] == 200,
+            wait_until(lambda: http_get(replica.monitor_port,
+                                        '/ready')[0] == 200,
                        message='%s /ready 200' % replica.name)
         primary.stop()
         assert 'every secondary received the last commit' in primary.log()
@@ -279,5 +267,5 @@ def test_rolling_restart(nodes):
                                     transactions(replica.fs_path)}
         run('zrsd-verify', address(primary), address(replica))
     assert run('zrsd', '--version').startswith('zrsd ')
-    status, metrics = get(primary.monitor_port, '/metrics')
+    status, _, metrics = http_get(primary.monitor_port, '/metrics')
     assert status == 200 and 'zrsd_build_info{' in metrics

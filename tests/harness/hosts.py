@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import urllib.request
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .certs import _certificate, _pem
+from .process import http_get
 from .zrsd_nodes import ZrsdNode, config_text, ssl_lines
 
 DOMAIN = 'zrs.test'
@@ -271,8 +271,7 @@ class HostNode(ZrsdNode):
                 'sys.argv[1], timeout=5).read())', url),
                 capture_output=True, check=True).stdout
         else:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                text = response.read()
+            _, _, text = http_get(self.monitor_port, '/status', self.host.ip)
         return json.loads(text)['storages'][0]
 
     def secondaries(self):

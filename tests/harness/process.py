@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import ZEO
 
@@ -43,6 +45,19 @@ def read_text(path):
             return f.read().decode('utf-8', 'replace')
     except FileNotFoundError:
         return ''
+
+
+def http_get(port, path, host='127.0.0.1'):
+    """(status code, content type, text) of an HTTP GET (a monitor's
+    endpoints), error statuses included."""
+    try:
+        response = urllib.request.urlopen(
+            'http://%s:%d%s' % (host, port, path), timeout=10)
+    except urllib.error.HTTPError as error:
+        response = error
+    with response:
+        return (response.status, response.headers['content-type'],
+                response.read().decode())
 
 
 def port_open(port, host='127.0.0.1'):

@@ -5,8 +5,8 @@ environment variables, and an exit it did not ask for counted as a crash.
 """
 import json
 import os
-import urllib.request
 
+from harness.process import http_get
 from harness.zrsd_nodes import ZrsdNode
 
 WAIT = 180.0     # seconds before a wait counts as a hang (a violation)
@@ -64,10 +64,9 @@ class TortureNode(ZrsdNode):
 
     def served_tid(self):
         """The last tid from the monitor's /status, or None."""
-        url = 'http://127.0.0.1:%d/status' % self.monitor_port
         try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                last = json.load(response)['storages'][0]['last_transaction']
+            _, _, text = http_get(self.monitor_port, '/status')
+            last = json.loads(text)['storages'][0]['last_transaction']
         except (OSError, ValueError, KeyError, IndexError):
             return None
         return bytes.fromhex(last) if last is not None else None
