@@ -206,13 +206,14 @@ def sync_filesystem(path, doing):
     file and directory, for the many blob files of a file copy); where
     syncfs is missing, the global sync(2)."""
     with writing(path, doing):
+        if _syncfs is None:
+            os.sync()
+            return
         fd = os.open(path, os.O_RDONLY)
         try:
-            if _syncfs is None or _syncfs(fd) != 0:
-                if _syncfs is not None:
-                    error = ctypes.get_errno()
-                    raise OSError(error, os.strerror(error), path)
-                os.sync()
+            if _syncfs(fd) != 0:
+                error = ctypes.get_errno()
+                raise OSError(error, os.strerror(error), path)
         finally:
             os.close(fd)
 

@@ -86,6 +86,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.promotion_requested = threading.Event()
         self.heartbeat = None
+        self.watchdog = None
         self.versions = versions()
 
     @property
@@ -105,6 +106,7 @@ class Daemon:
             self.open_storages()
             self.state = 'starting'
             self.replication.start()
+            self.watchdog = self.start_watchdog()
             if self.wait_for_data():
                 self.serve()
                 self.state = 'serving'
@@ -116,9 +118,8 @@ class Daemon:
                     systemd.notify('STATUS=' + serving)
                 else:
                     systemd.notify('READY=1')
-                watchdog = self.start_watchdog()
-                if watchdog is not None:
-                    self.loop.call_soon(self._ping_every, watchdog)
+                if self.watchdog is not None:
+                    self.loop.call_soon(self._ping_every, self.watchdog)
                 self.loop.run_forever()
             self.state = 'stopping'
             logger.info('stopping (%s)', self.stop_reason)
@@ -167,7 +168,6 @@ class Daemon:
         systemd.notify('READY=1\nSTATUS=waiting for the first transaction '
                        'of %s; ZEO not serving yet' % names)
         self.notified_ready = True
-        watchdog = self.start_watchdog()
         for node in empty:
             while (node.replicating
                    and node.storage.lastTransaction() == z64):
@@ -175,8 +175,8 @@ class Daemon:
                     return False
                 if self.promotion_requested.is_set():
                     self.promote()
-                if watchdog is not None:
-                    watchdog.ping()
+                if self.watchdog is not None:
+                    self.watchdog.ping()
         return not self.stop_requested.is_set()
 
     def serve(self):
@@ -259,7 +259,8 @@ class Daemon:
 
     def start_watchdog(self):
         """A `systemd.Watchdog` whose `ping` the main thread calls often
-        (the wait for data, then the ZEO loop), or None without one.
+        (the wait for data, then the ZEO loop), or None without one; made
+        once, at start.
 
         The reactor beats every second; a ping is sent only if the last
         beat is recent, so a wedged thread on either side stops the pings
@@ -268,9 +269,8 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if not interval:
             return None
-        if self.heartbeat is None:
-            self.heartbeat = time.monotonic()
-            self.reactor.call(self._beat)
+        self.heartbeat = time.monotonic()
+        self.reactor.call(self._beat)
         return systemd.Watchdog(interval, lambda: (
             time.monotonic() - self.heartbeat < 2 * interval + 1))
 

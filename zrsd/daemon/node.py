@@ -45,7 +45,6 @@ class Node:
         disk.ensure_unlocked(zrs.path)
         if self.replicating:
             seeding.copy_file(zrs)
-        if self.replicating:
             fs = disk.opened(zrs.path, lambda: open_replica_file(
                 zrs.path, zrs.open_base), zrs.blob_dir)
         else:

@@ -45,8 +45,7 @@ def tls_peer_name(transport):
         return None
     if certificate is None:
         return None
-    name = certificate.get_subject().commonName
-    return name
+    return certificate.get_subject().commonName
 
 
 class Phase(enum.Enum):
@@ -58,6 +57,10 @@ class Phase(enum.Enum):
     STREAMING = 'streaming'
     DRAINING = 'sending the last commits before closing'
     CLOSED = 'closed'
+
+
+# The phases in which a streamer or seeder thread sends.
+SENDING = (Phase.STREAMING, Phase.DRAINING, Phase.SEEDING)
 
 
 @zope.interface.implementer(interfaces.IPushProducer)
@@ -127,8 +130,6 @@ class PrimaryProtocol(protocol.Protocol):
             'connected_since': self.connected_since,
         }
         if streamer is not None:
-            behind = self.server.storage.commits.commits_after(
-                streamer.last_tid)
             if self.phase is Phase.STREAMING:
                 status['state'] = ('streaming' if streamer.caught_up
                                    else 'catching_up')
@@ -140,8 +141,10 @@ class PrimaryProtocol(protocol.Protocol):
                                 if streamer.last_tid != z64 else None),
                 transactions_sent=streamer.transactions,
                 bytes_sent=streamer.bytes,
-                transactions_behind=(0 if streamer.last_tid >= last_tid
-                                     else behind),
+                transactions_behind=(
+                    0 if streamer.last_tid >= last_tid
+                    else self.server.storage.commits.commits_after(
+                        streamer.last_tid)),
                 # What is not sent yet, and what the secondary's kernel has
                 # not acknowledged (a dead link fills that first).
                 bytes_behind=(max(0, end - streamer.position)
@@ -235,8 +238,7 @@ class PrimaryProtocol(protocol.Protocol):
 
     def _write(self, chunks):
         try:
-            if self.phase in (Phase.STREAMING, Phase.DRAINING,
-                              Phase.SEEDING):
+            if self.phase in SENDING:
                 self.transport.writeSequence(chunks)
         finally:
             self.streamer.written()
@@ -270,8 +272,7 @@ class PrimaryProtocol(protocol.Protocol):
         if self.phase in (Phase.DRAINING, Phase.SEEDING) and error is None:
             self._end_of_drain()
             return
-        if self.phase not in (Phase.STREAMING, Phase.DRAINING,
-                              Phase.SEEDING):
+        if self.phase not in SENDING:
             return
         if isinstance(error, HistoryMismatch):
             self._log_refusal(error)
