@@ -13,14 +13,14 @@ from importlib import metadata
 
 from harness.process import ROOT
 
-from . import catchup, lag, memory, reads
+from . import catchup, commits, lag, memory, reads
 from .measure import (
     BENCH_DIR, MB, RATIO_TARGETS, Targets, fmt, fsync_probe, log,
     machine_load)
 from .nodes import Run
 from .workload import PRESETS, workload
 
-PHASES = (catchup, lag, reads, memory)
+PHASES = (catchup, lag, reads, commits, memory)
 
 
 def summarise(results, meta):
@@ -87,12 +87,13 @@ def parse_args(argv=None):
     add('--rounds', type=int, default=3)
     add('--lag-seconds', type=float, help='seconds of commits per rate per '
         'lag session (default: 10, small preset 3)')
-    add('--read-seconds', type=float, help='seconds per read measurement '
-        '(default: 5, small preset 2)')
+    add('--read-seconds', type=float, help='seconds per read and per '
+        'commit measurement (default: 5, small preset 2)')
     add('--blob-mb', type=int, default=memory.BLOB_MB,
         help='size of the memory test blob (default 1024)')
     add('--phases', default=','.join(phase.NAME for phase in PHASES),
-        help='comma-separated subset of catchup, lag, reads, memory')
+        help='comma-separated subset of catchup, lag, reads, commits, '
+        'memory')
     add('--no-reference-lag', action='store_true',
         help='skip the zc.zrs -> zc.zrs lag reference')
     add('--lag-probe', action='store_true', help='diagnostic: also follow '

@@ -21,6 +21,7 @@ from zrsd.network.retry import RepeatLimiter
 from zrsd.network.sockets import (ListenError, format_address,
                                   is_tls_failure, tcp_socket, tune_socket,
                                   unsent_bytes)
+from zrsd.primary.followers import Followers
 from zrsd.primary.history import HistoryMismatch, TidIndex
 from zrsd.primary.seeder import Seeder
 from zrsd.primary.streamer import PackedUnderfoot, Source, Streamer
@@ -215,18 +216,18 @@ class PrimaryProtocol(protocol.Protocol):
         self._start_thread(Seeder, self.seed_length, self.seed_tid, digest,
                            blobs=self.server.storage.has_blobs)
 
-    def _start_thread(self, kind, *args, blobs):
+    def _start_thread(self, kind, *args, blobs, **options):
         """Start a Streamer or a Seeder (`kind`) for this secondary."""
         server = self.server
         reactor = server.reactor
         storage = server.storage
         self.streamer = kind(
             Source(storage.file_storage, storage.commits, server.tid_index,
-                   storage.committed_file), *args,
+                   storage.committed_file, server.followers), *args,
             send=lambda chunks: reactor.callFromThread(self._write, chunks),
             done=lambda error: reactor.callFromThread(
                 self._streamer_done, error),
-            name=self.peer, blobs=blobs, in_flight=IN_FLIGHT)
+            name=self.peer, blobs=blobs, in_flight=IN_FLIGHT, **options)
         self.transport.registerProducer(_Producer(self.streamer), True)
         self.streamer.start()
 
@@ -234,14 +235,18 @@ class PrimaryProtocol(protocol.Protocol):
         self._cancel_timeout()
         self.phase = Phase.STREAMING
         self._start_thread(Streamer, start_tid,
-                           blobs=self.protocol_name == zrs.PROTOCOL_2_1)
+                           blobs=self.protocol_name == zrs.PROTOCOL_2_1,
+                           send_now=self._write_now)
 
     def _write(self, chunks):
         try:
-            if self.phase in SENDING:
-                self.transport.writeSequence(chunks)
+            self._write_now(chunks)
         finally:
             self.streamer.written()
+
+    def _write_now(self, chunks):
+        if self.phase in SENDING:
+            self.transport.writeSequence(chunks)
 
     def drain(self):
         """Send everything committed, then close (the primary is stopping
@@ -383,11 +388,13 @@ class PrimaryServer:
         self.reactor = reactor
         self.settings = settings
         self.tid_index = TidIndex()
+        self.followers = Followers(storage.commits, reactor)
         self.connections = set()
         self.refusals = {}    # secondary host (or reason) -> RepeatLimiter
         self.port = None
 
     def start(self):
+        self.followers.start()
         try:
             self._listen(ProtocolFactory(lambda: PrimaryProtocol(self)))
         except CannotListenError as exc:
@@ -494,6 +501,7 @@ class PrimaryServer:
         """Stop listening and drop every secondary; returns the streamers
         (join them outside the reactor thread)."""
         self._stop_listening()
+        self.followers.stop()
         streamers = []
         for connection in list(self.connections):
             if connection.streamer is not None:

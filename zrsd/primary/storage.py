@@ -9,6 +9,7 @@ replica becomes one (`PrimaryStorage.promoted`).  `CommitNotifier` and the
 resume-tid recovery serve replica storages too (`zrsd.replica.storage`):
 a cascade's streamers wait on its notifier.
 """
+import asyncio
 import bisect
 import logging
 import os
@@ -78,7 +79,8 @@ class CommitNotifier:
 
     `notify(tids)` is called by whatever commits (any thread), after the
     commit; a streamer reads `generation`, checks for new data, then
-    `wait(generation, stopped)`s.
+    `wait(generation, stopped)`s.  Subscribers (`subscribe`) are called
+    after each notification, in the notifying thread.
     """
 
     RECENT = 100000    # tids remembered (8 bytes each, plus a list slot)
@@ -88,6 +90,14 @@ class CommitNotifier:
         self.generation = 0
         self._recent = []          # committed tids since `_base`, in order
         self._base = last_tid      # the last tid before `_recent`
+        self._subscribers = ()
+
+    def subscribe(self, callback):
+        self._subscribers += (callback,)
+
+    def unsubscribe(self, callback):
+        self._subscribers = tuple(
+            known for known in self._subscribers if known != callback)
 
     def notify(self, tids=()):
         with self._condition:
@@ -97,6 +107,8 @@ class CommitNotifier:
                 self._base = self._recent[-self.RECENT - 1]
                 del self._recent[:-self.RECENT]
             self._condition.notify_all()
+        for callback in self._subscribers:
+            callback()
 
     def commits_after(self, tid):
         """How many remembered commits come after `tid`; None when `tid`
@@ -202,8 +214,20 @@ class PrimaryStorage:
             self._check_commits()
             with self._fail_stop('committing a transaction'):
                 tid = self._fs.tpc_finish(transaction, f)
-        self.commits.notify([tid])
+        self._notify(tid)
         return tid
+
+    def _notify(self, tid):
+        """Wake the streamers once ZEO has answered the committer: called
+        from ZEO's event loop, the wake-up waits for the loop's next turn,
+        so that the streamers' work (another thread, the same GIL) overlaps
+        the committer's think time instead of delaying its reply."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:         # not committed through ZEO
+            self.commits.notify([tid])
+        else:
+            loop.call_soon(self.commits.notify, [tid])
 
     def _fail_stop(self, doing):
         return disk.fail_stop(internals.file_name(self._fs), doing)

@@ -5,12 +5,15 @@ A `Streamer` turns the primary's committed transactions (read through
 into ZRS frames (see `zrsd.protocol`), hands them to the connection in
 batches, waits while the connection is paused (back-pressure), and, once
 caught up, sleeps until the storage's `CommitNotifier` says something was
-committed.  A stopping primary asks it to `finish`: send what is committed,
-then end.
+committed, or lends its stream to the reactor thread (`Source.followers`,
+see `zrsd.primary.followers`).  A stopping primary asks it to `finish`:
+send what is committed, then end.
 
-Threads: each `Streamer` runs in its own thread; `pause`, `resume`,
+Threads: each `Streamer` runs in its own thread but while its stream is
+lent, when `follow_step` runs in the reactor thread; `pause`, `resume`,
 `finish` and `stop` are called from the reactor thread; `send` (given by
-the network side) must be safe to call from the streamer thread.
+the network side) must be safe to call from the streamer thread,
+`send_now` is called in the reactor thread.
 """
 import logging
 import os
@@ -26,6 +29,7 @@ from zrsd.primary.history import CommittedFile, CorruptFile, LargeData
 logger = logging.getLogger(__name__)
 
 BATCH = 256 << 10           # bytes handed to the connection at once
+FOLLOW_LIMIT = BATCH        # the most the reactor thread sends in a step
 
 
 class PackedUnderfoot(Exception):
@@ -36,13 +40,14 @@ class PackedUnderfoot(Exception):
 
 class Source(NamedTuple):
     """Where a streamer reads: the storage's FileStorage, its
-    `CommitNotifier`, the primary's `TidIndex`, and the storage's
+    `CommitNotifier`, the primary's `TidIndex`, the storage's
     `committed_file` (the end of what a replica published; see
-    `CommittedFile`)."""
+    `CommittedFile`), and the server's `Followers` if any."""
     fs: object
     notifier: object
     tid_index: object
     committed: object = None
+    followers: object = None
 
 
 class Streamer:
@@ -54,14 +59,17 @@ class Streamer:
     connection: whoever delivers them calls `written()` for each once it
     is in the transport (the reactor thread, whose queue would otherwise
     hold whatever a fast reader produces before the first pause).
+    With `send_now` (the reactor thread's way to send) and
+    `source.followers`, a caught-up streamer lends its stream to the
+    reactor thread (`follow_step`).
     """
 
     def __init__(self, source, start_tid, send, done, name, blobs=False,
-                 in_flight=None):
+                 in_flight=None, send_now=None):
         self.source = source
         self.start_tid = self.last_tid = start_tid
         self.checksum = protocol.StreamChecksum(start_tid)
-        self._send, self._done = send, done
+        self._send, self._done, self._send_now = send, done, send_now
         self.name = name
         self.blobs = blobs
         self._slots = (threading.Semaphore(in_flight) if in_flight
@@ -76,6 +84,14 @@ class Streamer:
         self._finishing = False   # stop once everything committed is sent
         self._running = threading.Event()   # cleared while paused
         self._running.set()
+        # While lent, the reactor thread sends (`follow_step`) with the
+        # streamer thread's reader, and `_returned` is clear.
+        self._lent = False
+        self._stepping = False
+        self._returned = threading.Event()
+        self._reader = None
+        self._reopened = False    # a step found the file replaced
+        self._error = None        # what a step raised
         self._thread = threading.Thread(
             target=self._run, name='zrsd-streamer %s' % name, daemon=True)
 
@@ -86,6 +102,7 @@ class Streamer:
 
     def pause(self):
         self._running.clear()
+        self._release()
 
     def resume(self):
         self._running.set()
@@ -94,6 +111,7 @@ class Streamer:
         """Send what is committed, then end (a stopping primary, whose
         commits have stopped, lets its secondaries catch up)."""
         self._finishing = True
+        self._release()
         self.source.notifier.wake()
 
     def written(self):
@@ -103,6 +121,7 @@ class Streamer:
 
     def stop(self):
         self._stopped = True
+        self._release()
         self._running.set()
         if self._slots is not None:
             self._slots.release()
@@ -137,6 +156,8 @@ class Streamer:
         while not self._stopped:
             generation = notifier.generation
             end, reopened = reader.committed_end()
+            if self._reopened:        # seen by a step, while lent
+                reopened, self._reopened = True, False
             if reopened:
                 logger.info('%s: storage file replaced (pack); resuming '
                             'after %s', self.name, self.last_tid.hex())
@@ -156,13 +177,87 @@ class Streamer:
             else:
                 self.position = pos
                 self.caught_up = True
-                notifier.wait(generation,
-                              lambda: self._stopped or self._finishing)
+                if self._send_now and self.source.followers:
+                    pos = self._lend(reader)
+                else:
+                    notifier.wait(generation,
+                                  lambda: self._stopped or self._finishing)
 
-    def _send_transaction(self, reader, pos, end):
+    def _lend(self, reader):
+        """Let the reactor thread send from here (see
+        `zrsd.primary.followers`); return the position once it hands the
+        stream back."""
+        self._running.wait()      # not while paused: it would hand back
+        self._reader = reader
+        self._returned.clear()
+        self._lent = True
+        self.source.followers.lend(self)
+        self._returned.wait()
+        if self._error is not None:
+            raise self._error
+        return self.position
+
+    # -- the reactor thread, while lent -----------------------------------
+
+    def _hand_back(self):
+        """The stream is the streamer thread's again; returns False."""
+        if self._lent:
+            self._lent = False
+            self._returned.set()
+        return False
+
+    def _release(self):
+        # From pause, finish or stop: not in the middle of a step (a write
+        # in it may pause), which hands back at its end.
+        if not self._stepping:
+            self._hand_back()
+
+    def follow_step(self):
+        """Send what was committed since the last step, unless the
+        streamer thread must; False once the stream is handed back."""
+        if not self._lent:
+            return False
+        self._stepping = True
+        try:
+            caught_up = self._follow(self._reader)
+        except Exception as exc:
+            self._error, caught_up = exc, False
+        finally:
+            self._stepping = False
+        if (caught_up and self._running.is_set() and not self._stopped
+                and not self._finishing):
+            return True
+        return self._hand_back()
+
+    def _follow(self, reader):
+        """Send the transactions committed since the last step, as long as
+        they are small and without blob files; has it sent them all?"""
+        if self._stopped or self._finishing:
+            return False
+        end, self._reopened = reader.committed_end()
+        pos = self.position
+        while (pos < end and not self._reopened
+               and end - pos <= FOLLOW_LIMIT and self._running.is_set()
+               and not reader.replaced()):
+            after = self._send_transaction(reader, pos, end, lent=True)
+            if after is None:
+                break
+            pos = self.position = after
+        self._flush()
+        return pos >= end and not self._reopened
+
+    def _send_transaction(self, reader, pos, end, lent=False):
+        """Send the transaction at `pos`; return where the next begins
+        (None, having sent nothing, if `lent` and it has blob files)."""
         header, meta, records = reader.transaction(pos, end)
         if header.status == 'u':  # undone by an old-style undo: skip
             return header.end
+        if lent:
+            records = list(records)
+            if self.blobs and any(
+                    isinstance(data, bytes) and is_blob_record(data)
+                    for _, _, data, _ in records):
+                return None
         self._payload(protocol.encode_begin(
             meta.tid, meta.status, meta.user, meta.description,
             meta.extension_bytes))
@@ -228,6 +323,9 @@ class Streamer:
     def _flush(self):
         if self._batch:
             batch, self._batch, self._batch_size = self._batch, [], 0
+            if self._lent:
+                self._send_now(batch)
+                return
             # Back-pressure: wait while the connection is paused, and for
             # a free slot.
             self._running.wait()

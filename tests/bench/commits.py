@@ -1,0 +1,176 @@
+"""5. What replication costs the primary: ZEO commits per second of 1 and
+4 writer processes against a plain runzeo, and against a zrsd primary
+with 0, 1 and 3 caught-up zrsd replicas, each on a new, empty file; and
+the server's CPU time per commit.
+
+The replicas run at a lower CPU priority (nice 10): on one machine they
+would otherwise take the primary's cores, which on a real deployment
+they do not (each replica has its host).  What a secondary costs the
+primary itself (its thread, its sends, the GIL) is measured all the same.
+"""
+import os
+import time
+
+import ZEO
+from ZODB.Connection import TransactionMetaData
+from ZODB.utils import z64
+
+from harness.zrsd_nodes import PlainZeoNode, ZrsdNode
+
+from .measure import (
+    attempt, cpu_seconds, fmt_range, log, ratio_rounds, rotated, summaries,
+    wait_served)
+from .nodes import receive
+from .workload import record
+
+NAME = 'commits'
+TITLE = '5. Commits: ZEO commits/s of small transactions, by writers'
+WRITERS = (1, 4)                 # writer processes (at most nodes.WORKERS)
+SERVERS = {'runzeo': 'plain runzeo', 'zrsd-0': 'zrsd, no secondary',
+           'zrsd-1': 'zrsd, 1 secondary', 'zrsd-3': 'zrsd, 3 secondaries'}
+# (secondaries, writers) -> the target on commits/s zrsd / runzeo.
+TARGETS = {(1, 1): 'commits_1_ratio', (1, 4): 'commits_1_ratio',
+           (3, 1): 'commits_3_ratio', (3, 4): 'commits_3_ratio'}
+
+
+def writer(conn, address, seconds):
+    """In a worker: one small object changed per transaction, as fast as
+    the server answers, for `seconds` after 'go'; sends (commits,
+    elapsed)."""
+    storage = ZEO.client(address, wait_timeout=60)
+    oid, serial = storage.new_oid(), z64
+    data = record({'payload': b'x' * 100})
+
+    def commit(serial):
+        t = TransactionMetaData()
+        storage.tpc_begin(t)
+        storage.store(oid, serial, data, '', t)
+        storage.tpc_vote(t)
+        return storage.tpc_finish(t)
+
+    serial = commit(serial)
+    conn.send('ready')
+    conn.recv()
+    commits, started = 0, time.monotonic()
+    deadline = started + seconds
+    while time.monotonic() < deadline:
+        serial = commit(serial)
+        commits += 1
+    conn.send((commits, time.monotonic() - started))
+    storage.close()
+
+
+class NiceReplica(ZrsdNode):
+    """A zrsd replica at CPU priority nice 10 (see the module's text)."""
+
+    def command(self):
+        return ['nice', '-n', '10'] + super().command()
+
+
+def server(run, name, directory):
+    """A running server `name` of SERVERS on a new file in `directory`,
+    with its caught-up replicas: (server, nodes to stop)."""
+    if name == 'runzeo':
+        node = run.own(PlainZeoNode(directory, 'plain'))
+        node.read_only = False
+        return node.start(120), [node]
+    node = run.own(ZrsdNode(directory, 'primary')).start(120)
+    replicas = [run.own(NiceReplica(run.path('commit-replicas', name),
+                                    'replica-%d' % i, upstream=node.repl_port))
+                for i in range(int(name.split('-')[1]))]
+    if replicas:
+        tid = node.commit('replicated')
+        for replica in replicas:
+            wait_served(replica.launch(), tid, 120)
+    return node, [node] + replicas
+
+
+def commits(run, node, writers, seconds):
+    """Commits/s of `writers` worker processes on `node` for `seconds`,
+    and the server's CPU µs per commit."""
+    conns = run.worker_conns()[:writers]
+    for conn in conns:
+        conn.send((writer, (node.zeo_address, seconds)))
+    for conn in conns:
+        receive(conn)
+    cpu_before = cpu_seconds(node.pid)
+    for conn in conns:
+        conn.send('go')
+    answers = [receive(conn) for conn in conns]
+    cpu = cpu_seconds(node.pid) - cpu_before
+    count = sum(a[0] for a in answers)
+    return dict(commits=count, commits_per_s=sum(a[0] / a[1] for a in answers),
+                cpu_us_per_commit=cpu / count * 1e6 if count else None)
+
+
+def run_phase(run):
+    """Each round: every server of SERVERS in turn (rotated), new on an
+    empty file, with 1 and 4 writers: {server: {writers: [per round]}}."""
+    out = {name: {} for name in SERVERS}
+    top = os.path.join(run.primary_dir or run.dir, 'commits')
+    for r in range(run.args.rounds):
+        for name in rotated(SERVERS, r):
+            directory = os.path.join(top, '%s-%d' % (name, r + 1))
+            node, nodes = attempt('commits: start %s' % name, server, run,
+                                  name, directory)
+            try:
+                for writers in WRITERS:
+                    result = attempt(
+                        'commits %s %d writers' % (name, writers), commits,
+                        run, node, writers, run.args.read_seconds,
+                        recover=run.reset_workers)
+                    result['round'] = r + 1
+                    out[name].setdefault(str(writers), []).append(result)
+                    if 'commits_per_s' in result:
+                        log('commits round %d %-7s %d writer(s): %6.0f/s, '
+                            '%.0f µs server CPU/commit' % (
+                                r + 1, name, writers,
+                                result['commits_per_s'],
+                                result['cpu_us_per_commit']))
+            finally:
+                for each in reversed(nodes):
+                    each.stop(60, None)
+    return out
+
+
+def summarise(commits, s, targets, meta):
+    """The commit rows, the zrsd/runzeo ratios and the targets of `s`."""
+    s['commits'] = {
+        '%s/%s' % (name, writers): summaries(
+            runs, ('commits_per_s', 'cpu_us_per_commit'))
+        for name, per_writers in commits.items()
+        for writers, runs in per_writers.items()}
+    ratios = s['commits_ratios'] = {}
+    for name in SERVERS:
+        if name == 'runzeo':
+            continue
+        secondaries = int(name.split('-')[1])
+        for writers in WRITERS:
+            ratio = ratios['%s/%d' % (name, writers)] = ratio_rounds(
+                commits[name].get(str(writers), []),
+                commits['runzeo'].get(str(writers), []), 'commits_per_s')
+            target = TARGETS.get((secondaries, writers))
+            if target:
+                targets.add_stat(target, 'commits/s zrsd with %d secondar%s '
+                                 '/ runzeo, %d writer%s' % (
+                                     secondaries,
+                                     'ies' if secondaries > 1 else 'y',
+                                     writers, 's' if writers > 1 else ''),
+                                 ratio, 'min')
+
+
+def report(s, commits, p):
+    """The commits table (lines passed to `p`)."""
+    p('   %-22s %7s %-24s %-22s %s' % (
+        'server', 'writers', 'commits/s', 'server CPU µs/commit',
+        'ratio to runzeo'))
+    for writers in WRITERS:
+        for name, label in SERVERS.items():
+            row = s['commits'].get('%s/%d' % (name, writers))
+            if row and row['commits_per_s']:
+                p('   %-22s %7d %-24s %-22s %s' % (
+                    label, writers, fmt_range(row['commits_per_s'], 0),
+                    fmt_range(row['cpu_us_per_commit'], 0),
+                    fmt_range(s['commits_ratios'].get(
+                        '%s/%d' % (name, writers)), 3)
+                    if name != 'runzeo' else ''))
