@@ -1,8 +1,8 @@
 """The processes of one benchmark run: `Run` owns the run directory, the
 primaries (zc.zrs under runzeo, zrsd, and zrsd with blobs on the blob
-workload) on copies of the workload,
-the replicas kept from the catch-up for the lag and read tests, a plain
-runzeo and the worker processes (ZEO clients in processes of their own)."""
+workload) on copies of the workload, the replicas kept from the catch-up
+for the lag and read tests, a plain runzeo and the worker processes (ZEO
+clients in processes of their own)."""
 import collections
 import contextlib
 import multiprocessing
@@ -34,16 +34,11 @@ ZRSD_BLOBS = 'zrsd-blobs'
 
 
 class ZcZrsReplica(peers.ZcZrsSecondary):
-    """A harness zc.zrs secondary, precise log time stamps, python given."""
+    """A harness zc.zrs secondary with precise log time stamps, started on
+    the `python` set before (like the other nodes: `start(timeout)`)."""
 
     log_format = PRECISE_LOG_FORMAT
-
-    def __init__(self, directory, primary_port, python):
-        super().__init__(directory, primary_port)
-        self.python = python
-
-    def start(self, timeout=60.0):
-        return Node.start(self, timeout)
+    start = Node.start
 
 
 def primary_directory(args, meta, stamp):
@@ -74,11 +69,13 @@ def remove_data_files(top):
                 os.remove(os.path.join(directory, name))
 
 
-def copy_storage(source, target):
-    """Copy a FileStorage and its index (to be opened writable elsewhere)."""
+def copy_storage(source, node):
+    """Copy a FileStorage, its index and its blobs for `node` to open."""
     for suffix in ('', '.index'):
         if os.path.exists(source + suffix):
-            shutil.copyfile(source + suffix, target + suffix)
+            shutil.copyfile(source + suffix, node.fs_path + suffix)
+    if getattr(node, 'blob_dir', None):
+        shutil.copytree(blob_dir_of(source), node.blob_dir)
 
 
 def worker_main(conn):
@@ -116,8 +113,7 @@ class Run:
                  blob_workload=None):
         self.args, self.workload_path, self.meta = args, workload_path, meta
         self.blob_source = blob_workload
-        self.last_tid, self.last_oid = (bytes.fromhex(meta[key])
-                                        for key in ('last_tid', 'last_oid'))
+        self.last_tid = bytes.fromhex(meta['last_tid'])
         self.stamp = time.strftime('%Y%m%d-%H%M%S')
         self.dir = directory or os.path.join(BENCH_DIR, 'run-' + self.stamp)
         os.makedirs(self.dir, exist_ok=directory is not None)
@@ -134,8 +130,7 @@ class Run:
 
     def blob_workload(self):
         """(path, metadata) of the blob workload (`workload(blobs=True)`,
-        cached under var/bench/, unless the Run was given one); its blob
-        directory is `blob_dir_of(path)`."""
+        cached under var/bench/, unless the Run was given one)."""
         if self.blob_source is None:
             self.blob_source = workload(
                 self.args.preset, self.args.seed, blobs=True)
@@ -177,12 +172,8 @@ class Run:
                 ZcZrsPrimary(directory) if kind == 'zczrs'
                 else ZrsdNode(directory, 'primary', blobs=kind == ZRSD_BLOBS,
                               log_format=PRECISE_LOG_FORMAT))
-            if kind == ZRSD_BLOBS:
-                source = self.blob_workload()[0]
-                copy_storage(source, primary.fs_path)
-                shutil.copytree(blob_dir_of(source), primary.blob_dir)
-            else:
-                copy_storage(self.workload_path, primary.fs_path)
+            copy_storage(self.blob_workload()[0] if kind == ZRSD_BLOBS
+                         else self.workload_path, primary)
         elif not primary.running():
             log('the %s primary had exited (status %s); restarting it' % (
                 kind.replace('zczrs', 'zc.zrs'),
@@ -206,7 +197,9 @@ class Run:
             self.peer_python = peers.peer_python()
             log('peer venv (zc.zrs on ZODB 5.5.1) ready in %.0f s'
                 % (time.monotonic() - started))
-        return self.own(ZcZrsReplica(directory, port, self.peer_python))
+        replica = self.own(ZcZrsReplica(directory, port))
+        replica.python = self.peer_python
+        return replica
 
     def replica_for(self, pair):
         """(primary, a running replica of it, caught up) for `pair`; the
@@ -227,7 +220,7 @@ class Run:
     def plain_runzeo(self):
         """A running plain runzeo on a copy of the workload."""
         node = self.own(PlainZeoNode(self.path('runzeo'), 'plain'))
-        copy_storage(self.workload_path, node.fs_path)
+        copy_storage(self.workload_path, node)
         return node.start(120)
 
     def worker_conns(self):
