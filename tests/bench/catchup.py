@@ -32,6 +32,10 @@ COPY_STARTED = "copying the primary's file from"
 COPY_DONE = "of the primary's file in"
 OPENED = ': replica of '
 SEED_LINES = '  copy-file-minimum 0\n'     # copy whatever the length
+# The parts of a copy's seconds: handshake (and the proof of a prefix),
+# copy, opening the file (FileStorage's index of what came), ZEO and ZRS
+# until served.
+SPLIT = ('handshake', 'copy', 'open', 'serve')
 
 
 def log_time(text, needle, index=0):
@@ -116,12 +120,10 @@ def blob_files(blob_dir):
 
 def seed_catchup(kind, run, directory, keep):
     """A zrsd replica copies its zrsd primary's file (zrsd-seed1): `kind`
-    'new' (an empty replica, copy-file new), 'half' (its file holds the
-    first half of the workload's transactions, with its index, copy-file
-    on) or 'blobs' (an empty replica with a blob-dir, the blob workload).
-    Timed from the primary's log line for the copy's connection; `split`
-    gives the parts, from the replica's log.  `mb` is what it had to
-    fetch: the file after its own, and the blob files."""
+    'new' (empty, copy-file new), 'half' (holding the first half of the
+    workload, copy-file on) or 'blobs' (empty, the blob workload), timed
+    from the primary's log line for the copy's connection; `split` gives
+    the parts; `mb` is what it fetched (the file after its own, blobs)."""
     blobs = kind == 'blobs'
     path, meta = run.blob_workload() if blobs else (run.workload_path,
                                                     run.meta)
@@ -144,12 +146,8 @@ def seed_catchup(kind, run, directory, keep):
     if copied:
         times = [log_time(text, needle) for needle in (
             COPY_STARTED, COPY_DONE, OPENED)] + [done]
-        # Handshake (and the proof of a prefix), copy, opening the file
-        # (FileStorage's index of what came), ZEO and ZRS until served.
-        result['split'] = dict(zip(
-            ('handshake', 'copy', 'open', 'serve'),
-            [times[0] - connected] + [b - a for a, b in zip(times, times[1:])]
-        ))
+        result['split'] = dict(zip(SPLIT, [times[0] - connected] + [
+            b - a for a, b in zip(times, times[1:])]))
     if blobs:
         result['blob_files'] = blob_files(replica.blob_dir)
         copied = copied and result['blob_files'] == (
@@ -169,11 +167,9 @@ def copy_catchup(run, directory, keep):
     source = ZODB.FileStorage.FileStorage(run.workload_path, read_only=True)
     target = ZODB.FileStorage.FileStorage(path, create=True)
     try:
-        cpu = time.process_time()
-        started = time.monotonic()
+        cpu, started = time.process_time(), time.monotonic()
         target.copyTransactionsFrom(source)
-        done = time.monotonic()
-        cpu = time.process_time() - cpu
+        done, cpu = time.monotonic(), time.process_time() - cpu
         verified = target.lastTransaction() == run.last_tid
     finally:
         target.close()
@@ -268,12 +264,9 @@ def summarise(catchup, s, targets, meta):
                    verified=all(run.get('verified') for run in timed),
                    copied=all(run.get('copied', True) for run in timed),
                    errors=[run['error'] for run in runs if 'error' in run])
-        if any('split' in run for run in timed):
-            row['split'] = {part: summary([run['split'][part]
-                                           for run in timed
-                                           if 'split' in run])
-                            for part in ('handshake', 'copy', 'open',
-                                         'serve')}
+        split = [run['split'] for run in timed if 'split' in run]
+        if split:
+            row['split'] = summaries(split, SPLIT)
     ratios = s['catchup_ratios'] = {
         '%s/%s' % (x.key, y.key): summary([
             (a['mb'] / a['seconds']) / (b['mb'] / b['seconds'])

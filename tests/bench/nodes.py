@@ -98,13 +98,6 @@ def receive(conn, timeout=120):
     return answer
 
 
-def run_in_worker(conn, function, *args):
-    """Have a worker run `function(conn, *args)`; returns its first answer
-    ('ready')."""
-    conn.send((function, args))
-    return receive(conn)
-
-
 class Run:
     """The servers of one run, in `directory` (default
     var/bench/run-TIMESTAMP/), on the workload at `workload_path`."""
