@@ -46,11 +46,9 @@ def log_time(text, needle, index=0):
 
 
 def timed_catchup(run, primary, replica, log_of, needle, meta):
-    """Launch `replica` (a zc.zrs one started: it serves ZEO at once) and
-    time it from the next log line `needle` in `log_of()` (the replica's or
-    the primary's: it connected) until its ZEO server serves the last tid
-    of the workload `meta`; then a ZEO client checks a load.  Returns
-    (result, time it connected, time it served the tid)."""
+    """(result, time connected, time served) of `replica` timed from the
+    next line `needle` in `log_of()` (it connected) until it serves the
+    last tid of the workload `meta`; then a ZEO client checks a load."""
     last_tid, last_oid = (bytes.fromhex(meta[key])
                           for key in ('last_tid', 'last_oid'))
     seen = log_of().count(needle)

@@ -140,11 +140,9 @@ def environment():
 
 def run_phases(args, workload_path, meta, directory=None,
                blob_workload=None):
-    """Run the chosen phases on the workload (and the catch-up's copy with
-    blobs on `blob_workload`, (path, metadata), by default the cached one
-    of the preset); returns (the Run, the raw results).  Every server is
-    stopped and the data files are removed (unless --keep) when it
-    returns."""
+    """(the Run, the raw results) of the chosen phases on the workload
+    (and `blob_workload`, (path, metadata), default the preset's); every
+    server is stopped, data files removed (unless --keep) at the end."""
     run = Run(args, workload_path, meta, directory, blob_workload)
     log('run directory %s%s' % (
         os.path.relpath(run.dir, ROOT),

@@ -42,10 +42,9 @@ class ZcZrsReplica(peers.ZcZrsSecondary):
 
 
 def primary_directory(args, meta, stamp):
-    """A new directory on tmpfs (/dev/shm) for the primaries' files when
-    it has room for two copies of the workload and --primaries-on-disk is
-    not given, else None (the run directory).  A primary's fsync is in no
-    figure, but on the one disk it would compete with the replica's."""
+    """A new tmpfs directory for the primaries' files (their fsyncs would
+    compete with the replicas' on the disk), or None (--primaries-on-disk,
+    or no room for two copies of the workload: the run directory)."""
     try:
         if args.primaries_on_disk or shutil.disk_usage('/dev/shm').free < (
                 3 * meta['file_bytes'] + (1 << 30)):
@@ -153,10 +152,8 @@ class Run:
             remove_data_files(self.dir)
 
     def primary(self, kind):
-        """The running primary of `kind` ('zczrs', 'zrsd', ZRSD_BLOBS) on a
-        copy of the workload (the blob workload for ZRSD_BLOBS); started
-        (again, if it had exited) when needed.  A zrsd primary logs with
-        PRECISE_LOG_FORMAT (the file copy is timed from its log)."""
+        """The running primary of `kind` on a copy of its workload; a
+        zrsd one logs precise times (the file copy is timed from them)."""
         primary = self.primaries.get(kind)
         if primary is None:
             directory = os.path.join(self.primary_dir or self.dir,
@@ -176,9 +173,8 @@ class Run:
         return primary
 
     def new_replica(self, pair, directory):
-        """An empty, unstarted replica of `pair` in `directory`; a zc.zrs
-        one runs on the peer venv (zc.zrs on ZODB 5.5.1), built if need be.
-        """
+        """An empty, unstarted replica of `pair` (zc.zrs on the peer venv,
+        built if need be)."""
         port = self.primary(pair.primary).repl_port
         if pair.replica == 'zrsd':
             # No file copy: these replicas measure ZRS.
@@ -231,9 +227,8 @@ class Run:
         return [conn for conn, _ in self.workers]
 
     def reset_workers(self, force=True):
-        """Ask the workers to exit, and kill those that do not within 10 s
-        or, with `force` (a failed exchange leaves the pipes out of step),
-        at once; new ones are started on next use."""
+        """Stop the workers (killed after 10 s, or at once with `force`: a
+        failed exchange leaves the pipes out of step); next use starts new."""
         for conn, _ in self.workers:
             with contextlib.suppress(OSError):
                 conn.send(None)

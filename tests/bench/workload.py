@@ -1,6 +1,6 @@
 """The benchmark's workload: a FileStorage written directly (not through
 ZEO), deterministic for a preset and a seed, cached under var/bench/;
-README.md, "The workload", describes its shape."""
+docs/BENCHMARK.md, "The workload", describes its shape."""
 import importlib
 import itertools
 import json
@@ -56,16 +56,10 @@ def blob_dir_of(path):
 
 def generate_workload(path, transactions, big_transactions, seed,
                       blobs=False):
-    """Write the workload FileStorage at `path` (and its .index, and with
-    `blobs` the blob directory `blob_dir_of(path)`); returns its metadata.
-    Deterministic for the arguments: tids from 2024-01-01 00:00 UTC, 1-50
-    ms apart; transaction 0 stores the root; each other touches 1-20
-    objects (new with probability 0.3) of 100 B - 20 KB, with probability
-    0.2 with a user, a description and extension data; `big_transactions`
-    evenly spaced ones hold 5 MB (one record of 5 MB or five of 1 MB,
-    alternately).  Payloads are cut from a random pool, prefixed with a
-    counter.  FileStorage's fsync per transaction is off; the file is
-    fsynced once."""
+    """Write the workload FileStorage at `path` (its .index, with `blobs`
+    its blob directory); returns its metadata.  Deterministic for the
+    arguments (docs/BENCHMARK.md, "The workload"); FileStorage's fsync per
+    transaction is off, the file is fsynced once."""
     rng = random.Random(seed)
     pool = rng.randbytes(POOL_SIZE)
     counter = itertools.count(1)
@@ -171,10 +165,8 @@ def remove_files(path, suffixes):
 
 
 def workload(preset, seed, blobs=False):
-    """(path, metadata) of the workload file cached in var/bench/ (named
-    by preset, seed and generator version; with `blobs`, the blob
-    workload), generated if missing; the metadata file is written last,
-    so an interrupted generation is redone."""
+    """(path, metadata) of the workload cached in var/bench/, generated if
+    missing (its metadata file last: an interrupted one is redone)."""
     params = PRESETS[preset]
     name = 'workload-%s%s-seed%d-v%d' % (
         preset, '-blobs' if blobs else '', seed, WORKLOAD_FORMAT)
