@@ -14,6 +14,7 @@ import time
 
 import ZODB.FileStorage
 from ZODB.FileStorage.format import TRANS_HDR_LEN
+from ZODB.utils import z64
 
 from .measure import (
     MB, attempt, cpu_seconds, fmt_range, loads_revision, log, median, poll,
@@ -21,7 +22,7 @@ from .measure import (
 from .nodes import (
     PRECISE_LOG_FORMAT, ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_BLOBS,
     ZRSD_TO_ZRSD, ZrsdNode, remove_data_files)
-from .stream import bare_stream
+from .stream import StreamReader, connect
 
 NAME = 'catchup'
 TITLE = '1. Catch-up: empty replica -> last tid served by its ZEO server'
@@ -153,7 +154,6 @@ def seed_catchup(kind, run, directory, keep):
     result['verified'] = result['verified'] and copied and \
         result['file_bytes'] == meta['file_bytes']
     remove_data_files(directory)
-    shutil.rmtree(directory + '/replica.blobs', ignore_errors=True)
     return result
 
 
@@ -180,13 +180,24 @@ def copy_catchup(run, directory, keep):
 
 def bare_stream_catchup(run, directory, keep):
     """The zc.zrs primary streams its whole history to a bare consumer in
-    this process (stream.bare_stream)."""
+    this process, which discards it up to the C message of the last tid."""
     primary = run.primary('zczrs')
     primary_cpu = cpu_seconds(primary.pid)
-    result = bare_stream(primary.repl_port, run.last_tid,
-                         timeout=run.catchup_timeout)
-    result['primary_cpu'] = cpu_seconds(primary.pid) - primary_cpu
-    return result
+    cpu, started = time.process_time(), time.monotonic()
+    stream = StreamReader(connect(primary.repl_port, z64,
+                                  run.catchup_timeout))
+    try:
+        for tid, _ in stream.commits():
+            if tid == run.last_tid:
+                return dict(seconds=time.monotonic() - started,
+                            verified=True, transactions=stream.transactions,
+                            frames=stream.frames, stream_bytes=stream.bytes,
+                            replica_cpu=time.process_time() - cpu,
+                            primary_cpu=cpu_seconds(primary.pid) - primary_cpu)
+    finally:
+        stream.sock.close()
+    raise RuntimeError('the primary closed the stream after %d transactions'
+                       % stream.transactions)
 
 
 # `measure(run, directory, keep)`: keep the replica (of the last round).
