@@ -31,8 +31,8 @@ COMPARE = {'>=': operator.ge, '<=': operator.le, '==': operator.eq}
 
 def log(message):
     """Progress on stderr (stdout gets the result tables)."""
-    sys.stderr.write('[%s] %s\n' % (time.strftime('%H:%M:%S'), message))
-    sys.stderr.flush()
+    print('[%s] %s' % (time.strftime('%H:%M:%S'), message), file=sys.stderr,
+          flush=True)
 
 
 def attempt(what, function, *args, recover=None):

@@ -41,21 +41,6 @@ class ZcZrsReplica(peers.ZcZrsSecondary):
     start = Node.start
 
 
-def primary_directory(args, meta, stamp):
-    """A new tmpfs directory for the primaries' files (their fsyncs would
-    compete with the replicas' on the disk), or None (--primaries-on-disk,
-    or no room for two copies of the workload: the run directory)."""
-    try:
-        if args.primaries_on_disk or shutil.disk_usage('/dev/shm').free < (
-                3 * meta['file_bytes'] + (1 << 30)):
-            return None
-    except OSError:
-        return None
-    path = os.path.join('/dev/shm', 'zrsd-bench-%s-%d' % (stamp, os.getpid()))
-    os.makedirs(path)
-    return path
-
-
 def remove_data_files(top):
     """Delete every file under `top` but logs and configurations, and the
     blob directories (`*.blobs`)."""
@@ -109,7 +94,15 @@ class Run:
         self.stamp = time.strftime('%Y%m%d-%H%M%S')
         self.dir = directory or os.path.join(BENCH_DIR, 'run-' + self.stamp)
         os.makedirs(self.dir, exist_ok=directory is not None)
-        self.primary_dir = primary_directory(args, meta, self.stamp)
+        # The primaries' files on tmpfs if it has room for two copies of
+        # the workload (their fsyncs would compete with the replicas').
+        self.primary_dir = None
+        with contextlib.suppress(OSError):
+            if not args.primaries_on_disk and shutil.disk_usage(
+                    '/dev/shm').free >= 3 * meta['file_bytes'] + (1 << 30):
+                path = '/dev/shm/zrsd-bench-%s-%d' % (self.stamp, os.getpid())
+                os.makedirs(path)
+                self.primary_dir = path
         self.catchup_timeout = max(300, meta['transactions'] / 20)
         self.owned = []             # every server started so far
         self.primaries = {}         # kind -> its primary
