@@ -112,13 +112,11 @@ def demo(nodes):
 
 
 def main():
-    busy = [(p, what) for p, what in PORTS if port_open(p)]
-    for port, what in busy:
-        print('demo: port %s (%s) on 127.0.0.1 is already in use.' % (
-            port, what))
+    busy = ['%d (%s)' % (port, what) for port, what in PORTS
+            if port_open(port)]
     if busy:
-        print('demo: stop whatever listens there (an earlier demo?) and '
-              'retry.')
+        print('demo: port(s) %s on 127.0.0.1 already in use: stop whatever '
+              'listens there (an earlier demo?) and retry.' % ', '.join(busy))
         return 2
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)

@@ -5,9 +5,7 @@ import os
 import sys
 
 # First on the path: tests/fuzz, not this script, is the package `fuzz`.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'tests'))
-
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
 from fuzz.run import main  # noqa: E402
 
 if __name__ == '__main__':

@@ -3,9 +3,7 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'tests'))
-
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'tests'))
 from torture.run import main  # noqa: E402
 
 if __name__ == '__main__':

@@ -14,12 +14,13 @@ from importlib import metadata
 from harness.process import ROOT
 
 from . import catchup, commits, lag, memory, reads
-from .measure import (
-    BENCH_DIR, MB, RATIO_TARGETS, Targets, fmt, fsync_probe, log,
-    machine_load)
+from .measure import BENCH_DIR, MB, Targets, fmt, fsync_probe, log, \
+    machine_load
 from .nodes import Run
 from .workload import PRESETS, workload
 
+# Each phase module has NAME, TITLE, run_phase(run) -> its raw results,
+# summarise(results, s, targets, meta) and report(s, results, p).
 PHASES = (catchup, lag, reads, commits, memory)
 
 
@@ -44,17 +45,16 @@ def report(results, s, meta, args):
           meta['transactions'], meta['records'], meta['objects'],
           meta['file_bytes'] / MB, meta['extension_transactions'],
           meta['big_transactions']))
-    blob_meta = results.get('blob_workload')
-    if blob_meta:
+    blobs = results.get('blob_workload')
+    if blobs:
         p('blob workload (catch-up (h)): %d transactions, %.1f MB file and '
           '%d blob files of %.1f MB' % (
-              blob_meta['transactions'], blob_meta['file_bytes'] / MB,
-              blob_meta['blobs'], blob_meta['blob_bytes'] / MB))
+              blobs['transactions'], blobs['file_bytes'] / MB,
+              blobs['blobs'], blobs['blob_bytes'] / MB))
     p('machine: %d CPUs; after each phase, 1-minute load average / CPU '
       'pressure (%% of time tasks waited for a CPU, 60 s): %s' % (
-          os.cpu_count(), ', '.join(
-              '%s %.1f/%s' % (name, load, '-' if pressure is None
-                              else '%.0f%%' % pressure)
+          os.cpu_count(), ', '.join('%s %.1f/%s' % (name, load, fmt(
+              pressure, 0) + '%' * (pressure is not None))
               for name, load, pressure in results['load'])))
     p('fsync of a small append on the replicas\' disk (ms): p50 %(p50).2f, '
       'p90 %(p90).2f, p99 %(p99).2f, max %(max).2f' % results['fsync_ms'])
@@ -68,12 +68,12 @@ def report(results, s, meta, args):
             phase.report(s, results[phase.NAME], p)
     if s['targets']:
         out += ['', 'Targets (median over rounds; "worst" is the worst round)']
-        for t in s['targets']:
-            digits = 3 if t['name'] in RATIO_TARGETS else 2
-            p('   %-52s %10s  target %-7s %-8s worst %s' % (
-                t['label'], fmt(t['value'], digits), t['target'],
-                {True: 'met', False: 'NOT MET', None: '-'}[t['met']],
-                fmt(t['worst'], digits)))
+    for t in s['targets']:
+        digits = 3 if '_over_' in t['name'] or 'ratio' in t['name'] else 2
+        p('   %-52s %10s  target %-7s %-8s worst %s' % (
+            t['label'], fmt(t['value'], digits), t['target'],
+            {True: 'met', False: 'NOT MET', None: '-'}[t['met']],
+            fmt(t['worst'], digits)))
     return '\n'.join(out + [''])
 
 
@@ -91,9 +91,9 @@ def parse_args(argv=None):
         'commit measurement (default: 5, small preset 2)')
     add('--blob-mb', type=int, default=memory.BLOB_MB,
         help='size of the memory test blob (default 1024)')
-    add('--phases', default=','.join(phase.NAME for phase in PHASES),
-        help='comma-separated subset of catchup, lag, reads, commits, '
-        'memory')
+    names = [phase.NAME for phase in PHASES]
+    add('--phases', default=','.join(names),
+        help='comma-separated subset of %s' % ', '.join(names))
     add('--no-reference-lag', action='store_true',
         help='skip the zc.zrs -> zc.zrs lag reference')
     add('--lag-probe', action='store_true', help='diagnostic: also follow '
@@ -111,7 +111,7 @@ def parse_args(argv=None):
             setattr(args, name, PRESETS[args.preset][name])
     args.phase_names = [p.strip() for p in args.phases.split(',')
                         if p.strip()]
-    unknown = set(args.phase_names) - {phase.NAME for phase in PHASES}
+    unknown = set(args.phase_names) - set(names)
     if unknown:
         parser.error('unknown phase(s): %s' % ', '.join(sorted(unknown)))
     return args
@@ -140,30 +140,23 @@ def environment():
 
 def run_phases(args, workload_path, meta, directory=None,
                blob_workload=None):
-    """Run the chosen phases on the workload (and the catch-up's copy with
-    blobs on `blob_workload`, (path, metadata), by default the cached one
-    of the preset); returns (the Run, the raw results).  Every server is
-    stopped and the data files are removed (unless --keep) when it
-    returns."""
+    """(the Run, the raw results) of the chosen phases on the workload
+    (and `blob_workload`, (path, metadata), default the preset's); every
+    server is stopped, data files removed (unless --keep) at the end."""
     run = Run(args, workload_path, meta, directory, blob_workload)
-    results = dict(started=time.strftime('%Y-%m-%d %H:%M:%S'),
-                   args=vars(args), workload=meta,
-                   environment=environment(), run_dir=run.dir,
-                   primary_dir=run.primary_dir)
     log('run directory %s%s' % (
         os.path.relpath(run.dir, ROOT),
         ', primaries in %s' % run.primary_dir if run.primary_dir else ''))
-    results['fsync_ms'] = fsync_probe(run.dir)
-    results['load'] = [('start',) + machine_load()]
+    results = dict(started=time.strftime('%Y-%m-%d %H:%M:%S'),
+                   args=vars(args), workload=meta,
+                   environment=environment(), run_dir=run.dir,
+                   primary_dir=run.primary_dir, fsync_ms=fsync_probe(run.dir),
+                   load=[('start',) + machine_load()])
     try:
         for phase in PHASES:
-            if phase.NAME not in args.phase_names:
-                continue
-            if phase is memory:
-                # Everything else is done: free the disk and tmpfs first.
-                run.close()
-            results[phase.NAME] = phase.run_phase(run)
-            results['load'].append((phase.NAME,) + machine_load())
+            if phase.NAME in args.phase_names:
+                results[phase.NAME] = phase.run_phase(run)
+                results['load'].append((phase.NAME,) + machine_load())
     finally:
         run.close()
     if run.blob_source is not None:
@@ -177,16 +170,16 @@ def write_results(results, stamp, extra_path=None):
     samples = {'%s-%s-%s' % (pair, run['round'], rate): res.pop('samples', [])
                for pair, runs in results.get('lag', {}).items()
                for run in runs for rate, res in run.get('rates', {}).items()}
-    paths = [os.path.join(BENCH_DIR, 'results-%s.json' % stamp)]
+    path = os.path.join(BENCH_DIR, 'results-%s.json' % stamp)
     if samples:
-        results['lag_samples_file'] = paths[0][:-5] + '-lag-samples.json'
+        results['lag_samples_file'] = path[:-5] + '-lag-samples.json'
         with open(results['lag_samples_file'], 'w') as f:
             json.dump(dict(
                 columns=['seconds since the first commit', 'lag ms',
                          'loaded ms', 'commit duration ms',
                          'primary sent ms (--lag-probe)'],
                 sessions=samples), f, separators=(',', ':'))
-    for out in paths + ([extra_path] if extra_path else []):
+    for out in [path] + ([extra_path] if extra_path else []):
         with open(out, 'w') as f:
             json.dump(results, f, indent=1, default=bytes.hex)
         log('results written to %s' % out)
@@ -198,11 +191,10 @@ def main(argv=None):
     # Threads of this process (lag writers) hand the GIL over sooner.
     sys.setswitchinterval(0.0005)
     started = time.monotonic()
-    path, meta = workload(args.preset, args.seed)
-    run, results = run_phases(args, path, meta)
+    run, results = run_phases(args, *workload(args.preset, args.seed))
     results['seconds'] = round(time.monotonic() - started, 1)
-    s = results['summary'] = summarise(results, meta)
-    sys.stdout.write(report(results, s, meta, args) + '\n')
+    s = results['summary'] = summarise(results, results['workload'])
+    sys.stdout.write(report(results, s, results['workload'], args) + '\n')
     sys.stdout.write('total %.0f s\n' % results['seconds'])
     write_results(results, run.stamp, args.json)
     return 0

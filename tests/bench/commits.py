@@ -18,7 +18,7 @@ from ZODB.utils import z64
 from harness.zrsd_nodes import PlainZeoNode, ZrsdNode
 
 from .measure import (
-    attempt, cpu_seconds, fmt_range, log, ratio_rounds, rotated, summaries,
+    attempt, cpu_seconds, fmt_range, log, rotated, summaries, summary,
     wait_served)
 from .nodes import receive
 from .workload import record
@@ -146,9 +146,11 @@ def summarise(commits, s, targets, meta):
             continue
         secondaries = int(name.split('-')[1])
         for writers in WRITERS:
-            ratio = ratios['%s/%d' % (name, writers)] = ratio_rounds(
-                commits[name].get(str(writers), []),
-                commits['runzeo'].get(str(writers), []), 'commits_per_s')
+            ratio = ratios['%s/%d' % (name, writers)] = summary([
+                a['commits_per_s'] / b['commits_per_s'] for a, b in zip(
+                    commits[name].get(str(writers), []),
+                    commits['runzeo'].get(str(writers), []))
+                if a.get('commits_per_s') and b.get('commits_per_s')])
             target = TARGETS.get((secondaries, writers))
             if target:
                 targets.add_stat(target, 'commits/s zrsd with %d secondar%s '

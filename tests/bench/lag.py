@@ -17,8 +17,7 @@ from ZODB.utils import z64
 from .measure import (
     attempt, fmt_range, loads_revision, log, median, percentiles, read_client,
     rotated, summaries, wait_served)
-from .nodes import (
-    ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, receive, run_in_worker)
+from .nodes import ZCZRS_TO_ZCZRS, ZCZRS_TO_ZRSD, ZRSD_TO_ZRSD, receive
 from .stream import stream_probe
 from .workload import record
 
@@ -113,9 +112,8 @@ class LagWriter:
 
     def commit(self):
         """Change the next of the writer's objects."""
-        oid = self.oids[self.count % LAG_OBJECTS]
         self.count += 1
-        return self.transaction([oid])
+        return self.transaction([self.oids[(self.count - 1) % LAG_OBJECTS]])
 
 
 def run_writers(writers, rate, seconds):
@@ -151,29 +149,28 @@ def session(run, pair):
     """{rate: figures} of --lag-seconds of commits per rate on `pair`."""
     primary, replica = run.replica_for(pair)
     conn, probe = run.worker_conns()[:2]
-    probe = run.args.lag_probe and probe
-    writers = []
+    writers, streamed = [], {}
     try:
         for _ in range(max(writer_count(rate) for rate in LAG_RATES)):
             writers.append(LagWriter(ZEO.client(primary.zeo_address,
                                                 wait_timeout=60)))
         setup_tid = max(writer.setup() for writer in writers)
         wait_served(replica, setup_tid, 60)
-        run_in_worker(conn, lag_reader, replica.zeo_address,
-                      [oid for writer in writers for oid in writer.oids])
-        if probe:
-            run_in_worker(probe, stream_probe, primary.repl_port, setup_tid)
+        conn.send((lag_reader, (replica.zeo_address, [
+            oid for writer in writers for oid in writer.oids])))
+        receive(conn)
+        if run.args.lag_probe:
+            probe.send((stream_probe, (primary.repl_port, setup_tid)))
+            receive(probe)
         run_writers(writers, 100, 0.2)     # warm-up, not measured
         sessions = {}
         for rate in LAG_RATES:
             time.sleep(0.2)
             sessions[rate] = run_writers(writers, rate, run.args.lag_seconds)
-        last = max(c[0] for commits, _, _ in sessions.values()
-                   for c in commits)
-        conn.send(('stop', last, 10.0))
+        conn.send(('stop', max(c[0] for commits, _, _ in sessions.values()
+                               for c in commits), 10.0))
         seen = receive(conn)
-        streamed = {}
-        if probe:
+        if run.args.lag_probe:
             probe.send(('stop',))
             streamed = receive(probe)
     finally:
@@ -223,28 +220,25 @@ def run_phase(run):
     pairs = [pair for pair in LAG_PAIRS if not (
         pair is ZCZRS_TO_ZCZRS and run.args.no_reference_lag)]
     out = {pair.key: [] for pair in pairs}
+
+    def forget(pair):
+        """After a failed session: stop its replica and the workers."""
+        if pair.key in run.kept:
+            run.kept[pair.key].close()
+        run.reset_workers()
     for r in range(run.args.rounds):
         for pair in rotated(pairs, r):
             rates = attempt('lag %s round %d' % (pair.key, r + 1), session,
-                            run, pair, recover=lambda: forget(run, pair))
-            if 'error' in rates:
-                out[pair.key].append(rates)
-                continue
-            out[pair.key].append(dict(round=r + 1, rates=rates))
-            for rate, res in rates.items():
+                            run, pair, recover=lambda: forget(pair))
+            out[pair.key].append(rates if 'error' in rates
+                                 else dict(round=r + 1, rates=rates))
+            for rate, res in rates.items() if 'error' not in rates else ():
                 log('lag round %d %-24s %3d/s: p50 %.2f p99 %.2f max %.2f '
                     'ms, missing %d, stale %d' % (
                         r + 1, pair.label, rate, res['p50'] or -1,
                         res['p99'] or -1, res['max'] or -1, res['missing'],
                         res['stale']))
     return out
-
-
-def forget(run, pair):
-    """After a failed session: stop its replica and the workers."""
-    if pair.key in run.kept:
-        run.kept[pair.key].close()
-    run.reset_workers()
 
 
 def summarise(lag, s, targets, meta):
@@ -296,23 +290,19 @@ def report(s, lag, p):
                         'p50', 'p90', 'p99', 'max')) +
                     (row['missing'], row['stale'])))
 
-    rows = s['lag'].items()
-    p('   then loaded at that tid (ms, p50 / p99 / max): %s' % ', '.join(
-        '%s %s' % (key, medians(row, 'loaded_'))
-        for key, row in rows if row['loaded_p99']))
+    def medians(prefix, condition, names=('p50', 'p99', 'max'), more=''):
+        """'key A / B / C' (the medians of figures prefix + name) per row
+        that has `condition`, comma-separated; `more` % row after each."""
+        return ', '.join('%s %s%s' % (key, ' / '.join(
+            median(row[prefix + name]) for name in names), more % row)
+            for key, row in s['lag'].items() if row.get(condition))
+    p('   then loaded at that tid (ms, p50 / p99 / max): %s'
+      % medians('loaded_', 'loaded_p99'))
     if any(row.get('stream_p99') for row in s['lag'].values()):
         p('   --lag-probe: the primary sent the commit (ms, p50 / p99 / '
           'max), and of the commits over 15 ms, those the primary sent '
-          'over 15 ms late: %s' % ', '.join(
-              '%s %s, %d of %d' % (key, medians(row, 'stream_'),
-                                   row['over_15ms_sent_late'],
-                                   row['over_15ms'])
-              for key, row in rows if row.get('stream_p99')))
-    p('   writer commit duration p50 / p99 (ms): %s' % ', '.join(
-        '%s %s' % (key, medians(row, 'commit_', ('p50', 'p99')))
-        for key, row in rows if row['commit_p50']))
-
-
-def medians(row, prefix, names=('p50', 'p99', 'max')):
-    """'A / B / C': the medians of `row`'s figures prefix + name."""
-    return ' / '.join(median(row[prefix + name]) for name in names)
+          'over 15 ms late: %s' % medians(
+              'stream_', 'stream_p99',
+              more=', %(over_15ms_sent_late)d of %(over_15ms)d'))
+    p('   writer commit duration p50 / p99 (ms): %s'
+      % medians('commit_', 'commit_p50', ('p50', 'p99')))

@@ -12,40 +12,28 @@ import traceback
 import ZEO
 from ZODB.utils import p64, u64
 
-from harness.process import ROOT
+from harness.process import ROOT, wait_until
 from zrsd.tools.check import StatusError, ask_status
 
 MB = 1024.0 * 1024.0
 BENCH_DIR = os.path.join(ROOT, 'var', 'bench')
 READ_CACHE_SIZE = 256 << 10  # ZEO client cache: small, loads reach the server
-TARGETS = {
-    'catchup_a_over_e': '>= 0.9',
-    'catchup_b_over_c': '>= 3',
-    'catchup_f_over_c': '>= 5',
-    'catchup_g_over_c': '>= 5',
-    'catchup_f_mb_s': '>= 150',
-    'catchup_g_mb_s': '>= 150',
-    'catchup_h_mb_s': '>= 150',
-    'lag_500_p99_ms': '<= 2',
-    'lag_500_max_ms': '<= 15',
-    'lag_consistency': '== 0',
-    'reads_ratio': '>= 0.95',
-    'reads_cpu_ratio': '<= 1.05',
-    'commits_1_ratio': '>= 0.95',
-    'commits_3_ratio': '>= 0.9',
-    'memory_mb': '<= 150',
-}
-# Printed with three decimals; the other targets with two.
-RATIO_TARGETS = ('catchup_a_over_e', 'catchup_b_over_c', 'catchup_f_over_c',
-                 'catchup_g_over_c', 'reads_ratio', 'reads_cpu_ratio',
-                 'commits_1_ratio', 'commits_3_ratio')
+# The ratio targets (`_over_`, `_ratio`) are printed with three decimals.
+TARGETS = dict(
+    catchup_a_over_e='>= 0.9', catchup_b_over_c='>= 3',
+    catchup_f_over_c='>= 5', catchup_g_over_c='>= 5',
+    catchup_f_mb_s='>= 150', catchup_g_mb_s='>= 150',
+    catchup_h_mb_s='>= 150', lag_500_p99_ms='<= 2', lag_500_max_ms='<= 15',
+    lag_consistency='== 0', reads_ratio='>= 0.95',
+    reads_cpu_ratio='<= 1.05', commits_1_ratio='>= 0.95',
+    commits_3_ratio='>= 0.9', memory_mb='<= 150')
 COMPARE = {'>=': operator.ge, '<=': operator.le, '==': operator.eq}
 
 
 def log(message):
     """Progress on stderr (stdout gets the result tables)."""
-    sys.stderr.write('[%s] %s\n' % (time.strftime('%H:%M:%S'), message))
-    sys.stderr.flush()
+    print('[%s] %s' % (time.strftime('%H:%M:%S'), message), file=sys.stderr,
+          flush=True)
 
 
 def attempt(what, function, *args, recover=None):
@@ -89,11 +77,11 @@ def loads_revision(storage, oid, tid):
     return loaded is not None and loaded[1] == tid
 
 
-def server_status(port, timeout=5.0):
+def server_status(port):
     """The `ruok` status of storage '1' of the ZEO server on `port`, or
     None if it does not answer (yet)."""
     try:
-        return ask_status('127.0.0.1:%d' % port, 'server', timeout)['1']
+        return ask_status('127.0.0.1:%d' % port, 'server', 5.0)['1']
     except (StatusError, KeyError):
         return None
 
@@ -103,20 +91,22 @@ def served_tid(port):
     return status and bytes.fromhex(status['last-transaction'])
 
 
-def wait_served(node, tid, timeout, interval=0.02):
+def poll(node, predicate, timeout, what, interval):
+    """Poll `predicate()` until true; raises if `node`'s process exits."""
+    def done():
+        if not node.running():
+            raise RuntimeError('%s exited with status %s before %s; log %s'
+                               % (node.name, node.process.popen.returncode,
+                                  what, node.log_path))
+        return predicate()
+    wait_until(done, timeout, interval, '%s: %s' % (node.name, what))
+
+
+def wait_served(node, tid, timeout):
     """time.monotonic() once `node`'s ZEO server says (ruok) that it
     serves `tid`; raises if the node's process exits."""
-    deadline = time.monotonic() + timeout
-    while served_tid(node.zeo_port) != tid:
-        if not node.running():
-            raise RuntimeError('%s exited with status %s; log %s' % (
-                node.name, node.process.popen.returncode, node.log_path))
-        if time.monotonic() > deadline:
-            raise RuntimeError('timed out after %ds waiting for tid %s on '
-                               'port %d (it serves %s)' % (
-                                   timeout, tid.hex(), node.zeo_port,
-                                   (served_tid(node.zeo_port) or b'').hex()))
-        time.sleep(interval)
+    poll(node, lambda: served_tid(node.zeo_port) == tid, timeout,
+         'tid %s served on port %d' % (tid.hex(), node.zeo_port), 0.02)
     return time.monotonic()
 
 
@@ -172,13 +162,6 @@ def summary(values):
 
 def summaries(runs, names):
     return {name: summary([run.get(name) for run in runs]) for name in names}
-
-
-def ratio_rounds(first, second, key, invert=False):
-    """Per-round ratios first/second of `key` (rounds matched by index)."""
-    return summary([b[key] / a[key] if invert else a[key] / b[key]
-                    for a, b in zip(first, second)
-                    if a.get(key) and b.get(key)])
 
 
 class Targets(list):

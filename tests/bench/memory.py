@@ -7,13 +7,13 @@ import shutil
 import struct
 import time
 
-import transaction
 import ZEO
 from ZODB.blob import Blob
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import z64
 
-from harness.zrsd_nodes import MemorySampler, ZrsdNode, process_memory
+from harness.zrsd_nodes import MemorySampler, ZrsdNode, opened, \
+    process_memory
 
 from .measure import MB, attempt, served_tid, wait_served
 from .stream import connect
@@ -71,12 +71,11 @@ def idle_secondaries(primary, count=20):
                 len(samples) < 5 or samples[-1] - samples[-5] > 0.5):
             time.sleep(0.5)
             samples.append(memory_mb(primary))
-        after = samples[-1]
     finally:
         for link in links:
             link.close()
-    return dict(count=count, before_mb=before, after_mb=after,
-                per_secondary_mb=(after - before) / count,
+    return dict(count=count, before_mb=before, after_mb=samples[-1],
+                per_secondary_mb=(samples[-1] - before) / count,
                 history_mb=os.path.getsize(primary.fs_path) / MB)
 
 
@@ -101,15 +100,13 @@ def big_blob(db, replica, blob_mb):
     """Write a `blob_mb` blob in 1 MB chunks into the primary's blob
     directory (a shared blob dir: no upload over ZEO) and commit it."""
     pool = random.Random(1024).randbytes(POOL_SIZE)
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
 
     def commit():
         tm.get().note('a %d MB blob' % blob_mb)
         tm.commit()
         return db.lastTransaction(), written
-    try:
-        blob = conn.root()['big'] = Blob()
+    with opened(db) as (tm, root):
+        blob = root['big'] = Blob()
         started = time.monotonic()
         with blob.open('w') as f:
             for k in range(blob_mb):
@@ -119,9 +116,6 @@ def big_blob(db, replica, blob_mb):
         written = time.monotonic()
         return dict(mb=blob_mb, write_seconds=written - started,
                     **replicated(replica, commit, 600))
-    finally:
-        tm.abort()
-        conn.close()
 
 
 def memory(run):
@@ -141,12 +135,10 @@ def memory(run):
         results['baseline_rss_mb'] = memory_mb(replica)
         results['txn'] = big_transaction(db.storage, replica)
         free = shutil.disk_usage(directory).free
-        if free < BLOB_MIN_FREE:
-            results['blob'] = dict(
+        results['blob'] = big_blob(db, replica, run.args.blob_mb) \
+            if free >= BLOB_MIN_FREE else dict(
                 skipped='only %.1f GB free on %s (need %.0f GB)' % (
                     free / MB / 1024, directory, BLOB_MIN_FREE >> 30))
-        else:
-            results['blob'] = big_blob(db, replica, run.args.blob_mb)
         results['primary_peak_rss_mb'] = memory_mb(primary, 1)
         replica.stop()
     finally:
@@ -164,6 +156,9 @@ def memory(run):
 
 
 def run_phase(run):
+    """Last: the other phases' servers are stopped and their data files
+    removed first (the disk and tmpfs are freed)."""
+    run.close()
     return attempt('memory', memory, run)
 
 
@@ -185,13 +180,11 @@ def report(s, memory, p):
     p('   baseline RSS %.1f MB' % memory['baseline_rss_mb'])
     p('   %d MB transaction: peak %.1f MB (replicated in %.2f s after the '
       'commit)' % (txn['mb'], txn['peak_rss_mb'], txn['replicated_seconds']))
-    if 'skipped' in blob:
-        p('   blob: SKIPPED: %s' % blob['skipped'])
-    else:
-        p('   %d MB blob: peak %.1f MB (written in %.1f s, replicated in '
-          '%.2f s after the commit)' % (
-              blob['mb'], blob['peak_rss_mb'], blob['write_seconds'],
-              blob['replicated_seconds']))
+    p('   blob: SKIPPED: %s' % blob['skipped'] if 'skipped' in blob else
+      '   %d MB blob: peak %.1f MB (written in %.1f s, replicated in %.2f s '
+      'after the commit)' % (blob['mb'], blob['peak_rss_mb'],
+                             blob['write_seconds'],
+                             blob['replicated_seconds']))
     p('   (primary peak RSS %.1f MB)' % memory['primary_peak_rss_mb'])
     p('   primary, %d secondaries that stop reading at the start of its '
       '%.0f MB history: +%.1f MB each (RSS %.0f -> %.0f MB)' % (

@@ -1,8 +1,8 @@
 """The processes of one benchmark run: `Run` owns the run directory, the
 primaries (zc.zrs under runzeo, zrsd, and zrsd with blobs on the blob
-workload) on copies of the workload,
-the replicas kept from the catch-up for the lag and read tests, a plain
-runzeo and the worker processes (ZEO clients in processes of their own)."""
+workload) on copies of the workload, the replicas kept from the catch-up
+for the lag and read tests, a plain runzeo and the worker processes (ZEO
+clients in processes of their own)."""
 import collections
 import contextlib
 import multiprocessing
@@ -34,32 +34,11 @@ ZRSD_BLOBS = 'zrsd-blobs'
 
 
 class ZcZrsReplica(peers.ZcZrsSecondary):
-    """A harness zc.zrs secondary, precise log time stamps, python given."""
+    """A harness zc.zrs secondary with precise log time stamps, started on
+    the `python` set before (like the other nodes: `start(timeout)`)."""
 
     log_format = PRECISE_LOG_FORMAT
-
-    def __init__(self, directory, primary_port, python):
-        super().__init__(directory, primary_port)
-        self.python = python
-
-    def start(self, timeout=60.0):
-        return Node.start(self, timeout)
-
-
-def primary_directory(args, meta, stamp):
-    """A new directory on tmpfs (/dev/shm) for the primaries' files when
-    it has room for two copies of the workload and --primaries-on-disk is
-    not given, else None (the run directory).  A primary's fsync is in no
-    figure, but on the one disk it would compete with the replica's."""
-    try:
-        if args.primaries_on_disk or shutil.disk_usage('/dev/shm').free < (
-                3 * meta['file_bytes'] + (1 << 30)):
-            return None
-    except OSError:
-        return None
-    path = os.path.join('/dev/shm', 'zrsd-bench-%s-%d' % (stamp, os.getpid()))
-    os.makedirs(path)
-    return path
+    start = Node.start
 
 
 def remove_data_files(top):
@@ -74,11 +53,13 @@ def remove_data_files(top):
                 os.remove(os.path.join(directory, name))
 
 
-def copy_storage(source, target):
-    """Copy a FileStorage and its index (to be opened writable elsewhere)."""
+def copy_storage(source, node):
+    """Copy a FileStorage, its index and its blobs for `node` to open."""
     for suffix in ('', '.index'):
         if os.path.exists(source + suffix):
-            shutil.copyfile(source + suffix, target + suffix)
+            shutil.copyfile(source + suffix, node.fs_path + suffix)
+    if getattr(node, 'blob_dir', None):
+        shutil.copytree(blob_dir_of(source), node.blob_dir)
 
 
 def worker_main(conn):
@@ -101,13 +82,6 @@ def receive(conn, timeout=120):
     return answer
 
 
-def run_in_worker(conn, function, *args):
-    """Have a worker run `function(conn, *args)`; returns its first answer
-    ('ready')."""
-    conn.send((function, args))
-    return receive(conn)
-
-
 class Run:
     """The servers of one run, in `directory` (default
     var/bench/run-TIMESTAMP/), on the workload at `workload_path`."""
@@ -116,12 +90,19 @@ class Run:
                  blob_workload=None):
         self.args, self.workload_path, self.meta = args, workload_path, meta
         self.blob_source = blob_workload
-        self.last_tid, self.last_oid = (bytes.fromhex(meta[key])
-                                        for key in ('last_tid', 'last_oid'))
+        self.last_tid = bytes.fromhex(meta['last_tid'])
         self.stamp = time.strftime('%Y%m%d-%H%M%S')
         self.dir = directory or os.path.join(BENCH_DIR, 'run-' + self.stamp)
         os.makedirs(self.dir, exist_ok=directory is not None)
-        self.primary_dir = primary_directory(args, meta, self.stamp)
+        # The primaries' files on tmpfs if it has room for two copies of
+        # the workload (their fsyncs would compete with the replicas').
+        self.primary_dir = None
+        with contextlib.suppress(OSError):
+            if not args.primaries_on_disk and shutil.disk_usage(
+                    '/dev/shm').free >= 3 * meta['file_bytes'] + (1 << 30):
+                path = '/dev/shm/zrsd-bench-%s-%d' % (self.stamp, os.getpid())
+                os.makedirs(path)
+                self.primary_dir = path
         self.catchup_timeout = max(300, meta['transactions'] / 20)
         self.owned = []             # every server started so far
         self.primaries = {}         # kind -> its primary
@@ -134,8 +115,7 @@ class Run:
 
     def blob_workload(self):
         """(path, metadata) of the blob workload (`workload(blobs=True)`,
-        cached under var/bench/, unless the Run was given one); its blob
-        directory is `blob_dir_of(path)`."""
+        cached under var/bench/, unless the Run was given one)."""
         if self.blob_source is None:
             self.blob_source = workload(
                 self.args.preset, self.args.seed, blobs=True)
@@ -165,10 +145,8 @@ class Run:
             remove_data_files(self.dir)
 
     def primary(self, kind):
-        """The running primary of `kind` ('zczrs', 'zrsd', ZRSD_BLOBS) on a
-        copy of the workload (the blob workload for ZRSD_BLOBS); started
-        (again, if it had exited) when needed.  A zrsd primary logs with
-        PRECISE_LOG_FORMAT (the file copy is timed from its log)."""
+        """The running primary of `kind` on a copy of its workload; a
+        zrsd one logs precise times (the file copy is timed from them)."""
         primary = self.primaries.get(kind)
         if primary is None:
             directory = os.path.join(self.primary_dir or self.dir,
@@ -177,12 +155,8 @@ class Run:
                 ZcZrsPrimary(directory) if kind == 'zczrs'
                 else ZrsdNode(directory, 'primary', blobs=kind == ZRSD_BLOBS,
                               log_format=PRECISE_LOG_FORMAT))
-            if kind == ZRSD_BLOBS:
-                source = self.blob_workload()[0]
-                copy_storage(source, primary.fs_path)
-                shutil.copytree(blob_dir_of(source), primary.blob_dir)
-            else:
-                copy_storage(self.workload_path, primary.fs_path)
+            copy_storage(self.blob_workload()[0] if kind == ZRSD_BLOBS
+                         else self.workload_path, primary)
         elif not primary.running():
             log('the %s primary had exited (status %s); restarting it' % (
                 kind.replace('zczrs', 'zc.zrs'),
@@ -192,9 +166,8 @@ class Run:
         return primary
 
     def new_replica(self, pair, directory):
-        """An empty, unstarted replica of `pair` in `directory`; a zc.zrs
-        one runs on the peer venv (zc.zrs on ZODB 5.5.1), built if need be.
-        """
+        """An empty, unstarted replica of `pair` (zc.zrs on the peer venv,
+        built if need be)."""
         port = self.primary(pair.primary).repl_port
         if pair.replica == 'zrsd':
             # No file copy: these replicas measure ZRS.
@@ -206,7 +179,9 @@ class Run:
             self.peer_python = peers.peer_python()
             log('peer venv (zc.zrs on ZODB 5.5.1) ready in %.0f s'
                 % (time.monotonic() - started))
-        return self.own(ZcZrsReplica(directory, port, self.peer_python))
+        replica = self.own(ZcZrsReplica(directory, port))
+        replica.python = self.peer_python
+        return replica
 
     def replica_for(self, pair):
         """(primary, a running replica of it, caught up) for `pair`; the
@@ -227,7 +202,7 @@ class Run:
     def plain_runzeo(self):
         """A running plain runzeo on a copy of the workload."""
         node = self.own(PlainZeoNode(self.path('runzeo'), 'plain'))
-        copy_storage(self.workload_path, node.fs_path)
+        copy_storage(self.workload_path, node)
         return node.start(120)
 
     def worker_conns(self):
@@ -245,9 +220,8 @@ class Run:
         return [conn for conn, _ in self.workers]
 
     def reset_workers(self, force=True):
-        """Ask the workers to exit, and kill those that do not within 10 s
-        or, with `force` (a failed exchange leaves the pipes out of step),
-        at once; new ones are started on next use."""
+        """Stop the workers (killed after 10 s, or at once with `force`: a
+        failed exchange leaves the pipes out of step); next use starts new."""
         for conn, _ in self.workers:
             with contextlib.suppress(OSError):
                 conn.send(None)

@@ -7,8 +7,8 @@ import time
 from ZODB.utils import p64
 
 from .measure import (
-    READ_CACHE_SIZE, attempt, cpu_seconds, fmt, fmt_range, log, ratio_rounds,
-    read_client, rotated, server_status, summaries, summary)
+    READ_CACHE_SIZE, attempt, cpu_seconds, fmt, fmt_range, log, read_client,
+    rotated, server_status, summaries, summary)
 from .nodes import ZRSD_TO_ZRSD, receive
 
 NAME = 'reads'
@@ -37,8 +37,7 @@ def reader(conn, address, max_oid, seed, seconds):
         loads += 64
         if time.monotonic() >= deadline:
             break
-    elapsed = time.monotonic() - started
-    conn.send((loads, elapsed))
+    conn.send((loads, time.monotonic() - started))
     storage.close()
 
 
@@ -103,16 +102,16 @@ def summarise(reads, s, targets, meta):
         for clients, runs in per_clients.items()}
     ratios = s['reads_ratios'] = {}
     for clients in READ_CLIENTS:
-        ratio = ratios[str(clients)] = {
-            key: ratio_rounds(reads['zrsd'].get(str(clients), []),
-                              reads['runzeo'].get(str(clients), []), key)
+        pairs = list(zip(*(reads[name].get(str(clients), [])
+                           for name in SERVERS)))
+        ratio = ratios[str(clients)] = {key: summary(
+            [a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key)])
             for key in ('loads_per_s', 'cpu_us_per_load')}
-        plural = 's' if clients > 1 else ''
-        targets.add_stat('reads_ratio', 'reads/s zrsd / runzeo, %d client%s'
-                         % (clients, plural), ratio['loads_per_s'], 'min')
+        clients = '%d client%s' % (clients, 's' * (clients > 1))
+        targets.add_stat('reads_ratio', 'reads/s zrsd / runzeo, ' + clients,
+                         ratio['loads_per_s'], 'min')
         targets.add_stat('reads_cpu_ratio', 'server µs/load zrsd / runzeo, '
-                         '%d client%s' % (clients, plural),
-                         ratio['cpu_us_per_load'], 'max')
+                         + clients, ratio['cpu_us_per_load'], 'max')
 
 
 def report(s, reads, p):

@@ -6,8 +6,6 @@ import socket
 import struct
 import time
 
-from ZODB.utils import z64
-
 from harness.stream import frame
 
 
@@ -92,31 +90,10 @@ class StreamReader:
             end += received
 
 
-def bare_stream(port, last_tid, timeout):
-    """Consume a ZRS primary's stream from the start, up to the C message
-    after the T of `last_tid`, and discard it."""
-    cpu = time.process_time()
-    started = time.monotonic()
-    sock = connect(port, z64, timeout)
-    stream = StreamReader(sock)
-    try:
-        for tid, _ in stream.commits():
-            if tid == last_tid:
-                return dict(seconds=time.monotonic() - started,
-                            verified=True, transactions=stream.transactions,
-                            frames=stream.frames, stream_bytes=stream.bytes,
-                            replica_cpu=time.process_time() - cpu)
-    finally:
-        sock.close()
-    raise RuntimeError('the primary closed the stream after %d transactions'
-                       % stream.transactions)
-
-
 def stream_probe(conn, port, start_tid):
     """Diagnostic (--lag-probe), in a worker: follow a primary's stream
-    from `start_tid` like a secondary that applies nothing, and note when
-    each transaction's C message arrived.  Sends {tid: time} after
-    ('stop',)."""
+    from `start_tid` like a secondary that applies nothing; sends {tid:
+    time its C message arrived} after ('stop',)."""
     sock = connect(port, start_tid, 30)
     sock.settimeout(0.1)
     conn.send('ready')

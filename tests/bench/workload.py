@@ -1,6 +1,6 @@
 """The benchmark's workload: a FileStorage written directly (not through
 ZEO), deterministic for a preset and a seed, cached under var/bench/;
-README.md, "The workload", describes its shape."""
+docs/BENCHMARK.md, "The workload", describes its shape."""
 import importlib
 import itertools
 import json
@@ -56,18 +56,10 @@ def blob_dir_of(path):
 
 def generate_workload(path, transactions, big_transactions, seed,
                       blobs=False):
-    """Write the workload FileStorage at `path` (and its .index); returns
-    its metadata.  With `blobs`, in the blob directory `blob_dir_of(path)`,
-    every BLOB_EVERY-th transaction also stores a new blob object of
-    BLOB_SIZES bytes (its `blobs` and `blob_bytes` in the metadata).
-    Deterministic for (transactions, big_transactions, seed, blobs):
-    tids from 2024-01-01 00:00 UTC, 1-50 ms apart.  Transaction 0 stores the
-    root.  Each other touches 1-20 distinct objects (new with probability
-    0.3), of 100 B - 20 KB, and with probability 0.2 has a user,
-    a description and extension data; `big_transactions` evenly spaced ones
-    hold 5 MB (one record of 5 MB or five of 1 MB, alternately).  Payloads
-    are cut from a random pool, prefixed with a counter.  FileStorage's
-    fsync per transaction is switched off; the file is fsynced once."""
+    """Write the workload FileStorage at `path` (its .index, with `blobs`
+    its blob directory); returns its metadata.  Deterministic for the
+    arguments (docs/BENCHMARK.md, "The workload"); FileStorage's fsync per
+    transaction is off, the file is fsynced once."""
     rng = random.Random(seed)
     pool = rng.randbytes(POOL_SIZE)
     counter = itertools.count(1)
@@ -75,10 +67,9 @@ def generate_workload(path, transactions, big_transactions, seed,
     big_at = {int((k + 1) * transactions / (big_transactions + 1)): k
               for k in range(big_transactions)}
     stats = dict(records=0, data_bytes=0, extension_transactions=0,
-                 big_transactions=0)
-    if blobs:
-        blob_rng = random.Random(seed + 1)
-        stats.update(blobs=0, blob_bytes=0)
+                 big_transactions=0, **(dict(blobs=0, blob_bytes=0)
+                                        if blobs else {}))
+    blob_rng = random.Random(seed + 1)
 
     def payload(size):
         size = max(size - len(RECORD_CLASS) - 40, 8)
@@ -174,19 +165,16 @@ def remove_files(path, suffixes):
 
 
 def workload(preset, seed, blobs=False):
-    """(path, metadata) of the workload file cached in var/bench/ (named
-    by preset, seed and generator version; with `blobs`, the blob workload,
-    its blob directory `blob_dir_of(path)`), generated if missing; the
-    metadata file is written last, so an interrupted generation is redone."""
+    """(path, metadata) of the workload cached in var/bench/, generated if
+    missing (its metadata file last: an interrupted one is redone)."""
     params = PRESETS[preset]
     name = 'workload-%s%s-seed%d-v%d' % (
         preset, '-blobs' if blobs else '', seed, WORKLOAD_FORMAT)
-    path = os.path.join(BENCH_DIR, name + '.fs')
-    meta_path = os.path.join(BENCH_DIR, name + '.json')
+    path, meta_path, tmp = (os.path.join(BENCH_DIR, name + suffix) for
+                            suffix in ('.fs', '.json', '.partial.fs'))
     os.makedirs(BENCH_DIR, exist_ok=True)
-    if os.path.exists(meta_path) and os.path.exists(path) \
-            and os.path.exists(path + '.index') and (
-                not blobs or os.path.isdir(blob_dir_of(path))):
+    if all(map(os.path.exists, (meta_path, path, path + '.index') + (
+            (blob_dir_of(path),) if blobs else ()))):
         with open(meta_path) as f:
             meta = json.load(f)
         if meta.get('file_bytes') == os.path.getsize(path):
@@ -197,11 +185,10 @@ def workload(preset, seed, blobs=False):
     log('workload: generating %s (%d transactions, seed %d) ...' % (
         os.path.relpath(path, ROOT), params['transactions'], seed))
     started = time.monotonic()
-    tmp = os.path.join(BENCH_DIR, name + '.partial.fs')
     meta = generate_workload(tmp, params['transactions'],
                              params['big_transactions'], seed, blobs)
-    meta['generation_seconds'] = round(time.monotonic() - started, 2)
-    meta['preset'] = preset
+    meta.update(generation_seconds=round(time.monotonic() - started, 2),
+                preset=preset)
     if blobs:
         shutil.rmtree(blob_dir_of(path), ignore_errors=True)
         os.replace(blob_dir_of(tmp), blob_dir_of(path))
