@@ -1,4 +1,4 @@
-"""5. What replication costs the primary: ZEO commits per second of 1 and
+"""4. What replication costs the primary: ZEO commits per second of 1 and
 4 writer processes against a plain runzeo, and against a zrsd primary
 with 0, 1 and 3 caught-up zrsd replicas, each on a new, empty file; and
 the server's CPU time per commit.
@@ -24,7 +24,7 @@ from .nodes import receive
 from .workload import record
 
 NAME = 'commits'
-TITLE = '5. Commits: ZEO commits/s of small transactions, by writers'
+TITLE = '4. Commits: ZEO commits/s of small transactions, by writers'
 WRITERS = (1, 4)                 # writer processes (at most nodes.WORKERS)
 SERVERS = {'runzeo': 'plain runzeo', 'zrsd-0': 'zrsd, no secondary',
            'zrsd-1': 'zrsd, 1 secondary', 'zrsd-3': 'zrsd, 3 secondaries'}

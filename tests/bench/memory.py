@@ -1,4 +1,4 @@
-"""4. Memory: the peak RSS of a zrsd replica (with a blob-dir) of a zrsd
+"""5. Memory: the peak RSS of a zrsd replica (with a blob-dir) of a zrsd
 primary (with a blob-dir) while it replicates a 100 MB transaction, then a
 big blob.  Runs once, not per round, after the other phases."""
 import os
@@ -20,7 +20,7 @@ from .stream import connect
 from .workload import POOL_SIZE, record
 
 NAME = 'memory'
-TITLE = ('4. Memory: zrsd replica peak RSS (zrsd primary -> zrsd replica, '
+TITLE = ('5. Memory: zrsd replica peak RSS (zrsd primary -> zrsd replica, '
          'both with blob-dir)')
 BIG_TXN_RECORDS = 10         # the memory test's 100 MB transaction:
 BIG_TXN_RECORD_MB = 10       # 10 records of 10 MB

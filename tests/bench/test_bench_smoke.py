@@ -34,6 +34,8 @@ def test_every_phase_produces_its_figures(tmp_path):
             key, row, text)
     for key in ('zrsd/1', 'zrsd/4', 'runzeo/1', 'runzeo/4'):
         assert s['reads'][key]['loads_per_s'], (key, text)
+    for key in ('runzeo/1', 'zrsd-0/4', 'zrsd-1/1', 'zrsd-3/4'):
+        assert s['commits'][key]['commits_per_s'], (key, text)
     memory = results['memory']
     assert memory['txn']['peak_rss_mb'] > 0, text
     assert memory['blob'].get('peak_rss_mb') or memory['blob']['skipped']
@@ -41,7 +43,8 @@ def test_every_phase_produces_its_figures(tmp_path):
     assert {'catchup_a_over_e', 'catchup_b_over_c', 'catchup_f_over_c',
             'catchup_g_over_c', 'catchup_f_mb_s', 'catchup_g_mb_s',
             'catchup_h_mb_s', 'lag_500_p99_ms',
-            'reads_ratio', 'memory_mb'} <= names, text
-    for heading in ('1. Catch-up', '2. Lag', '3. Reads', '4. Memory',
-                    'Targets'):
+            'reads_ratio', 'commits_1_ratio', 'commits_3_ratio',
+            'memory_mb'} <= names, text
+    for heading in ('1. Catch-up', '2. Lag', '3. Reads', '4. Commits',
+                    '5. Memory', 'Targets'):
         assert heading in text
