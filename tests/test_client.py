@@ -1,8 +1,6 @@
-"""The secondary's Twisted glue, zrsd.replica.client, on a fake network,
-narrated like zc.zrs's ``secondary.test``: a `Clock` is the reactor, the
-test completes or refuses connection attempts, a `Transport` records what
-the secondary writes, and the test plays the primary (``dataReceived``).
-"""
+"""zrsd.replica.client on a fake network, like zc.zrs's ``secondary.test``:
+a `Clock` is the reactor, the test completes or refuses connection attempts
+and plays the primary; a `StringTransport` records what the client writes."""
 import decimal
 import logging
 import socket
@@ -29,23 +27,6 @@ TID1, TID2, TID3, TID4, TID5 = [
     p64(0x03E5000000000000 + n) for n in (0x10, 0x20, 0x30, 0x31, 0x32)]
 OID0, OID1 = p64(0), p64(1)
 BAD_DIGEST = b'\2' * 16
-
-
-class Transport(StringTransport):
-    """A StringTransport that records abortConnection and has a handle."""
-
-    aborted = False
-
-    def __init__(self, handle=None):
-        super().__init__()
-        self.handle = handle
-
-    def getHandle(self):
-        return self.handle
-
-    def abortConnection(self):
-        self.aborted = True
-        super().abortConnection()
 
 
 class FakeStorage(RecordingSink):
@@ -103,10 +84,12 @@ class Setup:
         self.attempts.append((factory, defer.Deferred()))
         return self.attempts[-1][1]
 
-    def accept(self, transport=None):
-        """Complete the last attempt; return (protocol, transport)."""
+    def accept(self, handle=None):
+        """Complete the last attempt: (protocol, transport), the transport
+        `disconnected` once aborted, with `handle` as its socket."""
         factory, d = self.attempts[-1]
-        transport = transport or Transport()
+        transport = StringTransport()
+        transport.getHandle = lambda: handle
         proto = factory.buildProtocol(None)
         proto.makeConnection(transport)
         d.callback(proto)
@@ -116,10 +99,10 @@ class Setup:
         self.attempts[-1][1].errback(
             Failure(error.ConnectionRefusedError('Connection refused')))
 
-    def start(self, transport=None):
+    def start(self, handle=None):
         """Start the client and accept its attempt: (protocol, transport)."""
         self.client.start()
-        return self.accept(transport)
+        return self.accept(handle)
 
     def reconnect_delay(self):
         """The delay of the one pending reconnect attempt."""
@@ -175,7 +158,7 @@ def test_handshake(last, kw, name):
 
 def test_socket_is_tuned_for_tcp(tcp):
     sock = tcp[1]
-    Setup().start(Transport(handle=sock))
+    Setup().start(sock)
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
@@ -184,16 +167,11 @@ def test_keep_alives_every_delay():
     s = Setup(keep_alive_delay=60)
     proto, transport = s.start()
     transport.clear()
-    s.clock.advance(59)
-    assert transport.value() == b''
-    s.clock.advance(1)
-    assert transport.value() == b'\0\0\0\0'
-    s.clock.pump([60, 60])
-    assert transport.value() == b'\0\0\0\0' * 3
-    # Receiving data does not disturb them.
-    proto.dataReceived(Stream(z64).one(TID1).wire())
-    s.clock.advance(60)
-    assert transport.value() == b'\0\0\0\0' * 4
+    for step, sent in [(59, 0), (1, 1), (60, 2), (60, 3), (60, 4)]:
+        if sent == 4:   # receiving data does not disturb them
+            proto.dataReceived(Stream(z64).one(TID1).wire())
+        s.clock.advance(step)
+        assert transport.value() == b'\0\0\0\0' * sent
 
 
 @pytest.mark.parametrize('keep_alive_delay, disconnect, scheduled', [
@@ -226,7 +204,7 @@ def test_transaction_is_committed():
     for i in range(len(data)):  # byte by byte
         proto.dataReceived(data[i:i + 1])
     assert s.storage.committed == s.commits == [TID2, TID3]
-    assert not transport.aborted
+    assert not transport.disconnected
 
 
 def test_bad_checksum(caplog):
@@ -241,7 +219,7 @@ def test_bad_checksum(caplog):
     assert 'primary.example.com:5000' in line
     assert s.storage.calls[-1] == ('abort', TID2)
     assert s.storage.committed == [TID1]
-    assert transport.aborted and s.client.stream_failures == 1
+    assert transport.disconnected and s.client.stream_failures == 1
     # Whatever else arrives before the connection is gone is ignored.
     proto.dataReceived(Stream(TID1).one(TID3).wire())
     assert s.storage.committed == [TID1]
@@ -267,13 +245,12 @@ def test_bad_checksum(caplog):
 ], ids=['garbage-frame', 'frame-too-large', 'sink-failure'])
 def test_bad_input_is_logged_and_drops_the_connection(
         caplog, setup, data, texts, brief, traceback):
-    """One ERROR (a traceback only if unexpected); the open transaction is
-    aborted at once, not when the connection is gone."""
+    """One ERROR (a traceback if unexpected); the transaction aborts now."""
     s = setup()
     proto, transport = s.start()
     with caplog.at_level(logging.ERROR, logger=LOGGER):
         proto.dataReceived(data)
-    assert transport.aborted
+    assert transport.disconnected
     [record] = caplog.records
     assert record.levelname == 'ERROR'
     assert [t for t in texts if t in record.getMessage()] == texts
@@ -310,11 +287,11 @@ def test_client_options_reach_the_receiver(caplog):
     with caplog.at_level(logging.ERROR, logger=LOGGER):
         s, transport = run()
     assert 'refused global decimal.Decimal' in caplog.text
-    assert transport.aborted and s.storage.committed == []
+    assert transport.disconnected and s.storage.committed == []
     s, transport = run(
         decoder=zrs.MessageDecoder(zrs.resolve_globals(['decimal.Decimal'])),
         check_checksums=False)
-    assert not transport.aborted and s.storage.committed == [TID1]
+    assert not transport.disconnected and s.storage.committed == [TID1]
 
 
 # -- reconnecting ------------------------------------------------------------
@@ -358,8 +335,7 @@ def test_backoff_reset_after(connected):
     (0, 5, True), (client.REFUSAL_WINDOW + 1, 0, False),
 ], ids=['at-once', 'late'])
 def test_closes_after_the_handshake(after, refusals, at_max):
-    """A primary closing at once (a refusal) is retried at the maximum
-    delay; closing an idle link long after (a restart) is no refusal."""
+    """Closing at once is a refusal (maximum delay), long after is not."""
     s = Setup()
     s.client.start()
     delays = []
@@ -403,7 +379,7 @@ def test_backoff_after_stream_failure():
     s = Setup()
     proto, transport = s.start()
     proto.dataReceived(Stream(z64).one(TID1, digest=BAD_DIGEST).take())
-    assert transport.aborted
+    assert transport.disconnected
     lost(proto)
     first = s.reconnect_delay()
     s.wait_for_attempt()
@@ -440,7 +416,7 @@ def test_stop_aborts_half_received_transaction():
     proto.dataReceived(primary.begin(TID2).store(OID1, TID2, b'x').take())
     s.client.stop()
     assert s.storage.calls[-1] == ('abort', TID2)
-    assert s.storage.committed == [TID1] and transport.aborted
+    assert s.storage.committed == [TID1] and transport.disconnected
     # More data before the connection is really gone changes nothing.
     proto.dataReceived(primary.commit().take())
     assert s.storage.committed == [TID1]
@@ -457,7 +433,7 @@ def test_fsync_deferred_while_more_data_waits(tcp):
     """Commits are fsynced when the socket has nothing more to read."""
     sender, receiver = tcp
     s = Setup(TID1)
-    proto, transport = s.start(Transport(handle=receiver))
+    proto, transport = s.start(receiver)
     assert s.storage.defer_sync
     primary = Stream(TID1)
     # More of the stream is already waiting in the kernel: no fsync.

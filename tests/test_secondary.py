@@ -1,6 +1,5 @@
-"""Unit tests for the replication state machine,
-zrsd.replica.receiver.Receiver, fed frame payloads as a zc.zrs primary
-sends them, its sink recording every call it makes."""
+"""The replication state machine, zrsd.replica.receiver.Receiver, fed what
+a zc.zrs primary sends, its sink recording every call it makes."""
 import hashlib
 import logging
 import pickle
@@ -74,9 +73,7 @@ def test_full_transaction(sink):
     assert sink.calls == [
         ('begin', TID1, 'p', b'alice', b'add a', {'ticket': 42}),
         ('store', OID0, TID1, b'root record', None),
-        ('store', OID1, TID1, None, TID1),
-        ('commit', TID1),
-    ]
+        ('store', OID1, TID1, None, TID1), ('commit', TID1)]
     # nbytes: the payloads of the transaction up to its C message.
     assert commits == [(TID1, before_commit)]
     assert (receiver.state, receiver.last_tid, receiver.transaction_tid) \
@@ -113,12 +110,9 @@ def test_legacy_stream_commits(sink, caplog):
     assert sink.calls == [
         ('begin', TID1, ' ', b'', b'', {}),
         ('store', OID0, TID1, b'inline', None),
-        ('store', OID1, TID1, None, TID1),
-        ('commit', TID1),
+        ('store', OID1, TID1, None, TID1), ('commit', TID1),
         ('begin', TID2, ' ', b'', b'', {}),
-        ('store', OID0, TID2, b'again', None),
-        ('commit', TID2),
-    ]
+        ('store', OID0, TID2, b'again', None), ('commit', TID2)]
     assert tids(commits) == [TID1, TID2]
     warnings = [r for r in caplog.records if 'checksum' in r.getMessage()]
     assert len(warnings) == 1  # warned once, not per commit
@@ -130,12 +124,14 @@ def test_mixed_legacy_and_checksummed_commits(sink):
     assert tids(receive(sink, stream)[1]) == [TID1, TID2]
 
 
+def bad_checksum():
+    return Stream(START).one(TID1, data=b'x', digest=b'\1' * 16).payloads
+
+
 def test_bad_checksum_aborts_and_fails(sink):
-    stream = Stream(START).begin(TID1).store(OID0, TID1, b'x')
-    stream.commit(digest=b'\1' * 16)
     receiver, commits = receive(sink)
     with pytest.raises(ProtocolError, match='checksum mismatch') as info:
-        feed(receiver, stream.payloads)
+        feed(receiver, bad_checksum())
     assert TID1.hex() in str(info.value)
     assert_failed(receiver, commits, ['begin', 'store', 'abort'])
     receiver.abort()  # idempotent
@@ -143,9 +139,8 @@ def test_bad_checksum_aborts_and_fails(sink):
 
 
 def test_bad_checksum_accepted_when_checks_are_off(sink):
-    stream = Stream(START).begin(TID1).store(OID0, TID1, b'x')
-    stream.commit(digest=b'\1' * 16)
-    receiver, commits = receive(sink, stream, check_checksums=False)
+    receiver, commits = receive(sink, check_checksums=False)
+    feed(receiver, bad_checksum())
     assert (sink.names(), tids(commits)) == (['begin', 'store', 'commit'],
                                              [TID1])
 
