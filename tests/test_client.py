@@ -13,14 +13,12 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from ZODB.utils import p64, z64
 
-from zrsd.replica import client
 from zrsd import protocol as zrs
-from zrsd.replica.client import (LinkSettings, ReplicationClient,
-                                 SecondaryProtocol)
 from zrsd.network.sockets import pending_bytes
+from zrsd.replica import client
 
 from harness.process import wait_until
-from harness.stream import RecordingSink, Stream
+from harness.stream import RecordingSink, Stream, bytewise
 
 LOGGER = 'zrsd.replica.client'
 TID1, TID2, TID3, TID4, TID5 = [
@@ -75,9 +73,9 @@ class Setup:
         self.attempts = []  # [(factory, deferred)]
         self.storage = FakeStorage(last, fail_on)
         self.commits = []
-        self.client = ReplicationClient(
+        self.client = client.ReplicationClient(
             '1', self.storage, ('primary.example.com', 5000), self, self.clock,
-            LinkSettings(**kw),
+            client.LinkSettings(**kw),
             on_commit=lambda tid, n: self.commits.append(tid))
 
     def connect(self, factory):
@@ -123,7 +121,8 @@ def lost(proto, exc=None):
 
 
 def errors(caplog):
-    return [r for r in caplog.records if r.levelno == logging.ERROR]
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.ERROR]
 
 
 @pytest.fixture
@@ -146,19 +145,16 @@ def test_handshake(last, kw, name):
     s = Setup(last, **kw)
     assert s.attempts == []
     s.client.start()
-    assert len(s.attempts) == 1
-    assert not s.client.connected
+    assert len(s.attempts) == 1 and not s.client.connected
     proto, transport = s.accept()
-    assert isinstance(proto, SecondaryProtocol)
+    assert isinstance(proto, client.SecondaryProtocol)
     # The protocol name, then the last tid; nothing else, no reply wanted.
     assert transport.value() == b'\0\0\0\x06' + name + b'\0\0\0\x08' + last
-    assert s.client.connected
-    assert s.client.connection is proto
+    assert s.client.connected and s.client.connection is proto
 
 
 def test_socket_is_tuned_for_tcp(tcp):
-    sock = tcp[1]
-    Setup().start(sock)
+    sock = Setup().start(tcp[1])[1].getHandle()
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
@@ -200,9 +196,8 @@ def test_transaction_is_committed():
                                ('store', OID0, TID2, b'two', None),
                                ('commit', TID2)]
     assert s.commits == [TID2]
-    data = primary.one(TID3).take()
-    for i in range(len(data)):  # byte by byte
-        proto.dataReceived(data[i:i + 1])
+    for byte in bytewise(primary.one(TID3).take()):
+        proto.dataReceived(byte)
     assert s.storage.committed == s.commits == [TID2, TID3]
     assert not transport.disconnected
 
@@ -214,7 +209,7 @@ def test_bad_checksum(caplog):
     with caplog.at_level(logging.INFO, logger=LOGGER):
         proto.dataReceived(primary.one(TID1).take())
         proto.dataReceived(primary.one(TID2, digest=b'\1' * 16).take())
-    [line] = [r.getMessage() for r in errors(caplog)]
+    [line] = errors(caplog)
     assert 'checksum mismatch' in line and TID2.hex() in line
     assert 'primary.example.com:5000' in line
     assert s.storage.calls[-1] == ('abort', TID2)
@@ -225,8 +220,7 @@ def test_bad_checksum(caplog):
     assert s.storage.committed == [TID1]
     # The connection goes; the client reconnects, from the last good tid.
     lost(proto)
-    assert s.storage.names().count('abort') == 1
-    assert not s.client.connected
+    assert s.storage.names().count('abort') == 1 and not s.client.connected
     s.wait_for_attempt()
     proto, transport = s.accept()
     assert transport.value() == handshake(TID1)
@@ -361,10 +355,9 @@ def test_refused_after_three_closes_right_after_the_handshake(caplog):
         assert s.client.refusals == attempt
         s.wait_for_attempt()
     assert s.client.refused and s.client.state == 'refused'
-    [line] = [r.getMessage() for r in errors(caplog)]
-    assert 'refused: the primary closed the link right after the ' \
-        'handshake 3 times in a row' in line
-    assert TID1.hex() in line
+    [line] = errors(caplog)
+    assert TID1.hex() in line and 'refused: the primary closed the link ' \
+        'right after the handshake 3 times in a row' in line
     # Refused again: no new ERROR.
     lost(s.accept()[0])
     assert len(errors(caplog)) == 1
@@ -452,5 +445,5 @@ def test_fsync_deferred_while_more_data_waits(tcp):
     proto.dataReceived(primary.one(TID5).take())
     assert s.storage.unsynced == 1
     lost(proto)
-    assert (s.storage.syncs, s.storage.unsynced) == (2, 0)
-    assert not s.storage.defer_sync
+    assert (s.storage.syncs, s.storage.unsynced, s.storage.defer_sync) == (
+        2, 0, False)

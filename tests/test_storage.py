@@ -328,15 +328,12 @@ def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
         'zrsd-k3j2h1.blob', 'zrsd-a9b8c7.blob', 'BUSHY-not-ours.tmp')]
     for path in files:
         path.write_bytes(b'half a blob')
-    replica = ReplicaStorage(fs)
-    try:
+    with closing(ReplicaStorage(fs)) as replica:
         assert [path.exists() for path in files] == [False, False, True]
         # What the writer makes now is still ours to remove next time.
         with replica.writer.open_blob() as blob:
             assert os.path.basename(blob.name).startswith('zrsd-')
             assert blob.name.endswith('.blob')
-    finally:
-        replica.close()
 
 
 def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
