@@ -22,9 +22,16 @@ class Setup:
     """The primary, the legit replica and a client of the replica (one for
     the module: ZEO logs each client disconnecting)."""
 
-    def __init__(self, primary, replica):
-        self.primary, self.replica = primary, replica
-        self.client = replica.client()
+    def __init__(self, directory, register):
+        self.primary = ZrsdNode(directory, 'primary', register=register,
+                                zrs_lines=HANDSHAKE_TIMEOUT).start()
+        zczrs.populate(self.primary.zeo_address, transactions=100,
+                       undo_every=40)
+        self.replica = ZrsdNode(directory, 'replica', register=register,
+                                upstream=self.primary.repl_port).start()
+        self.client = self.replica.client()
+        peers.wait_for_tid(self.client, self.primary.last_tid(),
+                           [self.primary, self.replica])
 
     def commit(self):
         """One small commit on the primary; returns its tid."""
@@ -43,17 +50,10 @@ class Setup:
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory, module_processes):
-    directory = tmp_path_factory.mktemp('hostile')
-    primary = ZrsdNode(directory, 'primary', zrs_lines=HANDSHAKE_TIMEOUT,
-                       register=module_processes).start()
-    zczrs.populate(primary.zeo_address, transactions=100, undo_every=40)
-    replica = ZrsdNode(directory, 'replica', upstream=primary.repl_port,
-                       register=module_processes).start()
-    setup = Setup(primary, replica)
-    peers.wait_for_tid(setup.client, primary.last_tid(), [primary, replica])
+    setup = Setup(tmp_path_factory.mktemp('hostile'), module_processes)
     yield setup
     setup.client.close()
-    stop_all(replica, primary)
+    stop_all(setup.replica, setup.primary)
 
 
 @pytest.fixture(scope='module')
