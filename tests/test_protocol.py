@@ -64,15 +64,6 @@ def whole(data):
     return [[data]]
 
 
-def frames_of(pieces, limit=DEFAULT_MAX_FRAME):
-    received = []
-    decoder = FrameDecoder(received.append, limit)
-    for piece in pieces:
-        decoder.feed(piece)
-    assert decoder.buffered == 0
-    return received
-
-
 def test_encode_frame_is_big_endian_length_then_payload():
     assert encode_frame(b'zrs2.0') == b'\0\0\0\x06zrs2.0'
     assert encode_frame(b'') == EMPTY_FRAME == b'\0\0\0\0'
@@ -92,7 +83,11 @@ def test_encode_frame_is_big_endian_length_then_payload():
         'at-the-limit'])
 def test_frames_decoded(payloads, splits, limit):
     for pieces in splits(b''.join(encode_frame(p) for p in payloads)):
-        assert frames_of(pieces, limit) == payloads, pieces
+        received = []
+        decoder = FrameDecoder(received.append, limit)
+        for piece in pieces:
+            decoder.feed(piece)
+        assert (received, decoder.buffered) == (payloads, 0), pieces
 
 
 def test_frame_delivered_as_soon_as_complete():

@@ -34,19 +34,13 @@ def commit(fs, extension, data=b'record data'):
 
 def stream_all(fs):
     """Every payload a streamer sent from the start, and its end's error."""
-    payloads, outcome, ended = [], [], threading.Event()
-
-    def done(error):
-        outcome.append(error)
-        ended.set()
-
+    payloads, ended = [], queue.Queue()
     streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64,
-                        lambda chunks: payloads.extend(chunks[1::2]), done,
-                        name='test')   # chunks: [length, payload, ...]
+                        lambda chunks: payloads.extend(chunks[1::2]),
+                        ended.put, name='test')  # chunks: [length, payload]
     streamer.finish()       # end once everything committed is sent
     streamer.start()
-    assert ended.wait(60)
-    return payloads, outcome[0]
+    return payloads, ended.get(timeout=60)
 
 
 def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
