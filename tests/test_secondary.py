@@ -24,13 +24,12 @@ def sink(tmp_path):
     return RecordingSink(tmp_path)
 
 
-def receive(sink, stream=None, start_tid=START, **kw):
+def receive(sink, stream=None, **kw):
     """A receiver on `sink`, fed `stream` if given: (receiver, commits),
     `commits` the (tid, nbytes) of each commit so far."""
     commits = []
-    receiver = Receiver(sink, start_tid,
-                        on_commit=lambda tid, n: commits.append((tid, n)),
-                        **kw)
+    receiver = Receiver(sink, START, **kw,
+                        on_commit=lambda tid, n: commits.append((tid, n)))
     if stream is not None:
         feed(receiver, stream.payloads)
     return receiver, commits
@@ -65,8 +64,8 @@ def test_full_transaction(sink):
     receiver, commits = receive(sink)
     assert receiver.state is State.IDLE
     feed(receiver, stream.payloads[:1])
-    assert receiver.state is State.IN_TRANSACTION
-    assert receiver.transaction_tid == TID1
+    assert (receiver.state, receiver.transaction_tid) == (
+        State.IN_TRANSACTION, TID1)
     feed(receiver, stream.payloads[1:-1])
     assert (sink.names(), commits) == (['begin', 'store', 'store'], [])
     feed(receiver, stream.payloads[-1:])
@@ -125,13 +124,13 @@ def test_mixed_legacy_and_checksummed_commits(sink):
 
 
 def bad_checksum():
-    return Stream(START).one(TID1, data=b'x', digest=b'\1' * 16).payloads
+    return Stream(START).one(TID1, data=b'x', digest=b'\1' * 16)
 
 
 def test_bad_checksum_aborts_and_fails(sink):
     receiver, commits = receive(sink)
     with pytest.raises(ProtocolError, match='checksum mismatch') as info:
-        feed(receiver, bad_checksum())
+        feed(receiver, bad_checksum().payloads)
     assert TID1.hex() in str(info.value)
     assert_failed(receiver, commits, ['begin', 'store', 'abort'])
     receiver.abort()  # idempotent
@@ -139,8 +138,7 @@ def test_bad_checksum_aborts_and_fails(sink):
 
 
 def test_bad_checksum_accepted_when_checks_are_off(sink):
-    receiver, commits = receive(sink, check_checksums=False)
-    feed(receiver, bad_checksum())
+    receiver, commits = receive(sink, bad_checksum(), check_checksums=False)
     assert (sink.names(), tids(commits)) == (['begin', 'store', 'commit'],
                                              [TID1])
 

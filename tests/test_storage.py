@@ -213,9 +213,8 @@ def test_pack_keeps_the_last_transaction_and_replication_going(
     assert replica.lastTransaction() == primary.fs.lastTransaction()
     assert replica.load(z64) == primary.fs.load(z64)
     replica.close()
-    replica = open_replica(tmp_path)
-    assert replica.resume_tid == primary.fs.lastTransaction()
-    replica.close()
+    with closing(open_replica(tmp_path)) as replica:
+        assert replica.resume_tid == primary.fs.lastTransaction()
 
 
 class ReplicaReadOnlyStorageTests(StorageTestBase.StorageTestBase,
