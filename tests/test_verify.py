@@ -62,7 +62,7 @@ def tid_text(tid):
 
 class Pair:
     """The module's zrsd primary (300 transactions with undos) and replica
-    following it, running."""
+    following it, running; `zeos`: their ZEO addresses."""
 
     def __init__(self, directory, register):
         self.primary = ZrsdNode(directory, 'primary', register=register)
@@ -71,6 +71,7 @@ class Pair:
         assert self.populated.undos and self.populated.creation_undos
         self.replica = ZrsdNode(directory, 'replica', register=register,
                                 upstream=self.primary.repl_port).start()
+        self.zeos = zeo(self.primary), zeo(self.replica)
         self.caught_up()
 
     def caught_up(self):
@@ -87,13 +88,11 @@ def pair(tmp_path_factory, module_processes):
 def test_both_zeo_agree(pair):
     """Over ZEO all agree, the replica is up to date; -q prints nothing."""
     history = tids(pair.primary.fs_path, pair.caught_up())
-    out = verify_ok(zeo(pair.primary), zeo(pair.replica))
-    assert out.splitlines() == [
+    assert verify_ok(*pair.zeos).splitlines() == [
         'OK: %d transactions agree, %s to %s' % (
             len(history), tid_text(history[0]), tid_text(history[-1])),
         'replica up to date with the primary']
-    assert verify('--quiet', zeo(pair.primary), zeo(pair.replica)) == (
-        0, '', '')
+    assert verify('--quiet', *pair.zeos) == (0, '', '')
 
 
 def test_objects_agree(pair):
@@ -105,8 +104,8 @@ def test_objects_agree(pair):
             current.update((r.oid, r.data) for r in txn.records)
     objects = sum(1 for data in current.values() if data is not None)
     assert objects < len(current)  # some creations were undone
-    out = verify_ok('--objects', zeo(pair.primary), zeo(pair.replica))
-    assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in out
+    assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in \
+        verify_ok('--objects', *pair.zeos)
 
 
 @pytest.mark.parametrize('primary, replica', [
@@ -123,7 +122,7 @@ def test_while_the_primary_commits(pair):
     """Commits on the primary during the comparison are no divergence."""
     with Writer(pair.primary) as writer:
         wait_until(lambda: writer.commits >= 3, message='first commits')
-        out = verify_ok('--objects', zeo(pair.primary), zeo(pair.replica))
+        out = verify_ok('--objects', *pair.zeos)
         assert 'transactions agree' in out and 'objects agree' in out
     assert writer.error is None
     pair.caught_up()
@@ -155,8 +154,7 @@ def test_start_tid(pair):
     """--start: the comparison begins at that tid or the first after it."""
     history = tids(pair.primary.fs_path, pair.caught_up())
     start = history[100]
-    out = verify_ok('--start', '0x' + start.hex().upper(),
-                    zeo(pair.primary), zeo(pair.replica))
+    out = verify_ok('--start', '0x' + start.hex().upper(), *pair.zeos)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 100, tid_text(start)) in out
     out = verify_ok('--start', p64(u64(start) + 1).hex(),
