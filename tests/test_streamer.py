@@ -36,8 +36,9 @@ def stream_all(fs):
     """Every payload a streamer sent from the start, and its end's error."""
     payloads, ended = [], queue.Queue()
     streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64,
+                        # chunks: [length, payload, length, payload...]
                         lambda chunks: payloads.extend(chunks[1::2]),
-                        ended.put, name='test')  # chunks: [length, payload]
+                        ended.put, name='test')
     streamer.finish()       # end once everything committed is sent
     streamer.start()
     return payloads, ended.get(timeout=60)
