@@ -20,21 +20,20 @@ GOOD = 2  # good transactions sent before the bad part
 
 @pytest.fixture(scope='module')
 def source(tmp_path_factory):
-    """A small FileStorage: creation, add, change, add, undo (a data_txn
-    back-pointer, an undone creation).  Returns (path, [Txn, ...])."""
+    """(path, `Txn`s) of a FileStorage: creation, add, change, add, undo (a
+    data_txn back-pointer, an undone creation)."""
     path = str(tmp_path_factory.mktemp('source') / 'source.fs')
     with closing(ZODB.DB(path)) as db:
         conn = db.open()
-        root = conn.root()
-        root['a'] = PersistentMapping(n=1)
+        conn.root()['a'] = PersistentMapping(n=1)
         txn = transaction.get()
         txn.note('add a')
         txn.setUser('alice')
         txn.setExtendedInfo('ticket', 42)
         transaction.commit()
-        root['a']['n'] = 2
+        conn.root()['a']['n'] = 2
         transaction.commit()
-        root['b'] = PersistentMapping(name='bee')
+        conn.root()['b'] = PersistentMapping(name='bee')
         transaction.commit()
         db.undo(db.undoLog(0, 1)[0]['id'])
         transaction.commit()
@@ -63,8 +62,7 @@ def root_data(txns):
 
 
 def run_bad_stream(zrsd, source, tail, reason):
-    """Replicate GOOD transactions then `tail(stream, txns)`; returns the
-    log."""
+    """Replicate GOOD transactions then `tail(stream, txns)`; the log."""
     _, txns = source
     good = txns[:GOOD]
     with FakePrimary(replay(good, tail=lambda s: tail(s, txns))) as primary:
@@ -118,8 +116,7 @@ def hostile_pickle(command):
 
 
 def test_hostile_pickle_refused(zrsd, source, tmp_path):
-    """A pickle that runs a command when unpickled plainly (the control)
-    is refused, not run."""
+    """A pickle running a command when unpickled (the control) is refused."""
     control, marker = tmp_path / 'control-marker', tmp_path / 'pwned-marker'
     pickle.loads(hostile_pickle('touch %s' % control))
     assert control.exists()
@@ -131,9 +128,8 @@ def test_hostile_pickle_refused(zrsd, source, tmp_path):
 
 @pytest.mark.parametrize('case', ['current', 'legacy', 'lost'])
 def test_replicates_exactly(zrsd, source, case):
-    """The current forms replicate, the legacy ones too (inline-data 'S',
-    checksum-less 'C'), and so does a stream `lost` after a T and an S (the
-    half transaction is aborted, the rest replicated on reconnection)."""
+    """The current and legacy forms replicate, and a stream `lost` after a
+    T and an S (the half transaction aborted) after reconnecting."""
     path, txns = source
     script, starts = replay(txns, legacy=case == 'legacy'), [z64]
     if case == 'lost':

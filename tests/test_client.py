@@ -1,8 +1,6 @@
-"""The secondary's Twisted glue, zrsd.replica.client, on a fake network,
-narrated like zc.zrs's ``secondary.test``: a `Clock` is the reactor, the
-test completes or refuses connection attempts, a `Transport` records what
-the secondary writes, and the test plays the primary (``dataReceived``).
-"""
+"""zrsd.replica.client on a fake network, like zc.zrs's ``secondary.test``:
+a `Clock` is the reactor, the test completes or refuses connection attempts
+and plays the primary; a `StringTransport` records what the client writes."""
 import decimal
 import logging
 import socket
@@ -15,37 +13,18 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from ZODB.utils import p64, z64
 
-from zrsd.replica import client
 from zrsd import protocol as zrs
-from zrsd.replica.client import (LinkSettings, ReplicationClient,
-                                 SecondaryProtocol)
 from zrsd.network.sockets import pending_bytes
+from zrsd.replica import client
 
 from harness.process import wait_until
-from harness.stream import RecordingSink, Stream
+from harness.stream import RecordingSink, Stream, bytewise
 
 LOGGER = 'zrsd.replica.client'
 TID1, TID2, TID3, TID4, TID5 = [
     p64(0x03E5000000000000 + n) for n in (0x10, 0x20, 0x30, 0x31, 0x32)]
 OID0, OID1 = p64(0), p64(1)
 BAD_DIGEST = b'\2' * 16
-
-
-class Transport(StringTransport):
-    """A StringTransport that records abortConnection and has a handle."""
-
-    aborted = False
-
-    def __init__(self, handle=None):
-        super().__init__()
-        self.handle = handle
-
-    def getHandle(self):
-        return self.handle
-
-    def abortConnection(self):
-        self.aborted = True
-        super().abortConnection()
 
 
 class FakeStorage(RecordingSink):
@@ -94,19 +73,21 @@ class Setup:
         self.attempts = []  # [(factory, deferred)]
         self.storage = FakeStorage(last, fail_on)
         self.commits = []
-        self.client = ReplicationClient(
+        self.client = client.ReplicationClient(
             '1', self.storage, ('primary.example.com', 5000), self, self.clock,
-            LinkSettings(**kw),
+            client.LinkSettings(**kw),
             on_commit=lambda tid, n: self.commits.append(tid))
 
     def connect(self, factory):
         self.attempts.append((factory, defer.Deferred()))
         return self.attempts[-1][1]
 
-    def accept(self, transport=None):
-        """Complete the last attempt; return (protocol, transport)."""
+    def accept(self, handle=None):
+        """Complete the last attempt: (protocol, transport), the transport
+        `disconnected` once aborted, with `handle` as its socket."""
         factory, d = self.attempts[-1]
-        transport = transport or Transport()
+        transport = StringTransport()
+        transport.getHandle = lambda: handle
         proto = factory.buildProtocol(None)
         proto.makeConnection(transport)
         d.callback(proto)
@@ -116,10 +97,10 @@ class Setup:
         self.attempts[-1][1].errback(
             Failure(error.ConnectionRefusedError('Connection refused')))
 
-    def start(self, transport=None):
+    def start(self, handle=None):
         """Start the client and accept its attempt: (protocol, transport)."""
         self.client.start()
-        return self.accept(transport)
+        return self.accept(handle)
 
     def reconnect_delay(self):
         """The delay of the one pending reconnect attempt."""
@@ -140,7 +121,8 @@ def lost(proto, exc=None):
 
 
 def errors(caplog):
-    return [r for r in caplog.records if r.levelno == logging.ERROR]
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.ERROR]
 
 
 @pytest.fixture
@@ -163,19 +145,16 @@ def test_handshake(last, kw, name):
     s = Setup(last, **kw)
     assert s.attempts == []
     s.client.start()
-    assert len(s.attempts) == 1
-    assert not s.client.connected
+    assert len(s.attempts) == 1 and not s.client.connected
     proto, transport = s.accept()
-    assert isinstance(proto, SecondaryProtocol)
+    assert isinstance(proto, client.SecondaryProtocol)
     # The protocol name, then the last tid; nothing else, no reply wanted.
     assert transport.value() == b'\0\0\0\x06' + name + b'\0\0\0\x08' + last
-    assert s.client.connected
-    assert s.client.connection is proto
+    assert s.client.connected and s.client.connection is proto
 
 
 def test_socket_is_tuned_for_tcp(tcp):
-    sock = tcp[1]
-    Setup().start(Transport(handle=sock))
+    sock = Setup().start(tcp[1])[1].getHandle()
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
@@ -184,16 +163,11 @@ def test_keep_alives_every_delay():
     s = Setup(keep_alive_delay=60)
     proto, transport = s.start()
     transport.clear()
-    s.clock.advance(59)
-    assert transport.value() == b''
-    s.clock.advance(1)
-    assert transport.value() == b'\0\0\0\0'
-    s.clock.pump([60, 60])
-    assert transport.value() == b'\0\0\0\0' * 3
-    # Receiving data does not disturb them.
-    proto.dataReceived(Stream(z64).one(TID1).wire())
-    s.clock.advance(60)
-    assert transport.value() == b'\0\0\0\0' * 4
+    for step, sent in [(59, 0), (1, 1), (60, 2), (60, 3), (60, 4)]:
+        if sent == 4:   # receiving data does not disturb them
+            proto.dataReceived(Stream(z64).one(TID1).wire())
+        s.clock.advance(step)
+        assert transport.value() == b'\0\0\0\0' * sent
 
 
 @pytest.mark.parametrize('keep_alive_delay, disconnect, scheduled', [
@@ -222,11 +196,10 @@ def test_transaction_is_committed():
                                ('store', OID0, TID2, b'two', None),
                                ('commit', TID2)]
     assert s.commits == [TID2]
-    data = primary.one(TID3).take()
-    for i in range(len(data)):  # byte by byte
-        proto.dataReceived(data[i:i + 1])
+    for byte in bytewise(primary.one(TID3).take()):
+        proto.dataReceived(byte)
     assert s.storage.committed == s.commits == [TID2, TID3]
-    assert not transport.aborted
+    assert not transport.disconnected
 
 
 def test_bad_checksum(caplog):
@@ -236,19 +209,18 @@ def test_bad_checksum(caplog):
     with caplog.at_level(logging.INFO, logger=LOGGER):
         proto.dataReceived(primary.one(TID1).take())
         proto.dataReceived(primary.one(TID2, digest=b'\1' * 16).take())
-    [line] = [r.getMessage() for r in errors(caplog)]
+    [line] = errors(caplog)
     assert 'checksum mismatch' in line and TID2.hex() in line
     assert 'primary.example.com:5000' in line
     assert s.storage.calls[-1] == ('abort', TID2)
     assert s.storage.committed == [TID1]
-    assert transport.aborted and s.client.stream_failures == 1
+    assert transport.disconnected and s.client.stream_failures == 1
     # Whatever else arrives before the connection is gone is ignored.
     proto.dataReceived(Stream(TID1).one(TID3).wire())
     assert s.storage.committed == [TID1]
     # The connection goes; the client reconnects, from the last good tid.
     lost(proto)
-    assert s.storage.names().count('abort') == 1
-    assert not s.client.connected
+    assert s.storage.names().count('abort') == 1 and not s.client.connected
     s.wait_for_attempt()
     proto, transport = s.accept()
     assert transport.value() == handshake(TID1)
@@ -267,13 +239,12 @@ def test_bad_checksum(caplog):
 ], ids=['garbage-frame', 'frame-too-large', 'sink-failure'])
 def test_bad_input_is_logged_and_drops_the_connection(
         caplog, setup, data, texts, brief, traceback):
-    """One ERROR (a traceback only if unexpected); the open transaction is
-    aborted at once, not when the connection is gone."""
+    """One ERROR (a traceback if unexpected); the transaction aborts now."""
     s = setup()
     proto, transport = s.start()
     with caplog.at_level(logging.ERROR, logger=LOGGER):
         proto.dataReceived(data)
-    assert transport.aborted
+    assert transport.disconnected
     [record] = caplog.records
     assert record.levelname == 'ERROR'
     assert [t for t in texts if t in record.getMessage()] == texts
@@ -310,11 +281,11 @@ def test_client_options_reach_the_receiver(caplog):
     with caplog.at_level(logging.ERROR, logger=LOGGER):
         s, transport = run()
     assert 'refused global decimal.Decimal' in caplog.text
-    assert transport.aborted and s.storage.committed == []
+    assert transport.disconnected and s.storage.committed == []
     s, transport = run(
         decoder=zrs.MessageDecoder(zrs.resolve_globals(['decimal.Decimal'])),
         check_checksums=False)
-    assert not transport.aborted and s.storage.committed == [TID1]
+    assert not transport.disconnected and s.storage.committed == [TID1]
 
 
 # -- reconnecting ------------------------------------------------------------
@@ -358,8 +329,7 @@ def test_backoff_reset_after(connected):
     (0, 5, True), (client.REFUSAL_WINDOW + 1, 0, False),
 ], ids=['at-once', 'late'])
 def test_closes_after_the_handshake(after, refusals, at_max):
-    """A primary closing at once (a refusal) is retried at the maximum
-    delay; closing an idle link long after (a restart) is no refusal."""
+    """Closing at once is a refusal (maximum delay), long after is not."""
     s = Setup()
     s.client.start()
     delays = []
@@ -385,10 +355,9 @@ def test_refused_after_three_closes_right_after_the_handshake(caplog):
         assert s.client.refusals == attempt
         s.wait_for_attempt()
     assert s.client.refused and s.client.state == 'refused'
-    [line] = [r.getMessage() for r in errors(caplog)]
-    assert 'refused: the primary closed the link right after the ' \
-        'handshake 3 times in a row' in line
-    assert TID1.hex() in line
+    [line] = errors(caplog)
+    assert TID1.hex() in line and 'refused: the primary closed the link ' \
+        'right after the handshake 3 times in a row' in line
     # Refused again: no new ERROR.
     lost(s.accept()[0])
     assert len(errors(caplog)) == 1
@@ -403,7 +372,7 @@ def test_backoff_after_stream_failure():
     s = Setup()
     proto, transport = s.start()
     proto.dataReceived(Stream(z64).one(TID1, digest=BAD_DIGEST).take())
-    assert transport.aborted
+    assert transport.disconnected
     lost(proto)
     first = s.reconnect_delay()
     s.wait_for_attempt()
@@ -440,7 +409,7 @@ def test_stop_aborts_half_received_transaction():
     proto.dataReceived(primary.begin(TID2).store(OID1, TID2, b'x').take())
     s.client.stop()
     assert s.storage.calls[-1] == ('abort', TID2)
-    assert s.storage.committed == [TID1] and transport.aborted
+    assert s.storage.committed == [TID1] and transport.disconnected
     # More data before the connection is really gone changes nothing.
     proto.dataReceived(primary.commit().take())
     assert s.storage.committed == [TID1]
@@ -457,7 +426,7 @@ def test_fsync_deferred_while_more_data_waits(tcp):
     """Commits are fsynced when the socket has nothing more to read."""
     sender, receiver = tcp
     s = Setup(TID1)
-    proto, transport = s.start(Transport(handle=receiver))
+    proto, transport = s.start(receiver)
     assert s.storage.defer_sync
     primary = Stream(TID1)
     # More of the stream is already waiting in the kernel: no fsync.
@@ -476,5 +445,5 @@ def test_fsync_deferred_while_more_data_waits(tcp):
     proto.dataReceived(primary.one(TID5).take())
     assert s.storage.unsynced == 1
     lost(proto)
-    assert (s.storage.syncs, s.storage.unsynced) == (2, 0)
-    assert not s.storage.defer_sync
+    assert (s.storage.syncs, s.storage.unsynced, s.storage.defer_sync) == (
+        2, 0, False)

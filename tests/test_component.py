@@ -1,6 +1,5 @@
-"""`%import zrsd` inside plain ZEO (runzeo) configurations: a runzeo
-primary and replica using zrsd's `<zrs>` section, as drop-ins for zc.zrs.
-"""
+"""`%import zrsd` in plain ZEO (runzeo) configurations: a runzeo primary
+and replica with zrsd's `<zrs>` section, as drop-ins for zc.zrs."""
 from contextlib import closing
 
 import ZODB

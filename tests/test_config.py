@@ -9,7 +9,7 @@ import pytest
 from zrsd import config
 
 from harness.certs import Authority
-from harness.process import BIN, ROOT
+from harness.process import BIN, ROOT, read_text
 
 GOOD = '''\
 <zeo>
@@ -53,10 +53,8 @@ def refused(tmp_path, text, name='zrs.conf'):
 
 
 def sample(tmp_path, relative):
-    """A shipped sample, its directories moved into tmp_path, loaded:
-    (config, its one storage)."""
-    with open(os.path.join(ROOT, relative)) as f:
-        text = f.read()
+    """(config, its one storage) of a shipped sample moved into tmp_path."""
+    text = read_text(os.path.join(ROOT, relative))
     for directory in ('/var/lib/zrsd', '/var/log/zrsd', '/run/zrsd',
                       '/etc/zrsd/tls'):
         local = tmp_path / directory.strip('/').replace('/', '-')
@@ -69,19 +67,17 @@ def sample(tmp_path, relative):
 
 def test_sample_replica_config_parses(tmp_path):
     loaded, zrs = sample(tmp_path, 'etc/zrs.conf')
-    assert zrs.name == '1'
-    assert zrs.replicate_from == ('primary.example.com', 5000)
-    section = zrs.section
-    assert (section.keep_alive_delay, section.check_checksums,
-            section.max_message_size) == (60, True, 256 << 20)
+    assert (zrs.name, zrs.replicate_from) == ('1', ('primary.example.com',
+                                                    5000))
+    assert (zrs.section.keep_alive_delay, zrs.section.check_checksums,
+            zrs.section.max_message_size) == (60, True, 256 << 20)
     assert (loaded.zeo.address.address, loaded.zeo.invalidation_queue_size
             ) == (('', 8100), 10000)
     assert loaded.eventlog is not None
 
 
 def sample_certificates(tmp_path, host):
-    """/etc/zrsd/tls of the samples, moved into tmp_path: ca.pem and the
-    certificate and key of `host`."""
+    """The samples' /etc/zrsd/tls in tmp_path: ca.pem, `host`'s key pair."""
     tls = tmp_path / 'etc-zrsd-tls'
     tls.mkdir()
     authority = Authority(tls, 'sample')

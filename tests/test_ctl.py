@@ -5,7 +5,7 @@ import re
 import signal
 import subprocess
 import sys
-from contextlib import closing
+from contextlib import closing, suppress
 
 import pytest
 import ZEO
@@ -32,15 +32,12 @@ def pid_gone(pid):
 
 class Supervised:
     """A zrsd under a zdaemon manager driven by the zdctl-style `command`;
-    `close` kills every pid seen (for the `processes` fixture)."""
+    `close` kills every pid seen."""
 
     def __init__(self, command, transcript, directory, zeo_port):
-        self.command = command
-        self.zeo_port = zeo_port
-        self.log_path = transcript
-        self.directory = directory
-        self.pids = set()
-        self._runs = 0
+        self.command, self.log_path = command, transcript
+        self.directory, self.zeo_port = directory, zeo_port
+        self.pids, self._runs = set(), 0
 
     def ctl(self, *action):
         """Run the controller with `action`; (status, output)."""
@@ -51,8 +48,7 @@ class Supervised:
                 self.command + list(action), stdout=f,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 timeout=120).returncode
-        with open(out) as f:
-            output = f.read()
+        output = read_text(out)
         self.pids.update(int(pid) for pid in re.findall(
             r'(?m)^(?:manager|application)=(\d+)$', output) if int(pid))
         return status, output
@@ -73,19 +69,16 @@ class Supervised:
         return read_text(self.log_path)
 
     def wait_serving(self, times):
-        """Wait until zrsd said `times` times in all that it serves ZEO,
-        then read the (empty) replica through a ZEO client."""
+        """Wait for zrsd's `times`-th start, then read it over ZEO."""
         wait_until(lambda: self.log().count(SERVING) >= times, 60,
                    message='zrsd start #%d in %s' % (times, self.log_path))
         assert_serves(self.zeo_port)
 
     def close(self):
         for pid in self.pids:
-            try:
+            with suppress(ProcessLookupError):
                 if not pid_gone(pid):
                     os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def assert_serves(port):
@@ -114,10 +107,8 @@ def zrsd_conf(tmp_path):
 
 
 def zdaemon_conf(tmp_path, zrsd_conf_path):
-    """etc/zdaemon.conf with its paths moved into tmp_path; (its path, its
-    transcript)."""
-    with open(os.path.join(ROOT, 'etc', 'zdaemon.conf')) as f:
-        text = f.read()
+    """(path, transcript) of etc/zdaemon.conf with paths in tmp_path."""
+    text = read_text(os.path.join(ROOT, 'etc', 'zdaemon.conf'))
     (tmp_path / 'run').mkdir()
     (tmp_path / 'log').mkdir()
     for sample, local in [('/usr/local/bin/zrsd', ZRSD),
@@ -133,8 +124,7 @@ def zdaemon_conf(tmp_path, zrsd_conf_path):
 
 @pytest.mark.parametrize('how', ['zrsdctl', 'module', 'zdaemon'])
 def test_lifecycle(tmp_path, zrsd_conf, processes, how):
-    """start, status, serve, kill -9 -> restarted, restart, kill USR2, stop,
-    under zrsdctl, `python -m zrsd.tools.ctl` and the shipped zdaemon.conf."""
+    """start, status, kill -9 -> restarted, restart, kill USR2, stop."""
     path, zeo_port = zrsd_conf
     manager_log = str(tmp_path / 'manager.log')
     program = 'args=%r' % ([ZRSD, '-C', path],)
@@ -184,8 +174,7 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
     assert status == 3, output
     assert 'daemon manager not running' in output
     # The manager's own log (the transcript may miss zrsd's last lines).
-    with open(manager_log) as f:
-        log = f.read()
+    log = read_text(manager_log)
     assert 'pid %d: terminated by SIGKILL' % pid in log
     assert 'pid %d: exit status 0' % second in log
     assert 'pid %d: exit status 0' % third in log
@@ -195,9 +184,8 @@ def test_zrsdctl_fg(tmp_path, zrsd_conf, processes):
     """`zrsdctl fg` runs zrsd in the foreground and returns when it exits."""
     path, zeo_port = zrsd_conf
     pid_file = tmp_path / 'zrsd.pid'
-    with open(path) as f:
-        text = f.read().replace(
-            '</zeo>', '  pid-filename %s\n</zeo>' % pid_file, 1)
+    text = read_text(path).replace(
+        '</zeo>', '  pid-filename %s\n</zeo>' % pid_file, 1)
     with open(path, 'w') as f:
         f.write(text + runner_section(tmp_path))
     ctl = Process([ZRSDCTL, '-C', path, 'fg'], str(tmp_path / 'fg.out'))

@@ -1,6 +1,5 @@
 """The history guard on real files: `TidIndex.start_position` accepts zero,
-a tid of the file, or one missing from its packed part (with a note); any
-other tid raises HistoryMismatch."""
+a tid of the file or of its packed part (a note), else HistoryMismatch."""
 import time
 from contextlib import closing
 
@@ -9,8 +8,7 @@ import ZODB
 from persistent.mapping import PersistentMapping
 from ZODB.utils import p64, u64, z64
 
-from zrsd.primary.history import (CommittedFile, HistoryMismatch,
-                                  TidIndex)
+from zrsd.primary.history import CommittedFile, HistoryMismatch, TidIndex
 
 
 def after(tid, n=1, before=None):
@@ -22,8 +20,8 @@ def after(tid, n=1, before=None):
 
 @pytest.fixture
 def packed(tmp_path):
-    """Transactions `root` and `garbage` (packed away), `kept`, a pack,
-    then `after` and `last`.  Returns (storage, {name: tid})."""
+    """(storage, {name: tid}): `root`, `garbage` (packed away), `kept`, a
+    pack, `after`, `last`."""
     db = ZODB.DB(str(tmp_path / 'Data.fs'))
     tids = {}
     for name, change in [

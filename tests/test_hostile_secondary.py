@@ -19,12 +19,19 @@ HANDSHAKE_TIMEOUT = '  handshake-timeout 2\n'
 
 
 class Setup:
-    """The primary, the legit replica and a client of the replica (one
-    connection for the module: ZEO logs each client disconnecting)."""
+    """The primary, the legit replica and a client of the replica (one for
+    the module: ZEO logs each client disconnecting)."""
 
-    def __init__(self, primary, replica):
-        self.primary, self.replica = primary, replica
-        self.client = replica.client()
+    def __init__(self, directory, register):
+        self.primary = ZrsdNode(directory, 'primary', register=register,
+                                zrs_lines=HANDSHAKE_TIMEOUT).start()
+        zczrs.populate(self.primary.zeo_address, transactions=100,
+                       undo_every=40)
+        self.replica = ZrsdNode(directory, 'replica', register=register,
+                                upstream=self.primary.repl_port).start()
+        self.client = self.replica.client()
+        peers.wait_for_tid(self.client, self.primary.last_tid(),
+                           [self.primary, self.replica])
 
     def commit(self):
         """One small commit on the primary; returns its tid."""
@@ -43,17 +50,10 @@ class Setup:
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory, module_processes):
-    directory = tmp_path_factory.mktemp('hostile')
-    primary = ZrsdNode(directory, 'primary', zrs_lines=HANDSHAKE_TIMEOUT,
-                       register=module_processes).start()
-    zczrs.populate(primary.zeo_address, transactions=100, undo_every=40)
-    replica = ZrsdNode(directory, 'replica', upstream=primary.repl_port,
-                       register=module_processes).start()
-    setup = Setup(primary, replica)
-    peers.wait_for_tid(setup.client, primary.last_tid(), [primary, replica])
+    setup = Setup(tmp_path_factory.mktemp('hostile'), module_processes)
     yield setup
     setup.client.close()
-    stop_all(replica, primary)
+    stop_all(setup.replica, setup.primary)
 
 
 @pytest.fixture(scope='module')
@@ -66,32 +66,24 @@ def blob_primary(tmp_path_factory, module_processes):
     primary.stop()
 
 
-class RawSecondary:
+class RawSecondary(socket.socket):
     """A raw socket to a primary's replication port, and what the primary
     logged about it since it connected."""
 
     def __init__(self, primary, rcvbuf=None):
-        self.primary = primary
-        self.log_offset = len(primary.log())
-        self.sock = socket.socket()
+        super().__init__()
+        self.primary, self.log_offset = primary, len(primary.log())
         if rcvbuf is not None:   # before connect: a small window
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(30)
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.settimeout(30)
         # A primary that refuses at once may reset before connect returns.
         self.reset_at_connect = False
         try:
-            self.sock.connect(('127.0.0.1', primary.repl_port))
+            self.connect(('127.0.0.1', primary.repl_port))
         except ConnectionResetError:
             self.reset_at_connect = True
-        self.name = '-> 127.0.0.1:%d: ' % self.sock.getsockname()[1]
+        self.name = '-> 127.0.0.1:%d: ' % self.getsockname()[1]
         self.received = 0   # bytes read (and discarded) by wait_closed
-        self.send = self.sock.sendall
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.sock.close()
 
     def log_lines(self):
         return [line for line in
@@ -110,7 +102,7 @@ class RawSecondary:
         (socket.timeout after 30 s of silence)."""
         try:
             while not self.reset_at_connect:
-                data = self.sock.recv(1 << 16)
+                data = self.recv(1 << 16)
                 if not data:
                     return 'eof'
                 self.received += len(data)
@@ -120,25 +112,21 @@ class RawSecondary:
 
     def refused(self, data, reason):
         """Send `data`; the primary closes the connection (how: returned)
-        and logs one ERROR line about it naming `reason` (returned)."""
+        and logs one ERROR line (returned) naming `reason` and the close."""
         if data:
-            self.send(data)
-        return self.wait_closed(), self.wait_error(reason)
-
-    def wait_error(self, reason):
-        """The primary's one ERROR line about us: it names `reason` and
-        says the connection is closed."""
+            self.sendall(data)
+        ended = self.wait_closed()
         lines = wait_until(self.error_lines, 30,
                            message='ERROR line about %s' % self.name)
         assert len(lines) == 1, lines
         assert reason in lines[0], lines[0]
         assert 'closing the connection' in lines[0], lines[0]
-        return lines[0]
+        return ended, lines[0]
 
     def read_until_transaction(self, tid):
         """Follow the stream (plain pickles: our primary) until the 'T' of
         `tid`; 'S' is followed by one frame, 'B' by one and its blocks."""
-        reader = _Reader(self.sock, threading.Event())
+        reader = _Reader(self, threading.Event())
 
         def next_frame():
             payload = reader.frame(30)
@@ -152,19 +140,15 @@ class RawSecondary:
                 next_frame()
 
 
+TOO_LARGE = 'frame of %d bytes is too large (limit 64)'
 HOSTILE = {
     # name: (bytes sent, reason expected in the ERROR line)
-    'oversized-first-frame': (
-        b'\x7f\xff\xff\xff',
-        'frame of 2147483647 bytes is too large (limit 64)'),
+    'oversized-first-frame': (b'\x7f\xff\xff\xff', TOO_LARGE % 2147483647),
     'garbage-tls-client-hello': (
         b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03' + bytes(range(32)),
-        'frame of %d bytes is too large (limit 64)'
-        % struct.unpack('>I', b'\x16\x03\x01\x02')[0]),
-    'garbage-http': (
-        b'GET / HTTP/1.1\r\nHost: primary\r\n\r\n',
-        'frame of %d bytes is too large (limit 64)'
-        % struct.unpack('>I', b'GET ')[0]),
+        TOO_LARGE % struct.unpack('>I', b'\x16\x03\x01\x02')[0]),
+    'garbage-http': (b'GET / HTTP/1.1\r\nHost: primary\r\n\r\n',
+                     TOO_LARGE % struct.unpack('>I', b'GET ')[0]),
     'unknown-protocol': (
         frame(b'zrs9.9') + frame(Z64), "unknown protocol b'zrs9.9'"),
     'nine-byte-tid': (
@@ -198,8 +182,7 @@ def test_hostile_bytes(setup, case):
 
 
 def test_tid_not_in_history(setup):
-    """The history guard: a tid between two of the primary's (a forked
-    history) is refused, naming both neighbours, before any data is sent."""
+    """A forked tid is refused, naming both neighbours, before any data."""
     before, after = [t.tid for t in transactions(setup.primary.fs_path)][-3:-1]
     forked = p64(u64(before) + 1)
     assert before < forked < after
@@ -213,39 +196,36 @@ def test_tid_not_in_history(setup):
 
 
 def test_keep_alives_are_accepted(setup):
-    """The control case: empty frames after the handshake are keep-alives;
-    such a secondary stays connected and gets the next commit."""
+    """The control: empty frames after the handshake are keep-alives."""
     last = setup.primary.last_tid()
     with RawSecondary(setup.primary) as secondary:
-        secondary.send(frame(b'zrs2.0') + frame(last) + frame(b'') * 3)
+        secondary.sendall(frame(b'zrs2.0') + frame(last) + frame(b'') * 3)
         secondary.wait_for_log('streaming transactions after ' + last.hex())
-        secondary.send(frame(b''))
+        secondary.sendall(frame(b''))
         secondary.read_until_transaction(setup.commit())
         assert not secondary.error_lines()
     setup.assert_replica_follows()
 
 
 def test_zrs20_against_blob_primary(setup, blob_primary):
-    """A primary with blobs refuses a secondary without (zrs2.0) and keeps
-    serving a zrs2.1 one."""
+    """A primary with blobs refuses zrs2.0 and serves zrs2.1."""
     with RawSecondary(blob_primary) as hostile:
         hostile.refused(frame(b'zrs2.0') + frame(Z64),
                         'secondary speaks zrs2.0, but this storage has blobs')
     blob_primary.check_alive()
     with RawSecondary(blob_primary) as secondary:
-        secondary.send(frame(b'zrs2.1') + frame(Z64))
+        secondary.sendall(frame(b'zrs2.1') + frame(Z64))
         secondary.read_until_transaction(blob_primary.commit('after', 1))
         assert not secondary.error_lines()
     setup.assert_replica_follows()
 
 
 def test_secondary_that_never_reads(setup):
-    """A secondary with a tiny buffer that never reads while 16 MB are
-    committed stays connected; the replica is served.  (Memory: printed.)"""
+    """A secondary that never reads while 16 MB are committed stays."""
     primary = setup.primary
     rss_before = process_memory(primary.pid)[0]
     with RawSecondary(primary, rcvbuf=4096) as stalled:
-        stalled.send(frame(b'zrs2.0') + frame(Z64))
+        stalled.sendall(frame(b'zrs2.0') + frame(Z64))
         stalled.wait_for_log('streaming transactions after 0000000000000000')
         for i in range(8):   # far more than the socket buffers hold
             primary.commit('big', bytes([i]) * (2 << 20))
@@ -254,8 +234,8 @@ def test_secondary_that_never_reads(setup):
         assert not [line for line in stalled.log_lines()
                     if 'disconnected' in line or ' ERROR ' in line], \
             stalled.log_lines()
-        stalled.sock.setblocking(False)
-        assert stalled.sock.recv(1, socket.MSG_PEEK) == b'\0'  # a length
+        stalled.setblocking(False)
+        assert stalled.recv(1, socket.MSG_PEEK) == b'\0'  # a length
         print('\nstalled reader: primary VmRSS %.1f MB before, %.1f MB after'
               ' committing 16 MB' % (rss_before / MB, rss_after / MB))
     stalled.wait_for_log('disconnected')
@@ -263,15 +243,14 @@ def test_secondary_that_never_reads(setup):
 
 
 def test_max_secondaries(node):
-    """Over `max-secondaries`, a connection is refused at once (one ERROR);
-    those connected keep following; a place freed is taken again."""
+    """Over `max-secondaries` a connection is refused; a freed place not."""
     primary = node('capped', zrs_lines='  max-secondaries 2\n'
                    + HANDSHAKE_TIMEOUT).start()
     first = primary.commit('k', 1)
     replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(first)
     with RawSecondary(primary) as second:
-        second.send(frame(b'zrs2.0') + frame(first))
+        second.sendall(frame(b'zrs2.0') + frame(first))
         second.wait_for_log('streaming transactions after ' + first.hex())
         with RawSecondary(primary) as third:
             third.refused(b'', 'more than max-secondaries (2) secondaries;'
@@ -281,5 +260,5 @@ def test_max_secondaries(node):
         replica.wait_for_tid(tid)
         second.read_until_transaction(tid)
     with RawSecondary(primary) as fourth:   # there is room again
-        fourth.send(frame(b'zrs2.0') + frame(tid))
+        fourth.sendall(frame(b'zrs2.0') + frame(tid))
         fourth.wait_for_log('streaming transactions after ' + tid.hex())

@@ -1,9 +1,6 @@
-"""Unit tests for zrsd.protocol: framing, message decoding, checksum.
-
-Messages are built the way a real zc.zrs primary builds them: protocol-1
-pickles of ``(type, data)`` made by Python 3, so bytes travel as
-``_codecs.encode(text, 'latin1')`` and ``b''`` as ``builtins.bytes()``.
-"""
+"""zrsd.protocol: framing, message decoding, checksum.  Messages are built
+as a zc.zrs primary builds them: protocol-1 pickles made by Python 3, bytes
+as ``_codecs.encode(text, 'latin1')``, ``b''`` as ``builtins.bytes()``."""
 import _codecs
 import codecs
 import copyreg
@@ -60,15 +57,11 @@ class Call:
 # -- framing ---------------------------------------------------------------
 
 PAYLOADS = [b'zrs2.0', b'', b'\0' * 8, bytes(range(256)) * 3, b'x', b'']
+MAX = DEFAULT_MAX_FRAME
 
 
-def frames_of(pieces, limit=DEFAULT_MAX_FRAME):
-    received = []
-    decoder = FrameDecoder(received.append, limit)
-    for piece in pieces:
-        decoder.feed(piece)
-    assert decoder.buffered == 0
-    return received
+def whole(data):
+    return [[data]]
 
 
 def test_encode_frame_is_big_endian_length_then_payload():
@@ -80,20 +73,21 @@ def test_encode_frame_is_big_endian_length_then_payload():
 
 
 @pytest.mark.parametrize('payloads, splits, limit', [
-    (PAYLOADS, lambda data: [[data]], DEFAULT_MAX_FRAME),
-    (PAYLOADS, lambda data: [bytewise(data)], DEFAULT_MAX_FRAME),
-    (PAYLOADS, split_everywhere, DEFAULT_MAX_FRAME),
+    (PAYLOADS, whole, MAX), (PAYLOADS, lambda data: [bytewise(data)], MAX),
+    (PAYLOADS, split_everywhere, MAX),
     ([b'ab', b'', b'cde', b''],                 # small, for speed
-     lambda data: split_everywhere(data, 3), DEFAULT_MAX_FRAME),
-    ([b''], lambda data: [[data]], DEFAULT_MAX_FRAME),       # a keep-alive
-    ([b''] * 3, lambda data: [[data]], DEFAULT_MAX_FRAME),
-    ([b'z' * 10], lambda data: [[data]], 10),                # at the limit
+     lambda data: split_everywhere(data, 3), MAX),
+    ([b''], whole, MAX), ([b''] * 3, whole, MAX), ([b'z' * 10], whole, 10),
 ], ids=['round-trip', 'byte-by-byte', 'split-at-every-byte-boundary',
         'split-at-every-pair-of-boundaries', 'keep-alive', 'keep-alives',
         'at-the-limit'])
 def test_frames_decoded(payloads, splits, limit):
     for pieces in splits(b''.join(encode_frame(p) for p in payloads)):
-        assert frames_of(pieces, limit) == payloads, pieces
+        received = []
+        decoder = FrameDecoder(received.append, limit)
+        for piece in pieces:
+            decoder.feed(piece)
+        assert (received, decoder.buffered) == (payloads, 0), pieces
 
 
 def test_frame_delivered_as_soon_as_complete():
@@ -109,7 +103,7 @@ def test_frame_delivered_as_soon_as_complete():
 
 @pytest.mark.parametrize('limit, pieces, length, expected', [
     (10, [struct.pack('>I', 11)], 11, []),   # before the payload arrives
-    (DEFAULT_MAX_FRAME, [b'\xff' * 3, b'\xff'], 0xFFFFFFFF, []),  # 4th byte
+    (MAX, [b'\xff' * 3, b'\xff'], 0xFFFFFFFF, []),  # 4th byte
     (100, [encode_frame(b'ok') + struct.pack('>I', 101) + b'x'], 101,
      [b'ok']),                                # after good frames
 ], ids=['prefix-alone', 'split-prefix', 'after-good-frames'])
@@ -126,8 +120,8 @@ def test_frame_above_limit_refused(limit, pieces, length, expected):
 
 
 def test_default_limit_is_generous_but_finite():
-    assert FrameDecoder([].append).limit == DEFAULT_MAX_FRAME
-    assert 1 << 20 <= DEFAULT_MAX_FRAME < 1 << 32
+    assert FrameDecoder([].append).limit == MAX
+    assert 1 << 20 <= MAX < 1 << 32
 
 
 def test_on_frame_exception_propagates_and_frame_is_consumed():
@@ -150,8 +144,8 @@ def test_on_frame_exception_propagates_and_frame_is_consumed():
 
 def test_primary_pickles_use_codecs_encode_for_bytes():
     # The premise of the safe unpickler: this is what arrives on the wire.
-    payload = primary_pickle('T', (TID, ' ', b'', b'd', {}))
-    assert b'_codecs\nencode\n' in payload
+    assert b'_codecs\nencode\n' in primary_pickle(
+        'T', (TID, ' ', b'', b'd', {}))
 
 
 @pytest.mark.parametrize('kind, data, expected', [
@@ -175,8 +169,7 @@ def test_primary_pickles_use_codecs_encode_for_bytes():
 ])
 def test_decode(kind, data, expected):
     message = decode(primary_pickle(kind, data))
-    assert message == expected
-    assert type(message) is type(expected)
+    assert (message, type(message)) == (expected, type(expected))
 
 
 def test_encode_message_decodes_back():
@@ -202,8 +195,7 @@ def test_hostile_global_refused_and_not_run(tmp_path, wrap):
 
 
 @pytest.mark.parametrize('args, user', [
-    (('abc', 'rot13'), None),
-    (('abc', 'utf-8'), None),
+    (('abc', 'rot13'), None), (('abc', 'utf-8'), None),
     (('abc',), None),                    # default codec: utf-8
     ((b'abc', 'latin1'), None),          # not text
     (('\xe9t\xe9', 'latin1'), b'\xe9t\xe9'),
@@ -251,18 +243,12 @@ def test_persistent_ids_refused():
 
 
 @pytest.mark.parametrize('payload', [
-    b'',
-    b'\xff\xfe\xfd garbage',
-    b'(U\x01T',                  # truncated pickle
-    begin_pickle()[:-5],
+    b'', b'\xff\xfe\xfd garbage',
+    b'(U\x01T', begin_pickle()[:-5],    # truncated pickles
     b'(U\x01T\x82\x01t.',        # EXT opcode, no extension registered
 ] + [pickle.dumps(message, 1) for message in [
-    'T',
-    ('T',),
-    ('T', [TID, ' ', b'', b'', {}]),
-    ['T', (TID, ' ', b'', b'', {})],
-    ('X', ()),
-    ('T', (), 'extra'),
+    'T', ('T',), ('T', [TID, ' ', b'', b'', {}]),
+    ['T', (TID, ' ', b'', b'', {})], ('X', ()), ('T', (), 'extra'),
 ]])
 def test_undecodable(payload):
     with pytest.raises(ProtocolError, match='undecodable message'):
@@ -274,13 +260,11 @@ def test_undecodable(payload):
     ('T', (TID[:7], ' ', b'', b'', {})),             # 7-byte tid
     ('T', ('a' * 8, ' ', b'', b'', {})),             # text tid
     ('T', (TID, ' ', b'', b'', [])),                 # extension not a dict
-    ('T', (TID, ' ', b'', b'', None)),
+    ('T', (TID, ' ', b'', b'', None)), ('T', (TID, 1, b'', b'', {})),
     ('T', (TID, '  ', b'', b'', {})),                # status not one char
-    ('T', (TID, 1, b'', b'', {})),
     ('T', (TID, ' ', 7, b'', {})),                   # user not text
     ('T', (TID, ' ', b'', b'')),                     # too few fields
-    ('S', (OID, TID, 'v', None)),                    # version
-    ('S', (OID, TID, b'v', None)),
+    ('S', (OID, TID, 'v', None)), ('S', (OID, TID, b'v', None)),  # version
     ('S', (OID + b'\0', TID, '', None)),             # 9-byte oid
     ('S', (OID, TID + b'\0', '', None)),             # 9-byte tid
     ('S', (OID, TID, '', b'short')),                 # bad data_txn
@@ -288,15 +272,11 @@ def test_undecodable(payload):
     ('S', (OID, TID, 'v', b'record', None)),         # legacy, version
     ('S', (OID, TID, '')),
     ('B', (OID, TID, '', None, -1)),                 # negative nblocks
-    ('B', (OID, TID, '', None, '2')),
-    ('B', (OID, TID, '', None, True)),
-    ('B', (OID, TID, '', None, 1.0)),
-    ('B', (OID, TID, 'v', None, 1)),
+    ('B', (OID, TID, '', None, '2')), ('B', (OID, TID, '', None, True)),
+    ('B', (OID, TID, '', None, 1.0)), ('B', (OID, TID, 'v', None, 1)),
     ('B', (OID, TID, '', None, b'data', 1)),         # B with inline data
     ('C', (DIGEST[:15],)),                           # 15-byte checksum
-    ('C', (DIGEST + b'\0',)),
-    ('C', (DIGEST.hex(),)),
-    ('C', (DIGEST, DIGEST)),
+    ('C', (DIGEST + b'\0',)), ('C', (DIGEST.hex(),)), ('C', (DIGEST, DIGEST)),
 ])
 def test_bad_fields_refused(kind, data):
     with pytest.raises(ProtocolError, match='bad %s message' % kind):
@@ -367,8 +347,7 @@ def test_empty_bytes_as_python_pickles_them():
 
 
 @pytest.mark.parametrize('args', [
-    (2 ** 31,),                  # 2 GB from a few bytes of pickle
-    (2 ** 16,),
+    (2 ** 31,), (2 ** 16,),      # 2 GB from a few bytes of pickle
     ('x' * 10, 'utf-16'),        # another codec, through bytes()
     ([65, 66],),
 ])

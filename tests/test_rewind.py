@@ -27,8 +27,8 @@ REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 
 def rewind(node, *options, status=0):
-    """Run zrsd-rewind on `node`'s config (a ZrsdNode or a path), which
-    must exit with `status`; `.removed`: the tids it (would) cut."""
+    """zrsd-rewind on `node`'s config (or a path), which must exit with
+    `status`; `.removed`: the tids it (would) cut."""
     result = subprocess.run(
         [os.path.join(BIN, 'zrsd-rewind'), '-C',
          str(getattr(node, 'config_path', node)), '--timeout', '2'] +
@@ -48,8 +48,7 @@ def lost_blob_files(node, tids):
 
 
 def primary_and_replica(node, blobs=False):
-    """A started primary holding a root object, and a started replica of
-    it that has caught up."""
+    """A primary holding a root object and its replica, caught up."""
     primary = node('p', blobs=blobs).start()
     tid = primary.commit('created', 1)
     replica = node('r', upstream=primary.repl_port, blobs=blobs).start()
@@ -71,8 +70,8 @@ def follow(node, primary):
 
 
 def test_rewind_a_forked_old_primary(tmp_path, node):
-    """The lost transactions and blob files are found (--dry-run changes
-    nothing) and cut; the old primary then follows byte for byte."""
+    """Lost transactions and blobs are found (--dry-run changes nothing)
+    and cut; the old primary then follows byte for byte."""
     p, r = primary_and_replica(node, blobs=True)
     with closing(blob_db(p, tmp_path / 'cache-p')) as db:
         commit_blobs(db, {'a': b'first a' * 1000, 'b': b'first b'}, 'shared')
@@ -152,8 +151,7 @@ def test_running_daemon_is_refused(node):
 
 
 def test_fork_after_the_new_primary_packed(node):
-    """The new primary packed at the fork time: its 'p' copies of the
-    shared transactions count as shared; the lost ones are still found."""
+    """The new primary packed at the fork: its 'p' copies count as shared."""
     p, r = primary_and_replica(node)
     for i in range(3):
         p.commit('k%d' % i, i)
@@ -178,8 +176,8 @@ def test_fork_after_the_new_primary_packed(node):
 
 
 def test_tls_primary_and_a_silent_one(tmp_path, processes):
-    """Over mutual TLS, a local transaction after the primary's last is cut
-    (the probe ends in silence); a CA that is not the primary's: exit 2."""
+    """Over TLS a local transaction after the primary's last is cut (the
+    probe ends in silence); a CA not the primary's: exit 2."""
     good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
     primary, port, db = start_primary(
         tmp_path, dict(good=good, primary=good.issue('primary')), processes)
@@ -210,8 +208,7 @@ def test_tls_primary_and_a_silent_one(tmp_path, processes):
 
 @pytest.mark.parametrize('case', ['unreachable', 'primary', 'missing'])
 def test_errors_are_one_line(tmp_path, case):
-    """Unreachable primary, no replica section, no config: exit 2, one
-    line on stderr."""
+    """Unreachable primary, no replica section, no config: one line."""
     path = str(tmp_path / 'Data.fs')
     ZODB.DB(ZODB.FileStorage.FileStorage(path)).close()   # the root
     config, message = {

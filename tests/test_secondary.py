@@ -1,6 +1,5 @@
-"""Unit tests for the replication state machine,
-zrsd.replica.receiver.Receiver, fed frame payloads as a zc.zrs primary
-sends them, its sink recording every call it makes."""
+"""The replication state machine, zrsd.replica.receiver.Receiver, fed what
+a zc.zrs primary sends, its sink recording every call it makes."""
 import hashlib
 import logging
 import pickle
@@ -25,13 +24,12 @@ def sink(tmp_path):
     return RecordingSink(tmp_path)
 
 
-def receive(sink, stream=None, start_tid=START, **kw):
+def receive(sink, stream=None, **kw):
     """A receiver on `sink`, fed `stream` if given: (receiver, commits),
     `commits` the (tid, nbytes) of each commit so far."""
     commits = []
-    receiver = Receiver(sink, start_tid,
-                        on_commit=lambda tid, n: commits.append((tid, n)),
-                        **kw)
+    receiver = Receiver(sink, START, **kw,
+                        on_commit=lambda tid, n: commits.append((tid, n)))
     if stream is not None:
         feed(receiver, stream.payloads)
     return receiver, commits
@@ -66,17 +64,15 @@ def test_full_transaction(sink):
     receiver, commits = receive(sink)
     assert receiver.state is State.IDLE
     feed(receiver, stream.payloads[:1])
-    assert receiver.state is State.IN_TRANSACTION
-    assert receiver.transaction_tid == TID1
+    assert (receiver.state, receiver.transaction_tid) == (
+        State.IN_TRANSACTION, TID1)
     feed(receiver, stream.payloads[1:-1])
     assert (sink.names(), commits) == (['begin', 'store', 'store'], [])
     feed(receiver, stream.payloads[-1:])
     assert sink.calls == [
         ('begin', TID1, 'p', b'alice', b'add a', {'ticket': 42}),
         ('store', OID0, TID1, b'root record', None),
-        ('store', OID1, TID1, None, TID1),
-        ('commit', TID1),
-    ]
+        ('store', OID1, TID1, None, TID1), ('commit', TID1)]
     # nbytes: the payloads of the transaction up to its C message.
     assert commits == [(TID1, before_commit)]
     assert (receiver.state, receiver.last_tid, receiver.transaction_tid) \
@@ -113,12 +109,9 @@ def test_legacy_stream_commits(sink, caplog):
     assert sink.calls == [
         ('begin', TID1, ' ', b'', b'', {}),
         ('store', OID0, TID1, b'inline', None),
-        ('store', OID1, TID1, None, TID1),
-        ('commit', TID1),
+        ('store', OID1, TID1, None, TID1), ('commit', TID1),
         ('begin', TID2, ' ', b'', b'', {}),
-        ('store', OID0, TID2, b'again', None),
-        ('commit', TID2),
-    ]
+        ('store', OID0, TID2, b'again', None), ('commit', TID2)]
     assert tids(commits) == [TID1, TID2]
     warnings = [r for r in caplog.records if 'checksum' in r.getMessage()]
     assert len(warnings) == 1  # warned once, not per commit
@@ -130,12 +123,14 @@ def test_mixed_legacy_and_checksummed_commits(sink):
     assert tids(receive(sink, stream)[1]) == [TID1, TID2]
 
 
+def bad_checksum():
+    return Stream(START).one(TID1, data=b'x', digest=b'\1' * 16)
+
+
 def test_bad_checksum_aborts_and_fails(sink):
-    stream = Stream(START).begin(TID1).store(OID0, TID1, b'x')
-    stream.commit(digest=b'\1' * 16)
     receiver, commits = receive(sink)
     with pytest.raises(ProtocolError, match='checksum mismatch') as info:
-        feed(receiver, stream.payloads)
+        feed(receiver, bad_checksum().payloads)
     assert TID1.hex() in str(info.value)
     assert_failed(receiver, commits, ['begin', 'store', 'abort'])
     receiver.abort()  # idempotent
@@ -143,9 +138,7 @@ def test_bad_checksum_aborts_and_fails(sink):
 
 
 def test_bad_checksum_accepted_when_checks_are_off(sink):
-    stream = Stream(START).begin(TID1).store(OID0, TID1, b'x')
-    stream.commit(digest=b'\1' * 16)
-    receiver, commits = receive(sink, stream, check_checksums=False)
+    receiver, commits = receive(sink, bad_checksum(), check_checksums=False)
     assert (sink.names(), tids(commits)) == (['begin', 'store', 'commit'],
                                              [TID1])
 

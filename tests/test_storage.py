@@ -1,6 +1,6 @@
-"""The replica storage with the state machine, in one process, no network:
-the seed document's scenario, the crash between `tpc_vote` and
-`tpc_finish`, and ZODB's own read-only storage tests."""
+"""The replica storage with the state machine, in one process: the seed
+scenario, a crash between `tpc_vote` and `tpc_finish`, ZODB's read-only
+storage tests."""
 import os
 import pathlib
 import pickle
@@ -32,7 +32,7 @@ from zrsd.replica.storage import ReplicaStorage, last_committed_tid
 
 from harness.history import assert_same_history, transactions
 from harness.process import wait_until
-from harness.stream import Stream
+from harness.stream import Stream, replicate
 
 _streams = weakref.WeakKeyDictionary()  # receiver -> its connection
 
@@ -148,14 +148,14 @@ CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
 
 def test_crash_between_vote_and_finish_resumes_without_loss(
         tmp_path, primary):
-    """After a kill between tpc_vote and tpc_finish the replica resumes
-    from the last committed tid (not FileStorage's last, never committed)."""
+    """After a kill there the replica resumes from the last committed tid
+    (not FileStorage's last, which was never committed)."""
     replica_path = str(tmp_path / 'Data.fs')
     for i in range(3):
         primary.commit({i: persistent.mapping.PersistentMapping(n=i)})
     txns = primary.new_transactions()
     replica = open_replica(tmp_path)
-    feed(Receiver(replica.writer, z64), txns[:-1])
+    replicate(replica.writer, txns[:-1])
     replica.close()
     last = pickle.dumps((txns[-1][:5], [tuple(r) for r in txns[-1][5]]))
     subprocess.run([sys.executable, '-c', CRASH_BETWEEN_VOTE_AND_FINISH,
@@ -188,8 +188,8 @@ def test_read_only_face(tmp_path):
 
 def test_pack_keeps_the_last_transaction_and_replication_going(
         tmp_path, primary):
-    """A pack to "now" shrinks the file, keeps the last transaction whole
-    and wakes the streamers; deferred-fsync and new commits go on."""
+    """A pack to "now" shrinks the file, keeps the last transaction whole,
+    wakes the streamers; deferred fsyncs and new commits go on."""
     for i in range(20):
         primary.commit({'x': b'%d' % i * 1000})
     replica = open_replica(tmp_path)
@@ -213,9 +213,8 @@ def test_pack_keeps_the_last_transaction_and_replication_going(
     assert replica.lastTransaction() == primary.fs.lastTransaction()
     assert replica.load(z64) == primary.fs.load(z64)
     replica.close()
-    replica = open_replica(tmp_path)
-    assert replica.resume_tid == primary.fs.lastTransaction()
-    replica.close()
+    with closing(open_replica(tmp_path)) as replica:
+        assert replica.resume_tid == primary.fs.lastTransaction()
 
 
 class ReplicaReadOnlyStorageTests(StorageTestBase.StorageTestBase,
@@ -245,7 +244,7 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, primary, monkeypatch):
                                  invalidated.append(tid)))
     writer = replica.writer
     writer.defer_sync = True
-    feed(Receiver(writer, z64), primary.new_transactions())
+    replicate(writer, primary.new_transactions())
     assert (len(fsyncs), writer.unsynced) == (0, 4)
     # Durable first, then visible: before the group's fsync, ZEO clients
     # and a cascade's streamers see nothing of it.
@@ -266,8 +265,7 @@ def test_group_commit_defers_fsync_until_sync(tmp_path, primary, monkeypatch):
     assert len(fsyncs) == 2
     writer.defer_sync = False
     primary.commit({'x': 1})
-    feed(Receiver(writer, replica.lastTransaction()),
-         primary.new_transactions())
+    replicate(writer, primary.new_transactions())
     assert len(fsyncs) == 4  # not deferring: data, status byte
     replica.close()
     assert same_history(tmp_path, primary) == 5
@@ -296,19 +294,18 @@ def test_big_transaction_through_the_buffer(tmp_path, primary):
         data=os.urandom(1 << 20)) for i in range(20)})
     primary.commit({'small': 1})
     replica = open_replica(tmp_path)
-    feed(Receiver(replica.writer, z64), primary.new_transactions())
+    replicate(replica.writer, primary.new_transactions())
     replica.close()
     assert same_history(tmp_path, primary) == 3
 
 
 def test_close_releases_commits_held_until_registered(tmp_path, primary):
     """A commit held until ZEO registers goes through if the storage closes
-    first (runzeo could not listen): stopping replication cannot hang."""
+    first (runzeo could not listen): stopping cannot hang."""
     replica = open_replica(tmp_path)
     replica.hold_commits_until_registered()
-    applier = threading.Thread(
-        target=feed, args=(Receiver(replica.writer, z64),
-                           primary.new_transactions()), daemon=True)
+    applier = threading.Thread(target=replicate, daemon=True, args=(
+        replica.writer, primary.new_transactions()))
     applier.start()
     wait_until(lambda: replica.file_storage._nextpos,
                message='the commit voted, at the gate')
@@ -323,28 +320,24 @@ def test_close_releases_commits_held_until_registered(tmp_path, primary):
 
 def test_start_removes_temporary_blob_files_of_an_interrupted_transaction(
         tmp_path):
-    """The next start removes the temporary blob files a kill -9 in a blob
-    transaction left behind, and only those."""
+    """The next start removes our temporary blob files left by a kill."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'),
                                       blob_dir=str(tmp_path / 'blobs'))
     files = [pathlib.Path(fs.temporaryDirectory(), name) for name in (
         'zrsd-k3j2h1.blob', 'zrsd-a9b8c7.blob', 'BUSHY-not-ours.tmp')]
     for path in files:
         path.write_bytes(b'half a blob')
-    replica = ReplicaStorage(fs)
-    try:
+    with closing(ReplicaStorage(fs)) as replica:
         assert [path.exists() for path in files] == [False, False, True]
         # What the writer makes now is still ours to remove next time.
         with replica.writer.open_blob() as blob:
             assert os.path.basename(blob.name).startswith('zrsd-')
             assert blob.name.endswith('.blob')
-    finally:
-        replica.close()
 
 
 def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
-    """Closing aborts a voted, unfinished ZEO commit and removes its blob
-    file (FileStorage's close leaves it behind, an orphan)."""
+    """Closing aborts a voted ZEO commit and removes its blob file (which
+    FileStorage's close leaves behind, an orphan)."""
     blob_dir, path = tmp_path / 'blobs', str(tmp_path / 'Data.fs')
     storage = PrimaryStorage(ZODB.FileStorage.FileStorage(
         path, blob_dir=str(blob_dir)))

@@ -1,10 +1,6 @@
-"""The primary's streamer on a real FileStorage, in-process (no network).
-
-A transaction's extension is forwarded as the pickle the file holds: the
-primary never unpickles it, so an extension naming a class that does not
-import where zrsd runs (a migrated Data.fs) neither stops the stream nor
-imports anything on the primary.
-"""
+"""The primary's streamer on a real FileStorage, in-process.  Extensions go
+out as the pickles the file holds: one naming a class that does not import
+(a migrated Data.fs) neither stops the stream nor imports anything."""
 import pickle
 import re
 import sys
@@ -37,21 +33,15 @@ def commit(fs, extension, data=b'record data'):
 
 
 def stream_all(fs):
-    """Every payload a streamer sends from the start, once caught up, and
-    the error it ended with."""
-    payloads, outcome, ended = [], [], threading.Event()
-
-    def done(error):
-        outcome.append(error)
-        ended.set()
-
+    """Every payload a streamer sent from the start, and its end's error."""
+    payloads, ended = [], queue.Queue()
     streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64,
-                        lambda chunks: payloads.extend(chunks[1::2]), done,
-                        name='test')   # chunks: [length, payload, ...]
+                        # chunks: [length, payload, length, payload...]
+                        lambda chunks: payloads.extend(chunks[1::2]),
+                        ended.put, name='test')
     streamer.finish()       # end once everything committed is sent
     streamer.start()
-    assert ended.wait(60)
-    return payloads, outcome[0]
+    return payloads, ended.get(timeout=60)
 
 
 def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
@@ -83,10 +73,8 @@ def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
 
 def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
         tmp_path):
-    """A record bigger than a slice is read and sent a slice at a time,
-    and at most `in_flight` batches wait for the connection at once: a
-    secondary that reads slowly costs the primary a few slices, not the
-    record (nor the whole history)."""
+    """A big record goes a slice at a time, at most `in_flight` batches
+    waiting: a slow secondary costs a few slices, not the record."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
     commit(fs, {}, b'x' * (8 * SLICE + 5))
     sent, outstanding, ended = [], [], threading.Event()

@@ -61,12 +61,18 @@ def tid_text(tid):
 
 
 class Pair:
-    """A zrsd primary and a replica following it."""
+    """The module's zrsd primary (300 transactions with undos) and replica
+    following it, running; `zeos`: their ZEO addresses."""
 
     def __init__(self, directory, register):
         self.primary = ZrsdNode(directory, 'primary', register=register)
+        self.populated = zczrs.populate(self.primary.start().zeo_address,
+                                        transactions=300, undo_every=50)
+        assert self.populated.undos and self.populated.creation_undos
         self.replica = ZrsdNode(directory, 'replica', register=register,
-                                upstream=self.primary.repl_port)
+                                upstream=self.primary.repl_port).start()
+        self.zeos = zeo(self.primary), zeo(self.replica)
+        self.caught_up()
 
     def caught_up(self):
         """Wait until the replica holds the primary's last transaction."""
@@ -76,34 +82,21 @@ class Pair:
 
 @pytest.fixture(scope='module')
 def pair(tmp_path_factory, module_processes):
-    """The module's primary (300 transactions with undos) and replica,
-    running."""
-    pair = Pair(tmp_path_factory.mktemp('verify'), module_processes)
-    pair.populated = zczrs.populate(pair.primary.start().zeo_address,
-                                    transactions=300, undo_every=50)
-    assert pair.populated.undos and pair.populated.creation_undos
-    pair.replica.start()
-    pair.caught_up()
-    return pair
+    return Pair(tmp_path_factory.mktemp('verify'), module_processes)
 
 
 def test_both_zeo_agree(pair):
-    """Both ZEO ports: every transaction up to the replica's last one
-    agrees; the replica is up to date; --quiet prints nothing."""
+    """Over ZEO all agree, the replica is up to date; -q prints nothing."""
     history = tids(pair.primary.fs_path, pair.caught_up())
-    out = verify_ok(zeo(pair.primary), zeo(pair.replica))
-    assert out.splitlines() == [
+    assert verify_ok(*pair.zeos).splitlines() == [
         'OK: %d transactions agree, %s to %s' % (
             len(history), tid_text(history[0]), tid_text(history[-1])),
-        'replica up to date with the primary',
-    ]
-    assert verify('--quiet', zeo(pair.primary), zeo(pair.replica)) == (
-        0, '', '')
+        'replica up to date with the primary']
+    assert verify('--quiet', *pair.zeos) == (0, '', '')
 
 
 def test_objects_agree(pair):
-    """--objects counts the objects whose last record has data (undone
-    creations do not count)."""
+    """--objects counts objects whose last record has data (not undone)."""
     last = pair.caught_up()
     current = {}
     for txn in transactions(pair.primary.fs_path):
@@ -111,15 +104,14 @@ def test_objects_agree(pair):
             current.update((r.oid, r.data) for r in txn.records)
     objects = sum(1 for data in current.values() if data is not None)
     assert objects < len(current)  # some creations were undone
-    out = verify_ok('--objects', zeo(pair.primary), zeo(pair.replica))
-    assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in out
+    assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in \
+        verify_ok('--objects', *pair.zeos)
 
 
 @pytest.mark.parametrize('primary, replica', [
     ('{p.fs_path}', 'zeo:{r_zeo}'), ('{p.zeo_port}', 'fs:{r.fs_path}')])
 def test_files_of_running_servers(pair, primary, replica):
-    """Each server's open file against the other's ZEO port (with and
-    without the `fs:` and `zeo:` prefixes, and a bare port)."""
+    """A server's open file against the other's ZEO port (or bare port)."""
     count = len(tids(pair.primary.fs_path, pair.caught_up()))
     names = dict(p=pair.primary, r=pair.replica, r_zeo=zeo(pair.replica))
     out = verify_ok(primary.format(**names), replica.format(**names))
@@ -127,19 +119,17 @@ def test_files_of_running_servers(pair, primary, replica):
 
 
 def test_while_the_primary_commits(pair):
-    """Commits on the primary during the comparison never show as a
-    divergence."""
+    """Commits on the primary during the comparison are no divergence."""
     with Writer(pair.primary) as writer:
         wait_until(lambda: writer.commits >= 3, message='first commits')
-        out = verify_ok('--objects', zeo(pair.primary), zeo(pair.replica))
+        out = verify_ok('--objects', *pair.zeos)
         assert 'transactions agree' in out and 'objects agree' in out
     assert writer.error is None
     pair.caught_up()
 
 
 def test_replica_behind(pair, node):
-    """A second replica 5 transactions behind agrees (ZEO or file) and lags
-    by those and by the time between the last tids; objects agree too."""
+    """A replica 5 transactions behind agrees and lags by those, in time."""
     replica = node('behind', upstream=pair.primary.repl_port).start()
     target = pair.primary.last_tid()
     replica.wait_for_tid(target)
@@ -161,12 +151,10 @@ def test_replica_behind(pair, node):
 
 
 def test_start_tid(pair):
-    """--start: the comparison begins at that tid (0x, upper case) or at
-    the first one after it (no 0x)."""
+    """--start: the comparison begins at that tid or the first after it."""
     history = tids(pair.primary.fs_path, pair.caught_up())
     start = history[100]
-    out = verify_ok('--start', '0x' + start.hex().upper(),
-                    zeo(pair.primary), zeo(pair.replica))
+    out = verify_ok('--start', '0x' + start.hex().upper(), *pair.zeos)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 100, tid_text(start)) in out
     out = verify_ok('--start', p64(u64(start) + 1).hex(),
@@ -191,43 +179,43 @@ def forged(tid):
 
 
 def alter(history, how):
-    """(altered copy of `history`, index of its first divergence, text of
-    the report), the change made after the middle where it can be dropped."""
+    """(altered `history`, index of its first divergence, the report's text);
+    the change made after the middle where it can be dropped."""
     history = list(history)
     referenced = {r.data_txn for txn in history for r in txn.records}
     n = next(i for i in range(len(history) // 2, len(history))
              if history[i].records and history[i].tid not in referenced
              and all(r.data is not None and r.data_txn is None
                      for r in history[i].records))
-    txn = history[n]
-    if how == 'data':
-        last = txn.records[-1]
-        history[n] = txn._replace(records=txn.records[:-1] + [
-            last._replace(data=last.data + b'!')])
-        return history, n, 'record %d: oid 0x%016x: data differ' % (
-            len(txn.records) - 1, u64(last.oid))
-    if how == 'description':
-        history[n] = txn._replace(description=txn.description + b' (edit)')
-        return history, n, 'description differs'
-    if how == 'extension':
-        history[n] = txn._replace(extension=dict(txn.extension, forged=1))
-        return history, n, 'extension differs'
+    txn, extra = history[n], p64(u64(history[n].tid) + 1)
+    *rest, last = txn.records
+    if how in ('data', 'description', 'extension'):
+        history[n], what = {
+            'data': (txn._replace(records=rest + [last._replace(
+                data=last.data + b'!')]), 'record %d: oid 0x%016x: data '
+                'differ' % (len(rest), u64(last.oid))),
+            'description': (txn._replace(
+                description=txn.description + b' (edit)'),
+                'description differs'),
+            'extension': (txn._replace(
+                extension=dict(txn.extension, forged=1)), 'extension differs'),
+        }[how]
+        return history, n, what
     if how == 'missing':
         del history[n]
         return history, n, 'transaction missing on the replica'
     if how == 'extra':      # between two of the primary's transactions
-        extra = p64(u64(txn.tid) + 1)
         assert extra < history[n + 1].tid
         history.insert(n + 1, forged(extra))
-        return history, n + 1, 'transaction on the replica only'
-    assert how == 'ahead'
-    history.append(forged(p64(u64(history[-1].tid) + 1)))
-    return history, len(history) - 1, 'transaction on the replica only'
+    else:
+        assert how == 'ahead'
+        n = len(history) - 1
+        history.append(forged(p64(u64(history[-1].tid) + 1)))
+    return history, n + 1, 'transaction on the replica only'
 
 
 def test_rewrite_is_faithful(pair, history):
-    """The control: the unchanged rewrite agrees with the primary's file
-    and with the running primary."""
+    """The control: the unchanged rewrite agrees with the primary."""
     original, path = history
     assert transactions(path) == original
     for primary in [pair.primary.fs_path, zeo(pair.primary)]:
@@ -238,8 +226,7 @@ def test_rewrite_is_faithful(pair, history):
 @pytest.mark.parametrize('how', ['data', 'description', 'extension',
                                  'missing', 'extra', 'ahead'])
 def test_divergence(history, tmp_path, how):
-    """One change: exit 1, the first divergent tid, what differs, how many
-    agreed before; --quiet prints the first line only."""
+    """One change: exit 1, the first divergent tid, what, how many agreed."""
     original, path = history
     altered, index, what = alter(original, how)
     replica = write_history(tmp_path / 'altered.fs', altered)
@@ -252,8 +239,7 @@ def test_divergence(history, tmp_path, how):
 
 
 def test_divergence_against_running_primary(pair, history, tmp_path):
-    """The running primary against a diverging file named without `.fs`
-    (the `fs:` prefix says it is a file)."""
+    """The running primary against a diverging `fs:` file (no `.fs`)."""
     original, _ = history
     altered, index, what = alter(original, 'data')
     replica = write_history(tmp_path / 'altered.data', altered)
@@ -271,13 +257,11 @@ def test_empty_replica(history, tmp_path):
         'replica behind the primary by %d transactions (the replica is '
         'empty); primary last transaction %s' % (
             len(original), tid_text(original[-1][0])),
-        'OK: no objects to compare (the replica is empty)',
-    ]
+        'OK: no objects to compare (the replica is empty)']
 
 
 def test_objects_diverge_through_a_bad_index(history, tmp_path):
-    """An `.index` sending one object to its previous revision: the same
-    history, but --objects names the object and both serials (exit 1)."""
+    """An `.index` naming an older revision: --objects names both serials."""
     original, path = history
     last_txn_oids = {r.oid for r in original[-1].records}
     revisions = {}
@@ -312,8 +296,8 @@ def packed_copy(path, copy, pack_time):
 
 @pytest.fixture(scope='module')
 def packed(history, tmp_path_factory):
-    """The faithful rewrite packed half-way: (its transactions, path,
-    index of the first transaction after the pack time in the original)."""
+    """The rewrite packed half-way: (its transactions, path, index in the
+    original of the first transaction after the pack time)."""
     original, path = history
     middle = len(original) // 2
     pack_time = (TimeStamp(original[middle - 1][0]).timeTime()
@@ -327,15 +311,13 @@ def packed(history, tmp_path_factory):
 
 
 def test_packed_side_agrees(history, packed):
-    """A packed copy against the unpacked original, in both roles: the
-    packed part compared as such, the rest strictly, objects too."""
+    """A packed copy against the original, in both roles, agrees."""
     original, path = history
     packed_history, packed_path, middle = packed
     kept = sum(1 for t in packed_history if t[1] == 'p')
     for primary, replica, side in [(path, packed_path, 'replica'),
                                    (packed_path, path, 'primary')]:
-        out = verify_ok(primary, replica)
-        lines = out.splitlines()
+        lines = verify_ok(primary, replica).splitlines()
         assert lines[0].startswith('OK: %d transactions agree, ' % (
             len(packed_history)))
         assert lines[1] == ('packed history on the %s: %d transactions '
@@ -343,35 +325,34 @@ def test_packed_side_agrees(history, packed):
                             % (side, kept, middle - kept))
         assert lines[3] == ('comparing every object too (--objects), as '
                             'history was packed')
-        assert lines[4].startswith('OK: ') and 'objects agree as of' in out
+        assert lines[4].startswith('OK: ') and 'objects agree as of' in \
+            lines[4]
 
 
 @pytest.mark.parametrize('how', ['packed-data', 'packed-extra-record',
                                  'missing-after-pack', 'packed-user'])
 def test_packed_divergence(history, packed, tmp_path, how):
-    """What a pack cannot explain is still a divergence: data, a record, a
-    missing transaction, metadata."""
+    """What a pack cannot explain is still a divergence."""
     original, _ = history
     altered, _, middle = packed
     altered = list(altered)
     n = next(i for i, t in enumerate(altered) if t[1] == 'p')
     txn = altered[n]
-    first = txn.records[0]
-    if how == 'packed-data':
-        altered[n] = txn._replace(records=[first._replace(
-            data=first.data + b'!')] + txn.records[1:])
-        what = 'oid 0x%016x: data differ' % u64(first.oid)
-    elif how == 'packed-extra-record':
-        altered[n] = txn._replace(records=txn.records + forged(txn.tid)[5])
-        what = ('oid 0x%016x on the replica only, in a transaction packed '
-                'there only' % 10 ** 6)
-    elif how == 'packed-user':
-        altered[n] = txn._replace(user=txn.user + b' (edited)')
-        what = 'user differs'
-    else:
-        n = len(altered) - (len(original) - middle) + 5
-        txn = altered.pop(n)
+    first, *rest = txn.records
+    if how == 'missing-after-pack':
+        txn = altered.pop(len(altered) - (len(original) - middle) + 5)
         what = 'transaction missing on the replica'
+    else:
+        altered[n], what = {
+            'packed-data': (txn._replace(records=[first._replace(
+                data=first.data + b'!')] + rest),
+                'oid 0x%016x: data differ' % u64(first.oid)),
+            'packed-extra-record': (txn._replace(
+                records=txn.records + forged(txn.tid)[5]),
+                'oid 0x%016x on the replica only, in a transaction packed '
+                'there only' % 10 ** 6),
+            'packed-user': (txn._replace(user=txn.user + b' (edited)'),
+                            'user differs')}[how]
     replica = write_history(tmp_path / 'altered.fs', altered)
     out = verify_fails(1, history[1], replica)
     assert out.startswith('DIVERGED at transaction %s: ' % tid_text(txn.tid))
@@ -379,8 +360,7 @@ def test_packed_divergence(history, packed, tmp_path, how):
 
 
 def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
-    """Inline data for an undo's back pointer into a part the replica's
-    pack dropped agrees; into the unpacked part it does not."""
+    """Inline data for an undo's back pointer agrees only if packed away."""
     path = str(tmp_path / 'primary.fs')
     db = ZODB.DB(FileStorage(path))
     with db.transaction() as conn:
@@ -451,10 +431,8 @@ def test_usage_errors(args):
 
 
 def test_blob_files(tmp_path, node):
-    """Blob files are compared by size and sha256 over ZEO and in files
-    given with their blob directories; a changed or missing blob file on
-    the replica is a divergence; files without their blob directories are
-    counted as not compared."""
+    """Blob files are compared (size, sha256) over ZEO and in directories
+    given; a changed or missing one is a divergence."""
     primary = node('primary', blobs=True).start()
     replica = node('replica', upstream=primary.repl_port, blobs=True)
     with closing(blob_db(primary, tmp_path / 'cache')) as db:
@@ -474,13 +452,13 @@ def test_blob_files(tmp_path, node):
     out = verify_ok(primary.fs_path, replica.fs_path)
     assert '%s records whose files were not compared: the primary and the ' \
         'replica has no blobs' % agree.split(' files')[0] in out
-    replica_blobs = blob_files(replica.blob_dir)
-    first = min(name for name in replica_blobs if name.endswith('.blob'))
-    with open('%s/%s' % (replica.blob_dir, first), 'r+b') as f:
+    first = os.path.join(replica.blob_dir, min(
+        n for n in blob_files(replica.blob_dir) if n.endswith('.blob')))
+    with open(first, 'r+b') as f:
         f.write(b'X')
     out = verify_fails(1, *files)
     assert re.search(r'DIVERGED at transaction \S+ .*: record \d+: oid '
                      r'\S+: blob files differ: primary \d+ bytes, sha256 '
                      r'\w+, replica \d+ bytes, sha256 \w+', out), out
-    os.remove('%s/%s' % (replica.blob_dir, first))
+    os.remove(first)
     assert 'replica no blob file' in verify_fails(1, *files)
