@@ -36,7 +36,7 @@ from zrsd import seedprotocol as seed
 from zrsd.replica import seeding
 
 from .in_process import captured_logs
-from .judges import UNCHECKED, check_file
+from .judges import UNCHECKED, Lane, check_file
 from .nodes import started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
@@ -183,47 +183,58 @@ def check_blobs(summary, side, cs, case, blob_dir, kept):
                           % ', '.join(extra), case)
 
 
-def section(path, blob_dir, address):
-    """What `copy_file` reads of a `<zrs>` section."""
-    return SimpleNamespace(
-        name='1', path=path, blob_dir=blob_dir, replicate_from=address,
-        section=SimpleNamespace(copy_file='new', copy_file_minimum=0,
-                                ssl=None))
+class CopyLane(Lane):
+    """Cases served by a `FakePrimary` (`listen()`) to new replicas."""
+
+    primary = None
+
+    def __init__(self, cases, directory, summary, verbose=False):
+        self.cases, self.cs = cases, cases.cs
+        self.directory, self.summary = directory, summary
+        self.verbose = verbose
+
+    def open(self):
+        self.primary = FakePrimary(self.listen(), self.cs.source)
+
+    def close(self):
+        if self.primary is not None:
+            self.primary.close()
+
+    def run_case(self, number):
+        case = self.primary.case = self.cases.case(number)
+        del self.primary.seen[:], self.primary.zrs_tids[:]
+        if self.copy(case) is not False:
+            self.summary.add(self.side, 'kept all' if case.expected == len(
+                case.data) else 'kept part')
 
 
-class CopyInProcessLane:
+class CopyInProcessLane(CopyLane):
     """`copy_file` of a new replica in this process, one case each."""
 
     side = 'copy-in-process'
 
-    def __init__(self, cases, directory, summary):
-        self.cases, self.cs = cases, cases.cs
-        self.directory, self.summary = directory, summary
-
     def run(self, count):
-        address = os.path.join(self.directory, 'primary.sock')
-        listener = socket.socket(socket.AF_UNIX)
-        listener.bind(address)
-        listener.listen(4)
-        primary = FakePrimary(listener)
-        try:
-            with captured_logs() as self.logs:
-                for number in range(count):
-                    primary.case = self.cases.case(number)
-                    self.run_case(primary, address)
-        finally:
-            primary.close()
+        with captured_logs() as self.logs:
+            super().run(count)
 
-    def run_case(self, primary, address):
-        summary, side, case = self.summary, self.side, primary.case
-        summary.add(side, 'cases')
+    def listen(self):
+        self.address = os.path.join(self.directory, 'primary.sock')
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(self.address)
+        listener.listen(4)
+        return listener
+
+    def copy(self, case):
+        summary, side, primary = self.summary, self.side, self.primary
         work = tempfile.mkdtemp(dir=self.directory)
         path = os.path.join(work, 'Data.fs')
         blob_dir = os.path.join(work, 'blobs') if self.cs.blobs else None
-        del primary.seen[:]
         began = time.monotonic()
         try:
-            seeding.copy_file(section(path, blob_dir, address))
+            seeding.copy_file(SimpleNamespace(   # what it reads of <zrs>
+                name='1', path=path, blob_dir=blob_dir,
+                replicate_from=self.address, section=SimpleNamespace(
+                    copy_file='new', copy_file_minimum=0, ssl=None)))
         except Exception as exc:
             summary.violation('daemon crashes', side, 'copy_file raised '
                               '%s: %s' % (type(exc).__name__, exc), case)
@@ -240,40 +251,25 @@ class CopyInProcessLane:
                 summary.violation('log', side, 'logged %s: %s%s' % (
                     record.levelname, record.getMessage()[:300],
                     ' (with a traceback)' if record.exc_info else ''), case)
-        summary.add(side, 'kept all' if case.expected == len(case.data)
-                    else 'kept part')
         del self.logs[:]
         shutil.rmtree(work, ignore_errors=True)
 
 
-class CopyProcessLane:
+class CopyProcessLane(CopyLane):
     """A real zrsd replica per case, copying from the fake primary, then
     replicating the rest with ZRS."""
 
-    side = 'copy'
+    side = name = 'copy'
 
-    def __init__(self, cases, directory, summary, verbose=False):
-        self.cases, self.cs = cases, cases.cs
-        self.directory, self.summary = directory, summary
-        self.verbose = verbose
+    def listen(self):
+        return socket.create_server(('127.0.0.1', 0))
 
-    def run(self, count):
-        listener = socket.create_server(('127.0.0.1', 0))
-        primary = FakePrimary(listener, self.cs.source)
-        try:
-            for number in range(count):
-                primary.case = self.cases.case(number)
-                self.run_case(primary, listener.getsockname()[1])
-        finally:
-            primary.close()
-
-    def run_case(self, primary, port):
-        summary, side, case, cs = self.summary, self.side, primary.case, \
-            self.cs
-        summary.add(side, 'cases')
-        del primary.seen[:], primary.zrs_tids[:]
+    def copy(self, case):
+        summary, side, primary, cs = (self.summary, self.side, self.primary,
+                                      self.cs)
         node = ZrsdNode(os.path.join(self.directory, 'case-%d' % case.number),
-                        'replica', upstream=port, blobs=cs.blobs,
+                        'replica', blobs=cs.blobs,
+                        upstream=primary.listener.getsockname()[1],
                         copy_file='new', register=started,
                         zrs_lines='  copy-file-minimum 0\n').launch()
         try:
@@ -288,7 +284,7 @@ class CopyProcessLane:
                                   node.process.popen.returncode,
                                   node.log()[-3000:]), case)
             node.close()
-            return
+            return False
         tids = {tid: end for end, tid in cs.boundaries.items()}
         tids[z64] = 0 if case.highest < 4 else 4     # (ZRS cannot tell)
         kept = tids.get(primary.zrs_tids[0]) if primary.zrs_tids else None
@@ -325,7 +321,5 @@ class CopyProcessLane:
                 summary.violation('log', side, line[:300], case)
         if self.verbose or not summary.clean:
             print('[copy] %s: ZRS from %s' % (case.describe(), kept))
-        summary.add(side, 'kept all' if case.expected == len(case.data)
-                    else 'kept part')
         if summary.clean:
             shutil.rmtree(node.directory, ignore_errors=True)

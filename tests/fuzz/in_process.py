@@ -8,7 +8,6 @@ import logging
 import os
 import random
 import shutil
-import tempfile
 import traceback
 
 import ZODB.FileStorage
@@ -18,8 +17,8 @@ from zrsd import protocol as zrs
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
-from .cases import MAX_FRAME, WINDOW_NEED
-from .judges import (ALLOWED_WARNINGS, LaneAbort, advance, check_file,
+from .cases import MAX_FRAME
+from .judges import (ALLOWED_WARNINGS, Lane, advance, check_file,
                      check_leftovers, judge, traceback_from_protocol)
 
 _ATTRS = ('__defaults__', '__kwdefaults__', '__name__', '__qualname__',
@@ -78,10 +77,10 @@ def captured_logs():
         root.setLevel(level)
 
 
-class InProcessLane:
+class InProcessLane(Lane):
     """Cases fed to a `Receiver` over a real FileStorage, in this process."""
 
-    side = 'in-process'
+    side, renew = 'in-process', True
 
     def __init__(self, generator, directory, summary, check_checksums=True):
         self.source, self.generator = generator.source, generator
@@ -92,22 +91,11 @@ class InProcessLane:
         self.objects.update(zrs.resolve_globals(    # hands out by default
             zrs.DEFAULT_ALLOWED_GLOBALS))
         self.state = snapshot(self.objects)
-        self.epoch = 0
-        self.fs = None
+        self.epoch, self.fs = 0, None
 
-    def run(self, cases):
+    def run(self, count):
         with captured_logs() as self.logs:
-            self.open()
-            try:
-                for number in range(cases):
-                    if len(self.source) - self.position < WINDOW_NEED:
-                        self.close()
-                        self.open()
-                    self.run_case(self.generator.case(number, self.position))
-            except LaneAbort:
-                pass
-            finally:
-                self.close()
+            super().run(count)
 
     def open(self):
         self.epoch += 1
@@ -133,9 +121,9 @@ class InProcessLane:
         if self.blob_dir:
             shutil.rmtree(self.blob_dir, ignore_errors=True)
 
-    def run_case(self, case):
+    def run_case(self, number):
         summary, side = self.summary, self.side
-        summary.add(side, 'cases')
+        case = self.generator.case(number, self.position)
         rng = random.Random('%s/%s/%d/chunks' % (
             self.generator.seed, case.lane, case.number))
         receiver = Receiver(self.replica.writer,
@@ -216,11 +204,3 @@ class InProcessLane:
                                       if state[key] != self.state[key]))),
                               case)
             restore(self.objects, self.state)
-
-
-def tmpfs_directory(parent):
-    """A directory on tmpfs if there is one (the in-process layer commits
-    thousands of transactions; fsync there costs nothing), else `parent`."""
-    if os.path.isdir('/dev/shm') and os.access('/dev/shm', os.W_OK):
-        return tempfile.mkdtemp(prefix='zrsd-fuzz-', dir='/dev/shm')
-    return tempfile.mkdtemp(prefix='in-process-', dir=parent)

@@ -5,10 +5,13 @@ recorded in the `Summary` (counters, rejection reasons, violations)."""
 import collections
 import os
 import re
+import sys
 import threading
 import time
 
 from harness.history import transactions
+
+from .cases import WINDOW_NEED
 
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
 
@@ -42,6 +45,33 @@ ALLOWED_WARNINGS = ('cannot connect', 'commits without checksums',
 
 class LaneAbort(Exception):
     """A lane cannot go on (its daemon died or hung); already recorded."""
+
+
+class Lane:
+    """Runs `count` cases: `open()`, `run_case(number)` each, `close()`.
+    With `renew`, it starts afresh (`close`, `open`) whenever fewer than
+    `WINDOW_NEED` transactions of the source follow its `position`."""
+
+    renew = verbose = False
+
+    def say(self, text):
+        if self.verbose:
+            print('[%s] %s' % (self.name, text), file=sys.stderr, flush=True)
+
+    def run(self, count):
+        try:
+            self.open()
+            for number in range(count):
+                if self.renew and \
+                        len(self.source) - self.position < WINDOW_NEED:
+                    self.close()
+                    self.open()
+                self.summary.add(self.side, 'cases')
+                self.run_case(number)
+        except LaneAbort:
+            pass
+        finally:
+            self.close()
 
 
 class Summary:

@@ -10,7 +10,6 @@ import random
 import shutil
 import socket
 import struct
-import sys
 
 import ZEO
 import ZODB.FileStorage
@@ -23,7 +22,7 @@ from harness.stream import frame
 from harness.zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
-from .judges import UNCHECKED, LaneAbort, check_length
+from .judges import UNCHECKED, Lane, LaneAbort, check_length
 from .nodes import IO_TIMEOUT, PORT, LogTail, start_replica, started, stop
 
 PRIMARY_BATCH = 10                  # primary-side cases between commits
@@ -239,40 +238,28 @@ RUN = {'random-bytes': (2, random_bytes), 'random-frames': (2, random_frames),
 KINDS = [kind for kind, (weight, _) in RUN.items() for _ in range(weight)]
 
 
-class PrimarySide:
-    """A zrsd primary, a legit zrsd replica, and hostile secondaries."""
+class PrimarySide(Lane):
+    """A zrsd primary, a legit zrsd replica, and hostile secondaries, in
+    batches of `PRIMARY_BATCH` cases."""
 
-    side = 'primary'
+    side = name = 'primary'
 
-    def __init__(self, directory, seed, cases, summary, verbose=False,
-                 keep=False):
-        self.directory, self.seed, self.cases = directory, seed, cases
-        self.summary, self.verbose, self.keep = summary, verbose, keep
+    def __init__(self, directory, seed, summary, verbose=False, keep=False):
+        self.directory, self.seed, self.summary = directory, seed, summary
+        self.verbose, self.keep = verbose, keep
         self.ports = set()
         self.primary = self.replica = self.client = self.log = None
         self.commits = 0
         self.slow = []   # (batch, RawSecondary) of slow-loris connections
 
-    def say(self, text):
-        if self.verbose:
-            print('[primary] %s' % text, file=sys.stderr, flush=True)
-
     def violation(self, category, text):
         self.summary.violation(category, self.side, text)
 
-    def run(self):
-        try:
-            self.setup()
-            for batch in range(0, self.cases, PRIMARY_BATCH):
-                self.batch(batch // PRIMARY_BATCH, range(
-                    batch, min(self.cases, batch + PRIMARY_BATCH)))
-            self.collect_slow(self.cases)
-        except LaneAbort:
-            pass
-        finally:
-            self.teardown()
+    def run(self, count):
+        self.count = count
+        super().run(count)
 
-    def setup(self):
+    def open(self):
         self.primary = started(ZrsdNode(
             os.path.join(self.directory, 'primary'), 'zrsd-primary',
             zrs_lines='  handshake-timeout %s\n' % HANDSHAKE_TIMEOUT))
@@ -293,7 +280,7 @@ class PrimarySide:
         self.say('primary with %d transactions, replica following' % len(
             self.tids))
 
-    def teardown(self):
+    def close(self):
         if self.client is not None:
             self.client.close()
         statuses = {name: stop(self.summary, self.side, name, process)
@@ -317,31 +304,35 @@ class PrimarySide:
             elif self.summary.clean and not self.keep:
                 shutil.rmtree(self.directory, ignore_errors=True)
 
-    def batch(self, number, cases):
-        """Some cases, slow-loris connections on the side, then a commit
-        that the legit replica must receive."""
-        rng = random.Random('%s/primary/batch/%d' % (self.seed, number))
-        self.summary.add(self.side, 'batches')
-        for _ in range(rng.choice([0, 1, 1, 2])):
-            self.slow.append((number, RawSecondary(self, rng.choice([
-                b'', b'\0', b'\0\0\0\x06zr', frame(b'zrs2.0'),
-                frame(b'zrs2.0') + b'\0\0\0\x08\0\0']))))
-        # One more dribbles a 64-byte frame, a byte per case, never
-        # completing it: the handshake timeout must still drop it.
-        dribbler = RawSecondary(self, struct.pack('>I', 64))
-        dribbler.dribble = 63
-        self.slow.append((number, dribbler))
-        for case in cases:
-            for _, conn in self.slow:
-                if conn.dribble:
-                    conn.dribble -= 1
-                    conn.send(b'z')
-            rng = random.Random('%s/primary/%d' % (self.seed, case))
-            kind = rng.choice(KINDS)
-            self.summary.add(self.side, 'cases')
-            RUN[kind][1](self, rng, kind)
-        self.collect_slow(number - SLOW_LORIS_AGE)
-        self.follow()
+    def run_case(self, case):
+        """A batch begins with slow-loris connections on the side, and ends
+        with a commit that the legit replica must receive."""
+        batch = case // PRIMARY_BATCH
+        if case % PRIMARY_BATCH == 0:
+            rng = random.Random('%s/primary/batch/%d' % (self.seed, batch))
+            self.summary.add(self.side, 'batches')
+            for _ in range(rng.choice([0, 1, 1, 2])):
+                self.slow.append((batch, RawSecondary(self, rng.choice([
+                    b'', b'\0', b'\0\0\0\x06zr', frame(b'zrs2.0'),
+                    frame(b'zrs2.0') + b'\0\0\0\x08\0\0']))))
+            # One more dribbles a 64-byte frame, a byte per case, never
+            # completing it: the handshake timeout must still drop it.
+            dribbler = RawSecondary(self, struct.pack('>I', 64))
+            dribbler.dribble = 63
+            self.slow.append((batch, dribbler))
+        for _, conn in self.slow:
+            if conn.dribble:
+                conn.dribble -= 1
+                conn.send(b'z')
+        rng = random.Random('%s/primary/%d' % (self.seed, case))
+        kind = rng.choice(KINDS)
+        RUN[kind][1](self, rng, kind)
+        if case % PRIMARY_BATCH == PRIMARY_BATCH - 1 or \
+                case == self.count - 1:
+            self.collect_slow(batch - SLOW_LORIS_AGE)
+            self.follow()
+            if case == self.count - 1:
+                self.collect_slow(self.count)
 
     def collect_slow(self, up_to):
         """Each slow-loris connection opened in batch `up_to` or before must

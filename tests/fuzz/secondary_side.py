@@ -4,7 +4,6 @@ import contextlib
 import os
 import shutil
 import socket
-import sys
 import time
 
 import ZEO
@@ -15,87 +14,64 @@ from harness.history import copy_transaction
 from harness.process import free_port, handshake_frames, wait_until
 from zrsd import protocol as zrs
 
-from .cases import WINDOW_NEED
-from .judges import (UNCHECKED, LaneAbort, advance, check_file,
+from .judges import (UNCHECKED, Lane, LaneAbort, advance, check_file,
                      check_leftovers, judge, traceback_from_protocol)
 from .nodes import IO_TIMEOUT, LogTail, start_replica, stop
 
-CLIENT = 'zrsd.replica.client'
 
-
-class ReplicaLane:
+class ReplicaLane(Lane):
     """A zrsd replica fed one case per connection.  Near the end of the
     source it stops, and a fresh one starts: a new epoch, on new files,
     with its own case server port."""
 
-    side = 'secondary'
+    side, renew = 'secondary', True
 
     def __init__(self, generator, directory, summary, verbose=False,
                  keep=False):
         self.source, self.generator = generator.source, generator
-        self.lane, self.markers = generator.lane, generator.markers
+        self.name = generator.lane
         self.directory, self.summary = directory, summary
         self.verbose, self.keep = verbose, keep
         self.blobs = self.source.blob_dir is not None
         self.protocol = zrs.PROTOCOL_2_1 if self.blobs else zrs.PROTOCOL_2_0
-        self.epochs = 0
-        self.process = None
+        self.epochs, self.process = 0, None
 
-    def say(self, text):
-        if self.verbose:
-            print('[%s] %s' % (self.lane, text), file=sys.stderr, flush=True)
-
-    def alive(self):
-        return self.process.popen.poll() is None
+    def abort(self, category, text, case=None):
+        self.summary.violation(category, self.side, text, case)
+        return LaneAbort()
 
     def died(self):
         records = self.log.poll()
         stopped = [r.message for r in records
                    if r.logger == 'zrsd' and 'stopping (' in r.message]
-        self.summary.violation('daemon crashes', self.side, 'the %s replica '
-                               'exited with status %s%s; its log ends:\n%s'
-                               % (self.lane, self.process.popen.returncode,
-                                  ' (it logged "%s": a signal from outside?)'
-                                  % stopped[0] if stopped else '',
-                                  '\n'.join(r.line[:300]
-                                            for r in records[-15:])))
-        return LaneAbort()
+        return self.abort('daemon crashes', 'the %s replica exited with '
+                          'status %s%s; its log ends:\n%s' % (
+                              self.name,
+                              self.process.popen.returncode,
+                              ' (it logged "%s": a signal from outside?)'
+                              % stopped[0] if stopped else '', '\n'.join(
+                                  r.line[:300] for r in records[-15:])))
 
     def hung(self, text, case=None):
-        self.summary.violation('hangs', self.side, '%s: %s' % (
-            self.lane, text), case)
-        return LaneAbort()
+        return self.abort('hangs', '%s: %s' % (self.name, text),
+                          case)
 
-    def run(self, cases):
-        try:
-            for number in range(cases):
-                if self.process is None or \
-                        len(self.source) - self.position < WINDOW_NEED:
-                    self.end_epoch()
-                    self.start_epoch()
-                case = self.generator.case(number, self.position)
-                self.summary.add(self.side, 'cases')
-                self.summary.add(self.side, 'cases ' + (
-                    'blobs' if self.blobs else 'plain'))
-                self.serve(case)
-                self.check(case, *self.accept())
-                if number % 50 == 49:
-                    self.say('%d cases, at source index %d' % (
-                        number + 1, self.position))
-        except LaneAbort:
-            pass
-        finally:
-            self.end_epoch()
+    def run_case(self, number):
+        case = self.generator.case(number, self.position)
+        self.summary.add(self.side, 'cases ' + self.name)
+        self.serve(case)
+        self.check(case, *self.accept())
+        if number % 50 == 49:
+            self.say('%d cases, at source index %d' % (
+                number + 1, self.position))
 
-    def start_epoch(self):
+    def open(self):
         self.epochs += 1
         self.summary.add(self.side, 'epochs')
         self.epoch_dir = os.path.join(self.directory,
                                       'epoch-%d' % self.epochs)
         os.makedirs(self.epoch_dir)
-        self.listener = socket.socket()
-        self.listener.bind(('127.0.0.1', 0))
-        self.listener.listen(16)
+        self.listener = socket.create_server(('127.0.0.1', 0), backlog=16)
         self.listener.settimeout(0.2)
         self.zeo_port = free_port()
         self.fs_path = os.path.join(self.epoch_dir, 'replica.fs')
@@ -112,15 +88,15 @@ class ReplicaLane:
         protocol, tid = self.accept()
         if tid != z64 or protocol != self.protocol:
             self.summary.violation('streams', self.side, 'a new %s replica '
-                                   'sent %r, %s' % (self.lane, protocol,
-                                                    tid.hex()))
+                                   'sent %r, %s' % (self.name,
+                                                    protocol, tid.hex()))
 
     def accept(self):
         """The replica's next connection and handshake: its socket goes to
         `sock`; returns (protocol, start tid)."""
         deadline = time.monotonic() + IO_TIMEOUT
         while True:
-            if not self.alive():
+            if self.process.popen.poll() is not None:
                 raise self.died()
             try:
                 sock, _ = self.listener.accept()
@@ -147,25 +123,23 @@ class ReplicaLane:
 
     def serve(self, case):
         """Send the case, close our side, wait until zrsd drops it."""
-        sock = self.sock
-        try:
-            sock.sendall(case.wire)
-        except socket.timeout:
-            raise self.hung('the replica stopped reading', case)
-        except OSError:
-            pass   # it dropped the connection already
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-        try:
-            while sock.recv(65536):
+        with self.sock as sock:
+            try:
+                sock.sendall(case.wire)
+            except socket.timeout:
+                raise self.hung('the replica stopped reading', case)
+            except OSError:
+                pass   # it dropped the connection already
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            try:
+                while sock.recv(65536):
+                    pass
+            except socket.timeout:
+                raise self.hung('the replica kept the connection open '
+                                'after the stream ended', case)
+            except OSError:
                 pass
-        except socket.timeout:
-            raise self.hung('the replica kept the connection open after '
-                            'the stream ended', case)
-        except OSError:
-            pass
-        finally:
-            sock.close()
 
     def check(self, case, protocol, tid):
         """After a case: the handshake (protocol, position), ZEO, the
@@ -177,7 +151,7 @@ class ReplicaLane:
         self.position = advance(self.summary, self.side, case, self.source,
                                 old, tid, self.read)
         self.check_zeo(case, tid, self.source.txns[old:self.position])
-        check_leftovers(self.summary, self.side, self.markers,
+        check_leftovers(self.summary, self.side, self.generator.markers,
                         self.blob_dir, case)
         self.check_log(case, self.connections - 2)
 
@@ -197,7 +171,7 @@ class ReplicaLane:
             client = ZEO.client(('127.0.0.1', self.zeo_port),
                                 read_only=True, wait_timeout=IO_TIMEOUT)
         except Exception as exc:
-            if not self.alive():
+            if self.process.popen.poll() is not None:
                 raise self.died()
             raise self.hung('ZEO does not answer: %s: %s' % (
                 type(exc).__name__, exc), case)
@@ -226,7 +200,7 @@ class ReplicaLane:
                                                     self.log.path))
         start, end = self.log.connected[number:number + 2]
         records = [r for r in self.log.records[start:end]
-                   if r.logger == CLIENT]
+                   if r.logger == 'zrsd.replica.client']
         ours = [r for r in records if r.is_error]
         ended = [r for r in records if ': disconnected' in r.message]
         # zrsd logs a repeated apply failure at DEBUG (rate limiting): the
@@ -246,20 +220,20 @@ class ReplicaLane:
                                   len(ours), len(ended), ' | '.join(
                                       r.line[:200] for r in ours + ended)),
                               case)
-        if not ours:
-            return judge(summary, side, case, None)
-        if traceback_from_protocol(ours[0].extra):
+        if ours and traceback_from_protocol(ours[0].extra):
             summary.violation('log', side, 'the protocol module raised a '
                               'non-protocol error: %s'
                               % ours[0].message[:300], case)
-        judge(summary, side, case, ours[0].message, ours[0].line)
+        judge(summary, side, case, *(
+            (ours[0].message, ours[0].line) if ours else (None,)))
 
-    def end_epoch(self):
+    def close(self):
         """SIGTERM the replica, then compare its file with the source."""
         if self.process is None:
             return
         summary, side = self.summary, self.side
-        status = stop(summary, side, '%s replica' % self.lane, self.process)
+        status = stop(summary, side, '%s replica' % self.name,
+                      self.process)
         self.process = None
         if self.sock is not None:
             self.sock.close()
