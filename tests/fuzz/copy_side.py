@@ -36,7 +36,7 @@ from zrsd import seedprotocol as seed
 from zrsd.replica import seeding
 
 from .in_process import captured_logs
-from .judges import UNCHECKED, Lane, check_file
+from .judges import UNCHECKED, Lane
 from .nodes import started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
@@ -126,75 +126,18 @@ class FakePrimary:
             thread.join(5)
 
 
-def check_copy(summary, side, cs, case, path, blob_dir, kept, seen):
-    """Judge a case's outcome: `kept` bytes of the file at `path` (None:
-    the file's size), the blob files, the marker, what the replica sent."""
-    if kept is None:
-        kept = os.path.getsize(path) if os.path.exists(path) else 0
-    if not case.lowest <= kept <= case.highest:
-        summary.violation(UNCHECKED if kept > case.highest else
-                          'lost valid transactions', side, 'kept %d bytes '
-                          '(%s a transaction end)' % (
-                              kept, 'at' if kept in cs.boundaries else
-                              'not at'), case)
-    if os.path.exists(path):
-        with open(path, 'rb') as f:
-            if f.read(kept) != case.data[:kept]:
-                summary.violation(UNCHECKED, side, 'the kept bytes differ '
-                                  "from the primary's file", case)
-    for suffix in ('.seeding', '.seeding.tmp'):
-        if os.path.exists(path + suffix):
-            summary.violation('side effects', side, '%s left behind'
-                              % os.path.basename(path + suffix), case)
-    if case.marker and os.path.exists(case.marker):
-        summary.violation('executions', side, 'a copied pickle was loaded: '
-                          '%s exists' % case.marker, case)
-    if seen and (seen[0][1] != seed.query(0, z64) or len(seen[0]) > 2 and
-                 seen[0][2] != seed.proof(seed.new_digest().digest())):
-        summary.violation('streams', side, 'a new replica sent %r' % (
-            seen[0][1:],), case)
-    if blob_dir:
-        check_blobs(summary, side, cs, case, blob_dir, kept)
-
-
-def check_blobs(summary, side, cs, case, blob_dir, kept):
-    """The blob files of the kept transactions, and no other."""
-    helper = FilesystemHelper(blob_dir)
-    expected = {helper.getBlobFilename(oid, tid): content
-                for t in cs.txns if t.end <= kept
-                for oid, tid, content in t.blobs}
-    found = set()
-    for directory, dirs, files in os.walk(blob_dir):
-        found.update(os.path.join(directory, name) for name in files
-                     if name != '.layout')
-    for name, content in expected.items():
-        try:
-            with open(name, 'rb') as f:
-                same = f.read() == content
-        except OSError:
-            same = False
-        if not same:
-            summary.violation(UNCHECKED, side, 'the blob file %s of a kept '
-                              'transaction is missing or differs'
-                              % os.path.relpath(name, blob_dir), case)
-    extra = sorted(os.path.relpath(n, blob_dir) for n in found - set(expected))
-    if extra:
-        summary.violation('side effects', side, 'blob files left behind: %s'
-                          % ', '.join(extra), case)
-
-
 class CopyLane(Lane):
-    """Cases served by a `FakePrimary` (`listen()`) to new replicas."""
+    """Cases served by a `FakePrimary` (on `listen()`) to new replicas."""
 
     primary = None
 
     def __init__(self, cases, directory, summary, verbose=False):
-        self.cases, self.cs = cases, cases.cs
+        self.cases, self.cs, self.source = cases, cases.cs, cases.cs.source
         self.directory, self.summary = directory, summary
         self.verbose = verbose
 
     def open(self):
-        self.primary = FakePrimary(self.listen(), self.cs.source)
+        self.primary = FakePrimary(self.listen(), self.source)
 
     def close(self):
         if self.primary is not None:
@@ -204,8 +147,66 @@ class CopyLane(Lane):
         case = self.primary.case = self.cases.case(number)
         del self.primary.seen[:], self.primary.zrs_tids[:]
         if self.copy(case) is not False:
-            self.summary.add(self.side, 'kept all' if case.expected == len(
-                case.data) else 'kept part')
+            self.add('kept all' if case.expected == len(case.data)
+                     else 'kept part')
+
+    def check_copy(self, case, path, blob_dir, kept):
+        """Judge a case's outcome: `kept` bytes of the file at `path` (None:
+        the file's size), the blob files, the marker, what the replica
+        sent."""
+        if kept is None:
+            kept = os.path.getsize(path) if os.path.exists(path) else 0
+        if not case.lowest <= kept <= case.highest:
+            self.violation(UNCHECKED if kept > case.highest else
+                           'lost valid transactions', 'kept %d bytes (%s a '
+                           'transaction end)' % (kept, 'at' if kept in
+                                                 self.cs.boundaries else
+                                                 'not at'), case)
+        if os.path.exists(path):
+            with open(path, 'rb') as f:
+                if f.read(kept) != case.data[:kept]:
+                    self.violation(UNCHECKED, "the kept bytes differ from the"
+                                   " primary's file", case)
+        for suffix in ('.seeding', '.seeding.tmp'):
+            if os.path.exists(path + suffix):
+                self.violation('side effects', '%s left behind'
+                               % os.path.basename(path + suffix), case)
+        if case.marker and os.path.exists(case.marker):
+            self.violation('executions', 'a copied pickle was loaded: %s '
+                           'exists' % case.marker, case)
+        seen = self.primary.seen
+        if seen and (seen[0][1] != seed.query(0, z64) or len(seen[0]) > 2
+                     and seen[0][2] != seed.proof(
+                         seed.new_digest().digest())):
+            self.violation('streams', 'a new replica sent %r' % (
+                seen[0][1:],), case)
+        if blob_dir:
+            self.check_blobs(case, blob_dir, kept)
+
+    def check_blobs(self, case, blob_dir, kept):
+        """The blob files of the kept transactions, and no other."""
+        helper = FilesystemHelper(blob_dir)
+        expected = {helper.getBlobFilename(oid, tid): content
+                    for t in self.cs.txns if t.end <= kept
+                    for oid, tid, content in t.blobs}
+        found = {os.path.join(directory, name)
+                 for directory, _, files in os.walk(blob_dir)
+                 for name in files if name != '.layout'}
+        for name, content in expected.items():
+            try:
+                with open(name, 'rb') as f:
+                    same = f.read() == content
+            except OSError:
+                same = False
+            if not same:
+                self.violation(UNCHECKED, 'the blob file %s of a kept '
+                               'transaction is missing or differs'
+                               % os.path.relpath(name, blob_dir), case)
+        extra = sorted(os.path.relpath(n, blob_dir)
+                       for n in found - set(expected))
+        if extra:
+            self.violation('side effects', 'blob files left behind: %s'
+                           % ', '.join(extra), case)
 
 
 class CopyInProcessLane(CopyLane):
@@ -225,7 +226,6 @@ class CopyInProcessLane(CopyLane):
         return listener
 
     def copy(self, case):
-        summary, side, primary = self.summary, self.side, self.primary
         work = tempfile.mkdtemp(dir=self.directory)
         path = os.path.join(work, 'Data.fs')
         blob_dir = os.path.join(work, 'blobs') if self.cs.blobs else None
@@ -236,19 +236,18 @@ class CopyInProcessLane(CopyLane):
                 replicate_from=self.address, section=SimpleNamespace(
                     copy_file='new', copy_file_minimum=0, ssl=None)))
         except Exception as exc:
-            summary.violation('daemon crashes', side, 'copy_file raised '
-                              '%s: %s' % (type(exc).__name__, exc), case)
+            self.violation('daemon crashes', 'copy_file raised %s: %s' % (
+                type(exc).__name__, exc), case)
         if time.monotonic() - began > HANG:
-            summary.violation('hangs', side, 'the copy took %.0f s' % (
+            self.violation('hangs', 'the copy took %.0f s' % (
                 time.monotonic() - began), case)
-        wait_until(lambda: primary.seen, HANG, 0.001, 'the fake primary')
-        check_copy(summary, side, self.cs, case, path, blob_dir, None,
-                   primary.seen)
+        wait_until(lambda: self.primary.seen, HANG, 0.001, 'the fake primary')
+        self.check_copy(case, path, blob_dir, None)
         for record in self.logs:
             if record.levelno >= logging.ERROR or record.exc_info or (
                     case.expected == len(case.data)
                     and case.kind in ('valid', 'hostile-record')):
-                summary.violation('log', side, 'logged %s: %s%s' % (
+                self.violation('log', 'logged %s: %s%s' % (
                     record.levelname, record.getMessage()[:300],
                     ' (with a traceback)' if record.exc_info else ''), case)
         del self.logs[:]
@@ -265,8 +264,7 @@ class CopyProcessLane(CopyLane):
         return socket.create_server(('127.0.0.1', 0))
 
     def copy(self, case):
-        summary, side, primary, cs = (self.summary, self.side, self.primary,
-                                      self.cs)
+        primary, cs = self.primary, self.cs
         node = ZrsdNode(os.path.join(self.directory, 'case-%d' % case.number),
                         'replica', blobs=cs.blobs,
                         upstream=primary.listener.getsockname()[1],
@@ -276,50 +274,46 @@ class CopyProcessLane(CopyLane):
             wait_until(lambda: primary.zrs_tids or not node.running(), HANG,
                        message='a ZRS handshake')
         except AssertionError:
-            summary.violation('hangs', side, 'no ZRS handshake within %s s'
-                              % HANG, case)
+            self.violation('hangs', 'no ZRS handshake within %s s' % HANG,
+                           case)
         if not node.running():
-            summary.violation('daemon crashes', side, 'the replica exited '
-                              'with %s; its log ends:\n%s' % (
-                                  node.process.popen.returncode,
-                                  node.log()[-3000:]), case)
+            self.violation('daemon crashes', 'the replica exited with %s; '
+                           'its log ends:\n%s' % (
+                               node.process.popen.returncode,
+                               node.log()[-3000:]), case)
             node.close()
             return False
         tids = {tid: end for end, tid in cs.boundaries.items()}
         tids[z64] = 0 if case.highest < 4 else 4     # (ZRS cannot tell)
         kept = tids.get(primary.zrs_tids[0]) if primary.zrs_tids else None
         if primary.zrs_tids and kept is None:
-            summary.violation(UNCHECKED, side, 'ZRS from %s, not in the '
-                              'source' % primary.zrs_tids[0].hex(), case)
+            self.violation(UNCHECKED, 'ZRS from %s, not in the source'
+                           % primary.zrs_tids[0].hex(), case)
         try:
-            node.wait_for_tid(cs.source.txns[-1].tid, HANG)
+            node.wait_for_tid(self.source.txns[-1].tid, HANG)
         except AssertionError as exc:
-            summary.violation('hangs', side, 'ZEO: %s' % exc, case)
+            self.violation('hangs', 'ZEO: %s' % exc, case)
         status = node.stop(HANG, expect=None)
         if status != 0:
-            summary.violation('daemon crashes', side, 'the replica exited '
-                              'with %s on SIGTERM' % status, case)
+            self.violation('daemon crashes', 'the replica exited with %s on '
+                           'SIGTERM' % status, case)
         if kept is not None:
-            check_copy(summary, side, cs, case, node.fs_path, None, kept,
-                       primary.seen)
+            self.check_copy(case, node.fs_path, None, kept)
         if not case.marker:
-            before = len(summary.violations)
-            check_file(summary, side, cs.source, node.fs_path, node.blob_dir,
-                       len(cs.source))
-            if len(summary.violations) > before:
-                summary.violation(UNCHECKED, side, 'after ZRS, the history '
-                                  'is not the source (above)', case)
+            if not self.check_file(node.fs_path, node.blob_dir,
+                                   len(self.source)):
+                self.violation(UNCHECKED, 'after ZRS, the history is not the'
+                               ' source (above)', case)
         else:
             with open(node.fs_path, 'rb') as f:
                 if f.read() != case.data:
-                    summary.violation(UNCHECKED, side, 'the file is not the '
-                                      "primary's", case)
-        log = node.log()
-        for line in log.splitlines():
+                    self.violation(UNCHECKED, "the file is not the primary's",
+                                   case)
+        for line in node.log().splitlines():
             if ' ERROR ' in line or ' CRITICAL ' in line or \
                     line.startswith('Traceback'):
-                summary.violation('log', side, line[:300], case)
-        if self.verbose or not summary.clean:
+                self.violation('log', line[:300], case)
+        if self.verbose or not self.summary.clean:
             print('[copy] %s: ZRS from %s' % (case.describe(), kept))
-        if summary.clean:
+        if self.summary.clean:
             shutil.rmtree(node.directory, ignore_errors=True)

@@ -18,8 +18,7 @@ from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
 from .cases import MAX_FRAME
-from .judges import (ALLOWED_WARNINGS, Lane, advance, check_file,
-                     check_leftovers, judge, traceback_from_protocol)
+from .judges import ALLOWED_WARNINGS, Lane, traceback_from_protocol
 
 _ATTRS = ('__defaults__', '__kwdefaults__', '__name__', '__qualname__',
           '__module__', '__doc__', '__code__', '__dict__')
@@ -99,30 +98,27 @@ class InProcessLane(Lane):
 
     def open(self):
         self.epoch += 1
-        self.summary.add(self.side, 'epochs')
+        self.add('epochs')
         base = os.path.join(self.directory, '%s-%d' % (
             self.generator.lane, self.epoch))
         self.fs_path = base + '.fs'
         self.blob_dir = base + '.blobs' if self.source.blob_dir else None
         self.fs = ZODB.FileStorage.FileStorage(self.fs_path,
                                                blob_dir=self.blob_dir)
-        self.replica = ReplicaStorage(self.fs)
-        self.position = 0
+        self.replica, self.position = ReplicaStorage(self.fs), 0
 
     def close(self):
         if self.fs is None:
             return
         self.fs.close()
         self.fs = None
-        check_file(self.summary, self.side, self.source, self.fs_path,
-                   self.blob_dir, self.position)
+        self.check_file(self.fs_path, self.blob_dir, self.position)
         for path in glob.glob(glob.escape(self.fs_path) + '*'):
             os.remove(path)
         if self.blob_dir:
             shutil.rmtree(self.blob_dir, ignore_errors=True)
 
     def run_case(self, number):
-        summary, side = self.summary, self.side
         case = self.generator.case(number, self.position)
         rng = random.Random('%s/%s/%d/chunks' % (
             self.generator.seed, case.lane, case.number))
@@ -149,24 +145,23 @@ class InProcessLane(Lane):
                 type(error).__name__, error)
             if traceback_from_protocol(
                     traceback.format_tb(error.__traceback__)):
-                summary.violation(
-                    'log', side, 'the protocol module raised %s instead of '
-                    'ProtocolError: %s' % (type(error).__name__,
-                                           str(error)[:200]), case)
+                self.violation('log', 'the protocol module raised %s instead'
+                               ' of ProtocolError: %s' % (
+                                   type(error).__name__, str(error)[:200]),
+                               case)
         elif error is not None:
-            summary.violation('daemon crashes', side, '%s escaped the '
-                              'receiver: %s' % (type(error).__name__, error),
-                              case)
+            self.violation('daemon crashes', '%s escaped the receiver: %s'
+                           % (type(error).__name__, error), case)
             text = str(error)
-        judge(summary, side, case, text)
+        self.judge(case, text)
         for record in self.logs:
             message = record.getMessage()
             if record.levelno >= logging.ERROR:
-                summary.violation('log', side, 'a second ERROR, from %s: %s'
-                                  % (record.name, message[:300]), case)
+                self.violation('log', 'a second ERROR, from %s: %s' % (
+                    record.name, message[:300]), case)
             elif not any(w in message for w in ALLOWED_WARNINGS):
-                summary.violation('log', side, 'unexpected WARNING from %s:'
-                                  ' %s' % (record.name, message[:300]), case)
+                self.violation('log', 'unexpected WARNING from %s: %s' % (
+                    record.name, message[:300]), case)
         self.logs.clear()
         self.check_state(case)
 
@@ -174,33 +169,28 @@ class InProcessLane(Lane):
         """Nothing of a transaction stays open, the position and the new
         transactions are right, no marker, no blob temporary, and the
         unpickler's objects are unchanged."""
-        summary, side, fs = self.summary, self.side, self.fs
+        fs = self.fs
         left_open = (self.replica.writer._transaction is not None
                      or fs._transaction is not None)
         if left_open:
-            summary.violation('hangs', side, 'a transaction was left open '
-                              'after the connection ended', case)
+            self.violation('hangs', 'a transaction was left open after the '
+                           'connection ended', case)
         if not fs._commit_lock.acquire(False):
-            summary.violation('hangs', side, 'the storage commit lock is '
-                              'still held', case)
+            self.violation('hangs', 'the storage commit lock is still held',
+                           case)
             left_open = True
         else:
             fs._commit_lock.release()
         if left_open:
             with contextlib.suppress(Exception):
                 fs.tpc_abort(fs._transaction)
-        self.position = advance(
-            summary, side, case, self.source, self.position,
-            fs.lastTransaction(), lambda start: [
-                copy_transaction(t) for t in fs.iterator(start)])
-        check_leftovers(summary, side, self.generator.markers,
-                        self.blob_dir, case)
+        self.advance(case, fs.lastTransaction(), lambda start: [
+            copy_transaction(t) for t in fs.iterator(start)])
+        self.check_leftovers(case)
         state = snapshot(self.objects)
         if state != self.state:
-            summary.violation('side effects', side, 'a message pickle '
-                              'changed objects of the unpickler: %s' % (
-                                  ', '.join(sorted(
-                                      '%s.%s' % key for key in state
-                                      if state[key] != self.state[key]))),
-                              case)
+            self.violation('side effects', 'a message pickle changed objects'
+                           ' of the unpickler: %s' % ', '.join(sorted(
+                               '%s.%s' % key for key in state
+                               if state[key] != self.state[key])), case)
             restore(self.objects, self.state)

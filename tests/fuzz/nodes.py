@@ -6,7 +6,10 @@ import collections
 import os
 import re
 
+import ZODB.FileStorage
+
 from harness import zrsd_nodes
+from harness.history import copy_transaction
 from harness.process import BIN, Process
 
 IO_TIMEOUT = 60.0                   # seconds before a peer counts as hung
@@ -52,15 +55,25 @@ def start_replica(directory, zeo_port, primary_port, blob_dir=None):
                            os.path.join(directory, 'replica.log')))
 
 
-def stop(summary, side, name, process):
+def read_from(path, start):
+    """The transactions of the FileStorage at `path` from tid `start`, as
+    `Txn`s (the file of a live process: no lock, no index)."""
+    iterator = ZODB.FileStorage.FileIterator(path, start)
+    try:
+        return [copy_transaction(t) for t in iterator]
+    finally:
+        iterator.close()
+
+
+def stop(lane, name, process):
     """SIGTERM `process` if it runs (it must exit with status 0); returns
     the status, None if it had exited."""
     alive = process.popen.poll() is None
     status = process.stop(IO_TIMEOUT) if alive else None
     process.close()
     if alive and status != 0:
-        summary.violation('daemon crashes', side, 'the %s exited with '
-                          'status %s on SIGTERM' % (name, status))
+        lane.violation('daemon crashes', 'the %s exited with status %s on '
+                       'SIGTERM' % (name, status))
     return status
 
 
@@ -115,13 +128,12 @@ class LogTail:
                 self.connected.append(len(self.records) - 1)
         return self.records
 
-    def scan(self, summary, side, ok, text):
+    def scan(self, lane, ok, text):
         """CRITICAL lines are crashes; an ERROR line that is not `ok(index,
         record)` is a violation described by `text`."""
         for index, record in enumerate(self.poll()):
             if record.level == 'CRITICAL':
-                summary.violation('daemon crashes', side, 'CRITICAL: %s'
-                                  % record.line[:500])
+                lane.violation('daemon crashes', 'CRITICAL: %s'
+                               % record.line[:500])
             elif record.is_error and not ok(index, record):
-                summary.violation('log', side, '%s: %s' % (
-                    text, record.line[:500]))
+                lane.violation('log', '%s: %s' % (text, record.line[:500]))

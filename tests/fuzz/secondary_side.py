@@ -7,16 +7,13 @@ import socket
 import time
 
 import ZEO
-import ZODB.FileStorage
 from ZODB.utils import z64
 
-from harness.history import copy_transaction
 from harness.process import free_port, handshake_frames, wait_until
 from zrsd import protocol as zrs
 
-from .judges import (UNCHECKED, Lane, LaneAbort, advance, check_file,
-                     check_leftovers, judge, traceback_from_protocol)
-from .nodes import IO_TIMEOUT, LogTail, start_replica, stop
+from .judges import UNCHECKED, Lane, traceback_from_protocol
+from .nodes import IO_TIMEOUT, LogTail, read_from, start_replica, stop
 
 
 class ReplicaLane(Lane):
@@ -29,16 +26,12 @@ class ReplicaLane(Lane):
     def __init__(self, generator, directory, summary, verbose=False,
                  keep=False):
         self.source, self.generator = generator.source, generator
-        self.name = generator.lane
-        self.directory, self.summary = directory, summary
+        self.name, self.directory, self.summary = (generator.lane, directory,
+                                                   summary)
         self.verbose, self.keep = verbose, keep
         self.blobs = self.source.blob_dir is not None
         self.protocol = zrs.PROTOCOL_2_1 if self.blobs else zrs.PROTOCOL_2_0
         self.epochs, self.process = 0, None
-
-    def abort(self, category, text, case=None):
-        self.summary.violation(category, self.side, text, case)
-        return LaneAbort()
 
     def died(self):
         records = self.log.poll()
@@ -46,30 +39,18 @@ class ReplicaLane(Lane):
                    if r.logger == 'zrsd' and 'stopping (' in r.message]
         return self.abort('daemon crashes', 'the %s replica exited with '
                           'status %s%s; its log ends:\n%s' % (
-                              self.name,
-                              self.process.popen.returncode,
+                              self.name, self.process.popen.returncode,
                               ' (it logged "%s": a signal from outside?)'
                               % stopped[0] if stopped else '', '\n'.join(
                                   r.line[:300] for r in records[-15:])))
 
     def hung(self, text, case=None):
-        return self.abort('hangs', '%s: %s' % (self.name, text),
-                          case)
-
-    def run_case(self, number):
-        case = self.generator.case(number, self.position)
-        self.summary.add(self.side, 'cases ' + self.name)
-        self.serve(case)
-        self.check(case, *self.accept())
-        if number % 50 == 49:
-            self.say('%d cases, at source index %d' % (
-                number + 1, self.position))
+        return self.abort('hangs', '%s: %s' % (self.name, text), case)
 
     def open(self):
         self.epochs += 1
-        self.summary.add(self.side, 'epochs')
-        self.epoch_dir = os.path.join(self.directory,
-                                      'epoch-%d' % self.epochs)
+        self.add('epochs')
+        self.epoch_dir = os.path.join(self.directory, 'epoch-%d' % self.epochs)
         os.makedirs(self.epoch_dir)
         self.listener = socket.create_server(('127.0.0.1', 0), backlog=16)
         self.listener.settimeout(0.2)
@@ -87,9 +68,17 @@ class ReplicaLane(Lane):
                                                    self.zeo_port))
         protocol, tid = self.accept()
         if tid != z64 or protocol != self.protocol:
-            self.summary.violation('streams', self.side, 'a new %s replica '
-                                   'sent %r, %s' % (self.name,
-                                                    protocol, tid.hex()))
+            self.violation('streams', 'a new %s replica sent %r, %s' % (
+                self.name, protocol, tid.hex()))
+
+    def run_case(self, number):
+        case = self.generator.case(number, self.position)
+        self.add('cases ' + self.name)
+        self.serve(case)
+        self.check(case, *self.accept())
+        if number % 50 == 49:
+            self.say('%d cases, at source index %d' % (
+                number + 1, self.position))
 
     def accept(self):
         """The replica's next connection and handshake: its socket goes to
@@ -118,7 +107,7 @@ class ReplicaLane(Lane):
             raise self.hung('no handshake from the replica')
         self.sock = sock
         self.connections += 1
-        self.summary.add(self.side, 'connections')
+        self.add('connections')
         return handshake_frames(data)
 
     def serve(self, case):
@@ -145,24 +134,13 @@ class ReplicaLane(Lane):
         """After a case: the handshake (protocol, position), ZEO, the
         file's new transactions, markers, blob temporaries and the log."""
         if protocol != self.protocol:
-            self.summary.violation('streams', self.side, 'handshake with %r'
-                                   % (protocol,), case)
+            self.violation('streams', 'handshake with %r' % (protocol,), case)
         old = self.position
-        self.position = advance(self.summary, self.side, case, self.source,
-                                old, tid, self.read)
+        # (The replica is idle while it waits for our first frame.)
+        self.advance(case, tid, lambda start: read_from(self.fs_path, start))
         self.check_zeo(case, tid, self.source.txns[old:self.position])
-        check_leftovers(self.summary, self.side, self.generator.markers,
-                        self.blob_dir, case)
+        self.check_leftovers(case)
         self.check_log(case, self.connections - 2)
-
-    def read(self, start):
-        """The file's transactions from `start` (the replica is idle while
-        it waits for our first frame)."""
-        iterator = ZODB.FileStorage.FileIterator(self.fs_path, start)
-        try:
-            return [copy_transaction(t) for t in iterator]
-        finally:
-            iterator.close()
 
     def check_zeo(self, case, tid, new):
         """A fresh read-only ZEO client answers, its last transaction is the
@@ -178,28 +156,26 @@ class ReplicaLane(Lane):
         try:
             last = client.lastTransaction()
             if last != tid:
-                self.summary.violation(
-                    UNCHECKED, self.side, 'ZEO says the last transaction is '
-                    '%s, the handshake %s' % (last.hex(), tid.hex()), case)
+                self.violation(UNCHECKED, 'ZEO says the last transaction is '
+                               '%s, the handshake %s' % (last.hex(),
+                                                         tid.hex()), case)
             for r in (r for txn in new for r in txn.records):
                 if r.data is not None and \
                         client.loadSerial(r.oid, r.tid) != r.data:
-                    self.summary.violation(
-                        UNCHECKED, self.side, 'ZEO serves other data for %s '
-                        'at %s' % (r.oid.hex(), r.tid.hex()), case)
+                    self.violation(UNCHECKED, 'ZEO serves other data for %s '
+                                   'at %s' % (r.oid.hex(), r.tid.hex()), case)
         finally:
             client.close()
 
     def check_log(self, case, number):
         """Connection `number` (0-based) ended in exactly one line: one
         ERROR or one INFO `disconnected`; nothing else alarming."""
-        summary, side = self.summary, self.side
-        wait_until(lambda: self.log.poll() and
-                   len(self.log.connected) > number + 1, IO_TIMEOUT,
-                   message='connection %d in %s' % (number + 1,
-                                                    self.log.path))
-        start, end = self.log.connected[number:number + 2]
-        records = [r for r in self.log.records[start:end]
+        log = self.log
+        wait_until(lambda: log.poll() and len(log.connected) > number + 1,
+                   IO_TIMEOUT, message='connection %d in %s' % (
+                       number + 1, log.path))
+        start, end = log.connected[number:number + 2]
+        records = [r for r in log.records[start:end]
                    if r.logger == 'zrsd.replica.client']
         ours = [r for r in records if r.is_error]
         ended = [r for r in records if ': disconnected' in r.message]
@@ -210,42 +186,34 @@ class ReplicaLane(Lane):
                     'open transaction aborted, reconnecting'):
                 ours.append(record)
                 if not any(r.is_error and r.message == record.message
-                           for r in self.log.records):
-                    summary.violation('log', side, 'a rejection logged at '
-                                      'DEBUG only: %s' % record.line[:300],
-                                      case)
+                           for r in log.records):
+                    self.violation('log', 'a rejection logged at DEBUG '
+                                   'only: %s' % record.line[:300], case)
         if len(ours) + len(ended) != 1:
-            summary.violation('log', side, 'the connection ended with %d '
-                              'rejection and %d "disconnected" lines: %s' % (
-                                  len(ours), len(ended), ' | '.join(
-                                      r.line[:200] for r in ours + ended)),
-                              case)
+            self.violation('log', 'the connection ended with %d rejection '
+                           'and %d "disconnected" lines: %s' % (
+                               len(ours), len(ended), ' | '.join(
+                                   r.line[:200] for r in ours + ended)), case)
         if ours and traceback_from_protocol(ours[0].extra):
-            summary.violation('log', side, 'the protocol module raised a '
-                              'non-protocol error: %s'
-                              % ours[0].message[:300], case)
-        judge(summary, side, case, *(
-            (ours[0].message, ours[0].line) if ours else (None,)))
+            self.violation('log', 'the protocol module raised a non-protocol'
+                           ' error: %s' % ours[0].message[:300], case)
+        self.judge(case, *((ours[0].message, ours[0].line) if ours
+                           else (None,)))
 
     def close(self):
         """SIGTERM the replica, then compare its file with the source."""
         if self.process is None:
             return
-        summary, side = self.summary, self.side
-        status = stop(summary, side, '%s replica' % self.name,
-                      self.process)
+        status = stop(self, '%s replica' % self.name, self.process)
         self.process = None
         if self.sock is not None:
             self.sock.close()
         self.listener.close()
         last = self.log.connected[-1] if self.log.connected else None
-        self.log.scan(summary, side, lambda index, record:
-                      last is None or index < last, 'ERROR while stopping')
-        if status is not None:
-            before = len(summary.violations)
-            check_file(summary, side, self.source, self.fs_path,
-                       self.blob_dir, self.position)
-            if len(summary.violations) == before and not self.keep:
-                shutil.rmtree(self.epoch_dir, ignore_errors=True)
+        self.log.scan(self, lambda index, record: last is None or
+                      index < last, 'ERROR while stopping')
+        if status is not None and self.check_file(
+                self.fs_path, self.blob_dir, self.position) and not self.keep:
+            shutil.rmtree(self.epoch_dir, ignore_errors=True)
         self.say('epoch %d ended at source index %d' % (
             self.epochs, self.position))
