@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import struct
+from types import SimpleNamespace
 
 from ZODB.utils import p64, u64, z64
 
@@ -60,25 +61,6 @@ class Case:
                 ' %r' % self.reason if self.reason else '', self.commits)
 
 
-class Template:
-    """The valid stream one case breaks: the `prefix` (0-2 transactions
-    replayed intact after the start), then the `window` (the 1-3 where the
-    case breaks something), which begins at frame `mark_frames`, wire
-    offset `mark`; `valid` is their `Stream`, `valid_wire` its bytes."""
-
-    def __init__(self, rng, number, source, start, prefix, window, legacy):
-        self.rng, self.number = rng, number
-        self.start, self.start_tid = start, source.tid(start)
-        self.prefix, self.window, self.legacy = prefix, window, legacy
-        self.valid = Stream(self.start_tid, legacy)
-        for txn in prefix:
-            self.valid.transaction(txn)
-        self.mark_frames, self.mark = len(self.valid.frames), self.valid.size
-        for txn in window:
-            self.valid.transaction(txn)
-        self.valid_wire = self.valid.wire()
-
-
 class CaseGenerator:
     """Cases for one lane (see the package docstring)."""
 
@@ -90,7 +72,10 @@ class CaseGenerator:
             else PLAIN_ONLY * 2 + LEGACY_KINDS)
 
     def case(self, number, start):
-        """Case `number` for a replica holding `start` source transactions."""
+        """Case `number` for a replica holding `start` source transactions:
+        a valid stream of the `prefix` (0-2 transactions replayed intact),
+        then the `window` (the 1-3 where the case breaks something), from
+        frame `mark_frames`, wire offset `mark`."""
         rng = random.Random('%s/%s/%d' % (self.seed, self.lane, number))
         txns = self.source.txns
         available = len(txns) - start
@@ -98,8 +83,17 @@ class CaseGenerator:
         a = min(rng.choice([0, 0, 0, 1, 1, 2]), available - 1)
         b = min(rng.randint(1, 3), available - a)
         kind = rng.choice(self.menu)
-        t = Template(rng, number, self.source, start, txns[start:start + a],
-                     txns[start + a:start + a + b], kind.startswith('legacy-'))
+        t = SimpleNamespace(rng=rng, start_tid=self.source.tid(start),
+                            prefix=txns[start:start + a],
+                            window=txns[start + a:start + a + b],
+                            legacy=kind.startswith('legacy-'))
+        t.valid = Stream(t.start_tid, t.legacy)
+        for txn in t.prefix:
+            t.valid.transaction(txn)
+        t.mark_frames, t.mark = len(t.valid.frames), t.valid.size
+        for txn in t.window:
+            t.valid.transaction(txn)
+        t.valid_wire = t.valid.wire()
         if kind in BYTE_KINDS:
             wire, expect, reason, detail = mutate_bytes(kind, t)
         elif kind in FRAME_KINDS or t.legacy:
@@ -116,8 +110,7 @@ class CaseGenerator:
 def mutate_bytes(kind, t):
     """Byte mutations of the window's wire bytes."""
     rng, wire, lo = t.rng, bytearray(t.valid_wire), t.mark
-    hi = len(wire)
-    expect = 'any'
+    hi, expect = len(wire), 'any'
     if kind == 'bitflip':
         flips = [(rng.randrange(lo, hi), rng.randrange(8))
                  for _ in range(rng.randint(1, 3))]

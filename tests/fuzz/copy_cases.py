@@ -40,15 +40,11 @@ INFO = ['info-kind', 'info-size', 'info-end', 'info-flags', 'refusal',
         'file-header']
 BLOBS = ['blob-oid', 'blob-tid', 'blob-extra', 'blob-size', 'blob-huge',
          'blob-in-txn']
-# A blob frame that replaces or joins a transaction's own (wrong oid or
-# tid, an extra blob) is noticed only once the transaction's bytes are in.
-BLOB_LATE = ('blob-oid', 'blob-tid', 'blob-extra')
 
 
 class Txn:
-    """One transaction of the file: [start, end), its tid, where its data
-    records' headers are (`records`: (offset in the file, plen)) and its
-    blob files (oid, tid, content) as the primary sends them."""
+    """One transaction of the file: [start, end), its tid, its data
+    records' (offset, plen), its blob files (oid, tid, content)."""
 
     def __init__(self, data, start, txn):
         self.start, self.tid = start, txn.tid
@@ -64,7 +60,6 @@ class Txn:
         self.blobs = [(r.oid, r.tid, r.blob) for r in txn.records
                       if r.blob is not None and not (
                           r.oid in oids or oids.add(r.oid))]
-
         self.oids = {r.oid for r in txn.records}
 
 
@@ -84,13 +79,10 @@ class CopySource:
         self.boundaries.update((t.end, t.tid) for t in self.txns)
 
     def start(self, group):
-        """Where the file stands once every group before `group` is in:
-        -2 (the I message) and -1 (the file header) at 0, past the last
-        transaction (E) at the end."""
-        if group < 0:
-            return 0
-        return self.txns[group].start if group < len(self.txns) \
-            else len(self.data)
+        """Where the file stands once every group before `group` (-2: I,
+        -1: the file header, past the last transaction: E) is in."""
+        return 0 if group < 0 else self.txns[group].start \
+            if group < len(self.txns) else len(self.data)
 
     def frames(self, rng, data=None):
         """The valid copy: a list of (payload, group); the file's bytes and
@@ -120,9 +112,10 @@ def pieces(rng, data):
 
 
 class Case:
-    """One case: `wire` (what the fake primary sends after the replica's
-    handshake), `expected` (the bytes a correct replica keeps), `data`
-    (the file those are a prefix of), `marker` (a hostile pickle's)."""
+    """One case: `wire` (what the fake primary sends after the handshake),
+    `expected` (the bytes of `data` a correct replica keeps; anything from
+    `lowest` to `highest` where the frame decoder may drop a recv()),
+    `marker` (a hostile pickle's)."""
 
     def __init__(self, lane, number, kind, wire, expected, data, detail='',
                  marker=None):
@@ -139,15 +132,6 @@ class Case:
             '%d-%d' % (self.lowest, self.highest))
 
 
-def first_difference(valid, frames):
-    """The index of the first frame of `frames` (payloads) that is not
-    the valid one at that place (a missing one counts)."""
-    for i, (payload, _) in enumerate(valid):
-        if i >= len(frames) or frames[i] != payload:
-            return i
-    return len(valid)
-
-
 class CopyCases:
     """The cases of one lane (plain or blobs) of a source."""
 
@@ -158,9 +142,9 @@ class CopyCases:
         self.menu = (['valid'] * 3 + STRUCTURE + FRAMES * 2 + INFO
                      + ['hostile-record'] + blobs)
 
-    def case(self, number, kind=None):
+    def case(self, number):
         rng = random.Random('%s/%s/%d' % (self.seed, self.lane, number))
-        kind = kind or rng.choice(self.menu)
+        kind = rng.choice(self.menu)
         cs, data, marker = self.cs, self.cs.data, None
         expected, detail, cut = None, '', None
         if kind == 'hostile-record':
@@ -246,10 +230,11 @@ class CopyCases:
             detail = 'after %d of %d bytes' % (cut, len(wire(frames)))
         else:
             delivered = frames
-        if expected is None:
-            i = first_difference(valid, delivered)
-            expected = self.cs.start(valid[i][1] if i < len(valid)
-                                     else len(self.cs.txns))
+        if expected is None:     # the first frame not the valid one
+            i = next((i for i, (p, _) in enumerate(valid)
+                      if i >= len(delivered) or delivered[i] != p), None)
+            expected = self.cs.start(len(self.cs.txns) if i is None
+                                     else valid[i][1])
         out = wire(frames) + tail
         return Case(self.lane, number, kind, out if cut is None
                     else out[:cut], expected, data, detail, marker)

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -37,31 +36,9 @@ from zrsd.replica import seeding
 
 from .in_process import captured_logs
 from .judges import UNCHECKED, Lane
-from .nodes import started
+from .nodes import read_frames, started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
-
-
-def read_frames(sock, count, deadline):
-    """Up to `count` frames from `sock` (fewer at EOF or the deadline)."""
-    data, frames = b'', []
-    while len(frames) < count and time.monotonic() < deadline:
-        while len(data) >= 4 and len(data) >= 4 + struct.unpack(
-                '>I', data[:4])[0] and len(frames) < count:
-            size = struct.unpack('>I', data[:4])[0]
-            frames.append(data[4:4 + size])
-            data = data[4 + size:]
-        if len(frames) == count:
-            break
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = sock.recv(65536)
-        except (socket.timeout, OSError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return frames
 
 
 class FakePrimary:
@@ -92,7 +69,7 @@ class FakePrimary:
     def serve(self, sock):
         deadline = time.monotonic() + HANG
         with sock:
-            hello = read_frames(sock, 2, deadline)
+            hello = read_frames(sock, 2, HANG)
             if len(hello) < 2:
                 return
             if hello[0] != seed.PROTOCOL_SEED:
@@ -103,7 +80,8 @@ class FakePrimary:
                 sock.shutdown(socket.SHUT_WR)
             # What the replica says after its query (its proof), until it
             # closes: a replica that keeps the connection is a hang.
-            self.seen.append(hello + read_frames(sock, 10, deadline))
+            self.seen.append(hello + read_frames(
+                sock, 10, deadline - time.monotonic()))
 
     def zrs(self, sock, hello):
         self.zrs_tids.append(hello[1])

@@ -5,6 +5,8 @@ process, judged)."""
 import collections
 import os
 import re
+import struct
+import time
 
 import ZODB.FileStorage
 
@@ -53,6 +55,27 @@ def start_replica(directory, zeo_port, primary_port, blob_dir=None):
         f.write(text.replace(old, '  max-reconnect-delay 0.1\n'))
     return started(Process([os.path.join(BIN, 'zrsd'), '-C', config],
                            os.path.join(directory, 'replica.log')))
+
+
+def read_frames(sock, count, timeout=IO_TIMEOUT):
+    """Up to `count` frames from `sock`: fewer at EOF, on an error or
+    after `timeout` seconds."""
+    data, frames, deadline = b'', [], time.monotonic() + timeout
+    while True:
+        while len(frames) < count and len(data) >= 4 and len(data) >= 4 + (
+                size := struct.unpack('>I', data[:4])[0]):
+            frames.append(data[4:4 + size])
+            data = data[4 + size:]
+        if len(frames) == count or time.monotonic() >= deadline:
+            return frames
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except OSError:     # a timeout too
+            return frames
+        if not chunk:
+            return frames
+        data += chunk
 
 
 def read_from(path, start):

@@ -20,8 +20,8 @@ from harness.zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
 from .judges import UNCHECKED, Lane
-from .nodes import (IO_TIMEOUT, PORT, LogTail, read_from, start_replica,
-                    started, stop)
+from .nodes import (IO_TIMEOUT, PORT, LogTail, read_frames, read_from,
+                    start_replica, started, stop)
 
 PRIMARY_BATCH = 10                  # primary-side cases between commits
 HANDSHAKE_TIMEOUT = 2               # the fuzzed primary's, seconds
@@ -72,7 +72,7 @@ class RawSecondary:
     """A raw socket to the primary's replication port."""
 
     def __init__(self, side, data=b''):
-        self.side, self.buffer = side, b''
+        self.side = side
         self.dribble = 0     # bytes still to send, one per case (slow-loris)
         self.sock = socket.create_connection(
             ('127.0.0.1', side.primary.repl_port), timeout=IO_TIMEOUT)
@@ -108,17 +108,6 @@ class RawSecondary:
     def records(self):
         self.side.log.poll()
         return self.side.log.ports[self.port][self.first:]
-
-    def next_frame(self):
-        while len(self.buffer) < 4 or len(self.buffer) < 4 + struct.unpack(
-                '>I', self.buffer[:4])[0]:
-            chunk = self.sock.recv(1 << 16)
-            if not chunk:
-                raise EOFError('the primary closed the connection')
-            self.buffer += chunk
-        n = 4 + struct.unpack('>I', self.buffer[:4])[0]
-        payload, self.buffer = self.buffer[4:n], self.buffer[n:]
-        return payload
 
 
 def handshake(side, rng, valid=None):
@@ -177,9 +166,7 @@ def half_close(side, rng, kind):
 
 def reset_mid_stream(side, rng, kind):
     conn = RawSecondary(side, frame(b'zrs2.0') + frame(z64))
-    with contextlib.suppress(OSError, EOFError):
-        for _ in range(rng.randint(1, 20)):
-            conn.next_frame()
+    read_frames(conn.sock, rng.randint(1, 20))
     conn.close(reset=True)
     side.judge(conn, 'stream', None, kind)
 
@@ -387,9 +374,13 @@ class PrimarySide(Lane):
             return self.wait_log(conn, 'streaming transactions after %s'
                                  % start.hex())
         md5, decoder = hashlib.md5(start), zrs.MessageDecoder()
+        frames = iter(read_frames(conn.sock, sum(   # T, S and data, C
+            2 + 2 * len(self.history[tid].records) for tid in following)))
 
         def payload():
-            data = conn.next_frame()
+            data = next(frames, None)
+            if data is None:
+                raise EOFError('the primary closed the connection')
             md5.update(data)
             return data
 

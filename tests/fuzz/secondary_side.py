@@ -9,11 +9,12 @@ import time
 import ZEO
 from ZODB.utils import z64
 
-from harness.process import free_port, handshake_frames, wait_until
+from harness.process import free_port, wait_until
 from zrsd import protocol as zrs
 
 from .judges import UNCHECKED, Lane, traceback_from_protocol
-from .nodes import IO_TIMEOUT, LogTail, read_from, start_replica, stop
+from .nodes import (IO_TIMEOUT, LogTail, read_frames, read_from,
+                    start_replica, stop)
 
 
 class ReplicaLane(Lane):
@@ -94,21 +95,15 @@ class ReplicaLane(Lane):
                 if time.monotonic() > deadline:
                     raise self.hung('the replica did not reconnect '
                                     'within %ss' % IO_TIMEOUT)
-        sock.settimeout(IO_TIMEOUT)
-        data = b''   # it sends nothing more until we do: no keep-alives
-        with contextlib.suppress(socket.timeout):
-            while handshake_frames(data) is None:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        if handshake_frames(data) is None:
+        hello = read_frames(sock, 2)   # then nothing until we send
+        if len(hello) < 2:
             sock.close()
             raise self.hung('no handshake from the replica')
+        sock.settimeout(IO_TIMEOUT)
         self.sock = sock
         self.connections += 1
         self.add('connections')
-        return handshake_frames(data)
+        return hello
 
     def serve(self, case):
         """Send the case, close our side, wait until zrsd drops it."""
