@@ -1,13 +1,7 @@
 """The copy lanes: a new replica copies its primary's file (zrsd-seed1)
-from a fake primary that answers with a case (`copy_cases`).
-
-`CopyInProcessLane` runs `zrsd.replica.seeding.copy_file` in this process
-against a fake primary on a unix socket, a few hundred cases a second.
-`CopyProcessLane` starts a real ``zrsd -C`` replica (`ZrsdNode`, copy-file
-new, copy-file-minimum 0) per case against a fake primary on TCP, which
-then replicates the rest of the source with ZRS: the replica must name the
-kept transaction in its ZRS handshake, serve the whole source over ZEO,
-stop with status 0 and hold the source's history.
+from a fake primary that answers with a case (`copy_cases`): in this
+process (`copy_file`, on a unix socket), or a real ``zrsd`` replica per
+case, which then replicates the rest of the source with ZRS.
 
 After each case, the judges: the kept bytes are exactly the valid file's
 first `Case.expected` bytes (more is an unchecked transaction, less a lost
@@ -41,19 +35,33 @@ from .nodes import read_frames, started
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
 
 
-class FakePrimary:
-    """Serves zrsd-seed1 connections the current `case` and ZRS ones the
-    source after the tid they name (`zrs_tids`), on `listener`."""
+class CopyLane(Lane):
+    """Cases to new replicas from a fake primary on `listen()`: it serves
+    zrsd-seed1 connections the current `case` (and records what they said,
+    `seen`), ZRS ones the source after the tid they name (`zrs_tids`)."""
 
-    def __init__(self, listener, source=None):
-        self.listener, self.source = listener, source
-        self.case, self.seen, self.zrs_tids = None, [], []
+    listener = None
+
+    def __init__(self, cases, directory, summary, verbose=False):
+        self.cases, self.cs, self.source = cases, cases.cs, cases.cs.source
+        self.directory, self.summary = directory, summary
+        self.verbose, self.seen, self.zrs_tids = verbose, [], []
         self.stopped = threading.Event()
+
+    def open(self):
+        self.listener = self.listen()
+        self.listener.settimeout(0.1)
         self.threads = [threading.Thread(target=self.accept, daemon=True)]
         self.threads[0].start()
 
+    def close(self):
+        if self.listener is not None:
+            self.stopped.set()
+            self.listener.close()
+            for thread in self.threads:
+                thread.join(5)
+
     def accept(self):
-        self.listener.settimeout(0.1)
         while not self.stopped.is_set():
             try:
                 sock, _ = self.listener.accept()
@@ -61,69 +69,39 @@ class FakePrimary:
                 continue
             except OSError:
                 return
-            thread = threading.Thread(target=self.serve, args=(sock,),
-                                      daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            self.threads.append(threading.Thread(
+                target=self.serve, args=(sock,), daemon=True))
+            self.threads[-1].start()
 
     def serve(self, sock):
         deadline = time.monotonic() + HANG
         with sock:
             hello = read_frames(sock, 2, HANG)
-            if len(hello) < 2:
-                return
-            if hello[0] != seed.PROTOCOL_SEED:
-                self.zrs(sock, hello)
-                return
-            with contextlib.suppress(OSError):
-                sock.sendall(self.case.wire)
-                sock.shutdown(socket.SHUT_WR)
-            # What the replica says after its query (its proof), until it
-            # closes: a replica that keeps the connection is a hang.
-            self.seen.append(hello + read_frames(
-                sock, 10, deadline - time.monotonic()))
-
-    def zrs(self, sock, hello):
-        self.zrs_tids.append(hello[1])
-        stream = Stream(hello[1])
-        for txn in self.source.txns:
-            if txn.tid > hello[1]:
-                stream.transaction(txn)
-        with contextlib.suppress(OSError):
-            sock.sendall(stream.wire())
-            while not self.stopped.is_set():
-                sock.settimeout(0.2)
-                with contextlib.suppress(socket.timeout):
-                    if not sock.recv(65536):
-                        return
-
-    def close(self):
-        self.stopped.set()
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(5)
-
-
-class CopyLane(Lane):
-    """Cases served by a `FakePrimary` (on `listen()`) to new replicas."""
-
-    primary = None
-
-    def __init__(self, cases, directory, summary, verbose=False):
-        self.cases, self.cs, self.source = cases, cases.cs, cases.cs.source
-        self.directory, self.summary = directory, summary
-        self.verbose = verbose
-
-    def open(self):
-        self.primary = FakePrimary(self.listen(), self.source)
-
-    def close(self):
-        if self.primary is not None:
-            self.primary.close()
+            if len(hello) == 2 and hello[0] == seed.PROTOCOL_SEED:
+                with contextlib.suppress(OSError):
+                    sock.sendall(self.case.wire)
+                    sock.shutdown(socket.SHUT_WR)
+                # What the replica says after its query (its proof), until
+                # it closes: a replica that keeps the connection is a hang.
+                self.seen.append(hello + read_frames(
+                    sock, 10, deadline - time.monotonic()))
+            elif len(hello) == 2:
+                self.zrs_tids.append(hello[1])
+                stream = Stream(hello[1])
+                for txn in self.source.txns:
+                    if txn.tid > hello[1]:
+                        stream.transaction(txn)
+                with contextlib.suppress(OSError):
+                    sock.sendall(stream.wire())
+                    sock.settimeout(0.2)
+                    while not self.stopped.is_set():
+                        with contextlib.suppress(socket.timeout):
+                            if not sock.recv(65536):
+                                return
 
     def run_case(self, number):
-        case = self.primary.case = self.cases.case(number)
-        del self.primary.seen[:], self.primary.zrs_tids[:]
+        case = self.case = self.cases.case(number)
+        del self.seen[:], self.zrs_tids[:]
         if self.copy(case) is not False:
             self.add('kept all' if case.expected == len(case.data)
                      else 'kept part')
@@ -152,7 +130,7 @@ class CopyLane(Lane):
         if case.marker and os.path.exists(case.marker):
             self.violation('executions', 'a copied pickle was loaded: %s '
                            'exists' % case.marker, case)
-        seen = self.primary.seen
+        seen = self.seen
         if seen and (seen[0][1] != seed.query(0, z64) or len(seen[0]) > 2
                      and seen[0][2] != seed.proof(
                          seed.new_digest().digest())):
@@ -219,7 +197,7 @@ class CopyInProcessLane(CopyLane):
         if time.monotonic() - began > HANG:
             self.violation('hangs', 'the copy took %.0f s' % (
                 time.monotonic() - began), case)
-        wait_until(lambda: self.primary.seen, HANG, 0.001, 'the fake primary')
+        wait_until(lambda: self.seen, HANG, 0.001, 'the fake primary')
         self.check_copy(case, path, blob_dir, None)
         for record in self.logs:
             if record.levelno >= logging.ERROR or record.exc_info or (
@@ -242,14 +220,14 @@ class CopyProcessLane(CopyLane):
         return socket.create_server(('127.0.0.1', 0))
 
     def copy(self, case):
-        primary, cs = self.primary, self.cs
+        cs = self.cs
         node = ZrsdNode(os.path.join(self.directory, 'case-%d' % case.number),
                         'replica', blobs=cs.blobs,
-                        upstream=primary.listener.getsockname()[1],
+                        upstream=self.listener.getsockname()[1],
                         copy_file='new', register=started,
                         zrs_lines='  copy-file-minimum 0\n').launch()
         try:
-            wait_until(lambda: primary.zrs_tids or not node.running(), HANG,
+            wait_until(lambda: self.zrs_tids or not node.running(), HANG,
                        message='a ZRS handshake')
         except AssertionError:
             self.violation('hangs', 'no ZRS handshake within %s s' % HANG,
@@ -263,10 +241,10 @@ class CopyProcessLane(CopyLane):
             return False
         tids = {tid: end for end, tid in cs.boundaries.items()}
         tids[z64] = 0 if case.highest < 4 else 4     # (ZRS cannot tell)
-        kept = tids.get(primary.zrs_tids[0]) if primary.zrs_tids else None
-        if primary.zrs_tids and kept is None:
+        kept = tids.get(self.zrs_tids[0]) if self.zrs_tids else None
+        if self.zrs_tids and kept is None:
             self.violation(UNCHECKED, 'ZRS from %s, not in the source'
-                           % primary.zrs_tids[0].hex(), case)
+                           % self.zrs_tids[0].hex(), case)
         try:
             node.wait_for_tid(self.source.txns[-1].tid, HANG)
         except AssertionError as exc:
