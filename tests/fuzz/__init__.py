@@ -16,8 +16,8 @@ case against an exact oracle of what a correct peer does:
 - primary side (`primary_side`): a zrsd primary with a real replica,
   attacked in batches by hostile secondaries judged from its log; after
   each batch a commit must reach the replica on its first connection;
-- in process (`in_process`): the same cases fed to `Receiver`, about a
-  thousand a second;
+- in process (`secondary_side` too): the same cases fed to `Receiver`,
+  about a thousand a second;
 - copy lanes (`copy_cases`, `copy_side`): a new replica copies (zrsd-seed1)
   from a fake primary a file broken in one way, and must keep exactly a
   prefix at a transaction boundary; in process and with real replicas.

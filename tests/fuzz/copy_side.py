@@ -28,9 +28,8 @@ from harness.zrsd_nodes import ZrsdNode
 from zrsd import seedprotocol as seed
 from zrsd.replica import seeding
 
-from .in_process import captured_logs
 from .judges import UNCHECKED, Lane
-from .nodes import read_frames, started
+from .nodes import captured_logs, read_frames, started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
 
@@ -175,7 +174,8 @@ class CopyInProcessLane(CopyLane):
             super().run(count)
 
     def listen(self):
-        self.address = os.path.join(self.directory, 'primary.sock')
+        self.address = os.path.join(tempfile.mkdtemp(dir=self.directory),
+                                    'primary.sock')
         listener = socket.socket(socket.AF_UNIX)
         listener.bind(self.address)
         listener.listen(4)

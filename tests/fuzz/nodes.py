@@ -3,6 +3,8 @@ made for the fuzzer, a registry so that an interrupted run leaves no daemon
 behind, `LogTail` (a log file read as it grows) and `stop` (the end of a
 process, judged)."""
 import collections
+import contextlib
+import logging
 import os
 import re
 import struct
@@ -160,3 +162,21 @@ class LogTail:
                                % record.line[:500])
             elif record.is_error and not ok(index, record):
                 lane.violation('log', '%s: %s' % (text, record.line[:500]))
+
+
+@contextlib.contextmanager
+def captured_logs():
+    """This process's WARNING+ log records (zrsd's and ZODB's), as the
+    daemon's log file would have them: a list, emptied after each case."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(min(level or logging.WARNING, logging.WARNING))
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

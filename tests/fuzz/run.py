@@ -1,7 +1,6 @@
 """Running the fuzzer: `run()` (what the tests call) and the command line
 (`main`, behind scripts/fuzz.py)."""
 import argparse
-import contextlib
 import os
 import shutil
 import tempfile
@@ -12,12 +11,11 @@ import traceback
 from .cases import CaseGenerator
 from .copy_cases import CopyCases, CopySource
 from .copy_side import CopyInProcessLane, CopyProcessLane
-from .in_process import InProcessLane
 from .judges import Summary
 from .nodes import close_all
 from .pickles import HOSTILES, arm_check
 from .primary_side import PrimarySide
-from .secondary_side import ReplicaLane
+from .secondary_side import InProcessLane, ReplicaLane
 from .source import build_source, source_size
 
 LANES = ('plain', 'blobs')
@@ -51,35 +49,43 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
         size = source_size(max(cases // 2, in_process_cases // 20))
         sources = {name: build_source(path('sources'), name, size,
                                       name == 'blobs') for name in LANES}
-    lanes = []          # (side, lane, cases), each in its thread
-    if 'secondary' in sides and cases:
-        lanes += [('secondary', ReplicaLane(
+    scratch = tmpfs_directory(workdir)
+    threaded, later = [], []      # (lane, cases): in threads, then in turn
+    if 'secondary' in sides:
+        threaded += [(ReplicaLane(
             CaseGenerator(sources[name], name, seed, markers),
             path('secondary-' + name), summary, verbose, keep), share)
             for name, share in zip(LANES, ((cases + 1) // 2, cases // 2))]
-    if 'primary' in sides and cases:
-        lanes.append(('primary', PrimarySide(path('primary'), seed, summary,
-                                             verbose, keep), cases))
-    threads = [threading.Thread(target=timed, args=(
-        summary, side, lambda lane=lane, count=count: lane.run(count)),
-        daemon=True) for side, lane, count in lanes]
+    if 'primary' in sides:
+        threaded.append((PrimarySide(path('primary'), seed, summary,
+                                     verbose, keep), cases))
+    for name in copy_lanes if copy_cases or copy_in_process_cases else ():
+        generator = CopyCases(CopySource(
+            build_source(path('sources'), 'copy-' + name, 30,
+                         name == 'blobs'),
+            path(os.path.join('sources', 'copy-%s.fs' % name))),
+            'copy-' + name, seed, markers)
+        later += [(CopyInProcessLane(generator, scratch, summary),
+                   copy_in_process_cases),
+                  (CopyProcessLane(generator, path('copy-' + name), summary,
+                                   verbose), copy_cases)]
+    later += [(InProcessLane(CaseGenerator(
+        sources[name], 'in-process-' + name, seed, markers), scratch,
+        summary, check_checksums), in_process_cases)
+        for name in LANES if in_process_cases]
+    threads = [threading.Thread(target=timed, args=(summary, *lane),
+                                daemon=True) for lane in threaded]
     try:
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+        for lane in later:
+            timed(summary, *lane)
+            close_all()
     finally:
         close_all()
-    for name in copy_lanes if copy_cases or copy_in_process_cases else ():
-        timed(summary, 'copy', lambda: copy_run(
-            workdir, name, seed, markers, summary, copy_cases,
-            copy_in_process_cases, verbose))
-    if in_process_cases:
-        with scratch(workdir) as directory:
-            timed(summary, 'in-process', lambda: [InProcessLane(
-                CaseGenerator(sources[name], 'in-process-' + name, seed,
-                              markers), directory, summary,
-                check_checksums).run(in_process_cases) for name in sources])
+        shutil.rmtree(scratch, ignore_errors=True)
     if not summary.clean:
         with open(path('violations.txt'), 'w') as f:
             f.write(summary.report(details=len(summary.violations)) + '\n')
@@ -88,53 +94,28 @@ def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
     return summary
 
 
-def copy_run(workdir, name, seed, markers, summary, cases, in_process_cases,
-             verbose):
-    """A copy lane (plain or blobs): in process, then processes."""
-    directory = os.path.join(workdir, 'sources')
-    generator = CopyCases(CopySource(
-        build_source(directory, 'copy-' + name, 30, name == 'blobs'),
-        os.path.join(directory, 'copy-%s.fs' % name)), 'copy-' + name, seed,
-        markers)
-    if in_process_cases:
-        with scratch(workdir) as directory:
-            started = time.monotonic()
-            CopyInProcessLane(generator, directory, summary).run(
-                in_process_cases)
-            summary.seconds['copy-in-process'] += time.monotonic() - started
-    if cases:
-        CopyProcessLane(generator, os.path.join(workdir, 'copy-' + name),
-                        summary, verbose).run(cases)
-        close_all()
-
-
-@contextlib.contextmanager
-def scratch(parent):
+def tmpfs_directory(parent):
     """A directory on tmpfs if there is one (the in-process lanes commit
     thousands of transactions; fsync there costs nothing), else in
-    `parent`; removed at the end."""
-    shm = os.path.isdir('/dev/shm') and os.access('/dev/shm', os.W_OK)
-    directory = tempfile.mkdtemp(prefix='zrsd-fuzz-' if shm else
-                                 'in-process-', dir='/dev/shm' if shm
-                                 else parent)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    `parent`."""
+    if os.path.isdir('/dev/shm') and os.access('/dev/shm', os.W_OK):
+        return tempfile.mkdtemp(prefix='zrsd-fuzz-', dir='/dev/shm')
+    return tempfile.mkdtemp(prefix='in-process-', dir=parent)
 
 
-def timed(summary, side, target):
-    """Run `target()`: an exception is a 'setup' violation; the side's
-    time is that of its slowest lane."""
+def timed(summary, lane, count):
+    """`lane.run(count)` if `count`: an exception is a 'setup' violation;
+    the side's time is that of its slowest lane."""
     started = time.monotonic()
     try:
-        target()
+        if count:
+            lane.run(count)
     except Exception:
-        summary.violation('setup', side, traceback.format_exc())
+        summary.violation('setup', lane.side, traceback.format_exc())
     finally:
         with summary.lock:
-            summary.seconds[side] = max(summary.seconds[side],
-                                        time.monotonic() - started)
+            summary.seconds[lane.side] = max(summary.seconds[lane.side],
+                                             time.monotonic() - started)
 
 
 def main(argv=None):
