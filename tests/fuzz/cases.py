@@ -195,16 +195,12 @@ def synthetic(kind, t, source, marker):
     """A synthetic bad part with correct checksums: the prefix, some of
     the window intact, then one bad part in the next transaction `txn`.
     Returns (wire, expect, reason, detail) (see `Case`)."""
-    rng, window = t.rng, t.window
-    b = Stream(t.start_tid)
-    for txn in t.prefix:
+    rng, b = t.rng, Stream(t.start_tid)
+    k = rng.randrange(len(t.window))
+    for txn in t.prefix + t.window[:k]:
         b.transaction(txn)
-    k = rng.randrange(len(window))
-    for txn in window[:k]:
-        b.transaction(txn)
-    txn = window[k]
-    last_tid = (window[k - 1].tid if k else
-                t.prefix[-1].tid if t.prefix else t.start_tid)
+    last_tid = ([t.start_tid] + [x.tid for x in t.prefix + t.window[:k]])[-1]
+    txn = t.window[k]
     oid = txn.records[0].oid
     expect, reason, detail = 'reject', None, ''
 
@@ -242,10 +238,8 @@ def synthetic(kind, t, source, marker):
         b.payload(embed(shape, hostile.build(marker)), 'M')
         reason, detail = hostile.reason, '%s in %s' % (hostile.name, field)
     elif kind == 'random-global':
-        if rng.random() < 0.6:
-            module, name = rng.choice(DANGEROUS_GLOBALS)
-        else:
-            module, name = random_name(rng), random_name(rng)
+        module, name = rng.choice(DANGEROUS_GLOBALS) if rng.random() < 0.6 \
+            else (random_name(rng), random_name(rng))
         inside(0.5)
         reason = 'refused global %s.%s' % (module, name)
         if rng.random() < 0.5 and '\n' not in module + name:
@@ -307,10 +301,8 @@ def synthetic(kind, t, source, marker):
     elif kind == 'overlong-field':
         size = rng.choice([5000, 100000])
         field = rng.choice(['tid', 'status'])
-        if field == 'tid':
-            b.message('T', (b'\x01' * size, ' ', b'', b'', {}))
-        else:
-            b.message('T', (txn.tid, 'x' * size, b'', b'', {}))
+        b.message('T', ((b'\x01' * size, ' ') if field == 'tid' else
+                        (txn.tid, 'x' * size)) + (b'', b'', {}))
         reason, detail = 'bad T message', '%s of %d' % (field, size)
     elif kind == 'overlong-global':
         name = 'x' * rng.choice([5000, 100000])
@@ -318,8 +310,7 @@ def synthetic(kind, t, source, marker):
         reason, detail = 'refused global', 'name of %d' % len(name)
     elif kind == 'blob-to-plain':
         b.begin_txn(txn).store_blob(oid, txn.tid, txn.records[0].data
-                                    or b'x', [b'blob content'])
-        b.commit()
+                                    or b'x', [b'blob content']).commit()
         reason = 'blob-dir'
     elif kind in ('huge-nblocks', 'huge-nblocks-big-block'):
         inside()

@@ -1,13 +1,13 @@
 """The source histories a fake primary replays: small real FileStorages,
 built with a fake clock (so they are the same on every run) and read back
 with the frames a primary sends for each transaction."""
+import contextlib
 import datetime
 import itertools
 import os
 import random
 from unittest import mock
 
-import transaction
 import ZODB
 import ZODB.blob
 import ZODB.FileStorage
@@ -15,6 +15,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.utils import z64
 
 from harness.history import transactions
+from harness.zrsd_nodes import opened
 from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
 
@@ -51,12 +52,8 @@ def build_source(directory, name, ntxns, blobs=False):
     # A fake clock: 1.5 s more per call from 2020-01-01.
     clock = itertools.count(1577836801.5, 1.5)
     with mock.patch('time.time', lambda: next(clock)):
-        storage = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir)
-        db = ZODB.DB(storage)
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        try:
-            root = conn.root()
+        db = ZODB.DB(ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir))
+        with contextlib.closing(db), opened(db) as (tm, root):
             objects, blob_objects = [], []
             created = None   # the list that got an object last transaction
             for step in range(max(1, ntxns - 1)):
@@ -94,9 +91,7 @@ def build_source(directory, name, ntxns, blobs=False):
                         obj['version'] += 1
                 elif op == 'blob-new':
                     size = BLOB_SIZES[len(blob_objects) % len(BLOB_SIZES)]
-                    blob = ZODB.blob.Blob()
-                    with blob.open('w') as f:
-                        f.write(rng.randbytes(size))
+                    blob = ZODB.blob.Blob(rng.randbytes(size))
                     root['b%d' % len(blob_objects)] = blob
                     blob_objects.append(blob)
                     created = blob_objects
@@ -106,10 +101,6 @@ def build_source(directory, name, ntxns, blobs=False):
                     with blob.open('w') as f:
                         f.write(rng.randbytes(rng.choice(BLOB_SIZES)))
                 tm.commit()
-        finally:
-            tm.abort()
-            conn.close()
-            db.close()
     return Source(blob_dir, transactions(path, blob_dir))
 
 
