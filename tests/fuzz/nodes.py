@@ -1,20 +1,19 @@
-"""The zrsd processes of a run and their logs: the harness's replica config
-made for the fuzzer, a registry so that an interrupted run leaves no daemon
-behind, `LogTail` (a log file read as it grows) and `stop` (the end of a
-process, judged)."""
+"""The zrsd processes of a run and their logs: `Replica` (the harness's
+node made for the fuzzer), a registry so that an interrupted run leaves no
+daemon behind, `LogTail` (a log file read as it grows), `stop` (the end of
+a process, judged), `read_frames`, `read_from`, `captured_logs`."""
 import collections
 import contextlib
 import logging
-import os
 import re
 import struct
 import time
 
 import ZODB.FileStorage
 
-from harness import zrsd_nodes
 from harness.history import copy_transaction
-from harness.process import BIN, Process
+from harness.process import read_text
+from harness.zrsd_nodes import ZrsdNode
 
 IO_TIMEOUT = 60.0                   # seconds before a peer counts as hung
 
@@ -39,24 +38,27 @@ def close_all():
     del _STARTED[:]
 
 
-def start_replica(directory, zeo_port, primary_port, blob_dir=None):
-    """Start a zrsd replica of `primary_port` on `directory/replica.fs`
-    (logging to `directory/replica.log`).  Unlike the harness's: no
-    keep-alives, ZEO served before the first transaction, always a
+class Replica(ZrsdNode):
+    """A zrsd replica of port `upstream`, registered, as the fuzzer needs
+    it: no keep-alives, ZEO served before the first transaction, always a
     reconnection after 0.1 s (a case per connection: a growing back-off
     would slow every case down), and logging at DEBUG (zrsd logs a
     repeated apply failure at DEBUG; the judges look)."""
-    text = zrsd_nodes.config_text(
-        zeo_port, os.path.join(directory, 'replica.fs'),
-        replicate_from=primary_port, blob_dir=blob_dir, log_level='DEBUG',
-        zrs_lines='  keep-alive-delay 0\n', zeo_lines='  serve-empty true\n')
-    old = '  max-reconnect-delay 1\n'
-    assert text.count(old) == 1, text
-    config = os.path.join(directory, 'replica.conf')
-    with open(config, 'w') as f:
-        f.write(text.replace(old, '  max-reconnect-delay 0.1\n'))
-    return started(Process([os.path.join(BIN, 'zrsd'), '-C', config],
-                           os.path.join(directory, 'replica.log')))
+
+    log_level, zrs_lines = 'DEBUG', '  keep-alive-delay 0\n'
+    zeo_lines = '  serve-empty true\n'
+
+    def __init__(self, directory, upstream, blobs=False):
+        super().__init__(directory, 'replica', upstream, blobs=blobs,
+                         register=started)
+
+    def write_config(self):
+        text, old = read_text(super().write_config()), \
+            '  max-reconnect-delay 1\n'
+        assert text.count(old) == 1, text
+        with open(self.config_path, 'w') as f:
+            f.write(text.replace(old, '  max-reconnect-delay 0.1\n'))
+        return self.config_path
 
 
 def read_frames(sock, count, timeout=IO_TIMEOUT):

@@ -9,19 +9,18 @@ import shutil
 import socket
 import struct
 
-import ZEO
 from ZODB.utils import p64, u64, z64
 
 from harness import peers, zczrs
 from harness.history import transactions
-from harness.process import free_port, wait_until
+from harness.process import wait_until
 from harness.stream import frame
 from harness.zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
 from .judges import UNCHECKED, Lane
-from .nodes import (IO_TIMEOUT, PORT, LogTail, read_frames, read_from,
-                    start_replica, started, stop)
+from .nodes import (IO_TIMEOUT, PORT, LogTail, Replica, read_frames,
+                    read_from, started, stop)
 
 PRIMARY_BATCH = 10                  # primary-side cases between commits
 HANDSHAKE_TIMEOUT = 2               # the fuzzed primary's, seconds
@@ -234,11 +233,9 @@ class PrimarySide(Lane):
         self.primary.start()
         zczrs.populate(self.primary.zeo_address, transactions=30,
                        undo_every=12)
-        zeo_port = free_port()
-        self.replica = start_replica(self.directory, zeo_port,
-                                     self.primary.repl_port)
-        self.client = ZEO.client(('127.0.0.1', zeo_port), read_only=True,
-                                 wait_timeout=IO_TIMEOUT)
+        self.replica = Replica(self.directory,
+                               self.primary.repl_port).launch()
+        self.client = self.replica.client(wait_timeout=IO_TIMEOUT)
         self.follow(commit=False)
         self.log = LogTail(self.primary.log_path)
         self.replica_log = LogTail(self.replica.log_path)
@@ -250,7 +247,7 @@ class PrimarySide(Lane):
             self.client.close()
         statuses = [stop(self, name, process)
                     for name, process in (
-                        ('replica', self.replica),
+                        ('replica', self.replica and self.replica.process),
                         ('primary', self.primary and self.primary.process))
                     if process is not None]
         if self.log is None:
@@ -261,7 +258,7 @@ class PrimarySide(Lane):
             'ERROR about no hostile connection')
         if statuses == [0, 0]:
             primary = transactions(self.primary.fs_path)
-            replica = transactions(os.path.join(self.directory, 'replica.fs'))
+            replica = transactions(self.replica.fs_path)
             if primary != replica:
                 self.violation(UNCHECKED, 'the replica file (%d '
                                'transactions) differs from the primary file '

@@ -4,6 +4,7 @@ connection, by a case server that serves exactly one case and then closes
 `FrameDecoder`, in random chunks, over a real FileStorage, about a
 thousand cases a second (`InProcessLane`)."""
 import contextlib
+import functools
 import glob
 import logging
 import os
@@ -13,20 +14,19 @@ import socket
 import time
 import traceback
 
-import ZEO
 import ZODB.FileStorage
 from ZODB.utils import z64
 
 from harness.history import copy_transaction
-from harness.process import free_port, wait_until
+from harness.process import wait_until
 from zrsd import protocol as zrs
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
 from .cases import MAX_FRAME
 from .judges import ALLOWED_WARNINGS, UNCHECKED, Lane, traceback_from_protocol
-from .nodes import (IO_TIMEOUT, LogTail, captured_logs, read_frames,
-                    read_from, start_replica, stop)
+from .nodes import (IO_TIMEOUT, LogTail, Replica, captured_logs,
+                    read_frames, read_from, stop)
 
 
 class ReplicaLane(Lane):
@@ -44,7 +44,7 @@ class ReplicaLane(Lane):
         self.verbose, self.keep = verbose, keep
         self.blobs = self.source.blob_dir is not None
         self.protocol = zrs.PROTOCOL_2_1 if self.blobs else zrs.PROTOCOL_2_0
-        self.epochs, self.process = 0, None
+        self.epochs, self.node = 0, None
 
     def died(self):
         records = self.log.poll()
@@ -52,7 +52,7 @@ class ReplicaLane(Lane):
                    if r.logger == 'zrsd' and 'stopping (' in r.message]
         return self.abort('daemon crashes', 'the %s replica exited with '
                           'status %s%s; its log ends:\n%s' % (
-                              self.name, self.process.popen.returncode,
+                              self.name, self.node.process.popen.returncode,
                               ' (it logged "%s": a signal from outside?)'
                               % stopped[0] if stopped else '', '\n'.join(
                                   r.line[:300] for r in records[-15:])))
@@ -67,18 +67,14 @@ class ReplicaLane(Lane):
         os.makedirs(self.epoch_dir)
         self.listener = socket.create_server(('127.0.0.1', 0), backlog=16)
         self.listener.settimeout(0.2)
-        self.zeo_port = free_port()
-        self.fs_path = os.path.join(self.epoch_dir, 'replica.fs')
-        self.blob_dir = (os.path.join(self.epoch_dir, 'blobs')
-                         if self.blobs else None)
-        self.process = start_replica(self.epoch_dir, self.zeo_port,
-                                     self.listener.getsockname()[1],
-                                     self.blob_dir)
-        self.log = LogTail(self.process.log_path)
+        self.node = Replica(self.epoch_dir, self.listener.getsockname()[1],
+                            self.blobs).launch()
+        self.blob_dir, self.log = self.node.blob_dir, LogTail(
+            self.node.log_path)
         self.connections = self.position = 0
         self.sock = None
         self.say('epoch %d: replica on port %d' % (self.epochs,
-                                                   self.zeo_port))
+                                                   self.node.zeo_port))
         protocol, tid = self.accept()
         if tid != z64 or protocol != self.protocol:
             self.violation('streams', 'a new %s replica sent %r, %s' % (
@@ -98,7 +94,7 @@ class ReplicaLane(Lane):
         `sock`; returns (protocol, start tid)."""
         deadline = time.monotonic() + IO_TIMEOUT
         while True:
-            if self.process.popen.poll() is not None:
+            if not self.node.running():
                 raise self.died()
             try:
                 sock, _ = self.listener.accept()
@@ -144,7 +140,8 @@ class ReplicaLane(Lane):
             self.violation('streams', 'handshake with %r' % (protocol,), case)
         old = self.position
         # (The replica is idle while it waits for our first frame.)
-        self.advance(case, tid, lambda start: read_from(self.fs_path, start))
+        self.advance(case, tid, functools.partial(read_from,
+                                                  self.node.fs_path))
         self.check_zeo(case, tid, self.source.txns[old:self.position])
         self.check_leftovers(case)
         self.check_log(case, self.connections - 2)
@@ -153,10 +150,9 @@ class ReplicaLane(Lane):
         """A fresh read-only ZEO client answers, its last transaction is the
         handshake's, and it serves the records of `new` transactions."""
         try:
-            client = ZEO.client(('127.0.0.1', self.zeo_port),
-                                read_only=True, wait_timeout=IO_TIMEOUT)
+            client = self.node.client(wait_timeout=IO_TIMEOUT)
         except Exception as exc:
-            if self.process.popen.poll() is not None:
+            if not self.node.running():
                 raise self.died()
             raise self.hung('ZEO does not answer: %s: %s' % (
                 type(exc).__name__, exc), case)
@@ -209,10 +205,10 @@ class ReplicaLane(Lane):
 
     def close(self):
         """SIGTERM the replica, then compare its file with the source."""
-        if self.process is None:
+        node, self.node = self.node, None
+        if node is None:
             return
-        status = stop(self, '%s replica' % self.name, self.process)
-        self.process = None
+        status = stop(self, '%s replica' % self.name, node.process)
         if self.sock is not None:
             self.sock.close()
         self.listener.close()
@@ -220,7 +216,7 @@ class ReplicaLane(Lane):
         self.log.scan(self, lambda index, record: last is None or
                       index < last, 'ERROR while stopping')
         if status is not None and self.check_file(
-                self.fs_path, self.blob_dir, self.position) and not self.keep:
+                node.fs_path, self.blob_dir, self.position) and not self.keep:
             shutil.rmtree(self.epoch_dir, ignore_errors=True)
         self.say('epoch %d ended at source index %d' % (
             self.epochs, self.position))
