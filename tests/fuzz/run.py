@@ -19,9 +19,11 @@ from .secondary_side import InProcessLane, ReplicaLane
 from .source import build_source, source_size
 
 LANES = ('plain', 'blobs')
+SIDES = {'both': ('secondary', 'primary'), 'secondary': ('secondary',),
+         'primary': ('primary',), 'none': ()}
 
 
-def run(cases, seed, sides=('secondary', 'primary'), in_process_cases=0,
+def run(cases, seed, sides=SIDES['both'], in_process_cases=0,
         workdir=None, verbose=False, check_checksums=True, keep=False,
         copy_cases=0, copy_in_process_cases=0, copy_lanes=LANES):
     """Run the fuzzer; returns a `Summary`.
@@ -124,8 +126,8 @@ def main(argv=None):
     arg = parser.add_argument
     arg('--cases', type=int, default=100, help='cases per side (100)')
     arg('--seed', default='1', help='random seed')
-    arg('--side', default='both', help='which process side(s) to fuzz',
-        choices=['secondary', 'primary', 'both', 'none'])
+    arg('--side', default='both', choices=SIDES,
+        help='which process side(s) to fuzz')
     arg('--in-process', action='store_true',
         help='also run the in-process layer')
     arg('--in-process-cases', type=int, help='in-process cases per source '
@@ -134,22 +136,22 @@ def main(argv=None):
         'cases per lane with real zrsd replicas (0)')
     arg('--copy-in-process-cases', type=int, help='file copy cases per '
         'lane in process (default: 20 x --copy-cases)')
-    arg('--copy-lanes', default='plain,blobs', help='copy lanes to run')
+    arg('--copy-lanes', default='plain,blobs', help='copy lanes to run',
+        type=lambda text: tuple(text.split(',')))
     arg('--workdir', help='work here (default: a new temporary directory, '
         'removed when clean)')
     arg('--keep', action='store_true',
         help="keep the processes' files even when clean")
     arg('-v', '--verbose', action='store_true')
     args = parser.parse_args(argv)
-    in_process = args.in_process_cases
-    copy_in_process = args.copy_in_process_cases
-    summary = run(
-        args.cases, args.seed, {'both': ('secondary', 'primary'),
-                                'none': ()}.get(args.side, (args.side,)),
-        args.in_process and (max(1000, 10 * args.cases) if in_process is None
-                             else in_process), args.workdir, args.verbose,
-        keep=args.keep, copy_cases=args.copy_cases,
-        copy_in_process_cases=20 * args.copy_cases if copy_in_process is None
-        else copy_in_process, copy_lanes=tuple(args.copy_lanes.split(',')))
+    if args.in_process_cases is None:
+        args.in_process_cases = max(1000, 10 * args.cases)
+    if args.copy_in_process_cases is None:
+        args.copy_in_process_cases = 20 * args.copy_cases
+    summary = run(args.cases, args.seed, SIDES[args.side],
+                  args.in_process_cases if args.in_process else 0,
+                  args.workdir, args.verbose, keep=args.keep,
+                  copy_cases=args.copy_cases, copy_lanes=args.copy_lanes,
+                  copy_in_process_cases=args.copy_in_process_cases)
     print(summary.report())
     return 0 if summary.clean else 1
