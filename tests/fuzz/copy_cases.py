@@ -15,6 +15,7 @@ undetectable without unpickling, by design, and never generated (but see
 'hostile-record': a pickle that must be copied, never loaded).
 """
 import hashlib
+import itertools
 import random
 import struct
 
@@ -220,16 +221,11 @@ class CopyCases:
         """The case; `expected` by the oracle unless given.  `cut`: close
         after that many wire bytes; `tail`: bytes after the frames (a
         broken frame: the oracle stops before it)."""
+        delivered = frames if cut is None else [
+            p for p, end in zip(frames, itertools.accumulate(
+                4 + len(p) for p in frames)) if end <= cut]
         if cut is not None:
-            delivered, size = [], 0
-            for payload in frames:
-                size += 4 + len(payload)
-                if size > cut:
-                    break
-                delivered.append(payload)
             detail = 'after %d of %d bytes' % (cut, len(wire(frames)))
-        else:
-            delivered = frames
         if expected is None:     # the first frame not the valid one
             i = next((i for i, (p, _) in enumerate(valid)
                       if i >= len(delivered) or delivered[i] != p), None)
