@@ -363,7 +363,7 @@ class CopyCases:
         first = next(i for i, (_, g) in enumerate(valid) if g == k)
         d = next(i for i in range(first, len(valid))
                  if valid[i][0][:1] == b'D')
-        other = rng.choice([oid for x in cs.txns for oid in x.oids
+        other = rng.choice([oid for x in cs.txns for oid in sorted(x.oids)
                             if oid not in t.oids] + [b'\xff' * 8])
         detail = 'transaction %d' % k
         if kind in ('blob-oid', 'blob-tid', 'blob-size'):
