@@ -1,5 +1,5 @@
 """The primary side: a zrsd primary with a real zrsd replica attached,
-attacked by hostile secondaries in batches (the case kinds, `RUN`); after
+attacked by hostile secondaries in batches (the case kinds, `KINDS`); after
 each batch a new commit must reach the replica, on its first connection."""
 import contextlib
 import hashlib
@@ -199,14 +199,12 @@ def storm(side, rng, kind):
             side.judge(conn, 'incomplete', None, kind)
 
 
-# The case kinds, how often each is drawn, and what runs it.
-RUN = {'random-bytes': (2, random_bytes), 'random-frames': (2, random_frames),
-       'random-tid': (3, random_tid),
-       'junk-after-handshake': (2, junk_after_handshake),
-       'keepalives-partial': (1, keepalives_partial),
-       'oversized-first': (1, oversized_first), 'half-close': (1, half_close),
-       'reset-mid-stream': (1, reset_mid_stream), 'storm': (1, storm)}
-KINDS = [kind for kind, (weight, _) in RUN.items() for _ in range(weight)]
+# The case kinds (named after what runs them), each as often as its weight.
+KINDS = [(run.__name__.replace('_', '-'), run) for run, weight in (
+    (random_bytes, 2), (random_frames, 2), (random_tid, 3),
+    (junk_after_handshake, 2), (keepalives_partial, 1), (oversized_first, 1),
+    (half_close, 1), (reset_mid_stream, 1), (storm, 1))
+    for _ in range(weight)]
 
 
 class PrimarySide(Lane):
@@ -287,8 +285,8 @@ class PrimarySide(Lane):
                 conn.dribble -= 1
                 conn.send(b'z')
         rng = random.Random('%s/primary/%d' % (self.seed, case))
-        kind = rng.choice(KINDS)
-        RUN[kind][1](self, rng, kind)
+        kind, run = rng.choice(KINDS)
+        run(self, rng, kind)
         if case % PRIMARY_BATCH == PRIMARY_BATCH - 1 or last:
             self.collect_slow(batch - SLOW_LORIS_AGE)
             self.follow()
