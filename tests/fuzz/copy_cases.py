@@ -67,8 +67,8 @@ class Txn:
 class CopySource:
     """A built fuzz source (`source.build_source`) and its file's bytes."""
 
-    def __init__(self, source, path):
-        with open(path, 'rb') as f:
+    def __init__(self, source):
+        with open(source.path, 'rb') as f:
             self.data = f.read()
         self.source, self.blobs = source, source.blob_dir is not None
         self.txns, pos = [], 4

@@ -1,6 +1,7 @@
 """Running the fuzzer: `run()` (what the tests call) and the command line
 (`main`, behind scripts/fuzz.py)."""
 import argparse
+import functools
 import os
 import shutil
 import tempfile
@@ -36,8 +37,8 @@ def run(cases, seed, sides=SIDES['both'], in_process_cases=0,
     """
     own_workdir = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix='zrsd-fuzz-')
-    summary, path = Summary(workdir, seed, cases), lambda name: os.path.join(
-        workdir, name)
+    summary = Summary(workdir, seed, cases)
+    path = functools.partial(os.path.join, workdir)
     markers = path('markers')
     os.makedirs(markers, exist_ok=True)
     armed, duds = arm_check(path('controls'))
@@ -62,10 +63,8 @@ def run(cases, seed, sides=SIDES['both'], in_process_cases=0,
         threaded.append((PrimarySide(path('primary'), seed, summary,
                                      verbose, keep), cases))
     for name in copy_lanes if copy_cases or copy_in_process_cases else ():
-        generator = CopyCases(CopySource(
-            build_source(path('sources'), 'copy-' + name, 30,
-                         name == 'blobs'),
-            path(os.path.join('sources', 'copy-%s.fs' % name))),
+        generator = CopyCases(CopySource(build_source(
+            path('sources'), 'copy-' + name, 30, name == 'blobs')),
             'copy-' + name, seed, markers)
         later += [(CopyInProcessLane(generator, scratch, summary),
                    copy_in_process_cases),

@@ -20,10 +20,11 @@ from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
 
 class Source:
-    """A built source history: `txns`, and the index of each tid."""
+    """A built source history: its file `path`, `txns`, and the index of
+    each tid."""
 
-    def __init__(self, blob_dir, txns):
-        self.blob_dir, self.txns = blob_dir, txns
+    def __init__(self, path, blob_dir, txns):
+        self.path, self.blob_dir, self.txns = path, blob_dir, txns
         self.index = {tid: n for n, tid in enumerate(
             [z64] + [txn.tid for txn in txns])}
 
@@ -101,7 +102,7 @@ def build_source(directory, name, ntxns, blobs=False):
                     with blob.open('w') as f:
                         f.write(rng.randbytes(rng.choice(BLOB_SIZES)))
                 tm.commit()
-    return Source(blob_dir, transactions(path, blob_dir))
+    return Source(path, blob_dir, transactions(path, blob_dir))
 
 
 def source_size(cases_per_lane):

@@ -103,8 +103,7 @@ def test_copy_refused_blob_keeps_no_transaction(tmp_path):
     transaction before checking its blob files, and kept it without its
     blob file); no blob file stays in the blob directory's tmp/."""
     source = build_source(str(tmp_path), 'bug', 12, blobs=True)
-    cases = CopyCases(CopySource(source, str(tmp_path / 'bug.fs')), 'bug',
-                      SEED, str(tmp_path))
+    cases = CopyCases(CopySource(source), 'bug', SEED, str(tmp_path))
     valid = cases.cs.frames(random.Random(1))
     frames = [p for p, _ in valid]
     first = next(i for i, p in enumerate(frames) if p[:1] == b'B')
