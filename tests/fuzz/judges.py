@@ -36,12 +36,6 @@ REASON_FAMILIES = [(needle, family or needle) for needle, family in (
     ('is not in this storage', 'tid not in the history'),
     ('start tid of', 'tid not 8 bytes'))]
 
-# Expected WARNINGs: a corrupted record restored before its commit's
-# checksum rejects the stream may differ from its back pointer's data
-# (FileStorage says so; zrsd makes that a WARNING).
-ALLOWED_WARNINGS = ('cannot connect', 'commits without checksums',
-                    'back pointer of', 'Mismatch between data and backpointer')
-
 
 class LaneAbort(Exception):
     """A lane cannot go on (its daemon died or hung); already recorded."""
