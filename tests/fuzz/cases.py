@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import struct
+from types import SimpleNamespace
 
 from ZODB.utils import p64, u64, z64
 
@@ -60,25 +61,6 @@ class Case:
                 ' %r' % self.reason if self.reason else '', self.commits)
 
 
-class Template:
-    """The valid stream one case breaks: the `prefix` (0-2 transactions
-    replayed intact after the start), then the `window` (the 1-3 where the
-    case breaks something), which begins at frame `mark_frames`, wire
-    offset `mark`; `valid` is their `Stream`, `valid_wire` its bytes."""
-
-    def __init__(self, rng, number, source, start, prefix, window, legacy):
-        self.rng, self.number = rng, number
-        self.start, self.start_tid = start, source.tid(start)
-        self.prefix, self.window, self.legacy = prefix, window, legacy
-        self.valid = Stream(self.start_tid, legacy)
-        for txn in prefix:
-            self.valid.transaction(txn)
-        self.mark_frames, self.mark = len(self.valid.frames), self.valid.size
-        for txn in window:
-            self.valid.transaction(txn)
-        self.valid_wire = self.valid.wire()
-
-
 class CaseGenerator:
     """Cases for one lane (see the package docstring)."""
 
@@ -90,7 +72,10 @@ class CaseGenerator:
             else PLAIN_ONLY * 2 + LEGACY_KINDS)
 
     def case(self, number, start):
-        """Case `number` for a replica holding `start` source transactions."""
+        """Case `number` for a replica holding `start` source transactions:
+        a valid stream of the `prefix` (0-2 transactions replayed intact),
+        then the `window` (the 1-3 where the case breaks something), from
+        frame `mark_frames`, wire offset `mark`."""
         rng = random.Random('%s/%s/%d' % (self.seed, self.lane, number))
         txns = self.source.txns
         available = len(txns) - start
@@ -98,8 +83,17 @@ class CaseGenerator:
         a = min(rng.choice([0, 0, 0, 1, 1, 2]), available - 1)
         b = min(rng.randint(1, 3), available - a)
         kind = rng.choice(self.menu)
-        t = Template(rng, number, self.source, start, txns[start:start + a],
-                     txns[start + a:start + a + b], kind.startswith('legacy-'))
+        t = SimpleNamespace(rng=rng, start_tid=self.source.tid(start),
+                            prefix=txns[start:start + a],
+                            window=txns[start + a:start + a + b],
+                            legacy=kind.startswith('legacy-'))
+        t.valid = Stream(t.start_tid, t.legacy)
+        for txn in t.prefix:
+            t.valid.transaction(txn)
+        t.mark_frames, t.mark = len(t.valid.frames), t.valid.size
+        for txn in t.window:
+            t.valid.transaction(txn)
+        t.valid_wire = t.valid.wire()
         if kind in BYTE_KINDS:
             wire, expect, reason, detail = mutate_bytes(kind, t)
         elif kind in FRAME_KINDS or t.legacy:
@@ -116,8 +110,7 @@ class CaseGenerator:
 def mutate_bytes(kind, t):
     """Byte mutations of the window's wire bytes."""
     rng, wire, lo = t.rng, bytearray(t.valid_wire), t.mark
-    hi = len(wire)
-    expect = 'any'
+    hi, expect = len(wire), 'any'
     if kind == 'bitflip':
         flips = [(rng.randrange(lo, hi), rng.randrange(8))
                  for _ in range(rng.randint(1, 3))]
@@ -202,16 +195,12 @@ def synthetic(kind, t, source, marker):
     """A synthetic bad part with correct checksums: the prefix, some of
     the window intact, then one bad part in the next transaction `txn`.
     Returns (wire, expect, reason, detail) (see `Case`)."""
-    rng, window = t.rng, t.window
-    b = Stream(t.start_tid)
-    for txn in t.prefix:
+    rng, b = t.rng, Stream(t.start_tid)
+    k = rng.randrange(len(t.window))
+    for txn in t.prefix + t.window[:k]:
         b.transaction(txn)
-    k = rng.randrange(len(window))
-    for txn in window[:k]:
-        b.transaction(txn)
-    txn = window[k]
-    last_tid = (window[k - 1].tid if k else
-                t.prefix[-1].tid if t.prefix else t.start_tid)
+    last_tid = ([t.start_tid] + [x.tid for x in t.prefix + t.window[:k]])[-1]
+    txn = t.window[k]
     oid = txn.records[0].oid
     expect, reason, detail = 'reject', None, ''
 
@@ -249,10 +238,8 @@ def synthetic(kind, t, source, marker):
         b.payload(embed(shape, hostile.build(marker)), 'M')
         reason, detail = hostile.reason, '%s in %s' % (hostile.name, field)
     elif kind == 'random-global':
-        if rng.random() < 0.6:
-            module, name = rng.choice(DANGEROUS_GLOBALS)
-        else:
-            module, name = random_name(rng), random_name(rng)
+        module, name = rng.choice(DANGEROUS_GLOBALS) if rng.random() < 0.6 \
+            else (random_name(rng), random_name(rng))
         inside(0.5)
         reason = 'refused global %s.%s' % (module, name)
         if rng.random() < 0.5 and '\n' not in module + name:
@@ -314,10 +301,8 @@ def synthetic(kind, t, source, marker):
     elif kind == 'overlong-field':
         size = rng.choice([5000, 100000])
         field = rng.choice(['tid', 'status'])
-        if field == 'tid':
-            b.message('T', (b'\x01' * size, ' ', b'', b'', {}))
-        else:
-            b.message('T', (txn.tid, 'x' * size, b'', b'', {}))
+        b.message('T', ((b'\x01' * size, ' ') if field == 'tid' else
+                        (txn.tid, 'x' * size)) + (b'', b'', {}))
         reason, detail = 'bad T message', '%s of %d' % (field, size)
     elif kind == 'overlong-global':
         name = 'x' * rng.choice([5000, 100000])
@@ -325,8 +310,7 @@ def synthetic(kind, t, source, marker):
         reason, detail = 'refused global', 'name of %d' % len(name)
     elif kind == 'blob-to-plain':
         b.begin_txn(txn).store_blob(oid, txn.tid, txn.records[0].data
-                                    or b'x', [b'blob content'])
-        b.commit()
+                                    or b'x', [b'blob content']).commit()
         reason = 'blob-dir'
     elif kind in ('huge-nblocks', 'huge-nblocks-big-block'):
         inside()

@@ -15,6 +15,7 @@ undetectable without unpickling, by design, and never generated (but see
 'hostile-record': a pickle that must be copied, never loaded).
 """
 import hashlib
+import itertools
 import random
 import struct
 
@@ -40,15 +41,11 @@ INFO = ['info-kind', 'info-size', 'info-end', 'info-flags', 'refusal',
         'file-header']
 BLOBS = ['blob-oid', 'blob-tid', 'blob-extra', 'blob-size', 'blob-huge',
          'blob-in-txn']
-# A blob frame that replaces or joins a transaction's own (wrong oid or
-# tid, an extra blob) is noticed only once the transaction's bytes are in.
-BLOB_LATE = ('blob-oid', 'blob-tid', 'blob-extra')
 
 
 class Txn:
-    """One transaction of the file: [start, end), its tid, where its data
-    records' headers are (`records`: (offset in the file, plen)) and its
-    blob files (oid, tid, content) as the primary sends them."""
+    """One transaction of the file: [start, end), its tid, its data
+    records' (offset, plen), its blob files (oid, tid, content)."""
 
     def __init__(self, data, start, txn):
         self.start, self.tid = start, txn.tid
@@ -64,15 +61,14 @@ class Txn:
         self.blobs = [(r.oid, r.tid, r.blob) for r in txn.records
                       if r.blob is not None and not (
                           r.oid in oids or oids.add(r.oid))]
-
         self.oids = {r.oid for r in txn.records}
 
 
 class CopySource:
     """A built fuzz source (`source.build_source`) and its file's bytes."""
 
-    def __init__(self, source, path):
-        with open(path, 'rb') as f:
+    def __init__(self, source):
+        with open(source.path, 'rb') as f:
             self.data = f.read()
         self.source, self.blobs = source, source.blob_dir is not None
         self.txns, pos = [], 4
@@ -84,13 +80,10 @@ class CopySource:
         self.boundaries.update((t.end, t.tid) for t in self.txns)
 
     def start(self, group):
-        """Where the file stands once every group before `group` is in:
-        -2 (the I message) and -1 (the file header) at 0, past the last
-        transaction (E) at the end."""
-        if group < 0:
-            return 0
-        return self.txns[group].start if group < len(self.txns) \
-            else len(self.data)
+        """Where the file stands once every group before `group` (-2: I,
+        -1: the file header, past the last transaction: E) is in."""
+        return 0 if group < 0 else self.txns[group].start \
+            if group < len(self.txns) else len(self.data)
 
     def frames(self, rng, data=None):
         """The valid copy: a list of (payload, group); the file's bytes and
@@ -120,9 +113,10 @@ def pieces(rng, data):
 
 
 class Case:
-    """One case: `wire` (what the fake primary sends after the replica's
-    handshake), `expected` (the bytes a correct replica keeps), `data`
-    (the file those are a prefix of), `marker` (a hostile pickle's)."""
+    """One case: `wire` (what the fake primary sends after the handshake),
+    `expected` (the bytes of `data` a correct replica keeps; anything from
+    `lowest` to `highest` where the frame decoder may drop a recv()),
+    `marker` (a hostile pickle's)."""
 
     def __init__(self, lane, number, kind, wire, expected, data, detail='',
                  marker=None):
@@ -139,15 +133,6 @@ class Case:
             '%d-%d' % (self.lowest, self.highest))
 
 
-def first_difference(valid, frames):
-    """The index of the first frame of `frames` (payloads) that is not
-    the valid one at that place (a missing one counts)."""
-    for i, (payload, _) in enumerate(valid):
-        if i >= len(frames) or frames[i] != payload:
-            return i
-    return len(valid)
-
-
 class CopyCases:
     """The cases of one lane (plain or blobs) of a source."""
 
@@ -158,9 +143,9 @@ class CopyCases:
         self.menu = (['valid'] * 3 + STRUCTURE + FRAMES * 2 + INFO
                      + ['hostile-record'] + blobs)
 
-    def case(self, number, kind=None):
+    def case(self, number):
         rng = random.Random('%s/%s/%d' % (self.seed, self.lane, number))
-        kind = kind or rng.choice(self.menu)
+        kind = rng.choice(self.menu)
         cs, data, marker = self.cs, self.cs.data, None
         expected, detail, cut = None, '', None
         if kind == 'hostile-record':
@@ -236,20 +221,16 @@ class CopyCases:
         """The case; `expected` by the oracle unless given.  `cut`: close
         after that many wire bytes; `tail`: bytes after the frames (a
         broken frame: the oracle stops before it)."""
+        delivered = frames if cut is None else [
+            p for p, end in zip(frames, itertools.accumulate(
+                4 + len(p) for p in frames)) if end <= cut]
         if cut is not None:
-            delivered, size = [], 0
-            for payload in frames:
-                size += 4 + len(payload)
-                if size > cut:
-                    break
-                delivered.append(payload)
             detail = 'after %d of %d bytes' % (cut, len(wire(frames)))
-        else:
-            delivered = frames
-        if expected is None:
-            i = first_difference(valid, delivered)
-            expected = self.cs.start(valid[i][1] if i < len(valid)
-                                     else len(self.cs.txns))
+        if expected is None:     # the first frame not the valid one
+            i = next((i for i, (p, _) in enumerate(valid)
+                      if i >= len(delivered) or delivered[i] != p), None)
+            expected = self.cs.start(len(self.cs.txns) if i is None
+                                     else valid[i][1])
         out = wire(frames) + tail
         return Case(self.lane, number, kind, out if cut is None
                     else out[:cut], expected, data, detail, marker)
@@ -382,7 +363,7 @@ class CopyCases:
         first = next(i for i, (_, g) in enumerate(valid) if g == k)
         d = next(i for i in range(first, len(valid))
                  if valid[i][0][:1] == b'D')
-        other = rng.choice([oid for x in cs.txns for oid in x.oids
+        other = rng.choice([oid for x in cs.txns for oid in sorted(x.oids)
                             if oid not in t.oids] + [b'\xff' * 8])
         detail = 'transaction %d' % k
         if kind in ('blob-oid', 'blob-tid', 'blob-size'):

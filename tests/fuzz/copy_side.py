@@ -1,13 +1,7 @@
 """The copy lanes: a new replica copies its primary's file (zrsd-seed1)
-from a fake primary that answers with a case (`copy_cases`).
-
-`CopyInProcessLane` runs `zrsd.replica.seeding.copy_file` in this process
-against a fake primary on a unix socket, a few hundred cases a second.
-`CopyProcessLane` starts a real ``zrsd -C`` replica (`ZrsdNode`, copy-file
-new, copy-file-minimum 0) per case against a fake primary on TCP, which
-then replicates the rest of the source with ZRS: the replica must name the
-kept transaction in its ZRS handshake, serve the whole source over ZEO,
-stop with status 0 and hold the source's history.
+from a fake primary that answers with a case (`copy_cases`): in this
+process (`copy_file`, on a unix socket), or a real ``zrsd`` replica per
+case, which then replicates the rest of the source with ZRS.
 
 After each case, the judges: the kept bytes are exactly the valid file's
 first `Case.expected` bytes (more is an unchecked transaction, less a lost
@@ -20,7 +14,6 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -35,48 +28,39 @@ from harness.zrsd_nodes import ZrsdNode
 from zrsd import seedprotocol as seed
 from zrsd.replica import seeding
 
-from .in_process import captured_logs
-from .judges import UNCHECKED, check_file
-from .nodes import started
+from .judges import UNCHECKED, Lane
+from .nodes import captured_logs, read_frames, started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
 
 
-def read_frames(sock, count, deadline):
-    """Up to `count` frames from `sock` (fewer at EOF or the deadline)."""
-    data, frames = b'', []
-    while len(frames) < count and time.monotonic() < deadline:
-        while len(data) >= 4 and len(data) >= 4 + struct.unpack(
-                '>I', data[:4])[0] and len(frames) < count:
-            size = struct.unpack('>I', data[:4])[0]
-            frames.append(data[4:4 + size])
-            data = data[4 + size:]
-        if len(frames) == count:
-            break
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = sock.recv(65536)
-        except (socket.timeout, OSError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return frames
+class CopyLane(Lane):
+    """Cases to new replicas from a fake primary on `listen()`: it serves
+    zrsd-seed1 connections the current `case` (and records what they said,
+    `seen`), ZRS ones the source after the tid they name (`zrs_tids`)."""
 
+    listener = None
 
-class FakePrimary:
-    """Serves zrsd-seed1 connections the current `case` and ZRS ones the
-    source after the tid they name (`zrs_tids`), on `listener`."""
-
-    def __init__(self, listener, source=None):
-        self.listener, self.source = listener, source
-        self.case, self.seen, self.zrs_tids = None, [], []
+    def __init__(self, cases, directory, summary, verbose=False):
+        self.cases, self.cs, self.source = cases, cases.cs, cases.cs.source
+        self.directory, self.summary = directory, summary
+        self.verbose, self.seen, self.zrs_tids = verbose, [], []
         self.stopped = threading.Event()
+
+    def open(self):
+        self.listener = self.listen()
+        self.listener.settimeout(0.1)
         self.threads = [threading.Thread(target=self.accept, daemon=True)]
         self.threads[0].start()
 
+    def close(self):
+        if self.listener is not None:
+            self.stopped.set()
+            self.listener.close()
+            for thread in self.threads:
+                thread.join(5)
+
     def accept(self):
-        self.listener.settimeout(0.1)
         while not self.stopped.is_set():
             try:
                 sock, _ = self.listener.accept()
@@ -84,248 +68,208 @@ class FakePrimary:
                 continue
             except OSError:
                 return
-            thread = threading.Thread(target=self.serve, args=(sock,),
-                                      daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            self.threads.append(threading.Thread(
+                target=self.serve, args=(sock,), daemon=True))
+            self.threads[-1].start()
 
     def serve(self, sock):
         deadline = time.monotonic() + HANG
         with sock:
-            hello = read_frames(sock, 2, deadline)
-            if len(hello) < 2:
-                return
-            if hello[0] != seed.PROTOCOL_SEED:
-                self.zrs(sock, hello)
-                return
-            with contextlib.suppress(OSError):
-                sock.sendall(self.case.wire)
-                sock.shutdown(socket.SHUT_WR)
-            # What the replica says after its query (its proof), until it
-            # closes: a replica that keeps the connection is a hang.
-            self.seen.append(hello + read_frames(sock, 10, deadline))
+            hello = read_frames(sock, 2, HANG)
+            if len(hello) == 2 and hello[0] == seed.PROTOCOL_SEED:
+                with contextlib.suppress(OSError):
+                    sock.sendall(self.case.wire)
+                    sock.shutdown(socket.SHUT_WR)
+                # What the replica says after its query (its proof), until
+                # it closes: a replica that keeps the connection is a hang.
+                self.seen.append(hello + read_frames(
+                    sock, 10, deadline - time.monotonic()))
+            elif len(hello) == 2:
+                self.zrs_tids.append(hello[1])
+                stream = Stream(hello[1])
+                for txn in self.source.txns:
+                    if txn.tid > hello[1]:
+                        stream.transaction(txn)
+                with contextlib.suppress(OSError):
+                    sock.sendall(stream.wire())
+                    sock.settimeout(0.2)
+                    while not self.stopped.is_set():
+                        with contextlib.suppress(socket.timeout):
+                            if not sock.recv(65536):
+                                return
 
-    def zrs(self, sock, hello):
-        self.zrs_tids.append(hello[1])
-        stream = Stream(hello[1])
-        for txn in self.source.txns:
-            if txn.tid > hello[1]:
-                stream.transaction(txn)
-        with contextlib.suppress(OSError):
-            sock.sendall(stream.wire())
-            while not self.stopped.is_set():
-                sock.settimeout(0.2)
-                with contextlib.suppress(socket.timeout):
-                    if not sock.recv(65536):
-                        return
+    def run_case(self, number):
+        case = self.case = self.cases.case(number)
+        del self.seen[:], self.zrs_tids[:]
+        if self.copy(case) is not False:
+            self.add('kept all' if case.expected == len(case.data)
+                     else 'kept part')
 
-    def close(self):
-        self.stopped.set()
-        self.listener.close()
-        for thread in self.threads:
-            thread.join(5)
+    def check_copy(self, case, path, blob_dir, kept):
+        """Judge a case's outcome: `kept` bytes of the file at `path` (None:
+        the file's size), the blob files, the marker, what the replica
+        sent."""
+        if kept is None:
+            kept = os.path.getsize(path) if os.path.exists(path) else 0
+        if not case.lowest <= kept <= case.highest:
+            self.violation(UNCHECKED if kept > case.highest else
+                           'lost valid transactions', 'kept %d bytes (%s a '
+                           'transaction end)' % (kept, 'at' if kept in
+                                                 self.cs.boundaries else
+                                                 'not at'), case)
+        if os.path.exists(path):
+            with open(path, 'rb') as f:
+                if f.read(kept) != case.data[:kept]:
+                    self.violation(UNCHECKED, "the kept bytes differ from the"
+                                   " primary's file", case)
+        for suffix in ('.seeding', '.seeding.tmp'):
+            if os.path.exists(path + suffix):
+                self.violation('side effects', '%s left behind'
+                               % os.path.basename(path + suffix), case)
+        if case.marker and os.path.exists(case.marker):
+            self.violation('executions', 'a copied pickle was loaded: %s '
+                           'exists' % case.marker, case)
+        seen = self.seen
+        if seen and (seen[0][1] != seed.query(0, z64) or len(seen[0]) > 2
+                     and seen[0][2] != seed.proof(
+                         seed.new_digest().digest())):
+            self.violation('streams', 'a new replica sent %r' % (
+                seen[0][1:],), case)
+        if blob_dir:
+            self.check_blobs(case, blob_dir, kept)
 
-
-def check_copy(summary, side, cs, case, path, blob_dir, kept, seen):
-    """Judge a case's outcome: `kept` bytes of the file at `path` (None:
-    the file's size), the blob files, the marker, what the replica sent."""
-    if kept is None:
-        kept = os.path.getsize(path) if os.path.exists(path) else 0
-    if not case.lowest <= kept <= case.highest:
-        summary.violation(UNCHECKED if kept > case.highest else
-                          'lost valid transactions', side, 'kept %d bytes '
-                          '(%s a transaction end)' % (
-                              kept, 'at' if kept in cs.boundaries else
-                              'not at'), case)
-    if os.path.exists(path):
-        with open(path, 'rb') as f:
-            if f.read(kept) != case.data[:kept]:
-                summary.violation(UNCHECKED, side, 'the kept bytes differ '
-                                  "from the primary's file", case)
-    for suffix in ('.seeding', '.seeding.tmp'):
-        if os.path.exists(path + suffix):
-            summary.violation('side effects', side, '%s left behind'
-                              % os.path.basename(path + suffix), case)
-    if case.marker and os.path.exists(case.marker):
-        summary.violation('executions', side, 'a copied pickle was loaded: '
-                          '%s exists' % case.marker, case)
-    if seen and (seen[0][1] != seed.query(0, z64) or len(seen[0]) > 2 and
-                 seen[0][2] != seed.proof(seed.new_digest().digest())):
-        summary.violation('streams', side, 'a new replica sent %r' % (
-            seen[0][1:],), case)
-    if blob_dir:
-        check_blobs(summary, side, cs, case, blob_dir, kept)
-
-
-def check_blobs(summary, side, cs, case, blob_dir, kept):
-    """The blob files of the kept transactions, and no other."""
-    helper = FilesystemHelper(blob_dir)
-    expected = {helper.getBlobFilename(oid, tid): content
-                for t in cs.txns if t.end <= kept
-                for oid, tid, content in t.blobs}
-    found = set()
-    for directory, dirs, files in os.walk(blob_dir):
-        found.update(os.path.join(directory, name) for name in files
-                     if name != '.layout')
-    for name, content in expected.items():
-        try:
-            with open(name, 'rb') as f:
-                same = f.read() == content
-        except OSError:
-            same = False
-        if not same:
-            summary.violation(UNCHECKED, side, 'the blob file %s of a kept '
-                              'transaction is missing or differs'
-                              % os.path.relpath(name, blob_dir), case)
-    extra = sorted(os.path.relpath(n, blob_dir) for n in found - set(expected))
-    if extra:
-        summary.violation('side effects', side, 'blob files left behind: %s'
-                          % ', '.join(extra), case)
+    def check_blobs(self, case, blob_dir, kept):
+        """The blob files of the kept transactions, and no other."""
+        helper = FilesystemHelper(blob_dir)
+        expected = {helper.getBlobFilename(oid, tid): content
+                    for t in self.cs.txns if t.end <= kept
+                    for oid, tid, content in t.blobs}
+        found = {os.path.join(directory, name)
+                 for directory, _, files in os.walk(blob_dir)
+                 for name in files if name != '.layout'}
+        for name, content in expected.items():
+            try:
+                with open(name, 'rb') as f:
+                    same = f.read() == content
+            except OSError:
+                same = False
+            if not same:
+                self.violation(UNCHECKED, 'the blob file %s of a kept '
+                               'transaction is missing or differs'
+                               % os.path.relpath(name, blob_dir), case)
+        extra = sorted(os.path.relpath(n, blob_dir)
+                       for n in found - set(expected))
+        if extra:
+            self.violation('side effects', 'blob files left behind: %s'
+                           % ', '.join(extra), case)
 
 
-def section(path, blob_dir, address):
-    """What `copy_file` reads of a `<zrs>` section."""
-    return SimpleNamespace(
-        name='1', path=path, blob_dir=blob_dir, replicate_from=address,
-        section=SimpleNamespace(copy_file='new', copy_file_minimum=0,
-                                ssl=None))
-
-
-class CopyInProcessLane:
+class CopyInProcessLane(CopyLane):
     """`copy_file` of a new replica in this process, one case each."""
 
     side = 'copy-in-process'
 
-    def __init__(self, cases, directory, summary):
-        self.cases, self.cs = cases, cases.cs
-        self.directory, self.summary = directory, summary
-
     def run(self, count):
-        address = os.path.join(self.directory, 'primary.sock')
-        listener = socket.socket(socket.AF_UNIX)
-        listener.bind(address)
-        listener.listen(4)
-        primary = FakePrimary(listener)
-        try:
-            with captured_logs() as self.logs:
-                for number in range(count):
-                    primary.case = self.cases.case(number)
-                    self.run_case(primary, address)
-        finally:
-            primary.close()
+        with captured_logs() as self.logs:
+            super().run(count)
 
-    def run_case(self, primary, address):
-        summary, side, case = self.summary, self.side, primary.case
-        summary.add(side, 'cases')
+    def listen(self):
+        self.address = os.path.join(tempfile.mkdtemp(dir=self.directory),
+                                    'primary.sock')
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(self.address)
+        listener.listen(4)
+        return listener
+
+    def copy(self, case):
         work = tempfile.mkdtemp(dir=self.directory)
         path = os.path.join(work, 'Data.fs')
         blob_dir = os.path.join(work, 'blobs') if self.cs.blobs else None
-        del primary.seen[:]
         began = time.monotonic()
         try:
-            seeding.copy_file(section(path, blob_dir, address))
+            seeding.copy_file(SimpleNamespace(   # what it reads of <zrs>
+                name='1', path=path, blob_dir=blob_dir,
+                replicate_from=self.address, section=SimpleNamespace(
+                    copy_file='new', copy_file_minimum=0, ssl=None)))
         except Exception as exc:
-            summary.violation('daemon crashes', side, 'copy_file raised '
-                              '%s: %s' % (type(exc).__name__, exc), case)
+            self.violation('daemon crashes', 'copy_file raised %s: %s' % (
+                type(exc).__name__, exc), case)
         if time.monotonic() - began > HANG:
-            summary.violation('hangs', side, 'the copy took %.0f s' % (
+            self.violation('hangs', 'the copy took %.0f s' % (
                 time.monotonic() - began), case)
-        wait_until(lambda: primary.seen, HANG, 0.001, 'the fake primary')
-        check_copy(summary, side, self.cs, case, path, blob_dir, None,
-                   primary.seen)
+        wait_until(lambda: self.seen, HANG, 0.001, 'the fake primary')
+        self.check_copy(case, path, blob_dir, None)
         for record in self.logs:
             if record.levelno >= logging.ERROR or record.exc_info or (
                     case.expected == len(case.data)
                     and case.kind in ('valid', 'hostile-record')):
-                summary.violation('log', side, 'logged %s: %s%s' % (
+                self.violation('log', 'logged %s: %s%s' % (
                     record.levelname, record.getMessage()[:300],
                     ' (with a traceback)' if record.exc_info else ''), case)
-        summary.add(side, 'kept all' if case.expected == len(case.data)
-                    else 'kept part')
         del self.logs[:]
         shutil.rmtree(work, ignore_errors=True)
 
 
-class CopyProcessLane:
+class CopyProcessLane(CopyLane):
     """A real zrsd replica per case, copying from the fake primary, then
     replicating the rest with ZRS."""
 
-    side = 'copy'
+    side = name = 'copy'
 
-    def __init__(self, cases, directory, summary, verbose=False):
-        self.cases, self.cs = cases, cases.cs
-        self.directory, self.summary = directory, summary
-        self.verbose = verbose
+    def listen(self):
+        return socket.create_server(('127.0.0.1', 0))
 
-    def run(self, count):
-        listener = socket.create_server(('127.0.0.1', 0))
-        primary = FakePrimary(listener, self.cs.source)
-        try:
-            for number in range(count):
-                primary.case = self.cases.case(number)
-                self.run_case(primary, listener.getsockname()[1])
-        finally:
-            primary.close()
-
-    def run_case(self, primary, port):
-        summary, side, case, cs = self.summary, self.side, primary.case, \
-            self.cs
-        summary.add(side, 'cases')
-        del primary.seen[:], primary.zrs_tids[:]
+    def copy(self, case):
+        cs = self.cs
         node = ZrsdNode(os.path.join(self.directory, 'case-%d' % case.number),
-                        'replica', upstream=port, blobs=cs.blobs,
+                        'replica', blobs=cs.blobs,
+                        upstream=self.listener.getsockname()[1],
                         copy_file='new', register=started,
                         zrs_lines='  copy-file-minimum 0\n').launch()
         try:
-            wait_until(lambda: primary.zrs_tids or not node.running(), HANG,
+            wait_until(lambda: self.zrs_tids or not node.running(), HANG,
                        message='a ZRS handshake')
         except AssertionError:
-            summary.violation('hangs', side, 'no ZRS handshake within %s s'
-                              % HANG, case)
+            self.violation('hangs', 'no ZRS handshake within %s s' % HANG,
+                           case)
         if not node.running():
-            summary.violation('daemon crashes', side, 'the replica exited '
-                              'with %s; its log ends:\n%s' % (
-                                  node.process.popen.returncode,
-                                  node.log()[-3000:]), case)
+            self.violation('daemon crashes', 'the replica exited with %s; '
+                           'its log ends:\n%s' % (
+                               node.process.popen.returncode,
+                               node.log()[-3000:]), case)
             node.close()
-            return
+            return False
         tids = {tid: end for end, tid in cs.boundaries.items()}
         tids[z64] = 0 if case.highest < 4 else 4     # (ZRS cannot tell)
-        kept = tids.get(primary.zrs_tids[0]) if primary.zrs_tids else None
-        if primary.zrs_tids and kept is None:
-            summary.violation(UNCHECKED, side, 'ZRS from %s, not in the '
-                              'source' % primary.zrs_tids[0].hex(), case)
+        kept = tids.get(self.zrs_tids[0]) if self.zrs_tids else None
+        if self.zrs_tids and kept is None:
+            self.violation(UNCHECKED, 'ZRS from %s, not in the source'
+                           % self.zrs_tids[0].hex(), case)
         try:
-            node.wait_for_tid(cs.source.txns[-1].tid, HANG)
+            node.wait_for_tid(self.source.txns[-1].tid, HANG)
         except AssertionError as exc:
-            summary.violation('hangs', side, 'ZEO: %s' % exc, case)
+            self.violation('hangs', 'ZEO: %s' % exc, case)
         status = node.stop(HANG, expect=None)
         if status != 0:
-            summary.violation('daemon crashes', side, 'the replica exited '
-                              'with %s on SIGTERM' % status, case)
+            self.violation('daemon crashes', 'the replica exited with %s on '
+                           'SIGTERM' % status, case)
         if kept is not None:
-            check_copy(summary, side, cs, case, node.fs_path, None, kept,
-                       primary.seen)
+            self.check_copy(case, node.fs_path, None, kept)
         if not case.marker:
-            before = len(summary.violations)
-            check_file(summary, side, cs.source, node.fs_path, node.blob_dir,
-                       len(cs.source))
-            if len(summary.violations) > before:
-                summary.violation(UNCHECKED, side, 'after ZRS, the history '
-                                  'is not the source (above)', case)
+            if not self.check_file(node.fs_path, node.blob_dir,
+                                   len(self.source)):
+                self.violation(UNCHECKED, 'after ZRS, the history is not the'
+                               ' source (above)', case)
         else:
             with open(node.fs_path, 'rb') as f:
                 if f.read() != case.data:
-                    summary.violation(UNCHECKED, side, 'the file is not the '
-                                      "primary's", case)
-        log = node.log()
-        for line in log.splitlines():
+                    self.violation(UNCHECKED, "the file is not the primary's",
+                                   case)
+        for line in node.log().splitlines():
             if ' ERROR ' in line or ' CRITICAL ' in line or \
                     line.startswith('Traceback'):
-                summary.violation('log', side, line[:300], case)
-        if self.verbose or not summary.clean:
+                self.violation('log', line[:300], case)
+        if self.verbose or not self.summary.clean:
             print('[copy] %s: ZRS from %s' % (case.describe(), kept))
-        summary.add(side, 'kept all' if case.expected == len(case.data)
-                    else 'kept part')
-        if summary.clean:
+        if self.summary.clean:
             shutil.rmtree(node.directory, ignore_errors=True)

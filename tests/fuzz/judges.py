@@ -5,10 +5,13 @@ recorded in the `Summary` (counters, rejection reasons, violations)."""
 import collections
 import os
 import re
+import sys
 import threading
 import time
 
 from harness.history import transactions
+
+from .cases import WINDOW_NEED
 
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
 
@@ -33,15 +36,148 @@ REASON_FAMILIES = [(needle, family or needle) for needle, family in (
     ('is not in this storage', 'tid not in the history'),
     ('start tid of', 'tid not 8 bytes'))]
 
-# Expected WARNINGs: a corrupted record restored before its commit's
-# checksum rejects the stream may differ from its back pointer's data
-# (FileStorage says so; zrsd makes that a WARNING).
-ALLOWED_WARNINGS = ('cannot connect', 'commits without checksums',
-                    'back pointer of', 'Mismatch between data and backpointer')
-
 
 class LaneAbort(Exception):
     """A lane cannot go on (its daemon died or hung); already recorded."""
+
+
+class Lane:
+    """Runs `count` cases: `open()`, `run_case(number)` each, `close()`.
+    With `renew`, it starts afresh (`close`, `open`) whenever fewer than
+    `WINDOW_NEED` transactions of the `source` follow its `position`.  Its
+    judges record in `summary` under its `side`."""
+
+    renew = verbose = False
+
+    def add(self, key, n=1):
+        self.summary.add(self.side, key, n)
+
+    def violation(self, category, text, case=None):
+        self.summary.violation(category, self.side, text, case)
+
+    def abort(self, category, text, case=None):
+        """A violation that ends the lane: raise what this returns."""
+        self.violation(category, text, case)
+        return LaneAbort()
+
+    def say(self, text):
+        if self.verbose:
+            print('[%s] %s' % (self.name, text), file=sys.stderr, flush=True)
+
+    def run(self, count):
+        try:
+            self.open()
+            for number in range(count):
+                if self.renew and \
+                        len(self.source) - self.position < WINDOW_NEED:
+                    self.close()
+                    self.open()
+                self.add('cases')
+                self.run_case(number)
+        except LaneAbort:
+            pass
+        finally:
+            self.close()
+
+    def judge(self, case, error_text, line=None):
+        """One connection's outcome against the case's expectation:
+        `error_text` is the rejection reason (None: the stream just ended),
+        `line` the whole ERROR line (its length is checked)."""
+        if error_text is None:
+            self.add('closed')
+            if case.expect == 'reject':
+                self.violation('log', 'a must-reject case ended without an '
+                               'ERROR', case)
+            return
+        self.add('rejected')
+        self.summary.reason(self.side, error_text)
+        line = line or error_text
+        self.check_length(line, case)
+        if case.expect == 'close':
+            self.violation('log', 'ERROR for a stream that just ended: %s'
+                           % line[:500], case)
+        elif case.reason and case.reason not in error_text:
+            self.violation('log', 'ERROR does not name %r: %s' % (
+                case.reason, line[:500]), case)
+
+    def check_length(self, line, case=None, kind=''):
+        if len(line) > MAX_ERROR_LINE:
+            self.violation('log', '%sERROR line of %d characters: %s...' % (
+                kind, len(line), line[:300]), case)
+
+    def compare_history(self, case, first, got):
+        """`got` must be the transactions source.txns[first:...]."""
+        for number, (g, e) in enumerate(zip(got, self.source.txns[first:])):
+            if g != e:
+                self.violation(UNCHECKED, 'replica transaction %d: %s' % (
+                    first + number, 'tid %s where the source has %s' % (
+                        g[0].hex(), e[0].hex()) if g[0] != e[0] else
+                    'transaction %s differs from the source' % e[0].hex()),
+                    case)
+                return False
+        return True
+
+    def advance(self, case, tid, read):
+        """The replica, whose last transaction is now `tid`, must hold
+        exactly the transactions whose commit was intact: fewer lost a
+        valid one, more committed an unchecked one.  Its new transactions,
+        `read(first new tid)`, must be the source's; `position` moves."""
+        old, position = self.position, self.source.index.get(tid)
+        if position is None:
+            raise self.abort(UNCHECKED, "the replica's last transaction %s "
+                             'is not in the source' % tid.hex(), case)
+        expected = case.start + case.commits
+        if position != expected:
+            self.violation('lost valid transactions' if position < expected
+                           else UNCHECKED, 'at source index %d, expected %d'
+                           % (position, expected), case)
+        if position > old:
+            got = read(self.source.tid(old + 1))
+            if self.compare_history(case, old, got) and \
+                    len(got) != position - old:
+                self.violation(UNCHECKED, 'the file has %d new transactions,'
+                               ' the replica says %d' % (
+                                   len(got), position - old), case)
+            self.add('commits', position - old)
+        self.position = position
+
+    def check_leftovers(self, case):
+        """No hostile pickle ran (no marker file), no temporary blob file is
+        left behind; both are removed for the next case."""
+        markers, blob_dir = self.generator.markers, self.blob_dir
+        tmp = os.path.join(blob_dir or '', 'tmp')
+        for category, directory, names, text in (
+                ('executions', markers, os.listdir(markers),
+                 'a hostile pickle ran: %s exists'),
+                ('side effects', tmp, [
+                    n for n in os.listdir(tmp) if n.startswith('zrsd-')]
+                 if blob_dir and os.path.isdir(tmp) else [],
+                 'temporary blob files left behind: %s')):
+            if names:
+                self.violation(category, text % ', '.join(sorted(names)),
+                               case)
+            for name in names:
+                os.remove(os.path.join(directory, name))
+
+    def check_file(self, path, blob_dir, position):
+        """Reopen a replica's file: it must hold source.txns[:position]
+        exactly, blob files included.  Returns whether it does."""
+        got = transactions(path, blob_dir)
+        before = len(self.summary.violations)
+        if len(got) != position:
+            self.violation(UNCHECKED, '%s holds %d transactions, expected %d'
+                           % (path, len(got), position))
+        if not self.compare_history(None, 0, got):
+            return False
+        for txn, expected in zip(got, self.source.txns):
+            for r, e in zip(txn.records, expected.records):
+                if e.blob is not None and r.blob != e.blob:
+                    self.violation(UNCHECKED, 'blob of %s at %s differs from '
+                                   'the source (%s)' % (
+                                       r.oid.hex(), r.tid.hex(), 'unreadable'
+                                       if r.blob is None
+                                       else '%d bytes' % len(r.blob)))
+        return len(self.summary.violations) == before
 
 
 class Summary:
@@ -132,75 +268,6 @@ class Summary:
         return '\n'.join(lines)
 
 
-def judge(summary, side, case, error_text, line=None):
-    """Check one connection's outcome against the case's expectation:
-    `error_text` is the rejection reason (None: the stream just ended),
-    `line` the whole ERROR line (its length is checked)."""
-    if error_text is None:
-        summary.add(side, 'closed')
-        if case.expect == 'reject':
-            summary.violation('log', side, 'a must-reject case ended '
-                              'without an ERROR', case)
-        return
-    summary.add(side, 'rejected')
-    summary.reason(side, error_text)
-    line = line or error_text
-    check_length(summary, side, line, case)
-    if case.expect == 'close':
-        summary.violation('log', side, 'ERROR for a stream that just ended: '
-                          '%s' % line[:500], case)
-    elif case.reason and case.reason not in error_text:
-        summary.violation('log', side, 'ERROR does not name %r: %s'
-                          % (case.reason, line[:500]), case)
-
-
-def check_length(summary, side, line, case=None, kind=''):
-    if len(line) > MAX_ERROR_LINE:
-        summary.violation('log', side, '%sERROR line of %d characters: %s...'
-                          % (kind, len(line), line[:300]), case)
-
-
-def compare_history(summary, side, case, source, first, got):
-    """`got` must be the comparable transactions source.txns[first:...]."""
-    for number, (g, e) in enumerate(zip(got, source.txns[first:])):
-        if g != e:
-            summary.violation(UNCHECKED, side, 'replica transaction %d: %s'
-                              % (first + number, 'tid %s where the source '
-                                 'has %s' % (g[0].hex(), e[0].hex())
-                                 if g[0] != e[0] else 'transaction %s '
-                                 'differs from the source' % e[0].hex()),
-                              case)
-            return False
-    return True
-
-
-def advance(summary, side, case, source, old, tid, read):
-    """The replica, at source index `old` before the case and whose last
-    transaction is now `tid`, must hold exactly the transactions whose
-    commit was intact: fewer lost a valid one, more committed an unchecked
-    one.  Its new transactions, `read(first new tid)`, must be the
-    source's.  Returns its new position in the source."""
-    position = source.index.get(tid)
-    if position is None:
-        summary.violation(UNCHECKED, side, "the replica's last transaction "
-                          '%s is not in the source' % tid.hex(), case)
-        raise LaneAbort()
-    expected = case.start + case.commits
-    if position != expected:
-        summary.violation('lost valid transactions' if position < expected
-                          else UNCHECKED, side, 'at source index %d, '
-                          'expected %d' % (position, expected), case)
-    if position > old:
-        got = read(source.tid(old + 1))
-        if compare_history(summary, side, case, source, old, got) and \
-                len(got) != position - old:
-            summary.violation(UNCHECKED, side, 'the file has %d new '
-                              'transactions, the replica says %d' % (
-                                  len(got), position - old), case)
-        summary.add(side, 'commits', position - old)
-    return position
-
-
 _ZRSD_FILE = re.compile(r'File "([^"]*%szrsd%s[^"]*\.py)"' % (
     re.escape(os.sep), re.escape(os.sep)))
 
@@ -212,40 +279,3 @@ def traceback_from_protocol(lines):
     files = [m.group(1) for line in lines for m in _ZRSD_FILE.finditer(line)]
     return bool(files) and files[-1].endswith(
         os.path.join('zrsd', 'protocol.py'))
-
-
-def check_leftovers(summary, side, markers, blob_dir, case):
-    """No hostile pickle ran (no marker file), no temporary blob file is
-    left behind; both are removed for the next case."""
-    tmp = os.path.join(blob_dir or '', 'tmp')
-    for category, directory, names, text in (
-            ('executions', markers, os.listdir(markers),
-             'a hostile pickle ran: %s exists'),
-            ('side effects', tmp, [
-                n for n in os.listdir(tmp) if n.startswith('zrsd-')]
-             if blob_dir and os.path.isdir(tmp) else [],
-             'temporary blob files left behind: %s')):
-        if names:
-            summary.violation(category, side, text % ', '.join(
-                sorted(names)), case)
-        for name in names:
-            os.remove(os.path.join(directory, name))
-
-
-def check_file(summary, side, source, path, blob_dir, position):
-    """Reopen a replica's file: it must hold source.txns[:position] exactly,
-    blob files included."""
-    got = transactions(path, blob_dir)
-    if len(got) != position:
-        summary.violation(UNCHECKED, side, '%s holds %d transactions, '
-                          'expected %d' % (path, len(got), position))
-    if not compare_history(summary, side, None, source, 0, got):
-        return
-    for txn, expected in zip(got, source.txns):
-        for r, e in zip(txn.records, expected.records):
-            if e.blob is not None and r.blob != e.blob:
-                summary.violation(UNCHECKED, side, 'blob of %s at %s differs'
-                                  ' from the source (%s)' % (
-                                      r.oid.hex(), r.tid.hex(), 'unreadable'
-                                      if r.blob is None
-                                      else '%d bytes' % len(r.blob)))

@@ -1,13 +1,19 @@
-"""The zrsd processes of a run and their logs: the harness's replica config
-made for the fuzzer, a registry so that an interrupted run leaves no daemon
-behind, `LogTail` (a log file read as it grows) and `stop` (the end of a
-process, judged)."""
+"""The zrsd processes of a run and their logs: `Replica` (the harness's
+node made for the fuzzer), a registry so that an interrupted run leaves no
+daemon behind, `LogTail` (a log file read as it grows), `stop` (the end of
+a process, judged), `read_frames`, `read_from`, `captured_logs`."""
 import collections
-import os
+import contextlib
+import logging
 import re
+import struct
+import time
 
-from harness import zrsd_nodes
-from harness.process import BIN, Process
+import ZODB.FileStorage
+
+from harness.history import copy_transaction
+from harness.process import read_text
+from harness.zrsd_nodes import ZrsdNode
 
 IO_TIMEOUT = 60.0                   # seconds before a peer counts as hung
 
@@ -32,35 +38,69 @@ def close_all():
     del _STARTED[:]
 
 
-def start_replica(directory, zeo_port, primary_port, blob_dir=None):
-    """Start a zrsd replica of `primary_port` on `directory/replica.fs`
-    (logging to `directory/replica.log`).  Unlike the harness's: no
-    keep-alives, ZEO served before the first transaction, always a
+class Replica(ZrsdNode):
+    """A zrsd replica of port `upstream`, registered, as the fuzzer needs
+    it: no keep-alives, ZEO served before the first transaction, always a
     reconnection after 0.1 s (a case per connection: a growing back-off
     would slow every case down), and logging at DEBUG (zrsd logs a
     repeated apply failure at DEBUG; the judges look)."""
-    text = zrsd_nodes.config_text(
-        zeo_port, os.path.join(directory, 'replica.fs'),
-        replicate_from=primary_port, blob_dir=blob_dir, log_level='DEBUG',
-        zrs_lines='  keep-alive-delay 0\n', zeo_lines='  serve-empty true\n')
-    old = '  max-reconnect-delay 1\n'
-    assert text.count(old) == 1, text
-    config = os.path.join(directory, 'replica.conf')
-    with open(config, 'w') as f:
-        f.write(text.replace(old, '  max-reconnect-delay 0.1\n'))
-    return started(Process([os.path.join(BIN, 'zrsd'), '-C', config],
-                           os.path.join(directory, 'replica.log')))
+
+    log_level, zrs_lines = 'DEBUG', '  keep-alive-delay 0\n'
+    zeo_lines = '  serve-empty true\n'
+
+    def __init__(self, directory, upstream, blobs=False):
+        super().__init__(directory, 'replica', upstream, blobs=blobs,
+                         register=started)
+
+    def write_config(self):
+        text, old = read_text(super().write_config()), \
+            '  max-reconnect-delay 1\n'
+        assert text.count(old) == 1, text
+        with open(self.config_path, 'w') as f:
+            f.write(text.replace(old, '  max-reconnect-delay 0.1\n'))
+        return self.config_path
 
 
-def stop(summary, side, name, process):
+def read_frames(sock, count, timeout=IO_TIMEOUT):
+    """Up to `count` frames from `sock`: fewer at EOF, on an error or
+    after `timeout` seconds."""
+    data, frames, deadline = b'', [], time.monotonic() + timeout
+    while True:
+        while len(frames) < count and len(data) >= 4 and len(data) >= 4 + (
+                size := struct.unpack('>I', data[:4])[0]):
+            frames.append(data[4:4 + size])
+            data = data[4 + size:]
+        if len(frames) == count or time.monotonic() >= deadline:
+            return frames
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except OSError:     # a timeout too
+            return frames
+        if not chunk:
+            return frames
+        data += chunk
+
+
+def read_from(path, start):
+    """The transactions of the FileStorage at `path` from tid `start`, as
+    `Txn`s (the file of a live process: no lock, no index)."""
+    iterator = ZODB.FileStorage.FileIterator(path, start)
+    try:
+        return [copy_transaction(t) for t in iterator]
+    finally:
+        iterator.close()
+
+
+def stop(lane, name, process):
     """SIGTERM `process` if it runs (it must exit with status 0); returns
     the status, None if it had exited."""
     alive = process.popen.poll() is None
     status = process.stop(IO_TIMEOUT) if alive else None
     process.close()
     if alive and status != 0:
-        summary.violation('daemon crashes', side, 'the %s exited with '
-                          'status %s on SIGTERM' % (name, status))
+        lane.violation('daemon crashes', 'the %s exited with status %s on '
+                       'SIGTERM' % (name, status))
     return status
 
 
@@ -115,13 +155,30 @@ class LogTail:
                 self.connected.append(len(self.records) - 1)
         return self.records
 
-    def scan(self, summary, side, ok, text):
+    def scan(self, lane, ok, text):
         """CRITICAL lines are crashes; an ERROR line that is not `ok(index,
         record)` is a violation described by `text`."""
         for index, record in enumerate(self.poll()):
             if record.level == 'CRITICAL':
-                summary.violation('daemon crashes', side, 'CRITICAL: %s'
-                                  % record.line[:500])
+                lane.violation('daemon crashes', 'CRITICAL: %s'
+                               % record.line[:500])
             elif record.is_error and not ok(index, record):
-                summary.violation('log', side, '%s: %s' % (
-                    text, record.line[:500]))
+                lane.violation('log', '%s: %s' % (text, record.line[:500]))
+
+
+@contextlib.contextmanager
+def captured_logs():
+    """This process's WARNING+ log records (zrsd's and ZODB's), as the
+    daemon's log file would have them: a list, emptied after each case."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(min(level or logging.WARNING, logging.WARNING))
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -1,13 +1,13 @@
 """The source histories a fake primary replays: small real FileStorages,
 built with a fake clock (so they are the same on every run) and read back
 with the frames a primary sends for each transaction."""
+import contextlib
 import datetime
 import itertools
 import os
 import random
 from unittest import mock
 
-import transaction
 import ZODB
 import ZODB.blob
 import ZODB.FileStorage
@@ -15,14 +15,16 @@ from persistent.mapping import PersistentMapping
 from ZODB.utils import z64
 
 from harness.history import transactions
+from harness.zrsd_nodes import opened
 from zrsd.protocol import BLOB_BLOCK_SIZE as BLOCK
 
 
 class Source:
-    """A built source history: `txns`, and the index of each tid."""
+    """A built source history: its file `path`, `txns`, and the index of
+    each tid."""
 
-    def __init__(self, blob_dir, txns):
-        self.blob_dir, self.txns = blob_dir, txns
+    def __init__(self, path, blob_dir, txns):
+        self.path, self.blob_dir, self.txns = path, blob_dir, txns
         self.index = {tid: n for n, tid in enumerate(
             [z64] + [txn.tid for txn in txns])}
 
@@ -51,12 +53,8 @@ def build_source(directory, name, ntxns, blobs=False):
     # A fake clock: 1.5 s more per call from 2020-01-01.
     clock = itertools.count(1577836801.5, 1.5)
     with mock.patch('time.time', lambda: next(clock)):
-        storage = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir)
-        db = ZODB.DB(storage)
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        try:
-            root = conn.root()
+        db = ZODB.DB(ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir))
+        with contextlib.closing(db), opened(db) as (tm, root):
             objects, blob_objects = [], []
             created = None   # the list that got an object last transaction
             for step in range(max(1, ntxns - 1)):
@@ -94,9 +92,7 @@ def build_source(directory, name, ntxns, blobs=False):
                         obj['version'] += 1
                 elif op == 'blob-new':
                     size = BLOB_SIZES[len(blob_objects) % len(BLOB_SIZES)]
-                    blob = ZODB.blob.Blob()
-                    with blob.open('w') as f:
-                        f.write(rng.randbytes(size))
+                    blob = ZODB.blob.Blob(rng.randbytes(size))
                     root['b%d' % len(blob_objects)] = blob
                     blob_objects.append(blob)
                     created = blob_objects
@@ -106,11 +102,7 @@ def build_source(directory, name, ntxns, blobs=False):
                     with blob.open('w') as f:
                         f.write(rng.randbytes(rng.choice(BLOB_SIZES)))
                 tm.commit()
-        finally:
-            tm.abort()
-            conn.close()
-            db.close()
-    return Source(blob_dir, transactions(path, blob_dir))
+    return Source(path, blob_dir, transactions(path, blob_dir))
 
 
 def source_size(cases_per_lane):

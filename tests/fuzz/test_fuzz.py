@@ -1,9 +1,6 @@
-"""Runs of the protocol fuzzer (this package; see its docstring).
-
-Each run must come out clean.  The short runs are part of ``make test``;
-the long one, ``pytest -m long``, is what ``scripts/fuzz.py --cases 1000``
-runs.
-"""
+"""Runs of the protocol fuzzer (this package; see its docstring): each
+must come out clean.  The short runs are part of ``make test``; the long
+ones (``pytest -m long``) are ``scripts/fuzz.py``'s."""
 import random
 from types import SimpleNamespace
 
@@ -13,8 +10,8 @@ from fuzz import run as fuzzer
 from fuzz.copy_cases import CopyCases, CopySource
 from fuzz.copy_side import CopyInProcessLane
 from fuzz.source import build_source
-from harness.zrsd_nodes import (ZrsdNode, blob_db, blob_files, commit_blobs,
-                                undo_last)
+from harness.process import stop_all
+from harness.zrsd_nodes import blob_db, blob_files, commit_blobs, undo_last
 from zrsd import seedprotocol as seed
 
 SEED = '20240611'
@@ -79,13 +76,12 @@ def test_copy_side_blobs(tmp_path):
         copy_in_process_cases=100, copy_lanes=('blobs',))
 
 
-def test_copy_undone_blob_change(tmp_path, processes):
+def test_copy_undone_blob_change(tmp_path, node):
     """An undo of a blob change is a record with a back pointer and a blob
     file: the replica copies both (the fuzz source has such undos; a
     scanner that listed only records with data refused the blob file and
     kept the transaction without it)."""
-    primary = ZrsdNode(tmp_path, 'primary', blobs=True,
-                       register=processes).start()
+    primary = node('primary', blobs=True).start()
     db = blob_db(primary, tmp_path / 'cache')
     try:
         commit_blobs(db, {'b': b'first'}, 'one')
@@ -93,12 +89,10 @@ def test_copy_undone_blob_change(tmp_path, processes):
         last = undo_last(db)
     finally:
         db.close()
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       blobs=True, copy_file='new', register=processes,
-                       zrs_lines='  copy-file-minimum 0\n').start()
-    replica.wait_for_tid(last)
-    replica.stop()
-    primary.stop()
+    replica = node('replica', upstream=primary.repl_port, blobs=True,
+                   copy_file='new', zrs_lines='  copy-file-minimum 0\n')
+    replica.start().wait_for_tid(last)
+    stop_all(replica, primary)
     assert blob_files(replica.blob_dir) == blob_files(primary.blob_dir)
     assert 'replicating the rest with ZRS' not in replica.log()
 
@@ -109,8 +103,7 @@ def test_copy_refused_blob_keeps_no_transaction(tmp_path):
     transaction before checking its blob files, and kept it without its
     blob file); no blob file stays in the blob directory's tmp/."""
     source = build_source(str(tmp_path), 'bug', 12, blobs=True)
-    cases = CopyCases(CopySource(source, str(tmp_path / 'bug.fs')), 'bug',
-                      SEED, str(tmp_path))
+    cases = CopyCases(CopySource(source), 'bug', SEED, str(tmp_path))
     valid = cases.cs.frames(random.Random(1))
     frames = [p for p, _ in valid]
     first = next(i for i, p in enumerate(frames) if p[:1] == b'B')
@@ -119,9 +112,8 @@ def test_copy_refused_blob_keeps_no_transaction(tmp_path):
     case = cases.make(0, 'blob-oid', valid, frames, cases.cs.data)
     assert case.expected == cases.cs.start(valid[first][1])
     summary = fuzzer.Summary(str(tmp_path), SEED, 1)
-    lane = CopyInProcessLane(cases, str(tmp_path), summary)
-    lane.cases = SimpleNamespace(case=lambda number: case)
-    lane.run(1)
+    CopyInProcessLane(SimpleNamespace(cs=cases.cs, case=lambda n: case),
+                      str(tmp_path), summary).run(1)
     assert summary.clean, summary.report()
 
 
