@@ -353,3 +353,25 @@ def test_closing_a_primary_aborts_a_commit_in_progress(tmp_path):
     assert list(blob_dir.rglob('*.blob')) == []
     with closing(ZODB.FileStorage.FileStorage(path, read_only=True)) as fs:
         assert fs.lastTransaction() == z64
+
+
+def test_last_invalidations_are_filestorages_read_from_headers(
+        tmp_path, zczrs_populated):
+    """ZEO's queue at start: the same as FileStorage's own, undos (back
+    pointers) and a packed file included, up to what is published."""
+    path = str(tmp_path / 'Data.fs')
+    with open(zczrs_populated.fs_path, 'rb') as source, \
+            open(path, 'wb') as target:
+        target.write(source.read())
+
+    def same(storage, fs):
+        for count in (0, 1, 250, 10 ** 6):
+            assert storage.lastInvalidations(count) == [
+                (tid, list(oids)) for tid, oids in fs.lastInvalidations(count)]
+
+    with closing(PrimaryStorage(ZODB.FileStorage.FileStorage(path))) as st:
+        same(st, st.file_storage)
+        st.file_storage.pack(time.time(), referencesf)
+        same(st, st.file_storage)
+    with closing(ReplicaStorage(ZODB.FileStorage.FileStorage(path))) as st:
+        same(st, st.file_storage)

@@ -19,6 +19,7 @@ Both are used from the streamer threads (`zrsd.primary.streamer`); a
 import bisect
 import collections
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -38,6 +39,36 @@ SLICE = 1 << 20             # a bigger record is read and sent in slices
 
 _TRANS = struct.Struct(TRANS_HDR)
 _DATA = struct.Struct(DATA_HDR)
+
+
+def recent_invalidations(path, end, count):
+    """What FileStorage's `lastInvalidations(count)` returns, for the file
+    at `path` committed up to `end`: [(tid, [oid, ...])] of the last `count`
+    transactions (undone ones left out), oldest first.  It reads only the
+    headers, where FileStorage reads every record's data: ZEO asks for it
+    when it starts serving, with `invalidation-queue-size` transactions.
+    """
+    if end <= 4 or count <= 0:
+        return []
+    with open(path, 'rb') as f, \
+            mmap.mmap(f.fileno(), end, access=mmap.ACCESS_READ) as view:
+        starts, pos = [], end
+        while len(starts) < count and pos > 4:
+            pos -= 8 + u64(view[pos - 8:pos])
+            starts.append(pos)
+        recent = []
+        for pos in reversed(starts):
+            header = TxnHeader(pos, view[pos:pos + TRANS_HDR_LEN])
+            if header.status == 'u':
+                continue
+            oids, at = [], pos + header.header_length
+            while at < pos + header.tlen:
+                oid, _, _, _, vlen, plen = _DATA.unpack_from(view, at)
+                oids.append(oid)
+                at += DATA_HDR_LEN + (vlen + 16 if vlen else 0) + (
+                    plen or 8)
+            recent.append((header.tid, oids))
+        return recent
 
 
 class HistoryMismatch(Exception):

@@ -22,6 +22,7 @@ from ZODB.utils import z64
 
 from zrsd import disk, internals
 from zrsd.internals import last_committed_tid
+from zrsd.primary.history import recent_invalidations
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,15 @@ def sync_pack_switch(fs):
     fsync their directory."""
     disk.fsync_path(os.path.dirname(os.path.abspath(
         internals.file_name(fs))), 'syncing the directory of a pack')
+
+
+def last_invalidations(storage, count):
+    """`lastInvalidations` of a primary's or a replica's storage (ZEO's
+    invalidation queue when it starts serving), up to what it committed
+    (published), reading only the headers (`recent_invalidations`)."""
+    _, end = storage.committed_file()
+    return recent_invalidations(
+        internals.file_name(storage.file_storage), end, count)
 
 
 def run_close_hook(storage):
@@ -175,6 +185,8 @@ class PrimaryStorage:
 
     def __getattr__(self, name):
         return getattr(self._fs, name)
+
+    lastInvalidations = last_invalidations
 
     def __len__(self):
         return len(self._fs)

@@ -45,7 +45,8 @@ from ZODB.utils import p64, u64, z64
 
 from zrsd import disk, internals
 from zrsd.internals import last_committed_tid
-from zrsd.primary.storage import (CommitNotifier, make_packs_durable,
+from zrsd.primary.storage import (CommitNotifier, last_invalidations,
+                                  make_packs_durable,
                                   recover_last_transaction, run_close_hook,
                                   sync_pack_switch)
 
@@ -56,7 +57,7 @@ logger = logging.getLogger(__name__)
 # published).
 _READ_METHODS = (
     'getName', 'getSize', 'sortKey', 'loadSerial', 'history', 'iterator',
-    'record_iternext', 'getTid', 'lastInvalidations', 'undoLog', 'undoInfo',
+    'record_iternext', 'getTid', 'undoLog', 'undoInfo',
     'supportsUndo',
 )
 _BLOB_READ_METHODS = ('loadBlob', 'openCommittedBlobFile',
@@ -212,6 +213,8 @@ class ReplicaStorage:
         with internals.storage_lock(self._fs):
             file, end = internals.committed_file(self._fs)
             return file, self.writer.published_end(end)
+
+    lastInvalidations = last_invalidations   # up to what is published
 
     def __len__(self):
         return len(self._fs)
