@@ -18,8 +18,7 @@ from harness.zrsd_nodes import MB, ZrsdNode, opened
 
 @pytest.fixture(scope='module')
 def populated(tmp_path_factory, module_processes):
-    """1500 transactions (undos, undone creations, extension data)
-    committed to a zrsd primary, once per module."""
+    """1500 varied transactions committed to a zrsd primary."""
     node = ZrsdNode(tmp_path_factory.mktemp('chain-populated'), 'primary',
                     register=module_processes)
     result = zczrs.populate(node.start().zeo_address, transactions=1500)
@@ -29,16 +28,14 @@ def populated(tmp_path_factory, module_processes):
 
 
 def chain(node, upstream_port):
-    """The middle and end nodes, started: a replica of `upstream_port`
-    serving ZRS, and a cascade replica of it."""
+    """Started: a cascade of `upstream_port` (middle), a cascade of it."""
     middle = node('replica', upstream=upstream_port, serve=True).start()
     return middle, node('cascade', upstream=middle.repl_port,
                         serve=True).start()
 
 
 def held_half_way(node, gate):
-    """The middle and end nodes, started behind `gate` (which holds after
-    half the primary's stream), and the middle's link once held."""
+    """`chain` behind `gate`, and the middle's link once `gate` held it."""
     middle, end = chain(node, gate.port)
     link = gate.wait_for_link(0)
     wait_until(lambda: middle.check_alive() and link.held.is_set(),
@@ -55,8 +52,8 @@ def pack(node):
 
 
 def test_chain_pack_mid_stream(populated, node):
-    """The primary packs while the middle replica is held half-way; the same
-    link crosses the pack, the chain end sees new commits, all agree."""
+    """The primary packs while the middle is held half-way: one link
+    crosses the pack, the end sees new commits, all agree."""
     primary = populated.copy_to(node('primary')).start()
     with closing(ChaosProxy(primary.repl_port,
                             hold_after=populated.fs_size // 2)) as gate:
@@ -100,15 +97,14 @@ def test_chain_pack_mid_stream(populated, node):
 
 
 def test_fresh_chain_after_pack(populated, node):
-    """Replicas started empty after the primary packed end identical to
-    it, transaction by transaction (status 'p' included)."""
+    """Replicas started after a pack end identical (status 'p' too)."""
     primary = populated.copy_to(node('primary')).start()
     pack_time = pack(primary)
     more = zczrs.populate(primary.zeo_address, transactions=100, seed=11,
                           undo_every=50)
     middle, end = chain(node, primary.repl_port)
-    for each in (middle, end):
-        each.wait_for_tid(more.last_tid)
+    middle.wait_for_tid(more.last_tid)
+    end.wait_for_tid(more.last_tid)
     stop_all(end, middle, primary)
     history = transactions(primary.fs_path)
     assert any(t[1] == 'p' for t in history
@@ -122,7 +118,7 @@ def test_fresh_chain_after_pack(populated, node):
 @pytest.mark.parametrize('pack_while_down', [False, True],
                          ids=['plain', 'pack-while-down'])
 def test_replica_restart_mid_stream(populated, node, pack_while_down):
-    """The middle replica stopped half-way (and the primary packed) resumes
+    """The middle stopped half-way (the primary packing or not) resumes
     after its last transaction; the end reconnects; all agree."""
     primary = populated.copy_to(node('primary')).start()
     with closing(ChaosProxy(primary.repl_port,
@@ -153,8 +149,7 @@ def test_replica_restart_mid_stream(populated, node, pack_while_down):
 
 
 def test_fresh_replica_catch_up_rate(populated, node):
-    """A fresh replica catches up with the populated primary; prints the
-    rate from its start to a ZEO client seeing the last tid."""
+    """A fresh replica catches up with the primary; the rate printed."""
     primary = populated.copy_to(node('primary')).start()
     replica = node('replica', upstream=primary.repl_port)
     started = time.monotonic()
