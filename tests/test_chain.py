@@ -1,7 +1,7 @@
 """A chain of zrsd processes, primary -> replica -> cascade replica, the
 first link gated where a replica must stop half-way through catch-up."""
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import pytest
 from ZODB.serialize import referencesf
@@ -34,13 +34,18 @@ def chain(node, upstream_port):
                         serve=True).start()
 
 
-def held_half_way(node, gate):
-    """`chain` behind `gate`, and the middle's link once `gate` held it."""
-    middle, end = chain(node, gate.port)
-    link = gate.wait_for_link(0)
-    wait_until(lambda: middle.check_alive() and link.held.is_set(),
-               message='the replica to receive half of the stream')
-    return middle, end, link
+@contextmanager
+def held_half_way(populated, node):
+    """A primary on `populated`, a gate holding its stream after half, the
+    `chain` behind it: (primary, gate, middle, end, the middle's link)."""
+    primary = populated.copy_to(node('primary')).start()
+    with closing(ChaosProxy(primary.repl_port,
+                            hold_after=populated.fs_size // 2)) as gate:
+        middle, end = chain(node, gate.port)
+        link = gate.wait_for_link(0)
+        wait_until(lambda: middle.check_alive() and link.held.is_set(),
+                   message='the replica to receive half of the stream')
+        yield primary, gate, middle, end, link
 
 
 def pack(node):
@@ -54,10 +59,8 @@ def pack(node):
 def test_chain_pack_mid_stream(populated, node):
     """The primary packs while the middle is held half-way: one link
     crosses the pack, the end sees new commits, all agree."""
-    primary = populated.copy_to(node('primary')).start()
-    with closing(ChaosProxy(primary.repl_port,
-                            hold_after=populated.fs_size // 2)) as gate:
-        middle, end, link = held_half_way(node, gate)
+    with held_half_way(populated, node) as (primary, gate, middle, end,
+                                            link):
         assert link.handshake() == (b'zrs2.0', z64)
         partial = middle.last_tid()
         assert z64 < partial < populated.last_tid
@@ -120,10 +123,7 @@ def test_fresh_chain_after_pack(populated, node):
 def test_replica_restart_mid_stream(populated, node, pack_while_down):
     """The middle stopped half-way (the primary packing or not) resumes
     after its last transaction; the end reconnects; all agree."""
-    primary = populated.copy_to(node('primary')).start()
-    with closing(ChaosProxy(primary.repl_port,
-                            hold_after=populated.fs_size // 2)) as gate:
-        middle, end, _ = held_half_way(node, gate)
+    with held_half_way(populated, node) as (primary, gate, middle, end, _):
         middle.stop()   # perhaps still applying what the gate let through
         committed = transactions(middle.fs_path)
         assert committed == populated.history[:len(committed)]

@@ -109,10 +109,10 @@ def test_plain_and_certificateless_clients_are_refused(pki, tls_primary):
         with pytest.raises((ssl.SSLError, ConnectionResetError,
                             BrokenPipeError)):
             with context.wrap_socket(
-                    raw, server_hostname='127.0.0.1') as tls:
-                tls.sendall(b'\0\0\0\x06zrs2.0')
-                tls.settimeout(30)
-                if tls.recv(100) == b'':
+                    raw, server_hostname='127.0.0.1') as secure:
+                secure.sendall(b'\0\0\0\x06zrs2.0')
+                secure.settimeout(30)
+                if secure.recv(100) == b'':
                     raise ConnectionResetError('closed')
     wait_until(lambda: primary.log().count(REFUSED) >= 2,
                message='the second refusal logged')

@@ -43,7 +43,6 @@ CLOSE = object()  # script item: close the connection right there
 
 class Stream:
     """The frames a primary sends on a connection from `start_tid`.
-
     `frames`: `(kind, payload)`; kind is a message type ('T', 'C'...),
     'data', 'block', 'raw' (unframed, not checksummed) or 'close'.
     `commit()` sends the md5 of the framed payloads; `starts`, `size`:
@@ -51,13 +50,10 @@ class Stream:
     """
 
     def __init__(self, start_tid=z64, legacy=False):
-        self.start_tid = start_tid
-        self.legacy = legacy
+        self.start_tid, self.legacy = start_tid, legacy
         self.md5 = hashlib.md5(start_tid)
-        self.frames = []
-        self.starts = []
-        self.size = 0
-        self._taken = 0
+        self.frames, self.starts = [], []   # (kind, payload), wire offset
+        self.size = self._taken = 0
 
     def payload(self, data, kind='data', checksum=True):
         data = bytes(data)
