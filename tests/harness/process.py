@@ -82,10 +82,6 @@ class Process:
         self.popen = subprocess.Popen(args, stdout=self._log, env=env,
                                       stderr=subprocess.STDOUT, cwd=cwd)
 
-    @property
-    def pid(self):
-        return self.popen.pid
-
     def log(self):
         return read_text(self.log_path)
 
@@ -169,7 +165,7 @@ class Node:
 
     @property
     def pid(self):
-        return self.process.pid
+        return self.process.popen.pid
 
     @property
     def log_path(self):

@@ -42,10 +42,9 @@ def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
     `sections` before the `<eventlog>`, `header` first."""
     links = ''
     if replicate_from is not None:
-        links += ('  replicate-from 127.0.0.1:%d\n'
-                  '  reconnect-delay 0.1\n'
-                  '  max-reconnect-delay 1\n'
-                  '  copy-file %s\n' % (replicate_from, copy_file))
+        links += ('  replicate-from 127.0.0.1:%d\n  reconnect-delay 0.1\n'
+                  '  max-reconnect-delay 1\n  copy-file %s\n' % (
+                      replicate_from, copy_file))
     if replicate_to:
         links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
     return CONFIG % dict(
@@ -225,9 +224,8 @@ class Writer:
         item['count'] = count
         if self.blob_cache and count % 5 == 0:
             # Up to 70 KB: some cross the 64 KiB block boundary.
-            blob_key = 'blob-%d' % (count % 3)
-            data = self._random.randbytes(self._random.randint(0, 70000))
-            _set_blob(items, blob_key, data)
+            _set_blob(items, 'blob-%d' % (count % 3), self._random.randbytes(
+                self._random.randint(0, 70000)))
         tm.get().note('writer %s: %d' % (self.name, count))
         tm.commit()
         self.tids.append(item._p_serial)
