@@ -111,8 +111,8 @@ def test_no_notify_socket_is_fine(node):
     assert 'cannot notify systemd' not in proc.log()
 
 
-# WATCHDOG_USEC, WATCHDOG_PID (None: unset), the interval: half the
-# timeout, or None (the PID + 1 case: another process's variables).
+# (WATCHDOG_USEC, WATCHDOG_PID), those set; the interval: half the timeout,
+# or None (PID + 1: another process's, inherited from the service).
 @pytest.mark.parametrize('environ, interval', [
     (dict(zip(('WATCHDOG_USEC', 'WATCHDOG_PID'), usec_pid)), interval)
     for usec_pid, interval in [
