@@ -1,8 +1,6 @@
-"""Shared fixtures: one populated zc.zrs primary history per session, a
-running copy of it per test (`zczrs_primary`), `processes`, which closes
-(and, when a test failed, shows the logs of) registered processes, and
-`node`, which makes zrsd nodes registered there.
-"""
+"""Shared fixtures: a populated zc.zrs primary history per session and a
+running copy per test, `processes` (closed, logs shown on failure) and
+`node` (zrsd nodes registered there)."""
 import pytest
 
 from harness import zczrs

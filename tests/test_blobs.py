@@ -7,7 +7,6 @@ import shutil
 import time
 from contextlib import closing
 
-import ZEO
 from ZODB.blob import Blob
 
 from harness.history import assert_same_history
@@ -25,8 +24,7 @@ def content(size, seed):
 
 
 def blob_nodes(node):
-    """A started primary holding a root object and its started replica,
-    both with a blob-dir."""
+    """A started primary with a root object and its replica, with blobs."""
     primary = node('primary', blobs=True).start()
     primary.commit('created', True)
     return primary, node('replica', blobs=True,
@@ -47,7 +45,7 @@ def blob_revisions(db, names):
 
 
 def stop_and_compare(primary, replica):
-    """Stop both; same blob files and same history; the primary's files."""
+    """Stop both, compare blob files and history; the primary's files."""
     stop_all(replica, primary)
     files = blob_files(primary.blob_dir)
     assert blob_files(replica.blob_dir) == files
@@ -56,8 +54,8 @@ def stop_and_compare(primary, replica):
 
 
 def test_blob_replication(tmp_path, node):
-    """Blobs around the 64 KiB blocks, changed and undone, replicate; every
-    revision reads the same from the replica (private cache, shared dir)."""
+    """Blobs around the 64 KiB blocks, changed and undone: every revision
+    reads the same from the replica (private cache and shared dir)."""
     primary, replica = blob_nodes(node)
     names = ['b%d' % size for size in SIZES]
     expected = {'b%d' % size: content(size, size) for size in SIZES}
@@ -75,8 +73,8 @@ def test_blob_replication(tmp_path, node):
     assert 'connected (zrs2.1)' in replica.log()
     for shared, blob_dir in ((False, str(tmp_path / 'cache-r')),
                              (True, replica.blob_dir)):
-        with closing(ZEO.DB(replica.zeo_address, read_only=True,
-                            blob_dir=blob_dir, shared_blob_dir=shared)) as db:
+        with closing(replica.db(read_only=True, blob_dir=blob_dir,
+                                shared_blob_dir=shared)) as db:
             assert current_blobs(db, names) == expected, shared
             assert blob_revisions(db, names) == revisions, shared
     files = stop_and_compare(primary, replica)
@@ -85,8 +83,7 @@ def test_blob_replication(tmp_path, node):
 
 
 def test_big_blob(tmp_path, node):
-    """A 200 MB blob, streamed in 1 MB chunks, replicates intact (sha256);
-    the replica's peak RSS is printed; the big files are removed."""
+    """A 200 MB blob replicates intact (sha256); RSS printed."""
     try:
         primary, replica = blob_nodes(node)
         replica.wait_for_tid(primary.last_tid())
@@ -110,8 +107,8 @@ def test_big_blob(tmp_path, node):
                     tid = db.lastTransaction()
                     replica.wait_for_tid(tid, timeout=300)
                     replicated = time.monotonic()
-        with closing(ZEO.DB(replica.zeo_address, read_only=True, blob_dir=(
-                replica.blob_dir), shared_blob_dir=True)) as db:
+        with closing(replica.db(read_only=True, blob_dir=replica.blob_dir,
+                                shared_blob_dir=True)) as db:
             replica_blob = db.storage.loadBlob(blob._p_oid, tid)
             assert os.path.getsize(replica_blob) == BIG_BLOB_SIZE
             assert sha256_file(replica_blob) == digest.hexdigest()
@@ -121,10 +118,7 @@ def test_big_blob(tmp_path, node):
               ' MB' % (BIG_BLOB_SIZE / MB, replicated - committed,
                        rss_before / MB, replica_memory.peak_rss / MB,
                        primary_memory.peak_rss / MB))
-    finally:
-        for path in (tmp_path / 'primary', tmp_path / 'replica'):
-            for name in os.listdir(path):
-                target = path / name
-                if not name.endswith('.log'):
-                    (shutil.rmtree if target.is_dir() else os.remove)(target)
-        shutil.rmtree(tmp_path / 'cache', ignore_errors=True)
+    finally:    # the big files, not the logs
+        for path in tmp_path.glob('*/*'):
+            if path.suffix != '.log':
+                (shutil.rmtree if path.is_dir() else os.remove)(path)

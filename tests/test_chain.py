@@ -1,7 +1,7 @@
 """A chain of zrsd processes, primary -> replica -> cascade replica, the
 first link gated where a replica must stop half-way through catch-up."""
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import pytest
 from ZODB.serialize import referencesf
@@ -18,8 +18,7 @@ from harness.zrsd_nodes import MB, ZrsdNode, opened
 
 @pytest.fixture(scope='module')
 def populated(tmp_path_factory, module_processes):
-    """1500 transactions (undos, undone creations, extension data)
-    committed to a zrsd primary, once per module."""
+    """1500 varied transactions committed to a zrsd primary."""
     node = ZrsdNode(tmp_path_factory.mktemp('chain-populated'), 'primary',
                     register=module_processes)
     result = zczrs.populate(node.start().zeo_address, transactions=1500)
@@ -29,21 +28,24 @@ def populated(tmp_path_factory, module_processes):
 
 
 def chain(node, upstream_port):
-    """The middle and end nodes, started: a replica of `upstream_port`
-    serving ZRS, and a cascade replica of it."""
+    """Started: a cascade of `upstream_port` (middle), a cascade of it."""
     middle = node('replica', upstream=upstream_port, serve=True).start()
     return middle, node('cascade', upstream=middle.repl_port,
                         serve=True).start()
 
 
-def held_half_way(node, gate):
-    """The middle and end nodes, started behind `gate` (which holds after
-    half the primary's stream), and the middle's link once held."""
-    middle, end = chain(node, gate.port)
-    link = gate.wait_for_link(0)
-    wait_until(lambda: middle.check_alive() and link.held.is_set(),
-               message='the replica to receive half of the stream')
-    return middle, end, link
+@contextmanager
+def held_half_way(populated, node):
+    """A primary on `populated`, a gate holding its stream after half, the
+    `chain` behind it: (primary, gate, middle, end, the middle's link)."""
+    primary = populated.copy_to(node('primary')).start()
+    with closing(ChaosProxy(primary.repl_port,
+                            hold_after=populated.fs_size // 2)) as gate:
+        middle, end = chain(node, gate.port)
+        link = gate.wait_for_link(0)
+        wait_until(lambda: middle.check_alive() and link.held.is_set(),
+                   message='the replica to receive half of the stream')
+        yield primary, gate, middle, end, link
 
 
 def pack(node):
@@ -55,12 +57,10 @@ def pack(node):
 
 
 def test_chain_pack_mid_stream(populated, node):
-    """The primary packs while the middle replica is held half-way; the same
-    link crosses the pack, the chain end sees new commits, all agree."""
-    primary = populated.copy_to(node('primary')).start()
-    with closing(ChaosProxy(primary.repl_port,
-                            hold_after=populated.fs_size // 2)) as gate:
-        middle, end, link = held_half_way(node, gate)
+    """The primary packs while the middle is held half-way: one link
+    crosses the pack, the end sees new commits, all agree."""
+    with held_half_way(populated, node) as (primary, gate, middle, end,
+                                            link):
         assert link.handshake() == (b'zrs2.0', z64)
         partial = middle.last_tid()
         assert z64 < partial < populated.last_tid
@@ -100,15 +100,14 @@ def test_chain_pack_mid_stream(populated, node):
 
 
 def test_fresh_chain_after_pack(populated, node):
-    """Replicas started empty after the primary packed end identical to
-    it, transaction by transaction (status 'p' included)."""
+    """Replicas started after a pack end identical (status 'p' too)."""
     primary = populated.copy_to(node('primary')).start()
     pack_time = pack(primary)
     more = zczrs.populate(primary.zeo_address, transactions=100, seed=11,
                           undo_every=50)
     middle, end = chain(node, primary.repl_port)
-    for each in (middle, end):
-        each.wait_for_tid(more.last_tid)
+    middle.wait_for_tid(more.last_tid)
+    end.wait_for_tid(more.last_tid)
     stop_all(end, middle, primary)
     history = transactions(primary.fs_path)
     assert any(t[1] == 'p' for t in history
@@ -122,12 +121,9 @@ def test_fresh_chain_after_pack(populated, node):
 @pytest.mark.parametrize('pack_while_down', [False, True],
                          ids=['plain', 'pack-while-down'])
 def test_replica_restart_mid_stream(populated, node, pack_while_down):
-    """The middle replica stopped half-way (and the primary packed) resumes
+    """The middle stopped half-way (the primary packing or not) resumes
     after its last transaction; the end reconnects; all agree."""
-    primary = populated.copy_to(node('primary')).start()
-    with closing(ChaosProxy(primary.repl_port,
-                            hold_after=populated.fs_size // 2)) as gate:
-        middle, end, _ = held_half_way(node, gate)
+    with held_half_way(populated, node) as (primary, gate, middle, end, _):
         middle.stop()   # perhaps still applying what the gate let through
         committed = transactions(middle.fs_path)
         assert committed == populated.history[:len(committed)]
@@ -153,8 +149,7 @@ def test_replica_restart_mid_stream(populated, node, pack_while_down):
 
 
 def test_fresh_replica_catch_up_rate(populated, node):
-    """A fresh replica catches up with the populated primary; prints the
-    rate from its start to a ZEO client seeing the last tid."""
+    """A fresh replica catches up with the primary; the rate printed."""
     primary = populated.copy_to(node('primary')).start()
     replica = node('replica', upstream=primary.repl_port)
     started = time.monotonic()

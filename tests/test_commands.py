@@ -39,15 +39,12 @@ BAD_PORT = '''\
 '''
 
 
-@pytest.mark.parametrize('command', [('zrsd', '-C'),
+@pytest.mark.parametrize('command', [('zrsd', '-C', '{}'),
                                      ('zrsdctl', '-C', '{}', 'status')])
 def test_a_configuration_error_is_one_line(tmp_path, command):
     config = tmp_path / 'zrs.conf'
     config.write_text(BAD_PORT % (tmp_path / 'Data.fs'))
-    argv = [str(config) if a == '{}' else a for a in command]
-    if argv[-1] == '-C':
-        argv.append(str(config))
-    result = run(*argv)
+    result = run(*[str(config) if a == '{}' else a for a in command])
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         '%s: configuration error: %s:2: replicate-from: 99999 is above '

@@ -5,7 +5,6 @@ import time
 from contextlib import ExitStack, closing
 
 import pytest
-import ZEO
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import POSKeyError, ReadOnlyError
 from ZODB.serialize import referencesf
@@ -19,8 +18,8 @@ from harness.zrsd_nodes import MB, opened
 
 
 def last_tid_is(storage, tid, node):
-    """`storage` (not a DB: none opens on an empty read-only replica) is at
-    `tid`; fails at once if `node` died."""
+    """`storage` (no DB opens on an empty read-only replica) is at `tid`;
+    fails at once if `node` died."""
     return node.check_alive() and storage.lastTransaction() == tid
 
 
@@ -32,12 +31,11 @@ def load_or_missing(storage, oid):
 
 
 def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, node):
-    """zrsd catches up with a zc.zrs primary, serves the same data read-only
-    over ZEO, shows new commits to connected clients, refuses writes and
-    pack, stops cleanly on SIGTERM and holds the primary's exact history."""
+    """zrsd catches up with a zc.zrs primary, serves its data read-only,
+    shows new commits, refuses writes and pack, stops cleanly, identical."""
     primary, populated = zczrs_primary, zczrs_populated
-    primary_last = primary.last_tid()
-    assert primary_last == populated.last_tid
+    assert primary.last_tid() == populated.last_tid
+    primary_last = populated.last_tid
     # `pack refuse`: refuse every write, packs included.
     zrsd = node('zrsd', upstream=primary.repl_port,
                 zrs_lines='  pack refuse\n')
@@ -69,8 +67,7 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, node):
 
         # A primary commit reaches a connected ClientStorage (caching the
         # old root) and a ZODB connection of the replica.
-        replica_db = stack.enter_context(closing(
-            ZEO.DB(zrsd.zeo_address, read_only=True)))
+        replica_db = stack.enter_context(closing(zrsd.db(read_only=True)))
         tm, root = stack.enter_context(opened(replica_db))
         assert 'e2e-marker' not in root
         old_root_serial = replica.load(z64)[1]
@@ -93,9 +90,8 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, node):
             tm.commit()
         tm.abort()
         writable = stack.enter_context(closing(
-            ZEO.client(zrsd.zeo_address, read_only_fallback=True)))
-        assert writable.isReadOnly(), (
-            'the replica accepted a writable ZEO registration')
+            zrsd.client(read_only=False, read_only_fallback=True)))
+        assert writable.isReadOnly(), 'a writable ZEO registration'
         # ZEO lets clients pack a read-only server; `pack refuse` refuses.
         for storage in (replica, writable):
             for refused in (storage.new_oid,
@@ -114,16 +110,15 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, node):
     # Refused writes are expected: one INFO line each, no traceback.
     assert 'Traceback' not in zrsd.log()
     assert 'client request refused, the storage is read-only' in zrsd.log()
-    assert os.path.exists(zrsd.fs_path + '.index'), (
-        'a clean stop should leave the FileStorage index behind')
+    assert os.path.exists(zrsd.fs_path + '.index')   # a clean stop
     assert primary.stop() == 0, primary.log()
     assert assert_same_history(primary.fs_path, zrsd.fs_path) == txns + 1
 
 
 def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
                                            node):
-    """SIGKILLed half-way through catch-up (a proxy forwards half the
-    stream, then holds it), zrsd resumes after its last commit, identical."""
+    """SIGKILLed half-way through catch-up (a proxy holds the stream's
+    second half), zrsd resumes after its last commit, identical."""
     primary, history = zczrs_primary, zczrs_populated.history
     primary_last = zczrs_populated.last_tid
     with closing(ChaosProxy(primary.repl_port,
@@ -151,9 +146,7 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
         started = time.monotonic()
         zrsd.start()
         assert proxy.wait_for_link(1).handshake() == (
-            b'zrs2.0', resume_tid), (
-            'zrsd should resume after its last committed transaction %s'
-            % resume_tid.hex())
+            b'zrs2.0', resume_tid), 'not resumed after %s' % resume_tid.hex()
         zrsd.wait_for_tid(primary_last, timeout=240)
         print('\nresume: SIGKILLed with %d/%d transactions committed, '
               'restarted from %s, caught up the rest in %.2f s' % (

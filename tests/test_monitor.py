@@ -10,9 +10,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from ZODB.TimeStamp import TimeStamp
 
-from harness import zczrs
 from harness.process import ROOT, http_get, wait_until
-from harness.zrsd_nodes import ZrsdNode
 
 
 def samples(port):
@@ -24,8 +22,7 @@ def samples(port):
 
 
 def metrics(port):
-    """{metric name: value} of storage '1' from /metrics (series without
-    other labels)."""
+    """{metric name: value} of storage '1' alone from /metrics."""
     return {sample.name: sample.value for sample in samples(port)
             if sample.labels == {'storage': '1'}}
 
@@ -42,14 +39,12 @@ def ready(port, query=''):
     return code, json.loads(text)['reasons']
 
 
-def test_metrics_and_status(tmp_path, processes):
-    primary = ZrsdNode(tmp_path, 'primary', monitor=True,
-                       register=processes).start()
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       monitor=True, zeo_lines='  serve-empty on\n',
-                       register=processes).start()
+def test_metrics_and_status(node):
+    primary = node('primary', monitor=True).start()
+    replica = node('replica', upstream=primary.repl_port, monitor=True,
+                   zeo_lines='  serve-empty on\n').start()
     for i in range(10):
-        last = zczrs.commit_change(primary.zeo_address, i, 'x' * 1000)
+        last = primary.commit(i, 'x' * 1000)
     reader = replica.client()
     wait_until(lambda: reader.lastTransaction() == last,
                message='replica caught up')
@@ -109,12 +104,12 @@ def test_metrics_and_status(tmp_path, processes):
     replica.stop()
 
 
-def test_watchable_before_the_first_transaction(tmp_path, processes):
-    """The monitor answers while a replica waits for its first transaction
-    (ZEO not serving yet); /ready says why it is not ready."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       monitor=True, register=processes).launch()
+def test_watchable_before_the_first_transaction(node):
+    """The monitor of a replica waiting for its first transaction answers;
+    /ready says why it is not ready."""
+    primary = node('primary').start()
+    replica = node('replica', upstream=primary.repl_port,
+                   monitor=True).launch()
     replica.wait_for_log('waiting for the first transaction')
     port = replica.monitor_port
     status = wait_until(
@@ -125,7 +120,7 @@ def test_watchable_before_the_first_transaction(tmp_path, processes):
     assert ready(port) == (503, ['zrsd is waiting, not serving ZEO yet'])
     assert ({'storage': '1', 'zrsd_state': 'waiting'}, 1) in labelled(
         port, 'zrsd_state')
-    zczrs.commit_change(primary.zeo_address, 1, 'x')
+    primary.commit(1)
     wait_until(lambda: ready(port)[0] == 200, message='ready once serving')
     assert ready(port, '?max-lag=0.000001') == (200, [])   # streaming
     assert ready(port, '?storage=2') == (503, ["no storage named '2'"])
@@ -159,15 +154,13 @@ def firing(port):
     return alerts
 
 
-def test_sample_alerts(tmp_path, processes):
-    """The rules of etc/zrsd-alerts.yml, evaluated on real series: quiet
-    while replication works, the disconnection alert for the storage of a
-    replica whose primary is gone."""
-    primary = ZrsdNode(tmp_path, 'primary', monitor=True,
-                       register=processes).start()
-    zczrs.commit_change(primary.zeo_address, 1, 'x')
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       monitor=True, register=processes).start()
+def test_sample_alerts(node):
+    """etc/zrsd-alerts.yml on real series: quiet while replication works,
+    the disconnection alert once the primary is gone."""
+    primary = node('primary', monitor=True).start()
+    primary.commit(1)
+    replica = node('replica', upstream=primary.repl_port,
+                   monitor=True).start()
     wait_until(lambda: ready(replica.monitor_port)[0] == 200,
                message='replica ready')
     assert firing(replica.monitor_port) == set()

@@ -1,22 +1,21 @@
-"""The operator's recipes of the README, each followed as written, with real
-zrsd processes, ZEO clients and the installed commands (`repozo`,
-`zrsd-verify`): ZEO clients of a replica, backups from a running replica,
-seeding a replica from a copy, a rolling restart."""
+"""The operator's recipes of the README, followed as written with real
+zrsd processes, ZEO clients and the installed commands."""
 import os
 import re
 import subprocess
+
+from contextlib import closing
 
 import pytest
 import transaction
 import ZEO
 import ZODB.config
 from ZEO.Exceptions import ClientDisconnected
-from ZODB.FileStorage import FileStorage
 from ZODB.POSException import ReadOnlyError
 
 from harness.history import transactions
 from harness.process import BIN, http_get, wait_until
-from harness.zrsd_nodes import Writer, ZrsdNode, opened
+from harness.zrsd_nodes import Writer
 
 
 def run(command, *args):
@@ -33,57 +32,28 @@ def address(node):
 
 
 def last_tid(path):
-    """The last transaction of a FileStorage file (opened read-only)."""
-    fs = FileStorage(str(path), read_only=True)
-    try:
-        return fs.lastTransaction()
-    finally:
-        fs.close()
-
-
-def commit(node, **values):
-    """One transaction setting root[key] = value on `node`; its tid."""
-    db = node.db()
-    try:
-        with opened(db) as (tm, root):
-            root.update(values)
-            tm.commit()
-        return db.lastTransaction()
-    finally:
-        db.close()
+    return transactions(str(path))[-1].tid
 
 
 def committed(writer, count):
-    """True once `writer` committed `count` transactions; fails at once if
-    it stopped."""
+    """`count` commits or more; fails if the writer stopped."""
     assert writer.running(), 'the writer stopped: %r' % writer.error
     return writer.commits >= count
 
 
-@pytest.fixture
-def nodes(tmp_path, processes):
-    """nodes(name, upstream=None, **options): a ZrsdNode in its own
-    directory, registered for clean-up."""
-    def make(name, upstream=None, **options):
-        return ZrsdNode(tmp_path / name, name, upstream=upstream,
-                        register=processes, **options)
-    return make
-
-
-def test_zeo_clients_of_a_replica(nodes):
-    """A read-only client with both replicas' `server` lines reads the
-    primary's data, cannot commit, and fails over when its replica stops."""
-    primary = nodes('primary').start()
-    tid = commit(primary, recipe='before')
-    replica1 = nodes('replica1', primary.repl_port).start()
-    replica2 = nodes('replica2', primary.repl_port)
+def test_zeo_clients_of_a_replica(node):
+    """A read-only client of two replicas reads, cannot commit, fails over."""
+    primary = node('primary').start()
+    tid = primary.commit('recipe', 'before')
+    replica1 = node('replica1', upstream=primary.repl_port).start()
+    replica2 = node('replica2', upstream=primary.repl_port)
     replica1.wait_for_tid(tid)
     # replica2 is down: the client opens on replica1, the first that answers.
     db = ZODB.config.databaseFromString(
         '<zodb>\n  <zeoclient>\n    server %s\n    server %s\n'
         '    read-only true\n  </zeoclient>\n</zodb>\n'
         % (address(replica1), address(replica2)))
-    try:
+    with closing(db):
         tm = transaction.TransactionManager()
         conn = db.open(tm)
         assert conn.root()['recipe'] == 'before'
@@ -99,7 +69,7 @@ def test_zeo_clients_of_a_replica(nodes):
             replica1.log()
         replica2.start().wait_for_tid(tid)
         replica1.stop()
-        tid = commit(primary, recipe='after')
+        tid = primary.commit('recipe', 'after')
 
         def reads_after():
             tm.begin()
@@ -107,23 +77,17 @@ def test_zeo_clients_of_a_replica(nodes):
         wait_until(reads_after, message='the client reading replica2')
         assert db.lastTransaction() == tid
         conn.close()
-    finally:
-        db.close()
     # ZEO.client with a list of (host, port): replica1 is down.
-    storage = ZEO.client([replica1.zeo_address, replica2.zeo_address],
-                         read_only=True)
-    try:
+    with closing(ZEO.client([replica1.zeo_address, replica2.zeo_address],
+                            read_only=True)) as storage:
         assert storage.lastTransaction() == tid
-    finally:
-        storage.close()
 
 
-def test_backups_from_a_running_replica(nodes, tmp_path):
-    """repozo full and incremental backups of a replica's Data.fs, taken
-    while commits arrive, and its blob directory copied after: restored,
-    they agree with the replica (zrsd-verify)."""
-    primary = nodes('primary', blobs=True).start()
-    replica = nodes('replica', primary.repl_port, blobs=True)
+def test_backups_from_a_running_replica(node, tmp_path):
+    """repozo backups and a blob copy of a replica taken under commits,
+    restored, agree with the replica (zrsd-verify)."""
+    primary = node('primary', blobs=True).start()
+    replica = node('replica', upstream=primary.repl_port, blobs=True)
     backups, blobs = tmp_path / 'backups' / 'zodb', tmp_path / 'backups/blobs'
     backups.mkdir(parents=True)
     restore = tmp_path / 'restore' / 'Data.fs'
@@ -132,7 +96,6 @@ def test_backups_from_a_running_replica(nodes, tmp_path):
         reader = replica.start().client()   # once the primary has a commit
 
         def arriving(count):
-            """Wait until the replica has the writer's first `count`."""
             wait_until(lambda: committed(writer, count) and
                        reader.lastTransaction() >= writer.tids[count - 1],
                        message='%d commits on the replica' % count)
@@ -160,19 +123,17 @@ def test_backups_from_a_running_replica(nodes, tmp_path):
     assert 'not compared' not in out and backed_up.hex() in out, out
 
 
-def test_seeding_a_replica_from_a_copy(nodes, tmp_path):
-    """A replica started from a repozo restore asks only for what came
-    after the copy; one started from a running primary's copy that ends in
-    a half-written transaction cuts it (Data.fs.trN, a WARNING); both
-    converge with the primary."""
-    primary = nodes('primary').start()
+def test_seeding_a_replica_from_a_copy(node, tmp_path):
+    """A replica seeded from a repozo restore, or from a primary's file cut
+    mid-transaction (cut back, a WARNING), asks for what came after."""
+    primary = node('primary').start()
     with Writer(primary) as writer:
         wait_until(lambda: committed(writer, 30), message='30 commits')
-    source = nodes('source', primary.repl_port).start()
+    source = node('source', upstream=primary.repl_port).start()
     source.wait_for_tid(writer.tids[-1])
     backups = tmp_path / 'backups'
     backups.mkdir()
-    seeded = nodes('seeded', primary.repl_port)
+    seeded = node('seeded', upstream=primary.repl_port)
     seeded.fs_path = os.path.join(seeded.directory, 'Data.fs')
     run('repozo', '-B', '-F', '-r', backups, '-f', source.fs_path)
     run('repozo', '-R', '-r', backups, '-o', seeded.fs_path)
@@ -180,7 +141,7 @@ def test_seeding_a_replica_from_a_copy(nodes, tmp_path):
     assert copied == writer.tids[-1]
 
     # A running primary's file, cut in the middle of its last transaction.
-    cut = nodes('cut', primary.repl_port)
+    cut = node('cut', upstream=primary.repl_port)
     cut.fs_path = os.path.join(cut.directory, 'Data.fs')
     with open(primary.fs_path, 'rb') as f:
         data = f.read()
@@ -191,7 +152,7 @@ def test_seeding_a_replica_from_a_copy(nodes, tmp_path):
     before_cut = transactions(primary.fs_path)[-2].tid
 
     for value in range(5):
-        last = commit(primary, seeded=value)
+        last = primary.commit('seeded', value)
     seeded.start()
     seeded.wait_for_log('requesting transactions after %s' % copied.hex())
     cut.start()
@@ -201,44 +162,36 @@ def test_seeding_a_replica_from_a_copy(nodes, tmp_path):
     with open(cut.fs_path + '.tr0', 'rb') as f:
         assert f.read() == data[start:start + size // 2]
     cut.wait_for_log('requesting transactions after %s' % before_cut.hex())
-    for node in (seeded, cut):
-        node.wait_for_tid(last)
-        run('zrsd-verify', address(primary), address(node))
+    for each in (seeded, cut):
+        each.wait_for_tid(last)
+        run('zrsd-verify', address(primary), address(each))
 
 
 class RetryingWriter(Writer):
-    """A `Writer` whose transactions are retried when they fail (the
-    primary restarting), each until it commits; `failures` lists them."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.failures = []
+    """A `Writer` retrying each transaction until it commits (while the
+    primary restarts)."""
 
     def _commit(self, tm, conn):
         while True:
             try:
                 return super()._commit(tm, conn)
-            except (ClientDisconnected, ReadOnlyError) as exc:
+            except (ClientDisconnected, ReadOnlyError):
                 tm.abort()
-                self.failures.append(exc)
                 if self._stopping.is_set():
                     return
 
 
-def test_rolling_restart(nodes):
-    """Replicas restarted one by one (each /ready again before the next),
-    then the primary, while a writer commits: every transaction the writer
-    saw committed is on both replicas, which agree with the primary."""
-    primary = nodes('primary', monitor=True).start()
-    replicas = [nodes('replica%d' % n, primary.repl_port, monitor=True)
-                for n in (1, 2)]
-    writer = RetryingWriter(primary).start()
-
-    def progress(count=10):
-        seen = writer.commits + count
-        wait_until(lambda: committed(writer, seen),
-                   message='%d commits' % seen)
-    try:
+def test_rolling_restart(node):
+    """Replicas, then the primary, restarted one by one under a writer:
+    every commit it saw is on both replicas, which agree with the primary."""
+    primary = node('primary', monitor=True).start()
+    replicas = [node('replica%d' % n, upstream=primary.repl_port,
+                     monitor=True) for n in (1, 2)]
+    with RetryingWriter(primary) as writer:
+        def progress(count=10):
+            seen = writer.commits + count
+            wait_until(lambda: committed(writer, seen),
+                       message='%d commits' % seen)
         for replica in replicas:
             replica.start()
         progress()
@@ -256,8 +209,6 @@ def test_rolling_restart(nodes):
         assert 'every secondary received the last commit' in primary.log()
         primary.start()
         progress()
-    finally:
-        writer.stop()
     assert writer.error is None, writer.error
     last = primary.last_tid()
     assert writer.tids[-1] == last

@@ -1,9 +1,8 @@
-"""Packing replicas with ZEO's `zeopack` (read-only), as operators of
-zc.zrs secondaries do: a replica packs its own file while replication goes
-on; the pack is never replicated, the current state stays the primary's
-and `zrsd-verify` agrees.  `pack refuse` keeps a replica's file untouched.
-"""
+"""Packing replicas with `zeopack`, as operators of zc.zrs secondaries do:
+never replicated, the current state stays the primary's (`zrsd-verify`);
+`pack refuse` keeps a replica's file untouched."""
 import os
+import pathlib
 import re
 import subprocess
 
@@ -37,9 +36,8 @@ def pack_sizes(node):
 
 
 def test_zeopack_on_a_cascade_during_live_replication(node):
-    """zeopack packs the middle of a chain while the primary commits: its
-    file shrinks, it and the leaf below it keep following, the pack is not
-    replicated, and zrsd-verify agrees on both links."""
+    """zeopack packs the middle of a chain under commits: it shrinks, it
+    and its leaf follow, the pack is not replicated, zrsd-verify agrees."""
     primary = node('primary').start()
     cascade = node('cascade', upstream=primary.repl_port, serve=True)
     leaf = node('leaf', upstream=cascade.repl_port)
@@ -65,10 +63,10 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
                      r'.* UTC started \(\d+ bytes\)', log), log
     # The streamer serving the leaf noticed the new file.
     assert 'storage file replaced (pack)' in log, log
-    packed = 'packed history on the '
     for nodes, expected in (
-            ((primary, cascade), (packed + 'replica', 'objects agree')),
-            ((cascade, leaf), (packed + 'primary',))):
+            ((primary, cascade), ('packed history on the replica',
+                                  'objects agree')),
+            ((cascade, leaf), ('packed history on the primary',))):
         output = ok('zrsd-verify', *nodes)
         assert all(e in output for e in expected), output
     output = ok('zrsd-verify', primary, leaf)
@@ -81,20 +79,17 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
 
 
 def test_pack_refused(node):
-    """`pack refuse`: zeopack fails with ReadOnlyError, the file does not
-    change, the replica logs one INFO line."""
+    """`pack refuse`: zeopack fails, the file stays, one INFO line."""
     primary = node('primary').start()
     for i in range(20):
         last = primary.commit('x', i)
     replica = node('replica', upstream=primary.repl_port,
                    zrs_lines='  pack refuse\n').start()
     replica.wait_for_tid(last)
-    with open(replica.fs_path, 'rb') as f:
-        content = f.read()
+    content = pathlib.Path(replica.fs_path).read_bytes()
     status, output = run('zeopack', replica)
     assert status == 1 and 'ReadOnlyError' in output, output
-    with open(replica.fs_path, 'rb') as f:
-        assert f.read() == content
+    assert pathlib.Path(replica.fs_path).read_bytes() == content
     assert 'client request refused, the storage is read-only' in \
         replica.log()
     assert 'pack to' not in replica.log()
@@ -102,8 +97,7 @@ def test_pack_refused(node):
 
 
 def test_packed_replica_restarts_where_it_was(node):
-    """A packed replica, restarted, resumes after its last transaction
-    (which the pack kept) and follows the primary again."""
+    """A packed replica, restarted, resumes after its last transaction."""
     primary = node('primary').start()
     for i in range(100):
         last = primary.commit('k%d' % (i % 5), os.urandom(1000))

@@ -24,8 +24,7 @@ def test_full_jitter_shortens_by_at_most_the_fraction():
     for n in range(10):
         plain = backoff_delay(n, 1.0, 60.0, rand=LONGEST)
         shortened = backoff_delay(n, 1.0, 60.0, jitter=0.25, rand=SHORTEST)
-        assert shortened == max(1.0, plain * 0.75)
-        assert shortened <= plain
+        assert shortened == max(1.0, plain * 0.75) and shortened <= plain
 
 
 def test_jitter_never_goes_below_floor():
@@ -68,8 +67,6 @@ def test_negative_attempt_is_an_error():
     with pytest.raises(ValueError):
         backoff_delay(-1, 1.0, 60.0)
 
-
-# -- RepeatLimiter -----------------------------------------------------------
 
 @pytest.mark.parametrize('messages, times, expected', [
     ([C], [1000], [C]),

@@ -4,20 +4,19 @@ import os
 import re
 import socket
 import subprocess
+from contextlib import closing
 
 import pytest
 import ZODB
 
-from harness.process import BIN, free_port, port_open, wait_until
-from harness.zrsd_nodes import ZrsdNode
+from harness.process import BIN, free_port, port_open, stop_all, wait_until
 
 SERVING = ' over ZEO at '
 
 
-def test_replica_serves_after_its_first_transaction(tmp_path, processes):
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).launch()
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.repl_port,
-                       register=processes).launch()
+def test_replica_serves_after_its_first_transaction(node):
+    primary = node('primary').launch()
+    replica = node('replica', upstream=primary.repl_port).launch()
     primary.wait_for_log(SERVING)  # a primary serves at once
     replica.wait_for_log('waiting for the first transaction of 1')
     replica.wait_for_log('connected (zrs2.0)')   # to an empty primary
@@ -25,26 +24,19 @@ def test_replica_serves_after_its_first_transaction(tmp_path, processes):
     assert SERVING not in replica.log()
     db = primary.db()  # creates the root
     replica.wait_for_log(SERVING)
-    reader = ZODB.DB(replica.client())
-    with reader.transaction() as conn:
+    with closing(ZODB.DB(replica.client())) as reader, \
+            reader.transaction() as conn:
         assert conn.root() == {}
-    reader.close()
     db.close()
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
 
 
-def test_serve_empty_opens_at_once_and_sigterm_while_waiting(tmp_path,
-                                                             processes):
+def test_serve_empty_opens_at_once_and_sigterm_while_waiting(node):
     repl_port = free_port()  # nobody listens there
-    eager = ZrsdNode(tmp_path, 'eager', upstream=repl_port,
-                     zeo_lines='  serve-empty on\n', register=processes)
-    waiting = ZrsdNode(tmp_path, 'waiting', upstream=repl_port,
-                       register=processes).launch()
+    eager = node('eager', upstream=repl_port, zeo_lines='  serve-empty on\n')
+    waiting = node('waiting', upstream=repl_port).launch()
     eager.launch().wait_for_log(SERVING)
-    client = eager.client()
-    assert client.lastTransaction() == b'\0' * 8
-    client.close()
+    assert eager.last_tid() == b'\0' * 8
     waiting.wait_for_log('waiting for the first transaction')
     waiting.stop()
     eager.stop()
@@ -56,32 +48,26 @@ def test_serve_empty_opens_at_once_and_sigterm_while_waiting(tmp_path,
     ('zeo_port', 'ZEO clients (<zeo> address)'),
     ('repl_port', 'ZRS secondaries (<zrs 1> replicate-to)'),
     ('monitor_port', 'monitoring (<monitor> address)')])
-def test_an_address_in_use_is_one_line(tmp_path, processes, taken, what):
-    """An address in use stops zrsd with status 1 and one CRITICAL line
-    naming what it serves there, the section, the address and why: no
-    traceback.  The monitor listens first: its clash stops zrsd before
-    anything else listens."""
-    node = ZrsdNode(tmp_path, 'primary', register=processes, monitor=True)
-    with socket.create_server(('127.0.0.1', getattr(node, taken))):
-        node.launch()
-        assert node.process.popen.wait(60) == 1
+def test_an_address_in_use_is_one_line(node, taken, what):
+    """An address in use: exit 1 and one CRITICAL line naming what, where
+    and why, no traceback; the monitor, listening first, stops all else."""
+    zrsd = node('primary', monitor=True)
+    with socket.create_server(('127.0.0.1', getattr(zrsd, taken))):
+        assert zrsd.launch().wait() == 1
     if taken == 'monitor_port':
-        assert 'serving ZRS' not in node.log()
-    assert [line.split(' CRITICAL ')[1] for line in node.log().splitlines()
+        assert 'serving ZRS' not in zrsd.log()
+    assert [line.split(' CRITICAL ')[1] for line in zrsd.log().splitlines()
             if ' CRITICAL ' in line] == [
         'zrsd zrsd failed: cannot listen for %s at 127.0.0.1:%d: Address '
-        'already in use' % (what, getattr(node, taken))]
-    assert 'Traceback' not in node.log()
+        'already in use' % (what, getattr(zrsd, taken))]
+    assert 'Traceback' not in zrsd.log()
 
 
-def test_a_second_zrsd_on_a_storage_is_one_line(tmp_path, processes):
-    """A second zrsd on the same storage (the same file: same ports, same
-    log) says so in one line on stderr, naming the process that holds it,
-    exits 2 (not restarted by systemd or zdaemon) and writes nothing into
-    the running one's log."""
+def test_a_second_zrsd_on_a_storage_is_one_line(node, tmp_path):
+    """A second zrsd on the same storage (and ports and log) says so in one
+    line on stderr naming the holder, exits 2, logs nothing."""
     log_path = tmp_path / 'zrsd.log'
-    first = ZrsdNode(tmp_path, 'primary', log_file=str(log_path),
-                     register=processes).launch()
+    first = node('primary', log_file=str(log_path)).launch()
     wait_until(lambda: port_open(first.zeo_port), message='first serving')
     second = subprocess.run([os.path.join(BIN, 'zrsd'), '-C',
                              first.config_path], capture_output=True,
@@ -99,16 +85,13 @@ def test_a_second_zrsd_on_a_storage_is_one_line(tmp_path, processes):
     first.stop()
 
 
-def test_a_zeo_port_as_replicate_from_is_named(tmp_path, processes):
-    """A replica pointed at a ZEO port, not a ZRS one, says what it found
-    instead of failing to unpickle ZEO's greeting."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
-    replica = ZrsdNode(tmp_path, 'replica', upstream=primary.zeo_port,
-                       zeo_lines='  serve-empty on\n',
-                       register=processes).start()
+def test_a_zeo_port_as_replicate_from_is_named(node):
+    """A replica pointed at a ZEO port says so (no unpickling error)."""
+    primary = node('primary').start()
+    replica = node('replica', upstream=primary.zeo_port,
+                   zeo_lines='  serve-empty on\n').start()
     replica.wait_for_log('this looks like a ZEO server (it greets with '
                          "'Z5'), not a ZRS primary: replicate-from must be")
     assert 'Unpickling' not in replica.log()
     assert 'Traceback' not in replica.log()
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)

@@ -12,31 +12,29 @@ import uuid
 
 import pytest
 
-from harness.process import BIN, ROOT, free_port, port_open
+from harness.process import BIN, ROOT, free_port, port_open, stop_all
 from zrsd.daemon import systemd
 
 
-class NotifySocket:
+class NotifySocket(socket.socket):
     """systemd's end of NOTIFY_SOCKET: a unix datagram socket bound in the
     abstract namespace ('@name') or to a file in `directory`."""
 
     def __init__(self, directory, abstract=False):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        super().__init__(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.env_value = os.path.join(str(directory), 'notify')
         if abstract:
             self.env_value = '@zrsd-test-%s' % uuid.uuid4().hex
-            self.sock.bind('\0' + self.env_value[1:])
-        else:
-            self.env_value = os.path.join(str(directory), 'notify')
-            if len(self.env_value) > 100:  # sun_path is 108 bytes
-                self.env_value = os.path.join(tempfile.mkdtemp(), 'notify')
-            self.sock.bind(self.env_value)
+        elif len(self.env_value) > 100:  # sun_path is 108 bytes
+            self.env_value = os.path.join(tempfile.mkdtemp(), 'notify')
+        self.bind('\0' + self.env_value[1:] if abstract else self.env_value)
         self.received = []
 
     def receive(self, timeout=60):
         """The next message; fails after `timeout` seconds."""
-        self.sock.settimeout(timeout)
+        self.settimeout(timeout)
         try:
-            self.received.append(self.sock.recv(4096).decode('ascii'))
+            self.received.append(self.recv(4096).decode('ascii'))
         except socket.timeout:
             raise AssertionError('no sd_notify message within %ss (got %r)'
                                  % (timeout, self.received))
@@ -47,12 +45,16 @@ class NotifySocket:
         while state not in self.receive(timeout).split('\n'):
             pass
 
+    def env(self, watchdog_usec=None):
+        """The environment of a zrsd notifying here."""
+        return dict({'NOTIFY_SOCKET': self.env_value}, **(
+            {'WATCHDOG_USEC': watchdog_usec} if watchdog_usec else {}))
+
 
 @pytest.fixture(params=['path', 'abstract'])
 def notify_socket(request, tmp_path):
-    sock = NotifySocket(tmp_path, abstract=request.param == 'abstract')
-    yield sock
-    sock.sock.close()
+    with NotifySocket(tmp_path, request.param == 'abstract') as sock:
+        yield sock
 
 
 def start_zrsd(node, env):
@@ -63,24 +65,22 @@ def start_zrsd(node, env):
 
 def test_ready_and_stopping(node, notify_socket):
     """READY=1 once the ZEO port listens; STOPPING=1 on SIGTERM; exit 0."""
-    proc = start_zrsd(node, {'NOTIFY_SOCKET': notify_socket.env_value})
+    proc = start_zrsd(node, notify_socket.env())
     notify_socket.wait_for('READY=1')
     assert port_open(proc.zeo_port), 'READY=1 before the ZEO port listens'
     assert notify_socket.received == ['READY=1']
     proc.signal(signal.SIGTERM)
     notify_socket.wait_for('STOPPING=1')
-    assert proc.process.popen.wait(60) == 0
+    assert proc.wait() == 0
     assert notify_socket.received == ['READY=1', 'STOPPING=1']
 
 
 def test_an_empty_replica_is_started_while_it_waits(node, notify_socket):
-    """A replica waiting for its first transaction is started (READY=1,
-    with a STATUS saying what it waits for), so `systemctl start` returns;
-    the watchdog is pinged meanwhile; STATUS says when ZEO serves."""
+    """A replica waiting for its first transaction is READY=1 (STATUS says
+    why), pings the watchdog, and says in STATUS when ZEO serves."""
     primary = node('primary').start()
     replica = node('replica', upstream=primary.repl_port,
-                   env={'NOTIFY_SOCKET': notify_socket.env_value,
-                        'WATCHDOG_USEC': '200000'}).launch()
+                   env=notify_socket.env('200000')).launch()
     notify_socket.wait_for('READY=1')
     assert notify_socket.received[0] == (
         'READY=1\nSTATUS=waiting for the first transaction of 1; ZEO not '
@@ -91,15 +91,12 @@ def test_an_empty_replica_is_started_while_it_waits(node, notify_socket):
     while not notify_socket.receive().startswith('STATUS=serving 1 over '):
         pass
     assert port_open(replica.zeo_port)
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
 
 
 def test_watchdog_pings_while_serving(node, notify_socket):
-    """With WATCHDOG_USEC set (0.2 s: a ping every 0.1 s), zrsd sends
-    WATCHDOG=1 regularly once READY."""
-    proc = start_zrsd(node, {'NOTIFY_SOCKET': notify_socket.env_value,
-                             'WATCHDOG_USEC': '200000'})
+    """WATCHDOG_USEC 0.2 s: WATCHDOG=1 regularly once READY."""
+    proc = start_zrsd(node, notify_socket.env('200000'))
     notify_socket.wait_for('READY=1')
     for _ in range(3):
         notify_socket.wait_for('WATCHDOG=1', timeout=30)
@@ -114,20 +111,15 @@ def test_no_notify_socket_is_fine(node):
     assert 'cannot notify systemd' not in proc.log()
 
 
+# (WATCHDOG_USEC, WATCHDOG_PID), those set; the interval: half the timeout,
+# or None (PID + 1: another process's, inherited from the service).
 @pytest.mark.parametrize('environ, interval', [
-    ({'WATCHDOG_USEC': '30000000'}, 15.0),    # half the timeout
-    ({'WATCHDOG_USEC': '200000'}, 0.1),
-    ({}, None),
-    ({'WATCHDOG_USEC': ''}, None),
-    ({'WATCHDOG_USEC': '4000000', 'WATCHDOG_PID': str(os.getpid())}, 2.0),
-    # Meant for another process (we inherited the service's environment).
-    ({'WATCHDOG_USEC': '4000000', 'WATCHDOG_PID': str(os.getpid() + 1)},
-     None),
-    ({'WATCHDOG_USEC': 'soon'}, None),
-    ({'WATCHDOG_USEC': '0'}, None),
-    ({'WATCHDOG_USEC': '-5'}, None),
-    ({'WATCHDOG_USEC': '4000000', 'WATCHDOG_PID': 'me'}, None),
-])
+    (dict(zip(('WATCHDOG_USEC', 'WATCHDOG_PID'), usec_pid)), interval)
+    for usec_pid, interval in [
+        (('30000000',), 15.0), (('200000',), 0.1), ((), None), (('',), None),
+        (('4000000', str(os.getpid())), 2.0),
+        (('4000000', str(os.getpid() + 1)), None), (('soon',), None),
+        (('0',), None), (('-5',), None), (('4000000', 'me'), None)]])
 def test_watchdog_interval(environ, interval):
     """The ping period main.py uses."""
     assert systemd.watchdog_interval(environ) == interval
@@ -148,7 +140,7 @@ UNIT = os.path.join(ROOT, 'etc', 'zrsd.service')
 @pytest.fixture(scope='module')
 def unit():
     """The unit file as {section: {key: value}} (the last of repeated
-    keys; systemd keys are case-sensitive)."""
+    keys; case-sensitive)."""
     parser = configparser.ConfigParser(
         strict=False, interpolation=None, delimiters=('=',),
         comment_prefixes=('#', ';'))
@@ -157,15 +149,15 @@ def unit():
     return {name: dict(parser[name]) for name in parser.sections()}
 
 
+# ExecReload: zrsd reopens its logs; RestartPreventExitStatus: a config
+# error.
 @pytest.mark.parametrize('key, value', [
     ('Type', 'notify'), ('WatchdogSec', '30'), ('Restart', 'on-failure'),
-    ('ExecReload', '/bin/kill -USR2 $MAINPID'),   # zrsd reopens its logs
-    ('RestartPreventExitStatus', '2'),   # a config error
-    ('KillSignal', 'SIGTERM'), ('User', 'zrsd'), ('StateDirectory', 'zrsd'),
-    ('LogsDirectory', 'zrsd'), ('NoNewPrivileges', 'yes'),
-    ('PrivateTmp', 'yes'), ('ProtectSystem', 'strict'),
-    ('ProtectHome', 'yes'),
-])
+    ('ExecReload', '/bin/kill -USR2 $MAINPID'),
+    ('RestartPreventExitStatus', '2'), ('KillSignal', 'SIGTERM'),
+    ('User', 'zrsd'), ('StateDirectory', 'zrsd'), ('LogsDirectory', 'zrsd'),
+    ('NoNewPrivileges', 'yes'), ('PrivateTmp', 'yes'),
+    ('ProtectSystem', 'strict'), ('ProtectHome', 'yes')])
 def test_unit_setting(unit, key, value):
     assert unit['Service'].get(key) == value
 
@@ -183,8 +175,7 @@ def test_unit_essentials(unit):
 
 
 def test_unit_lets_the_sample_config_write_its_files(unit):
-    """With ProtectSystem=strict only some directories are writable: those
-    the sample etc/zrs.conf writes to (storage, log) must be among them."""
+    """ProtectSystem=strict leaves writable what etc/zrs.conf writes."""
     service = unit['Service']
     writable = ['/var/lib/' + service['StateDirectory'],
                 '/var/log/' + service['LogsDirectory'],
@@ -201,8 +192,7 @@ def test_unit_lets_the_sample_config_write_its_files(unit):
 @pytest.mark.skipif(not shutil.which('systemd-analyze'),
                     reason='systemd-analyze is not installed')
 def test_unit_verifies(tmp_path):
-    """systemd accepts the unit (the zrsd script substituted, since verify
-    checks that it exists)."""
+    """systemd accepts the unit (with a zrsd script that exists)."""
     path = tmp_path / 'zrsd.service'
     with open(UNIT) as f:
         path.write_text(f.read().replace('/usr/local/bin/zrsd',

@@ -12,6 +12,8 @@ from harness.history import assert_same_history
 from harness.process import stop_all, wait_until
 from harness.zrsd_nodes import ZrsdNode, ssl_lines
 
+REFUSED = 'TLS handshake failed, secondary refused'
+
 
 def start_node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl='',
                register=None):
@@ -22,25 +24,28 @@ def start_node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl='',
 
 
 @pytest.fixture
-def node(tmp_path, processes):
+def start(tmp_path, processes):
     return functools.partial(start_node, tmp_path, register=processes)
 
 
 @pytest.fixture
 def pki(tmp_path):
-    good = Authority(tmp_path, 'good')
-    other = Authority(tmp_path, 'other')
+    good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
     return dict(
         good=good, other=other,
         primary=good.issue('primary'), replica=good.issue('replica'),
         stranger=other.issue('stranger'), impostor=other.issue('impostor'))
 
 
+def tls(pki, name, ca='good'):
+    """The <ssl> lines of `name`'s certificate, trusting the CA `ca`."""
+    return ssl_lines(*pki[name], pki[ca].path)
+
+
 def start_primary(tmp_path, pki, register=None):
     """A TLS primary holding a commit; (it, its ZRS port, a DB of it)."""
-    cert, key = pki['primary']
     primary = start_node(tmp_path, 'primary', register=register,
-                         ssl=ssl_lines(cert, key, pki['good'].path))
+                         ssl=tls(pki, 'primary'))
     primary.wait_for_log('(TLS, client certificates required)')
     db = primary.db()
     with db.transaction() as conn:
@@ -55,11 +60,9 @@ def tls_primary(tmp_path, pki, processes):
     db.close()
 
 
-def test_mutual_tls_replicates(node, pki, tls_primary):
+def test_mutual_tls_replicates(start, pki, tls_primary):
     primary, port, db = tls_primary
-    cert, key = pki['replica']
-    replica = node('replica', port,
-                   ssl=ssl_lines(cert, key, pki['good'].path))
+    replica = start('replica', port, ssl=tls(pki, 'replica'))
     replica.wait_for_tid(db.lastTransaction())
     with db.transaction() as conn:
         conn.root()['y'] = 2
@@ -71,18 +74,16 @@ def test_mutual_tls_replicates(node, pki, tls_primary):
 # name: (the replica's certificate, the CA it trusts, what the primary
 # logs or None): a stranger's certificate or the CA trusted is another.
 ANOTHER_CA = {
-    'secondary-from-another-ca': (
-        'stranger', 'good', 'TLS handshake failed, secondary refused'),
+    'secondary-from-another-ca': ('stranger', 'good', REFUSED),
     'primary-from-another-ca': ('replica', 'other', None),
 }
 
 
 @pytest.mark.parametrize('case', sorted(ANOTHER_CA))
-def test_peer_from_another_ca_is_refused(node, pki, tls_primary, case):
+def test_peer_from_another_ca_is_refused(start, pki, tls_primary, case):
     name, trusted, primary_says = ANOTHER_CA[case]
     primary, port, _ = tls_primary
-    cert, key = pki[name]
-    replica = node(name, port, ssl=ssl_lines(cert, key, pki[trusted].path))
+    replica = start(name, port, ssl=tls(pki, name, trusted))
     if primary_says:
         primary.wait_for_log(primary_says)
     replica.wait_for_log('TLS handshake with the primary failed')
@@ -101,37 +102,35 @@ def test_plain_and_certificateless_clients_are_refused(pki, tls_primary):
                 pass
         except ConnectionResetError:
             pass
-    primary.wait_for_log('TLS handshake failed, secondary refused')
+    primary.wait_for_log(REFUSED)
     # A TLS client without a certificate.
     context = ssl.create_default_context(cafile=pki['good'].path)
     with socket.create_connection(('127.0.0.1', port)) as raw:
         with pytest.raises((ssl.SSLError, ConnectionResetError,
                             BrokenPipeError)):
             with context.wrap_socket(
-                    raw, server_hostname='127.0.0.1') as tls:
-                tls.sendall(b'\0\0\0\x06zrs2.0')
-                tls.settimeout(30)
-                if tls.recv(100) == b'':
+                    raw, server_hostname='127.0.0.1') as secure:
+                secure.sendall(b'\0\0\0\x06zrs2.0')
+                secure.settimeout(30)
+                if secure.recv(100) == b'':
                     raise ConnectionResetError('closed')
-    wait_until(lambda: primary.log().count(
-        'TLS handshake failed, secondary refused') >= 2,
-        message='the second refusal logged')
+    wait_until(lambda: primary.log().count(REFUSED) >= 2,
+               message='the second refusal logged')
     assert 'streaming transactions' not in primary.log()
     primary.stop()
 
 
-def test_allow_from(node):
-    primary = node('primary',
-                   extra='  allow-from 10.0.0.0/8\n  allow-from 192.0.2.7\n')
-    replica = node('replica', primary.repl_port)
+def test_allow_from(start):
+    primary = start('primary',
+                    extra='  allow-from 10.0.0.0/8\n  allow-from 192.0.2.7\n')
+    replica = start('replica', primary.repl_port)
     primary.wait_for_log('127.0.0.1 is not in allow-from')
     assert 'streaming transactions' not in primary.log()
     stop_all(replica, primary)
 
 
-def test_zeo_port_tls(node, pki):
-    cert, key = pki['primary']
-    primary = node('primary', zeo_ssl=ssl_lines(cert, key, pki['good'].path))
+def test_zeo_port_tls(start, pki):
+    primary = start('primary', zeo_ssl=tls(pki, 'primary'))
 
     def context(name):
         context = ssl.create_default_context(cafile=pki['good'].path)

@@ -2,6 +2,7 @@
 blob records carry `.blob`), `Populated` and the one pack oracle
 (`same_after_pack`).
 """
+import contextlib
 import os
 import shutil
 import time
@@ -43,23 +44,19 @@ def copy_transaction(t, fs=None):
     storage with blobs) blob records carry their content."""
     records = []
     for r in t:
-        record = Record(r.oid, r.tid, r.data, r.data_txn)
+        records.append(Record(r.oid, r.tid, r.data, r.data_txn))
         if fs is not None and r.data and ZODB.blob.is_blob_record(r.data):
-            try:
-                with open(fs.loadBlob(r.oid, r.tid), 'rb') as f:
-                    record = BlobRecord(*record)
-                    record.blob = f.read()
-            except (OSError, POSKeyError):
-                pass
-        records.append(record)
+            with contextlib.suppress(OSError, POSKeyError), \
+                    open(fs.loadBlob(r.oid, r.tid), 'rb') as f:
+                records[-1] = BlobRecord(*records[-1])
+                records[-1].blob = f.read()
     return Txn(t.tid, t.status, t.user, t.description, dict(t.extension),
                records)
 
 
 def iter_transactions(path, blob_dir=None):
     """`transactions(path)` one at a time (for big files)."""
-    fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir,
-                                      read_only=True)
+    fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir, read_only=True)
     try:
         for t in fs.iterator():
             yield copy_transaction(t, fs if blob_dir else None)
@@ -113,8 +110,7 @@ class Populated:
 def assert_same_history(primary_path, replica_path):
     """The replica file holds exactly the primary's transactions;
     returns how many."""
-    primary = transactions(primary_path)
-    replica = transactions(replica_path)
+    primary, replica = transactions(primary_path), transactions(replica_path)
     assert [t[0] for t in replica] == [t[0] for t in primary], (
         'tid lists differ: primary %d txns, replica %d txns' % (
             len(primary), len(replica)))
@@ -133,13 +129,11 @@ def load_current(path):
     """{oid: (data, serial) or 'missing'} for every oid in the index of the
     FileStorage at `path` ('missing': creation undone)."""
     fs = ZODB.FileStorage.FileStorage(path, read_only=True)
+    result = dict.fromkeys(fs._index.keys(), 'missing')
     try:
-        result = {}
-        for oid in fs._index.keys():
-            try:
+        for oid in result:
+            with contextlib.suppress(POSKeyError):
                 result[oid] = fs.load(oid)
-            except POSKeyError:
-                result[oid] = 'missing'
         return result
     finally:
         fs.close()
@@ -148,14 +142,11 @@ def load_current(path):
 def same_after_pack(p, r, stop):
     """Whether the replica's `Txn` `r` agrees with the primary's `p` (of
     one tid) after the primary packed up to tid `stop` and the replica
-    did not.
-
-    After `stop`: identical, but where the primary's record has no back
-    pointer the replica's may (the pack resolves pointers to removed
-    records into data, `fspack.PackCopier.copy`).  Up to `stop`: the same
-    metadata, and each primary record (oid, tid, data) is the replica's
-    last of that oid in the transaction (the pack keeps one per oid;
-    ZEO at times stores a blob record twice).
+    did not.  After `stop`: identical, but where the primary's record has
+    no back pointer the replica's may (a pack resolves pointers to removed
+    records, `fspack.PackCopier.copy`).  Up to `stop`: the same metadata,
+    each primary record (oid, tid, data) the replica's last of that oid
+    there (the pack keeps one per oid; ZEO may store a blob record twice).
     """
     if p[0] > stop:
         return p[:5] == r[:5] and len(p[5]) == len(r[5]) and all(
@@ -167,14 +158,11 @@ def same_after_pack(p, r, stop):
 
 
 def assert_same_after_pack(primary_path, replica_path, pack_time):
-    """The replica agrees with a primary packed at `pack_time` after the
-    replica received (part of) the unpacked history: the same
-    transactions after the pack time, every primary transaction agrees
-    by `same_after_pack`, every current object loads the same.
-
-    Returns (packed transactions, later transactions, current objects)
-    compared.
-    """
+    """The replica, which received (part of) the unpacked history, agrees
+    with a primary packed at `pack_time`: the same transactions after it,
+    each primary transaction agrees by `same_after_pack`, every current
+    object loads the same.  Returns how many (packed transactions, later
+    transactions, current objects) were compared."""
     stop = pack_stop_tid(pack_time)
     primary = transactions(primary_path)
     replica = {t[0]: t for t in transactions(replica_path)}
@@ -189,8 +177,7 @@ def assert_same_after_pack(primary_path, replica_path, pack_time):
             'transaction %s missing on the replica' % p[0].hex())
         assert same_after_pack(p, replica[p[0]], stop), (
             'transaction %s differs' % p[0].hex())
-    current = load_current(primary_path)
-    replica_current = load_current(replica_path)
+    current, replica_current = map(load_current, (primary_path, replica_path))
     for oid, state in current.items():
         assert replica_current.get(oid) == state, (
             'object %s differs' % oid.hex())

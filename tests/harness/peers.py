@@ -28,10 +28,8 @@ ZCZRS_VENV = os.path.join(PEERS_DIR, 'zczrs-zodb551')
 
 def _peer_env():
     """The environment for peer-venv processes: nothing of ours leaks in."""
-    env = dict(os.environ)
-    for key in ('PYTHONPATH', 'PYTHONHOME', 'VIRTUAL_ENV'):
-        env.pop(key, None)
-    return env
+    return {key: value for key, value in os.environ.items()
+            if key not in ('PYTHONPATH', 'PYTHONHOME', 'VIRTUAL_ENV')}
 
 
 def peer_python(venv=ZCZRS_VENV):
@@ -95,11 +93,11 @@ SecondaryServer(options).main()
 
 SECONDARY_CONFIG = """\
 <zeo>
-  address 127.0.0.1:%(zeo_port)s
+  address 127.0.0.1:%d
   read-only true
 </zeo>
 <filestorage 1>
-  path %(fs_path)s
+  path %s
 </filestorage>
 """
 
@@ -112,10 +110,9 @@ class ZcZrsSecondary(Node):
     def __init__(self, directory, primary_port, name='zczrs-secondary',
                  register=None):
         super().__init__(directory, name, register)
-        self.primary_port = primary_port
+        self.primary_port, self.python = primary_port, None
         self.script_path = os.path.join(self.directory, name + '.py')
         self.cwd = self.directory
-        self.python = None
 
     def environment(self):
         return _peer_env()
@@ -123,11 +120,11 @@ class ZcZrsSecondary(Node):
     def write_config(self):
         with open(self.script_path, 'w') as f:
             f.write(SECONDARY_SCRIPT)
-        with open(self.config_path, 'w') as f:
-            f.write(SECONDARY_CONFIG % dict(zeo_port=self.zeo_port,
-                                            fs_path=self.fs_path) +
-                    eventlog_section(self.log_format))
-        return self.config_path
+        return super().write_config()
+
+    def config(self):
+        return SECONDARY_CONFIG % (self.zeo_port, self.fs_path) + \
+            eventlog_section(self.log_format)
 
     def command(self):
         return [self.python, self.script_path,

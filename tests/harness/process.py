@@ -1,8 +1,7 @@
 """Ports, polling, child processes and `Node`, the base of every node."""
 import os
-import signal
-import struct
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import ZEO
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
+LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
 
 
 def free_port():
@@ -27,15 +27,12 @@ def wait_until(predicate, timeout=60.0, interval=0.05, message=None):
     """Poll `predicate` until it returns a true value (returned); raise
     AssertionError naming `message` once `timeout` passed."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
+    while not (value := predicate()):
         if time.monotonic() > deadline:
-            raise AssertionError(
-                'timed out after %ss waiting for %s' % (
-                    timeout, message or predicate))
+            raise AssertionError('timed out after %ss waiting for %s' % (
+                timeout, message or predicate))
         time.sleep(interval)
+    return value
 
 
 def read_text(path):
@@ -68,60 +65,6 @@ def port_open(port, host='127.0.0.1'):
         return False
 
 
-class Process:
-    """A child process whose combined output goes to a log file."""
-
-    def __init__(self, args, log_path, env=None, cwd=None):
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, 'ab')
-        self.popen = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd)
-
-    @property
-    def pid(self):
-        return self.popen.pid
-
-    def log(self):
-        return read_text(self.log_path)
-
-    def wait_for_log(self, text, timeout=60.0, start=0):
-        """Wait until `text` appears in the log (after offset `start`)."""
-        def seen():
-            if (self.popen.poll() is not None
-                    and text not in self.log()[start:]):
-                raise AssertionError(
-                    '%s exited with %s before logging %r:\n%s' % (
-                        self.args, self.popen.returncode, text, self.log()))
-            return text in self.log()[start:]
-        wait_until(seen, timeout, message='%r in %s' % (text, self.log_path))
-
-    def signal(self, signum):
-        self.popen.send_signal(signum)
-
-    def stop(self, timeout=60.0):
-        """SIGTERM and wait; returns the exit status."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout)
-        finally:
-            self._log.close()
-
-    def kill(self):
-        """SIGKILL and wait (also makes sure it is gone, for finalisers)."""
-        if self.popen.poll() is None:
-            self.popen.kill()
-        self.popen.wait(30)
-        self._log.close()
-
-    close = kill
-
-
-LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
-
-
 def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
                      log_level='INFO'):
     """The `<eventlog>` of every test config (ZEO's and zrsd's schemas)."""
@@ -130,11 +73,53 @@ def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
                 log_level, log_file, log_format))
 
 
+class Process:
+    """A child process whose combined output goes to a log file."""
+
+    def __init__(self, args, log_path, env=None, cwd=None):
+        self.args, self.log_path = args, log_path
+        self._log = open(log_path, 'ab')
+        self.popen = subprocess.Popen(args, stdout=self._log, env=env,
+                                      stderr=subprocess.STDOUT, cwd=cwd)
+
+    def log(self):
+        return read_text(self.log_path)
+
+    def wait_for_log(self, text, timeout=60.0, start=0):
+        """Wait until `text` appears in the log (after offset `start`)."""
+        def seen():
+            found = text in self.log()[start:]
+            if not found and self.popen.poll() is not None:
+                raise AssertionError(
+                    '%s exited with %s before logging %r:\n%s' % (
+                        self.args, self.popen.returncode, text, self.log()))
+            return found
+        wait_until(seen, timeout, message='%r in %s' % (text, self.log_path))
+
+    def signal(self, signum):
+        self.popen.send_signal(signum)
+
+    def stop(self, timeout=60.0, kill=False):
+        """SIGTERM (SIGKILL if `kill`) and wait; returns the exit status."""
+        if self.popen.poll() is None:
+            (self.popen.kill if kill else self.popen.terminate)()
+        try:
+            return self.popen.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self):
+        """SIGKILL and wait (also makes sure it is gone, for finalisers)."""
+        self.stop(30, kill=True)
+
+    close = kill
+
+
 class Node:
     """One server process, restartable on the same ports, with its files
     (`NAME.conf`, `NAME.fs`, `NAME-N.log` per start) in `directory`.
-    Subclasses define `write_config`, `program` or `command`, `ready`.
-    `register` is given each started process."""
+    Subclasses define `config()` (or `write_config`), `program` or
+    `command`, `ready`.  `register` is given each started process."""
 
     env = None          # more (or, as None, fewer) environment variables
     cwd = None          # its working directory (None: ours)
@@ -144,17 +129,22 @@ class Node:
     def __init__(self, directory, name, register=None):
         self.directory = str(directory)
         os.makedirs(self.directory, exist_ok=True)
-        self.name = name
+        self.name, self.register = name, register
         self.fs_path = os.path.join(self.directory, name + '.fs')
         self.config_path = os.path.join(self.directory, name + '.conf')
         self.zeo_port = free_port()
-        self.register = register
         self.process = None
         self.starts = 0
 
+    def config(self):
+        """The text of the node's config file."""
+        raise NotImplementedError
+
     def write_config(self):
         """Write the node's config file; returns its path."""
-        raise NotImplementedError
+        with open(self.config_path, 'w') as f:
+            f.write(self.config())
+        return self.config_path
 
     def command(self):
         return [os.path.join(BIN, self.program), '-C', self.config_path]
@@ -165,10 +155,9 @@ class Node:
 
     def environment(self):
         """Ours with `env` (a None value removes a variable), or None."""
-        if not self.env:
-            return None
-        env = dict(os.environ, **self.env)
-        return {key: value for key, value in env.items() if value is not None}
+        if self.env:
+            return {key: value for key, value in
+                    dict(os.environ, **self.env).items() if value is not None}
 
     @property
     def zeo_address(self):
@@ -176,7 +165,7 @@ class Node:
 
     @property
     def pid(self):
-        return self.process.pid
+        return self.process.popen.pid
 
     @property
     def log_path(self):
@@ -211,6 +200,10 @@ class Node:
         assert expect is None or status == expect, (
             '%s exited with %s:\n%s' % (self.name, status, self.log()))
         return status
+
+    def wait(self, timeout=60.0):
+        """Wait for the process to exit by itself; its exit status."""
+        return self.process.popen.wait(timeout)
 
     def kill(self):
         """SIGKILL (no clean-up in the process) and reap."""

@@ -21,6 +21,8 @@ from ZODB.utils import z64
 from zrsd.protocol import BLOB_BLOCK_SIZE
 from zrsd.replica.receiver import Receiver
 
+from .process import wait_until
+
 
 def frame(payload):
     """One wire frame: 4-byte big-endian length, then the payload."""
@@ -41,7 +43,6 @@ CLOSE = object()  # script item: close the connection right there
 
 class Stream:
     """The frames a primary sends on a connection from `start_tid`.
-
     `frames`: `(kind, payload)`; kind is a message type ('T', 'C'...),
     'data', 'block', 'raw' (unframed, not checksummed) or 'close'.
     `commit()` sends the md5 of the framed payloads; `starts`, `size`:
@@ -49,13 +50,10 @@ class Stream:
     """
 
     def __init__(self, start_tid=z64, legacy=False):
-        self.start_tid = start_tid
-        self.legacy = legacy
+        self.start_tid, self.legacy = start_tid, legacy
         self.md5 = hashlib.md5(start_tid)
-        self.frames = []
-        self.starts = []
-        self.size = 0
-        self._taken = 0
+        self.frames, self.starts = [], []   # (kind, payload), wire offset
+        self.size = self._taken = 0
 
     def payload(self, data, kind='data', checksum=True):
         data = bytes(data)
@@ -284,9 +282,7 @@ class Connection:
     """What the fake primary saw on one accepted connection."""
 
     def __init__(self, index):
-        self.index = index
-        self.protocol = None
-        self.start_tid = None
+        self.index, self.protocol, self.start_tid = index, None, None
 
     def __repr__(self):
         return '<Connection #%d %r start=%s>' % (
@@ -299,96 +295,73 @@ class FakePrimary:
     (item i of a list, or a callable(start_tid)), then reading keep-alives.
     """
 
-    def __init__(self, script=(), port=0, handshake_timeout=30.0):
+    handshake_timeout = 30.0
+
+    def __init__(self, script=()):
         self.script = script
-        self.handshake_timeout = handshake_timeout
         self.connections = []
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sockets = []
-        self._threads = []
-        self._listener = socket.create_server(('127.0.0.1', port), backlog=8)
+        self._listener = socket.create_server(('127.0.0.1', 0), backlog=8)
         self.port = self._listener.getsockname()[1]
-
-    def start(self):
-        t = threading.Thread(target=self._accept_loop, daemon=True,
-                             name='fake-primary-%s' % self.port)
-        t.start()
-        self._threads.append(t)
-        return self
-
-    def stop(self):
-        self._stop.set()
-        for t in self._threads[:1]:
-            t.join(10)  # the accept loop
-        self._listener.close()
-        with self._lock:
-            socks = list(self._sockets)
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        for t in list(self._threads):
-            t.join(10)
+        self._threads = [threading.Thread(
+            target=self._accept_loop, daemon=True,
+            name='fake-primary-%s' % self.port)]
 
     def __enter__(self):
-        return self.start()
+        self._threads[0].start()
+        return self
 
     def __exit__(self, *exc):
-        self.stop()
+        self._stop.set()
+        self._threads[0].join(10)   # the accept loop
+        self._listener.close()
+        for s in list(self._sockets):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for t in self._threads[1:]:
+            t.join(10)
 
     def wait_connections(self, n, timeout=60.0):
-        """Wait until `n` connections completed their handshake."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                done = [c for c in self.connections if c.start_tid is not None]
-            if len(done) >= n:
-                return done
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    'fake primary: wanted %d handshakes, saw %r' % (
-                        n, self.connections))
-            time.sleep(0.02)
+        """Wait until `n` connections completed their handshake; those."""
+        def done():
+            shaken = [c for c in list(self.connections) if c.start_tid]
+            return [shaken] if len(shaken) >= n else None
+        return wait_until(done, timeout, 0.02,
+                          'fake primary: %d handshakes' % n)[0]
 
     @property
     def start_tids(self):
-        with self._lock:
-            return [c.start_tid for c in self.connections
-                    if c.start_tid is not None]
+        return [c.start_tid for c in list(self.connections) if c.start_tid]
 
     def _accept_loop(self):
         while not self._stop.is_set():
             try:
-                ready, _, _ = select.select([self._listener], [], [], 0.1)
-                if not ready:
+                if not select.select([self._listener], [], [], 0.1)[0]:
                     continue
                 sock = self._listener.accept()[0]
             except (OSError, ValueError):
                 return
-            with self._lock:
-                conn = Connection(len(self.connections))
-                self.connections.append(conn)
-                self._sockets.append(sock)
-            t = threading.Thread(target=self._serve, args=(sock, conn),
-                                 daemon=True, name='fake-primary-conn')
-            t.start()
-            self._threads.append(t)
-
-    def _frames_for(self, conn):
-        if callable(self.script):
-            return self.script(conn.start_tid)
-        return self.script[conn.index] if conn.index < len(self.script) else []
+            conn = Connection(len(self.connections))
+            self.connections.append(conn)
+            self._sockets.append(sock)
+            self._threads.append(threading.Thread(
+                target=self._serve, args=(sock, conn), daemon=True,
+                name='fake-primary-conn'))
+            self._threads[-1].start()
 
     def _serve(self, sock, conn):
+        script = self.script
         try:
             reader = _Reader(sock, self._stop)
-            conn.protocol = reader.frame(self.handshake_timeout)
+            protocol = reader.frame(self.handshake_timeout)
             tid = reader.frame(self.handshake_timeout)
-            if conn.protocol is None or tid is None:
+            if protocol is None or tid is None:
                 return
-            with self._lock:
-                conn.start_tid = tid
-            for item in self._frames_for(conn):
+            conn.protocol, conn.start_tid = protocol, tid
+            for item in (script(tid) if callable(script) else
+                         script[conn.index] if conn.index < len(script)
+                         else []):
                 if item is CLOSE:
                     return
                 sock.sendall(item if isinstance(item, Raw) else frame(item))
@@ -399,40 +372,30 @@ class FakePrimary:
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
-            with self._lock:
-                if sock in self._sockets:
-                    self._sockets.remove(sock)
+            self._sockets.remove(sock)
 
 
 class _Reader:
     """Reads frames from a socket, giving up on EOF, stop or timeout."""
 
     def __init__(self, sock, stop):
-        self.sock = sock
-        self.stop = stop
-        self.buf = b''
+        self.sock, self.stop, self.buf = sock, stop, b''
 
     def _read(self, n, deadline):
         while len(self.buf) < n:
-            if self.stop.is_set():
-                return None
             wait = 0.1 if deadline is None else min(
                 0.1, deadline - time.monotonic())
-            if wait <= 0:
+            if self.stop.is_set() or wait <= 0:
                 return None
-            ready, _, _ = select.select([self.sock], [], [], wait)
-            if not ready:
-                continue
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buf += chunk
+            if select.select([self.sock], [], [], wait)[0]:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return None
+                self.buf += chunk
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
     def frame(self, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
         head = self._read(4, deadline)
-        if head is None:
-            return None
-        return self._read(struct.unpack('>I', head)[0], deadline)
+        return head and self._read(struct.unpack('>I', head)[0], deadline)

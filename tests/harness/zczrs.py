@@ -40,14 +40,11 @@ class ZcZrsPrimary(Node):
         self.blob_dir = (os.path.join(self.directory, name + '.blobs')
                          if blobs else None)
 
-    def write_config(self):
+    def config(self):
         blob = ('    blob-dir %s\n' % self.blob_dir) if self.blob_dir else ''
-        with open(self.config_path, 'w') as f:
-            f.write(CONFIG % dict(zeo_port=self.zeo_port,
-                                  repl_port=self.repl_port,
-                                  fs_path=self.fs_path, blob=blob) +
-                    eventlog_section())
-        return self.config_path
+        return CONFIG % dict(zeo_port=self.zeo_port, repl_port=self.repl_port,
+                             fs_path=self.fs_path, blob=blob) + \
+            eventlog_section()
 
     def ready(self):
         # ZEO's server, then zc.zrs's Twisted port (from another thread).
@@ -65,14 +62,13 @@ class PopulateResult:
     last_tid: bytes = dataclasses.field(default=None, repr=False)
 
 
-def _payload_size(rng):
-    """Record sizes: mostly small, a fair share of KBs, a few tens of KB."""
+def _payload(rng):
+    """Random record data: mostly small, a fair share of KBs, a few tens
+    of KB."""
     r = rng.random()
-    if r < 0.75:
-        return rng.randint(20, 800)
-    if r < 0.97:
-        return rng.randint(1000, 6000)
-    return rng.randint(8000, 24000)
+    return rng.randbytes(rng.randint(20, 800) if r < 0.75 else
+                         rng.randint(1000, 6000) if r < 0.97 else
+                         rng.randint(8000, 24000))
 
 
 USERS = ['alice', 'bob', 'zoë', 'admin']
@@ -84,7 +80,7 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
     1-10 objects of up to ~24 KB a transaction, a third with metadata,
     every `undo_every`-th undone (every other one a creation)."""
     rng = random.Random(seed)
-    result = PopulateResult()
+    result = PopulateResult(transactions=1)
     db = ZEO.DB(address)
     tm = transaction.TransactionManager()
     conn = db.open(tm)
@@ -95,26 +91,20 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
         root['counter'] = 0
         tm.get().note('zrsd e2e: create the item tree')
         tm.commit()
-        result.transactions += 1
         next_key = 0
-
         for i in range(1, transactions + 1):
             is_undo_slot = undo_every and i % undo_every == 0
-            tm.begin()
-            txn = tm.get()
+            txn = tm.begin()
             creating = is_undo_slot and (i // undo_every) % 2 == 0
-            touched = rng.randint(1, 10)
-            for _ in range(touched):
+            for _ in range(rng.randint(1, 10)):
                 if creating or next_key < 20 or rng.random() < 0.3:
-                    size = _payload_size(rng)
                     items[next_key] = PersistentMapping(
-                        payload=rng.randbytes(size), version=0)
+                        payload=_payload(rng), version=0)
                     next_key += 1
                     result.objects += 1
                 else:
                     obj = items[rng.randrange(next_key)]
-                    size = _payload_size(rng)
-                    obj['payload'] = rng.randbytes(size)
+                    obj['payload'] = _payload(rng)
                     obj['version'] = obj.get('version', 0) + 1
             if rng.random() < 0.1:
                 root['counter'] = root['counter'] + 1
@@ -131,14 +121,12 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
             tm.commit()
             result.transactions += 1
             if is_undo_slot:
-                tm.begin()
-                db.undo(db.undoLog(0, 1)[0]['id'], tm.get())
+                db.undo(db.undoLog(0, 1)[0]['id'], tm.begin())
                 tm.get().note('undo')
                 tm.commit()
                 result.undos += 1
                 result.transactions += 1
-                if creating:
-                    result.creation_undos += 1
+                result.creation_undos += bool(creating)
                 # Undone creations removed keys: number after what is left.
                 tm.begin()
                 next_key = (items.maxKey() + 1) if len(items) else 0

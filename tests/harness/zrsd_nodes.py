@@ -36,19 +36,15 @@ def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
                 zrs_lines='', zeo_lines='', log_file='STDOUT',
                 log_level='INFO', header='', copy_file='off'):
     """The one zrsd config of the tests: one `<zrs 1>` section.
-
     `replicate_from` / `replicate_to` are ports on 127.0.0.1 (a replica
-    reconnects within 0.1-1 s, and copies no file unless `copy_file` says
-    so: the tests of ZRS see only ZRS links).  `zrs_lines` go into `<zrs 1>`,
-    `zeo_lines` into `<zeo>`, `sections` before the `<eventlog>`, `header`
-    (e.g. `%import zrsd\n`) first.
-    """
+    reconnects within 0.1-1 s and copies no file unless `copy_file` says
+    so).  `zrs_lines` go into `<zrs 1>`, `zeo_lines` into `<zeo>`,
+    `sections` before the `<eventlog>`, `header` first."""
     links = ''
     if replicate_from is not None:
-        links += ('  replicate-from 127.0.0.1:%d\n'
-                  '  reconnect-delay 0.1\n'
-                  '  max-reconnect-delay 1\n'
-                  '  copy-file %s\n' % (replicate_from, copy_file))
+        links += ('  replicate-from 127.0.0.1:%d\n  reconnect-delay 0.1\n'
+                  '  max-reconnect-delay 1\n  copy-file %s\n' % (
+                      replicate_from, copy_file))
     if replicate_to:
         links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
     return CONFIG % dict(
@@ -87,8 +83,7 @@ class ZrsdNode(Node):
                  blobs=False, register=None, monitor=False, **options):
         super().__init__(directory, name, register)
         self.upstream = upstream
-        if serve is None:
-            serve = upstream is None
+        serve = upstream is None if serve is None else serve
         self.blob_dir = (os.path.join(self.directory, name + '.blobs')
                          if blobs else None)
         self.repl_port = free_port() if serve else None
@@ -103,18 +98,17 @@ class ZrsdNode(Node):
             return 'primary'
         return 'cascade' if self.repl_port else 'replica'
 
-    def write_config(self):
-        """Write the config of the node's current role; returns its path."""
-        return write_config(
-            self.config_path, self.zeo_port, self.fs_path,
-            replicate_from=self.upstream, replicate_to=self.repl_port,
-            blob_dir=self.blob_dir, zrs_lines=self.zrs_lines,
-            zeo_lines=self.zeo_lines, sections=self.sections + (
-                '<monitor>\n  address 127.0.0.1:%d\n</monitor>\n'
-                % self.monitor_port if self.monitor_port else ''),
-            log_format=self.log_format, log_file=self.log_file,
-            log_level=self.log_level, header=self.header,
-            copy_file=self.copy_file)
+    def config(self):
+        """The config of the node's current role."""
+        monitor = ('<monitor>\n  address 127.0.0.1:%d\n</monitor>\n'
+                   % self.monitor_port if self.monitor_port else '')
+        return config_text(
+            self.zeo_port, self.fs_path, replicate_from=self.upstream,
+            replicate_to=self.repl_port, blob_dir=self.blob_dir,
+            sections=self.sections + monitor, **{
+                key: getattr(self, key) for key in (
+                    'zrs_lines', 'zeo_lines', 'log_format', 'log_file',
+                    'log_level', 'header', 'copy_file')})
 
     def ready(self):
         """ZEO (an empty replica's only once its first transaction came:
@@ -144,12 +138,10 @@ class PlainZeoNode(Node):
 
     read_only = False
 
-    def write_config(self):
-        with open(self.config_path, 'w') as f:
-            f.write('<zeo>\n  address 127.0.0.1:%d\n</zeo>\n<filestorage 1>\n'
-                    '  path %s\n</filestorage>\n' % (
-                        self.zeo_port, self.fs_path) + eventlog_section())
-        return self.config_path
+    def config(self):
+        return ('<zeo>\n  address 127.0.0.1:%d\n</zeo>\n<filestorage 1>\n'
+                '  path %s\n</filestorage>\n' % (self.zeo_port, self.fs_path)
+                + eventlog_section())
 
 
 class Writer:
@@ -161,12 +153,9 @@ class Writer:
     wait_timeout = 1    # a commit fails soon after the node went away
 
     def __init__(self, node, name='writer', blob_cache=None, size=1000):
-        self.node = node
-        self.name = name
+        self.node, self.name, self.size = node, name, size
         self.blob_cache = blob_cache
-        self.size = size
-        self.tids = []
-        self.error = None
+        self.tids, self.error = [], None
         self._random = random.Random(name)
         self._gate = threading.Lock()
         self._stopping = threading.Event()
@@ -204,9 +193,8 @@ class Writer:
         return self._thread.is_alive()
 
     def _run(self):
-        kw = {}
-        if self.blob_cache:
-            kw = dict(blob_dir=self.blob_cache, shared_blob_dir=False)
+        kw = dict(blob_dir=self.blob_cache, shared_blob_dir=False) \
+            if self.blob_cache else {}
         try:
             db = self.db = ZEO.DB(self.node.zeo_address,
                                   wait_timeout=self.wait_timeout, **kw)
@@ -230,21 +218,14 @@ class Writer:
         count = len(self.tids)
         tm.begin()
         items = conn.root().setdefault(self.name, OOBTree())
-        key = 'item-%02d' % (count % 40)
-        if key not in items:
-            items[key] = PersistentMapping()
-        item = items[key]
+        item = items.setdefault('item-%02d' % (count % 40),
+                                PersistentMapping())
         item['data'] = self._random.randbytes(self.size)
         item['count'] = count
         if self.blob_cache and count % 5 == 0:
             # Up to 70 KB: some cross the 64 KiB block boundary.
-            blob_key = 'blob-%d' % (count % 3)
-            data = self._random.randbytes(self._random.randint(0, 70000))
-            if blob_key in items:
-                with items[blob_key].open('w') as f:
-                    f.write(data)
-            else:
-                items[blob_key] = Blob(data)
+            _set_blob(items, 'blob-%d' % (count % 3), self._random.randbytes(
+                self._random.randint(0, 70000)))
         tm.get().note('writer %s: %d' % (self.name, count))
         tm.commit()
         self.tids.append(item._p_serial)
@@ -265,8 +246,7 @@ class MemorySampler:
     """Samples a process's RSS in a thread until the `with` ends."""
 
     def __init__(self, pid, interval=0.01):
-        self.pid = pid
-        self.interval = interval
+        self.pid, self.interval = pid, interval
         self.samples = []       # (monotonic time, rss)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -280,16 +260,15 @@ class MemorySampler:
         self._stop.set()
         self._thread.join()
 
-    def _sample(self):
-        memory = process_memory(self.pid)
-        if memory is not None:
-            self.samples.append((time.monotonic(), memory[0]))
-
     def _run(self):
-        while not self._stop.is_set():
-            self._sample()
+        while True:
+            stopping = self._stop.is_set()
+            memory = process_memory(self.pid)
+            if memory is not None:
+                self.samples.append((time.monotonic(), memory[0]))
+            if stopping:
+                return
             self._stop.wait(self.interval)
-        self._sample()
 
     @property
     def peak_rss(self):
@@ -321,16 +300,21 @@ def commit_blobs(db, blobs, note, **extension):
     {name: data}, with `note` and `extension`; returns its tid."""
     with opened(db) as (tm, root):
         for name, data in blobs.items():
-            if name in root:
-                with root[name].open('w') as f:
-                    f.write(data)
-            else:
-                root[name] = Blob(data)
+            _set_blob(root, name, data)
         tm.get().note(note)
         for key, value in extension.items():
             tm.get().setExtendedInfo(key, value)
         tm.commit()
     return db.lastTransaction()
+
+
+def _set_blob(mapping, key, data):
+    """mapping[key] = a Blob of `data`, or its existing blob rewritten."""
+    if key in mapping:
+        with mapping[key].open('w') as f:
+            f.write(data)
+    else:
+        mapping[key] = Blob(data)
 
 
 def undo_last(db):
@@ -344,20 +328,17 @@ def undo_last(db):
 
 def current_blobs(db, names):
     """{name: content} of the blobs root[name], read through ZODB."""
+    result = {}
     with opened(db) as (tm, root):
-        result = {}
         for name in names:
             with root[name].open('r') as f:
                 result[name] = f.read()
-        return result
+    return result
 
 
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
+def sha256_file(path):
     with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def blob_files(blob_dir):
