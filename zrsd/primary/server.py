@@ -388,12 +388,13 @@ class PrimaryServer:
         self.reactor = reactor
         self.settings = settings
         self.tid_index = TidIndex()
-        self.followers = Followers(storage.commits, reactor)
+        self.followers = None   # the caught-up streamers, once started
         self.connections = set()
         self.refusals = {}    # secondary host (or reason) -> RepeatLimiter
         self.port = None
 
     def start(self):
+        self.followers = Followers(self.storage.commits, self.reactor)
         self.followers.start()
         try:
             self._listen(ProtocolFactory(lambda: PrimaryProtocol(self)))
@@ -501,7 +502,8 @@ class PrimaryServer:
         """Stop listening and drop every secondary; returns the streamers
         (join them outside the reactor thread)."""
         self._stop_listening()
-        self.followers.stop()
+        if self.followers is not None:
+            self.followers.stop()
         streamers = []
         for connection in list(self.connections):
             if connection.streamer is not None:
