@@ -2,6 +2,7 @@
 import os
 import random
 import shutil
+from contextlib import closing
 from types import SimpleNamespace
 
 import ZODB.FileStorage
@@ -77,10 +78,8 @@ def judge(state, source, scratch, resume):
         replica = open_replica(scratch)
     except Exception as exc:
         return ['does not open: %s: %s' % (type(exc).__name__, exc)]
-    try:
+    with closing(replica):
         return list(_violations(replica, state, source, resume))
-    finally:
-        replica.close()
 
 
 def _violations(replica, state, source, resume):
@@ -113,8 +112,7 @@ def check(ops, source, scratch, rng, per_point, every=1, resume_every=10):
     checked, violations = 0, []
     for k in range(0, len(ops) + 1, every):
         for state in model.states(ops, k, rng, per_point):
-            found = judge(state, source, scratch,
-                          resume=checked % resume_every == 0)
+            violations.extend('%s: %s' % (state.label, v) for v in judge(
+                state, source, scratch, checked % resume_every == 0))
             checked += 1
-            violations.extend('%s: %s' % (state.label, v) for v in found)
     return checked, violations
