@@ -74,8 +74,7 @@ class Host:
     a port of the bridge; `hostname` resolves in every host."""
 
     def __init__(self, network, name, address):
-        self.name = name
-        self.hostname = '%s.%s' % (name, DOMAIN)
+        self.name, self.hostname = name, '%s.%s' % (name, DOMAIN)
         self.ns = '%s-%s' % (network.prefix, name)
         self.veth = '%s-%d' % (network.prefix, len(network.hosts))
         self.interface = ipaddress.ip_interface(address)
@@ -92,39 +91,34 @@ class Network:
     must be gone first)."""
 
     def __init__(self):
-        if os.geteuid() != 0:
-            raise Unavailable('not root')
-        if shutil.which('ip') is None:
-            raise Unavailable('no ip command')
+        if os.geteuid() != 0 or shutil.which('ip') is None:
+            raise Unavailable('not root' if os.geteuid() else 'no ip command')
         self.prefix = 'zh%d' % os.getpid()
-        self.bridge = self.prefix + '-br'
-        self.hosts = []
+        self.bridge, self.hosts = self.prefix + '-br', []
         try:
             remove_leftovers()
             self.subnet = free_subnet()
             ip('link', 'add', self.bridge, 'type', 'bridge')
-            ip('addr', 'add', '%s/%d' % (self.subnet[254],
-                                         self.subnet.prefixlen),
-               'dev', self.bridge)
+            ip('addr', 'add', self.address(254), 'dev', self.bridge)
             ip('link', 'set', self.bridge, 'up')
         except RuntimeError as exc:
             self.close()
             raise Unavailable(str(exc)) from None
 
+    def address(self, n):
+        return '%s/%d' % (self.subnet[n], self.subnet.prefixlen)
+
     def add(self, name, address=None, routes=()):
         """A new host (by default the next address of the subnet), with
         on-link `routes` (networks reached over the bridge directly)."""
-        if address is None:
-            address = '%s/%d' % (self.subnet[len(self.hosts) + 1],
-                                 self.subnet.prefixlen)
-        host = Host(self, name, address)
+        host = Host(self, name, address or self.address(len(self.hosts) + 1))
         self.hosts.append(host)
         try:
             ip('netns', 'add', host.ns)
             ip('link', 'add', host.veth, 'type', 'veth',
                'peer', 'name', 'eth0', 'netns', host.ns)
             ip('link', 'set', host.veth, 'master', self.bridge, 'up')
-            ip('-n', host.ns, 'addr', 'add', address, 'dev', 'eth0')
+            ip('-n', host.ns, 'addr', 'add', host.interface, 'dev', 'eth0')
             for device in ('lo', 'eth0'):
                 ip('-n', host.ns, 'link', 'set', device, 'up')
             for network in routes:
@@ -200,22 +194,22 @@ def issue(authority, host):
     its host name and address as subject names, client and server use."""
     key = ec.generate_private_key(ec.SECP256R1())
     extensions = [
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                ExtendedKeyUsageOID.CLIENT_AUTH]), False),
-        (x509.SubjectAlternativeName([
-            x509.DNSName(host.hostname),
-            x509.IPAddress(host.interface.ip)]), False),
-        (x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            authority.key.public_key()), False)]
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                               ExtendedKeyUsageOID.CLIENT_AUTH]),
+        x509.SubjectAlternativeName([x509.DNSName(host.hostname),
+                                     x509.IPAddress(host.interface.ip)]),
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            authority.key.public_key())]
     certificate = _certificate(host.hostname, authority.name, key,
-                               authority.key, False, extensions)
-    cert_path = authority.directory / (host.name + '.pem')
-    key_path = authority.directory / (host.name + '.key')
-    cert_path.write_bytes(_pem(certificate))
-    key_path.write_bytes(key.private_bytes(
+                               authority.key, False,
+                               [(e, False) for e in extensions])
+    paths = [authority.directory / (host.name + suffix)
+             for suffix in ('.pem', '.key')]
+    paths[0].write_bytes(_pem(certificate))
+    paths[1].write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
+    return tuple(map(str, paths))
 
 
 class HostNode(ZrsdNode):
@@ -226,8 +220,7 @@ class HostNode(ZrsdNode):
 
     def __init__(self, directory, host, authority, upstream=None,
                  allow_from=(), **options):
-        self.host = host
-        self.upstream_node = upstream
+        self.host, self.upstream_node = host, upstream
         self.allow_from = allow_from
         self.tls = ssl_lines(*issue(authority, host), authority.path)
         options.setdefault('zeo_lines', '  serve-empty on\n')
