@@ -14,8 +14,7 @@ _QUOTA_FILE = os.environ.get('ZRSD_TORTURE_QUOTA_FILE')
 
 class _QuotaFile:
     def __init__(self, file, quota_file):
-        self._file = file
-        self._quota_file = quota_file
+        self._file, self._quota_file = file, quota_file
 
     def __getattr__(self, name):
         return getattr(self._file, name)
