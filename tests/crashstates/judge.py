@@ -34,9 +34,8 @@ def apply(replica, txns):
 
 
 def record(root, txns, seed):
-    """The operations of a replica under `root` applying `txns`: in
-    groups of 1-5, each group live (fsync per commit) or deferred (one
-    group fsync), as zrsd's client does."""
+    """The operations of a replica under `root` applying `txns` in groups
+    of 1-5, each live (fsync per commit) or deferred (one fsync)."""
     rng = random.Random(seed)
     os.makedirs(root)
     with Recorder(root) as recorder:
@@ -69,8 +68,7 @@ def _blob_problems(history, source):
 
 
 def judge(state, source, scratch, resume):
-    """The violations of the durability rule in `state` (a list of
-    strings); `resume`: also replicate the rest and compare."""
+    """The violations of the rule in `state` (`resume`: replicating on)."""
     shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(scratch)
     state.write_to(scratch)
@@ -107,8 +105,8 @@ def _violations(replica, state, source, resume):
 
 
 def check(ops, source, scratch, rng, per_point, every=1, resume_every=10):
-    """Judge `per_point` states at every `every`-th crash point; returns
-    (states checked, [violations with their state's label])."""
+    """Judge `per_point` states at every `every`-th crash point; (states
+    checked, [violations with their state's label])."""
     checked, violations = 0, []
     for k in range(0, len(ops) + 1, every):
         for state in model.states(ops, k, rng, per_point):

@@ -22,8 +22,7 @@ SECTOR = 512
 
 
 class State:
-    """A crash state: `files` {path: bytes}, `directories` {path}, and
-    `published`, the last tid published before the crash (or None)."""
+    """A crash state: `files` {path: bytes}, `directories`, `published`."""
 
     def __init__(self, files, directories, published, label):
         self.files, self.directories = files, directories
@@ -52,8 +51,8 @@ class _Inode:
         self.pending = []       # ('write', offset, data) / ('truncate', n)
 
     def content(self, keep=None, torn=None):
-        """The content with the pending changes `keep` says to keep
-        (all when None); `torn`: (index, sectors) cuts that write."""
+        """The content with the pending changes `keep` keeps (default: all);
+        `torn`: (index, sectors) cuts that write."""
         content = self.durable
         for index, change in enumerate(self.pending):
             if keep is not None and not keep(index):
@@ -124,8 +123,8 @@ def _paths(op):
 
 
 def _names_after(name_ops, cut):
-    """{path: inode number or 'dir'} after the name operations kept: the
-    durable ones and the first `cut` of the others."""
+    """{path: inode number or 'dir'}: the durable name operations and
+    the first `cut` of the others."""
     names, undurable = {}, 0
     for op, durable in name_ops:
         if not durable:

@@ -28,8 +28,7 @@ CHUNK = 65536
 
 
 class _Link:
-    """One proxied connection: `down` the secondary's side, `up` the
-    primary's; `to_up` and `to_down` what is not yet sent that way."""
+    """A proxied connection: `down` the secondary's end, `up` the primary's."""
 
     def __init__(self, down, up, hold_after=None):
         self.down, self.up = down, up
@@ -189,8 +188,7 @@ class ChaosProxy:
         self._refilled = now
 
     def _register(self):
-        """Register interest for every socket; returns the select timeout
-        (when throttled and out of tokens: until the bucket refills)."""
+        """Register every socket; the select timeout (a throttle's refill)."""
         self._selector.close()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)

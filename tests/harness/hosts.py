@@ -43,8 +43,7 @@ def ip(*args, check=True):
 
 
 def remove_leftovers():
-    """Remove the namespaces (with no process left in them), bridges and
-    hosts files of runs whose process is gone."""
+    """Remove the namespaces, bridges and hosts files of dead runs."""
     names = ip('netns', 'list').split() + [
         line.split(':')[1].strip().split('@')[0]
         for line in ip('-o', 'link', 'show', 'type', 'bridge').splitlines()]
@@ -70,8 +69,7 @@ def free_subnet():
 
 
 class Host:
-    """A namespace `ns` whose `eth0` (address `ip`) is the peer of `veth`,
-    a port of the bridge; `hostname` resolves in every host."""
+    """A namespace `ns` (`eth0` at `ip`, peer of the bridge port `veth`)."""
 
     def __init__(self, network, name, address):
         self.name, self.hostname = name, '%s.%s' % (name, DOMAIN)
@@ -86,9 +84,8 @@ class Host:
 
 
 class Network:
-    """A bridge on `subnet`, the first 10.231.N.0/24 free here, and the
-    hosts added to it; `close()` removes everything (processes inside
-    must be gone first)."""
+    """A bridge on `subnet` (the first 10.231.N.0/24 free) and its hosts;
+    `close()` removes everything (its processes must be gone first)."""
 
     def __init__(self):
         if os.geteuid() != 0 or shutil.which('ip') is None:
@@ -109,8 +106,7 @@ class Network:
         return '%s/%d' % (self.subnet[n], self.subnet.prefixlen)
 
     def add(self, name, address=None, routes=()):
-        """A new host (by default the next address of the subnet), with
-        on-link `routes` (networks reached over the bridge directly)."""
+        """A new host (default: the next address), with on-link `routes`."""
         host = Host(self, name, address or self.address(len(self.hosts) + 1))
         self.hosts.append(host)
         try:
@@ -134,8 +130,7 @@ class Network:
         return host
 
     def check(self, client, server):
-        """Unavailable unless `client` can open a TCP connection to
-        `server` (a firewall on bridged traffic would stop it)."""
+        """Unavailable unless `client` reaches `server` (a firewall?)."""
         listener = subprocess.Popen(server.exec(
             sys.executable, '-c', 'import socket, sys; s = socket.'
             'create_server((sys.argv[1], 0)); print(s.getsockname()[1], '
@@ -161,9 +156,7 @@ class Network:
         ip('link', 'set', host.veth, 'up')
 
     def drop(self, port, *hosts):
-        """Kill the TCP connections to or from `port` on `hosts`, as their
-        TCP does when a link stays cut too long; False if `ss -K` cannot
-        (a kernel without CONFIG_INET_DIAG_DESTROY)."""
+        """Kill `port`'s TCP connections on `hosts` (`ss -K`); False: no."""
         if shutil.which('ss') is None:
             return False
         for host in hosts:
@@ -190,8 +183,7 @@ class Network:
 
 
 def issue(authority, host):
-    """(certificate, key) paths for `host`: its host name as common name,
-    its host name and address as subject names, client and server use."""
+    """(certificate, key) paths for `host`: its name and address."""
     key = ec.generate_private_key(ec.SECP256R1())
     extensions = [
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
@@ -213,10 +205,8 @@ def issue(authority, host):
 
 
 class HostNode(ZrsdNode):
-    """zrsd on `host`: ZEO, ZRS and the monitor listen on its address; a
-    secondary of the HostNode `upstream` reaches it by host name. Mutual
-    TLS with a certificate of `host` signed by `authority`, `allow_from`
-    networks when it serves secondaries."""
+    """zrsd on `host`, listening on its address, reaching `upstream` by
+    host name; mutual TLS signed by `authority`, `allow_from` networks."""
 
     def __init__(self, directory, host, authority, upstream=None,
                  allow_from=(), **options):
@@ -253,9 +243,7 @@ class HostNode(ZrsdNode):
         return self.config_path
 
     def status(self, inside=False):
-        """The first storage of the node's /status, read over the network,
-        or `inside` its host (through its own stack: while its cable is
-        out)."""
+        """The node's first /status storage (`inside`: read from its host)."""
         url = 'http://%s:%d/status' % (self.host.ip, self.monitor_port)
         if inside:
             text = subprocess.run(self.host.exec(
