@@ -24,8 +24,7 @@ CRASH_SITE = os.path.join(os.path.dirname(__file__), 'copy_crash_site')
 
 
 def nodes(tmp_path, processes, upstream=None, policy='new', **options):
-    """A started primary (`upstream` None), or a replica that copies the
-    file by zrsd's default policy (`new`), whatever the primary's length."""
+    """A started primary, or (`upstream`) a replica copying by `policy`."""
     if upstream is None:
         return ZrsdNode(tmp_path, 'primary', register=processes,
                         **options).start()
@@ -35,8 +34,7 @@ def nodes(tmp_path, processes, upstream=None, policy='new', **options):
 
 
 def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
-    """Commit `transactions` of `size`-byte records (a blob in every
-    third with `blobs`); returns the last tid."""
+    """Commit `transactions` records of `size` bytes; returns the last tid."""
     db = blob_db(node, tmp_path / 'cache') if blobs else node.db()
     try:
         for i in range(transactions):
@@ -51,9 +49,7 @@ def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
 
 
 def same_files(primary, replica, tmp_path=None):
-    """Stop both: the files are byte-identical, no copy marker is left;
-    with `tmp_path`, the replica's saved index is the one FileStorage
-    builds from the file alone."""
+    """Stop both: identical files, no marker; (`tmp_path`) a sound index."""
     stop_all(replica, primary)
     assert filecmp.cmp(primary.fs_path, replica.fs_path, shallow=False)
     if primary.blob_dir:
@@ -70,8 +66,7 @@ def same_files(primary, replica, tmp_path=None):
 
 
 def crash_env(stage):
-    """A zrsd's environment to exit at `stage` of a copy (see
-    copy_crash_site)."""
+    """The environment of a zrsd that exits at `stage` of a copy."""
     return {'PYTHONPATH': CRASH_SITE, 'ZRSD_COPY_CRASH_AT': stage}
 
 
@@ -101,8 +96,7 @@ def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes):
 
 
 def test_a_prefix_that_differs_falls_back_to_zrs(tmp_path, processes):
-    """A replica whose file has the primary's length and last transaction
-    but other bytes is refused a copy; ZRS then replicates the rest."""
+    """A prefix with other bytes is refused a copy; ZRS replicates the rest."""
     primary = nodes(tmp_path, processes)
     middle = fill(primary, tmp_path, transactions=5)
     primary.stop()
@@ -122,9 +116,7 @@ def test_a_prefix_that_differs_falls_back_to_zrs(tmp_path, processes):
 
 
 def copy_through_proxy(tmp_path, processes, megabytes):
-    """A primary of 60 big transactions; a replica copying its file through
-    a proxy throttled to 10 MB/s (about 3 s), once `megabytes` are through:
-    (primary, proxy, replica, the primary's last tid)."""
+    """A replica copying a 30 MB file at 10 MB/s, `megabytes` in."""
     primary = nodes(tmp_path, processes)
     last = fill(primary, tmp_path, transactions=60, size=500000)
     proxy = ChaosProxy(primary.repl_port, socket_buffer=65536)
@@ -137,9 +129,7 @@ def copy_through_proxy(tmp_path, processes, megabytes):
 
 @pytest.mark.parametrize('victim', ['replica', 'primary'])
 def test_a_copy_killed_midway_resumes(tmp_path, processes, victim):
-    """kill -9 of either side in the middle of a copy: the replica ends
-    byte-identical (what it had verified is kept; the rest is copied or
-    replicated again)."""
+    """kill -9 of either side mid-copy: the replica ends byte-identical."""
     primary, proxy, replica, last = copy_through_proxy(
         tmp_path, processes, 12)
     with closing(proxy):
@@ -152,10 +142,7 @@ def test_a_copy_killed_midway_resumes(tmp_path, processes, victim):
 
 
 def test_a_pack_of_the_primary_during_a_copy(tmp_path, processes):
-    """The primary packs while a replica copies its file: the copy stops
-    at a transaction it verified, ZRS replicates the rest from the packed
-    file, and the replica agrees with the packed primary.  (A replica
-    copies before it opens: nothing can pack it meanwhile.)"""
+    """A pack mid-copy: the copy stops, ZRS goes on from the packed file."""
     primary, proxy, replica, _ = copy_through_proxy(tmp_path, processes, 8)
     with closing(proxy):
         with closing(primary.client(read_only=False)) as storage:
@@ -176,9 +163,7 @@ def test_a_pack_of_the_primary_during_a_copy(tmp_path, processes):
     ('primary', 'finish')])
 def test_a_copy_crashed_at_every_stage_resumes(tmp_path, processes, victim,
                                                stage):
-    """Either side exits at once (as kill -9) at each stage of a copy (see
-    copy_crash_site); restarted, the replica ends byte-identical, with no
-    marker left and an index FileStorage agrees with."""
+    """A crash of either side at each stage of a copy: the replica recovers."""
     primary = nodes(tmp_path, processes, blobs=True)
     fill(primary, tmp_path, transactions=20, size=200000, blobs=True)
     replica = nodes(tmp_path, processes, primary.repl_port, blobs=True)
@@ -197,9 +182,7 @@ def test_a_copy_crashed_at_every_stage_resumes(tmp_path, processes, victim,
 
 
 def test_a_replica_far_behind_copies_the_rest(tmp_path, processes):
-    """With copy-file on, a replica whose file is a prefix of its
-    primary's proves it and copies the rest, extending the index
-    FileStorage saved when it stopped."""
+    """copy-file on: a replica behind proves its prefix and copies the rest."""
     primary = nodes(tmp_path, processes)
     fill(primary, tmp_path)
     replica = nodes(tmp_path, processes, primary.repl_port, policy='on')
@@ -214,9 +197,7 @@ def test_a_replica_far_behind_copies_the_rest(tmp_path, processes):
 
 
 def test_an_interrupted_copy_then_copy_file_off(tmp_path, processes):
-    """A copy interrupted, then the replica restarted with copy-file off:
-    its file is cut where the copy had synced, the marker goes, and ZRS
-    replicates the rest."""
+    """An interrupted copy, then copy-file off: cut back, ZRS goes on."""
     primary = nodes(tmp_path, processes)
     last = fill(primary, tmp_path)
     replica = nodes(tmp_path, processes, primary.repl_port)

@@ -1,10 +1,8 @@
-"""The durability rule and fail-stop (zrsd.disk, README "Durability").
-
-In process: the order of fsyncs for a transaction with blobs, on a replica
-and on a primary; an fsync that fails stops the node once and is never
-retried or believed, live and in a group.  With real processes: a replica
-whose disk fills up exits with status 1 and one CRITICAL line, again when
-restarted on the full disk, and catches up once there is space.
+"""The durability rule and fail-stop (zrsd.disk, README "Durability"):
+the order of fsyncs with blobs, on a replica and on a primary; a failed
+fsync stops the node once and is never retried or believed, live and in a
+group; a full disk stops a replica (exit 1, one CRITICAL line) until there
+is space.
 """
 import errno
 import os
@@ -38,8 +36,7 @@ def data_fs(tmp_path, blobs=False):
 
 
 def source(tmp_path, blobs=0, read_blobs=False):
-    """The transactions of a FileStorage: the root, then `blobs` each
-    adding one blob (`read_blobs`: blob records carry their content)."""
+    """The root's transaction, then `blobs` adding a blob each."""
     path, blob_dir = str(tmp_path / 'source.fs'), str(tmp_path / 'blobs.s')
     db = ZODB.DB(ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir))
     for i in range(blobs):
@@ -50,8 +47,7 @@ def source(tmp_path, blobs=0, read_blobs=False):
 
 @pytest.fixture
 def fsyncs(monkeypatch):
-    """Every path fsynced from now on, in order; `fail(error)` makes the
-    following fsyncs raise `error`."""
+    """The paths fsynced, in order; `fail(error)`: the next ones raise."""
     class Paths(list):
         fail = None
     done, failing, real = Paths(), [], os.fsync
@@ -83,8 +79,7 @@ def blob_files(root):
 
 
 def assert_blob_order(synced, tmp_path):
-    """Each blob file, then its directories up to the root, then the data
-    file: nothing in Data.fs before its blobs are durable."""
+    """Each blob file, then its directories, then Data.fs is synced."""
     data_file, blob_root = str(tmp_path / 'Data.fs'), str(tmp_path / 'blobs')
     data = [i for i, path in enumerate(synced) if path == data_file]
     assert data, synced
@@ -169,9 +164,7 @@ def test_a_failing_primary_commit_stops_the_process(tmp_path, fsyncs, stops):
 
 def test_full_disk_stops_the_replica_until_there_is_space(
         tmp_path, zczrs_primary, node):
-    """ENOSPC on the data file: exit status 1 and one CRITICAL line naming
-    the file and the error, no traceback; the same at a restart on the full
-    disk; with space back, a restart catches up."""
+    """ENOSPC: exit 1, one CRITICAL line, again on restart; space: catch-up."""
     primary, quota = zczrs_primary, tmp_path / 'quota'
     quota.write_text('%d\n' % (1 << 62))
     replica = node('replica', upstream=primary.repl_port, env={
@@ -199,9 +192,7 @@ def test_full_disk_stops_the_replica_until_there_is_space(
 
 @pytest.mark.parametrize('defer', [False, True])
 def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
-    """A ZEO client loads an object as of an invalidation's tid as soon as
-    the invalidation arrives: the replica must already serve that revision
-    (the published tid moves before the invalidations go out)."""
+    """An invalidation's revision is served before the invalidation goes."""
     replica, loaded = ReplicaStorage(data_fs(tmp_path)), []
     replica.registerDB(SimpleNamespace(invalidate=lambda tid, oids: (
         loaded.extend((replica.loadBefore(oid, p64(u64(tid) + 1))[1], tid)
@@ -213,8 +204,7 @@ def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
 
 
 def pack_fsyncs(db, fsyncs, commits):
-    """Commit `commits` transactions to `db`, pack and close it: the paths
-    the pack fsynced."""
+    """Commit `commits` times, pack, close: the paths the pack fsynced."""
     for i in range(commits):
         with db.transaction() as conn:
             conn.root()['x'] = i
@@ -226,9 +216,7 @@ def pack_fsyncs(db, fsyncs, commits):
 
 def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
         tmp_path, fsyncs):
-    """FileStorage renames the packed file over the data file without an
-    fsync; a primary fsyncs the packed file before and the directory
-    after."""
+    """A primary syncs the packed file, then the directory (unlike FS)."""
     synced = pack_fsyncs(ZODB.DB(PrimaryStorage(data_fs(tmp_path))), fsyncs, 5)
     data = str(tmp_path / 'Data.fs')
     assert synced.index(data + '.pack') < synced.index(str(tmp_path))
@@ -236,8 +224,7 @@ def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
 
 def test_a_promoted_replica_packs_durably_whatever_its_pack_policy(
         tmp_path, fsyncs):
-    """A replica with `pack refuse`, promoted, packs as a primary does:
-    the packed file is fsynced before the switch."""
+    """A promoted `pack refuse` replica fsyncs the packed file too."""
     replica = ReplicaStorage(data_fs(tmp_path), pack='refuse')
     replicate(replica.writer, source(tmp_path))
     db = ZODB.DB(PrimaryStorage.promoted(replica))
