@@ -25,7 +25,7 @@ from harness.zrsd_nodes import Writer
 @pytest.fixture(scope='module')
 def network():
     try:
-        with hosts.Network() as network:
+        with closing(hosts.Network()) as network:
             subnet = network.subnet
             other = '10.232.%d.0/24' % subnet.network_address.packed[2]
             network.add('primary', routes=[other])

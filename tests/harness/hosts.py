@@ -167,12 +167,6 @@ class Network:
                 return False
         return True
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def close(self):
         for host in self.hosts:     # `netns del` takes both veth ends
             ip('netns', 'del', host.ns, check=False)
