@@ -1,10 +1,10 @@
 """Record the file-system operations made under one directory.
 
-`Recorder(root)` is a context manager that interposes on the calls zrsd,
+`Recorder(root)`, a context manager, interposes on the calls zrsd,
 FileStorage and the blob directory make (`open`, `os.open`, `os.fsync`,
-`os.rename`, `os.replace`, `os.remove`, `os.unlink`, `os.mkdir`, file
-`write` and `truncate`, zrsd's `disk.BlobFile`) and appends to `ops`, with
-paths relative to `root`:
+`os.fdatasync`, renames, unlinks, `os.mkdir`, file `write` and `truncate`,
+zrsd's `disk.BlobFile`) and appends to `ops` (paths relative to `root`;
+everything else passes through; one thread at a time):
 
     ('create', path)            a new empty file
     ('mkdir', path)
@@ -14,8 +14,6 @@ paths relative to `root`:
     ('rename', source, target)
     ('unlink', path)
     ('publish', tid)            (`publish`, called by the workload)
-
-Everything else passes through untouched.  One thread at a time.
 """
 import builtins
 import os
