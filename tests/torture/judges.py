@@ -8,7 +8,8 @@ import re
 
 import ZODB.blob
 
-from harness.history import iter_transactions, load_current, same_after_pack
+from harness.history import (Record, Txn, iter_transactions, load_current,
+                             same_after_pack)
 
 LOG_LINE = re.compile(
     r'^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(,\d+)? (?P<level>[A-Z]+) ')
@@ -21,18 +22,13 @@ COMMON_ALLOWED_ERRORS = (
 
 def differences(p, r):
     """What differs between two transaction tuples (for the report)."""
-    names = ('tid', 'status', 'user', 'description', 'extension')
-    out = [name for name, a, b in zip(names, p, r) if a != b]
-    precs, rrecs = p[5], r[5]
-    if len(precs) != len(rrecs):
-        out.append('%d records vs %d' % (len(precs), len(rrecs)))
-    else:
-        for a, b in zip(precs, rrecs):
-            if a != b:
-                fields = [n for n, x, y in zip(
-                    ('oid', 'tid', 'data', 'data_txn'), a, b) if x != y]
-                out.append('record %s: %s' % (a[0].hex(), ','.join(fields)))
-                break
+    out = [name for name, a, b in zip(Txn._fields[:5], p, r) if a != b]
+    if len(p[5]) != len(r[5]):
+        out.append('%d records vs %d' % (len(p[5]), len(r[5])))
+    else:       # the first record that differs
+        out += ['record %s: %s' % (a[0].hex(), ','.join(
+            n for n, x, y in zip(Record._fields, a, b) if x != y))
+            for a, b in zip(p[5], r[5]) if a != b][:1]
     return '; '.join(out)
 
 
