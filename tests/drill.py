@@ -70,15 +70,15 @@ class Drill:
         cache = os.path.join(self.workdir, 'client-blobs-' + node.name)
         writer = Writer(node, 'writer-' + node.name,
                         cache if self.blobs else None).start()
-        self.writes(writer, node, count)
+        self.writes(writer, count)
         return writer
 
-    def writes(self, writer, node, count):
+    def writes(self, writer, count):
         """Wait for `count` more commits of `writer`; it must not fail."""
         target = len(writer.tids) + count
-        wait_until(lambda: node.check_alive() and (
+        wait_until(lambda: writer.node.check_alive() and (
             len(writer.tids) >= target or not writer.running()), WAIT,
-            message='%d commits on %s' % (count, node.name.upper()))
+            message='%d commits on %s' % (count, writer.node.name.upper()))
         check(writer.error is None, 'the writer failed: %r' % writer.error)
 
     @contextlib.contextmanager
@@ -247,7 +247,7 @@ class Drill:
             c_link.stall()
             before = len(writer.tids)
             writer.resume()
-            self.writes(writer, b, LOST)
+            self.writes(writer, LOST)
             writer.stop()
             check(writer.error is None, 'the writer failed: %r'
                   % writer.error)

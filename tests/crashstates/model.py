@@ -112,14 +112,10 @@ class _Replay:
             return
         # A directory: the names changed in it so far are durable.
         for entry in self.name_ops:
-            if any(os.path.dirname(name) == path or
-                   (path == '.' and os.path.dirname(name) == '')
-                   for name in _paths(entry[0])):
+            op = entry[0]      # a rename changes two names
+            if any((os.path.dirname(name) or '.') == path
+                   for name in op[1:3 if op[0] == 'rename' else 2]):
                 entry[1] = True
-
-
-def _paths(op):
-    return [op[1]] if op[0] != 'rename' else [op[1], op[2]]
 
 
 def _names_after(name_ops, cut):
