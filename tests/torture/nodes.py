@@ -26,9 +26,7 @@ class TortureNode(ZrsdNode):
 
     def start(self):
         """A primary returns once it serves; a replica at once."""
-        if self.role == 'primary':
-            return super().start(WAIT)
-        return self.launch()
+        return super().start(WAIT) if self.role == 'primary' else self.launch()
 
     def launch(self):
         super().launch()
