@@ -35,8 +35,8 @@ def nodes(tmp_path, processes, upstream=None, policy='new', **options):
 
 def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
     """Commit `transactions` records of `size` bytes; returns the last tid."""
-    db = blob_db(node, tmp_path / 'cache') if blobs else node.db()
-    try:
+    with closing(blob_db(node, tmp_path / 'cache') if blobs
+                 else node.db()) as db:
         for i in range(transactions):
             with db.transaction() as conn:
                 conn.root()[i] = PersistentMapping(data=os.urandom(size))
@@ -44,8 +44,6 @@ def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
                     conn.root()['blob%d' % i] = ZODB.blob.Blob(
                         os.urandom(size))
         return db.storage.lastTransaction()
-    finally:
-        db.close()
 
 
 def same_files(primary, replica, tmp_path=None):
