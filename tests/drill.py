@@ -1,20 +1,12 @@
 """The failover drill (`make drill`, `scripts/drill.py`): the README's
-runbook end to end with three real zrsd nodes A, B, C and the real
-operator commands (`zrsdctl promote`, `zrsd-rewind [--dry-run]`,
-`zrsd-verify`, SIGTERM, SIGKILL, a rewritten config).
-
-1. Set-up: A primary, B (lagging behind a throttled link) and C its
-   replicas; a `Writer` commits to A (blobs too with `--blobs`).
-2. Planned switchover A -> B under load: B and C hold A's last
-   transaction and every acknowledged commit; B promoted, C and A (nothing
-   to rewind) follow it.
-3. Unplanned failover B -> C: C's link stalls, B commits LOST more and is
-   SIGKILLed, C promoted; A (refused) and B are rewound and follow C; the
-   files (and blob trees) end byte-identical.
-4. A summary of the steps and of what was lost (in 3, exactly what the
-   rewinds removed).  Exit status 0 when everything held, else 1 with the
-   tail of each log.  The work directory (default var/drill) is recreated
-   and removed after a clean run unless `--keep`.
+runbook end to end with three real zrsd nodes and the real operator
+commands.  A primary, B (behind a throttled link) and C its replicas, a
+`Writer` committing to A (blobs too with `--blobs`); a planned switchover
+A -> B under load loses nothing acknowledged; in the unplanned failover
+B -> C, B is SIGKILLed after LOST commits C never received, and A and B
+are rewound by exactly those; the files end byte-identical.  Exit status
+0 when everything held, else 1 with each log's tail; the work directory
+(default var/drill) is removed after a clean run unless `--keep`.
 """
 import argparse
 import contextlib
@@ -53,47 +45,46 @@ def check(condition, reason):
         raise DrillFailed(reason)
 
 
+def hexes(tids):
+    return ' '.join(tid.hex() for tid in tids)
+
+
 class Drill:
     """The three nodes, the proxies, the steps run and their results."""
 
     def __init__(self, workdir, blobs=False):
-        self.workdir = workdir
-        self.blobs = blobs
+        self.workdir, self.blobs = workdir, blobs
         self.steps = []          # (phase, name, seconds, result)
-        self.phase = ''
-        self.proxies = []
+        self.phase, self.proxies = '', []
         self.lost_planned = self.lost_unplanned = None
         # Each with a replicate-to; B and C get their upstream at start.
-        self.nodes = [
-            ZrsdNode(os.path.join(workdir, name), name, serve=True,
-                     blobs=blobs) for name in 'abc']
+        self.nodes = [ZrsdNode(os.path.join(workdir, name), name, serve=True,
+                               blobs=blobs) for name in 'abc']
 
     def proxy(self, target_port, **kw):
-        proxy = ChaosProxy(target_port, **kw)
-        self.proxies.append(proxy)
-        return proxy
+        self.proxies.append(ChaosProxy(target_port, **kw))
+        return self.proxies[-1]
 
     def writer(self, node, count):
         """A `Writer` on `node` once it made `count` commits."""
         cache = os.path.join(self.workdir, 'client-blobs-' + node.name)
         writer = Writer(node, 'writer-' + node.name,
                         cache if self.blobs else None).start()
-        self.writes(writer, node, count)
+        self.writes(writer, count)
         return writer
 
-    def writes(self, writer, node, count):
+    def writes(self, writer, count):
         """Wait for `count` more commits of `writer`; it must not fail."""
         target = len(writer.tids) + count
-        wait_until(lambda: node.check_alive() and (
+        wait_until(lambda: writer.node.check_alive() and (
             len(writer.tids) >= target or not writer.running()), WAIT,
-            message='%d commits on %s' % (count, node.name.upper()))
+            message='%d commits on %s' % (count, writer.node.name.upper()))
         check(writer.error is None, 'the writer failed: %r' % writer.error)
 
     @contextlib.contextmanager
     def step(self, name):
         """Time a step; its body sets `outcome[0]` to the result text."""
-        outcome, shown = ['ok'], None
-        began = time.monotonic()
+        outcome, shown, began = ['ok'], None, time.monotonic()
         try:
             yield outcome
         except BaseException as exc:
@@ -109,10 +100,9 @@ class Drill:
 
     def command(self, *args):
         """Run an operator command, showing its output; it must exit 0."""
-        program = os.path.join(BIN, args[0])
         print('    $ %s' % ' '.join(args), flush=True)
-        done = subprocess.run((program,) + args[1:], capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run((os.path.join(BIN, args[0]),) + args[1:],
+                              capture_output=True, text=True, timeout=300)
         for line in (done.stdout + done.stderr).splitlines():
             print('      ' + line)
         check(done.returncode == 0, '%s exited with %d' % (
@@ -120,12 +110,11 @@ class Drill:
         return done
 
     def summary(self):
+        row = '  %-8s %-52s %9s  %s'
         lines = ['', '==== zrsd failover drill ====',
-                 '  %-8s %-52s %9s  %s' % ('phase', 'step', 'time (s)',
-                                           'result')]
-        for phase, name, seconds, result in self.steps:
-            lines.append('  %-8s %-52s %9.2f  %s' % (phase, name, seconds,
-                                                     result))
+                 row % ('phase', 'step', 'time (s)', 'result')]
+        lines += [row % (phase, name, '%.2f' % seconds, result)
+                  for phase, name, seconds, result in self.steps]
         for what, lost in (('planned switchover', self.lost_planned),
                            ('unplanned failover', self.lost_unplanned)):
             if lost is not None:
@@ -137,13 +126,11 @@ class Drill:
     def log_tails(self, count=25):
         """Print the end of each node's log but ZEO's INFO lines."""
         for node in self.nodes:
-            if node.process is None:
-                continue
-            lines = [line for line in node.log().splitlines()
-                     if ' INFO ZEO.' not in line][-count:]
-            print('\n---- last %d lines of %s ----' % (len(lines),
-                                                       node.log_path))
-            print('\n'.join(lines))
+            if node.process is not None:
+                lines = [line for line in node.log().splitlines()
+                         if ' INFO ZEO.' not in line][-count:]
+                print('\n---- last %d lines of %s ----\n%s' % (
+                    len(lines), node.log_path, '\n'.join(lines)))
 
     def close(self):
         for item in self.proxies + self.nodes:
@@ -155,8 +142,7 @@ class Drill:
               'zrsdctl promote did not confirm: %s' % done.stdout.strip())
 
     def rewind(self, node, *options, lost=None):
-        """`zrsd-rewind` on a stopped node, which must (would) remove
-        exactly `lost` (default: the commits lost in the failover)."""
+        """zrsd-rewind of a stopped node: it (would) remove exactly `lost`."""
         lost = self.lost_unplanned if lost is None else lost
         done = self.command('zrsd-rewind', '-C', node.config_path, *options)
         removed = [bytes.fromhex(t) for t in REMOVED.findall(done.stdout)]
@@ -165,11 +151,6 @@ class Drill:
                  len(lost)))
         return done.stdout if not lost else '%s %d transactions' % (
             'would remove' if options else 'removed', len(removed))
-
-    def verify(self, primary, replica):
-        done = self.command('zrsd-verify', '%s:%d' % primary.zeo_address,
-                            '%s:%d' % replica.zeo_address)
-        return done.stdout.splitlines()[0]
 
     def follow(self, primary, *replicas):
         """Commit on `primary`; wait until each replica has it."""
@@ -180,14 +161,15 @@ class Drill:
 
     def all_follow(self, primary, *replicas):
         """Steps: a commit on `primary` reaches `replicas`; zrsd-verify."""
+        names = [node.name.upper() for node in (primary,) + replicas]
         with self.step('commit on %s; %s follow' % (
-                primary.name.upper(),
-                ' and '.join(r.name.upper() for r in replicas))) as out:
+                names[0], ' and '.join(names[1:]))) as out:
             out[0] = 'at %s' % self.follow(primary, *replicas).hex()
-        for replica in replicas:
-            with self.step('zrsd-verify %s %s' % (
-                    primary.name.upper(), replica.name.upper())) as out:
-                out[0] = self.verify(primary, replica)
+        for replica, name in zip(replicas, names[1:]):
+            with self.step('zrsd-verify %s %s' % (names[0], name)) as out:
+                out[0] = self.command(
+                    'zrsd-verify', '%s:%d' % primary.zeo_address,
+                    '%s:%d' % replica.zeo_address).stdout.splitlines()[0]
 
     def run(self):
         a, b, c = self.nodes
@@ -218,9 +200,8 @@ class Drill:
             writer.stop()
             last = transactions(a.fs_path)[-1][0]
             check('every secondary received the last commit %s'
-                  % last.hex() in a.log(),
-                  "A's log does not say every secondary received %s"
-                  % last.hex())
+                  % last.hex() in a.log(), "A's log does not say every "
+                  "secondary received %s" % last.hex())
             check(writer.error is not None, 'the writer never saw A stop')
             out[0] = ('A exited in %.2fs, B was %d commits behind; A '
                       'handed over up to %s; the writer stopped on %s' % (
@@ -248,8 +229,7 @@ class Drill:
         with self.step('A as a replica of B: zrsd-rewind --dry-run') as out:
             a.upstream = b.repl_port
             a.write_config()
-            check('nothing to rewind' in self.rewind(a, '--dry-run',
-                                                     lost=[]),
+            check('nothing to rewind' in self.rewind(a, '--dry-run', lost=[]),
                   'zrsd-rewind --dry-run does not say "nothing to rewind"')
             out[0] = 'nothing to rewind'
         with self.step('start A as a replica of B'):
@@ -267,7 +247,7 @@ class Drill:
             c_link.stall()
             before = len(writer.tids)
             writer.resume()
-            self.writes(writer, b, LOST)
+            self.writes(writer, LOST)
             writer.stop()
             check(writer.error is None, 'the writer failed: %r'
                   % writer.error)
@@ -330,27 +310,18 @@ class Drill:
                 len(transactions(c.fs_path)))
 
 
-def hexes(tids):
-    return ' '.join(tid.hex() for tid in tids)
-
-
-def parse_args(argv):
+def main(argv=None):
     parser = argparse.ArgumentParser(
         description='Run the README failover runbook end to end with real '
         'zrsd processes on 127.0.0.1 and report each step.')
-    parser.add_argument('--workdir', default=os.path.join(ROOT, 'var',
-                                                          'drill'),
-                        help='work directory, recreated (default var/drill)')
+    parser.add_argument('--workdir', help='work directory, recreated '
+                        '(default var/drill)',
+                        default=os.path.join(ROOT, 'var', 'drill'))
     parser.add_argument('--keep', action='store_true',
                         help='keep the work directory after a clean run')
-    parser.add_argument('--blobs', action='store_true',
-                        help='nodes with blob directories; the writers '
-                        'commit blobs too')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    parser.add_argument('--blobs', action='store_true', help='nodes with '
+                        'blob directories; the writers commit blobs too')
+    args = parser.parse_args(argv)
     workdir = os.path.abspath(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
@@ -360,9 +331,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
     print('zrsd failover drill%s; work directory %s' % (
         ' with blobs' if args.blobs else '', workdir), flush=True)
-    drill = Drill(workdir, blobs=args.blobs)
-    began = time.monotonic()
-    failure = None
+    drill, began, failure = Drill(workdir, args.blobs), time.monotonic(), None
     try:
         drill.run()
     except (DrillFailed, AssertionError) as exc:
@@ -376,14 +345,10 @@ def main(argv=None):
     print(drill.summary())
     print('time: %.1fs' % (time.monotonic() - began))
     if failure is not None:
-        print('result: FAILED: %s' % failure.splitlines()[0])
-        print('work directory kept: %s' % workdir)
+        print('result: FAILED: %s\nwork directory kept: %s' % (
+            failure.splitlines()[0], workdir))
         return 1
     print('result: OK')
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,6 +1,7 @@
 """A new or far-behind replica copies its primary's file (zrsd-seed1)
 before it opens, then replicates with ZRS; anything unusual falls back to
 ZRS, and the replica always ends byte-identical to its primary."""
+import filecmp
 import os
 import shutil
 import time
@@ -15,87 +16,77 @@ from ZODB.serialize import referencesf
 
 from harness.chaos import ChaosProxy
 from harness.history import assert_same_after_pack
-from harness.process import wait_until
+from harness.process import stop_all, wait_until
 from harness.zczrs import ZcZrsPrimary, commit_change
 from harness.zrsd_nodes import ZrsdNode, blob_db, blob_files
 
+CRASH_SITE = os.path.join(os.path.dirname(__file__), 'copy_crash_site')
 
-def make_replica(tmp_path, upstream, processes, policy='new', **options):
-    """A replica that copies the file by zrsd's default policy (`new`),
-    whatever the primary's length."""
+
+def nodes(tmp_path, processes, upstream=None, policy='new', **options):
+    """A started primary, or (`upstream`) a replica copying by `policy`."""
+    if upstream is None:
+        return ZrsdNode(tmp_path, 'primary', register=processes,
+                        **options).start()
     return ZrsdNode(tmp_path, 'replica', upstream=upstream,
                     zrs_lines='  copy-file-minimum 0\n', copy_file=policy,
                     register=processes, **options)
 
 
 def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
-    """Commit `transactions` of `size`-byte records (a blob in every
-    third with `blobs`); returns the last tid."""
-    db = blob_db(node, tmp_path / 'cache') if blobs else node.db()
-    try:
+    """Commit `transactions` records of `size` bytes; returns the last tid."""
+    with closing(blob_db(node, tmp_path / 'cache') if blobs
+                 else node.db()) as db:
         for i in range(transactions):
             with db.transaction() as conn:
                 conn.root()[i] = PersistentMapping(data=os.urandom(size))
                 if blobs and i % 3 == 0:
-                    blob = ZODB.blob.Blob()
-                    with blob.open('w') as f:
-                        f.write(os.urandom(size))
-                    conn.root()['blob%d' % i] = blob
+                    conn.root()['blob%d' % i] = ZODB.blob.Blob(
+                        os.urandom(size))
         return db.storage.lastTransaction()
-    finally:
-        db.close()
 
 
-def same_files(primary, replica):
-    with open(primary.fs_path, 'rb') as a, open(replica.fs_path, 'rb') as b:
-        assert a.read() == b.read()
+def same_files(primary, replica, tmp_path=None):
+    """Stop both: identical files, no marker; (`tmp_path`) a sound index."""
+    stop_all(replica, primary)
+    assert filecmp.cmp(primary.fs_path, replica.fs_path, shallow=False)
     if primary.blob_dir:
         assert blob_files(primary.blob_dir) == blob_files(replica.blob_dir)
+    assert not os.path.exists(replica.fs_path + '.seeding')
+    if tmp_path is not None:
+        saved = fsIndex.load(replica.fs_path + '.index')
+        shutil.copyfile(replica.fs_path, tmp_path / 'rebuilt.fs')
+        with closing(FileStorage(str(tmp_path / 'rebuilt.fs'),
+                                 read_only=True)) as fs:
+            # The test reads what FileStorage built.
+            assert dict(saved['index'].items()) == dict(fs._index.items())
+        assert saved['pos'] == os.path.getsize(replica.fs_path)
 
 
-def internals_index(fs):
-    return fs._index   # the test reads what FileStorage built
-
-
-def index_as_rebuilt(node, tmp_path):
-    """The index a FileStorage saved for `node` (stopped), against the one
-    it builds from the file alone."""
-    saved = fsIndex.load(node.fs_path + '.index')
-    copy = tmp_path / 'rebuilt.fs'
-    shutil.copyfile(node.fs_path, copy)
-    fs = FileStorage(str(copy), read_only=True)
-    try:
-        assert dict(saved['index'].items()) == dict(
-            internals_index(fs).items())
-        assert saved['pos'] == os.path.getsize(node.fs_path)
-    finally:
-        fs.close()
+def crash_env(stage):
+    """The environment of a zrsd that exits at `stage` of a copy."""
+    return {'PYTHONPATH': CRASH_SITE, 'ZRSD_COPY_CRASH_AT': stage}
 
 
 @pytest.mark.parametrize('blobs', [False, True])
 def test_a_new_replica_copies_the_file(tmp_path, processes, blobs):
-    primary = ZrsdNode(tmp_path, 'primary', blobs=blobs,
-                       register=processes).start()
+    primary = nodes(tmp_path, processes, blobs=blobs)
     last = fill(primary, tmp_path, blobs=blobs)
-    replica = make_replica(tmp_path, primary.repl_port, processes,
-                           blobs=blobs).start()
+    replica = nodes(tmp_path, processes, primary.repl_port,
+                    blobs=blobs).start()
     assert 'copied 3.' in replica.log()   # MB of the primary's file
     # FileStorage opened it with the index made during the copy.
     assert 'Ignoring index' not in replica.log()
     assert 'requesting transactions after %s' % last.hex() in replica.log()
     assert replica.last_tid() == last
-    later = commit_change(primary.zeo_address, 'later', 1)   # then ZRS
-    replica.wait_for_tid(later)
-    replica.stop()
-    primary.stop()
-    same_files(primary, replica)
-    index_as_rebuilt(replica, tmp_path)
+    replica.wait_for_tid(commit_change(primary.zeo_address, 'later', 1))
+    same_files(primary, replica, tmp_path)
 
 
 def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes):
     primary = ZcZrsPrimary(tmp_path, register=processes).start()
     last = commit_change(primary.zeo_address, 'x', 1)
-    replica = make_replica(tmp_path, primary.repl_port, processes).start()
+    replica = nodes(tmp_path, processes, primary.repl_port).start()
     replica.wait_for_tid(last)
     assert 'does not copy files (not zrsd); replicating with ZRS' in \
         replica.log()
@@ -103,87 +94,64 @@ def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes):
 
 
 def test_a_prefix_that_differs_falls_back_to_zrs(tmp_path, processes):
-    """A replica whose file has the primary's length and last transaction
-    but other bytes is refused a copy; ZRS then replicates the rest."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    """A prefix with other bytes is refused a copy; ZRS replicates the rest."""
+    primary = nodes(tmp_path, processes)
     middle = fill(primary, tmp_path, transactions=5)
     primary.stop()
     with open(primary.fs_path, 'rb') as f:
         data = bytearray(f.read())
     data[-100] ^= 0xff          # inside the last record's data
-    replica = make_replica(tmp_path, primary.repl_port, processes,
-                           policy='on')
+    replica = nodes(tmp_path, processes, primary.repl_port, policy='on')
     with open(replica.fs_path, 'wb') as f:
         f.write(data)
     primary.start()
     last = fill(primary, tmp_path, transactions=5)
-    replica.start()
-    replica.wait_for_tid(last)
+    replica.start().wait_for_tid(last)
     assert "first %d bytes differ from the primary's" % len(data) in \
         replica.log()
     assert 'requesting transactions after %s' % middle.hex() in replica.log()
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
+
+
+def copy_through_proxy(tmp_path, processes, megabytes):
+    """A replica copying a 30 MB file at 10 MB/s, `megabytes` in."""
+    primary = nodes(tmp_path, processes)
+    last = fill(primary, tmp_path, transactions=60, size=500000)
+    proxy = ChaosProxy(primary.repl_port, socket_buffer=65536)
+    proxy.throttle(10 << 20)
+    replica = nodes(tmp_path, processes, proxy.port).launch()
+    wait_until(lambda: proxy.bytes_down > megabytes << 20,
+               message='%d MB of the copy through' % megabytes)
+    return primary, proxy, replica, last
 
 
 @pytest.mark.parametrize('victim', ['replica', 'primary'])
 def test_a_copy_killed_midway_resumes(tmp_path, processes, victim):
-    """kill -9 of either side in the middle of a copy: the replica ends
-    byte-identical (what it had verified is kept; the rest is copied or
-    replicated again)."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
-    last = fill(primary, tmp_path, transactions=60, size=500000)
-    proxy = ChaosProxy(primary.repl_port, socket_buffer=65536)
-    try:
-        proxy.throttle(10 << 20)   # 10 MB/s: the copy takes about 3 s
-        replica = make_replica(tmp_path, proxy.port, processes).launch()
-        wait_until(lambda: proxy.bytes_down > 12 << 20,
-                   message='12 MB of the copy through')
+    """kill -9 of either side mid-copy: the replica ends byte-identical."""
+    primary, proxy, replica, last = copy_through_proxy(
+        tmp_path, processes, 12)
+    with closing(proxy):
         (replica if victim == 'replica' else primary).kill()
         proxy.throttle(None)
-        if victim == 'primary':
-            primary.start()
-        else:
-            replica.launch()
+        (primary.start if victim == 'primary' else replica.launch)()
         replica.wait_for_tid(last)
-        later = commit_change(primary.zeo_address, 'later', 1)
-        replica.wait_for_tid(later)
-    finally:
-        proxy.close()
-    replica.stop()
-    primary.stop()
+        replica.wait_for_tid(commit_change(primary.zeo_address, 'later', 1))
     same_files(primary, replica)
-    assert not os.path.exists(replica.fs_path + '.seeding')
 
 
 def test_a_pack_of_the_primary_during_a_copy(tmp_path, processes):
-    """The primary packs while a replica copies its file: the copy stops
-    at a transaction it verified, ZRS replicates the rest from the packed
-    file, and the replica agrees with the packed primary.  (A replica
-    copies before it opens: nothing can pack it meanwhile.)"""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
-    fill(primary, tmp_path, transactions=60, size=500000)
-    proxy = ChaosProxy(primary.repl_port, socket_buffer=65536)
-    try:
-        proxy.throttle(10 << 20)
-        replica = make_replica(tmp_path, proxy.port, processes).launch()
-        wait_until(lambda: proxy.bytes_down > 8 << 20,
-                   message='8 MB of the copy through')
+    """A pack mid-copy: the copy stops, ZRS goes on from the packed file."""
+    primary, proxy, replica, _ = copy_through_proxy(tmp_path, processes, 8)
+    with closing(proxy):
         with closing(primary.client(read_only=False)) as storage:
             pack_time = time.time()
             storage.pack(pack_time, referencesf)
         proxy.throttle(None)
-        last = commit_change(primary.zeo_address, 'after the pack', 1)
-        replica.wait_for_tid(last)
-    finally:
-        proxy.close()
+        replica.wait_for_tid(commit_change(primary.zeo_address,
+                                           'after the pack', 1))
     assert 'the primary was packed during the copy' in replica.log()
-    replica.stop()
-    primary.stop()
+    stop_all(replica, primary)
     assert_same_after_pack(primary.fs_path, replica.fs_path, pack_time)
-
-
-CRASH_SITE = os.path.join(os.path.dirname(__file__), 'copy_crash_site')
 
 
 @pytest.mark.parametrize('victim, stage', [
@@ -193,16 +161,12 @@ CRASH_SITE = os.path.join(os.path.dirname(__file__), 'copy_crash_site')
     ('primary', 'finish')])
 def test_a_copy_crashed_at_every_stage_resumes(tmp_path, processes, victim,
                                                stage):
-    """Either side exits at once (as kill -9) at each stage of a copy (see
-    copy_crash_site); restarted, the replica ends byte-identical, with no
-    marker left and an index FileStorage agrees with."""
-    primary = ZrsdNode(tmp_path, 'primary', blobs=True,
-                       register=processes).start()
+    """A crash of either side at each stage of a copy: the replica recovers."""
+    primary = nodes(tmp_path, processes, blobs=True)
     fill(primary, tmp_path, transactions=20, size=200000, blobs=True)
-    replica = make_replica(tmp_path, primary.repl_port, processes,
-                           blobs=True)
+    replica = nodes(tmp_path, processes, primary.repl_port, blobs=True)
     crashing = primary if victim == 'primary' else replica
-    crashing.env = {'PYTHONPATH': CRASH_SITE, 'ZRSD_COPY_CRASH_AT': stage}
+    crashing.env = crash_env(stage)
     if victim == 'primary':
         primary.stop()
         primary.start()
@@ -210,44 +174,32 @@ def test_a_copy_crashed_at_every_stage_resumes(tmp_path, processes, victim,
     assert crashing.process.popen.wait(60) == 9
     crashing.env = None
     crashing.launch()
-    last = commit_change(primary.zeo_address, 'after the crash', 1)
-    replica.wait_for_tid(last)
-    replica.stop()
-    primary.stop()
-    same_files(primary, replica)
-    assert not os.path.exists(replica.fs_path + '.seeding')
-    index_as_rebuilt(replica, tmp_path)
+    replica.wait_for_tid(commit_change(primary.zeo_address,
+                                       'after the crash', 1))
+    same_files(primary, replica, tmp_path)
 
 
 def test_a_replica_far_behind_copies_the_rest(tmp_path, processes):
-    """With copy-file on, a replica whose file is a prefix of its
-    primary's proves it and copies the rest, extending the index
-    FileStorage saved when it stopped."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    """copy-file on: a replica behind proves its prefix and copies the rest."""
+    primary = nodes(tmp_path, processes)
     fill(primary, tmp_path)
-    replica = make_replica(tmp_path, primary.repl_port, processes,
-                           policy='on').start()
-    replica.stop()
+    replica = nodes(tmp_path, processes, primary.repl_port, policy='on')
+    replica.start().stop()
     length = os.path.getsize(replica.fs_path)
     last = fill(primary, tmp_path, transactions=60)
     replica.start()
     assert "copying the primary's file from %d to %d bytes" % (
         length, os.path.getsize(primary.fs_path)) in replica.log()
     assert replica.last_tid() == last
-    replica.stop()
-    primary.stop()
-    same_files(primary, replica)
-    index_as_rebuilt(replica, tmp_path)
+    same_files(primary, replica, tmp_path)
 
 
 def test_an_interrupted_copy_then_copy_file_off(tmp_path, processes):
-    """A copy interrupted, then the replica restarted with copy-file off:
-    its file is cut where the copy had synced, the marker goes, and ZRS
-    replicates the rest."""
-    primary = ZrsdNode(tmp_path, 'primary', register=processes).start()
+    """An interrupted copy, then copy-file off: cut back, ZRS goes on."""
+    primary = nodes(tmp_path, processes)
     last = fill(primary, tmp_path)
-    replica = make_replica(tmp_path, primary.repl_port, processes)
-    replica.env = {'PYTHONPATH': CRASH_SITE, 'ZRSD_COPY_CRASH_AT': 'data:3'}
+    replica = nodes(tmp_path, processes, primary.repl_port)
+    replica.env = crash_env('data:3')
     replica.launch()
     assert replica.process.popen.wait(60) == 9
     assert os.path.exists(replica.fs_path + '.seeding')
@@ -256,6 +208,4 @@ def test_an_interrupted_copy_then_copy_file_off(tmp_path, processes):
     assert 'a copy was interrupted: the file is cut back' in replica.log()
     assert not os.path.exists(replica.fs_path + '.seeding')
     replica.wait_for_tid(last)
-    replica.stop()
-    primary.stop()
     same_files(primary, replica)

@@ -10,9 +10,9 @@ from harness.process import ROOT
 def test_failover_drill(tmp_path):
     done = subprocess.run(
         [sys.executable, ROOT + '/scripts/drill.py', '--blobs', '--workdir',
-         str(tmp_path / 'drill')],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
-    output = done.stdout.decode('utf-8', 'replace')
+         str(tmp_path / 'drill')], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, errors='replace', timeout=600)
+    output = done.stdout
     print(output)
     assert done.returncode == 0 and 'result: OK' in output, output
     assert '\nlost in the planned switchover: none\n' in output

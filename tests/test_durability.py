@@ -1,20 +1,17 @@
-"""The durability rule and fail-stop (zrsd.disk, README "Durability").
-
-In process: the order of fsyncs for a transaction with blobs, on a replica
-and on a primary; an fsync that fails stops the node once and is never
-retried or believed, live and in a group.  With real processes: a replica
-whose disk fills up exits with status 1 and one CRITICAL line, again when
-restarted on the full disk, and catches up once there is space.
+"""The durability rule and fail-stop (zrsd.disk, README "Durability"):
+the order of fsyncs with blobs, on a replica and on a primary; a failed
+fsync stops the node once and is never retried or believed, live and in a
+group; a full disk stops a replica (exit 1, one CRITICAL line) until there
+is space.
 """
 import errno
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
-import transaction
 import ZODB
-import ZODB.blob
 import ZODB.FileStorage
 from ZODB.utils import p64, u64, z64
 
@@ -22,29 +19,13 @@ from harness.history import assert_same_history, transactions
 from harness.process import stop_all, wait_until
 from harness.stream import replicate
 from harness.zczrs import commit_change
+from harness.zrsd_nodes import commit_blobs
+from torture.disk_full import QUOTA_SITE
 from zrsd import disk
 from zrsd.primary.storage import PrimaryStorage
 from zrsd.replica.storage import ReplicaStorage
 
-QUOTA_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          'torture', 'quota_site')
-
-
-def build_source(directory, blobs=2):
-    """A FileStorage with blobs: the root, then `blobs` transactions each
-    adding one blob.  Returns (path, blob_dir)."""
-    path = os.path.join(directory, 'source.fs')
-    blob_dir = os.path.join(directory, 'source.blobs')
-    db = ZODB.DB(ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir))
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
-    for i in range(blobs):
-        blob = conn.root()['blob%d' % i] = ZODB.blob.Blob()
-        with blob.open('w') as f:
-            f.write(b'blob %d ' % i * 1000)
-        tm.commit()
-    db.close()
-    return path, blob_dir
+EIO = OSError(errno.EIO, 'Input/output error')
 
 
 def data_fs(tmp_path, blobs=False):
@@ -54,26 +35,32 @@ def data_fs(tmp_path, blobs=False):
         blob_dir=str(tmp_path / 'blobs') if blobs else None)
 
 
+def source(tmp_path, blobs=0, read_blobs=False):
+    """The root's transaction, then `blobs` adding a blob each."""
+    path, blob_dir = str(tmp_path / 'source.fs'), str(tmp_path / 'blobs.s')
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir))
+    for i in range(blobs):
+        commit_blobs(db, {'blob%d' % i: b'blob %d ' % i * 1000}, 'blob')
+    db.close()
+    return transactions(path, blob_dir if read_blobs else None)
+
+
 @pytest.fixture
 def fsyncs(monkeypatch):
-    """Every path fsynced from now on, in order; `fail(error)` makes the
-    following fsyncs raise `error`."""
+    """The paths fsynced, in order; `fail(error)`: the next ones raise."""
     class Paths(list):
         fail = None
-    done, failing = Paths(), []
-    real = os.fsync
+    done, failing, real = Paths(), [], os.fsync
 
     def fsync(fd):
         done.append(os.readlink('/proc/self/fd/%d' % fd))
         if failing:
             raise failing[0]
         return real(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync)
-    monkeypatch.setattr(os, 'fdatasync', fsync)
     # FileStorage's own commits call its module's copy of os.fsync.
-    monkeypatch.setattr(sys.modules['ZODB.FileStorage.FileStorage'], 'fsync',
-                        fsync)
+    for owner, name in ((os, 'fsync'), (os, 'fdatasync'), (sys.modules[
+            'ZODB.FileStorage.FileStorage'], 'fsync')):
+        monkeypatch.setattr(owner, name, fsync)
     done.fail = failing.append
     return done
 
@@ -92,8 +79,7 @@ def blob_files(root):
 
 
 def assert_blob_order(synced, tmp_path):
-    """Each blob file, then its directories up to the root, then the data
-    file: nothing in Data.fs before its blobs are durable."""
+    """Each blob file, then its directories, then Data.fs is synced."""
     data_file, blob_root = str(tmp_path / 'Data.fs'), str(tmp_path / 'blobs')
     data = [i for i, path in enumerate(synced) if path == data_file]
     assert data, synced
@@ -110,9 +96,8 @@ def assert_blob_order(synced, tmp_path):
 
 def test_replica_syncs_blob_files_and_directories_before_the_commit(
         tmp_path, fsyncs):
-    source, source_blobs = build_source(str(tmp_path))
     replica = ReplicaStorage(data_fs(tmp_path, blobs=True))
-    replicate(replica.writer, transactions(source, source_blobs))
+    replicate(replica.writer, source(tmp_path, 2, read_blobs=True))
     replica.close()
     assert_blob_order(fsyncs, tmp_path)
     assert len(blob_files(str(tmp_path / 'blobs'))) == 2
@@ -120,26 +105,21 @@ def test_replica_syncs_blob_files_and_directories_before_the_commit(
 
 def test_primary_syncs_blob_files_and_directories_before_the_commit(
         tmp_path, fsyncs):
-    storage = PrimaryStorage(data_fs(tmp_path, blobs=True))
-    db = ZODB.DB(storage)
-    with db.transaction() as conn:
-        blob = conn.root()['blob'] = ZODB.blob.Blob()
-        with blob.open('w') as f:
-            f.write(b'x' * 5000)
+    db = ZODB.DB(PrimaryStorage(data_fs(tmp_path, blobs=True)))
+    commit_blobs(db, {'blob': b'x' * 5000}, 'blob')
     db.close()
     assert_blob_order(fsyncs, tmp_path)
 
 
 def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
         tmp_path, fsyncs, stops):
-    source, _ = build_source(str(tmp_path), blobs=0)
-    replica = ReplicaStorage(data_fs(tmp_path))
+    txns, replica = source(tmp_path), ReplicaStorage(data_fs(tmp_path))
     invalidated = []
-    replica.registerDB(type('DB', (), {'invalidate': lambda self, tid, oids:
-                                       invalidated.append(tid)})())
-    fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
+    replica.registerDB(SimpleNamespace(
+        invalidate=lambda tid, oids: invalidated.append(tid)))
+    fsyncs.fail(EIO)
     with pytest.raises(disk.StorageFailure):
-        replicate(replica.writer, transactions(source))
+        replicate(replica.writer, txns)
     [failure] = stops
     assert str(failure) == ('%s: [Errno 5] Input/output error while '
                             'committing transactions' % (tmp_path / 'Data.fs'))
@@ -150,22 +130,19 @@ def test_failed_fsync_in_live_replication_stops_and_is_never_retried(
         replica.writer.sync()
     with pytest.raises(disk.StorageFailure):
         replica.writer.begin(b'\x7f' * 8, ' ', b'', b'', {})
-    assert len(fsyncs) == attempts
-    assert len(stops) == 1
+    assert len(fsyncs) == attempts and len(stops) == 1
 
 
 def test_failed_group_fsync_stops_and_publishes_nothing(
         tmp_path, fsyncs, stops):
-    source, _ = build_source(str(tmp_path), blobs=2)
-    replica = ReplicaStorage(data_fs(tmp_path))
+    txns, replica = source(tmp_path, 2), ReplicaStorage(data_fs(tmp_path))
     fsyncs.clear()
     writer = replica.writer
     writer.defer_sync = True
     replicate(writer, [t._replace(records=[r for r in t.records
-                                           if r.blob is None])
-                       for t in transactions(source)])
+                                           if r.blob is None]) for t in txns])
     assert (fsyncs, writer.unsynced) == ([], 3)
-    fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
+    fsyncs.fail(EIO)
     with pytest.raises(disk.StorageFailure, match='committing'):
         writer.sync()
     with pytest.raises(disk.StorageFailure):
@@ -176,9 +153,8 @@ def test_failed_group_fsync_stops_and_publishes_nothing(
 
 
 def test_a_failing_primary_commit_stops_the_process(tmp_path, fsyncs, stops):
-    storage = PrimaryStorage(data_fs(tmp_path))
-    db = ZODB.DB(storage)
-    fsyncs.fail(OSError(errno.EIO, 'Input/output error'))
+    db = ZODB.DB(PrimaryStorage(data_fs(tmp_path)))
+    fsyncs.fail(EIO)
     with pytest.raises(disk.StorageFailure):
         with db.transaction() as conn:
             conn.root()['x'] = 1
@@ -188,16 +164,12 @@ def test_a_failing_primary_commit_stops_the_process(tmp_path, fsyncs, stops):
 
 def test_full_disk_stops_the_replica_until_there_is_space(
         tmp_path, zczrs_primary, node):
-    """ENOSPC on the data file: exit status 1 and one CRITICAL line naming
-    the file and the error, no traceback; the same at a restart on the full
-    disk; with space back, a restart catches up."""
-    primary = zczrs_primary
-    quota = tmp_path / 'quota'
+    """ENOSPC: exit 1, one CRITICAL line, again on restart; space: catch-up."""
+    primary, quota = zczrs_primary, tmp_path / 'quota'
     quota.write_text('%d\n' % (1 << 62))
     replica = node('replica', upstream=primary.repl_port, env={
         'PYTHONPATH': QUOTA_SITE, 'ZRSD_TORTURE_QUOTA_FILE': str(quota)})
-    replica.start()
-    replica.wait_for_tid(primary.last_tid())
+    replica.start().wait_for_tid(primary.last_tid())
     quota.write_text('%d\n' % os.path.getsize(replica.fs_path))
     for episode in range(2):
         if episode:
@@ -213,37 +185,26 @@ def test_full_disk_stops_the_replica_until_there_is_space(
         assert replica.fs_path in line, line
         assert 'Traceback' not in replica.log()
     quota.write_text('%d\n' % (1 << 62))
-    replica.start()
-    replica.wait_for_tid(primary.last_tid())
+    replica.start().wait_for_tid(primary.last_tid())
     stop_all(replica, primary)
     assert_same_history(primary.fs_path, replica.fs_path)
 
 
 @pytest.mark.parametrize('defer', [False, True])
 def test_an_invalidated_revision_is_loadable_at_once(tmp_path, defer):
-    """A ZEO client loads an object as of an invalidation's tid as soon as
-    the invalidation arrives: the replica must already serve that revision
-    (the published tid moves before the invalidations go out)."""
-    source, _ = build_source(str(tmp_path), blobs=0)
-    replica = ReplicaStorage(data_fs(tmp_path))
-    loaded = []
-
-    class DB:
-        def invalidate(self, tid, oids):
-            for oid in oids:
-                loaded.append((replica.loadBefore(oid, p64(u64(tid) + 1))[1],
-                               tid))
-
-    replica.registerDB(DB())
+    """An invalidation's revision is served before the invalidation goes."""
+    replica, loaded = ReplicaStorage(data_fs(tmp_path)), []
+    replica.registerDB(SimpleNamespace(invalidate=lambda tid, oids: (
+        loaded.extend((replica.loadBefore(oid, p64(u64(tid) + 1))[1], tid)
+                      for oid in oids))))
     replica.writer.defer_sync = defer
-    replicate(replica.writer, transactions(source))
+    replicate(replica.writer, source(tmp_path))
     replica.writer.sync()
     assert loaded and all(serial == tid for serial, tid in loaded), loaded
 
 
 def pack_fsyncs(db, fsyncs, commits):
-    """Commit `commits` transactions to `db`, pack and close it: the paths
-    the pack fsynced."""
+    """Commit `commits` times, pack, close: the paths the pack fsynced."""
     for i in range(commits):
         with db.transaction() as conn:
             conn.root()['x'] = i
@@ -255,9 +216,7 @@ def pack_fsyncs(db, fsyncs, commits):
 
 def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
         tmp_path, fsyncs):
-    """FileStorage renames the packed file over the data file without an
-    fsync; a primary fsyncs the packed file before and the directory
-    after."""
+    """A primary syncs the packed file, then the directory (unlike FS)."""
     synced = pack_fsyncs(ZODB.DB(PrimaryStorage(data_fs(tmp_path))), fsyncs, 5)
     data = str(tmp_path / 'Data.fs')
     assert synced.index(data + '.pack') < synced.index(str(tmp_path))
@@ -265,10 +224,8 @@ def test_a_primary_pack_syncs_the_packed_file_and_the_switch(
 
 def test_a_promoted_replica_packs_durably_whatever_its_pack_policy(
         tmp_path, fsyncs):
-    """A replica with `pack refuse`, promoted, packs as a primary does:
-    the packed file is fsynced before the switch."""
-    source, _ = build_source(str(tmp_path), blobs=0)
+    """A promoted `pack refuse` replica fsyncs the packed file too."""
     replica = ReplicaStorage(data_fs(tmp_path), pack='refuse')
-    replicate(replica.writer, transactions(source))
+    replicate(replica.writer, source(tmp_path))
     db = ZODB.DB(PrimaryStorage.promoted(replica))
     assert str(tmp_path / 'Data.fs.pack') in pack_fsyncs(db, fsyncs, 3)

@@ -13,6 +13,7 @@ in $ZRSD_COPY_CRASH_AT, the first time, or the Nth time with STAGE:N:
   replica's prefix), `send` (sending file data), `finish` (after the
   last data, before the end message).
 """
+import itertools
 import os
 
 _WHERE = os.environ.get('ZRSD_COPY_CRASH_AT')
@@ -22,25 +23,17 @@ def _install(stage, count):
     from zrsd import internals, seedprotocol
     from zrsd.primary import seeder
     from zrsd.replica import seeding
-    targets = {
-        'query': (seeding.FileCopy, '_next_frame'),
-        'proof': (seeding.FileCopy, '_hash'),
-        'data': (seeding.FileCopy, '_data'),
-        'blob': (seeding.FileCopy, '_blob_data'),
-        'sync': (seeding.FileCopy, '_sync'),
-        'end': (seeding.FileCopy, '_end'),
-        'index': (internals, 'save_index'),
-        'prefix': (seeder.Seeder, '_check_prefix'),
-        'send': (seeder.Seeder, '_send_bytes'),
-        'finish': (seedprotocol, 'end'),
-    }
-    owner, name = targets[stage]
-    original = getattr(owner, name)
-    calls = [0]
+    copy, primary = seeding.FileCopy, seeder.Seeder
+    owner, name = dict(
+        query=(copy, '_next_frame'), proof=(copy, '_hash'),
+        data=(copy, '_data'), blob=(copy, '_blob_data'), sync=(copy, '_sync'),
+        end=(copy, '_end'), index=(internals, 'save_index'),
+        prefix=(primary, '_check_prefix'), send=(primary, '_send_bytes'),
+        finish=(seedprotocol, 'end'))[stage]
+    original, calls = getattr(owner, name), itertools.count(1)
 
     def crash(*args, **kw):
-        calls[0] += 1
-        if calls[0] >= count:
+        if next(calls) >= count:
             os._exit(9)
         return original(*args, **kw)
     setattr(owner, name, crash)

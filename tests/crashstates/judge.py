@@ -2,6 +2,7 @@
 import os
 import random
 import shutil
+from contextlib import closing
 from types import SimpleNamespace
 
 import ZODB.FileStorage
@@ -33,9 +34,8 @@ def apply(replica, txns):
 
 
 def record(root, txns, seed):
-    """The operations of a replica under `root` applying `txns`: in
-    groups of 1-5, each group live (fsync per commit) or deferred (one
-    group fsync), as zrsd's client does."""
+    """The operations of a replica under `root` applying `txns` in groups
+    of 1-5, each live (fsync per commit) or deferred (one fsync)."""
     rng = random.Random(seed)
     os.makedirs(root)
     with Recorder(root) as recorder:
@@ -68,8 +68,7 @@ def _blob_problems(history, source):
 
 
 def judge(state, source, scratch, resume):
-    """The violations of the durability rule in `state` (a list of
-    strings); `resume`: also replicate the rest and compare."""
+    """The violations of the rule in `state` (`resume`: replicating on)."""
     shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(scratch)
     state.write_to(scratch)
@@ -77,10 +76,8 @@ def judge(state, source, scratch, resume):
         replica = open_replica(scratch)
     except Exception as exc:
         return ['does not open: %s: %s' % (type(exc).__name__, exc)]
-    try:
+    with closing(replica):
         return list(_violations(replica, state, source, resume))
-    finally:
-        replica.close()
 
 
 def _violations(replica, state, source, resume):
@@ -108,13 +105,12 @@ def _violations(replica, state, source, resume):
 
 
 def check(ops, source, scratch, rng, per_point, every=1, resume_every=10):
-    """Judge `per_point` states at every `every`-th crash point; returns
-    (states checked, [violations with their state's label])."""
+    """Judge `per_point` states at every `every`-th crash point; (states
+    checked, [violations with their state's label])."""
     checked, violations = 0, []
     for k in range(0, len(ops) + 1, every):
         for state in model.states(ops, k, rng, per_point):
-            found = judge(state, source, scratch,
-                          resume=checked % resume_every == 0)
+            violations.extend('%s: %s' % (state.label, v) for v in judge(
+                state, source, scratch, checked % resume_every == 0))
             checked += 1
-            violations.extend('%s: %s' % (state.label, v) for v in found)
     return checked, violations

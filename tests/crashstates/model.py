@@ -22,8 +22,7 @@ SECTOR = 512
 
 
 class State:
-    """A crash state: `files` {path: bytes}, `directories` {path}, and
-    `published`, the last tid published before the crash (or None)."""
+    """A crash state: `files` {path: bytes}, `directories`, `published`."""
 
     def __init__(self, files, directories, published, label):
         self.files, self.directories = files, directories
@@ -52,8 +51,8 @@ class _Inode:
         self.pending = []       # ('write', offset, data) / ('truncate', n)
 
     def content(self, keep=None, torn=None):
-        """The content with the pending changes `keep` says to keep
-        (all when None); `torn`: (index, sectors) cuts that write."""
+        """The content with the pending changes `keep` keeps (default: all);
+        `torn`: (index, sectors) cuts that write."""
         content = self.durable
         for index, change in enumerate(self.pending):
             if keep is not None and not keep(index):
@@ -69,7 +68,7 @@ class _Replay:
     """The log up to the crash, as inodes and the order of names."""
 
     def __init__(self, ops):
-        self.inodes = {}
+        self.inodes = []
         self.names = {}         # path -> inode number, as the process sees
         self.name_ops = []      # [(op, durable)]
         self.published = None
@@ -80,10 +79,9 @@ class _Replay:
         self.published = tid
 
     def _create(self, path):
-        number = len(self.inodes)
-        self.inodes[number] = _Inode()
-        self.names[path] = number
-        self.name_ops.append([('create', path, number), False])
+        self.names[path] = len(self.inodes)
+        self.inodes.append(_Inode())
+        self.name_ops.append([('create', path, self.names[path]), False])
 
     def _mkdir(self, path):
         self.name_ops.append([('mkdir', path), False])
@@ -110,24 +108,19 @@ class _Replay:
     def _fsync(self, path):
         if path in self.names:
             inode = self.inodes[self.names[path]]
-            inode.durable = inode.content()
-            inode.pending = []
+            inode.durable, inode.pending = inode.content(), []
             return
         # A directory: the names changed in it so far are durable.
         for entry in self.name_ops:
-            if any(os.path.dirname(name) == path or
-                   (path == '.' and os.path.dirname(name) == '')
-                   for name in _paths(entry[0])):
+            op = entry[0]      # a rename changes two names
+            if any((os.path.dirname(name) or '.') == path
+                   for name in op[1:3 if op[0] == 'rename' else 2]):
                 entry[1] = True
 
 
-def _paths(op):
-    return [op[1]] if op[0] != 'rename' else [op[1], op[2]]
-
-
 def _names_after(name_ops, cut):
-    """{path: inode number or 'dir'} after the name operations kept: the
-    durable ones and the first `cut` of the others."""
+    """{path: inode number or 'dir'}: the durable name operations and
+    the first `cut` of the others."""
     names, undurable = {}, 0
     for op, durable in name_ops:
         if not durable:
@@ -163,14 +156,12 @@ def states(ops, k, rng, count):
     result = []
     for number in range(count):
         if number == 0:
-            cut, choose = undurable, lambda inode: inode.content()
-            label = 'all kept'
+            cut, choose, label = undurable, _Inode.content, 'all kept'
         elif number == 1:
             cut, choose = 0, lambda inode: inode.durable
             label = 'only synced'
         else:
-            cut = rng.randint(0, undurable)
-            choose = _random_content(rng)
+            cut, choose = rng.randint(0, undurable), _random_content(rng)
             label = 'mix %d' % number
         names = _names_after(replay.name_ops, cut)
         files = {path: choose(replay.inodes[n])
@@ -185,8 +176,7 @@ def _random_content(rng):
     def choose(inode):
         if not inode.pending:
             return inode.durable
-        kept = [rng.random() < 0.5 for _ in inode.pending]
-        torn = None
+        kept, torn = [rng.random() < 0.5 for _ in inode.pending], None
         writes = [i for i, change in enumerate(inode.pending)
                   if kept[i] and change[0] == 'write' and
                   len(change[2]) > SECTOR]
@@ -194,5 +184,5 @@ def _random_content(rng):
             index = rng.choice(writes)
             torn = (index, rng.randint(0, len(inode.pending[index][2])
                                        // SECTOR))
-        return inode.content(lambda i: kept[i], torn)
+        return inode.content(kept.__getitem__, torn)
     return choose

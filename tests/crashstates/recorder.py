@@ -1,10 +1,10 @@
 """Record the file-system operations made under one directory.
 
-`Recorder(root)` is a context manager that interposes on the calls zrsd,
+`Recorder(root)`, a context manager, interposes on the calls zrsd,
 FileStorage and the blob directory make (`open`, `os.open`, `os.fsync`,
-`os.rename`, `os.replace`, `os.remove`, `os.unlink`, `os.mkdir`, file
-`write` and `truncate`, zrsd's `disk.BlobFile`) and appends to `ops`, with
-paths relative to `root`:
+`os.fdatasync`, renames, unlinks, `os.mkdir`, file `write` and `truncate`,
+zrsd's `disk.BlobFile`) and appends to `ops` (paths relative to `root`;
+everything else passes through; one thread at a time):
 
     ('create', path)            a new empty file
     ('mkdir', path)
@@ -14,8 +14,6 @@ paths relative to `root`:
     ('rename', source, target)
     ('unlink', path)
     ('publish', tid)            (`publish`, called by the workload)
-
-Everything else passes through untouched.  One thread at a time.
 """
 import builtins
 import os
@@ -60,8 +58,7 @@ class Recorder:
 
     def __init__(self, root):
         self.root = os.path.realpath(root)
-        self.ops = []
-        self._saved = []
+        self.ops, self._saved = [], []
 
     def relative(self, path):
         """`path` relative to the root, or None outside it."""
@@ -84,28 +81,26 @@ class Recorder:
 
     # -- the interposed calls ---------------------------------------------
 
+    def _opened(self, path, existed, truncated):
+        """Note a file opened for writing: created or truncated."""
+        if path is not None and not existed:
+            self.ops.append(('create', path))
+        elif path is not None and truncated:
+            self.ops.append(('truncate', path, 0))
+
     def _open(self, file, mode='r', *args, **kw):
-        writable = any(c in mode for c in 'wax+')
-        path = (self.relative(file) if writable and
+        path = (self.relative(file) if any(c in mode for c in 'wax+') and
                 isinstance(file, (str, bytes, os.PathLike)) else None)
         existed = path is not None and os.path.exists(file)
         result = self._real['open'](file, mode, *args, **kw)
-        if path is None:
-            return result
-        if not existed:
-            self.ops.append(('create', path))
-        elif 'w' in mode:
-            self.ops.append(('truncate', path, 0))
-        return _File(self, path, result)
+        self._opened(path, existed, 'w' in mode)
+        return result if path is None else _File(self, path, result)
 
     def _os_open(self, path, flags, mode=0o777, *args, **kw):
         relative = self.relative(path) if flags & os.O_CREAT else None
         existed = relative is not None and os.path.exists(path)
         fd = self._real['os.open'](path, flags, mode, *args, **kw)
-        if relative is not None and not existed:
-            self.ops.append(('create', relative))
-        elif relative is not None and flags & os.O_TRUNC:
-            self.ops.append(('truncate', relative, 0))
+        self._opened(relative, existed, flags & os.O_TRUNC)
         return fd
 
     def _noting(self, real, kind, paths=1):
@@ -116,43 +111,34 @@ class Recorder:
             return result
         return call
 
-    def _unlink(self, path, *args, **kw):
-        relative = self.relative(path)
-        result = self._real['os.unlink'](path, *args, **kw)
-        if relative is not None:
-            self.ops.append(('unlink', relative))
-        return result
-
     def _blob_file(self, path):
         recorder = self
 
         class RecordingBlobFile(self._real['BlobFile']):
             def write(self, data):
-                recorder._note_write(path, self.tell(), data)
+                relative = recorder.relative(path)
+                if relative is not None:
+                    recorder.ops.append(('write', relative, self.tell(),
+                                         bytes(data)))
                 return super().write(data)
 
         return RecordingBlobFile(path)
 
-    def _note_write(self, path, offset, data):
-        relative = self.relative(path)
-        if relative is not None:
-            self.ops.append(('write', relative, offset, bytes(data)))
-
     # -- install and remove -----------------------------------------------
 
     def __enter__(self):
-        fs_module = sys.modules[_FS_MODULE]
         self._real = {'open': builtins.open, 'os.open': os.open,
-                      'os.unlink': os.unlink, 'BlobFile': disk.BlobFile}
+                      'BlobFile': disk.BlobFile}
         fsync = self._noting(os.fsync, 'fsync')
+        unlink = self._noting(os.unlink, 'unlink')
         patches = [
             (builtins, 'open', self._open), (os, 'open', self._os_open),
-            (os, 'fsync', fsync), (fs_module, 'fsync', fsync),
+            (os, 'fsync', fsync), (sys.modules[_FS_MODULE], 'fsync', fsync),
             # The data and the size: what the model's fsync of a file keeps.
             (os, 'fdatasync', self._noting(os.fdatasync, 'fsync')),
             (os, 'rename', self._noting(os.rename, 'rename', 2)),
             (os, 'replace', self._noting(os.replace, 'rename', 2)),
-            (os, 'unlink', self._unlink), (os, 'remove', self._unlink),
+            (os, 'unlink', unlink), (os, 'remove', unlink),
             (os, 'mkdir', self._noting(os.mkdir, 'mkdir')),
             (disk, 'BlobFile', self._blob_file),
         ]
@@ -163,5 +149,4 @@ class Recorder:
 
     def __exit__(self, *exc):
         while self._saved:
-            owner, name, value = self._saved.pop()
-            setattr(owner, name, value)
+            setattr(*self._saved.pop())

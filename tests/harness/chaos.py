@@ -9,6 +9,7 @@ a new link forwards that many bytes to the secondary, then holds (`held`,
 the primary's data unread) until `release()`.  `socket_buffer` shrinks the
 kernel buffers.  Bytes are never altered or dropped while a link is open.
 """
+import concurrent.futures
 import contextlib
 import errno
 import queue
@@ -27,19 +28,15 @@ CHUNK = 65536
 
 
 class _Link:
-    """One proxied connection: `down` the secondary's side, `up` the
-    primary's."""
+    """A proxied connection: `down` the secondary's end, `up` the primary's."""
 
     def __init__(self, down, up, hold_after=None):
-        self.down = down
-        self.up = up
-        self.to_up = bytearray()      # secondary -> primary, not yet sent
-        self.to_down = bytearray()    # primary -> secondary, not yet sent
+        self.down, self.up = down, up
+        self.to_up, self.to_down = bytearray(), bytearray()
         self.up_done = False          # the primary half-closed (EOF)
         self.budget = hold_after      # bytes to forward before holding
         self.sent = bytearray()       # the start of what the secondary sent
-        self.held = threading.Event()
-        self.closed = threading.Event()
+        self.held, self.closed = threading.Event(), threading.Event()
 
     def handshake(self):
         """(protocol name, start tid) the secondary sent, or None yet."""
@@ -49,25 +46,17 @@ class _Link:
 class ChaosProxy:
     """Forward 127.0.0.1:`port` to 127.0.0.1:`target_port`, with chaos."""
 
-    def __init__(self, target_port, host='127.0.0.1', socket_buffer=None,
-                 hold_after=None):
-        self.target = (host, target_port)
-        self.socket_buffer = socket_buffer
-        self.hold_after = hold_after
-        self.links = []
-        self.accepted = 0
-        self.cuts = 0
-        self.links_cut = 0
-        self.bytes_down = 0
-        self._links = []
-        self._stalled = False
+    def __init__(self, target_port, socket_buffer=None, hold_after=None):
+        self.target = ('127.0.0.1', target_port)
+        self.socket_buffer, self.hold_after = socket_buffer, hold_after
+        self.links, self._links = [], []    # every link; the open ones
+        self.accepted = self.cuts = self.links_cut = self.bytes_down = 0
+        self._stalled = self._stopping = False
         self._rate = None           # bytes/second primary -> secondary
-        self._tokens = 0.0
-        self._refilled = time.monotonic()
+        self._tokens, self._refilled = 0.0, time.monotonic()
         self._commands = queue.Queue()
-        self._stopping = False
         self._selector = selectors.DefaultSelector()
-        self._listener = socket.create_server((host, 0), backlog=16)
+        self._listener = socket.create_server(('127.0.0.1', 0), backlog=16)
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
         self._wake_r, self._wake_w = socket.socketpair()
@@ -85,7 +74,6 @@ class ChaosProxy:
         self._call(setattr, self, '_stalled', True)
 
     def flow(self):
-        """Resume forwarding after `stall()`."""
         self._call(setattr, self, '_stalled', False)
 
     def throttle(self, rate):
@@ -107,7 +95,6 @@ class ChaosProxy:
                             for link in self.links])
 
     def open_links(self):
-        """How many links are open right now."""
         return self._call(lambda: len(self._links))
 
     def close(self):
@@ -118,31 +105,22 @@ class ChaosProxy:
 
     def _call(self, function, *args):
         """Run `function(*args)` in the proxy thread; return its result."""
-        done = threading.Event()
-        box = []
-        self._commands.put((function, args, done, box))
+        future = concurrent.futures.Future()
+        self._commands.put((future, function, args))
         with contextlib.suppress(OSError):
             self._wake_w.send(b'x')
-        if not done.wait(60):
-            raise RuntimeError('the chaos proxy thread does not answer')
-        if box and isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0] if box else None
+        return future.result(60)
 
     def _run_commands(self):
         with contextlib.suppress(BlockingIOError):
             while self._wake_r.recv(4096):
                 pass
-        while True:
+        while not self._commands.empty():
+            future, function, args = self._commands.get_nowait()
             try:
-                function, args, done, box = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                box.append(function(*args))
+                future.set_result(function(*args))
             except BaseException as exc:
-                box.append(exc)
-            done.set()
+                future.set_exception(exc)
 
     def _cut(self, reset):
         links, self._links = self._links, []
@@ -153,15 +131,12 @@ class ChaosProxy:
         return len(links)
 
     def _set_rate(self, rate):
-        self._rate = rate
-        self._tokens = 0.0
-        self._refilled = time.monotonic()
+        self._rate, self._tokens, self._refilled = rate, 0.0, time.monotonic()
 
     def _stop(self):
         self._stopping = True
         for link in self._links:
             self._close_link(link, False)
-        self._links = []
 
     def _close_link(self, link, reset):
         if link.closed.is_set():
@@ -169,14 +144,12 @@ class ChaosProxy:
         link.closed.set()
         link.to_up = link.to_down = bytearray()
         for sock in (link.down, link.up):
-            try:
+            with contextlib.suppress(OSError):
                 if reset:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                     struct.pack('ii', 1, 0))
                 else:
                     sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def _accept(self):
@@ -194,8 +167,7 @@ class ChaosProxy:
                                   self.socket_buffer)
                     down.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                     self.socket_buffer)
-                # 127.0.0.1: a refused connect fails at once.
-                up.settimeout(5)
+                up.settimeout(5)   # 127.0.0.1: a refused connect fails at once
                 up.connect(self.target)
             except OSError:
                 up.close()
@@ -210,15 +182,13 @@ class ChaosProxy:
 
     def _refill(self):
         now = time.monotonic()
-        if self._rate is not None:
-            # At most a quarter second of burst.
+        if self._rate is not None:      # at most a quarter second of burst
             self._tokens = min(self._rate / 4.0, self._tokens +
                                (now - self._refilled) * self._rate)
         self._refilled = now
 
     def _register(self):
-        """Register interest for every socket; returns the select timeout
-        (when throttled and out of tokens: until the bucket refills)."""
+        """Register every socket; the select timeout (a throttle's refill)."""
         self._selector.close()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
@@ -226,17 +196,13 @@ class ChaosProxy:
             self._selector.register(self._listener, selectors.EVENT_READ,
                                     'accept')
         timeout = None
-        if self._stalled:
-            return None
-        for link in self._links:
-            down_events = up_events = 0
-            if len(link.to_up) < BUFFER_LIMIT:
-                down_events |= selectors.EVENT_READ
-            if link.to_down:
-                down_events |= selectors.EVENT_WRITE
-            if link.up_done:
-                pass    # nothing more to read from the primary
-            elif len(link.to_down) < BUFFER_LIMIT:
+        for link in () if self._stalled else self._links:
+            down_events = (
+                (selectors.EVENT_READ if len(link.to_up) < BUFFER_LIMIT
+                 else 0) | (selectors.EVENT_WRITE if link.to_down else 0))
+            up_events = selectors.EVENT_WRITE if link.to_up else 0
+            # Nothing more to read from a primary that half-closed.
+            if not link.up_done and len(link.to_down) < BUFFER_LIMIT:
                 if link.budget is not None and link.budget <= 0:
                     if not link.to_down:
                         link.held.set()
@@ -246,8 +212,6 @@ class ChaosProxy:
                     wait = (min(CHUNK, self._rate / 20.0) - self._tokens) \
                         / self._rate
                     timeout = wait if timeout is None else min(timeout, wait)
-            if link.to_up:
-                up_events |= selectors.EVENT_WRITE
             if down_events:
                 self._selector.register(link.down, down_events,
                                         (link, 'down'))
@@ -258,17 +222,14 @@ class ChaosProxy:
     def _run(self):
         while not self._stopping:
             self._refill()
-            timeout = self._register()
-            events = self._selector.select(timeout)
-            for key, mask in events:
+            timeout = self._register()    # (a new selector)
+            for key, mask in self._selector.select(timeout):
                 if key.data is None:
                     self._run_commands()
                 elif key.data == 'accept':
                     self._accept()
-                else:
-                    link, side = key.data
-                    if not link.closed.is_set():
-                        self._service(link, side, mask)
+                elif not key.data[0].closed.is_set():
+                    self._service(*key.data, mask)
             self._links = [link for link in self._links
                            if not link.closed.is_set()]
         self._selector.close()
@@ -288,39 +249,36 @@ class ChaosProxy:
     def _read(self, link, side):
         if side == 'down':
             data = link.down.recv(CHUNK)
-            if data:
-                link.to_up += data
-                if len(link.sent) < 4096:
-                    link.sent += data
-        else:
-            size = CHUNK
-            if self._rate is not None:
-                size = max(1, min(CHUNK, int(self._tokens)))
-            if link.budget is not None:
-                size = min(size, link.budget)
-            data = link.up.recv(size)
-            if data:
-                link.to_down += data
-                self.bytes_down += len(data)
-                if link.budget is not None:
-                    link.budget -= len(data)
-                if self._rate is not None:
-                    self._tokens -= len(data)
-        if not data and side == 'up':
+            link.to_up += data
+            if len(link.sent) < 4096:
+                link.sent += data
+            if not data:
+                # The secondary went away: so does the link.
+                with contextlib.suppress(OSError):
+                    link.up.send(link.to_up)
+                self._close_link(link, False)
+            return
+        size = CHUNK
+        if self._rate is not None:
+            size = max(1, min(CHUNK, int(self._tokens)))
+        if link.budget is not None:
+            size = min(size, link.budget)
+        data = link.up.recv(size)
+        link.to_down += data
+        self.bytes_down += len(data)
+        if link.budget is not None:
+            link.budget -= len(data)
+        if self._rate is not None:
+            self._tokens -= len(data)
+        if not data:
             # A stopping primary half-closes: forward the rest, then that.
             link.up_done = True
             self._forward_half_close(link)
-        elif not data:
-            # The secondary went away: so does the link.
-            with contextlib.suppress(OSError):
-                link.up.send(link.to_up)
-            self._close_link(link, False)
 
     def _write(self, link, side):
         sock, pending = ((link.down, link.to_down) if side == 'down'
                          else (link.up, link.to_up))
-        sent = sock.send(pending)
-        del pending[:sent]
+        del pending[:sock.send(pending)]
         if side == 'down':
             self._forward_half_close(link)
 

@@ -43,8 +43,7 @@ def ip(*args, check=True):
 
 
 def remove_leftovers():
-    """Remove the namespaces (with no process left in them), bridges and
-    hosts files of runs whose process is gone."""
+    """Remove the namespaces, bridges and hosts files of dead runs."""
     names = ip('netns', 'list').split() + [
         line.split(':')[1].strip().split('@')[0]
         for line in ip('-o', 'link', 'show', 'type', 'bridge').splitlines()]
@@ -70,12 +69,10 @@ def free_subnet():
 
 
 class Host:
-    """A namespace `ns` whose `eth0` (address `ip`) is the peer of `veth`,
-    a port of the bridge; `hostname` resolves in every host."""
+    """A namespace `ns` (`eth0` at `ip`, peer of the bridge port `veth`)."""
 
     def __init__(self, network, name, address):
-        self.name = name
-        self.hostname = '%s.%s' % (name, DOMAIN)
+        self.name, self.hostname = name, '%s.%s' % (name, DOMAIN)
         self.ns = '%s-%s' % (network.prefix, name)
         self.veth = '%s-%d' % (network.prefix, len(network.hosts))
         self.interface = ipaddress.ip_interface(address)
@@ -87,44 +84,37 @@ class Host:
 
 
 class Network:
-    """A bridge on `subnet`, the first 10.231.N.0/24 free here, and the
-    hosts added to it; `close()` removes everything (processes inside
-    must be gone first)."""
+    """A bridge on `subnet` (the first 10.231.N.0/24 free) and its hosts;
+    `close()` removes everything (its processes must be gone first)."""
 
     def __init__(self):
-        if os.geteuid() != 0:
-            raise Unavailable('not root')
-        if shutil.which('ip') is None:
-            raise Unavailable('no ip command')
+        if os.geteuid() != 0 or shutil.which('ip') is None:
+            raise Unavailable('not root' if os.geteuid() else 'no ip command')
         self.prefix = 'zh%d' % os.getpid()
-        self.bridge = self.prefix + '-br'
-        self.hosts = []
+        self.bridge, self.hosts = self.prefix + '-br', []
         try:
             remove_leftovers()
             self.subnet = free_subnet()
             ip('link', 'add', self.bridge, 'type', 'bridge')
-            ip('addr', 'add', '%s/%d' % (self.subnet[254],
-                                         self.subnet.prefixlen),
-               'dev', self.bridge)
+            ip('addr', 'add', self.address(254), 'dev', self.bridge)
             ip('link', 'set', self.bridge, 'up')
         except RuntimeError as exc:
             self.close()
             raise Unavailable(str(exc)) from None
 
+    def address(self, n):
+        return '%s/%d' % (self.subnet[n], self.subnet.prefixlen)
+
     def add(self, name, address=None, routes=()):
-        """A new host (by default the next address of the subnet), with
-        on-link `routes` (networks reached over the bridge directly)."""
-        if address is None:
-            address = '%s/%d' % (self.subnet[len(self.hosts) + 1],
-                                 self.subnet.prefixlen)
-        host = Host(self, name, address)
+        """A new host (default: the next address), with on-link `routes`."""
+        host = Host(self, name, address or self.address(len(self.hosts) + 1))
         self.hosts.append(host)
         try:
             ip('netns', 'add', host.ns)
             ip('link', 'add', host.veth, 'type', 'veth',
                'peer', 'name', 'eth0', 'netns', host.ns)
             ip('link', 'set', host.veth, 'master', self.bridge, 'up')
-            ip('-n', host.ns, 'addr', 'add', address, 'dev', 'eth0')
+            ip('-n', host.ns, 'addr', 'add', host.interface, 'dev', 'eth0')
             for device in ('lo', 'eth0'):
                 ip('-n', host.ns, 'link', 'set', device, 'up')
             for network in routes:
@@ -140,8 +130,7 @@ class Network:
         return host
 
     def check(self, client, server):
-        """Unavailable unless `client` can open a TCP connection to
-        `server` (a firewall on bridged traffic would stop it)."""
+        """Unavailable unless `client` reaches `server` (a firewall?)."""
         listener = subprocess.Popen(server.exec(
             sys.executable, '-c', 'import socket, sys; s = socket.'
             'create_server((sys.argv[1], 0)); print(s.getsockname()[1], '
@@ -167,9 +156,7 @@ class Network:
         ip('link', 'set', host.veth, 'up')
 
     def drop(self, port, *hosts):
-        """Kill the TCP connections to or from `port` on `hosts`, as their
-        TCP does when a link stays cut too long; False if `ss -K` cannot
-        (a kernel without CONFIG_INET_DIAG_DESTROY)."""
+        """Kill `port`'s TCP connections on `hosts` (`ss -K`); False: no."""
         if shutil.which('ss') is None:
             return False
         for host in hosts:
@@ -179,12 +166,6 @@ class Network:
             if done.returncode or 'not supported' in done.stderr:
                 return False
         return True
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def close(self):
         for host in self.hosts:     # `netns del` takes both veth ends
@@ -196,38 +177,34 @@ class Network:
 
 
 def issue(authority, host):
-    """(certificate, key) paths for `host`: its host name as common name,
-    its host name and address as subject names, client and server use."""
+    """(certificate, key) paths for `host`: its name and address."""
     key = ec.generate_private_key(ec.SECP256R1())
     extensions = [
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                ExtendedKeyUsageOID.CLIENT_AUTH]), False),
-        (x509.SubjectAlternativeName([
-            x509.DNSName(host.hostname),
-            x509.IPAddress(host.interface.ip)]), False),
-        (x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            authority.key.public_key()), False)]
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                               ExtendedKeyUsageOID.CLIENT_AUTH]),
+        x509.SubjectAlternativeName([x509.DNSName(host.hostname),
+                                     x509.IPAddress(host.interface.ip)]),
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            authority.key.public_key())]
     certificate = _certificate(host.hostname, authority.name, key,
-                               authority.key, False, extensions)
-    cert_path = authority.directory / (host.name + '.pem')
-    key_path = authority.directory / (host.name + '.key')
-    cert_path.write_bytes(_pem(certificate))
-    key_path.write_bytes(key.private_bytes(
+                               authority.key, False,
+                               [(e, False) for e in extensions])
+    paths = [authority.directory / (host.name + suffix)
+             for suffix in ('.pem', '.key')]
+    paths[0].write_bytes(_pem(certificate))
+    paths[1].write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
+    return tuple(map(str, paths))
 
 
 class HostNode(ZrsdNode):
-    """zrsd on `host`: ZEO, ZRS and the monitor listen on its address; a
-    secondary of the HostNode `upstream` reaches it by host name. Mutual
-    TLS with a certificate of `host` signed by `authority`, `allow_from`
-    networks when it serves secondaries."""
+    """zrsd on `host`, listening on its address, reaching `upstream` by
+    host name; mutual TLS signed by `authority`, `allow_from` networks."""
 
     def __init__(self, directory, host, authority, upstream=None,
                  allow_from=(), **options):
-        self.host = host
-        self.upstream_node = upstream
+        self.host, self.upstream_node = host, upstream
         self.allow_from = allow_from
         self.tls = ssl_lines(*issue(authority, host), authority.path)
         options.setdefault('zeo_lines', '  serve-empty on\n')
@@ -260,9 +237,7 @@ class HostNode(ZrsdNode):
         return self.config_path
 
     def status(self, inside=False):
-        """The first storage of the node's /status, read over the network,
-        or `inside` its host (through its own stack: while its cable is
-        out)."""
+        """The node's first /status storage (`inside`: read from its host)."""
         url = 'http://%s:%d/status' % (self.host.ip, self.monitor_port)
         if inside:
             text = subprocess.run(self.host.exec(

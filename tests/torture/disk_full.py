@@ -43,25 +43,22 @@ def run(*command):
 class TmpfsSpace:
     """A tmpfs of limited size (variant `tmpfs`)."""
 
-    variant = 'tmpfs'
-    env = None
+    variant, env = 'tmpfs', None
 
     def __init__(self, directory):
-        self.directory = directory
         os.makedirs(directory, exist_ok=True)
         run('mount', '-t', 'tmpfs', '-o', 'size=%d' % BIG, 'tmpfs', directory)
-        self.mounted = True
+        self.directory, self.mounted = directory, True
 
     def used(self):
         st = os.statvfs(self.directory)
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
-    def limit(self, size):
+    def limit(self, size=BIG):
         run('mount', '-o', 'remount,size=%d' % (-(-size // 4096) * 4096),
             self.directory)
 
-    def grow(self):
-        self.limit(BIG)
+    grow = limit
 
     def close(self):
         if self.mounted:
@@ -89,13 +86,12 @@ class InjectedSpace:
         return (os.path.getsize(self.fs_path)
                 if os.path.exists(self.fs_path) else 0)
 
-    def limit(self, size):
+    def limit(self, size=1 << 62):
         with open(self.quota_file + '.tmp', 'w') as f:
             f.write('%d\n' % size)
         os.replace(self.quota_file + '.tmp', self.quota_file)
 
-    def grow(self):
-        self.limit(1 << 62)
+    grow = limit
 
     def close(self):
         pass
@@ -120,19 +116,17 @@ class DiskFull(Scenario):
         return InjectedSpace(directory, fs_path)
 
     def run(self, counts):
-        self.spaces = []
+        self.spaces, replicas = [], []
         self.start_primary(200)
-        replicas = []
         for name, blobs_on_small in (('full', True), ('fsonly', False)):
             small = os.path.join(self.directory, 'small-' + name)
             space = self.make_space(small, os.path.join(small, name + '.fs'))
             self.spaces.append(space)
-            replica = self.node(
+            replicas.append(self.node(
                 name, upstream=self.primary.repl_port, data_dir=small,
                 blob_parent=small if blobs_on_small else self.directory,
-                env=space.env).start()
-            replica.space = space
-            replicas.append(replica)
+                env=space.env).start())
+            replicas[-1].space = space
         variant = self.spaces[0].variant
         self.say('disk-full variant: %s' % variant)
         self.torture.notes.append('disk-full variant that ran: %s' % variant)
@@ -153,42 +147,34 @@ class DiskFull(Scenario):
         self.compare(*replicas)
 
     def fill(self, replicas):
-        """Limit both filesystems to what they hold plus 1-3 MB; write
-        heavily until both replicas have stopped on the full disk."""
+        """Limit both filesystems to what they hold plus 1-3 MB; commit heavily
+        until both replicas stopped."""
         for replica in replicas:
             space = replica.space
             space.limit(space.used() + (self.rng.randint(1, 3) << 20))
             replica.expected_exit = True      # judged by `wait_stopped`
-        self.writer.heavy = True
-        try:
+        with self.writing('heavy'):
             for replica in replicas:
                 self.wait_stopped(replica)
-        finally:
-            self.writer.heavy = False
         self.count('disk-full episodes (2 replicas each)')
 
     def wait_stopped(self, replica):
-        """`replica` exits with status 1 and one CRITICAL line saying the
-        disk is full, without a traceback."""
+        """`replica` exits 1 with one CRITICAL disk-full line, no traceback."""
         self.wait(lambda: not replica.running(),
                   '%s to stop on the full disk' % replica.name)
         status = replica.process.popen.returncode
         log = replica.log()
         lines = re.findall(DISK_FULL_STOP, log)
         if status != 1 or len(lines) != 1 or 'Traceback' in log:
-            self.torture.crashes.append(
-                '%s: %s on a full disk exited with %s, %d disk-full '
-                'lines%s; log %s' % (
-                    self.name, replica.name, status, len(lines),
-                    ', a traceback' if 'Traceback' in log else '',
-                    replica.logs[-1]))
-            return
+            return self.crash(
+                '%s on a full disk exited with %s, %d disk-full lines%s; '
+                'log %s' % (replica.name, status, len(lines), ', a traceback'
+                            if 'Traceback' in log else '', replica.logs[-1]))
         self.say('%s stopped: %s' % (replica.name, lines[0][:200]))
         self.count('fail-stops on a full disk')
 
     def check_stopped_file(self, replica):
-        """A copy of the file a replica left opens writable (as zrsd opens
-        it on restart) and is a prefix of the primary's history."""
+        """The file left opens writable and is a prefix of the primary's."""
         with tempfile.TemporaryDirectory(dir=self.directory,
                                          prefix='copy-') as scratch:
             copy = os.path.join(scratch, 'copy.fs')
@@ -196,11 +182,10 @@ class DiskFull(Scenario):
             try:
                 ZODB.FileStorage.FileStorage(copy).close()
             except Exception as exc:
-                self.torture.mismatches.append(
+                return self.torture.mismatches.append(
                     '%s: %s: the file does not open after a stop on a full '
                     'disk: %s: %s' % (self.name, replica.name,
                                       type(exc).__name__, exc))
-                return
             self.writer.pause()
             try:
                 compared, blobs, mismatches = compare_exact(
@@ -213,8 +198,7 @@ class DiskFull(Scenario):
         self.record(replica, compared, blobs, mismatches)
 
     def restart_while_full(self, replica):
-        """Restarted on the still full disk (as systemd would), it stops
-        again the same way."""
+        """Restarted on the full disk (as systemd would), it stops again."""
         replica.start()
         replica.expected_exit = True
         self.wait_stopped(replica)

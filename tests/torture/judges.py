@@ -8,7 +8,8 @@ import re
 
 import ZODB.blob
 
-from harness.history import iter_transactions, load_current, same_after_pack
+from harness.history import (Record, Txn, iter_transactions, load_current,
+                             same_after_pack)
 
 LOG_LINE = re.compile(
     r'^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(,\d+)? (?P<level>[A-Z]+) ')
@@ -21,18 +22,13 @@ COMMON_ALLOWED_ERRORS = (
 
 def differences(p, r):
     """What differs between two transaction tuples (for the report)."""
-    names = ('tid', 'status', 'user', 'description', 'extension')
-    out = [name for name, a, b in zip(names, p, r) if a != b]
-    precs, rrecs = p[5], r[5]
-    if len(precs) != len(rrecs):
-        out.append('%d records vs %d' % (len(precs), len(rrecs)))
-    else:
-        for a, b in zip(precs, rrecs):
-            if a != b:
-                fields = [n for n, x, y in zip(
-                    ('oid', 'tid', 'data', 'data_txn'), a, b) if x != y]
-                out.append('record %s: %s' % (a[0].hex(), ','.join(fields)))
-                break
+    out = [name for name, a, b in zip(Txn._fields[:5], p, r) if a != b]
+    if len(p[5]) != len(r[5]):
+        out.append('%d records vs %d' % (len(p[5]), len(r[5])))
+    else:       # the first record that differs
+        out += ['record %s: %s' % (a[0].hex(), ','.join(
+            n for n, x, y in zip(Record._fields, a, b) if x != y))
+            for a, b in zip(p[5], r[5]) if a != b][:1]
     return '; '.join(out)
 
 
@@ -46,7 +42,7 @@ class BlobCheck:
 
     def check(self, oid, tid, data, strict=True):
         """None, or what is wrong with the blob files of (oid, tid); not
-        `strict`: a blob file on the replica only is fine."""
+        `strict`: a file on the replica only is fine."""
         if not data or not ZODB.blob.is_blob_record(data):
             return None
         p = self.primary.getBlobFilename(oid, tid)
@@ -72,33 +68,28 @@ class BlobCheck:
 
 def compare_exact(primary, replica, prefix=False, replica_path=None):
     """Compare two nodes' files transaction by transaction, blob files
-    too; `prefix`: the replica may stop early; `replica_path`: read that
-    file instead.  Returns (transactions, blob files, mismatches)."""
-    blobs = BlobCheck(primary.blob_dir, replica.blob_dir)
-    mismatches = []
-    compared = 0
-    label = replica.name
+    too (`prefix`: the replica may stop early; `replica_path`: read that
+    instead); (transactions, blob files, mismatches)."""
+    blobs, mismatches, compared = BlobCheck(primary.blob_dir,
+                                            replica.blob_dir), [], 0
     p_iter = iter_transactions(primary.fs_path)
     r_iter = iter_transactions(replica_path or replica.fs_path)
     p, r = next(p_iter, None), next(r_iter, None)
-    while p is not None or r is not None:
-        if r is None and prefix:
-            break
+    while (p is not None or r is not None) and not (r is None and prefix):
         if r is None or (p is not None and p[0] < r[0]):
             mismatches.append('%s: transaction %s missing' % (
-                label, p[0].hex()))
+                replica.name, p[0].hex()))
             p = next(p_iter, None)
         elif p is None or r[0] < p[0]:
             mismatches.append('%s: transaction %s not on the primary' % (
-                label, r[0].hex()))
+                replica.name, r[0].hex()))
             r = next(r_iter, None)
         else:
             compared += 1
-            if p != r:
-                mismatches.append('%s: transaction %s differs: %s' % (
-                    label, p[0].hex(), differences(p, r)))
-            else:
-                mismatches.extend(blobs.check_records(label, p[5]))
+            mismatches.extend(
+                blobs.check_records(replica.name, p[5]) if p == r else [
+                    '%s: transaction %s differs: %s' % (
+                        replica.name, p[0].hex(), differences(p, r))])
             p, r = next(p_iter, None), next(r_iter, None)
     p_iter.close()
     r_iter.close()
@@ -106,23 +97,16 @@ def compare_exact(primary, replica, prefix=False, replica_path=None):
 
 
 def compare_after_pack(primary, replica, stop, witness):
-    """Judge a replica that replicated across packs, the newest stopping
-    at `stop`: it has every transaction of the primary (agreeing by
-    `same_after_pack`), none after `stop` that the primary lacks, only
-    extra ones up to `stop` that `witness` (the writer's tids; None:
-    unknown) committed; every blob record of its own has its file, and
-    each current object loads the same.  (A copy of the primary before
-    the pack would not do: the replica may legitimately receive packed
-    transactions mid-catch-up.)  Returns (transactions, blob files,
-    mismatches, a line about what the replica holds).
-    """
-    label = replica.name
-    mismatches = []
+    """Judge a replica that replicated across packs, the last stopping at
+    `stop`: it has every primary transaction (`same_after_pack`), extra
+    ones only up to `stop` and committed by the writer (`witness`, None:
+    unknown), a file for each own blob record, and the same current
+    objects.  (The replica may receive packed transactions mid-catch-up.)
+    (transactions, blob files, mismatches, what the replica holds)."""
+    label, mismatches, compared = replica.name, [], 0
     blobs = BlobCheck(primary.blob_dir, replica.blob_dir)
     primary_txns = list(iter_transactions(primary.fs_path))
     replica_txns = {t[0]: t for t in iter_transactions(replica.fs_path)}
-    primary_tids = {t[0] for t in primary_txns}
-    compared = 0
     for p in primary_txns:
         r = replica_txns.get(p[0])
         if r is None:
@@ -138,7 +122,7 @@ def compare_after_pack(primary, replica, stop, witness):
                                   label, p[0].hex(),
                                   'after' if p[0] > stop else 'up to',
                                   differences(p, r)))
-    extra = sorted(set(replica_txns) - primary_tids)
+    extra = sorted(set(replica_txns) - {t[0] for t in primary_txns})
     for tid in extra:
         if tid > stop:
             mismatches.append('%s: transaction %s after the pack time is '
@@ -146,8 +130,7 @@ def compare_after_pack(primary, replica, stop, witness):
         elif witness is not None and tid not in witness:
             mismatches.append('%s: transaction %s was never committed by '
                               'the writer' % (label, tid.hex()))
-    primary_records = {(rec[0], rec[1]) for t in primary_txns
-                       for rec in t[5]}
+    primary_records = {rec[:2] for t in primary_txns for rec in t[5]}
     # A set: ZEO stores a blob record twice in a transaction at times.
     for oid, rtid in sorted({
             (oid, rtid) for t in replica_txns.values()
@@ -163,10 +146,10 @@ def compare_after_pack(primary, replica, stop, witness):
                'primary, %d received in packed form' % (
                    label, len(replica_txns), len(extra), packed_form))
     replica_current = load_current(replica.fs_path)
-    for oid, state in load_current(primary.fs_path).items():
-        if replica_current.get(oid) != state:
-            mismatches.append('%s: current state of object %s differs' % (
-                label, oid.hex()))
+    mismatches.extend(
+        '%s: current state of object %s differs' % (label, oid.hex())
+        for oid, state in load_current(primary.fs_path).items()
+        if replica_current.get(oid) != state)
     return compared, blobs.compared, mismatches, details
 
 

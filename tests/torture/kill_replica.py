@@ -3,6 +3,7 @@ start-up, catch-up (a backlog streams in) or live, in rotation, then
 restart.  Checks: the final replica file equals the primary's.
 """
 import os
+from contextlib import closing
 
 import ZODB.FileStorage
 from ZODB.utils import z64
@@ -24,8 +25,7 @@ class KillReplica(Scenario):
             phase = phases[cycle % 3]
             if phase == 'catch-up':
                 self.backlog((0.3, 1.0), (0.3, 1.0))
-            before = self.file_last_tid(replica)
-            behind = self.writer.last_tid
+            before, behind = self.file_last_tid(replica), self.writer.last_tid
             replica.start()
             if phase == 'catch-up':
                 self.log_wait(replica, r'connected \(zrs2\.1\)')
@@ -46,12 +46,9 @@ class KillReplica(Scenario):
 
     @staticmethod
     def file_last_tid(node):
-        """The last committed tid in a stopped node's file (z64 if none),
-        read as zrsd does on restart."""
+        """The last tid in a stopped node's file (z64), as zrsd reads it."""
         if not os.path.exists(node.fs_path):
             return z64
-        fs = ZODB.FileStorage.FileStorage(node.fs_path, read_only=True)
-        try:
+        with closing(ZODB.FileStorage.FileStorage(node.fs_path,
+                                                  read_only=True)) as fs:
             return last_committed_tid(fs)
-        finally:
-            fs.close()

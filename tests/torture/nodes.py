@@ -13,8 +13,7 @@ WAIT = 180.0     # seconds before a wait counts as a hang (a violation)
 
 
 class TortureNode(ZrsdNode):
-    """`data_dir` holds `NAME.fs` (default: `directory`), `blob_parent`
-    `NAME.blobs` (default: `data_dir`); `logs` lists each start's log."""
+    """`data_dir` holds `NAME.fs`, `blob_parent` `NAME.blobs`; `logs`."""
 
     def __init__(self, directory, name, upstream=None, serve=None,
                  data_dir=None, blob_parent=None, env=None):
@@ -22,16 +21,12 @@ class TortureNode(ZrsdNode):
                          monitor=True, env=env)
         data_dir = data_dir or self.directory
         self.fs_path = os.path.join(data_dir, name + '.fs')
-        self.blob_dir = os.path.join(blob_parent or data_dir,
-                                     name + '.blobs')
-        self.expected_exit = True
-        self.logs = []
+        self.blob_dir = os.path.join(blob_parent or data_dir, name + '.blobs')
+        self.expected_exit, self.logs = True, []
 
     def start(self):
         """A primary returns once it serves; a replica at once."""
-        if self.role == 'primary':
-            return super().start(WAIT)
-        return self.launch()
+        return super().start(WAIT) if self.role == 'primary' else self.launch()
 
     def launch(self):
         super().launch()
@@ -40,8 +35,7 @@ class TortureNode(ZrsdNode):
         return self
 
     def unexpected_exit(self):
-        """The exit status if the process exited without being told to
-        (reported once), else None."""
+        """The status of an exit not asked for (reported once), or None."""
         if self.process is None or self.expected_exit:
             return None
         status = self.process.popen.poll()
@@ -65,8 +59,8 @@ class TortureNode(ZrsdNode):
     def served_tid(self):
         """The last tid from the monitor's /status, or None."""
         try:
-            _, _, text = http_get(self.monitor_port, '/status')
-            last = json.loads(text)['storages'][0]['last_transaction']
+            last = json.loads(http_get(self.monitor_port, '/status')[2])[
+                'storages'][0]['last_transaction']
         except (OSError, ValueError, KeyError, IndexError):
             return None
-        return bytes.fromhex(last) if last is not None else None
+        return last and bytes.fromhex(last)

@@ -52,11 +52,9 @@ class Pack(Scenario):
         self.wait_caught_up(r2)
         self.settle([r1, r2])
         self.compare(r2)
-        witness = None
-        if not self.writer.uncertain:
-            witness = set(self.writer.tids)
-            witness.update(t[0] for t in iter_transactions(r1.fs_path)
-                           if t[0] <= self.writer.initial_tid)
+        witness = None if self.writer.uncertain else set(self.writer.tids) | {
+            t[0] for t in iter_transactions(r1.fs_path)
+            if t[0] <= self.writer.initial_tid}
         compared, blobs, mismatches, details = compare_after_pack(
             self.primary, r1, max(stops), witness)
         self.say(details)

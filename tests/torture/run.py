@@ -40,24 +40,22 @@ COUNTS = {
 
 
 class Torture:
-    """A run: its settings, what its scenarios did (`cycles`, transactions
-    and blob files `compared`) and every violation they found."""
+    """A run: settings, what the scenarios did, every violation found."""
 
     def __init__(self, workdir, seed, counts, disk_full_variant):
         self.workdir, self.seed, self.counts = workdir, seed, counts
         self.disk_full_variant = disk_full_variant
-        self.scenarios = []            # (name, seconds, outcome)
+        self.scenarios, self.notes = [], []     # (name, seconds, outcome)
         self.cycles = collections.Counter()
         self.compared = self.blobs_compared = 0
         # The violations: mismatches, crashes, unexpected ERROR/CRITICAL
         # lines, scenarios that could not finish.
         self.mismatches, self.crashes, self.errors, self.failures = (
             [], [], [], [])
-        self.notes = []
 
     def violations(self):
-        return (len(self.mismatches) + len(self.crashes) + len(self.errors)
-                + len(self.failures))
+        return sum(map(len, (self.mismatches, self.crashes, self.errors,
+                             self.failures)))
 
     def say(self, text):
         print(text, flush=True)
@@ -97,12 +95,11 @@ class Torture:
     def summary(self, seconds):
         lines = ['', '==== zrsd torture summary ====']
         lines += ['  %-16s %6.1fs  %s' % row for row in self.scenarios]
-        lines.append('  cycles:')
-        lines += ['    %-34s %d' % (key, self.cycles[key])
-                  for key in sorted(self.cycles)]
+        lines += ['  cycles:'] + ['    %-34s %d' % item
+                                  for item in sorted(self.cycles.items())]
         lines += ['  note: %s' % note for note in self.notes]
-        lines.append('  transactions compared:   %d' % self.compared)
-        lines.append('  blob files compared:     %d' % self.blobs_compared)
+        lines += ['  transactions compared:   %d' % self.compared,
+                  '  blob files compared:     %d' % self.blobs_compared]
         for title, found, most in (
                 ('mismatches:', self.mismatches, 30),
                 ('crashes (not torture):', self.crashes, 30),
@@ -121,30 +118,25 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='torture.py', description=OVERVIEW.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--long', action='store_true',
-                        help='the long run (50 replica kills, 200 link '
-                             'cuts, ...); default: the short run')
-    parser.add_argument('--seed', type=int, default=None,
-                        help='seed of the random choices (default: random,'
-                             ' printed)')
-    parser.add_argument('--only', action='append', choices=SCENARIOS,
-                        metavar='SCENARIO',
-                        help='run only this scenario (repeatable): %s'
-                             % ', '.join(SCENARIOS))
-    parser.add_argument('--disk-full', default='auto',
-                        choices=('auto', 'tmpfs', 'injected'),
-                        help='disk-full variant (auto: tmpfs when mounting '
-                             'is allowed, else injected)')
-    parser.add_argument('--workdir', help='where to work (default: a new '
-                                          'temporary directory)')
-    parser.add_argument('--keep', action='store_true',
-                        help='keep the work directory even after a clean '
-                             'run')
+    add = parser.add_argument
+    add('--long', action='store_true', help='the long run (50 replica '
+        'kills, 200 link cuts, ...); default: the short run')
+    add('--seed', type=int, help='seed of the random choices (default: '
+        'random, printed)')
+    add('--only', action='append', choices=SCENARIOS, metavar='SCENARIO',
+        help='run only this scenario (repeatable): %s' % ', '.join(SCENARIOS))
+    add('--disk-full', default='auto', choices=('auto', 'tmpfs', 'injected'),
+        help='disk-full variant (auto: tmpfs when mounting is allowed, else '
+        'injected)')
+    add('--workdir', help='where to work (default: a new temporary '
+        'directory)')
+    add('--keep', action='store_true', help='keep the work directory even '
+        'after a clean run')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     mode = 'long' if args.long else 'short'
     workdir = args.workdir or tempfile.mkdtemp(prefix='zrsd-torture-')
@@ -153,8 +145,7 @@ def main(argv=None):
         os.path.join(workdir, 'torture-clients.log'))
     clients_log.setLevel(logging.WARNING)
     clients_log.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    root.addHandler(clients_log)
+    logging.getLogger().addHandler(clients_log)
     names = args.only or list(SCENARIOS)
     print('zrsd torture: %s run, seed %d, scenarios %s, work directory %s'
           % (mode, seed, ', '.join(names), workdir), flush=True)
@@ -166,7 +157,7 @@ def main(argv=None):
             torture.run(name)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        root.removeHandler(clients_log)
+        logging.getLogger().removeHandler(clients_log)
         clients_log.close()
         print(torture.summary(time.monotonic() - began), flush=True)
     if torture.violations():

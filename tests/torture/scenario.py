@@ -7,6 +7,7 @@ import os
 import random
 import re
 import time
+import contextlib
 import traceback
 from contextlib import closing
 
@@ -25,22 +26,17 @@ class ScenarioFailed(Exception):
 
 
 class Scenario:
-    """One scenario: `name`, `allowed_errors` (regexes of the ERROR entries
-    it causes on purpose) and `run(counts)`, `counts` one of `run.COUNTS`.
-    """
+    """A scenario: `name`, `allowed_errors` (regexes), `run(counts)`."""
 
     name = None
     allowed_errors = ()
 
     def __init__(self, torture, rng):
-        self.torture = torture
-        self.rng = rng
+        self.torture, self.rng = torture, rng
         self.directory = os.path.join(torture.workdir, self.name)
         os.makedirs(self.directory)
-        self.nodes = []
-        self.proxies = []
-        self.writer = None
-        self.primary = None
+        self.nodes, self.proxies = [], []
+        self.writer = self.primary = None
 
     def node(self, name, **kw):
         node = TortureNode(self.directory, name, **kw)
@@ -77,14 +73,15 @@ class Scenario:
         for node in self.nodes:
             status = node.unexpected_exit()
             if status is not None:
-                self.torture.crashes.append(
-                    '%s: %s (%s) exited with status %s; log %s' % (
-                        self.name, node.name, node.role, status,
-                        node.logs[-1]))
+                self.crash('%s (%s) exited with status %s; log %s' % (
+                    node.name, node.role, status, node.logs[-1]))
                 self.say('CRASH: %s exited with %s, restarting' % (
                     node.name, status))
                 node.start()
         self.check_writer()
+
+    def crash(self, text):
+        self.torture.crashes.append('%s: %s' % (self.name, text))
 
     def wait(self, predicate, what, timeout=WAIT):
         try:
@@ -104,29 +101,30 @@ class Scenario:
         self.wait(lambda: self.writer.commits >= target,
                   '%d commits by the writer' % count)
 
-    def burst(self, seconds, heavy=False):
-        """Commit without pacing (`heavy`: large records and blobs) for
-        `seconds`."""
-        flag = 'heavy' if heavy else 'burst'
+    @contextlib.contextmanager
+    def writing(self, flag):
+        """The writer's `flag` (`burst`, `heavy`) is set meanwhile."""
         setattr(self.writer, flag, True)
         try:
-            self.pause(seconds)
+            yield
         finally:
             setattr(self.writer, flag, False)
 
+    def burst(self, seconds, heavy=False):
+        with self.writing('heavy' if heavy else 'burst'):
+            self.pause(seconds)
+
     def backlog(self, heavy, light):
-        """Heavy commits, then a burst of small ones (`heavy` and `light`:
-        (low, high) seconds): a backlog that takes a while to stream;
-        returns when the small ones began."""
+        """Heavy commits, then light ones ((low, high) seconds each): a
+        backlog; returns when the light ones began."""
         self.burst(self.rng.uniform(*heavy), heavy=True)
         start = time.time()
         self.burst(self.rng.uniform(*light))
         return start
 
-    def wait_caught_up(self, node, tid=None):
-        """Wait until `node` (via /status) has `tid` (default: the
-        writer's last commit now)."""
-        tid = tid or self.writer.last_tid
+    def wait_caught_up(self, node):
+        """Wait until `node` (via /status) has the writer's last commit."""
+        tid = self.writer.last_tid
         self.wait(lambda: (node.served_tid() or z64) >= tid,
                   '%s to reach %s' % (node.name, tid.hex()))
 
@@ -136,8 +134,8 @@ class Scenario:
                   '%r in %s' % (pattern, node.logs[-1]))
 
     def settle(self, replicas):
-        """Stop the writer; wait until every replica's ZEO clients see
-        the primary's last transaction; SIGTERM everything (exit 0)."""
+        """Stop the writer; wait until each replica serves the primary's last
+        transaction over ZEO; SIGTERM everything (exit 0)."""
         self.writer.stop(WAIT)
         self.check_writer()
         for proxy in self.proxies:
@@ -156,21 +154,18 @@ class Scenario:
         for node in list(replicas) + [self.primary]:
             status = node.stop()
             if status != 0:
-                self.torture.crashes.append(
-                    '%s: %s exited with status %s on SIGTERM; log %s' % (
-                        self.name, node.name, status, node.logs[-1]))
+                self.crash('%s exited with status %s on SIGTERM; log %s' % (
+                    node.name, status, node.logs[-1]))
         w = self.writer
         errors = ', '.join('%s %d' % kv for kv in sorted(w.errors.items()))
         self.say('writer: %d commits (%d with blobs, %d undos), failed '
                  'commits: %s' % (w.commits, w.blob_commits, w.undos,
                                   errors or 'none'))
         self.count('writer commits', w.commits)
-        return last
 
-    def compare(self, *replicas, **kw):
+    def compare(self, *replicas):
         for replica in replicas:
-            self.record(replica, *judges.compare_exact(self.primary, replica,
-                                                       **kw))
+            self.record(replica, *judges.compare_exact(self.primary, replica))
 
     def record(self, replica, compared, blobs, mismatches):
         self.torture.compared += compared
@@ -188,8 +183,7 @@ class Scenario:
             item.close()
 
     def scan_logs(self):
-        """Report every unexpected ERROR line of the nodes' logs; returns
-        (expected, unexpected) counts."""
+        """Report unexpected ERROR lines; (expected, unexpected) counts."""
         expected, unexpected = judges.scan_logs(
             [path for node in self.nodes for path in node.logs],
             self.allowed_errors)

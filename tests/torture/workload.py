@@ -35,39 +35,27 @@ def blob_size(rng, heavy=False):
 
 
 class TortureWriter(Writer):
-    """Commits random transactions to `node` until stopped.
+    """Commits random transactions to `node` until stopped (`burst`: no
+    pacing; `heavy`: large records, mostly with a blob); a failed commit
+    is aborted, counted (`errors`, `uncertain`: outcome unknown) and logged.
+    `tids`: the commits done; `initial_tid`: the tid before the first."""
 
-    `burst` drops the pacing; `heavy` makes most transactions carry a
-    large blob and bigger records.  A failed commit is aborted, counted
-    (`errors`) and logged, and the next transaction is a new one.  `tids`:
-    every commit known to be done; `uncertain`: commits whose outcome is
-    unknown (the link broke); `initial_tid`: the tid before the first.
-    """
+    wait_timeout = WAIT   # commits wait for a restarted primary
+    rate = 150.0          # commits per second, when paced
 
-    # Commits wait for a restarted primary rather than fail at once.
-    wait_timeout = WAIT
-
-    def __init__(self, node, blob_cache, rng, rate=150.0):
+    def __init__(self, node, blob_cache, rng):
         super().__init__(node, 'torture', blob_cache)
-        self.rng = rng
-        self.rate = rate
-        self.burst = False
-        self.heavy = False
-        self.undos = 0
-        self.blob_commits = 0
-        self.uncertain = 0
+        self.rng, self.burst, self.heavy = rng, False, False
+        self.undos = self.blob_commits = self.uncertain = 0
         self.errors = collections.Counter()
-        self.last_tid = z64
-        self.initial_tid = None
+        self.last_tid, self.initial_tid = z64, None
 
     def _commit(self, tm, conn):
         if self.initial_tid is None:
             self.initial_tid = self.db.lastTransaction()
-        rng = self.rng
-        in_commit = False
+        rng, in_commit = self.rng, False
         try:
-            tm.begin()
-            txn = tm.get()
+            txn = tm.begin()
             undo = self.commits > 20 and rng.random() < 0.02
             has_blob = not undo and self._change(conn.root(), rng)
             if undo:
@@ -79,8 +67,7 @@ class TortureWriter(Writer):
                 txn.setUser(rng.choice(USERS))
                 txn.note(rng.choice(NOTES))
                 txn.setExtendedInfo('n', self.commits)
-                if rng.random() < 0.3:
-                    # (No datetime: ZEO's server refuses to unpickle one.)
+                if rng.random() < 0.3:   # (no datetime: ZEO refuses it)
                     txn.setExtendedInfo('meta', {
                         'tags': ['a', str(self.commits)],
                         'ratio': rng.random(), 'none': None})

@@ -1,10 +1,7 @@
-"""Disk-full variant `injected` of the zrsd torture suite.
-
-`torture.disk_full.InjectedSpace` puts this directory on the PYTHONPATH
-of a replica's zrsd, so Python imports this module at start-up: the
-writable FileStorage's data file then refuses to grow past the byte quota
-in $ZRSD_TORTURE_QUOTA_FILE, as a full disk does (it writes what fits and
-raises ENOSPC).  Blob files are written normally.
+"""Disk-full variant `injected` of the torture (`disk_full.InjectedSpace`):
+on a zrsd's PYTHONPATH, it makes the writable FileStorage's data file
+refuse to grow past the byte quota in $ZRSD_TORTURE_QUOTA_FILE as a full
+disk does (writing what fits, raising ENOSPC); blob files are written.
 """
 import errno
 import os
@@ -14,8 +11,7 @@ _QUOTA_FILE = os.environ.get('ZRSD_TORTURE_QUOTA_FILE')
 
 class _QuotaFile:
     def __init__(self, file, quota_file):
-        self._file = file
-        self._quota_file = quota_file
+        self._file, self._quota_file = file, quota_file
 
     def __getattr__(self, name):
         return getattr(self._file, name)
