@@ -125,8 +125,8 @@ def pending_bytes(sock):
 
 def unsent_bytes(sock):
     """Bytes written to `sock` that the peer has not acknowledged yet
-    (Linux's TIOCOUTQ; 0 if unknown)."""
-    return _queued(sock, termios.TIOCOUTQ)
+    (Linux's TIOCOUTQ; 0 if unknown, or if `sock` is None)."""
+    return _queued(sock, termios.TIOCOUTQ) if sock is not None else 0
 
 
 def _queued(sock, request):

@@ -18,6 +18,17 @@ class TLSConfigError(ValueError):
     """Certificates or keys cannot be loaded."""
 
 
+def peer_name(transport):
+    """The common name of a TLS peer's certificate, or None."""
+    try:
+        certificate = transport.getPeerCertificate()
+    except Exception:  # not TLS, or no handshake yet
+        return None
+    if certificate is None:
+        return None
+    return certificate.get_subject().commonName
+
+
 def _read(path, what):
     try:
         with open(path, 'rb') as f:

@@ -18,6 +18,7 @@ from zrsd import protocol as zrs
 from zrsd import seedprotocol as seed
 from zrsd.network.factory import ProtocolFactory
 from zrsd.network.retry import RepeatLimiter
+from zrsd.network.tls import peer_name
 from zrsd.network.sockets import (ListenError, format_address,
                                   is_tls_failure, tcp_socket, tune_socket,
                                   unsent_bytes)
@@ -36,17 +37,6 @@ HANDSHAKE_LIMIT = 64
 # the reactor thread: what a secondary that stops reading costs, besides
 # the transport's buffer.
 IN_FLIGHT = 4
-
-
-def tls_peer_name(transport):
-    """The common name of a TLS peer's certificate, or None."""
-    try:
-        certificate = transport.getPeerCertificate()
-    except Exception:  # not TLS, or no handshake yet
-        return None
-    if certificate is None:
-        return None
-    return certificate.get_subject().commonName
 
 
 class Phase(enum.Enum):
@@ -125,7 +115,7 @@ class PrimaryProtocol(protocol.Protocol):
         streamer = self.streamer
         status = {
             'address': self.address,
-            'tls_peer': tls_peer_name(self.transport),
+            'tls_peer': peer_name(self.transport),
             'protocol': getattr(self, 'protocol_name', b'').decode() or None,
             'state': self.phase.name.lower(),
             'connected_since': self.connected_since,
@@ -149,13 +139,9 @@ class PrimaryProtocol(protocol.Protocol):
                 # What is not sent yet, and what the secondary's kernel has
                 # not acknowledged (a dead link fills that first).
                 bytes_behind=(max(0, end - streamer.position)
-                              + self._unsent()
+                              + unsent_bytes(tcp_socket(self.transport))
                               if streamer.position is not None else None))
         return status
-
-    def _unsent(self):
-        sock = tcp_socket(self.transport)
-        return unsent_bytes(sock) if sock is not None else 0
 
     def dataReceived(self, data):
         if self.phase is Phase.CLOSED:

@@ -7,7 +7,7 @@ the protocol module and the sink interface, nothing about sockets or
 storages.  One `Receiver` serves one connection; all of its methods run in
 the thread that owns that connection (the reactor thread).
 
-The sink interface (see `zrsd.replica.storage.ReplicaWriter` for the real
+The sink interface (see `zrsd.replica.writer.ReplicaWriter` for the real
 one)::
 
     begin(tid, status, user, description, extension)

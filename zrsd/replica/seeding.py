@@ -32,7 +32,7 @@ from zrsd import protocol as zrs
 from zrsd import seedprotocol as seed
 from zrsd.network import blocking
 from zrsd.network.sockets import format_address
-from zrsd.replica.storage import BLOB_TEMP_PREFIX, BLOB_TEMP_SUFFIX
+from zrsd.replica.writer import BLOB_TEMP_PREFIX, BLOB_TEMP_SUFFIX
 
 logger = logging.getLogger(__name__)
 
