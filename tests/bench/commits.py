@@ -67,16 +67,17 @@ class NiceReplica(ZrsdNode):
         return ['nice', '-n', '10'] + super().command()
 
 
-def server(run, name, directory):
+def server(run, name, directory, replicas_directory):
     """A running server `name` of SERVERS on a new file in `directory`,
-    with its caught-up replicas: (server, nodes to stop)."""
+    with its caught-up replicas in `replicas_directory`: (server, nodes to
+    stop)."""
     if name == 'runzeo':
         node = run.own(PlainZeoNode(directory, 'plain'))
         node.read_only = False
         return node.start(120), [node]
     node = run.own(ZrsdNode(directory, 'primary')).start(120)
-    replicas = [run.own(NiceReplica(run.path('commit-replicas', name),
-                                    'replica-%d' % i, upstream=node.repl_port))
+    replicas = [run.own(NiceReplica(replicas_directory, 'replica-%d' % i,
+                                    upstream=node.repl_port))
                 for i in range(int(name.split('-')[1]))]
     if replicas:
         tid = node.commit('replicated')
@@ -110,9 +111,13 @@ def run_phase(run):
     top = os.path.join(run.primary_dir or run.dir, 'commits')
     for r in range(run.args.rounds):
         for name in rotated(SERVERS, r):
-            directory = os.path.join(top, '%s-%d' % (name, r + 1))
-            node, nodes = attempt('commits: start %s' % name, server, run,
-                                  name, directory)
+            each = '%s-%d' % (name, r + 1)
+            started = attempt('commits: start %s' % name, server, run, name,
+                              os.path.join(top, each),
+                              run.path('commit-replicas', each))
+            if isinstance(started, dict):      # failed, logged
+                continue
+            node, nodes = started
             try:
                 for writers in WRITERS:
                     result = attempt(
