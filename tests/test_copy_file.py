@@ -3,11 +3,13 @@ before it opens, then replicates with ZRS; anything unusual falls back to
 ZRS, and the replica always ends byte-identical to its primary."""
 import filecmp
 import os
+import queue
 import shutil
 import time
 from contextlib import closing
 
 import pytest
+import ZODB
 import ZODB.blob
 from persistent.mapping import PersistentMapping
 from ZODB.FileStorage import FileStorage
@@ -19,6 +21,11 @@ from harness.history import assert_same_after_pack
 from harness.process import stop_all, wait_until
 from harness.zczrs import ZcZrsPrimary, commit_change
 from harness.zrsd_nodes import ZrsdNode, blob_db, blob_files
+from zrsd import internals
+from zrsd.primary.history import TidIndex
+from zrsd.primary.seeder import PrefixHash, Seeder
+from zrsd.primary.storage import CommitNotifier
+from zrsd.primary.streamer import Source
 
 CRASH_SITE = os.path.join(os.path.dirname(__file__), 'copy_crash_site')
 
@@ -209,3 +216,29 @@ def test_an_interrupted_copy_then_copy_file_off(tmp_path, processes):
     assert not os.path.exists(replica.fs_path + '.seeding')
     replica.wait_for_tid(last)
     same_files(primary, replica)
+
+
+def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(
+        tmp_path):
+    """The primary hashes its prefix when the replica asks; a pack before
+    the proof comes means another file: no copy, the replica uses ZRS."""
+    db = ZODB.DB(FileStorage(str(tmp_path / 'Data.fs')))
+    with closing(db):
+        for i in range(5):
+            with db.transaction() as conn:
+                conn.root()['x'] = i
+        fs = db.storage
+        _, length = internals.committed_file(fs)
+        source = Source(fs, CommitNotifier(), TidIndex())
+        prefix = PrefixHash(source, length)
+        prefix._thread.join(30)
+        db.pack(time.time() + 1)
+        payloads, ended = [], queue.Queue()
+        seeder = Seeder(source, length, fs.lastTransaction(),
+                        prefix._digest, prefix,
+                        send=lambda chunks: payloads.extend(chunks[1::2]),
+                        done=ended.put, name='test')
+        seeder.start()
+        assert ended.get(timeout=30) is None
+    assert [p[:1] for p in payloads] == [b'N']
+    assert b'packed since it hashed' in payloads[0]

@@ -17,7 +17,9 @@ Primary to secondary: ``I`` + the primary's committed length (8 bytes) +
 flags (1 byte: 1 = the storage has blobs).  The secondary then either
 closes (too little to copy: ZRS is cheaper than proving its prefix), or
 sends ``P`` + the sha256 of its first `length` bytes.  The primary
-compares that with its own first `length` bytes, which must end at a
+compares that with the sha256 of its own first `length` bytes (hashed
+from the ``Q`` on, while the secondary hashes, on the file it then copies
+from: a pack in between refuses the copy), which must end at a
 transaction boundary with the same tid.  If anything differs, it answers
 ``N`` + a reason (UTF-8) and closes; the replica replicates with ZRS
 (whose history guard then decides).  Otherwise it sends, for each

@@ -4,15 +4,19 @@ A `Seeder` is a `Streamer` (its thread, batches, back-pressure and `send`)
 that sends bytes of the file instead of ZRS messages: it proves that the
 replica's file is a prefix of this one (`zrsd.seedprotocol`), then sends
 each committed transaction after it, the transaction's blob files first.
+
+The primary hashes its own prefix (`PrefixHash`) as soon as the replica
+asks, while the replica hashes its file: the two hashes overlap.
 """
 import logging
 import os
+import threading
 
 from ZODB.blob import is_blob_record
 from ZODB.POSException import POSKeyError
 
 from zrsd import seedprotocol as seed
-from zrsd.primary.history import CorruptFile
+from zrsd.primary.history import CommittedFile, CorruptFile
 from zrsd.primary.streamer import PackedUnderfoot, Streamer
 
 logger = logging.getLogger(__name__)
@@ -25,21 +29,93 @@ class _NoChecksum:
         pass
 
 
+class PrefixHash:
+    """The sha256 of the primary's first `length` bytes (if it has them),
+    computed in its own thread, and the reader that read them: the copy
+    goes on with the same reader, which notices a pack in between.
+
+    Made in the reactor thread when a replica asks; `take` (the seeder's
+    thread) waits for it; `close` (the reactor thread) drops it unused.
+    """
+
+    def __init__(self, source, length):
+        self.length = length
+        self._lock = threading.Lock()
+        self._reader = self._digest = self._error = None
+        self._abandoned = False
+        self._thread = threading.Thread(
+            target=self._run, args=(source,), name='zrsd-prefix-hash',
+            daemon=True)
+        self._thread.start()
+
+    def _run(self, source):
+        try:
+            reader = CommittedFile(source.fs, source.committed)
+        except Exception as exc:
+            self._error = exc
+            return
+        try:
+            end, _ = reader.committed_end()
+            if self.length <= end:
+                digest = seed.new_digest()
+                for pos in range(0, self.length, seed.CHUNK):
+                    if self._abandoned:
+                        break
+                    digest.update(reader.read(
+                        pos, min(seed.CHUNK, self.length - pos)))
+                self._digest = digest.digest()
+        except Exception as exc:
+            self._error = exc
+        with self._lock:
+            self._reader = reader
+            if self._abandoned:
+                self._close()
+
+    def take(self):
+        """(reader, digest or None); the caller closes the reader."""
+        self._thread.join()
+        if self._error is not None:
+            self.close()
+            raise self._error
+        with self._lock:
+            reader, self._reader = self._reader, None
+        return reader, self._digest
+
+    def close(self):
+        with self._lock:
+            self._abandoned = True
+            self._close()
+
+    def _close(self):
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
 class Seeder(Streamer):
     """Send the file after the replica's `length` bytes, whose sha256 the
-    replica says is `digest` and whose last transaction is `last_tid`."""
+    replica says is `digest` and whose last transaction is `last_tid`;
+    `prefix` is the `PrefixHash` of those bytes here."""
 
-    def __init__(self, source, length, last_tid, digest, send, done, name,
-                 blobs=False, in_flight=None):
+    def __init__(self, source, length, last_tid, digest, prefix, send, done,
+                 name, blobs=False, in_flight=None):
         super().__init__(source, last_tid, send, done, name, blobs,
                          in_flight)
         self.checksum = _NoChecksum()
         self.length = length
         self.digest = digest
+        self.prefix = prefix
+        self.prefix_digest = None
+
+    def _open(self):
+        reader, self.prefix_digest = self.prefix.take()
+        return reader
 
     def _stream(self, reader):
-        end, _ = reader.committed_end()
-        reason = self._check_prefix(reader, end)
+        end, packed = reader.committed_end()
+        reason = ('the primary was packed since it hashed its first %d '
+                  'bytes' % self.length if packed
+                  else self._check_prefix(reader, end))
         if reason is not None:
             logger.warning('%s: not copying the file: %s', self.name, reason)
             self._payload(seed.refusal(reason))
@@ -78,11 +154,7 @@ class Seeder(Streamer):
         if tid != self.last_tid:
             return ('the transaction ending at %d is %s here, %s on the '
                     'replica' % (self.length, tid.hex(), self.last_tid.hex()))
-        digest = seed.new_digest()
-        for pos in range(0, self.length, seed.CHUNK):
-            digest.update(reader.read(pos, min(seed.CHUNK,
-                                               self.length - pos)))
-        if digest.digest() != self.digest:
+        if self.prefix_digest != self.digest:
             return 'the replica\'s first %d bytes differ from the ' \
                 'primary\'s' % self.length
         return None

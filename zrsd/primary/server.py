@@ -24,7 +24,7 @@ from zrsd.network.sockets import (ListenError, format_address,
                                   unsent_bytes)
 from zrsd.primary.followers import Followers
 from zrsd.primary.history import HistoryMismatch, TidIndex
-from zrsd.primary.seeder import Seeder
+from zrsd.primary.seeder import PrefixHash, Seeder
 from zrsd.primary.streamer import PackedUnderfoot, Source, Streamer
 from zrsd.tids import describe_tid, tid_time
 
@@ -75,7 +75,7 @@ class PrimaryProtocol(protocol.Protocol):
     """One downstream secondary."""
 
     phase = Phase.PROTOCOL
-    streamer = None
+    streamer = prefix = None
     drained = None
     _timeout = None
 
@@ -190,6 +190,8 @@ class PrimaryProtocol(protocol.Protocol):
                 self.transport.write(zrs.encode_frame(
                     seed.info(end, storage.has_blobs)))
                 self.phase = Phase.SEED_PROOF
+                # Hashed here while the replica hashes its own.
+                self.prefix = PrefixHash(self._source(), self.seed_length)
             else:
                 _, digest = seed.decode(payload, (b'P',))
                 self._start_seeding(digest)
@@ -199,23 +201,26 @@ class PrimaryProtocol(protocol.Protocol):
     def _start_seeding(self, digest):
         self._cancel_timeout()
         self.phase = Phase.SEEDING
+        prefix, self.prefix = self.prefix, None
         self._start_thread(Seeder, self.seed_length, self.seed_tid, digest,
-                           blobs=self.server.storage.has_blobs)
+                           prefix, blobs=self.server.storage.has_blobs)
 
     def _start_thread(self, kind, *args, blobs, **options):
         """Start a Streamer or a Seeder (`kind`) for this secondary."""
-        server = self.server
-        reactor = server.reactor
-        storage = server.storage
+        reactor = self.server.reactor
         self.streamer = kind(
-            Source(storage.file_storage, storage.commits, server.tid_index,
-                   storage.committed_file, server.followers), *args,
+            self._source(), *args,
             send=lambda chunks: reactor.callFromThread(self._write, chunks),
             done=lambda error: reactor.callFromThread(
                 self._streamer_done, error),
             name=self.peer, blobs=blobs, in_flight=IN_FLIGHT, **options)
         self.transport.registerProducer(_Producer(self.streamer), True)
         self.streamer.start()
+
+    def _source(self):
+        server, storage = self.server, self.server.storage
+        return Source(storage.file_storage, storage.commits, server.tid_index,
+                      storage.committed_file, server.followers)
 
     def _start_streaming(self, start_tid):
         self._cancel_timeout()
@@ -329,6 +334,8 @@ class PrimaryProtocol(protocol.Protocol):
 
     def connectionLost(self, reason):
         self._cancel_timeout()
+        if self.prefix is not None:     # asked, never proved
+            self.prefix.close()
         self.phase = Phase.CLOSED
         self.server.connections.discard(self)
         if self.drained is not None and not self.drained.called:

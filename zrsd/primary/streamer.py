@@ -133,15 +133,19 @@ class Streamer:
     # -- the streamer thread ----------------------------------------------
 
     def _run(self):
-        reader = CommittedFile(self.source.fs, self.source.committed)
-        error = None
+        reader = error = None
         try:
+            reader = self._open()
             self._stream(reader)
         except Exception as exc:
             error = exc
         finally:
-            reader.close()
+            if reader is not None:
+                reader.close()
         self._done(error)
+
+    def _open(self):
+        return CommittedFile(self.source.fs, self.source.committed)
 
     def _stream(self, reader):
         tid_index, notifier = self.source.tid_index, self.source.notifier
