@@ -154,6 +154,9 @@ class Seeder(Streamer):
         if tid != self.last_tid:
             return ('the transaction ending at %d is %s here, %s on the '
                     'replica' % (self.length, tid.hex(), self.last_tid.hex()))
+        if self.prefix_digest is None:
+            return ('the primary had fewer than the replica\'s %d bytes when '
+                    'it asked' % self.length)
         if self.prefix_digest != self.digest:
             return 'the replica\'s first %d bytes differ from the ' \
                 'primary\'s' % self.length
