@@ -63,7 +63,8 @@ class PrefixHash:
                         break
                     digest.update(reader.read(
                         pos, min(seed.CHUNK, self.length - pos)))
-                self._digest = digest.digest()
+                else:
+                    self._digest = digest.digest()
         except Exception as exc:
             self._error = exc
         with self._lock:
