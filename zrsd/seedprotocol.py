@@ -210,6 +210,18 @@ class TransactionScanner:
         return records
 
 
+def prefix_digest(read, length, stopped=None):
+    """What a proof carries: the sha256 of the first `length` bytes of a
+    file read by `read(pos, size)`, CHUNK bytes at a time; None once
+    `stopped()` says to give up."""
+    digest = new_digest()
+    for pos in range(0, length, CHUNK):
+        if stopped is not None and stopped():
+            return None
+        digest.update(read(pos, min(CHUNK, length - pos)))
+    return digest.digest()
+
+
 def last_transaction(read, length):
     """The tid of the transaction ending at `length` of a file read by
     `read(pos, size)`, z64 for a file of its header only; SeedError when

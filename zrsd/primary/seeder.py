@@ -57,14 +57,8 @@ class PrefixHash:
         try:
             end, _ = reader.committed_end()
             if self.length <= end:
-                digest = seed.new_digest()
-                for pos in range(0, self.length, seed.CHUNK):
-                    if self._abandoned:
-                        break
-                    digest.update(reader.read(
-                        pos, min(seed.CHUNK, self.length - pos)))
-                else:
-                    self._digest = digest.digest()
+                self._digest = seed.prefix_digest(
+                    reader.read, self.length, lambda: self._abandoned)
         except Exception as exc:
             self._error = exc
         with self._lock:
