@@ -1,10 +1,11 @@
-"""A caught-up streamer lends its stream to the reactor thread
+"""A caught-up streamer lends its stream to the committing thread
 (`zrsd.primary.followers`): small commits are sent from there, a large one
 or a paused connection hands the stream back to the streamer thread, and
 the secondary sees one stream, in order, with every checksum right.
 
 In-process on a real FileStorage; the reactor is a thread running what it
-is given (`callFromThread`), like Twisted's.
+is given (`callFromThread`), like Twisted's.  `tests/test_outbox.py` covers
+the socket side.
 """
 import queue
 import threading
@@ -46,26 +47,31 @@ class ThreadReactor:
 
 
 class Link:
-    """A secondary's connection: what is written, in the order written
-    (by the reactor thread), and by which path."""
+    """A secondary's connection: what is written, in the order written,
+    and by which path: 'thread' (the streamer thread's, through the
+    reactor thread) or the name of the thread that sent a lent stream."""
 
     def __init__(self, fs, reactor):
         self.reactor, self.payloads, self.paths = reactor, [], []
         self.ended = queue.Queue()
         self.notifier = CommitNotifier()
-        self.followers = Followers(self.notifier, reactor)
+        self.followers = Followers(self.notifier)
         self.followers.start()
         self.streamer = Streamer(
             Source(fs, self.notifier, TidIndex(), followers=self.followers),
             z64, send=lambda chunks: reactor.callFromThread(
                 self._write, chunks, 'thread'),
             done=self.ended.put, name='test', in_flight=4,
-            send_now=lambda chunks: self._write(chunks, 'reactor'))
+            send_now=lambda chunks: self._write(
+                chunks, threading.current_thread().name))
+        self._lock = threading.Lock()
 
     def _write(self, chunks, path):
-        assert threading.current_thread() is self.reactor.thread
-        self.payloads.extend(chunks[1::2])    # [length, payload, ...]
-        self.paths.append(path)
+        if path == 'thread':
+            assert threading.current_thread() is self.reactor.thread
+        with self._lock:
+            self.payloads.extend(chunks[1::2])    # [length, payload, ...]
+            self.paths.append(path)
         if path == 'thread':
             self.streamer.written()
 
@@ -107,20 +113,22 @@ def wait_for(link, tids):
                message='the stream has %d transactions' % len(tids))
 
 
-def test_small_commits_go_from_the_reactor_large_ones_from_the_thread(fs):
+def test_small_commits_go_from_the_committer_large_ones_from_the_thread(fs):
     reactor = ThreadReactor()
     link = Link(fs, reactor)
     tids = [commit(fs, link.notifier)]
     link.streamer.start()
     wait_for(link, tids)                       # caught up, then lent
+    wait_until(lambda: link.streamer.lent, 30, message='lent')
+    committer = threading.current_thread().name
     tids += [commit(fs, link.notifier) for _ in range(20)]
     wait_for(link, tids)
-    assert link.paths[-1] == 'reactor'
+    assert link.paths[-20:] == [committer] * 20
     tids.append(commit(fs, link.notifier,
                        size=streamer_module.FOLLOW_LIMIT + 1))
     tids += [commit(fs, link.notifier) for _ in range(5)]
     wait_for(link, tids)
-    assert 'thread' in link.paths[link.paths.index('reactor'):]
+    assert 'thread' in link.paths[link.paths.index(committer):]
     reactor.run(link.streamer.stop)
     assert link.ended.get(timeout=30) is None
     link.streamer.join(30)
@@ -133,20 +141,12 @@ def test_a_pause_in_the_reactor_hands_the_stream_back(fs):
     tids = [commit(fs, link.notifier)]
     link.streamer.start()
     wait_for(link, tids)
-    # The transport pauses its producer while it is being written to.
-    write = link._write
-
-    def pausing(chunks, path):
-        write(chunks, path)
-        if path == 'reactor':
-            link.streamer.pause()
-    link._write = pausing
-    tids.append(commit(fs, link.notifier))
-    wait_for(link, tids)
+    wait_until(lambda: link.streamer.lent, 30, message='lent')
+    reactor.run(link.streamer.pause)           # the transport is full
+    assert not link.streamer.lent
     tids.append(commit(fs, link.notifier))     # sent after the resume
     reactor.run(lambda: None)
     assert link.tids() == tids[:-1]
-    link._write = write
     reactor.run(link.streamer.resume)
     wait_for(link, tids)
     reactor.run(link.streamer.finish)          # stops once all is sent

@@ -1,4 +1,5 @@
-"""The one door to ZODB's and ZEO's internals checks their versions."""
+"""The one door to ZODB's, ZEO's and Twisted's internals checks their
+versions."""
 import importlib.metadata
 
 from zrsd import internals
@@ -11,7 +12,8 @@ def test_installed_versions_are_the_verified_ones():
 
 
 def test_another_release_is_a_warning_naming_the_module(caplog):
-    warnings = internals.check_versions({'ZODB': '6.4.1', 'ZEO': '7.0'})
+    warnings = internals.check_versions(
+        {'ZODB': '6.4.1', 'ZEO': '7.0', 'Twisted': '26.10.1'})
     assert warnings == [
         'ZEO 7.0 is installed; zrsd uses its internals and was verified '
         'against 6.2: review zrsd/internals.py']

@@ -7,13 +7,14 @@ FileStorage's last step of a commit (a replica writes the status byte only
 once the data is synced, per transaction or per group), its temporary
 transaction file, its recovery scan (to cut a damaged tail), its blob
 helper, its packer hook and commit lock, the files of a half-built
-FileStorage, and ZEO's per-storage client lists and invalidation queue.
-Nothing else in zrsd touches a `_private` name of ZODB or ZEO: upgrading
-either is a review of this module against the new release.
+FileStorage, ZEO's per-storage client lists and invalidation queue, and
+what a Twisted TCP transport has not sent yet.  Nothing else in zrsd
+touches a `_private` name of ZODB, ZEO or Twisted: upgrading one is a
+review of this module against the new release.
 
-At import, the installed ZODB and ZEO versions are compared with those this
-module was verified against (`VERIFIED`); another version logs a WARNING
-naming this module.
+At import, the installed ZODB, ZEO and Twisted versions are compared with
+those this module was verified against (`VERIFIED`); another version logs
+a WARNING naming this module.
 """
 import importlib.metadata
 import io
@@ -22,6 +23,8 @@ import os
 import sys
 import traceback
 
+from twisted.internet import tcp
+from twisted.internet.interfaces import ISSLTransport
 from ZEO.StorageServer import StorageServer as _ZEOStorageServer
 from ZEO.StorageServer import StorageServerDB
 from ZODB.FileStorage.FileStorage import FileStorage, TempFormatter
@@ -36,7 +39,8 @@ logger = logging.getLogger(__name__)
 _fs_module = sys.modules['ZODB.FileStorage.FileStorage']
 
 # Distribution -> the (major, minor) releases this module was read against.
-VERIFIED = {'ZODB': ((6, 4),), 'ZEO': ((6, 2),)}
+VERIFIED = {'ZODB': ((6, 4),), 'ZEO': ((6, 2),),
+            'Twisted': ((26, 10),)}
 
 
 def _release(version):
@@ -45,9 +49,9 @@ def _release(version):
 
 
 def check_versions(installed=None):
-    """Warn about ZODB/ZEO releases this module was not verified against;
-    returns the list of warnings.  `installed` maps names to versions
-    (default: what is installed)."""
+    """Warn about ZODB, ZEO or Twisted releases this module was not
+    verified against; returns the list of warnings.  `installed` maps
+    names to versions (default: what is installed)."""
     warnings = []
     for name, releases in VERIFIED.items():
         if installed is not None:
@@ -428,3 +432,20 @@ def save_index(path, index, pos):
         index.save(pos, name + '.index_tmp')
         disk.fsync_path(name + '.index_tmp', 'syncing the index')
         os.replace(name + '.index_tmp', name)
+
+
+# -- Twisted: a TCP transport's buffer ---------------------------------------
+
+def is_plain_tcp(transport):
+    """Is `transport` Twisted's own TCP connection, without TLS (its
+    socket carries exactly what is written to it)?"""
+    return (isinstance(transport, tcp.Connection)
+            and not ISSLTransport.providedBy(transport)
+            and not getattr(transport, 'TLS', False))
+
+
+def transport_unsent(transport):
+    """Bytes a Twisted TCP transport was given and has not handed to its
+    socket yet (reactor thread)."""
+    return (len(transport.dataBuffer) - transport.offset
+            + transport._tempDataLen)

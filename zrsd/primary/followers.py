@@ -1,29 +1,32 @@
-"""The caught-up secondaries of one storage, served from the reactor thread.
+"""The caught-up secondaries of one storage, served by the committing thread.
 
 A caught-up `zrsd.primary.streamer.Streamer` lends its stream to its
-server's `Followers`: each commit then costs one wake-up of the reactor
-thread, which sends the new transactions to every caught-up secondary
-itself, instead of waking each streamer's thread, which would hand its
-frames back to the reactor thread.  Every one of those hops takes the GIL
-from the thread that serves ZEO clients, the primary's own work.
+server's `Followers`: each commit then sends the new transactions to every
+caught-up secondary from the thread that committed (ZEO's event loop, on
+its next turn after answering the committer), through each connection's
+`zrsd.network.outbox.Outbox`, straight to the socket.  Waking each
+streamer's thread, or the reactor thread, would cost thread switches and
+GIL hand-offs on the thread that serves ZEO clients, the primary's own
+work, and a dozen system calls per secondary and commit.
 
 A streamer takes its stream back (`Streamer.follow_step` returns False)
-for whatever the reactor must not do: a large transaction, blob files, a
-paused connection, a pack, an error, a stop.
+for whatever the committing thread must not do: a large transaction, blob
+files, a paused connection, a pack, an error, a stop.
 
-Threads: `committed` is called by whatever commits (any thread); `lend`
-by a streamer thread; the rest runs in the reactor thread.
+Threads: `committed` is called by whatever commits; `lend` by a streamer
+thread; `start` and `stop` by the reactor thread.
 """
+import threading
 
 
 class Followers:
-    """The streamers of one storage that are lent to the reactor thread."""
+    """The streamers of one storage that are lent to the committing
+    thread."""
 
-    def __init__(self, notifier, reactor):
+    def __init__(self, notifier):
         self._notifier = notifier
-        self._reactor = reactor
-        self._streamers = set()     # reactor thread only
-        self._scheduled = False     # a step is on its way to the reactor
+        self._lock = threading.Lock()
+        self._streamers = set()
 
     def start(self):
         self._notifier.subscribe(self.committed)
@@ -32,26 +35,25 @@ class Followers:
         self._notifier.unsubscribe(self.committed)
 
     def committed(self):
-        """A commit: one step for every follower, in the reactor thread
-        (several commits before it runs share it)."""
-        if self._streamers and not self._scheduled:
-            self._scheduled = True
-            self._reactor.callFromThread(self._step)
+        """A commit: one step for every follower, in this thread."""
+        with self._lock:
+            streamers = list(self._streamers)
+        for streamer in streamers:
+            self._step(streamer)
 
     def lend(self, streamer):
-        """A caught-up streamer's stream, sent from the reactor thread from
-        now on, until `streamer.follow_step()` returns False."""
-        self._reactor.callFromThread(self._take, streamer)
+        """A caught-up streamer's stream (the streamer's own thread), sent
+        by the committing thread from now on, until `streamer.follow_step()`
+        returns False.  Its first step runs here: for what was committed
+        since the streamer last looked."""
+        with self._lock:
+            self._streamers.add(streamer)
+        self._step(streamer)
 
-    def _take(self, streamer):
-        # Among the followers first: a commit from now on is its step.
-        self._streamers.add(streamer)
+    def _step(self, streamer):
         if not streamer.follow_step():
-            self._streamers.discard(streamer)
-
-    def _step(self):
-        # Cleared first: a commit from now on schedules the next step.
-        self._scheduled = False
-        for streamer in list(self._streamers):
-            if not streamer.follow_step():
-                self._streamers.discard(streamer)
+            with self._lock:
+                # Lent again meanwhile (by its thread, after the hand-back):
+                # it stays.
+                if not streamer.lent:
+                    self._streamers.discard(streamer)

@@ -1,8 +1,9 @@
 """The primary's Twisted server: accept secondaries, check the handshake,
 start a `zrsd.primary.streamer.Streamer` for each and apply back-pressure.
 
-Everything here runs in the reactor thread, except the streamer callbacks
-`_send` and `_streamer_done`, which hop over with `callFromThread`.
+Everything here runs in the reactor thread, except the streamer callbacks:
+frames go through the connection's `zrsd.network.outbox.Outbox` (from any
+thread), and `_streamer_done` hops over with `callFromThread`.
 """
 import dataclasses
 import enum
@@ -17,6 +18,7 @@ from ZODB.utils import z64
 from zrsd import protocol as zrs
 from zrsd import seedprotocol as seed
 from zrsd.network.factory import ProtocolFactory
+from zrsd.network.outbox import Outbox
 from zrsd.network.retry import RepeatLimiter
 from zrsd.network.tls import peer_name
 from zrsd.network.sockets import (ListenError, format_address,
@@ -75,7 +77,7 @@ class PrimaryProtocol(protocol.Protocol):
     """One downstream secondary."""
 
     phase = Phase.PROTOCOL
-    streamer = prefix = None
+    streamer = prefix = outbox = None
     drained = None
     _timeout = None
 
@@ -205,15 +207,21 @@ class PrimaryProtocol(protocol.Protocol):
         self._start_thread(Seeder, self.seed_length, self.seed_tid, digest,
                            prefix, blobs=self.server.storage.has_blobs)
 
-    def _start_thread(self, kind, *args, blobs, **options):
-        """Start a Streamer or a Seeder (`kind`) for this secondary."""
+    def _start_thread(self, kind, *args, blobs, lend=False):
+        """Start a Streamer or a Seeder (`kind`) for this secondary; a
+        streamer that may `lend` its stream (see
+        `zrsd.primary.followers`)."""
         reactor = self.server.reactor
+        outbox = self.outbox = Outbox(reactor, self.transport,
+                                      self._write_now)
         self.streamer = kind(
             self._source(), *args,
-            send=lambda chunks: reactor.callFromThread(self._write, chunks),
+            send=lambda chunks: outbox.send(
+                chunks, direct=False, written=self.streamer.written),
             done=lambda error: reactor.callFromThread(
                 self._streamer_done, error),
-            name=self.peer, blobs=blobs, in_flight=IN_FLIGHT, **options)
+            name=self.peer, blobs=blobs, in_flight=IN_FLIGHT,
+            **({'send_now': outbox.send} if lend else {}))
         self.transport.registerProducer(_Producer(self.streamer), True)
         self.streamer.start()
 
@@ -225,15 +233,8 @@ class PrimaryProtocol(protocol.Protocol):
     def _start_streaming(self, start_tid):
         self._cancel_timeout()
         self.phase = Phase.STREAMING
-        self._start_thread(Streamer, start_tid,
-                           blobs=self.protocol_name == zrs.PROTOCOL_2_1,
-                           send_now=self._write_now)
-
-    def _write(self, chunks):
-        try:
-            self._write_now(chunks)
-        finally:
-            self.streamer.written()
+        self._start_thread(Streamer, start_tid, lend=True,
+                           blobs=self.protocol_name == zrs.PROTOCOL_2_1)
 
     def _write_now(self, chunks):
         if self.phase in SENDING:
@@ -338,6 +339,8 @@ class PrimaryProtocol(protocol.Protocol):
             self.prefix.close()
         self.phase = Phase.CLOSED
         self.server.connections.discard(self)
+        if self.outbox is not None:
+            self.outbox.close()
         if self.drained is not None and not self.drained.called:
             self.drained.callback(self)
         if self.streamer is not None:
@@ -387,7 +390,7 @@ class PrimaryServer:
         self.port = None
 
     def start(self):
-        self.followers = Followers(self.storage.commits, self.reactor)
+        self.followers = Followers(self.storage.commits)
         self.followers.start()
         try:
             self._listen(ProtocolFactory(lambda: PrimaryProtocol(self)))

@@ -5,15 +5,15 @@ A `Streamer` turns the primary's committed transactions (read through
 into ZRS frames (see `zrsd.protocol`), hands them to the connection in
 batches, waits while the connection is paused (back-pressure), and, once
 caught up, sleeps until the storage's `CommitNotifier` says something was
-committed, or lends its stream to the reactor thread (`Source.followers`,
-see `zrsd.primary.followers`).  A stopping primary asks it to `finish`:
-send what is committed, then end.
+committed, or lends its stream to the committing thread
+(`Source.followers`, see `zrsd.primary.followers`).  A stopping primary
+asks it to `finish`: send what is committed, then end.
 
 Threads: each `Streamer` runs in its own thread but while its stream is
-lent, when `follow_step` runs in the reactor thread; `pause`, `resume`,
-`finish` and `stop` are called from the reactor thread; `send` (given by
-the network side) must be safe to call from the streamer thread,
-`send_now` is called in the reactor thread.
+lent, when `follow_step` runs in whatever thread commits (one step at a
+time: `_step_lock`); `pause`, `resume`, `finish` and `stop` are called
+from the reactor thread; `send` and `send_now` (given by the network side)
+must be safe to call from any thread.
 """
 import logging
 import os
@@ -29,7 +29,7 @@ from zrsd.primary.history import CommittedFile, CorruptFile, LargeData
 logger = logging.getLogger(__name__)
 
 BATCH = 256 << 10           # bytes handed to the connection at once
-FOLLOW_LIMIT = BATCH        # the most the reactor thread sends in a step
+FOLLOW_LIMIT = BATCH        # the most a step sends (see `follow_step`)
 
 
 class PackedUnderfoot(Exception):
@@ -59,9 +59,9 @@ class Streamer:
     connection: whoever delivers them calls `written()` for each once it
     is in the transport (the reactor thread, whose queue would otherwise
     hold whatever a fast reader produces before the first pause).
-    With `send_now` (the reactor thread's way to send) and
-    `source.followers`, a caught-up streamer lends its stream to the
-    reactor thread (`follow_step`).
+    With `send_now` (a way to send from any thread that needs no
+    `written()`) and `source.followers`, a caught-up streamer lends its
+    stream to the committing thread (`follow_step`).
     """
 
     def __init__(self, source, start_tid, send, done, name, blobs=False,
@@ -84,10 +84,10 @@ class Streamer:
         self._finishing = False   # stop once everything committed is sent
         self._running = threading.Event()   # cleared while paused
         self._running.set()
-        # While lent, the reactor thread sends (`follow_step`) with the
+        # While lent, the committing thread sends (`follow_step`) with the
         # streamer thread's reader, and `_returned` is clear.
         self._lent = False
-        self._stepping = False
+        self._step_lock = threading.Lock()
         self._returned = threading.Event()
         self._reader = None
         self._reopened = False    # a step found the file replaced
@@ -188,7 +188,7 @@ class Streamer:
                                   lambda: self._stopped or self._finishing)
 
     def _lend(self, reader):
-        """Let the reactor thread send from here (see
+        """Let the committing thread send from here (see
         `zrsd.primary.followers`); return the position once it hands the
         stream back."""
         self._running.wait()      # not while paused: it would hand back
@@ -201,7 +201,7 @@ class Streamer:
             raise self._error
         return self.position
 
-    # -- the reactor thread, while lent -----------------------------------
+    # -- the committing thread, while lent --------------------------------
 
     def _hand_back(self):
         """The stream is the streamer thread's again; returns False."""
@@ -211,27 +211,29 @@ class Streamer:
         return False
 
     def _release(self):
-        # From pause, finish or stop: not in the middle of a step (a write
-        # in it may pause), which hands back at its end.
-        if not self._stepping:
+        # From pause, finish or stop (the reactor thread): after the step
+        # in progress, if any.
+        with self._step_lock:
             self._hand_back()
+
+    @property
+    def lent(self):
+        return self._lent
 
     def follow_step(self):
         """Send what was committed since the last step, unless the
         streamer thread must; False once the stream is handed back."""
-        if not self._lent:
-            return False
-        self._stepping = True
-        try:
-            caught_up = self._follow(self._reader)
-        except Exception as exc:
-            self._error, caught_up = exc, False
-        finally:
-            self._stepping = False
-        if (caught_up and self._running.is_set() and not self._stopped
-                and not self._finishing):
-            return True
-        return self._hand_back()
+        with self._step_lock:
+            if not self._lent:
+                return False
+            try:
+                caught_up = self._follow(self._reader)
+            except Exception as exc:
+                self._error, caught_up = exc, False
+            if (caught_up and self._running.is_set() and not self._stopped
+                    and not self._finishing):
+                return True
+            return self._hand_back()
 
     def _follow(self, reader):
         """Send the transactions committed since the last step, as long as

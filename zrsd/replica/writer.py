@@ -111,18 +111,21 @@ class ReplicaWriter:
                 with self._writing('committing transactions'):
                     self._commit_path.sync()
             self.unsynced_since = None
-            self._publish()
+            published = self._publish()
+        # Once they are published (`published_end`), and outside the
+        # lock: a cascade's caught-up secondaries are sent to right here.
+        if published:
+            self._replica.commits.notify(published)
 
     def _publish(self):
         # Under the storage lock: the tid first (loads follow it), then
-        # the invalidations (see the module docstring).
-        if not self.unpublished:
-            return
+        # the invalidations (see the module docstring).  Returns the tids.
         for tid, oids, _ in self.unpublished:
             self.published_tid = tid
             self._replica.invalidate(tid, oids)
-        self._replica.commits.notify([tid for tid, _, _ in self.unpublished])
+        published = [tid for tid, _, _ in self.unpublished]
         self.unpublished = []
+        return published
 
     def published_end(self, end):
         """The end of the published transactions in the file, given the
