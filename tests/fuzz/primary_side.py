@@ -225,10 +225,10 @@ class PrimarySide(Lane):
         super().run(count)
 
     def open(self):
-        self.primary = started(ZrsdNode(
+        self.primary = ZrsdNode(
             os.path.join(self.directory, 'primary'), 'zrsd-primary',
-            zrs_lines='  handshake-timeout %s\n' % HANDSHAKE_TIMEOUT))
-        self.primary.start()
+            register=started,
+            zrs_lines='  handshake-timeout %s\n' % HANDSHAKE_TIMEOUT).start()
         zczrs.populate(self.primary.zeo_address, transactions=30,
                        undo_every=12)
         self.replica = Replica(self.directory,
@@ -314,8 +314,7 @@ class PrimarySide(Lane):
                              % self.primary.process.popen.returncode)
         if commit:
             self.commits += 1
-            zczrs.commit_change(self.primary.zeo_address,
-                                'fuzz-%d' % self.commits, self.commits)
+            self.primary.commit('fuzz-%d' % self.commits, self.commits)
         # (The primary is idle: this side commits only between batches.)
         for t in read_from(self.primary.fs_path,
                            self.tids[-1] if self.history else None):
