@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import socket
-import time
 import traceback
 
 import ZODB.FileStorage
@@ -98,17 +97,16 @@ class ReplicaLane(Lane):
     def accept(self):
         """The replica's next connection and handshake: its socket goes to
         `sock`; returns (protocol, start tid)."""
-        deadline = time.monotonic() + IO_TIMEOUT
-        while True:
+        def accepted():
             if not self.node.running():
                 raise self.died()
-            try:
-                sock, _ = self.listener.accept()
-                break
-            except socket.timeout:
-                if time.monotonic() > deadline:
-                    raise self.hung('the replica did not reconnect '
-                                    'within %ss' % IO_TIMEOUT)
+            with contextlib.suppress(socket.timeout):
+                return self.listener.accept()[0]
+        try:
+            sock = wait_until(accepted, IO_TIMEOUT, 0)
+        except AssertionError:
+            raise self.hung('the replica did not reconnect within %ss'
+                            % IO_TIMEOUT)
         hello = read_frames(sock, 2)   # then nothing until we send
         if len(hello) < 2:
             sock.close()
