@@ -30,7 +30,7 @@ from zrsd import seedprotocol as seed
 from zrsd.replica import seeding
 
 from .judges import UNCHECKED, Lane
-from .nodes import captured_logs, read_frames, started
+from .nodes import read_frames, started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
 
@@ -159,11 +159,7 @@ class CopyLane(Lane):
 class CopyInProcessLane(CopyLane):
     """`copy_file` of a new replica in this process, one case each."""
 
-    side = 'copy-in-process'
-
-    def run(self, count):
-        with captured_logs() as self.logs:
-            super().run(count)
+    side, in_process = 'copy-in-process', True
 
     def listen(self):
         self.address = os.path.join(tempfile.mkdtemp(dir=self.directory),

@@ -24,8 +24,7 @@ from zrsd.replica.storage import ReplicaStorage
 
 from .cases import MAX_FRAME
 from .judges import UNCHECKED, Lane, traceback_from_protocol
-from .nodes import (IO_TIMEOUT, LogTail, Replica, captured_logs,
-                    read_frames, read_from, stop)
+from .nodes import IO_TIMEOUT, LogTail, Replica, read_frames, read_from, stop
 
 # Expected WARNINGs of the in-process lane: a corrupted record restored
 # before its commit's checksum rejects the stream may differ from its back
@@ -267,7 +266,7 @@ def chunks(data, rng):
 class InProcessLane(Lane):
     """Cases fed to a `Receiver` over a real FileStorage, in this process."""
 
-    side, renew = 'in-process', True
+    side, renew, in_process = 'in-process', True, True
 
     def __init__(self, generator, directory, summary, check_checksums=True):
         self.source, self.generator = generator.source, generator
@@ -279,10 +278,6 @@ class InProcessLane(Lane):
             zrs.DEFAULT_ALLOWED_GLOBALS))
         self.state = snapshot(self.objects)
         self.epoch, self.fs = 0, None
-
-    def run(self, count):
-        with captured_logs() as self.logs:
-            super().run(count)
 
     def open(self):
         self.epoch += 1
