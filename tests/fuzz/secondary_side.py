@@ -5,7 +5,6 @@ connection, by a case server that serves exactly one case and then closes
 thousand cases a second (`InProcessLane`)."""
 import contextlib
 import functools
-import glob
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ from ZODB.utils import z64
 
 from harness.history import copy_transaction
 from harness.process import wait_until
+from harness.stream import bytewise
 from zrsd import protocol as zrs
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
@@ -254,7 +254,7 @@ def chunks(data, rng):
     if mode < 0.4:
         return [data]
     if mode < 0.5 and len(data) < 4000:
-        return [data[i:i + 1] for i in range(len(data))]
+        return bytewise(data)
     pieces, pos = [], 0
     while pos < len(data):
         n = rng.randint(1, 9000)
@@ -282,24 +282,22 @@ class InProcessLane(Lane):
     def open(self):
         self.epoch += 1
         self.add('epochs')
-        base = os.path.join(self.directory, '%s-%d' % (
+        self.epoch_dir = os.path.join(self.directory, '%s-%d' % (
             self.generator.lane, self.epoch))
-        self.fs_path = base + '.fs'
-        self.blob_dir = base + '.blobs' if self.source.blob_dir else None
+        os.makedirs(self.epoch_dir)
+        self.fs_path = os.path.join(self.epoch_dir, 'Data.fs')
+        self.blob_dir = self.source.blob_dir and os.path.join(
+            self.epoch_dir, 'blobs')
         self.fs = ZODB.FileStorage.FileStorage(self.fs_path,
                                                blob_dir=self.blob_dir)
         self.replica, self.position = ReplicaStorage(self.fs), 0
 
     def close(self):
-        if self.fs is None:
-            return
-        self.fs.close()
-        self.fs = None
-        self.check_file(self.fs_path, self.blob_dir, self.position)
-        for path in glob.glob(glob.escape(self.fs_path) + '*'):
-            os.remove(path)
-        if self.blob_dir:
-            shutil.rmtree(self.blob_dir, ignore_errors=True)
+        if self.fs is not None:
+            self.fs.close()
+            self.fs = None
+            self.check_file(self.fs_path, self.blob_dir, self.position)
+            shutil.rmtree(self.epoch_dir, ignore_errors=True)
 
     def run_case(self, number):
         case = self.generator.case(number, self.position)
