@@ -68,6 +68,7 @@ class Lane:
             print('[%s] %s' % (self.name, text), file=sys.stderr, flush=True)
 
     def run(self, count):
+        self.count = count
         logs = captured_logs() if self.in_process else contextlib.nullcontext()
         with logs as self.logs:
             try:

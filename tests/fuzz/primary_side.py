@@ -220,10 +220,6 @@ class PrimarySide(Lane):
         self.primary = self.replica = self.client = self.log = None
         self.slow = []   # (batch, RawSecondary) of slow-loris connections
 
-    def run(self, count):
-        self.count = count
-        super().run(count)
-
     def open(self):
         self.primary = ZrsdNode(
             os.path.join(self.directory, 'primary'), 'zrsd-primary',
@@ -344,10 +340,8 @@ class PrimarySide(Lane):
             valid = rng.random() < 0.5
         if not valid:
             return rng.randbytes(8)
-        return rng.choice([
-            z64, last, rng.choice(self.tids), p64(u64(rng.choice(
-                self.tids)) - 1), rng.randint(0, int.from_bytes(
-                    last, 'big')).to_bytes(8, 'big')])
+        return rng.choice([z64, last, rng.choice(self.tids), p64(u64(
+            rng.choice(self.tids)) - 1), p64(rng.randint(0, u64(last)))])
 
     def single(self, data, kind, verify=False, reset=False):
         expect, info = expect_from_primary(data, self.history)
