@@ -14,7 +14,7 @@ from ZODB.utils import p64, u64, z64
 from harness import peers, zczrs
 from harness.history import transactions
 from harness.process import wait_until
-from harness.stream import frame
+from harness.stream import Stream, frame
 from harness.zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
@@ -356,45 +356,30 @@ class PrimarySide(Lane):
 
     def verify_stream(self, conn, start, kind):
         """The primary streams exactly its transactions after `start`, each
-        as in its file, each with a correct checksum."""
+        message as `Stream` sends it from the file (decoded: the pickles of
+        an extension may differ), each with a correct checksum."""
         following = [t for t in self.tids if t > start]
         if not following:
             return self.wait_log(conn, 'streaming transactions after %s'
                                  % start.hex())
+        due = Stream(start)
+        for tid in following:
+            due.transaction(self.history[tid])
+        got = read_frames(conn.sock, len(due.frames))
         md5, decoder = hashlib.md5(start), zrs.MessageDecoder()
-        frames = iter(read_frames(conn.sock, sum(   # T, S and data, C
-            2 + 2 * len(self.history[tid].records) for tid in following)))
-
-        def payload():
-            data = next(frames, None)
-            if data is None:
-                raise EOFError('the primary closed the connection')
-            md5.update(data)
-            return data
-
         try:
-            for tid in following:
-                begin = decoder.decode(payload())
-                if not isinstance(begin, zrs.Begin) or begin.tid != tid:
-                    raise zrs.ProtocolError('got %r where T %s was due' % (
-                        begin, tid.hex()))
-                records = []
-                while True:
-                    digest = md5.digest()
-                    msg = decoder.decode(payload())
-                    if isinstance(msg, zrs.Commit):
-                        break
-                    if not isinstance(msg, zrs.Store) or msg.inline:
-                        raise zrs.ProtocolError('got %r in %s' % (
-                            msg, tid.hex()))
-                    records.append((msg.oid, msg.tid, payload() or None,
-                                    msg.data_txn))
-                if msg.checksum != digest:
-                    raise zrs.ProtocolError('bad checksum at %s' % tid.hex())
-                if (begin.tid, begin.status, begin.user, begin.description,
-                        begin.extension, records) != self.history[tid]:
-                    raise zrs.ProtocolError('transaction %s differs from the'
-                                            ' file' % tid.hex())
+            for n, ((what, want), data) in enumerate(zip(due.frames, got)):
+                message = data if what == 'data' else decoder.decode(data)
+                want = (want if what == 'data' else zrs.Commit(md5.digest())
+                        if what == 'C' else decoder.decode(want))
+                if type(message) is not type(want) or message != want:
+                    raise zrs.ProtocolError('frame %d: got %.200r where '
+                                            '%.200r was due' % (n, message,
+                                                                want))
+                md5.update(data)
+            if len(got) < len(due.frames):
+                raise EOFError('the primary closed the connection after %d '
+                               'of %d frames' % (len(got), len(due.frames)))
             self.add('streams verified')
             self.add('transactions verified', len(following))
         except (OSError, EOFError, zrs.ProtocolError) as exc:
