@@ -162,9 +162,8 @@ def mutate_frames(kind, t):
             i - lo, i + 1 - lo)
     if kind == 'move-frame':
         i = rng.choice(window)
-        frame = frames.pop(i)
-        j = rng.randint(lo, len(frames))
-        frames.insert(j, frame)
+        j = rng.randint(lo, len(frames) - 1)
+        frames.insert(j, frames.pop(i))
         return wire(frames), expect, reason, 'frame %d to %d' % (
             i - lo, j - lo)
     i = rng.choice([i for i in window
