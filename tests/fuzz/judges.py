@@ -47,8 +47,8 @@ class Lane:
     """Runs `count` cases: `open()`, `run_case(number)` each, `close()`.
     With `renew`, it starts afresh (`close`, `open`) whenever fewer than
     `WINDOW_NEED` transactions of the `source` follow its `position`.  Its
-    judges record in `summary` under its `side`; an `in_process` lane's
-    see this process's log records in `logs`."""
+    judges record in `summary` under its `side`; those of an `in_process`
+    lane also read this process's log records (`logs`)."""
 
     renew = verbose = in_process = False
 
