@@ -94,10 +94,11 @@ class CaseGenerator:
         for txn in t.window:
             t.valid.transaction(txn)
         t.valid_wire = t.valid.wire()
-        if kind in BYTE_KINDS:
-            wire, expect, reason, detail = mutate_bytes(kind, t)
-        elif kind in FRAME_KINDS or t.legacy:
-            wire, expect, reason, detail = mutate_frames(kind, t)
+        base = kind.removeprefix('legacy-')
+        if base in BYTE_KINDS:
+            wire, expect, reason, detail = mutate_bytes(base, t)
+        elif base in FRAME_KINDS:
+            wire, expect, reason, detail = mutate_frames(base, t)
         else:
             wire, expect, reason, detail = synthetic(
                 kind, t, self.source, os.path.join(
@@ -150,41 +151,36 @@ def mutate_frames(kind, t):
     """Frame mutations, with the checksums as the primary computed them."""
     rng, frames, lo = t.rng, list(t.valid.frames), t.mark_frames
     window = list(range(lo, len(frames)))
-    base = kind[len('legacy-'):] if t.legacy else kind
-    typed = base[-2:] in ('-C', '-T')     # of a C or a T frame
+    typed = kind[-2:] in ('-C', '-T')     # of a C or a T frame
     expect, reason = 'any', None
-    if base == 'truncate':
-        pos = rng.randrange(t.mark, len(t.valid_wire))
-        return t.valid_wire[:pos], 'close', None, 'at %d' % (pos - t.mark)
-    if base == 'swap-frames' and len(window) < 2:
+    if kind == 'swap-frames' and len(window) < 2:
         return mutate_frames('dup-frame', t)
-    if base == 'swap-frames':
+    if kind == 'swap-frames':
         i = rng.choice(window[:-1])
         frames[i], frames[i + 1] = frames[i + 1], frames[i]
         return wire(frames), expect, reason, 'frames %d, %d' % (
             i - lo, i + 1 - lo)
-    if base == 'move-frame':
+    if kind == 'move-frame':
         i = rng.choice(window)
-        frame = frames.pop(i)
-        j = rng.randint(lo, len(frames))
-        frames.insert(j, frame)
+        j = rng.randint(lo, len(frames) - 1)
+        frames.insert(j, frames.pop(i))
         return wire(frames), expect, reason, 'frame %d to %d' % (
             i - lo, j - lo)
     i = rng.choice([i for i in window
-                    if not typed or frames[i][0] == base[-1]])
+                    if not typed or frames[i][0] == kind[-1]])
     detail = 'frame %d' % (i - lo) + (
         '' if typed else ' (%s)' % frames[i][0])
-    if base.startswith('dup-'):
+    if kind.startswith('dup-'):
         frames.insert(i + 1, frames[i])
         if typed:
-            expect, reason = 'reject', 'unexpected %s message' % base[-1]
-    elif base.startswith('drop-'):
+            expect, reason = 'reject', 'unexpected %s message' % kind[-1]
+    elif kind.startswith('drop-'):
         del frames[i]
-        if base == 'drop-T':
+        if kind == 'drop-T':
             expect, reason = 'reject', 'message between transactions'
-        elif base == 'drop-C' and i < len(frames):
+        elif kind == 'drop-C' and i < len(frames):
             expect, reason = 'reject', 'unexpected T message'
-        elif base == 'drop-C':
+        elif kind == 'drop-C':
             expect = 'close'
     else:
         raise ValueError(kind)

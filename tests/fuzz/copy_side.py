@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import socketserver
 import tempfile
 import threading
 import time
@@ -23,23 +24,31 @@ from ZODB.blob import FilesystemHelper
 from ZODB.utils import z64
 
 from harness.process import wait_until
-from harness.stream import Stream
+from harness.stream import frame, replay
 from harness.zrsd_nodes import ZrsdNode
 from zrsd import seedprotocol as seed
 from zrsd.replica import seeding
 
 from .judges import UNCHECKED, Lane
-from .nodes import captured_logs, read_frames, started
+from .nodes import read_frames, started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
 
 
-class CopyLane(Lane):
-    """Cases to new replicas from a fake primary on `listen()`: it serves
-    zrsd-seed1 connections the current `case` (and records what they said,
-    `seen`), ZRS ones the source after the tid they name (`zrs_tids`)."""
+class _Serve(socketserver.BaseRequestHandler):
+    """Each connection to the fake primary goes to its lane's `serve`."""
 
-    listener = None
+    def handle(self):
+        self.server.lane.serve(self.request)
+
+
+class CopyLane(Lane):
+    """Cases to new replicas from a fake primary, the `server` of
+    `listen()`: it serves zrsd-seed1 connections the current `case` (and
+    records what they said, `seen`), ZRS ones the source after the tid they
+    name (`zrs_tids`)."""
+
+    server = None
 
     def __init__(self, cases, directory, summary, verbose=False):
         self.cases, self.cs, self.source = cases, cases.cs, cases.cs.source
@@ -48,55 +57,38 @@ class CopyLane(Lane):
         self.stopped = threading.Event()
 
     def open(self):
-        self.listener = self.listen()
-        self.listener.settimeout(0.1)
-        self.threads = [threading.Thread(target=self.accept, daemon=True)]
-        self.threads[0].start()
+        self.server = self.listen()
+        self.server.lane, self.server.daemon_threads = self, True
+        threading.Thread(target=self.server.serve_forever, args=(0.1,),
+                         daemon=True).start()
 
     def close(self):
-        if self.listener is not None:
+        if self.server is not None:
             self.stopped.set()
-            self.listener.close()
-            for thread in self.threads:
-                thread.join(5)
-
-    def accept(self):
-        while not self.stopped.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.threads.append(threading.Thread(
-                target=self.serve, args=(sock,), daemon=True))
-            self.threads[-1].start()
+            self.server.shutdown()
+            self.server.server_close()
 
     def serve(self, sock):
         deadline = time.monotonic() + HANG
-        with sock:
-            hello = read_frames(sock, 2, HANG)
-            if len(hello) == 2 and hello[0] == seed.PROTOCOL_SEED:
-                with contextlib.suppress(OSError):
-                    sock.sendall(self.case.wire)
-                    sock.shutdown(socket.SHUT_WR)
-                # What the replica says after its query (its proof), until
-                # it closes: a replica that keeps the connection is a hang.
-                self.seen.append(hello + read_frames(
-                    sock, 10, deadline - time.monotonic()))
-            elif len(hello) == 2:
-                self.zrs_tids.append(hello[1])
-                stream = Stream(hello[1])
-                for txn in self.source.txns:
-                    if txn.tid > hello[1]:
-                        stream.transaction(txn)
-                with contextlib.suppress(OSError):
-                    sock.sendall(stream.wire())
-                    sock.settimeout(0.2)
-                    while not self.stopped.is_set():
-                        with contextlib.suppress(socket.timeout):
-                            if not sock.recv(65536):
-                                return
+        hello = read_frames(sock, 2, HANG)
+        if len(hello) == 2 and hello[0] == seed.PROTOCOL_SEED:
+            with contextlib.suppress(OSError):
+                sock.sendall(self.case.wire)
+                sock.shutdown(socket.SHUT_WR)
+            # What the replica says after its query (its proof), until
+            # it closes: a replica that keeps the connection is a hang.
+            self.seen.append(hello + read_frames(
+                sock, 10, deadline - time.monotonic()))
+        elif len(hello) == 2:
+            self.zrs_tids.append(hello[1])
+            with contextlib.suppress(OSError):
+                sock.sendall(b''.join(map(frame, replay(self.source.txns)(
+                    hello[1]))))
+                sock.settimeout(0.2)
+                while not self.stopped.is_set():
+                    with contextlib.suppress(socket.timeout):
+                        if not sock.recv(65536):
+                            return
 
     def run_case(self, number):
         case = self.case = self.cases.case(number)
@@ -167,19 +159,12 @@ class CopyLane(Lane):
 class CopyInProcessLane(CopyLane):
     """`copy_file` of a new replica in this process, one case each."""
 
-    side = 'copy-in-process'
-
-    def run(self, count):
-        with captured_logs() as self.logs:
-            super().run(count)
+    side, in_process = 'copy-in-process', True
 
     def listen(self):
         self.address = os.path.join(tempfile.mkdtemp(dir=self.directory),
                                     'primary.sock')
-        listener = socket.socket(socket.AF_UNIX)
-        listener.bind(self.address)
-        listener.listen(4)
-        return listener
+        return socketserver.ThreadingUnixStreamServer(self.address, _Serve)
 
     def copy(self, case):
         work = tempfile.mkdtemp(dir=self.directory)
@@ -217,13 +202,13 @@ class CopyProcessLane(CopyLane):
     side = name = 'copy'
 
     def listen(self):
-        return socket.create_server(('127.0.0.1', 0))
+        return socketserver.ThreadingTCPServer(('127.0.0.1', 0), _Serve)
 
     def copy(self, case):
         cs = self.cs
         node = ZrsdNode(os.path.join(self.directory, 'case-%d' % case.number),
                         'replica', blobs=cs.blobs,
-                        upstream=self.listener.getsockname()[1],
+                        upstream=self.server.server_address[1],
                         copy_file='new', register=started,
                         zrs_lines='  copy-file-minimum 0\n').launch()
         try:

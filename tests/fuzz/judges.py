@@ -3,6 +3,7 @@ ERROR line or none, the position a replica resumes from, the history it
 holds, files left behind) judged against what a correct replica does, and
 recorded in the `Summary` (counters, rejection reasons, violations)."""
 import collections
+import contextlib
 import os
 import re
 import sys
@@ -12,6 +13,7 @@ import time
 from harness.history import transactions
 
 from .cases import WINDOW_NEED
+from .nodes import captured_logs
 
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
 
@@ -45,9 +47,10 @@ class Lane:
     """Runs `count` cases: `open()`, `run_case(number)` each, `close()`.
     With `renew`, it starts afresh (`close`, `open`) whenever fewer than
     `WINDOW_NEED` transactions of the `source` follow its `position`.  Its
-    judges record in `summary` under its `side`."""
+    judges record in `summary` under its `side`; those of an `in_process`
+    lane also read this process's log records (`logs`)."""
 
-    renew = verbose = False
+    renew = verbose = in_process = False
 
     def add(self, key, n=1):
         self.summary.add(self.side, key, n)
@@ -65,19 +68,22 @@ class Lane:
             print('[%s] %s' % (self.name, text), file=sys.stderr, flush=True)
 
     def run(self, count):
-        try:
-            self.open()
-            for number in range(count):
-                if self.renew and \
-                        len(self.source) - self.position < WINDOW_NEED:
-                    self.close()
-                    self.open()
-                self.add('cases')
-                self.run_case(number)
-        except LaneAbort:
-            pass
-        finally:
-            self.close()
+        self.count = count
+        logs = captured_logs() if self.in_process else contextlib.nullcontext()
+        with logs as self.logs:
+            try:
+                self.open()
+                for number in range(count):
+                    if self.renew and \
+                            len(self.source) - self.position < WINDOW_NEED:
+                        self.close()
+                        self.open()
+                    self.add('cases')
+                    self.run_case(number)
+            except LaneAbort:
+                pass
+            finally:
+                self.close()
 
     def judge(self, case, error_text, line=None):
         """One connection's outcome against the case's expectation:

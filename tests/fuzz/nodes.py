@@ -1,7 +1,6 @@
-"""The zrsd processes of a run and their logs: `Replica` (the harness's
-node made for the fuzzer), a registry so that an interrupted run leaves no
-daemon behind, `LogTail` (a log file read as it grows), `stop` (the end of
-a process, judged), `read_frames`, `read_from`, `captured_logs`."""
+"""The zrsd processes of a run and their logs: `Replica`, `started` (so
+that an interrupted run leaves no daemon behind), `stop`, `LogTail` (a log
+file read as it grows), `read_frames`, `read_from`, `captured_logs`."""
 import collections
 import contextlib
 import logging
@@ -12,7 +11,6 @@ import time
 import ZODB.FileStorage
 
 from harness.history import copy_transaction
-from harness.process import read_text
 from harness.zrsd_nodes import ZrsdNode
 
 IO_TIMEOUT = 60.0                   # seconds before a peer counts as hung
@@ -23,12 +21,7 @@ LOG_LINE = re.compile(
 PORT = re.compile(r'-> 127\.0\.0\.1:(\d+): ')
 
 _STARTED = []
-
-
-def started(peer):
-    """Register a `Process` or a `Node`."""
-    _STARTED.append(peer)
-    return peer
+started = _STARTED.append   # a node's `register`: close_all() kills it
 
 
 def close_all():
@@ -52,13 +45,10 @@ class Replica(ZrsdNode):
         super().__init__(directory, 'replica', upstream, blobs=blobs,
                          register=started)
 
-    def write_config(self):
-        text, old = read_text(super().write_config()), \
-            '  max-reconnect-delay 1\n'
+    def config(self):
+        text, old = super().config(), '  max-reconnect-delay 1\n'
         assert text.count(old) == 1, text
-        with open(self.config_path, 'w') as f:
-            f.write(text.replace(old, '  max-reconnect-delay 0.1\n'))
-        return self.config_path
+        return text.replace(old, '  max-reconnect-delay 0.1\n')
 
 
 def read_frames(sock, count, timeout=IO_TIMEOUT):

@@ -5,13 +5,11 @@ connection, by a case server that serves exactly one case and then closes
 thousand cases a second (`InProcessLane`)."""
 import contextlib
 import functools
-import glob
 import logging
 import os
 import random
 import shutil
 import socket
-import time
 import traceback
 
 import ZODB.FileStorage
@@ -19,14 +17,14 @@ from ZODB.utils import z64
 
 from harness.history import copy_transaction
 from harness.process import wait_until
+from harness.stream import bytewise
 from zrsd import protocol as zrs
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
 from .cases import MAX_FRAME
 from .judges import UNCHECKED, Lane, traceback_from_protocol
-from .nodes import (IO_TIMEOUT, LogTail, Replica, captured_logs,
-                    read_frames, read_from, stop)
+from .nodes import IO_TIMEOUT, LogTail, Replica, read_frames, read_from, stop
 
 # Expected WARNINGs of the in-process lane: a corrupted record restored
 # before its commit's checksum rejects the stream may differ from its back
@@ -98,17 +96,16 @@ class ReplicaLane(Lane):
     def accept(self):
         """The replica's next connection and handshake: its socket goes to
         `sock`; returns (protocol, start tid)."""
-        deadline = time.monotonic() + IO_TIMEOUT
-        while True:
+        def accepted():
             if not self.node.running():
                 raise self.died()
-            try:
-                sock, _ = self.listener.accept()
-                break
-            except socket.timeout:
-                if time.monotonic() > deadline:
-                    raise self.hung('the replica did not reconnect '
-                                    'within %ss' % IO_TIMEOUT)
+            with contextlib.suppress(socket.timeout):
+                return self.listener.accept()[0]
+        try:
+            sock = wait_until(accepted, IO_TIMEOUT, 0)
+        except AssertionError:
+            raise self.hung('the replica did not reconnect within %ss'
+                            % IO_TIMEOUT)
         hello = read_frames(sock, 2)   # then nothing until we send
         if len(hello) < 2:
             sock.close()
@@ -257,7 +254,7 @@ def chunks(data, rng):
     if mode < 0.4:
         return [data]
     if mode < 0.5 and len(data) < 4000:
-        return [data[i:i + 1] for i in range(len(data))]
+        return bytewise(data)
     pieces, pos = [], 0
     while pos < len(data):
         n = rng.randint(1, 9000)
@@ -269,7 +266,7 @@ def chunks(data, rng):
 class InProcessLane(Lane):
     """Cases fed to a `Receiver` over a real FileStorage, in this process."""
 
-    side, renew = 'in-process', True
+    side, renew, in_process = 'in-process', True, True
 
     def __init__(self, generator, directory, summary, check_checksums=True):
         self.source, self.generator = generator.source, generator
@@ -282,31 +279,25 @@ class InProcessLane(Lane):
         self.state = snapshot(self.objects)
         self.epoch, self.fs = 0, None
 
-    def run(self, count):
-        with captured_logs() as self.logs:
-            super().run(count)
-
     def open(self):
         self.epoch += 1
         self.add('epochs')
-        base = os.path.join(self.directory, '%s-%d' % (
+        self.epoch_dir = os.path.join(self.directory, '%s-%d' % (
             self.generator.lane, self.epoch))
-        self.fs_path = base + '.fs'
-        self.blob_dir = base + '.blobs' if self.source.blob_dir else None
+        os.makedirs(self.epoch_dir)
+        self.fs_path = os.path.join(self.epoch_dir, 'Data.fs')
+        self.blob_dir = self.source.blob_dir and os.path.join(
+            self.epoch_dir, 'blobs')
         self.fs = ZODB.FileStorage.FileStorage(self.fs_path,
                                                blob_dir=self.blob_dir)
         self.replica, self.position = ReplicaStorage(self.fs), 0
 
     def close(self):
-        if self.fs is None:
-            return
-        self.fs.close()
-        self.fs = None
-        self.check_file(self.fs_path, self.blob_dir, self.position)
-        for path in glob.glob(glob.escape(self.fs_path) + '*'):
-            os.remove(path)
-        if self.blob_dir:
-            shutil.rmtree(self.blob_dir, ignore_errors=True)
+        if self.fs is not None:
+            self.fs.close()
+            self.fs = None
+            self.check_file(self.fs_path, self.blob_dir, self.position)
+            shutil.rmtree(self.epoch_dir, ignore_errors=True)
 
     def run_case(self, number):
         case = self.generator.case(number, self.position)
