@@ -3,12 +3,18 @@
 with 0, 1 and 3 caught-up zrsd replicas, each on a new, empty file; and
 the server's CPU time per commit.
 
-The replicas run at a lower CPU priority (nice 10): on one machine they
-would otherwise take the primary's cores, which on a real deployment
-they do not (each replica has its host).  What a secondary costs the
-primary itself (its thread, its sends, the GIL) is measured all the same.
+The replicas run under the idle scheduling class (`chrt --idle 0`; nice 19
+where that is refused): on one machine they would otherwise take the
+cores of the primary and its writers, which on a real deployment they do
+not (each replica has its host).  They get whatever CPU time the primary
+and the writers leave; so that a reader can see that they kept up, each
+measurement ends with how long the replicas took to serve the primary's
+last commit after the writers stopped ("behind").  What a secondary costs
+the primary itself (reading, framing, sending, the GIL) is measured all
+the same, in its commits/s and its CPU time per commit.
 """
 import os
+import subprocess
 import time
 
 import ZEO
@@ -60,11 +66,26 @@ def writer(conn, address, seconds):
     storage.close()
 
 
-class NiceReplica(ZrsdNode):
-    """A zrsd replica at CPU priority nice 10 (see the module's text)."""
+def _idle_prefix():
+    """The command prefix that runs a process in the idle class."""
+    try:
+        subprocess.run(['chrt', '--idle', '0', 'true'], check=True,
+                       capture_output=True)
+        return ['chrt', '--idle', '0']
+    except (OSError, subprocess.CalledProcessError):
+        return ['nice', '-n', '19']
+
+
+class IdleReplica(ZrsdNode):
+    """A zrsd replica in the idle scheduling class (see the module's
+    text)."""
+
+    prefix = None
 
     def command(self):
-        return ['nice', '-n', '10'] + super().command()
+        if IdleReplica.prefix is None:
+            IdleReplica.prefix = _idle_prefix()
+        return IdleReplica.prefix + super().command()
 
 
 def server(run, name, directory, replicas_directory):
@@ -76,7 +97,7 @@ def server(run, name, directory, replicas_directory):
         node.read_only = False
         return node.start(120), [node]
     node = run.own(ZrsdNode(directory, 'primary')).start(120)
-    replicas = [run.own(NiceReplica(replicas_directory, 'replica-%d' % i,
+    replicas = [run.own(IdleReplica(replicas_directory, 'replica-%d' % i,
                                     upstream=node.repl_port))
                 for i in range(int(name.split('-')[1]))]
     if replicas:
@@ -86,9 +107,10 @@ def server(run, name, directory, replicas_directory):
     return node, [node] + replicas
 
 
-def commits(run, node, writers, seconds):
+def commits(run, node, replicas, writers, seconds):
     """Commits/s of `writers` worker processes on `node` for `seconds`,
-    and the server's CPU µs per commit."""
+    the server's CPU µs per commit, and how many seconds after the
+    writers stopped the last of `replicas` served the last commit."""
     conns = run.worker_conns()[:writers]
     for conn in conns:
         conn.send((writer, (node.zeo_address, seconds)))
@@ -99,9 +121,16 @@ def commits(run, node, writers, seconds):
         conn.send('go')
     answers = [receive(conn) for conn in conns]
     cpu = cpu_seconds(node.pid) - cpu_before
+    stopped = time.monotonic()
     count = sum(a[0] for a in answers)
-    return dict(commits=count, commits_per_s=sum(a[0] / a[1] for a in answers),
-                cpu_us_per_commit=cpu / count * 1e6 if count else None)
+    result = dict(commits=count,
+                  commits_per_s=sum(a[0] / a[1] for a in answers),
+                  cpu_us_per_commit=cpu / count * 1e6 if count else None)
+    if replicas:
+        last = node.last_tid()
+        result['behind_s'] = max(wait_served(replica, last, 120)
+                                 for replica in replicas) - stopped
+    return result
 
 
 def run_phase(run):
@@ -122,16 +151,19 @@ def run_phase(run):
                 for writers in WRITERS:
                     result = attempt(
                         'commits %s %d writers' % (name, writers), commits,
-                        run, node, writers, run.args.read_seconds,
-                        recover=run.reset_workers)
+                        run, node, nodes[1:], writers,
+                        run.args.read_seconds, recover=run.reset_workers)
                     result['round'] = r + 1
                     out[name].setdefault(str(writers), []).append(result)
                     if 'commits_per_s' in result:
                         log('commits round %d %-7s %d writer(s): %6.0f/s, '
-                            '%.0f µs server CPU/commit' % (
+                            '%.0f µs server CPU/commit, replicas behind '
+                            '%s s' % (
                                 r + 1, name, writers,
                                 result['commits_per_s'],
-                                result['cpu_us_per_commit']))
+                                result['cpu_us_per_commit'],
+                                '%.2f' % result['behind_s']
+                                if 'behind_s' in result else '-'))
             finally:
                 for each in reversed(nodes):
                     each.stop(60, None)
@@ -142,7 +174,7 @@ def summarise(commits, s, targets, meta):
     """The commit rows, the zrsd/runzeo ratios and the targets of `s`."""
     s['commits'] = {
         '%s/%s' % (name, writers): summaries(
-            runs, ('commits_per_s', 'cpu_us_per_commit'))
+            runs, ('commits_per_s', 'cpu_us_per_commit', 'behind_s'))
         for name, per_writers in commits.items()
         for writers, runs in per_writers.items()}
     ratios = s['commits_ratios'] = {}
@@ -168,16 +200,18 @@ def summarise(commits, s, targets, meta):
 
 def report(s, commits, p):
     """The commits table (lines passed to `p`)."""
-    p('   %-22s %7s %-24s %-22s %s' % (
+    p('   %-22s %7s %-24s %-22s %-22s %s' % (
         'server', 'writers', 'commits/s', 'server CPU µs/commit',
-        'ratio to runzeo'))
+        'ratio to runzeo', 'replicas behind, s'))
     for writers in WRITERS:
         for name, label in SERVERS.items():
             row = s['commits'].get('%s/%d' % (name, writers))
             if row and row['commits_per_s']:
-                p('   %-22s %7d %-24s %-22s %s' % (
+                p('   %-22s %7d %-24s %-22s %-22s %s' % (
                     label, writers, fmt_range(row['commits_per_s'], 0),
                     fmt_range(row['cpu_us_per_commit'], 0),
                     fmt_range(s['commits_ratios'].get(
                         '%s/%d' % (name, writers)), 3)
-                    if name != 'runzeo' else ''))
+                    if name != 'runzeo' else '',
+                    fmt_range(row.get('behind_s'), 2)
+                    if row.get('behind_s') else ''))
