@@ -18,7 +18,7 @@ import time
 
 from harness.chaos import ChaosProxy
 from harness.history import transactions
-from harness.process import BIN, LOG_FORMAT, ROOT, wait_until
+from harness.process import BIN, LOG_FORMAT, ROOT, stop_all, wait_until
 from harness.zczrs import commit_change
 from harness.zrsd_nodes import Writer, ZrsdNode, blob_files
 from zrsd.daemon import promotion
@@ -292,8 +292,7 @@ class Drill:
             b.start()
         self.all_follow(c, a, b)
         with self.step('stop all; A, B and C byte-identical') as out:
-            for node in (a, b, c):
-                node.stop(WAIT)
+            stop_all(a, b, c)
             for replica in (a, b):
                 check(filecmp.cmp(c.fs_path, replica.fs_path, shallow=False),
                       '%s differs from %s' % (replica.fs_path, c.fs_path))
