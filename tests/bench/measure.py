@@ -90,14 +90,9 @@ def served_tid(port):
 
 
 def poll(node, predicate, timeout, what, interval):
-    """Poll `predicate()` until true; raises if `node`'s process exits."""
-    def done():
-        if not node.running():
-            raise RuntimeError('%s exited with status %s before %s; log %s'
-                               % (node.name, node.process.popen.returncode,
-                                  what, node.log_path))
-        return predicate()
-    wait_until(done, timeout, interval, '%s: %s' % (node.name, what))
+    """Poll `predicate()` until true; fails if `node`'s process exits."""
+    wait_until(lambda: node.check_alive() and predicate(), timeout,
+               interval, '%s: %s' % (node.name, what))
 
 
 def wait_served(node, tid, timeout):
