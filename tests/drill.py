@@ -270,9 +270,7 @@ class Drill:
             a.stop(WAIT)
             a.upstream = c.repl_port
             a.start()
-            wait_until(lambda: a.check_alive() and
-                       'refused: the primary closed the link' in a.log(),
-                       WAIT, message="A's log says it is refused")
+            a.wait_for_log('refused: the primary closed the link', WAIT)
             check('secondary refused' in c.log(),
                   "C's log does not say it refused A")
         with self.step('stop A; zrsd-rewind') as out:
