@@ -1,12 +1,8 @@
-"""The failover drill (`make drill`, `scripts/drill.py`): the README's
-runbook end to end with three real zrsd nodes and the real operator
-commands.  A primary, B (behind a throttled link) and C its replicas, a
-`Writer` committing to A (blobs too with `--blobs`); a planned switchover
-A -> B under load loses nothing acknowledged; in the unplanned failover
-B -> C, B is SIGKILLed after LOST commits C never received, and A and B
-are rewound by exactly those; the files end byte-identical.  Exit status
-0 when everything held, else 1 with each log's tail; the work directory
-(default var/drill) is removed after a clean run unless `--keep`.
+"""The failover drill (`make drill`, README "Development"): the runbook
+end to end with three real zrsd nodes and the real operator commands.
+A primary, B (behind a throttled link) and C its replicas; a planned
+switchover A -> B under load, then an unplanned failover B -> C after
+LOST commits C never received, by which A and B are rewound.
 """
 import argparse
 import contextlib
@@ -22,7 +18,7 @@ import time
 
 from harness.chaos import ChaosProxy
 from harness.history import transactions
-from harness.process import BIN, LOG_FORMAT, ROOT, wait_until
+from harness.process import BIN, LOG_FORMAT, ROOT, stop_all, wait_until
 from harness.zczrs import commit_change
 from harness.zrsd_nodes import Writer, ZrsdNode, blob_files
 from zrsd.daemon import promotion
@@ -74,7 +70,7 @@ class Drill:
         return writer
 
     def writes(self, writer, count):
-        """Wait for `count` more commits of `writer`; it must not fail."""
+        """Wait for `count` more commits; the writer must not fail."""
         target = len(writer.tids) + count
         wait_until(lambda: writer.node.check_alive() and (
             len(writer.tids) >= target or not writer.running()), WAIT,
@@ -124,7 +120,7 @@ class Drill:
         return '\n'.join(lines)
 
     def log_tails(self, count=25):
-        """Print the end of each node's log but ZEO's INFO lines."""
+        """Print the end of each node's log, but ZEO's INFO lines."""
         for node in self.nodes:
             if node.process is not None:
                 lines = [line for line in node.log().splitlines()
@@ -274,9 +270,7 @@ class Drill:
             a.stop(WAIT)
             a.upstream = c.repl_port
             a.start()
-            wait_until(lambda: a.check_alive() and
-                       'refused: the primary closed the link' in a.log(),
-                       WAIT, message="A's log says it is refused")
+            a.wait_for_log('refused: the primary closed the link', WAIT)
             check('secondary refused' in c.log(),
                   "C's log does not say it refused A")
         with self.step('stop A; zrsd-rewind') as out:
@@ -296,8 +290,7 @@ class Drill:
             b.start()
         self.all_follow(c, a, b)
         with self.step('stop all; A, B and C byte-identical') as out:
-            for node in (a, b, c):
-                node.stop(WAIT)
+            stop_all(a, b, c)
             for replica in (a, b):
                 check(filecmp.cmp(c.fs_path, replica.fs_path, shallow=False),
                       '%s differs from %s' % (replica.fs_path, c.fs_path))

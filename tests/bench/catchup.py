@@ -1,16 +1,12 @@
-"""1. Catch-up: from an empty replica to the primary's last tid; the rows
-(a)-(e) of docs/BENCHMARK.md's catch-up table: three pairs of real replicas
-over ZRS, ZODB's copyTransactionsFrom, and a bare consumer of the zc.zrs
-primary's stream; and (f)-(h): a zrsd replica that copies its zrsd
-primary's file (zrsd-seed1, `copy-file`) into an empty file, onto a file
-holding the first half of the workload, and with blobs.
-"""
+"""1. Catch-up: from an empty replica to the primary's last tid, the rows
+(a)-(h) of docs/BENCHMARK.md's catch-up table."""
 import collections
 import functools
 import os
 import shutil
 import struct
 import time
+from contextlib import closing
 
 import ZODB.FileStorage
 from ZODB.FileStorage.format import TRANS_HDR_LEN
@@ -33,23 +29,21 @@ COPY_STARTED = "copying the primary's file from"
 COPY_DONE = "of the primary's file in"
 OPENED = ': replica of '
 SEED_LINES = '  copy-file-minimum 0\n'     # copy whatever the length
-# The parts of a copy's seconds: handshake (and the proof of a prefix),
-# copy, opening the file (FileStorage's index of what came), ZEO and ZRS
-# until served.
+# The parts of a copy's seconds (see `report`).
 SPLIT = ('handshake', 'copy', 'open', 'serve')
 
 
 def log_time(text, needle, index=0):
-    """time.monotonic() of the first (`index`: the index-th) log line
-    containing `needle` (the line starts with a `%(created)f` time stamp)."""
+    """time.monotonic() of the index-th log line containing `needle` (the
+    line starts with a `%(created)f` time stamp)."""
     line = [line for line in text.splitlines() if needle in line][index]
     return float(line.split(None, 1)[0]) - (time.time() - time.monotonic())
 
 
 def timed_catchup(run, primary, replica, log_of, needle, meta):
-    """(result, time connected, time served) of `replica` timed from the
-    next line `needle` in `log_of()` (it connected) until it serves the
-    last tid of the workload `meta`; then a ZEO client checks a load."""
+    """(result, time connected, time served) of `replica`, from the next
+    line `needle` in `log_of()` until it serves the last tid of `meta`;
+    then a ZEO client checks a load."""
     last_tid, last_oid = (bytes.fromhex(meta[key])
                           for key in ('last_tid', 'last_oid'))
     seen = log_of().count(needle)
@@ -64,11 +58,8 @@ def timed_catchup(run, primary, replica, log_of, needle, meta):
         replica_cpu = cpu_seconds(replica.pid) - start_cpu
         primary_cpu = cpu_seconds(primary.pid) - primary_cpu
         connected = log_time(log_of(), needle, seen)
-        client = replica.client(wait_timeout=30)
-        try:
+        with closing(replica.client(wait_timeout=30)) as client:
             loaded = loads_revision(client, last_oid, last_tid)
-        finally:
-            client.close()
     except BaseException:
         replica.close()     # it must not replicate during what follows
         raise
@@ -81,7 +72,7 @@ def timed_catchup(run, primary, replica, log_of, needle, meta):
 
 def replica_catchup(pair, run, directory, keep):
     """A replica of `pair` catches up, timed from its log line saying it
-    connected to its primary.  The last round's is kept."""
+    connected."""
     replica = run.new_replica(pair, directory)
     result = timed_catchup(
         run, run.primary(pair.primary), replica, replica.log,
@@ -95,9 +86,8 @@ def replica_catchup(pair, run, directory, keep):
 
 
 def make_prefix(source, target, transactions):
-    """`target`: the first `transactions` transactions of the FileStorage
-    `source`, and the .index that FileStorage writes when it closes (a
-    replica stopped there); returns its length."""
+    """`target` (and its .index): the first `transactions` transactions of
+    the FileStorage `source`; returns its length."""
     length = 4
     with open(source, 'rb') as f:
         for _ in range(transactions):
@@ -118,11 +108,10 @@ def blob_files(blob_dir):
 
 
 def seed_catchup(kind, run, directory, keep):
-    """A zrsd replica copies its zrsd primary's file (zrsd-seed1): `kind`
-    'new' (empty, copy-file new), 'half' (holding the first half of the
-    workload, copy-file on) or 'blobs' (empty, the blob workload), timed
-    from the primary's log line for the copy's connection; `split` gives
-    the parts; `mb` is what it fetched (the file after its own, blobs)."""
+    """A zrsd replica copies its primary's file: `kind` 'new' (empty),
+    'half' (holding the first half) or 'blobs' (empty, the blob workload),
+    timed from the primary's log line for the copy's connection; `mb` is
+    what it fetched."""
     blobs = kind == 'blobs'
     path, meta = run.blob_workload() if blobs else (run.workload_path,
                                                     run.meta)
@@ -158,8 +147,8 @@ def seed_catchup(kind, run, directory, keep):
 
 
 def copy_catchup(run, directory, keep):
-    """ZODB's copyTransactionsFrom into a new FileStorage, in this process
-    (FileStorage fsyncs every transaction)."""
+    """ZODB's copyTransactionsFrom into a new FileStorage, in this
+    process."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, 'copy.fs')
     source = ZODB.FileStorage.FileStorage(run.workload_path, read_only=True)
@@ -179,14 +168,12 @@ def copy_catchup(run, directory, keep):
 
 
 def bare_stream_catchup(run, directory, keep):
-    """The zc.zrs primary streams its whole history to a bare consumer in
-    this process, which discards it up to the C message of the last tid."""
+    """The zc.zrs primary's whole stream to a bare consumer here."""
     primary = run.primary('zczrs')
     primary_cpu = cpu_seconds(primary.pid)
     cpu, started = time.process_time(), time.monotonic()
-    stream = StreamReader(connect(primary.repl_port, z64,
-                                  run.catchup_timeout))
-    try:
+    with connect(primary.repl_port, z64, run.catchup_timeout) as sock:
+        stream = StreamReader(sock)
         for tid, _ in stream.commits():
             if tid == run.last_tid:
                 return dict(seconds=time.monotonic() - started,
@@ -194,8 +181,6 @@ def bare_stream_catchup(run, directory, keep):
                             frames=stream.frames, stream_bytes=stream.bytes,
                             replica_cpu=time.process_time() - cpu,
                             primary_cpu=cpu_seconds(primary.pid) - primary_cpu)
-    finally:
-        stream.sock.close()
     raise RuntimeError('the primary closed the stream after %d transactions'
                        % stream.transactions)
 
@@ -219,11 +204,10 @@ A, B, C, D, E, F, G, H = MEASUREMENTS = tuple(
         ('(h) zrsd -> empty replica, copy, blobs',
          functools.partial(seed_catchup, 'blobs'))))
 # The rate ratios reported, x/y = rate(x) / rate(y) per round, a rate being
-# the MB a row fetches (`mb`: the workload's file, but for (g) its second
-# half and for (h) the blob workload's file and blobs) over its seconds.
+# the MB a row fetches (`mb`) over its seconds.
 RATIOS = ((A, E), (B, C), (A, C), (B, E), (B, D), (F, C), (G, C), (H, C))
 # The targets catchup_X_over_Y on the ratio X/Y, catchup_X_mb_s on the
-# MB/s of the rows that copy the file (zrsd-seed1): (ratio or row, label).
+# MB/s of the rows that copy the file: (ratio or row, label).
 RATIO_TARGETS = (('a/e', 'catch-up rate zc.zrs->zrsd / bare zc.zrs stream'),
                  ('b/c', 'catch-up rate zrsd->zrsd / zc.zrs->zc.zrs'),
                  ('f/c', 'copy rate, empty replica / zc.zrs->zc.zrs'),

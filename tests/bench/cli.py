@@ -141,8 +141,7 @@ def environment():
 def run_phases(args, workload_path, meta, directory=None,
                blob_workload=None):
     """(the Run, the raw results) of the chosen phases on the workload
-    (and `blob_workload`, (path, metadata), default the preset's); every
-    server is stopped, data files removed (unless --keep) at the end."""
+    (and `blob_workload`: (path, metadata), default the preset's)."""
     run = Run(args, workload_path, meta, directory, blob_workload)
     log('run directory %s%s' % (
         os.path.relpath(run.dir, ROOT),

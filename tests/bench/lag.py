@@ -1,14 +1,12 @@
 """2. Lag: a writer's `tpc_finish` returned -> the invalidation of that
-commit reached a ZEO client of the replica.  Writer threads here commit
-to the primary on a schedule; a worker process (`lag_reader`) time-stamps
-each invalidation and loads the object as of that tid (CLOCK_MONOTONIC is
-the same clock in every process)."""
+commit reached a ZEO client of the replica (a worker process: the
+CLOCK_MONOTONIC of every process is the same clock)."""
 import math
 import queue
 import threading
 import time
-import traceback
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import ZEO
 from ZODB.Connection import TransactionMetaData
@@ -36,9 +34,9 @@ SUMMARISED = ('achieved_rate', 'p50', 'p90', 'p99', 'max', 'loaded_p50',
 
 def lag_reader(conn, address, oids):
     """In a worker: per invalidation of a watched oid, a loader thread
-    (several: loads overlap) loads it as of that tid, which the small cache
-    cannot answer, and notes (time invalidated, time loaded, whether it got
-    what `tid` wrote); sent on ('stop', tid, timeout) once `tid` is in."""
+    (several: loads overlap) loads it as of that tid (past the small
+    cache): {tid: (time invalidated, time loaded, right revision)}, sent
+    on ('stop', tid, timeout) once `tid` is in."""
     events = queue.SimpleQueue()
     storage = read_client(address)
     # Its "DB" queues each invalidation with the time it arrived.
@@ -48,13 +46,16 @@ def lag_reader(conn, address, oids):
         untransform_record_data=lambda d: d))
     watched, results = set(oids), {}
 
-    def loader(_):
+    def loader():
         for t_invalidated, tid, changed in iter(events.get, None):
             for oid in watched.intersection(changed):
                 right = loads_revision(storage, oid, tid)
                 results[tid] = (t_invalidated, time.monotonic(), right)
 
-    threads = start_threads('loader', LAG_LOADERS, loader)
+    threads = [threading.Thread(target=loader, daemon=True)
+               for _ in range(LAG_LOADERS)]
+    for thread in threads:
+        thread.start()
     conn.send('ready')
     _, last_tid, timeout = conn.recv()
     deadline = time.monotonic() + timeout
@@ -68,16 +69,6 @@ def lag_reader(conn, address, oids):
     storage.close()
 
 
-def start_threads(name, count, target):
-    """`count` threads running target(k), k = 0 .. count - 1."""
-    threads = [threading.Thread(target=target, args=(k,), daemon=True,
-                                name='%s-%d' % (name, k))
-               for k in range(count)]
-    for thread in threads:
-        thread.start()
-    return threads
-
-
 def writer_count(rate):
     """Writer connections for `rate` commits/s (a ZEO commit takes 1-3 ms)."""
     return max(1, math.ceil(rate / LAG_WRITER_RATE))
@@ -85,14 +76,13 @@ def writer_count(rate):
 
 class LagWriter:
     """Commits one small object per transaction through its own ZEO client
-    when told to, timing each commit (harness `Writer` has no schedule)."""
+    when told to (harness `Writer` has no schedule)."""
 
     def __init__(self, storage):
         self.storage, self.count, self.oids, self.serials = storage, 0, [], {}
 
     def transaction(self, oids, *meta):
-        """A new revision of each of `oids`: (tid, time tpc_finish
-        returned, commit duration)."""
+        """New revisions of `oids`: (tid, time finished, duration)."""
         data = record({'n': self.count, 'payload': b'x' * 100})
         began = time.monotonic()
         t = TransactionMetaData(*meta)
@@ -106,7 +96,7 @@ class LagWriter:
         return tid, finished, finished - began
 
     def setup(self):
-        """Create the writer's objects; returns the tid."""
+        """Create the writer's objects; their tid."""
         self.oids = [self.storage.new_oid() for _ in range(LAG_OBJECTS)]
         return self.transaction(self.oids, 'bench', 'lag objects')[0]
 
@@ -117,29 +107,23 @@ class LagWriter:
 
 
 def run_writers(writers, rate, seconds):
-    """Commit at `rate` per second for `seconds`, commit i due at start +
-    i / rate on writer i % count (a late writer commits at once); returns
-    (commits sorted by time, achieved rate, writers used)."""
+    """Commit i due at start + i / rate on writer i % count (late: at
+    once) for `seconds`: (commits by time, achieved rate, writers used)."""
     n = max(1, int(rate * seconds))
     count = min(len(writers), writer_count(rate))
     start = time.monotonic() + 0.02
-    done = [[] for _ in range(count)]
-    errors = []
 
     def work(k):
-        try:
-            for i in range(k, n, count):
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                done[k].append(writers[k].commit())
-        except Exception:
-            errors.append(traceback.format_exc())
+        done = []
+        for i in range(k, n, count):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            done.append(writers[k].commit())
+        return done
 
-    for thread in start_threads('writer', count, work):
-        thread.join()
-    if errors:
-        raise RuntimeError('writer failed:\n' + errors[0])
+    with ThreadPoolExecutor(count) as pool:     # raises a writer's error
+        done = list(pool.map(work, range(count)))
     commits = sorted((c for per in done for c in per), key=lambda c: c[1])
     elapsed = commits[-1][1] - start
     return commits, (n / elapsed if n > 1 and elapsed > 0 else rate), count
@@ -182,8 +166,8 @@ def session(run, pair):
 
 
 def figures(commits, achieved, count, seen, streamed):
-    """The figures of one rate: `commits` from run_writers, `seen` from the
-    reader, `streamed` from the probe."""
+    """The figures of one rate (`seen`: the reader's, `streamed`: the
+    probe's)."""
     good = [(tid, committed, duration, seen[tid])
             for tid, committed, duration in commits
             if tid in seen and seen[tid][2]]
@@ -291,8 +275,8 @@ def report(s, lag, p):
                     (row['missing'], row['stale'])))
 
     def medians(prefix, condition, names=('p50', 'p99', 'max'), more=''):
-        """'key A / B / C' (the medians of figures prefix + name) per row
-        that has `condition`, comma-separated; `more` % row after each."""
+        """'key A / B / C' (medians of prefix + name; then `more` % row)
+        per row that has `condition`."""
         return ', '.join('%s %s%s' % (key, ' / '.join(
             median(row[prefix + name]) for name in names), more % row)
             for key, row in s['lag'].items() if row.get(condition))

@@ -1,6 +1,5 @@
-"""What the phases share: logging, readings of a running server (CPU time,
-`ruok` status, loads) and of the machine (load, fsync latency), and the
-figures (percentiles, medians over rounds, per-round ratios, targets)."""
+"""What the phases share: logging, readings of a server and of the
+machine, and the figures (percentiles, medians, ratios, targets)."""
 import math
 import operator
 import os
@@ -37,7 +36,7 @@ def log(message):
 
 
 def attempt(what, function, *args, recover=None):
-    """`function(*args)`, or if it raised (logged), `recover()` and
+    """`function(*args)`, or once it raised (logged), `recover()` and
     {'error': ...}: a failed measurement does not end the run."""
     try:
         return function(*args)
@@ -78,8 +77,7 @@ def loads_revision(storage, oid, tid):
 
 
 def server_status(port):
-    """The `ruok` status of storage '1' of the ZEO server on `port`, or
-    None if it does not answer (yet)."""
+    """The `ruok` status of storage '1' on `port`, or None (no answer)."""
     try:
         return ask_status('127.0.0.1:%d' % port, 'server', 5.0)['1']
     except (StatusError, KeyError):
@@ -92,19 +90,13 @@ def served_tid(port):
 
 
 def poll(node, predicate, timeout, what, interval):
-    """Poll `predicate()` until true; raises if `node`'s process exits."""
-    def done():
-        if not node.running():
-            raise RuntimeError('%s exited with status %s before %s; log %s'
-                               % (node.name, node.process.popen.returncode,
-                                  what, node.log_path))
-        return predicate()
-    wait_until(done, timeout, interval, '%s: %s' % (node.name, what))
+    """Poll `predicate()` until true; fails if `node`'s process exits."""
+    wait_until(lambda: node.check_alive() and predicate(), timeout,
+               interval, '%s: %s' % (node.name, what))
 
 
 def wait_served(node, tid, timeout):
-    """time.monotonic() once `node`'s ZEO server says (ruok) that it
-    serves `tid`; raises if the node's process exits."""
+    """time.monotonic() once `node` serves `tid` (ruok); see `poll`."""
     poll(node, lambda: served_tid(node.zeo_port) == tid, timeout,
          'tid %s served on port %d' % (tid.hex(), node.zeo_port), 0.02)
     return time.monotonic()
@@ -113,14 +105,12 @@ def wait_served(node, tid, timeout):
 def machine_load():
     """(1-minute load average, CPU pressure: % of the last 60 s in which
     some task waited for a CPU, from /proc/pressure/cpu, or None)."""
-    pressure = None
     try:
         with open('/proc/pressure/cpu') as f:
-            for line in f:
-                if line.startswith('some'):
-                    pressure = float(line.split('avg60=')[1].split()[0])
-    except (OSError, IndexError, ValueError):
-        pass
+            line = next(line for line in f if line.startswith('some'))
+        pressure = float(line.split('avg60=')[1].split()[0])
+    except (OSError, IndexError, ValueError, StopIteration):
+        pressure = None
     return os.getloadavg()[0], pressure
 
 
@@ -143,7 +133,7 @@ def fsync_probe(directory, count=200, interval=0.01):
 
 def percentiles(values, prefix='', ps=(50, 90, 99), top='max'):
     """{prefix + 'pN': the nearest-rank percentile N, prefix + top: the
-    largest (unless `top` is None)} of `values` (None if there are none)."""
+    largest (no `top`: none)} of `values` (None if there are none)."""
     values = sorted(values) or [None]
     out = {'%sp%d' % (prefix, p):
            values[max(1, math.ceil(p / 100.0 * len(values))) - 1] for p in ps}
@@ -168,8 +158,8 @@ class Targets(list):
     """The target lines of a summary, in the order they are added."""
 
     def add(self, name, label, value, worst=None):
-        """A target of TARGETS on `value` (the median over the rounds),
-        `worst` the worst round's; met is None without a value."""
+        """Target `name` of TARGETS on `value` (the median over the
+        rounds), `worst` the worst round's; met is None without a value."""
         op, limit = TARGETS[name].split()
         met = None if value is None else COMPARE[op](value, float(limit))
         self.append(dict(name=name, label=label, value=value, worst=worst,

@@ -1,6 +1,7 @@
 """5. Memory: the peak RSS of a zrsd replica (with a blob-dir) of a zrsd
 primary (with a blob-dir) while it replicates a 100 MB transaction, then a
 big blob.  Runs once, not per round, after the other phases."""
+import contextlib
 import os
 import random
 import shutil
@@ -34,9 +35,8 @@ def memory_mb(node, which=0):
 
 
 def replicated(replica, commit, timeout):
-    """`commit()` (returns (tid, when its commit began)) until `replica`
-    serves the tid; its peak RSS meanwhile: VmHWM if it could be reset,
-    else the sampled peak (10 ms)."""
+    """`commit()` -> (tid, when it began), until `replica` serves the tid;
+    its peak RSS meanwhile: VmHWM if it could be reset, else sampled."""
     try:    # VmHWM reset to VmRSS, if the kernel does
         with open('/proc/%d/clear_refs' % replica.pid, 'w') as f:
             f.write('5')
@@ -56,14 +56,13 @@ def replicated(replica, commit, timeout):
 
 
 def idle_secondaries(primary, count=20):
-    """What `count` secondaries that handshake and never read cost the
-    primary: its RSS before, and once it has stopped growing after they
-    connected (each streamer fills its link and pauses); its history."""
+    """The primary's RSS before and after (once it stops growing: each
+    streamer fills its link and pauses) `count` secondaries connected and
+    never read."""
     before = memory_mb(primary)
-    links = []
-    try:
+    with contextlib.ExitStack() as links:
         for _ in range(count):
-            links.append(connect(primary.repl_port, z64, protocol=(
+            links.enter_context(connect(primary.repl_port, z64, protocol=(
                 b'zrs2.1' if primary.blob_dir else b'zrs2.0')))
         samples = [memory_mb(primary)]
         deadline = time.monotonic() + 60
@@ -71,9 +70,6 @@ def idle_secondaries(primary, count=20):
                 len(samples) < 5 or samples[-1] - samples[-5] > 0.5):
             time.sleep(0.5)
             samples.append(memory_mb(primary))
-    finally:
-        for link in links:
-            link.close()
     return dict(count=count, before_mb=before, after_mb=samples[-1],
                 per_secondary_mb=(samples[-1] - before) / count,
                 history_mb=os.path.getsize(primary.fs_path) / MB)
@@ -97,8 +93,8 @@ def big_transaction(storage, replica):
 
 
 def big_blob(db, replica, blob_mb):
-    """Write a `blob_mb` blob in 1 MB chunks into the primary's blob
-    directory (a shared blob dir: no upload over ZEO) and commit it."""
+    """Write a `blob_mb` blob in 1 MB chunks into the primary's (shared)
+    blob directory and commit it."""
     pool = random.Random(1024).randbytes(POOL_SIZE)
 
     def commit():
@@ -119,8 +115,7 @@ def big_blob(db, replica, blob_mb):
 
 
 def memory(run):
-    """Both parts with a fresh primary and replica (the blob part is
-    skipped, with a note, without BLOB_MIN_FREE)."""
+    """Both parts, with a fresh primary and replica."""
     directory = run.path('memory')
     primary = run.own(ZrsdNode(os.path.join(directory, 'primary'),
                                'primary', blobs=True)).start()
@@ -156,14 +151,13 @@ def memory(run):
 
 
 def run_phase(run):
-    """Last: the other phases' servers are stopped and their data files
-    removed first (the disk and tmpfs are freed)."""
+    """Last: the other phases' servers and files are removed first."""
     run.close()
     return attempt('memory', memory, run)
 
 
 def summarise(memory, s, targets, meta):
-    """The memory targets (the figures are the results themselves)."""
+    """The memory targets (the results are the figures)."""
     for part, what in (('txn', 'transaction'), ('blob', 'blob')):
         result = memory.get(part, {})
         if 'peak_rss_mb' in result:

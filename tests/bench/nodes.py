@@ -1,8 +1,6 @@
 """The processes of one benchmark run: `Run` owns the run directory, the
-primaries (zc.zrs under runzeo, zrsd, and zrsd with blobs on the blob
-workload) on copies of the workload, the replicas kept from the catch-up
-for the lag and read tests, a plain runzeo and the worker processes (ZEO
-clients in processes of their own)."""
+primaries on copies of the workload, the replicas kept from the catch-up,
+a plain runzeo and the worker processes (ZEO clients of their own)."""
 import collections
 import contextlib
 import multiprocessing
@@ -34,16 +32,15 @@ ZRSD_BLOBS = 'zrsd-blobs'
 
 
 class ZcZrsReplica(peers.ZcZrsSecondary):
-    """A harness zc.zrs secondary with precise log time stamps, started on
-    the `python` set before (like the other nodes: `start(timeout)`)."""
+    """A zc.zrs secondary with precise log times, on the `python` set
+    before (started like the other nodes: `start(timeout)`)."""
 
     log_format = PRECISE_LOG_FORMAT
     start = Node.start
 
 
 def remove_data_files(top):
-    """Delete every file under `top` but logs and configurations, and the
-    blob directories (`*.blobs`)."""
+    """Delete the files under `top` but logs and configs, and `*.blobs`."""
     for directory, dirs, files in os.walk(top):
         for name in [name for name in dirs if name.endswith('.blobs')]:
             shutil.rmtree(os.path.join(directory, name))
@@ -63,8 +60,8 @@ def copy_storage(source, node):
 
 
 def worker_main(conn):
-    """A worker process: for each `(function, args)` it is sent (until
-    None), `function(conn, *args)`, which talks over the pipe `conn`."""
+    """A worker process: `function(conn, *args)` for each `(function,
+    args)` it is sent on the pipe `conn`, until None."""
     for function, args in iter(conn.recv, None):
         try:
             function(conn, *args)
@@ -114,8 +111,7 @@ class Run:
         return os.path.join(self.dir, *parts)
 
     def blob_workload(self):
-        """(path, metadata) of the blob workload (`workload(blobs=True)`,
-        cached under var/bench/, unless the Run was given one)."""
+        """(path, metadata) of the blob workload, made on first use."""
         if self.blob_source is None:
             self.blob_source = workload(
                 self.args.preset, self.args.seed, blobs=True)
@@ -126,9 +122,8 @@ class Run:
         return node
 
     def close(self):
-        """Stop the workers and every server started so far; keep the
-        primaries' logs and configs, remove their tmpfs directory and,
-        unless --keep, the data files of the run directory."""
+        """Stop the workers and servers; move the primaries' logs and
+        configs off tmpfs; unless --keep, remove the data files."""
         self.reset_workers(force=False)
         owned, self.owned = self.owned, []
         for node in reversed(owned):
@@ -166,8 +161,8 @@ class Run:
         return primary
 
     def new_replica(self, pair, directory):
-        """An empty, unstarted replica of `pair` (zc.zrs on the peer venv,
-        built if need be)."""
+        """An empty, unstarted replica of `pair` (zc.zrs: on the peer
+        venv)."""
         port = self.primary(pair.primary).repl_port
         if pair.replica == 'zrsd':
             # No file copy: these replicas measure ZRS.
@@ -184,8 +179,8 @@ class Run:
         return replica
 
     def replica_for(self, pair):
-        """(primary, a running replica of it, caught up) for `pair`; the
-        replica kept from the catch-up phase if there is one."""
+        """(primary, its caught-up running replica) of `pair`, the replica
+        kept from the catch-up if there is one."""
         primary = self.primary(pair.primary)
         replica = self.kept.get(pair.key)
         if replica is None:
@@ -206,8 +201,7 @@ class Run:
         return node.start(120)
 
     def worker_conns(self):
-        """The pipes to WORKERS spawned worker processes (`worker_main`),
-        started on first use."""
+        """The pipes to WORKERS worker processes, started on first use."""
         if not self.workers:
             context = multiprocessing.get_context('spawn')
             for i in range(WORKERS):

@@ -1,6 +1,5 @@
-"""3. Reads: random ZEO loads per second from 1 and 4 client processes,
-against the zrsd replica of (b) and against a plain runzeo on a copy of
-the workload; and the server's CPU time per load it served."""
+"""3. Reads: random ZEO loads per second from 1 and 4 client processes on
+the zrsd replica of (b) and on a plain runzeo; server CPU per load."""
 import random
 import time
 
@@ -19,8 +18,8 @@ READ_CLIENTS = (1, 4)        # client processes (at most nodes.WORKERS)
 
 
 def reader(conn, address, max_oid, seed, seconds):
-    """In a worker: random loads (`load`, oids 1..max_oid) for `seconds`
-    after 'go'; sends (loads, elapsed)."""
+    """In a worker: random loads for `seconds` after 'go'; sends (loads,
+    elapsed)."""
     storage = read_client(address)
     rng = random.Random(seed)
     oids = [p64(rng.randint(1, max_oid)) for _ in range(1 << 16)]
@@ -42,9 +41,8 @@ def reader(conn, address, max_oid, seed, seconds):
 
 
 def reads(run, node, clients, seconds, seed):
-    """Random loads on `node` from `clients` worker processes for
-    `seconds`: loads/s, server CPU µs per load and the server's own count
-    of loads (ruok) in the window."""
+    """Loads/s of `clients` readers on `node`, server CPU µs per load and
+    the server's count of loads (ruok)."""
     conns = run.worker_conns()[:clients]
     for i, conn in enumerate(conns):
         conn.send((reader, (node.zeo_address, run.meta['max_oid'],
@@ -65,8 +63,7 @@ def reads(run, node, clients, seconds, seed):
 
 
 def run_phase(run):
-    """Each round: 1 and 4 clients against both servers, the servers in
-    alternating order: {server: {clients: [one result per round]}}."""
+    """{server: {clients: [one result per round]}}."""
     out = {name: {} for name in SERVERS}
     servers = dict(zrsd=run.replica_for(ZRSD_TO_ZRSD)[1],
                    runzeo=run.plain_runzeo())

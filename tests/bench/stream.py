@@ -1,6 +1,6 @@
-"""A primary's ZRS stream read off a socket (catch-up row (e), --lag-probe)
-in zrsd/protocol.py's format: 4-byte sized frames, pickled messages; raw
-data frames follow an S (record) or B (blob) message."""
+"""A primary's ZRS stream read off a socket (catch-up row (e),
+--lag-probe): 4-byte sized frames, pickled messages; raw data frames
+follow an S (record) or B (blob) message."""
 import pickle
 import socket
 import struct
@@ -10,8 +10,7 @@ from harness.stream import frame
 
 
 def connect(port, start_tid, timeout=None, protocol=b'zrs2.0'):
-    """A TCP connection to a primary's ZRS port on 127.0.0.1, handshake
-    sent: the protocol name, then the tid after which it wants data."""
+    """A socket to a primary's ZRS port, the handshake sent."""
     sock = socket.create_connection(('127.0.0.1', port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(frame(protocol) + frame(start_tid))
@@ -91,8 +90,7 @@ class StreamReader:
 
 
 def stream_probe(conn, port, start_tid):
-    """Diagnostic (--lag-probe), in a worker: follow a primary's stream
-    from `start_tid` like a secondary that applies nothing; sends {tid:
+    """--lag-probe, in a worker: follow a primary's stream; sends {tid:
     time its C message arrived} after ('stop',)."""
     sock = connect(port, start_tid, 30)
     sock.settimeout(0.1)

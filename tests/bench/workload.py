@@ -31,8 +31,7 @@ RECORD_CLASS = pickle.dumps((PersistentMapping, None), 3)
 # A blob record: the class, then the state (None); the file holds the data.
 BLOB_RECORD = pickle.dumps(Blob, 3) + pickle.dumps(None, 3)
 # The blob workload: every BLOB_EVERY-th transaction also stores a new
-# blob of BLOB_SIZES bytes (log-uniform), from a random generator of its
-# own.
+# blob of BLOB_SIZES bytes (log-uniform), from its own random generator.
 BLOB_EVERY = 10
 BLOB_SIZES = (4 << 10, 512 << 10)
 
@@ -165,8 +164,8 @@ def remove_files(path, suffixes):
 
 
 def workload(preset, seed, blobs=False):
-    """(path, metadata) of the workload cached in var/bench/, generated if
-    missing (its metadata file last: an interrupted one is redone)."""
+    """(path, metadata) of the workload cached in var/bench/ (its metadata
+    written last: an interrupted one is redone)."""
     params = PRESETS[preset]
     name = 'workload-%s%s-seed%d-v%d' % (
         preset, '-blobs' if blobs else '', seed, WORKLOAD_FORMAT)

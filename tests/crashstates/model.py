@@ -38,10 +38,9 @@ class State:
 
 def _apply(content, change):
     if change[0] == 'truncate':
-        return content[:change[1]] + b'\0' * (change[1] - len(content))
+        return content[:change[1]].ljust(change[1], b'\0')
     _, offset, data = change
-    if offset > len(content):
-        content += b'\0' * (offset - len(content))
+    content = content.ljust(offset, b'\0')
     return content[:offset] + data + content[offset + len(data):]
 
 

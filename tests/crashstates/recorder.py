@@ -64,12 +64,8 @@ class Recorder:
         """`path` relative to the root, or None outside it."""
         if isinstance(path, int):
             path = os.readlink('/proc/self/fd/%d' % path)
-        real = os.path.realpath(os.fspath(path))
-        if real == self.root:
-            return '.'
-        if real.startswith(self.root + os.sep):
-            return real[len(self.root) + 1:]
-        return None
+        relative = os.path.relpath(os.path.realpath(path), self.root)
+        return None if relative.split(os.sep)[0] == '..' else relative
 
     def publish(self, tid):
         self.ops.append(('publish', tid))

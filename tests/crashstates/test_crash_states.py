@@ -1,5 +1,4 @@
-"""The crash-state checker (see the package docstring): a short run here,
-at least 10,000 states in `make torture`."""
+"""The crash-state checker: a short run, and at least 10,000 states."""
 import random
 
 import pytest

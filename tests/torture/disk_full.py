@@ -7,10 +7,8 @@ zrsd.disk line, no traceback); their files must open and be a prefix of
 the primary's; one, in turn, restarted while still full, stops the same
 way; with space back both catch up and end equal to the primary.
 
-Variant `tmpfs` mounts a tmpfs (needs mount permission) and remounts it
-to resize; variant `injected` runs the replica with `quota_site` on its
-PYTHONPATH, an `OSError(ENOSPC)` past a byte quota (kept in a file) on
-the data file only.  The variant that ran is printed.
+Variant `tmpfs` mounts a tmpfs (needs mount permission); variant
+`injected` limits the data file only, with `quota_site`.
 """
 import errno
 import os
@@ -147,8 +145,8 @@ class DiskFull(Scenario):
         self.compare(*replicas)
 
     def fill(self, replicas):
-        """Limit both filesystems to what they hold plus 1-3 MB; commit heavily
-        until both replicas stopped."""
+        """Limit both filesystems to what they hold plus 1-3 MB; commit
+        heavily until both replicas stopped."""
         for replica in replicas:
             space = replica.space
             space.limit(space.used() + (self.rng.randint(1, 3) << 20))

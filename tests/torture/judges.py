@@ -2,7 +2,6 @@
 `compare_after_pack`), and the logs (`scan_logs`).  Each returns what it
 found rather than asserting, so that one run reports every violation.
 """
-import filecmp
 import os
 import re
 
@@ -10,9 +9,11 @@ import ZODB.blob
 
 from harness.history import (Record, Txn, iter_transactions, load_current,
                              same_after_pack)
+from harness.process import read_text
 
-LOG_LINE = re.compile(
-    r'^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(,\d+)? (?P<level>[A-Z]+) ')
+STAMP = r'\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:,\d+)? '
+LOG_LINE = re.compile('^' + STAMP + '(?P<level>[A-Z]+) ')
+ENTRY_START = re.compile(r'\n(?=%s[A-Z]+ )' % STAMP)
 
 # ZEO's server logs a client of the torture's that resets its connection.
 COMMON_ALLOWED_ERRORS = (
@@ -32,48 +33,45 @@ def differences(p, r):
     return '; '.join(out)
 
 
+def is_blob(record):
+    return record.data and ZODB.blob.is_blob_record(record.data)
+
+
 class BlobCheck:
-    """Compares the blob files of blob records on both sides."""
+    """Compares the blobs of blob records read with their blob files
+    (`iter_transactions(path, blob_dir)`); `compared`: how many."""
 
-    def __init__(self, primary_dir, replica_dir):
-        self.primary = ZODB.blob.FilesystemHelper(primary_dir)
-        self.replica = ZODB.blob.FilesystemHelper(replica_dir)
-        self.compared = 0
+    compared = 0
 
-    def check(self, oid, tid, data, strict=True):
-        """None, or what is wrong with the blob files of (oid, tid); not
-        `strict`: a file on the replica only is fine."""
-        if not data or not ZODB.blob.is_blob_record(data):
-            return None
-        p = self.primary.getBlobFilename(oid, tid)
-        r = self.replica.getBlobFilename(oid, tid)
-        p_exists, r_exists = os.path.exists(p), os.path.exists(r)
-        what = 'blob file of %s at %s' % (oid.hex(), tid.hex())
-        if p_exists != r_exists:
-            return (what + (' missing on the replica' if p_exists else
-                            ' on the replica only')
-                    if p_exists or strict else None)
-        if p_exists:
-            self.compared += 1
-            if not filecmp.cmp(p, r, shallow=False):
-                return what + ' differs'
-        return None
-
-    def check_records(self, label, records, strict=True):
-        """The problems of the blob records among `records`."""
-        return ['%s: %s' % (label, problem) for problem in (
-            self.check(oid, tid, data, strict)
-            for oid, tid, data, _ in records) if problem]
+    def check_records(self, label, pairs, strict=True):
+        """The problems of the blob records among (primary, replica)
+        record `pairs`; not `strict`: a file on the replica only is fine."""
+        problems = []
+        for p, r in pairs:
+            if not is_blob(p):
+                continue
+            mine, theirs = p.blob, getattr(r, 'blob', None)
+            what = '%s: blob file of %s at %s' % (label, p.oid.hex(),
+                                                  p.tid.hex())
+            if mine is not None and theirs is not None:
+                self.compared += 1
+                if mine != theirs:
+                    problems.append(what + ' differs')
+            elif mine is not None:
+                problems.append(what + ' missing on the replica')
+            elif theirs is not None and strict:
+                problems.append(what + ' on the replica only')
+        return problems
 
 
 def compare_exact(primary, replica, prefix=False, replica_path=None):
     """Compare two nodes' files transaction by transaction, blob files
     too (`prefix`: the replica may stop early; `replica_path`: read that
     instead); (transactions, blob files, mismatches)."""
-    blobs, mismatches, compared = BlobCheck(primary.blob_dir,
-                                            replica.blob_dir), [], 0
-    p_iter = iter_transactions(primary.fs_path)
-    r_iter = iter_transactions(replica_path or replica.fs_path)
+    blobs, mismatches, compared = BlobCheck(), [], 0
+    p_iter = iter_transactions(primary.fs_path, primary.blob_dir)
+    r_iter = iter_transactions(replica_path or replica.fs_path,
+                               replica.blob_dir)
     p, r = next(p_iter, None), next(r_iter, None)
     while (p is not None or r is not None) and not (r is None and prefix):
         if r is None or (p is not None and p[0] < r[0]):
@@ -87,7 +85,8 @@ def compare_exact(primary, replica, prefix=False, replica_path=None):
         else:
             compared += 1
             mismatches.extend(
-                blobs.check_records(replica.name, p[5]) if p == r else [
+                blobs.check_records(replica.name, zip(p[5], r[5]))
+                if p == r else [
                     '%s: transaction %s differs: %s' % (
                         replica.name, p[0].hex(), differences(p, r))])
             p, r = next(p_iter, None), next(r_iter, None)
@@ -103,10 +102,10 @@ def compare_after_pack(primary, replica, stop, witness):
     unknown), a file for each own blob record, and the same current
     objects.  (The replica may receive packed transactions mid-catch-up.)
     (transactions, blob files, mismatches, what the replica holds)."""
-    label, mismatches, compared = replica.name, [], 0
-    blobs = BlobCheck(primary.blob_dir, replica.blob_dir)
-    primary_txns = list(iter_transactions(primary.fs_path))
-    replica_txns = {t[0]: t for t in iter_transactions(replica.fs_path)}
+    label, mismatches, compared, blobs = replica.name, [], 0, BlobCheck()
+    primary_txns = list(iter_transactions(primary.fs_path, primary.blob_dir))
+    replica_txns = {t[0]: t for t in iter_transactions(replica.fs_path,
+                                                       replica.blob_dir)}
     for p in primary_txns:
         r = replica_txns.get(p[0])
         if r is None:
@@ -115,7 +114,9 @@ def compare_after_pack(primary, replica, stop, witness):
             continue
         compared += 1
         if same_after_pack(p, r, stop):
-            mismatches.extend(blobs.check_records(label, p[5], False))
+            theirs = {record[:2]: record for record in r[5]}
+            mismatches.extend(blobs.check_records(label, (
+                (record, theirs.get(record[:2])) for record in p[5]), False))
         else:
             mismatches.append('%s: transaction %s differs (%s the pack '
                               'time): %s' % (
@@ -133,14 +134,11 @@ def compare_after_pack(primary, replica, stop, witness):
     primary_records = {rec[:2] for t in primary_txns for rec in t[5]}
     # A set: ZEO stores a blob record twice in a transaction at times.
     for oid, rtid in sorted({
-            (oid, rtid) for t in replica_txns.values()
-            for oid, rtid, data, _ in t[5]
-            if (oid, rtid) not in primary_records
-            and data and ZODB.blob.is_blob_record(data)}):
-        if not os.path.exists(blobs.replica.getBlobFilename(oid, rtid)):
-            mismatches.append(
-                '%s: blob record of %s at %s has no blob file' % (
-                    label, oid.hex(), rtid.hex()))
+            rec[:2] for t in replica_txns.values() for rec in t[5]
+            if rec[:2] not in primary_records and is_blob(rec)
+            and rec.blob is None}):
+        mismatches.append('%s: blob record of %s at %s has no blob file' % (
+            label, oid.hex(), rtid.hex()))
     packed_form = sum(1 for t in replica_txns.values() if t[1] == 'p')
     details = ('%s holds %d transactions: %d that the pack removed from the '
                'primary, %d received in packed form' % (
@@ -155,16 +153,7 @@ def compare_after_pack(primary, replica, stop, witness):
 
 def log_entries(path):
     """A zrsd log's entries: each line with the lines up to the next."""
-    with open(path, 'rb') as f:
-        lines = f.read().decode('utf-8', 'replace').splitlines()
-    entry = []
-    for line in lines:
-        if LOG_LINE.match(line) and entry:
-            yield '\n'.join(entry)
-            entry = []
-        entry.append(line)
-    if entry:
-        yield '\n'.join(entry)
+    return [entry for entry in ENTRY_START.split(read_text(path)) if entry]
 
 
 def scan_logs(paths, allowed_errors=()):

@@ -46,7 +46,7 @@ class KillReplica(Scenario):
 
     @staticmethod
     def file_last_tid(node):
-        """The last tid in a stopped node's file (z64), as zrsd reads it."""
+        """The last tid of a stopped node's file, as zrsd reads it."""
         if not os.path.exists(node.fs_path):
             return z64
         with closing(ZODB.FileStorage.FileStorage(node.fs_path,

@@ -1,7 +1,6 @@
-"""The torture's zrsd node: the harness's `ZrsdNode` with blobs and a
-monitor (`/status`: waiting for a catch-up opens no ZEO connection), its
-data file and blobs possibly elsewhere (a small filesystem), extra
-environment variables, and an exit it did not ask for counted as a crash.
+"""The torture's zrsd node: blobs, a monitor (waiting for a catch-up
+opens no ZEO connection), its files possibly on a small filesystem, and
+an exit it did not ask for counted as a crash.
 """
 import json
 import os

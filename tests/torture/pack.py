@@ -1,9 +1,7 @@
 """Scenario pack: a ZEO client packs the primary (blobs too) while replica
-R1 catches up on a backlog through a link throttled to 1 MB/s, so that
-the pack lands mid-stream; after the last pack a fresh R2 replicates from
-scratch.  R2 must equal the primary exactly; R1 is judged by
-`judges.compare_after_pack`, the writer's tids witnessing what it may hold
-beyond the primary.
+R1 catches up on a backlog through a link throttled to 1 MB/s; after the
+last pack a fresh R2 replicates from scratch.  R2 must equal the primary;
+R1 is judged by `judges.compare_after_pack`.
 """
 import time
 from contextlib import closing

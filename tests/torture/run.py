@@ -1,9 +1,6 @@
 """The torture runner: counts, the report, the command line
-(`scripts/torture.py [--long] [--only NAME] [--seed N]`).
-
-`main(argv)` returns 1 on any violation, else 0 and removes the work
-directory (unless `--keep` or `--workdir`).  It may run inside pytest:
-what it sets up process-wide (a log handler, a SIGTERM handler) it undoes.
+(`scripts/torture.py`).  `main(argv)` may run inside pytest: what it sets
+up process-wide (a log handler, a SIGTERM handler) it undoes.
 """
 import argparse
 import collections

@@ -1,15 +1,14 @@
 """What every torture scenario shares: its nodes, its writer, its waits
-and its common end (`settle`, then `judges`).  A process that exits
-without being told to is a crash the torture did not cause: `guard()`,
-run in every wait, records it and restarts the node.
+and its end (`settle`, then `judges`).  A process that exits without being
+told to is a crash the torture did not cause: `guard()`, run in every
+wait, records it and restarts the node.
 """
 import os
 import random
 import re
 import time
-import contextlib
 import traceback
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 from ZODB.utils import z64
 
@@ -101,7 +100,7 @@ class Scenario:
         self.wait(lambda: self.writer.commits >= target,
                   '%d commits by the writer' % count)
 
-    @contextlib.contextmanager
+    @contextmanager
     def writing(self, flag):
         """The writer's `flag` (`burst`, `heavy`) is set meanwhile."""
         setattr(self.writer, flag, True)
@@ -115,8 +114,8 @@ class Scenario:
             self.pause(seconds)
 
     def backlog(self, heavy, light):
-        """Heavy commits, then light ones ((low, high) seconds each): a
-        backlog; returns when the light ones began."""
+        """Heavy, then light commits ((low, high) seconds each); returns
+        when the light ones began."""
         self.burst(self.rng.uniform(*heavy), heavy=True)
         start = time.time()
         self.burst(self.rng.uniform(*light))
@@ -134,8 +133,8 @@ class Scenario:
                   '%r in %s' % (pattern, node.logs[-1]))
 
     def settle(self, replicas):
-        """Stop the writer; wait until each replica serves the primary's last
-        transaction over ZEO; SIGTERM everything (exit 0)."""
+        """Stop the writer; wait until each replica serves the primary's
+        last transaction over ZEO; SIGTERM everything (exit 0)."""
         self.writer.stop(WAIT)
         self.check_writer()
         for proxy in self.proxies:

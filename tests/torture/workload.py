@@ -1,7 +1,6 @@
 """The torture's load: random transactions of 1-4 objects, blobs of 0
-to 400 KB (the 64 KiB block boundaries included), undos, users, notes and
-extension data.  The harness's `Writer` runs the thread; this one chooses
-what to commit and goes on after a failed commit.
+to 400 KB, undos, users, notes and extension data, on the harness's
+`Writer` thread.
 """
 import collections
 import logging
@@ -35,10 +34,10 @@ def blob_size(rng, heavy=False):
 
 
 class TortureWriter(Writer):
-    """Commits random transactions to `node` until stopped (`burst`: no
-    pacing; `heavy`: large records, mostly with a blob); a failed commit
-    is aborted, counted (`errors`, `uncertain`: outcome unknown) and logged.
-    `tids`: the commits done; `initial_tid`: the tid before the first."""
+    """Commits random transactions (`burst`: no pacing; `heavy`: large
+    records, mostly with a blob); a failed commit is aborted, counted
+    (`errors`, `uncertain`: outcome unknown) and logged, and it goes on.
+    `initial_tid`: the tid before the first commit."""
 
     wait_timeout = WAIT   # commits wait for a restarted primary
     rate = 150.0          # commits per second, when paced
