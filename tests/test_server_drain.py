@@ -9,7 +9,7 @@ from unittest import mock
 
 from twisted.internet.testing import StringTransport
 
-from zrsd.primary.server import Phase, PrimaryProtocol
+from zrsd.primary.connection import Phase, PrimaryProtocol
 
 
 class Transport(StringTransport):

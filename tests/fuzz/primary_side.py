@@ -404,7 +404,7 @@ class PrimarySide(Lane):
             expect = 'stream'
         if expect == 'refuse' and not errors:
             # The same history refused again from this host within a few
-            # minutes is an INFO line (see zrsd.primary.server).
+            # minutes is an INFO line (see zrsd.primary.connection).
             errors = [r for r in records
                       if 'secondary refused again' in r.message]
         for record in errors:
