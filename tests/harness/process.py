@@ -73,6 +73,44 @@ def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
                 log_level, log_file, log_format))
 
 
+CONFIG = """\
+%(header)s<zeo>
+  address 127.0.0.1:%(zeo_port)s
+%(zeo_lines)s</zeo>
+<zrs 1>
+%(links)s  <filestorage>
+    path %(fs_path)s
+%(blob)s  </filestorage>
+</zrs>
+%(sections)s"""
+
+
+def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
+                blob_dir=None, sections='', log_format=LOG_FORMAT,
+                zrs_lines='', zeo_lines='', log_file='STDOUT',
+                log_level='INFO', header='', copy_file='off'):
+    """The one zrsd (and zc.zrs) config of the tests: one `<zrs 1>`
+    section.  `replicate_from` is a port on 127.0.0.1 or HOST:PORT (a
+    replica reconnects within 0.1-1 s and copies no file unless
+    `copy_file` says so), `replicate_to` a port on 127.0.0.1.  `zrs_lines`
+    go into `<zrs 1>`, `zeo_lines` into `<zeo>`, `sections` before the
+    `<eventlog>`, `header` first."""
+    links = ''
+    if isinstance(replicate_from, int):
+        replicate_from = '127.0.0.1:%d' % replicate_from
+    if replicate_from is not None:
+        links += ('  replicate-from %s\n  reconnect-delay 0.1\n'
+                  '  max-reconnect-delay 1\n  copy-file %s\n' % (
+                      replicate_from, copy_file))
+    if replicate_to:
+        links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
+    return CONFIG % dict(
+        zeo_port=zeo_port, fs_path=fs_path, header=header,
+        links=links + zrs_lines, sections=sections, zeo_lines=zeo_lines,
+        blob='    blob-dir %s\n' % blob_dir if blob_dir else '',
+    ) + eventlog_section(log_format, log_file, log_level)
+
+
 class Process:
     """A child process whose combined output goes to a log file."""
 

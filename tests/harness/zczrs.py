@@ -11,20 +11,7 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from .process import Node, eventlog_section, free_port
-
-CONFIG = """\
-%%import zc.zrs
-<zeo>
-  address 127.0.0.1:%(zeo_port)s
-</zeo>
-<zrs>
-  replicate-to 127.0.0.1:%(repl_port)s
-  <filestorage>
-    path %(fs_path)s
-%(blob)s  </filestorage>
-</zrs>
-"""
+from .process import Node, config_text, free_port
 
 
 class ZcZrsPrimary(Node):
@@ -41,10 +28,9 @@ class ZcZrsPrimary(Node):
                          if blobs else None)
 
     def config(self):
-        blob = ('    blob-dir %s\n' % self.blob_dir) if self.blob_dir else ''
-        return CONFIG % dict(zeo_port=self.zeo_port, repl_port=self.repl_port,
-                             fs_path=self.fs_path, blob=blob) + \
-            eventlog_section()
+        return config_text(self.zeo_port, self.fs_path,
+                           replicate_to=self.repl_port, blob_dir=self.blob_dir,
+                           header='%import zc.zrs\n')
 
     def ready(self):
         # ZEO's server, then zc.zrs's Twisted port (from another thread).

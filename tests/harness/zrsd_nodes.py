@@ -14,44 +14,11 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
-from .process import LOG_FORMAT, Node, eventlog_section, free_port
+from .process import (LOG_FORMAT, Node, config_text, eventlog_section,
+                      free_port)
 from .zczrs import commit_change
 
 MB = 1024.0 * 1024.0
-
-CONFIG = """\
-%(header)s<zeo>
-  address 127.0.0.1:%(zeo_port)s
-%(zeo_lines)s</zeo>
-<zrs 1>
-%(links)s  <filestorage>
-    path %(fs_path)s
-%(blob)s  </filestorage>
-</zrs>
-%(sections)s"""
-
-
-def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
-                blob_dir=None, sections='', log_format=LOG_FORMAT,
-                zrs_lines='', zeo_lines='', log_file='STDOUT',
-                log_level='INFO', header='', copy_file='off'):
-    """The one zrsd config of the tests: one `<zrs 1>` section.
-    `replicate_from` / `replicate_to` are ports on 127.0.0.1 (a replica
-    reconnects within 0.1-1 s and copies no file unless `copy_file` says
-    so).  `zrs_lines` go into `<zrs 1>`, `zeo_lines` into `<zeo>`,
-    `sections` before the `<eventlog>`, `header` first."""
-    links = ''
-    if replicate_from is not None:
-        links += ('  replicate-from 127.0.0.1:%d\n  reconnect-delay 0.1\n'
-                  '  max-reconnect-delay 1\n  copy-file %s\n' % (
-                      replicate_from, copy_file))
-    if replicate_to:
-        links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
-    return CONFIG % dict(
-        zeo_port=zeo_port, fs_path=fs_path, header=header,
-        links=links + zrs_lines, sections=sections, zeo_lines=zeo_lines,
-        blob='    blob-dir %s\n' % blob_dir if blob_dir else '',
-    ) + eventlog_section(log_format, log_file, log_level)
 
 
 def write_config(path, zeo_port, fs_path, **options):
