@@ -12,7 +12,7 @@ import ZEO
 from ZODB.utils import z64
 
 from harness.process import (BIN, ROOT, Process, free_port, port_open,
-                             read_text, wait_until)
+                             read_text, run, wait_until)
 from harness.zrsd_nodes import ZrsdNode
 
 ZRSDCTL = os.path.join(BIN, 'zrsdctl')
@@ -213,7 +213,5 @@ def test_plain_zdaemon_cannot_read_a_zrsd_config(tmp_path, zrsd_conf):
     path, _ = zrsd_conf
     with open(path, 'a') as f:
         f.write(runner_section(tmp_path, program='%s -C %s' % (ZRSD, path)))
-    result = subprocess.run([ZDAEMON, '-C', path, 'status'],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
+    result = run('zdaemon', '-C', path, 'status', status=2)
     assert 'zeo' in result.stderr

@@ -3,7 +3,6 @@ zrsd processes, ZEO clients and the installed commands."""
 import os
 import re
 import subprocess
-
 from contextlib import closing
 
 import pytest
@@ -14,17 +13,8 @@ from ZEO.Exceptions import ClientDisconnected
 from ZODB.POSException import ReadOnlyError
 
 from harness.history import transactions
-from harness.process import BIN, http_get, wait_until
+from harness.process import http_get, run, wait_until
 from harness.zrsd_nodes import Writer
-
-
-def run(command, *args):
-    """Run an installed command, which must exit 0; its stdout."""
-    done = subprocess.run(
-        [os.path.join(BIN, command)] + [str(a) for a in args],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, (command, args, done.stdout + done.stderr)
-    return done.stdout
 
 
 def address(node):
@@ -113,7 +103,7 @@ def test_backups_from_a_running_replica(node, tmp_path):
         run('repozo', '-R', '-r', backups, '-o', restore)
         backed_up = last_tid(restore)
         out = run('zrsd-verify', '--replica-blob-dir', blobs,
-                  address(replica), 'fs:%s' % restore)
+                  address(replica), 'fs:%s' % restore).stdout
     reader.close()
     assert writer.error is None, writer.error
     # The incremental backup ends at a commit 20 or more before the last.
@@ -217,6 +207,6 @@ def test_rolling_restart(node):
         assert set(writer.tids) <= {t.tid for t in
                                     transactions(replica.fs_path)}
         run('zrsd-verify', address(primary), address(replica))
-    assert run('zrsd', '--version').startswith('zrsd ')
+    assert run('zrsd', '--version').stdout.startswith('zrsd ')
     status, _, metrics = http_get(primary.monitor_port, '/metrics')
     assert status == 200 and 'zrsd_build_info{' in metrics

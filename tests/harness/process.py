@@ -57,6 +57,16 @@ def http_get(port, path, host='127.0.0.1'):
                 response.read().decode())
 
 
+def run(command, *args, status=0, timeout=120):
+    """Run the installed `command` with `args`, its output captured as
+    text; its exit status must be `status` (None: any).  The result."""
+    done = subprocess.run([os.path.join(BIN, command), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert status is None or done.returncode == status, (
+        command, args, done.returncode, done.stdout + done.stderr)
+    return done
+
+
 def port_open(port, host='127.0.0.1'):
     try:
         with socket.create_connection((host, port), timeout=0.5):

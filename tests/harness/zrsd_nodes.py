@@ -77,6 +77,13 @@ class ZrsdNode(Node):
                     'zrs_lines', 'zeo_lines', 'log_format', 'log_file',
                     'log_level', 'header', 'copy_file')})
 
+    def set_upstream(self, upstream):
+        """From its next start, a replica of port `upstream` serving no ZRS,
+        or (None) a primary serving ZRS on a new port."""
+        self.upstream = upstream
+        self.repl_port = free_port() if upstream is None else None
+        return self
+
     def ready(self):
         """ZEO (an empty replica's only once its first transaction came:
         `launch` does not wait), ZRS if served, the monitor if any."""
