@@ -14,7 +14,7 @@ from ZODB.POSException import ReadOnlyError
 
 from harness.history import transactions
 from harness.process import http_get, run, wait_until
-from harness.zrsd_nodes import Writer
+from harness.zrsd_nodes import Writer, wait_for_value
 
 
 def address(node):
@@ -60,11 +60,7 @@ def test_zeo_clients_of_a_replica(node):
         replica2.start().wait_for_tid(tid)
         replica1.stop()
         tid = primary.commit('recipe', 'after')
-
-        def reads_after():
-            tm.begin()
-            return conn.root()['recipe'] == 'after'
-        wait_until(reads_after, message='the client reading replica2')
+        wait_for_value(tm, conn.root(), 'recipe', 'after')   # on replica2
         assert db.lastTransaction() == tid
         conn.close()
     # ZEO.client with a list of (host, port): replica1 is down.

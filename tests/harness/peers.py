@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from .process import LOG_FORMAT, Node, ROOT, eventlog_section, wait_until
+from .process import LOG_FORMAT, Node, ROOT, wait_until, zeo_config
 
 # The newest ZODB the zc.zrs secondary works with, a ZEO 5 to serve it
 # and the rest, all pinned to wheels for Python 3.11.
@@ -91,16 +91,6 @@ options.realize(sys.argv[2:])
 SecondaryServer(options).main()
 '''
 
-SECONDARY_CONFIG = """\
-<zeo>
-  address 127.0.0.1:%d
-  read-only true
-</zeo>
-<filestorage 1>
-  path %s
-</filestorage>
-"""
-
 
 class ZcZrsSecondary(Node):
     """A zc.zrs secondary; `start(python)` with `peer_python()`."""
@@ -123,8 +113,8 @@ class ZcZrsSecondary(Node):
         return super().write_config()
 
     def config(self):
-        return SECONDARY_CONFIG % (self.zeo_port, self.fs_path) + \
-            eventlog_section(self.log_format)
+        return zeo_config(self.zeo_port, self.fs_path, '  read-only true\n',
+                          self.log_format)
 
     def command(self):
         return [self.python, self.script_path,

@@ -1,4 +1,5 @@
 """Ports, polling, child processes and `Node`, the base of every node."""
+import contextlib
 import os
 import socket
 import struct
@@ -81,6 +82,13 @@ def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
     return ('<eventlog>\n  level %s\n  <logfile>\n    path %s\n'
             '    format %s\n  </logfile>\n</eventlog>\n' % (
                 log_level, log_file, log_format))
+
+
+def zeo_config(zeo_port, fs_path, zeo_lines='', log_format=LOG_FORMAT):
+    """A plain ZEO config serving the FileStorage at `fs_path` as `1`."""
+    return ('<zeo>\n  address 127.0.0.1:%d\n%s</zeo>\n<filestorage 1>\n'
+            '  path %s\n</filestorage>\n' % (zeo_port, zeo_lines, fs_path)
+            + eventlog_section(log_format))
 
 
 CONFIG = """\
@@ -290,27 +298,25 @@ class Node:
         return ZEO.DB(self.zeo_address, **kw)
 
     def last_tid(self):
-        storage = self.client(read_only=True)
-        try:
+        with contextlib.closing(self.client(read_only=True)) as storage:
             return storage.lastTransaction()
-        finally:
-            storage.close()
 
-    def wait_for_tid(self, tid, timeout=120.0):
-        """Wait until a ZEO client sees `tid` as the last transaction;
-        fail fast if the process dies."""
-        storage = self.client(read_only=True)
+    def wait_for_tid(self, tid, timeout=120.0, storage=None):
+        """Wait until a ZEO client (`storage`, or a new one) sees `tid` as
+        the last transaction; fail fast if the process dies."""
+        client = storage or self.client(read_only=True)
         try:
             wait_until(
                 lambda: self.check_alive() and
-                storage.lastTransaction() == tid,
+                client.lastTransaction() == tid,
                 timeout, message='%s lastTransaction == %s' % (
                     self.name, tid.hex()))
         except AssertionError as exc:
             raise AssertionError('%s; it is %s' % (
-                exc, storage.lastTransaction().hex())) from None
+                exc, client.lastTransaction().hex())) from None
         finally:
-            storage.close()
+            if storage is None:
+                client.close()
 
 
 def stop_all(*nodes):

@@ -1,7 +1,8 @@
 """A real zc.zrs 3.1 primary (`ZcZrsPrimary`, runzeo with `%import zc.zrs`
 in a subprocess: zc.zrs is never imported here), `populate()` (a varied
-deterministic history) and `commit_change`.
+deterministic history), `commit_change` and `opened` (a connection).
 """
+import contextlib
 import dataclasses
 import os
 import random
@@ -37,6 +38,20 @@ class ZcZrsPrimary(Node):
         return super().ready() + ('starting on %d' % self.repl_port,)
 
 
+@contextlib.contextmanager
+def opened(db):
+    """(transaction manager, root) of a new connection of `db`, aborted
+    and closed at the end."""
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        tm.begin()
+        yield tm, conn.root()
+    finally:
+        tm.abort()
+        conn.close()
+
+
 @dataclasses.dataclass
 class PopulateResult:
     """What `populate()` wrote (`transactions` includes the undos)."""
@@ -67,12 +82,7 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
     every `undo_every`-th undone (every other one a creation)."""
     rng = random.Random(seed)
     result = PopulateResult(transactions=1)
-    db = ZEO.DB(address)
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
-    try:
-        root = conn.root()
-        tm.begin()
+    with contextlib.closing(ZEO.DB(address)) as db, opened(db) as (tm, root):
         root['items'] = items = OOBTree()
         root['counter'] = 0
         tm.get().note('zrsd e2e: create the item tree')
@@ -118,20 +128,13 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
                 next_key = (items.maxKey() + 1) if len(items) else 0
                 tm.abort()
         result.last_tid = db.lastTransaction()
-    finally:
-        tm.abort()
-        conn.close()
-        db.close()
     return result
 
 
 def commit_change(address, key, value):
     """One transaction on a ZEO server: root[key] = value; returns its tid."""
-    db = ZEO.DB(address)
-    try:
+    with contextlib.closing(ZEO.DB(address)) as db:
         with db.transaction('zrsd e2e: change %s' % key) as conn:
             root = conn.root()
             root[key] = value
         return root._p_serial
-    finally:
-        db.close()

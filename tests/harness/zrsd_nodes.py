@@ -1,7 +1,6 @@
 """zrsd nodes (`ZrsdNode`, `RunzeoNode`, `PlainZeoNode`) and their config,
 `Writer` (a committing thread), memory sampling and blob helpers.
 """
-import contextlib
 import hashlib
 import os
 import random
@@ -14,9 +13,9 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
-from .process import (LOG_FORMAT, Node, config_text, eventlog_section,
-                      free_port)
-from .zczrs import commit_change
+from .process import (LOG_FORMAT, Node, config_text, free_port, wait_until,
+                      zeo_config)
+from .zczrs import commit_change, opened
 
 MB = 1024.0 * 1024.0
 
@@ -113,9 +112,7 @@ class PlainZeoNode(Node):
     read_only = False
 
     def config(self):
-        return ('<zeo>\n  address 127.0.0.1:%d\n</zeo>\n<filestorage 1>\n'
-                '  path %s\n</filestorage>\n' % (self.zeo_port, self.fs_path)
-                + eventlog_section())
+        return zeo_config(self.zeo_port, self.fs_path)
 
 
 class Writer:
@@ -255,18 +252,13 @@ def blob_db(node, cache_dir, **kw):
                   shared_blob_dir=False, **kw)
 
 
-@contextlib.contextmanager
-def opened(db):
-    """(transaction manager, root) of a new connection of `db`, aborted
-    and closed at the end."""
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
-    try:
+def wait_for_value(tm, root, key, value, node=None):
+    """Wait until `root[key] == value` in a connection (`opened`'s), each
+    poll in a new transaction; fail fast if `node` dies."""
+    def seen():
         tm.begin()
-        yield tm, conn.root()
-    finally:
-        tm.abort()
-        conn.close()
+        return (node is None or node.check_alive()) and root.get(key) == value
+    wait_until(seen, message='root[%r] == %r' % (key, value))
 
 
 def commit_blobs(db, blobs, note, **extension):
