@@ -125,15 +125,9 @@ class ZcZrsSecondary(Node):
         return super().start(timeout)
 
 
-def wait_for_tid(storage, tid, processes, timeout=120.0, message=None):
+def wait_for_tid(storage, tid, nodes, timeout=120.0):
     """Poll a ClientStorage until its last tid is `tid`; fail at once if
-    one of `processes` (with a `.process` or `.popen`) exited."""
-    def reached():
-        for proc in processes:
-            popen = getattr(proc, 'popen', None) or proc.process.popen
-            if popen.poll() is not None:
-                raise AssertionError('%s exited with %s:\n%s' % (
-                    popen.args, popen.returncode, proc.log()))
-        return storage.lastTransaction() == tid
-    wait_until(reached, timeout, message=message or
-               'lastTransaction == %s' % tid.hex())
+    one of `nodes` exited."""
+    wait_until(lambda: all(node.check_alive() for node in nodes) and
+               storage.lastTransaction() == tid, timeout,
+               message='lastTransaction == %s' % tid.hex())

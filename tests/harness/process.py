@@ -1,4 +1,5 @@
-"""Ports, polling, child processes and `Node`, the base of every node."""
+"""Ports, polling, commands, child processes, the configs (`config_text`,
+`zeo_config`) and `Node`, the base of every node."""
 import contextlib
 import os
 import socket

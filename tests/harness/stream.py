@@ -14,6 +14,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 
 from ZODB.utils import z64
 
@@ -350,35 +351,51 @@ class FakePrimary:
             self._threads[-1].start()
 
     def _serve(self, sock, conn):
-        script, reader = self.script, sock.makefile('rb')
+        script = self.script
         try:
-            sock.settimeout(self.handshake_timeout)
-            protocol, tid = _read_frame(reader), _read_frame(reader)
+            reader = _Reader(sock, self._stop)
+            protocol = reader.frame(self.handshake_timeout)
+            tid = reader.frame(self.handshake_timeout)
             if protocol is None or tid is None:
                 return
             conn.protocol, conn.start_tid = protocol, tid
-            sock.settimeout(None)
             for item in (script(tid) if callable(script) else
                          script[conn.index] if conn.index < len(script)
                          else []):
                 if item is CLOSE:
                     return
                 sock.sendall(item if isinstance(item, Raw) else frame(item))
-            while _read_frame(reader) is not None:
-                pass    # keep-alives, until the secondary or __exit__ closes
+            while reader.frame(None) is not None:
+                pass    # keep-alives, until the secondary closes
         except OSError:
-            pass        # the secondary went away, or the handshake timed out
+            pass        # the secondary went away
         finally:
             with contextlib.suppress(OSError):
-                reader.close()
                 sock.close()
             self._sockets.remove(sock)
 
 
-def _read_frame(reader):
-    """The next frame's payload from a socket's file, or None at its end."""
-    head = reader.read(4)
-    if len(head) == 4:
-        (size,) = struct.unpack('>I', head)
-        payload = reader.read(size)
-        return payload if len(payload) == size else None
+class _Reader:
+    """Reads frames from a socket, giving up on EOF, stop or timeout."""
+
+    def __init__(self, sock, stop):
+        self.sock, self.stop, self.buf = sock, stop, b''
+
+    def _read(self, n, deadline):
+        while len(self.buf) < n:
+            wait = 0.1 if deadline is None else min(
+                0.1, deadline - time.monotonic())
+            if self.stop.is_set() or wait <= 0:
+                return None
+            if select.select([self.sock], [], [], wait)[0]:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return None
+                self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def frame(self, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        head = self._read(4, deadline)
+        return head and self._read(struct.unpack('>I', head)[0], deadline)

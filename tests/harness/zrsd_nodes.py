@@ -1,5 +1,5 @@
-"""zrsd nodes (`ZrsdNode`, `RunzeoNode`, `PlainZeoNode`) and their config,
-`Writer` (a committing thread), memory sampling and blob helpers.
+"""zrsd nodes (`ZrsdNode`, `RunzeoNode`, `PlainZeoNode`), `Writer` (a
+committing thread), memory sampling and blob helpers.
 """
 import hashlib
 import os
