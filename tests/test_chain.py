@@ -13,7 +13,7 @@ from harness.history import (Populated, assert_same_after_pack,
                              assert_same_history, pack_stop_tid,
                              transactions)
 from harness.process import stop_all, wait_until
-from harness.zrsd_nodes import MB, ZrsdNode, opened
+from harness.zrsd_nodes import MB, ZrsdNode, opened, wait_for_value
 
 
 @pytest.fixture(scope='module')
@@ -76,12 +76,7 @@ def test_chain_pack_mid_stream(populated, node):
             assert 'final' not in root
             final_tid = zczrs.commit_change(primary.zeo_address, 'final',
                                             'seen at the end')
-
-            def seen():
-                end.check_alive()
-                tm.begin()
-                return root.get('final') == 'seen at the end'
-            wait_until(seen, message='the final commit at the chain end')
+            wait_for_value(tm, root, 'final', 'seen at the end', end)
             assert root._p_serial == final_tid
         middle.wait_for_tid(final_tid)
         assert primary.last_tid() == final_tid

@@ -2,30 +2,20 @@
 it does and its exit statuses, `--version` names the installed version,
 and a usage or configuration error is one line on stderr."""
 import importlib.metadata
-import os
-import subprocess
 
 import pytest
 
-from harness.process import BIN, free_port
+from harness.process import free_port, run
 
 COMMANDS = ['zrsd', 'zrsdctl', 'zrsd-check', 'zrsd-verify', 'zrsd-rewind']
 
 
-def run(*argv):
-    return subprocess.run([os.path.join(BIN, argv[0]), *argv[1:]],
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize('command', COMMANDS)
 def test_help_and_version(command):
-    result = run(command, '--help')
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith('usage: ' + command)
-    assert 'xit status' in result.stdout
-    result = run(command, '--version')
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == '%s %s' % (
+    usage = run(command, '--help').stdout
+    assert usage.startswith('usage: ' + command)
+    assert 'xit status' in usage
+    assert run(command, '--version').stdout.strip() == '%s %s' % (
         command, importlib.metadata.version('zrsd'))
 
 
@@ -44,16 +34,15 @@ BAD_PORT = '''\
 def test_a_configuration_error_is_one_line(tmp_path, command):
     config = tmp_path / 'zrs.conf'
     config.write_text(BAD_PORT % (tmp_path / 'Data.fs'))
-    result = run(*[str(config) if a == '{}' else a for a in command])
-    assert result.returncode == 2
+    result = run(*[str(config) if a == '{}' else a for a in command],
+                 status=2)
     assert result.stderr.splitlines() == [
         '%s: configuration error: %s:2: replicate-from: 99999 is above '
         'upper bound (65535)' % (command[0], config)]
 
 
 def test_check_names_what_is_missing():
-    result = run('zrsd-check', '127.0.0.1:1', '127.0.0.1:2')
-    assert result.returncode == 2
+    result = run('zrsd-check', '127.0.0.1:1', '127.0.0.1:2', status=2)
     assert result.stderr.splitlines() == [
         'zrsd-check: error: at least one of -w, -e, -m is required '
         '(see --help)']
@@ -64,8 +53,7 @@ def test_verify_does_not_wait_for_a_refused_port():
     run would outlast the 60 s of `run` otherwise)."""
     port = free_port()
     result = run('zrsd-verify', '--timeout', '3600', '127.0.0.1:%d' % port,
-                 '127.0.0.1:%d' % port)
-    assert result.returncode == 2
+                 '127.0.0.1:%d' % port, status=2, timeout=60)
     assert result.stderr.splitlines() == [
         'zrsd-verify: cannot reach the replica at 127.0.0.1:%d: Connection '
         'refused' % port]

@@ -5,8 +5,8 @@ from contextlib import closing
 import ZODB
 
 from harness.history import assert_same_history
-from harness.process import stop_all, wait_until
-from harness.zrsd_nodes import RunzeoNode, opened
+from harness.process import stop_all
+from harness.zrsd_nodes import RunzeoNode, opened, wait_for_value
 
 
 def test_runzeo_primary_and_replica(tmp_path, processes):
@@ -24,10 +24,6 @@ def test_runzeo_primary_and_replica(tmp_path, processes):
             # A commit made now reaches the already-connected replica client.
             root['late'] = 'yes'
             tm.commit()
-
-            def seen():
-                replica_tm.begin()
-                return copy.get('late') == 'yes'
-            wait_until(seen, message='late commit on the replica')
+            wait_for_value(replica_tm, copy, 'late', 'yes')
     stop_all(replica, primary)
     assert assert_same_history(primary.fs_path, replica.fs_path) == 22

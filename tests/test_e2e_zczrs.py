@@ -14,13 +14,7 @@ from harness.chaos import ChaosProxy
 from harness.history import assert_same_history, transactions
 from harness.process import wait_until
 from harness.zczrs import commit_change
-from harness.zrsd_nodes import MB, opened
-
-
-def last_tid_is(storage, tid, node):
-    """`storage` (no DB opens on an empty read-only replica) is at `tid`;
-    fails at once if `node` died."""
-    return node.check_alive() and storage.lastTransaction() == tid
+from harness.zrsd_nodes import MB, opened, wait_for_value
 
 
 def load_or_missing(storage, oid):
@@ -42,13 +36,12 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, node):
     started = time.monotonic()
     zrsd.start()
     with ExitStack() as stack:
-        # Connected from the start: follows the catch-up by invalidations.
+        # Connected from the start: follows the catch-up by invalidations
+        # (a ClientStorage: no DB opens on an empty read-only replica).
         replica = stack.enter_context(closing(zrsd.client()))
         primary_client = stack.enter_context(closing(
             primary.client(read_only=True)))
-        wait_until(lambda: last_tid_is(replica, primary_last, zrsd),
-                   timeout=240, message='replica lastTransaction == %s'
-                   % primary_last.hex())
+        zrsd.wait_for_tid(primary_last, 240, replica)
         elapsed = time.monotonic() - started
         txns = len(populated.history)
         print('\nzc.zrs -> zrsd catch-up: %d transactions, %.1f MB of record'
@@ -73,14 +66,9 @@ def test_replica_of_zczrs_primary(zczrs_populated, zczrs_primary, node):
         old_root_serial = replica.load(z64)[1]
         new_tid = commit_change(primary.zeo_address, 'e2e-marker', 'visible')
         assert new_tid > primary_last
-        wait_until(lambda: last_tid_is(replica, new_tid, zrsd),
-                   message='new commit %s on the replica' % new_tid.hex())
+        zrsd.wait_for_tid(new_tid, storage=replica)
         assert replica.load(z64)[1] == new_tid != old_root_serial
-
-        def marker_seen():
-            tm.begin()
-            return root.get('e2e-marker') == 'visible'
-        wait_until(marker_seen, message='e2e-marker through ZODB')
+        wait_for_value(tm, root, 'e2e-marker', 'visible')
 
         # Writes are refused through ZODB and the storage API, and the
         # server will not even register a writable client.
@@ -127,7 +115,8 @@ def test_resume_after_sigkill_mid_catch_up(zczrs_populated, zczrs_primary,
         first = proxy.wait_for_link(0)
         assert first.handshake() == (b'zrs2.0', z64)
         with closing(zrsd.client()) as replica:
-            wait_until(lambda: not last_tid_is(replica, z64, zrsd),
+            wait_until(lambda: zrsd.check_alive() and
+                       replica.lastTransaction() != z64,
                        timeout=120, message='first replicated transaction')
             wait_until(lambda: zrsd.check_alive() and first.held.is_set(),
                        timeout=120, message='zrsd to read half the stream')

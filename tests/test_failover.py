@@ -5,12 +5,11 @@ switchover under load; `zrsdctl promote`."""
 import os
 import shutil
 import signal
-import subprocess
 from contextlib import closing
 
 from harness.chaos import ChaosProxy
 from harness.history import assert_same_history, transactions
-from harness.process import BIN, free_port, stop_all, wait_until
+from harness.process import run, stop_all, wait_until
 from harness.zrsd_nodes import Writer, opened
 
 REFUSED = 'refused: the primary closed'
@@ -45,8 +44,7 @@ def test_replica_of_another_database_is_refused(node):
     b_first = b.commit('in-b')
     b_last = b.commit('in-b', 'y')
     history = transactions(replica.fs_path)
-    replica.upstream = b.repl_port
-    replica.start()
+    replica.set_upstream(b.repl_port).start()
     b_root = transactions(b.fs_path)[0][0]   # the root's creation
     assert b_root < b_first
     assert_refused(b, replica, last, 'nothing before it, the one after it '
@@ -71,13 +69,11 @@ def test_failover_fork_is_refused(node):
     new.stop()
     old.commit('k', 2)
     lost = old.commit('k', 3)      # the replica never receives these
-    new.upstream, new.repl_port = None, free_port()   # now a primary
-    new.start()
+    new.set_upstream(None).start()      # now a primary
     forked = new.commit('k', 'after failover')
     old.stop()
     history = transactions(old.fs_path)
-    old.upstream, old.repl_port = new.repl_port, None
-    old.start()
+    old.set_upstream(new.repl_port).start()
     assert_refused(new, old, lost, 'the transaction before it is %s, the '
                    'one after it %s' % (shared.hex(), forked.hex()))
     assert old.last_tid() == lost
@@ -148,12 +144,7 @@ def test_switchover_under_load_loses_nothing(node):
 
 def promote(node):
     """`zrsdctl promote` of `node`; returns its output (status 0)."""
-    done = subprocess.run(
-        [os.path.join(BIN, 'zrsdctl'), '-C', node.config_path, 'promote'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=120)
-    assert done.returncode == 0, done.stdout
-    return done.stdout
+    return run('zrsdctl', '-C', node.config_path, 'promote').stdout
 
 
 def read_key(db, key):

@@ -46,8 +46,7 @@ def test_metrics_and_status(node):
     for i in range(10):
         last = primary.commit(i, 'x' * 1000)
     reader = replica.client()
-    wait_until(lambda: reader.lastTransaction() == last,
-               message='replica caught up')
+    replica.wait_for_tid(last, storage=reader)
     port = replica.monitor_port
     values = wait_until(
         lambda: (lambda v: v if v['zrsd_zeo_clients'] == 1 else None)(

@@ -9,8 +9,6 @@ the subnet, ZEO clients and `zrsd-verify` in the root namespace.
 Needs root and `ip netns`: skipped otherwise.
 """
 import filecmp
-import os
-import subprocess
 import types
 from contextlib import closing
 
@@ -18,7 +16,7 @@ import pytest
 
 from harness import hosts
 from harness.certs import Authority
-from harness.process import BIN, port_open, wait_until
+from harness.process import port_open, run, wait_until
 from harness.zrsd_nodes import Writer
 
 
@@ -80,10 +78,8 @@ def converged(cluster, writer):
     assert writer.error is None, writer.error
     for node in cluster.secondaries:
         node.wait_for_tid(writer.tids[-1])
-        done = subprocess.run([os.path.join(BIN, 'zrsd-verify')] + [
-            '%s:%d' % n.zeo_address for n in (cluster.primary, node)],
-            capture_output=True, text=True)
-        assert done.returncode == 0, (node.name, done.stdout, done.stderr)
+        run('zrsd-verify', *['%s:%d' % n.zeo_address
+                             for n in (cluster.primary, node)])
         assert filecmp.cmp(cluster.primary.fs_path, node.fs_path, False)
 
 

@@ -3,7 +3,6 @@ zrsd processes, ZEO clients and the installed commands."""
 import os
 import re
 import subprocess
-
 from contextlib import closing
 
 import pytest
@@ -14,17 +13,8 @@ from ZEO.Exceptions import ClientDisconnected
 from ZODB.POSException import ReadOnlyError
 
 from harness.history import transactions
-from harness.process import BIN, http_get, wait_until
-from harness.zrsd_nodes import Writer
-
-
-def run(command, *args):
-    """Run an installed command, which must exit 0; its stdout."""
-    done = subprocess.run(
-        [os.path.join(BIN, command)] + [str(a) for a in args],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, (command, args, done.stdout + done.stderr)
-    return done.stdout
+from harness.process import http_get, run, wait_until
+from harness.zrsd_nodes import Writer, wait_for_value
 
 
 def address(node):
@@ -70,11 +60,7 @@ def test_zeo_clients_of_a_replica(node):
         replica2.start().wait_for_tid(tid)
         replica1.stop()
         tid = primary.commit('recipe', 'after')
-
-        def reads_after():
-            tm.begin()
-            return conn.root()['recipe'] == 'after'
-        wait_until(reads_after, message='the client reading replica2')
+        wait_for_value(tm, conn.root(), 'recipe', 'after')   # on replica2
         assert db.lastTransaction() == tid
         conn.close()
     # ZEO.client with a list of (host, port): replica1 is down.
@@ -113,7 +99,7 @@ def test_backups_from_a_running_replica(node, tmp_path):
         run('repozo', '-R', '-r', backups, '-o', restore)
         backed_up = last_tid(restore)
         out = run('zrsd-verify', '--replica-blob-dir', blobs,
-                  address(replica), 'fs:%s' % restore)
+                  address(replica), 'fs:%s' % restore).stdout
     reader.close()
     assert writer.error is None, writer.error
     # The incremental backup ends at a commit 20 or more before the last.
@@ -217,6 +203,6 @@ def test_rolling_restart(node):
         assert set(writer.tids) <= {t.tid for t in
                                     transactions(replica.fs_path)}
         run('zrsd-verify', address(primary), address(replica))
-    assert run('zrsd', '--version').startswith('zrsd ')
+    assert run('zrsd', '--version').stdout.startswith('zrsd ')
     status, _, metrics = http_get(primary.monitor_port, '/metrics')
     assert status == 200 and 'zrsd_build_info{' in metrics

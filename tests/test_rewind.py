@@ -4,7 +4,6 @@ import filecmp
 import os
 import re
 import shutil
-import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
@@ -17,7 +16,7 @@ from ZODB.serialize import referencesf
 
 from harness.certs import Authority
 from harness.history import assert_same_after_pack, transactions
-from harness.process import BIN, free_port, stop_all
+from harness.process import free_port, run, stop_all
 from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs, ssl_lines,
                                 write_config)
 from test_tls import start_primary
@@ -29,11 +28,8 @@ REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 def rewind(node, *options, status=0):
     """zrsd-rewind on `node`'s config (or a path), which must exit with
     `status`; `.removed`: the tids it (would) cut."""
-    result = subprocess.run(
-        [os.path.join(BIN, 'zrsd-rewind'), '-C',
-         str(getattr(node, 'config_path', node)), '--timeout', '2'] +
-        list(options), capture_output=True, text=True, timeout=120)
-    assert result.returncode == status, result.stdout + result.stderr
+    result = run('zrsd-rewind', '-C', getattr(node, 'config_path', node),
+                 '--timeout', '2', *options, status=status)
     result.removed = [bytes.fromhex(t) for t in REMOVED.findall(result.stdout)]
     return result
 
@@ -56,17 +52,10 @@ def primary_and_replica(node, blobs=False):
     return primary, replica
 
 
-def promote(node):
-    """Restart a stopped replica as a primary."""
-    node.upstream, node.repl_port = None, free_port()
-    return node.start()
-
-
 def follow(node, primary):
     """Stop `node` and configure it as a replica of `primary`."""
     node.stop()
-    node.upstream, node.repl_port = primary.repl_port, None
-    node.write_config()
+    node.set_upstream(primary.repl_port).write_config()
 
 
 def test_rewind_a_forked_old_primary(tmp_path, node):
@@ -82,7 +71,8 @@ def test_rewind_a_forked_old_primary(tmp_path, node):
         lost = [commit_blobs(db, {'a': b'lost a', 'c': b'lost c' * 20000},
                              'lost 1'),
                 commit_blobs(db, {'b': b'lost b'}, 'lost 2')]
-    with closing(blob_db(promote(r), tmp_path / 'cache-r')) as r_db:
+    r.set_upstream(None).start()    # the failover
+    with closing(blob_db(r, tmp_path / 'cache-r')) as r_db:
         commit_blobs(r_db, {'a': b'on the new primary'}, 'after failover')
         follow(p, r)
         lost_blobs = lost_blob_files(p, lost)
@@ -160,7 +150,7 @@ def test_fork_after_the_new_primary_packed(node):
     r.stop()
     fork_time = time.time()
     lost = [p.commit('lost', i) for i in (1, 2)]
-    new = promote(r).commit('after failover', 1)
+    new = r.set_upstream(None).start().commit('after failover', 1)
     with closing(r.client(read_only=False)) as storage:
         storage.pack(fork_time, referencesf)
     assert [(t[0], t[1]) for t in transactions(r.fs_path)] == [
@@ -175,12 +165,12 @@ def test_fork_after_the_new_primary_packed(node):
         1, 2)
 
 
-def test_tls_primary_and_a_silent_one(tmp_path, processes):
+def test_tls_primary_and_a_silent_one(tmp_path, node):
     """Over TLS a local transaction after the primary's last is cut (the
     probe ends in silence); a CA not the primary's: exit 2."""
     good, other = Authority(tmp_path, 'good'), Authority(tmp_path, 'other')
     primary, port, db = start_primary(
-        tmp_path, dict(good=good, primary=good.issue('primary')), processes)
+        node, dict(good=good, primary=good.issue('primary')))
     db.close()
     copy = str(tmp_path / 'copy.fs')
     shutil.copyfile(primary.fs_path, copy)

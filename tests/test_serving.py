@@ -1,15 +1,13 @@
 """When the ZEO port opens: after a replica's first transaction (read-only
 clients cannot open a DB on an empty storage), unless `serve-empty`."""
-import os
 import re
 import socket
-import subprocess
 from contextlib import closing
 
 import pytest
 import ZODB
 
-from harness.process import BIN, free_port, port_open, stop_all, wait_until
+from harness.process import free_port, port_open, run, stop_all, wait_until
 
 SERVING = ' over ZEO at '
 
@@ -69,10 +67,7 @@ def test_a_second_zrsd_on_a_storage_is_one_line(node, tmp_path):
     log_path = tmp_path / 'zrsd.log'
     first = node('primary', log_file=str(log_path)).launch()
     wait_until(lambda: port_open(first.zeo_port), message='first serving')
-    second = subprocess.run([os.path.join(BIN, 'zrsd'), '-C',
-                             first.config_path], capture_output=True,
-                            text=True, timeout=60)
-    assert second.returncode == 2
+    second = run('zrsd', '-C', first.config_path, status=2)
     (line,) = second.stderr.splitlines()
     assert re.fullmatch(
         r'zrsd: %s is in use by another process \(pid %d: .*zrsd -C %s\); '

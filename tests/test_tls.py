@@ -1,5 +1,6 @@
 """Mutual TLS on replication links, the allow-from list, and ZEO's own
 <ssl> on the client port.  Certificates are generated at run time."""
+import contextlib
 import functools
 import socket
 import ssl
@@ -10,22 +11,21 @@ import ZEO
 from harness.certs import Authority
 from harness.history import assert_same_history
 from harness.process import stop_all, wait_until
-from harness.zrsd_nodes import ZrsdNode, ssl_lines
+from harness.zrsd_nodes import ssl_lines
 
 REFUSED = 'TLS handshake failed, secondary refused'
 
 
-def start_node(tmp_path, name, upstream=None, ssl='', extra='', zeo_ssl='',
-               register=None):
+def start_node(node, name, upstream=None, ssl='', extra='', zeo_ssl=''):
     """A started zrsd serving ZEO at once; `ssl`, `extra`: <zrs> lines."""
-    return ZrsdNode(tmp_path, name, upstream=upstream, register=register,
-                    zeo_lines='  serve-empty on\n' + zeo_ssl,
-                    zrs_lines='  handshake-timeout 5\n' + extra + ssl).start()
+    return node(name, upstream=upstream,
+                zeo_lines='  serve-empty on\n' + zeo_ssl,
+                zrs_lines='  handshake-timeout 5\n' + extra + ssl).start()
 
 
 @pytest.fixture
-def start(tmp_path, processes):
-    return functools.partial(start_node, tmp_path, register=processes)
+def start(node):
+    return functools.partial(start_node, node)
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def pki(tmp_path):
     return dict(
         good=good, other=other,
         primary=good.issue('primary'), replica=good.issue('replica'),
-        stranger=other.issue('stranger'), impostor=other.issue('impostor'))
+        stranger=other.issue('stranger'))
 
 
 def tls(pki, name, ca='good'):
@@ -42,10 +42,9 @@ def tls(pki, name, ca='good'):
     return ssl_lines(*pki[name], pki[ca].path)
 
 
-def start_primary(tmp_path, pki, register=None):
+def start_primary(node, pki):
     """A TLS primary holding a commit; (it, its ZRS port, a DB of it)."""
-    primary = start_node(tmp_path, 'primary', register=register,
-                         ssl=tls(pki, 'primary'))
+    primary = start_node(node, 'primary', ssl=tls(pki, 'primary'))
     primary.wait_for_log('(TLS, client certificates required)')
     db = primary.db()
     with db.transaction() as conn:
@@ -54,8 +53,8 @@ def start_primary(tmp_path, pki, register=None):
 
 
 @pytest.fixture
-def tls_primary(tmp_path, pki, processes):
-    primary, port, db = start_primary(tmp_path, pki, processes)
+def tls_primary(node, pki):
+    primary, port, db = start_primary(node, pki)
     yield primary, port, db
     db.close()
 
@@ -97,11 +96,9 @@ def test_plain_and_certificateless_clients_are_refused(pki, tls_primary):
     with socket.create_connection(('127.0.0.1', port)) as plain:
         plain.sendall(b'\0\0\0\x06zrs2.0\0\0\0\x08' + b'\0' * 8)
         plain.settimeout(30)
-        try:   # TLS alerts at most, then the primary closes
-            while plain.recv(100):
+        with contextlib.suppress(ConnectionResetError):
+            while plain.recv(100):  # TLS alerts at most, then it closes
                 pass
-        except ConnectionResetError:
-            pass
     primary.wait_for_log(REFUSED)
     # A TLS client without a certificate.
     context = ssl.create_default_context(cafile=pki['good'].path)

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
-def _certificate(name, issuer, key, signer, ca, extensions):
+def _certificate(name, issuer, key, signer, extensions, ca=False):
     """A certificate of `key` for `name`, signed by `signer` as `issuer`,
     valid from yesterday for 30 days."""
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -42,33 +42,34 @@ class Authority:
         self.directory = directory
         self.name = name
         self.key = ec.generate_private_key(ec.SECP256R1())
-        self.certificate = _certificate(name, name, self.key, self.key, True, [
+        self.certificate = _certificate(name, name, self.key, self.key, [
             (x509.KeyUsage(
                 digital_signature=True, key_cert_sign=True, crl_sign=True,
                 content_commitment=False, key_encipherment=False,
                 data_encipherment=False, key_agreement=False,
                 encipher_only=False, decipher_only=False), True),
             (x509.SubjectKeyIdentifier.from_public_key(
-                self.key.public_key()), False)])
+                self.key.public_key()), False)], ca=True)
         self.path = directory / ('%s-ca.pem' % name)
         self.path.write_bytes(_pem(self.certificate))
 
-    def issue(self, name):
-        """Write NAME.pem and NAME.key, valid for both ends (a cascade node
-        is server and client), localhost and 127.0.0.1; returns their paths
+    def issue(self, name, hostname=None, address='127.0.0.1'):
+        """Write NAME.pem and NAME.key for `hostname` (the certificate's
+        name; None: `name` for localhost) and `address`, valid for both
+        ends (a cascade node is server and client); returns their paths
         (str)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        certificate = _certificate(name, self.name, key, self.key, False, [
+        cert = _certificate(hostname or name, self.name, key, self.key, [
             (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                     ExtendedKeyUsageOID.CLIENT_AUTH]), False),
             (x509.SubjectAlternativeName([
-                x509.DNSName('localhost'),
-                x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]), False),
+                x509.DNSName(hostname or 'localhost'),
+                x509.IPAddress(ipaddress.ip_address(address))]), False),
             (x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.key.public_key()), False)])
         cert_path = self.directory / ('%s.pem' % name)
         key_path = self.directory / ('%s.key' % name)
-        cert_path.write_bytes(_pem(certificate))
+        cert_path.write_bytes(_pem(cert))
         key_path.write_bytes(key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()))

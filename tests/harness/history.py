@@ -56,19 +56,17 @@ def copy_transaction(t, fs=None):
 
 def iter_transactions(path, blob_dir=None):
     """`transactions(path)` one at a time (for big files)."""
-    fs = ZODB.FileStorage.FileStorage(path, blob_dir=blob_dir, read_only=True)
-    try:
+    with contextlib.closing(ZODB.FileStorage.FileStorage(
+            path, blob_dir=blob_dir, read_only=True)) as fs:
         for t in fs.iterator():
             yield copy_transaction(t, fs if blob_dir else None)
-    finally:
-        fs.close()
 
 
 def write_history(path, history):
     """A new FileStorage at `path` holding `history` (`Txn`s), written
     with `restore` as replication does; returns `path` (a str)."""
-    fs = ZODB.FileStorage.FileStorage(str(path), create=True)
-    try:
+    with contextlib.closing(ZODB.FileStorage.FileStorage(
+            str(path), create=True)) as fs:
         for tid, status, user, description, extension, records in history:
             txn = TransactionMetaData(user, description, extension)
             fs.tpc_begin(txn, tid, status)
@@ -76,8 +74,6 @@ def write_history(path, history):
                 fs.restore(oid, tid, data, '', data_txn, txn)
             fs.tpc_vote(txn)
             fs.tpc_finish(txn)
-    finally:
-        fs.close()
     return str(path)
 
 
@@ -128,15 +124,13 @@ def pack_stop_tid(pack_time):
 def load_current(path):
     """{oid: (data, serial) or 'missing'} for every oid in the index of the
     FileStorage at `path` ('missing': creation undone)."""
-    fs = ZODB.FileStorage.FileStorage(path, read_only=True)
-    result = dict.fromkeys(fs._index.keys(), 'missing')
-    try:
+    with contextlib.closing(ZODB.FileStorage.FileStorage(
+            path, read_only=True)) as fs:
+        result = dict.fromkeys(fs._index.keys(), 'missing')
         for oid in result:
             with contextlib.suppress(POSKeyError):
                 result[oid] = fs.load(oid)
         return result
-    finally:
-        fs.close()
 
 
 def same_after_pack(p, r, stop):

@@ -1,7 +1,7 @@
 """Real hosts on one machine: Linux network namespaces, each with its own
 address and host name, joined by a bridge in the root namespace (which
-gets the subnet's `.254`, so the tests reach every host); `issue`, a
-certificate naming a host; `HostNode`, a zrsd running on a host.
+gets the subnet's `.254`, so the tests reach every host); `HostNode`, a
+zrsd running on a host (its certificate naming it).
 
 Needs root and `ip netns`; `Network()` raises `Unavailable` otherwise.
 Names carry our pid (`zh<pid>-...`), so leftovers of a crashed run never
@@ -15,14 +15,8 @@ import shutil
 import subprocess
 import sys
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
-
-from .certs import _certificate, _pem
 from .process import http_get
-from .zrsd_nodes import ZrsdNode, config_text, ssl_lines
+from .zrsd_nodes import ZrsdNode, ssl_lines
 
 DOMAIN = 'zrs.test'
 ETC_NETNS = '/etc/netns'    # `ip netns exec NS` mounts NS/hosts on /etc/hosts
@@ -176,40 +170,23 @@ class Network:
             os.rmdir(ETC_NETNS)
 
 
-def issue(authority, host):
-    """(certificate, key) paths for `host`: its name and address."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    extensions = [
-        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                               ExtendedKeyUsageOID.CLIENT_AUTH]),
-        x509.SubjectAlternativeName([x509.DNSName(host.hostname),
-                                     x509.IPAddress(host.interface.ip)]),
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            authority.key.public_key())]
-    certificate = _certificate(host.hostname, authority.name, key,
-                               authority.key, False,
-                               [(e, False) for e in extensions])
-    paths = [authority.directory / (host.name + suffix)
-             for suffix in ('.pem', '.key')]
-    paths[0].write_bytes(_pem(certificate))
-    paths[1].write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    return tuple(map(str, paths))
-
-
 class HostNode(ZrsdNode):
     """zrsd on `host`, listening on its address, reaching `upstream` by
     host name; mutual TLS signed by `authority`, `allow_from` networks."""
 
     def __init__(self, directory, host, authority, upstream=None,
                  allow_from=(), **options):
-        self.host, self.upstream_node = host, upstream
-        self.allow_from = allow_from
-        self.tls = ssl_lines(*issue(authority, host), authority.path)
+        self.host = host
         options.setdefault('zeo_lines', '  serve-empty on\n')
-        super().__init__(directory, host.name, monitor=True,
-                         upstream=upstream and upstream.repl_port, **options)
+        options.setdefault('copy_file', 'new')
+        if upstream is not None:
+            upstream = '%s:%d' % (upstream.host.hostname, upstream.repl_port)
+        super().__init__(directory, host.name, upstream, monitor=True,
+                         **options)
+        self.zrs_lines += ''.join('  allow-from %s\n' % network
+                                  for network in allow_from) + ssl_lines(
+            *authority.issue(host.name, host.hostname, host.ip),
+            authority.path)
 
     @property
     def zeo_address(self):
@@ -218,23 +195,8 @@ class HostNode(ZrsdNode):
     def command(self):
         return self.host.exec(*super().command())
 
-    def write_config(self):
-        lines = ''.join('  allow-from %s\n' % network
-                        for network in self.allow_from)
-        if self.upstream_node is not None:
-            lines += ('  replicate-from %s:%d\n  reconnect-delay 0.1\n'
-                      '  max-reconnect-delay 1\n' % (
-                          self.upstream_node.host.hostname, self.upstream))
-        text = config_text(
-            self.zeo_port, self.fs_path, replicate_to=self.repl_port,
-            blob_dir=self.blob_dir, zeo_lines=self.zeo_lines,
-            zrs_lines=self.zrs_lines + lines + self.tls,
-            sections=self.sections + '<monitor>\n  address 127.0.0.1:%d\n'
-            '</monitor>\n' % self.monitor_port,
-            log_format=self.log_format, log_level=self.log_level)
-        with open(self.config_path, 'w') as f:
-            f.write(text.replace('127.0.0.1:', self.host.ip + ':'))
-        return self.config_path
+    def config(self):
+        return super().config().replace('127.0.0.1:', self.host.ip + ':')
 
     def status(self, inside=False):
         """The node's first /status storage (`inside`: read from its host)."""

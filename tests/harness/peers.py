@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from .process import LOG_FORMAT, Node, ROOT, eventlog_section, wait_until
+from .process import LOG_FORMAT, Node, ROOT, wait_until, zeo_config
 
 # The newest ZODB the zc.zrs secondary works with, a ZEO 5 to serve it
 # and the rest, all pinned to wheels for Python 3.11.
@@ -91,16 +91,6 @@ options.realize(sys.argv[2:])
 SecondaryServer(options).main()
 '''
 
-SECONDARY_CONFIG = """\
-<zeo>
-  address 127.0.0.1:%d
-  read-only true
-</zeo>
-<filestorage 1>
-  path %s
-</filestorage>
-"""
-
 
 class ZcZrsSecondary(Node):
     """A zc.zrs secondary; `start(python)` with `peer_python()`."""
@@ -123,8 +113,8 @@ class ZcZrsSecondary(Node):
         return super().write_config()
 
     def config(self):
-        return SECONDARY_CONFIG % (self.zeo_port, self.fs_path) + \
-            eventlog_section(self.log_format)
+        return zeo_config(self.zeo_port, self.fs_path, '  read-only true\n',
+                          self.log_format)
 
     def command(self):
         return [self.python, self.script_path,
@@ -135,15 +125,9 @@ class ZcZrsSecondary(Node):
         return super().start(timeout)
 
 
-def wait_for_tid(storage, tid, processes, timeout=120.0, message=None):
+def wait_for_tid(storage, tid, nodes, timeout=120.0):
     """Poll a ClientStorage until its last tid is `tid`; fail at once if
-    one of `processes` (with a `.process` or `.popen`) exited."""
-    def reached():
-        for proc in processes:
-            popen = getattr(proc, 'popen', None) or proc.process.popen
-            if popen.poll() is not None:
-                raise AssertionError('%s exited with %s:\n%s' % (
-                    popen.args, popen.returncode, proc.log()))
-        return storage.lastTransaction() == tid
-    wait_until(reached, timeout, message=message or
-               'lastTransaction == %s' % tid.hex())
+    one of `nodes` exited."""
+    wait_until(lambda: all(node.check_alive() for node in nodes) and
+               storage.lastTransaction() == tid, timeout,
+               message='lastTransaction == %s' % tid.hex())

@@ -1,4 +1,6 @@
-"""Ports, polling, child processes and `Node`, the base of every node."""
+"""Ports, polling, commands, child processes, the configs (`config_text`,
+`zeo_config`) and `Node`, the base of every node."""
+import contextlib
 import os
 import socket
 import struct
@@ -57,6 +59,16 @@ def http_get(port, path, host='127.0.0.1'):
                 response.read().decode())
 
 
+def run(command, *args, status=0, timeout=120):
+    """Run the installed `command` with `args`, its output captured as
+    text; its exit status must be `status` (None: any).  The result."""
+    done = subprocess.run([os.path.join(BIN, command), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert status is None or done.returncode == status, (
+        command, args, done.returncode, done.stdout + done.stderr)
+    return done
+
+
 def port_open(port, host='127.0.0.1'):
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -71,6 +83,51 @@ def eventlog_section(log_format=LOG_FORMAT, log_file='STDOUT',
     return ('<eventlog>\n  level %s\n  <logfile>\n    path %s\n'
             '    format %s\n  </logfile>\n</eventlog>\n' % (
                 log_level, log_file, log_format))
+
+
+def zeo_config(zeo_port, fs_path, zeo_lines='', log_format=LOG_FORMAT):
+    """A plain ZEO config serving the FileStorage at `fs_path` as `1`."""
+    return ('<zeo>\n  address 127.0.0.1:%d\n%s</zeo>\n<filestorage 1>\n'
+            '  path %s\n</filestorage>\n' % (zeo_port, zeo_lines, fs_path)
+            + eventlog_section(log_format))
+
+
+CONFIG = """\
+%(header)s<zeo>
+  address 127.0.0.1:%(zeo_port)s
+%(zeo_lines)s</zeo>
+<zrs 1>
+%(links)s  <filestorage>
+    path %(fs_path)s
+%(blob)s  </filestorage>
+</zrs>
+%(sections)s"""
+
+
+def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
+                blob_dir=None, sections='', log_format=LOG_FORMAT,
+                zrs_lines='', zeo_lines='', log_file='STDOUT',
+                log_level='INFO', header='', copy_file='off'):
+    """The one zrsd (and zc.zrs) config of the tests: one `<zrs 1>`
+    section.  `replicate_from` is a port on 127.0.0.1 or HOST:PORT (a
+    replica reconnects within 0.1-1 s and copies no file unless
+    `copy_file` says so), `replicate_to` a port on 127.0.0.1.  `zrs_lines`
+    go into `<zrs 1>`, `zeo_lines` into `<zeo>`, `sections` before the
+    `<eventlog>`, `header` first."""
+    links = ''
+    if isinstance(replicate_from, int):
+        replicate_from = '127.0.0.1:%d' % replicate_from
+    if replicate_from is not None:
+        links += ('  replicate-from %s\n  reconnect-delay 0.1\n'
+                  '  max-reconnect-delay 1\n  copy-file %s\n' % (
+                      replicate_from, copy_file))
+    if replicate_to:
+        links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
+    return CONFIG % dict(
+        zeo_port=zeo_port, fs_path=fs_path, header=header,
+        links=links + zrs_lines, sections=sections, zeo_lines=zeo_lines,
+        blob='    blob-dir %s\n' % blob_dir if blob_dir else '',
+    ) + eventlog_section(log_format, log_file, log_level)
 
 
 class Process:
@@ -242,27 +299,25 @@ class Node:
         return ZEO.DB(self.zeo_address, **kw)
 
     def last_tid(self):
-        storage = self.client(read_only=True)
-        try:
+        with contextlib.closing(self.client(read_only=True)) as storage:
             return storage.lastTransaction()
-        finally:
-            storage.close()
 
-    def wait_for_tid(self, tid, timeout=120.0):
-        """Wait until a ZEO client sees `tid` as the last transaction;
-        fail fast if the process dies."""
-        storage = self.client(read_only=True)
+    def wait_for_tid(self, tid, timeout=120.0, storage=None):
+        """Wait until a ZEO client (`storage`, or a new one) sees `tid` as
+        the last transaction; fail fast if the process dies."""
+        client = storage or self.client(read_only=True)
         try:
             wait_until(
                 lambda: self.check_alive() and
-                storage.lastTransaction() == tid,
+                client.lastTransaction() == tid,
                 timeout, message='%s lastTransaction == %s' % (
                     self.name, tid.hex()))
         except AssertionError as exc:
             raise AssertionError('%s; it is %s' % (
-                exc, storage.lastTransaction().hex())) from None
+                exc, client.lastTransaction().hex())) from None
         finally:
-            storage.close()
+            if storage is None:
+                client.close()
 
 
 def stop_all(*nodes):

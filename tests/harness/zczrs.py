@@ -1,7 +1,8 @@
 """A real zc.zrs 3.1 primary (`ZcZrsPrimary`, runzeo with `%import zc.zrs`
 in a subprocess: zc.zrs is never imported here), `populate()` (a varied
-deterministic history) and `commit_change`.
+deterministic history), `commit_change` and `opened` (a connection).
 """
+import contextlib
 import dataclasses
 import os
 import random
@@ -11,20 +12,7 @@ import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 
-from .process import Node, eventlog_section, free_port
-
-CONFIG = """\
-%%import zc.zrs
-<zeo>
-  address 127.0.0.1:%(zeo_port)s
-</zeo>
-<zrs>
-  replicate-to 127.0.0.1:%(repl_port)s
-  <filestorage>
-    path %(fs_path)s
-%(blob)s  </filestorage>
-</zrs>
-"""
+from .process import Node, config_text, free_port
 
 
 class ZcZrsPrimary(Node):
@@ -41,14 +29,27 @@ class ZcZrsPrimary(Node):
                          if blobs else None)
 
     def config(self):
-        blob = ('    blob-dir %s\n' % self.blob_dir) if self.blob_dir else ''
-        return CONFIG % dict(zeo_port=self.zeo_port, repl_port=self.repl_port,
-                             fs_path=self.fs_path, blob=blob) + \
-            eventlog_section()
+        return config_text(self.zeo_port, self.fs_path,
+                           replicate_to=self.repl_port, blob_dir=self.blob_dir,
+                           header='%import zc.zrs\n')
 
     def ready(self):
         # ZEO's server, then zc.zrs's Twisted port (from another thread).
         return super().ready() + ('starting on %d' % self.repl_port,)
+
+
+@contextlib.contextmanager
+def opened(db):
+    """(transaction manager, root) of a new connection of `db`, aborted
+    and closed at the end."""
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        tm.begin()
+        yield tm, conn.root()
+    finally:
+        tm.abort()
+        conn.close()
 
 
 @dataclasses.dataclass
@@ -81,12 +82,7 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
     every `undo_every`-th undone (every other one a creation)."""
     rng = random.Random(seed)
     result = PopulateResult(transactions=1)
-    db = ZEO.DB(address)
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
-    try:
-        root = conn.root()
-        tm.begin()
+    with contextlib.closing(ZEO.DB(address)) as db, opened(db) as (tm, root):
         root['items'] = items = OOBTree()
         root['counter'] = 0
         tm.get().note('zrsd e2e: create the item tree')
@@ -132,20 +128,13 @@ def populate(address, transactions=3000, seed=20240611, undo_every=250):
                 next_key = (items.maxKey() + 1) if len(items) else 0
                 tm.abort()
         result.last_tid = db.lastTransaction()
-    finally:
-        tm.abort()
-        conn.close()
-        db.close()
     return result
 
 
 def commit_change(address, key, value):
     """One transaction on a ZEO server: root[key] = value; returns its tid."""
-    db = ZEO.DB(address)
-    try:
+    with contextlib.closing(ZEO.DB(address)) as db:
         with db.transaction('zrsd e2e: change %s' % key) as conn:
             root = conn.root()
             root[key] = value
         return root._p_serial
-    finally:
-        db.close()

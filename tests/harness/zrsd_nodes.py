@@ -1,7 +1,6 @@
-"""zrsd nodes (`ZrsdNode`, `RunzeoNode`, `PlainZeoNode`) and their config,
-`Writer` (a committing thread), memory sampling and blob helpers.
+"""zrsd nodes (`ZrsdNode`, `RunzeoNode`, `PlainZeoNode`), `Writer` (a
+committing thread), memory sampling and blob helpers.
 """
-import contextlib
 import hashlib
 import os
 import random
@@ -14,44 +13,11 @@ from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
 from ZODB.blob import Blob
 
-from .process import LOG_FORMAT, Node, eventlog_section, free_port
-from .zczrs import commit_change
+from .process import (LOG_FORMAT, Node, config_text, free_port, wait_until,
+                      zeo_config)
+from .zczrs import commit_change, opened
 
 MB = 1024.0 * 1024.0
-
-CONFIG = """\
-%(header)s<zeo>
-  address 127.0.0.1:%(zeo_port)s
-%(zeo_lines)s</zeo>
-<zrs 1>
-%(links)s  <filestorage>
-    path %(fs_path)s
-%(blob)s  </filestorage>
-</zrs>
-%(sections)s"""
-
-
-def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
-                blob_dir=None, sections='', log_format=LOG_FORMAT,
-                zrs_lines='', zeo_lines='', log_file='STDOUT',
-                log_level='INFO', header='', copy_file='off'):
-    """The one zrsd config of the tests: one `<zrs 1>` section.
-    `replicate_from` / `replicate_to` are ports on 127.0.0.1 (a replica
-    reconnects within 0.1-1 s and copies no file unless `copy_file` says
-    so).  `zrs_lines` go into `<zrs 1>`, `zeo_lines` into `<zeo>`,
-    `sections` before the `<eventlog>`, `header` first."""
-    links = ''
-    if replicate_from is not None:
-        links += ('  replicate-from 127.0.0.1:%d\n  reconnect-delay 0.1\n'
-                  '  max-reconnect-delay 1\n  copy-file %s\n' % (
-                      replicate_from, copy_file))
-    if replicate_to:
-        links += '  replicate-to 127.0.0.1:%d\n' % replicate_to
-    return CONFIG % dict(
-        zeo_port=zeo_port, fs_path=fs_path, header=header,
-        links=links + zrs_lines, sections=sections, zeo_lines=zeo_lines,
-        blob='    blob-dir %s\n' % blob_dir if blob_dir else '',
-    ) + eventlog_section(log_format, log_file, log_level)
 
 
 def write_config(path, zeo_port, fs_path, **options):
@@ -110,6 +76,13 @@ class ZrsdNode(Node):
                     'zrs_lines', 'zeo_lines', 'log_format', 'log_file',
                     'log_level', 'header', 'copy_file')})
 
+    def set_upstream(self, upstream):
+        """From its next start, a replica of port `upstream` serving no ZRS,
+        or (None) a primary serving ZRS on a new port."""
+        self.upstream = upstream
+        self.repl_port = free_port() if upstream is None else None
+        return self
+
     def ready(self):
         """ZEO (an empty replica's only once its first transaction came:
         `launch` does not wait), ZRS if served, the monitor if any."""
@@ -139,9 +112,7 @@ class PlainZeoNode(Node):
     read_only = False
 
     def config(self):
-        return ('<zeo>\n  address 127.0.0.1:%d\n</zeo>\n<filestorage 1>\n'
-                '  path %s\n</filestorage>\n' % (self.zeo_port, self.fs_path)
-                + eventlog_section())
+        return zeo_config(self.zeo_port, self.fs_path)
 
 
 class Writer:
@@ -281,18 +252,13 @@ def blob_db(node, cache_dir, **kw):
                   shared_blob_dir=False, **kw)
 
 
-@contextlib.contextmanager
-def opened(db):
-    """(transaction manager, root) of a new connection of `db`, aborted
-    and closed at the end."""
-    tm = transaction.TransactionManager()
-    conn = db.open(tm)
-    try:
+def wait_for_value(tm, root, key, value, node=None):
+    """Wait until `root[key] == value` in a connection (`opened`'s), each
+    poll in a new transaction; fail fast if `node` dies."""
+    def seen():
         tm.begin()
-        yield tm, conn.root()
-    finally:
-        tm.abort()
-        conn.close()
+        return (node is None or node.check_alive()) and root.get(key) == value
+    wait_until(seen, message='root[%r] == %r' % (key, value))
 
 
 def commit_blobs(db, blobs, note, **extension):
