@@ -123,14 +123,13 @@ def test_mixed_legacy_and_checksummed_commits(sink):
     assert tids(receive(sink, stream)[1]) == [TID1, TID2]
 
 
-def bad_checksum():
-    return Stream(START).one(TID1, data=b'x', digest=b'\1' * 16)
+BAD_CHECKSUM = Stream(START).one(TID1, data=b'x', digest=b'\1' * 16)
 
 
 def test_bad_checksum_aborts_and_fails(sink):
     receiver, commits = receive(sink)
     with pytest.raises(ProtocolError, match='checksum mismatch') as info:
-        feed(receiver, bad_checksum().payloads)
+        feed(receiver, BAD_CHECKSUM.payloads)
     assert TID1.hex() in str(info.value)
     assert_failed(receiver, commits, ['begin', 'store', 'abort'])
     receiver.abort()  # idempotent
@@ -138,7 +137,7 @@ def test_bad_checksum_aborts_and_fails(sink):
 
 
 def test_bad_checksum_accepted_when_checks_are_off(sink):
-    receiver, commits = receive(sink, bad_checksum(), check_checksums=False)
+    receiver, commits = receive(sink, BAD_CHECKSUM, check_checksums=False)
     assert (sink.names(), tids(commits)) == (['begin', 'store', 'commit'],
                                              [TID1])
 
