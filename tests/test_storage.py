@@ -4,6 +4,7 @@ storage tests."""
 import os
 import pathlib
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -359,10 +360,7 @@ def test_last_invalidations_are_filestorages_read_from_headers(
         tmp_path, zczrs_populated):
     """ZEO's queue at start: the same as FileStorage's own, undos (back
     pointers) and a packed file included, up to what is published."""
-    path = str(tmp_path / 'Data.fs')
-    with open(zczrs_populated.fs_path, 'rb') as source, \
-            open(path, 'wb') as target:
-        target.write(source.read())
+    path = shutil.copyfile(zczrs_populated.fs_path, str(tmp_path / 'Data.fs'))
 
     def same(storage, fs):
         for count in (0, 1, 250, 10 ** 6):

@@ -85,12 +85,8 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
         outstanding.append(len(sent) - written[0])
         deliveries.put(chunks)
 
-    def deliver():      # the "reactor": one batch at a time
-        while not ended.is_set() or not deliveries.empty():
-            try:
-                deliveries.get(timeout=0.1)
-            except queue.Empty:
-                continue
+    def deliver():      # the "reactor": one batch at a time, to a None
+        for _ in iter(deliveries.get, None):
             written[0] += 1
             streamer.written()
 
@@ -103,6 +99,7 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
     streamer.finish()
     streamer.start()
     assert ended.wait(60)
+    deliveries.put(None)
     consumer.join(60)
     fs.close()
     chunks = [chunk for batch in sent for chunk in batch]
