@@ -159,10 +159,7 @@ def test_not_a_zeo_server(listener):
     def hang_up():
         # Read the request first: closing with unread data would reset.
         conn, _ = sock.accept()
-        request = b''
-        while len(request) < 8:
-            request += conn.recv(8 - len(request))
-        assert request == b'\x00\x00\x00\x04ruok'
+        assert conn.recv(8, socket.MSG_WAITALL) == b'\x00\x00\x00\x04ruok'
         conn.close()
     closer = threading.Thread(target=hang_up, daemon=True)
     closer.start()
