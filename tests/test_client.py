@@ -60,8 +60,8 @@ class FakeStorage(RecordingSink):
         return [call[:2] for call in self.calls]
 
 
-def handshake(start_tid, name=b'zrs2.0'):
-    return zrs.encode_frame(name) + zrs.encode_frame(start_tid)
+def handshake(start_tid):
+    return zrs.encode_frame(b'zrs2.0') + zrs.encode_frame(start_tid)
 
 
 class Setup:

@@ -13,8 +13,7 @@ from harness.zrsd_nodes import Writer
 
 
 def run(program, *nodes, status=0):
-    """`program` with the nodes' ZEO addresses, which must exit `status`;
-    its output."""
+    """Run `program` on the nodes' ZEO addresses, exiting `status`; output."""
     done = subprocess.run(
         [os.path.join(BIN, program)] + ['127.0.0.1:%d' % n.zeo_port
                                         for n in nodes],

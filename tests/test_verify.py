@@ -33,9 +33,8 @@ def verify(*args):
 
 
 def verified(*args, status=0):
-    """Run zrsd-verify, which must exit `status`: 0 (agreement) or 1 (a
-    divergence) printing on stdout only, 2 (an error) on stderr only; that
-    output."""
+    """Run zrsd-verify, which must exit `status` printing on stdout only
+    (0: agreement, 1: a divergence) or stderr only (2: an error); that."""
     done, out, err = verify(*args)
     assert (done, out if status == 2 else err) == (status, ''), out + err
     return err if status == 2 else out
