@@ -32,7 +32,7 @@ def verify(*args):
     return done.returncode, done.stdout, done.stderr
 
 
-def verified(*args, status=0):
+def verify_ok(*args, status=0):
     """Run zrsd-verify, which must exit `status` printing on stdout only
     (0: agreement, 1: a divergence) or stderr only (2: an error); that."""
     done, out, err = verify(*args)
@@ -81,7 +81,7 @@ def pair(tmp_path_factory, module_processes):
 def test_both_zeo_agree(pair):
     """Over ZEO all agree, the replica is up to date; -q prints nothing."""
     history = tids(pair.primary.fs_path, pair.caught_up())
-    assert verified(*pair.zeos).splitlines() == [
+    assert verify_ok(*pair.zeos).splitlines() == [
         'OK: %d transactions agree, %s to %s' % (
             len(history), tid_text(history[0]), tid_text(history[-1])),
         'replica up to date with the primary']
@@ -98,7 +98,7 @@ def test_objects_agree(pair):
     objects = sum(1 for data in current.values() if data is not None)
     assert objects < len(current)  # some creations were undone
     assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in \
-        verified('--objects', *pair.zeos)
+        verify_ok('--objects', *pair.zeos)
 
 
 @pytest.mark.parametrize('primary, replica', [
@@ -107,7 +107,7 @@ def test_files_of_running_servers(pair, primary, replica):
     """A server's open file against the other's ZEO port (or bare port)."""
     count = len(tids(pair.primary.fs_path, pair.caught_up()))
     names = dict(p=pair.primary, r=pair.replica, r_zeo=zeo(pair.replica))
-    out = verified(primary.format(**names), replica.format(**names))
+    out = verify_ok(primary.format(**names), replica.format(**names))
     assert 'OK: %d transactions agree' % count in out
 
 
@@ -115,7 +115,7 @@ def test_while_the_primary_commits(pair):
     """Commits on the primary during the comparison are no divergence."""
     with Writer(pair.primary) as writer:
         wait_until(lambda: writer.commits >= 3, message='first commits')
-        out = verified('--objects', *pair.zeos)
+        out = verify_ok('--objects', *pair.zeos)
         assert 'transactions agree' in out and 'objects agree' in out
     assert writer.error is None
     pair.caught_up()
@@ -131,7 +131,7 @@ def test_replica_behind(pair, node):
     assert pair.primary.last_tid() == more[-1]
     history = tids(replica.fs_path)
     for primary in [zeo(pair.primary), pair.primary.fs_path]:
-        assert verified(primary, replica.fs_path).splitlines() == [
+        assert verify_ok(primary, replica.fs_path).splitlines() == [
             'OK: %d transactions agree, %s to %s' % (
                 len(history), tid_text(history[0]), tid_text(target)),
             'replica behind the primary by 5 transactions, %.3f seconds; '
@@ -139,7 +139,7 @@ def test_replica_behind(pair, node):
                 TimeStamp(more[-1]).timeTime() -
                 TimeStamp(target).timeTime(), tid_text(more[-1]))]
     # The primary has newer revisions of some objects.
-    assert 'objects agree as of %s' % tid_text(target) in verified(
+    assert 'objects agree as of %s' % tid_text(target) in verify_ok(
         '--objects', zeo(pair.primary), replica.fs_path)
 
 
@@ -147,11 +147,11 @@ def test_start_tid(pair):
     """--start: the comparison begins at that tid or the first after it."""
     history = tids(pair.primary.fs_path, pair.caught_up())
     start = history[100]
-    out = verified('--start', '0x' + start.hex().upper(), *pair.zeos)
+    out = verify_ok('--start', '0x' + start.hex().upper(), *pair.zeos)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 100, tid_text(start)) in out
-    out = verified('--start', p64(u64(start) + 1).hex(),
-                   pair.primary.fs_path, pair.replica.fs_path)
+    out = verify_ok('--start', p64(u64(start) + 1).hex(),
+                    pair.primary.fs_path, pair.replica.fs_path)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 101, tid_text(history[101])) in out
 
@@ -210,7 +210,7 @@ def test_rewrite_is_faithful(pair, history):
     original, path = history
     assert transactions(path) == original
     for primary in [pair.primary.fs_path, zeo(pair.primary)]:
-        assert 'OK: %d transactions agree' % len(original) in verified(
+        assert 'OK: %d transactions agree' % len(original) in verify_ok(
             primary, path)
 
 
@@ -221,7 +221,7 @@ def test_divergence(history, tmp_path, how):
     original, path = history
     altered, index, what = alter(original, how)
     replica = write_history(tmp_path / 'altered.fs', altered)
-    first, agreed = verified(path, replica, status=1).splitlines()
+    first, agreed = verify_ok(path, replica, status=1).splitlines()
     tid = (original if how == 'missing' else altered)[index][0]
     assert first.startswith('DIVERGED at transaction %s: ' % tid_text(tid))
     assert what in first
@@ -234,7 +234,7 @@ def test_divergence_against_running_primary(pair, history, tmp_path):
     original, _ = history
     altered, index, what = alter(original, 'data')
     replica = write_history(tmp_path / 'altered.data', altered)
-    assert verified(zeo(pair.primary), 'fs:' + replica, status=1).startswith(
+    assert verify_ok(zeo(pair.primary), 'fs:' + replica, status=1).startswith(
         'DIVERGED at transaction %s: %s' % (tid_text(original[index][0]),
                                             what))
 
@@ -243,7 +243,7 @@ def test_empty_replica(history, tmp_path):
     """An empty replica agrees and lags by the whole history."""
     original, path = history
     empty = write_history(tmp_path / 'empty.fs', [])
-    assert verified('--objects', path, empty).splitlines() == [
+    assert verify_ok('--objects', path, empty).splitlines() == [
         'OK: no transactions to compare',
         'replica behind the primary by %d transactions (the replica is '
         'empty); primary last transaction %s' % (
@@ -270,8 +270,8 @@ def test_objects_diverge_through_a_bad_index(history, tmp_path):
     info = fsIndex.load(path + '.index')
     info['index'][oid] = current.prev
     info['index'].save(info['pos'], tampered + '.index')
-    verified(path, tampered)
-    out = verified('--objects', path, tampered, status=1)
+    verify_ok(path, tampered)
+    out = verify_ok('--objects', path, tampered, status=1)
     assert ('DIVERGED: object 0x%016x as of %s: primary serial %s, '
             % (u64(oid), tid_text(original[-1][0]), current.tid.hex())
             in out)
@@ -308,7 +308,7 @@ def test_packed_side_agrees(history, packed):
     kept = sum(1 for t in packed_history if t[1] == 'p')
     for primary, replica, side in [(path, packed_path, 'replica'),
                                    (packed_path, path, 'primary')]:
-        lines = verified(primary, replica).splitlines()
+        lines = verify_ok(primary, replica).splitlines()
         assert lines[0].startswith('OK: %d transactions agree, ' % (
             len(packed_history)))
         assert lines[1] == ('packed history on the %s: %d transactions '
@@ -345,7 +345,7 @@ def test_packed_divergence(history, packed, tmp_path, how):
             'packed-user': (txn._replace(user=txn.user + b' (edited)'),
                             'user differs')}[how]
     replica = write_history(tmp_path / 'altered.fs', altered)
-    out = verified(history[1], replica, status=1)
+    out = verify_ok(history[1], replica, status=1)
     assert out.startswith('DIVERGED at transaction %s: ' % tid_text(txn.tid))
     assert what in out.splitlines()[0]
 
@@ -378,11 +378,11 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
     inlined[-1] = inlined[-1][:5] + (inline,)
     replica = write_history(tmp_path / 'inlined.fs', inlined)
     assert transactions(replica)[-1][5] == inline
-    assert 'packed history on the replica' in verified(path, replica)
+    assert 'packed history on the replica' in verify_ok(path, replica)
     # The same record inline in an unpacked copy: that is a divergence.
     replica = write_history(tmp_path / 'unpacked.fs', original[:-1] + [
         original[-1][:5] + (inline,)])
-    assert 'data_txn differs' in verified(path, replica, status=1)
+    assert 'data_txn differs' in verify_ok(path, replica, status=1)
 
 
 @pytest.mark.parametrize('args, pattern', [
@@ -404,7 +404,7 @@ def test_errors(pair, history, tmp_path, args, pattern):
     names = dict(closed='127.0.0.1:%d' % free_port(), file=history[1],
                  primary=zeo(pair.primary), replica=zeo(pair.replica),
                  missing=str(tmp_path / 'missing.fs'), junk=str(junk))
-    err = verified(*[arg.format(**names) for arg in args], status=2)
+    err = verify_ok(*[arg.format(**names) for arg in args], status=2)
     assert re.fullmatch('zrsd-verify: ' + pattern.format(**{
         key: re.escape(value) for key, value in names.items()}) + '\n', err)
 
@@ -416,7 +416,7 @@ def test_errors(pair, history, tmp_path, args, pattern):
 ], ids=['none', 'one', 'three', 'bad-tid', 'short-tid', 'zero-timeout',
         'unknown-option'])
 def test_usage_errors(args):
-    err = verified(*args, status=2)
+    err = verify_ok(*args, status=2)
     assert err.startswith('usage: zrsd-verify [options] PRIMARY REPLICA\n')
     assert re.search(r'^zrsd-verify: error: ', err, re.M)
 
@@ -434,22 +434,22 @@ def test_blob_files(tmp_path, node):
     agree = '%d blob files agree' % sum(
         ZODB.blob.is_blob_record(record.data)
         for txn in transactions(primary.fs_path) for record in txn.records)
-    assert agree in verified(zeo(primary), zeo(replica))
+    assert agree in verify_ok(zeo(primary), zeo(replica))
     stop_all(replica, primary)
     files = [primary.fs_path, replica.fs_path,
              '--primary-blob-dir', primary.blob_dir,
              '--replica-blob-dir', replica.blob_dir]
-    assert agree in verified(*files)
-    out = verified(primary.fs_path, replica.fs_path)
+    assert agree in verify_ok(*files)
+    out = verify_ok(primary.fs_path, replica.fs_path)
     assert '%s records whose files were not compared: the primary and the ' \
         'replica has no blobs' % agree.split(' files')[0] in out
     first = os.path.join(replica.blob_dir, min(
         n for n in blob_files(replica.blob_dir) if n.endswith('.blob')))
     with open(first, 'r+b') as f:
         f.write(b'X')
-    out = verified(*files, status=1)
+    out = verify_ok(*files, status=1)
     assert re.search(r'DIVERGED at transaction \S+ .*: record \d+: oid '
                      r'\S+: blob files differ: primary \d+ bytes, sha256 '
                      r'\w+, replica \d+ bytes, sha256 \w+', out), out
     os.remove(first)
-    assert 'replica no blob file' in verified(*files, status=1)
+    assert 'replica no blob file' in verify_ok(*files, status=1)
