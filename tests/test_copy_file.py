@@ -217,8 +217,7 @@ def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(
         tmp_path):
     """The primary hashes its prefix when the replica asks; a pack before
     the proof comes means another file: no copy, the replica uses ZRS."""
-    db = ZODB.DB(FileStorage(str(tmp_path / 'Data.fs')))
-    with closing(db):
+    with closing(ZODB.DB(str(tmp_path / 'Data.fs'))) as db:
         for i in range(5):
             with db.transaction() as conn:
                 conn.root()['x'] = i
