@@ -37,8 +37,7 @@ def zeo_server(directory, name, histories, unix=False):
             if unix else ('127.0.0.1', 0))
     server = StorageServer(addr, storages, read_only=True)
     server.start_thread()
-    return (addr if unix else '127.0.0.1:%d' % server.acceptor.addr[1],
-            server)
+    return (addr if unix else '127.0.0.1:%d' % server.acceptor.addr[1], server)
 
 
 @pytest.fixture(scope='module')

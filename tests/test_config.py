@@ -90,8 +90,7 @@ def test_sample_tls_config_parses(tmp_path):
 
 def test_sample_primary_config_parses(tmp_path):
     loaded, zrs = sample(tmp_path, 'etc/primary.conf', 'primary')
-    assert (zrs.replicate_to, zrs.replicate_from) == (('10.0.0.1', 5000),
-                                                      None)
+    assert (zrs.replicate_to, zrs.replicate_from) == (('10.0.0.1', 5000), None)
     assert [str(n) for n in zrs.allowed_networks] == ['10.0.0.0/24']
     assert zrs.tls is not None
     assert zrs.section.handshake_timeout == 30
@@ -155,8 +154,7 @@ def test_missing_replicate_from_names_the_section(tmp_path):
 
 
 def test_missing_file_and_syntax_error(tmp_path):
-    assert 'nope.conf: no such file' in refused(tmp_path, None,
-                                                'nope.conf')[1]
+    assert 'nope.conf: no such file' in refused(tmp_path, None, 'nope.conf')[1]
     path, stderr = refused(tmp_path, '<zeo>\n  address 8100\n<zrs>\n')
     assert len(stderr.strip().splitlines()) == 1
     assert path in stderr

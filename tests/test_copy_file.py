@@ -213,8 +213,7 @@ def test_an_interrupted_copy_then_copy_file_off(node):
     same_files(primary, replica, index=False)
 
 
-def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(
-        tmp_path):
+def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(tmp_path):
     """The primary hashes its prefix when the replica asks; a pack before
     the proof comes means another file: no copy, the replica uses ZRS."""
     with closing(ZODB.DB(str(tmp_path / 'Data.fs'))) as db:

@@ -120,8 +120,7 @@ def link(tmp_path):
     fs.close()
 
 
-def test_small_commits_go_from_the_committer_large_ones_from_the_thread(
-        link):
+def test_small_commits_go_from_the_committer_large_ones_from_the_thread(link):
     committer = threading.current_thread().name
     link.commit(20)
     link.wait()

@@ -86,8 +86,7 @@ def test_pack_refused(node):
     output = run('zeopack', replica, status=1)
     assert 'ReadOnlyError' in output, output
     assert pathlib.Path(replica.fs_path).read_bytes() == content
-    assert 'client request refused, the storage is read-only' in \
-        replica.log()
+    assert 'client request refused, the storage is read-only' in replica.log()
     assert 'pack to' not in replica.log()
     stop_all(replica, primary)
 

@@ -11,8 +11,7 @@ from ZODB.utils import p64, z64
 from zrsd.protocol import BLOB_BLOCK_SIZE, FrameDecoder, ProtocolError
 from zrsd.replica.receiver import Receiver, State
 
-from harness.stream import (
-    RecordingSink, Stream, bytewise, split_everywhere)
+from harness.stream import RecordingSink, Stream, bytewise, split_everywhere
 
 START, TID1, TID2, TID3 = [
     p64(0x03E5000000000000 + n) for n in (0, 0x10, 0x20, 0x30)]

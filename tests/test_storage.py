@@ -147,8 +147,7 @@ CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
 ''')
 
 
-def test_crash_between_vote_and_finish_resumes_without_loss(
-        tmp_path, primary):
+def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path, primary):
     """After a kill there the replica resumes from the last committed tid
     (not FileStorage's last, which was never committed)."""
     replica_path = str(tmp_path / 'Data.fs')

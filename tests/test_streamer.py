@@ -71,8 +71,7 @@ def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
         protocol.MessageDecoder().decode(begins[1])
 
 
-def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
-        tmp_path):
+def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(tmp_path):
     """A big record goes a slice at a time, at most `in_flight` batches
     waiting: a slow secondary costs a few slices, not the record."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
