@@ -227,10 +227,9 @@ def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(tmp_path):
         prefix._thread.join(30)
         db.pack(time.time() + 1)
         payloads, ended = [], queue.Queue()
-        seeder = Seeder(source, length, fs.lastTransaction(),
-                        prefix._digest, prefix,
-                        send=lambda chunks: payloads.extend(chunks[1::2]),
-                        done=ended.put, name='test')
+        seeder = Seeder(source, length, fs.lastTransaction(), prefix._digest,
+                        prefix, done=ended.put, name='test',
+                        send=lambda chunks: payloads.extend(chunks[1::2]))
         seeder.start()
         assert ended.get(timeout=30) is None
     assert [p[:1] for p in payloads] == [b'N']

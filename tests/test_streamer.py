@@ -90,9 +90,8 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(tmp_path):
             streamer.written()
 
     written = [0]
-    streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64,
-                        send, lambda error: ended.set(), name='test',
-                        in_flight=2)
+    streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64, send,
+                        lambda error: ended.set(), name='test', in_flight=2)
     consumer = threading.Thread(target=deliver)
     consumer.start()
     streamer.finish()
