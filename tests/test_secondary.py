@@ -54,8 +54,7 @@ def assert_failed(receiver, commits, names):
 
 
 def test_full_transaction(sink):
-    stream = Stream(START)
-    stream.begin(TID1, 'p', b'alice', b'add a', {'ticket': 42})
+    stream = Stream(START).begin(TID1, 'p', b'alice', b'add a', {'ticket': 42})
     stream.store(OID0, TID1, b'root record')
     stream.store(OID1, TID1, None, data_txn=TID1)  # undone creation
     before_commit = sum(len(p) for p in stream.payloads)
@@ -223,8 +222,7 @@ def test_empty_blob(sink):
 
 def half_a_blob():
     """T, then a blob record that has received one of its two blocks."""
-    stream = Stream(START).begin(TID1)
-    stream.message('B', (OID2, TID1, '', None, 2))
+    stream = Stream(START).begin(TID1).message('B', (OID2, TID1, '', None, 2))
     return stream.payload(b'rec').payload(b'block1')
 
 
