@@ -43,12 +43,6 @@ def source(tmp_path_factory):
     return path, txns
 
 
-@pytest.fixture
-def zrsd(node):
-    """Start a zrsd replica of the ZRS port given."""
-    return lambda port: node('replica', upstream=port).start()
-
-
 def error_logged(log, reason, logger=''):
     """ERROR log lines (of loggers starting with `logger`) naming `reason`."""
     return [line for line in log.splitlines()
@@ -61,12 +55,12 @@ def root_data(txns):
                 if r.oid == z64)
 
 
-def run_bad_stream(zrsd, source, tail, reason):
+def run_bad_stream(node, source, tail, reason):
     """Replicate GOOD transactions then `tail(stream, txns)`; the log."""
     _, txns = source
     good = txns[:GOOD]
     with FakePrimary(replay(good, tail=lambda s: tail(s, txns))) as primary:
-        proc = zrsd(primary.port)
+        proc = node('replica', upstream=primary.port).start()
         # From scratch, then resuming after the last good transaction (the
         # good ones were committed, the bad one was not).
         conns = primary.wait_connections(3)
@@ -103,9 +97,9 @@ BAD = {
 
 
 @pytest.mark.parametrize('tail, reason', BAD.values(), ids=list(BAD))
-def test_bad_stream_rejected(zrsd, source, tail, reason):
+def test_bad_stream_rejected(node, source, tail, reason):
     """Each kind of broken stream is logged, rejected and retried."""
-    run_bad_stream(zrsd, source, tail, reason)
+    run_bad_stream(node, source, tail, reason)
 
 
 def hostile_pickle(command):
@@ -115,19 +109,19 @@ def hostile_pickle(command):
     return b'(' + text('T') + b'cos\nsystem\n(' + text(command) + b'tRt.'
 
 
-def test_hostile_pickle_refused(zrsd, source, tmp_path):
+def test_hostile_pickle_refused(node, source, tmp_path):
     """A pickle running a command when unpickled (the control) is refused."""
     control, marker = tmp_path / 'control-marker', tmp_path / 'pwned-marker'
     pickle.loads(hostile_pickle('touch %s' % control))
     assert control.exists()
-    log = run_bad_stream(zrsd, source, lambda s, t: s.payload(
+    log = run_bad_stream(node, source, lambda s, t: s.payload(
         hostile_pickle('touch %s' % marker)), 'refused global')
     assert not marker.exists(), 'the hostile pickle was executed'
     assert 'os.system' in ''.join(error_logged(log, 'refused global'))
 
 
 @pytest.mark.parametrize('case', ['current', 'legacy', 'lost'])
-def test_replicates_exactly(zrsd, source, case):
+def test_replicates_exactly(node, source, case):
     """The current and legacy forms replicate, and a stream `lost` after a
     T and an S (the half transaction aborted) after reconnecting."""
     path, txns = source
@@ -138,7 +132,7 @@ def test_replicates_exactly(zrsd, source, case):
                          .records(bad, 1).close())(z64), script(resume)]
         starts = [z64, resume]
     with FakePrimary(script) as primary:
-        proc = zrsd(primary.port)
+        proc = node('replica', upstream=primary.port).start()
         primary.wait_connections(len(starts))
         proc.wait_for_tid(txns[-1].tid, 60)
         with closing(proc.client()) as client:

@@ -1,7 +1,6 @@
 """`zrsd-check` side by side with zc.zrs's `zrs-nagios` against ZEO servers
 on histories with chosen tids: the same text and the same status."""
 import os
-import queue
 import shutil
 import socket
 import subprocess
@@ -17,7 +16,6 @@ from ZODB.utils import z64
 from harness.history import write_history
 from harness.process import BIN, free_port
 from harness.zczrs import ZcZrsPrimary, commit_change
-from harness.zrsd_nodes import ZrsdNode
 
 ZRSD_CHECK = os.path.join(BIN, 'zrsd-check')
 ZRS_NAGIOS = os.path.join(BIN, 'zrs-nagios')
@@ -27,28 +25,19 @@ UP_TO_DATE = "Secondary up to date.|'lag'=0.0000seconds\n"
 def zeo_server(directory, name, histories, unix=False):
     """A read-only ZEO server (thread) of {storage: [seconds of each tid]};
     (its address, host:port or a unix socket path, the server)."""
-    paths = {}
+    storages = {}
     for storage, seconds in histories.items():   # after 2024-06-01 12:00
         tids = [TimeStamp(2024, 6, 1, 12, 0, float(s)).raw() for s in seconds]
-        paths[storage] = write_history(
+        storages[storage] = FileStorage(write_history(
             os.path.join(directory, '%s-%s.fs' % (name, storage)),
             [(tid, ' ', b'', b'', {}, [(z64, tid, b'root', None)])
-             for tid in tids])
+             for tid in tids]), read_only=True)
     # sun_path is short: keep the socket out of deep tmp paths.
     addr = (os.path.join(tempfile.mkdtemp(prefix='zrsd-check-'), 'zeo.sock')
             if unix else ('127.0.0.1', 0))
-    started = queue.Queue()
-
-    def run():
-        server = StorageServer(addr, {
-            storage: FileStorage(path, read_only=True)
-            for storage, path in paths.items()}, read_only=True)
-        started.put(server)
-        server.loop()
-    threading.Thread(target=run, daemon=True, name='zeo-' + name).start()
-    server = started.get(timeout=60)
-    return (addr if unix else '127.0.0.1:%d' % server.acceptor.addr[1],
-            server)
+    server = StorageServer(addr, storages, read_only=True)
+    server.start_thread()
+    return (addr if unix else '127.0.0.1:%d' % server.acceptor.addr[1], server)
 
 
 @pytest.fixture(scope='module')
@@ -169,10 +158,7 @@ def test_not_a_zeo_server(listener):
     def hang_up():
         # Read the request first: closing with unread data would reset.
         conn, _ = sock.accept()
-        request = b''
-        while len(request) < 8:
-            request += conn.recv(8 - len(request))
-        assert request == b'\x00\x00\x00\x04ruok'
+        assert conn.recv(8, socket.MSG_WAITALL) == b'\x00\x00\x00\x04ruok'
         conn.close()
     closer = threading.Thread(target=hang_up, daemon=True)
     closer.start()
@@ -211,12 +197,11 @@ def test_bad_option_value():
     assert '-w' in result.stderr
 
 
-def test_zrsd_replica_of_zczrs_primary(tmp_path, processes):
+def test_zrsd_replica_of_zczrs_primary(tmp_path, processes, node):
     """A real zrsd replica, caught up with a real zc.zrs primary."""
     primary = ZcZrsPrimary(tmp_path / 'primary', register=processes).start()
     last = commit_change(primary.zeo_address, 'x', 1)
-    replica = ZrsdNode(tmp_path, 'zrsd', upstream=primary.repl_port,
-                       register=processes).start()
+    replica = node('zrsd', upstream=primary.repl_port).start()
     replica.wait_for_tid(last)
     assert both('-m', '-w', '60', '127.0.0.1:%d' % primary.zeo_port,
                 '127.0.0.1:%d' % replica.zeo_port) == (UP_TO_DATE, 0)

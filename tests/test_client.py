@@ -60,8 +60,8 @@ class FakeStorage(RecordingSink):
         return [call[:2] for call in self.calls]
 
 
-def handshake(start_tid, name=b'zrs2.0'):
-    return zrs.encode_frame(name) + zrs.encode_frame(start_tid)
+def handshake(start_tid):
+    return zrs.encode_frame(b'zrs2.0') + zrs.encode_frame(start_tid)
 
 
 class Setup:
@@ -282,9 +282,8 @@ def test_client_options_reach_the_receiver(caplog):
         s, transport = run()
     assert 'refused global decimal.Decimal' in caplog.text
     assert transport.disconnected and s.storage.committed == []
-    s, transport = run(
-        decoder=zrs.MessageDecoder(zrs.resolve_globals(['decimal.Decimal'])),
-        check_checksums=False)
+    s, transport = run(check_checksums=False, decoder=zrs.MessageDecoder(
+        zrs.resolve_globals(['decimal.Decimal'])))
     assert not transport.disconnected and s.storage.committed == [TID1]
 
 

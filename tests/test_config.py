@@ -52,14 +52,19 @@ def refused(tmp_path, text, name='zrs.conf'):
     return path, result.stderr
 
 
-def sample(tmp_path, relative):
-    """(config, its one storage) of a shipped sample moved into tmp_path."""
+def sample(tmp_path, relative, host=None):
+    """(config, its one storage) of a shipped sample moved into tmp_path;
+    with a `host`, its /etc/zrsd/tls holds ca.pem and `host`'s key pair."""
     text = read_text(os.path.join(ROOT, relative))
     for directory in ('/var/lib/zrsd', '/var/log/zrsd', '/run/zrsd',
                       '/etc/zrsd/tls'):
         local = tmp_path / directory.strip('/').replace('/', '-')
         local.mkdir(exist_ok=True)
         text = text.replace(directory, str(local))
+    if host is not None:
+        authority = Authority(tmp_path / 'etc-zrsd-tls', 'sample')
+        os.rename(authority.path, tmp_path / 'etc-zrsd-tls' / 'ca.pem')
+        authority.issue(host)
     loaded = config.load(write(tmp_path, text, os.path.basename(relative)))
     (zrs,) = loaded.storages
     return loaded, zrs
@@ -76,28 +81,16 @@ def test_sample_replica_config_parses(tmp_path):
     assert loaded.eventlog is not None
 
 
-def sample_certificates(tmp_path, host):
-    """The samples' /etc/zrsd/tls in tmp_path: ca.pem, `host`'s key pair."""
-    tls = tmp_path / 'etc-zrsd-tls'
-    tls.mkdir()
-    authority = Authority(tls, 'sample')
-    os.rename(authority.path, tls / 'ca.pem')
-    authority.issue(host)
-
-
 def test_sample_tls_config_parses(tmp_path):
-    sample_certificates(tmp_path, 'replica1')
-    loaded, zrs = sample(tmp_path, 'etc/tls.conf')
+    loaded, zrs = sample(tmp_path, 'etc/tls.conf', 'replica1')
     assert zrs.tls is not None and zrs.tls.check_hostname
     assert loaded.zeo.ssl.zeo_context() is not None
     assert loaded.monitor.address.address == ('127.0.0.1', 8180)
 
 
 def test_sample_primary_config_parses(tmp_path):
-    sample_certificates(tmp_path, 'primary')
-    loaded, zrs = sample(tmp_path, 'etc/primary.conf')
-    assert (zrs.replicate_to, zrs.replicate_from) == (('10.0.0.1', 5000),
-                                                      None)
+    loaded, zrs = sample(tmp_path, 'etc/primary.conf', 'primary')
+    assert (zrs.replicate_to, zrs.replicate_from) == (('10.0.0.1', 5000), None)
     assert [str(n) for n in zrs.allowed_networks] == ['10.0.0.0/24']
     assert zrs.tls is not None
     assert zrs.section.handshake_timeout == 30
@@ -161,8 +154,7 @@ def test_missing_replicate_from_names_the_section(tmp_path):
 
 
 def test_missing_file_and_syntax_error(tmp_path):
-    assert 'nope.conf: no such file' in refused(tmp_path, None,
-                                                'nope.conf')[1]
+    assert 'nope.conf: no such file' in refused(tmp_path, None, 'nope.conf')[1]
     path, stderr = refused(tmp_path, '<zeo>\n  address 8100\n<zrs>\n')
     assert len(stderr.strip().splitlines()) == 1
     assert path in stderr

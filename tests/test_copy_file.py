@@ -20,7 +20,7 @@ from harness.chaos import ChaosProxy
 from harness.history import assert_same_after_pack
 from harness.process import stop_all, wait_until
 from harness.zczrs import ZcZrsPrimary, commit_change
-from harness.zrsd_nodes import ZrsdNode, blob_db, blob_files
+from harness.zrsd_nodes import blob_db, blob_files
 from zrsd import internals
 from zrsd.primary.history import TidIndex
 from zrsd.primary.seeder import PrefixHash, Seeder
@@ -30,20 +30,18 @@ from zrsd.primary.streamer import Source
 CRASH_SITE = os.path.join(os.path.dirname(__file__), 'copy_crash_site')
 
 
-def nodes(tmp_path, processes, upstream=None, policy='new', **options):
-    """A started primary, or (`upstream`) a replica copying by `policy`."""
-    if upstream is None:
-        return ZrsdNode(tmp_path, 'primary', register=processes,
-                        **options).start()
-    return ZrsdNode(tmp_path, 'replica', upstream=upstream,
-                    zrs_lines='  copy-file-minimum 0\n', copy_file=policy,
-                    register=processes, **options)
+def copying(node, upstream, policy='new', **options):
+    """An unstarted replica of port `upstream` copying by `policy`."""
+    return node('replica', upstream=upstream, copy_file=policy,
+                zrs_lines='  copy-file-minimum 0\n', **options)
 
 
-def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
-    """Commit `transactions` records of `size` bytes; returns the last tid."""
-    with closing(blob_db(node, tmp_path / 'cache') if blobs
-                 else node.db()) as db:
+def fill(node, transactions=30, size=100000):
+    """Commit `transactions` records of `size` bytes (a blob in every third
+    if `node` has blobs); returns the last tid."""
+    blobs = node.blob_dir is not None
+    with closing(blob_db(node, os.path.join(node.directory, 'cache'))
+                 if blobs else node.db()) as db:
         for i in range(transactions):
             with db.transaction() as conn:
                 conn.root()[i] = PersistentMapping(data=os.urandom(size))
@@ -53,18 +51,18 @@ def fill(node, tmp_path, transactions=30, size=100000, blobs=False):
         return db.storage.lastTransaction()
 
 
-def same_files(primary, replica, tmp_path=None):
-    """Stop both: identical files, no marker; (`tmp_path`) a sound index."""
+def same_files(primary, replica, index=True):
+    """Stop both: identical files, no marker; (`index`) a sound index."""
     stop_all(replica, primary)
     assert filecmp.cmp(primary.fs_path, replica.fs_path, shallow=False)
     if primary.blob_dir:
         assert blob_files(primary.blob_dir) == blob_files(replica.blob_dir)
     assert not os.path.exists(replica.fs_path + '.seeding')
-    if tmp_path is not None:
+    if index:
         saved = fsIndex.load(replica.fs_path + '.index')
-        shutil.copyfile(replica.fs_path, tmp_path / 'rebuilt.fs')
-        with closing(FileStorage(str(tmp_path / 'rebuilt.fs'),
-                                 read_only=True)) as fs:
+        rebuilt = os.path.join(replica.directory, 'rebuilt.fs')
+        shutil.copyfile(replica.fs_path, rebuilt)
+        with closing(FileStorage(rebuilt, read_only=True)) as fs:
             # The test reads what FileStorage built.
             assert dict(saved['index'].items()) == dict(fs._index.items())
         assert saved['pos'] == os.path.getsize(replica.fs_path)
@@ -76,43 +74,42 @@ def crash_env(stage):
 
 
 @pytest.mark.parametrize('blobs', [False, True])
-def test_a_new_replica_copies_the_file(tmp_path, processes, blobs):
-    primary = nodes(tmp_path, processes, blobs=blobs)
-    last = fill(primary, tmp_path, blobs=blobs)
-    replica = nodes(tmp_path, processes, primary.repl_port,
-                    blobs=blobs).start()
+def test_a_new_replica_copies_the_file(node, blobs):
+    primary = node('primary', blobs=blobs).start()
+    last = fill(primary)
+    replica = copying(node, primary.repl_port, blobs=blobs).start()
     assert 'copied 3.' in replica.log()   # MB of the primary's file
     # FileStorage opened it with the index made during the copy.
     assert 'Ignoring index' not in replica.log()
     assert 'requesting transactions after %s' % last.hex() in replica.log()
     assert replica.last_tid() == last
     replica.wait_for_tid(commit_change(primary.zeo_address, 'later', 1))
-    same_files(primary, replica, tmp_path)
+    same_files(primary, replica)
 
 
-def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes):
+def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes, node):
     primary = ZcZrsPrimary(tmp_path, register=processes).start()
     last = commit_change(primary.zeo_address, 'x', 1)
-    replica = nodes(tmp_path, processes, primary.repl_port).start()
+    replica = copying(node, primary.repl_port).start()
     replica.wait_for_tid(last)
     assert 'does not copy files (not zrsd); replicating with ZRS' in \
         replica.log()
     replica.stop()
 
 
-def test_a_prefix_that_differs_falls_back_to_zrs(tmp_path, processes):
+def test_a_prefix_that_differs_falls_back_to_zrs(node):
     """A prefix with other bytes is refused a copy; ZRS replicates the rest."""
-    primary = nodes(tmp_path, processes)
-    middle = fill(primary, tmp_path, transactions=5)
+    primary = node('primary').start()
+    middle = fill(primary, transactions=5)
     primary.stop()
     with open(primary.fs_path, 'rb') as f:
         data = bytearray(f.read())
     data[-100] ^= 0xff          # inside the last record's data
-    replica = nodes(tmp_path, processes, primary.repl_port, policy='on')
+    replica = copying(node, primary.repl_port, policy='on')
     with open(replica.fs_path, 'wb') as f:
         f.write(data)
     primary.start()
-    last = fill(primary, tmp_path, transactions=5)
+    last = fill(primary, transactions=5)
     replica.start().wait_for_tid(last)
     assert "first %d bytes differ from the primary's" % len(data) in \
         replica.log()
@@ -120,35 +117,34 @@ def test_a_prefix_that_differs_falls_back_to_zrs(tmp_path, processes):
     stop_all(replica, primary)
 
 
-def copy_through_proxy(tmp_path, processes, megabytes):
+def copy_through_proxy(node, megabytes):
     """A replica copying a 30 MB file at 10 MB/s, `megabytes` in."""
-    primary = nodes(tmp_path, processes)
-    last = fill(primary, tmp_path, transactions=60, size=500000)
+    primary = node('primary').start()
+    last = fill(primary, transactions=60, size=500000)
     proxy = ChaosProxy(primary.repl_port, socket_buffer=65536)
     proxy.throttle(10 << 20)
-    replica = nodes(tmp_path, processes, proxy.port).launch()
+    replica = copying(node, proxy.port).launch()
     wait_until(lambda: proxy.bytes_down > megabytes << 20,
                message='%d MB of the copy through' % megabytes)
     return primary, proxy, replica, last
 
 
 @pytest.mark.parametrize('victim', ['replica', 'primary'])
-def test_a_copy_killed_midway_resumes(tmp_path, processes, victim):
+def test_a_copy_killed_midway_resumes(node, victim):
     """kill -9 of either side mid-copy: the replica ends byte-identical."""
-    primary, proxy, replica, last = copy_through_proxy(
-        tmp_path, processes, 12)
+    primary, proxy, replica, last = copy_through_proxy(node, 12)
     with closing(proxy):
         (replica if victim == 'replica' else primary).kill()
         proxy.throttle(None)
         (primary.start if victim == 'primary' else replica.launch)()
         replica.wait_for_tid(last)
         replica.wait_for_tid(commit_change(primary.zeo_address, 'later', 1))
-    same_files(primary, replica)
+    same_files(primary, replica, index=False)
 
 
-def test_a_pack_of_the_primary_during_a_copy(tmp_path, processes):
+def test_a_pack_of_the_primary_during_a_copy(node):
     """A pack mid-copy: the copy stops, ZRS goes on from the packed file."""
-    primary, proxy, replica, _ = copy_through_proxy(tmp_path, processes, 8)
+    primary, proxy, replica, _ = copy_through_proxy(node, 8)
     with closing(proxy):
         with closing(primary.client(read_only=False)) as storage:
             pack_time = time.time()
@@ -166,64 +162,61 @@ def test_a_pack_of_the_primary_during_a_copy(tmp_path, processes):
     ('replica', 'blob:2'), ('replica', 'sync'), ('replica', 'end'),
     ('replica', 'index'), ('primary', 'prefix'), ('primary', 'send:4'),
     ('primary', 'finish')])
-def test_a_copy_crashed_at_every_stage_resumes(tmp_path, processes, victim,
-                                               stage):
+def test_a_copy_crashed_at_every_stage_resumes(node, victim, stage):
     """A crash of either side at each stage of a copy: the replica recovers."""
-    primary = nodes(tmp_path, processes, blobs=True)
-    fill(primary, tmp_path, transactions=20, size=200000, blobs=True)
-    replica = nodes(tmp_path, processes, primary.repl_port, blobs=True)
+    primary = node('primary', blobs=True).start()
+    fill(primary, transactions=20, size=200000)
+    replica = copying(node, primary.repl_port, blobs=True)
     crashing = primary if victim == 'primary' else replica
     crashing.env = crash_env(stage)
     if victim == 'primary':
         primary.stop()
         primary.start()
     replica.launch()
-    assert crashing.process.popen.wait(60) == 9
+    assert crashing.wait(60) == 9
     crashing.env = None
     crashing.launch()
     replica.wait_for_tid(commit_change(primary.zeo_address,
                                        'after the crash', 1))
-    same_files(primary, replica, tmp_path)
+    same_files(primary, replica)
 
 
-def test_a_replica_far_behind_copies_the_rest(tmp_path, processes):
+def test_a_replica_far_behind_copies_the_rest(node):
     """copy-file on: a replica behind proves its prefix and copies the rest."""
-    primary = nodes(tmp_path, processes)
-    fill(primary, tmp_path)
-    replica = nodes(tmp_path, processes, primary.repl_port, policy='on')
+    primary = node('primary').start()
+    fill(primary)
+    replica = copying(node, primary.repl_port, policy='on')
     replica.start().stop()
     length = os.path.getsize(replica.fs_path)
-    last = fill(primary, tmp_path, transactions=60)
+    last = fill(primary, transactions=60)
     replica.start()
     assert "copying the primary's file from %d to %d bytes" % (
         length, os.path.getsize(primary.fs_path)) in replica.log()
     assert replica.last_tid() == last
-    same_files(primary, replica, tmp_path)
+    same_files(primary, replica)
 
 
-def test_an_interrupted_copy_then_copy_file_off(tmp_path, processes):
+def test_an_interrupted_copy_then_copy_file_off(node):
     """An interrupted copy, then copy-file off: cut back, ZRS goes on."""
-    primary = nodes(tmp_path, processes)
-    last = fill(primary, tmp_path)
-    replica = nodes(tmp_path, processes, primary.repl_port)
+    primary = node('primary').start()
+    last = fill(primary)
+    replica = copying(node, primary.repl_port)
     replica.env = crash_env('data:3')
     replica.launch()
-    assert replica.process.popen.wait(60) == 9
+    assert replica.wait(60) == 9
     assert os.path.exists(replica.fs_path + '.seeding')
     replica.env, replica.copy_file = None, 'off'
     replica.start()
     assert 'a copy was interrupted: the file is cut back' in replica.log()
     assert not os.path.exists(replica.fs_path + '.seeding')
     replica.wait_for_tid(last)
-    same_files(primary, replica)
+    same_files(primary, replica, index=False)
 
 
-def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(
-        tmp_path):
+def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(tmp_path):
     """The primary hashes its prefix when the replica asks; a pack before
     the proof comes means another file: no copy, the replica uses ZRS."""
-    db = ZODB.DB(FileStorage(str(tmp_path / 'Data.fs')))
-    with closing(db):
+    with closing(ZODB.DB(str(tmp_path / 'Data.fs'))) as db:
         for i in range(5):
             with db.transaction() as conn:
                 conn.root()['x'] = i
@@ -234,10 +227,9 @@ def test_a_pack_after_the_primary_hashed_its_prefix_refuses_the_copy(
         prefix._thread.join(30)
         db.pack(time.time() + 1)
         payloads, ended = [], queue.Queue()
-        seeder = Seeder(source, length, fs.lastTransaction(),
-                        prefix._digest, prefix,
-                        send=lambda chunks: payloads.extend(chunks[1::2]),
-                        done=ended.put, name='test')
+        seeder = Seeder(source, length, fs.lastTransaction(), prefix._digest,
+                        prefix, done=ended.put, name='test',
+                        send=lambda chunks: payloads.extend(chunks[1::2]))
         seeder.start()
         assert ended.get(timeout=30) is None
     assert [p[:1] for p in payloads] == [b'N']

@@ -49,11 +49,12 @@ class ThreadReactor:
 class Link:
     """A secondary's connection: what is written, in the order written,
     and by which path: 'thread' (the streamer thread's, through the
-    reactor thread) or the name of the thread that sent a lent stream."""
+    reactor thread) or the name of the thread that sent a lent stream;
+    the tids `committed` by `commit()`."""
 
     def __init__(self, fs, reactor):
-        self.reactor, self.payloads, self.paths = reactor, [], []
-        self.ended = queue.Queue()
+        self.fs, self.reactor, self.payloads, self.paths = fs, reactor, [], []
+        self.committed, self.ended = [], queue.Queue()
         self.notifier = CommitNotifier()
         self.followers = Followers(self.notifier)
         self.followers.start()
@@ -75,6 +76,16 @@ class Link:
         if path == 'thread':
             self.streamer.written()
 
+    def commit(self, count=1, size=100):
+        """`count` transactions storing `size` bytes, each announced."""
+        for _ in range(count):
+            meta = TransactionMetaData()
+            self.fs.tpc_begin(meta)
+            self.fs.store(self.fs.new_oid(), z64, b'x' * size, '', meta)
+            self.fs.tpc_vote(meta)
+            self.committed.append(self.fs.tpc_finish(meta))
+            self.notifier.notify(self.committed[-1:])
+
     def tids(self):
         """The tids begun, checking every checksum on the way."""
         decoder, checksum = protocol.MessageDecoder(), None
@@ -90,64 +101,47 @@ class Link:
             checksum.update(payload)
         return tids
 
-
-def commit(fs, notifier, size=100):
-    meta = TransactionMetaData()
-    fs.tpc_begin(meta)
-    fs.store(fs.new_oid(), z64, b'x' * size, '', meta)
-    fs.tpc_vote(meta)
-    tid = fs.tpc_finish(meta)
-    notifier.notify([tid])
-    return tid
+    def wait(self):
+        wait_until(lambda: self.tids() == self.committed, 30,
+                   message='the stream has %d transactions'
+                   % len(self.committed))
 
 
 @pytest.fixture
-def fs(tmp_path):
+def link(tmp_path):
+    """A started `Link` on a new file, caught up with a commit, then lent."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    yield fs
+    link = Link(fs, ThreadReactor())
+    link.commit()
+    link.streamer.start()
+    link.wait()
+    wait_until(lambda: link.streamer.lent, 30, message='lent')
+    yield link
     fs.close()
 
 
-def wait_for(link, tids):
-    wait_until(lambda: link.tids() == tids, 30,
-               message='the stream has %d transactions' % len(tids))
-
-
-def test_small_commits_go_from_the_committer_large_ones_from_the_thread(fs):
-    reactor = ThreadReactor()
-    link = Link(fs, reactor)
-    tids = [commit(fs, link.notifier)]
-    link.streamer.start()
-    wait_for(link, tids)                       # caught up, then lent
-    wait_until(lambda: link.streamer.lent, 30, message='lent')
+def test_small_commits_go_from_the_committer_large_ones_from_the_thread(link):
     committer = threading.current_thread().name
-    tids += [commit(fs, link.notifier) for _ in range(20)]
-    wait_for(link, tids)
+    link.commit(20)
+    link.wait()
     assert link.paths[-20:] == [committer] * 20
-    tids.append(commit(fs, link.notifier,
-                       size=streamer_module.FOLLOW_LIMIT + 1))
-    tids += [commit(fs, link.notifier) for _ in range(5)]
-    wait_for(link, tids)
+    link.commit(size=streamer_module.FOLLOW_LIMIT + 1)
+    link.commit(5)
+    link.wait()
     assert 'thread' in link.paths[link.paths.index(committer):]
-    reactor.run(link.streamer.stop)
+    link.reactor.run(link.streamer.stop)
     assert link.ended.get(timeout=30) is None
     link.streamer.join(30)
     assert not link.streamer._thread.is_alive()
 
 
-def test_a_pause_in_the_reactor_hands_the_stream_back(fs):
-    reactor = ThreadReactor()
-    link = Link(fs, reactor)
-    tids = [commit(fs, link.notifier)]
-    link.streamer.start()
-    wait_for(link, tids)
-    wait_until(lambda: link.streamer.lent, 30, message='lent')
-    reactor.run(link.streamer.pause)           # the transport is full
+def test_a_pause_in_the_reactor_hands_the_stream_back(link):
+    link.reactor.run(link.streamer.pause)      # the transport is full
     assert not link.streamer.lent
-    tids.append(commit(fs, link.notifier))     # sent after the resume
-    reactor.run(lambda: None)
-    assert link.tids() == tids[:-1]
-    reactor.run(link.streamer.resume)
-    wait_for(link, tids)
-    reactor.run(link.streamer.finish)          # stops once all is sent
+    link.commit()                               # sent after the resume
+    link.reactor.run(lambda: None)
+    assert link.tids() == link.committed[:-1]
+    link.reactor.run(link.streamer.resume)
+    link.wait()
+    link.reactor.run(link.streamer.finish)      # stops once all is sent
     assert link.ended.get(timeout=30) is None

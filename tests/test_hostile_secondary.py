@@ -6,7 +6,7 @@ import struct
 import threading
 
 import pytest
-from ZODB.utils import p64, u64
+from ZODB.utils import p64, u64, z64
 
 from harness import peers, zczrs
 from harness.stream import _Reader, frame
@@ -14,7 +14,6 @@ from harness.history import transactions
 from harness.process import stop_all, wait_until
 from harness.zrsd_nodes import MB, ZrsdNode, process_memory
 
-Z64 = b'\0' * 8
 HANDSHAKE_TIMEOUT = '  handshake-timeout 2\n'
 
 
@@ -33,15 +32,11 @@ class Setup:
         peers.wait_for_tid(self.client, self.primary.last_tid(),
                            [self.primary, self.replica])
 
-    def commit(self):
-        """One small commit on the primary; returns its tid."""
-        return self.primary.commit('hostile', 1)
-
     def assert_replica_follows(self):
         """The primary alive, a new commit reaching the replica, which
         never lost its original connection."""
         self.primary.check_alive()
-        peers.wait_for_tid(self.client, self.commit(),
+        peers.wait_for_tid(self.client, self.primary.commit('hostile', 1),
                            [self.primary, self.replica])
         log = self.replica.log()
         assert log.count(': connected (zrs2.0)') == 1, log
@@ -150,7 +145,7 @@ HOSTILE = {
     'garbage-http': (b'GET / HTTP/1.1\r\nHost: primary\r\n\r\n',
                      TOO_LARGE % struct.unpack('>I', b'GET ')[0]),
     'unknown-protocol': (
-        frame(b'zrs9.9') + frame(Z64), "unknown protocol b'zrs9.9'"),
+        frame(b'zrs9.9') + frame(z64), "unknown protocol b'zrs9.9'"),
     'nine-byte-tid': (
         frame(b'zrs2.0') + frame(b'\0' * 9),
         'start tid of 9 bytes, expected 8'),
@@ -163,7 +158,7 @@ HOSTILE = {
         'the transaction before it is {last}, that is the last transaction '
         'here'),
     'message-after-handshake': (
-        frame(b'zrs2.0') + frame(Z64) + frame(b'hello'),
+        frame(b'zrs2.0') + frame(z64) + frame(b'hello'),
         'unexpected 5-byte message after the handshake'),
     'no-handshake-within-timeout': (b'', 'no handshake within 2.0s'),
     'half-handshake-within-timeout': (   # the timeout covers it all
@@ -202,7 +197,7 @@ def test_keep_alives_are_accepted(setup):
         secondary.sendall(frame(b'zrs2.0') + frame(last) + frame(b'') * 3)
         secondary.wait_for_log('streaming transactions after ' + last.hex())
         secondary.sendall(frame(b''))
-        secondary.read_until_transaction(setup.commit())
+        secondary.read_until_transaction(setup.primary.commit('hostile', 1))
         assert not secondary.error_lines()
     setup.assert_replica_follows()
 
@@ -210,11 +205,11 @@ def test_keep_alives_are_accepted(setup):
 def test_zrs20_against_blob_primary(setup, blob_primary):
     """A primary with blobs refuses zrs2.0 and serves zrs2.1."""
     with RawSecondary(blob_primary) as hostile:
-        hostile.refused(frame(b'zrs2.0') + frame(Z64),
+        hostile.refused(frame(b'zrs2.0') + frame(z64),
                         'secondary speaks zrs2.0, but this storage has blobs')
     blob_primary.check_alive()
     with RawSecondary(blob_primary) as secondary:
-        secondary.sendall(frame(b'zrs2.1') + frame(Z64))
+        secondary.sendall(frame(b'zrs2.1') + frame(z64))
         secondary.read_until_transaction(blob_primary.commit('after', 1))
         assert not secondary.error_lines()
     setup.assert_replica_follows()
@@ -225,7 +220,7 @@ def test_secondary_that_never_reads(setup):
     primary = setup.primary
     rss_before = process_memory(primary.pid)[0]
     with RawSecondary(primary, rcvbuf=4096) as stalled:
-        stalled.sendall(frame(b'zrs2.0') + frame(Z64))
+        stalled.sendall(frame(b'zrs2.0') + frame(z64))
         stalled.wait_for_log('streaming transactions after 0000000000000000')
         for i in range(8):   # far more than the socket buffers hold
             primary.commit('big', bytes([i]) * (2 << 20))

@@ -24,7 +24,6 @@ from harness.stream import bytewise, split_everywhere
 from harness.stream import message as primary_pickle  # as zc.zrs does
 
 TID = bytes.fromhex('03e5c0a1b2c3d4e5')
-TID2 = bytes.fromhex('03e5c0a1b2c3d4f0')
 OID = bytes.fromhex('0000000000000007')
 DATA_TXN = bytes.fromhex('03e5c0a1b2c3d400')
 DIGEST = hashlib.md5(b'anything').digest()
@@ -34,8 +33,8 @@ WHEN = {'when': datetime.datetime(2024, 5, 17, 12, 30,
         'took': datetime.timedelta(seconds=3)}
 
 
-def decode(payload, decoder=None):
-    return (decoder or MessageDecoder()).decode(payload)
+def decode(payload):
+    return MessageDecoder().decode(payload)
 
 
 def begin_pickle(user=b'', extension=None, protocol=1, tid=TID):
@@ -293,7 +292,7 @@ def test_status_other_than_committed_or_packed_refused(status):
 
 def test_stream_checksum_is_md5_of_start_tid_and_payloads():
     payloads = [primary_pickle('T', (TID, ' ', b'', b'', {})), b'data', b'',
-                primary_pickle('S', (OID, TID2, '', None)), b'more']
+                primary_pickle('S', (OID, TID, '', None)), b'more']
     checksum = StreamChecksum(TID)
     assert checksum.digest() == hashlib.md5(TID).digest()
     for n, payload in enumerate(payloads, 1):

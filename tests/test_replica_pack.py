@@ -12,18 +12,14 @@ from harness.process import BIN, stop_all, wait_until
 from harness.zrsd_nodes import Writer
 
 
-def run(program, *nodes):
-    """`program` with the nodes' ZEO addresses; (status, output)."""
+def run(program, *nodes, status=0):
+    """Run `program` on the nodes' ZEO addresses, exiting `status`; output."""
     done = subprocess.run(
         [os.path.join(BIN, program)] + ['127.0.0.1:%d' % n.zeo_port
                                         for n in nodes],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-    return done.returncode, done.stdout.decode('utf-8', 'replace')
-
-
-def ok(program, *nodes):
-    status, output = run(program, *nodes)
-    assert status == 0, output
+    output = done.stdout.decode('utf-8', 'replace')
+    assert done.returncode == status, output
     return output
 
 
@@ -48,7 +44,7 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
     leaf.wait_for_tid(history.last_tid)
     with Writer(primary) as writer:
         wait_until(lambda: writer.commits >= 50, message='50 commits')
-        ok('zeopack', cascade)
+        run('zeopack', cascade)
         committed = writer.commits
         wait_until(lambda: writer.commits >= committed + 20,
                    message='20 commits after the pack')
@@ -67,9 +63,9 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
             ((primary, cascade), ('packed history on the replica',
                                   'objects agree')),
             ((cascade, leaf), ('packed history on the primary',))):
-        output = ok('zrsd-verify', *nodes)
+        output = run('zrsd-verify', *nodes)
         assert all(e in output for e in expected), output
-    output = ok('zrsd-verify', primary, leaf)
+    output = run('zrsd-verify', primary, leaf)
     assert 'packed' not in output, output   # the pack was not replicated
     stop_all(leaf, cascade, primary)
     statuses = [t[1] for t in transactions(cascade.fs_path)]
@@ -87,11 +83,10 @@ def test_pack_refused(node):
                    zrs_lines='  pack refuse\n').start()
     replica.wait_for_tid(last)
     content = pathlib.Path(replica.fs_path).read_bytes()
-    status, output = run('zeopack', replica)
-    assert status == 1 and 'ReadOnlyError' in output, output
+    output = run('zeopack', replica, status=1)
+    assert 'ReadOnlyError' in output, output
     assert pathlib.Path(replica.fs_path).read_bytes() == content
-    assert 'client request refused, the storage is read-only' in \
-        replica.log()
+    assert 'client request refused, the storage is read-only' in replica.log()
     assert 'pack to' not in replica.log()
     stop_all(replica, primary)
 
@@ -103,7 +98,7 @@ def test_packed_replica_restarts_where_it_was(node):
         last = primary.commit('k%d' % (i % 5), os.urandom(1000))
     replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(last)
-    ok('zeopack', replica)
+    run('zeopack', replica)
     before, after = pack_sizes(replica)
     assert after < before / 2
     replica.stop()
@@ -113,5 +108,5 @@ def test_packed_replica_restarts_where_it_was(node):
     assert '<zrs 1>: replica of %s, last transaction %s' % (
         replica.fs_path, last.hex()) in replica.log()
     replica.wait_for_tid(more[-1])
-    ok('zrsd-verify', primary, replica)
+    run('zrsd-verify', primary, replica)
     stop_all(replica, primary)

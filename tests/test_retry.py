@@ -1,5 +1,4 @@
-"""Unit tests for zrsd.network.retry: backoff delays and the repeated-log
-limiter."""
+"""zrsd.network.retry: backoff delays and the repeated-log limiter."""
 import random
 
 import pytest

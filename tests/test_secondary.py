@@ -11,8 +11,7 @@ from ZODB.utils import p64, z64
 from zrsd.protocol import BLOB_BLOCK_SIZE, FrameDecoder, ProtocolError
 from zrsd.replica.receiver import Receiver, State
 
-from harness.stream import (
-    RecordingSink, Stream, bytewise, split_everywhere)
+from harness.stream import RecordingSink, Stream, bytewise, split_everywhere
 
 START, TID1, TID2, TID3 = [
     p64(0x03E5000000000000 + n) for n in (0, 0x10, 0x20, 0x30)]
@@ -55,8 +54,7 @@ def assert_failed(receiver, commits, names):
 
 
 def test_full_transaction(sink):
-    stream = Stream(START)
-    stream.begin(TID1, 'p', b'alice', b'add a', {'ticket': 42})
+    stream = Stream(START).begin(TID1, 'p', b'alice', b'add a', {'ticket': 42})
     stream.store(OID0, TID1, b'root record')
     stream.store(OID1, TID1, None, data_txn=TID1)  # undone creation
     before_commit = sum(len(p) for p in stream.payloads)
@@ -123,14 +121,13 @@ def test_mixed_legacy_and_checksummed_commits(sink):
     assert tids(receive(sink, stream)[1]) == [TID1, TID2]
 
 
-def bad_checksum():
-    return Stream(START).one(TID1, data=b'x', digest=b'\1' * 16)
+BAD_CHECKSUM = Stream(START).one(TID1, data=b'x', digest=b'\1' * 16)
 
 
 def test_bad_checksum_aborts_and_fails(sink):
     receiver, commits = receive(sink)
     with pytest.raises(ProtocolError, match='checksum mismatch') as info:
-        feed(receiver, bad_checksum().payloads)
+        feed(receiver, BAD_CHECKSUM.payloads)
     assert TID1.hex() in str(info.value)
     assert_failed(receiver, commits, ['begin', 'store', 'abort'])
     receiver.abort()  # idempotent
@@ -138,7 +135,7 @@ def test_bad_checksum_aborts_and_fails(sink):
 
 
 def test_bad_checksum_accepted_when_checks_are_off(sink):
-    receiver, commits = receive(sink, bad_checksum(), check_checksums=False)
+    receiver, commits = receive(sink, BAD_CHECKSUM, check_checksums=False)
     assert (sink.names(), tids(commits)) == (['begin', 'store', 'commit'],
                                              [TID1])
 
@@ -225,8 +222,7 @@ def test_empty_blob(sink):
 
 def half_a_blob():
     """T, then a blob record that has received one of its two blocks."""
-    stream = Stream(START).begin(TID1)
-    stream.message('B', (OID2, TID1, '', None, 2))
+    stream = Stream(START).begin(TID1).message('B', (OID2, TID1, '', None, 2))
     return stream.payload(b'rec').payload(b'block1')
 
 

@@ -4,6 +4,7 @@ storage tests."""
 import os
 import pathlib
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -146,8 +147,7 @@ CRASH_BETWEEN_VOTE_AND_FINISH = textwrap.dedent('''
 ''')
 
 
-def test_crash_between_vote_and_finish_resumes_without_loss(
-        tmp_path, primary):
+def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path, primary):
     """After a kill there the replica resumes from the last committed tid
     (not FileStorage's last, which was never committed)."""
     replica_path = str(tmp_path / 'Data.fs')
@@ -359,10 +359,7 @@ def test_last_invalidations_are_filestorages_read_from_headers(
         tmp_path, zczrs_populated):
     """ZEO's queue at start: the same as FileStorage's own, undos (back
     pointers) and a packed file included, up to what is published."""
-    path = str(tmp_path / 'Data.fs')
-    with open(zczrs_populated.fs_path, 'rb') as source, \
-            open(path, 'wb') as target:
-        target.write(source.read())
+    path = shutil.copyfile(zczrs_populated.fs_path, str(tmp_path / 'Data.fs'))
 
     def same(storage, fs):
         for count in (0, 1, 250, 10 ** 6):

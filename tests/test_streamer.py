@@ -71,8 +71,7 @@ def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
         protocol.MessageDecoder().decode(begins[1])
 
 
-def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
-        tmp_path):
+def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(tmp_path):
     """A big record goes a slice at a time, at most `in_flight` batches
     waiting: a slow secondary costs a few slices, not the record."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
@@ -85,24 +84,20 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(
         outstanding.append(len(sent) - written[0])
         deliveries.put(chunks)
 
-    def deliver():      # the "reactor": one batch at a time
-        while not ended.is_set() or not deliveries.empty():
-            try:
-                deliveries.get(timeout=0.1)
-            except queue.Empty:
-                continue
+    def deliver():      # the "reactor": one batch at a time, to a None
+        for _ in iter(deliveries.get, None):
             written[0] += 1
             streamer.written()
 
     written = [0]
-    streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64,
-                        send, lambda error: ended.set(), name='test',
-                        in_flight=2)
+    streamer = Streamer(Source(fs, CommitNotifier(), TidIndex()), z64, send,
+                        lambda error: ended.set(), name='test', in_flight=2)
     consumer = threading.Thread(target=deliver)
     consumer.start()
     streamer.finish()
     streamer.start()
     assert ended.wait(60)
+    deliveries.put(None)
     consumer.join(60)
     fs.close()
     chunks = [chunk for batch in sent for chunk in batch]

@@ -32,19 +32,12 @@ def verify(*args):
     return done.returncode, done.stdout, done.stderr
 
 
-def verify_ok(*args):
-    """Run zrsd-verify, which must exit 0 without stderr; its stdout."""
-    status, out, err = verify(*args)
-    assert (status, err) == (0, ''), out + err
-    return out
-
-
-def verify_fails(code, *args):
-    """Run zrsd-verify, which must exit `code`, 1 (a divergence: stdout)
-    or 2 (an error: stderr), printing nothing on the other; the one."""
-    status, out, err = verify(*args)
-    assert (status, (err, out)[code - 1]) == (code, ''), out + err
-    return (out, err)[code - 1]
+def verify_ok(*args, status=0):
+    """Run zrsd-verify, which must exit `status` printing on stdout only
+    (0: agreement, 1: a divergence) or stderr only (2: an error); that."""
+    done, out, err = verify(*args)
+    assert (done, out if status == 2 else err) == (status, ''), out + err
+    return err if status == 2 else out
 
 
 def zeo(node):
@@ -164,12 +157,17 @@ def test_start_tid(pair):
 
 
 @pytest.fixture(scope='module')
-def history(pair, tmp_path_factory):
-    """The populated history, and a faithful rewrite of it in a file."""
-    result = [txn for txn in transactions(pair.primary.fs_path)
-              if txn.tid <= pair.populated.last_tid]
-    return result, write_history(
-        tmp_path_factory.mktemp('histories') / 'original.fs', result)
+def original(pair):
+    """The populated history (`Txn`s)."""
+    return [txn for txn in transactions(pair.primary.fs_path)
+            if txn.tid <= pair.populated.last_tid]
+
+
+@pytest.fixture(scope='module')
+def rewrite(original, tmp_path_factory):
+    """A faithful rewrite of the `original` history in a file: its path."""
+    return write_history(
+        tmp_path_factory.mktemp('histories') / 'original.fs', original)
 
 
 def forged(tid):
@@ -204,55 +202,49 @@ def alter(history, how):
     if how == 'missing':
         del history[n]
         return history, n, 'transaction missing on the replica'
-    if how == 'extra':      # between two of the primary's transactions
-        assert extra < history[n + 1].tid
-        history.insert(n + 1, forged(extra))
-    else:
-        assert how == 'ahead'
-        n = len(history) - 1
-        history.append(forged(p64(u64(history[-1].tid) + 1)))
+    if how == 'ahead':
+        n, extra = len(history) - 1, p64(u64(history[-1].tid) + 1)
+    else:       # between two of the primary's transactions
+        assert how == 'extra' and extra < history[n + 1].tid
+    history.insert(n + 1, forged(extra))
     return history, n + 1, 'transaction on the replica only'
 
 
-def test_rewrite_is_faithful(pair, history):
+def test_rewrite_is_faithful(pair, original, rewrite):
     """The control: the unchanged rewrite agrees with the primary."""
-    original, path = history
-    assert transactions(path) == original
+    assert transactions(rewrite) == original
     for primary in [pair.primary.fs_path, zeo(pair.primary)]:
         assert 'OK: %d transactions agree' % len(original) in verify_ok(
-            primary, path)
+            primary, rewrite)
 
 
 @pytest.mark.parametrize('how', ['data', 'description', 'extension',
                                  'missing', 'extra', 'ahead'])
-def test_divergence(history, tmp_path, how):
+def test_divergence(original, rewrite, tmp_path, how):
     """One change: exit 1, the first divergent tid, what, how many agreed."""
-    original, path = history
     altered, index, what = alter(original, how)
     replica = write_history(tmp_path / 'altered.fs', altered)
-    first, agreed = verify_fails(1, path, replica).splitlines()
+    first, agreed = verify_ok(rewrite, replica, status=1).splitlines()
     tid = (original if how == 'missing' else altered)[index][0]
     assert first.startswith('DIVERGED at transaction %s: ' % tid_text(tid))
     assert what in first
     assert agreed == '%d transactions agreed before it' % index
-    assert verify('-q', path, replica) == (1, first + '\n', '')
+    assert verify('-q', rewrite, replica) == (1, first + '\n', '')
 
 
-def test_divergence_against_running_primary(pair, history, tmp_path):
+def test_divergence_against_running_primary(pair, original, tmp_path):
     """The running primary against a diverging `fs:` file (no `.fs`)."""
-    original, _ = history
     altered, index, what = alter(original, 'data')
     replica = write_history(tmp_path / 'altered.data', altered)
-    assert verify_fails(1, zeo(pair.primary), 'fs:' + replica).startswith(
+    assert verify_ok(zeo(pair.primary), 'fs:' + replica, status=1).startswith(
         'DIVERGED at transaction %s: %s' % (tid_text(original[index][0]),
                                             what))
 
 
-def test_empty_replica(history, tmp_path):
+def test_empty_replica(original, rewrite, tmp_path):
     """An empty replica agrees and lags by the whole history."""
-    original, path = history
     empty = write_history(tmp_path / 'empty.fs', [])
-    assert verify_ok('--objects', path, empty).splitlines() == [
+    assert verify_ok('--objects', rewrite, empty).splitlines() == [
         'OK: no transactions to compare',
         'replica behind the primary by %d transactions (the replica is '
         'empty); primary last transaction %s' % (
@@ -260,9 +252,8 @@ def test_empty_replica(history, tmp_path):
         'OK: no objects to compare (the replica is empty)']
 
 
-def test_objects_diverge_through_a_bad_index(history, tmp_path):
+def test_objects_diverge_through_a_bad_index(original, rewrite, tmp_path):
     """An `.index` naming an older revision: --objects names both serials."""
-    original, path = history
     last_txn_oids = {r.oid for r in original[-1].records}
     revisions = {}
     for txn in original:
@@ -272,15 +263,15 @@ def test_objects_diverge_through_a_bad_index(history, tmp_path):
     oid = next(oid for oid, serials in sorted(revisions.items())
                if len(serials) >= 2)
     tampered = str(tmp_path / 'tampered.fs')
-    shutil.copyfile(path, tampered)
+    shutil.copyfile(rewrite, tampered)
     with closing(FileStorage(tampered, read_only=True)) as fs:
         current = fs._read_data_header(fs._lookup_pos(oid), oid)
         previous = fs._read_data_header(current.prev, oid)
-    info = fsIndex.load(path + '.index')
+    info = fsIndex.load(rewrite + '.index')
     info['index'][oid] = current.prev
     info['index'].save(info['pos'], tampered + '.index')
-    verify_ok(path, tampered)
-    out = verify_fails(1, '--objects', path, tampered)
+    verify_ok(rewrite, tampered)
+    out = verify_ok('--objects', rewrite, tampered, status=1)
     assert ('DIVERGED: object 0x%016x as of %s: primary serial %s, '
             % (u64(oid), tid_text(original[-1][0]), current.tid.hex())
             in out)
@@ -295,28 +286,26 @@ def packed_copy(path, copy, pack_time):
 
 
 @pytest.fixture(scope='module')
-def packed(history, tmp_path_factory):
+def packed(original, rewrite, tmp_path_factory):
     """The rewrite packed half-way: (its transactions, path, index in the
     original of the first transaction after the pack time)."""
-    original, path = history
     middle = len(original) // 2
     pack_time = (TimeStamp(original[middle - 1][0]).timeTime()
                  + TimeStamp(original[middle][0]).timeTime()) / 2
     copy = str(tmp_path_factory.mktemp('packed') / 'packed.fs')
-    result = packed_copy(path, copy, pack_time)
+    result = packed_copy(rewrite, copy, pack_time)
     assert [t[1] for t in result].count('p') > 0
     assert len(result) < len(original)
     assert result[-(len(original) - middle):] == original[middle:]
     return result, copy, middle
 
 
-def test_packed_side_agrees(history, packed):
+def test_packed_side_agrees(rewrite, packed):
     """A packed copy against the original, in both roles, agrees."""
-    original, path = history
     packed_history, packed_path, middle = packed
     kept = sum(1 for t in packed_history if t[1] == 'p')
-    for primary, replica, side in [(path, packed_path, 'replica'),
-                                   (packed_path, path, 'primary')]:
+    for primary, replica, side in [(rewrite, packed_path, 'replica'),
+                                   (packed_path, rewrite, 'primary')]:
         lines = verify_ok(primary, replica).splitlines()
         assert lines[0].startswith('OK: %d transactions agree, ' % (
             len(packed_history)))
@@ -331,9 +320,8 @@ def test_packed_side_agrees(history, packed):
 
 @pytest.mark.parametrize('how', ['packed-data', 'packed-extra-record',
                                  'missing-after-pack', 'packed-user'])
-def test_packed_divergence(history, packed, tmp_path, how):
+def test_packed_divergence(original, rewrite, packed, tmp_path, how):
     """What a pack cannot explain is still a divergence."""
-    original, _ = history
     altered, _, middle = packed
     altered = list(altered)
     n = next(i for i, t in enumerate(altered) if t[1] == 'p')
@@ -354,7 +342,7 @@ def test_packed_divergence(history, packed, tmp_path, how):
             'packed-user': (txn._replace(user=txn.user + b' (edited)'),
                             'user differs')}[how]
     replica = write_history(tmp_path / 'altered.fs', altered)
-    out = verify_fails(1, history[1], replica)
+    out = verify_ok(rewrite, replica, status=1)
     assert out.startswith('DIVERGED at transaction %s: ' % tid_text(txn.tid))
     assert what in out.splitlines()[0]
 
@@ -391,7 +379,7 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
     # The same record inline in an unpacked copy: that is a divergence.
     replica = write_history(tmp_path / 'unpacked.fs', original[:-1] + [
         original[-1][:5] + (inline,)])
-    assert 'data_txn differs' in verify_fails(1, path, replica)
+    assert 'data_txn differs' in verify_ok(path, replica, status=1)
 
 
 @pytest.mark.parametrize('args, pattern', [
@@ -406,14 +394,14 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
     (['fs:', '{file}'], r"bad primary 'fs:': empty path in 'fs:'"),
 ], ids=['unreachable-primary', 'unreachable-replica', 'unknown-storage',
         'missing-file', 'not-a-filestorage', 'empty-prefix'])
-def test_errors(pair, history, tmp_path, args, pattern):
+def test_errors(pair, rewrite, tmp_path, args, pattern):
     """What cannot be compared: exit 2 and one line naming the side."""
     junk = tmp_path / 'junk.fs'
     junk.write_bytes(b'not a FileStorage')
-    names = dict(closed='127.0.0.1:%d' % free_port(), file=history[1],
+    names = dict(closed='127.0.0.1:%d' % free_port(), file=rewrite,
                  primary=zeo(pair.primary), replica=zeo(pair.replica),
                  missing=str(tmp_path / 'missing.fs'), junk=str(junk))
-    err = verify_fails(2, *[arg.format(**names) for arg in args])
+    err = verify_ok(*[arg.format(**names) for arg in args], status=2)
     assert re.fullmatch('zrsd-verify: ' + pattern.format(**{
         key: re.escape(value) for key, value in names.items()}) + '\n', err)
 
@@ -425,7 +413,7 @@ def test_errors(pair, history, tmp_path, args, pattern):
 ], ids=['none', 'one', 'three', 'bad-tid', 'short-tid', 'zero-timeout',
         'unknown-option'])
 def test_usage_errors(args):
-    err = verify_fails(2, *args)
+    err = verify_ok(*args, status=2)
     assert err.startswith('usage: zrsd-verify [options] PRIMARY REPLICA\n')
     assert re.search(r'^zrsd-verify: error: ', err, re.M)
 
@@ -456,9 +444,9 @@ def test_blob_files(tmp_path, node):
         n for n in blob_files(replica.blob_dir) if n.endswith('.blob')))
     with open(first, 'r+b') as f:
         f.write(b'X')
-    out = verify_fails(1, *files)
+    out = verify_ok(*files, status=1)
     assert re.search(r'DIVERGED at transaction \S+ .*: record \d+: oid '
                      r'\S+: blob files differ: primary \d+ bytes, sha256 '
                      r'\w+, replica \d+ bytes, sha256 \w+', out), out
     os.remove(first)
-    assert 'replica no blob file' in verify_fails(1, *files)
+    assert 'replica no blob file' in verify_ok(*files, status=1)
