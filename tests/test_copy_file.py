@@ -69,8 +69,11 @@ def same_files(primary, replica, index=True):
 
 
 def crash_env(stage):
-    """The environment of a zrsd that exits at `stage` of a copy."""
-    return {'PYTHONPATH': CRASH_SITE, 'ZRSD_COPY_CRASH_AT': stage}
+    """The environment of a zrsd that exits at `stage` of a copy (the
+    crash site first on the path, before whatever zrsd is tested)."""
+    path = [CRASH_SITE] + [p for p in [os.environ.get('PYTHONPATH')] if p]
+    return {'PYTHONPATH': os.pathsep.join(path),
+            'ZRSD_COPY_CRASH_AT': stage}
 
 
 @pytest.mark.parametrize('blobs', [False, True])
