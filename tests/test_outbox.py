@@ -136,3 +136,19 @@ def test_a_closed_outbox_sends_nothing_straight(link, monkeypatch):
     sending.outbox.send([b'late'])         # the reactor path, not a crash
     assert read_all(reader, 4) == b'late'
     assert sending.through_reactor[-1] == 4
+
+
+def test_a_secondary_that_stops_reading_is_looked_at_less_and_less(
+        link, monkeypatch):
+    sending, reader, thread = link
+    monkeypatch.setattr(outbox_module, 'DRAIN_CHECK_MAX', 0.05)
+    sending.outbox.send([b''])
+    wait_clear(sending)
+    chunks = frames([1 << 20])
+    sending.outbox.send(chunks)            # the rest waits in the transport
+    wait_until(lambda: sending.outbox._wait == 0.05, 30,
+               message='the drain checks back off')
+    assert not sending.outbox._clear
+    assert read_all(reader, 1 << 20) == chunks[0]
+    wait_clear(sending)
+    assert sending.outbox._wait == outbox_module.DRAIN_CHECK

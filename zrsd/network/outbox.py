@@ -26,9 +26,12 @@ import threading
 
 from zrsd import internals
 
-# How often the reactor looks whether the transport has sent everything it
-# was given (only while frames wait there).
+# How soon the reactor first looks whether the transport has sent
+# everything it was given (only while frames wait there); each look that
+# finds frames still waiting doubles the wait, up to DRAIN_CHECK_MAX (a
+# secondary that stops reading costs a look a second, not hundreds).
 DRAIN_CHECK = 0.002
+DRAIN_CHECK_MAX = 1.0
 
 
 class Outbox:
@@ -47,6 +50,7 @@ class Outbox:
         self._clear = False    # nothing waits in the transport
         self._queued = 0       # frames on their way to the reactor thread
         self._check = None     # the pending drain check
+        self._wait = DRAIN_CHECK
 
     def send(self, chunks, direct=True, written=None):
         """Send a list of bytes (any thread); `written()` is called in the
@@ -98,7 +102,7 @@ class Outbox:
     def _watch(self):
         if self._socket is not None and (
                 self._check is None or not self._check.active()):
-            self._check = self._reactor.callLater(DRAIN_CHECK, self._drained)
+            self._check = self._reactor.callLater(self._wait, self._drained)
 
     def _drained(self):
         with self._lock:
@@ -107,7 +111,9 @@ class Outbox:
             if (self._queued == 0
                     and internals.transport_unsent(self._transport) == 0):
                 self._clear = True
+                self._wait = DRAIN_CHECK
                 return
+        self._wait = min(2 * self._wait, DRAIN_CHECK_MAX)
         self._watch()
 
 
