@@ -400,20 +400,17 @@ class Reader:
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
-    def _frame(self, deadline):
-        head = self._read(4, deadline)
-        return head and self._read(struct.unpack('>I', head)[0], deadline)
-
     def frame(self, timeout=None):
         """The next frame's payload, or None."""
-        return self._frame(
-            None if timeout is None else time.monotonic() + timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        head = self._read(4, deadline)
+        return head and self._read(struct.unpack('>I', head)[0], deadline)
 
     def frames(self, count, timeout):
         """Up to `count` frames within `timeout` seconds (fewer: None)."""
         deadline, frames = time.monotonic() + timeout, []
-        while len(frames) < count and (
-                payload := self._frame(deadline)) is not None:
+        while len(frames) < count and (payload := self.frame(
+                deadline - time.monotonic())) is not None:
             frames.append(payload)
         return frames
 
