@@ -12,13 +12,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 from harness.chaos import ChaosProxy
 from harness.history import transactions
-from harness.process import BIN, LOG_FORMAT, ROOT, stop_all, wait_until
+from harness.process import LOG_FORMAT, ROOT, run, stop_all, wait_until
 from harness.zczrs import commit_change
 from harness.zrsd_nodes import Writer, ZrsdNode, blob_files
 from zrsd.daemon import promotion
@@ -97,8 +96,7 @@ class Drill:
     def command(self, *args):
         """Run an operator command, showing its output; it must exit 0."""
         print('    $ %s' % ' '.join(args), flush=True)
-        done = subprocess.run((os.path.join(BIN, args[0]),) + args[1:],
-                              capture_output=True, text=True, timeout=300)
+        done = run(*args, status=None, timeout=300)
         for line in (done.stdout + done.stderr).splitlines():
             print('      ' + line)
         check(done.returncode == 0, '%s exited with %d' % (

@@ -3,7 +3,6 @@ on histories with chosen tids: the same text and the same status."""
 import os
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 
@@ -14,11 +13,10 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import z64
 
 from harness.history import write_history
-from harness.process import BIN, free_port
+from harness.process import free_port, run
 from harness.zczrs import ZcZrsPrimary, commit_change
 
-ZRSD_CHECK = os.path.join(BIN, 'zrsd-check')
-ZRS_NAGIOS = os.path.join(BIN, 'zrs-nagios')
+ZRSD_CHECK, ZRS_NAGIOS = 'zrsd-check', 'zrs-nagios'
 UP_TO_DATE = "Secondary up to date.|'lag'=0.0000seconds\n"
 
 
@@ -66,10 +64,9 @@ def servers(tmp_path_factory):
                 shutil.rmtree(os.path.dirname(address))
 
 
-def run(command, *args, stderr=''):
+def check(command, *args, stderr=''):
     """(stdout, status) of a command that writes `stderr` to stderr."""
-    result = subprocess.run([command] + list(args), capture_output=True,
-                            text=True, timeout=60, stdin=subprocess.DEVNULL)
+    result = run(command, *args, status=None, timeout=60)
     assert result.stderr.startswith(stderr), result.stderr
     assert stderr or not result.stderr, result.stderr
     return result.stdout, result.returncode
@@ -77,8 +74,8 @@ def run(command, *args, stderr=''):
 
 def both(*args):
     """Run zrsd-check and zrs-nagios, which must agree; (output, status)."""
-    ours = run(ZRSD_CHECK, *args)
-    assert ours == run(ZRS_NAGIOS, *args)
+    ours = check(ZRSD_CHECK, *args)
+    assert ours == check(ZRS_NAGIOS, *args)
     return ours
 
 
@@ -147,7 +144,7 @@ def test_silent_server_times_out(listener):
     """A server that never answers is CRITICAL after -t seconds (zrs-nagios
     would wait forever: not compared)."""
     _, silent = listener
-    assert run(ZRSD_CHECK, '-t', '0.5', '-m', silent, silent) == (
+    assert check(ZRSD_CHECK, '-t', '0.5', '-m', silent, silent) == (
         "Can't read the status of secondary at %r: timed out\n" % silent, 2)
 
 
@@ -162,7 +159,7 @@ def test_not_a_zeo_server(listener):
         conn.close()
     closer = threading.Thread(target=hang_up, daemon=True)
     closer.start()
-    output = run(ZRSD_CHECK, '-m', '1', address)
+    output = check(ZRSD_CHECK, '-m', '1', address)
     closer.join(30)
     assert output == ("Can't read the status of secondary at %r: "
                       "connection closed by the server\n" % address, 2)
@@ -171,7 +168,7 @@ def test_not_a_zeo_server(listener):
 def test_bare_port_is_local_tcp(servers):
     """`PORT` means 127.0.0.1:PORT (a zrs-nagios unix socket name)."""
     port = servers['primary'].rsplit(':', 1)[1]
-    assert run(ZRSD_CHECK, '-m', port, servers['same']) == (UP_TO_DATE, 0)
+    assert check(ZRSD_CHECK, '-m', port, servers['same']) == (UP_TO_DATE, 0)
 
 
 @pytest.mark.parametrize('args', [
@@ -181,8 +178,8 @@ def test_bare_port_is_local_tcp(servers):
 ])
 def test_usage(args):
     # The same output as zrs-nagios; why, on stderr.
-    ours = run(ZRSD_CHECK, *args, stderr='zrsd-check: error: ')
-    theirs = run(ZRS_NAGIOS, *args)
+    ours = check(ZRSD_CHECK, *args, stderr='zrsd-check: error: ')
+    theirs = check(ZRS_NAGIOS, *args)
     assert ours[1] == theirs[1] == 2
     assert ours[0] == ('Usage: zrsd-check [options] PRIMARY_ADDRESS '
                        'SECONDARY_ADDRESS\n')
@@ -191,9 +188,7 @@ def test_usage(args):
 
 
 def test_bad_option_value():
-    result = subprocess.run([ZRSD_CHECK, '-w', 'soon', '1', '2'],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
+    result = run(ZRSD_CHECK, '-w', 'soon', '1', '2', status=2, timeout=60)
     assert '-w' in result.stderr
 
 

@@ -2,14 +2,13 @@
 (exit status 2, one line naming the file, the line and the key)."""
 import decimal
 import os
-import subprocess
 
 import pytest
 
 from zrsd import config
 
 from harness.certs import Authority
-from harness.process import BIN, ROOT, read_text
+from harness.process import ROOT, read_text, run
 
 GOOD = '''\
 <zeo>
@@ -45,9 +44,7 @@ def refused(tmp_path, text, name='zrs.conf'):
     """`zrsd -C` on `text` (None: no file) exits 2 without a traceback;
     returns (path, stderr)."""
     path = write(tmp_path, text) if text else str(tmp_path / name)
-    result = subprocess.run([os.path.join(BIN, 'zrsd'), '-C', path],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2, result
+    result = run('zrsd', '-C', path, status=2, timeout=60)
     assert 'Traceback' not in result.stderr
     return path, result.stderr
 

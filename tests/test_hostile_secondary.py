@@ -3,13 +3,12 @@ the reason and keeps serving its real replica on its one connection."""
 import pickle
 import socket
 import struct
-import threading
 
 import pytest
 from ZODB.utils import p64, u64, z64
 
-from harness import peers, zczrs
-from harness.stream import _Reader, frame
+from harness import peers, stream, zczrs
+from harness.stream import Reader, frame
 from harness.history import transactions
 from harness.process import stop_all, wait_until
 from harness.zrsd_nodes import MB, ZrsdNode, process_memory
@@ -61,49 +60,19 @@ def blob_primary(tmp_path_factory, module_processes):
     primary.stop()
 
 
-class RawSecondary(socket.socket):
-    """A raw socket to a primary's replication port, and what the primary
-    logged about it since it connected."""
-
-    def __init__(self, primary, rcvbuf=None):
-        super().__init__()
-        self.primary, self.log_offset = primary, len(primary.log())
-        if rcvbuf is not None:   # before connect: a small window
-            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.settimeout(30)
-        # A primary that refuses at once may reset before connect returns.
-        self.reset_at_connect = False
-        try:
-            self.connect(('127.0.0.1', primary.repl_port))
-        except ConnectionResetError:
-            self.reset_at_connect = True
-        self.name = '-> 127.0.0.1:%d: ' % self.getsockname()[1]
-        self.received = 0   # bytes read (and discarded) by wait_closed
+class RawSecondary(stream.RawSecondary):
+    """A raw socket to a primary's replication port, and the lines the
+    primary logged about it since it connected."""
 
     def log_lines(self):
-        return [line for line in
-                self.primary.log()[self.log_offset:].splitlines()
-                if self.name in line]
+        return [record.line for record in self.records()]
 
     def error_lines(self):
-        return [line for line in self.log_lines() if ' ERROR ' in line]
+        return [record.line for record in self.records() if record.is_error]
 
     def wait_for_log(self, text):
         wait_until(lambda: any(text in line for line in self.log_lines()),
-                   30, message='%r about %s' % (text, self.name))
-
-    def wait_closed(self):
-        """Read and discard until the primary closes: 'eof' or 'reset'
-        (socket.timeout after 30 s of silence)."""
-        try:
-            while not self.reset_at_connect:
-                data = self.recv(1 << 16)
-                if not data:
-                    return 'eof'
-                self.received += len(data)
-        except ConnectionResetError:
-            pass
-        return 'reset'
+                   30, message='%r about port %d' % (text, self.port))
 
     def refused(self, data, reason):
         """Send `data`; the primary closes the connection (how: returned)
@@ -112,7 +81,7 @@ class RawSecondary(socket.socket):
             self.sendall(data)
         ended = self.wait_closed()
         lines = wait_until(self.error_lines, 30,
-                           message='ERROR line about %s' % self.name)
+                           message='ERROR line about port %d' % self.port)
         assert len(lines) == 1, lines
         assert reason in lines[0], lines[0]
         assert 'closing the connection' in lines[0], lines[0]
@@ -121,11 +90,11 @@ class RawSecondary(socket.socket):
     def read_until_transaction(self, tid):
         """Follow the stream (plain pickles: our primary) until the 'T' of
         `tid`; 'S' is followed by one frame, 'B' by one and its blocks."""
-        reader = _Reader(self, threading.Event())
+        reader = Reader(self)
 
         def next_frame():
             payload = reader.frame(30)
-            assert payload is not None, 'the primary closed %s' % self.name
+            assert payload is not None, 'primary closed port %d' % self.port
             return payload
         while True:
             kind, data = pickle.loads(next_frame())

@@ -4,23 +4,16 @@ never replicated, the current state stays the primary's (`zrsd-verify`);
 import os
 import pathlib
 import re
-import subprocess
 
 from harness import zczrs
 from harness.history import transactions
-from harness.process import BIN, stop_all, wait_until
+from harness.process import run, stop_all, verify, wait_until
 from harness.zrsd_nodes import Writer
 
 
-def run(program, *nodes, status=0):
-    """Run `program` on the nodes' ZEO addresses, exiting `status`; output."""
-    done = subprocess.run(
-        [os.path.join(BIN, program)] + ['127.0.0.1:%d' % n.zeo_port
-                                        for n in nodes],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
-    output = done.stdout.decode('utf-8', 'replace')
-    assert done.returncode == status, output
-    return output
+def zeos(*nodes):
+    """The nodes' ZEO addresses, as commands take them."""
+    return ['127.0.0.1:%d' % n.zeo_port for n in nodes]
 
 
 def pack_sizes(node):
@@ -44,7 +37,7 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
     leaf.wait_for_tid(history.last_tid)
     with Writer(primary) as writer:
         wait_until(lambda: writer.commits >= 50, message='50 commits')
-        run('zeopack', cascade)
+        run('zeopack', *zeos(cascade), timeout=300)
         committed = writer.commits
         wait_until(lambda: writer.commits >= committed + 20,
                    message='20 commits after the pack')
@@ -63,9 +56,9 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
             ((primary, cascade), ('packed history on the replica',
                                   'objects agree')),
             ((cascade, leaf), ('packed history on the primary',))):
-        output = run('zrsd-verify', *nodes)
+        output = verify(*zeos(*nodes), timeout=300)
         assert all(e in output for e in expected), output
-    output = run('zrsd-verify', primary, leaf)
+    output = verify(*zeos(primary, leaf), timeout=300)
     assert 'packed' not in output, output   # the pack was not replicated
     stop_all(leaf, cascade, primary)
     statuses = [t[1] for t in transactions(cascade.fs_path)]
@@ -83,8 +76,8 @@ def test_pack_refused(node):
                    zrs_lines='  pack refuse\n').start()
     replica.wait_for_tid(last)
     content = pathlib.Path(replica.fs_path).read_bytes()
-    output = run('zeopack', replica, status=1)
-    assert 'ReadOnlyError' in output, output
+    done = run('zeopack', *zeos(replica), status=1, timeout=300)
+    assert 'ReadOnlyError' in done.stdout + done.stderr, done
     assert pathlib.Path(replica.fs_path).read_bytes() == content
     assert 'client request refused, the storage is read-only' in replica.log()
     assert 'pack to' not in replica.log()
@@ -98,7 +91,7 @@ def test_packed_replica_restarts_where_it_was(node):
         last = primary.commit('k%d' % (i % 5), os.urandom(1000))
     replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(last)
-    run('zeopack', replica)
+    run('zeopack', *zeos(replica), timeout=300)
     before, after = pack_sizes(replica)
     assert after < before / 2
     replica.stop()
@@ -108,5 +101,5 @@ def test_packed_replica_restarts_where_it_was(node):
     assert '<zrs 1>: replica of %s, last transaction %s' % (
         replica.fs_path, last.hex()) in replica.log()
     replica.wait_for_tid(more[-1])
-    run('zrsd-verify', primary, replica)
+    verify(*zeos(primary, replica), timeout=300)
     stop_all(replica, primary)

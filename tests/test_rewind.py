@@ -16,11 +16,10 @@ from ZODB.serialize import referencesf
 
 from harness.certs import Authority
 from harness.history import assert_same_after_pack, transactions
-from harness.process import free_port, run, stop_all
+from harness.process import free_port, run, stop_all, verify
 from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs, ssl_lines,
                                 write_config)
 from test_tls import start_primary
-from test_verify import verify_ok
 
 REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
@@ -95,7 +94,7 @@ def test_rewind_a_forked_old_primary(tmp_path, node):
         assert os.path.exists(p.fs_path + '.index')  # rebuilt
         p.start()
         p.wait_for_tid(commit_blobs(r_db, {'c': b'more'}, 'more'))
-    verify_ok('fs:' + r.fs_path, 'fs:' + p.fs_path)
+    verify('fs:' + r.fs_path, 'fs:' + p.fs_path)
     stop_all(p, r)
     assert filecmp.cmp(r.fs_path, p.fs_path, shallow=False)
     assert blob_files(p.blob_dir) == blob_files(r.blob_dir)

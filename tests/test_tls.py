@@ -1,6 +1,5 @@
 """Mutual TLS on replication links, the allow-from list, and ZEO's own
 <ssl> on the client port.  Certificates are generated at run time."""
-import contextlib
 import functools
 import socket
 import ssl
@@ -11,6 +10,7 @@ import ZEO
 from harness.certs import Authority
 from harness.history import assert_same_history
 from harness.process import stop_all, wait_until
+from harness.stream import read_until_closed
 from harness.zrsd_nodes import ssl_lines
 
 REFUSED = 'TLS handshake failed, secondary refused'
@@ -96,9 +96,7 @@ def test_plain_and_certificateless_clients_are_refused(pki, tls_primary):
     with socket.create_connection(('127.0.0.1', port)) as plain:
         plain.sendall(b'\0\0\0\x06zrs2.0\0\0\0\x08' + b'\0' * 8)
         plain.settimeout(30)
-        with contextlib.suppress(ConnectionResetError):
-            while plain.recv(100):  # TLS alerts at most, then it closes
-                pass
+        read_until_closed(plain)   # TLS alerts at most, then it closes
     primary.wait_for_log(REFUSED)
     # A TLS client without a certificate.
     context = ssl.create_default_context(cafile=pki['good'].path)

@@ -4,7 +4,6 @@ import base64
 import os
 import re
 import shutil
-import subprocess
 from contextlib import closing
 
 import pytest
@@ -20,24 +19,9 @@ from ZODB.utils import p64, u64
 
 from harness import zczrs
 from harness.history import pack_stop_tid, transactions, write_history
-from harness.process import BIN, free_port, stop_all, wait_until
+from harness.process import free_port, stop_all, verify, wait_until
 from harness.zrsd_nodes import (Writer, ZrsdNode, blob_db, blob_files,
                                 commit_blobs)
-
-
-def verify(*args):
-    """Run zrsd-verify; (exit status, stdout, stderr)."""
-    done = subprocess.run([BIN + '/zrsd-verify'] + [str(a) for a in args],
-                          capture_output=True, text=True, timeout=120)
-    return done.returncode, done.stdout, done.stderr
-
-
-def verify_ok(*args, status=0):
-    """Run zrsd-verify, which must exit `status` printing on stdout only
-    (0: agreement, 1: a divergence) or stderr only (2: an error); that."""
-    done, out, err = verify(*args)
-    assert (done, out if status == 2 else err) == (status, ''), out + err
-    return err if status == 2 else out
 
 
 def zeo(node):
@@ -81,11 +65,11 @@ def pair(tmp_path_factory, module_processes):
 def test_both_zeo_agree(pair):
     """Over ZEO all agree, the replica is up to date; -q prints nothing."""
     history = tids(pair.primary.fs_path, pair.caught_up())
-    assert verify_ok(*pair.zeos).splitlines() == [
+    assert verify(*pair.zeos).splitlines() == [
         'OK: %d transactions agree, %s to %s' % (
             len(history), tid_text(history[0]), tid_text(history[-1])),
         'replica up to date with the primary']
-    assert verify('--quiet', *pair.zeos) == (0, '', '')
+    assert verify('--quiet', *pair.zeos) == ''
 
 
 def test_objects_agree(pair):
@@ -98,7 +82,7 @@ def test_objects_agree(pair):
     objects = sum(1 for data in current.values() if data is not None)
     assert objects < len(current)  # some creations were undone
     assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in \
-        verify_ok('--objects', *pair.zeos)
+        verify('--objects', *pair.zeos)
 
 
 @pytest.mark.parametrize('primary, replica', [
@@ -107,7 +91,7 @@ def test_files_of_running_servers(pair, primary, replica):
     """A server's open file against the other's ZEO port (or bare port)."""
     count = len(tids(pair.primary.fs_path, pair.caught_up()))
     names = dict(p=pair.primary, r=pair.replica, r_zeo=zeo(pair.replica))
-    out = verify_ok(primary.format(**names), replica.format(**names))
+    out = verify(primary.format(**names), replica.format(**names))
     assert 'OK: %d transactions agree' % count in out
 
 
@@ -115,7 +99,7 @@ def test_while_the_primary_commits(pair):
     """Commits on the primary during the comparison are no divergence."""
     with Writer(pair.primary) as writer:
         wait_until(lambda: writer.commits >= 3, message='first commits')
-        out = verify_ok('--objects', *pair.zeos)
+        out = verify('--objects', *pair.zeos)
         assert 'transactions agree' in out and 'objects agree' in out
     assert writer.error is None
     pair.caught_up()
@@ -131,7 +115,7 @@ def test_replica_behind(pair, node):
     assert pair.primary.last_tid() == more[-1]
     history = tids(replica.fs_path)
     for primary in [zeo(pair.primary), pair.primary.fs_path]:
-        assert verify_ok(primary, replica.fs_path).splitlines() == [
+        assert verify(primary, replica.fs_path).splitlines() == [
             'OK: %d transactions agree, %s to %s' % (
                 len(history), tid_text(history[0]), tid_text(target)),
             'replica behind the primary by 5 transactions, %.3f seconds; '
@@ -139,7 +123,7 @@ def test_replica_behind(pair, node):
                 TimeStamp(more[-1]).timeTime() -
                 TimeStamp(target).timeTime(), tid_text(more[-1]))]
     # The primary has newer revisions of some objects.
-    assert 'objects agree as of %s' % tid_text(target) in verify_ok(
+    assert 'objects agree as of %s' % tid_text(target) in verify(
         '--objects', zeo(pair.primary), replica.fs_path)
 
 
@@ -147,11 +131,11 @@ def test_start_tid(pair):
     """--start: the comparison begins at that tid or the first after it."""
     history = tids(pair.primary.fs_path, pair.caught_up())
     start = history[100]
-    out = verify_ok('--start', '0x' + start.hex().upper(), *pair.zeos)
+    out = verify('--start', '0x' + start.hex().upper(), *pair.zeos)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 100, tid_text(start)) in out
-    out = verify_ok('--start', p64(u64(start) + 1).hex(),
-                    pair.primary.fs_path, pair.replica.fs_path)
+    out = verify('--start', p64(u64(start) + 1).hex(),
+                 pair.primary.fs_path, pair.replica.fs_path)
     assert 'OK: %d transactions agree, %s to' % (
         len(history) - 101, tid_text(history[101])) in out
 
@@ -214,7 +198,7 @@ def test_rewrite_is_faithful(pair, original, rewrite):
     """The control: the unchanged rewrite agrees with the primary."""
     assert transactions(rewrite) == original
     for primary in [pair.primary.fs_path, zeo(pair.primary)]:
-        assert 'OK: %d transactions agree' % len(original) in verify_ok(
+        assert 'OK: %d transactions agree' % len(original) in verify(
             primary, rewrite)
 
 
@@ -224,19 +208,19 @@ def test_divergence(original, rewrite, tmp_path, how):
     """One change: exit 1, the first divergent tid, what, how many agreed."""
     altered, index, what = alter(original, how)
     replica = write_history(tmp_path / 'altered.fs', altered)
-    first, agreed = verify_ok(rewrite, replica, status=1).splitlines()
+    first, agreed = verify(rewrite, replica, status=1).splitlines()
     tid = (original if how == 'missing' else altered)[index][0]
     assert first.startswith('DIVERGED at transaction %s: ' % tid_text(tid))
     assert what in first
     assert agreed == '%d transactions agreed before it' % index
-    assert verify('-q', rewrite, replica) == (1, first + '\n', '')
+    assert verify('-q', rewrite, replica, status=1) == first + '\n'
 
 
 def test_divergence_against_running_primary(pair, original, tmp_path):
     """The running primary against a diverging `fs:` file (no `.fs`)."""
     altered, index, what = alter(original, 'data')
     replica = write_history(tmp_path / 'altered.data', altered)
-    assert verify_ok(zeo(pair.primary), 'fs:' + replica, status=1).startswith(
+    assert verify(zeo(pair.primary), 'fs:' + replica, status=1).startswith(
         'DIVERGED at transaction %s: %s' % (tid_text(original[index][0]),
                                             what))
 
@@ -244,7 +228,7 @@ def test_divergence_against_running_primary(pair, original, tmp_path):
 def test_empty_replica(original, rewrite, tmp_path):
     """An empty replica agrees and lags by the whole history."""
     empty = write_history(tmp_path / 'empty.fs', [])
-    assert verify_ok('--objects', rewrite, empty).splitlines() == [
+    assert verify('--objects', rewrite, empty).splitlines() == [
         'OK: no transactions to compare',
         'replica behind the primary by %d transactions (the replica is '
         'empty); primary last transaction %s' % (
@@ -270,8 +254,8 @@ def test_objects_diverge_through_a_bad_index(original, rewrite, tmp_path):
     info = fsIndex.load(rewrite + '.index')
     info['index'][oid] = current.prev
     info['index'].save(info['pos'], tampered + '.index')
-    verify_ok(rewrite, tampered)
-    out = verify_ok('--objects', rewrite, tampered, status=1)
+    verify(rewrite, tampered)
+    out = verify('--objects', rewrite, tampered, status=1)
     assert ('DIVERGED: object 0x%016x as of %s: primary serial %s, '
             % (u64(oid), tid_text(original[-1][0]), current.tid.hex())
             in out)
@@ -306,7 +290,7 @@ def test_packed_side_agrees(rewrite, packed):
     kept = sum(1 for t in packed_history if t[1] == 'p')
     for primary, replica, side in [(rewrite, packed_path, 'replica'),
                                    (packed_path, rewrite, 'primary')]:
-        lines = verify_ok(primary, replica).splitlines()
+        lines = verify(primary, replica).splitlines()
         assert lines[0].startswith('OK: %d transactions agree, ' % (
             len(packed_history)))
         assert lines[1] == ('packed history on the %s: %d transactions '
@@ -342,7 +326,7 @@ def test_packed_divergence(original, rewrite, packed, tmp_path, how):
             'packed-user': (txn._replace(user=txn.user + b' (edited)'),
                             'user differs')}[how]
     replica = write_history(tmp_path / 'altered.fs', altered)
-    out = verify_ok(rewrite, replica, status=1)
+    out = verify(rewrite, replica, status=1)
     assert out.startswith('DIVERGED at transaction %s: ' % tid_text(txn.tid))
     assert what in out.splitlines()[0]
 
@@ -375,11 +359,11 @@ def test_inline_data_for_a_back_pointer_into_the_packed_part(tmp_path):
     inlined[-1] = inlined[-1][:5] + (inline,)
     replica = write_history(tmp_path / 'inlined.fs', inlined)
     assert transactions(replica)[-1][5] == inline
-    assert 'packed history on the replica' in verify_ok(path, replica)
+    assert 'packed history on the replica' in verify(path, replica)
     # The same record inline in an unpacked copy: that is a divergence.
     replica = write_history(tmp_path / 'unpacked.fs', original[:-1] + [
         original[-1][:5] + (inline,)])
-    assert 'data_txn differs' in verify_ok(path, replica, status=1)
+    assert 'data_txn differs' in verify(path, replica, status=1)
 
 
 @pytest.mark.parametrize('args, pattern', [
@@ -401,7 +385,7 @@ def test_errors(pair, rewrite, tmp_path, args, pattern):
     names = dict(closed='127.0.0.1:%d' % free_port(), file=rewrite,
                  primary=zeo(pair.primary), replica=zeo(pair.replica),
                  missing=str(tmp_path / 'missing.fs'), junk=str(junk))
-    err = verify_ok(*[arg.format(**names) for arg in args], status=2)
+    err = verify(*[arg.format(**names) for arg in args], status=2)
     assert re.fullmatch('zrsd-verify: ' + pattern.format(**{
         key: re.escape(value) for key, value in names.items()}) + '\n', err)
 
@@ -413,7 +397,7 @@ def test_errors(pair, rewrite, tmp_path, args, pattern):
 ], ids=['none', 'one', 'three', 'bad-tid', 'short-tid', 'zero-timeout',
         'unknown-option'])
 def test_usage_errors(args):
-    err = verify_ok(*args, status=2)
+    err = verify(*args, status=2)
     assert err.startswith('usage: zrsd-verify [options] PRIMARY REPLICA\n')
     assert re.search(r'^zrsd-verify: error: ', err, re.M)
 
@@ -431,22 +415,22 @@ def test_blob_files(tmp_path, node):
     agree = '%d blob files agree' % sum(
         ZODB.blob.is_blob_record(record.data)
         for txn in transactions(primary.fs_path) for record in txn.records)
-    assert agree in verify_ok(zeo(primary), zeo(replica))
+    assert agree in verify(zeo(primary), zeo(replica))
     stop_all(replica, primary)
     files = [primary.fs_path, replica.fs_path,
              '--primary-blob-dir', primary.blob_dir,
              '--replica-blob-dir', replica.blob_dir]
-    assert agree in verify_ok(*files)
-    out = verify_ok(primary.fs_path, replica.fs_path)
+    assert agree in verify(*files)
+    out = verify(primary.fs_path, replica.fs_path)
     assert '%s records whose files were not compared: the primary and the ' \
         'replica has no blobs' % agree.split(' files')[0] in out
     first = os.path.join(replica.blob_dir, min(
         n for n in blob_files(replica.blob_dir) if n.endswith('.blob')))
     with open(first, 'r+b') as f:
         f.write(b'X')
-    out = verify_ok(*files, status=1)
+    out = verify(*files, status=1)
     assert re.search(r'DIVERGED at transaction \S+ .*: record \d+: oid '
                      r'\S+: blob files differ: primary \d+ bytes, sha256 '
                      r'\w+, replica \d+ bytes, sha256 \w+', out), out
     os.remove(first)
-    assert 'replica no blob file' in verify_ok(*files, status=1)
+    assert 'replica no blob file' in verify(*files, status=1)

@@ -24,13 +24,13 @@ from ZODB.blob import FilesystemHelper
 from ZODB.utils import z64
 
 from harness.process import wait_until
-from harness.stream import frame, replay
+from harness.stream import Reader, frame, replay
 from harness.zrsd_nodes import ZrsdNode
 from zrsd import seedprotocol as seed
 from zrsd.replica import seeding
 
 from .judges import UNCHECKED, Lane
-from .nodes import read_frames, started
+from .nodes import started
 
 HANG = 20.0            # seconds a copy (or a ZRS handshake) may take
 
@@ -69,26 +69,22 @@ class CopyLane(Lane):
             self.server.server_close()
 
     def serve(self, sock):
-        deadline = time.monotonic() + HANG
-        hello = read_frames(sock, 2, HANG)
+        deadline, reader = time.monotonic() + HANG, Reader(sock, self.stopped)
+        hello = reader.frames(2, HANG)
         if len(hello) == 2 and hello[0] == seed.PROTOCOL_SEED:
             with contextlib.suppress(OSError):
                 sock.sendall(self.case.wire)
                 sock.shutdown(socket.SHUT_WR)
             # What the replica says after its query (its proof), until
             # it closes: a replica that keeps the connection is a hang.
-            self.seen.append(hello + read_frames(
-                sock, 10, deadline - time.monotonic()))
+            self.seen.append(hello + reader.frames(
+                10, deadline - time.monotonic()))
         elif len(hello) == 2:
             self.zrs_tids.append(hello[1])
             with contextlib.suppress(OSError):
                 sock.sendall(b''.join(map(frame, replay(self.source.txns)(
                     hello[1]))))
-                sock.settimeout(0.2)
-                while not self.stopped.is_set():
-                    with contextlib.suppress(socket.timeout):
-                        if not sock.recv(65536):
-                            return
+                reader.drain()
 
     def run_case(self, number):
         case = self.case = self.cases.case(number)

@@ -11,9 +11,9 @@ import threading
 import time
 
 from harness.history import transactions
+from harness.process import captured_logs
 
 from .cases import WINDOW_NEED
-from .nodes import captured_logs
 
 MAX_ERROR_LINE = 2000               # a "clear" ERROR line is shorter
 
@@ -105,6 +105,17 @@ class Lane:
         elif case.reason and case.reason not in error_text:
             self.violation('log', 'ERROR does not name %r: %s' % (
                 case.reason, line[:500]), case)
+
+    def scan_log(self, log, ok, text):
+        """CRITICAL lines of `log` (a `LogTail`) are crashes; an ERROR line
+        that is not `ok(index, record)` is a violation described by
+        `text`."""
+        for index, record in enumerate(log.poll()):
+            if record.level == 'CRITICAL':
+                self.violation('daemon crashes', 'CRITICAL: %s'
+                               % record.line[:500])
+            elif record.is_error and not ok(index, record):
+                self.violation('log', '%s: %s' % (text, record.line[:500]))
 
     def check_length(self, line, case=None, kind=''):
         if len(line) > MAX_ERROR_LINE:

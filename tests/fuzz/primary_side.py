@@ -11,16 +11,15 @@ import struct
 
 from ZODB.utils import p64, u64, z64
 
-from harness import peers, zczrs
-from harness.history import transactions
-from harness.process import wait_until
-from harness.stream import Stream, frame
+from harness import peers, stream, zczrs
+from harness.history import transactions, transactions_from
+from harness.process import LogTail, wait_until
+from harness.stream import Stream, frame, read_frames
 from harness.zrsd_nodes import ZrsdNode
 from zrsd import protocol as zrs
 
 from .judges import UNCHECKED, Lane
-from .nodes import (IO_TIMEOUT, PORT, LogTail, Replica, read_frames,
-                    read_from, started, stop)
+from .nodes import IO_TIMEOUT, Replica, started, stop
 
 PRIMARY_BATCH = 10                  # primary-side cases between commits
 HANDSHAKE_TIMEOUT = 2               # the fuzzed primary's, seconds
@@ -67,46 +66,23 @@ def expect_from_primary(data, tids):
     return ('stream', start) if phase == 'stream' else ('incomplete', None)
 
 
-class RawSecondary:
-    """A raw socket to the primary's replication port."""
+class RawSecondary(stream.RawSecondary):
+    """A raw socket to the primary's replication port, counted."""
 
     def __init__(self, side, data=b''):
         self.side = side
         self.dribble = 0     # bytes still to send, one per case (slow-loris)
-        self.sock = socket.create_connection(
-            ('127.0.0.1', side.primary.repl_port), timeout=IO_TIMEOUT)
-        self.port = self.sock.getsockname()[1]
-        side.log.poll()
-        self.first = len(side.log.ports[self.port])
+        super().__init__(side.primary, data, IO_TIMEOUT, side.log)
         side.ports.add(self.port)
         side.add('connections')
-        self.send(data)
-
-    def send(self, data):
-        with contextlib.suppress(OSError):
-            self.sock.sendall(data)
 
     def wait_closed(self, what):
         """Read until the primary closes; if it does not: a hang (`what`
         it should have dropped)."""
         try:
-            while self.sock.recv(1 << 16):
-                pass
+            super().wait_closed()
         except socket.timeout:
             raise self.side.abort('hangs', 'the primary kept %s' % what)
-        except OSError:
-            pass
-
-    def close(self, reset=False):
-        if reset:
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                     struct.pack('ii', 1, 0))
-        self.sock.close()
-
-    def records(self):
-        self.side.log.poll()
-        return self.side.log.ports[self.port][self.first:]
 
 
 def handshake(side, rng, valid=None):
@@ -156,7 +132,7 @@ def half_close(side, rng, kind):
         data += frame(side.some_tid(rng, valid=True))
     conn = RawSecondary(side, data)
     with contextlib.suppress(OSError):
-        conn.sock.shutdown(socket.SHUT_WR)
+        conn.shutdown(socket.SHUT_WR)
     conn.wait_closed('a half-closed connection (%s)' % kind)
     conn.close()
     side.judge(conn, *expect_from_primary(data, side.history), kind,
@@ -165,7 +141,7 @@ def half_close(side, rng, kind):
 
 def reset_mid_stream(side, rng, kind):
     conn = RawSecondary(side, frame(b'zrs2.0') + frame(z64))
-    read_frames(conn.sock, rng.randint(1, 20))
+    read_frames(conn, rng.randint(1, 20), IO_TIMEOUT)
     conn.close(reset=True)
     side.judge(conn, 'stream', None, kind)
 
@@ -184,7 +160,7 @@ def storm(side, rng, kind):
                 side.some_tid(rng, valid=True))
         else:
             sent[conn] = frame(b'zrs9.9') if action == 'refuse' else b''
-        conn.send(sent[conn])
+        conn.try_send(sent[conn])
     for conn, action in conns:
         if action == 'refuse':
             conn.wait_closed('a refused connection (storm)')
@@ -241,10 +217,8 @@ class PrimarySide(Lane):
                     if process is not None]
         if self.log is None:
             return
-        self.log.scan(self, lambda index, record: (
-            PORT.search(record.message) and int(PORT.search(
-                record.message).group(1)) in self.ports),
-            'ERROR about no hostile connection')
+        self.scan_log(self.log, lambda index, record: record.port in
+                      self.ports, 'ERROR about no hostile connection')
         if statuses == [0, 0]:
             primary = transactions(self.primary.fs_path)
             replica = transactions(self.replica.fs_path)
@@ -274,7 +248,7 @@ class PrimarySide(Lane):
         for _, conn in self.slow:
             if conn.dribble:
                 conn.dribble -= 1
-                conn.send(b'z')
+                conn.try_send(b'z')
         rng = random.Random('%s/primary/%d' % (self.seed, case))
         kind, run = rng.choice(KINDS)
         run(self, rng, kind)
@@ -307,8 +281,8 @@ class PrimarySide(Lane):
             self.commits += 1
             self.primary.commit('fuzz-%d' % self.commits, self.commits)
         # (The primary is idle: this side commits only between batches.)
-        for t in read_from(self.primary.fs_path,
-                           self.tids[-1] if self.history else None):
+        for t in transactions_from(self.primary.fs_path,
+                                   self.tids[-1] if self.history else None):
             self.history.setdefault(t.tid, t)
         self.tids = sorted(self.history)
         try:
@@ -360,7 +334,7 @@ class PrimarySide(Lane):
         due = Stream(start)
         for tid in following:
             due.transaction(self.history[tid])
-        got = read_frames(conn.sock, len(due.frames))
+        got = read_frames(conn, len(due.frames), IO_TIMEOUT)
         md5, decoder = hashlib.md5(start), zrs.MessageDecoder()
         try:
             for n, ((what, want), data) in enumerate(zip(due.frames, got)):

@@ -15,16 +15,16 @@ import traceback
 import ZODB.FileStorage
 from ZODB.utils import z64
 
-from harness.history import copy_transaction
-from harness.process import wait_until
-from harness.stream import bytewise
+from harness.history import copy_transaction, transactions_from
+from harness.process import LogTail, wait_until
+from harness.stream import bytewise, read_frames, read_until_closed
 from zrsd import protocol as zrs
 from zrsd.replica.receiver import Receiver
 from zrsd.replica.storage import ReplicaStorage
 
 from .cases import MAX_FRAME
 from .judges import UNCHECKED, Lane, traceback_from_protocol
-from .nodes import IO_TIMEOUT, LogTail, Replica, read_frames, read_from, stop
+from .nodes import IO_TIMEOUT, Replica, stop
 
 # Expected WARNINGs of the in-process lane: a corrupted record restored
 # before its commit's checksum rejects the stream may differ from its back
@@ -106,7 +106,7 @@ class ReplicaLane(Lane):
         except AssertionError:
             raise self.hung('the replica did not reconnect within %ss'
                             % IO_TIMEOUT)
-        hello = read_frames(sock, 2)   # then nothing until we send
+        hello = read_frames(sock, 2, IO_TIMEOUT)   # then it waits for us
         if len(hello) < 2:
             sock.close()
             raise self.hung('no handshake from the replica')
@@ -128,13 +128,10 @@ class ReplicaLane(Lane):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
             try:
-                while sock.recv(65536):
-                    pass
+                read_until_closed(sock)
             except socket.timeout:
                 raise self.hung('the replica kept the connection open '
                                 'after the stream ended', case)
-            except OSError:
-                pass
 
     def check(self, case, protocol, tid):
         """After a case: the handshake (protocol, position), ZEO, the
@@ -143,7 +140,7 @@ class ReplicaLane(Lane):
             self.violation('streams', 'handshake with %r' % (protocol,), case)
         old = self.position
         # (The replica is idle while it waits for our first frame.)
-        self.advance(case, tid, functools.partial(read_from,
+        self.advance(case, tid, functools.partial(transactions_from,
                                                   self.node.fs_path))
         self.check_zeo(case, tid, self.source.txns[old:self.position])
         self.check_leftovers(case)
@@ -216,7 +213,7 @@ class ReplicaLane(Lane):
             self.sock.close()
         self.listener.close()
         last = self.log.connected[-1] if self.log.connected else None
-        self.log.scan(self, lambda index, record: last is None or
+        self.scan_log(self.log, lambda index, record: last is None or
                       index < last, 'ERROR while stopping')
         if status is not None and self.check_file(
                 node.fs_path, self.blob_dir, self.position) and not self.keep:

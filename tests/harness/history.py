@@ -1,6 +1,6 @@
 """The one reader of FileStorage histories (`transactions`: `Txn` tuples;
-blob records carry `.blob`), `Populated` and the one pack oracle
-(`same_after_pack`).
+blob records carry `.blob`; `transactions_from`: of a live file),
+`Populated` and the one pack oracle (`same_after_pack`).
 """
 import contextlib
 import os
@@ -60,6 +60,16 @@ def iter_transactions(path, blob_dir=None):
             path, blob_dir=blob_dir, read_only=True)) as fs:
         for t in fs.iterator():
             yield copy_transaction(t, fs if blob_dir else None)
+
+
+def transactions_from(path, start=None):
+    """The transactions of the FileStorage at `path` from tid `start`, as
+    `Txn`s (the file of a live process: no lock, no index)."""
+    iterator = ZODB.FileStorage.FileIterator(path, start)
+    try:
+        return [copy_transaction(t) for t in iterator]
+    finally:
+        iterator.close()
 
 
 def write_history(path, history):

@@ -1,7 +1,11 @@
-"""Ports, polling, commands, child processes, the configs (`config_text`,
-`zeo_config`) and `Node`, the base of every node."""
+"""Ports, polling, commands, child processes, their logs (`LogTail`,
+`captured_logs`), the configs (`config_text`, `zeo_config`) and `Node`,
+the base of every node."""
+import collections
 import contextlib
+import logging
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -16,6 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 LOG_FORMAT = '%(asctime)s %(levelname)s %(name)s %(message)s'
+# A line of LOG_FORMAT (ZConfig's time or logging's): level, logger, text.
+LOG_LINE = re.compile(r'^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:,\d+)? '
+                      r'([A-Z]+) (\S+) ?(.*)$')
+PORT = re.compile(r'-> 127\.0\.0\.1:(\d+): ')   # a zrsd connection's
 
 
 def free_port():
@@ -60,13 +68,25 @@ def http_get(port, path, host='127.0.0.1'):
 
 
 def run(command, *args, status=0, timeout=120):
-    """Run the installed `command` with `args`, its output captured as
-    text; its exit status must be `status` (None: any).  The result."""
+    """Run the installed `command` with `args`, no input, its output
+    captured as text; its exit status must be `status` (None: any).  The
+    result."""
     done = subprocess.run([os.path.join(BIN, command), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, errors='replace',
+                          stdin=subprocess.DEVNULL, timeout=timeout)
     assert status is None or done.returncode == status, (
         command, args, done.returncode, done.stdout + done.stderr)
     return done
+
+
+def verify(*args, status=0, timeout=120):
+    """Run zrsd-verify, which must exit `status` printing on stdout only
+    (0: agreement, 1: a divergence) or stderr only (2: an error); that."""
+    done = run('zrsd-verify', *args, status=None, timeout=timeout)
+    out, err = done.stdout, done.stderr
+    assert (done.returncode, out if status == 2 else err) == (status, ''), (
+        out + err)
+    return err if status == 2 else out
 
 
 def port_open(port, host='127.0.0.1'):
@@ -128,6 +148,84 @@ def config_text(zeo_port, fs_path, replicate_from=None, replicate_to=None,
         links=links + zrs_lines, sections=sections, zeo_lines=zeo_lines,
         blob='    blob-dir %s\n' % blob_dir if blob_dir else '',
     ) + eventlog_section(log_format, log_file, log_level)
+
+
+class LogRecord:
+    """One log line (`extra`: the lines that follow it, a traceback;
+    `port`: the client port of the connection it is about, or None)."""
+
+    __slots__ = ('level', 'logger', 'message', 'line', 'extra', 'port')
+
+    def __init__(self, level, logger, message, line):
+        self.level, self.logger, self.message = level, logger, message
+        self.line, self.extra = line, []
+        port = PORT.search(message)
+        self.port = port and int(port.group(1))
+
+    @property
+    def is_error(self):
+        return self.level in ('ERROR', 'CRITICAL')
+
+    @property
+    def entry(self):
+        return '\n'.join([self.line] + self.extra)
+
+
+class LogTail:
+    """A log file parsed as it grows into `records` (a first line of
+    another format has level '?'), by client port (`ports`), and
+    `connected`: the indices of a zrsd replica's 'connected (' records."""
+
+    def __init__(self, path):
+        self.path, self.offset, self.pending = path, 0, b''
+        self.records, self.connected = [], []
+        self.ports = collections.defaultdict(list)
+
+    def poll(self, final=False):
+        """The records so far (`final`: the last line too, even without
+        its newline)."""
+        try:
+            with open(self.path, 'rb') as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return self.records
+        self.offset += len(data)
+        lines = (self.pending + data).split(b'\n')
+        self.pending = b'' if final and lines[-1] else lines.pop()
+        for raw in lines:
+            line = raw.decode('utf-8', 'replace')
+            m = LOG_LINE.match(line)
+            if m is None and self.records:
+                self.records[-1].extra.append(line)
+                continue
+            record = LogRecord(*m.groups(), line) if m else \
+                LogRecord('?', '?', line, line)
+            self.records.append(record)
+            if record.port:
+                self.ports[record.port].append(record)
+            if record.logger == 'zrsd.replica.client' and \
+                    ': connected (' in record.message:
+                self.connected.append(len(self.records) - 1)
+        return self.records
+
+
+@contextlib.contextmanager
+def captured_logs():
+    """This process's WARNING+ log records (zrsd's and ZODB's), as the
+    daemon's log file would have them: a list, emptied after each case."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(min(level or logging.WARNING, logging.WARNING))
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 class Process:

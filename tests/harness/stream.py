@@ -1,7 +1,9 @@
 """`Stream`, the one builder of what a ZRS primary sends (for the tests
 and the fuzzer), `replicate`, which applies it in process, `RecordingSink`,
-which records what a receiver makes of it, and `FakePrimary`, which serves
-scripted streams on 127.0.0.1.
+which records what a receiver makes of it, `FakePrimary`, which serves
+scripted streams on 127.0.0.1, `RawSecondary`, a raw connection to a zrsd
+primary, and the socket readers (`Reader`, `read_frames`,
+`read_until_closed`).
 
 Script items are `bytes` (sent framed), `Raw` (sent as-is) or `CLOSE`.
 """
@@ -21,7 +23,7 @@ from ZODB.utils import z64
 from zrsd.protocol import BLOB_BLOCK_SIZE
 from zrsd.replica.receiver import Receiver
 
-from .process import wait_until
+from .process import LogTail, wait_until
 
 
 def frame(payload):
@@ -353,7 +355,7 @@ class FakePrimary:
     def _serve(self, sock, conn):
         script = self.script
         try:
-            reader = _Reader(sock, self._stop)
+            reader = Reader(sock, self._stop)
             protocol = reader.frame(self.handshake_timeout)
             tid = reader.frame(self.handshake_timeout)
             if protocol is None or tid is None:
@@ -365,8 +367,7 @@ class FakePrimary:
                 if item is CLOSE:
                     return
                 sock.sendall(item if isinstance(item, Raw) else frame(item))
-            while reader.frame(None) is not None:
-                pass    # keep-alives, until the secondary closes
+            reader.drain()  # keep-alives, until the secondary closes
         except OSError:
             pass        # the secondary went away
         finally:
@@ -375,27 +376,116 @@ class FakePrimary:
             self._sockets.remove(sock)
 
 
-class _Reader:
-    """Reads frames from a socket, giving up on EOF, stop or timeout."""
+class Reader:
+    """Reads frames from a socket, giving up on EOF, an error, `stop` (an
+    Event) or a timeout."""
 
-    def __init__(self, sock, stop):
+    def __init__(self, sock, stop=None):
         self.sock, self.stop, self.buf = sock, stop, b''
 
     def _read(self, n, deadline):
         while len(self.buf) < n:
             wait = 0.1 if deadline is None else min(
                 0.1, deadline - time.monotonic())
-            if self.stop.is_set() or wait <= 0:
+            if self.stop is not None and self.stop.is_set() or wait <= 0:
                 return None
-            if select.select([self.sock], [], [], wait)[0]:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    return None
-                self.buf += chunk
+            try:
+                if select.select([self.sock], [], [], wait)[0]:
+                    chunk = self.sock.recv(65536)
+                    if not chunk:
+                        return None
+                    self.buf += chunk
+            except OSError:
+                return None
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
-    def frame(self, timeout):
+    def frame(self, timeout=None):
+        """The next frame's payload, or None."""
         deadline = None if timeout is None else time.monotonic() + timeout
         head = self._read(4, deadline)
         return head and self._read(struct.unpack('>I', head)[0], deadline)
+
+    def frames(self, count, timeout):
+        """Up to `count` frames within `timeout` seconds (fewer: None)."""
+        deadline, frames = time.monotonic() + timeout, []
+        while len(frames) < count and (payload := self.frame(
+                deadline - time.monotonic())) is not None:
+            frames.append(payload)
+        return frames
+
+    def drain(self):
+        """Read frames until EOF, an error or `stop`."""
+        while self.frame() is not None:
+            pass
+
+
+def read_frames(sock, count, timeout):
+    """Up to `count` frames from `sock`: fewer at EOF, on an error or
+    after `timeout` seconds."""
+    return Reader(sock).frames(count, timeout)
+
+
+def read_until_closed(sock):
+    """Read and discard until the peer closes: ('eof', or 'reset' on an
+    error, the bytes read); a socket timeout raises TimeoutError."""
+    received = 0
+    try:
+        while data := sock.recv(1 << 16):
+            received += len(data)
+    except TimeoutError:
+        raise
+    except OSError:
+        return 'reset', received
+    return 'eof', received
+
+
+class RawSecondary(socket.socket):
+    """A raw socket to a zrsd `primary`'s replication port, sent `data`,
+    and what the primary logged about its client `port` since it
+    connected (`records()`, read by `log`, a `LogTail` of the primary's
+    log, shared or its own)."""
+
+    def __init__(self, primary, data=b'', timeout=30.0, log=None,
+                 rcvbuf=None):
+        super().__init__()
+        self.log = log or LogTail(primary.log_path)
+        self.log.poll()
+        if rcvbuf is not None:   # before connect: a small window
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.settimeout(timeout)
+        # A primary that refuses at once may reset before connect returns.
+        self.reset_at_connect = False
+        try:
+            self.connect(('127.0.0.1', primary.repl_port))
+        except ConnectionResetError:
+            self.reset_at_connect = True
+        self.port = self.getsockname()[1]
+        self.first = len(self.log.ports[self.port])
+        self.received = 0   # bytes read (and discarded) by wait_closed
+        self.try_send(data)
+
+    def try_send(self, data):
+        """Send `data` unless the primary closed the connection."""
+        with contextlib.suppress(OSError):
+            self.sendall(data)
+
+    def records(self):
+        self.log.poll()
+        return self.log.ports[self.port][self.first:]
+
+    def wait_closed(self):
+        """Read and discard until the primary closes: 'eof' or 'reset'
+        (TimeoutError after `timeout` seconds of silence)."""
+        if self.reset_at_connect:
+            return 'reset'
+        ended, self.received = read_until_closed(self)
+        return ended
+
+    def close(self, reset=False):
+        """Close (`reset`: with a RST)."""
+        if reset:
+            with contextlib.suppress(OSError):
+                self.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                struct.pack('ii', 1, 0))
+        super().close()

@@ -9,11 +9,7 @@ import ZODB.blob
 
 from harness.history import (Record, Txn, iter_transactions, load_current,
                              same_after_pack)
-from harness.process import read_text
-
-STAMP = r'\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:,\d+)? '
-LOG_LINE = re.compile('^' + STAMP + '(?P<level>[A-Z]+) ')
-ENTRY_START = re.compile(r'\n(?=%s[A-Z]+ )' % STAMP)
+from harness.process import LogTail
 
 # ZEO's server logs a client of the torture's that resets its connection.
 COMMON_ALLOWED_ERRORS = (
@@ -151,11 +147,6 @@ def compare_after_pack(primary, replica, stop, witness):
     return compared, blobs.compared, mismatches, details
 
 
-def log_entries(path):
-    """A zrsd log's entries: each line with the lines up to the next."""
-    return [entry for entry in ENTRY_START.split(read_text(path)) if entry]
-
-
 def scan_logs(paths, allowed_errors=()):
     """(How many allowed, descriptions of the others) of the ERROR and
     CRITICAL entries and stray tracebacks in the logs at `paths`."""
@@ -163,10 +154,9 @@ def scan_logs(paths, allowed_errors=()):
                tuple(allowed_errors) + COMMON_ALLOWED_ERRORS]
     expected, unexpected = 0, []
     for path in paths:
-        for entry in log_entries(path):
-            first = entry.splitlines()[0]
-            match = LOG_LINE.match(first)
-            if (match and match.group('level') not in ('ERROR', 'CRITICAL')
+        for record in LogTail(path).poll(final=True):
+            entry, first = record.entry, record.line
+            if (record.level != '?' and not record.is_error
                     and 'Traceback' not in entry):
                 continue
             if any(a.search(entry) for a in allowed):
