@@ -231,9 +231,10 @@ class PrimaryStorage:
 
     def _notify(self, tid):
         """Wake the streamers once ZEO has answered the committer: called
-        from ZEO's event loop, the wake-up waits for the loop's next turn,
-        so that the streamers' work (another thread, the same GIL) overlaps
-        the committer's think time instead of delaying its reply."""
+        from ZEO's event loop, the notification waits for the loop's next
+        turn, so that the sends to caught-up secondaries (done right there,
+        see `zrsd.primary.followers`) and the catching-up streamers' work
+        overlap the committer's think time instead of delaying its reply."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:         # not committed through ZEO
