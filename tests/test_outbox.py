@@ -60,15 +60,6 @@ def link():
     thread.stop()
 
 
-def read_all(reader, size):
-    data = bytearray()
-    while len(data) < size:
-        chunk = reader.recv(1 << 16)
-        assert chunk, 'the connection ended after %d bytes' % len(data)
-        data += chunk
-    return bytes(data)
-
-
 def frames(sizes):
     """Chunks whose bytes say where they are in the stream."""
     counter = itertools.count()
@@ -84,11 +75,11 @@ def wait_clear(sending):
 def test_small_frames_go_straight_to_the_socket(link):
     sending, reader, thread = link
     sending.outbox.send([b'first'])        # nothing sent yet: the reactor
-    assert read_all(reader, 5) == b'first'
+    assert reader.recv(5, socket.MSG_WAITALL) == b'first'
     wait_clear(sending)
     for chunks in [[b'a', b'bc'], [b'def']] * 10:
         sending.outbox.send(chunks)
-    assert read_all(reader, 60) == b'abcdef' * 10
+    assert reader.recv(60, socket.MSG_WAITALL) == b'abcdef' * 10
     assert sending.through_reactor == [5]
 
 
@@ -104,13 +95,13 @@ def test_a_full_socket_sends_the_rest_through_the_reactor_in_order(link):
     sent.start()
     sent.join(30)
     expected = b''.join(chunks)
-    assert read_all(reader, len(expected)) == expected
+    assert reader.recv(len(expected), socket.MSG_WAITALL) == expected
     assert 0 < sum(sending.through_reactor) < len(expected)
     assert len(sending.through_reactor) >= 50  # the small ones queued too
     wait_clear(sending)
     before = list(sending.through_reactor)
     sending.outbox.send([b'straight again'])
-    assert read_all(reader, 14) == b'straight again'
+    assert reader.recv(14, socket.MSG_WAITALL) == b'straight again'
     assert sending.through_reactor == before
 
 
@@ -123,7 +114,7 @@ def test_bulk_frames_go_through_the_reactor_and_report_written(link):
     assert written.wait(30)
     assert sending.through_reactor[-1] == 4
     sending.outbox.send([b'then'])        # waits for the drain check
-    assert read_all(reader, 8) == b'bulkthen'
+    assert reader.recv(8, socket.MSG_WAITALL) == b'bulkthen'
 
 
 def test_a_closed_outbox_sends_nothing_straight(link, monkeypatch):
@@ -134,7 +125,7 @@ def test_a_closed_outbox_sends_nothing_straight(link, monkeypatch):
     thread.call(sending.outbox.close)
     assert sending.outbox._socket is None
     sending.outbox.send([b'late'])         # the reactor path, not a crash
-    assert read_all(reader, 4) == b'late'
+    assert reader.recv(4, socket.MSG_WAITALL) == b'late'
     assert sending.through_reactor[-1] == 4
 
 
@@ -149,6 +140,6 @@ def test_a_secondary_that_stops_reading_is_looked_at_less_and_less(
     wait_until(lambda: sending.outbox._wait == 0.05, 30,
                message='the drain checks back off')
     assert not sending.outbox._clear
-    assert read_all(reader, 1 << 20) == chunks[0]
+    assert reader.recv(1 << 20, socket.MSG_WAITALL) == chunks[0]
     wait_clear(sending)
     assert sending.outbox._wait == outbox_module.DRAIN_CHECK

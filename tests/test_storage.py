@@ -10,7 +10,6 @@ import sys
 import textwrap
 import threading
 import time
-import weakref
 from contextlib import closing
 from unittest import mock
 
@@ -35,17 +34,19 @@ from harness.history import assert_same_history, transactions
 from harness.process import wait_until
 from harness.stream import Stream, replicate
 
-_streams = weakref.WeakKeyDictionary()  # receiver -> its connection
 
+def connect(writer):
+    """feed(txns, digest=None): sends `txns` to `writer` on one connection
+    (the checksum runs over its life); `digest` overrides their checksums."""
+    start = writer.last_applied()
+    stream, receiver = Stream(start), Receiver(writer, start)
 
-def feed(receiver, txns, digest=None):
-    """Send `txns` to `receiver` on its one connection (the checksum runs
-    over the receiver's life); `digest` overrides their checksums."""
-    stream = _streams.setdefault(receiver, Stream(receiver.last_tid))
-    for txn in txns:
-        stream.transaction(txn, digest=digest)
-    for payload in stream.take_payloads():
-        receiver.frame_received(payload)
+    def feed(txns, digest=None):
+        for txn in txns:
+            stream.transaction(txn, digest=digest)
+        for payload in stream.take_payloads():
+            receiver.frame_received(payload)
+    return feed
 
 
 class Primary:
@@ -90,21 +91,21 @@ def same_history(tmp_path, primary):
 
 def test_seed_scenario(tmp_path, primary):
     replica = open_replica(tmp_path)
-    receiver = Receiver(replica.writer, replica.lastTransaction())
+    feed = connect(replica.writer)
     # The initial transaction creates the root.
-    feed(receiver, primary.new_transactions())
+    feed(primary.new_transactions())
     tm = transaction.TransactionManager()
     conn = ZODB.DB(replica).open(tm)
     assert conn.root() == {}
     # A change on the primary is visible on the replica after a sync.
     primary.commit({'x': persistent.mapping.PersistentMapping()})
-    feed(receiver, primary.new_transactions())
+    feed(primary.new_transactions())
     tm.begin()
     assert conn.root() == {'x': {}}
     # The undo of that change, likewise.
     primary.db.undo(primary.db.undoLog(0, 1)[0]['id'])
     transaction.commit()
-    feed(receiver, primary.new_transactions())
+    feed(primary.new_transactions())
     tm.begin()
     assert conn.root() == {}
     # Writing through the replica is refused.
@@ -119,12 +120,12 @@ def test_seed_scenario(tmp_path, primary):
 def test_bad_checksum_leaves_no_partial_transaction(tmp_path, primary):
     path = str(tmp_path / 'Data.fs')
     replica = open_replica(tmp_path)
-    receiver = Receiver(replica.writer, z64)
-    feed(receiver, primary.new_transactions())
+    feed = connect(replica.writer)
+    feed(primary.new_transactions())
     good, size = replica.lastTransaction(), os.path.getsize(path)
     primary.commit({'big': b'x' * 100000})
     with pytest.raises(ProtocolError, match='checksum mismatch'):
-        feed(receiver, primary.new_transactions(), digest=b'\0' * 16)
+        feed(primary.new_transactions(), digest=b'\0' * 16)
     assert replica.lastTransaction() == good
     replica.close()
     assert os.path.getsize(path) == size
@@ -167,7 +168,7 @@ def test_crash_between_vote_and_finish_resumes_without_loss(tmp_path, primary):
         txns[-1].tid, previous)
     replica = ReplicaStorage(fs)
     assert replica.resume_tid == replica.lastTransaction() == previous
-    feed(Receiver(replica.writer, replica.lastTransaction()), txns[-1:])
+    replicate(replica.writer, txns[-1:])
     replica.close()
     assert same_history(tmp_path, primary) == 4
 
@@ -194,8 +195,8 @@ def test_pack_keeps_the_last_transaction_and_replication_going(
         primary.commit({'x': b'%d' % i * 1000})
     replica = open_replica(tmp_path)
     replica.writer.defer_sync = True
-    receiver = Receiver(replica.writer, z64)
-    feed(receiver, primary.new_transactions())
+    feed = connect(replica.writer)
+    feed(primary.new_transactions())
     last, size = replica.writer.last_applied(), replica.getSize()
     generation = replica.commits.generation
     assert replica.lastTransaction() == z64   # not fsynced: not published
@@ -208,7 +209,7 @@ def test_pack_keeps_the_last_transaction_and_replication_going(
     assert [t.status for t in replica.iterator(last)] == [' ']
     replica.writer.sync()
     primary.commit({'x': b'after the pack'})
-    feed(receiver, primary.new_transactions())
+    feed(primary.new_transactions())
     replica.writer.sync()
     assert replica.lastTransaction() == primary.fs.lastTransaction()
     assert replica.load(z64) == primary.fs.load(z64)
