@@ -12,7 +12,6 @@ import threading
 
 import pytest
 import ZODB.FileStorage
-from ZODB.Connection import TransactionMetaData
 from ZODB.utils import z64
 
 from harness.process import wait_until
@@ -22,6 +21,8 @@ from zrsd.primary.followers import Followers
 from zrsd.primary.history import TidIndex
 from zrsd.primary.storage import CommitNotifier
 from zrsd.primary.streamer import Source, Streamer
+
+from test_streamer import commit
 
 
 class ThreadReactor:
@@ -79,11 +80,7 @@ class Link:
     def commit(self, count=1, size=100):
         """`count` transactions storing `size` bytes, each announced."""
         for _ in range(count):
-            meta = TransactionMetaData()
-            self.fs.tpc_begin(meta)
-            self.fs.store(self.fs.new_oid(), z64, b'x' * size, '', meta)
-            self.fs.tpc_vote(meta)
-            self.committed.append(self.fs.tpc_finish(meta))
+            self.committed.append(commit(self.fs, data=b'x' * size))
             self.notifier.notify(self.committed[-1:])
 
     def tids(self):

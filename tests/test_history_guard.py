@@ -10,6 +10,8 @@ from ZODB.utils import p64, u64, z64
 
 from zrsd.primary.history import CommittedFile, HistoryMismatch, TidIndex
 
+from harness.process import wait_until
+
 
 def after(tid, n=1, before=None):
     """`tid` + n, which must lie before `before` (if given)."""
@@ -33,8 +35,7 @@ def packed(tmp_path):
             ('last', lambda r: r['kept'].update(y=3))]:
         if name == 'after':  # pack past `kept`
             kept = ZODB.TimeStamp.TimeStamp(tids['kept']).timeTime()
-            while time.time() <= kept:
-                time.sleep(0.01)
+            wait_until(lambda: time.time() > kept, interval=0.01)
             db.pack(time.time())
         with db.transaction() as conn:
             change(conn.root())

@@ -24,8 +24,9 @@ EXTENSION = (b'\x80\x03}q\x00X\x01\x00\x00\x00kq\x01c' + MODULE.encode()
              + b'\nThing\nq\x02)\x81q\x03s.')
 
 
-def commit(fs, extension, data=b'record data'):
-    meta = TransactionMetaData(b'alice', b'with an odd extension', extension)
+def commit(fs, extension=None, data=b'record data'):
+    """A transaction storing `data` in a new object; its tid."""
+    meta = TransactionMetaData(b'alice', b'a test commit', extension)
     fs.tpc_begin(meta)
     fs.store(fs.new_oid(), z64, data, '', meta)
     fs.tpc_vote(meta)
@@ -75,7 +76,7 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(tmp_path):
     """A big record goes a slice at a time, at most `in_flight` batches
     waiting: a slow secondary costs a few slices, not the record."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    commit(fs, {}, b'x' * (8 * SLICE + 5))
+    commit(fs, data=b'x' * (8 * SLICE + 5))
     sent, outstanding, ended = [], [], threading.Event()
     deliveries = queue.Queue()
 
