@@ -3,19 +3,20 @@
 or a paused connection hands the stream back to the streamer thread, and
 the secondary sees one stream, in order, with every checksum right.
 
-In-process on a real FileStorage; the reactor is a thread running what it
-is given (`callFromThread`), like Twisted's.  `tests/test_outbox.py` covers
-the socket side.
+In-process on a real FileStorage and a real reactor in its own thread.
+`tests/test_outbox.py` covers the socket side.
 """
 import queue
 import threading
 
 import pytest
 import ZODB.FileStorage
+from twisted.internet.epollreactor import EPollReactor
 from ZODB.utils import z64
 
 from harness.process import wait_until
 from zrsd import protocol
+from zrsd.daemon.reactor import ReactorThread
 from zrsd.primary import streamer as streamer_module
 from zrsd.primary.followers import Followers
 from zrsd.primary.history import TidIndex
@@ -25,33 +26,11 @@ from zrsd.primary.streamer import Source, Streamer
 from test_streamer import commit
 
 
-class ThreadReactor:
-    """`callFromThread` runs the call in this object's own thread."""
-
-    def __init__(self):
-        self.calls = queue.Queue()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def callFromThread(self, function, *args):
-        self.calls.put((function, args))
-
-    def _run(self):
-        for function, args in iter(self.calls.get, None):
-            function(*args)
-
-    def run(self, function, *args):
-        """Call `function` in the reactor thread and wait for it."""
-        done = threading.Event()
-        self.callFromThread(lambda: (function(*args), done.set()))
-        assert done.wait(30)
-
-
 class Link:
     """A secondary's connection: what is written, in the order written,
     and by which path: 'thread' (the streamer thread's, through the
-    reactor thread) or the name of the thread that sent a lent stream;
-    the tids `committed` by `commit()`."""
+    reactor thread, a `ReactorThread`) or the name of the thread that sent
+    a lent stream; the tids `committed` by `commit()`."""
 
     def __init__(self, fs, reactor):
         self.fs, self.reactor, self.payloads, self.paths = fs, reactor, [], []
@@ -61,7 +40,7 @@ class Link:
         self.followers.start()
         self.streamer = Streamer(
             Source(fs, self.notifier, TidIndex(), followers=self.followers),
-            z64, send=lambda chunks: reactor.callFromThread(
+            z64, send=lambda chunks: reactor.reactor.callFromThread(
                 self._write, chunks, 'thread'),
             done=self.ended.put, name='test', in_flight=4,
             send_now=lambda chunks: self._write(
@@ -70,7 +49,7 @@ class Link:
 
     def _write(self, chunks, path):
         if path == 'thread':
-            assert threading.current_thread() is self.reactor.thread
+            assert threading.current_thread().name == 'zrsd-reactor'
         with self._lock:
             self.payloads.extend(chunks[1::2])    # [length, payload, ...]
             self.paths.append(path)
@@ -108,12 +87,15 @@ class Link:
 def link(tmp_path):
     """A started `Link` on a new file, caught up with a commit, then lent."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    link = Link(fs, ThreadReactor())
+    reactor = ReactorThread(EPollReactor())
+    reactor.start()
+    link = Link(fs, reactor)
     link.commit()
     link.streamer.start()
     link.wait()
     wait_until(lambda: link.streamer.lent, 30, message='lent')
     yield link
+    reactor.stop()
     fs.close()
 
 
@@ -126,19 +108,19 @@ def test_small_commits_go_from_the_committer_large_ones_from_the_thread(link):
     link.commit(5)
     link.wait()
     assert 'thread' in link.paths[link.paths.index(committer):]
-    link.reactor.run(link.streamer.stop)
+    link.reactor.call(link.streamer.stop)
     assert link.ended.get(timeout=30) is None
     link.streamer.join(30)
     assert not link.streamer._thread.is_alive()
 
 
 def test_a_pause_in_the_reactor_hands_the_stream_back(link):
-    link.reactor.run(link.streamer.pause)      # the transport is full
+    link.reactor.call(link.streamer.pause)     # the transport is full
     assert not link.streamer.lent
     link.commit()                               # sent after the resume
-    link.reactor.run(lambda: None)
+    link.reactor.call(lambda: None)
     assert link.tids() == link.committed[:-1]
-    link.reactor.run(link.streamer.resume)
+    link.reactor.call(link.streamer.resume)
     link.wait()
-    link.reactor.run(link.streamer.finish)      # stops once all is sent
+    link.reactor.call(link.streamer.finish)     # stops once all is sent
     assert link.ended.get(timeout=30) is None
