@@ -7,6 +7,7 @@ import queue
 import shutil
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 import ZODB
@@ -105,12 +106,10 @@ def test_a_prefix_that_differs_falls_back_to_zrs(node):
     primary = node('primary').start()
     middle = fill(primary, transactions=5)
     primary.stop()
-    with open(primary.fs_path, 'rb') as f:
-        data = bytearray(f.read())
+    data = bytearray(Path(primary.fs_path).read_bytes())
     data[-100] ^= 0xff          # inside the last record's data
     replica = copying(node, primary.repl_port, policy='on')
-    with open(replica.fs_path, 'wb') as f:
-        f.write(data)
+    Path(replica.fs_path).write_bytes(data)
     primary.start()
     last = fill(primary, transactions=5)
     replica.start().wait_for_tid(last)
