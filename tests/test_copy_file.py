@@ -20,7 +20,7 @@ from ZODB.serialize import referencesf
 from harness.chaos import ChaosProxy
 from harness.history import assert_same_after_pack
 from harness.process import stop_all, wait_until
-from harness.zczrs import ZcZrsPrimary, commit_change
+from harness.zczrs import commit_change
 from harness.zrsd_nodes import blob_db, blob_files
 from zrsd import internals
 from zrsd.primary.history import TidIndex
@@ -91,11 +91,9 @@ def test_a_new_replica_copies_the_file(node, blobs):
     same_files(primary, replica)
 
 
-def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes, node):
-    primary = ZcZrsPrimary(tmp_path, register=processes).start()
-    last = commit_change(primary.zeo_address, 'x', 1)
-    replica = copying(node, primary.repl_port).start()
-    replica.wait_for_tid(last)
+def test_a_zczrs_primary_is_replicated_with_zrs(zczrs_primary, node):
+    replica = copying(node, zczrs_primary.repl_port).start()
+    replica.wait_for_tid(zczrs_primary.last_tid())
     assert 'does not copy files (not zrsd); replicating with ZRS' in \
         replica.log()
     replica.stop()
