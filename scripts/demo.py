@@ -12,7 +12,6 @@ import time
 import transaction
 import ZEO
 import ZODB
-import ZODB.FileStorage
 from persistent.mapping import PersistentMapping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,8 +62,7 @@ def show_books(root):
 
 def demo(nodes):
     step('Creating a sample primary database var/demo/primary.fs')
-    db = ZODB.DB(ZODB.FileStorage.FileStorage(os.path.join(WORK,
-                                                           'primary.fs')))
+    db = ZODB.DB(os.path.join(WORK, 'primary.fs'))
     with db.transaction('demo: add some books') as conn:
         conn.root()['books'] = PersistentMapping(BOOKS)
     last = db.storage.lastTransaction()

@@ -28,7 +28,8 @@ BEFORE_STOP = 150   # commits on A before it is stopped
 BEFORE_STALL = 30   # commits on B before C's link is stalled
 LOST = 5            # commits on B that C never receives
 
-REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
+# zrsd-rewind's (would) remove lines, indented as the drill shows them too.
+REMOVED = re.compile(r'^ *(would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 
 class DrillFailed(Exception):
@@ -38,6 +39,11 @@ class DrillFailed(Exception):
 def check(condition, reason):
     if not condition:
         raise DrillFailed(reason)
+
+
+def removed_tids(output):
+    """The tids zrsd-rewind's `output` says it (would) remove."""
+    return [bytes.fromhex(tid) for _, tid in REMOVED.findall(output)]
 
 
 def hexes(tids):
@@ -139,7 +145,7 @@ class Drill:
         """zrsd-rewind of a stopped node: it (would) remove exactly `lost`."""
         lost = self.lost_unplanned if lost is None else lost
         done = self.command('zrsd-rewind', '-C', node.config_path, *options)
-        removed = [bytes.fromhex(t) for t in REMOVED.findall(done.stdout)]
+        removed = removed_tids(done.stdout)
         check(removed == lost, 'zrsd-rewind %s on %s: %s, not the %d lost'
               % (' '.join(options), node.name.upper(), hexes(removed),
                  len(lost)))

@@ -14,7 +14,6 @@ from ZODB.utils import z64
 
 from harness.history import write_history
 from harness.process import free_port, run
-from harness.zczrs import ZcZrsPrimary, commit_change
 
 ZRSD_CHECK, ZRS_NAGIOS = 'zrsd-check', 'zrs-nagios'
 UP_TO_DATE = "Secondary up to date.|'lag'=0.0000seconds\n"
@@ -192,11 +191,10 @@ def test_bad_option_value():
     assert '-w' in result.stderr
 
 
-def test_zrsd_replica_of_zczrs_primary(tmp_path, processes, node):
+def test_zrsd_replica_of_zczrs_primary(zczrs_primary, node):
     """A real zrsd replica, caught up with a real zc.zrs primary."""
-    primary = ZcZrsPrimary(tmp_path / 'primary', register=processes).start()
-    last = commit_change(primary.zeo_address, 'x', 1)
+    primary = zczrs_primary
     replica = node('zrsd', upstream=primary.repl_port).start()
-    replica.wait_for_tid(last)
+    replica.wait_for_tid(primary.last_tid())
     assert both('-m', '-w', '60', '127.0.0.1:%d' % primary.zeo_port,
                 '127.0.0.1:%d' % replica.zeo_port) == (UP_TO_DATE, 0)

@@ -7,6 +7,7 @@ import queue
 import shutil
 import time
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 import ZODB
@@ -19,7 +20,7 @@ from ZODB.serialize import referencesf
 from harness.chaos import ChaosProxy
 from harness.history import assert_same_after_pack
 from harness.process import stop_all, wait_until
-from harness.zczrs import ZcZrsPrimary, commit_change
+from harness.zczrs import commit_change
 from harness.zrsd_nodes import blob_db, blob_files
 from zrsd import internals
 from zrsd.primary.history import TidIndex
@@ -90,11 +91,9 @@ def test_a_new_replica_copies_the_file(node, blobs):
     same_files(primary, replica)
 
 
-def test_a_zczrs_primary_is_replicated_with_zrs(tmp_path, processes, node):
-    primary = ZcZrsPrimary(tmp_path, register=processes).start()
-    last = commit_change(primary.zeo_address, 'x', 1)
-    replica = copying(node, primary.repl_port).start()
-    replica.wait_for_tid(last)
+def test_a_zczrs_primary_is_replicated_with_zrs(zczrs_primary, node):
+    replica = copying(node, zczrs_primary.repl_port).start()
+    replica.wait_for_tid(zczrs_primary.last_tid())
     assert 'does not copy files (not zrsd); replicating with ZRS' in \
         replica.log()
     replica.stop()
@@ -105,12 +104,10 @@ def test_a_prefix_that_differs_falls_back_to_zrs(node):
     primary = node('primary').start()
     middle = fill(primary, transactions=5)
     primary.stop()
-    with open(primary.fs_path, 'rb') as f:
-        data = bytearray(f.read())
+    data = bytearray(Path(primary.fs_path).read_bytes())
     data[-100] ^= 0xff          # inside the last record's data
     replica = copying(node, primary.repl_port, policy='on')
-    with open(replica.fs_path, 'wb') as f:
-        f.write(data)
+    Path(replica.fs_path).write_bytes(data)
     primary.start()
     last = fill(primary, transactions=5)
     replica.start().wait_for_tid(last)

@@ -15,6 +15,16 @@ from harness.zrsd_nodes import Writer, opened
 REFUSED = 'refused: the primary closed'
 
 
+def primary_and_replica(node, names=('primary', 'replica'), blobs=False):
+    """A primary holding one commit and its replica, caught up: (primary,
+    replica, the commit's tid)."""
+    primary = node(names[0], blobs=blobs).start()
+    tid = primary.commit('k', 1)
+    replica = node(names[1], upstream=primary.repl_port, blobs=blobs).start()
+    replica.wait_for_tid(tid)
+    return primary, replica, tid
+
+
 def assert_refused(primary, secondary, secondary_tid, neighbours):
     """Both sides log the refusal once, the primary naming the secondary's
     tid and `neighbours` (its own transactions around it)."""
@@ -34,10 +44,7 @@ def assert_refused(primary, secondary, secondary_tid, neighbours):
 
 
 def test_replica_of_another_database_is_refused(node):
-    a = node('a').start()
-    last = a.commit('in-a')
-    replica = node('replica', upstream=a.repl_port).start()
-    replica.wait_for_tid(last)
+    a, replica, last = primary_and_replica(node, ('a', 'replica'))
     replica.stop()
     # Another database, created later: every tid is newer.
     b = node('b').start()
@@ -62,10 +69,7 @@ def test_replica_of_another_database_is_refused(node):
 def test_failover_fork_is_refused(node):
     """The old primary, back as the replica of a promoted replica that
     lacks its last two commits, is refused."""
-    old = node('old').start()
-    shared = old.commit('k', 1)
-    new = node('new', upstream=old.repl_port).start()
-    new.wait_for_tid(shared)
+    old, new, shared = primary_and_replica(node, ('old', 'new'))
     new.stop()
     old.commit('k', 2)
     lost = old.commit('k', 3)      # the replica never receives these
@@ -193,10 +197,7 @@ def test_promote_cascade_while_clients_read(node):
 def test_promote_stopped_replica(node):
     """Promotion recorded while zrsd is not running takes effect at its
     next start."""
-    primary = node('primary').start()
-    primary.commit('k', 1)
-    replica = node('replica', upstream=primary.repl_port).start()
-    replica.wait_for_tid(primary.last_tid())
+    primary, replica, _ = primary_and_replica(node)
     replica.stop()
     output = promote(replica)
     assert 'zrsd is not running' in output, output

@@ -2,7 +2,6 @@
 it asks the new primary over ZRS where they part and cuts its file there."""
 import filecmp
 import os
-import re
 import shutil
 import time
 from contextlib import closing
@@ -10,18 +9,17 @@ from pathlib import Path
 
 import pytest
 import ZODB
-import ZODB.FileStorage
 from ZODB.blob import FilesystemHelper, is_blob_record
 from ZODB.serialize import referencesf
 
+from drill import removed_tids
 from harness.certs import Authority
 from harness.history import assert_same_after_pack, transactions
 from harness.process import free_port, run, stop_all, verify
 from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs, ssl_lines,
                                 write_config)
+from test_failover import primary_and_replica
 from test_tls import start_primary
-
-REMOVED = re.compile(r'^(?:would remove|removed) ([0-9a-f]{16}) \(', re.M)
 
 
 def rewind(node, *options, status=0):
@@ -29,7 +27,7 @@ def rewind(node, *options, status=0):
     `status`; `.removed`: the tids it (would) cut."""
     result = run('zrsd-rewind', '-C', getattr(node, 'config_path', node),
                  '--timeout', '2', *options, status=status)
-    result.removed = [bytes.fromhex(t) for t in REMOVED.findall(result.stdout)]
+    result.removed = removed_tids(result.stdout)
     return result
 
 
@@ -42,15 +40,6 @@ def lost_blob_files(node, tids):
                    for oid, tid, data, _ in records if is_blob_record(data)})
 
 
-def primary_and_replica(node, blobs=False):
-    """A primary holding a root object and its replica, caught up."""
-    primary = node('p', blobs=blobs).start()
-    tid = primary.commit('created', 1)
-    replica = node('r', upstream=primary.repl_port, blobs=blobs).start()
-    replica.wait_for_tid(tid)
-    return primary, replica
-
-
 def follow(node, primary):
     """Stop `node` and configure it as a replica of `primary`."""
     node.stop()
@@ -60,7 +49,7 @@ def follow(node, primary):
 def test_rewind_a_forked_old_primary(tmp_path, node):
     """Lost transactions and blobs are found (--dry-run changes nothing)
     and cut; the old primary then follows byte for byte."""
-    p, r = primary_and_replica(node, blobs=True)
+    p, r, _ = primary_and_replica(node, blobs=True)
     with closing(blob_db(p, tmp_path / 'cache-p')) as db:
         commit_blobs(db, {'a': b'first a' * 1000, 'b': b'first b'}, 'shared')
         p.commit('plain', 2)
@@ -102,7 +91,7 @@ def test_rewind_a_forked_old_primary(tmp_path, node):
 
 def test_nothing_to_rewind(node):
     """A replica only behind the primary is a prefix: exit 0, untouched."""
-    p, r = primary_and_replica(node)
+    p, r, _ = primary_and_replica(node)
     p.commit('one', 1)
     r.wait_for_tid(p.commit('two', 2))
     r.stop()
@@ -130,7 +119,7 @@ def test_another_database_is_refused(node):
 
 def test_running_daemon_is_refused(node):
     """The replica's zrsd holds the storage lock: exit 2, one line."""
-    p, r = primary_and_replica(node)
+    p, r, _ = primary_and_replica(node)
     before = Path(r.fs_path).read_bytes()
     result = rewind(r, status=2)
     assert result.stderr == (
@@ -141,7 +130,7 @@ def test_running_daemon_is_refused(node):
 
 def test_fork_after_the_new_primary_packed(node):
     """The new primary packed at the fork: its 'p' copies count as shared."""
-    p, r = primary_and_replica(node)
+    p, r, _ = primary_and_replica(node)
     for i in range(3):
         p.commit('k%d' % i, i)
     shared = p.commit('last shared', 1)
@@ -173,10 +162,8 @@ def test_tls_primary_and_a_silent_one(tmp_path, node):
     db.close()
     copy = str(tmp_path / 'copy.fs')
     shutil.copyfile(primary.fs_path, copy)
-    local = ZODB.DB(ZODB.FileStorage.FileStorage(copy))
-    with local.transaction() as conn:
+    with closing(ZODB.DB(copy)) as local, local.transaction() as conn:
         conn.root()['local'] = 1
-    local.close()
     local_tid = transactions(copy)[-1][0]
 
     def config(name, ca):
@@ -199,7 +186,7 @@ def test_tls_primary_and_a_silent_one(tmp_path, node):
 def test_errors_are_one_line(tmp_path, case):
     """Unreachable primary, no replica section, no config: one line."""
     path = str(tmp_path / 'Data.fs')
-    ZODB.DB(ZODB.FileStorage.FileStorage(path)).close()   # the root
+    ZODB.DB(path).close()   # the root
     config, message = {
         'unreachable': (dict(replicate_from=free_port()),
                         'cannot reach the primary at 127.0.0.1:'),

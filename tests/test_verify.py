@@ -1,6 +1,7 @@
 """`zrsd-verify` run against a running zrsd primary and replica (module
 fixture) and against files written here with one change, or none."""
 import base64
+import collections
 import os
 import re
 import shutil
@@ -75,10 +76,8 @@ def test_both_zeo_agree(pair):
 def test_objects_agree(pair):
     """--objects counts objects whose last record has data (not undone)."""
     last = pair.caught_up()
-    current = {}
-    for txn in transactions(pair.primary.fs_path):
-        if txn.tid <= last:
-            current.update((r.oid, r.data) for r in txn.records)
+    current = {r.oid: r.data for txn in transactions(pair.primary.fs_path)
+               if txn.tid <= last for r in txn.records}
     objects = sum(1 for data in current.values() if data is not None)
     assert objects < len(current)  # some creations were undone
     assert 'OK: %d objects agree as of %s' % (objects, tid_text(last)) in \
@@ -239,13 +238,10 @@ def test_empty_replica(original, rewrite, tmp_path):
 def test_objects_diverge_through_a_bad_index(original, rewrite, tmp_path):
     """An `.index` naming an older revision: --objects names both serials."""
     last_txn_oids = {r.oid for r in original[-1].records}
-    revisions = {}
-    for txn in original:
-        for r in txn.records:
-            if r.data is not None and r.oid not in last_txn_oids:
-                revisions.setdefault(r.oid, []).append(r.tid)
-    oid = next(oid for oid, serials in sorted(revisions.items())
-               if len(serials) >= 2)
+    revisions = collections.Counter(
+        r.oid for txn in original for r in txn.records
+        if r.data is not None and r.oid not in last_txn_oids)
+    oid = min(oid for oid, count in revisions.items() if count >= 2)
     tampered = str(tmp_path / 'tampered.fs')
     shutil.copyfile(rewrite, tampered)
     with closing(FileStorage(tampered, read_only=True)) as fs:
