@@ -146,9 +146,8 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
     supervised.wait_serving(1)
     os.kill(pid, signal.SIGKILL)   # a crash: zdaemon starts a new zrsd
     second = wait_until(
-        lambda: (lambda new: new if new not in (None, pid) else None)(
-            supervised.status()[0]),
-        60, message='zdaemon to restart zrsd after kill -9')
+        lambda: (new := supervised.status()[0]) not in (None, pid) and new,
+        message='zdaemon to restart zrsd after kill -9')
     supervised.wait_serving(2)
     assert pid_gone(pid)
     third = int(re.search(r'daemon process restarted, pid=(\d+)',
