@@ -17,6 +17,7 @@ from harness.zrsd_nodes import (MB, MemorySampler, blob_db, blob_files,
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 1024 * 1024 + 17]
 BIG_BLOB_SIZE = 200 * 1024 * 1024 + 12345   # not a multiple of a block
+CHUNK = 1 << 20     # written a MiB at a time
 
 
 def content(size, seed):
@@ -94,12 +95,10 @@ def test_big_blob(tmp_path, node):
             with opened(db) as (tm, root):
                 blob = root['big'] = Blob()
                 with blob.open('w') as f:
-                    remaining = BIG_BLOB_SIZE
-                    while remaining:
-                        chunk = rng.randbytes(min(1 << 20, remaining))
+                    for at in range(0, BIG_BLOB_SIZE, CHUNK):
+                        chunk = rng.randbytes(min(CHUNK, BIG_BLOB_SIZE - at))
                         digest.update(chunk)
                         f.write(chunk)
-                        remaining -= len(chunk)
                 with MemorySampler(replica.pid) as replica_memory, \
                         MemorySampler(primary.pid) as primary_memory:
                     tm.commit()

@@ -74,8 +74,7 @@ def test_chain_pack_mid_stream(populated, node):
         with closing(end.db(read_only=True)) as db, \
                 opened(db) as (tm, root):
             assert 'final' not in root
-            final_tid = zczrs.commit_change(primary.zeo_address, 'final',
-                                            'seen at the end')
+            final_tid = primary.commit('final', 'seen at the end')
             wait_for_value(tm, root, 'final', 'seen at the end', end)
             assert root._p_serial == final_tid
         middle.wait_for_tid(final_tid)

@@ -51,9 +51,9 @@ def test_check_names_what_is_missing():
 def test_verify_does_not_wait_for_a_refused_port():
     """Nothing listening is known at once: no wait for the --timeout (the
     run would outlast the 60 s of `run` otherwise)."""
-    port = free_port()
-    result = run('zrsd-verify', '--timeout', '3600', '127.0.0.1:%d' % port,
-                 '127.0.0.1:%d' % port, status=2, timeout=60)
+    address = '127.0.0.1:%d' % free_port()
+    result = run('zrsd-verify', '--timeout', '3600', address, address,
+                 status=2, timeout=60)
     assert result.stderr.splitlines() == [
-        'zrsd-verify: cannot reach the replica at 127.0.0.1:%d: Connection '
-        'refused' % port]
+        'zrsd-verify: cannot reach the replica at %s: Connection refused'
+        % address]

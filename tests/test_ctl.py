@@ -5,10 +5,9 @@ import re
 import signal
 import subprocess
 import sys
-from contextlib import closing, suppress
+from contextlib import suppress
 
 import pytest
-import ZEO
 from ZODB.utils import z64
 
 from harness.process import (BIN, ROOT, Process, free_port, port_open,
@@ -31,19 +30,18 @@ def pid_gone(pid):
 
 
 class Supervised:
-    """A zrsd under a zdaemon manager driven by the zdctl-style `command`;
-    `close` kills every pid seen."""
+    """The zrsd `replica` (its `ZrsdNode`) under a zdaemon manager driven by
+    the zdctl-style `command`; `close` kills every pid seen."""
 
-    def __init__(self, command, transcript, directory, zeo_port):
+    def __init__(self, command, transcript, replica):
         self.command, self.log_path = command, transcript
-        self.directory, self.zeo_port = directory, zeo_port
-        self.pids, self._runs = set(), 0
+        self.replica, self.pids, self._runs = replica, set(), 0
 
     def ctl(self, *action, status=0):
         """Run the controller with `action`, which must exit with `status`
         (None: any); its output."""
         self._runs += 1
-        out = os.path.join(self.directory, 'ctl-%d.out' % self._runs)
+        out = os.path.join(self.replica.directory, 'ctl-%d.out' % self._runs)
         with open(out, 'wb') as f:
             done = subprocess.run(
                 self.command + list(action), stdout=f,
@@ -66,22 +64,15 @@ class Supervised:
 
     def wait_serving(self, times):
         """Wait for zrsd's `times`-th start, then read it over ZEO."""
-        wait_until(lambda: self.log().count(SERVING) >= times, 60,
+        wait_until(lambda: self.log().count(SERVING) >= times,
                    message='zrsd start #%d in %s' % (times, self.log_path))
-        assert_serves(self.zeo_port)
+        assert self.replica.last_tid() == z64
 
     def close(self):
         for pid in self.pids:
             with suppress(ProcessLookupError):
                 if not pid_gone(pid):
                     os.kill(pid, signal.SIGKILL)
-
-
-def assert_serves(port):
-    """A read-only ZEO client connects and reads the (empty) replica."""
-    with closing(ZEO.client(('127.0.0.1', port), read_only=True,
-                            wait_timeout=60)) as storage:
-        assert storage.lastTransaction() == z64
 
 
 def runner_section(tmp_path, program=None):
@@ -96,10 +87,11 @@ def runner_section(tmp_path, program=None):
 
 @pytest.fixture
 def zrsd_conf(tmp_path):
-    """(config path, ZEO port) of a replica of a primary that is down."""
+    """(config path, the unstarted `ZrsdNode`) of a replica of a primary
+    that is down."""
     node = ZrsdNode(tmp_path, 'replica', upstream=free_port(),
                     zeo_lines='  serve-empty on\n')
-    return node.write_config(), node.zeo_port
+    return node.write_config(), node
 
 
 def zdaemon_conf(tmp_path, zrsd_conf_path):
@@ -121,7 +113,7 @@ def zdaemon_conf(tmp_path, zrsd_conf_path):
 @pytest.mark.parametrize('how', ['zrsdctl', 'module', 'zdaemon'])
 def test_lifecycle(tmp_path, zrsd_conf, processes, how):
     """start, status, kill -9 -> restarted, restart, kill USR2, stop."""
-    path, zeo_port = zrsd_conf
+    path, replica = zrsd_conf
     manager_log = str(tmp_path / 'manager.log')
     program = 'args=%r' % ([ZRSD, '-C', path],)
     if how == 'zdaemon':
@@ -136,7 +128,7 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
     if how == 'module':
         command = [sys.executable, '-m', 'zrsd.tools.ctl', '-C', path]
         program = "'-m', 'zrsd.daemon.main', '-C', '%s'" % path
-    supervised = Supervised(command, transcript, str(tmp_path), zeo_port)
+    supervised = Supervised(command, transcript, replica)
     processes(supervised)
     assert 'daemon process started, pid=' in supervised.ctl('start')
     pid, output = supervised.status()
@@ -146,9 +138,8 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
     supervised.wait_serving(1)
     os.kill(pid, signal.SIGKILL)   # a crash: zdaemon starts a new zrsd
     second = wait_until(
-        lambda: (lambda new: new if new not in (None, pid) else None)(
-            supervised.status()[0]),
-        60, message='zdaemon to restart zrsd after kill -9')
+        lambda: (new := supervised.status()[0]) not in (None, pid) and new,
+        message='zdaemon to restart zrsd after kill -9')
     supervised.wait_serving(2)
     assert pid_gone(pid)
     third = int(re.search(r'daemon process restarted, pid=(\d+)',
@@ -165,7 +156,7 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
     assert 'daemon process stopped' in supervised.ctl('stop')
     wait_until(lambda: pid_gone(third), 60, message='zrsd to exit')
     wait_until(lambda: pid_gone(manager), 60, message='zdaemon to exit')
-    assert not port_open(zeo_port)
+    assert not port_open(replica.zeo_port)
     assert 'daemon manager not running' in supervised.ctl('status', status=3)
     # The manager's own log (the transcript may miss zrsd's last lines).
     log = read_text(manager_log)
@@ -176,7 +167,7 @@ def test_lifecycle(tmp_path, zrsd_conf, processes, how):
 
 def test_zrsdctl_fg(tmp_path, zrsd_conf, processes):
     """`zrsdctl fg` runs zrsd in the foreground and returns when it exits."""
-    path, zeo_port = zrsd_conf
+    path, replica = zrsd_conf
     pid_file = tmp_path / 'zrsd.pid'
     text = read_text(path).replace(
         '</zeo>', '  pid-filename %s\n</zeo>' % pid_file, 1)
@@ -190,10 +181,10 @@ def test_zrsdctl_fg(tmp_path, zrsd_conf, processes):
         return pid_file.exists() and pid_file.read_text().endswith('\n')
     wait_until(started, 60, message='zrsd pid file')
     pid = int(pid_file.read_text())
-    guard = Supervised(None, ctl.log_path, str(tmp_path), zeo_port)
+    guard = Supervised(None, ctl.log_path, replica)
     guard.pids.add(pid)   # killed at the end if still there
     processes(guard)
-    assert_serves(zeo_port)
+    assert replica.last_tid() == z64   # it serves ZEO
     os.kill(pid, signal.SIGTERM)
     assert ctl.popen.wait(60) == 0
     output = ctl.log()

@@ -16,6 +16,11 @@ from harness.zrsd_nodes import MB, ZrsdNode, process_memory
 HANDSHAKE_TIMEOUT = '  handshake-timeout 2\n'
 
 
+def hello(tid, protocol=b'zrs2.0'):
+    """A secondary's handshake: its protocol, its last tid."""
+    return frame(protocol) + frame(tid)
+
+
 class Setup:
     """The primary, the legit replica and a client of the replica (one for
     the module: ZEO logs each client disconnecting)."""
@@ -113,21 +118,16 @@ HOSTILE = {
         TOO_LARGE % struct.unpack('>I', b'\x16\x03\x01\x02')[0]),
     'garbage-http': (b'GET / HTTP/1.1\r\nHost: primary\r\n\r\n',
                      TOO_LARGE % struct.unpack('>I', b'GET ')[0]),
-    'unknown-protocol': (
-        frame(b'zrs9.9') + frame(z64), "unknown protocol b'zrs9.9'"),
-    'nine-byte-tid': (
-        frame(b'zrs2.0') + frame(b'\0' * 9),
-        'start tid of 9 bytes, expected 8'),
+    'unknown-protocol': (hello(z64, b'zrs9.9'), "unknown protocol b'zrs9.9'"),
+    'nine-byte-tid': (hello(b'\0' * 9), 'start tid of 9 bytes, expected 8'),
     'tid-from-the-future': (
-        frame(b'zrs2.0') + frame(b'\xff' * 8),
-        'its last transaction ffffffffffffffff is not in this storage (the '
-        'transaction before it is '),
+        hello(b'\xff' * 8), 'its last transaction ffffffffffffffff is not '
+        'in this storage (the transaction before it is '),
     'tid-from-the-future-names-primary-last': (   # its real last tid
-        frame(b'zrs2.0') + frame(b'\xff' * 8),
-        'the transaction before it is {last}, that is the last transaction '
-        'here'),
+        hello(b'\xff' * 8), 'the transaction before it is {last}, that is '
+        'the last transaction here'),
     'message-after-handshake': (
-        frame(b'zrs2.0') + frame(z64) + frame(b'hello'),
+        hello(z64) + frame(b'hello'),
         'unexpected 5-byte message after the handshake'),
     'no-handshake-within-timeout': (b'', 'no handshake within 2.0s'),
     'half-handshake-within-timeout': (   # the timeout covers it all
@@ -151,10 +151,10 @@ def test_tid_not_in_history(setup):
     forked = p64(u64(before) + 1)
     assert before < forked < after
     with RawSecondary(setup.primary) as hostile:
-        hostile.refused(
-            frame(b'zrs2.0') + frame(forked), 'its last transaction %s is '
-            'not in this storage (the transaction before it is %s, the one '
-            'after it %s)' % (forked.hex(), before.hex(), after.hex()))
+        hostile.refused(hello(forked), 'its last transaction %s is not in '
+                        'this storage (the transaction before it is %s, the '
+                        'one after it %s)' % (
+                            forked.hex(), before.hex(), after.hex()))
         assert hostile.received == 0
     setup.assert_replica_follows()
 
@@ -163,7 +163,7 @@ def test_keep_alives_are_accepted(setup):
     """The control: empty frames after the handshake are keep-alives."""
     last = setup.primary.last_tid()
     with RawSecondary(setup.primary) as secondary:
-        secondary.sendall(frame(b'zrs2.0') + frame(last) + frame(b'') * 3)
+        secondary.sendall(hello(last) + frame(b'') * 3)
         secondary.wait_for_log('streaming transactions after ' + last.hex())
         secondary.sendall(frame(b''))
         secondary.read_until_transaction(setup.primary.commit('hostile', 1))
@@ -174,11 +174,11 @@ def test_keep_alives_are_accepted(setup):
 def test_zrs20_against_blob_primary(setup, blob_primary):
     """A primary with blobs refuses zrs2.0 and serves zrs2.1."""
     with RawSecondary(blob_primary) as hostile:
-        hostile.refused(frame(b'zrs2.0') + frame(z64),
+        hostile.refused(hello(z64),
                         'secondary speaks zrs2.0, but this storage has blobs')
     blob_primary.check_alive()
     with RawSecondary(blob_primary) as secondary:
-        secondary.sendall(frame(b'zrs2.1') + frame(z64))
+        secondary.sendall(hello(z64, b'zrs2.1'))
         secondary.read_until_transaction(blob_primary.commit('after', 1))
         assert not secondary.error_lines()
     setup.assert_replica_follows()
@@ -189,7 +189,7 @@ def test_secondary_that_never_reads(setup):
     primary = setup.primary
     rss_before = process_memory(primary.pid)[0]
     with RawSecondary(primary, rcvbuf=4096) as stalled:
-        stalled.sendall(frame(b'zrs2.0') + frame(z64))
+        stalled.sendall(hello(z64))
         stalled.wait_for_log('streaming transactions after 0000000000000000')
         for i in range(8):   # far more than the socket buffers hold
             primary.commit('big', bytes([i]) * (2 << 20))
@@ -214,7 +214,7 @@ def test_max_secondaries(node):
     replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(first)
     with RawSecondary(primary) as second:
-        second.sendall(frame(b'zrs2.0') + frame(first))
+        second.sendall(hello(first))
         second.wait_for_log('streaming transactions after ' + first.hex())
         with RawSecondary(primary) as third:
             third.refused(b'', 'more than max-secondaries (2) secondaries;'
@@ -224,5 +224,5 @@ def test_max_secondaries(node):
         replica.wait_for_tid(tid)
         second.read_until_transaction(tid)
     with RawSecondary(primary) as fourth:   # there is room again
-        fourth.sendall(frame(b'zrs2.0') + frame(tid))
+        fourth.sendall(hello(tid))
         fourth.wait_for_log('streaming transactions after ' + tid.hex())

@@ -33,6 +33,11 @@ def labelled(port, name):
             if sample.name == name]
 
 
+def status(port):
+    """/status, parsed."""
+    return json.loads(http_get(port, '/status')[2])
+
+
 def ready(port, query=''):
     """(status code, reasons) of /ready."""
     code, _, text = http_get(port, '/ready' + query)
@@ -49,20 +54,19 @@ def test_metrics_and_status(node):
     replica.wait_for_tid(last, storage=reader)
     port = replica.monitor_port
     values = wait_until(
-        lambda: (lambda v: v if v['zrsd_zeo_clients'] == 1 else None)(
-            metrics(port)), message='the replica reporting its ZEO client')
-    assert values['zrsd_replication_connected'] == 1
-    # The primary's first transaction creates the root; 11 in all.
-    assert values['zrsd_transactions_applied_total'] == 11
+        lambda: (v := metrics(port))['zrsd_zeo_clients'] == 1 and v,
+        message='the replica reporting its ZEO client')
+    stamp = TimeStamp(last).timeTime()
+    # The primary's first transaction creates the root: 11 in all; no lag
+    # while streaming.
+    assert values == dict(
+        values, zrsd_replication_connected=1,
+        zrsd_transactions_applied_total=11, zrsd_checksum_failures_total=0,
+        zrsd_last_transaction_timestamp_seconds=stamp,
+        zrsd_replication_lag_seconds=0,
+        zrsd_storage_size_bytes=os.path.getsize(replica.fs_path))
     assert values['zrsd_bytes_applied_total'] > 10 * 1000
-    assert values['zrsd_checksum_failures_total'] == 0
-    assert values['zrsd_last_transaction_timestamp_seconds'] == \
-        TimeStamp(last).timeTime()
-    assert values['zrsd_last_applied_timestamp_seconds'] >= \
-        TimeStamp(last).timeTime() - 1
-    assert values['zrsd_replication_lag_seconds'] == 0   # streaming
-    assert values['zrsd_storage_size_bytes'] == os.path.getsize(
-        replica.fs_path)
+    assert values['zrsd_last_applied_timestamp_seconds'] >= stamp - 1
     assert labelled(port, 'zrsd_role_info') == [
         ({'storage': '1', 'role': 'replica'}, 1)]
     assert ({'storage': '1', 'zrsd_state': 'streaming'}, 1) in labelled(
@@ -77,27 +81,25 @@ def test_metrics_and_status(node):
     assert labelled(primary.monitor_port,
                     'zrsd_secondary_behind_transactions') == [
         ({'storage': '1', 'secondary': '127.0.0.1'}, 0)]
-    _, _, text = http_get(primary.monitor_port, '/status')
-    (secondary,) = json.loads(text)['storages'][0]['secondaries']
+    (secondary,) = status(primary.monitor_port)['storages'][0]['secondaries']
     assert secondary == dict(
         secondary, state='streaming', protocol='zrs2.0', tls_peer=None,
         last_sent_tid=last.hex(), transactions_behind=0, bytes_behind=0,
         transactions_sent=11, start_tid='00' * 8)
     _, content_type, text = http_get(port, '/status')
     assert content_type == 'application/json'
-    status = json.loads(text)
-    assert status['state'] == 'serving'
-    (storage,) = status['storages']
+    replica_status = json.loads(text)
+    assert replica_status['state'] == 'serving'
+    (storage,) = replica_status['storages']
     assert storage == dict(
         storage, name='1', role='replica', state='streaming',
         last_transaction=last.hex(), connected=1, transactions_applied=11,
         zeo_clients=1, primary='127.0.0.1:%s' % primary.repl_port)
     # A primary that stops: the replica is disconnected, not ready.
     primary.stop()
-    code, reasons = wait_until(
-        lambda: (lambda r: r if r[0] == 503 else None)(ready(port)),
-        message='/ready saying 503')
-    assert reasons == ['<zrs 1> is disconnected']
+    answer = wait_until(lambda: (r := ready(port))[0] == 503 and r,
+                        message='/ready saying 503')
+    assert answer == (503, ['<zrs 1> is disconnected'])
     assert metrics(port)['zrsd_replication_connected'] == 0
     reader.close()
     replica.stop()
@@ -111,11 +113,10 @@ def test_watchable_before_the_first_transaction(node):
                    monitor=True).launch()
     replica.wait_for_log('waiting for the first transaction')
     port = replica.monitor_port
-    status = wait_until(
-        lambda: (lambda s: s if s['storages'][0]['state'] == 'waiting'
-                 else None)(json.loads(http_get(port, '/status')[2])),
+    waiting = wait_until(
+        lambda: (s := status(port))['storages'][0]['state'] == 'waiting' and s,
         message='/status saying waiting')
-    assert status['state'] == 'waiting'
+    assert waiting['state'] == 'waiting'
     assert ready(port) == (503, ['zrsd is waiting, not serving ZEO yet'])
     assert ({'storage': '1', 'zrsd_state': 'waiting'}, 1) in labelled(
         port, 'zrsd_state')

@@ -4,9 +4,9 @@ import os
 import re
 import subprocess
 from contextlib import closing
+from pathlib import Path
 
 import pytest
-import transaction
 import ZEO
 import ZODB.config
 from ZEO.Exceptions import ClientDisconnected
@@ -14,7 +14,7 @@ from ZODB.POSException import ReadOnlyError
 
 from harness.history import transactions
 from harness.process import http_get, run, wait_until
-from harness.zrsd_nodes import Writer, wait_for_value
+from harness.zrsd_nodes import Writer, opened, wait_for_value
 
 
 def address(node):
@@ -43,11 +43,9 @@ def test_zeo_clients_of_a_replica(node):
         '<zodb>\n  <zeoclient>\n    server %s\n    server %s\n'
         '    read-only true\n  </zeoclient>\n</zodb>\n'
         % (address(replica1), address(replica2)))
-    with closing(db):
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        assert conn.root()['recipe'] == 'before'
-        conn.root()['recipe'] = 'written by a reader'
+    with closing(db), opened(db) as (tm, root):
+        assert root['recipe'] == 'before'
+        root['recipe'] = 'written by a reader'
         with pytest.raises(ReadOnlyError):
             tm.commit()
         tm.abort()
@@ -60,9 +58,8 @@ def test_zeo_clients_of_a_replica(node):
         replica2.start().wait_for_tid(tid)
         replica1.stop()
         tid = primary.commit('recipe', 'after')
-        wait_for_value(tm, conn.root(), 'recipe', 'after')   # on replica2
+        wait_for_value(tm, root, 'recipe', 'after')   # on replica2
         assert db.lastTransaction() == tid
-        conn.close()
     # ZEO.client with a list of (host, port): replica1 is down.
     with closing(ZEO.client([replica1.zeo_address, replica2.zeo_address],
                             read_only=True)) as storage:
@@ -129,12 +126,10 @@ def test_seeding_a_replica_from_a_copy(node, tmp_path):
     # A running primary's file, cut in the middle of its last transaction.
     cut = node('cut', upstream=primary.repl_port)
     cut.fs_path = os.path.join(cut.directory, 'Data.fs')
-    with open(primary.fs_path, 'rb') as f:
-        data = f.read()
+    data = Path(primary.fs_path).read_bytes()
     size = int.from_bytes(data[-8:], 'big')      # the last transaction's
     start = len(data) - 8 - size
-    with open(cut.fs_path, 'wb') as f:
-        f.write(data[:start + size // 2])
+    Path(cut.fs_path).write_bytes(data[:start + size // 2])
     before_cut = transactions(primary.fs_path)[-2].tid
 
     for value in range(5):
@@ -145,8 +140,8 @@ def test_seeding_a_replica_from_a_copy(node, tmp_path):
     warning = [line for line in cut.log().splitlines()
                if ' WARNING ' in line and cut.fs_path + '.tr0' in line]
     assert warning, cut.log()
-    with open(cut.fs_path + '.tr0', 'rb') as f:
-        assert f.read() == data[start:start + size // 2]
+    assert Path(cut.fs_path + '.tr0').read_bytes() == \
+        data[start:start + size // 2]
     cut.wait_for_log('requesting transactions after %s' % before_cut.hex())
     for each in (seeded, cut):
         each.wait_for_tid(last)

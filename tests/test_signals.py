@@ -19,8 +19,7 @@ def primary(tmp_path_factory, module_processes):
     primary = ZcZrsPrimary(tmp_path_factory.mktemp('primary'),
                            register=module_processes)
     commit_change(primary.start().zeo_address, 'a', 1)
-    commit_change(primary.zeo_address, 'b', 2)
-    primary.last = primary.last_tid()
+    primary.last = commit_change(primary.zeo_address, 'b', 2)
     return primary
 
 

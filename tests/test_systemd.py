@@ -45,10 +45,9 @@ class NotifySocket(socket.socket):
         while state not in self.receive(timeout).split('\n'):
             pass
 
-    def env(self, watchdog_usec=None):
-        """The environment of a zrsd notifying here."""
-        return dict({'NOTIFY_SOCKET': self.env_value}, **(
-            {'WATCHDOG_USEC': watchdog_usec} if watchdog_usec else {}))
+    def env(self, **more):
+        """The environment of a zrsd notifying here, and `more`."""
+        return dict(NOTIFY_SOCKET=self.env_value, **more)
 
 
 @pytest.fixture(params=['path', 'abstract'])
@@ -80,7 +79,7 @@ def test_an_empty_replica_is_started_while_it_waits(node, notify_socket):
     why), pings the watchdog, and says in STATUS when ZEO serves."""
     primary = node('primary').start()
     replica = node('replica', upstream=primary.repl_port,
-                   env=notify_socket.env('200000')).launch()
+                   env=notify_socket.env(WATCHDOG_USEC='200000')).launch()
     notify_socket.wait_for('READY=1')
     assert notify_socket.received[0] == (
         'READY=1\nSTATUS=waiting for the first transaction of 1; ZEO not '
@@ -96,7 +95,7 @@ def test_an_empty_replica_is_started_while_it_waits(node, notify_socket):
 
 def test_watchdog_pings_while_serving(node, notify_socket):
     """WATCHDOG_USEC 0.2 s: WATCHDOG=1 regularly once READY."""
-    proc = start_zrsd(node, notify_socket.env('200000'))
+    proc = start_zrsd(node, notify_socket.env(WATCHDOG_USEC='200000'))
     notify_socket.wait_for('READY=1')
     for _ in range(3):
         notify_socket.wait_for('WATCHDOG=1', timeout=30)

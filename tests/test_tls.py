@@ -1,6 +1,5 @@
 """Mutual TLS on replication links, the allow-from list, and ZEO's own
 <ssl> on the client port.  Certificates are generated at run time."""
-import functools
 import socket
 import ssl
 
@@ -21,11 +20,6 @@ def start_node(node, name, upstream=None, ssl='', extra='', zeo_ssl=''):
     return node(name, upstream=upstream,
                 zeo_lines='  serve-empty on\n' + zeo_ssl,
                 zrs_lines='  handshake-timeout 5\n' + extra + ssl).start()
-
-
-@pytest.fixture
-def start(node):
-    return functools.partial(start_node, node)
 
 
 @pytest.fixture
@@ -59,9 +53,9 @@ def tls_primary(node, pki):
     db.close()
 
 
-def test_mutual_tls_replicates(start, pki, tls_primary):
+def test_mutual_tls_replicates(node, pki, tls_primary):
     primary, port, db = tls_primary
-    replica = start('replica', port, ssl=tls(pki, 'replica'))
+    replica = start_node(node, 'replica', port, ssl=tls(pki, 'replica'))
     replica.wait_for_tid(db.lastTransaction())
     with db.transaction() as conn:
         conn.root()['y'] = 2
@@ -79,10 +73,10 @@ ANOTHER_CA = {
 
 
 @pytest.mark.parametrize('case', sorted(ANOTHER_CA))
-def test_peer_from_another_ca_is_refused(start, pki, tls_primary, case):
+def test_peer_from_another_ca_is_refused(node, pki, tls_primary, case):
     name, trusted, primary_says = ANOTHER_CA[case]
     primary, port, _ = tls_primary
-    replica = start(name, port, ssl=tls(pki, name, trusted))
+    replica = start_node(node, name, port, ssl=tls(pki, name, trusted))
     if primary_says:
         primary.wait_for_log(primary_says)
     replica.wait_for_log('TLS handshake with the primary failed')
@@ -100,32 +94,31 @@ def test_plain_and_certificateless_clients_are_refused(pki, tls_primary):
     primary.wait_for_log(REFUSED)
     # A TLS client without a certificate.
     context = ssl.create_default_context(cafile=pki['good'].path)
-    with socket.create_connection(('127.0.0.1', port)) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionResetError,
-                            BrokenPipeError)):
-            with context.wrap_socket(
-                    raw, server_hostname='127.0.0.1') as secure:
-                secure.sendall(b'\0\0\0\x06zrs2.0')
-                secure.settimeout(30)
-                if secure.recv(100) == b'':
-                    raise ConnectionResetError('closed')
+    with socket.create_connection(('127.0.0.1', port)) as raw, \
+            pytest.raises((ssl.SSLError, ConnectionResetError,
+                           BrokenPipeError)):
+        with context.wrap_socket(raw, server_hostname='127.0.0.1') as secure:
+            secure.sendall(b'\0\0\0\x06zrs2.0')
+            secure.settimeout(30)
+            if secure.recv(100) == b'':
+                raise ConnectionResetError('closed')
     wait_until(lambda: primary.log().count(REFUSED) >= 2,
                message='the second refusal logged')
     assert 'streaming transactions' not in primary.log()
     primary.stop()
 
 
-def test_allow_from(start):
-    primary = start('primary',
-                    extra='  allow-from 10.0.0.0/8\n  allow-from 192.0.2.7\n')
-    replica = start('replica', primary.repl_port)
+def test_allow_from(node):
+    primary = start_node(node, 'primary', extra='  allow-from 10.0.0.0/8\n'
+                         '  allow-from 192.0.2.7\n')
+    replica = start_node(node, 'replica', primary.repl_port)
     primary.wait_for_log('127.0.0.1 is not in allow-from')
     assert 'streaming transactions' not in primary.log()
     stop_all(replica, primary)
 
 
-def test_zeo_port_tls(start, pki):
-    primary = start('primary', zeo_ssl=tls(pki, 'primary'))
+def test_zeo_port_tls(node, pki):
+    primary = start_node(node, 'primary', zeo_ssl=tls(pki, 'primary'))
 
     def context(name):
         context = ssl.create_default_context(cafile=pki['good'].path)
