@@ -85,14 +85,14 @@ class Stream:
         return self.message(
             'T', (tid, status, user, description, extension or {}))
 
-    def store(self, oid, tid, data, data_txn=None, version=''):
-        """Current form: 'S' message, then the record data as a raw frame."""
-        self.message('S', (oid, tid, version, data_txn))
+    def store(self, oid, tid, data, data_txn=None):
+        """Current form: 'S' message, then the record data in a frame."""
+        self.message('S', (oid, tid, '', data_txn))
         return self.payload(data or b'')
 
-    def store_legacy(self, oid, tid, data, data_txn=None, version=''):
+    def store_legacy(self, oid, tid, data, data_txn=None):
         """Old form: data inline in the 'S' message, no data frame."""
-        return self.message('S', (oid, tid, version, data, data_txn))
+        return self.message('S', (oid, tid, '', data, data_txn))
 
     def store_blob(self, oid, tid, data, blocks, data_txn=None):
         """'B' message, the record data, then the blob's content blocks."""
