@@ -357,7 +357,7 @@ class Reader:
 
     def __init__(self, sock, stop=None):
         self.sock, self.stop, self.ready = sock, stop, collections.deque()
-        self.decoder = FrameDecoder(self.ready.append, 1 << 32)
+        self.decoder = FrameDecoder(self.ready.append, 1 << 32)  # no limit
 
     def frame(self, timeout=None):
         """The next frame's payload, or None."""
