@@ -19,7 +19,9 @@ import struct
 import threading
 import time
 
-from .process import handshake_frames, wait_until
+from zrsd.protocol import FrameDecoder
+
+from .process import wait_until
 
 # Bytes buffered per direction before the proxy stops reading that side
 # (back-pressure reaches the sender through TCP).
@@ -40,7 +42,9 @@ class _Link:
 
     def handshake(self):
         """(protocol name, start tid) the secondary sent, or None yet."""
-        return handshake_frames(bytes(self.sent))
+        frames = []
+        FrameDecoder(frames.append).feed(self.sent)
+        return tuple(frames[:2]) if len(frames) > 1 else None
 
 
 class ChaosProxy:

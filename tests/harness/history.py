@@ -65,11 +65,9 @@ def iter_transactions(path, blob_dir=None):
 def transactions_from(path, start=None):
     """The transactions of the FileStorage at `path` from tid `start`, as
     `Txn`s (the file of a live process: no lock, no index)."""
-    iterator = ZODB.FileStorage.FileIterator(path, start)
-    try:
+    with contextlib.closing(
+            ZODB.FileStorage.FileIterator(path, start)) as iterator:
         return [copy_transaction(t) for t in iterator]
-    finally:
-        iterator.close()
 
 
 def write_history(path, history):

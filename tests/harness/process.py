@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -240,10 +239,10 @@ class Process:
     def log(self):
         return read_text(self.log_path)
 
-    def wait_for_log(self, text, timeout=60.0, start=0):
-        """Wait until `text` appears in the log (after offset `start`)."""
+    def wait_for_log(self, text, timeout=60.0):
+        """Wait until `text` appears in the log."""
         def seen():
-            found = text in self.log()[start:]
+            found = text in self.log()
             if not found and self.popen.poll() is not None:
                 raise AssertionError(
                     '%s exited with %s before logging %r:\n%s' % (
@@ -422,18 +421,3 @@ def stop_all(*nodes):
     """Stop each node in turn (each must exit 0)."""
     for node in nodes:
         node.stop()
-
-
-def handshake_frames(data):
-    """(protocol name, start tid) from the bytes a secondary sent so far,
-    or None while its two handshake frames are not complete."""
-    frames = []
-    while len(frames) < 2:
-        if len(data) < 4:
-            return None
-        (size,) = struct.unpack('>I', data[:4])
-        if len(data) < 4 + size:
-            return None
-        frames.append(data[4:4 + size])
-        data = data[4 + size:]
-    return tuple(frames)

@@ -7,12 +7,15 @@ primary, and the socket readers (`Reader`, `read_frames`,
 
 Script items are `bytes` (sent framed), `Raw` (sent as-is) or `CLOSE`.
 """
+import collections
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import pickle
 import select
 import socket
+import socketserver
 import struct
 import tempfile
 import threading
@@ -20,7 +23,7 @@ import time
 
 from ZODB.utils import z64
 
-from zrsd.protocol import BLOB_BLOCK_SIZE
+from zrsd.protocol import BLOB_BLOCK_SIZE, FrameDecoder
 from zrsd.replica.receiver import Receiver
 
 from .process import LogTail, wait_until
@@ -57,10 +60,9 @@ class Stream:
         self.frames, self.starts = [], []   # (kind, payload), wire offset
         self.size = self._taken = 0
 
-    def payload(self, data, kind='data', checksum=True):
+    def payload(self, data, kind='data'):
         data = bytes(data)
-        if checksum:
-            self.md5.update(data)
+        self.md5.update(data)
         return self._append(kind, data, 4 + len(data))
 
     def message(self, kind, data):
@@ -83,14 +85,14 @@ class Stream:
         return self.message(
             'T', (tid, status, user, description, extension or {}))
 
-    def store(self, oid, tid, data, data_txn=None, version=''):
-        """Current form: 'S' message, then the record data as a raw frame."""
-        self.message('S', (oid, tid, version, data_txn))
+    def store(self, oid, tid, data, data_txn=None):
+        """Current form: 'S' message, then the record data in a frame."""
+        self.message('S', (oid, tid, '', data_txn))
         return self.payload(data or b'')
 
-    def store_legacy(self, oid, tid, data, data_txn=None, version=''):
+    def store_legacy(self, oid, tid, data, data_txn=None):
         """Old form: data inline in the 'S' message, no data frame."""
-        return self.message('S', (oid, tid, version, data, data_txn))
+        return self.message('S', (oid, tid, '', data, data_txn))
 
     def store_blob(self, oid, tid, data, blocks, data_txn=None):
         """'B' message, the record data, then the blob's content blocks."""
@@ -280,49 +282,39 @@ class RecordingSink:
         return [call[0] for call in self.calls]
 
 
+@dataclasses.dataclass
 class Connection:
     """What the fake primary saw on one accepted connection."""
 
-    def __init__(self, index):
-        self.index, self.protocol, self.start_tid = index, None, None
-
-    def __repr__(self):
-        return '<Connection #%d %r start=%s>' % (
-            self.index, self.protocol,
-            self.start_tid.hex() if self.start_tid else None)
+    index: int
+    protocol: bytes = None
+    start_tid: bytes = None
 
 
-class FakePrimary:
+class FakePrimary(socketserver.ThreadingTCPServer):
     """A ZRS primary on 127.0.0.1 sending each connection its `script`
-    (item i of a list, or a callable(start_tid)), then reading keep-alives.
+    (item i of a list, or a callable(start_tid)), then reading keep-alives
+    until the secondary closes or the `with` ends.
     """
 
+    daemon_threads = True
     handshake_timeout = 30.0
 
     def __init__(self, script=()):
-        self.script = script
-        self.connections = []
+        super().__init__(('127.0.0.1', 0), None)
+        self.script, self.connections = script, []
+        self.port = self.server_address[1]
         self._stop = threading.Event()
-        self._sockets = []
-        self._listener = socket.create_server(('127.0.0.1', 0), backlog=8)
-        self.port = self._listener.getsockname()[1]
-        self._threads = [threading.Thread(
-            target=self._accept_loop, daemon=True,
-            name='fake-primary-%s' % self.port)]
 
     def __enter__(self):
-        self._threads[0].start()
+        threading.Thread(target=self.serve_forever, args=(0.1,), daemon=True,
+                         name='fake-primary-%s' % self.port).start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._threads[0].join(10)   # the accept loop
-        self._listener.close()
-        for s in list(self._sockets):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        for t in self._threads[1:]:
-            t.join(10)
+        self.shutdown()
+        self.server_close()
 
     def wait_connections(self, n, timeout=60.0):
         """Wait until `n` connections completed their handshake; those."""
@@ -336,31 +328,20 @@ class FakePrimary:
     def start_tids(self):
         return [c.start_tid for c in list(self.connections) if c.start_tid]
 
-    def _accept_loop(self):
-        while not self._stop.is_set():
-            try:
-                if not select.select([self._listener], [], [], 0.1)[0]:
-                    continue
-                sock = self._listener.accept()[0]
-            except (OSError, ValueError):
-                return
-            conn = Connection(len(self.connections))
-            self.connections.append(conn)
-            self._sockets.append(sock)
-            self._threads.append(threading.Thread(
-                target=self._serve, args=(sock, conn), daemon=True,
-                name='fake-primary-conn'))
-            self._threads[-1].start()
+    def process_request(self, sock, address):
+        # Numbered here, in the order accepted, then served in a thread
+        # (`finish_request`) with its `Connection` for an address.
+        self.connections.append(Connection(len(self.connections)))
+        super().process_request(sock, self.connections[-1])
 
-    def _serve(self, sock, conn):
-        script = self.script
-        try:
-            reader = Reader(sock, self._stop)
-            protocol = reader.frame(self.handshake_timeout)
-            tid = reader.frame(self.handshake_timeout)
-            if protocol is None or tid is None:
-                return
-            conn.protocol, conn.start_tid = protocol, tid
+    def finish_request(self, sock, conn):
+        script, reader = self.script, Reader(sock, self._stop)
+        protocol = reader.frame(self.handshake_timeout)
+        tid = reader.frame(self.handshake_timeout)
+        if protocol is None or tid is None:
+            return
+        conn.protocol, conn.start_tid = protocol, tid
+        with contextlib.suppress(OSError):  # the secondary went away
             for item in (script(tid) if callable(script) else
                          script[conn.index] if conn.index < len(script)
                          else []):
@@ -368,12 +349,6 @@ class FakePrimary:
                     return
                 sock.sendall(item if isinstance(item, Raw) else frame(item))
             reader.drain()  # keep-alives, until the secondary closes
-        except OSError:
-            pass        # the secondary went away
-        finally:
-            with contextlib.suppress(OSError):
-                sock.close()
-            self._sockets.remove(sock)
 
 
 class Reader:
@@ -381,10 +356,13 @@ class Reader:
     Event) or a timeout."""
 
     def __init__(self, sock, stop=None):
-        self.sock, self.stop, self.buf = sock, stop, b''
+        self.sock, self.stop, self.ready = sock, stop, collections.deque()
+        self.decoder = FrameDecoder(self.ready.append, 1 << 32)  # no limit
 
-    def _read(self, n, deadline):
-        while len(self.buf) < n:
+    def frame(self, timeout=None):
+        """The next frame's payload, or None."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ready:
             wait = 0.1 if deadline is None else min(
                 0.1, deadline - time.monotonic())
             if self.stop is not None and self.stop.is_set() or wait <= 0:
@@ -394,17 +372,10 @@ class Reader:
                     chunk = self.sock.recv(65536)
                     if not chunk:
                         return None
-                    self.buf += chunk
+                    self.decoder.feed(chunk)
             except OSError:
                 return None
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def frame(self, timeout=None):
-        """The next frame's payload, or None."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        head = self._read(4, deadline)
-        return head and self._read(struct.unpack('>I', head)[0], deadline)
+        return self.ready.popleft()
 
     def frames(self, count, timeout):
         """Up to `count` frames within `timeout` seconds (fewer: None)."""

@@ -1,13 +1,13 @@
 """zrsd nodes (`ZrsdNode`, `RunzeoNode`, `PlainZeoNode`), `Writer` (a
 committing thread), memory sampling and blob helpers.
 """
+import contextlib
 import hashlib
 import os
 import random
 import threading
 import time
 
-import transaction
 import ZEO
 from BTrees.OOBTree import OOBTree
 from persistent.mapping import PersistentMapping
@@ -167,23 +167,14 @@ class Writer:
         kw = dict(blob_dir=self.blob_cache, shared_blob_dir=False) \
             if self.blob_cache else {}
         try:
-            db = self.db = ZEO.DB(self.node.zeo_address,
-                                  wait_timeout=self.wait_timeout, **kw)
+            self.db = ZEO.DB(self.node.zeo_address,
+                             wait_timeout=self.wait_timeout, **kw)
+            with contextlib.closing(self.db), opened(self.db) as (tm, root):
+                while not self._stopping.is_set():
+                    with self._gate:
+                        self._commit(tm, root._p_jar)   # (its connection)
         except Exception as exc:
             self.error = exc
-            return
-        tm = transaction.TransactionManager()
-        conn = db.open(tm)
-        try:
-            while not self._stopping.is_set():
-                with self._gate:
-                    self._commit(tm, conn)
-        except Exception as exc:
-            self.error = exc
-        finally:
-            tm.abort()
-            conn.close()
-            db.close()
 
     def _commit(self, tm, conn):
         count = len(self.tids)
