@@ -13,6 +13,7 @@ last commit after the writers stopped ("behind").  What a secondary costs
 the primary itself (reading, framing, sending, the GIL) is measured all
 the same, in its commits/s and its CPU time per commit.
 """
+import functools
 import os
 import subprocess
 import time
@@ -24,9 +25,8 @@ from ZODB.utils import z64
 from harness.zrsd_nodes import PlainZeoNode, ZrsdNode
 
 from .measure import (
-    attempt, cpu_seconds, fmt_range, log, rotated, summaries, summary,
-    wait_served)
-from .nodes import receive
+    attempt, fmt_range, log, ratio_summary, rotated, summaries, wait_served)
+from .nodes import run_workers, timed
 from .workload import record
 
 NAME = 'commits'
@@ -34,39 +34,30 @@ TITLE = '4. Commits: ZEO commits/s of small transactions, by writers'
 WRITERS = (1, 4)                 # writer processes (at most nodes.WORKERS)
 SERVERS = {'runzeo': 'plain runzeo', 'zrsd-0': 'zrsd, no secondary',
            'zrsd-1': 'zrsd, 1 secondary', 'zrsd-3': 'zrsd, 3 secondaries'}
-# (secondaries, writers) -> the target on commits/s zrsd / runzeo.
-TARGETS = {(1, 1): 'commits_1_ratio', (1, 4): 'commits_1_ratio',
-           (3, 1): 'commits_3_ratio', (3, 4): 'commits_3_ratio'}
 
 
 def writer(conn, address, seconds):
     """In a worker: one small object changed per transaction, as fast as
-    the server answers, for `seconds` after 'go'; sends (commits,
-    elapsed)."""
+    the server answers (see nodes.timed)."""
     storage = ZEO.client(address, wait_timeout=60)
     oid, serial = storage.new_oid(), z64
     data = record({'payload': b'x' * 100})
 
-    def commit(serial):
+    def commit():
+        nonlocal serial
         t = TransactionMetaData()
         storage.tpc_begin(t)
         storage.store(oid, serial, data, '', t)
         storage.tpc_vote(t)
-        return storage.tpc_finish(t)
+        serial = storage.tpc_finish(t)
 
-    serial = commit(serial)
-    conn.send('ready')
-    conn.recv()
-    commits, started = 0, time.monotonic()
-    deadline = started + seconds
-    while time.monotonic() < deadline:
-        serial = commit(serial)
-        commits += 1
-    conn.send((commits, time.monotonic() - started))
+    commit()
+    timed(conn, commit, seconds)
     storage.close()
 
 
-def _idle_prefix():
+@functools.cache
+def idle_prefix():
     """The command prefix that runs a process in the idle class."""
     try:
         subprocess.run(['chrt', '--idle', '0', 'true'], check=True,
@@ -80,12 +71,8 @@ class IdleReplica(ZrsdNode):
     """A zrsd replica in the idle scheduling class (see the module's
     text)."""
 
-    prefix = None
-
     def command(self):
-        if IdleReplica.prefix is None:
-            IdleReplica.prefix = _idle_prefix()
-        return IdleReplica.prefix + super().command()
+        return idle_prefix() + super().command()
 
 
 def server(run, name, directory, replicas_directory):
@@ -111,20 +98,10 @@ def commits(run, node, replicas, writers, seconds):
     """Commits/s of `writers` worker processes on `node` for `seconds`,
     the server's CPU µs per commit, and how many seconds after the
     writers stopped the last of `replicas` served the last commit."""
-    conns = run.worker_conns()[:writers]
-    for conn in conns:
-        conn.send((writer, (node.zeo_address, seconds)))
-    for conn in conns:
-        receive(conn)
-    cpu_before = cpu_seconds(node.pid)
-    for conn in conns:
-        conn.send('go')
-    answers = [receive(conn) for conn in conns]
-    cpu = cpu_seconds(node.pid) - cpu_before
+    count, per_s, cpu, _ = run_workers(
+        run, node, writer, [(node.zeo_address, seconds)] * writers)
     stopped = time.monotonic()
-    count = sum(a[0] for a in answers)
-    result = dict(commits=count,
-                  commits_per_s=sum(a[0] / a[1] for a in answers),
+    result = dict(commits=count, commits_per_s=per_s,
                   cpu_us_per_commit=cpu / count * 1e6 if count else None)
     if replicas:
         last = node.last_tid()
@@ -178,24 +155,18 @@ def summarise(commits, s, targets, meta):
         for name, per_writers in commits.items()
         for writers, runs in per_writers.items()}
     ratios = s['commits_ratios'] = {}
-    for name in SERVERS:
-        if name == 'runzeo':
-            continue
+    for name in list(SERVERS)[1:]:      # zrsd-N, against runzeo
         secondaries = int(name.split('-')[1])
         for writers in WRITERS:
-            ratio = ratios['%s/%d' % (name, writers)] = summary([
-                a['commits_per_s'] / b['commits_per_s'] for a, b in zip(
-                    commits[name].get(str(writers), []),
-                    commits['runzeo'].get(str(writers), []))
-                if a.get('commits_per_s') and b.get('commits_per_s')])
-            target = TARGETS.get((secondaries, writers))
-            if target:
-                targets.add_stat(target, 'commits/s zrsd with %d secondar%s '
-                                 '/ runzeo, %d writer%s' % (
-                                     secondaries,
-                                     'ies' if secondaries > 1 else 'y',
-                                     writers, 's' if writers > 1 else ''),
-                                 ratio, 'min')
+            ratio = ratios['%s/%d' % (name, writers)] = ratio_summary(
+                commits[name].get(str(writers), []),
+                commits['runzeo'].get(str(writers), []), 'commits_per_s')
+            if secondaries:     # the targets commits_1_ratio, _3_ratio
+                targets.add_stat(
+                    'commits_%d_ratio' % secondaries,
+                    'commits/s zrsd with %d secondar%s / runzeo, %d writer%s'
+                    % (secondaries, 'ies' if secondaries > 1 else 'y',
+                       writers, 's' if writers > 1 else ''), ratio, 'min')
 
 
 def report(s, commits, p):

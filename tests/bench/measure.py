@@ -154,6 +154,12 @@ def summaries(runs, names):
     return {name: summary([run.get(name) for run in runs]) for name in names}
 
 
+def ratio_summary(xs, ys, key):
+    """summary() of x[key] / y[key] in each round that has both."""
+    return summary([x[key] / y[key] for x, y in zip(xs, ys)
+                    if x.get(key) and y.get(key)])
+
+
 class Targets(list):
     """The target lines of a summary, in the order they are added."""
 

@@ -14,7 +14,7 @@ from harness.process import Node
 from harness.zczrs import ZcZrsPrimary
 from harness.zrsd_nodes import PlainZeoNode, ZrsdNode
 
-from .measure import BENCH_DIR, log, served_tid, wait_served
+from .measure import BENCH_DIR, cpu_seconds, log, served_tid, wait_served
 from .workload import blob_dir_of, workload
 
 # ZConfig's asctime has whole seconds.
@@ -77,6 +77,41 @@ def receive(conn, timeout=120):
     if isinstance(answer, tuple) and answer and answer[0] == 'error':
         raise RuntimeError('worker failed:\n' + answer[1])
     return answer
+
+
+def timed(conn, step, seconds, per_step=1):
+    """In a worker, once set up: 'ready'; after 'go', `step()` (that many
+    operations) until `seconds` passed; sends (operations, elapsed)."""
+    conn.send('ready')
+    conn.recv()
+    operations, started = 0, time.monotonic()
+    deadline = started + seconds
+    while time.monotonic() < deadline:
+        step()
+        operations += per_step
+    conn.send((operations, time.monotonic() - started))
+
+
+def run_workers(run, node, function, args, counted=None):
+    """`function(conn, *args[i])` (see `timed`) in worker i, started
+    together once all are ready: (their operations, the sum of their
+    rates, the CPU seconds of `node` meanwhile, and the increase of
+    `counted()`, asked before and after, or None)."""
+    conns = run.worker_conns()[:len(args)]
+    for conn, each in zip(conns, args):
+        conn.send((function, each))
+    for conn in conns:
+        receive(conn)
+    count = counted() if counted else None
+    cpu = cpu_seconds(node.pid)
+    for conn in conns:
+        conn.send('go')
+    answers = [receive(conn) for conn in conns]
+    cpu = cpu_seconds(node.pid) - cpu
+    if counted:
+        count = counted() - count
+    return (sum(a[0] for a in answers), sum(a[0] / a[1] for a in answers),
+            cpu, count)
 
 
 class Run:

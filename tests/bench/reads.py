@@ -1,14 +1,14 @@
 """3. Reads: random ZEO loads per second from 1 and 4 client processes on
 the zrsd replica of (b) and on a plain runzeo; server CPU per load."""
+import itertools
 import random
-import time
 
 from ZODB.utils import p64
 
 from .measure import (
-    READ_CACHE_SIZE, attempt, cpu_seconds, fmt, fmt_range, log, read_client,
+    READ_CACHE_SIZE, attempt, fmt, fmt_range, log, ratio_summary, read_client,
     rotated, server_status, summaries, summary)
-from .nodes import ZRSD_TO_ZRSD, receive
+from .nodes import ZRSD_TO_ZRSD, run_workers, timed
 
 NAME = 'reads'
 TITLE = '3. Reads: random ZEO loads, client cache %d KB' % (
@@ -18,47 +18,31 @@ READ_CLIENTS = (1, 4)        # client processes (at most nodes.WORKERS)
 
 
 def reader(conn, address, max_oid, seed, seconds):
-    """In a worker: random loads for `seconds` after 'go'; sends (loads,
-    elapsed)."""
+    """In a worker: random loads, 64 between looks at the clock (see
+    nodes.timed)."""
     storage = read_client(address)
     rng = random.Random(seed)
     oids = [p64(rng.randint(1, max_oid)) for _ in range(1 << 16)]
     for oid in oids[:200]:
         storage.load(oid)
-    conn.send('ready')
-    conn.recv()
-    loads, started = 0, time.monotonic()
-    deadline = started + seconds
-    load = storage.load
-    while True:
-        for i in range(loads, loads + 64):
-            load(oids[i & 0xffff])
-        loads += 64
-        if time.monotonic() >= deadline:
-            break
-    conn.send((loads, time.monotonic() - started))
+    batches = itertools.cycle([oids[i:i + 64] for i in range(0, 1 << 16, 64)])
+
+    def load_batch():
+        for oid in next(batches):
+            storage.load(oid)
+    timed(conn, load_batch, seconds, 64)
     storage.close()
 
 
 def reads(run, node, clients, seconds, seed):
     """Loads/s of `clients` readers on `node`, server CPU µs per load and
     the server's count of loads (ruok)."""
-    conns = run.worker_conns()[:clients]
-    for i, conn in enumerate(conns):
-        conn.send((reader, (node.zeo_address, run.meta['max_oid'],
-                            seed * 100 + i, seconds)))
-    for conn in conns:
-        receive(conn)
-    served_before = server_status(node.zeo_port)['loads']
-    cpu_before = cpu_seconds(node.pid)
-    for conn in conns:
-        conn.send('go')
-    answers = [receive(conn) for conn in conns]
-    cpu = cpu_seconds(node.pid) - cpu_before
-    served = server_status(node.zeo_port)['loads'] - served_before
-    return dict(loads=sum(a[0] for a in answers),
-                loads_per_s=sum(a[0] / a[1] for a in answers),
-                server_loads=served, cpu_seconds=cpu,
+    loads, per_s, cpu, served = run_workers(
+        run, node, reader, [(node.zeo_address, run.meta['max_oid'],
+                             seed * 100 + i, seconds) for i in range(clients)],
+        lambda: server_status(node.zeo_port)['loads'])
+    return dict(loads=loads, loads_per_s=per_s, server_loads=served,
+                cpu_seconds=cpu,
                 cpu_us_per_load=cpu / served * 1e6 if served else None)
 
 
@@ -99,10 +83,9 @@ def summarise(reads, s, targets, meta):
         for clients, runs in per_clients.items()}
     ratios = s['reads_ratios'] = {}
     for clients in READ_CLIENTS:
-        pairs = list(zip(*(reads[name].get(str(clients), [])
-                           for name in SERVERS)))
-        ratio = ratios[str(clients)] = {key: summary(
-            [a[key] / b[key] for a, b in pairs if a.get(key) and b.get(key)])
+        zrsd, runzeo = (reads[name].get(str(clients), []) for name in SERVERS)
+        ratio = ratios[str(clients)] = {
+            key: ratio_summary(zrsd, runzeo, key)
             for key in ('loads_per_s', 'cpu_us_per_load')}
         clients = '%d client%s' % (clients, 's' * (clients > 1))
         targets.add_stat('reads_ratio', 'reads/s zrsd / runzeo, ' + clients,
