@@ -2,6 +2,7 @@
 must come out clean.  The short runs are part of ``make test``; the long
 ones (``pytest -m long``) are ``scripts/fuzz.py``'s."""
 import random
+from contextlib import closing
 from types import SimpleNamespace
 
 import pytest
@@ -83,13 +84,10 @@ def test_copy_undone_blob_change(tmp_path, node):
     scanner that listed only records with data refused the blob file and
     kept the transaction without it)."""
     primary = node('primary', blobs=True).start()
-    db = blob_db(primary, tmp_path / 'cache')
-    try:
+    with closing(blob_db(primary, tmp_path / 'cache')) as db:
         commit_blobs(db, {'b': b'first'}, 'one')
         commit_blobs(db, {'b': b'second'}, 'two')
         last = undo_last(db)
-    finally:
-        db.close()
     replica = node('replica', upstream=primary.repl_port, blobs=True,
                    copy_file='new', zrs_lines='  copy-file-minimum 0\n')
     replica.start().wait_for_tid(last)
