@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import ZODB.FileStorage
 
+from fuzz.judges import blob_problems
 from harness.history import copy_transaction
 from harness.stream import replicate
 from zrsd import disk
@@ -57,15 +58,6 @@ def _history(replica):
     return [copy_transaction(t, fs) for t in fs.iterator()]
 
 
-def _blob_problems(history, source):
-    for got, expected in zip(history, source):
-        for g, e in zip(got.records, expected.records):
-            if e.blob is not None and g.blob != e.blob:
-                yield 'blob of %s in %s is %s' % (
-                    g.oid.hex(), got.tid.hex(),
-                    'missing' if g.blob is None else 'different')
-
-
 def judge(state, source, scratch, resume):
     """The violations in `state` (`resume`: replicating on too)."""
     shutil.rmtree(scratch, ignore_errors=True)
@@ -89,7 +81,7 @@ def _violations(replica, state, source, resume):
     if state.published is not None and state.published not in tids:
         yield 'published %s lost (last %s)' % (
             state.published.hex(), tids[-1].hex() if tids else 'none')
-    yield from _blob_problems(history, source)
+    yield from blob_problems(history, source)
     if resume:
         try:
             apply(replica, source[len(history):])
@@ -100,7 +92,7 @@ def _violations(replica, state, source, resume):
         if history != source:
             yield 'did not converge after resuming'
         else:
-            yield from _blob_problems(history, source)
+            yield from blob_problems(history, source)
 
 
 def check(ops, source, scratch, rng, per_point, every=1, resume_every=10):

@@ -18,6 +18,7 @@ import socketserver
 import tempfile
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 from ZODB.blob import FilesystemHelper
@@ -105,11 +106,10 @@ class CopyLane(Lane):
                            'transaction end)' % (kept, 'at' if kept in
                                                  self.cs.boundaries else
                                                  'not at'), case)
-        if os.path.exists(path):
-            with open(path, 'rb') as f:
-                if f.read(kept) != case.data[:kept]:
-                    self.violation(UNCHECKED, "the kept bytes differ from the"
-                                   " primary's file", case)
+        if os.path.exists(path) and \
+                Path(path).read_bytes()[:kept] != case.data[:kept]:
+            self.violation(UNCHECKED, "the kept bytes differ from the "
+                           "primary's file", case)
         for suffix in ('.seeding', '.seeding.tmp'):
             if os.path.exists(path + suffix):
                 self.violation('side effects', '%s left behind'
@@ -137,8 +137,7 @@ class CopyLane(Lane):
                  for name in files if name != '.layout'}
         for name, content in expected.items():
             try:
-                with open(name, 'rb') as f:
-                    same = f.read() == content
+                same = Path(name).read_bytes() == content
             except OSError:
                 same = False
             if not same:
@@ -236,16 +235,14 @@ class CopyProcessLane(CopyLane):
                            'SIGTERM' % status, case)
         if kept is not None:
             self.check_copy(case, node.fs_path, None, kept)
-        if not case.marker:
-            if not self.check_file(node.fs_path, node.blob_dir,
-                                   len(self.source)):
-                self.violation(UNCHECKED, 'after ZRS, the history is not the'
-                               ' source (above)', case)
-        else:
-            with open(node.fs_path, 'rb') as f:
-                if f.read() != case.data:
-                    self.violation(UNCHECKED, "the file is not the primary's",
-                                   case)
+        if case.marker:
+            if Path(node.fs_path).read_bytes() != case.data:
+                self.violation(UNCHECKED, "the file is not the primary's",
+                               case)
+        elif not self.check_file(node.fs_path, node.blob_dir,
+                                 len(self.source)):
+            self.violation(UNCHECKED, 'after ZRS, the history is not the '
+                           'source (above)', case)
         for line in node.log().splitlines():
             if ' ERROR ' in line or ' CRITICAL ' in line or \
                     line.startswith('Traceback'):

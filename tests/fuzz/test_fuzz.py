@@ -2,6 +2,7 @@
 must come out clean.  The short runs are part of ``make test``; the long
 ones (``pytest -m long``) are ``scripts/fuzz.py``'s."""
 import random
+from contextlib import closing
 from types import SimpleNamespace
 
 import pytest
@@ -17,10 +18,11 @@ from zrsd import seedprotocol as seed
 SEED = '20240611'
 
 
-def run(tmp_path, counts=(), seed=SEED, clean=True, **kw):
-    """Run the fuzzer: each (side, counter, value) of `counts` must hold,
-    and the run must be `clean`."""
-    summary = fuzzer.run(seed=seed, workdir=str(tmp_path), **kw)
+def run(tmp_path, counts=(), seed=SEED, clean=True, cases=0, sides=(),
+        **kw):
+    """Run the fuzzer (no process side unless `sides`): each (side,
+    counter, value) of `counts` must hold, and the run must be `clean`."""
+    summary = fuzzer.run(cases, seed, sides, workdir=str(tmp_path), **kw)
     report = summary.report()
     print(report)
     for side, key, value in counts:
@@ -35,45 +37,45 @@ def test_secondary_side(tmp_path):
     assert summary.get('secondary', 'rejected') > 0, summary.report()
 
 
-def test_primary_side(tmp_path):
-    run(tmp_path, [('primary', 'cases', 30), ('primary', 'followed', 3)],
-        cases=30, sides=('primary',))
-
-
-def test_in_process(tmp_path):
-    run(tmp_path, [('in-process', 'cases', 5000)], cases=0, sides=(),
-        in_process_cases=2500)
-
-
 def test_oracle_notices_unchecked_commits(tmp_path):
     """Control for the oracle: a receiver that does not compare checksums
     commits corrupted transactions, and the fuzzer says so."""
-    summary = run(tmp_path, cases=0, sides=(), in_process_cases=300,
-                  check_checksums=False, clean=False)
+    summary = run(tmp_path, in_process_cases=300, check_checksums=False,
+                  clean=False)
     assert summary.count('partial/unchecked transactions') > 0, \
         summary.report()
 
 
-@pytest.mark.long
-@pytest.mark.timeout(1800)
-def test_long(tmp_path):
-    """``scripts/fuzz.py --cases 1000`` (both sides, seed 1)."""
-    run(tmp_path, [('secondary', 'cases', 1000), ('primary', 'cases', 1000)],
-        seed='1', cases=1000)
+def long_run(timeout):
+    return [pytest.mark.long, pytest.mark.timeout(timeout)]
 
 
-# -- the copy lanes (a new replica copies its primary's file, zrsd-seed1) --
-
-def test_copy_side(tmp_path):
-    """Real replicas and many in-process copies (plain lane)."""
-    run(tmp_path, [('copy', 'cases', 1), ('copy-in-process', 'cases', 150)],
-        cases=0, sides=(), copy_cases=1, copy_in_process_cases=150,
-        copy_lanes=('plain',))
-
-
-def test_copy_side_blobs(tmp_path):
-    run(tmp_path, [('copy-in-process', 'cases', 100)], cases=0, sides=(),
-        copy_in_process_cases=100, copy_lanes=('blobs',))
+@pytest.mark.parametrize('counts, options', [
+    pytest.param([('primary', 'cases', 30), ('primary', 'followed', 3)],
+                 dict(cases=30, sides=('primary',)), id='primary_side'),
+    pytest.param([('in-process', 'cases', 5000)],
+                 dict(in_process_cases=2500), id='in_process'),
+    # The copy lanes (a new replica copies its primary's file, zrsd-seed1):
+    # real replicas and many in-process copies (plain lane).
+    pytest.param([('copy', 'cases', 1), ('copy-in-process', 'cases', 150)],
+                 dict(copy_cases=1, copy_in_process_cases=150,
+                      copy_lanes=('plain',)), id='copy_side'),
+    pytest.param([('copy-in-process', 'cases', 100)],
+                 dict(copy_in_process_cases=100, copy_lanes=('blobs',)),
+                 id='copy_side_blobs'),
+    # The long runs: ``scripts/fuzz.py --cases 1000`` (both sides, seed 1),
+    # and ``scripts/fuzz.py --side none --copy-cases 100
+    # --copy-in-process-cases 3000 --copy-lanes LANE``.
+    pytest.param([('secondary', 'cases', 1000), ('primary', 'cases', 1000)],
+                 dict(seed='1', cases=1000, sides=('secondary', 'primary')),
+                 id='long', marks=long_run(1800))] + [
+    pytest.param([('copy', 'cases', 100), ('copy-in-process', 'cases', 3000)],
+                 dict(seed='1', copy_cases=100, copy_in_process_cases=3000,
+                      copy_lanes=(lane,)),
+                 id='copy_long_' + lane, marks=long_run(3600))
+    for lane in ('plain', 'blobs')])
+def test_run(tmp_path, counts, options):
+    run(tmp_path, counts, **options)
 
 
 def test_copy_undone_blob_change(tmp_path, node):
@@ -82,13 +84,10 @@ def test_copy_undone_blob_change(tmp_path, node):
     scanner that listed only records with data refused the blob file and
     kept the transaction without it)."""
     primary = node('primary', blobs=True).start()
-    db = blob_db(primary, tmp_path / 'cache')
-    try:
+    with closing(blob_db(primary, tmp_path / 'cache')) as db:
         commit_blobs(db, {'b': b'first'}, 'one')
         commit_blobs(db, {'b': b'second'}, 'two')
         last = undo_last(db)
-    finally:
-        db.close()
     replica = node('replica', upstream=primary.repl_port, blobs=True,
                    copy_file='new', zrs_lines='  copy-file-minimum 0\n')
     replica.start().wait_for_tid(last)
@@ -115,15 +114,3 @@ def test_copy_refused_blob_keeps_no_transaction(tmp_path):
     CopyInProcessLane(SimpleNamespace(cs=cases.cs, case=lambda n: case),
                       str(tmp_path), summary).run(1)
     assert summary.clean, summary.report()
-
-
-@pytest.mark.long
-@pytest.mark.timeout(3600)
-@pytest.mark.parametrize('lane', ['plain', 'blobs'])
-def test_copy_long(tmp_path, lane):
-    """``scripts/fuzz.py --side none --copy-cases 100
-    --copy-in-process-cases 3000 --copy-lanes LANE``."""
-    run(tmp_path, [('copy', 'cases', 100),
-                   ('copy-in-process', 'cases', 3000)], seed='1', cases=0,
-        sides=(), copy_cases=100, copy_in_process_cases=3000,
-        copy_lanes=(lane,))

@@ -111,7 +111,7 @@ class Torture:
         return '\n'.join(lines + ['  result: %s' % verdict])
 
 
-def parse_args(argv):
+def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='torture.py', description=OVERVIEW.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,11 +129,7 @@ def parse_args(argv):
         'directory)')
     add('--keep', action='store_true', help='keep the work directory even '
         'after a clean run')
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     mode = 'long' if args.long else 'short'
     workdir = args.workdir or tempfile.mkdtemp(prefix='zrsd-torture-')
