@@ -168,8 +168,8 @@ class Drill:
         for replica, name in zip(replicas, names[1:]):
             with self.step('zrsd-verify %s %s' % (names[0], name)) as out:
                 out[0] = self.command(
-                    'zrsd-verify', '%s:%d' % primary.zeo_address,
-                    '%s:%d' % replica.zeo_address).stdout.splitlines()[0]
+                    'zrsd-verify', primary.zeo_arg,
+                    replica.zeo_arg).stdout.splitlines()[0]
 
     def run(self):
         a, b, c = self.nodes

@@ -196,5 +196,5 @@ def test_zrsd_replica_of_zczrs_primary(zczrs_primary, node):
     primary = zczrs_primary
     replica = node('zrsd', upstream=primary.repl_port).start()
     replica.wait_for_tid(primary.last_tid())
-    assert both('-m', '-w', '60', '127.0.0.1:%d' % primary.zeo_port,
-                '127.0.0.1:%d' % replica.zeo_port) == (UP_TO_DATE, 0)
+    assert both('-m', '-w', '60', primary.zeo_arg,
+                replica.zeo_arg) == (UP_TO_DATE, 0)

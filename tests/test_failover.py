@@ -10,19 +10,9 @@ from contextlib import closing
 from harness.chaos import ChaosProxy
 from harness.history import assert_same_history, transactions
 from harness.process import run, stop_all, wait_until
-from harness.zrsd_nodes import Writer, opened
+from harness.zrsd_nodes import Writer, opened, primary_and_replica
 
 REFUSED = 'refused: the primary closed'
-
-
-def primary_and_replica(node, names=('primary', 'replica'), blobs=False):
-    """A primary holding one commit and its replica, caught up: (primary,
-    replica, the commit's tid)."""
-    primary = node(names[0], blobs=blobs).start()
-    tid = primary.commit('k', 1)
-    replica = node(names[1], upstream=primary.repl_port, blobs=blobs).start()
-    replica.wait_for_tid(tid)
-    return primary, replica, tid
 
 
 def assert_refused(primary, secondary, secondary_tid, neighbours):

@@ -14,6 +14,7 @@ import ZODB.FileStorage
 from twisted.internet.epollreactor import EPollReactor
 from ZODB.utils import z64
 
+from harness.history import commit_object
 from harness.process import wait_until
 from zrsd import protocol
 from zrsd.daemon.reactor import ReactorThread
@@ -22,8 +23,6 @@ from zrsd.primary.followers import Followers
 from zrsd.primary.history import TidIndex
 from zrsd.primary.storage import CommitNotifier
 from zrsd.primary.streamer import Source, Streamer
-
-from test_streamer import commit
 
 
 class Link:
@@ -59,7 +58,7 @@ class Link:
     def commit(self, count=1, size=100):
         """`count` transactions storing `size` bytes, each announced."""
         for _ in range(count):
-            self.committed.append(commit(self.fs, data=b'x' * size))
+            self.committed.append(commit_object(self.fs, data=b'x' * size))
             self.notifier.notify(self.committed[-1:])
 
     def tids(self):

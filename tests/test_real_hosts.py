@@ -78,8 +78,7 @@ def converged(cluster, writer):
     assert writer.error is None, writer.error
     for node in cluster.secondaries:
         node.wait_for_tid(writer.tids[-1])
-        run('zrsd-verify', *['%s:%d' % n.zeo_address
-                             for n in (cluster.primary, node)])
+        run('zrsd-verify', cluster.primary.zeo_arg, node.zeo_arg)
         assert filecmp.cmp(cluster.primary.fs_path, node.fs_path, False)
 
 

@@ -17,10 +17,6 @@ from harness.process import http_get, run, wait_until
 from harness.zrsd_nodes import Writer, opened, wait_for_value
 
 
-def address(node):
-    return '127.0.0.1:%d' % node.zeo_port
-
-
 def last_tid(path):
     return transactions(str(path))[-1].tid
 
@@ -42,7 +38,7 @@ def test_zeo_clients_of_a_replica(node):
     db = ZODB.config.databaseFromString(
         '<zodb>\n  <zeoclient>\n    server %s\n    server %s\n'
         '    read-only true\n  </zeoclient>\n</zodb>\n'
-        % (address(replica1), address(replica2)))
+        % (replica1.zeo_arg, replica2.zeo_arg))
     with closing(db), opened(db) as (tm, root):
         assert root['recipe'] == 'before'
         root['recipe'] = 'written by a reader'
@@ -96,7 +92,7 @@ def test_backups_from_a_running_replica(node, tmp_path):
         run('repozo', '-R', '-r', backups, '-o', restore)
         backed_up = last_tid(restore)
         out = run('zrsd-verify', '--replica-blob-dir', blobs,
-                  address(replica), 'fs:%s' % restore).stdout
+                  replica.zeo_arg, 'fs:%s' % restore).stdout
     reader.close()
     assert writer.error is None, writer.error
     # The incremental backup ends at a commit 20 or more before the last.
@@ -145,7 +141,7 @@ def test_seeding_a_replica_from_a_copy(node, tmp_path):
     cut.wait_for_log('requesting transactions after %s' % before_cut.hex())
     for each in (seeded, cut):
         each.wait_for_tid(last)
-        run('zrsd-verify', address(primary), address(each))
+        run('zrsd-verify', primary.zeo_arg, each.zeo_arg)
 
 
 class RetryingWriter(Writer):
@@ -197,7 +193,7 @@ def test_rolling_restart(node):
         replica.wait_for_tid(last)
         assert set(writer.tids) <= {t.tid for t in
                                     transactions(replica.fs_path)}
-        run('zrsd-verify', address(primary), address(replica))
+        run('zrsd-verify', primary.zeo_arg, replica.zeo_arg)
     assert run('zrsd', '--version').stdout.startswith('zrsd ')
     status, _, metrics = http_get(primary.monitor_port, '/metrics')
     assert status == 200 and 'zrsd_build_info{' in metrics

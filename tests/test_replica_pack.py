@@ -9,7 +9,6 @@ from harness import zczrs
 from harness.history import transactions
 from harness.process import run, stop_all, verify, wait_until
 from harness.zrsd_nodes import Writer
-from test_verify import zeo
 
 
 def pack_sizes(node):
@@ -33,7 +32,7 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
     leaf.wait_for_tid(history.last_tid)
     with Writer(primary) as writer:
         wait_until(lambda: writer.commits >= 50, message='50 commits')
-        run('zeopack', zeo(cascade), timeout=300)
+        run('zeopack', cascade.zeo_arg, timeout=300)
         committed = writer.commits
         wait_until(lambda: writer.commits >= committed + 20,
                    message='20 commits after the pack')
@@ -52,9 +51,9 @@ def test_zeopack_on_a_cascade_during_live_replication(node):
             ((primary, cascade), ('packed history on the replica',
                                   'objects agree')),
             ((cascade, leaf), ('packed history on the primary',))):
-        output = verify(*map(zeo, nodes), timeout=300)
+        output = verify(*(n.zeo_arg for n in nodes), timeout=300)
         assert all(e in output for e in expected), output
-    output = verify(zeo(primary), zeo(leaf), timeout=300)
+    output = verify(primary.zeo_arg, leaf.zeo_arg, timeout=300)
     assert 'packed' not in output, output   # the pack was not replicated
     stop_all(leaf, cascade, primary)
     statuses = [t[1] for t in transactions(cascade.fs_path)]
@@ -72,7 +71,7 @@ def test_pack_refused(node):
                    zrs_lines='  pack refuse\n').start()
     replica.wait_for_tid(last)
     content = pathlib.Path(replica.fs_path).read_bytes()
-    done = run('zeopack', zeo(replica), status=1, timeout=300)
+    done = run('zeopack', replica.zeo_arg, status=1, timeout=300)
     assert 'ReadOnlyError' in done.stdout + done.stderr, done
     assert pathlib.Path(replica.fs_path).read_bytes() == content
     assert 'client request refused, the storage is read-only' in replica.log()
@@ -87,7 +86,7 @@ def test_packed_replica_restarts_where_it_was(node):
         last = primary.commit('k%d' % (i % 5), os.urandom(1000))
     replica = node('replica', upstream=primary.repl_port).start()
     replica.wait_for_tid(last)
-    run('zeopack', zeo(replica), timeout=300)
+    run('zeopack', replica.zeo_arg, timeout=300)
     before, after = pack_sizes(replica)
     assert after < before / 2
     replica.stop()
@@ -97,5 +96,5 @@ def test_packed_replica_restarts_where_it_was(node):
     assert '<zrs 1>: replica of %s, last transaction %s' % (
         replica.fs_path, last.hex()) in replica.log()
     replica.wait_for_tid(more[-1])
-    verify(zeo(primary), zeo(replica), timeout=300)
+    verify(primary.zeo_arg, replica.zeo_arg, timeout=300)
     stop_all(replica, primary)

@@ -16,9 +16,8 @@ from drill import removed_tids
 from harness.certs import Authority
 from harness.history import assert_same_after_pack, transactions
 from harness.process import free_port, run, stop_all, verify
-from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs, ssl_lines,
-                                write_config)
-from test_failover import primary_and_replica
+from harness.zrsd_nodes import (blob_db, blob_files, commit_blobs,
+                                primary_and_replica, ssl_lines, write_config)
 from test_tls import start_primary
 
 

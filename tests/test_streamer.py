@@ -9,9 +9,9 @@ import threading
 
 import pytest
 import ZODB.FileStorage
-from ZODB.Connection import TransactionMetaData
 from ZODB.utils import z64
 
+from harness.history import commit_object
 from harness.stream import message
 from zrsd import protocol
 from zrsd.primary.history import SLICE, TidIndex
@@ -22,15 +22,6 @@ MODULE = 'zrsd_test_module_that_does_not_exist'
 # {'k': MODULE.Thing()}, as ZODB pickles an extension (protocol 3).
 EXTENSION = (b'\x80\x03}q\x00X\x01\x00\x00\x00kq\x01c' + MODULE.encode()
              + b'\nThing\nq\x02)\x81q\x03s.')
-
-
-def commit(fs, extension=None, data=b'record data'):
-    """A transaction storing `data` in a new object; its tid."""
-    meta = TransactionMetaData(b'alice', b'a test commit', extension)
-    fs.tpc_begin(meta)
-    fs.store(fs.new_oid(), z64, data, '', meta)
-    fs.tpc_vote(meta)
-    return fs.tpc_finish(meta)
 
 
 def stream_all(fs):
@@ -48,9 +39,9 @@ def stream_all(fs):
 def test_an_extension_naming_an_unimportable_class_is_forwarded(tmp_path):
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
     try:
-        first = commit(fs, {'plain': 1})
-        odd = commit(fs, EXTENSION)
-        after = commit(fs, {'plain': 2})
+        first = commit_object(fs, {'plain': 1})
+        odd = commit_object(fs, EXTENSION)
+        after = commit_object(fs, {'plain': 2})
         payloads, error = stream_all(fs)
     finally:
         fs.close()
@@ -76,7 +67,7 @@ def test_a_big_record_goes_out_in_slices_with_few_batches_in_flight(tmp_path):
     """A big record goes a slice at a time, at most `in_flight` batches
     waiting: a slow secondary costs a few slices, not the record."""
     fs = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    commit(fs, data=b'x' * (8 * SLICE + 5))
+    commit_object(fs, data=b'x' * (8 * SLICE + 5))
     sent, outstanding, ended = [], [], threading.Event()
     deliveries = queue.Queue()
 

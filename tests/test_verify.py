@@ -25,10 +25,6 @@ from harness.zrsd_nodes import (Writer, ZrsdNode, blob_db, blob_files,
                                 commit_blobs)
 
 
-def zeo(node):
-    return '127.0.0.1:%d' % node.zeo_port
-
-
 def tids(fs_path, last=b'\xff' * 8):
     """The tids in a FileStorage file up to `last`."""
     return [txn.tid for txn in transactions(fs_path) if txn.tid <= last]
@@ -49,7 +45,7 @@ class Pair:
         assert self.populated.undos and self.populated.creation_undos
         self.replica = ZrsdNode(directory, 'replica', register=register,
                                 upstream=self.primary.repl_port).start()
-        self.zeos = zeo(self.primary), zeo(self.replica)
+        self.zeos = self.primary.zeo_arg, self.replica.zeo_arg
         self.caught_up()
 
     def caught_up(self):
@@ -89,7 +85,7 @@ def test_objects_agree(pair):
 def test_files_of_running_servers(pair, primary, replica):
     """A server's open file against the other's ZEO port (or bare port)."""
     count = len(tids(pair.primary.fs_path, pair.caught_up()))
-    names = dict(p=pair.primary, r=pair.replica, r_zeo=zeo(pair.replica))
+    names = dict(p=pair.primary, r=pair.replica, r_zeo=pair.replica.zeo_arg)
     out = verify(primary.format(**names), replica.format(**names))
     assert 'OK: %d transactions agree' % count in out
 
@@ -113,7 +109,7 @@ def test_replica_behind(pair, node):
     more = [pair.primary.commit('behind', i) for i in range(5)]
     assert pair.primary.last_tid() == more[-1]
     history = tids(replica.fs_path)
-    for primary in [zeo(pair.primary), pair.primary.fs_path]:
+    for primary in [pair.primary.zeo_arg, pair.primary.fs_path]:
         assert verify(primary, replica.fs_path).splitlines() == [
             'OK: %d transactions agree, %s to %s' % (
                 len(history), tid_text(history[0]), tid_text(target)),
@@ -123,7 +119,7 @@ def test_replica_behind(pair, node):
                 TimeStamp(target).timeTime(), tid_text(more[-1]))]
     # The primary has newer revisions of some objects.
     assert 'objects agree as of %s' % tid_text(target) in verify(
-        '--objects', zeo(pair.primary), replica.fs_path)
+        '--objects', pair.primary.zeo_arg, replica.fs_path)
 
 
 def test_start_tid(pair):
@@ -196,7 +192,7 @@ def alter(history, how):
 def test_rewrite_is_faithful(pair, original, rewrite):
     """The control: the unchanged rewrite agrees with the primary."""
     assert transactions(rewrite) == original
-    for primary in [pair.primary.fs_path, zeo(pair.primary)]:
+    for primary in [pair.primary.fs_path, pair.primary.zeo_arg]:
         assert 'OK: %d transactions agree' % len(original) in verify(
             primary, rewrite)
 
@@ -219,7 +215,7 @@ def test_divergence_against_running_primary(pair, original, tmp_path):
     """The running primary against a diverging `fs:` file (no `.fs`)."""
     altered, index, what = alter(original, 'data')
     replica = write_history(tmp_path / 'altered.data', altered)
-    assert verify(zeo(pair.primary), 'fs:' + replica, status=1).startswith(
+    assert verify(pair.primary.zeo_arg, 'fs:' + replica, status=1).startswith(
         'DIVERGED at transaction %s: %s' % (tid_text(original[index][0]),
                                             what))
 
@@ -379,7 +375,7 @@ def test_errors(pair, rewrite, tmp_path, args, pattern):
     junk = tmp_path / 'junk.fs'
     junk.write_bytes(b'not a FileStorage')
     names = dict(closed='127.0.0.1:%d' % free_port(), file=rewrite,
-                 primary=zeo(pair.primary), replica=zeo(pair.replica),
+                 primary=pair.primary.zeo_arg, replica=pair.replica.zeo_arg,
                  missing=str(tmp_path / 'missing.fs'), junk=str(junk))
     err = verify(*[arg.format(**names) for arg in args], status=2)
     assert re.fullmatch('zrsd-verify: ' + pattern.format(**{
@@ -411,7 +407,7 @@ def test_blob_files(tmp_path, node):
     agree = '%d blob files agree' % sum(
         ZODB.blob.is_blob_record(record.data)
         for txn in transactions(primary.fs_path) for record in txn.records)
-    assert agree in verify(zeo(primary), zeo(replica))
+    assert agree in verify(primary.zeo_arg, replica.zeo_arg)
     stop_all(replica, primary)
     files = [primary.fs_path, replica.fs_path,
              '--primary-blob-dir', primary.blob_dir,

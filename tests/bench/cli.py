@@ -80,7 +80,7 @@ def report(results, s, meta, args):
 def parse_args(argv=None):
     """The options; the preset fills in the lengths not given."""
     parser = argparse.ArgumentParser(
-        description='zrsd benchmark (see README.md, "Benchmark")')
+        description='zrsd benchmark (see docs/BENCHMARK.md)')
     add = parser.add_argument
     add('--preset', choices=sorted(PRESETS), default='default')
     add('--seed', type=int, default=20261129)

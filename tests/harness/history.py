@@ -13,6 +13,7 @@ import ZODB.FileStorage
 from ZODB.Connection import TransactionMetaData
 from ZODB.POSException import POSKeyError
 from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import z64
 
 
 class Record(NamedTuple):
@@ -68,6 +69,15 @@ def transactions_from(path, start=None):
     with contextlib.closing(
             ZODB.FileStorage.FileIterator(path, start)) as iterator:
         return [copy_transaction(t) for t in iterator]
+
+
+def commit_object(fs, extension=None, data=b'record data'):
+    """Commit `data` as a new object straight to storage `fs`; the tid."""
+    meta = TransactionMetaData(b'alice', b'a test commit', extension)
+    fs.tpc_begin(meta)
+    fs.store(fs.new_oid(), z64, data, '', meta)
+    fs.tpc_vote(meta)
+    return fs.tpc_finish(meta)
 
 
 def write_history(path, history):

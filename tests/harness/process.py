@@ -318,6 +318,11 @@ class Node:
         return ('127.0.0.1', self.zeo_port)
 
     @property
+    def zeo_arg(self):
+        """The ZEO address as the commands take it: 'host:port'."""
+        return '%s:%d' % self.zeo_address
+
+    @property
     def pid(self):
         return self.process.popen.pid
 

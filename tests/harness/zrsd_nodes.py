@@ -237,6 +237,16 @@ class MemorySampler:
         return max((rss for _, rss in self.samples), default=0)
 
 
+def primary_and_replica(node, names=('primary', 'replica'), blobs=False):
+    """A primary holding one commit and its replica, caught up, made by the
+    `node` factory (tests/conftest.py): (primary, replica, the tid)."""
+    primary = node(names[0], blobs=blobs).start()
+    tid = primary.commit('k', 1)
+    replica = node(names[1], upstream=primary.repl_port, blobs=blobs).start()
+    replica.wait_for_tid(tid)
+    return primary, replica, tid
+
+
 def blob_db(node, cache_dir, **kw):
     """A ZEO DB of `node` with a private blob cache in `cache_dir`."""
     return ZEO.DB(node.zeo_address, blob_dir=str(cache_dir),
