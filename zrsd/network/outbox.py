@@ -70,11 +70,10 @@ class Outbox:
     def _send(self, data):
         try:
             return self._socket.send(data)
-        except BlockingIOError:
-            return 0
         except OSError:
-            # The connection is failing: the reactor thread finds out on
-            # its own side of it and closes it.
+            # The socket's buffer is full (BlockingIOError), or the
+            # connection is failing, which the reactor thread finds out on
+            # its own side of it: either way the reactor sends the rest.
             return 0
 
     def close(self):
