@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import ZODB.FileStorage
 
-from fuzz.judges import blob_problems
-from harness.history import copy_transaction
+from harness.history import blob_problems, copy_transaction
 from harness.stream import replicate
 from zrsd import disk
 from zrsd.replica.storage import ReplicaStorage, open_replica_file

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from harness.history import transactions
+from harness.history import blob_problems, transactions
 from harness.process import captured_logs
 
 from .cases import WINDOW_NEED
@@ -189,17 +189,6 @@ class Lane:
         for problem in blob_problems(got, self.source.txns):
             self.violation(UNCHECKED, problem)
         return len(self.summary.violations) == before
-
-
-def blob_problems(history, source):
-    """Where the blob files of `history` differ from those of the `source`
-    history (`Txn`s with blobs read) it is a prefix of."""
-    for txn, expected in zip(history, source):
-        for r, e in zip(txn.records, expected.records):
-            if e.blob is not None and r.blob != e.blob:
-                yield 'blob of %s at %s differs from the source (%s)' % (
-                    r.oid.hex(), r.tid.hex(), 'unreadable' if r.blob is None
-                    else '%d bytes' % len(r.blob))
 
 
 class Summary:

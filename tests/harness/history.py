@@ -1,6 +1,7 @@
 """The one reader of FileStorage histories (`transactions`: `Txn` tuples;
 blob records carry `.blob`; `transactions_from`: of a live file),
-`Populated` and the one pack oracle (`same_after_pack`).
+`Populated`, the one pack oracle (`same_after_pack`) and the one blob
+file check (`blob_problems`).
 """
 import contextlib
 import os
@@ -119,6 +120,17 @@ class Populated:
         for suffix in ('', '.index'):
             shutil.copyfile(self.fs_path + suffix, node.fs_path + suffix)
         return node
+
+
+def blob_problems(history, source):
+    """Where the blob files of `history` differ from those of the `source`
+    history (`Txn`s with blobs read) it is a prefix of."""
+    for txn, expected in zip(history, source):
+        for r, e in zip(txn.records, expected.records):
+            if e.blob is not None and r.blob != e.blob:
+                yield 'blob of %s at %s differs from the source (%s)' % (
+                    r.oid.hex(), r.tid.hex(), 'unreadable' if r.blob is None
+                    else '%d bytes' % len(r.blob))
 
 
 def assert_same_history(primary_path, replica_path):
